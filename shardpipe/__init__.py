@@ -1,0 +1,36 @@
+"""shardpipe: feed image-training jobs from tar shards as fast as the hardware allows.
+
+Write shards with ``ShardWriter`` (or ``shardpipe write``), stream them with
+``ShardDataset`` and ``ShardLoader``. The stages in ``shardpipe.stages`` compose into
+custom pipelines.
+"""
+
+from .dataset import ShardDataset
+from .errors import (
+    CorruptShardError,
+    DecodeError,
+    ErrorHandler,
+    MissingFieldError,
+    ShardNotFoundError,
+    ShardpipeError,
+    TruncatedShardError,
+)
+from .loader import ShardLoader
+from .writer import ShardWriter, TarWriter
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CorruptShardError",
+    "DecodeError",
+    "ErrorHandler",
+    "MissingFieldError",
+    "ShardDataset",
+    "ShardLoader",
+    "ShardNotFoundError",
+    "ShardWriter",
+    "ShardpipeError",
+    "TarWriter",
+    "TruncatedShardError",
+    "__version__",
+]

@@ -1,0 +1,59 @@
+"""The transform contract: ``transform(img, rng) -> img`` on RGB uint8 HWC arrays.
+
+Transforms take their randomness from the ``rng`` they are given. The augment stage
+derives that generator from (seed, epoch, sample key), so a sample gets the same
+augmentation whatever the worker count, shard split or resume point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+class Transform:
+    """Base class: subclasses implement ``__call__(img, rng)``."""
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({fields})"
+
+
+def as_transform(fn: Callable[..., Any]) -> Transform:
+    """Accept a ``Transform`` or a plain one-argument callable ``fn(img) -> img``."""
+    if isinstance(fn, Transform):
+        return fn
+
+    class _Plain(Transform):
+        def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            return fn(img)
+
+        def __repr__(self) -> str:
+            return f"Plain({fn!r})"
+
+    return _Plain()
+
+
+class Compose(Transform):
+    """Apply transforms in order with the same generator."""
+
+    def __init__(self, transforms: Sequence[Callable[..., Any]]):
+        self.transforms = [as_transform(t) for t in transforms]
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        for t in self.transforms:
+            img = t(img, rng)
+        return img
+
+
+def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    """A generator determined by (seed, epoch, key): stable across workers and resumes."""
+    import zlib
+
+    high = ((seed & 0xFFFFFFFF) << 32) | (epoch & 0xFFFFFFFF)
+    return np.random.Generator(np.random.Philox(key=[high, zlib.crc32(key.encode())]))

@@ -1,0 +1,5 @@
+"""Image decoder backends behind one registry (see ``registry.py``)."""
+
+from .registry import AUTO_ORDER, ImageDecoder, available_decoders, get_decoder, register_decoder
+
+__all__ = ["AUTO_ORDER", "ImageDecoder", "available_decoders", "get_decoder", "register_decoder"]

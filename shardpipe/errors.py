@@ -1,0 +1,72 @@
+"""Error types and the error policy (raise, warn or skip) with counters.
+
+Every recoverable problem in the pipeline is one of the exception types below. The
+policy decides what happens: ``raise`` stops the epoch with the error, ``warn`` logs
+it and skips the item, ``skip`` skips it quietly. Skips are always counted, so an
+epoch that lost data says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable
+from typing import Literal
+
+log = logging.getLogger("shardpipe")
+
+Policy = Literal["raise", "warn", "skip"]
+POLICIES: tuple[str, ...] = ("raise", "warn", "skip")
+
+
+class ShardpipeError(Exception):
+    """Base class of every error shardpipe raises on bad data."""
+
+
+class ShardNotFoundError(ShardpipeError, FileNotFoundError):
+    """A shard URL that does not exist."""
+
+
+class TruncatedShardError(ShardpipeError):
+    """A tar or gzip stream that ends early (before the end-of-archive marker)."""
+
+
+class CorruptShardError(ShardpipeError):
+    """A tar stream that is not a valid tar archive (bad header, bad gzip data)."""
+
+
+class DecodeError(ShardpipeError):
+    """A member whose bytes do not decode (corrupt image, bad JSON, bad label)."""
+
+
+class MissingFieldError(ShardpipeError, KeyError):
+    """A sample without a field the pipeline needs."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ErrorHandler:
+    """Applies a policy to errors and counts what was skipped, by error type.
+
+    ``counter`` may be replaced by a callable (for example one that writes into shared
+    memory so that counts from DataLoader workers reach the main process).
+    """
+
+    def __init__(self, policy: Policy = "raise", counter: Callable[[str], None] | None = None):
+        if policy not in POLICIES:
+            raise ValueError(f"error policy must be one of {POLICIES}, not {policy!r}")
+        self.policy = policy
+        self.counts: Counter[str] = Counter()
+        self._external = counter
+
+    def __call__(self, exc: Exception) -> None:
+        """Raise ``exc`` under the raise policy; otherwise count (and maybe log) it."""
+        if self.policy == "raise":
+            raise exc
+        name = type(exc).__name__
+        self.counts[name] += 1
+        if self._external is not None:
+            self._external(name)
+        if self.policy == "warn":
+            log.warning("skipped: %s: %s", name, exc)

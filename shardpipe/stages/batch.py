@@ -1,0 +1,95 @@
+"""Batch samples and collate them straight into uint8 NCHW tensors.
+
+Images (RGB uint8 HWC arrays) are copied once, into a preallocated ``(N, C, H, W)``
+uint8 tensor: no per-image float conversion, no intermediate list of tensors. Labels
+become an int64 tensor; everything else is collated as a list.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import MissingFieldError
+from ..sample import Sample
+from .base import Stage
+
+
+def collate_images(images: list[Any], out: torch.Tensor | None = None) -> torch.Tensor:
+    """Stack HWC uint8 arrays (or CHW uint8 tensors) into one NCHW uint8 tensor."""
+    first = images[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(images) if out is None else torch.stack(images, out=out)
+    h, w = first.shape[:2]
+    c = first.shape[2] if first.ndim == 3 else 1
+    for img in images:
+        if img.shape[:2] != (h, w):
+            raise ValueError(
+                f"cannot batch images of different sizes ({h}x{w} and {img.shape[0]}x{img.shape[1]}): "
+                "add a transform that crops or resizes to a fixed size, or set batch_size=None"
+            )
+    if out is None:
+        out = torch.empty((len(images), c, h, w), dtype=torch.uint8)
+    # write through an NHWC view of the NCHW tensor's memory: one strided copy per image
+    nhwc = out.permute(0, 2, 3, 1).numpy()
+    for i, img in enumerate(images):
+        nhwc[i] = img if img.ndim == 3 else img[:, :, None]
+    return out
+
+
+def collate(samples: list[Sample]) -> dict[str, Any]:
+    """Collate a list of samples field by field (see the module docstring)."""
+    out: dict[str, Any] = {}
+    for field in samples[0]:
+        try:
+            values = [s[field] for s in samples]
+        except KeyError as e:
+            raise MissingFieldError(
+                f"cannot batch: sample {e.args[0] if e.args else ''} lacks field {field!r} "
+                f"that sample {samples[0].get('__key__')!r} has"
+            ) from None
+        first = values[0]
+        if isinstance(first, np.ndarray) and first.dtype == np.uint8 and first.ndim in (2, 3):
+            out[field] = collate_images(values)
+        elif isinstance(first, torch.Tensor):
+            out[field] = torch.stack(values)
+        elif isinstance(first, (bool, np.bool_)):
+            out[field] = torch.tensor(values, dtype=torch.bool)
+        elif isinstance(first, (int, np.integer)) and not field.startswith("__"):
+            out[field] = torch.tensor(values, dtype=torch.int64)
+        elif isinstance(first, (float, np.floating)):
+            out[field] = torch.tensor(values, dtype=torch.float32)
+        else:
+            out[field] = values
+    return out
+
+
+class Batch(Stage[dict[str, Any]]):
+    """Group ``batch_size`` samples and collate them; the last batch may be partial.
+
+    Stateless between batches (a batch is only returned whole), so its state is its
+    source's.
+    """
+
+    def __init__(self, batch_size: int, partial: bool = True):
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {batch_size}")
+        self.batch_size = batch_size
+        self.partial = partial
+
+    def next(self) -> dict[str, Any]:
+        samples: list[Sample] = []
+        try:
+            while len(samples) < self.batch_size:
+                samples.append(self.pull())
+        except StopIteration:
+            if not samples or not self.partial:
+                raise
+        t0 = time.perf_counter()
+        batch = collate(samples)
+        self.ctx.add_time("batch", time.perf_counter() - t0, len(samples))
+        return batch

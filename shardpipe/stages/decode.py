@@ -1,0 +1,164 @@
+"""Decode sample fields: images (optionally fused with augmentation), labels, JSON, text.
+
+Images become RGB uint8: ``rgb8`` (numpy HWC), ``torchrgb8`` (torch CHW) or ``pil``.
+``.cls``/``.cls2``/``.index`` become int, ``.json`` a dict, ``.txt`` a str; other fields
+stay bytes. Pickled members (``.pyd``, ``.pickle``, ``.pth``) are *never* unpickled
+unless the user passes ``allow_pickle=True``: unpickling shard data runs its code.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..augment import as_transform, sample_rng
+from ..augment.fused import build_image_fn
+from ..errors import DecodeError
+from ..sample import IMAGE_EXTENSIONS, Sample
+from .base import Stage
+from .parallel import ParallelMap
+
+IMAGE_MODES = ("rgb8", "torchrgb8", "pil")
+_INT_EXTS = {"cls", "cls2", "index", "id"}
+_PICKLE_EXTS = {"pyd", "pickle", "pkl", "pth"}
+
+
+def _convert(img: np.ndarray, mode: str) -> Any:
+    if mode == "rgb8":
+        return img
+    if mode == "torchrgb8":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    from PIL import Image
+
+    return Image.fromarray(np.ascontiguousarray(img))
+
+
+def decode_field(ext: str, data: bytes, allow_pickle: bool = False) -> Any:
+    """Decode one non-image field by its extension."""
+    last = ext.rsplit(".", 1)[-1]
+    if last in _INT_EXTS:
+        return int(data)
+    if last == "json":
+        return json.loads(data)
+    if last == "txt":
+        return data.decode("utf-8")
+    if last in _PICKLE_EXTS and allow_pickle:
+        if last == "pth":
+            import io
+
+            import torch
+
+            return torch.load(io.BytesIO(data), weights_only=True)
+        return pickle.loads(data)
+    return data
+
+
+class SampleDecoder:
+    """Decode one sample; thread-safe, so a pool may call it concurrently."""
+
+    def __init__(
+        self,
+        image: str | None = "rgb8",
+        decoder: str = "auto",
+        transform: Callable[..., Any] | None = None,
+        allow_pickle: bool = False,
+        fuse: bool = True,
+        ctx_seed_epoch: Callable[[], tuple[int, int]] = lambda: (0, 0),
+        add_time: Callable[[str, float, int], None] | None = None,
+    ):
+        if image is not None and image not in IMAGE_MODES:
+            raise ValueError(f"image mode must be one of {IMAGE_MODES} or None, not {image!r}")
+        self.image = image
+        self.transform = transform
+        self.allow_pickle = allow_pickle
+        # fused: one function decodes and augments (crop-aware decode); else two, timed apart
+        self._image_fn = build_image_fn(decoder, transform if fuse else None) if image else None
+        self._augment = as_transform(transform) if transform is not None and not fuse else None
+        self._seed_epoch = ctx_seed_epoch
+        self._add_time = add_time or (lambda name, seconds, items: None)
+
+    def __call__(self, sample: Sample) -> Sample:
+        t0 = time.perf_counter()
+        augment_seconds = 0.0
+        out: Sample = {}
+        images = 0
+        for ext, value in sample.items():
+            if ext.startswith("__"):
+                out[ext] = value
+                continue
+            try:
+                if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+                    if self._image_fn is None:
+                        out[ext] = value
+                        continue
+                    rng = None
+                    if self.transform is not None:  # per-sample randomness: same on resume
+                        seed, epoch = self._seed_epoch()
+                        rng = sample_rng(seed, epoch, sample["__key__"])
+                    img = self._image_fn(value, rng)  # type: ignore[arg-type]
+                    if self._augment is not None:
+                        t1 = time.perf_counter()
+                        img = self._augment(img, rng)  # type: ignore[arg-type]
+                        augment_seconds += time.perf_counter() - t1
+                    out[ext] = _convert(img, self.image)
+                    images += 1
+                else:
+                    out[ext] = decode_field(ext, value, self.allow_pickle)
+            except Exception as e:
+                raise DecodeError(
+                    f"cannot decode {ext!r} of sample {sample.get('__key__')!r} "
+                    f"in shard {sample.get('__url__')}: {type(e).__name__}: {e}"
+                ) from e
+        self._add_time("decode", time.perf_counter() - t0 - augment_seconds, images)
+        if self._augment is not None:
+            self._add_time("augment", augment_seconds, images)
+        return out
+
+
+class Decode(ParallelMap):
+    """Decode samples (see module docstring), on ``threads`` threads when > 0."""
+
+    def __init__(
+        self,
+        image: str | None = "rgb8",
+        decoder: str = "auto",
+        transform: Callable[..., Any] | None = None,
+        threads: int = 0,
+        allow_pickle: bool = False,
+        fuse: bool = True,
+    ):
+        self.decoder = SampleDecoder(
+            image,
+            decoder,
+            transform,
+            allow_pickle,
+            fuse,
+            ctx_seed_epoch=lambda: (self.ctx.seed, self.ctx.epoch),
+            add_time=lambda name, s, n: self.ctx.add_time(name, s, n),
+        )
+        super().__init__(self.decoder, threads)
+
+
+class Augment(ParallelMap):
+    """Apply ``transform(img, rng)`` to the image fields, with per-sample seeded randomness."""
+
+    def __init__(self, transform: Callable[..., Any], threads: int = 0):
+        self.transform = as_transform(transform)
+        super().__init__(self._apply, threads)
+
+    def _apply(self, sample: Sample) -> Sample:
+        t0 = time.perf_counter()
+        rng = sample_rng(self.ctx.seed, self.ctx.epoch, sample["__key__"])
+        out = dict(sample)
+        for ext, value in sample.items():
+            if isinstance(value, np.ndarray) and ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+                out[ext] = self.transform(value, rng)
+        self.ctx.add_time("augment", time.perf_counter() - t0, 1)
+        return out

@@ -1,0 +1,134 @@
+"""Shard lists: expand URL patterns or a manifest, shuffle per epoch, split across consumers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from braceexpand import braceexpand
+
+from ..io import dirname_url, join_url, read_bytes
+from .base import Stage, State
+
+log = logging.getLogger("shardpipe")
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard to read: its URL, its position in the full list, and what the manifest knows."""
+
+    url: str
+    index: int
+    samples: int | None = None
+    size: int | None = None
+    sha256: str | None = None
+
+
+def load_manifest(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a ``manifest.json`` written by ``ShardWriter``; shard names become full URLs."""
+    manifest = json.loads(read_bytes(url, storage_options=storage_options))
+    base = dirname_url(url)
+    for entry in manifest.get("shards", []):
+        entry["url"] = join_url(base, entry["name"])
+    return manifest
+
+
+def expand_urls(
+    urls: str | Sequence[str], storage_options: dict[str, Any] | None = None
+) -> list[Shard]:
+    """Turn a brace pattern, a list of patterns, or a manifest URL into a shard list.
+
+    ``"train-{000000..000099}.tar"`` expands with braceexpand; ``"a.tar::b.tar"`` and lists
+    concatenate; a URL ending in ``.json`` is read as a manifest (with sample counts).
+    """
+    patterns = urls.split("::") if isinstance(urls, str) else list(urls)
+    shards: list[Shard] = []
+    for pattern in patterns:
+        if pattern.endswith(".json"):
+            for entry in load_manifest(pattern, storage_options)["shards"]:
+                shards.append(
+                    Shard(entry["url"], len(shards), entry.get("samples"), entry.get("bytes"), entry.get("sha256"))
+                )
+            continue
+        for url in braceexpand(pattern):
+            shards.append(Shard(url, len(shards)))
+    if not shards:
+        raise ValueError(f"no shards in {urls!r}")
+    return shards
+
+
+def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
+    """The shard order of one epoch: a seeded permutation, the same on every consumer."""
+    if not shuffle:
+        return np.arange(n)
+    return np.random.default_rng([seed, epoch, 0x5A4D]).permutation(n)
+
+
+class ShardList(Stage[Shard]):
+    """Yield the epoch's shards, shuffled per (seed, epoch) when ``shuffle`` is true.
+
+    State: the position of the next shard in this epoch's order.
+    """
+
+    def __init__(self, shards: Sequence[Shard], shuffle: bool = False):
+        super().__init__()
+        self.shards = list(shards)
+        self.shuffle = shuffle
+        self._order: np.ndarray = np.arange(0)
+        self._pos = 0
+
+    def reset(self, state: State | None = None) -> None:
+        self._order = epoch_order(len(self.shards), self.ctx.seed, self.ctx.epoch, self.shuffle)
+        self._pos = int(state["pos"]) if state else 0
+
+    def next(self) -> Shard:
+        if self._pos >= len(self._order):
+            raise StopIteration
+        shard = self.shards[int(self._order[self._pos])]
+        self._pos += 1
+        return shard
+
+    def get_state(self) -> State:
+        return {"pos": self._pos}
+
+
+class SplitShards(Stage[Shard]):
+    """Keep every ``count``-th shard starting at ``index`` (round robin over consumers).
+
+    ``by="all"`` splits over ranks x DataLoader workers, ``"node"`` over ranks only,
+    ``"worker"`` over the workers of this rank only. Stateless: positions live upstream.
+    """
+
+    def __init__(self, by: str = "all"):
+        super().__init__()
+        if by not in ("all", "node", "worker"):
+            raise ValueError(f"split by must be 'all', 'node' or 'worker', not {by!r}")
+        self.by = by
+        self._seen = 0
+
+    def _slot(self) -> tuple[int, int]:
+        c = self.ctx
+        if self.by == "node":
+            return c.rank, c.world_size
+        if self.by == "worker":
+            return c.worker, c.num_workers
+        return c.split_index, c.split_count
+
+    def reset(self, state: State | None = None) -> None:
+        super().reset(state)
+        self._seen = int(state["seen"]) if state else 0
+
+    def next(self) -> Shard:
+        index, count = self._slot()
+        while True:
+            shard = self.pull()
+            self._seen += 1
+            if (self._seen - 1) % count == index:
+                return shard
+
+    def get_state(self) -> State:
+        return {"seen": self._seen, **super().get_state()}

@@ -1,0 +1,75 @@
+"""Shuffle compressed samples in seeded windows, so the order can be recomputed on resume.
+
+The stage reads a window of ``buffer_size`` samples, emits them in a permutation drawn
+from (seed, epoch, consumer, window number), then reads the next window. Its state is
+three things: the source's state at the start of the window, the window number, and
+how many of the window's samples were already emitted. Resuming re-reads one window of
+*compressed* bytes (no decode) and skips what was emitted; the buffer contents are never
+stored in the state. Samples hold compressed bytes, so a buffer of thousands is cheap.
+Combine with shard shuffling and write-time shuffling (``shardpipe write --shuffle``)
+for a near-global shuffle.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .base import Stage, State
+
+
+class Shuffle(Stage[Any]):
+    """Emit the source's items in seeded random order, ``buffer_size`` at a time."""
+
+    def __init__(self, buffer_size: int):
+        super().__init__()
+        if buffer_size < 1:
+            raise ValueError(f"shuffle buffer_size must be >= 1, not {buffer_size}")
+        self.buffer_size = buffer_size
+        self._window: list[Any] = []
+        self._order: np.ndarray = np.arange(0)
+        self._emitted = 0
+        self._window_no = -1
+        self._window_start: State | None = None
+
+    def _fill(self) -> bool:
+        """Read the next window; False when the source is exhausted."""
+        assert self.source is not None
+        self._window_start = self.source.get_state()
+        self._window_no += 1
+        window = []
+        for _ in range(self.buffer_size):
+            try:
+                window.append(self.source.next())
+            except StopIteration:
+                break
+        c = self.ctx
+        rng = np.random.default_rng([c.seed, c.epoch, c.split_index, self._window_no, 0x5F])
+        self._window, self._order, self._emitted = window, rng.permutation(len(window)), 0
+        return bool(window)
+
+    def reset(self, state: State | None = None) -> None:
+        self._window, self._order, self._emitted = [], np.arange(0), 0
+        if state is None:
+            super().reset(None)
+            self._window_no, self._window_start = -1, None
+            return
+        assert self.source is not None
+        self.source.reset(state["source"])
+        self._window_no = int(state["window"]) - 1
+        self._fill()
+        self._emitted = int(state["emitted"])
+
+    def next(self) -> Any:
+        if self._emitted >= len(self._window) and not self._fill():
+            raise StopIteration
+        item = self._window[self._order[self._emitted]]
+        self._window[self._order[self._emitted]] = None  # release memory as we go
+        self._emitted += 1
+        return item
+
+    def get_state(self) -> State:
+        if self._window_start is None:  # nothing read yet
+            return {"source": super().get_state()["source"], "window": 0, "emitted": 0}
+        return {"source": self._window_start, "window": self._window_no, "emitted": self._emitted}

@@ -1,0 +1,59 @@
+"""Per-stage timings and error counts, summed over DataLoader worker processes.
+
+Each worker adds what it measured into its own row of a shared-memory tensor, so the
+main process can read the totals at any time (one writer per row: no locks needed).
+"""
+
+from __future__ import annotations
+
+import torch
+
+STAGES = ("read", "untar", "decode", "augment", "batch")
+ERRORS = (
+    "ShardNotFoundError",
+    "TruncatedShardError",
+    "CorruptShardError",
+    "DecodeError",
+    "MissingFieldError",
+    "other",
+)
+_SLOTS = [f"time.{s}" for s in STAGES] + [f"items.{s}" for s in STAGES] + [f"errors.{e}" for e in ERRORS]
+_INDEX = {name: i for i, name in enumerate(_SLOTS)}
+MAX_ROWS = 257  # row 0: the main process; rows 1..256: DataLoader workers
+
+
+class SharedStats:
+    """Cumulative counters in shared memory; survive pickling into worker processes."""
+
+    def __init__(self) -> None:
+        self.table = torch.zeros((MAX_ROWS, len(_SLOTS)), dtype=torch.float64).share_memory_()
+
+    def add(self, row: int, timers: dict[str, float], counts: dict[str, int], errors: dict[str, int]) -> None:
+        """Add deltas measured by one consumer into its row."""
+        r = self.table[row % MAX_ROWS]
+        for name, value in timers.items():
+            if f"time.{name}" in _INDEX:
+                r[_INDEX[f"time.{name}"]] += value
+        for name, value in counts.items():
+            if f"items.{name}" in _INDEX:
+                r[_INDEX[f"items.{name}"]] += value
+        for name, value in errors.items():
+            r[_INDEX.get(f"errors.{name}", _INDEX["errors.other"])] += value
+
+    def totals(self) -> dict[str, float]:
+        summed = self.table.sum(0).tolist()
+        return {name: summed[i] for i, name in enumerate(_SLOTS)}
+
+    def errors(self) -> dict[str, int]:
+        """Skipped items by error type (only non-zero entries)."""
+        t = self.totals()
+        return {e: int(t[f"errors.{e}"]) for e in ERRORS if t[f"errors.{e}"]}
+
+    def stage_table(self) -> dict[str, float]:
+        """Seconds per 1000 samples for each stage (over the samples that reached decode)."""
+        t = self.totals()
+        samples = max(t["items.decode"], t["items.batch"], 1.0)
+        return {s: 1000.0 * t[f"time.{s}"] / samples for s in STAGES}
+
+    def reset(self) -> None:
+        self.table.zero_()

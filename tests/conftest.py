@@ -1,0 +1,20 @@
+"""Shared fixtures: tiny deterministic JPEG datasets written into shards in tmp_path."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from .helpers import make_samples, write_shards
+
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+@pytest.fixture
+def dataset_dir(tmp_path: Path) -> tuple[list[str], list[dict]]:
+    """Seven uneven shards (59 samples) of small JPEGs with labels and JSON."""
+    samples = make_samples(59)
+    urls = write_shards(tmp_path, samples, [10, 3, 12, 9, 1, 16, 8])
+    return urls, samples

@@ -1,0 +1,47 @@
+"""Helpers shared by the tests: tiny deterministic JPEGs and shard writing."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import shardpipe
+
+
+def small_jpeg(index: int, size: tuple[int, int] = (48, 40)) -> bytes:
+    """A small textured JPEG whose content depends on ``index`` (fast to make and decode)."""
+    rng = np.random.default_rng(index)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([(xx * 5 + index * 7) % 256, (yy * 5 + index * 13) % 256, np.full_like(xx, index * 29 % 256)], -1)
+    img = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def make_samples(n: int, prefix: str = "sample", classes: int = 5) -> list[dict]:
+    return [
+        {"__key__": f"{prefix}{i:05d}", "jpg": small_jpeg(i), "cls": i % classes, "json": {"index": i}}
+        for i in range(n)
+    ]
+
+
+def write_shards(root: Path, samples: list[dict], counts: list[int], compress: str | None = None) -> list[str]:
+    """Write ``samples`` into shards of the given sizes (uneven on purpose); return the URLs."""
+    assert sum(counts) == len(samples)
+    ext = "tar.gz" if compress else "tar"
+    urls, pos = [], 0
+    for i, c in enumerate(counts):
+        path = root / f"shard-{i:04d}.{ext}"
+        with open(path, "wb") as f:
+            tw = shardpipe.TarWriter(f, compress)
+            for s in samples[pos : pos + c]:
+                tw.write(s)
+            tw.close()
+        urls.append(str(path))
+        pos += c
+    return urls

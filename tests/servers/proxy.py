@@ -1,0 +1,190 @@
+"""A TCP proxy for fault injection between a client and a real server.
+
+Runs its own asyncio loop in a daemon thread on 127.0.0.1. Faults are queued and each
+new connection takes the next one: ``cut(after=N, connections=K)`` makes the next K
+connections drop after N bytes went from the server to the client; ``stall`` pauses
+them instead. ``latency`` (seconds added before each response) and ``throttle``
+(bytes/s from server to client) apply to every connection. Counters record how many
+connections were made and how many bytes each way went through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+CHUNK = 64 * 1024
+
+
+@dataclass
+class Fault:
+    kind: str  # "cut" or "stall"
+    after: int  # bytes from server to client before the fault fires
+    remaining: int  # connections still to receive this fault
+    seconds: float = 0.0  # stall length
+    rst: bool = False  # cut with a TCP reset instead of a clean close
+
+
+class FaultProxy:
+    """Forwards 127.0.0.1:``port`` to ``upstream_host:upstream_port`` with injectable faults."""
+
+    def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1"):
+        self.upstream = (upstream_host, upstream_port)
+        self.latency = 0.0
+        self.throttle: float | None = None
+        self.connections = 0
+        self.bytes_down = 0
+        self.bytes_up = 0
+        self.faults_fired = 0
+        self._faults: deque[Fault] = deque()
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._server: asyncio.base_events.Server | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.port = 0
+
+    # -- control (called from the test thread) --------------------------------------
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
+        fut.result(10)
+        return self
+
+    def stop(self) -> None:
+        async def _close() -> None:
+            if self._server is not None:
+                self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(_close(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut(self, after: int, connections: int = 1, *, rst: bool = False) -> None:
+        """Drop each of the next ``connections`` connections after ``after`` bytes down."""
+        with self._lock:
+            self._faults.append(Fault("cut", after, connections, rst=rst))
+
+    def stall(self, after: int, seconds: float, connections: int = 1) -> None:
+        """Stop forwarding for ``seconds`` after ``after`` bytes on the next connections."""
+        with self._lock:
+            self._faults.append(Fault("stall", after, connections, seconds=seconds))
+
+    def clear(self) -> None:
+        """Remove queued faults, latency and throttle; reset the counters."""
+        with self._lock:
+            self._faults.clear()
+        self.latency = 0.0
+        self.throttle = None
+        self.reset_counters()
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self.connections = self.bytes_down = self.bytes_up = self.faults_fired = 0
+
+    def pending_faults(self) -> int:
+        with self._lock:
+            return sum(f.remaining for f in self._faults)
+
+    # -- the proxy itself (runs on the proxy's loop) -----------------------------------
+    async def _start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def _take_fault(self) -> Fault | None:
+        with self._lock:
+            self.connections += 1
+            while self._faults and self._faults[0].remaining <= 0:
+                self._faults.popleft()
+            if not self._faults:
+                return None
+            fault = self._faults[0]
+            fault.remaining -= 1
+            return Fault(fault.kind, fault.after, 1, fault.seconds, fault.rst)
+
+    async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+        fault = self._take_fault()
+        try:
+            ureader, uwriter = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            _reset(cwriter)  # upstream down: the client sees a refused/reset connection
+            return
+        turn = asyncio.Event()  # set when the client sent a request: latency applies once
+        up = asyncio.ensure_future(self._pump_up(creader, uwriter, turn))
+        down = asyncio.ensure_future(self._pump_down(ureader, cwriter, fault, turn))
+        try:
+            await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (up, down):
+                task.cancel()
+            for w in (uwriter, cwriter):
+                if not w.is_closing():
+                    w.close()
+
+    async def _pump_up(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, turn: asyncio.Event
+    ) -> None:
+        while data := await reader.read(CHUNK):
+            with self._lock:
+                self.bytes_up += len(data)
+            turn.set()
+            writer.write(data)
+            await writer.drain()
+
+    async def _pump_down(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        fault: Fault | None,
+        turn: asyncio.Event,
+    ) -> None:
+        sent = 0
+        while data := await reader.read(CHUNK):
+            if self.latency and turn.is_set():
+                turn.clear()
+                await asyncio.sleep(self.latency)
+            if fault is not None and sent + len(data) >= fault.after:
+                head, data = data[: fault.after - sent], data[fault.after - sent :]
+                await self._send(writer, head)
+                sent += len(head)
+                with self._lock:
+                    self.faults_fired += 1
+                if fault.kind == "cut":
+                    if fault.rst:
+                        _reset(writer)
+                    else:
+                        writer.close()
+                    return
+                await asyncio.sleep(fault.seconds)
+                fault = None
+            await self._send(writer, data)
+            sent += len(data)
+
+    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+        if not data:
+            return
+        with self._lock:
+            self.bytes_down += len(data)
+        writer.write(data)
+        await writer.drain()
+        if self.throttle:
+            await asyncio.sleep(len(data) / self.throttle)
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP RST (SO_LINGER 0), as a crashed peer or middlebox would."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
