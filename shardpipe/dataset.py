@@ -53,8 +53,9 @@ class ShardDataset(IterableDataset):
         shuffle: ``False``, ``True`` (a buffer of 1000 samples) or a buffer size;
             shard order is shuffled per epoch too when shuffling is on.
         seed: the seed of every random choice (shard order, buffer, augmentation).
-        decode: ``"rgb8"`` (numpy HWC), ``"torchrgb8"`` (torch CHW), ``"pil"``, or
-            ``None`` to keep images as bytes (e.g. for GPU decode).
+        decode: ``"rgb8"`` (numpy HWC), ``"torchrgb8"`` (torch CHW), ``"pil"``,
+            ``"encoded"`` (images stay bytes, e.g. for GPU decode; labels and JSON are
+            decoded), or ``None`` (every field stays bytes, as stored).
         decoder: image decoder backend (``"auto"`` = fastest installed, ``"pil"``, ...).
         transform: ``transform(img, rng) -> img`` on RGB uint8 arrays, or a plain callable.
         threads: decode threads inside each consumer process (0 = inline).
@@ -170,16 +171,17 @@ class ShardDataset(IterableDataset):
             stages.append(RequireFields(self.require))
         if self.buffer_size:
             stages.append(Shuffle(self.buffer_size))
-        stages.append(
-            Decode(
-                self.decode,
-                self.decoder,
-                self.transform,
-                threads=self.threads,
-                allow_pickle=self.allow_pickle,
-                fuse=_fusable(self.transform),
+        if self.decode is not None:
+            stages.append(
+                Decode(
+                    self.decode,
+                    self.decoder,
+                    self.transform,
+                    threads=self.threads,
+                    allow_pickle=self.allow_pickle,
+                    fuse=_fusable(self.transform),
+                )
             )
-        )
         if self.batch_size:
             stages.append(Batch(self.batch_size, self.partial))
         return Pipeline(stages, ctx)

@@ -97,9 +97,9 @@ class TarWriter:
         return total
 
     @property
-    def size(self) -> int:
-        """Bytes written to the file so far (compressed size for tar.gz)."""
-        return self._out.size
+    def tar_size(self) -> int:
+        """Bytes of the (uncompressed) tar stream so far: headers, data and padding."""
+        return self._tar.offset
 
     def close(self) -> tuple[int, str]:
         """Finish the archive; returns (file size, sha256 hex)."""
@@ -121,6 +121,9 @@ def shard_name(pattern: str, index: int) -> str:
 
 class ShardWriter:
     """Write samples into numbered shards, rolling over at ``maxcount`` samples or ``maxsize`` bytes.
+
+    ``maxsize`` counts the uncompressed tar bytes; a shard closes before the sample that
+    would start beyond it, so no shard exceeds ``maxsize`` by more than one sample.
 
     Use as a context manager; ``write(sample)`` takes a dict with ``"__key__"`` and one
     entry per extension (``"jpg": bytes``, ``"cls": int``, ``"json": dict``). On close,
@@ -174,7 +177,7 @@ class ShardWriter:
 
     def write(self, sample: Mapping[str, Any]) -> None:
         if self._tar is not None and (
-            self._tar.samples >= self.maxcount or self._tar.size >= self.maxsize
+            self._tar.samples >= self.maxcount or self._tar.tar_size >= self.maxsize
         ):
             self._finish()
         if self._tar is None:

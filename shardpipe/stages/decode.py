@@ -1,6 +1,7 @@
 """Decode sample fields: images (optionally fused with augmentation), labels, JSON, text.
 
-Images become RGB uint8: ``rgb8`` (numpy HWC), ``torchrgb8`` (torch CHW) or ``pil``.
+Images become RGB uint8: ``rgb8`` (numpy HWC), ``torchrgb8`` (torch CHW) or ``pil``;
+``encoded`` leaves them as bytes (for batched GPU decode) while decoding the rest.
 ``.cls``/``.cls2``/``.index`` become int, ``.json`` a dict, ``.txt`` a str; other fields
 stay bytes. Pickled members (``.pyd``, ``.pickle``, ``.pth``) are *never* unpickled
 unless the user passes ``allow_pickle=True``: unpickling shard data runs its code.
@@ -23,7 +24,7 @@ from ..sample import IMAGE_EXTENSIONS, Sample
 from .base import Stage
 from .parallel import ParallelMap
 
-IMAGE_MODES = ("rgb8", "torchrgb8", "pil")
+IMAGE_MODES = ("rgb8", "torchrgb8", "pil", "encoded")
 _INT_EXTS = {"cls", "cls2", "index", "id"}
 _PICKLE_EXTS = {"pyd", "pickle", "pkl", "pth"}
 
@@ -34,6 +35,8 @@ def _convert(img: np.ndarray, mode: str) -> Any:
     if mode == "torchrgb8":
         import torch
 
+        if not img.flags.writeable:  # e.g. a view of a PIL image: torch wants its own memory
+            img = img.copy()
         return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
     from PIL import Image
 
@@ -65,7 +68,7 @@ class SampleDecoder:
 
     def __init__(
         self,
-        image: str | None = "rgb8",
+        image: str = "rgb8",
         decoder: str = "auto",
         transform: Callable[..., Any] | None = None,
         allow_pickle: bool = False,
@@ -73,13 +76,13 @@ class SampleDecoder:
         ctx_seed_epoch: Callable[[], tuple[int, int]] = lambda: (0, 0),
         add_time: Callable[[str, float, int], None] | None = None,
     ):
-        if image is not None and image not in IMAGE_MODES:
-            raise ValueError(f"image mode must be one of {IMAGE_MODES} or None, not {image!r}")
+        if image not in IMAGE_MODES:
+            raise ValueError(f"image mode must be one of {IMAGE_MODES}, not {image!r}")
         self.image = image
         self.transform = transform
         self.allow_pickle = allow_pickle
         # fused: one function decodes and augments (crop-aware decode); else two, timed apart
-        self._image_fn = build_image_fn(decoder, transform if fuse else None) if image else None
+        self._image_fn = build_image_fn(decoder, transform if fuse else None) if image != "encoded" else None
         self._augment = as_transform(transform) if transform is not None and not fuse else None
         self._seed_epoch = ctx_seed_epoch
         self._add_time = add_time or (lambda name, seconds, items: None)
@@ -127,7 +130,7 @@ class Decode(ParallelMap):
 
     def __init__(
         self,
-        image: str | None = "rgb8",
+        image: str = "rgb8",
         decoder: str = "auto",
         transform: Callable[..., Any] | None = None,
         threads: int = 0,

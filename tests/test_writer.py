@@ -1,0 +1,78 @@
+"""ShardWriter: rollover limits, manifest, atomic shards, input validation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import shardpipe
+from shardpipe import ShardWriter
+
+from .helpers import make_samples
+
+
+def test_maxcount_and_manifest(tmp_path: Path):
+    samples = make_samples(23)
+    with ShardWriter(str(tmp_path / "out-%05d.tar"), maxcount=10, metadata={"class_names": ["a", "b"]}) as w:
+        for s in samples:
+            w.write(s)
+    names = sorted(p.name for p in tmp_path.glob("*.tar"))
+    assert names == ["out-00000.tar", "out-00001.tar", "out-00002.tar"]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [s["samples"] for s in manifest["shards"]] == [10, 10, 3]
+    assert manifest["samples"] == 23 and manifest["class_names"] == ["a", "b"]
+    for entry in manifest["shards"]:
+        data = (tmp_path / entry["name"]).read_bytes()
+        assert entry["bytes"] == len(data)
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("compress", [None, "gz"])
+def test_maxsize_bounds_every_shard(tmp_path: Path, compress):
+    samples = make_samples(30)
+    limit = 12_000
+    with ShardWriter(str(tmp_path / "s-{:04d}.tar"), maxsize=limit, compress=compress) as w:
+        for s in samples:
+            w.write(s)
+    shards = json.loads((tmp_path / "manifest.json").read_text())["shards"]
+    assert len(shards) > 2 and sum(s["samples"] for s in shards) == 30
+    # a shard closes before the sample that would start past the limit: bounded by limit + one sample
+    biggest = max(len(shardpipe.writer.encode_field("jpg", s["jpg"])) for s in samples) + 3 * 1536 + 10240
+    assert all(s["bytes"] <= limit + biggest for s in shards)
+    keys = [s["__key__"] for s in shardpipe.ShardDataset(str(tmp_path / "manifest.json"), decode=None)]
+    assert keys == [s["__key__"] for s in samples]
+
+
+def test_failure_leaves_no_partial_shard(tmp_path: Path):
+    samples = make_samples(7)
+    with pytest.raises(RuntimeError, match="boom"):
+        with ShardWriter(str(tmp_path / "x-%03d.tar"), maxcount=4) as w:
+            for i, s in enumerate(samples):
+                if i == 6:
+                    raise RuntimeError("boom")
+                w.write(s)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x-000.tar"]  # complete shard only, no temp, no manifest
+
+
+@pytest.mark.parametrize(
+    "sample, error",
+    [
+        ({"jpg": b"x"}, "needs a string '__key__'"),
+        ({"__key__": "a.b", "jpg": b"x"}, "dot in its basename"),
+        ({"__key__": "k"}, "has no fields to write"),
+        ({"__key__": "k", "JPG": b"x"}, "must be a lower-case extension"),
+        ({"__key__": "k", "npy": 1.5}, "cannot write field 'npy' of type float"),
+    ],
+)
+def test_invalid_samples_are_rejected(tmp_path: Path, sample, error):
+    with pytest.raises((ValueError, TypeError), match=error):
+        with ShardWriter(str(tmp_path / "bad-%03d.tar")) as w:
+            w.write(sample)
+
+
+def test_pattern_needs_a_placeholder(tmp_path: Path):
+    with pytest.raises(ValueError, match="needs a %d or"):
+        ShardWriter(str(tmp_path / "fixed.tar"))
