@@ -1,0 +1,39 @@
+"""The ``shardpipe`` command: one module per subcommand, imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+#: subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("shardpipe.cli.demo", "generate a small dataset, write shards, stream them, print throughput"),
+    "write": ("shardpipe.cli.write", "pack a folder, ImageFolder tree, CSV/JSONL list or LMDB into shards"),
+    "inspect": ("shardpipe.cli.inspect", "summarise shards: samples, extensions, bytes, image sizes"),
+    "verify": ("shardpipe.cli.verify", "decode every sample and check manifest counts and checksums"),
+    "bench": ("shardpipe.cli.bench", "per-stage throughput and side-by-side comparison with baselines"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="shardpipe", description="Fast sharded image loading for training.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # build only the parser of the command asked for: the others' imports cost start-up time
+    wanted = next((a for a in argv if a in COMMANDS), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(run=module.run)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
