@@ -11,7 +11,9 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .errors import ErrorHandler, Policy
-from .stages.base import Context, Pipeline, Stage, State
+from .plan import POLICIES as PLAN_POLICIES
+from .plan import ResampledShards, plan_ranges
+from .stages.base import Context, Map, Pipeline, Stage, State, Take
 from .stages.batch import Batch
 from .stages.decode import Decode
 from .stages.fields import RequireFields
@@ -62,7 +64,14 @@ class ShardDataset(IterableDataset):
         batch_size: collate into batches of this size (``None`` yields samples).
         partial: keep the last, smaller batch.
         require: fields every sample must have (``"jpg;png"`` accepts either).
-        split: ``"auto"``, ``"shards"`` or ``"samples"`` (see above).
+        split: without sample counts (no manifest) and policy ``uneven``: ``"auto"``,
+            ``"shards"`` or ``"samples"`` (see above).
+        epoch_policy: how ranks get equal epochs (see ``shardpipe.plan``): ``"auto"``
+            (``drop`` when the manifest gives sample counts; ``uneven`` on one rank
+            without counts; an error on several ranks without counts), ``"drop"``,
+            ``"pad"`` (repeats marked ``__pad__``), ``"resample"`` (needs
+            ``samples_per_epoch``) or ``"uneven"``.
+        samples_per_epoch: the epoch length over all ranks for ``resample``.
         handler: error policy for bad data: ``"raise"``, ``"warn"`` or ``"skip"``.
         storage_options: passed to fsspec for remote URLs.
         rank, world_size: override the distributed rank (default: torch.distributed/env).
@@ -82,6 +91,8 @@ class ShardDataset(IterableDataset):
         partial: bool = True,
         require: Sequence[str] = (),
         split: str = "auto",
+        epoch_policy: str = "auto",
+        samples_per_epoch: int | None = None,
         handler: Policy = "raise",
         allow_pickle: bool = False,
         storage_options: dict[str, Any] | None = None,
@@ -91,8 +102,20 @@ class ShardDataset(IterableDataset):
         super().__init__()
         if split not in ("auto", "shards", "samples"):
             raise ValueError(f"split must be 'auto', 'shards' or 'samples', not {split!r}")
+        if epoch_policy not in ("auto", *PLAN_POLICIES):
+            raise ValueError(f"epoch_policy must be 'auto' or one of {PLAN_POLICIES}, not {epoch_policy!r}")
+        if epoch_policy == "resample" and not samples_per_epoch:
+            raise ValueError("epoch_policy='resample' needs samples_per_epoch (the epoch length over all ranks)")
         ErrorHandler(handler)  # validate the policy name early
         self.shards: list[Shard] = expand_urls(urls, storage_options)
+        self.has_counts = all(s.samples is not None for s in self.shards)
+        if epoch_policy in ("drop", "pad") and not self.has_counts:
+            raise ValueError(
+                f"epoch_policy={epoch_policy!r} needs sample counts per shard: pass the shards' manifest.json "
+                "(written by ShardWriter and `shardpipe write`) instead of a URL pattern"
+            )
+        self.epoch_policy = epoch_policy
+        self.samples_per_epoch = samples_per_epoch
         self.buffer_size = (1000 if shuffle is True else int(shuffle)) if shuffle else 0
         self.seed = seed
         self.decode = decode
@@ -108,27 +131,42 @@ class ShardDataset(IterableDataset):
         self.storage_options = storage_options
         self._rank = rank
         self._world = world_size
+        self._main_rank = distributed_rank()
         self.epoch = 0
         self.stats = SharedStats()
         self._resume: State | None = None
         self._live: Pipeline | None = None
+        # set by ShardLoader for DataLoader workers: emit (worker, state, item) and resume
+        self._emit_state = False
+        self._rotation = 0
+        self._worker_states: list[State | None] | None = None
 
     # -- configuration ------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Use the order of epoch ``epoch`` from the next iteration on."""
         self.epoch = epoch
 
+    def rank_and_world(self) -> tuple[int, int]:
+        """This process's (rank, world_size): the constructor's override, else torch.distributed/env.
+
+        DataLoader workers use what the main process saw last (the process group does
+        not carry over into worker processes).
+        """
+        if get_worker_info() is None:
+            self._main_rank = distributed_rank()
+        rank, world = self._main_rank
+        return (self._rank if self._rank is not None else rank, self._world if self._world is not None else world)
+
     def _context(self) -> Context:
-        rank, world = distributed_rank()
-        rank = self._rank if self._rank is not None else rank
-        world = self._world if self._world is not None else world
+        rank, world = self.rank_and_world()
         info = get_worker_info()
         return Context(
             seed=self.seed,
             epoch=self.epoch,
             rank=rank,
             world_size=world,
-            worker=info.id if info else 0,
+            # the logical worker: rotated so that a resumed loader continues its round robin
+            worker=(info.id + self._rotation) % info.num_workers if info else 0,
             num_workers=info.num_workers if info else 1,
             errors=ErrorHandler(self.handler),
             storage_options=self.storage_options,
@@ -157,16 +195,62 @@ class ShardDataset(IterableDataset):
             )
         return "samples"
 
-    def build_pipeline(self, ctx: Context | None = None) -> Pipeline:
-        """The stage chain this dataset runs (also useful to inspect or extend)."""
-        ctx = ctx or self._context()
+    def resolved_policy(self, world_size: int) -> str:
+        """The epoch policy in effect for ``world_size`` ranks (resolving ``auto``)."""
+        if self.epoch_policy != "auto":
+            return self.epoch_policy
+        if self.has_counts:
+            return "drop"
+        if world_size == 1:
+            return "uneven"
+        raise ValueError(
+            f"{world_size} ranks need equal epochs, which need sample counts per shard: pass the shards' "
+            "manifest.json (written by ShardWriter and `shardpipe write`), or choose "
+            "epoch_policy='resample' with samples_per_epoch=N, or epoch_policy='uneven' if your loop "
+            "tolerates ranks with different batch counts"
+        )
+
+    def _shard_stages(self, ctx: Context) -> list[Stage[Any]]:
+        """The stages up to grouped samples, per the epoch policy."""
+        shuffle = self.buffer_size > 0
+        policy = self.resolved_policy(ctx.world_size)
+        if policy in ("drop", "pad"):
+
+            def ranges(c: Context) -> list[Shard]:
+                return plan_ranges(
+                    self.shards,
+                    seed=c.seed,
+                    epoch=c.epoch,
+                    rank=c.rank,
+                    world_size=c.world_size,
+                    worker=c.worker,
+                    num_workers=c.num_workers,
+                    shuffle=shuffle,
+                    policy=policy,
+                )
+
+            stages: list[Stage[Any]] = [ShardList(self.shards, plan=ranges), Untar(), GroupSamples()]
+            if policy == "pad":
+                stages.append(Map(_mark_real))
+            return stages
+        if policy == "resample":
+            assert self.samples_per_epoch
+            budget = self.samples_per_epoch // ctx.split_count
+            draws = ShardList(self.shards, plan=lambda c: ResampledShards(self.shards, c.seed, c.epoch, c.split_index))
+            return [draws, Untar(), GroupSamples(), Take(budget)]
         mode = self._split_mode(ctx)
-        stages: list[Stage[Any]] = [ShardList(self.shards, shuffle=self.buffer_size > 0)]
+        stages = [ShardList(self.shards, shuffle=shuffle)]
         if mode == "shards" and ctx.split_count > 1:
             stages.append(SplitShards("all"))
         stages += [Untar(), GroupSamples()]
         if mode == "samples" and ctx.split_count > 1:
             stages.append(SplitSamples())
+        return stages
+
+    def build_pipeline(self, ctx: Context | None = None) -> Pipeline:
+        """The stage chain this dataset runs (also useful to inspect or extend)."""
+        ctx = ctx or self._context()
+        stages = self._shard_stages(ctx)
         if self.require:
             stages.append(RequireFields(self.require))
         if self.buffer_size:
@@ -190,17 +274,21 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         ctx = self._context()
         pipeline = self.build_pipeline(ctx)
-        pipeline.reset(self._resume)
+        resume = self._resume
+        if self._worker_states is not None and get_worker_info() is not None:
+            resume = self._worker_states[ctx.worker]
+        pipeline.reset(resume)
         self._resume = None
         self._live = pipeline
         row = 0 if get_worker_info() is None else 1 + ctx.worker
         flusher = _StatsFlusher(self.stats, row, ctx)
         flush_every = 1 if self.batch_size else 64
+        emit = self._emit_state and get_worker_info() is not None
         try:
             for n, item in enumerate(pipeline, 1):
                 if n % flush_every == 0:
                     flusher.flush()
-                yield item
+                yield (ctx.worker, pipeline.get_state(), item) if emit else item
         finally:
             flusher.flush()
             for stage in pipeline.stages:
@@ -219,6 +307,12 @@ class ShardDataset(IterableDataset):
         """Continue from ``state`` on the next iteration."""
         self.epoch = int(state["epoch"])
         self._resume = state if state.get("stages") is not None else None
+
+
+def _mark_real(sample: dict[str, Any]) -> dict[str, Any]:
+    """Under the pad policy every sample carries ``__pad__`` (True only on repeats)."""
+    sample.setdefault("__pad__", False)
+    return sample
 
 
 class _StatsFlusher:

@@ -1,20 +1,33 @@
-"""``ShardLoader``: a DataLoader for ``ShardDataset`` that advances the epoch by itself."""
+"""``ShardLoader``: a DataLoader for ``ShardDataset`` with epochs and exact mid-epoch resume.
+
+With ``num_workers > 0``, each worker sends its pipeline state along with every item it
+yields; the loader keeps the latest state per worker and which worker is due next.
+That is the whole resume state: a few integers per worker. A resumed loader rotates
+worker ids so that its round robin continues with the worker that was due, and each
+worker continues from its own state, so the resumed run yields exactly the items the
+uninterrupted run would have, in the same order.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader
 
-from .dataset import ShardDataset
+from .dataset import ShardDataset, distributed_rank
+from .stages.base import State
+
+STATE_VERSION = 1
 
 
 class ShardLoader(DataLoader):
     """DataLoader over a ``ShardDataset`` (which batches itself, so ``batch_size=None`` here).
 
     Each new iteration moves the dataset to the next epoch, unless ``set_epoch`` was
-    called since the last one, so the order changes every epoch with no extra code.
+    called since the last one. ``state_dict()`` / ``load_state_dict()`` save and restore
+    the position mid-epoch (or between epochs) for any ``num_workers``.
     """
 
     def __init__(self, dataset: ShardDataset, num_workers: int = 0, pin_memory: bool = False, **kwargs: Any):
@@ -31,15 +44,102 @@ class ShardLoader(DataLoader):
         )
         self._iterations = 0
         self._epoch_seen = dataset.epoch
+        self._worker_states: list[State | None] = [None] * max(num_workers, 1)
+        self._next_worker = 0
+        self._epoch_done = False
+        self._resume: State | None = None
+
+    @property
+    def shard_dataset(self) -> ShardDataset:
+        return self.dataset  # type: ignore[return-value]
 
     def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+        self.shard_dataset.set_epoch(epoch)
         self._epoch_seen = epoch
 
-    def __iter__(self) -> Iterator[Any]:
-        ds: ShardDataset = self.dataset  # type: ignore[assignment]
-        if self._iterations > 0 and ds.epoch == self._epoch_seen:
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        ds = self.shard_dataset
+        if self._resume is None and self._iterations > 0 and ds.epoch == self._epoch_seen:
             ds.set_epoch(ds.epoch + 1)
         self._epoch_seen = ds.epoch
         self._iterations += 1
-        return super().__iter__()
+        resume, self._resume = self._resume, None
+        workers = resume["workers"] if resume else None
+        self._worker_states = list(workers) if workers else [None] * max(self.num_workers, 1)
+        self._next_worker = resume["next_worker"] if resume else 0
+        self._epoch_done = False
+        if self.num_workers == 0:
+            return self._iter_inline(ds, self._worker_states[0])
+        return self._iter_workers(ds)
+
+    def _iter_inline(self, ds: ShardDataset, state: State | None) -> Iterator[Any]:
+        if state is not None:
+            ds.load_state_dict(state)
+        for item in super().__iter__():
+            assert ds._live is not None
+            self._worker_states[0] = ds._live.get_state()
+            yield item
+        self._epoch_done = True
+
+    def _iter_workers(self, ds: ShardDataset) -> Iterator[Any]:
+        ds.rank_and_world()  # refresh the rank the workers will see
+        ds._emit_state = True
+        ds._rotation = self._next_worker
+        ds._worker_states = self._worker_states if any(s is not None for s in self._worker_states) else None
+        try:
+            it = super().__iter__()  # workers start now, with a copy of the flags above
+        finally:
+            ds._emit_state, ds._rotation, ds._worker_states = False, 0, None
+        for worker, state, item in it:
+            self._worker_states[worker] = state
+            self._next_worker = (worker + 1) % self.num_workers
+            yield item
+        self._epoch_done = True
+
+    # -- resume ---------------------------------------------------------------
+    def _fingerprint(self) -> str:
+        ds = self.shard_dataset
+        h = hashlib.sha256()
+        for shard in ds.shards:
+            h.update(f"{shard.url}\0{shard.samples}\n".encode())
+        h.update(f"{ds.seed}|{ds.buffer_size}|{ds.batch_size}|{ds.partial}|{ds.epoch_policy}".encode())
+        return h.hexdigest()[:16]
+
+    def state_dict(self) -> State:
+        """A small JSON-serialisable snapshot: resume exactly after the last item yielded."""
+        ds = self.shard_dataset
+        rank, world = ds.rank_and_world()
+        mid_epoch = not self._epoch_done and any(s is not None for s in self._worker_states)
+        return {
+            "version": STATE_VERSION,
+            "fingerprint": self._fingerprint(),
+            "epoch": ds.epoch if (mid_epoch or not self._epoch_done) else ds.epoch + 1,
+            "rank": rank,
+            "world_size": world,
+            "num_workers": self.num_workers,
+            "next_worker": self._next_worker if mid_epoch else 0,
+            "workers": list(self._worker_states) if mid_epoch else None,
+        }
+
+    def load_state_dict(self, state: State) -> None:
+        """Continue from ``state`` at the next iteration (refuses an incompatible state)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"loader state has version {state.get('version')!r}; this shardpipe reads {STATE_VERSION}")
+        if state["fingerprint"] != self._fingerprint():
+            raise ValueError(
+                "loader state was saved for other shards or options (shard list, sample counts, seed, "
+                "shuffle, batch size or epoch policy differ): resuming would repeat or skip samples"
+            )
+        rank, world = self.shard_dataset.rank_and_world()
+        if state["workers"] is not None and (
+            state["world_size"] != world or state["num_workers"] != self.num_workers or state["rank"] != rank
+        ):
+            raise ValueError(
+                f"cannot resume mid-epoch with world_size={world}, num_workers={self.num_workers} (rank {rank}): "
+                f"the state was saved with world_size={state['world_size']}, num_workers={state['num_workers']} "
+                f"(rank {state['rank']}), and each consumer's position only holds for that split; resume with "
+                "the same configuration, or from a state saved at an epoch boundary"
+            )
+        self.set_epoch(int(state["epoch"]))
+        self._iterations = 0
+        self._resume = state if state["workers"] is not None else None

@@ -42,6 +42,15 @@ class _TimedReader:
         self.seconds += time.perf_counter() - t0
         return data
 
+    def seek(self, offset: int, whence: int = 0) -> int:
+        t0 = time.perf_counter()
+        if self.prefix:  # only at the very start, before any seek
+            offset -= len(self.prefix) if whence == 1 else 0
+            self.prefix = b""
+        pos = self.raw.seek(offset, whence)
+        self.seconds += time.perf_counter() - t0
+        return pos
+
     def close(self) -> None:
         self.raw.close()
 
@@ -75,6 +84,8 @@ class TarStream:
 
     ``offset`` is where ``stream`` starts within the (decompressed) archive; after each
     member, ``self.offset`` is the offset of the next header, a valid resume point.
+    ``next_header`` + ``read_data``/``skip_data`` let a caller skip members it does not
+    want without reading them (a seek, when the stream can seek).
     """
 
     def __init__(self, stream: IO[bytes], url: str, offset: int = 0, compressed: bool | None = None):
@@ -88,7 +99,10 @@ class TarStream:
         self.compressed = compressed
         self._timed = raw
         self._f: IO[bytes] | _TimedReader = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[arg-type]
-        self.done = False
+        self._seekable = not compressed and _seekable(stream)
+        self._pending = 0  # data + padding bytes of the current member not yet consumed
+        self._name = ""
+        self._size = 0
 
     @property
     def read_seconds(self) -> float:
@@ -99,6 +113,8 @@ class TarStream:
         """Discard decompressed bytes up to ``offset`` (resume inside a gzip stream)."""
         while self.offset < offset:
             chunk = self._read(min(offset - self.offset, 1 << 20), "resume")
+            if not chunk:
+                raise TruncatedShardError(f"truncated tar: shard {self.url} ends at byte {self.offset} before the resume point {offset}")
             self.offset += len(chunk)
 
     def _read(self, n: int, what: str) -> bytes:
@@ -124,8 +140,13 @@ class TarStream:
             )
         return data
 
-    def next_member(self) -> tuple[str, bytes] | None:
-        """The next regular member as ``(name, data)``, or ``None`` at the end of the archive."""
+    def next_header(self) -> tuple[str, int] | None:
+        """Advance to the next regular member: ``(name, size)``, or None at the end of the archive.
+
+        Call ``read_data`` or ``skip_data`` before the next call.
+        """
+        if self._pending:
+            self.skip_data()
         long_name: str | None = None
         pax: dict[str, str] = {}
         while True:
@@ -137,30 +158,53 @@ class TarStream:
                     "without the end-of-archive marker"
                 )
             if block == _ZERO_BLOCK:
-                self.done = True
                 return None
             self._check_header(block, header_at)
-            size = _octal(block[124:136])
             kind = block[156:157]
             name = long_name or pax.get("path") or self._header_name(block)
-            size = int(pax["size"]) if "size" in pax else size
-            pad = (-size) % BLOCK
-            data = self._read_exact(size, f"member {name!r}") if size else b""
-            if pad:
-                self._read_exact(pad, f"the padding of member {name!r}")
-            self.offset = header_at + BLOCK + size + pad
-            if kind == b"L":  # GNU long name for the next header
-                long_name = _cstr(data)
-                continue
-            if kind == b"x":  # pax extended header for the next header
-                pax = _parse_pax(data)
-                continue
+            size = int(pax["size"]) if "size" in pax else _octal(block[124:136])
+            self.offset = header_at + BLOCK
+            self._name, self._size, self._pending = name, size, size + (-size) % BLOCK
             if kind in _REGULAR:
-                return name, data
+                return name, size
+            if kind in (b"L", b"x"):  # GNU long name / pax header: applies to the next header
+                data = self.read_data()
+                long_name, pax = (_cstr(data), {}) if kind == b"L" else (None, _parse_pax(data))
+                continue
             if kind in _SKIPPED or kind.isalpha():
+                self.skip_data()
                 long_name, pax = None, {}
                 continue
             raise CorruptShardError(f"unknown tar member type {kind!r} in shard {self.url} at byte {header_at}")
+
+    def read_data(self) -> bytes:
+        """The current member's bytes (and consume its padding)."""
+        what = f"member {self._name!r}"
+        data = self._read_exact(self._size, what) if self._size else b""
+        pad = self._pending - self._size
+        if pad:
+            self._read_exact(pad, f"the padding of {what}")
+        self.offset += self._pending
+        self._pending = 0
+        return data
+
+    def skip_data(self) -> None:
+        """Step over the current member's bytes: a seek when possible, else a read."""
+        if self._seekable:
+            self._f.seek(self._pending, 1)  # type: ignore[union-attr]
+            self.offset += self._pending
+            self._pending = 0
+            return
+        left = self._pending
+        while left:
+            left -= len(self._read_exact(min(left, 1 << 20), f"member {self._name!r}"))
+        self.offset += self._pending
+        self._pending = 0
+
+    def next_member(self) -> tuple[str, bytes] | None:
+        """The next regular member as ``(name, data)``, or ``None`` at the end of the archive."""
+        header = self.next_header()
+        return None if header is None else (header[0], self.read_data())
 
     def _header_name(self, block: bytes) -> str:
         name = _cstr(block[0:100])
@@ -181,3 +225,10 @@ class TarStream:
 
     def close(self) -> None:
         self._timed.close()
+
+
+def _seekable(stream: IO[bytes]) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False

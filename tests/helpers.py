@@ -45,3 +45,18 @@ def write_shards(root: Path, samples: list[dict], counts: list[int], compress: s
         urls.append(str(path))
         pos += c
     return urls
+
+
+def write_manifest_dataset(root: Path, samples: list[dict], counts: list[int], compress: str | None = None) -> str:
+    """Uneven shards plus a manifest.json with their sample counts; returns the manifest path."""
+    import hashlib
+    import json
+
+    urls = write_shards(root, samples, counts, compress)
+    entries = []
+    for url, c in zip(urls, counts):
+        data = Path(url).read_bytes()
+        entries.append({"name": Path(url).name, "samples": c, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    manifest = root / "manifest.json"
+    manifest.write_text(json.dumps({"shards": entries, "samples": sum(counts)}))
+    return str(manifest)

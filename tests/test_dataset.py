@@ -124,13 +124,21 @@ def test_fewer_shards_than_workers_splits_samples(tmp_path, caplog):
     assert sorted(keys_of(ShardLoader(ds_strict, num_workers=3))) == sorted(s["__key__"] for s in samples)
 
 
-def test_split_across_ranks_is_disjoint_and_complete(dataset_dir):
+def test_uneven_split_across_ranks_is_disjoint_and_complete(dataset_dir):
     urls, samples = dataset_dir
     seen = []
     for rank in range(3):
-        ds = ShardDataset(urls, decode=None, shuffle=5, rank=rank, world_size=3)
+        ds = ShardDataset(urls, decode=None, shuffle=5, rank=rank, world_size=3, epoch_policy="uneven")
         seen += keys_of(ShardLoader(ds, num_workers=2))
     assert sorted(seen) == sorted(s["__key__"] for s in samples)
+
+
+def test_several_ranks_without_counts_explain_what_to_do(dataset_dir):
+    urls, _ = dataset_dir
+    with pytest.raises(ValueError, match="need sample counts per shard: pass the shards' manifest.json"):
+        list(ShardDataset(urls, rank=0, world_size=2))
+    with pytest.raises(ValueError, match="epoch_policy='pad' needs sample counts"):
+        ShardDataset(urls, epoch_policy="pad")
 
 
 # --- bad input ---------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Pipeline stages, in pipeline order. Each is a small resumable iterator (see ``base``)."""
 
-from .base import Context, Filter, GeneratorStage, Map, Pipeline, Stage, State
+from .base import Context, Filter, GeneratorStage, Map, Pipeline, Stage, State, Take
 from .batch import Batch, collate, collate_images
 from .decode import Augment, Decode, SampleDecoder, decode_field
 from .fields import RequireFields
@@ -30,6 +30,7 @@ __all__ = [
     "SplitShards",
     "Stage",
     "State",
+    "Take",
     "Untar",
     "collate",
     "collate_images",

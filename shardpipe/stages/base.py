@@ -129,6 +129,29 @@ class Filter(Stage[Any]):
                 return item
 
 
+class Take(Stage[Any]):
+    """End the epoch after ``limit`` items (a fixed epoch length). State: items taken."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.limit = limit
+        self._taken = 0
+
+    def reset(self, state: State | None = None) -> None:
+        super().reset(state)
+        self._taken = int(state["taken"]) if state else 0
+
+    def next(self) -> Any:
+        if self._taken >= self.limit:
+            raise StopIteration
+        item = self.pull()
+        self._taken += 1
+        return item
+
+    def get_state(self) -> State:
+        return {"taken": self._taken, **super().get_state()}
+
+
 class GeneratorStage(Stage[Any]):
     """Wrap a generator function ``fn(iterator) -> iterator`` as a stage.
 

@@ -47,6 +47,8 @@ class GroupSamples(Stage[Sample]):
                 continue  # metadata, extension-less member, or the end of a broken shard
             key = parts[0]
             sample: Sample = {"__key__": key, "__url__": shard.url, "__shard__": shard.index}
+            if shard.pad:
+                sample["__pad__"] = True
             duplicate: str | None = None
             while True:
                 ext = parts[1]
@@ -65,7 +67,7 @@ class GroupSamples(Stage[Sample]):
                     sample = {}
                     break
                 assert parts is not None
-                if parts[0] != key or member[0].index != shard.index:
+                if parts[0] != key or member[0] is not shard:
                     self._pending = member
                     break
                 name, data = member[1], member[2]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,20 +12,35 @@ import numpy as np
 from braceexpand import braceexpand
 
 from ..io import dirname_url, join_url, read_bytes
-from .base import Stage, State
+from .base import Context, Stage, State
 
 log = logging.getLogger("shardpipe")
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard to read: its URL, its position in the full list, and what the manifest knows."""
+    """One shard to read: its URL, its position in the full list, and what the manifest knows.
+
+    ``start``/``stop`` select a range of its samples (by position in the shard) when an
+    epoch plan cuts a shard between consumers; ``pad`` marks samples read only to pad
+    a rank's share (see ``shardpipe.plan``).
+    """
 
     url: str
     index: int
     samples: int | None = None
     size: int | None = None
     sha256: str | None = None
+    start: int = 0
+    stop: int | None = None
+    pad: bool = False
+
+    def to_state(self) -> dict[str, Any]:
+        return {"url": self.url, "index": self.index, "start": self.start, "stop": self.stop, "pad": self.pad}
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> Shard:
+        return cls(d["url"], int(d["index"]), start=int(d["start"]), stop=d["stop"], pad=bool(d["pad"]))
 
 
 def load_manifest(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -68,27 +83,37 @@ def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
     return np.random.default_rng([seed, epoch, 0x5A4D]).permutation(n)
 
 
+Plan = Callable[[Context], Sequence[Shard]]
+
+
 class ShardList(Stage[Shard]):
     """Yield the epoch's shards, shuffled per (seed, epoch) when ``shuffle`` is true.
 
-    State: the position of the next shard in this epoch's order.
+    ``plan(ctx)``, when given, decides instead which shards (or shard ranges) this
+    consumer reads in ``ctx.epoch`` (see ``shardpipe.plan``). State: the position of
+    the next shard in this epoch's list.
     """
 
-    def __init__(self, shards: Sequence[Shard], shuffle: bool = False):
+    def __init__(self, shards: Sequence[Shard], shuffle: bool = False, plan: Plan | None = None):
         super().__init__()
         self.shards = list(shards)
         self.shuffle = shuffle
-        self._order: np.ndarray = np.arange(0)
+        self.plan = plan
+        self._order: Sequence[Shard] = []
         self._pos = 0
 
     def reset(self, state: State | None = None) -> None:
-        self._order = epoch_order(len(self.shards), self.ctx.seed, self.ctx.epoch, self.shuffle)
+        if self.plan is not None:
+            self._order = self.plan(self.ctx)
+        else:
+            order = epoch_order(len(self.shards), self.ctx.seed, self.ctx.epoch, self.shuffle)
+            self._order = [self.shards[int(i)] for i in order]
         self._pos = int(state["pos"]) if state else 0
 
     def next(self) -> Shard:
         if self._pos >= len(self._order):
             raise StopIteration
-        shard = self.shards[int(self._order[self._pos])]
+        shard = self._order[self._pos]
         self._pos += 1
         return shard
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from typing import IO
 
 from ..errors import ShardpipeError
 from ..io import open_shard
+from ..sample import split_name
 from ..tarstream import TarStream
 from .base import Stage, State
 from .shards import Shard
@@ -22,9 +24,12 @@ class Untar(Stage[Member]):
     """Yield ``(shard, name, data)`` for every regular member of every shard, in order.
 
     ``opener(shard, offset)`` returns a byte stream positioned at ``offset``; the default
-    goes through ``shardpipe.io.open_shard``. State: the source's state, the shard being
-    read and the byte offset after the last member returned, so ``reset`` reopens the
-    shard there (a seek for plain tar; a discard of decompressed bytes for gzip).
+    goes through ``shardpipe.io.open_shard``. When a shard carries a sample range
+    (``start``/``stop``), members of samples outside it are stepped over unread (a seek
+    on seekable streams) and the shard is closed once the range is done. State: the
+    source's state, the shard being read, the byte offset after the last member
+    returned and the sample position there, so ``reset`` reopens the shard at that
+    point (a seek for plain tar; a discard of decompressed bytes for gzip).
     A broken shard goes to the error policy: the error names the shard and offset; under
     skip/warn the rest of that shard is skipped and counted.
     """
@@ -34,6 +39,8 @@ class Untar(Stage[Member]):
         self.opener = opener or self._default_open
         self._shard: Shard | None = None
         self._tar: TarStream | None = None
+        self._ordinal = 0  # samples started in the current shard
+        self._key: str | None = None  # key of the sample being read
 
     def _default_open(self, shard: Shard, offset: int) -> IO[bytes]:
         return open_shard(shard.url, offset, storage_options=self.ctx.storage_options)
@@ -43,11 +50,12 @@ class Untar(Stage[Member]):
         super().reset(state)
         cur = state.get("shard") if state else None
         if cur:
-            shard = Shard(cur["url"], int(cur["index"]))
-            self._open(shard, int(cur["offset"]), bool(cur["gz"]))
+            self._open(Shard.from_state(cur), int(cur["offset"]), bool(cur["gz"]))
+            self._ordinal, self._key = int(cur["ordinal"]), cur["key"]
 
     def _open(self, shard: Shard, offset: int = 0, compressed: bool | None = None) -> None:
-        self._shard = shard
+        # a fresh object per visit: a plan may list one shard twice in a row
+        self._shard, self._ordinal, self._key = dataclasses.replace(shard), 0, None
         if compressed:  # gzip streams cannot seek: decompress from the start and discard
             self._tar = TarStream(self.opener(shard, 0), shard.url, 0, compressed=True)
             self._tar.skip_to(offset)
@@ -71,30 +79,50 @@ class Untar(Stage[Member]):
                     continue
             assert self._tar is not None and self._shard is not None
             t0 = time.perf_counter()
-            read0 = self._tar.read_seconds
+            tar, shard = self._tar, self._shard
+            read0 = tar.read_seconds
             try:
-                member = self._tar.next_member()
+                member = self._next_in_range(tar, shard)
             except ShardpipeError as e:
-                shard = self._shard
                 self._close()
                 self.ctx.errors(e)
                 return shard, BROKEN, b""
-            read = self._tar.read_seconds - read0
+            read = tar.read_seconds - read0
             self.ctx.add_time("read", read)
             self.ctx.add_time("untar", time.perf_counter() - t0 - read)
             if member is None:
                 self._close()
                 continue
-            return self._shard, member[0], member[1]
+            return shard, member[0], member[1]
+
+    def _next_in_range(self, tar: TarStream, shard: Shard) -> tuple[str, bytes] | None:
+        """The next member whose sample lies in the shard's range; None when the range is done."""
+        while True:
+            header = tar.next_header()
+            if header is None:
+                return None
+            name = header[0]
+            parts = split_name(name)
+            if parts is not None and parts[0] != self._key:
+                self._key = parts[0]
+                self._ordinal += 1
+            position = self._ordinal - 1
+            if shard.stop is not None and position >= shard.stop:
+                return None
+            if position < shard.start:
+                tar.skip_data()
+                continue
+            return name, tar.read_data()
 
     def get_state(self) -> State:
         state = super().get_state()
         if self._tar is not None and self._shard is not None:
             state["shard"] = {
-                "url": self._shard.url,
-                "index": self._shard.index,
+                **self._shard.to_state(),
                 "offset": self._tar.offset,
                 "gz": self._tar.compressed,
+                "ordinal": self._ordinal,
+                "key": self._key,
             }
         return state
 

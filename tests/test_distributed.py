@@ -1,0 +1,95 @@
+"""Equal per-rank epochs: real torch.distributed (gloo) processes, and a 64 x 8 simulated split."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shardpipe.plan import plan_ranges, rank_share
+from shardpipe.stages import Shard
+
+from .helpers import make_samples, write_manifest_dataset
+
+COUNTS = [9, 2, 14, 5, 1, 11, 7]  # 49 samples in 7 uneven shards
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("policy", ["drop", "pad"])
+def test_real_gloo_ranks_get_equal_disjoint_epochs(tmp_path: Path, world: int, policy: str):
+    manifest = write_manifest_dataset(tmp_path, make_samples(sum(COUNTS)), COUNTS)
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.dist_worker", str(r), str(world), str(port), manifest, policy, str(tmp_path / f"r{r}.json")],
+            cwd=ROOT,
+            env=env,
+        )
+        for r in range(world)
+    ]
+    try:
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0] * world, "a rank failed or hung (see its output above)"
+    results = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(world)]
+    steps = {r["steps"] for r in results}
+    assert len(steps) == 1, f"ranks ran different numbers of batches: {steps}"
+    real = [k for r in results for k, pad in zip(r["keys"], r["pads"]) if not pad]
+    total = sum(COUNTS)
+    assert len(real) == len(set(real)), "a sample was seen twice"
+    everything = {s["__key__"] for s in make_samples(total)}
+    if policy == "drop":
+        assert set(real) <= everything and total - len(real) == total % world
+    else:
+        assert set(real) == everything
+        padded = [k for r in results for k, pad in zip(r["keys"], r["pads"]) if pad]
+        assert len(padded) == -total % world and set(padded) <= everything
+    assert len({len(r["keys"]) for r in results}) == 1
+
+
+@pytest.mark.parametrize("policy", ["drop", "pad"])
+def test_simulated_64_ranks_by_8_workers(policy):
+    rng = np.random.default_rng(0)
+    counts = rng.integers(1, 400, size=517).tolist()  # far from dividing evenly
+    shards = [Shard(f"s{i}.tar", i, samples=c) for i, c in enumerate(counts)]
+    world, workers, total = 64, 8, sum(counts)
+    seen: list[tuple[int, int, bool]] = []
+    per_rank, per_worker = [], []
+    for rank in range(world):
+        rank_n = 0
+        for worker in range(workers):
+            segs = plan_ranges(shards, seed=3, epoch=5, rank=rank, world_size=world, worker=worker, num_workers=workers, shuffle=True, policy=policy)
+            n = 0
+            for seg in segs:
+                assert 0 <= seg.start < seg.stop <= seg.samples
+                seen += [(seg.index, i, seg.pad) for i in range(seg.start, seg.stop)]
+                n += seg.stop - seg.start
+            per_worker.append((worker, n))
+            rank_n += n
+        per_rank.append(rank_n)
+    share = rank_share(total, world, policy)
+    assert per_rank == [share] * world  # every rank the same number of samples
+    for w in range(workers):  # and every rank's worker w the same, so the same batch counts
+        assert len({n for ww, n in per_worker if ww == w}) == 1
+    real = [(i, j) for i, j, pad in seen if not pad]
+    assert len(real) == len(set(real))  # disjoint
+    if policy == "drop":
+        assert total - len(real) == total % world
+    else:
+        assert len(real) == total and len(seen) - total == -total % world
