@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..errors import CorruptShardError
-from ..sample import Sample, split_name, warn_dotted_extension
+from ..sample import Sample, warn_dotted_extension
 from .base import Stage, State
 from .untar import BROKEN, Member
 
@@ -13,23 +13,25 @@ class GroupSamples(Stage[Sample]):
 
     Yields ``{"__key__", "__url__", "__shard__", ext: bytes, ...}``. To find where a
     sample ends it must read the first member of the next one; its state is therefore the
-    source's state from *before* that member, so a resume starts at the sample boundary.
+    source's state from *before* that member (``Untar.state_before``), so a resume starts
+    at the sample boundary. A sample cut short by a broken shard is dropped whole.
     """
 
     def __init__(self) -> None:
         super().__init__()
         self._pending: Member | None = None
-        self._before_pending: State | None = None
+        self._before_pending: State | None = None  # for sources without state_before()
 
     def reset(self, state: State | None = None) -> None:
         super().reset(state)
         self._pending = None
         self._before_pending = None
 
-    def _pull_member(self) -> Member | None:
-        """The next member, remembering the source state before it; None at the end."""
+    def _pull(self) -> Member | None:
+        """The next member, or None at the end of the epoch."""
         assert self.source is not None
-        self._before_pending = self.source.get_state()
+        if not hasattr(self.source, "state_before"):
+            self._before_pending = self.source.get_state()
         try:
             return self.source.next()
         except StopIteration:
@@ -37,53 +39,50 @@ class GroupSamples(Stage[Sample]):
 
     def next(self) -> Sample:
         while True:
-            member = self._pending or self._pull_member()
+            member = self._pending or self._pull()
             self._pending = None
             if member is None:
                 raise StopIteration
-            shard, name, data = member
-            parts = split_name(name) if name is not BROKEN else None
-            if parts is None:
+            shard, name, data, key, ext, _ = member
+            if key is None:
                 continue  # metadata, extension-less member, or the end of a broken shard
-            key = parts[0]
             sample: Sample = {"__key__": key, "__url__": shard.url, "__shard__": shard.index}
             if shard.pad:
                 sample["__pad__"] = True
             duplicate: str | None = None
+            broken = False
             while True:
-                ext = parts[1]
-                if "." in ext:
-                    warn_dotted_extension(name, key, ext)
-                if ext in sample:
+                if "." in ext:  # type: ignore[operator]
+                    warn_dotted_extension(name, key, ext)  # type: ignore[arg-type]
+                if ext in sample and duplicate is None:
                     duplicate = ext
-                sample[ext] = data
-                member = self._pull_member()
-                while member is not None and member[1] is not BROKEN and (parts := split_name(member[1])) is None:
-                    member = self._pull_member()
+                sample[ext] = data  # type: ignore[index]
+                member = self._pull()
+                while member is not None and member[3] is None and member[1] is not BROKEN:
+                    member = self._pull()
                 if member is None:
                     break
-                if member[1] is BROKEN:  # the shard broke inside this sample: drop it
-                    duplicate = None
-                    sample = {}
+                if member[1] is BROKEN:
+                    broken = True
                     break
-                assert parts is not None
-                if parts[0] != key or member[0] is not shard:
+                if member[3] != key or member[0] is not shard:
                     self._pending = member
                     break
-                name, data = member[1], member[2]
+                name, data, ext = member[1], member[2], member[4]
+            if broken:
+                continue
             if duplicate is not None:
                 self.ctx.errors(
                     CorruptShardError(f"sample {key!r} in shard {shard.url} has two {duplicate!r} members")
                 )
                 continue
-            if not sample:
-                continue
             return sample
 
     def get_state(self) -> State:
-        if self._pending is not None:
-            return {"source": self._before_pending}
-        return super().get_state()
+        if self._pending is None:
+            return super().get_state()
+        state_before = getattr(self.source, "state_before", None)
+        return {"source": state_before(self._pending) if state_before else self._before_pending}
 
 
 class SplitSamples(Stage[Sample]):

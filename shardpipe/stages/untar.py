@@ -14,7 +14,10 @@ from ..tarstream import TarStream
 from .base import Stage, State
 from .shards import Shard
 
-Member = tuple[Shard, str, bytes]
+#: ``(shard, name, data, key, ext, mark)``: key and ext from ``split_name`` (None for
+#: members outside any sample); ``mark`` lets ``Untar.state_before`` rebuild the state
+#: from just before this member, so a consumer can resume at a sample boundary.
+Member = tuple[Shard, str, bytes, "str | None", "str | None", tuple]
 #: member name that marks the end of a broken shard (under skip/warn): drop the partial sample
 BROKEN = "\0broken"
 Opener = Callable[[Shard, int], IO[bytes]]
@@ -41,6 +44,7 @@ class Untar(Stage[Member]):
         self._tar: TarStream | None = None
         self._ordinal = 0  # samples started in the current shard
         self._key: str | None = None  # key of the sample being read
+        self._source_state: State | None = None  # the source's state after it gave this shard
 
     def _default_open(self, shard: Shard, offset: int) -> IO[bytes]:
         return open_shard(shard.url, offset, storage_options=self.ctx.storage_options)
@@ -48,6 +52,7 @@ class Untar(Stage[Member]):
     def reset(self, state: State | None = None) -> None:
         self._close()
         super().reset(state)
+        self._source_state = state.get("source") if state else None
         cur = state.get("shard") if state else None
         if cur:
             self._open(Shard.from_state(cur), int(cur["offset"]), bool(cur["gz"]))
@@ -71,6 +76,7 @@ class Untar(Stage[Member]):
         while True:
             if self._tar is None:
                 shard = self.pull()  # StopIteration ends the epoch
+                self._source_state = self.source.get_state() if self.source is not None else None
                 try:
                     self._open(shard)
                 except ShardpipeError as e:
@@ -86,25 +92,28 @@ class Untar(Stage[Member]):
             except ShardpipeError as e:
                 self._close()
                 self.ctx.errors(e)
-                return shard, BROKEN, b""
+                return shard, BROKEN, b"", None, None, ()
             read = tar.read_seconds - read0
-            self.ctx.add_time("read", read)
-            self.ctx.add_time("untar", time.perf_counter() - t0 - read)
+            timers = self.ctx.timers
+            timers["read"] = timers.get("read", 0.0) + read
+            timers["untar"] = timers.get("untar", 0.0) + time.perf_counter() - t0 - read
             if member is None:
                 self._close()
                 continue
-            return shard, member[0], member[1]
+            return member
 
-    def _next_in_range(self, tar: TarStream, shard: Shard) -> tuple[str, bytes] | None:
+    def _next_in_range(self, tar: TarStream, shard: Shard) -> Member | None:
         """The next member whose sample lies in the shard's range; None when the range is done."""
         while True:
+            mark = (self._source_state, tar.offset, self._ordinal, self._key, tar.compressed)
             header = tar.next_header()
             if header is None:
                 return None
             name = header[0]
             parts = split_name(name)
-            if parts is not None and parts[0] != self._key:
-                self._key = parts[0]
+            key, ext = parts if parts is not None else (None, None)
+            if key is not None and key != self._key:
+                self._key = key
                 self._ordinal += 1
             position = self._ordinal - 1
             if shard.stop is not None and position >= shard.stop:
@@ -112,10 +121,16 @@ class Untar(Stage[Member]):
             if position < shard.start:
                 tar.skip_data()
                 continue
-            return name, tar.read_data()
+            return shard, name, tar.read_data(), key, ext, mark
+
+    def state_before(self, member: Member) -> State:
+        """The state from just before ``member`` (which this stage returned earlier)."""
+        source_state, offset, ordinal, key, gz = member[5]
+        shard_state = {**member[0].to_state(), "offset": offset, "gz": gz, "ordinal": ordinal, "key": key}
+        return {"source": source_state, "shard": shard_state}
 
     def get_state(self) -> State:
-        state = super().get_state()
+        state = super().get_state() if self._tar is None else {"source": self._source_state}
         if self._tar is not None and self._shard is not None:
             state["shard"] = {
                 **self._shard.to_state(),
