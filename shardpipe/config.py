@@ -1,0 +1,56 @@
+"""Build a dataset and loader from a YAML (or dict) pipeline configuration.
+
+```yaml
+dataset:   {urls: data/train/manifest.json, shuffle: 5000, batch_size: 256, threads: 2}
+transform: [{RandomResizedCrop: {size: 224}}, {RandomHorizontalFlip: {}}]
+loader:    {num_workers: 8, pin_memory: true}
+```
+
+Transform names are looked up in ``shardpipe.augment`` only: a config cannot import or
+run arbitrary code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import augment
+from .dataset import ShardDataset
+from .loader import ShardLoader
+
+
+def build_transform(spec: list[Any] | None) -> augment.Transform | None:
+    """``[{"Name": {kwargs}}, "Name", ...]`` -> a ``Compose`` of ``shardpipe.augment`` transforms."""
+    if not spec:
+        return None
+    steps = []
+    for item in spec:
+        name, kwargs = (item, {}) if isinstance(item, str) else next(iter(item.items()))
+        cls = getattr(augment, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, augment.Transform)):
+            raise ValueError(f"unknown transform {name!r} in config; available: {', '.join(augment_names())}")
+        steps.append(cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in (kwargs or {}).items()}))
+    return augment.Compose(steps)
+
+
+def augment_names() -> list[str]:
+    return sorted(
+        n for n in dir(augment) if isinstance(getattr(augment, n), type) and issubclass(getattr(augment, n), augment.Transform)
+    )
+
+
+def load_config(source: str | Path | dict[str, Any], **dataset_overrides: Any) -> tuple[ShardDataset, ShardLoader]:
+    """Read a config (path or dict) and return ``(dataset, loader)``; keyword args override ``dataset:``."""
+    config = source if isinstance(source, dict) else yaml.safe_load(Path(source).read_text())
+    unknown = set(config) - {"dataset", "transform", "loader"}
+    if unknown:
+        raise ValueError(f"unknown config sections: {sorted(unknown)} (expected dataset, transform, loader)")
+    ds_args = {**config.get("dataset", {}), **dataset_overrides}
+    if "urls" not in ds_args:
+        raise ValueError("config needs dataset.urls (a shard pattern, list or manifest.json)")
+    urls = ds_args.pop("urls")
+    dataset = ShardDataset(urls, transform=build_transform(config.get("transform")), **ds_args)
+    return dataset, ShardLoader(dataset, **config.get("loader", {}))
