@@ -16,7 +16,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from .dataset import ShardDataset, distributed_rank
+from .dataset import ShardDataset
 from .stages.base import State
 
 STATE_VERSION = 1

@@ -94,7 +94,7 @@ def plan_round_robin(
     return [shards[int(i)] for i in order[index::count]]
 
 
-class ResampledShards:
+class ResampledShards(Sequence[Shard]):
     """An endless, seeded sequence of shards drawn with replacement for one consumer."""
 
     CHUNK = 1024
@@ -104,7 +104,7 @@ class ResampledShards:
         self._rng = np.random.default_rng([seed, epoch, consumer, 0x5E5A])
         self._drawn: list[int] = []
 
-    def __getitem__(self, i: int) -> Shard:
+    def __getitem__(self, i: int) -> Shard:  # type: ignore[override]
         while i >= len(self._drawn):
             self._drawn.extend(self._rng.integers(0, len(self.shards), self.CHUNK).tolist())
         return self.shards[self._drawn[i]]

@@ -98,7 +98,9 @@ class TarStream:
             compressed = head == b"\x1f\x8b"
         self.compressed = compressed
         self._timed = raw
-        self._f: IO[bytes] | _TimedReader = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[arg-type]
+        self._f: IO[bytes] | _TimedReader = (
+            gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[arg-type,assignment]
+        )
         self._seekable = not compressed and _seekable(stream)
         self._pending = 0  # data + padding bytes of the current member not yet consumed
         self._name = ""

@@ -67,7 +67,7 @@ class TarWriter:
             raise ValueError(f"compress must be None or 'gz', not {compress!r}")
         self._out = _HashingWriter(fileobj)
         self._gz = gzip.GzipFile(fileobj=self._out, mode="wb", mtime=0, compresslevel=level) if compress else None  # type: ignore[arg-type]
-        self._tar = tarfile.open(fileobj=self._gz or self._out, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
+        self._tar = tarfile.open(fileobj=self._gz or self._out, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
         self.samples = 0
         self.payload = 0  # uncompressed member bytes
 

@@ -15,7 +15,7 @@ bound once by the ``Pipeline``.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -200,7 +200,7 @@ class Pipeline(Stage[Any]):
 
     STATE_VERSION = 1
 
-    def __init__(self, stages: list[Stage[Any] | Callable[[Any], Any]], ctx: Context | None = None):
+    def __init__(self, stages: Sequence[Stage[Any] | Callable[[Any], Any]], ctx: Context | None = None):
         super().__init__()
         if not stages:
             raise ValueError("a pipeline needs at least one stage")

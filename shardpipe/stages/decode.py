@@ -21,7 +21,6 @@ from ..augment import as_transform, sample_rng
 from ..augment.fused import build_image_fn
 from ..errors import DecodeError
 from ..sample import IMAGE_EXTENSIONS, Sample
-from .base import Stage
 from .parallel import ParallelMap
 
 IMAGE_MODES = ("rgb8", "torchrgb8", "pil", "encoded")
