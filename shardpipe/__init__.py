@@ -15,12 +15,14 @@ from .errors import (
     ShardpipeError,
     TruncatedShardError,
 )
+from .gpu import BatchDecodeLoader, resolve_batch_decoder
 from .loader import ShardLoader
 from .writer import ShardWriter, TarWriter
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchDecodeLoader",
     "CorruptShardError",
     "DecodeError",
     "ErrorHandler",
@@ -33,4 +35,5 @@ __all__ = [
     "TarWriter",
     "TruncatedShardError",
     "__version__",
+    "resolve_batch_decoder",
 ]

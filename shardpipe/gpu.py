@@ -1,7 +1,7 @@
 """Batch decode: lists of encoded images in, one ``(N, C, H, W)`` torch tensor out.
 
 DataLoader workers read, untar and shuffle compressed samples and hand whole batches of
-bytes (``ShardDataset(decode=False, batch_size=B)``) to the main process; a batch decoder
+bytes (``ShardDataset(decode="encoded", batch_size=B)``) to the main process; a batch decoder
 turns the image field of each batch into a tensor: on the GPU with DALI (nvJPEG, see
 ``shardpipe.decoders.dali``) or on CPU threads with shardpipe's own decoders.
 
@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,11 +33,16 @@ from .errors import DecodeError, ErrorHandler, Policy
 
 log = logging.getLogger("shardpipe")
 
-Encoded = Union[bytes, bytearray, memoryview, np.ndarray]
+Encoded = bytes | bytearray | memoryview | np.ndarray
 Batch = dict[str, Any]
 
-_DTYPES = {"uint8": torch.uint8, "float": torch.float32, "float32": torch.float32,
-           "half": torch.float16, "float16": torch.float16}
+_DTYPES = {
+    "uint8": torch.uint8,
+    "float": torch.float32,
+    "float32": torch.float32,
+    "half": torch.float16,
+    "float16": torch.float16,
+}
 
 
 def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
@@ -100,9 +106,7 @@ class BatchDecoder:
         self.errors = ErrorHandler(on_error)
 
     # -- the contract -------------------------------------------------------------------
-    def decode(
-        self, encoded: Sequence[Encoded], keys: Sequence[str] | None = None
-    ) -> tuple[torch.Tensor, list[int]]:
+    def decode(self, encoded: Sequence[Encoded], keys: Sequence[str] | None = None) -> tuple[torch.Tensor, list[int]]:
         """Decode a batch; return the tensor and the input positions it holds."""
         raise NotImplementedError
 
@@ -203,8 +207,14 @@ class CpuBatchDecoder(BatchDecoder):
 
     name = "cpu"
 
-    def __init__(self, size: int | tuple[int, int] = 224, *, decoder: str = "auto",
-                 num_threads: int | None = None, **options: Any):
+    def __init__(
+        self,
+        size: int | tuple[int, int] = 224,
+        *,
+        decoder: str = "auto",
+        num_threads: int | None = None,
+        **options: Any,
+    ):
         super().__init__(size, **options)
         from .augment import CenterCrop, Compose, RandomHorizontalFlip, RandomResizedCrop, Resize
         from .augment.fused import build_image_fn
@@ -225,14 +235,11 @@ class CpuBatchDecoder(BatchDecoder):
 
     def _one(self, item: Encoded, rng: np.random.Generator) -> np.ndarray | Exception:
         try:
-            img = self._image_fn(bytes(as_array(item)), rng)
-            return np.ascontiguousarray(img.transpose(2, 0, 1))
-        except Exception as e:  # noqa: BLE001 - any decoder failure is this image's problem
+            return self._image_fn(item if isinstance(item, bytes) else as_array(item).tobytes(), rng)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is this image's problem (as in the core)
             return e
 
-    def decode(
-        self, encoded: Sequence[Encoded], keys: Sequence[str] | None = None
-    ) -> tuple[torch.Tensor, list[int]]:
+    def decode(self, encoded: Sequence[Encoded], keys: Sequence[str] | None = None) -> tuple[torch.Tensor, list[int]]:
         from .augment import sample_rng
 
         if self._pool is None:
@@ -251,7 +258,11 @@ class CpuBatchDecoder(BatchDecoder):
                 arrays.append(r)
         if not arrays:
             return self._empty(), kept
-        return self.finish(torch.from_numpy(np.stack(arrays))), kept
+        out = torch.empty((len(arrays), 3, *self.size), dtype=torch.uint8)
+        nhwc = out.permute(0, 2, 3, 1).numpy()  # one strided copy per image into NCHW memory
+        for i, img in enumerate(arrays):
+            nhwc[i] = img
+        return self.finish(out), kept
 
     def close(self) -> None:
         if self._pool is not None:
@@ -270,39 +281,41 @@ def _announce_fallback(reason: str) -> None:
         log.warning("GPU batch decode unavailable (%s): decoding batches on CPU threads instead", reason)
 
 
-def resolve_batch_decoder(decoder: str = "auto", *, device: str | None = None, **options: Any) -> BatchDecoder:
+def resolve_batch_decoder(
+    decoder: str = "auto", *, device: str | None = None, cpu_decoder: str = "auto", **options: Any
+) -> BatchDecoder:
     """Pick a batch decoder: ``"auto"`` (DALI on the GPU if possible, else CPU), ``"dali"``,
-    ``"torchvision"`` or ``"cpu"``. ``options`` go to the decoder (size, train, dtype, ...).
+    ``"torchvision"`` or ``"cpu"``. ``options`` go to the decoder (size, train, dtype, ...);
+    ``cpu_decoder`` names the image backend of the CPU path (``get_decoder`` name).
 
     ``"auto"`` never fails for lack of a GPU or of DALI: it logs once and uses the CPU.
     ``"dali"`` with ``device="gpu"`` (the default) raises if there is no usable GPU.
     """
-    cpu_only = {"decoder"}  # options only the CPU decoder understands
-    dali_only = {"device_id", "batch_size"}
+    dali_only = ("device_id", "batch_size", "decoder_options")  # ignored by the other decoders
+    others = {k: v for k, v in options.items() if k not in dali_only}
     if decoder == "cpu":
-        return CpuBatchDecoder(**{k: v for k, v in options.items() if k not in dali_only})
+        return CpuBatchDecoder(decoder=cpu_decoder, **others)
     if decoder == "dali":
         from .decoders.dali import DaliBatchDecoder
 
-        return DaliBatchDecoder(device=device or "gpu", **{k: v for k, v in options.items() if k not in cpu_only})
+        return DaliBatchDecoder(device=device or "gpu", **options)
     if decoder == "torchvision":
         from .decoders.torchvision_gpu import TorchvisionGpuBatchDecoder
 
-        return TorchvisionGpuBatchDecoder(
-            **{k: v for k, v in options.items() if k not in cpu_only | dali_only | {"num_threads"}}
-        )
+        others.pop("num_threads", None)
+        return TorchvisionGpuBatchDecoder(**others)
     if decoder != "auto":
         raise ValueError(f"batch decoder must be 'auto', 'dali', 'torchvision' or 'cpu', not {decoder!r}")
-    reason = gpu_unavailable_reason()
+    reason = gpu_unavailable_reason(options.get("device_id", 0))
     if reason is None:
         from .decoders.dali import DaliBatchDecoder
 
-        return DaliBatchDecoder(device="gpu", **{k: v for k, v in options.items() if k not in cpu_only})
+        return DaliBatchDecoder(device="gpu", **options)
     _announce_fallback(reason)
-    return CpuBatchDecoder(**{k: v for k, v in options.items() if k not in dali_only})
+    return CpuBatchDecoder(decoder=cpu_decoder, **others)
 
 
-def gpu_unavailable_reason() -> str | None:
+def gpu_unavailable_reason(device_id: int = 0) -> str | None:
     """Why DALI GPU decode cannot run here (``None`` when it can)."""
     from .decoders import dali
 
@@ -310,20 +323,29 @@ def gpu_unavailable_reason() -> str | None:
         dali.import_dali()
     except ImportError:
         return f"NVIDIA DALI is not installed ({dali.INSTALL_HINT})"
-    return dali.cuda_unavailable_reason()
+    return dali.cuda_unavailable_reason(device_id)
 
 
 class BatchDecodeLoader:
     """Wrap an iterable of encoded batches (e.g. a DataLoader over
-    ``ShardDataset(decode=False, batch_size=B)`` with ``batch_size=None``) and yield them
-    decoded by ``decoder``. Batches whose every image was skipped are dropped."""
+    ``ShardDataset(decode="encoded", batch_size=B)`` with ``batch_size=None``) and yield them
+    decoded by ``decoder``. Batches whose every image was skipped are dropped.
+
+    ``decode_seconds`` and ``images`` add up the time spent decoding in this process and
+    the images that came out (for per-stage tables; with CUDA, until DALI returned).
+    """
 
     def __init__(self, batches: Iterable[Batch], decoder: BatchDecoder, image_field: str = "jpg"):
         self.batches, self.decoder, self.image_field = batches, decoder, image_field
+        self.decode_seconds = 0.0
+        self.images = 0
 
     def __iter__(self) -> Iterator[Batch]:
         for batch in self.batches:
+            start = time.perf_counter()
             out = decode_batch(self.decoder, batch, self.image_field)
+            self.decode_seconds += time.perf_counter() - start
+            self.images += len(out[self.image_field])
             if len(out[self.image_field]):
                 yield out
 

@@ -5,7 +5,8 @@ One DALI pipeline per decoder: encoded bytes go in through ``fn.external_source`
 ``decoders.image_random_crop`` (region-of-interest decode of a torchvision-style random
 crop: ``random_area=scale``, ``random_aspect_ratio=ratio``, 10 attempts), ``resize`` and
 ``crop_mirror_normalize`` (flip, normalize, HWC -> CHW); for validation, ``decoders.image``,
-``resize(resize_shorter=...)`` and a centre crop. The result is copied into a torch tensor
+``resize`` of the shorter side and a centre crop, with sizes and offsets computed from the
+image headers in the graph so that they equal torchvision's / shardpipe's to the pixel. The result is copied into a torch tensor
 through DALI's PyTorch interop (a CUDA tensor on the GPU, a CPU tensor in CPU mode).
 
 A DALI pipeline fails a whole batch when one image is bad, without saying which. So
@@ -39,20 +40,18 @@ _SIGNATURES: tuple[bytes, ...] = (
     b"MM\x00*",  # TIFF
     b"\x00\x00\x00\x0cjP  ",
     b"\xff\x4f\xff\x51",  # JPEG 2000
-    b"P1", b"P2", b"P3", b"P4", b"P5", b"P6",  # PNM
+    *(b"P%d" % n for n in range(1, 7)),  # PNM
 )
 
 
 def import_dali() -> Any:
     """Import ``nvidia.dali`` or raise ImportError with the install command."""
     try:
-        import nvidia.dali as dali
+        import nvidia.dali
         import nvidia.dali.plugin.pytorch  # noqa: F401 - the torch interop we copy through
     except ImportError as e:
-        raise ImportError(
-            f"GPU batch decode needs NVIDIA DALI, which is not installed: {INSTALL_HINT} ({e})"
-        ) from e
-    return dali
+        raise ImportError(f"GPU batch decode needs NVIDIA DALI, which is not installed: {INSTALL_HINT} ({e})") from e
+    return nvidia.dali
 
 
 def cuda_unavailable_reason(device_id: int = 0) -> str | None:
@@ -81,12 +80,51 @@ def signature_problem(data: np.ndarray) -> str | None:
     return f"no image signature: starts with {head[:8]!r}"
 
 
-def _dali_reason(exc: Exception) -> str:
+def _dali_reason(exc: Exception | None) -> str:
     """The useful line of a DALI pipeline error (they carry the whole graph traceback)."""
     text = str(exc)
-    m = re.search(r"encountered:\s*(.*?)\s*(Current pipeline|$)", text, re.S)
+    m = re.search(r"encountered:\s*(.*?)\s*(Current pipeline|$)", text, re.DOTALL)
     reason = (m.group(1) if m else text).strip().splitlines()
-    return f"DALI: {reason[-1] if reason else type(exc).__name__}"
+    return f"DALI: {reason[-1].rstrip(' :') if reason else type(exc).__name__}"
+
+
+def _failed_sample(exc: Exception | None, batch_size: int) -> int | None:
+    """The batch position a DALI decode error names ("Failed to decode sample #6"), if any."""
+    m = re.search(r"Failed to decode sample #(\d+)", str(exc))
+    index = int(m.group(1)) if m else -1
+    return index if 0 <= index < batch_size else None
+
+
+def _validation_geometry(enc: Any, short: int, crop_h: int, crop_w: int) -> tuple[Any, Any, Any, Any]:
+    """Resize sizes and centre-crop positions as graph nodes, computed from image headers.
+
+    They follow torchvision's (and shardpipe's) ``Resize`` and ``CenterCrop`` to the pixel:
+    the longer side is truncated (DALI's ``resize_shorter`` rounds), the crop offset is
+    ``round(margin / 2)`` with halves to even (DALI rounds them up), and a crop larger than
+    the image pads ``(crop - size) // 2`` before it.
+    """
+    import nvidia.dali.math as dmath
+    from nvidia.dali import fn, types
+
+    shape = fn.peek_image_shape(enc, dtype=types.INT32)  # (H, W, C), EXIF orientation applied
+    height, width = shape[0], shape[1]
+    shorter = dmath.min(height, width)
+    new_h, new_w = (short * height) // shorter, (short * width) // shorter
+
+    def position(size: Any, crop: int) -> Any:
+        margin = size - crop
+        half = dmath.abs(margin) // 2
+        odd = dmath.abs(margin) - 2 * half
+        half_is_odd = half - 2 * (half // 2)
+        grow = fn.cast(margin > 0, dtype=types.INT32)  # 1 when cropping, 0 when padding
+        anchor = grow * (half + odd * half_is_odd) - (1 - grow) * half  # banker's round / pad
+        nonzero = margin + fn.cast(margin == 0, dtype=types.INT32)
+        return fn.cast(anchor, dtype=types.FLOAT) / fn.cast(nonzero, dtype=types.FLOAT)
+
+    def as_float(x: Any) -> Any:
+        return fn.cast(x, dtype=types.FLOAT)
+
+    return as_float(new_h), as_float(new_w), position(new_h, crop_h), position(new_w, crop_w)
 
 
 class DaliBatchDecoder(BatchDecoder):
@@ -132,23 +170,23 @@ class DaliBatchDecoder(BatchDecoder):
         self.num_threads = num_threads or min(4, os.cpu_count() or 1)
         self.decoder_options = dict(decoder_options or {})
         self._pipe: Any = None
+        self._last_error: Exception | None = None
         self._builds = 0  # each rebuild (after a failed batch) gets a fresh seed
 
     # -- the pipeline -------------------------------------------------------------------
     def _build(self) -> Any:
-        import nvidia.dali.fn as fn
-        import nvidia.dali.types as types
+        from nvidia.dali import fn, types
         from nvidia.dali.pipeline import Pipeline
 
         gpu = self.device == "gpu"
-        seed = -1 if self.seed is None else (self.seed + 7919 * self._builds) % 2**31
+        seeded = {} if self.seed is None else {"seed": (self.seed + 7919 * self._builds) % 2**31}
         self._builds += 1
         pipe = Pipeline(
             batch_size=self.batch_size,
             num_threads=self.num_threads,
             device_id=self.device_id if gpu else None,
-            seed=seed,
             prefetch_queue_depth=1,  # we feed one batch and run it: no look-ahead
+            **seeded,
         )
         out_dtype = {torch.uint8: types.UINT8, torch.float32: types.FLOAT, torch.float16: types.FLOAT16}
         if self.dtype == torch.uint8:
@@ -163,8 +201,13 @@ class DaliBatchDecoder(BatchDecoder):
             enc = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1, batch=True)
             if self.train:
                 imgs = fn.decoders.image_random_crop(
-                    enc, device=dec_device, output_type=types.RGB, random_area=list(self.scale),
-                    random_aspect_ratio=list(self.ratio), num_attempts=10, **self.decoder_options,
+                    enc,
+                    device=dec_device,
+                    output_type=types.RGB,
+                    random_area=list(self.scale),
+                    random_aspect_ratio=list(self.ratio),
+                    num_attempts=10,
+                    **self.decoder_options,
                 )
                 imgs = fn.resize(imgs, resize_x=w, resize_y=h, antialias=True)
                 mirror = fn.random.coin_flip(probability=self.flip_p) if self.flip_p > 0 else 0
@@ -173,10 +216,19 @@ class DaliBatchDecoder(BatchDecoder):
                 )
             else:
                 imgs = fn.decoders.image(enc, device=dec_device, output_type=types.RGB, **self.decoder_options)
-                imgs = fn.resize(imgs, resize_shorter=self.resize_short, subpixel_scale=False, antialias=True)
+                size_y, size_x, pos_y, pos_x = _validation_geometry(enc, self.resize_short, h, w)
+                imgs = fn.resize(imgs, resize_x=size_x, resize_y=size_y, antialias=True)
                 out = fn.crop_mirror_normalize(
-                    imgs, dtype=out_dtype[self.dtype], output_layout="CHW", mean=mean, std=std,
-                    crop=(h, w), out_of_bounds_policy="pad", fill_values=0.0,
+                    imgs,
+                    dtype=out_dtype[self.dtype],
+                    output_layout="CHW",
+                    mean=mean,
+                    std=std,
+                    crop=(h, w),
+                    crop_pos_x=pos_x,
+                    crop_pos_y=pos_y,
+                    out_of_bounds_policy="pad",
+                    fill_values=0.0,
                 )
             pipe.set_outputs(out)
         pipe.build()
@@ -205,26 +257,39 @@ class DaliBatchDecoder(BatchDecoder):
         return result
 
     def _run_isolating(
-        self, positions: list[int], arrays: list[np.ndarray], keys: Sequence[str] | None,
-        parts: list[torch.Tensor], kept: list[int],
+        self,
+        positions: list[int],
+        arrays: list[np.ndarray],
+        keys: Sequence[str] | None,
+        parts: list[torch.Tensor],
+        kept: list[int],
     ) -> None:
-        """Decode ``positions``; when DALI fails, bisect to find (and report) the bad images."""
+        """Decode ``positions``; when DALI fails, split them to isolate (and report) bad images.
+
+        The split falls at the sample DALI's error names, if it names one (then the bad
+        image costs three runs), else in the middle (bisection). Pieces run in order, so
+        ``parts`` and ``kept`` stay in input order.
+        """
         try:
             parts.append(self._run([arrays[i] for i in positions]))
             kept.extend(positions)
             return
         except RuntimeError as e:
-            if len(positions) == 1:
-                self._bad(positions[0], keys, _dali_reason(e))
-                return
-        mid = len(positions) // 2
-        self._run_isolating(positions[:mid], arrays, keys, parts, kept)
-        self._run_isolating(positions[mid:], arrays, keys, parts, kept)
+            self._last_error = e
+        if len(positions) == 1:
+            self._bad(positions[0], keys, _dali_reason(self._last_error))
+            return
+        named = _failed_sample(self._last_error, len(positions))
+        if named is not None:
+            pieces = [positions[:named], positions[named : named + 1], positions[named + 1 :]]
+        else:
+            pieces = [positions[: len(positions) // 2], positions[len(positions) // 2 :]]
+        for piece in pieces:
+            if piece:
+                self._run_isolating(piece, arrays, keys, parts, kept)
 
     # -- the contract -------------------------------------------------------------------
-    def decode(
-        self, encoded: Sequence[Encoded], keys: Sequence[str] | None = None
-    ) -> tuple[torch.Tensor, list[int]]:
+    def decode(self, encoded: Sequence[Encoded], keys: Sequence[str] | None = None) -> tuple[torch.Tensor, list[int]]:
         """Decode a batch; return the tensor and the input positions it holds, in order."""
         if keys is not None and len(keys) != len(encoded):
             raise ValueError(f"got {len(keys)} keys for {len(encoded)} images")
@@ -239,9 +304,16 @@ class DaliBatchDecoder(BatchDecoder):
         parts: list[torch.Tensor] = []
         kept: list[int] = []
         for start in range(0, len(candidates), self.batch_size):
-            self._run_isolating(candidates[start : start + self.batch_size], arrays, keys, parts, kept)
+            chunk = candidates[start : start + self.batch_size]
+            before = len(kept)
+            self._run_isolating(chunk, arrays, keys, parts, kept)
+            if len(chunk) >= 4 and len(kept) == before:  # not bad images: a broken setup
+                raise RuntimeError(
+                    f"DALI failed on every one of {len(chunk)} images, each on its own; "
+                    f"last error: {_dali_reason(self._last_error)}"
+                ) from self._last_error
         if not parts:
-            return self._empty("cuda" if self.device == "gpu" else "cpu"), kept
+            return self._empty(torch.device("cuda", self.device_id) if self.device == "gpu" else "cpu"), kept
         return (parts[0] if len(parts) == 1 else torch.cat(parts)), kept
 
     def close(self) -> None:
