@@ -35,7 +35,17 @@ def test_real_gloo_ranks_get_equal_disjoint_epochs(tmp_path: Path, world: int, p
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.dist_worker", str(r), str(world), str(port), manifest, policy, str(tmp_path / f"r{r}.json")],
+            [
+                sys.executable,
+                "-m",
+                "tests.dist_worker",
+                str(r),
+                str(world),
+                str(port),
+                manifest,
+                policy,
+                str(tmp_path / f"r{r}.json"),
+            ],
             cwd=ROOT,
             env=env,
         )
@@ -74,7 +84,17 @@ def test_simulated_64_ranks_by_8_workers(policy):
     for rank in range(world):
         rank_n = 0
         for worker in range(workers):
-            segs = plan_ranges(shards, seed=3, epoch=5, rank=rank, world_size=world, worker=worker, num_workers=workers, shuffle=True, policy=policy)
+            segs = plan_ranges(
+                shards,
+                seed=3,
+                epoch=5,
+                rank=rank,
+                world_size=world,
+                worker=worker,
+                num_workers=workers,
+                shuffle=True,
+                policy=policy,
+            )
             n = 0
             for seg in segs:
                 assert 0 <= seg.start < seg.stop <= seg.samples
@@ -93,3 +113,23 @@ def test_simulated_64_ranks_by_8_workers(policy):
         assert total - len(real) == total % world
     else:
         assert len(real) == total and len(seen) - total == -total % world
+
+
+@pytest.mark.parametrize("with_manifest", [True, False])
+def test_resampled_epochs_have_a_fixed_length_per_consumer(tmp_path: Path, with_manifest: bool):
+    from shardpipe import ShardDataset, ShardLoader
+
+    manifest = write_manifest_dataset(tmp_path, make_samples(sum(COUNTS)), COUNTS)
+    urls = manifest if with_manifest else sorted(str(p) for p in tmp_path.glob("*.tar"))
+    per_rank = []
+    for rank in range(2):
+        ds = ShardDataset(
+            urls, decode=None, batch_size=4, epoch_policy="resample", samples_per_epoch=60, rank=rank, world_size=2
+        )
+        keys = [k for b in ShardLoader(ds, num_workers=2) for k in b["__key__"]]
+        per_rank.append(keys)
+    assert [len(k) for k in per_rank] == [30, 30]  # 60 // (2 ranks x 2 workers) = 15 per worker
+    assert per_rank[0] != per_rank[1]  # each consumer draws its own shards
+    assert set(per_rank[0]) | set(per_rank[1]) <= {s["__key__"] for s in make_samples(sum(COUNTS))}
+    with pytest.raises(ValueError, match="needs samples_per_epoch"):
+        ShardDataset(urls, epoch_policy="resample")

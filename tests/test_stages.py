@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 
 import pytest
 
 from shardpipe.augment import RandomResizedCrop
+from shardpipe.plan import ResampledShards, plan_ranges
 from shardpipe.stages import (
     Batch,
     Context,
@@ -22,6 +24,7 @@ from shardpipe.stages import (
     Shuffle,
     SplitSamples,
     SplitShards,
+    Take,
     Untar,
     expand_urls,
 )
@@ -57,11 +60,48 @@ CHAINS: dict[str, Callable[[list], list]] = {
     "split-samples": lambda sh: [ShardList(sh), Untar(), GroupSamples(), SplitSamples()],
     "require": lambda sh: [ShardList(sh), Untar(), GroupSamples(), RequireFields(["jpg", "cls"])],
     "shuffle": lambda sh: [ShardList(sh, shuffle=True), Untar(), GroupSamples(), Shuffle(7)],
-    "map-filter": lambda sh: [ShardList(sh), Untar(), GroupSamples(), Map(lambda s: s), Filter(lambda s: s["cls"] != 2)],
+    "map-filter": lambda sh: [
+        ShardList(sh),
+        Untar(),
+        GroupSamples(),
+        Map(lambda s: s),
+        Filter(lambda s: s["cls"] != 2),
+    ],
     "decode": lambda sh: [ShardList(sh), Untar(), GroupSamples(), Shuffle(5), Decode(transform=RandomResizedCrop(16))],
     "decode-threads": lambda sh: [ShardList(sh, shuffle=True), Untar(), GroupSamples(), Shuffle(6), Decode(threads=3)],
-    "batch": lambda sh: [ShardList(sh, shuffle=True), Untar(), GroupSamples(), Shuffle(9), Decode(transform=RandomResizedCrop(8), threads=2), Batch(4)],
+    "batch": lambda sh: [
+        ShardList(sh, shuffle=True),
+        Untar(),
+        GroupSamples(),
+        Shuffle(9),
+        Decode(transform=RandomResizedCrop(8), threads=2),
+        Batch(4),
+    ],
     "generator": lambda sh: [ShardList(sh), Untar(), GroupSamples(), GeneratorStage(gen_pairs)],
+    "resample-take": lambda sh: [
+        ShardList(sh, plan=lambda c: ResampledShards(sh, c.seed, c.epoch, c.split_index)),
+        Untar(),
+        GroupSamples(),
+        Take(30),
+    ],
+    "ranges": lambda sh: [
+        ShardList(
+            sh,
+            plan=lambda c: plan_ranges(
+                [dataclasses.replace(s, samples=n) for s, n in zip(sh, [6, 1, 9, 7])],
+                seed=c.seed,
+                epoch=c.epoch,
+                rank=0,
+                world_size=2,
+                worker=c.worker,
+                num_workers=c.num_workers,
+                shuffle=True,
+                policy="pad",
+            ),
+        ),
+        Untar(),
+        GroupSamples(),
+    ],
 }
 
 
