@@ -1,26 +1,38 @@
 # One command sets up and runs the main job (`make demo`); one sets up and runs the tests (`make test`).
 PY ?= python3
 PIP ?= $(PY) -m pip
-# everything the test suite exercises, DALI (~1 GB, runs its CPU operators without a GPU) included
-EXTRAS ?= turbo,turbojpeg,s3,gcs,http,lmdb,gpu,test
+# the fast CPU decoders; the tests add object-storage clients, LMDB, DALI (~1 GB; it runs its CPU
+# operators without a GPU) and the test tools
+DEMO_EXTRAS ?= turbo,turbojpeg
+TEST_EXTRAS ?= turbo,turbojpeg,s3,gcs,http,lmdb,gpu,test
 
-.PHONY: setup demo test bench clean
+.PHONY: setup setup-test demo test bench clean
 
-.setup.stamp: pyproject.toml
-	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q torch --index-url https://download.pytorch.org/whl/cpu
-	$(PIP) install -q -e ".[$(EXTRAS)]"
+# torch first, pinned to the CPU build, so that no requirement pulls the CUDA build
+.torch.stamp:
+	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+	touch $@
+
+.setup.stamp: .torch.stamp pyproject.toml
+	$(PIP) install -q -e ".[$(DEMO_EXTRAS)]"
+	touch $@
+
+.setup-test.stamp: .torch.stamp pyproject.toml
+	$(PIP) install -q -e ".[$(TEST_EXTRAS)]"
 	touch $@
 
 setup: .setup.stamp
 
-demo: setup
-	shardpipe demo
+setup-test: .setup-test.stamp
 
-test: setup
+demo: setup
+	$(PY) -m shardpipe.cli demo
+
+test: setup-test
 	$(PY) -m pytest -q -ra
 
-bench: setup
+bench: setup-test
 	$(PY) tools/bench.py
 
 clean:
-	rm -rf .setup.stamp demo-data bench-data build *.egg-info
+	rm -rf .torch.stamp .setup.stamp .setup-test.stamp demo-data bench-data build *.egg-info
