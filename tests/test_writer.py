@@ -76,3 +76,28 @@ def test_invalid_samples_are_rejected(tmp_path: Path, sample, error):
 def test_pattern_needs_a_placeholder(tmp_path: Path):
     with pytest.raises(ValueError, match="needs a %d or"):
         ShardWriter(str(tmp_path / "fixed.tar"))
+
+
+def test_tar_bytes_identical_to_tarfile_output(tmp_path: Path):
+    import io
+    import tarfile
+
+    samples = make_samples(9)
+    samples[2]["__key__"] = "deep/" + "d" * 120 + "/k"  # needs a pax header
+    samples[3]["txt"] = "ünïcode"
+    buf = io.BytesIO()
+    tw = shardpipe.TarWriter(buf)
+    for s in samples:
+        tw.write(s)
+    tw.close()
+    ref = io.BytesIO()
+    with tarfile.open(fileobj=ref, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        for s in samples:
+            for ext, value in s.items():
+                if ext.startswith("__"):
+                    continue
+                data = shardpipe.writer.encode_field(ext, value)
+                info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
+                info.size, info.mode, info.mtime, info.uname, info.gname = len(data), 0o444, 0, "", ""
+                tf.addfile(info, io.BytesIO(data))
+    assert buf.getvalue() == ref.getvalue()

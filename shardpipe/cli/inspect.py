@@ -1,0 +1,218 @@
+"""``shardpipe inspect URLS``: what is in a set of shards, per shard and in total.
+
+Samples, extensions, bytes, image sizes (read from the image headers, no pixel is
+decoded: min/median/max of width and height) and the first keys. URLS is a brace
+pattern (``out/train-{000000..000009}.tar``), several joined by ``::``, or a manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from ..errors import ShardpipeError
+from ..io import open_shard
+from ..sample import IMAGE_EXTENSIONS, split_name
+from ..tarstream import TarStream
+
+
+class _Counting:
+    """Hash and count the raw bytes of a shard as they are read."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f = f
+        self.size = 0
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.size += len(data)
+        self.sha.update(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class ShardReader:
+    """Iterate one shard's samples as ``(key, {ext: bytes})``; then read ``size``,
+    ``sha256`` (of the whole file) and ``error`` (why reading stopped early, or ``None``)."""
+
+    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+        self.url = url
+        self.storage_options = storage_options
+        self.size = 0
+        self.sha256 = ""
+        self.error: str | None = None
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, bytes]]]:
+        try:
+            raw = _Counting(open_shard(self.url, storage_options=self.storage_options))
+        except (ShardpipeError, OSError) as e:
+            self.error = f"cannot open: {e}"
+            return
+        try:
+            tar = TarStream(raw, self.url)  # type: ignore[arg-type]
+            key, fields = None, {}
+            while True:
+                member = tar.next_member()
+                if member is None:
+                    break
+                parts = split_name(member[0])
+                if parts is None:
+                    continue
+                if parts[0] != key and key is not None:
+                    yield key, fields
+                    fields = {}
+                key = parts[0]
+                fields[parts[1]] = member[1]
+            if key is not None:
+                yield key, fields
+            while raw.read(1 << 20):  # the padding after the end-of-archive blocks counts too
+                pass
+        except (ShardpipeError, OSError) as e:
+            self.error = str(e)
+        finally:
+            raw.close()
+            self.size, self.sha256 = raw.size, raw.sha.hexdigest()
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from the header (JPEG markers, else PIL's lazy open); None if unreadable."""
+    from ..decoders.jpeg import is_jpeg, read_header
+
+    try:
+        if is_jpeg(data):
+            h = read_header(data)
+            return h.width, h.height
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as img:
+            return img.size
+    except Exception:
+        return None
+
+
+def _stats(values: list[int]) -> dict[str, float] | None:
+    if not values:
+        return None
+    return {"min": min(values), "median": statistics.median(values), "max": max(values)}
+
+
+@dataclass
+class ShardSummary:
+    url: str
+    samples: int = 0
+    bytes: int = 0
+    extensions: Counter[str] = field(default_factory=Counter)
+    first_keys: list[str] = field(default_factory=list)
+    widths: list[int] = field(default_factory=list)
+    heights: list[int] = field(default_factory=list)
+    unreadable_headers: int = 0
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url, "samples": self.samples, "bytes": self.bytes,
+            "extensions": dict(sorted(self.extensions.items())), "first_keys": self.first_keys,
+            "width": _stats(self.widths), "height": _stats(self.heights),
+            "unreadable_headers": self.unreadable_headers, "error": self.error,
+        }  # fmt: skip
+
+
+def inspect_shard(url: str, first: int = 5, storage_options: dict[str, Any] | None = None) -> ShardSummary:
+    """Read one shard and summarise it (image sizes from headers only)."""
+    out = ShardSummary(url)
+    reader = ShardReader(url, storage_options)
+    for key, fields in reader:
+        out.samples += 1
+        out.extensions.update(fields.keys())
+        if len(out.first_keys) < first:
+            out.first_keys.append(key)
+        for ext, data in fields.items():
+            if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+                size = image_size(data)
+                if size is None:
+                    out.unreadable_headers += 1
+                else:
+                    out.widths.append(size[0])
+                    out.heights.append(size[1])
+    out.bytes, out.error = reader.size, reader.error
+    return out
+
+
+def inspect_shards(
+    urls: str | list[str], first: int = 5, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Summaries per shard and in total, as a JSON-ready dict."""
+    from ..stages.shards import expand_urls
+
+    shards = [inspect_shard(s.url, first, storage_options) for s in expand_urls(urls, storage_options)]
+    total = ShardSummary("total")
+    for s in shards:
+        total.samples += s.samples
+        total.bytes += s.bytes
+        total.extensions.update(s.extensions)
+        total.widths += s.widths
+        total.heights += s.heights
+        total.unreadable_headers += s.unreadable_headers
+        total.first_keys += s.first_keys[: first - len(total.first_keys)]
+    result = total.to_json()
+    del result["url"], result["error"]
+    return {"shards": [s.to_json() for s in shards], "total": {"shards": len(shards), **result}}
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _range(stats: dict[str, float] | None) -> str:
+    return "-" if stats is None else f"{stats['min']:g}/{stats['median']:g}/{stats['max']:g}"
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"{'shard':<40} {'samples':>8} {'bytes':>10}  {'extensions':<24} {'width min/med/max':<18} first keys"]
+    for s in report["shards"]:
+        exts = " ".join(f"{e}:{n}" for e, n in s["extensions"].items())
+        lines.append(
+            f"{s['url'][-40:]:<40} {s['samples']:>8} {_mib(s['bytes']):>10}  {exts:<24} "
+            f"{_range(s['width']):<18} {', '.join(s['first_keys'][:3])}"
+        )
+        if s["error"]:
+            lines.append(f"  ERROR: {s['error']}")
+    t = report["total"]
+    exts = ", ".join(f"{e} {n}" for e, n in t["extensions"].items())
+    lines += [
+        f"total: {t['shards']} shards, {t['samples']} samples, {_mib(t['bytes'])}; extensions: {exts or 'none'}",
+        f"image width  min/median/max: {_range(t['width'])}",
+        f"image height min/median/max: {_range(t['height'])}",
+        f"first keys: {', '.join(t['first_keys'])}",
+    ]
+    if t["unreadable_headers"]:
+        lines.append(f"images with unreadable headers: {t['unreadable_headers']}")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("urls", help="brace pattern, '::'-joined list, or manifest.json")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--keys", type=int, default=5, help="how many first keys to show (default 5)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = inspect_shards(args.urls, args.keys)
+    except (ValueError, OSError, ShardpipeError) as e:
+        print(f"shardpipe inspect: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
+    return 1 if any(s["error"] for s in report["shards"]) else 0

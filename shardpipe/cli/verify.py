@@ -1,0 +1,151 @@
+"""``shardpipe verify URLS``: decode every sample and check the manifest; non-zero exit on problems.
+
+Checks, per shard: the tar stream is complete (not truncated, no bad headers), every
+image decodes (the fastest installed decoder, then PIL before calling it corrupt),
+``.cls`` holds an integer and ``.json`` valid JSON, keys are unique; with a manifest
+also the shard's size, sha256 and sample count, and the manifest's totals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ..errors import ShardpipeError
+from ..sample import IMAGE_EXTENSIONS
+from ..stages.shards import Shard, expand_urls
+from .inspect import ShardReader
+
+
+@dataclass
+class ShardCheck:
+    """The result of verifying one shard."""
+
+    url: str
+    samples: int = 0
+    images: int = 0
+    bytes: int = 0
+    sha256: str = ""
+    keys: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def check_member(ext: str, data: bytes) -> str | None:
+    """Why one member is bad, or ``None`` if it reads back."""
+    from ..decoders import get_decoder
+
+    last = ext.rsplit(".", 1)[-1]
+    try:
+        if last in IMAGE_EXTENSIONS:
+            try:
+                get_decoder("auto").decode(data)
+            except Exception:
+                get_decoder("pil").decode(data)  # a fast backend may refuse what PIL reads
+        elif last in ("cls", "cls2", "index"):
+            int(data.decode("ascii").strip())
+        elif last == "json":
+            json.loads(data)
+        elif last == "txt":
+            data.decode("utf-8")
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def verify_shard(shard: Shard, storage_options: dict[str, Any] | None = None) -> ShardCheck:
+    """Read and decode one shard; compare with what the manifest says about it."""
+    out = ShardCheck(shard.url)
+    reader = ShardReader(shard.url, storage_options)
+    seen: set[str] = set()
+    for key, fields in reader:
+        out.samples += 1
+        out.keys.append(key)
+        if key in seen:
+            out.problems.append(f"{shard.url}: duplicate key {key!r} (its members are not consecutive)")
+        seen.add(key)
+        for ext, data in fields.items():
+            out.images += ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS
+            why = check_member(ext, data)
+            if why is not None:
+                out.problems.append(f"{shard.url}: corrupt member {key}.{ext}: {why}")
+    out.bytes, out.sha256 = reader.size, reader.sha256
+    if reader.error is not None:
+        kind = "missing shard" if reader.error.startswith("cannot open") else "truncated or damaged shard"
+        out.problems.append(f"{shard.url}: {kind}: {reader.error}")
+        return out
+    if shard.size is not None and shard.size != out.bytes:
+        out.problems.append(f"{shard.url}: size mismatch: {out.bytes} bytes, manifest says {shard.size}")
+    if shard.sha256 is not None and shard.sha256 != out.sha256:
+        out.problems.append(f"{shard.url}: checksum mismatch: sha256 {out.sha256}, manifest says {shard.sha256}")
+    if shard.samples is not None and shard.samples != out.samples:
+        out.problems.append(f"{shard.url}: count mismatch: {out.samples} samples, manifest says {shard.samples}")
+    return out
+
+
+def _verify_one(shard: Shard) -> ShardCheck:
+    return verify_shard(shard)
+
+
+def verify_shards(
+    urls: str | list[str], workers: int = 1, storage_options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Verify every shard of ``urls``; returns ``{"shards": [...], "samples", "images", "problems"}``."""
+    shards = expand_urls(urls, storage_options)
+    if workers > 1 and storage_options is None:
+        method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+        with mp.get_context(method).Pool(workers) as pool:
+            checks = pool.map(_verify_one, shards, chunksize=1)
+    else:
+        checks = [verify_shard(s, storage_options) for s in shards]
+    problems = [p for c in checks for p in c.problems]
+    owners: dict[str, str] = {}
+    for c in checks:
+        for key in c.keys:
+            if key in owners and owners[key] != c.url:
+                problems.append(f"duplicate key {key!r} in {owners[key]} and {c.url}")
+            owners.setdefault(key, c.url)
+    manifest = _manifest_of(urls, storage_options)
+    total = sum(c.samples for c in checks)
+    if manifest is not None and manifest.get("samples") is not None and manifest["samples"] != total:
+        problems.append(f"count mismatch: {total} samples in the shards, manifest total says {manifest['samples']}")
+    report = [{k: v for k, v in asdict(c).items() if k != "keys"} for c in checks]
+    return {"shards": report, "samples": total, "images": sum(c.images for c in checks), "problems": problems}
+
+
+def _manifest_of(urls: str | list[str], storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    if isinstance(urls, str) and urls.endswith(".json") and "::" not in urls:
+        from ..io import read_bytes
+
+        return json.loads(read_bytes(urls, storage_options=storage_options))
+    return None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("urls", help="manifest.json (checks checksums and counts), brace pattern or '::'-joined list")
+    p.add_argument("--workers", type=int, default=1, help="shards verified in parallel (processes)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = verify_shards(args.urls, args.workers)
+    except (ValueError, OSError, ShardpipeError) as e:
+        print(f"shardpipe verify: error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        for s in report["shards"]:
+            print(f"{'ok  ' if not s['problems'] else 'FAIL'} {s['url']}: {s['samples']} samples, {s['bytes']} bytes")
+        n = len(report["shards"])
+        if report["problems"]:
+            print(f"{len(report['problems'])} problems in {n} shards ({report['samples']} samples):")
+            for p in report["problems"]:
+                print(f"  {p}")
+        else:
+            print(f"verified {n} shards: {report['samples']} samples, {report['images']} images decoded, no problems")
+    return 1 if report["problems"] else 0

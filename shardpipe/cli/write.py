@@ -1,0 +1,86 @@
+"""``shardpipe write SOURCE OUTPUT_PATTERN``: pack images into shards with a manifest.
+
+SOURCE is a flat folder, an ImageFolder tree (one folder per class), a CSV or JSONL list
+of paths and labels, or an LMDB store; OUTPUT_PATTERN names the shards with a
+``%06d``-style placeholder (``out/train-%06d.tar``; ``s3://`` and ``gs://`` work too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from ..sources import SOURCE_TYPES
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``"500M"`` -> bytes (k/M/G/T are binary multiples; an optional trailing ``B`` or ``iB``)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?\s*", text.lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (examples: 500M, 1G, 200000)")
+    return int(float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="folder, ImageFolder root, .csv/.jsonl list, or LMDB store")
+    p.add_argument("pattern", metavar="OUTPUT_PATTERN", help="shard names, e.g. out/train-%%06d.tar")
+    p.add_argument("--source-type", choices=SOURCE_TYPES, default="auto", help="default: guess from SOURCE")
+    p.add_argument("--maxcount", type=int, default=10_000, help="samples per shard at most (default 10000)")
+    p.add_argument("--maxsize", type=parse_size, default=1 << 30, help="shard size limit, e.g. 500M (default 1G)")
+    p.add_argument("--compress", choices=["gz"], default=None, help="gzip the shards (.tar.gz)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="parallel workers (default 1): processes for --presize or --check decode, threads for pass-through",
+    )
+    p.add_argument("--shuffle", action="store_true", help="shuffle the sample order across shards")
+    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
+    p.add_argument("--presize", type=int, default=None, metavar="N", help="shrink the shorter side to N pixels")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of presized images (default 90)")
+    p.add_argument(
+        "--check", choices=["header", "decode", "none"], default="header",
+        help="how to test that an image is readable: header (fast, default), full decode, or not at all",
+    )  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last complete shard")
+    p.add_argument(
+        "--label-pattern",
+        default=None,
+        metavar="REGEX",
+        help="flat folders: label = a group of this regex on the relative path",
+    )
+    p.add_argument(
+        "--lmdb-decoder",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="turns an LMDB value into image bytes (or (bytes, label[, extra]))",
+    )
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if any input was skipped")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pack import write_shards
+
+    try:
+        summary = write_shards(
+            args.source, args.pattern, source_type=args.source_type, maxcount=args.maxcount,
+            maxsize=args.maxsize, compress=args.compress, workers=args.workers, shuffle=args.shuffle,
+            seed=args.seed, presize=args.presize, quality=args.quality, check=args.check,
+            resume=args.resume, label_pattern=args.label_pattern, lmdb_decoder=args.lmdb_decoder,
+            progress=not args.no_progress,
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print("interrupted: complete shards are kept; run again with --resume to continue", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ImportError) as e:
+        print(f"shardpipe write: error: {e}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    if summary.written == 0:
+        print("shardpipe write: error: no images were written", file=sys.stderr)
+        return 1
+    return 1 if args.strict and summary.skipped else 0
