@@ -19,10 +19,11 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterator
-from glob import escape as glob_escape
 from dataclasses import dataclass
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import IO
 
@@ -96,6 +97,7 @@ class ShardCache:
         the expected size or sha256.
         """
         data = self.path_for(url)
+        (self.dir / LOCKS).mkdir(parents=True, exist_ok=True)  # (again: it may have been cleared)
         with self._locked(self._lock_path(data)):
             f = self._open_hit(data, expected_size, expected_sha256)
             if f is not None:
@@ -127,13 +129,12 @@ class ShardCache:
             st = data.stat()
             meta = {"url": url, "size": st.st_size, "sha256": digest, "mtime_ns": st.st_mtime_ns}
             _write_json(self._meta_path(data), meta)
+            _touch(self._meta_path(data))
             self.stats.downloads += 1
             return open(data, "rb", buffering=1 << 20)
 
     # -- hits ------------------------------------------------------------------------
-    def _open_hit(
-        self, data: Path, expected_size: int | None, expected_sha256: str | None
-    ) -> IO[bytes] | None:
+    def _open_hit(self, data: Path, expected_size: int | None, expected_sha256: str | None) -> IO[bytes] | None:
         meta_path = self._meta_path(data)
         try:
             meta = json.loads(meta_path.read_text())
@@ -154,7 +155,7 @@ class ShardCache:
             self.stats.refetched_corrupt += 1
             self._drop(data)
             return None
-        os.utime(meta_path)  # last use, for LRU
+        _touch(meta_path)
         return open(data, "rb", buffering=1 << 20)
 
     def _remove_stale_parts(self, data: Path) -> None:
@@ -173,7 +174,7 @@ class ShardCache:
         """Bytes used by cached shards and downloads in progress."""
         return sum(size for _, size, _ in self._entries())
 
-    def _entries(self) -> Iterator[tuple[Path, int, float]]:
+    def _entries(self) -> Iterator[tuple[Path, int, int]]:
         """(data or .part path, bytes, last use) for everything in the cache directory."""
         with os.scandir(self.dir) as it:
             for e in it:
@@ -182,11 +183,11 @@ class ShardCache:
                 try:
                     size = e.stat().st_size
                     if e.name.endswith(".part"):
-                        used = 0.0  # a download in progress (or a crashed one's leftover)
+                        used = 0  # a download in progress (or a crashed one's leftover)
                     else:
-                        used = os.stat(self._meta_path(Path(e.path))).st_mtime
+                        used = os.stat(self._meta_path(Path(e.path))).st_mtime_ns
                 except FileNotFoundError:
-                    used = 0.0
+                    used = 0
                 yield Path(e.path), size, used
 
     def _reserve(self, tmp: Path, total: int, keep: Path) -> bool:
@@ -197,7 +198,7 @@ class ShardCache:
         """
         with self._locked(self.dir / LOCKS / "_space.lock"):
             if self.size_limit is not None:
-                entries = sorted(self._entries(), key=lambda e: e[2])
+                entries = sorted(self._entries(), key=lambda e: (e[2], e[0].name))
                 used = sum(size for _, size, _ in entries)
                 for path, size, _ in entries:
                     if used + total <= self.size_limit:
@@ -259,15 +260,11 @@ def _copy(src: IO[bytes], tmp: Path, total: int, url: str) -> str:
     return h.hexdigest()
 
 
-def _check(
-    url: str, size: int, digest: str, expected_size: int | None, expected_sha256: str | None
-) -> None:
+def _check(url: str, size: int, digest: str, expected_size: int | None, expected_sha256: str | None) -> None:
     if expected_size is not None and size != expected_size:
         raise CorruptShardError(f"{url}: {size} bytes, but the manifest says {expected_size}")
     if expected_sha256 is not None and digest != expected_sha256.lower():
-        raise CorruptShardError(
-            f"{url}: sha256 {digest} does not match the manifest's {expected_sha256}"
-        )
+        raise CorruptShardError(f"{url}: sha256 {digest} does not match the manifest's {expected_sha256}")
 
 
 def _sha256(path: Path) -> str:
@@ -276,6 +273,16 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(COPY_CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _touch(meta: Path) -> None:
+    """Mark the last use of a cached shard (for LRU) with an explicit, full-precision time.
+
+    A plain ``utime`` takes the kernel's coarse file clock: shards used a few ms apart
+    would tie.
+    """
+    now = time.time_ns()
+    os.utime(meta, ns=(now, now))
 
 
 def _write_json(path: Path, obj: dict[str, object]) -> None:

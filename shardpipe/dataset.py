@@ -73,7 +73,13 @@ class ShardDataset(IterableDataset):
             ``samples_per_epoch``) or ``"uneven"``.
         samples_per_epoch: the epoch length over all ranks for ``resample``.
         handler: error policy for bad data: ``"raise"``, ``"warn"`` or ``"skip"``.
-        storage_options: passed to fsspec for remote URLs.
+        storage_options: passed to fsspec for remote URLs (endpoint, key/secret, token, anon).
+        cache_dir, cache_size: a local shard cache (bytes, LRU eviction), shared safely by
+            the workers and ranks of one machine and checked against the manifest's sha256.
+        read_options: ``shardpipe.remote.ReadOptions`` (block size, read-ahead, retries,
+            backoff, timeout) for remote streams.
+        prefetch: remote shards to open ahead of the one being read.
+        allow_pipe: allow ``pipe:`` URLs (they run a shell command).
         rank, world_size: override the distributed rank (default: torch.distributed/env).
     """
 
@@ -96,6 +102,11 @@ class ShardDataset(IterableDataset):
         handler: Policy = "raise",
         allow_pickle: bool = False,
         storage_options: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+        cache_size: int | None = None,
+        read_options: Any = None,
+        prefetch: int = 1,
+        allow_pipe: bool = False,
         rank: int | None = None,
         world_size: int | None = None,
     ):
@@ -129,6 +140,13 @@ class ShardDataset(IterableDataset):
         self.handler = handler
         self.allow_pickle = allow_pickle
         self.storage_options = storage_options
+        self.open_options = {
+            "cache_dir": cache_dir,
+            "cache_size": cache_size,
+            "read_options": read_options,
+            "allow_pipe": allow_pipe,
+        }
+        self.prefetch = prefetch
         self._rank = rank
         self._world = world_size
         self._main_rank = distributed_rank()
@@ -170,6 +188,8 @@ class ShardDataset(IterableDataset):
             num_workers=info.num_workers if info else 1,
             errors=ErrorHandler(self.handler),
             storage_options=self.storage_options,
+            open_options=self.open_options,
+            prefetch=self.prefetch,
         )
 
     def _split_mode(self, ctx: Context) -> str:

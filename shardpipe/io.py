@@ -14,15 +14,45 @@ import io
 import os
 import posixpath
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from .cache import ShardCache
 from .errors import ShardNotFoundError, TruncatedShardError
 from .remote import ReadOptions, open_remote
 
 READ_BUFFER = 1 << 20  # large sequential reads: shards are streamed, not seeked
+
+_INHERITED_FILESYSTEMS: list[Any] = []
+
+
+def _keep_inherited_filesystems() -> None:
+    """In a forked child (a DataLoader worker), keep the parent's fsspec instances alive.
+
+    fsspec drops its instance cache in a new process; the dropped async filesystems then
+    close their connections from the child, and that unregisters the sockets from the
+    event-loop poller the child shares with its parent, so the parent's next request on
+    those connections waits forever. Holding the instances (workers end with os._exit,
+    which runs no finalizers) leaves the parent's connections alone.
+    """
+    import sys
+
+    spec = sys.modules.get("fsspec.spec")
+    if spec is None:
+        return
+    classes = [spec.AbstractFileSystem]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        cache = cls.__dict__.get("_cache")
+        if cache:
+            _INHERITED_FILESYSTEMS.extend(cache.values())
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_keep_inherited_filesystems)
 
 #: protocols whose objects appear only when an upload completes (discard aborts it)
 PUBLISH_ON_CLOSE = {"s3", "s3a", "gs", "gcs"}
@@ -51,14 +81,16 @@ def dirname_url(url: str) -> str:
 
 
 _caches: dict[tuple[str, int | None, int], ShardCache] = {}
+_caches_lock = threading.Lock()
 
 
 def get_cache(cache_dir: str | os.PathLike[str], cache_size: int | None = None) -> ShardCache:
     """This process's :class:`ShardCache` for ``cache_dir`` (one object, so stats add up)."""
     key = (os.path.abspath(cache_dir), cache_size, os.getpid())
-    if key not in _caches:
-        _caches[key] = ShardCache(cache_dir, cache_size)
-    return _caches[key]
+    with _caches_lock:
+        if key not in _caches:
+            _caches[key] = ShardCache(cache_dir, cache_size)
+        return _caches[key]
 
 
 def open_shard(
@@ -83,10 +115,8 @@ def open_shard(
     """
     if url.startswith("pipe:"):
         if not allow_pipe:
-            raise ValueError(
-                f"refusing pipe: URL {url!r}: it runs a shell command; pass allow_pipe=True to opt in"
-            )
-        return PipeReader(url[len("pipe:") :], offset)
+            raise ValueError(f"refusing pipe: URL {url!r}: it runs a shell command; pass allow_pipe=True to opt in")
+        return cast(IO[bytes], PipeReader(url[len("pipe:") :], offset))
     if is_local(url):
         path = local_path(url)
         try:
@@ -98,10 +128,8 @@ def open_shard(
         return f
 
     def download() -> IO[bytes]:
-        return open_remote(
-            url, 0, storage_options=storage_options, options=read_options,
-            expected_size=expected_size,
-        )  # fmt: skip
+        stream = open_remote(url, 0, storage_options=storage_options, options=read_options, expected_size=expected_size)
+        return cast(IO[bytes], stream)
 
     if cache_dir is not None:
         cached = get_cache(cache_dir, cache_size).open(
@@ -111,10 +139,10 @@ def open_shard(
             if offset:
                 cached.seek(offset)
             return cached
-    return open_remote(
-        url, offset, storage_options=storage_options, options=read_options,
-        expected_size=expected_size,
-    )  # fmt: skip
+    stream = open_remote(
+        url, offset, storage_options=storage_options, options=read_options, expected_size=expected_size
+    )
+    return cast(IO[bytes], stream)
 
 
 def read_bytes(url: str, *, storage_options: dict[str, Any] | None = None) -> bytes:
@@ -222,8 +250,7 @@ class PipeReader(io.BufferedIOBase):
             status = self._proc.wait()
             if status != 0:
                 raise TruncatedShardError(
-                    f"pipe command exited with status {status} after {self._pos} bytes: "
-                    f"{self.command!r}"
+                    f"pipe command exited with status {status} after {self._pos} bytes: {self.command!r}"
                 )
         return data
 

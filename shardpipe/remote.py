@@ -24,7 +24,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from .errors import CorruptShardError, ShardNotFoundError, TruncatedShardError
+from .errors import CorruptShardError, ShardNotFoundError, ShardpipeError, TruncatedShardError
 
 log = logging.getLogger("shardpipe")
 T = TypeVar("T")
@@ -89,8 +89,14 @@ def is_retryable(exc: BaseException) -> bool:
     global _RETRYABLE
     if _RETRYABLE is None:
         _RETRYABLE = _retryable_types()
-    if isinstance(exc, (PermissionError, ShardNotFoundError, CorruptShardError)):
-        return False  # bad credentials, or our own verdicts: retrying will not help
+    if isinstance(exc, (ShardpipeError, PermissionError)):
+        return False  # our own verdicts, bad credentials: retrying will not help
+    if isinstance(exc, FileNotFoundError):
+        # fsspec's HTTP info() reports any failure as FileNotFoundError: look at the cause
+        return exc.__cause__ is not None and is_retryable(exc.__cause__)
+    status = getattr(exc, "status", None)
+    if isinstance(status, int) and type(exc).__name__ == "ClientResponseError":
+        return status >= 500 or status in (408, 429)  # 404, 403, 416: a wrong request
     return isinstance(exc, _RETRYABLE)
 
 
@@ -99,8 +105,6 @@ def call_with_retries(fn: Callable[[], T], what: str, options: ReadOptions) -> T
     for attempt in range(options.retries + 1):
         try:
             return fn()
-        except FileNotFoundError:
-            raise
         except Exception as e:
             if not is_retryable(e) or attempt == options.retries:
                 raise
@@ -153,7 +157,10 @@ class ResumableReader(io.BufferedIOBase):
     """A read-only binary stream over a remote object that resumes broken transfers.
 
     ``read(n)`` returns exactly ``n`` bytes unless the object ends first, like a
-    buffered file. ``retries_used`` counts the failed attempts that were retried.
+    buffered file. ``seek`` moves within the current block or the requests in flight
+    without new requests, and otherwise restarts the read-ahead at the target (so
+    stepping over unwanted members does not download them). ``retries_used`` counts
+    the failed attempts that were retried. After an error every read raises it again.
     """
 
     def __init__(
@@ -172,13 +179,15 @@ class ResumableReader(io.BufferedIOBase):
         self.size = size
         self.options = options or ReadOptions()
         self.retries_used = 0
+        self.wait_seconds = 0.0  # time read() spent blocked on the network
         self._source = source
         self._pos = offset  # absolute offset of the next byte read() returns
         self._block = b""
         self._block_pos = 0
         self._next = offset  # start of the next block to request
         self._pending: deque[tuple[int, int, Future[bytes]]] = deque()
-        self._fill_window()
+        self._error: Exception | None = None
+        self._fill_window(max(1, self.options.readahead))  # requests start on open
 
     # -- io.BufferedIOBase ---------------------------------------------------------
     def readable(self) -> bool:
@@ -186,6 +195,31 @@ class ResumableReader(io.BufferedIOBase):
 
     def tell(self) -> int:
         return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._check_open()
+        target = (offset, self._pos + offset, self.size + offset)[whence]
+        if not 0 <= target <= self.size:
+            raise ValueError(f"seek to {target} outside {self.url} ({self.size} bytes)")
+        block_start = self._pos - self._block_pos
+        if block_start <= target <= block_start + len(self._block):
+            self._block_pos = target - block_start
+        else:
+            self._block, self._block_pos = b"", 0
+            while self._pending and (self._pending[0][1] <= target or self._pending[0][0] > target):
+                self._pending.popleft()[2].cancel()  # blocks before the target (or behind us)
+            if self._pending:  # the target lies in a block already requested
+                self._pos = self._pending[0][0]
+                self._next_block()
+                self._block_pos = target - self._pos
+            else:
+                self._next = target
+                self._fill_window(max(1, self.options.readahead))
+        self._pos = target
+        return target
 
     def read(self, n: int | None = -1) -> bytes:
         self._check_open()
@@ -233,23 +267,37 @@ class ResumableReader(io.BufferedIOBase):
     def _check_open(self) -> None:
         if self.closed:
             raise ValueError(f"read from closed stream {self.url}")
+        if self._error is not None:
+            raise self._error
 
-    def _fill_window(self) -> None:
-        while len(self._pending) <= self.options.readahead and self._next < self.size:
+    def _fill_window(self, want: int) -> None:
+        """Keep ``want`` block requests in flight."""
+        while len(self._pending) < want and self._next < self.size:
             end = min(self._next + self.options.block_size, self.size)
             self._pending.append((self._next, end, self._source.submit(self._next, end)))
             self._next = end
 
     def _next_block(self) -> None:
         """Make the block starting at ``self._pos`` current, retrying failed requests."""
+        try:
+            self._fetch_next_block()
+        except Exception as e:
+            self._error = e
+            raise
+
+    def _fetch_next_block(self) -> None:
         if not self._pending:
-            self._fill_window()
+            self._fill_window(1)
         start, end, fut = self._pending.popleft()
         assert start == self._pos, (start, self._pos)
         failures = 0
         while True:
             try:
-                data = self._source.result(fut)
+                t0 = time.perf_counter()
+                try:
+                    data = self._source.result(fut)
+                finally:
+                    self.wait_seconds += time.perf_counter() - t0
                 if len(data) > end - start:
                     raise CorruptShardError(
                         f"{self.url}: asked for bytes {start}-{end - 1}, got {len(data)} bytes: "
@@ -258,8 +306,12 @@ class ResumableReader(io.BufferedIOBase):
                 if not data:
                     raise EOFError(f"empty response for bytes {start}-{end - 1}")
             except Exception as e:
-                if not is_retryable(e):
+                if isinstance(e, ShardpipeError):
                     raise
+                if not is_retryable(e):  # e.g. the object was deleted: a shard error all the same
+                    raise TruncatedShardError(
+                        f"{self.url}: read failed at byte {start} of {self.size}: {type(e).__name__}: {e}"
+                    ) from e
                 failures += 1
                 self.retries_used += 1
                 if failures > self.options.retries:
@@ -281,15 +333,21 @@ class ResumableReader(io.BufferedIOBase):
             break
         self._block = data
         self._block_pos = 0
-        self._fill_window()
+        self._fill_window(self.options.readahead)
 
 
 def object_size(fs: Any, path: str, url: str, options: ReadOptions) -> int:
     """The object's size in bytes (retried on transient errors)."""
     try:
         info = call_with_retries(lambda: fs.info(path), f"info {url}", options)
-    except FileNotFoundError as e:
-        raise ShardNotFoundError(f"shard not found: {url}") from e
+    except Exception as e:
+        if is_retryable(e):  # still failing after the retries: the server is unreachable
+            raise TruncatedShardError(
+                f"{url}: cannot open after {options.retries + 1} attempts: {type(e).__name__}: {e.__cause__ or e}"
+            ) from e
+        if isinstance(e, FileNotFoundError):
+            raise ShardNotFoundError(f"shard not found: {url}") from e
+        raise
     size = info.get("size")
     if size is None:
         raise CorruptShardError(f"{url}: the server does not report the object's size")
@@ -312,9 +370,7 @@ def open_remote(
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     size = object_size(fs, path, url, options)
     if expected_size is not None and size != expected_size:
-        raise CorruptShardError(
-            f"{url}: object is {size} bytes but the manifest says {expected_size}"
-        )
+        raise CorruptShardError(f"{url}: object is {size} bytes but the manifest says {expected_size}")
     source: AsyncBlockSource | ThreadBlockSource
     if isinstance(fs, fsspec.asyn.AsyncFileSystem):
         source = AsyncBlockSource(fs, path, options.timeout)

@@ -41,6 +41,10 @@ class Context:
     #: stage name -> items that stage produced
     counts: dict[str, int] = field(default_factory=dict)
     storage_options: dict[str, Any] | None = None
+    #: more ``shardpipe.io.open_shard`` keywords: cache_dir, cache_size, read_options, allow_pipe
+    open_options: dict[str, Any] = field(default_factory=dict)
+    #: remote shards opened ahead of the one being read
+    prefetch: int = 1
 
     @property
     def split_index(self) -> int:

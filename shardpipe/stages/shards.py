@@ -117,6 +117,10 @@ class ShardList(Stage[Shard]):
         self._pos += 1
         return shard
 
+    def peek(self, k: int) -> list[Shard]:
+        """The next ``k`` shards, without consuming them (for prefetching)."""
+        return [self._order[i] for i in range(self._pos, min(self._pos + k, len(self._order)))]
+
     def get_state(self) -> State:
         return {"pos": self._pos}
 
@@ -154,6 +158,12 @@ class SplitShards(Stage[Shard]):
             self._seen += 1
             if (self._seen - 1) % count == index:
                 return shard
+
+    def peek(self, k: int) -> list[Shard]:
+        """The next ``k`` shards of this consumer, without consuming them."""
+        index, count = self._slot()
+        ahead = getattr(self.source, "peek", lambda n: [])(k * count)
+        return [s for j, s in enumerate(ahead) if (self._seen + j) % count == index][:k]
 
     def get_state(self) -> State:
         return {"seen": self._seen, **super().get_state()}

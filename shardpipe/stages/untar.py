@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import IO
 
 from ..errors import ShardpipeError
-from ..io import open_shard
+from ..prefetch import Prefetcher
 from ..sample import split_name
 from ..tarstream import TarStream
 from .base import Stage, State
@@ -45,9 +45,17 @@ class Untar(Stage[Member]):
         self._ordinal = 0  # samples started in the current shard
         self._key: str | None = None  # key of the sample being read
         self._source_state: State | None = None  # the source's state after it gave this shard
+        self._prefetcher: Prefetcher | None = None
 
     def _default_open(self, shard: Shard, offset: int) -> IO[bytes]:
-        return open_shard(shard.url, offset, storage_options=self.ctx.storage_options)
+        """Open through a ``Prefetcher``, which opens the next remote shards in the background."""
+        if self._prefetcher is None:
+            self._prefetcher = Prefetcher(
+                self.ctx.prefetch, storage_options=self.ctx.storage_options, **self.ctx.open_options
+            )
+        for upcoming in getattr(self.source, "peek", lambda k: [])(self.ctx.prefetch):
+            self._prefetcher.prefetch(upcoming.url, expected_size=upcoming.size, expected_sha256=upcoming.sha256)
+        return self._prefetcher.open(shard.url, offset, expected_size=shard.size, expected_sha256=shard.sha256)
 
     def reset(self, state: State | None = None) -> None:
         self._close()
@@ -141,10 +149,16 @@ class Untar(Stage[Member]):
             }
         return state
 
+    def close(self) -> None:
+        """Close the open shard and any shards opened ahead."""
+        self._close()
+        if self._prefetcher is not None:
+            self._prefetcher.close()
+            self._prefetcher = None
+
     def __del__(self) -> None:
         try:
-            if self._tar is not None:
-                self._tar.close()
+            self.close()
         except Exception:  # interpreter shutdown
             pass
 

