@@ -17,6 +17,7 @@ from .errors import (
 )
 from .gpu import BatchDecodeLoader, resolve_batch_decoder
 from .loader import ShardLoader
+from .normalize import normalize
 from .pack import WriteSummary, write_shards
 from .writer import ShardWriter, TarWriter
 
@@ -37,6 +38,7 @@ __all__ = [
     "TruncatedShardError",
     "WriteSummary",
     "__version__",
+    "normalize",
     "resolve_batch_decoder",
     "write_shards",
 ]

@@ -34,12 +34,11 @@ def distributed_rank() -> tuple[int, int]:
 
 
 def _fusable(transform: Any) -> bool:
-    """True when the transform starts with a RandomResizedCrop (crop-aware decode applies)."""
-    from .augment import Compose, RandomResizedCrop
+    """True when the transform starts with a RandomResizedCrop or Resize (reduced-scale decode applies)."""
+    from .augment import Compose, RandomResizedCrop, Resize
 
-    if isinstance(transform, Compose):
-        return bool(transform.transforms) and isinstance(transform.transforms[0], RandomResizedCrop)
-    return isinstance(transform, RandomResizedCrop)
+    first = transform.transforms[0] if isinstance(transform, Compose) and transform.transforms else transform
+    return isinstance(first, (RandomResizedCrop, Resize))
 
 
 class ShardDataset(IterableDataset):

@@ -1,26 +1,42 @@
 """Augmentations on RGB uint8 HWC arrays, with per-sample seeded randomness."""
 
 from .base import Compose, Transform, as_transform, sample_rng
+from .color import ColorJitter, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
 from .geometry import (
     CenterCrop,
     RandomHorizontalFlip,
     RandomResizedCrop,
+    RandomRotation,
     RandomVerticalFlip,
     Resize,
+    hflip,
     random_resized_crop_box,
     resize,
+    rotate,
+    vflip,
 )
+from .resample import resized_crop
 
 __all__ = [
     "CenterCrop",
+    "ColorJitter",
     "Compose",
     "RandomHorizontalFlip",
     "RandomResizedCrop",
+    "RandomRotation",
     "RandomVerticalFlip",
     "Resize",
     "Transform",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
     "as_transform",
+    "hflip",
     "random_resized_crop_box",
     "resize",
+    "resized_crop",
+    "rotate",
     "sample_rng",
+    "vflip",
 ]

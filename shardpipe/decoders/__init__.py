@@ -1,5 +1,19 @@
 """Image decoder backends behind one registry (see ``registry.py``)."""
 
-from .registry import AUTO_ORDER, ImageDecoder, available_decoders, get_decoder, register_decoder
+from .registry import (
+    AUTO_ORDER,
+    ImageDecoder,
+    ImageTooLargeError,
+    available_decoders,
+    get_decoder,
+    register_decoder,
+)
 
-__all__ = ["AUTO_ORDER", "ImageDecoder", "available_decoders", "get_decoder", "register_decoder"]
+__all__ = [
+    "AUTO_ORDER",
+    "ImageDecoder",
+    "ImageTooLargeError",
+    "available_decoders",
+    "get_decoder",
+    "register_decoder",
+]

@@ -71,8 +71,10 @@ def read_header(data: bytes) -> JpegHeader:
     adobe: int | None = None
     while True:
         # a marker is FF xx, optionally preceded by fill bytes (FF FF ...)
-        while pos < n and data[pos] != 0xFF:
-            pos += 1  # tolerate garbage between segments, as libjpeg does (with a warning)
+        if pos < n and data[pos] != 0xFF:  # garbage between segments: libjpeg skips it too
+            pos = data.find(b"\xff", pos)
+            if pos < 0:
+                pos = n
         while pos < n and data[pos] == 0xFF:
             pos += 1
         if pos >= n:
@@ -97,9 +99,7 @@ def read_header(data: bytes) -> JpegHeader:
             ncomp = data[body + 5]
             if ncomp == 0 or length < 8 + 3 * ncomp:
                 raise ValueError("corrupt JPEG frame header (components)")
-            sampling = tuple(
-                (data[body + 7 + 3 * i] >> 4, data[body + 7 + 3 * i] & 15) for i in range(ncomp)
-            )
+            sampling = tuple((data[body + 7 + 3 * i] >> 4, data[body + 7 + 3 * i] & 15) for i in range(ncomp))
             if width == 0:
                 raise ValueError("corrupt JPEG frame header (zero width)")
             frame = (marker, width, height, ncomp, sampling)

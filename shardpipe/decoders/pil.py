@@ -1,28 +1,45 @@
-"""The PIL decoder: handles every format Pillow reads; the always-available fallback."""
+"""The PIL decoder: handles every format Pillow reads; the always-available fallback.
+
+Every error it raises on bad data is a ``DecodeError`` with a message that says what is
+wrong (empty, unknown format, truncated, too large), never a crash of the process.
+"""
 
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from .registry import MAX_PIXELS
+from ..errors import DecodeError
+from .jpeg import is_jpeg
+from .registry import check_size
 
-Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves, with a clear error
+Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves (registry.MAX_PIXELS), with a clear error
+
+#: DCT scales PIL's ``draft`` mode reaches for JPEGs (libjpeg's 1/2, 1/4, 1/8)
+PIL_SCALES = ((1, 1), (1, 2), (1, 4), (1, 8))
 
 
 def open_image(data: bytes) -> Image.Image:
     """Open ``data`` with PIL, refusing decompression bombs before decoding pixels."""
-    img = Image.open(io.BytesIO(data))
-    w, h = img.size
-    if w * h > MAX_PIXELS:
-        raise ValueError(f"image of {w}x{h} pixels exceeds the limit of {MAX_PIXELS} pixels")
+    if not data:
+        raise DecodeError("empty image data (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as e:
+        head = bytes(data[:8])
+        raise DecodeError(f"not a recognised image format ({len(data)} bytes starting {head!r})") from e
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # a damaged header
+        kind = "JPEG" if is_jpeg(data) else "image"
+        raise DecodeError(f"corrupt {kind} header: {e}") from e
+    check_size(*img.size)
     return img
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any mode (L, P, CMYK, RGBA, I;16, ...) to RGB."""
+    """Convert any mode (L, P, CMYK, RGBA, I;16, ...) to RGB; alpha is composited on black."""
     if img.mode == "RGB":
         return img
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -30,20 +47,48 @@ def to_rgb(img: Image.Image) -> Image.Image:
         bg = Image.new("RGB", img.size, (0, 0, 0))
         bg.paste(img, mask=img.getchannel("A"))
         return bg
+    if img.mode.startswith("I;16"):  # 16-bit grey: keep the high byte, not a clipped low one
+        return Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)).convert("RGB")
     return img.convert("RGB")
+
+
+def _load_rgb(img: Image.Image) -> np.ndarray:
+    try:
+        img.load()
+        return np.asarray(to_rgb(img))
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # truncated or corrupt pixels
+        raise DecodeError(f"corrupt {img.format or 'image'} data: {e}") from e
 
 
 class PilDecoder:
     """Decode with Pillow (which bundles libjpeg-turbo, but runs its pipeline in Python)."""
 
     name = "pil"
+    scale_factors = PIL_SCALES
 
     def decode(self, data: bytes) -> np.ndarray:
+        return _load_rgb(open_image(data))
+
+    def decode_scaled(self, data: bytes, scale: tuple[int, int] = (1, 1)) -> np.ndarray:
+        """Decode at about ``scale`` (JPEG only, through ``draft``); others at full size.
+
+        Callers read the scale actually used from the output's shape.
+        """
         img = open_image(data)
-        return np.asarray(to_rgb(img))
+        num, den = scale
+        if img.format == "JPEG" and num == 1 and den > 1:
+            w, h = img.size
+            # draft picks the largest DCT scale s with (w, h) // s >= the requested size
+            img.draft(None, (max(1, w // den), max(1, h // den)))
+        return _load_rgb(img)
 
     def decode_pil(self, data: bytes) -> Image.Image:
-        return to_rgb(open_image(data))
+        img = open_image(data)
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
+            raise DecodeError(f"corrupt {img.format or 'image'} data: {e}") from e
+        return to_rgb(img)
 
     def size(self, data: bytes) -> tuple[int, int]:
         return open_image(data).size

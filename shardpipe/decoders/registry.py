@@ -13,13 +13,36 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-#: Largest image (in pixels) any backend will decode; beyond it, a DecodeError.
+from ..errors import DecodeError
+
+#: Largest image (in pixels) any backend will decode; beyond it, ``ImageTooLargeError``.
+#: Read at call time, so ``registry.MAX_PIXELS = ...`` changes the limit everywhere.
 MAX_PIXELS = 100_000_000
+
+
+class ImageTooLargeError(DecodeError):
+    """An image whose header declares more than ``MAX_PIXELS`` pixels (a decompression bomb)."""
+
+
+def check_size(width: int, height: int) -> None:
+    """Refuse an image by its declared size, before any pixel is decoded."""
+    if width * height > MAX_PIXELS:
+        raise ImageTooLargeError(
+            f"image of {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{MAX_PIXELS} pixels (shardpipe.decoders.registry.MAX_PIXELS); "
+            "refusing to decode a possible decompression bomb"
+        )
 
 
 @runtime_checkable
 class ImageDecoder(Protocol):
-    """What a decoder backend provides. All outputs are RGB uint8 HWC arrays."""
+    """What a decoder backend provides. All outputs are RGB uint8 HWC arrays.
+
+    Backends may add (and the fused crop-aware path uses when present):
+    ``scale_factors`` (the ``(num, den)`` DCT scales they decode at, ``(1, 1)`` first) and
+    ``decode_scaled(data, scale)``; the libjpeg-turbo backend also has ``decode_yuv``.
+    Every method is safe to call from several threads at once.
+    """
 
     name: str
 
@@ -89,4 +112,21 @@ def get_decoder(name: str = "auto") -> ImageDecoder:
         return decoder
 
 
+# auto = the fastest installed, by measurement (tools/bench_kernels.py; BENCHMARKS.md): the
+# three libjpeg-turbo bindings decode within ~3% of each other, ahead of OpenCV (~8% slower)
+# and PIL (~30% slower); simplejpeg leads by a hair and is a self-contained wheel.
 register_decoder("pil", "shardpipe.decoders.pil:PilDecoder", "pip install pillow")
+register_decoder("simplejpeg", "shardpipe.decoders.simplejpeg:SimpleJpegDecoder", "pip install simplejpeg", auto_rank=0)
+register_decoder(
+    "turbo",
+    "shardpipe.decoders.turbo:TurboDecoder",
+    "pip install 'PyTurboJPEG<2' and the libturbojpeg library (apt install libturbojpeg0)",
+    auto_rank=1,
+)
+register_decoder(
+    "jpeg4py",
+    "shardpipe.decoders.jpeg4py:Jpeg4pyDecoder",
+    "pip install jpeg4py and the libturbojpeg library (apt install libturbojpeg0)",
+    auto_rank=2,
+)
+register_decoder("cv2", "shardpipe.decoders.cv2:Cv2Decoder", "pip install opencv-python-headless", auto_rank=3)

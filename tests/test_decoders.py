@@ -1,0 +1,270 @@
+"""Decoder backends: same pixels as PIL on every format, clear errors on bad data, no crashes."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shardpipe.decoders import AUTO_ORDER, available_decoders, get_decoder, register_decoder, registry
+from shardpipe.decoders.base import scaled_dim
+from shardpipe.decoders.jpeg import read_header
+from shardpipe.decoders.registry import ImageTooLargeError
+from shardpipe.errors import DecodeError
+from shardpipe.synth import make_image
+
+BACKENDS = ["pil", "turbo", "simplejpeg", "jpeg4py", "cv2"]
+
+
+def backend(name: str):
+    try:
+        return get_decoder(name)
+    except ImportError as e:
+        pytest.skip(f"{name} not installed: {e}")
+
+
+def photo(size: tuple[int, int] = (160, 120), index: int = 3) -> Image.Image:
+    return make_image(index, size=size)
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **options) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+def pil_rgb(data: bytes) -> np.ndarray:
+    """The reference: what PIL's own conversion to RGB gives."""
+    img = Image.open(io.BytesIO(data))
+    if img.mode in ("RGBA", "LA", "PA"):
+        bg = Image.new("RGB", img.size)
+        bg.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return np.asarray(bg)
+    return np.asarray(img.convert("RGB"))
+
+
+JPEG_VARIANTS = {
+    "baseline-420": lambda: encode(photo(), quality=90),
+    "baseline-444": lambda: encode(photo(), quality=95, subsampling=0),
+    "baseline-422": lambda: encode(photo(), quality=90, subsampling=1),
+    "odd-size": lambda: encode(photo((157, 93)), quality=90),
+    "grey": lambda: encode(photo().convert("L"), quality=90),
+    "cmyk": lambda: encode(photo().convert("CMYK"), quality=90),
+    "progressive": lambda: encode(photo(), quality=90, progressive=True),
+}
+OTHER_FORMATS = {
+    "png-rgb": lambda: encode(photo(), "PNG"),
+    "png-rgba": lambda: encode(photo().convert("RGBA"), "PNG"),
+    "png-grey": lambda: encode(photo().convert("L"), "PNG"),
+    "png-palette": lambda: encode(photo().convert("P"), "PNG"),
+    "webp": lambda: encode(photo(), "WEBP", quality=90),
+    "bmp": lambda: encode(photo(), "BMP"),
+}
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("variant", list(JPEG_VARIANTS))
+def test_jpeg_variants_match_pil(name: str, variant: str) -> None:
+    data = JPEG_VARIANTS[variant]()
+    out = backend(name).decode(data)
+    ref = pil_rgb(data)
+    assert out.dtype == np.uint8 and out.shape == ref.shape and out.shape[2] == 3
+    assert out.flags["C_CONTIGUOUS"]
+    # same libjpeg-turbo algorithms; versions may round a few pixels differently
+    assert np.abs(out.astype(int) - ref).mean() < 0.5
+    if variant == "cmyk":  # colours must be PIL's CMYK conversion exactly (PIL decodes it)
+        np.testing.assert_array_equal(out, ref)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize("variant", list(OTHER_FORMATS))
+def test_other_formats_decode_to_rgb_through_fallback(name: str, variant: str) -> None:
+    data = OTHER_FORMATS[variant]()
+    out = backend(name).decode(data)
+    np.testing.assert_array_equal(out, pil_rgb(data))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_png_named_jpg_decodes_by_content(name: str) -> None:
+    png = encode(photo(), "PNG")  # a sample whose .jpg member holds PNG bytes
+    np.testing.assert_array_equal(backend(name).decode(png), np.asarray(photo()))
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_size_from_header(name: str) -> None:
+    dec = backend(name)
+    for make in list(JPEG_VARIANTS.values()) + [OTHER_FORMATS["png-rgb"]]:
+        data = make()
+        assert dec.size(data) == Image.open(io.BytesIO(data)).size
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_scaled_decode_sizes_and_content(name: str) -> None:
+    dec = backend(name)
+    img = photo((400, 300))
+    data = encode(img, quality=92)
+    full = dec.decode(data)
+    assert dec.scale_factors[0] == (1, 1)
+    for scale in dec.scale_factors[1:]:
+        out = dec.decode_scaled(data, scale)
+        assert out.shape == (scaled_dim(300, scale), scaled_dim(400, scale), 3), scale
+        # a DCT-scaled decode is a low-passed image: its coarse means match the full image's
+        # (a wrong scale or garbled pixels differ by tens of levels)
+        coarse = [np.asarray(Image.fromarray(a).resize((25, 19), Image.BOX)).astype(int) for a in (out, full)]
+        assert np.abs(coarse[0] - coarse[1]).mean() < 5, scale
+
+
+def test_auto_is_first_installed_in_auto_order() -> None:
+    installed = [n for n in AUTO_ORDER if n in available_decoders()]
+    expected = installed[0] if installed else "pil"
+    assert get_decoder("auto").name == expected
+    assert "pil" in available_decoders()
+
+
+def test_unknown_and_missing_decoders_say_what_to_do() -> None:
+    with pytest.raises(ValueError, match=r"unknown decoder 'nope'; registered: .*'pil'"):
+        get_decoder("nope")
+    register_decoder("test-missing", "shardpipe_no_such_module:Decoder", "pip install shardpipe-no-such")
+    try:
+        with pytest.raises(
+            ImportError, match=r"decoder 'test-missing' needs an optional package: pip install shardpipe-no-such"
+        ):
+            get_decoder("test-missing")
+        assert "test-missing" not in available_decoders()
+    finally:
+        del registry._REGISTRY["test-missing"]
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+
+def _with_declared_size(data: bytes, width: int, height: int) -> bytes:
+    """``data`` with its JPEG frame header claiming ``width`` x ``height``."""
+    hdr = read_header(data)
+    pos = data.find(b"\xff\xc0") if hdr.sof == 0xC0 else data.find(bytes([0xFF, hdr.sof]))
+    b = bytearray(data)
+    b[pos + 5 : pos + 7] = height.to_bytes(2, "big")
+    b[pos + 7 : pos + 9] = width.to_bytes(2, "big")
+    return bytes(b)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_decompression_bomb_refused_from_header(name: str) -> None:
+    dec = backend(name)
+    bomb = _with_declared_size(encode(photo(), quality=80), 60000, 60000)
+    with pytest.raises(ImageTooLargeError, match=r"60000x60000 = 3600000000 pixels exceeds the limit of 100000000"):
+        dec.decode(bomb)
+    assert isinstance(ImageTooLargeError("x"), DecodeError)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_pixel_limit_applies_to_every_format(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    dec = backend(name)
+    monkeypatch.setattr(registry, "MAX_PIXELS", 160 * 120 - 1)
+    for data in (encode(photo(), quality=90), encode(photo(), "PNG"), encode(photo(), "WEBP")):
+        with pytest.raises(ImageTooLargeError, match=r"160x120 = 19200 pixels exceeds the limit of 19199"):
+            dec.decode(data)
+    monkeypatch.setattr(registry, "MAX_PIXELS", 160 * 120)
+    assert dec.decode(encode(photo(), "PNG")).shape == (120, 160, 3)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_empty_and_garbage_data(name: str) -> None:
+    dec = backend(name)
+    with pytest.raises(DecodeError, match=r"empty image data \(0 bytes\)"):
+        dec.decode(b"")
+    with pytest.raises(DecodeError, match=r"not a recognised image format \(11 bytes starting b'hello w"):
+        dec.decode(b"hello world")
+    with pytest.raises(DecodeError, match=r"not a recognised image format"):
+        dec.decode(b"\xff\xd8\xff")  # a JPEG signature and nothing else
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_truncated_jpeg_is_a_clear_error(name: str) -> None:
+    dec = backend(name)
+    data = encode(photo((320, 240)), quality=90)
+    for cut in (len(data) // 2, len(data) - 2):
+        with pytest.raises(DecodeError, match=r"corrupt JPEG data: image file is truncated"):
+            dec.decode(data[:cut])
+    with pytest.raises(DecodeError, match=r"corrupt JPEG header: Truncated File Read"):
+        dec.decode(data[:200])  # cut inside the header
+
+
+def test_corrupt_data_never_crashes_the_process() -> None:
+    """Thousands of damaged JPEGs through every backend, in a child process: a crash
+    (segfault, abort) would show as a non-zero exit; anything but DecodeError fails."""
+    script = textwrap.dedent(
+        """
+        import io, sys
+        import numpy as np
+        from PIL import Image
+        from shardpipe.decoders import get_decoder, available_decoders
+        from shardpipe.errors import DecodeError
+        from shardpipe.synth import make_image
+        rng = np.random.default_rng(0)
+        sources = []
+        for i, opts in enumerate([{}, {"progressive": True}, {"subsampling": 0}]):
+            buf = io.BytesIO(); make_image(i, size=(96, 64)).save(buf, "JPEG", quality=90, **opts)
+            sources.append(buf.getvalue())
+        ok = errors = 0
+        decoders = [get_decoder(n) for n in available_decoders()]
+        for trial in range(300):
+            b = bytearray(sources[trial % 3])
+            kind = trial % 4
+            if kind == 0:    # random bytes overwritten
+                for p in rng.integers(2, len(b), 8): b[p] = int(rng.integers(256))
+            elif kind == 1:  # a run of garbage in the middle
+                p = int(rng.integers(2, len(b) - 40)); b[p:p + 32] = bytes(rng.integers(0, 256, 32, dtype=np.uint8))
+            elif kind == 2:  # truncated anywhere
+                b = b[: int(rng.integers(1, len(b)))]
+            else:            # header bytes damaged
+                for p in rng.integers(2, 200, 3): b[p] = int(rng.integers(256))
+            for dec in decoders:
+                try:
+                    out = dec.decode(bytes(b))
+                    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+                    ok += 1
+                except DecodeError:
+                    errors += 1
+        print(ok, errors)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ok, errors = map(int, proc.stdout.split())
+    assert ok > 0 and errors > 0  # both outcomes happened: the fuzzing reached the decoders
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_decoders_are_thread_safe(name: str) -> None:
+    dec = backend(name)
+    datas = [encode(make_image(i, size=(120 + 8 * i, 90)), quality=85 + i % 10) for i in range(12)]
+    datas += [encode(photo().convert("CMYK")), encode(photo(), "PNG"), b"", b"\xff\xd8\xff\xe0junk"]
+
+    def run(data: bytes):
+        try:
+            return dec.decode(data).tobytes()
+        except DecodeError as e:
+            return str(e)
+
+    serial = [run(d) for d in datas]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(run, datas * 2)) == serial * 2
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_sixteen_bit_png_keeps_the_high_byte(name: str) -> None:
+    ramp = (np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 21).astype(np.uint16)  # up to ~64500
+    data = encode(Image.fromarray(ramp), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I;16")
+    out = backend(name).decode(data)
+    assert out.shape == (48, 64, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[:, :, 0], (ramp >> 8).astype(np.uint8))
+    np.testing.assert_array_equal(out[:, :, 0], out[:, :, 2])
