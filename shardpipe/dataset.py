@@ -62,6 +62,8 @@ class ShardDataset(IterableDataset):
         threads: decode threads inside each consumer process (0 = inline).
         batch_size: collate into batches of this size (``None`` yields samples).
         partial: keep the last, smaller batch.
+        channels_last: batches keep the NCHW shape with NHWC memory (torch.channels_last):
+            a cheaper collate, and the layout GPU convolutions prefer.
         require: fields every sample must have (``"jpg;png"`` accepts either).
         split: without sample counts (no manifest) and policy ``uneven``: ``"auto"``,
             ``"shards"`` or ``"samples"`` (see above).
@@ -94,6 +96,7 @@ class ShardDataset(IterableDataset):
         threads: int = 0,
         batch_size: int | None = None,
         partial: bool = True,
+        channels_last: bool = False,
         require: Sequence[str] = (),
         split: str = "auto",
         epoch_policy: str = "auto",
@@ -134,6 +137,7 @@ class ShardDataset(IterableDataset):
         self.threads = threads
         self.batch_size = batch_size
         self.partial = partial
+        self.channels_last = channels_last
         self.require = tuple(require)
         self.split = split
         self.handler = handler
@@ -286,7 +290,7 @@ class ShardDataset(IterableDataset):
                 )
             )
         if self.batch_size:
-            stages.append(Batch(self.batch_size, self.partial))
+            stages.append(Batch(self.batch_size, self.partial, self.channels_last))
         return Pipeline(stages, ctx)
 
     # -- iteration ----------------------------------------------------------

@@ -218,3 +218,14 @@ def test_manifest_as_source(tmp_path):
     ds = ShardDataset(str(tmp_path / "manifest.json"), decode=None)
     assert [s.samples for s in ds.shards] == [5, 5, 3]
     assert keys_of(ds) == [s["__key__"] for s in samples]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_channels_last_batches_hold_the_same_pixels(dataset_dir, num_workers):
+    urls, _ = dataset_dir
+    t = RandomResizedCrop(16)
+    plain = list(ShardLoader(ShardDataset(urls, transform=t, batch_size=8), num_workers=num_workers))
+    cl = list(ShardLoader(ShardDataset(urls, transform=t, batch_size=8, channels_last=True), num_workers=num_workers))
+    for a, b in zip(plain, cl, strict=True):
+        assert a["jpg"].is_contiguous() and b["jpg"].is_contiguous(memory_format=torch.channels_last)
+        assert b["jpg"].shape == a["jpg"].shape and torch.equal(a["jpg"], b["jpg"])

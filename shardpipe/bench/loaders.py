@@ -154,6 +154,7 @@ def _loader(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, Any]:
             transform=train_transform(size),
             threads=cfg.get("threads", 0),
             batch_size=b,
+            channels_last=cfg.get("channels_last", False),
         )
         return ShardLoader(ds, num_workers=w), ds
     if kind == "webdataset":

@@ -3,22 +3,38 @@
 Images (RGB uint8 HWC arrays) are copied once, into a preallocated ``(N, C, H, W)``
 uint8 tensor: no per-image float conversion, no intermediate list of tensors. Labels
 become an int64 tensor; everything else is collated as a list.
+
+Inside a DataLoader worker the batch tensor is allocated in shared memory from the
+start, so handing it to the main process copies nothing. ``channels_last=True`` keeps
+the NCHW shape but lays the memory out as NHWC (torch's channels_last format): each
+image is then one contiguous copy instead of a transposing one, about 15x cheaper,
+and convolutions on the GPU prefer that layout anyway.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from ..errors import MissingFieldError
 from ..sample import Sample
 from .base import Stage
 
 
-def collate_images(images: list[Any], out: torch.Tensor | None = None) -> torch.Tensor:
+def empty_uint8(shape: tuple[int, ...]) -> torch.Tensor:
+    """An uninitialised uint8 tensor; in shared memory inside DataLoader workers."""
+    if get_worker_info() is not None:
+        storage = torch.UntypedStorage._new_shared(math.prod(shape))
+        return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+    return torch.empty(shape, dtype=torch.uint8)
+
+
+def collate_images(images: list[Any], out: torch.Tensor | None = None, channels_last: bool = False) -> torch.Tensor:
     """Stack HWC uint8 arrays (or CHW uint8 tensors) into one NCHW uint8 tensor."""
     first = images[0]
     if isinstance(first, torch.Tensor):
@@ -32,15 +48,19 @@ def collate_images(images: list[Any], out: torch.Tensor | None = None) -> torch.
                 "add a transform that crops or resizes to a fixed size, or set batch_size=None"
             )
     if out is None:
-        out = torch.empty((len(images), c, h, w), dtype=torch.uint8)
-    # write through an NHWC view of the NCHW tensor's memory: one strided copy per image
+        if channels_last:
+            out = empty_uint8((len(images), h, w, c)).permute(0, 3, 1, 2)
+        else:
+            out = empty_uint8((len(images), c, h, w))
+    # write through an NHWC view of the tensor's memory: one copy per image (a strided one
+    # for contiguous NCHW, a plain one for channels_last)
     nhwc = out.permute(0, 2, 3, 1).numpy()
     for i, img in enumerate(images):
         nhwc[i] = img if img.ndim == 3 else img[:, :, None]
     return out
 
 
-def collate(samples: list[Sample]) -> dict[str, Any]:
+def collate(samples: list[Sample], channels_last: bool = False) -> dict[str, Any]:
     """Collate a list of samples field by field (see the module docstring)."""
     out: dict[str, Any] = {}
     for field in samples[0]:
@@ -53,7 +73,7 @@ def collate(samples: list[Sample]) -> dict[str, Any]:
             ) from None
         first = values[0]
         if isinstance(first, np.ndarray) and first.dtype == np.uint8 and first.ndim in (2, 3):
-            out[field] = collate_images(values)
+            out[field] = collate_images(values, channels_last=channels_last)
         elif isinstance(first, torch.Tensor):
             out[field] = torch.stack(values)
         elif isinstance(first, (bool, np.bool_)):
@@ -74,12 +94,13 @@ class Batch(Stage[dict[str, Any]]):
     source's.
     """
 
-    def __init__(self, batch_size: int, partial: bool = True):
+    def __init__(self, batch_size: int, partial: bool = True, channels_last: bool = False):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         self.batch_size = batch_size
         self.partial = partial
+        self.channels_last = channels_last
 
     def next(self) -> dict[str, Any]:
         samples: list[Sample] = []
@@ -90,6 +111,6 @@ class Batch(Stage[dict[str, Any]]):
             if not samples or not self.partial:
                 raise
         t0 = time.perf_counter()
-        batch = collate(samples)
+        batch = collate(samples, self.channels_last)
         self.ctx.add_time("batch", time.perf_counter() - t0, len(samples))
         return batch
