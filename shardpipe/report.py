@@ -13,8 +13,12 @@ def format_stage_table(stats: SharedStats, wall_seconds: float, images: int) -> 
         "stage      s/1000 samples   share",
         "---------  --------------  ------",
     ]
+    fused = table["augment"] == 0.0 and table["decode"] > 0.0
     for stage in STAGES:
         share = table[stage] / busy if busy else 0.0
+        if stage == "augment" and fused:
+            lines.append(f"{stage:<9}  {'(in decode)':>14}          crop-aware decode: one step")
+            continue
         lines.append(f"{stage:<9}  {table[stage]:>14.3f}  {share:>6.1%}")
     lines.append(f"{'total':<9}  {busy:>14.3f}")
     if images and wall_seconds:
