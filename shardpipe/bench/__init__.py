@@ -68,6 +68,8 @@ def candidates(workers: int, batch: int, size: int, buffer: int, threads: int) -
         "shardpipe": {"kind": "shardpipe", "threads": threads, "channels_last": True, **common},
         "shardpipe, contiguous NCHW": {"kind": "shardpipe", "threads": threads, **common},
         "shardpipe + PIL decode": {"kind": "shardpipe", "decoder": "pil", "threads": threads, **common},
+        # batched decode in the main process: DALI on a GPU, else CPU threads (issue #7)
+        "shardpipe, batch decode in main": {"kind": "shardpipe-batch", **common},
         "shardpipe, presized 256": {
             "kind": "shardpipe",
             "shards": "presized",
