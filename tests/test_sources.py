@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import shardpipe
+from shardpipe.lmdb_source import resolve_callable
 from shardpipe.pack import write_shards
 from shardpipe.sources import (
     CsvSource,
@@ -26,7 +27,6 @@ from shardpipe.sources import (
     detect_type,
     make_key,
     open_source,
-    resolve_callable,
     unique_keys,
 )
 from shardpipe.synth import make_jpeg, write_flat_folder, write_image_folder

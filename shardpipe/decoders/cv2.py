@@ -9,10 +9,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-cv2.setNumThreads(1)  # see shardpipe.augment.resample: no internal pool (fork-safe, no oversubscription)
-
 from .base import JpegBackend, Scale
 from .jpeg import JpegHeader
+
+cv2.setNumThreads(1)  # see shardpipe.augment.resample: no internal pool (fork-safe, no oversubscription)
 
 _FLAGS = {
     (1, 1): cv2.IMREAD_COLOR,
