@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
 from typing import Literal
 
 log = logging.getLogger("shardpipe")
@@ -49,16 +48,15 @@ class MissingFieldError(ShardpipeError, KeyError):
 class ErrorHandler:
     """Applies a policy to errors and counts what was skipped, by error type.
 
-    ``counter`` may be replaced by a callable (for example one that writes into shared
-    memory so that counts from DataLoader workers reach the main process).
+    (``ShardDataset`` adds these counts into shared memory, so the counts from
+    DataLoader workers reach the main process: ``dataset.stats.errors()``.)
     """
 
-    def __init__(self, policy: Policy = "raise", counter: Callable[[str], None] | None = None):
+    def __init__(self, policy: Policy = "raise"):
         if policy not in POLICIES:
             raise ValueError(f"error policy must be one of {POLICIES}, not {policy!r}")
         self.policy = policy
         self.counts: Counter[str] = Counter()
-        self._external = counter
 
     def __call__(self, exc: Exception) -> None:
         """Raise ``exc`` under the raise policy; otherwise count (and maybe log) it."""
@@ -66,7 +64,5 @@ class ErrorHandler:
             raise exc
         name = type(exc).__name__
         self.counts[name] += 1
-        if self._external is not None:
-            self._external(name)
         if self.policy == "warn":
             log.warning("skipped: %s: %s", name, exc)

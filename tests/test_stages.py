@@ -57,6 +57,8 @@ CHAINS: dict[str, Callable[[list], list]] = {
     "split-shards": lambda sh: [ShardList(sh, shuffle=True), SplitShards()],
     "untar": lambda sh: [ShardList(sh), Untar()],
     "group": lambda sh: [ShardList(sh, shuffle=True), Untar(), GroupSamples()],
+    # a source without state_before(): GroupSamples snapshots the state before each member
+    "group-after-map": lambda sh: [ShardList(sh, shuffle=True), Untar(), Map(lambda m: m), GroupSamples()],
     "split-samples": lambda sh: [ShardList(sh), Untar(), GroupSamples(), SplitSamples()],
     "require": lambda sh: [ShardList(sh), Untar(), GroupSamples(), RequireFields(["jpg", "cls"])],
     "shuffle": lambda sh: [ShardList(sh, shuffle=True), Untar(), GroupSamples(), Shuffle(7)],

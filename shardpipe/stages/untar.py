@@ -24,7 +24,7 @@ Opener = Callable[[Shard, int], IO[bytes]]
 
 
 class Untar(Stage[Member]):
-    """Yield ``(shard, name, data)`` for every regular member of every shard, in order.
+    """Yield a ``Member`` for every regular member of every shard, in order.
 
     ``opener(shard, offset)`` returns a byte stream positioned at ``offset``; the default
     goes through ``shardpipe.io.open_shard``. When a shard carries a sample range
