@@ -13,6 +13,7 @@ from .errors import (
     MissingFieldError,
     ShardNotFoundError,
     ShardpipeError,
+    ShardReadError,
     TruncatedShardError,
 )
 from .gpu import BatchDecodeLoader, resolve_batch_decoder
@@ -32,6 +33,7 @@ __all__ = [
     "ShardDataset",
     "ShardLoader",
     "ShardNotFoundError",
+    "ShardReadError",
     "ShardWriter",
     "ShardpipeError",
     "TarWriter",

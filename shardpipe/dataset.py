@@ -44,10 +44,13 @@ def _fusable(transform: Any) -> bool:
 class ShardDataset(IterableDataset):
     """Stream samples (or batches) from tar shards: local paths, ``file://`` or fsspec URLs.
 
-    Every sample of every shard comes out exactly once per epoch, for any number of
-    DataLoader workers and ranks: shards are split across consumers, or, when there are
-    fewer shards than consumers, samples are. ``set_epoch(n)`` selects a different,
-    deterministic order per epoch from one ``seed``.
+    Each epoch, every consumer (rank x DataLoader worker) reads its own part of the data,
+    and no sample is read twice: with a manifest (sample counts), contiguous sample
+    ranges of equal length per rank (see ``epoch_policy``: ``drop`` leaves out fewer than
+    ``world_size`` samples, ``pad`` repeats a few, marked); without one, on a single
+    rank, whole shards dealt round-robin, or samples when there are fewer shards than
+    consumers (``split``), so every sample comes out exactly once. ``set_epoch(n)``
+    selects a different, deterministic order per epoch from one ``seed``.
 
     Args:
         urls: brace pattern (``"train-{000..127}.tar"``), list, or ``manifest.json`` URL.
@@ -65,8 +68,8 @@ class ShardDataset(IterableDataset):
         channels_last: batches keep the NCHW shape with NHWC memory (torch.channels_last):
             a cheaper collate, and the layout GPU convolutions prefer.
         require: fields every sample must have (``"jpg;png"`` accepts either).
-        split: without sample counts (no manifest) and policy ``uneven``: ``"auto"``,
-            ``"shards"`` or ``"samples"`` (see above).
+        split: for policy ``uneven`` (no manifest): ``"auto"`` (shards, or samples when
+            there are fewer shards than consumers), ``"shards"`` or ``"samples"``.
         epoch_policy: how ranks get equal epochs (see ``shardpipe.plan``): ``"auto"``
             (``drop`` when the manifest gives sample counts; ``uneven`` on one rank
             without counts; an error on several ranks without counts), ``"drop"``,
@@ -260,7 +263,7 @@ class ShardDataset(IterableDataset):
             assert self.samples_per_epoch
             budget = self.samples_per_epoch // ctx.split_count
             draws = ShardList(self.shards, plan=lambda c: ResampledShards(self.shards, c.seed, c.epoch, c.split_index))
-            return [draws, Untar(), GroupSamples(), Take(budget)]
+            return [draws, Untar(give_up_after=max(64, 2 * len(self.shards))), GroupSamples(), Take(budget)]
         mode = self._split_mode(ctx)
         stages = [ShardList(self.shards, shuffle=shuffle)]
         if mode == "shards" and ctx.split_count > 1:
@@ -314,10 +317,11 @@ class ShardDataset(IterableDataset):
                 yield (ctx.worker, pipeline.get_state(), item) if emit else item
         finally:
             flusher.flush()
-            for stage in pipeline.stages:
-                close = getattr(stage, "close", None)
-                if close is not None:
-                    close()
+            pipeline.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # the live pipeline (threads, open files, closures) stays in this process
+        return {**self.__dict__, "_live": None}
 
     # -- resume (in-process; see ShardLoader for DataLoader workers) -----------
     def state_dict(self) -> State:

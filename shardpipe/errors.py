@@ -26,6 +26,10 @@ class ShardNotFoundError(ShardpipeError, FileNotFoundError):
     """A shard URL that does not exist."""
 
 
+class ShardReadError(ShardpipeError, OSError):
+    """A shard that exists but cannot be read (permissions, a directory, an I/O error)."""
+
+
 class TruncatedShardError(ShardpipeError):
     """A tar or gzip stream that ends early (before the end-of-archive marker)."""
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from typing import IO, Any, cast
 
 from .cache import ShardCache
-from .errors import ShardNotFoundError, TruncatedShardError
+from .errors import ShardNotFoundError, ShardReadError, TruncatedShardError
 from .remote import ReadOptions, open_remote
 
 READ_BUFFER = 1 << 20  # large sequential reads: shards are streamed, not seeked
@@ -123,6 +123,8 @@ def open_shard(
             f = open(path, "rb", buffering=READ_BUFFER)
         except FileNotFoundError as e:
             raise ShardNotFoundError(f"shard not found: {url}") from e
+        except OSError as e:  # a directory, no permission, an I/O error
+            raise ShardReadError(f"cannot read shard {url}: {e}") from e
         if offset:
             f.seek(offset)
         return f

@@ -6,7 +6,8 @@ every consumer gets a contiguous range of it, cut at sample boundaries, even ins
 shard. Ranks therefore get equal shares, whatever the shard sizes:
 
 * ``drop`` (default): every rank reads ``floor(N / world_size)`` samples; fewer than
-  ``world_size`` samples an epoch are left out, and different ones each epoch;
+  ``world_size`` samples an epoch are left out (the tail of the epoch's order: different
+  samples each epoch when shards are shuffled);
 * ``pad``: every rank reads ``ceil(N / world_size)``; the short ranks wrap around to the
   start of the order and those repeats are marked ``__pad__ = True`` so they can be masked;
 * ``resample``: every consumer draws shards with replacement and reads a fixed
@@ -79,19 +80,15 @@ def plan_ranges(
     r_lo = rank * share
     w_lo, w_hi = _ranges(share, num_workers)[worker]
     lo, hi = r_lo + w_lo, r_lo + w_hi
-    if hi <= total:
-        return _segments(ordered, starts, lo, hi)
-    head = _segments(ordered, starts, lo, total) if lo < total else []
-    wrap_lo, wrap_hi = max(lo, total) - total, hi - total
-    return head + _segments(ordered, starts, wrap_lo, wrap_hi, pad=True)
-
-
-def plan_round_robin(
-    shards: Sequence[Shard], *, seed: int, epoch: int, index: int, count: int, shuffle: bool
-) -> list[Shard]:
-    """Whole shards, dealt round-robin over ``count`` consumers (policy ``uneven``)."""
-    order = epoch_order(len(shards), seed, epoch, shuffle)
-    return [shards[int(i)] for i in order[index::count]]
+    out = _segments(ordered, starts, lo, min(hi, total)) if lo < total else []
+    # pad: positions past the end wrap around the order, as many times as needed
+    pos = max(lo, total)
+    while pos < hi and total:
+        a = pos % total
+        b = min(total, a + hi - pos)
+        out += _segments(ordered, starts, a, b, pad=True)
+        pos += b - a
+    return out
 
 
 class ResampledShards(Sequence[Shard]):

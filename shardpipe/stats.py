@@ -11,6 +11,7 @@ import torch
 STAGES = ("read", "untar", "decode", "augment", "batch")
 ERRORS = (
     "ShardNotFoundError",
+    "ShardReadError",
     "TruncatedShardError",
     "CorruptShardError",
     "DecodeError",

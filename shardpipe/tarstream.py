@@ -68,14 +68,20 @@ def _cstr(field: bytes) -> str:
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
+    """Parse pax records ``"<length> <key>=<value>\\n"``; ValueError on malformed ones."""
     out: dict[str, str] = {}
     pos = 0
     while pos < len(data):
         space = data.index(b" ", pos)
         length = int(data[pos:space])
-        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
-        out[key.decode()] = value.decode("utf-8", "surrogateescape")
-        pos += length
+        end = pos + length
+        if end <= space + 1 or end > len(data) or data[end - 1 : end] != b"\n":
+            raise ValueError(f"malformed pax record at byte {pos}")
+        key, eq, value = data[space + 1 : end - 1].partition(b"=")
+        if not eq:
+            raise ValueError(f"pax record without '=' at byte {pos}")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos = end
     return out
 
 
@@ -164,14 +170,20 @@ class TarStream:
             self._check_header(block, header_at)
             kind = block[156:157]
             name = long_name or pax.get("path") or self._header_name(block)
-            size = int(pax["size"]) if "size" in pax else _octal(block[124:136])
+            try:
+                size = int(pax["size"]) if "size" in pax else _octal(block[124:136])
+            except ValueError as e:
+                raise CorruptShardError(f"bad member size in shard {self.url} at byte {header_at}: {e}") from e
             self.offset = header_at + BLOCK
             self._name, self._size, self._pending = name, size, size + (-size) % BLOCK
             if kind in _REGULAR:
                 return name, size
             if kind in (b"L", b"x"):  # GNU long name / pax header: applies to the next header
                 data = self.read_data()
-                long_name, pax = (_cstr(data), {}) if kind == b"L" else (None, _parse_pax(data))
+                try:
+                    long_name, pax = (_cstr(data), {}) if kind == b"L" else (None, _parse_pax(data))
+                except ValueError as e:
+                    raise CorruptShardError(f"bad pax header in shard {self.url} at byte {header_at}: {e}") from e
                 continue
             if kind in _SKIPPED or kind.isalpha():
                 self.skip_data()

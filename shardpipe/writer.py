@@ -105,12 +105,15 @@ class TarWriter:
         fields = [(k, v) for k, v in sample.items() if not k.startswith("__")]
         if not fields:
             raise ValueError(f"sample {key!r} has no fields to write")
-        total = 0
+        # check and encode every field before writing any: a bad field never leaves half a sample
+        members = []
         for ext, value in fields:
-            if ext != ext.lower() or not ext or ext.startswith("."):
-                raise ValueError(f"field name {ext!r} of sample {key!r} must be a lower-case extension")
-            data = encode_field(ext, value)
-            header = member_header(f"{key}.{ext}", len(data))
+            if ext != ext.lower() or not ext or ext.startswith(".") or "/" in ext:
+                raise ValueError(f"field name {ext!r} of sample {key!r} must be a lower-case extension without '/'")
+            members.append((f"{key}.{ext}", encode_field(ext, value)))
+        total = 0
+        for name, data in members:
+            header = member_header(name, len(data))
             pad = -len(data) % _BLOCK
             self._stream.write(header)
             self._stream.write(data)

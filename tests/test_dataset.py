@@ -100,7 +100,9 @@ def test_augmentation_is_a_function_of_seed_epoch_and_key(dataset_dir):
     urls, _ = dataset_dir
     t = RandomResizedCrop(24)
     a = {s["__key__"]: s["jpg"] for s in ShardDataset(urls, transform=t, seed=5)}
-    b = {s["__key__"]: s["jpg"] for s in ShardLoader(ShardDataset(urls, transform=t, seed=5, shuffle=10), num_workers=2)}
+    b = {
+        s["__key__"]: s["jpg"] for s in ShardLoader(ShardDataset(urls, transform=t, seed=5, shuffle=10), num_workers=2)
+    }
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
 
 
@@ -159,7 +161,9 @@ def test_invalid_image_raises_naming_shard_and_key(tmp_path):
 
 def test_missing_field_raises_naming_shard_and_key(tmp_path):
     urls, samples = _bad_dataset(tmp_path)
-    with pytest.raises(MissingFieldError, match=r"sample 'sample00006' in shard .*shard-0001.tar has no 'jpg' or 'png' field"):
+    with pytest.raises(
+        MissingFieldError, match=r"sample 'sample00006' in shard .*shard-0001.tar has no 'jpg' or 'png' field"
+    ):
         list(ShardDataset(urls, decode=None, require=["jpg;png", "cls"]))
 
 
@@ -229,3 +233,29 @@ def test_channels_last_batches_hold_the_same_pixels(dataset_dir, num_workers):
     for a, b in zip(plain, cl, strict=True):
         assert a["jpg"].is_contiguous() and b["jpg"].is_contiguous(memory_format=torch.channels_last)
         assert b["jpg"].shape == a["jpg"].shape and torch.equal(a["jpg"], b["jpg"])
+
+
+def test_dataset_pickles_after_an_in_process_epoch(dataset_dir):
+    import pickle
+
+    urls, samples = dataset_dir
+    ds = ShardDataset(urls, decode=None, shuffle=5)
+    first = keys_of(ds)
+    clone = pickle.loads(pickle.dumps(ds))  # e.g. for spawn-started DataLoader workers
+    assert sorted(keys_of(clone)) == sorted(first) and len(first) == len(samples)
+
+
+def test_fields_missing_from_some_samples_are_kept_as_lists(tmp_path):
+    samples = make_samples(4)
+    del samples[1]["json"], samples[2]["json"]
+    urls = write_shards(tmp_path, samples, [4])
+    (batch,) = list(ShardDataset(urls, batch_size=4))
+    assert batch["json"] == [{"index": 0}, None, None, {"index": 3}]
+    assert batch["cls"].tolist() == [s["cls"] for s in samples]
+
+
+def test_resampling_over_unreadable_shards_gives_up(tmp_path):
+    urls = [str(tmp_path / f"missing-{i}.tar") for i in range(3)]
+    ds = ShardDataset(urls, decode=None, epoch_policy="resample", samples_per_epoch=10, handler="skip")
+    with pytest.raises(shardpipe.ShardReadError, match="shards in a row could not be read .*giving up"):
+        list(ds)

@@ -74,11 +74,17 @@ def test_real_gloo_ranks_get_equal_disjoint_epochs(tmp_path: Path, world: int, p
 
 
 @pytest.mark.parametrize("policy", ["drop", "pad"])
-def test_simulated_64_ranks_by_8_workers(policy):
-    rng = np.random.default_rng(0)
-    counts = rng.integers(1, 400, size=517).tolist()  # far from dividing evenly
+@pytest.mark.parametrize(
+    "counts, world, workers",
+    [
+        (np.random.default_rng(0).integers(1, 400, size=517).tolist(), 64, 8),  # far from dividing evenly
+        ([1, 2], 8, 3),  # more ranks than samples: pad wraps around the order several times
+        ([1], 4, 2),
+    ],
+)
+def test_simulated_ranks_by_workers(policy, counts, world, workers):
     shards = [Shard(f"s{i}.tar", i, samples=c) for i, c in enumerate(counts)]
-    world, workers, total = 64, 8, sum(counts)
+    total = sum(counts)
     seen: list[tuple[int, int, bool]] = []
     per_rank, per_worker = [], []
     for rank in range(world):
@@ -109,6 +115,7 @@ def test_simulated_64_ranks_by_8_workers(policy):
         assert len({n for ww, n in per_worker if ww == w}) == 1
     real = [(i, j) for i, j, pad in seen if not pad]
     assert len(real) == len(set(real))  # disjoint
+    assert share > 0 or policy == "drop"
     if policy == "drop":
         assert total - len(real) == total % world
     else:

@@ -20,6 +20,7 @@ from shardpipe.stages import (
     Map,
     Pipeline,
     RequireFields,
+    Shard,
     ShardList,
     Shuffle,
     SplitSamples,
@@ -159,3 +160,16 @@ def test_shuffle_windows_permute_within_window(shards):
 def test_plain_callables_become_map_stages(shards):
     p = Pipeline([ShardList(shards), Untar(), GroupSamples(), lambda s: s["__key__"].upper()], Context())
     assert next(iter(p)) == "SAMPLE00000"
+
+
+def test_shard_state_keeps_the_manifest_checks():
+    shard = Shard("s3://b/x.tar", 3, samples=10, size=1234, sha256="ab" * 32, start=2, stop=7, pad=True)
+    assert Shard.from_state(json.loads(json.dumps(shard.to_state()))) == shard
+
+
+def test_pipeline_close_releases_threads_and_files(shards):
+    with Pipeline([ShardList(shards), Untar(), GroupSamples(), Decode(threads=2)], Context()) as p:
+        next(iter(p))
+        untar, decode = p.stages[1], p.stages[3]
+        assert untar._tar is not None and decode._pool is not None
+    assert untar._tar is None and decode._pool is None

@@ -188,3 +188,28 @@ def test_member_offsets_are_resume_points(tmp_path: Path):
     for i, off in enumerate(offsets[:-1]):
         rest = TarStream(io.BytesIO(raw[off:]), "mem", off)
         assert rest.next_member()[0] == names[i + 1]
+
+
+@pytest.mark.parametrize("record", [b"0 x\n", b"zz path=a\n", b"30 path=too-long-for-its-length\n", b"10 nokey\n"])
+def test_malformed_pax_header_is_a_corrupt_shard(tmp_path: Path, record: bytes):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        pax = tarfile.TarInfo("././@PaxHeader")
+        pax.type = tarfile.XHDTYPE
+        pax.size = len(record)
+        tf.addfile(pax, io.BytesIO(record))
+        info = tarfile.TarInfo("k.txt")
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"hi"))
+    path = tmp_path / "pax.tar"
+    path.write_bytes(buf.getvalue())
+    with pytest.raises(CorruptShardError, match=r"bad pax header in shard .*pax.tar at byte 0"):
+        read_raw([str(path)])
+    got, ctx = read_raw([str(path)], handler="skip")  # ends, and counts it
+    assert got == [] and ctx.errors.counts == {"CorruptShardError": 1}
+
+
+def test_unreadable_shard_is_a_shard_read_error(tmp_path: Path):
+    (tmp_path / "dir.tar").mkdir()
+    with pytest.raises(shardpipe.ShardReadError, match=r"cannot read shard .*dir.tar"):
+        read_raw([str(tmp_path / "dir.tar")])

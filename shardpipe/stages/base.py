@@ -14,6 +14,7 @@ bound once by the ``Pipeline``.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any, Generic, TypeVar
 from ..errors import ErrorHandler
 
 T = TypeVar("T")
+_TIMER_LOCK = threading.Lock()
 State = dict[str, Any]
 
 
@@ -56,9 +58,11 @@ class Context:
         return self.world_size * self.num_workers
 
     def add_time(self, name: str, seconds: float, items: int = 0) -> None:
-        self.timers[name] = self.timers.get(name, 0.0) + seconds
-        if items:
-            self.counts[name] = self.counts.get(name, 0) + items
+        """Add to a stage's timer (thread-safe: decode threads call it concurrently)."""
+        with _TIMER_LOCK:
+            self.timers[name] = self.timers.get(name, 0.0) + seconds
+            if items:
+                self.counts[name] = self.counts.get(name, 0) + items
 
 
 class Stage(Generic[T]):
@@ -247,3 +251,16 @@ class Pipeline(Stage[Any]):
         if not self._started:
             self.reset()
         return self
+
+    def close(self) -> None:
+        """Release what the stages hold: open shards, prefetch and decode threads."""
+        for stage in self.stages:
+            close = getattr(stage, "close", None)
+            if close is not None:
+                close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from ..errors import MissingFieldError
 from ..sample import Sample
 from .base import Stage
 
@@ -61,16 +60,20 @@ def collate_images(images: list[Any], out: torch.Tensor | None = None, channels_
 
 
 def collate(samples: list[Sample], channels_last: bool = False) -> dict[str, Any]:
-    """Collate a list of samples field by field (see the module docstring)."""
+    """Collate a list of samples field by field (see the module docstring).
+
+    A field that only some samples have becomes a list with ``None`` for the others (use
+    ``ShardDataset(require=...)`` to insist on fields); nothing is dropped.
+    """
+    fields: dict[str, None] = {}
+    for s in samples:
+        fields.update(dict.fromkeys(s))
     out: dict[str, Any] = {}
-    for field in samples[0]:
-        try:
-            values = [s[field] for s in samples]
-        except KeyError as e:
-            raise MissingFieldError(
-                f"cannot batch: sample {e.args[0] if e.args else ''} lacks field {field!r} "
-                f"that sample {samples[0].get('__key__')!r} has"
-            ) from None
+    for field in fields:
+        if not all(field in s for s in samples):
+            out[field] = [s.get(field) for s in samples]
+            continue
+        values = [s[field] for s in samples]
         first = values[0]
         if isinstance(first, np.ndarray) and first.dtype == np.uint8 and first.ndim in (2, 3):
             out[field] = collate_images(values, channels_last=channels_last)

@@ -36,11 +36,29 @@ class Shard:
     pad: bool = False
 
     def to_state(self) -> dict[str, Any]:
-        return {"url": self.url, "index": self.index, "start": self.start, "stop": self.stop, "pad": self.pad}
+        return {
+            "url": self.url,
+            "index": self.index,
+            "samples": self.samples,
+            "size": self.size,
+            "sha256": self.sha256,
+            "start": self.start,
+            "stop": self.stop,
+            "pad": self.pad,
+        }
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> Shard:
-        return cls(d["url"], int(d["index"]), start=int(d["start"]), stop=d["stop"], pad=bool(d["pad"]))
+        return cls(
+            d["url"],
+            int(d["index"]),
+            d.get("samples"),
+            d.get("size"),
+            d.get("sha256"),
+            start=int(d["start"]),
+            stop=d["stop"],
+            pad=bool(d["pad"]),
+        )
 
 
 def load_manifest(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -129,7 +147,7 @@ class SplitShards(Stage[Shard]):
     """Keep every ``count``-th shard starting at ``index`` (round robin over consumers).
 
     ``by="all"`` splits over ranks x DataLoader workers, ``"node"`` over ranks only,
-    ``"worker"`` over the workers of this rank only. Stateless: positions live upstream.
+    ``"worker"`` over the workers of this rank only. State: how many shards it has seen.
     """
 
     def __init__(self, by: str = "all"):

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import IO
 
-from ..errors import ShardpipeError
+from ..errors import ShardpipeError, ShardReadError
 from ..prefetch import Prefetcher
 from ..sample import split_name
 from ..tarstream import TarStream
@@ -37,9 +37,13 @@ class Untar(Stage[Member]):
     skip/warn the rest of that shard is skipped and counted.
     """
 
-    def __init__(self, opener: Opener | None = None):
+    def __init__(self, opener: Opener | None = None, give_up_after: int | None = None):
         super().__init__()
         self.opener = opener or self._default_open
+        # for endless shard lists (resampling): this many unreadable shards in a row end
+        # the epoch with an error even under the skip policy, instead of skipping forever
+        self.give_up_after = give_up_after
+        self._failures = 0
         self._shard: Shard | None = None
         self._tar: TarStream | None = None
         self._ordinal = 0  # samples started in the current shard
@@ -58,7 +62,7 @@ class Untar(Stage[Member]):
         return self._prefetcher.open(shard.url, offset, expected_size=shard.size, expected_sha256=shard.sha256)
 
     def reset(self, state: State | None = None) -> None:
-        self._close()
+        self.close()  # the shard being read and any opened ahead: the plan may differ now
         super().reset(state)
         self._source_state = state.get("source") if state else None
         cur = state.get("shard") if state else None
@@ -89,7 +93,7 @@ class Untar(Stage[Member]):
                     self._open(shard)
                 except ShardpipeError as e:
                     self._shard = None
-                    self.ctx.errors(e)
+                    self._failed(e)
                     continue
             assert self._tar is not None and self._shard is not None
             t0 = time.perf_counter()
@@ -99,7 +103,7 @@ class Untar(Stage[Member]):
                 member = self._next_in_range(tar, shard)
             except ShardpipeError as e:
                 self._close()
-                self.ctx.errors(e)
+                self._failed(e)
                 return shard, BROKEN, b"", None, None, ()
             read = tar.read_seconds - read0
             timers = self.ctx.timers
@@ -108,7 +112,18 @@ class Untar(Stage[Member]):
             if member is None:
                 self._close()
                 continue
+            self._failures = 0
             return member
+
+    def _failed(self, error: ShardpipeError) -> None:
+        """Apply the error policy; give up when too many shards in a row failed."""
+        self._failures += 1
+        if self.give_up_after is not None and self._failures >= self.give_up_after:
+            raise ShardReadError(
+                f"{self._failures} shards in a row could not be read (the last: {error}); giving up rather "
+                "than skipping forever"
+            ) from error
+        self.ctx.errors(error)
 
     def _next_in_range(self, tar: TarStream, shard: Shard) -> Member | None:
         """The next member whose sample lies in the shard's range; None when the range is done."""
