@@ -10,9 +10,10 @@ import torch
 import torch.distributed as dist
 
 
-def main(rank: int, world: int, port: int, manifest: str, policy: str, out: str) -> None:
+def main(rank: int, world: int, store: str, manifest: str, policy: str, out: str) -> None:
+    # a file store: no TCP port to pick (and lose to another process) before gloo binds it
     dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
     )
     from shardpipe import ShardDataset, ShardLoader
 
@@ -33,4 +34,4 @@ def main(rank: int, world: int, port: int, manifest: str, policy: str, out: str)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6])
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,17 +20,11 @@ COUNTS = [9, 2, 14, 5, 1, 11, 7]  # 49 samples in 7 uneven shards
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("policy", ["drop", "pad"])
 def test_real_gloo_ranks_get_equal_disjoint_epochs(tmp_path: Path, world: int, policy: str):
     manifest = write_manifest_dataset(tmp_path, make_samples(sum(COUNTS)), COUNTS)
-    port = free_port()
+    store = tmp_path / "gloo-store"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
         subprocess.Popen(
@@ -41,7 +34,7 @@ def test_real_gloo_ranks_get_equal_disjoint_epochs(tmp_path: Path, world: int, p
                 "tests.dist_worker",
                 str(r),
                 str(world),
-                str(port),
+                str(store),
                 manifest,
                 policy,
                 str(tmp_path / f"r{r}.json"),
