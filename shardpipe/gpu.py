@@ -97,13 +97,26 @@ class BatchDecoder:
             raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
         if not 0 <= flip_p <= 1:
             raise ValueError(f"flip_p must lie in [0, 1], got {flip_p}")
-        self.train, self.scale, self.ratio, self.flip_p = train, tuple(scale), tuple(ratio), flip_p
+        self.train, self.flip_p = train, flip_p
+        self.scale: tuple[float, float] = (float(scale[0]), float(scale[1]))
+        self.ratio: tuple[float, float] = (float(ratio[0]), float(ratio[1]))
         self.resize_short = int(resize_short)
         self.dtype = as_dtype(dtype)
         self.mean, self.std = _normalize_args(normalize, self.dtype)
         self.seed = seed
         self.epoch = 0
         self.errors = ErrorHandler(on_error)
+        self._rng = np.random.default_rng(seed)  # for batches without keys
+
+    def rngs(self, keys: Sequence[str] | None, n: int) -> list[np.random.Generator]:
+        """One generator per image: from ``(seed, epoch, key)`` as in the core pipeline, so
+        draws do not depend on batch order or threads; without keys, from one seeded stream."""
+        from .augment import sample_rng
+
+        if keys is not None:
+            seed = 0 if self.seed is None else self.seed
+            return [sample_rng(seed, self.epoch, k) for k in keys]
+        return [np.random.default_rng(s) for s in self._rng.integers(2**63, size=n)]
 
     # -- the contract -------------------------------------------------------------------
     def decode(self, encoded: Sequence[Encoded], keys: Sequence[str] | None = None) -> tuple[torch.Tensor, list[int]]:
@@ -230,8 +243,6 @@ class CpuBatchDecoder(BatchDecoder):
         self._image_fn = build_image_fn(decoder, self.transform)
         self.num_threads = num_threads or min(8, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
-        self._rng = np.random.default_rng(self.seed)
-        self._seed = 0 if self.seed is None else self.seed
 
     def _one(self, item: Encoded, rng: np.random.Generator) -> np.ndarray | Exception:
         try:
@@ -240,15 +251,9 @@ class CpuBatchDecoder(BatchDecoder):
             return e
 
     def decode(self, encoded: Sequence[Encoded], keys: Sequence[str] | None = None) -> tuple[torch.Tensor, list[int]]:
-        from .augment import sample_rng
-
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="shardpipe-batch")
-        if keys is not None:
-            rngs = [sample_rng(self._seed, self.epoch, k) for k in keys]
-        else:
-            rngs = [np.random.default_rng(s) for s in self._rng.integers(2**63, size=len(encoded))]
-        results = list(self._pool.map(self._one, encoded, rngs))
+        results = list(self._pool.map(self._one, encoded, self.rngs(keys, len(encoded))))
         kept, arrays = [], []
         for i, r in enumerate(results):
             if isinstance(r, Exception):
@@ -331,6 +336,11 @@ class BatchDecodeLoader:
     ``ShardDataset(decode="encoded", batch_size=B)`` with ``batch_size=None``) and yield them
     decoded by ``decoder``. Batches whose every image was skipped are dropped.
 
+    Each pass tells the decoder its epoch, so random crops and flips differ between epochs
+    and repeat for the same epoch: the epoch of the wrapped loader's dataset when it has one
+    (a ``ShardLoader`` or DataLoader over a ``ShardDataset``, read once the pass has started,
+    after a ``ShardLoader`` moved to its next epoch), else the number of earlier passes.
+
     ``decode_seconds`` and ``images`` add up the time spent decoding in this process and
     the images that came out (for per-stage tables; with CUDA, until DALI returned).
     """
@@ -339,9 +349,24 @@ class BatchDecodeLoader:
         self.batches, self.decoder, self.image_field = batches, decoder, image_field
         self.decode_seconds = 0.0
         self.images = 0
+        self.passes = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch`` (passed on to the wrapped loader if it has ``set_epoch``)."""
+        setter = getattr(self.batches, "set_epoch", None)
+        if callable(setter):
+            setter(epoch)
+        self.passes = int(epoch)
 
     def __iter__(self) -> Iterator[Batch]:
-        for batch in self.batches:
+        batches = iter(self.batches)  # a ShardLoader moves its dataset to the next epoch here
+        epoch = getattr(getattr(self.batches, "dataset", None), "epoch", None)
+        self.decoder.set_epoch(self.passes if epoch is None else epoch)
+        self.passes += 1
+        return self._decode(batches)
+
+    def _decode(self, batches: Iterator[Batch]) -> Iterator[Batch]:
+        for batch in batches:
             start = time.perf_counter()
             out = decode_batch(self.decoder, batch, self.image_field)
             self.decode_seconds += time.perf_counter() - start

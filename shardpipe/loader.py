@@ -44,6 +44,7 @@ class ShardLoader(DataLoader):
         )
         self._iterations = 0
         self._epoch_seen = dataset.epoch
+        self._epoch_pinned = False  # set_epoch() was called: the next pass uses that epoch
         self._worker_states: list[State | None] = [None] * max(num_workers, 1)
         self._next_worker = 0
         self._epoch_done = False
@@ -54,13 +55,16 @@ class ShardLoader(DataLoader):
         return self.dataset  # type: ignore[return-value]
 
     def set_epoch(self, epoch: int) -> None:
+        """Make the next pass epoch ``epoch`` (later passes go on from there)."""
         self.shard_dataset.set_epoch(epoch)
-        self._epoch_seen = epoch
+        self._epoch_pinned = True
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         ds = self.shard_dataset
-        if self._resume is None and self._iterations > 0 and ds.epoch == self._epoch_seen:
+        # advance unless the epoch was chosen since the last pass (here, or on the dataset)
+        if self._iterations > 0 and not self._epoch_pinned and ds.epoch == self._epoch_seen:
             ds.set_epoch(ds.epoch + 1)
+        self._epoch_pinned = False
         self._epoch_seen = ds.epoch
         self._iterations += 1
         resume, self._resume = self._resume, None

@@ -25,12 +25,20 @@ def test_shipped_configs_build_and_stream(tmp_path, dataset_dir, name):
     assert isinstance(ds.transform, Compose)
     batches = list(loader)
     assert batches[0]["jpg"].shape[1:] == (3, 224, 224)
-    assert sum(len(b["__key__"]) for b in batches) >= len(samples)
+    keys = [k for b in batches for k in b["__key__"]]
+    expected = [s["__key__"] for s in samples]
+    assert len(keys) == len(samples)  # one rank: every sample exactly once, no pad repeats
+    if name == "imagenet_val.yaml":
+        assert keys == expected  # no shuffle: in order
+    else:
+        assert sorted(keys) == sorted(expected) and keys != expected  # shuffled
 
 
 def test_config_transform_parameters(dataset_dir):
     urls, _ = dataset_dir
-    ds, _ = load_config({"dataset": {"urls": urls}, "transform": [{"RandomResizedCrop": {"size": 32, "scale": [0.5, 1.0]}}]})
+    ds, _ = load_config(
+        {"dataset": {"urls": urls}, "transform": [{"RandomResizedCrop": {"size": 32, "scale": [0.5, 1.0]}}]}
+    )
     rrc = ds.transform.transforms[0]
     assert isinstance(rrc, RandomResizedCrop) and rrc.scale == (0.5, 1.0)
 

@@ -268,3 +268,55 @@ def test_sixteen_bit_png_keeps_the_high_byte(name: str) -> None:
     assert out.shape == (48, 64, 3) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[:, :, 0], (ramp >> 8).astype(np.uint8))
     np.testing.assert_array_equal(out[:, :, 0], out[:, :, 2])
+
+
+# -- Pillow's own decompression-bomb guard is left alone ------------------------------------
+
+
+def test_importing_the_pil_decoder_leaves_pillows_guard_alone() -> None:
+    code = textwrap.dedent(
+        """
+        from PIL import Image
+        default = Image.MAX_IMAGE_PIXELS
+        import shardpipe, shardpipe.decoders.pil
+        from shardpipe.decoders import get_decoder
+        get_decoder("pil")
+        print(default, Image.MAX_IMAGE_PIXELS)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(1024 * 1024 * 1024 // 4 // 3)] * 2
+
+
+def _png_declaring(width: int, height: int) -> bytes:
+    """A PNG whose IHDR (with a valid CRC) declares ``width`` x ``height``."""
+    import zlib
+
+    b = bytearray(encode(photo(), "PNG"))
+    assert b[12:16] == b"IHDR"
+    b[16:20], b[20:24] = width.to_bytes(4, "big"), height.to_bytes(4, "big")
+    b[29:33] = zlib.crc32(bytes(b[12:29])).to_bytes(4, "big")
+    return bytes(b)
+
+
+def test_png_bomb_beyond_pillows_limit_is_image_too_large() -> None:
+    # 400M pixels: Pillow refuses it at open (over twice its limit) before our own check can run
+    with pytest.raises(ImageTooLargeError, match=r"Pillow refuses it.*shardpipe's limit is 100000000 pixels"):
+        backend("pil").decode(_png_declaring(20000, 20000))
+
+
+def test_pillows_lower_limit_error_and_warning_become_image_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    dec = backend("pil")
+    png = encode(photo(), "PNG")  # 19200 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)  # 19200 > 2 * 5000: DecompressionBombError
+    with pytest.raises(ImageTooLargeError, match=r"limit is 100000000 pixels .*MAX_IMAGE_PIXELS is 5000"):
+        dec.decode(png)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 15000)  # 19200 in (15000, 30000]: a warning
+    with pytest.warns(Image.DecompressionBombWarning):
+        assert dec.decode(png).shape == (120, 160, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with pytest.raises(ImageTooLargeError, match=r"MAX_IMAGE_PIXELS is 15000"):
+            dec.decode(png)

@@ -194,6 +194,49 @@ def test_dataloader_workers_hand_byte_batches_to_the_batch_decoder(label_shards,
     assert decoded.images == 59 and decoded.decode_seconds > 0
 
 
+def _crops(loader) -> dict[str, torch.Tensor]:
+    return {k: img for batch in loader for k, img in zip(batch["__key__"], batch["jpg"])}
+
+
+def test_batch_decode_loader_draws_new_crops_each_epoch_from_the_shard_loader(tmp_path):
+    with shardpipe.ShardWriter(str(tmp_path / "p-%04d.tar"), maxcount=6) as writer:
+        for i in range(12):
+            writer.write({"__key__": f"p{i:02d}", "jpg": make_jpeg(i, seed=5, plain=True), "cls": i})
+    urls = str(tmp_path / "p-{0000..0001}.tar")
+
+    def loader() -> BatchDecodeLoader:
+        dataset = shardpipe.ShardDataset(urls, decode="encoded", batch_size=4, seed=1)
+        return BatchDecodeLoader(shardpipe.ShardLoader(dataset), CpuBatchDecoder(24, seed=3, num_threads=2))
+
+    decoded = loader()
+    first, second = _crops(decoded), _crops(decoded)  # the ShardLoader moves to epoch 1 on pass 2
+    assert sorted(first) == sorted(second) == [f"p{i:02d}" for i in range(12)]
+    assert decoded.decoder.epoch == 1 == decoded.batches.dataset.epoch
+    assert all(not torch.equal(first[k], second[k]) for k in first)
+    assert all(torch.equal(a, first[k]) for k, a in _crops(loader()).items())  # a new loader: epoch 0 again
+    later = loader()
+    later.set_epoch(1)  # passed on to the ShardLoader
+    assert all(torch.equal(a, second[k]) for k, a in _crops(later).items())
+
+
+def test_batch_decode_loader_counts_passes_over_a_plain_iterable(photos):
+    keys = [f"k{i}" for i in range(12)]
+    batches = [{"jpg": photos[i : i + 4], "__key__": keys[i : i + 4]} for i in (0, 4, 8)]
+
+    def loader() -> BatchDecodeLoader:
+        return BatchDecodeLoader(batches, CpuBatchDecoder(24, seed=3, num_threads=2))
+
+    decoded = loader()
+    passes = [_crops(decoded) for _ in range(3)]
+    assert [sorted(p) for p in passes] == [sorted(keys)] * 3 and decoded.passes == 3
+    for a, b in [(0, 1), (1, 2), (0, 2)]:
+        assert all(not torch.equal(passes[a][k], passes[b][k]) for k in keys)
+    again = loader()
+    assert all(torch.equal(x, passes[0][k]) for k, x in _crops(again).items())
+    again.set_epoch(2)
+    assert all(torch.equal(x, passes[2][k]) for k, x in _crops(again).items())
+
+
 # -- on a GPU ------------------------------------------------------------------------------
 @pytest.mark.cuda
 @needs_cuda

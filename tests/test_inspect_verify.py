@@ -134,3 +134,42 @@ def test_verify_missing_shard_and_duplicate_keys(written, tmp_path: Path, capsys
 def test_cli_errors(tmp_path: Path, capsys):
     assert main(["verify", str(tmp_path / "none.json")]) == 2
     assert "shardpipe verify: error:" in capsys.readouterr().err
+
+
+def _tar_of(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """A tar with exactly ``members`` in this order (ShardWriter cannot write duplicates)."""
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_verify_and_inspect_report_a_duplicated_member(tmp_path: Path, capsys):
+    jpg = make_jpeg(2)
+    shard = tmp_path / "dup.tar"
+    _tar_of(
+        shard,
+        [("a.jpg", jpg), ("a.cls", b"1"), ("b.jpg", jpg), ("b.cls", b"2"), ("b.jpg", jpg[:100]), ("c.jpg", jpg)],
+    )
+    problem = f"{shard}: sample 'b' has two 'jpg' members"
+    report = verify_shards(str(shard))
+    assert report["problems"] == [problem] and report["samples"] == 3
+    assert main(["verify", str(shard)]) == 1
+    text = capsys.readouterr().out
+    assert f"FAIL {shard}: 3 samples" in text and f"  {problem}" in text
+
+    summary = inspect_shards(str(shard))["shards"][0]
+    assert summary["problems"] == ["sample 'b' has two 'jpg' members"] and summary["extensions"] == {"cls": 2, "jpg": 3}
+    assert main(["inspect", str(shard)]) == 1
+    assert "PROBLEM: sample 'b' has two 'jpg' members" in capsys.readouterr().out
+
+
+def test_verify_checks_id_fields_as_integers_like_the_pipeline(tmp_path: Path):
+    shard = tmp_path / "ids.tar"
+    _tar_of(shard, [("a.jpg", make_jpeg(1)), ("a.id", b"17"), ("b.jpg", make_jpeg(2)), ("b.id", b"seventeen")])
+    assert verify_shards(str(shard))["problems"] == [
+        f"{shard}: corrupt member b.id: ValueError: invalid literal for int() with base 10: 'seventeen'"
+    ]

@@ -111,3 +111,16 @@ def test_resume_inside_gzip_shards(tmp_path: Path):
     resumed = make(path, 0, False)
     resumed.load_state_dict(loader.state_dict())
     assert head + batches(resumed) == full
+
+
+def test_loader_set_epoch_between_passes_selects_that_epoch(manifest):
+    loader = make(manifest, 0, 6)
+    batches(loader)  # epoch 0
+    loader.set_epoch(5)
+    fifth = batches(loader)
+    assert loader.shard_dataset.epoch == 5
+    fresh = make(manifest, 0, 6)
+    fresh.set_epoch(5)
+    assert batches(fresh) == fifth
+    batches(loader)
+    assert loader.shard_dataset.epoch == 6  # and the passes after it go on from there

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,18 @@ def _fields(sample: dict) -> dict:
 
 
 def _as_bytes(sample: dict) -> dict:
-    return {k: shardpipe.writer.encode_field(k, v) for k, v in _fields(sample).items()}
+    """The bytes each field must be stored as (the format, written out independently of the writer)."""
+    out = {}
+    for k, v in _fields(sample).items():
+        if k == "json":
+            out[k] = json.dumps(v, sort_keys=True).encode()
+        elif isinstance(v, int):
+            out[k] = str(v).encode()
+        elif isinstance(v, str):
+            out[k] = v.encode("utf-8")
+        else:
+            out[k] = bytes(v)
+    return out
 
 
 @pytest.mark.parametrize("ext", ["tar", "tar.gz"])
@@ -34,8 +46,9 @@ def test_webdataset_writes_shardpipe_reads(tmp_path: Path, ext):
     assert len(urls) == 3
     got = list(ShardDataset(urls, decode=None))
     assert [g["__key__"] for g in got] == [s["__key__"] for s in samples]
-    for g, s in zip(got, samples):
+    for g, s in zip(got, samples, strict=True):
         assert _fields(g) == _as_bytes(s)
+    assert (got[3]["cls"], got[3]["json"], got[5]["txt"]) == (b"3", b'{"index": 3}', b"h\xc3\xa9llo")
     # and decoded: labels, json and text come back as the values written
     dec = list(ShardDataset(urls))
     assert [d["cls"] for d in dec] == [s["cls"] for s in samples]
@@ -53,8 +66,9 @@ def test_shardpipe_writes_webdataset_reads(tmp_path: Path, compress):
     urls = sorted(str(p) for p in tmp_path.glob(f"s-*.{suffix}"))
     got = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
     assert [g["__key__"] for g in got] == [s["__key__"] for s in samples]
-    for g, s in zip(got, samples):
+    for g, s in zip(got, samples, strict=True):
         assert _fields(g) == _as_bytes(s)
+    assert (got[3]["cls"], got[3]["json"], got[3]["jpg"]) == (b"3", b'{"index": 3}', samples[3]["jpg"])
     decoded = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("rgb8"))
     assert [d["cls"] for d in decoded] == [s["cls"] for s in samples]
     assert decoded[0]["jpg"].shape == (40, 48, 3)
@@ -68,5 +82,7 @@ def test_same_decoded_pixels_as_webdataset(tmp_path: Path):
     url = str(tmp_path / "p-000.tar")
     ours = list(ShardDataset(url, decoder="pil"))
     theirs = list(wds.WebDataset(url, shardshuffle=False, empty_check=False).decode("rgb8"))
-    for a, b in zip(ours, theirs):
-        assert (a["jpg"] == b["jpg"]).all()
+    assert len(ours) == len(theirs) == 5
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["__key__"] == b["__key__"]
+        assert a["jpg"].shape == b["jpg"].shape == (40, 48, 3) and (a["jpg"] == b["jpg"]).all()

@@ -40,7 +40,7 @@ def test_maxsize_bounds_every_shard(tmp_path: Path, compress):
     shards = json.loads((tmp_path / "manifest.json").read_text())["shards"]
     assert len(shards) > 2 and sum(s["samples"] for s in shards) == 30
     # a shard closes before the sample that would start past the limit: bounded by limit + one sample
-    biggest = max(len(shardpipe.writer.encode_field("jpg", s["jpg"])) for s in samples) + 3 * 1536 + 10240
+    biggest = max(len(s["jpg"]) for s in samples) + 3 * 1536 + 10240  # jpg bytes are stored as they are
     assert all(s["bytes"] <= limit + biggest for s in shards)
     keys = [s["__key__"] for s in shardpipe.ShardDataset(str(tmp_path / "manifest.json"), decode=None)]
     assert keys == [s["__key__"] for s in samples]
@@ -58,17 +58,20 @@ def test_failure_leaves_no_partial_shard(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    "sample, error",
+    "sample, kind, error",
     [
-        ({"jpg": b"x"}, "needs a string '__key__'"),
-        ({"__key__": "a.b", "jpg": b"x"}, "dot in its basename"),
-        ({"__key__": "k"}, "has no fields to write"),
-        ({"__key__": "k", "JPG": b"x"}, "must be a lower-case extension"),
-        ({"__key__": "k", "npy": 1.5}, "cannot write field 'npy' of type float"),
+        ({"jpg": b"x"}, ValueError, "needs a string '__key__'"),
+        ({"__key__": 7, "jpg": b"x"}, ValueError, "needs a string '__key__', got 7"),
+        ({"__key__": "a.b", "jpg": b"x"}, ValueError, "dot in its basename"),
+        ({"__key__": "k"}, ValueError, "has no fields to write"),
+        ({"__key__": "k", "JPG": b"x"}, ValueError, "field name 'JPG' of sample 'k' must be a lower-case extension"),
+        ({"__key__": "k", "x/jpg": b"x"}, ValueError, "field name 'x/jpg' of sample 'k' .*without '/'"),
+        ({"__key__": "k", "npy": 1.5}, TypeError, "cannot write field 'npy' of type float"),
+        ({"__key__": "k", "jpg": None}, TypeError, "cannot write field 'jpg' of type NoneType"),
     ],
 )
-def test_invalid_samples_are_rejected(tmp_path: Path, sample, error):
-    with pytest.raises((ValueError, TypeError), match=error):
+def test_invalid_samples_are_rejected(tmp_path: Path, sample, kind, error):
+    with pytest.raises(kind, match=error):
         with ShardWriter(str(tmp_path / "bad-%03d.tar")) as w:
             w.write(sample)
 
@@ -96,8 +99,41 @@ def test_tar_bytes_identical_to_tarfile_output(tmp_path: Path):
             for ext, value in s.items():
                 if ext.startswith("__"):
                     continue
-                data = shardpipe.writer.encode_field(ext, value)
+                data = _stored_bytes(ext, value)
                 info = tarfile.TarInfo(f"{s['__key__']}.{ext}")
                 info.size, info.mode, info.mtime, info.uname, info.gname = len(data), 0o444, 0, "", ""
                 tf.addfile(info, io.BytesIO(data))
     assert buf.getvalue() == ref.getvalue()
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        assert tf.extractfile("sample00001.cls").read() == b"1"
+        assert tf.extractfile("sample00001.json").read() == b'{"index": 1}'
+        assert tf.extractfile("sample00003.txt").read() == b"\xc3\xbcn\xc3\xafcode"
+
+
+def _stored_bytes(ext: str, value) -> bytes:
+    """What the webdataset layout stores for a field, written out independently of the writer."""
+    if ext == "json":
+        return json.dumps(value, sort_keys=True).encode()
+    if isinstance(value, int):
+        return str(value).encode()
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return bytes(value)
+
+
+def test_a_failing_field_writes_no_part_of_its_sample(tmp_path: Path):
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    tw = shardpipe.TarWriter(buf)
+    tw.write({"__key__": "a", "jpg": b"x"})
+    with pytest.raises(TypeError, match="cannot write field 'npy' of type float"):
+        tw.write({"__key__": "b", "jpg": b"y", "npy": 1.5})  # jpg is fine, npy is not
+    with pytest.raises(ValueError, match="field name 'x/jpg' of sample 'b'"):
+        tw.write({"__key__": "b", "cls": 1, "x/jpg": b"y"})
+    tw.write({"__key__": "c", "jpg": b"z"})
+    tw.close()
+    assert tw.samples == 2
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        assert [(m.name, tf.extractfile(m).read()) for m in tf.getmembers()] == [("a.jpg", b"x"), ("c.jpg", b"z")]

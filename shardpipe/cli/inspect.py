@@ -43,7 +43,9 @@ class _Counting:
 
 class ShardReader:
     """Iterate one shard's samples as ``(key, {ext: bytes})``; then read ``size``,
-    ``sha256`` (of the whole file) and ``error`` (why reading stopped early, or ``None``)."""
+    ``sha256`` (of the whole file), ``error`` (why reading stopped early, or ``None``) and
+    ``problems`` (samples the pipeline would refuse: a sample with two members of one
+    extension; the first member is the one yielded)."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
         self.url = url
@@ -51,6 +53,7 @@ class ShardReader:
         self.size = 0
         self.sha256 = ""
         self.error: str | None = None
+        self.problems: list[str] = []
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, bytes]]]:
         try:
@@ -71,8 +74,11 @@ class ShardReader:
                 if parts[0] != key and key is not None:
                     yield key, fields
                     fields = {}
-                key = parts[0]
-                fields[parts[1]] = member[1]
+                key, ext = parts
+                if ext in fields:  # the pipeline raises CorruptShardError for this sample
+                    self.problems.append(f"sample {key!r} has two {ext!r} members")
+                else:
+                    fields[ext] = member[1]
             if key is not None:
                 yield key, fields
             while raw.read(1 << 20):  # the padding after the end-of-archive blocks counts too
@@ -119,13 +125,14 @@ class ShardSummary:
     heights: list[int] = field(default_factory=list)
     unreadable_headers: int = 0
     error: str | None = None
+    problems: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "url": self.url, "samples": self.samples, "bytes": self.bytes,
             "extensions": dict(sorted(self.extensions.items())), "first_keys": self.first_keys,
             "width": _stats(self.widths), "height": _stats(self.heights),
-            "unreadable_headers": self.unreadable_headers, "error": self.error,
+            "unreadable_headers": self.unreadable_headers, "error": self.error, "problems": self.problems,
         }  # fmt: skip
 
 
@@ -146,7 +153,7 @@ def inspect_shard(url: str, first: int = 5, storage_options: dict[str, Any] | No
                 else:
                     out.widths.append(size[0])
                     out.heights.append(size[1])
-    out.bytes, out.error = reader.size, reader.error
+    out.bytes, out.error, out.problems = reader.size, reader.error, reader.problems
     return out
 
 
@@ -167,7 +174,7 @@ def inspect_shards(
         total.unreadable_headers += s.unreadable_headers
         total.first_keys += s.first_keys[: first - len(total.first_keys)]
     result = total.to_json()
-    del result["url"], result["error"]
+    del result["url"], result["error"], result["problems"]
     return {"shards": [s.to_json() for s in shards], "total": {"shards": len(shards), **result}}
 
 
@@ -189,6 +196,7 @@ def format_report(report: dict[str, Any]) -> str:
         )
         if s["error"]:
             lines.append(f"  ERROR: {s['error']}")
+        lines += [f"  PROBLEM: {p}" for p in s["problems"]]
     t = report["total"]
     exts = ", ".join(f"{e} {n}" for e, n in t["extensions"].items())
     lines += [
@@ -215,4 +223,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"shardpipe inspect: error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(report, indent=1) if args.json else format_report(report))
-    return 1 if any(s["error"] for s in report["shards"]) else 0
+    return 1 if any(s["error"] or s["problems"] for s in report["shards"]) else 0

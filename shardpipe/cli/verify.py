@@ -2,7 +2,8 @@
 
 Checks, per shard: the tar stream is complete (not truncated, no bad headers), every
 image decodes (the fastest installed decoder, then PIL before calling it corrupt),
-``.cls`` holds an integer and ``.json`` valid JSON, keys are unique; with a manifest
+``.cls``/``.cls2``/``.index``/``.id`` hold integers and ``.json`` valid JSON, keys are unique,
+no sample has two members with one extension (the pipeline refuses those); with a manifest
 also the shard's size, sha256 and sample count, and the manifest's totals.
 """
 
@@ -17,6 +18,7 @@ from typing import Any
 
 from ..errors import ShardpipeError
 from ..sample import IMAGE_EXTENSIONS
+from ..stages.decode import _INT_EXTS
 from ..stages.shards import Shard, expand_urls
 from .inspect import ShardReader
 
@@ -45,7 +47,7 @@ def check_member(ext: str, data: bytes) -> str | None:
                 get_decoder("auto").decode(data)
             except Exception:
                 get_decoder("pil").decode(data)  # a fast backend may refuse what PIL reads
-        elif last in ("cls", "cls2", "index"):
+        elif last in _INT_EXTS:  # the fields the pipeline decodes to int
             int(data.decode("ascii").strip())
         elif last == "json":
             json.loads(data)
@@ -72,6 +74,7 @@ def verify_shard(shard: Shard, storage_options: dict[str, Any] | None = None) ->
             why = check_member(ext, data)
             if why is not None:
                 out.problems.append(f"{shard.url}: corrupt member {key}.{ext}: {why}")
+    out.problems += [f"{shard.url}: {p}" for p in reader.problems]
     out.bytes, out.sha256 = reader.size, reader.sha256
     if reader.error is not None:
         kind = "missing shard" if reader.error.startswith("cannot open") else "truncated or damaged shard"

@@ -13,21 +13,43 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import DecodeError
-from .jpeg import is_jpeg
-from .registry import check_size
+from . import registry
+from .jpeg import is_jpeg, read_header
+from .registry import ImageTooLargeError, check_size
 
-Image.MAX_IMAGE_PIXELS = None  # we check the size ourselves (registry.MAX_PIXELS), with a clear error
+# Pillow's own decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS) is left as the user set
+# it: shardpipe checks its own limit (registry.MAX_PIXELS) from the header, and turns Pillow's
+# refusal, where Pillow's limit is the lower one, into the same ImageTooLargeError.
+_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 #: DCT scales PIL's ``draft`` mode reaches for JPEGs (libjpeg's 1/2, 1/4, 1/8)
 PIL_SCALES = ((1, 1), (1, 2), (1, 4), (1, 8))
+
+
+def _too_large(e: Exception) -> ImageTooLargeError:
+    """Pillow's decompression-bomb refusal (error, or warning raised as one) as ours."""
+    return ImageTooLargeError(
+        f"image exceeds the pixel limit: Pillow refuses it ({e}); shardpipe's limit is "
+        f"{registry.MAX_PIXELS} pixels (shardpipe.decoders.registry.MAX_PIXELS), Pillow's "
+        f"PIL.Image.MAX_IMAGE_PIXELS is {Image.MAX_IMAGE_PIXELS}"
+    )
 
 
 def open_image(data: bytes) -> Image.Image:
     """Open ``data`` with PIL, refusing decompression bombs before decoding pixels."""
     if not data:
         raise DecodeError("empty image data (0 bytes)")
+    if is_jpeg(data):  # our limit first, with the declared size in the message
+        try:
+            header = read_header(data)
+        except ValueError:
+            header = None  # PIL reports the damage below
+        if header is not None:
+            check_size(header.width, header.height)
     try:
         img = Image.open(io.BytesIO(data))
+    except _BOMB as e:
+        raise _too_large(e) from e
     except UnidentifiedImageError as e:
         head = bytes(data[:8])
         raise DecodeError(f"not a recognised image format ({len(data)} bytes starting {head!r})") from e
@@ -56,6 +78,8 @@ def _load_rgb(img: Image.Image) -> np.ndarray:
     try:
         img.load()
         return np.asarray(to_rgb(img))
+    except _BOMB as e:  # some formats (GIF frames, TIFF tiles) check sizes again while loading
+        raise _too_large(e) from e
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:  # truncated or corrupt pixels
         raise DecodeError(f"corrupt {img.format or 'image'} data: {e}") from e
 
@@ -86,6 +110,8 @@ class PilDecoder:
         img = open_image(data)
         try:
             img.load()
+        except _BOMB as e:
+            raise _too_large(e) from e
         except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
             raise DecodeError(f"corrupt {img.format or 'image'} data: {e}") from e
         return to_rgb(img)

@@ -45,8 +45,6 @@ class TorchvisionGpuBatchDecoder(BatchDecoder):
         super().__init__(size, **options)
         self._io = import_torchvision_io()
         self.device = torch.device(device)
-        self._rng = np.random.default_rng(self.seed)
-        self._seed = 0 if self.seed is None else self.seed
 
     def _decode_all(self, arrays: list[np.ndarray], keys: Sequence[str] | None) -> list[torch.Tensor | None]:
         """Decode every image (``None`` for bad ones, reported through the error policy)."""
@@ -97,15 +95,11 @@ class TorchvisionGpuBatchDecoder(BatchDecoder):
         return img[:, top : top + th, left : left + tw]
 
     def decode(self, encoded: Sequence[Encoded], keys: Sequence[str] | None = None) -> tuple[torch.Tensor, list[int]]:
-        from ..augment import sample_rng
-
         decoded = self._decode_all([as_array(x) for x in encoded], keys)
         kept = [i for i, img in enumerate(decoded) if img is not None]
+        images = [img for img in decoded if img is not None]
         if not kept:
             return self._empty(self.device), kept
-        if keys is not None:
-            rngs = [sample_rng(self._seed, self.epoch, keys[i]) for i in kept]
-        else:
-            rngs = [np.random.default_rng(s) for s in self._rng.integers(2**63, size=len(kept))]
-        out = torch.stack([self._transform(decoded[i], r) for i, r in zip(kept, rngs)])
+        rngs = self.rngs(None if keys is None else [keys[i] for i in kept], len(kept))
+        out = torch.stack([self._transform(img, r) for img, r in zip(images, rngs)])
         return self.finish(out), kept
