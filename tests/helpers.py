@@ -60,3 +60,19 @@ def write_manifest_dataset(root: Path, samples: list[dict], counts: list[int], c
     manifest = root / "manifest.json"
     manifest.write_text(json.dumps({"shards": entries, "samples": sum(counts)}))
     return str(manifest)
+
+
+#: every registered image decoder backend
+DECODER_BACKENDS = ["pil", "turbo", "simplejpeg", "jpeg4py", "cv2"]
+
+
+def decoder_or_skip(name: str):
+    """The decoder ``name``, or skip the test when its optional package is not installed."""
+    import pytest
+
+    from shardpipe.decoders import get_decoder
+
+    try:
+        return get_decoder(name)
+    except ImportError as e:
+        pytest.skip(f"{name} not installed: {e}")

@@ -19,14 +19,10 @@ from shardpipe.decoders.registry import ImageTooLargeError
 from shardpipe.errors import DecodeError
 from shardpipe.synth import make_image
 
-BACKENDS = ["pil", "turbo", "simplejpeg", "jpeg4py", "cv2"]
+from .helpers import DECODER_BACKENDS, decoder_or_skip
 
-
-def backend(name: str):
-    try:
-        return get_decoder(name)
-    except ImportError as e:
-        pytest.skip(f"{name} not installed: {e}")
+BACKENDS = DECODER_BACKENDS
+backend = decoder_or_skip
 
 
 def photo(size: tuple[int, int] = (160, 120), index: int = 3) -> Image.Image:

@@ -21,19 +21,14 @@ from shardpipe.augment import (
     sample_rng,
 )
 from shardpipe.augment.fused import FusedDecoder, build_image_fn
-from shardpipe.decoders import get_decoder
 from shardpipe.decoders.base import POWER_OF_TWO_SCALES, pick_scale
 from shardpipe.errors import DecodeError
 from shardpipe.synth import make_image
 
-BACKENDS = ["pil", "turbo", "simplejpeg", "jpeg4py", "cv2"]
+from .helpers import DECODER_BACKENDS, decoder_or_skip
 
-
-def backend(name: str):
-    try:
-        return get_decoder(name)
-    except ImportError as e:
-        pytest.skip(f"{name} not installed: {e}")
+BACKENDS = DECODER_BACKENDS
+backend = decoder_or_skip
 
 
 def jpeg(index: int, size: tuple[int, int], mode: str = "RGB", **options) -> bytes:
