@@ -137,3 +137,32 @@ def test_a_failing_field_writes_no_part_of_its_sample(tmp_path: Path):
     assert tw.samples == 2
     with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
         assert [(m.name, tf.extractfile(m).read()) for m in tf.getmembers()] == [("a.jpg", b"x"), ("c.jpg", b"z")]
+
+
+def test_disk_full_while_writing_leaves_no_partial_shard(tmp_path: Path):
+    """A write that fails mid-shard (here: a file-size limit, as a full disk would) raises
+    the OS error and leaves neither a shard under its final name nor a temporary file."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        f"""
+        import resource, sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        import shardpipe
+        from tests.helpers import make_samples
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+        try:
+            with shardpipe.ShardWriter({str(tmp_path / "full-%03d.tar")!r}, maxcount=1000) as w:
+                for s in make_samples(200):
+                    w.write(s)
+        except OSError as e:
+            print("OSError", e.errno)
+            sys.exit(3)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "OSError 27" in result.stdout  # EFBIG: what a full disk (ENOSPC) looks like to the writer
+    assert list(tmp_path.iterdir()) == []
