@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import DecodeError, ErrorHandler, Policy
+from .normalize import normalize
 
 log = logging.getLogger("shardpipe")
 
@@ -153,12 +154,9 @@ class BatchDecoder:
         """uint8 NCHW -> the requested dtype, scaled to [0, 1] and normalized if asked."""
         if self.dtype == torch.uint8:
             return pixels
-        x = pixels.to(torch.float32).div_(255.0)
-        if self.mean is not None:
-            mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-            x = x.sub_(mean).div_(std)
-        return x.to(self.dtype)
+        mean, std = (self.mean, self.std) if self.mean is not None else ((0.0,) * 3, (1.0,) * 3)
+        # computed in float32 (cached per-channel constants), then rounded once to the dtype
+        return normalize(pixels, mean, std, dtype=torch.float32).to(self.dtype)
 
     def __repr__(self) -> str:
         mode = "train" if self.train else f"val(resize_short={self.resize_short})"
