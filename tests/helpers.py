@@ -56,7 +56,9 @@ def write_manifest_dataset(root: Path, samples: list[dict], counts: list[int], c
     entries = []
     for url, c in zip(urls, counts):
         data = Path(url).read_bytes()
-        entries.append({"name": Path(url).name, "samples": c, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+        entries.append(
+            {"name": Path(url).name, "samples": c, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        )
     manifest = root / "manifest.json"
     manifest.write_text(json.dumps({"shards": entries, "samples": sum(counts)}))
     return str(manifest)
@@ -76,3 +78,10 @@ def decoder_or_skip(name: str):
         return get_decoder(name)
     except ImportError as e:
         pytest.skip(f"{name} not installed: {e}")
+
+
+def payload(n: int, seed: int) -> bytes:
+    """``n`` deterministic random bytes (incompressible, like JPEG data)."""
+    import random
+
+    return random.Random(seed).randbytes(n)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 import os
-import random
 
 import pytest
 
@@ -16,14 +15,12 @@ from shardpipe.errors import CorruptShardError
 from shardpipe.io import get_cache, open_shard
 from shardpipe.remote import ReadOptions, open_remote
 
+from .helpers import payload
+
 pytestmark = pytest.mark.servers
 
 MiB = 1 << 20
 FAST = ReadOptions(block_size=MiB, readahead=2, retries=3, backoff=0.05)
-
-
-def payload(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
 
 
 def cached_read(url: str, cache_dir, offset: int = 0, **kw) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import sys
 
 import fsspec.core
@@ -20,11 +19,9 @@ from shardpipe.io import (
     read_bytes,
 )
 
+from .helpers import payload
+
 MiB = 1 << 20
-
-
-def payload(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
 
 
 def test_url_helpers():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import threading
 
 import pytest
@@ -19,15 +18,13 @@ from shardpipe.io import open_shard
 from shardpipe.prefetch import Prefetcher, iter_prefetched
 from shardpipe.remote import ReadOptions, is_retryable
 
+from .helpers import payload
+
 pytestmark = pytest.mark.servers
 
 MiB = 1 << 20
 # small blocks so that a few MiB make many ranged requests; fast retries for the tests
 FAST = ReadOptions(block_size=1 * MiB, readahead=2, retries=4, backoff=0.05, max_backoff=0.2)
-
-
-def payload(n: int, seed: int) -> bytes:
-    return random.Random(seed).randbytes(n)
 
 
 def read_all(url: str, offset: int = 0, chunk: int = 100_003, **kw) -> tuple[bytes, object]:
