@@ -5,8 +5,9 @@ Write shards with ``ShardWriter`` (or ``shardpipe write``), stream them with
 custom pipelines.
 """
 
-from .dataset import ShardDataset
-from .errors import (
+from shardpipe.batchdecode.core import BatchDecodeLoader, resolve_batch_decoder
+from shardpipe.dataset import ShardDataset
+from shardpipe.errors import (
     CorruptShardError,
     DecodeError,
     ErrorHandler,
@@ -16,11 +17,10 @@ from .errors import (
     ShardReadError,
     TruncatedShardError,
 )
-from .gpu import BatchDecodeLoader, resolve_batch_decoder
-from .loader import ShardLoader
-from .normalize import normalize
-from .pack import WriteSummary, write_shards
-from .writer import ShardWriter, TarWriter
+from shardpipe.image.normalize import normalize
+from shardpipe.loader import ShardLoader
+from shardpipe.write.job import WriteSummary, write_shards
+from shardpipe.write.shard_writer import ShardWriter, TarWriter
 
 __version__ = "0.1.0"
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from . import augment
-from .dataset import ShardDataset
-from .loader import ShardLoader
+from shardpipe import augment
+from shardpipe.dataset import ShardDataset
+from shardpipe.loader import ShardLoader
 
 
 def build_transform(spec: list[Any] | None) -> augment.Transform | None:
@@ -38,7 +38,9 @@ def build_transform(spec: list[Any] | None) -> augment.Transform | None:
 
 def augment_names() -> list[str]:
     return sorted(
-        n for n in dir(augment) if isinstance(getattr(augment, n), type) and issubclass(getattr(augment, n), augment.Transform)
+        n
+        for n in dir(augment)
+        if isinstance(getattr(augment, n), type) and issubclass(getattr(augment, n), augment.Transform)
     )
 
 

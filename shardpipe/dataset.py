@@ -10,18 +10,18 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .errors import ErrorHandler, Policy
-from .plan import POLICIES as PLAN_POLICIES
-from .plan import ResampledShards, plan_ranges
-from .stages.base import Context, Map, Pipeline, Stage, State, Take
-from .stages.batch import Batch
-from .stages.decode import Decode
-from .stages.fields import RequireFields
-from .stages.samples import GroupSamples, SplitSamples
-from .stages.shards import Shard, ShardList, SplitShards, expand_urls
-from .stages.shuffle import Shuffle
-from .stages.untar import Untar
-from .stats import SharedStats
+from shardpipe.errors import ErrorHandler, Policy
+from shardpipe.split.plan import POLICIES as PLAN_POLICIES
+from shardpipe.split.plan import ResampledShards, plan_ranges
+from shardpipe.stages.base import Context, Map, Pipeline, Stage, State, Take
+from shardpipe.stages.batch import Batch
+from shardpipe.stages.decode import Decode
+from shardpipe.stages.fields import RequireFields
+from shardpipe.stages.samples import GroupSamples, SplitSamples
+from shardpipe.stages.shards import Shard, ShardList, SplitShards, expand_urls
+from shardpipe.stages.shuffle import Shuffle
+from shardpipe.stages.untar import Untar
+from shardpipe.stats import SharedStats
 
 log = logging.getLogger("shardpipe")
 
@@ -35,7 +35,7 @@ def distributed_rank() -> tuple[int, int]:
 
 def _fusable(transform: Any) -> bool:
     """True when the transform starts with a RandomResizedCrop or Resize (reduced-scale decode applies)."""
-    from .augment import Compose, RandomResizedCrop, Resize
+    from shardpipe.augment import Compose, RandomResizedCrop, Resize
 
     first = transform.transforms[0] if isinstance(transform, Compose) and transform.transforms else transform
     return isinstance(first, (RandomResizedCrop, Resize))
@@ -70,7 +70,7 @@ class ShardDataset(IterableDataset):
         require: fields every sample must have (``"jpg;png"`` accepts either).
         split: for policy ``uneven`` (no manifest): ``"auto"`` (shards, or samples when
             there are fewer shards than consumers), ``"shards"`` or ``"samples"``.
-        epoch_policy: how ranks get equal epochs (see ``shardpipe.plan``): ``"auto"``
+        epoch_policy: how ranks get equal epochs (see ``shardpipe.split.plan``): ``"auto"``
             (``drop`` when the manifest gives sample counts; ``uneven`` on one rank
             without counts; an error on several ranks without counts), ``"drop"``,
             ``"pad"`` (repeats marked ``__pad__``), ``"resample"`` (needs
@@ -80,7 +80,7 @@ class ShardDataset(IterableDataset):
         storage_options: passed to fsspec for remote URLs (endpoint, key/secret, token, anon).
         cache_dir, cache_size: a local shard cache (bytes, LRU eviction), shared safely by
             the workers and ranks of one machine and checked against the manifest's sha256.
-        read_options: ``shardpipe.remote.ReadOptions`` (block size, read-ahead, retries,
+        read_options: ``shardpipe.io.remote.ReadOptions`` (block size, read-ahead, retries,
             backoff, timeout) for remote streams.
         prefetch: remote shards to open ahead of the one being read.
         allow_pipe: allow ``pipe:`` URLs (they run a shell command).

@@ -16,8 +16,8 @@ from typing import Any
 
 from torch.utils.data import DataLoader
 
-from .dataset import ShardDataset
-from .stages.base import State
+from shardpipe.dataset import ShardDataset
+from shardpipe.stages.base import State
 
 STATE_VERSION = 1
 

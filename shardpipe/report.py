@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .stats import STAGES, SharedStats
+from shardpipe.stats import STAGES, SharedStats
 
 
 def format_stage_table(stats: SharedStats, wall_seconds: float, images: int) -> str:

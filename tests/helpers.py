@@ -72,7 +72,7 @@ def decoder_or_skip(name: str):
     """The decoder ``name``, or skip the test when its optional package is not installed."""
     import pytest
 
-    from shardpipe.decoders import get_decoder
+    from shardpipe.image.decoders import get_decoder
 
     try:
         return get_decoder(name)

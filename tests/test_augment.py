@@ -35,8 +35,8 @@ from shardpipe.augment import (
     sample_rng,
     vflip,
 )
-from shardpipe.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
-from shardpipe.synth import make_image
+from shardpipe.devtools.synth import make_image
+from shardpipe.image.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 
 def photo(size=(160, 120), index=1) -> np.ndarray:

@@ -10,10 +10,10 @@ import os
 
 import pytest
 
-from shardpipe.cache import ShardCache
 from shardpipe.errors import CorruptShardError
-from shardpipe.io import get_cache, open_shard
-from shardpipe.remote import ReadOptions, open_remote
+from shardpipe.io.cache import ShardCache
+from shardpipe.io.files import get_cache, open_shard
+from shardpipe.io.remote import ReadOptions, open_remote
 
 from .helpers import payload
 

@@ -13,10 +13,10 @@ from PIL import Image
 pytest.importorskip("nvidia.dali", reason="NVIDIA DALI is not installed (pip install shardpipe[gpu])")
 
 from shardpipe.augment import CenterCrop, RandomResizedCrop, Resize, random_resized_crop_box  # noqa: E402
-from shardpipe.decoders.dali import DaliBatchDecoder, import_dali, signature_problem  # noqa: E402
-from shardpipe.decoders.pil import PilDecoder  # noqa: E402
+from shardpipe.batchdecode.dali import DaliBatchDecoder, import_dali, signature_problem  # noqa: E402
+from shardpipe.devtools.synth import make_jpeg  # noqa: E402
 from shardpipe.errors import DecodeError  # noqa: E402
-from shardpipe.synth import make_jpeg  # noqa: E402
+from shardpipe.image.decoders.pil import PilDecoder  # noqa: E402
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 
@@ -238,7 +238,9 @@ def test_a_bad_image_dali_names_costs_three_runs(photos):
 
 def test_a_batch_where_every_image_fails_alone_is_an_error_not_skips(photos):
     truncated = [p[:300] for p in photos[:6]]  # look like JPEGs, none decodes
-    with pytest.raises(RuntimeError, match=r"DALI failed on every one of 6 images, each on its own; last error: DALI: "):
+    with pytest.raises(
+        RuntimeError, match=r"DALI failed on every one of 6 images, each on its own; last error: DALI: "
+    ):
         cpu(train=False, size=48, on_error="skip").decode(truncated)
 
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shardpipe.decoders import AUTO_ORDER, available_decoders, get_decoder, register_decoder, registry
-from shardpipe.decoders.base import scaled_dim
-from shardpipe.decoders.jpeg import read_header
-from shardpipe.decoders.registry import ImageTooLargeError
+from shardpipe.devtools.synth import make_image
 from shardpipe.errors import DecodeError
-from shardpipe.synth import make_image
+from shardpipe.image.decoders import AUTO_ORDER, available_decoders, get_decoder, register_decoder, registry
+from shardpipe.image.decoders.base import scaled_dim
+from shardpipe.image.decoders.jpeg import read_header
+from shardpipe.image.decoders.registry import ImageTooLargeError
 
 from .helpers import DECODER_BACKENDS, decoder_or_skip
 
@@ -200,9 +200,9 @@ def test_corrupt_data_never_crashes_the_process() -> None:
         import io, sys
         import numpy as np
         from PIL import Image
-        from shardpipe.decoders import get_decoder, available_decoders
+        from shardpipe.image.decoders import get_decoder, available_decoders
         from shardpipe.errors import DecodeError
-        from shardpipe.synth import make_image
+        from shardpipe.devtools.synth import make_image
         rng = np.random.default_rng(0)
         sources = []
         for i, opts in enumerate([{}, {"progressive": True}, {"subsampling": 0}]):
@@ -274,8 +274,8 @@ def test_importing_the_pil_decoder_leaves_pillows_guard_alone() -> None:
         """
         from PIL import Image
         default = Image.MAX_IMAGE_PIXELS
-        import shardpipe, shardpipe.decoders.pil
-        from shardpipe.decoders import get_decoder
+        import shardpipe, shardpipe.image.decoders.pil
+        from shardpipe.image.decoders import get_decoder
         get_decoder("pil")
         print(default, Image.MAX_IMAGE_PIXELS)
         """

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardpipe.plan import plan_ranges, rank_share
+from shardpipe.split.plan import plan_ranges, rank_share
 from shardpipe.stages import Shard
 
 from .helpers import make_samples, write_manifest_dataset

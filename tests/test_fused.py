@@ -20,10 +20,10 @@ from shardpipe.augment import (
     resized_crop,
     sample_rng,
 )
-from shardpipe.augment.fused import FusedDecoder, build_image_fn
-from shardpipe.decoders.base import POWER_OF_TWO_SCALES, pick_scale
+from shardpipe.devtools.synth import make_image
 from shardpipe.errors import DecodeError
-from shardpipe.synth import make_image
+from shardpipe.image.decoders.base import POWER_OF_TWO_SCALES, pick_scale
+from shardpipe.image.fused import FusedDecoder, build_image_fn
 
 from .helpers import DECODER_BACKENDS, decoder_or_skip
 

@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 
 import shardpipe
-from shardpipe import gpu
 from shardpipe.augment import CenterCrop, Resize
-from shardpipe.decoders.pil import PilDecoder
+from shardpipe.batchdecode import core
+from shardpipe.batchdecode.core import BatchDecodeLoader, CpuBatchDecoder, decode_batch, resolve_batch_decoder
+from shardpipe.devtools.synth import make_jpeg
 from shardpipe.errors import DecodeError
-from shardpipe.gpu import BatchDecodeLoader, CpuBatchDecoder, decode_batch, resolve_batch_decoder
-from shardpipe.synth import make_jpeg
+from shardpipe.image.decoders.pil import PilDecoder
 
 HAS_DALI = importlib.util.find_spec("nvidia") is not None and importlib.util.find_spec("nvidia.dali") is not None
 needs_dali = pytest.mark.skipif(not HAS_DALI, reason="NVIDIA DALI is not installed (pip install shardpipe[gpu])")
@@ -122,7 +122,7 @@ def test_decode_batch_other_image_field_and_missing_field():
 # -- choosing a decoder ---------------------------------------------------------------------
 @no_cuda
 def test_auto_falls_back_to_cpu_and_says_so_once(monkeypatch, caplog):
-    monkeypatch.setattr(gpu, "_announced", False)
+    monkeypatch.setattr(core, "_announced", False)
     with caplog.at_level(logging.WARNING, logger="shardpipe"):
         first = resolve_batch_decoder("auto", size=32, train=False)
         second = resolve_batch_decoder("auto", size=32, batch_size=64, device_id=0)
@@ -142,7 +142,7 @@ def test_dali_on_gpu_without_gpu_raises():
 
 @needs_dali
 def test_dali_in_cpu_mode_through_resolve(photos):
-    from shardpipe.decoders.dali import DaliBatchDecoder
+    from shardpipe.batchdecode.dali import DaliBatchDecoder
 
     dec = resolve_batch_decoder("dali", device="cpu", size=32, batch_size=4, num_threads=2, cpu_decoder="pil")
     assert isinstance(dec, DaliBatchDecoder) and dec.device == "cpu"
@@ -242,7 +242,7 @@ def test_batch_decode_loader_counts_passes_over_a_plain_iterable(photos):
 @needs_cuda
 @needs_dali
 def test_auto_uses_dali_on_the_gpu(photos):
-    from shardpipe.decoders.dali import DaliBatchDecoder
+    from shardpipe.batchdecode.dali import DaliBatchDecoder
 
     dec = resolve_batch_decoder("auto", size=32)
     assert isinstance(dec, DaliBatchDecoder) and dec.device == "gpu"

@@ -13,8 +13,8 @@ from shardpipe import ShardWriter
 from shardpipe.cli import main
 from shardpipe.cli.inspect import inspect_shards
 from shardpipe.cli.verify import verify_shards
-from shardpipe.pack import write_shards
-from shardpipe.synth import make_jpeg
+from shardpipe.devtools.synth import make_jpeg
+from shardpipe.write.job import write_shards
 
 
 @pytest.fixture(scope="module")

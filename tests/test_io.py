@@ -1,4 +1,4 @@
-"""shardpipe.io: local and pipe: sources, URL helpers, and atomic writes to disk, S3 and GCS."""
+"""shardpipe.io.files: local and pipe: sources, URL helpers, and atomic writes to disk, S3 and GCS."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import fsspec.core
 import pytest
 
 from shardpipe.errors import ShardNotFoundError, TruncatedShardError
-from shardpipe.io import (
+from shardpipe.io.files import (
     atomic_write,
     dirname_url,
     is_local,
@@ -47,7 +47,7 @@ def test_local_open_at_offset_and_missing(tmp_path):
 
 
 def test_synchronous_fsspec_stores_stream_through_a_thread_pool():
-    from shardpipe.remote import ReadOptions, ThreadBlockSource
+    from shardpipe.io.remote import ReadOptions, ThreadBlockSource
 
     data = payload(3 * MiB + 5, 7)
     fs, path = fsspec.core.url_to_fs("memory://shardpipe-test/sync/a.tar")

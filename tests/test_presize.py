@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 import shardpipe
+from shardpipe.devtools.synth import make_image, make_jpeg
 from shardpipe.errors import DecodeError
-from shardpipe.pack import write_shards
-from shardpipe.presize import check_image, image_ext, presize, target_size
-from shardpipe.synth import make_image, make_jpeg
+from shardpipe.write.job import write_shards
+from shardpipe.write.presize import check_image, image_ext, presize, target_size
 
 
 def jpeg(img: Image.Image, **kw) -> bytes:

@@ -14,9 +14,9 @@ import threading
 import pytest
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, TruncatedShardError
-from shardpipe.io import open_shard
-from shardpipe.prefetch import Prefetcher, iter_prefetched
-from shardpipe.remote import ReadOptions, is_retryable
+from shardpipe.io.files import open_shard
+from shardpipe.io.prefetch import Prefetcher, iter_prefetched
+from shardpipe.io.remote import ReadOptions, is_retryable
 
 from .helpers import payload
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from shardpipe.sample import check_key, split_name
+from shardpipe.format.sample import check_key, split_name
 
 
 @pytest.mark.parametrize(

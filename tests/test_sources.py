@@ -14,9 +14,10 @@ import pytest
 from PIL import Image
 
 import shardpipe
-from shardpipe.lmdb_source import resolve_callable
-from shardpipe.pack import write_shards
-from shardpipe.sources import (
+from shardpipe.devtools.synth import make_jpeg, write_flat_folder, write_image_folder
+from shardpipe.write.job import write_shards
+from shardpipe.write.lmdb_source import resolve_callable
+from shardpipe.write.sources import (
     CsvSource,
     FolderSource,
     ImageFolderSource,
@@ -29,7 +30,6 @@ from shardpipe.sources import (
     open_source,
     unique_keys,
 )
-from shardpipe.synth import make_jpeg, write_flat_folder, write_image_folder
 
 
 def sha(data: bytes) -> str:
@@ -73,7 +73,7 @@ def imagefolder(tmp_path_factory) -> tuple[Path, list[tuple[str, int]]]:
 )
 def test_make_key_gives_valid_keys(name, key):
     assert make_key(name) == key
-    shardpipe.sample.check_key(key)
+    shardpipe.format.sample.check_key(key)
 
 
 def test_unique_keys_suffixes_repeats_in_order():

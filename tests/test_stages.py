@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from shardpipe.augment import RandomResizedCrop
-from shardpipe.plan import ResampledShards, plan_ranges
+from shardpipe.split.plan import ResampledShards, plan_ranges
 from shardpipe.stages import (
     Batch,
     Context,

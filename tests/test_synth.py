@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shardpipe import synth
-from shardpipe.synth import image_size, make_dataset, make_image, make_jpeg
+from shardpipe.devtools import synth
+from shardpipe.devtools.synth import image_size, make_dataset, make_image, make_jpeg
 
 N = 100
 

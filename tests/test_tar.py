@@ -11,8 +11,8 @@ import pytest
 
 import shardpipe
 from shardpipe import CorruptShardError, ShardNotFoundError, TruncatedShardError
+from shardpipe.format.tar.reader import TarStream
 from shardpipe.stages import GroupSamples, Pipeline, ShardList, Untar, expand_urls
-from shardpipe.tarstream import TarStream
 
 from .helpers import make_samples, write_shards
 
@@ -24,7 +24,7 @@ def read_raw(urls, handler="raise"):
 
 
 def as_bytes(sample: dict) -> dict:
-    return {k: shardpipe.writer.encode_field(k, v) for k, v in sample.items() if not k.startswith("__")}
+    return {k: shardpipe.write.shard_writer.encode_field(k, v) for k, v in sample.items() if not k.startswith("__")}
 
 
 @pytest.mark.parametrize("compress", [None, "gz"])

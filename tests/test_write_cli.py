@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from shardpipe import pack
 from shardpipe.cli import main
 from shardpipe.cli.write import parse_size
-from shardpipe.pack import PROGRESS, write_shards
-from shardpipe.synth import make_image, make_jpeg
+from shardpipe.devtools.synth import make_image, make_jpeg
+from shardpipe.write import job
+from shardpipe.write.job import PROGRESS, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -193,14 +193,14 @@ def test_ctrl_c_then_resume_reuses_recorded_shards_and_refuses_other_options(
     clean = tmp_path / "clean"
     write_shards(str(small_folder), str(clean / "r-%03d.tar"), maxcount=8)
     out = tmp_path / "out"
-    real = pack._write_json
+    real = job._write_json
 
     def ctrl_c_after_second_shard(url, value, storage_options):
         real(url, value, storage_options)
         if len(value["shards"]) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(pack, "_write_json", ctrl_c_after_second_shard)
+    monkeypatch.setattr(job, "_write_json", ctrl_c_after_second_shard)
     assert main(["write", str(small_folder), str(out / "r-%03d.tar"), "--maxcount", "8", "--no-progress"]) == 130
     monkeypatch.undo()
     assert "complete shards are kept; run again with --resume" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Side-by-side loader benchmark: shardpipe vs webdataset, ImageFolder and LMDB loaders.
 
-A thin wrapper around ``shardpipe.bench`` (also ``shardpipe bench``); see its docstring.
+A thin wrapper around ``shardpipe.devtools.bench`` (also ``shardpipe bench``); see its docstring.
 
     python tools/bench.py --n 3000 --workers 2 --rounds 3
 """

@@ -3,7 +3,7 @@
     nice python tools/bench_gpu.py [-n 512] [--batch-size 128] [--threads N] [--rounds 5]
                                    [--size 224] [--mode train|val] [--device auto|gpu|cpu]
 
-Every method decodes the same generated ImageNet-like JPEGs (``shardpipe.synth``) into a
+Every method decodes the same generated ImageNet-like JPEGs (``shardpipe.devtools.synth``) into a
 ``(N, 3, size, size)`` uint8 tensor with the same transform (train: RandomResizedCrop +
 flip; val: Resize(size * 8/7) + CenterCrop). Methods run alternately, ``--rounds`` times;
 the table shows median images/s, the ratio to the CPU baseline, and process CPU seconds
@@ -32,9 +32,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from shardpipe.augment import CenterCrop, Compose, RandomHorizontalFlip, RandomResizedCrop, Resize  # noqa: E402
-from shardpipe.decoders import get_decoder  # noqa: E402
-from shardpipe.gpu import CpuBatchDecoder  # noqa: E402
-from shardpipe.synth import make_dataset  # noqa: E402
+from shardpipe.batchdecode.core import CpuBatchDecoder  # noqa: E402
+from shardpipe.devtools.synth import make_dataset  # noqa: E402
+from shardpipe.image.decoders import get_decoder  # noqa: E402
 
 Method = Callable[[list[bytes]], torch.Tensor]
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     cpu_batch = CpuBatchDecoder(args.size, num_threads=args.threads, **common)
     methods["cpu-batch (crop-aware)"] = (cpu_batch, False)
     try:
-        from shardpipe.decoders.dali import DaliBatchDecoder
+        from shardpipe.batchdecode.dali import DaliBatchDecoder
 
         dali = DaliBatchDecoder(
             args.size, device=args.device, batch_size=args.batch_size, num_threads=args.threads, **common

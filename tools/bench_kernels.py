@@ -17,7 +17,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from shardpipe.bench import (  # noqa: E402
+from shardpipe.devtools.bench import (  # noqa: E402
     OtherLoad,
     alternate,
     decode_kernel,
@@ -29,7 +29,7 @@ from shardpipe.bench import (  # noqa: E402
     run_kernel_processes,
     shardpipe_train_kernel,
 )
-from shardpipe.decoders import AUTO_ORDER, available_decoders  # noqa: E402
+from shardpipe.image.decoders import AUTO_ORDER, available_decoders  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

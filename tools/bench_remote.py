@@ -34,15 +34,15 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 from shardpipe import ShardWriter  # noqa: E402
-from shardpipe.io import open_shard  # noqa: E402
-from shardpipe.prefetch import Prefetcher  # noqa: E402
-from shardpipe.remote import ReadOptions  # noqa: E402
+from shardpipe.devtools.synth import make_dataset  # noqa: E402
+from shardpipe.io.files import open_shard  # noqa: E402
+from shardpipe.io.prefetch import Prefetcher  # noqa: E402
+from shardpipe.io.remote import ReadOptions  # noqa: E402
 from shardpipe.stages.base import Context, Pipeline  # noqa: E402
 from shardpipe.stages.decode import Decode  # noqa: E402
 from shardpipe.stages.samples import GroupSamples  # noqa: E402
 from shardpipe.stages.shards import Shard, ShardList, expand_urls  # noqa: E402
 from shardpipe.stages.untar import Untar  # noqa: E402
-from shardpipe.synth import make_dataset  # noqa: E402
 from tests.servers.seaweed import SeaweedS3  # noqa: E402
 
 MiB = 1 << 20

@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without install
 
-from shardpipe.pack import write_shards  # noqa: E402
-from shardpipe.synth import write_image_folder  # noqa: E402
+from shardpipe.devtools.synth import write_image_folder  # noqa: E402
+from shardpipe.write.job import write_shards  # noqa: E402
 
 
 def ensure_data(root: Path, n: int) -> list[Path]:

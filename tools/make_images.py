@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from PIL import Image  # noqa: E402
 
-from shardpipe.synth import write_flat_folder, write_image_folder  # noqa: E402
+from shardpipe.devtools.synth import write_flat_folder, write_image_folder  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

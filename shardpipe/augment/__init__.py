@@ -1,8 +1,8 @@
 """Augmentations on RGB uint8 HWC arrays, with per-sample seeded randomness."""
 
-from .base import Compose, Transform, as_transform, sample_rng
-from .color import ColorJitter, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
-from .geometry import (
+from shardpipe.augment.base import Compose, Transform, as_transform, sample_rng
+from shardpipe.augment.color import ColorJitter, adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
+from shardpipe.augment.geometry import (
     CenterCrop,
     RandomHorizontalFlip,
     RandomResizedCrop,
@@ -15,7 +15,7 @@ from .geometry import (
     rotate,
     vflip,
 )
-from .resample import resized_crop
+from shardpipe.augment.resample import resized_crop
 
 __all__ = [
     "CenterCrop",

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Transform
-from .resample import cv2
+from shardpipe.augment.base import Transform
+from shardpipe.augment.resample import cv2
 
 _GREY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma, as PIL and OpenCV
 _RAMP = np.arange(256, dtype=np.float32)

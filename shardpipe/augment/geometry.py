@@ -13,8 +13,8 @@ import math
 import numpy as np
 from PIL import Image
 
-from .base import Transform
-from .resample import cv2, resize
+from shardpipe.augment.base import Transform
+from shardpipe.augment.resample import cv2, resize
 
 Box = tuple[int, int, int, int]  # top, left, height, width
 

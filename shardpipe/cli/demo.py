@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from ..report import format_stage_table
+from shardpipe.report import format_stage_table
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _prepare(root: Path, n: int, seed: int) -> Path:
     """Generate the images and write shards, unless an identical set is already there."""
-    from .. import ShardWriter
-    from ..synth import make_dataset
+    from shardpipe import ShardWriter
+    from shardpipe.devtools.synth import make_dataset
 
     manifest = root / "shards" / "manifest.json"
     if manifest.exists():
@@ -60,9 +60,9 @@ def _prepare(root: Path, n: int, seed: int) -> Path:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .. import ShardDataset, ShardLoader
-    from ..augment import Compose, RandomHorizontalFlip, RandomResizedCrop
-    from ..decoders import get_decoder
+    from shardpipe import ShardDataset, ShardLoader
+    from shardpipe.augment import Compose, RandomHorizontalFlip, RandomResizedCrop
+    from shardpipe.image.decoders import get_decoder
 
     root = Path(args.dir)
     manifest = _prepare(root, args.images, args.seed)

@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from ..errors import ShardpipeError
-from ..io import open_shard
-from ..sample import IMAGE_EXTENSIONS, split_name
-from ..tarstream import TarStream
+from shardpipe.errors import ShardpipeError
+from shardpipe.format.sample import IMAGE_EXTENSIONS, split_name
+from shardpipe.format.tar.reader import TarStream
+from shardpipe.io.files import open_shard
 
 
 class _Counting:
@@ -92,7 +92,7 @@ class ShardReader:
 
 def image_size(data: bytes) -> tuple[int, int] | None:
     """``(width, height)`` from the header (JPEG markers, else PIL's lazy open); None if unreadable."""
-    from ..decoders.jpeg import is_jpeg, read_header
+    from shardpipe.image.decoders.jpeg import is_jpeg, read_header
 
     try:
         if is_jpeg(data):
@@ -161,7 +161,7 @@ def inspect_shards(
     urls: str | list[str], first: int = 5, storage_options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Summaries per shard and in total, as a JSON-ready dict."""
-    from ..stages.shards import expand_urls
+    from shardpipe.stages.shards import expand_urls
 
     shards = [inspect_shard(s.url, first, storage_options) for s in expand_urls(urls, storage_options)]
     total = ShardSummary("total")

@@ -16,11 +16,11 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import ShardpipeError
-from ..sample import IMAGE_EXTENSIONS
-from ..stages.decode import _INT_EXTS
-from ..stages.shards import Shard, expand_urls
-from .inspect import ShardReader
+from shardpipe.cli.inspect import ShardReader
+from shardpipe.errors import ShardpipeError
+from shardpipe.format.sample import IMAGE_EXTENSIONS
+from shardpipe.stages.decode import _INT_EXTS
+from shardpipe.stages.shards import Shard, expand_urls
 
 
 @dataclass
@@ -38,7 +38,7 @@ class ShardCheck:
 
 def check_member(ext: str, data: bytes) -> str | None:
     """Why one member is bad, or ``None`` if it reads back."""
-    from ..decoders import get_decoder
+    from shardpipe.image.decoders import get_decoder
 
     last = ext.rsplit(".", 1)[-1]
     try:
@@ -121,7 +121,7 @@ def verify_shards(
 
 def _manifest_of(urls: str | list[str], storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
     if isinstance(urls, str) and urls.endswith(".json") and "::" not in urls:
-        from ..io import read_bytes
+        from shardpipe.io.files import read_bytes
 
         return json.loads(read_bytes(urls, storage_options=storage_options))
     return None

@@ -11,7 +11,7 @@ import argparse
 import re
 import sys
 
-from ..sources import SOURCE_TYPES
+from shardpipe.write.sources import SOURCE_TYPES
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -63,7 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pack import write_shards
+    from shardpipe.write.job import write_shards
 
     try:
         summary = write_shards(

@@ -1,14 +1,14 @@
 """Pipeline stages, in pipeline order. Each is a small resumable iterator (see ``base``)."""
 
-from .base import Context, Filter, GeneratorStage, Map, Pipeline, Stage, State, Take
-from .batch import Batch, collate, collate_images
-from .decode import Augment, Decode, SampleDecoder, decode_field
-from .fields import RequireFields
-from .parallel import ParallelMap
-from .samples import GroupSamples, SplitSamples
-from .shards import Shard, ShardList, SplitShards, expand_urls, load_manifest
-from .shuffle import Shuffle
-from .untar import Untar
+from shardpipe.stages.base import Context, Filter, GeneratorStage, Map, Pipeline, Stage, State, Take
+from shardpipe.stages.batch import Batch, collate, collate_images
+from shardpipe.stages.decode import Augment, Decode, SampleDecoder, decode_field
+from shardpipe.stages.fields import RequireFields
+from shardpipe.stages.parallel import ParallelMap
+from shardpipe.stages.samples import GroupSamples, SplitSamples
+from shardpipe.stages.shards import Shard, ShardList, SplitShards, expand_urls, load_manifest
+from shardpipe.stages.shuffle import Shuffle
+from shardpipe.stages.untar import Untar
 
 __all__ = [
     "Augment",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from ..errors import ErrorHandler
+from shardpipe.errors import ErrorHandler
 
 T = TypeVar("T")
 _TIMER_LOCK = threading.Lock()
@@ -43,7 +43,7 @@ class Context:
     #: stage name -> items that stage produced
     counts: dict[str, int] = field(default_factory=dict)
     storage_options: dict[str, Any] | None = None
-    #: more ``shardpipe.io.open_shard`` keywords: cache_dir, cache_size, read_options, allow_pipe
+    #: more ``shardpipe.io.files.open_shard`` keywords: cache_dir, cache_size, read_options, allow_pipe
     open_options: dict[str, Any] = field(default_factory=dict)
     #: remote shards opened ahead of the one being read
     prefetch: int = 1

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from ..sample import Sample
-from .base import Stage
+from shardpipe.format.sample import Sample
+from shardpipe.stages.base import Stage
 
 
 def empty_uint8(shape: tuple[int, ...]) -> torch.Tensor:

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ..augment import as_transform, sample_rng
-from ..augment.fused import build_image_fn
-from ..errors import DecodeError
-from ..sample import IMAGE_EXTENSIONS, Sample
-from .parallel import ParallelMap
+from shardpipe.augment import as_transform, sample_rng
+from shardpipe.errors import DecodeError
+from shardpipe.format.sample import IMAGE_EXTENSIONS, Sample
+from shardpipe.image.fused import build_image_fn
+from shardpipe.stages.parallel import ParallelMap
 
 IMAGE_MODES = ("rgb8", "torchrgb8", "pil", "encoded")
 _INT_EXTS = {"cls", "cls2", "index", "id"}

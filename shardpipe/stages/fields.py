@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..errors import MissingFieldError
-from ..sample import Sample
-from .base import Stage
+from shardpipe.errors import MissingFieldError
+from shardpipe.format.sample import Sample
+from shardpipe.stages.base import Stage
 
 
 class RequireFields(Stage[Sample]):

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from ..errors import ShardpipeError
-from .base import Stage, State
+from shardpipe.errors import ShardpipeError
+from shardpipe.stages.base import Stage, State
 
 
 class ParallelMap(Stage[Any]):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ..errors import CorruptShardError
-from ..sample import Sample, warn_dotted_extension
-from .base import Stage, State
-from .untar import BROKEN, Member
+from shardpipe.errors import CorruptShardError
+from shardpipe.format.sample import Sample, warn_dotted_extension
+from shardpipe.stages.base import Stage, State
+from shardpipe.stages.untar import BROKEN, Member
 
 
 class GroupSamples(Stage[Sample]):
@@ -72,9 +72,7 @@ class GroupSamples(Stage[Sample]):
             if broken:
                 continue
             if duplicate is not None:
-                self.ctx.errors(
-                    CorruptShardError(f"sample {key!r} in shard {shard.url} has two {duplicate!r} members")
-                )
+                self.ctx.errors(CorruptShardError(f"sample {key!r} in shard {shard.url} has two {duplicate!r} members"))
                 continue
             return sample
 

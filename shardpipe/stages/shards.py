@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from braceexpand import braceexpand
 
-from ..io import dirname_url, join_url, read_bytes
-from .base import Context, Stage, State
+from shardpipe.io.files import dirname_url, join_url, read_bytes
+from shardpipe.stages.base import Context, Stage, State
 
 log = logging.getLogger("shardpipe")
 
@@ -23,7 +23,7 @@ class Shard:
 
     ``start``/``stop`` select a range of its samples (by position in the shard) when an
     epoch plan cuts a shard between consumers; ``pad`` marks samples read only to pad
-    a rank's share (see ``shardpipe.plan``).
+    a rank's share (see ``shardpipe.split.plan``).
     """
 
     url: str
@@ -70,9 +70,7 @@ def load_manifest(url: str, storage_options: dict[str, Any] | None = None) -> di
     return manifest
 
 
-def expand_urls(
-    urls: str | Sequence[str], storage_options: dict[str, Any] | None = None
-) -> list[Shard]:
+def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> list[Shard]:
     """Turn a brace pattern, a list of patterns, or a manifest URL into a shard list.
 
     ``"train-{000000..000099}.tar"`` expands with braceexpand; ``"a.tar::b.tar"`` and lists
@@ -108,7 +106,7 @@ class ShardList(Stage[Shard]):
     """Yield the epoch's shards, shuffled per (seed, epoch) when ``shuffle`` is true.
 
     ``plan(ctx)``, when given, decides instead which shards (or shard ranges) this
-    consumer reads in ``ctx.epoch`` (see ``shardpipe.plan``). State: the position of
+    consumer reads in ``ctx.epoch`` (see ``shardpipe.split.plan``). State: the position of
     the next shard in this epoch's list.
     """
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Stage, State
+from shardpipe.stages.base import Stage, State
 
 
 class Shuffle(Stage[Any]):

@@ -7,12 +7,12 @@ import time
 from collections.abc import Callable
 from typing import IO
 
-from ..errors import ShardpipeError, ShardReadError
-from ..prefetch import Prefetcher
-from ..sample import split_name
-from ..tarstream import TarStream
-from .base import Stage, State
-from .shards import Shard
+from shardpipe.errors import ShardpipeError, ShardReadError
+from shardpipe.format.sample import split_name
+from shardpipe.format.tar.reader import TarStream
+from shardpipe.io.prefetch import Prefetcher
+from shardpipe.stages.base import Stage, State
+from shardpipe.stages.shards import Shard
 
 #: ``(shard, name, data, key, ext, mark)``: key and ext from ``split_name`` (None for
 #: members outside any sample); ``mark`` lets ``Untar.state_before`` rebuild the state
@@ -27,7 +27,7 @@ class Untar(Stage[Member]):
     """Yield a ``Member`` for every regular member of every shard, in order.
 
     ``opener(shard, offset)`` returns a byte stream positioned at ``offset``; the default
-    goes through ``shardpipe.io.open_shard``. When a shard carries a sample range
+    goes through ``shardpipe.io.files.open_shard``. When a shard carries a sample range
     (``start``/``stop``), members of samples outside it are stepped over unread (a seek
     on seekable streams) and the shard is closed once the range is done. State: the
     source's state, the shard being read, the byte offset after the last member
@@ -176,4 +176,3 @@ class Untar(Stage[Member]):
             self.close()
         except Exception:  # interpreter shutdown
             pass
-

@@ -1,0 +1,277 @@
+"""The loaders compared side by side, their data, and one measurement (in a child process)."""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import numpy as np
+
+from shardpipe.augment import random_resized_crop_box
+from shardpipe.devtools.bench.kernels import run_kernel, run_kernel_processes, shardpipe_train_kernel, train_transform
+
+
+def prepare_data(root: str, n: int, seed: int = 0, shard_size: int = 250, presize_to: int = 256) -> dict[str, Any]:
+    """Write (once; reused when complete) the benchmark's data in every store format."""
+    import json
+    import os
+
+    from shardpipe.write.presize import presize
+    from shardpipe.write.shard_writer import ShardWriter
+
+    base = os.path.join(root, f"n{n}-seed{seed}")
+    done = os.path.join(base, "ready.json")
+    if os.path.exists(done):
+        with open(done) as f:
+            return json.load(f)
+    import lmdb
+
+    from shardpipe.devtools.synth import make_dataset
+
+    for sub in ("full", f"presized{presize_to}", "imagefolder"):
+        os.makedirs(os.path.join(base, sub), exist_ok=True)
+    files: list[tuple[str, int]] = []
+    total = 0
+    env = lmdb.open(os.path.join(base, "lmdb"), map_size=max(1 << 30, 4 * n * 200_000), subdir=True)
+    with (
+        ShardWriter(os.path.join(base, "full", "train-%06d.tar"), maxcount=shard_size) as full,
+        ShardWriter(os.path.join(base, f"presized{presize_to}", "train-%06d.tar"), maxcount=shard_size) as small,
+        env.begin(write=True) as txn,
+    ):
+        for i, (key, data, label) in enumerate(make_dataset(n, seed, num_classes=100, workers=os.cpu_count() or 1)):
+            full.write({"__key__": key, "jpg": data, "cls": label})
+            small.write({"__key__": key, "jpg": presize(data, presize_to)[0], "cls": label})
+            path = os.path.join(base, "imagefolder", f"class_{label:03d}", f"{key}.jpg")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+            files.append((path, label))
+            txn.put(f"{i:08d}".encode(), label.to_bytes(2, "little") + data)
+            total += len(data)
+    env.close()
+    info = {
+        "n": n,
+        "mean_bytes": total / n,
+        "full": os.path.join(base, "full", "manifest.json"),
+        "presized": os.path.join(base, f"presized{presize_to}", "manifest.json"),
+        "files": files,
+        "lmdb": os.path.join(base, "lmdb"),
+    }
+    with open(done, "w") as f:
+        json.dump(info, f)
+    return info
+
+
+# -- baselines -----------------------------------------------------------------------------------
+
+
+class PilTrainTransform:
+    """torchvision-style training transform on a PIL image, with PIL: RandomResizedCrop
+    (bilinear, antialiased), horizontal flip, then a uint8 CHW tensor (like PILToTensor)."""
+
+    def __init__(self, size: int = 224):
+        self.size = size
+        self._rng: np.random.Generator | None = None
+
+    def __call__(self, img: Any) -> Any:
+        import torch
+        from PIL import Image
+
+        if self._rng is None:  # one generator per worker process
+            self._rng = np.random.default_rng()
+        img = img.convert("RGB")
+        top, left, h, w = random_resized_crop_box(img.height, img.width, self._rng)
+        img = img.resize((self.size, self.size), Image.BILINEAR, box=(left, top, left + w, top + h))
+        if self._rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.asarray(img)).permute(2, 0, 1)
+
+
+class FileDataset:
+    """The ImageFolder pattern: a list of (path, label); open, decode with PIL, transform."""
+
+    def __init__(self, files: list[tuple[str, int]], size: int):
+        self.files, self.transform = files, PilTrainTransform(size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        path, label = self.files[i]
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            img.load()
+        return self.transform(img), label
+
+
+class LmdbDataset:
+    """A map dataset over an LMDB store (label + JPEG bytes per key), PIL decode."""
+
+    def __init__(self, path: str, n: int, size: int):
+        self.path, self.n, self.transform = path, n, PilTrainTransform(size)
+        self._env: Any = None
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        from PIL import Image
+
+        if self._env is None:  # opened in each worker, after the fork
+            import lmdb
+
+            self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False, meminit=False)
+        with self._env.begin() as txn:
+            value = txn.get(f"{i:08d}".encode())
+        return self.transform(Image.open(io.BytesIO(value[2:]))), int.from_bytes(value[:2], "little")
+
+
+def _manifest_urls(manifest: str) -> list[str]:
+    import json
+    import os
+
+    with open(manifest) as f:
+        return [os.path.join(os.path.dirname(manifest), s["name"]) for s in json.load(f)["shards"]]
+
+
+def _loader(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, Any]:
+    """(iterable of batches, ShardDataset or None) for one candidate."""
+    from torch.utils.data import DataLoader
+
+    kind, w, b, size, buf = cfg["kind"], cfg["workers"], cfg["batch"], cfg["size"], cfg["buffer"]
+    if kind == "shardpipe":
+        from shardpipe.dataset import ShardDataset
+        from shardpipe.loader import ShardLoader
+
+        ds = ShardDataset(
+            data[cfg.get("shards", "full")],
+            shuffle=buf,
+            seed=cfg["round"],
+            decoder=cfg.get("decoder", "auto"),
+            transform=train_transform(size),
+            threads=cfg.get("threads", 0),
+            batch_size=b,
+            channels_last=cfg.get("channels_last", False),
+        )
+        return ShardLoader(ds, num_workers=w), ds
+    if kind == "shardpipe-batch":
+        # workers read, untar and shuffle; the main process decodes whole batches
+        # (DALI on a GPU when there is one, else crop-aware decode on CPU threads)
+        from shardpipe.batchdecode.core import BatchDecodeLoader, resolve_batch_decoder
+        from shardpipe.dataset import ShardDataset
+        from shardpipe.loader import ShardLoader
+
+        ds = ShardDataset(data["full"], shuffle=buf, seed=cfg["round"], decode="encoded", batch_size=b)
+        decoder = resolve_batch_decoder(cfg.get("batch_decoder", "auto"), size=size, batch_size=b, num_threads=2)
+        return BatchDecodeLoader(ShardLoader(ds, num_workers=w), decoder), ds
+    if kind == "webdataset":
+        import webdataset as wds
+
+        pipe = (
+            wds.WebDataset(_manifest_urls(data["full"]), shardshuffle=True, seed=cfg["round"], empty_check=False)
+            .shuffle(buf)
+            .decode("pil")
+            .to_tuple("jpg", "cls")
+            .map_tuple(PilTrainTransform(size), int)
+            .batched(b)
+        )
+        return wds.WebLoader(pipe, batch_size=None, num_workers=w), None
+    if kind == "imagefolder":
+        return DataLoader(FileDataset(data["files"], size), batch_size=b, shuffle=True, num_workers=w), None
+    if kind == "lmdb":
+        return DataLoader(LmdbDataset(data["lmdb"], data["n"], size), batch_size=b, shuffle=True, num_workers=w), None
+    raise ValueError(f"unknown candidate kind {kind!r}")
+
+
+# -- one measurement, in a child process --------------------------------------------------------
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def measure(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run one candidate over the data once; what the parent tabulates."""
+    import resource
+
+    data = cfg["data"]
+    kind = cfg["kind"]
+    if kind in ("kernel", "untar-shardpipe", "untar-webdataset"):
+        return _measure_simple(cfg, data)
+    loader, ds = _loader(cfg, data)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    m0 = own.ru_utime + own.ru_stime
+    c0, t0 = _cpu_seconds(), time.perf_counter()
+    n = n_first = 0
+    t_first = t0
+    for batch in loader:
+        images = batch["jpg"] if isinstance(batch, dict) else batch[0]
+        if n == 0:
+            t_first, n_first = time.perf_counter(), len(images)
+        n += len(images)
+    t1 = time.perf_counter()
+    decoded = getattr(loader, "images", 0)
+    decode_seconds = getattr(loader, "decode_seconds", 0.0)
+    del loader  # joins the workers, so their rusage is counted
+    import gc
+
+    gc.collect()
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    out: dict[str, Any] = {
+        "images": n,
+        "rate": (n - n_first) / max(t1 - t_first, 1e-9),
+        "rate_total": n / (t1 - t0),
+        "first_batch_s": t_first - t0,
+        "cpu_per_image": (_cpu_seconds() - c0) / max(n, 1),
+        "main_cpu_per_image": (own.ru_utime + own.ru_stime - m0) / max(n, 1),
+        "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+    if ds is not None:
+        out["stages"] = ds.stats.stage_table()
+        if decoded:  # a BatchDecodeLoader: decode ran in this process, on whole batches
+            out["stages"]["decode"] = 1000.0 * decode_seconds / decoded
+    return out
+
+
+def _measure_simple(cfg: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """The kernel ceiling (images in memory; ``workers`` processes or threads) or untar + group."""
+    import resource
+
+    urls = _manifest_urls(data[cfg.get("shards", "full")])
+    c0 = _cpu_seconds()
+    if cfg["kind"] == "kernel":
+        from shardpipe.dataset import ShardDataset
+
+        items = [s["jpg"] for s in ShardDataset(urls, decode=None)]
+        fn = shardpipe_train_kernel(cfg.get("decoder", "auto"), cfg["size"])
+        run_kernel(fn, items[:32], 1)  # warm up
+        c0 = _cpu_seconds()
+        if cfg.get("mode") == "processes":
+            rate = run_kernel_processes(fn, items, cfg["workers"])
+        else:
+            rate = run_kernel(fn, items, cfg["workers"])
+        n = len(items)
+    else:
+        t0 = time.perf_counter()
+        if cfg["kind"] == "untar-shardpipe":
+            from shardpipe.dataset import ShardDataset
+
+            n = sum(1 for _ in ShardDataset(urls, decode=None))
+        else:
+            import webdataset as wds
+
+            n = sum(1 for _ in wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+        rate = n / (time.perf_counter() - t0)
+    return {
+        "images": n,
+        "rate": rate,
+        "cpu_per_image": (_cpu_seconds() - c0) / n,
+        "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }

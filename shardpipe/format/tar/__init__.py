@@ -1,0 +1,1 @@
+"""Tar shards: a streaming reader that trusts nothing it reads."""

@@ -1,0 +1,250 @@
+"""A streaming tar reader: (name, bytes) members from a byte stream, one at a time.
+
+It never holds more than one member in memory, tracks the byte offset of every member
+boundary (so a reader can resume there), transparently decompresses gzip, and tells a
+truncated stream (``TruncatedShardError``) from a damaged one (``CorruptShardError``).
+A stream must end with the tar end-of-archive block: a shard cut exactly at a member
+boundary is reported as truncated, never read as a shorter shard.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+import zlib
+from typing import IO
+
+from shardpipe.errors import CorruptShardError, TruncatedShardError
+
+BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+_REGULAR = (b"0", b"\0", b"7")
+_SKIPPED = (b"1", b"2", b"3", b"4", b"5", b"6", b"g")  # links, devices, dirs, FIFOs, global pax
+
+
+class _TimedReader:
+    """Wrap a stream, adding the seconds spent in ``read`` to ``self.seconds``."""
+
+    def __init__(self, raw: IO[bytes], prefix: bytes = b""):
+        self.raw = raw
+        self.prefix = prefix
+        self.seconds = 0.0
+
+    def read(self, n: int = -1) -> bytes:
+        t0 = time.perf_counter()
+        if not self.prefix:
+            data = self.raw.read(n)
+        elif n < 0:
+            data, self.prefix = self.prefix + self.raw.read(), b""
+        else:
+            head, self.prefix = self.prefix[:n], self.prefix[n:]
+            data = head + self.raw.read(n - len(head)) if len(head) < n else head
+        self.seconds += time.perf_counter() - t0
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        t0 = time.perf_counter()
+        if self.prefix:  # only at the very start, before any seek
+            offset -= len(self.prefix) if whence == 1 else 0
+            self.prefix = b""
+        pos = self.raw.seek(offset, whence)
+        self.seconds += time.perf_counter() - t0
+        return pos
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+def _octal(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # GNU base-256 for large values
+        return int.from_bytes(field[1:], "big")
+    digits = field.replace(b"\0", b" ").strip()
+    return int(digits, 8) if digits else 0
+
+
+def _cstr(field: bytes) -> str:
+    end = field.find(b"\0")
+    return (field if end < 0 else field[:end]).decode("utf-8", "surrogateescape")
+
+
+def _parse_pax(data: bytes) -> dict[str, str]:
+    """Parse pax records ``"<length> <key>=<value>\\n"``; ValueError on malformed ones."""
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        end = pos + length
+        if end <= space + 1 or end > len(data) or data[end - 1 : end] != b"\n":
+            raise ValueError(f"malformed pax record at byte {pos}")
+        key, eq, value = data[space + 1 : end - 1].partition(b"=")
+        if not eq:
+            raise ValueError(f"pax record without '=' at byte {pos}")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos = end
+    return out
+
+
+class TarStream:
+    """Iterate the regular-file members of one tar (or tar.gz) stream.
+
+    ``offset`` is where ``stream`` starts within the (decompressed) archive; after each
+    member, ``self.offset`` is the offset of the next header, a valid resume point.
+    ``next_header`` + ``read_data``/``skip_data`` let a caller skip members it does not
+    want without reading them (a seek, when the stream can seek).
+    """
+
+    def __init__(self, stream: IO[bytes], url: str, offset: int = 0, compressed: bool | None = None):
+        self.url = url
+        self.offset = offset
+        raw = _TimedReader(stream)
+        if compressed is None:
+            head = stream.read(2)
+            raw.prefix = head
+            compressed = head == b"\x1f\x8b"
+        self.compressed = compressed
+        self._timed = raw
+        self._f: IO[bytes] | _TimedReader = (
+            gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[arg-type,assignment]
+        )
+        self._seekable = not compressed and _seekable(stream)
+        self._pending = 0  # data + padding bytes of the current member not yet consumed
+        self._name = ""
+        self._size = 0
+
+    @property
+    def read_seconds(self) -> float:
+        """Seconds spent waiting for bytes (I/O and, for gzip, decompression)."""
+        return self._timed.seconds
+
+    def skip_to(self, offset: int) -> None:
+        """Discard decompressed bytes up to ``offset`` (resume inside a gzip stream)."""
+        while self.offset < offset:
+            chunk = self._read(min(offset - self.offset, 1 << 20), "resume")
+            if not chunk:
+                raise TruncatedShardError(
+                    f"truncated tar: shard {self.url} ends at byte {self.offset} before the resume point {offset}"
+                )
+            self.offset += len(chunk)
+
+    def _read(self, n: int, what: str) -> bytes:
+        """Up to ``n`` bytes (fewer only at the end of the stream)."""
+        try:
+            data = self._f.read(n)
+            while 0 < len(data) < n:  # some streams (pipes, sockets) return short reads
+                more = self._f.read(n - len(data))
+                if not more:
+                    break
+                data += more
+        except EOFError as e:  # gzip stream ends before its end-of-stream marker
+            raise TruncatedShardError(f"truncated gzip in shard {self.url} while reading {what}: {e}") from e
+        except (zlib.error, gzip.BadGzipFile) as e:
+            raise CorruptShardError(f"bad gzip data in shard {self.url} while reading {what}: {e}") from e
+        return data
+
+    def _read_exact(self, n: int, what: str) -> bytes:
+        data = self._read(n, what)
+        if len(data) < n:
+            raise TruncatedShardError(
+                f"truncated tar: shard {self.url} ends inside {what} at byte {self.offset + len(data)}"
+            )
+        return data
+
+    def next_header(self) -> tuple[str, int] | None:
+        """Advance to the next regular member: ``(name, size)``, or None at the end of the archive.
+
+        Call ``read_data`` or ``skip_data`` before the next call.
+        """
+        if self._pending:
+            self.skip_data()
+        long_name: str | None = None
+        pax: dict[str, str] = {}
+        while True:
+            header_at = self.offset
+            block = self._read(BLOCK, "a tar header")
+            if len(block) < BLOCK:
+                raise TruncatedShardError(
+                    f"truncated tar: shard {self.url} ends at byte {header_at + len(block)} "
+                    "without the end-of-archive marker"
+                )
+            if block == _ZERO_BLOCK:
+                return None
+            self._check_header(block, header_at)
+            kind = block[156:157]
+            name = long_name or pax.get("path") or self._header_name(block)
+            try:
+                size = int(pax["size"]) if "size" in pax else _octal(block[124:136])
+            except ValueError as e:
+                raise CorruptShardError(f"bad member size in shard {self.url} at byte {header_at}: {e}") from e
+            self.offset = header_at + BLOCK
+            self._name, self._size, self._pending = name, size, size + (-size) % BLOCK
+            if kind in _REGULAR:
+                return name, size
+            if kind in (b"L", b"x"):  # GNU long name / pax header: applies to the next header
+                data = self.read_data()
+                try:
+                    long_name, pax = (_cstr(data), {}) if kind == b"L" else (None, _parse_pax(data))
+                except ValueError as e:
+                    raise CorruptShardError(f"bad pax header in shard {self.url} at byte {header_at}: {e}") from e
+                continue
+            if kind in _SKIPPED or kind.isalpha():
+                self.skip_data()
+                long_name, pax = None, {}
+                continue
+            raise CorruptShardError(f"unknown tar member type {kind!r} in shard {self.url} at byte {header_at}")
+
+    def read_data(self) -> bytes:
+        """The current member's bytes (and consume its padding)."""
+        what = f"member {self._name!r}"
+        data = self._read_exact(self._size, what) if self._size else b""
+        pad = self._pending - self._size
+        if pad:
+            self._read_exact(pad, f"the padding of {what}")
+        self.offset += self._pending
+        self._pending = 0
+        return data
+
+    def skip_data(self) -> None:
+        """Step over the current member's bytes: a seek when possible, else a read."""
+        if self._seekable:
+            self._f.seek(self._pending, 1)  # type: ignore[union-attr]
+            self.offset += self._pending
+            self._pending = 0
+            return
+        left = self._pending
+        while left:
+            left -= len(self._read_exact(min(left, 1 << 20), f"member {self._name!r}"))
+        self.offset += self._pending
+        self._pending = 0
+
+    def next_member(self) -> tuple[str, bytes] | None:
+        """The next regular member as ``(name, data)``, or ``None`` at the end of the archive."""
+        header = self.next_header()
+        return None if header is None else (header[0], self.read_data())
+
+    def _header_name(self, block: bytes) -> str:
+        name = _cstr(block[0:100])
+        if block[257:262] == b"ustar":
+            prefix = _cstr(block[345:500])
+            if prefix:
+                name = f"{prefix}/{name}"
+        return name
+
+    def _check_header(self, block: bytes, at: int) -> None:
+        try:
+            stored = _octal(block[148:156])
+        except ValueError:
+            stored = -1
+        actual = sum(block[:148]) + 8 * 32 + sum(block[156:])
+        if stored != actual:
+            raise CorruptShardError(f"not a tar header (bad checksum) in shard {self.url} at byte {at}")
+
+    def close(self) -> None:
+        self._timed.close()
+
+
+def _seekable(stream: IO[bytes]) -> bool:
+    try:
+        return bool(stream.seekable())
+    except (AttributeError, OSError, ValueError):
+        return False

@@ -1,0 +1,1 @@
+"""Images: per-image decoders, crop-aware fused decode + augment, normalization."""

@@ -1,0 +1,19 @@
+"""Image decoder backends behind one registry (see ``registry.py``)."""
+
+from shardpipe.image.decoders.registry import (
+    AUTO_ORDER,
+    ImageDecoder,
+    ImageTooLargeError,
+    available_decoders,
+    get_decoder,
+    register_decoder,
+)
+
+__all__ = [
+    "AUTO_ORDER",
+    "ImageDecoder",
+    "ImageTooLargeError",
+    "available_decoders",
+    "get_decoder",
+    "register_decoder",
+]

@@ -1,0 +1,97 @@
+"""Shared logic of the fast JPEG backends: routing, size limit, and the PIL fallback.
+
+A fast backend only ever sees what libjpeg-turbo decodes straight to RGB: a complete,
+Huffman-coded, grey or three-component JPEG within the size limit. Everything else
+(PNG, WebP, CMYK/YCCK, lossless or arithmetic JPEG, a missing end marker, any error
+from the library) goes to PIL, which either decodes it (so CMYK colours match PIL's
+conversion) or raises a ``DecodeError`` that says what is wrong. Corrupt data therefore
+ends in an exception, never in a crash: libjpeg-turbo's TurboJPEG API recovers from
+errors with setjmp, and a truncated stream never reaches it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shardpipe.image.decoders.jpeg import JpegHeader, has_end_marker, is_jpeg, read_header
+from shardpipe.image.decoders.pil import PilDecoder
+from shardpipe.image.decoders.registry import check_size
+
+Scale = tuple[int, int]
+
+
+def scaled_dim(size: int, scale: Scale) -> int:
+    """libjpeg's scaled dimension: ceil(size * num / den)."""
+    return -(-size * scale[0] // scale[1])
+
+
+class JpegBackend:
+    """Base class: subclasses implement ``_decode(data, header, scale) -> RGB array``."""
+
+    name = "base"
+    #: DCT scales this backend decodes at, full size first
+    scale_factors: tuple[Scale, ...] = ((1, 1),)
+
+    def __init__(self) -> None:
+        self._pil = PilDecoder()
+
+    # -- what subclasses provide -------------------------------------------------------
+    def _decode(self, data: bytes, header: JpegHeader, scale: Scale) -> np.ndarray:
+        raise NotImplementedError
+
+    # -- routing -------------------------------------------------------------------------
+    def header(self, data: bytes) -> JpegHeader | None:
+        """The JPEG header when the fast path can take ``data``, else ``None`` (use PIL).
+
+        Raises ``ImageTooLargeError`` for a declared size beyond the limit.
+        """
+        if not is_jpeg(data):
+            return None
+        try:
+            hdr = read_header(data)
+        except ValueError:
+            return None  # PIL gives the verdict (and the error message)
+        check_size(hdr.width, hdr.height)
+        if not hdr.turbo_decodable or not has_end_marker(data, hdr.scan_offset):
+            return None
+        return hdr
+
+    def size(self, data: bytes) -> tuple[int, int]:
+        if is_jpeg(data):
+            try:
+                hdr = read_header(data)
+                if hdr.height > 0:
+                    return hdr.width, hdr.height
+            except ValueError:
+                pass
+        return self._pil.size(data)
+
+    def decode(self, data: bytes) -> np.ndarray:
+        return self.decode_scaled(data, (1, 1))
+
+    def decode_scaled(self, data: bytes, scale: Scale = (1, 1)) -> np.ndarray:
+        """Decode at ``scale`` (one of ``scale_factors``); fallback images may come back larger.
+
+        Callers read the scale actually used from the output's shape.
+        """
+        hdr = self.header(data)
+        if hdr is not None:
+            try:
+                return self._decode(data, hdr, scale)
+            except Exception:  # noqa: BLE001 - the library refused it: PIL decides
+                pass
+        return self._pil.decode_scaled(data, scale)
+
+
+#: the scales libjpeg-turbo decodes fastest (SIMD IDCTs); n/8 others are slower than 1/1
+POWER_OF_TWO_SCALES: tuple[Scale, ...] = ((1, 1), (1, 2), (1, 4), (1, 8))
+
+
+def pick_scale(width: int, height: int, min_width: int, min_height: int, factors: tuple[Scale, ...]) -> Scale:
+    """The smallest of ``factors`` that keeps ``(width, height)`` scaled at least the minimum."""
+    best: Scale = (1, 1)
+    for num, den in factors:
+        smaller = num * best[1] < best[0] * den
+        if smaller and width * num >= min_width * den and height * num >= min_height * den:
+            best = (num, den)
+    return best

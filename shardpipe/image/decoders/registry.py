@@ -1,0 +1,134 @@
+"""A lazy registry of image decoders: a name maps to ``module:Class`` and an install hint.
+
+Backends import their library only when first asked for, so a missing optional package
+costs nothing until used, and then fails with the pip command that fixes it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from shardpipe.errors import DecodeError
+
+#: Largest image (in pixels) any backend will decode; beyond it, ``ImageTooLargeError``.
+#: Read at call time, so ``registry.MAX_PIXELS = ...`` changes the limit everywhere.
+MAX_PIXELS = 100_000_000
+
+
+class ImageTooLargeError(DecodeError):
+    """An image whose header declares more than ``MAX_PIXELS`` pixels (a decompression bomb)."""
+
+
+def check_size(width: int, height: int) -> None:
+    """Refuse an image by its declared size, before any pixel is decoded."""
+    if width * height > MAX_PIXELS:
+        raise ImageTooLargeError(
+            f"image of {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{MAX_PIXELS} pixels (shardpipe.image.decoders.registry.MAX_PIXELS); "
+            "refusing to decode a possible decompression bomb"
+        )
+
+
+@runtime_checkable
+class ImageDecoder(Protocol):
+    """What a decoder backend provides. All outputs are RGB uint8 HWC arrays.
+
+    Backends may add (and the fused crop-aware path uses when present):
+    ``scale_factors`` (the ``(num, den)`` DCT scales they decode at, ``(1, 1)`` first) and
+    ``decode_scaled(data, scale)``; the libjpeg-turbo backend also has ``decode_yuv``.
+    Every method is safe to call from several threads at once.
+    """
+
+    name: str
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Decode a whole image to RGB uint8 HWC."""
+        ...
+
+    def size(self, data: bytes) -> tuple[int, int]:
+        """Return ``(width, height)`` from the header alone, without decoding pixels."""
+        ...
+
+
+@dataclass(frozen=True)
+class _Entry:
+    target: str  # "module:Class"
+    install: str  # pip hint
+
+
+_REGISTRY: dict[str, _Entry] = {}
+_INSTANCES: dict[str, ImageDecoder] = {}
+_LOCK = threading.Lock()
+#: Preference order for decoder="auto": fastest first (see BENCHMARKS.md).
+AUTO_ORDER: list[str] = []
+
+
+def register_decoder(name: str, target: str, install: str, *, auto_rank: int | None = None) -> None:
+    """Register ``name`` -> ``"module:Class"``; ``auto_rank`` places it in the auto order."""
+    _REGISTRY[name] = _Entry(target, install)
+    if auto_rank is not None and name not in AUTO_ORDER:
+        AUTO_ORDER.insert(min(auto_rank, len(AUTO_ORDER)), name)
+
+
+def available_decoders() -> list[str]:
+    """Names of the registered decoders whose libraries import here."""
+    out = []
+    for name in _REGISTRY:
+        try:
+            get_decoder(name)
+        except ImportError:
+            continue
+        out.append(name)
+    return out
+
+
+def get_decoder(name: str = "auto") -> ImageDecoder:
+    """Return the (shared, thread-safe) decoder called ``name``; ``auto`` = fastest installed."""
+    if name == "auto":
+        for candidate in AUTO_ORDER:
+            try:
+                return get_decoder(candidate)
+            except ImportError:
+                continue
+        return get_decoder("pil")
+    with _LOCK:
+        if name in _INSTANCES:
+            return _INSTANCES[name]
+        entry = _REGISTRY.get(name)
+        if entry is None:
+            raise ValueError(f"unknown decoder {name!r}; registered: {sorted(_REGISTRY)}")
+        module_name, cls_name = entry.target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+            decoder = getattr(module, cls_name)()
+        except ImportError as e:
+            raise ImportError(f"decoder {name!r} needs an optional package: {entry.install} ({e})") from e
+        _INSTANCES[name] = decoder
+        return decoder
+
+
+# auto = the fastest installed, by measurement (tools/bench_kernels.py; BENCHMARKS.md): the
+# three libjpeg-turbo bindings decode within ~3% of each other, ahead of OpenCV (~8% slower)
+# and PIL (~30% slower); simplejpeg leads by a hair and is a self-contained wheel.
+register_decoder("pil", "shardpipe.image.decoders.pil:PilDecoder", "pip install pillow")
+register_decoder(
+    "simplejpeg", "shardpipe.image.decoders.simplejpeg:SimpleJpegDecoder", "pip install simplejpeg", auto_rank=0
+)
+register_decoder(
+    "turbo",
+    "shardpipe.image.decoders.turbo:TurboDecoder",
+    "pip install 'PyTurboJPEG<2' and the libturbojpeg library (apt install libturbojpeg0)",
+    auto_rank=1,
+)
+register_decoder(
+    "jpeg4py",
+    "shardpipe.image.decoders.jpeg4py:Jpeg4pyDecoder",
+    "pip install jpeg4py and the libturbojpeg library (apt install libturbojpeg0)",
+    auto_rank=2,
+)
+register_decoder("cv2", "shardpipe.image.decoders.cv2:Cv2Decoder", "pip install opencv-python-headless", auto_rank=3)

@@ -1,0 +1,147 @@
+"""Build the per-image function that turns image bytes into an augmented RGB array.
+
+``build_image_fn(decoder, transform)`` returns ``fn(data, rng) -> np.ndarray``. When the
+transform is (or starts with) ``RandomResizedCrop`` or ``Resize``, decode and geometry
+are fused ("crop-aware decode"):
+
+1. read ``(width, height)`` from the header (no pixels decoded);
+2. draw the crop box exactly as the unfused transform would (same ``rng`` draws, so the
+   output distribution and the per-seed result are those of decode-then-crop);
+3. pick the smallest DCT scale that keeps the scaled box at least the output size, and
+   let libjpeg-turbo decode at that scale (its 1/2, 1/4, 1/8 IDCTs are the fast ones);
+4. crop and resize with an antialiasing filter (optionally, ``yuv=True``, at full scale
+   with the PyTurboJPEG backend and OpenCV: crop the YUV planes instead, so that chroma
+   upsampling and colour conversion run on the output pixels only; the decode is ~10%
+   faster, but the extra resampling eats the gain here, so it is off by default);
+5. apply the rest of the Compose (flips, colour, ...).
+
+Every function built here is thread-safe: it keeps no state between calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from shardpipe.augment.base import Compose, Transform, as_transform
+from shardpipe.augment.geometry import RandomResizedCrop, Resize
+from shardpipe.augment.resample import HAVE_CV2, resized_crop, yuv_resized_crop
+from shardpipe.image.decoders import ImageDecoder, get_decoder
+from shardpipe.image.decoders.base import POWER_OF_TWO_SCALES, Scale, pick_scale, scaled_dim
+
+ImageFn = Callable[[bytes, np.random.Generator], np.ndarray]
+Box = tuple[float, float, float, float]  # top, left, height, width (pixels of the full image)
+
+#: "pow2": DCT scales 1/1, 1/2, 1/4, 1/8 only (libjpeg-turbo's SIMD IDCTs: measured faster
+#: end to end); "all": every n/8 scale the backend offers (less resizing, slower IDCT)
+SCALE_POLICIES = ("pow2", "all", "none")
+
+
+def _chroma_subsampling(sampling: tuple[tuple[int, int], ...]) -> tuple[int, int] | None:
+    """(horizontal, vertical) chroma factors of a 3-component YCbCr frame, if regular."""
+    (yh, yv), (bh, bv), (rh, rv) = sampling
+    if (bh, bv) != (rh, rv) or yh % bh or yv % bv or yh < max(bh, rh) or yv < max(bv, rv):
+        return None
+    return yh // bh, yv // bv
+
+
+class FusedDecoder:
+    """Decode ``box`` of an image straight to an ``(out_h, out_w)`` RGB array."""
+
+    def __init__(self, decoder: ImageDecoder, scales: str = "pow2", yuv: bool = False):
+        if scales not in SCALE_POLICIES:
+            raise ValueError(f"scales must be one of {SCALE_POLICIES}, not {scales!r}")
+        self.decoder = decoder
+        offered: tuple[Scale, ...] = tuple(getattr(decoder, "scale_factors", ((1, 1),)))
+        if scales == "pow2":
+            offered = tuple(s for s in offered if s in POWER_OF_TWO_SCALES)
+        elif scales == "none" or not hasattr(decoder, "decode_scaled"):
+            offered = ((1, 1),)
+        self.factors = offered
+        self.yuv = yuv and HAVE_CV2 and hasattr(decoder, "decode_yuv")
+
+    def size(self, data: bytes) -> tuple[int, int]:
+        return self.decoder.size(data)
+
+    def decode_box(self, data: bytes, width: int, height: int, box: Box, out_h: int, out_w: int) -> np.ndarray:
+        """The ``box`` of the ``width`` x ``height`` image in ``data``, resized to (out_h, out_w)."""
+        top, left, bh, bw = box
+        scale = pick_scale(int(bw), int(bh), out_w, out_h, self.factors)
+        f = scale[0] / scale[1]
+        # YUV planes at full scale only: when scaling, libjpeg reconstructs subsampled chroma
+        # at twice the planes' resolution on the RGB route (a larger chroma IDCT), which the
+        # planes cannot match
+        if self.yuv and scale == (1, 1):
+            got = self.decoder.decode_yuv(data, scale)  # type: ignore[attr-defined]
+            if got is not None:
+                planes, hdr = got
+                sub = (1, 1) if len(planes) == 1 else _chroma_subsampling(hdr.sampling)
+                if sub is not None:
+                    return yuv_resized_crop(planes, (height, width), sub, box, out_h, out_w)
+        if scale == (1, 1) or not hasattr(self.decoder, "decode_scaled"):
+            img = self.decoder.decode(data)
+        else:
+            img = self.decoder.decode_scaled(data, scale)  # type: ignore[attr-defined]
+        fy = f if img.shape[0] == scaled_dim(height, scale) else img.shape[0] / height
+        fx = f if img.shape[1] == scaled_dim(width, scale) else img.shape[1] / width
+        return resized_crop(img, (top * fy, left * fx, bh * fy, bw * fx), out_h, out_w)
+
+
+def _split(t: Transform) -> tuple[Transform, list[Transform]]:
+    if isinstance(t, Compose) and t.transforms:
+        return t.transforms[0], list(t.transforms[1:])
+    return t, []
+
+
+def _apply_rest(img: np.ndarray, rest: list[Transform], rng: np.random.Generator) -> np.ndarray:
+    for t in rest:
+        img = t(img, rng)
+    return img
+
+
+def build_image_fn(
+    decoder: str | ImageDecoder = "auto",
+    transform: Callable[..., Any] | None = None,
+    *,
+    fuse: bool = True,
+    scales: str = "pow2",
+    yuv: bool = False,
+) -> ImageFn:
+    """Return ``fn(data, rng)``: decode ``data`` to RGB uint8 HWC and apply ``transform``.
+
+    ``fuse=False`` always decodes the whole image first (the reference behaviour);
+    ``scales`` picks the DCT scales the fused path may use (see ``SCALE_POLICIES``);
+    ``yuv=True`` takes the YUV-plane route where it applies (see the module docstring).
+    """
+    dec = get_decoder(decoder) if isinstance(decoder, str) else decoder
+    if transform is None:
+        return lambda data, rng: dec.decode(data)
+    t: Transform = as_transform(transform)
+    first, rest = _split(t)
+    if not fuse or not isinstance(first, (RandomResizedCrop, Resize)):
+        return lambda data, rng: t(dec.decode(data), rng)
+    fused = FusedDecoder(dec, scales, yuv)
+
+    if isinstance(first, RandomResizedCrop):
+        rrc = first
+        out_h, out_w = rrc.size
+
+        def rrc_fn(data: bytes, rng: np.random.Generator) -> np.ndarray:
+            width, height = fused.size(data)
+            top, left, bh, bw = rrc.get_params(height, width, rng)
+            img = fused.decode_box(data, width, height, (top, left, bh, bw), out_h, out_w)
+            return _apply_rest(img, rest, rng)
+
+        return rrc_fn
+
+    resize_t: Resize = first  # type: ignore[assignment]
+
+    def resize_fn(data: bytes, rng: np.random.Generator) -> np.ndarray:
+        width, height = fused.size(data)
+        out_h, out_w = resize_t.output_size(height, width)
+        img = fused.decode_box(data, width, height, (0, 0, height, width), out_h, out_w)
+        return _apply_rest(img, rest, rng)
+
+    return resize_fn

@@ -1,0 +1,1 @@
+"""Bytes in and out: open shards locally or from object storage, retry and resume, cache, prefetch."""

@@ -1,0 +1,1 @@
+"""Writing shards: sources, presizing, the shard writer, and write jobs."""

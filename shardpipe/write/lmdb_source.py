@@ -1,0 +1,112 @@
+"""LMDB stores as a source for ``shardpipe write`` (see ``shardpipe.write.sources``)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from shardpipe.write.sources import (
+    IMAGE_SUFFIXES,
+    Loaded,
+    Record,
+    Scan,
+    Source,
+    ValueDecoder,
+    _suffix,
+    make_key,
+    strip_suffix,
+    unique_keys,
+)
+
+
+def resolve_callable(spec: str) -> Callable[..., Any]:
+    """Import ``"package.module:function"``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"expected 'module:function', got {spec!r}")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise TypeError(f"{spec!r} is not callable")
+    return obj
+
+
+_LMDB_LOCK = threading.Lock()
+
+
+class LmdbSource(Source):
+    """Every entry of an LMDB store, in key order; the key (minus an image extension) is the sample key.
+
+    Values are raw image bytes by default. ``decoder`` turns another value format into
+    ``image bytes``, ``(image bytes, label)`` or ``(image bytes, label, extra dict)``; it
+    may be a callable or a ``"module:function"`` string (imported in each worker).
+    """
+
+    kind = "lmdb"
+
+    def __init__(self, path: str | os.PathLike[str], decoder: ValueDecoder | str | None = None):
+        self.path = os.fspath(path)
+        self.decoder = decoder
+        self._env: Any = None
+        self._decode: ValueDecoder | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_env": None, "_decode": None}
+
+    def _open(self) -> Any:
+        with _LMDB_LOCK:  # reader threads share one environment per process
+            return self._open_locked()
+
+    def _open_locked(self) -> Any:
+        if self._env is None:
+            try:
+                import lmdb
+            except ImportError as e:
+                raise ImportError(f"LMDB sources need the lmdb package: pip install 'shardpipe[lmdb]' ({e})") from e
+
+            subdir = os.path.isdir(self.path)
+            if not os.path.exists(self.path):
+                raise FileNotFoundError(f"LMDB store not found: {self.path}")
+            self._env = lmdb.open(self.path, subdir=subdir, readonly=True, lock=False, max_readers=512)
+        return self._env
+
+    def scan(self) -> Scan:
+        env = self._open()
+        records = []
+        with env.begin(buffers=False) as txn:
+            for raw in txn.cursor().iternext(keys=True, values=False):
+                text = raw.decode("utf-8", "backslashreplace")
+                stem = strip_suffix(text) if _suffix(text) in IMAGE_SUFFIXES else text
+                records.append(Record(make_key(stem), bytes(raw), None, None, text))
+        return Scan(unique_keys(records))
+
+    def load(self, record: Record) -> Loaded:
+        env = self._open()
+        with env.begin(buffers=False) as txn:
+            value = txn.get(record.ref)
+        if value is None:
+            raise KeyError(f"LMDB key {record.name!r} vanished")
+        if self.decoder is None:
+            return Loaded(value, None, None)
+        if self._decode is None:
+            self._decode = resolve_callable(self.decoder) if isinstance(self.decoder, str) else self.decoder
+        out = self._decode(value)
+        if isinstance(out, (bytes, bytearray, memoryview)):
+            return Loaded(bytes(out), None, None)
+        if isinstance(out, tuple) and len(out) in (2, 3):
+            data, label = out[0], out[1]
+            extra = out[2] if len(out) == 3 else None
+            return Loaded(bytes(data), None if label is None else int(label), extra)
+        raise TypeError(
+            f"LMDB value decoder returned {type(out).__name__}; expected image bytes, "
+            "(bytes, label) or (bytes, label, extra)"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        dec = self.decoder
+        name = dec if isinstance(dec, str) or dec is None else f"{dec.__module__}:{dec.__qualname__}"
+        return {"type": self.kind, "path": self.path, "decoder": name}

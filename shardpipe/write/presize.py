@@ -1,0 +1,101 @@
+"""Prepare image bytes for a shard: tell the format, check readability, optionally downscale.
+
+Pass-through is the default: bytes go into the shard unchanged, never re-encoded.
+``presize`` shrinks only images whose shorter side exceeds the target: JPEGs are first
+decoded at a reduced DCT scale (at least twice the target, so quality holds), then
+resampled with Lanczos, turned upright by their EXIF orientation and re-encoded as JPEG.
+Images already small enough are returned as the very same bytes.
+"""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image, ImageOps
+
+from shardpipe.errors import DecodeError
+from shardpipe.image.decoders.jpeg import has_end_marker, is_jpeg, read_header
+from shardpipe.image.decoders.pil import open_image, to_rgb
+
+#: PIL format name -> member extension (all in ``shardpipe.format.sample.IMAGE_EXTENSIONS``)
+FORMAT_EXT = {
+    "JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "GIF": "gif",
+    "BMP": "bmp", "TIFF": "tif", "PPM": "ppm",
+}  # fmt: skip
+CHECKS = ("header", "decode", "none")
+EXIF_ORIENTATION = 0x0112
+
+
+def image_ext(data: bytes) -> str:
+    """The member extension for image ``data`` by its content; ``DecodeError`` if not an image."""
+    if is_jpeg(data):
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    img = open_image(data)  # DecodeError for anything PIL does not recognise
+    ext = FORMAT_EXT.get(img.format or "")
+    if ext is None:
+        raise DecodeError(f"{img.format} images are not supported in shards (use JPEG, PNG, WebP, ...)")
+    return ext
+
+
+def check_image(data: bytes, ext: str, check: str = "header") -> None:
+    """Raise ``DecodeError`` unless ``data`` looks readable.
+
+    ``header``: the header parses and a JPEG has its end marker (catches truncation and
+    garbage cheaply); ``decode``: every pixel decodes; ``none``: the format is enough.
+    """
+    if check == "none":
+        return
+    if check not in CHECKS:
+        raise ValueError(f"check must be one of {CHECKS}, not {check!r}")
+    if ext == "jpg" and check == "header":
+        try:
+            header = read_header(data)
+        except ValueError as e:
+            raise DecodeError(f"unreadable JPEG: {e}") from e
+        if not has_end_marker(data, header.scan_offset):
+            raise DecodeError("truncated JPEG (no end-of-image marker)")
+        return
+    img = open_image(data)
+    if check == "decode" or img.format == "PNG" and b"IEND" not in data[-64:]:
+        try:
+            img.load()
+        except (OSError, SyntaxError, ValueError) as e:
+            raise DecodeError(f"corrupt {img.format or 'image'} data: {e}") from e
+
+
+def target_size(width: int, height: int, shorter: int) -> tuple[int, int]:
+    """``(w, h)`` with the shorter side equal to ``shorter`` and the aspect kept."""
+    if width <= height:
+        return shorter, max(1, round(height * shorter / width))
+    return max(1, round(width * shorter / height)), shorter
+
+
+def presize(data: bytes, shorter: int, quality: int = 90) -> tuple[bytes, bool]:
+    """Downscale ``data`` so its shorter side is ``shorter`` pixels; ``(bytes, changed)``.
+
+    Images whose shorter side is already ``<= shorter`` come back unchanged (the same
+    object). Others are decoded (at a reduced JPEG scale when that keeps at least twice
+    the target), resized with Lanczos, rotated upright by their EXIF orientation and
+    re-encoded as JPEG at ``quality`` (RGB, or greyscale for greyscale input; alpha is
+    composited on black; the ICC profile is kept). Raises ``DecodeError`` on bad data.
+    """
+    if shorter < 1:
+        raise ValueError(f"presize must be a positive number of pixels, got {shorter}")
+    img = open_image(data)
+    if min(img.size) <= shorter:
+        return data, False
+    tw, th = target_size(*img.size, shorter)
+    icc = img.info.get("icc_profile")
+    try:
+        if img.format == "JPEG":
+            img.draft(None, (2 * tw, 2 * th))  # DCT-domain reduction, still >= 2x the target
+        img = ImageOps.exif_transpose(img)  # loads the pixels; the output has no orientation tag
+        img = img if img.mode in ("RGB", "L") else to_rgb(img)
+        img = img.resize(target_size(*img.size, shorter), Image.Resampling.LANCZOS)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DecodeError(f"corrupt image data: {e}") from e
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=quality, icc_profile=icc)
+    return out.getvalue(), True
