@@ -19,6 +19,7 @@ from shardpipe.errors import (
 )
 from shardpipe.image.normalize import normalize
 from shardpipe.loader import ShardLoader
+from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions
 from shardpipe.write.job import WriteSummary, write_shards
 from shardpipe.write.shard_writer import ShardWriter, TarWriter
 
@@ -26,16 +27,20 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BatchDecodeLoader",
+    "BatchOptions",
     "CorruptShardError",
     "DecodeError",
+    "DecodeOptions",
     "ErrorHandler",
     "MissingFieldError",
+    "OpenOptions",
     "ShardDataset",
     "ShardLoader",
     "ShardNotFoundError",
     "ShardReadError",
     "ShardWriter",
     "ShardpipeError",
+    "SplitOptions",
     "TarWriter",
     "TruncatedShardError",
     "WriteSummary",

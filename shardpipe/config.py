@@ -1,7 +1,7 @@
 """Build a dataset and loader from a YAML (or dict) pipeline configuration.
 
 ```yaml
-dataset:   {urls: data/train/manifest.json, shuffle: 5000, batch_size: 256, threads: 2}
+dataset:   {urls: data/train/manifest.json, shuffle: 5000, batch_size: 256, num_threads: 2}
 transform: [{RandomResizedCrop: {size: 224}}, {RandomHorizontalFlip: {}}]
 loader:    {num_workers: 8, pin_memory: true}
 ```

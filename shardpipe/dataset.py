@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardpipe.errors import ErrorHandler, Policy
-from shardpipe.split.plan import POLICIES as PLAN_POLICIES
+from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions, build_groups
 from shardpipe.split.plan import ResampledShards, plan_ranges
 from shardpipe.stages.base import Context, Map, Pipeline, Stage, State, Take
 from shardpipe.stages.batch import Batch
@@ -52,22 +52,22 @@ class ShardDataset(IterableDataset):
     consumers (``split``), so every sample comes out exactly once. ``set_epoch(n)``
     selects a different, deterministic order per epoch from one ``seed``.
 
+    Options come in four groups (``shardpipe.options``), passed as objects after
+    ``urls`` or as flat keywords of the same names (keywords replace fields of a group
+    given as an object)::
+
+        ShardDataset(urls, SplitOptions(shuffle=5000, seed=1), BatchOptions(256))
+        ShardDataset(urls, shuffle=5000, seed=1, batch_size=256)  # the same
+
     Args:
         urls: brace pattern (``"train-{000..127}.tar"``), list, or ``manifest.json`` URL.
+        require: fields every sample must have (``"jpg;png"`` accepts either).
+        on_error: what bad data does: ``"raise"``, ``"warn"`` (log and skip) or ``"skip"``.
+
+    :class:`~shardpipe.options.SplitOptions`:
         shuffle: ``False``, ``True`` (a buffer of 1000 samples) or a buffer size;
             shard order is shuffled per epoch too when shuffling is on.
         seed: the seed of every random choice (shard order, buffer, augmentation).
-        decode: ``"rgb8"`` (numpy HWC), ``"torchrgb8"`` (torch CHW), ``"pil"``,
-            ``"encoded"`` (images stay bytes, e.g. for GPU decode; labels and JSON are
-            decoded), or ``None`` (every field stays bytes, as stored).
-        decoder: image decoder backend (``"auto"`` = fastest installed, ``"pil"``, ...).
-        transform: ``transform(img, rng) -> img`` on RGB uint8 arrays, or a plain callable.
-        threads: decode threads inside each consumer process (0 = inline).
-        batch_size: collate into batches of this size (``None`` yields samples).
-        partial: keep the last, smaller batch.
-        channels_last: batches keep the NCHW shape with NHWC memory (torch.channels_last):
-            a cheaper collate, and the layout GPU convolutions prefer.
-        require: fields every sample must have (``"jpg;png"`` accepts either).
         split: for policy ``uneven`` (no manifest): ``"auto"`` (shards, or samples when
             there are fewer shards than consumers), ``"shards"`` or ``"samples"``.
         epoch_policy: how ranks get equal epochs (see ``shardpipe.split.plan``): ``"auto"``
@@ -76,7 +76,24 @@ class ShardDataset(IterableDataset):
             ``"pad"`` (repeats marked ``__pad__``), ``"resample"`` (needs
             ``samples_per_epoch``) or ``"uneven"``.
         samples_per_epoch: the epoch length over all ranks for ``resample``.
-        handler: error policy for bad data: ``"raise"``, ``"warn"`` or ``"skip"``.
+        rank, world_size: override the distributed rank (default: torch.distributed/env).
+
+    :class:`~shardpipe.options.DecodeOptions`:
+        decode: ``"rgb8"`` (numpy HWC), ``"torchrgb8"`` (torch CHW), ``"pil"``,
+            ``"encoded"`` (images stay bytes, e.g. for GPU decode; labels and JSON are
+            decoded), or ``None`` (every field stays bytes, as stored).
+        decoder: image decoder backend (``"auto"`` = fastest installed, ``"pil"``, ...).
+        transform: ``transform(img, rng) -> img`` on RGB uint8 arrays, or a plain callable.
+        num_threads: decode threads inside each consumer process (0 = inline).
+        allow_pickle: unpickle ``.pyd``/``.pickle``/``.pth`` members (trusted data only).
+
+    :class:`~shardpipe.options.BatchOptions`:
+        batch_size: collate into batches of this size (``None`` yields samples).
+        drop_last: drop the last, smaller batch.
+        channels_last: batches keep the NCHW shape with NHWC memory (torch.channels_last):
+            a cheaper collate, and the layout GPU convolutions prefer.
+
+    :class:`~shardpipe.options.OpenOptions`:
         storage_options: passed to fsspec for remote URLs (endpoint, key/secret, token, anon).
         cache_dir, cache_size: a local shard cache (bytes, LRU eviction), shared safely by
             the workers and ranks of one machine and checked against the manifest's sha256.
@@ -84,77 +101,34 @@ class ShardDataset(IterableDataset):
             backoff, timeout) for remote streams.
         prefetch: remote shards to open ahead of the one being read.
         allow_pipe: allow ``pipe:`` URLs (they run a shell command).
-        rank, world_size: override the distributed rank (default: torch.distributed/env).
     """
 
     def __init__(
         self,
         urls: str | Sequence[str],
-        *,
-        shuffle: bool | int = False,
-        seed: int = 0,
-        decode: str | None = "rgb8",
-        decoder: str = "auto",
-        transform: Callable[..., Any] | None = None,
-        threads: int = 0,
-        batch_size: int | None = None,
-        partial: bool = True,
-        channels_last: bool = False,
+        *groups: OpenOptions | SplitOptions | DecodeOptions | BatchOptions,
         require: Sequence[str] = (),
-        split: str = "auto",
-        epoch_policy: str = "auto",
-        samples_per_epoch: int | None = None,
-        handler: Policy = "raise",
-        allow_pickle: bool = False,
-        storage_options: dict[str, Any] | None = None,
-        cache_dir: str | None = None,
-        cache_size: int | None = None,
-        read_options: Any = None,
-        prefetch: int = 1,
-        allow_pipe: bool = False,
-        rank: int | None = None,
-        world_size: int | None = None,
+        on_error: Policy = "raise",
+        **options: Any,
     ):
         super().__init__()
-        if split not in ("auto", "shards", "samples"):
-            raise ValueError(f"split must be 'auto', 'shards' or 'samples', not {split!r}")
-        if epoch_policy not in ("auto", *PLAN_POLICIES):
-            raise ValueError(f"epoch_policy must be 'auto' or one of {PLAN_POLICIES}, not {epoch_policy!r}")
-        if epoch_policy == "resample" and not samples_per_epoch:
-            raise ValueError("epoch_policy='resample' needs samples_per_epoch (the epoch length over all ranks)")
-        ErrorHandler(handler)  # validate the policy name early
-        self.shards: list[Shard] = expand_urls(urls, storage_options)
+        built = build_groups(groups, options)
+        self.open_options: OpenOptions = built[OpenOptions]
+        self.split_options: SplitOptions = built[SplitOptions]
+        self.decode_options: DecodeOptions = built[DecodeOptions]
+        self.batch_options: BatchOptions = built[BatchOptions]
+        ErrorHandler(on_error)  # validate the policy name early
+        self.require = tuple(require)
+        self.on_error = on_error
+        storage = self.open_options.storage_options
+        self.shards: list[Shard] = expand_urls(urls, dict(storage) if storage is not None else None)
         self.has_counts = all(s.samples is not None for s in self.shards)
-        if epoch_policy in ("drop", "pad") and not self.has_counts:
+        policy = self.split_options.epoch_policy
+        if policy in ("drop", "pad") and not self.has_counts:
             raise ValueError(
-                f"epoch_policy={epoch_policy!r} needs sample counts per shard: pass the shards' manifest.json "
+                f"epoch_policy={policy!r} needs sample counts per shard: pass the shards' manifest.json "
                 "(written by ShardWriter and `shardpipe write`) instead of a URL pattern"
             )
-        self.epoch_policy = epoch_policy
-        self.samples_per_epoch = samples_per_epoch
-        self.buffer_size = (1000 if shuffle is True else int(shuffle)) if shuffle else 0
-        self.seed = seed
-        self.decode = decode
-        self.decoder = decoder
-        self.transform = transform
-        self.threads = threads
-        self.batch_size = batch_size
-        self.partial = partial
-        self.channels_last = channels_last
-        self.require = tuple(require)
-        self.split = split
-        self.handler = handler
-        self.allow_pickle = allow_pickle
-        self.storage_options = storage_options
-        self.open_options = {
-            "cache_dir": cache_dir,
-            "cache_size": cache_size,
-            "read_options": read_options,
-            "allow_pipe": allow_pipe,
-        }
-        self.prefetch = prefetch
-        self._rank = rank
-        self._world = world_size
         self._main_rank = distributed_rank()
         self.epoch = 0
         self.stats = SharedStats()
@@ -164,6 +138,24 @@ class ShardDataset(IterableDataset):
         self._emit_state = False
         self._rotation = 0
         self._worker_states: list[State | None] | None = None
+
+    # the options most code asks for, by name
+    @property
+    def seed(self) -> int:
+        return self.split_options.seed
+
+    @property
+    def epoch_policy(self) -> str:
+        """The configured epoch policy (``auto`` unresolved; see :meth:`resolved_policy`)."""
+        return self.split_options.epoch_policy
+
+    @property
+    def buffer_size(self) -> int:
+        return self.split_options.buffer_size
+
+    @property
+    def batch_size(self) -> int | None:
+        return self.batch_options.batch_size
 
     # -- configuration ------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -179,11 +171,16 @@ class ShardDataset(IterableDataset):
         if get_worker_info() is None:
             self._main_rank = distributed_rank()
         rank, world = self._main_rank
-        return (self._rank if self._rank is not None else rank, self._world if self._world is not None else world)
+        split = self.split_options
+        return (
+            split.rank if split.rank is not None else rank,
+            split.world_size if split.world_size is not None else world,
+        )
 
     def _context(self) -> Context:
         rank, world = self.rank_and_world()
         info = get_worker_info()
+        io = self.open_options
         return Context(
             seed=self.seed,
             epoch=self.epoch,
@@ -192,15 +189,16 @@ class ShardDataset(IterableDataset):
             # the logical worker: rotated so that a resumed loader continues its round robin
             worker=(info.id + self._rotation) % info.num_workers if info else 0,
             num_workers=info.num_workers if info else 1,
-            errors=ErrorHandler(self.handler),
-            storage_options=self.storage_options,
-            open_options=self.open_options,
-            prefetch=self.prefetch,
+            errors=ErrorHandler(self.on_error),
+            storage_options=dict(io.storage_options) if io.storage_options is not None else None,
+            open_options=io.open_shard_keywords(),
+            prefetch=io.prefetch,
         )
 
     def _split_mode(self, ctx: Context) -> str:
-        if self.split != "auto":
-            if self.split == "shards" and len(self.shards) < ctx.split_count and ctx.split_index == 0:
+        split = self.split_options.split
+        if split != "auto":
+            if split == "shards" and len(self.shards) < ctx.split_count and ctx.split_index == 0:
                 log.warning(
                     "%d shards for %d consumers (ranks x workers): %d will get no data; "
                     "use split='samples' or write more shards",
@@ -208,7 +206,7 @@ class ShardDataset(IterableDataset):
                     ctx.split_count,
                     ctx.split_count - len(self.shards),
                 )
-            return self.split
+            return split
         if len(self.shards) >= ctx.split_count:
             return "shards"
         if ctx.split_index == 0:
@@ -260,8 +258,9 @@ class ShardDataset(IterableDataset):
                 stages.append(Map(_mark_real))
             return stages
         if policy == "resample":
-            assert self.samples_per_epoch
-            budget = self.samples_per_epoch // ctx.split_count
+            samples_per_epoch = self.split_options.samples_per_epoch
+            assert samples_per_epoch
+            budget = samples_per_epoch // ctx.split_count
             draws = ShardList(self.shards, plan=lambda c: ResampledShards(self.shards, c.seed, c.epoch, c.split_index))
             return [draws, Untar(give_up_after=max(64, 2 * len(self.shards))), GroupSamples(), Take(budget)]
         mode = self._split_mode(ctx)
@@ -281,19 +280,21 @@ class ShardDataset(IterableDataset):
             stages.append(RequireFields(self.require))
         if self.buffer_size:
             stages.append(Shuffle(self.buffer_size))
-        if self.decode is not None:
+        dec = self.decode_options
+        if dec.decode is not None:
             stages.append(
                 Decode(
-                    self.decode,
-                    self.decoder,
-                    self.transform,
-                    threads=self.threads,
-                    allow_pickle=self.allow_pickle,
-                    fuse=_fusable(self.transform),
+                    dec.decode,
+                    dec.decoder,
+                    dec.transform,
+                    num_threads=dec.num_threads,
+                    allow_pickle=dec.allow_pickle,
+                    fuse=_fusable(dec.transform),
                 )
             )
-        if self.batch_size:
-            stages.append(Batch(self.batch_size, self.partial, self.channels_last))
+        bat = self.batch_options
+        if bat.batch_size:
+            stages.append(Batch(bat.batch_size, drop_last=bat.drop_last, channels_last=bat.channels_last))
         return Pipeline(stages, ctx)
 
     # -- iteration ----------------------------------------------------------

@@ -106,7 +106,9 @@ class ShardLoader(DataLoader):
         h = hashlib.sha256()
         for shard in ds.shards:
             h.update(f"{shard.url}\0{shard.samples}\n".encode())
-        h.update(f"{ds.seed}|{ds.buffer_size}|{ds.batch_size}|{ds.partial}|{ds.epoch_policy}".encode())
+        # the keep-last-batch flag hashed as before drop_last replaced partial, so saved states still load
+        keep_last = not ds.batch_options.drop_last
+        h.update(f"{ds.seed}|{ds.buffer_size}|{ds.batch_size}|{keep_last}|{ds.epoch_policy}".encode())
         return h.hexdigest()[:16]
 
     def state_dict(self) -> State:

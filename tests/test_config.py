@@ -22,7 +22,7 @@ def test_shipped_configs_build_and_stream(tmp_path, dataset_dir, name):
     config = yaml.safe_load((ROOT / "configs" / name).read_text())
     config["loader"] = {"num_workers": 0}
     ds, loader = load_config(config, urls=manifest, batch_size=8)
-    assert isinstance(ds.transform, Compose)
+    assert isinstance(ds.decode_options.transform, Compose)
     batches = list(loader)
     assert batches[0]["jpg"].shape[1:] == (3, 224, 224)
     keys = [k for b in batches for k in b["__key__"]]
@@ -39,7 +39,7 @@ def test_config_transform_parameters(dataset_dir):
     ds, _ = load_config(
         {"dataset": {"urls": urls}, "transform": [{"RandomResizedCrop": {"size": 32, "scale": [0.5, 1.0]}}]}
     )
-    rrc = ds.transform.transforms[0]
+    rrc = ds.decode_options.transform.transforms[0]
     assert isinstance(rrc, RandomResizedCrop) and rrc.scale == (0.5, 1.0)
 
 

@@ -77,7 +77,7 @@ def test_loader_advances_epoch_and_same_across_worker_counts(dataset_dir):
 def test_batches_are_uint8_nchw_with_label_tensor(dataset_dir):
     urls, samples = dataset_dir
     t = Compose([RandomResizedCrop(32), RandomHorizontalFlip()])
-    ds = ShardDataset(urls, transform=t, batch_size=8, threads=2)
+    ds = ShardDataset(urls, transform=t, batch_size=8, num_threads=2)
     batches = list(ShardLoader(ds, num_workers=2))
     assert sum(len(b["__key__"]) for b in batches) == len(samples)
     labels = {s["__key__"]: s["cls"] for s in samples}
@@ -92,7 +92,7 @@ def test_batches_are_uint8_nchw_with_label_tensor(dataset_dir):
 
 def test_partial_last_batch_can_be_dropped(dataset_dir):
     urls, samples = dataset_dir
-    full = list(ShardDataset(urls, decode=None, batch_size=10, partial=False))
+    full = list(ShardDataset(urls, decode=None, batch_size=10, drop_last=True))
     assert [len(b["__key__"]) for b in full] == [10] * (len(samples) // 10)
 
 
@@ -171,7 +171,7 @@ def test_missing_field_raises_naming_shard_and_key(tmp_path):
 def test_skip_policy_counts_what_it_skipped(tmp_path, num_workers, caplog):
     urls, samples = _bad_dataset(tmp_path)
     urls.append(str(tmp_path / "missing.tar"))
-    ds = ShardDataset(urls, require=["jpg", "cls"], handler="warn", batch_size=2)
+    ds = ShardDataset(urls, require=["jpg", "cls"], on_error="warn", batch_size=2)
     with caplog.at_level(logging.WARNING, logger="shardpipe"):
         keys = keys_of(ShardLoader(ds, num_workers=num_workers))
     assert sorted(keys) == sorted(s["__key__"] for i, s in enumerate(samples) if i not in (3, 6))
@@ -196,11 +196,11 @@ def test_batch_of_mixed_sizes_explains_what_to_do(tmp_path):
 def test_bad_arguments_are_rejected(dataset_dir):
     urls, _ = dataset_dir
     with pytest.raises(ValueError, match="error policy must be one of"):
-        ShardDataset(urls, handler="ignore")
+        ShardDataset(urls, on_error="ignore")
     with pytest.raises(ValueError, match="split must be"):
         ShardDataset(urls, split="rows")
-    with pytest.raises(ValueError, match="image mode must be one of"):
-        list(ShardDataset(urls, decode="rgb16"))
+    with pytest.raises(ValueError, match=r"decode must be one of \('rgb8'.* or None, not 'rgb16'"):
+        ShardDataset(urls, decode="rgb16")
     with pytest.raises(ValueError, match="no shards"):
         ShardDataset([])
 
@@ -256,6 +256,6 @@ def test_fields_missing_from_some_samples_are_kept_as_lists(tmp_path):
 
 def test_resampling_over_unreadable_shards_gives_up(tmp_path):
     urls = [str(tmp_path / f"missing-{i}.tar") for i in range(3)]
-    ds = ShardDataset(urls, decode=None, epoch_policy="resample", samples_per_epoch=10, handler="skip")
+    ds = ShardDataset(urls, decode=None, epoch_policy="resample", samples_per_epoch=10, on_error="skip")
     with pytest.raises(shardpipe.ShardReadError, match="shards in a row could not be read .*giving up"):
         list(ds)

@@ -453,7 +453,7 @@ def run_pipeline(manifest: str, policy: str = "raise", **options) -> tuple[list[
     """One epoch of ShardDataset with the given I/O options; (samples, skips by error type)."""
     from shardpipe import ShardDataset
 
-    dataset = ShardDataset(manifest, decode=None, handler=policy, **options)
+    dataset = ShardDataset(manifest, decode=None, on_error=policy, **options)
     return [_fields(s) for s in dataset], dataset.stats.errors()
 
 

@@ -71,13 +71,13 @@ CHAINS: dict[str, Callable[[list], list]] = {
         Filter(lambda s: s["cls"] != 2),
     ],
     "decode": lambda sh: [ShardList(sh), Untar(), GroupSamples(), Shuffle(5), Decode(transform=RandomResizedCrop(16))],
-    "decode-threads": lambda sh: [ShardList(sh, shuffle=True), Untar(), GroupSamples(), Shuffle(6), Decode(threads=3)],
+    "decode-threads": lambda sh: [ShardList(sh, shuffle=True), Untar(), GroupSamples(), Shuffle(6), Decode(num_threads=3)],
     "batch": lambda sh: [
         ShardList(sh, shuffle=True),
         Untar(),
         GroupSamples(),
         Shuffle(9),
-        Decode(transform=RandomResizedCrop(8), threads=2),
+        Decode(transform=RandomResizedCrop(8), num_threads=2),
         Batch(4),
     ],
     "generator": lambda sh: [ShardList(sh), Untar(), GroupSamples(), GeneratorStage(gen_pairs)],
@@ -168,7 +168,7 @@ def test_shard_state_keeps_the_manifest_checks():
 
 
 def test_pipeline_close_releases_threads_and_files(shards):
-    with Pipeline([ShardList(shards), Untar(), GroupSamples(), Decode(threads=2)], Context()) as p:
+    with Pipeline([ShardList(shards), Untar(), GroupSamples(), Decode(num_threads=2)], Context()) as p:
         next(iter(p))
         untar, decode = p.stages[1], p.stages[3]
         assert untar._tar is not None and decode._pool is not None

@@ -17,9 +17,9 @@ from shardpipe.stages import GroupSamples, Pipeline, ShardList, Untar, expand_ur
 from .helpers import make_samples, write_shards
 
 
-def read_raw(urls, handler="raise"):
+def read_raw(urls, on_error="raise"):
     """Samples as grouped from the shards, fields left as bytes."""
-    ctx = shardpipe.stages.Context(errors=shardpipe.ErrorHandler(handler))
+    ctx = shardpipe.stages.Context(errors=shardpipe.ErrorHandler(on_error))
     return list(Pipeline([ShardList(expand_urls(urls)), Untar(), GroupSamples()], ctx)), ctx
 
 
@@ -159,7 +159,7 @@ def test_skip_policy_keeps_complete_samples_and_counts(tmp_path: Path):
     data = Path(urls[0]).read_bytes()
     Path(urls[0]).write_bytes(data[: content_end(urls[0]) - 100])  # cut inside the last sample
     missing = str(tmp_path / "missing.tar")
-    got, ctx = read_raw([urls[0], missing, urls[1]], handler="skip")
+    got, ctx = read_raw([urls[0], missing, urls[1]], on_error="skip")
     keys = [s["__key__"] for s in got]
     assert keys[-6:] == [s["__key__"] for s in samples[6:]]
     # the cut sample is lost (and counted); the complete ones before it come through
@@ -172,7 +172,7 @@ def test_duplicate_extension_in_one_sample(tmp_path: Path):
     path.write_bytes(_tar_with([("k.jpg", b"1"), ("k.jpg", b"2"), ("m.jpg", b"3")]))
     with pytest.raises(CorruptShardError, match="sample 'k' in shard .*dup.tar has two 'jpg' members"):
         read_raw([str(path)])
-    got, ctx = read_raw([str(path)], handler="skip")
+    got, ctx = read_raw([str(path)], on_error="skip")
     assert [s["__key__"] for s in got] == ["m"] and ctx.errors.counts["CorruptShardError"] == 1
 
 
@@ -205,7 +205,7 @@ def test_malformed_pax_header_is_a_corrupt_shard(tmp_path: Path, record: bytes):
     path.write_bytes(buf.getvalue())
     with pytest.raises(CorruptShardError, match=r"bad pax header in shard .*pax.tar at byte 0"):
         read_raw([str(path)])
-    got, ctx = read_raw([str(path)], handler="skip")  # ends, and counts it
+    got, ctx = read_raw([str(path)], on_error="skip")  # ends, and counts it
     assert got == [] and ctx.errors.counts == {"CorruptShardError": 1}
 
 

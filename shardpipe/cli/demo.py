@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         transform=transform,
         decoder=args.decoder,
-        threads=args.threads,
+        num_threads=args.threads,
         batch_size=args.batch_size,
         channels_last=True,  # NCHW batches in NHWC memory: the cheapest collate, what GPUs prefer
         require=["jpg", "cls"],

@@ -91,18 +91,18 @@ def collate(samples: list[Sample], channels_last: bool = False) -> dict[str, Any
 
 
 class Batch(Stage[dict[str, Any]]):
-    """Group ``batch_size`` samples and collate them; the last batch may be partial.
+    """Group ``batch_size`` samples and collate them; the last, short batch is kept unless ``drop_last``.
 
     Stateless between batches (a batch is only returned whole), so its state is its
     source's.
     """
 
-    def __init__(self, batch_size: int, partial: bool = True, channels_last: bool = False):
+    def __init__(self, batch_size: int, *, drop_last: bool = False, channels_last: bool = False):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         self.batch_size = batch_size
-        self.partial = partial
+        self.drop_last = drop_last
         self.channels_last = channels_last
 
     def next(self) -> dict[str, Any]:
@@ -111,7 +111,7 @@ class Batch(Stage[dict[str, Any]]):
             while len(samples) < self.batch_size:
                 samples.append(self.pull())
         except StopIteration:
-            if not samples or not self.partial:
+            if not samples or self.drop_last:
                 raise
         t0 = time.perf_counter()
         batch = collate(samples, self.channels_last)

@@ -125,14 +125,14 @@ class SampleDecoder:
 
 
 class Decode(ParallelMap):
-    """Decode samples (see module docstring), on ``threads`` threads when > 0."""
+    """Decode samples (see module docstring), on ``num_threads`` threads when > 0."""
 
     def __init__(
         self,
         image: str = "rgb8",
         decoder: str = "auto",
         transform: Callable[..., Any] | None = None,
-        threads: int = 0,
+        num_threads: int = 0,
         allow_pickle: bool = False,
         fuse: bool = True,
     ):
@@ -145,15 +145,15 @@ class Decode(ParallelMap):
             ctx_seed_epoch=lambda: (self.ctx.seed, self.ctx.epoch),
             add_time=lambda name, s, n: self.ctx.add_time(name, s, n),
         )
-        super().__init__(self.decoder, threads)
+        super().__init__(self.decoder, num_threads)
 
 
 class Augment(ParallelMap):
     """Apply ``transform(img, rng)`` to the image fields, with per-sample seeded randomness."""
 
-    def __init__(self, transform: Callable[..., Any], threads: int = 0):
+    def __init__(self, transform: Callable[..., Any], num_threads: int = 0):
         self.transform = as_transform(transform)
-        super().__init__(self._apply, threads)
+        super().__init__(self._apply, num_threads)
 
     def _apply(self, sample: Sample) -> Sample:
         t0 = time.perf_counter()

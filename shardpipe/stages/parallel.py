@@ -1,7 +1,7 @@
 """Run a function over items on a thread pool, in order, with exact resumable state.
 
 libjpeg-turbo and OpenCV release the GIL, so threads decode in parallel inside one
-process (a DataLoader worker or the main process). Up to ``threads * depth`` items are
+process (a DataLoader worker or the main process). Up to ``num_threads * depth`` items are
 in flight; the stage's state is the source's state as of the last item it *returned*,
 not the last one it read ahead, so resuming loses and repeats nothing.
 """
@@ -18,16 +18,16 @@ from shardpipe.stages.base import Stage, State
 
 
 class ParallelMap(Stage[Any]):
-    """``fn(item)`` on ``threads`` threads (inline when threads == 0), order preserved.
+    """``fn(item)`` on ``num_threads`` threads (inline when num_threads == 0), order preserved.
 
     Exceptions of type ``ShardpipeError`` go to the error policy (the item is skipped
     under skip/warn); any other exception propagates.
     """
 
-    def __init__(self, fn: Callable[[Any], Any], threads: int = 0, depth: int = 2):
+    def __init__(self, fn: Callable[[Any], Any], num_threads: int = 0, depth: int = 2):
         super().__init__()
         self.fn = fn
-        self.threads = threads
+        self.num_threads = num_threads
         self.depth = depth
         self._pool: ThreadPoolExecutor | None = None
         self._inflight: deque[tuple[Future[Any], State]] = deque()
@@ -48,8 +48,8 @@ class ParallelMap(Stage[Any]):
     def _fill(self) -> None:
         assert self.source is not None
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="shardpipe-map")
-        while not self._exhausted and len(self._inflight) < self.threads * self.depth:
+            self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="shardpipe-map")
+        while not self._exhausted and len(self._inflight) < self.num_threads * self.depth:
             try:
                 item = self.source.next()
             except StopIteration:
@@ -59,7 +59,7 @@ class ParallelMap(Stage[Any]):
 
     def next(self) -> Any:
         while True:
-            if self.threads <= 0:
+            if self.num_threads <= 0:
                 item = self.pull()
                 self._state = None
                 try:
@@ -78,7 +78,7 @@ class ParallelMap(Stage[Any]):
                 self.ctx.errors(e)
 
     def get_state(self) -> State:
-        if self.threads > 0 and self._state is not None:
+        if self.num_threads > 0 and self._state is not None:
             return {"source": self._state}
         return super().get_state()
 

@@ -152,7 +152,7 @@ def _loader(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, Any]:
             seed=cfg["round"],
             decoder=cfg.get("decoder", "auto"),
             transform=train_transform(size),
-            threads=cfg.get("threads", 0),
+            num_threads=cfg.get("threads", 0),
             batch_size=b,
             channels_last=cfg.get("channels_last", False),
         )
