@@ -65,7 +65,7 @@ def write_manifest_dataset(root: Path, samples: list[dict], counts: list[int], c
 
 
 #: every registered image decoder backend
-DECODER_BACKENDS = ["pil", "turbo", "simplejpeg", "jpeg4py", "cv2"]
+DECODER_BACKENDS = ["pil", "native", "turbo", "simplejpeg", "jpeg4py", "cv2"]
 
 
 def decoder_or_skip(name: str):

@@ -102,7 +102,7 @@ def test_large_image_uses_a_dct_scale() -> None:
     assert pick_scale(447, 448, 224, 224, POWER_OF_TWO_SCALES) == (1, 1)
 
 
-@pytest.mark.parametrize("name", ["turbo", "simplejpeg", "pil"])
+@pytest.mark.parametrize("name", ["native", "turbo", "simplejpeg", "pil"])
 @pytest.mark.parametrize("scales", ["pow2", "all"])
 def test_scaled_boxes_land_on_the_right_pixels(name: str, scales: str) -> None:
     """A DCT-scaled decode of a big box agrees with the full-resolution crop."""
@@ -147,7 +147,7 @@ def test_crop_distribution_is_the_unfused_one() -> None:
     assert len({tuple(b) for b in rrc_f.boxes}) > 390  # boxes differ per sample key
 
 
-@pytest.mark.parametrize("name", ["turbo", "simplejpeg", "pil"])
+@pytest.mark.parametrize("name", ["native", "turbo", "simplejpeg", "pil"])
 def test_flips_and_the_rest_of_the_compose(name: str) -> None:
     dec = backend(name)
     data = IMAGES["typical"]()
@@ -164,7 +164,7 @@ def test_flips_and_the_rest_of_the_compose(name: str) -> None:
     assert np.abs(a.astype(int) - b).mean() < 4
 
 
-@pytest.mark.parametrize("name", ["turbo", "simplejpeg", "pil"])
+@pytest.mark.parametrize("name", ["native", "turbo", "simplejpeg", "pil"])
 def test_same_seed_same_bytes_across_threads(name: str) -> None:
     dec = backend(name)
     datas = [IMAGES[k]() for k in ("typical", "large", "grey", "cmyk", "png")]
@@ -182,7 +182,7 @@ def test_same_seed_same_bytes_across_threads(name: str) -> None:
         assert list(pool.map(run, jobs)) == serial
 
 
-@pytest.mark.parametrize("name", ["turbo", "simplejpeg", "pil"])
+@pytest.mark.parametrize("name", ["native", "turbo", "simplejpeg", "pil"])
 def test_validation_resize_centre_crop_fused(name: str) -> None:
     dec = backend(name)
     t = Compose([Resize(256), CenterCrop(224)])

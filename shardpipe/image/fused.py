@@ -1,14 +1,15 @@
 """Build the per-image function that turns image bytes into an augmented RGB array.
 
 ``build_image_fn(decoder, transform)`` returns ``fn(data, rng) -> np.ndarray``. When the
-transform is (or starts with) ``RandomResizedCrop`` or ``Resize``, decode and geometry
-are fused ("crop-aware decode"):
+transform is (or starts with) ``RandomResizedCrop``, ``Resize`` (optionally followed by
+``CenterCrop``) or ``CenterCrop``, decode and geometry are fused ("crop-aware decode"):
 
 1. read ``(width, height)`` from the header (no pixels decoded);
 2. draw the crop box exactly as the unfused transform would (same ``rng`` draws, so the
    output distribution and the per-seed result are those of decode-then-crop);
 3. pick the smallest DCT scale that keeps the scaled box at least the output size, and
    let libjpeg-turbo decode at that scale (its 1/2, 1/4, 1/8 IDCTs are the fast ones);
+   a backend with ``decode_crop`` (the native decoder) decodes only the box's pixels;
 4. crop and resize with an antialiasing filter (optionally, ``yuv=True``, at full scale
    with the PyTurboJPEG backend and OpenCV: crop the YUV planes instead, so that chroma
    upsampling and colour conversion run on the output pixels only; the decode is ~10%
@@ -26,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from shardpipe.augment.base import Compose, Transform, as_transform
-from shardpipe.augment.geometry import RandomResizedCrop, Resize
+from shardpipe.augment.geometry import CenterCrop, RandomResizedCrop, Resize
 from shardpipe.augment.resample import HAVE_CV2, resized_crop, yuv_resized_crop
 from shardpipe.image.decoders import ImageDecoder, get_decoder
 from shardpipe.image.decoders.base import POWER_OF_TWO_SCALES, Scale, pick_scale, scaled_dim
@@ -61,12 +62,16 @@ class FusedDecoder:
             offered = ((1, 1),)
         self.factors = offered
         self.yuv = yuv and HAVE_CV2 and hasattr(decoder, "decode_yuv")
+        #: ``decode_crop(data, box, (out_h, out_w), factors)``, where the backend has one
+        self.crop = getattr(decoder, "decode_crop", None)
 
     def size(self, data: bytes) -> tuple[int, int]:
         return self.decoder.size(data)
 
     def decode_box(self, data: bytes, width: int, height: int, box: Box, out_h: int, out_w: int) -> np.ndarray:
         """The ``box`` of the ``width`` x ``height`` image in ``data``, resized to (out_h, out_w)."""
+        if self.crop is not None:  # the backend decodes only the box (the native decoder)
+            return self.crop(data, box, (out_h, out_w), self.factors)
         top, left, bh, bw = box
         scale = pick_scale(int(bw), int(bh), out_w, out_h, self.factors)
         f = scale[0] / scale[1]
@@ -120,9 +125,11 @@ def build_image_fn(
         return lambda data, rng: dec.decode(data)
     t: Transform = as_transform(transform)
     first, rest = _split(t)
-    if not fuse or not isinstance(first, (RandomResizedCrop, Resize)):
+    if not fuse or not isinstance(first, (RandomResizedCrop, Resize, CenterCrop)):
         return lambda data, rng: t(dec.decode(data), rng)
     fused = FusedDecoder(dec, scales, yuv)
+    if isinstance(first, CenterCrop):
+        return _centre_crop_fn(fused, t, first, rest)
 
     if isinstance(first, RandomResizedCrop):
         rrc = first
@@ -137,11 +144,39 @@ def build_image_fn(
         return rrc_fn
 
     resize_t: Resize = first  # type: ignore[assignment]
+    crop = rest[0] if rest and isinstance(rest[0], CenterCrop) else None
+    after = rest[1:] if crop is not None else rest
 
     def resize_fn(data: bytes, rng: np.random.Generator) -> np.ndarray:
         width, height = fused.size(data)
         out_h, out_w = resize_t.output_size(height, width)
+        if crop is not None and crop.size[0] <= out_h and crop.size[1] <= out_w:
+            # Resize + CenterCrop: the centre box of the resized image, mapped back onto the
+            # source, resized straight to the crop size (the same sample positions)
+            (th, tw), sy, sx = crop.size, height / out_h, width / out_w
+            top, left = _centre_offset(out_h, out_w, th, tw)
+            img = fused.decode_box(data, width, height, (top * sy, left * sx, th * sy, tw * sx), th, tw)
+            return _apply_rest(img, after, rng)
         img = fused.decode_box(data, width, height, (0, 0, height, width), out_h, out_w)
         return _apply_rest(img, rest, rng)
 
     return resize_fn
+
+
+def _centre_offset(height: int, width: int, th: int, tw: int) -> tuple[int, int]:
+    """Where ``CenterCrop`` puts a ``th`` x ``tw`` box in a ``height`` x ``width`` image."""
+    return int(round((height - th) / 2.0)), int(round((width - tw) / 2.0))
+
+
+def _centre_crop_fn(fused: FusedDecoder, t: Transform, crop: CenterCrop, rest: list[Transform]) -> ImageFn:
+    """CenterCrop first: decode only the centre box (images smaller than it: unfused, padded)."""
+    th, tw = crop.size
+
+    def centre_fn(data: bytes, rng: np.random.Generator) -> np.ndarray:
+        width, height = fused.size(data)
+        if height < th or width < tw:
+            return t(fused.decoder.decode(data), rng)
+        top, left = _centre_offset(height, width, th, tw)
+        return _apply_rest(fused.decode_box(data, width, height, (top, left, th, tw), th, tw), rest, rng)
+
+    return centre_fn

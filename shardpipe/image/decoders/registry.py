@@ -7,6 +7,7 @@ costs nothing until used, and then fails with the pip command that fixes it.
 from __future__ import annotations
 
 import importlib
+import logging
 import threading
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -64,6 +65,8 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {}
 _INSTANCES: dict[str, ImageDecoder] = {}
 _LOCK = threading.Lock()
+_SKIPPED: set[str] = set()  # auto candidates whose absence was logged
+log = logging.getLogger(__name__)
 #: Preference order for decoder="auto": fastest first (see BENCHMARKS.md).
 AUTO_ORDER: list[str] = []
 
@@ -93,7 +96,10 @@ def get_decoder(name: str = "auto") -> ImageDecoder:
         for candidate in AUTO_ORDER:
             try:
                 return get_decoder(candidate)
-            except ImportError:
+            except ImportError as e:
+                if candidate not in _SKIPPED:  # once per process: why auto is not using it
+                    _SKIPPED.add(candidate)
+                    log.warning("decoder='auto' skips %r: %s", candidate, e)
                 continue
         return get_decoder("pil")
     with _LOCK:
@@ -112,9 +118,11 @@ def get_decoder(name: str = "auto") -> ImageDecoder:
         return decoder
 
 
-# auto = the fastest installed, by measurement (tools/bench_kernels.py; BENCHMARKS.md): the
-# three libjpeg-turbo bindings decode within ~3% of each other, ahead of OpenCV (~8% slower)
-# and PIL (~30% slower); simplejpeg leads by a hair and is a self-contained wheel.
+# auto = the fastest installed, by measurement (tools/bench_kernels.py; BENCHMARKS.md): shardpipe's
+# own crop decoder (built at install time where libjpeg-turbo's headers exist) decodes only
+# the crop; of the bindings, the three libjpeg-turbo ones decode within ~3% of each other,
+# ahead of OpenCV (~8% slower) and PIL (~30% slower); simplejpeg leads by a hair and is a
+# self-contained wheel.
 register_decoder("pil", "shardpipe.image.decoders.pil:PilDecoder", "pip install pillow")
 register_decoder(
     "simplejpeg", "shardpipe.image.decoders.simplejpeg:SimpleJpegDecoder", "pip install simplejpeg", auto_rank=0
@@ -132,3 +140,9 @@ register_decoder(
     auto_rank=2,
 )
 register_decoder("cv2", "shardpipe.image.decoders.cv2:Cv2Decoder", "pip install opencv-python-headless", auto_rank=3)
+register_decoder(
+    "native",
+    "shardpipe.image.decoders.native:NativeDecoder",
+    "a C compiler and libjpeg-turbo's headers when shardpipe is installed (apt install libjpeg62-turbo-dev)",
+    auto_rank=0,
+)

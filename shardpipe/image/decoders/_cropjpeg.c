@@ -1,0 +1,256 @@
+/* Crop-aware JPEG decode with the system libjpeg-turbo (jpeg_crop_scanline + jpeg_skip_scanlines).
+ *
+ * decode(data, out, scale_num, scale_denom, x, y, width, height, flags, max_pixels) -> (w, h)
+ *
+ * Decodes the box (x, y, width, height), in pixels of the image scaled by scale_num/scale_denom
+ * (libjpeg's DCT scaling), as RGB into `out`, a writable C-contiguous buffer of at least
+ * width * height * 3 bytes (a numpy array), and returns the scaled image's full (w, h).
+ * Only the box's columns are inverse-DCT'd, upsampled and colour-converted (jpeg_crop_scanline,
+ * to the iMCU column boundary), rows above the box are entropy-decoded without IDCT or colour
+ * work (jpeg_skip_scanlines), and decoding stops after the box's last row (jpeg_abort_decompress).
+ *
+ * Errors never end the process: libjpeg's error_exit longjmps back here and raises `Error`
+ * with libjpeg's message. Warnings (corrupt data that libjpeg would paper over) are errors too,
+ * so a damaged image is reported, not half-decoded; nothing is printed to stderr. A header
+ * declaring more than max_pixels pixels raises `TooLarge` before any pixel is decoded, and a
+ * progressive file with more than MAX_SCANS scans is refused (a CPU-exhaustion attack).
+ * The GIL is released while libjpeg works.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jpeglib.h>
+
+#define FLAG_FAST_IDCT 1     /* JDCT_IFAST: faster, slightly less accurate IDCT */
+#define FLAG_FAST_UPSAMPLE 2 /* no "fancy" (triangle) chroma upsampling */
+#define MAX_SCANS 500        /* what TurboJPEG's TJFLAG_LIMITSCANS allows */
+
+static PyObject *Error;    /* corrupt or unsupported data */
+static PyObject *TooLarge; /* decompression bomb, subclass of Error */
+
+struct guard {
+    struct jpeg_error_mgr pub;
+    struct jpeg_progress_mgr progress;
+    jmp_buf jump;
+    char message[JMSG_LENGTH_MAX + 40];
+};
+
+static void on_error(j_common_ptr cinfo) {
+    struct guard *g = (struct guard *)cinfo->err;
+    (*cinfo->err->format_message)(cinfo, g->message);
+    longjmp(g->jump, 1);
+}
+
+static void on_message(j_common_ptr cinfo, int level) {
+    if (level < 0) { /* a warning: corrupt data; stop here instead of guessing pixels */
+        struct guard *g = (struct guard *)cinfo->err;
+        (*cinfo->err->format_message)(cinfo, g->message);
+        longjmp(g->jump, 1);
+    }
+    /* trace messages: ignored (never written to stderr) */
+}
+
+static void on_progress(j_common_ptr cinfo) {
+    j_decompress_ptr d = (j_decompress_ptr)cinfo;
+    if (d->input_scan_number > MAX_SCANS) {
+        struct guard *g = (struct guard *)cinfo->err;
+        snprintf(g->message, sizeof g->message, "progressive JPEG has more than %d scans", MAX_SCANS);
+        longjmp(g->jump, 1);
+    }
+}
+
+enum outcome { OK = 0, FAILED, BOMB, BAD_BOX, BAD_COLOR, NO_MEMORY };
+
+struct job {
+    const unsigned char *data;
+    size_t size;
+    unsigned char *out;
+    unsigned scale_num, scale_denom, x, y, width, height;
+    int flags;
+    unsigned long long max_pixels;
+    unsigned full_w, full_h; /* out: the scaled image's size */
+    unsigned long long image_w, image_h; /* out: the header's size */
+};
+
+/* Runs without the GIL. Returns an outcome; g->message says more for FAILED. */
+static enum outcome run(struct job *job, struct guard *g) {
+    struct jpeg_decompress_struct cinfo;
+    /* volatile: modified between setjmp and longjmp */
+    unsigned char *volatile row = NULL;
+    volatile int created = 0;
+    enum outcome result = OK;
+
+    memset(&cinfo, 0, sizeof cinfo);
+    cinfo.err = jpeg_std_error(&g->pub);
+    g->pub.error_exit = on_error;
+    g->pub.emit_message = on_message;
+    g->message[0] = '\0';
+    if (setjmp(g->jump)) {
+        result = FAILED;
+        goto done;
+    }
+    jpeg_create_decompress(&cinfo);
+    created = 1;
+    g->progress.progress_monitor = on_progress;
+    cinfo.progress = &g->progress;
+    jpeg_mem_src(&cinfo, job->data, (unsigned long)job->size);
+    jpeg_read_header(&cinfo, TRUE);
+    job->image_w = cinfo.image_width;
+    job->image_h = cinfo.image_height;
+    if ((unsigned long long)cinfo.image_width * cinfo.image_height > job->max_pixels) {
+        result = BOMB;
+        goto done;
+    }
+    if (cinfo.jpeg_color_space != JCS_YCbCr && cinfo.jpeg_color_space != JCS_GRAYSCALE &&
+        cinfo.jpeg_color_space != JCS_RGB) {
+        result = BAD_COLOR; /* CMYK / YCCK: the caller's fallback converts those */
+        goto done;
+    }
+    cinfo.out_color_space = JCS_RGB; /* grey is expanded to RGB by libjpeg-turbo */
+    cinfo.scale_num = job->scale_num;
+    cinfo.scale_denom = job->scale_denom;
+    if (job->flags & FLAG_FAST_IDCT) cinfo.dct_method = JDCT_IFAST;
+    if (job->flags & FLAG_FAST_UPSAMPLE) cinfo.do_fancy_upsampling = FALSE;
+    jpeg_calc_output_dimensions(&cinfo);
+    job->full_w = cinfo.output_width;
+    job->full_h = cinfo.output_height;
+    if (job->width == 0 || job->height == 0 || job->x >= cinfo.output_width ||
+        job->width > cinfo.output_width - job->x || job->y >= cinfo.output_height ||
+        job->height > cinfo.output_height - job->y) {
+        result = BAD_BOX;
+        goto done;
+    }
+    jpeg_start_decompress(&cinfo);
+    {
+        JDIMENSION xoff = job->x, cw = job->width;
+        size_t pitch = (size_t)job->width * 3;
+        int direct;
+        if (xoff != 0 || cw != cinfo.output_width) jpeg_crop_scanline(&cinfo, &xoff, &cw);
+        /* xoff moved left to an iMCU boundary and cw grew: decode wider rows, keep our part */
+        direct = (xoff == job->x && cw == job->width);
+        if (!direct) {
+            row = (unsigned char *)malloc((size_t)cw * 3);
+            if (row == NULL) {
+                result = NO_MEMORY;
+                goto done;
+            }
+        }
+        if (job->y > 0 && jpeg_skip_scanlines(&cinfo, job->y) != job->y) {
+            snprintf(g->message, sizeof g->message, "could not skip to row %u", job->y);
+            result = FAILED;
+            goto done;
+        }
+        for (unsigned r = 0; r < job->height; r++) {
+            unsigned char *dst = job->out + (size_t)r * pitch;
+            JSAMPROW target = direct ? dst : row;
+            if (jpeg_read_scanlines(&cinfo, &target, 1) != 1) {
+                snprintf(g->message, sizeof g->message, "no data for row %u", job->y + r);
+                result = FAILED;
+                goto done;
+            }
+            if (!direct) {
+                memcpy(dst, row + (size_t)(job->x - xoff) * 3, pitch);
+            }
+        }
+    }
+done:
+    if (created) jpeg_destroy_decompress(&cinfo); /* also aborts a decode stopped early */
+    free(row);
+    return result;
+}
+
+static PyObject *decode(PyObject *self, PyObject *args) {
+    Py_buffer src, dst;
+    struct job job;
+    struct guard *g;
+    enum outcome result;
+    unsigned long long max_pixels;
+    (void)self;
+    memset(&job, 0, sizeof job);
+    if (!PyArg_ParseTuple(args, "y*w*IIIIIIiK", &src, &dst, &job.scale_num, &job.scale_denom, &job.x, &job.y,
+                          &job.width, &job.height, &job.flags, &max_pixels))
+        return NULL;
+    if (!PyBuffer_IsContiguous(&dst, 'C') || job.scale_num < 1 || job.scale_num > 16 || job.scale_denom != 8 ||
+        (unsigned long long)dst.len < (unsigned long long)job.width * job.height * 3) {
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&dst);
+        PyErr_SetString(PyExc_ValueError,
+                        "decode needs a C-contiguous output of width*height*3 bytes and scale n/8, 1 <= n <= 16");
+        return NULL;
+    }
+    job.data = (const unsigned char *)src.buf;
+    job.size = (size_t)src.len;
+    job.out = (unsigned char *)dst.buf;
+    job.max_pixels = max_pixels;
+    g = (struct guard *)malloc(sizeof *g); /* the jmp_buf stays off the caller's frame */
+    if (g == NULL) {
+        PyBuffer_Release(&src);
+        PyBuffer_Release(&dst);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    result = run(&job, g);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    switch (result) {
+    case OK:
+        free(g);
+        return Py_BuildValue("(II)", job.full_w, job.full_h);
+    case BOMB:
+        PyErr_Format(TooLarge, "image of %llux%llu = %llu pixels exceeds the limit of %llu pixels", job.image_w,
+                     job.image_h, job.image_w * job.image_h, job.max_pixels);
+        break;
+    case BAD_BOX:
+        PyErr_Format(Error, "crop box %ux%u at (%u, %u) is not inside the %ux%u decoded image", job.width,
+                     job.height, job.x, job.y, job.full_w, job.full_h);
+        break;
+    case BAD_COLOR:
+        PyErr_SetString(Error, "unsupported JPEG colour space (CMYK/YCCK)");
+        break;
+    case NO_MEMORY:
+        PyErr_NoMemory();
+        break;
+    default:
+        PyErr_Format(Error, "corrupt JPEG data: %s", g->message[0] ? g->message : "libjpeg error");
+    }
+    free(g);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"decode", decode, METH_VARARGS,
+     "decode(data, out, scale_num, scale_denom, x, y, width, height, flags, max_pixels) -> (w, h)\n\n"
+     "Decode the box of the image scaled by scale_num/scale_denom into out (RGB, width*height*3\n"
+     "bytes); return the scaled image's size. Raises Error (corrupt/unsupported), TooLarge."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_cropjpeg",
+    .m_doc = "Crop-aware JPEG decode with libjpeg-turbo.",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__cropjpeg(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    Error = PyErr_NewException("_cropjpeg.Error", PyExc_ValueError, NULL);
+    TooLarge = PyErr_NewException("_cropjpeg.TooLarge", Error, NULL);
+    if (Error == NULL || TooLarge == NULL || PyModule_AddObjectRef(m, "Error", Error) < 0 ||
+        PyModule_AddObjectRef(m, "TooLarge", TooLarge) < 0 ||
+        PyModule_AddIntConstant(m, "FAST_IDCT", FLAG_FAST_IDCT) < 0 ||
+        PyModule_AddIntConstant(m, "FAST_UPSAMPLE", FLAG_FAST_UPSAMPLE) < 0 ||
+        PyModule_AddIntConstant(m, "LIBJPEG_TURBO_VERSION", LIBJPEG_TURBO_VERSION_NUMBER) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
