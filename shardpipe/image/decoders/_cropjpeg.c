@@ -29,6 +29,7 @@
 #define FLAG_FAST_IDCT 1     /* JDCT_IFAST: faster, slightly less accurate IDCT */
 #define FLAG_FAST_UPSAMPLE 2 /* no "fancy" (triangle) chroma upsampling */
 #define MAX_SCANS 500        /* what TurboJPEG's TJFLAG_LIMITSCANS allows */
+#define EDGE 8               /* extra columns decoded on each side of the box (see run) */
 
 static PyObject *Error;    /* corrupt or unsupported data */
 static PyObject *TooLarge; /* decompression bomb, subclass of Error */
@@ -127,11 +128,17 @@ static enum outcome run(struct job *job, struct guard *g) {
     }
     jpeg_start_decompress(&cinfo);
     {
-        JDIMENSION xoff = job->x, cw = job->width;
+        /* Chroma upsampling treats the cropped columns' edges as the image's edges, so the
+           outermost columns come out different from a whole-image decode: decode EDGE more
+           columns on each side (one chroma sample at any sampling factor) and keep our part */
+        JDIMENSION xoff = job->x > EDGE ? job->x - EDGE : 0;
+        JDIMENSION right = job->x + job->width + EDGE < cinfo.output_width ? job->x + job->width + EDGE
+                                                                            : cinfo.output_width;
+        JDIMENSION cw = right - xoff;
         size_t pitch = (size_t)job->width * 3;
         int direct;
         if (xoff != 0 || cw != cinfo.output_width) jpeg_crop_scanline(&cinfo, &xoff, &cw);
-        /* xoff moved left to an iMCU boundary and cw grew: decode wider rows, keep our part */
+        /* xoff moved left to an iMCU boundary and cw grew by as much */
         direct = (xoff == job->x && cw == job->width);
         if (!direct) {
             row = (unsigned char *)malloc((size_t)cw * 3);

@@ -61,6 +61,12 @@ def _block(ratio: float) -> int:
     return math.ceil(ratio / 3.0) if ratio > 3.0 else 1
 
 
+def _check_box(box: Box, width: int, height: int) -> None:
+    top, left, bh, bw = box
+    if not (0 <= top and 0 <= left and 0 < bh and 0 < bw and top + bh <= height and left + bw <= width):
+        raise ValueError(f"crop box (top, left, height, width) = {box} is not inside the {width}x{height} image")
+
+
 class NativeDecoder(JpegBackend):
     """Crop-aware decode with shardpipe's C extension; whole images through the same call."""
 
@@ -111,6 +117,7 @@ class NativeDecoder(JpegBackend):
         out_h, out_w = out_size
         hdr = self.header(data)  # None: not for the fast path; refuses bombs
         if hdr is not None:
+            _check_box(box, hdr.width, hdr.height)
             scale = pick_scale(int(bw), int(bh), out_w, out_h, factors or self.crop_factors)
             f = scale[0] / scale[1]
             sw, sh = scaled_dim(hdr.width, scale), scaled_dim(hdr.height, scale)
@@ -133,7 +140,8 @@ class NativeDecoder(JpegBackend):
     def _fallback_crop(self, data: bytes, hdr: JpegHeader | None, box: Box, out_size: tuple[int, int]) -> np.ndarray:
         """Decode with PIL (at a 1/2^k scale where the box allows it), then crop and resize."""
         top, left, bh, bw = box
-        width, height = (hdr.width, hdr.height) if hdr is not None else self._pil.size(data)
+        width, height = (hdr.width, hdr.height) if hdr is not None else self.size(data)  # the caller's size
+        _check_box(box, width, height)
         scale = pick_scale(int(bw), int(bh), out_size[1], out_size[0], POWER_OF_TWO_SCALES)
         img = self._pil.decode_scaled(data, scale)
         f = scale[0] / scale[1]
