@@ -15,6 +15,7 @@ from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOpt
 from shardpipe.split.plan import ResampledShards, plan_ranges
 from shardpipe.stages.base import Context, Map, Pipeline, Stage, State, Take
 from shardpipe.stages.batch import Batch
+from shardpipe.stages.buffers import BatchBuffers
 from shardpipe.stages.decode import Decode
 from shardpipe.stages.fields import RequireFields
 from shardpipe.stages.samples import GroupSamples, SplitSamples
@@ -132,6 +133,7 @@ class ShardDataset(IterableDataset):
         self._main_rank = distributed_rank()
         self.epoch = 0
         self.stats = SharedStats()
+        self.buffers = BatchBuffers()  # recycled shared-memory batches (ShardLoader frees them)
         self._resume: State | None = None
         self._live: Pipeline | None = None
         # set by ShardLoader for DataLoader workers: emit (worker, state, item) and resume
@@ -294,7 +296,9 @@ class ShardDataset(IterableDataset):
             )
         bat = self.batch_options
         if bat.batch_size:
-            stages.append(Batch(bat.batch_size, drop_last=bat.drop_last, channels_last=bat.channels_last))
+            stages.append(
+                Batch(bat.batch_size, drop_last=bat.drop_last, channels_last=bat.channels_last, buffers=self.buffers)
+            )
         return Pipeline(stages, ctx)
 
     # -- iteration ----------------------------------------------------------

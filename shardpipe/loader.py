@@ -90,6 +90,7 @@ class ShardLoader(DataLoader):
         ds._emit_state = True
         ds._rotation = self._next_worker
         ds._worker_states = self._worker_states if any(s is not None for s in self._worker_states) else None
+        ds.buffers.clear()  # the last pass's workers (and their batch buffers) are gone
         try:
             it = super().__iter__()  # workers start now, with a copy of the flags above
         finally:
@@ -97,6 +98,8 @@ class ShardLoader(DataLoader):
         for worker, state, item in it:
             self._worker_states[worker] = state
             self._next_worker = (worker + 1) % self.num_workers
+            ds.buffers.release()  # batches the training loop is done with go back to their worker
+            ds.buffers.track(worker, item)
             yield item
         self._epoch_done = True
 

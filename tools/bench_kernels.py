@@ -7,6 +7,13 @@ and ratios to PIL (decode) or PIL torchvision-style (decode + crop).
 No pipeline, no tar, no batching: this is the ceiling a loader can approach.
 
     nice python tools/bench_kernels.py --n 300 --rounds 5
+
+``--fresh`` compares a few decode + RandomResizedCrop + flip kernels (the native crop decoder
+and its flags against the fused simplejpeg kernel) in CPU ms/img, each kernel in a fresh
+process per round, rounds alternating; ``--large`` uses large photo-like images instead:
+
+    nice python tools/bench_kernels.py --fresh --n 300 --rounds 5
+    nice python tools/bench_kernels.py --fresh --large --n 60 --rounds 5
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+
+import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -32,6 +41,107 @@ from shardpipe.devtools.bench import (  # noqa: E402
 from shardpipe.image.decoders import AUTO_ORDER, available_decoders  # noqa: E402
 
 
+#: the --fresh kernels: name -> (decoder, build_image_fn options, native flags)
+FRESH_KERNELS = {
+    "fused simplejpeg (today)": ("simplejpeg", {}, 0),
+    "native crop": ("native", {}, 0),
+    "native crop, all n/8 scales": ("native", {"scales": "all"}, 0),
+    "native crop, fast IDCT": ("native", {}, 1),
+    "native crop, fast upsampling": ("native", {}, 2),
+}
+
+
+def _fresh_child(name: str, data_path: str, size: int) -> None:
+    """One round of one kernel in this (fresh) process: print CPU ms/img as JSON."""
+    import json
+    import time
+
+    from shardpipe.devtools.bench.kernels import train_transform
+    from shardpipe.image.fused import build_image_fn
+
+    decoder, options, flags = FRESH_KERNELS[name]
+    if decoder == "native":
+        from shardpipe.image.decoders.native import NativeDecoder
+
+        dec: object = NativeDecoder(flags)
+    else:
+        dec = decoder
+    fn = build_image_fn(dec, train_transform(size), **options)  # type: ignore[arg-type]
+    items = _load_items(data_path)
+    run_kernel(fn, items[:5], 1)  # warm up: imports, first allocations
+    t0 = time.thread_time()
+    run_kernel(fn, items, 1)
+    print(json.dumps({"ms": (time.thread_time() - t0) * 1000 / len(items)}))
+
+
+def _save_items(items: list[bytes], path: str) -> None:
+    with open(path, "wb") as f:  # length-prefixed blobs (no pickle)
+        for data in items:
+            f.write(len(data).to_bytes(8, "little") + data)
+
+
+def _load_items(path: str) -> list[bytes]:
+    with open(path, "rb") as f:
+        blob = f.read()
+    items, pos = [], 0
+    while pos < len(blob):
+        n = int.from_bytes(blob[pos : pos + 8], "little")
+        items.append(blob[pos + 8 : pos + 8 + n])
+        pos += 8 + n
+    return items
+
+
+def large_photo_jpegs(n: int, seed: int = 0) -> list[bytes]:
+    """``n`` large photo-like JPEGs (2000-3000 px long side, camera aspect, quality 88-92)."""
+    import io
+
+    from shardpipe.devtools.synth import jpeg_quality, make_image
+
+    out = []
+    for i in range(n):
+        r = np.random.default_rng([seed, i, 99])
+        long = int(r.integers(2000, 3001))
+        short = round(long / r.uniform(1.25, 1.5))
+        size = (short, long) if r.random() < 0.2 else (long, short)
+        buf = io.BytesIO()
+        make_image(i, seed, size=size).save(buf, "JPEG", quality=jpeg_quality(i, seed))
+        out.append(buf.getvalue())
+    return out
+
+
+def fresh_main(args: argparse.Namespace) -> None:
+    import json
+    import subprocess
+    import tempfile
+
+    names = [k for k in FRESH_KERNELS if "native" not in FRESH_KERNELS[k][0] or "native" in available_decoders()]
+    print(f"generating {args.n} {'large ' if args.large else ''}photo-like JPEGs ...", file=sys.stderr)
+    items = large_photo_jpegs(args.n) if args.large else photo_jpegs(args.n, workers=min(2, os.cpu_count() or 1))
+    mean_kb = sum(map(len, items)) / len(items) / 1000
+    print(f"{len(items)} JPEGs, mean {mean_kb:.0f} KB; each kernel in a fresh process per round, {args.rounds} rounds")
+    results: dict[str, list[float]] = {k: [] for k in names}
+    load = OtherLoad()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "items.bin")
+        _save_items(items, path)
+        for r in range(args.rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", name, "--data", path, "--size", str(args.size)],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
+                results[name].append(json.loads(out.strip().splitlines()[-1])["ms"])
+    other = load.stop()
+    ref = median(results[names[0]])
+    rows = [[k, median(v), min(v), max(v), 1000 / median(v), ref / median(v)] for k, v in results.items()]
+    print(format_table(["kernel (decode + RRC(224) + flip)", "CPU ms/img", "min", "max", "img/CPU-s", "x today"], rows))
+    if other is not None:
+        print(f"\nother processes used {100 * other:.0f}% of the machine's CPU time during the run")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=300, help="generated JPEGs (default 300)")
@@ -40,7 +150,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--processes", type=int, default=2, help="also run on this many processes (0: skip)")
     ap.add_argument("--only", choices=["decode", "train", "all"], default="all")
+    ap.add_argument("--fresh", action="store_true", help="native vs fused simplejpeg, fresh process per round")
+    ap.add_argument("--large", action="store_true", help="with --fresh: large photo-like images")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.child:
+        return _fresh_child(args.child, args.data, args.size)
+    if args.fresh:
+        return fresh_main(args)
 
     try:
         import cv2

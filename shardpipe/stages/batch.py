@@ -5,7 +5,8 @@ uint8 tensor: no per-image float conversion, no intermediate list of tensors. La
 become an int64 tensor; everything else is collated as a list.
 
 Inside a DataLoader worker the batch tensor is allocated in shared memory from the
-start, so handing it to the main process copies nothing. ``channels_last=True`` keeps
+start, so handing it to the main process copies nothing; with ``ShardLoader`` those
+buffers are recycled once the training loop has let go of them (``stages.buffers``). ``channels_last=True`` keeps
 the NCHW shape but lays the memory out as NHWC (torch's channels_last format): each
 image is then one contiguous copy instead of a transposing one, about 15x cheaper,
 and convolutions on the GPU prefer that layout anyway.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from torch.utils.data import get_worker_info
 
 from shardpipe.format.sample import Sample
 from shardpipe.stages.base import Stage
+from shardpipe.stages.buffers import BatchBuffers
 
 
 def empty_uint8(shape: tuple[int, ...]) -> torch.Tensor:
@@ -33,8 +36,13 @@ def empty_uint8(shape: tuple[int, ...]) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.uint8)
 
 
-def collate_images(images: list[Any], out: torch.Tensor | None = None, channels_last: bool = False) -> torch.Tensor:
-    """Stack HWC uint8 arrays (or CHW uint8 tensors) into one NCHW uint8 tensor."""
+Alloc = Callable[[tuple[int, ...]], torch.Tensor]
+
+
+def collate_images(
+    images: list[Any], out: torch.Tensor | None = None, channels_last: bool = False, alloc: Alloc = empty_uint8
+) -> torch.Tensor:
+    """Stack HWC uint8 arrays (or CHW uint8 tensors) into one NCHW uint8 tensor (from ``alloc``)."""
     first = images[0]
     if isinstance(first, torch.Tensor):
         return torch.stack(images) if out is None else torch.stack(images, out=out)
@@ -48,9 +56,9 @@ def collate_images(images: list[Any], out: torch.Tensor | None = None, channels_
             )
     if out is None:
         if channels_last:
-            out = empty_uint8((len(images), h, w, c)).permute(0, 3, 1, 2)
+            out = alloc((len(images), h, w, c)).permute(0, 3, 1, 2)
         else:
-            out = empty_uint8((len(images), c, h, w))
+            out = alloc((len(images), c, h, w))
     # write through an NHWC view of the tensor's memory: one copy per image (a strided one
     # for contiguous NCHW, a plain one for channels_last)
     nhwc = out.permute(0, 2, 3, 1).numpy()
@@ -59,8 +67,9 @@ def collate_images(images: list[Any], out: torch.Tensor | None = None, channels_
     return out
 
 
-def collate(samples: list[Sample], channels_last: bool = False) -> dict[str, Any]:
-    """Collate a list of samples field by field (see the module docstring).
+def collate(samples: list[Sample], channels_last: bool = False, alloc: Alloc = empty_uint8) -> dict[str, Any]:
+    """Collate a list of samples field by field (see the module docstring); ``alloc`` makes
+    the image tensors (a ``BatchBuffers`` pool inside DataLoader workers).
 
     A field that only some samples have becomes a list with ``None`` for the others (use
     ``ShardDataset(require=...)`` to insist on fields); nothing is dropped.
@@ -76,7 +85,7 @@ def collate(samples: list[Sample], channels_last: bool = False) -> dict[str, Any
         values = [s[field] for s in samples]
         first = values[0]
         if isinstance(first, np.ndarray) and first.dtype == np.uint8 and first.ndim in (2, 3):
-            out[field] = collate_images(values, channels_last=channels_last)
+            out[field] = collate_images(values, channels_last=channels_last, alloc=alloc)
         elif isinstance(first, torch.Tensor):
             out[field] = torch.stack(values)
         elif isinstance(first, (bool, np.bool_)):
@@ -94,16 +103,30 @@ class Batch(Stage[dict[str, Any]]):
     """Group ``batch_size`` samples and collate them; the last, short batch is kept unless ``drop_last``.
 
     Stateless between batches (a batch is only returned whole), so its state is its
-    source's.
+    source's. Inside a DataLoader worker, image tensors come from ``buffers`` (recycled
+    shared memory, see ``stages.buffers``) when given.
     """
 
-    def __init__(self, batch_size: int, *, drop_last: bool = False, channels_last: bool = False):
+    def __init__(
+        self,
+        batch_size: int,
+        *,
+        drop_last: bool = False,
+        channels_last: bool = False,
+        buffers: BatchBuffers | None = None,
+    ):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.channels_last = channels_last
+        self.buffers = buffers
+
+    def _alloc(self, shape: tuple[int, ...]) -> torch.Tensor:
+        if self.buffers is not None and get_worker_info() is not None:
+            return self.buffers.take(shape, self.ctx.worker)
+        return empty_uint8(shape)
 
     def next(self) -> dict[str, Any]:
         samples: list[Sample] = []
@@ -114,6 +137,6 @@ class Batch(Stage[dict[str, Any]]):
             if not samples or self.drop_last:
                 raise
         t0 = time.perf_counter()
-        batch = collate(samples, self.channels_last)
+        batch = collate(samples, self.channels_last, self._alloc)
         self.ctx.add_time("batch", time.perf_counter() - t0, len(samples))
         return batch

@@ -30,6 +30,7 @@
 #define FLAG_FAST_UPSAMPLE 2 /* no "fancy" (triangle) chroma upsampling */
 #define MAX_SCANS 500        /* what TurboJPEG's TJFLAG_LIMITSCANS allows */
 #define EDGE 8               /* extra columns decoded on each side of the box (see run) */
+#define BAND 16              /* rows read per jpeg_read_scanlines call */
 
 static PyObject *Error;    /* corrupt or unsupported data */
 static PyObject *TooLarge; /* decompression bomb, subclass of Error */
@@ -140,8 +141,8 @@ static enum outcome run(struct job *job, struct guard *g) {
         if (xoff != 0 || cw != cinfo.output_width) jpeg_crop_scanline(&cinfo, &xoff, &cw);
         /* xoff moved left to an iMCU boundary and cw grew by as much */
         direct = (xoff == job->x && cw == job->width);
-        if (!direct) {
-            row = (unsigned char *)malloc((size_t)cw * 3);
+        if (!direct) { /* a scratch band of BAND rows: fewer calls, and whole row groups */
+            row = (unsigned char *)malloc((size_t)cw * 3 * BAND);
             if (row == NULL) {
                 result = NO_MEMORY;
                 goto done;
@@ -152,17 +153,21 @@ static enum outcome run(struct job *job, struct guard *g) {
             result = FAILED;
             goto done;
         }
-        for (unsigned r = 0; r < job->height; r++) {
-            unsigned char *dst = job->out + (size_t)r * pitch;
-            JSAMPROW target = direct ? dst : row;
-            if (jpeg_read_scanlines(&cinfo, &target, 1) != 1) {
+        for (unsigned r = 0; r < job->height;) {
+            JSAMPROW rows[BAND];
+            unsigned want = job->height - r < BAND ? job->height - r : BAND, got;
+            for (unsigned i = 0; i < want; i++)
+                rows[i] = direct ? job->out + (size_t)(r + i) * pitch : row + (size_t)i * cw * 3;
+            got = jpeg_read_scanlines(&cinfo, rows, want);
+            if (got == 0) {
                 snprintf(g->message, sizeof g->message, "no data for row %u", job->y + r);
                 result = FAILED;
                 goto done;
             }
-            if (!direct) {
-                memcpy(dst, row + (size_t)(job->x - xoff) * 3, pitch);
-            }
+            if (!direct)
+                for (unsigned i = 0; i < got; i++)
+                    memcpy(job->out + (size_t)(r + i) * pitch, rows[i] + (size_t)(job->x - xoff) * 3, pitch);
+            r += got;
         }
     }
 done:

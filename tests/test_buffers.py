@@ -1,0 +1,75 @@
+"""Recycled shared-memory batch buffers: reused once the training loop lets go, never before."""
+
+from __future__ import annotations
+
+import torch
+
+from shardpipe import ShardDataset, ShardLoader
+from shardpipe.augment import RandomResizedCrop
+from shardpipe.stages.buffers import SLOTS, BatchBuffers, _segment_id
+
+
+def per_key_pixels(urls: list[str], epoch: int = 0) -> dict[str, torch.Tensor]:
+    """Each sample's augmented pixels, from an in-process pass (crops are seeded per key and epoch)."""
+    out = {}
+    ds = ShardDataset(urls, transform=RandomResizedCrop(16), batch_size=2)
+    ds.set_epoch(epoch)
+    for batch in ds:
+        for key, img in zip(batch["__key__"], batch["jpg"]):
+            out[key] = img.clone()
+    return out
+
+
+def check(batch: dict, ref: dict[str, torch.Tensor]) -> None:
+    for key, img in zip(batch["__key__"], batch["jpg"]):
+        assert torch.equal(img, ref[key]), key
+
+
+def test_batches_the_loop_drops_are_recycled_with_the_right_pixels(dataset_dir) -> None:
+    urls, samples = dataset_dir
+    ds = ShardDataset(urls, transform=RandomResizedCrop(16), batch_size=2)
+    loader = ShardLoader(ds, num_workers=2, prefetch_factor=2)
+    segments, batches = set(), 0
+    for epoch in range(2):  # new workers each epoch: their own segments, nothing stale freed
+        ref = per_key_pixels(urls, epoch)
+        for batch in loader:
+            check(batch, ref)
+            segments.add(_segment_id(batch["jpg"].untyped_storage()))
+            batches += 1
+    assert batches >= 2 * len(samples) // 2
+    assert len(segments) <= 2 * 2 * SLOTS < batches  # reused, per worker and epoch at most SLOTS
+
+
+def test_batches_the_loop_keeps_are_never_overwritten(dataset_dir) -> None:
+    urls, _ = dataset_dir
+    ref = per_key_pixels(urls)
+    kept = list(ShardLoader(ShardDataset(urls, transform=RandomResizedCrop(16), batch_size=2), num_workers=2))
+    assert len(kept) > 2 * SLOTS  # more batches than slots: the workers had to allocate fresh ones
+    for batch in kept:
+        check(batch, ref)
+    segments = {_segment_id(b["jpg"].untyped_storage()) for b in kept}
+    assert len(segments) == len(kept)
+
+
+def test_a_view_keeps_its_batch_busy() -> None:
+    pool = BatchBuffers()
+    t = pool.take((4, 3, 8, 8), worker=0)
+    ptr = t.data_ptr()
+    pool.track(0, {"jpg": t})
+    view = t[1:3]
+    del t
+    assert pool.release() == 0  # the view still reads the buffer
+    assert pool.take((4, 3, 8, 8), worker=0).data_ptr() != ptr  # so the worker gets another one
+    del view
+    assert pool.release() == 1
+    assert pool.take((4, 3, 8, 8), worker=0).data_ptr() == ptr  # now it is reused
+
+
+def test_a_slot_taken_over_by_a_new_segment_is_not_freed_for_the_old_one() -> None:
+    pool = BatchBuffers()
+    t = pool.take((2, 3, 4, 4), worker=1)
+    pool.track(1, {"jpg": t})
+    pool.table[1, 0, 1] = 12345  # the slot now holds another segment (a restarted worker's)
+    del t
+    assert pool.release() == 0
+    assert int(pool.table[1, 0, 0]) == 1  # still busy: its new owner decides
