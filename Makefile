@@ -13,11 +13,15 @@ TEST_EXTRAS ?= turbo,turbojpeg,jpeg4py,s3,gcs,http,lmdb,gpu,test
 	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 	touch $@
 
-.setup.stamp: .torch.stamp pyproject.toml
+# setup.py and the C source: `pip install -e` builds the native crop decoder in place (optional:
+# skipped without a compiler or libjpeg-turbo's headers, e.g. apt install libjpeg62-turbo-dev)
+NATIVE_SRC = setup.py shardpipe/image/decoders/_cropjpeg.c
+
+.setup.stamp: .torch.stamp pyproject.toml $(NATIVE_SRC)
 	$(PIP) install -q -e ".[$(DEMO_EXTRAS)]"
 	touch $@
 
-.setup-test.stamp: .torch.stamp pyproject.toml
+.setup-test.stamp: .torch.stamp pyproject.toml $(NATIVE_SRC)
 	$(PIP) install -q -e ".[$(TEST_EXTRAS)]"
 	touch $@
 
@@ -35,4 +39,4 @@ bench: setup-test
 	$(PY) tools/bench.py
 
 clean:
-	rm -rf .torch.stamp .setup.stamp .setup-test.stamp demo-data bench-data build *.egg-info
+	rm -rf .torch.stamp .setup.stamp .setup-test.stamp demo-data bench-data build *.egg-info shardpipe/image/decoders/*.so

@@ -40,7 +40,6 @@ from shardpipe.devtools.bench import (  # noqa: E402
 )
 from shardpipe.image.decoders import AUTO_ORDER, available_decoders  # noqa: E402
 
-
 #: the --fresh kernels: name -> (decoder, build_image_fn options, native flags)
 FRESH_KERNELS = {
     "fused simplejpeg (today)": ("simplejpeg", {}, 0),

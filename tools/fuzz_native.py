@@ -32,8 +32,9 @@ def _chunk(seed: int, n: int, max_pixels: int, queue: mp.Queue) -> None:
     # seeds: baseline 4:2:0 (0, 1), large (3), grey (7), CMYK (17), progressive (27), portrait-ish (48)
     seeds = [make_jpeg(i) for i in (0, 1, 3, 7, 17, 27, 48)]
     bugs: list[bytes] = []
-    counts = check_decoder(get_decoder("native"), mutants(seeds, n, np.random.default_rng(seed)),
-                           np.random.default_rng(seed + 10**6), bugs)
+    counts = check_decoder(
+        get_decoder("native"), mutants(seeds, n, np.random.default_rng(seed)), np.random.default_rng(seed + 10**6), bugs
+    )
     queue.put((seed, dict(counts), bugs[:3]))
 
 

@@ -118,4 +118,3 @@ class BatchBuffers:
         """Forget the main side's segments (between epochs: the workers that own them are gone)."""
         self._held.clear()
         self._mapped.clear()
-

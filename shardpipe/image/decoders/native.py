@@ -32,12 +32,8 @@ from shardpipe.image.decoders.registry import ImageTooLargeError
 
 try:
     from shardpipe.image.decoders import _cropjpeg
-except ImportError as e:  # not built here: say how to get it
-    raise ImportError(
-        "shardpipe's native crop decoder was not built (it needs a C compiler and libjpeg-turbo's "
-        "headers at install time, e.g. apt install libjpeg62-turbo-dev, then reinstall shardpipe): "
-        f"{e}"
-    ) from e
+except ImportError as e:  # not built here (the registry's message says how to get it)
+    raise ImportError(f"shardpipe's native crop decoder was not built: {e}") from e
 
 Box = tuple[float, float, float, float]  # top, left, height, width (pixels of the full image)
 
@@ -46,9 +42,7 @@ Box = tuple[float, float, float, float]  # top, left, height, width (pixels of t
 FAST_IDCT = _cropjpeg.FAST_IDCT
 FAST_UPSAMPLE = _cropjpeg.FAST_UPSAMPLE
 #: all n/8 DCT scales from 1/1 down, as reduced fractions
-ALL_SCALES: tuple[Scale, ...] = tuple(
-    (n // math.gcd(n, 8), 8 // math.gcd(n, 8)) for n in range(8, 0, -1)
-)
+ALL_SCALES: tuple[Scale, ...] = tuple((n // math.gcd(n, 8), 8 // math.gcd(n, 8)) for n in range(8, 0, -1))
 #: decoded pixels beyond the box on each side: the resampling filter reads up to 4 block
 #: widths past the box (``resample.resized_crop``), and libjpeg's fancy upsampling differs
 #: at the region's own edge by a pixel
@@ -92,8 +86,7 @@ class NativeDecoder(JpegBackend):
             _cropjpeg.decode(data, out, num, 8, x, y, width, height, self.flags, registry.MAX_PIXELS)
         except _cropjpeg.TooLarge as e:
             raise ImageTooLargeError(
-                f"{e} (shardpipe.image.decoders.registry.MAX_PIXELS); refusing to decode a possible "
-                "decompression bomb"
+                f"{e} (shardpipe.image.decoders.registry.MAX_PIXELS); refusing to decode a possible decompression bomb"
             ) from None
         except _cropjpeg.Error as e:
             raise DecodeError(str(e)) from None

@@ -143,6 +143,7 @@ register_decoder("cv2", "shardpipe.image.decoders.cv2:Cv2Decoder", "pip install 
 register_decoder(
     "native",
     "shardpipe.image.decoders.native:NativeDecoder",
-    "a C compiler and libjpeg-turbo's headers when shardpipe is installed (apt install libjpeg62-turbo-dev)",
+    "a C compiler and libjpeg-turbo's headers when shardpipe is installed "
+    "(apt install gcc libjpeg62-turbo-dev, then reinstall shardpipe)",
     auto_rank=0,
 )
