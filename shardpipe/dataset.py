@@ -102,6 +102,11 @@ class ShardDataset(IterableDataset):
             backoff, timeout) for remote streams.
         prefetch: remote shards to open ahead of the one being read.
         allow_pipe: allow ``pipe:`` URLs (they run a shell command).
+        max_member_size: a tar member declaring more bytes is a ``CorruptShardError``
+            (default 256 MiB, ``shardpipe.format.tar.reader.MAX_MEMBER_SIZE``; None: no limit).
+        verify: hash each shard as it streams and compare its sha256 and size with the
+            manifest (about one sha256 pass over the bytes; see BENCHMARKS.md). Sample
+            counts are always compared with the manifest.
     """
 
     def __init__(
@@ -236,6 +241,10 @@ class ShardDataset(IterableDataset):
             "tolerates ranks with different batch counts"
         )
 
+    def _untar(self, give_up_after: int | None = None) -> Untar:
+        io = self.open_options
+        return Untar(give_up_after=give_up_after, max_member_size=io.max_member_size, verify=io.verify)
+
     def _shard_stages(self, ctx: Context) -> list[Stage[Any]]:
         """The stages up to grouped samples, per the epoch policy."""
         shuffle = self.buffer_size > 0
@@ -255,7 +264,7 @@ class ShardDataset(IterableDataset):
                     policy=policy,
                 )
 
-            stages: list[Stage[Any]] = [ShardList(self.shards, plan=ranges), Untar(), GroupSamples()]
+            stages: list[Stage[Any]] = [ShardList(self.shards, plan=ranges), self._untar(), GroupSamples()]
             if policy == "pad":
                 stages.append(Map(_mark_real))
             return stages
@@ -264,12 +273,12 @@ class ShardDataset(IterableDataset):
             assert samples_per_epoch
             budget = samples_per_epoch // ctx.split_count
             draws = ShardList(self.shards, plan=lambda c: ResampledShards(self.shards, c.seed, c.epoch, c.split_index))
-            return [draws, Untar(give_up_after=max(64, 2 * len(self.shards))), GroupSamples(), Take(budget)]
+            return [draws, self._untar(max(64, 2 * len(self.shards))), GroupSamples(), Take(budget)]
         mode = self._split_mode(ctx)
         stages = [ShardList(self.shards, shuffle=shuffle)]
         if mode == "shards" and ctx.split_count > 1:
             stages.append(SplitShards("all"))
-        stages += [Untar(), GroupSamples()]
+        stages += [self._untar(), GroupSamples()]
         if mode == "samples" and ctx.split_count > 1:
             stages.append(SplitSamples())
         return stages

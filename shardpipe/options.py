@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
 from shardpipe.split.plan import POLICIES as EPOCH_POLICIES
 from shardpipe.stages.decode import IMAGE_MODES as DECODE_MODES
 
@@ -60,9 +61,14 @@ class OpenOptions:
     prefetch: int = 1
     #: allow ``pipe:`` URLs (they run a shell command)
     allow_pipe: bool = False
+    #: a tar member declaring more bytes is a CorruptShardError (None: no limit)
+    max_member_size: int | None = MAX_MEMBER_SIZE
+    #: compare each shard's sha256 and size with the manifest as it streams
+    verify: bool = False
 
     def __post_init__(self) -> None:
         _check_count("cache_size", self.cache_size, 1)
+        _check_count("max_member_size", self.max_member_size, 0)
         _check_count("prefetch", self.prefetch, 0, optional=False)
         if self.cache_size is not None and self.cache_dir is None:
             raise ValueError("cache_size limits a cache: give cache_dir too")

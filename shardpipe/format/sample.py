@@ -38,9 +38,24 @@ def split_name(name: str) -> tuple[str, str] | None:
 
 
 def check_key(key: str) -> None:
-    """Reject keys that would not read back as written (see the module docstring)."""
+    """Reject keys that would not read back as written (see the module docstring), and keys
+    whose member names would escape the folder that ``tar -x`` extracts into (absolute,
+    ``..``), or that tar tools and webdataset readers read differently (empty or ``.``
+    path components, backslashes, NUL and control characters)."""
     if not key:
         raise ValueError("sample key must not be empty")
+    bad = next((c for c in key if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    if bad is not None:
+        raise ValueError(f"sample key {key!r} contains the control character {bad!r}")
+    if "\\" in key:
+        raise ValueError(f"sample key {key!r} contains a backslash: Windows tools read it as a path separator")
+    if key.startswith("/"):
+        raise ValueError(f"sample key {key!r} is an absolute path: tar would extract it outside its folder")
+    parts = key.split("/")
+    if ".." in parts:
+        raise ValueError(f"sample key {key!r} contains a '..' component: tar would extract it outside its folder")
+    if "" in parts or "." in parts:
+        raise ValueError(f"sample key {key!r} has an empty or '.' path component")
     base = key.rsplit("/", 1)[-1]
     if "." in base:
         raise ValueError(

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator
 from typing import IO, Any, cast
 
-from shardpipe.errors import ShardNotFoundError, ShardReadError, TruncatedShardError
+from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardReadError, TruncatedShardError
 from shardpipe.io.cache import ShardCache
 from shardpipe.io.remote import ReadOptions, open_remote
 
@@ -111,7 +111,8 @@ def open_shard(
     :class:`TruncatedShardError` naming the URL and offset when retries run out. With
     ``cache_dir``, remote shards are downloaded once into a local cache of at most
     ``cache_size`` bytes and checked against ``expected_size``/``expected_sha256``
-    (from the manifest) when given.
+    (from the manifest) when given; a local or remote shard whose size differs from
+    ``expected_size`` is a :class:`CorruptShardError`.
     """
     if url.startswith("pipe:"):
         if not allow_pipe:
@@ -125,6 +126,10 @@ def open_shard(
             raise ShardNotFoundError(f"shard not found: {url}") from e
         except OSError as e:  # a directory, no permission, an I/O error
             raise ShardReadError(f"cannot read shard {url}: {e}") from e
+        size = os.fstat(f.fileno()).st_size
+        if expected_size is not None and size != expected_size:
+            f.close()
+            raise CorruptShardError(f"shard {url} is {size} bytes but its manifest entry says {expected_size}")
         if offset:
             f.seek(offset)
         return f

@@ -7,10 +7,11 @@ import time
 from collections.abc import Callable
 from typing import IO
 
-from shardpipe.errors import ShardpipeError, ShardReadError
+from shardpipe.errors import CorruptShardError, ShardpipeError, ShardReadError
 from shardpipe.format.sample import split_name
-from shardpipe.format.tar.reader import TarStream
+from shardpipe.format.tar.reader import MAX_MEMBER_SIZE, TarStream
 from shardpipe.io.prefetch import Prefetcher
+from shardpipe.io.verify import VerifyingReader
 from shardpipe.stages.base import Stage, State
 from shardpipe.stages.shards import Shard
 
@@ -35,11 +36,28 @@ class Untar(Stage[Member]):
     point (a seek for plain tar; a discard of decompressed bytes for gzip).
     A broken shard goes to the error policy: the error names the shard and offset; under
     skip/warn the rest of that shard is skipped and counted.
+
+    At the end of each shard its sample count is compared with the manifest's (when
+    known): a difference is a ``CorruptShardError``. ``verify=True`` also hashes every
+    shard with a manifest sha256/size as it streams and compares at its end (a consumer
+    reading a range of a shard reads the rest too; a resume rereads from the start).
+    ``max_member_size``: see ``TarStream``.
     """
 
-    def __init__(self, opener: Opener | None = None, give_up_after: int | None = None):
+    def __init__(
+        self,
+        opener: Opener | None = None,
+        give_up_after: int | None = None,
+        *,
+        max_member_size: int | None = MAX_MEMBER_SIZE,
+        verify: bool = False,
+    ):
         super().__init__()
         self.opener = opener or self._default_open
+        self.max_member_size = max_member_size
+        self.verify = verify
+        self._verifier: VerifyingReader | None = None
+        self._complete = False  # the current shard was read to its end-of-archive block
         # for endless shard lists (resampling): this many unreadable shards in a row end
         # the epoch with an error even under the skip policy, instead of skipping forever
         self.give_up_after = give_up_after
@@ -73,16 +91,21 @@ class Untar(Stage[Member]):
     def _open(self, shard: Shard, offset: int = 0, compressed: bool | None = None) -> None:
         # a fresh object per visit: a plan may list one shard twice in a row
         self._shard, self._ordinal, self._key = dataclasses.replace(shard), 0, None
-        if compressed:  # gzip streams cannot seek: decompress from the start and discard
-            self._tar = TarStream(self.opener(shard, 0), shard.url, 0, compressed=True)
+        self._complete = False
+        verify = self.verify and (shard.sha256 is not None or shard.size is not None)
+        # gzip streams cannot seek, and a verified shard is hashed from its first byte:
+        # both start at 0 and discard up to the offset
+        start = 0 if compressed or verify else offset
+        stream = self.opener(shard, start)
+        self._verifier = VerifyingReader(stream, shard.url, shard.size, shard.sha256) if verify else None
+        self._tar = TarStream(self._verifier or stream, shard.url, start, compressed, self.max_member_size)
+        if start != offset:
             self._tar.skip_to(offset)
-        else:
-            self._tar = TarStream(self.opener(shard, offset), shard.url, offset, compressed)
 
     def _close(self) -> None:
         if self._tar is not None:
             self._tar.close()
-        self._tar, self._shard = None, None
+        self._tar, self._shard, self._verifier = None, None, None
 
     def next(self) -> Member:
         while True:
@@ -110,7 +133,10 @@ class Untar(Stage[Member]):
             timers["read"] = timers.get("read", 0.0) + read
             timers["untar"] = timers.get("untar", 0.0) + time.perf_counter() - t0 - read
             if member is None:
+                error = self._end_checks(shard)
                 self._close()
+                if error is not None:  # every sample was returned: count the shard, drop none
+                    self._failed(error)
                 continue
             self._failures = 0
             return member
@@ -125,12 +151,26 @@ class Untar(Stage[Member]):
             ) from error
         self.ctx.errors(error)
 
+    def _end_checks(self, shard: Shard) -> ShardpipeError | None:
+        """Compare what the shard held with its manifest entry: the error, or None."""
+        expected = shard.samples
+        try:
+            if expected is not None and (self._ordinal > expected or (self._complete and self._ordinal != expected)):
+                held = self._ordinal if self._complete else f"at least {self._ordinal}"
+                raise CorruptShardError(f"shard {shard.url} holds {held} samples but its manifest entry says {expected}")
+            if self._verifier is not None:
+                self._verifier.finish()
+        except ShardpipeError as e:
+            return e
+        return None
+
     def _next_in_range(self, tar: TarStream, shard: Shard) -> Member | None:
         """The next member whose sample lies in the shard's range; None when the range is done."""
         while True:
             mark = (self._source_state, tar.offset, self._ordinal, self._key, tar.compressed)
             header = tar.next_header()
             if header is None:
+                self._complete = True
                 return None
             name = header[0]
             parts = split_name(name)

@@ -58,6 +58,11 @@ class _HashingWriter:
 
 
 _BLOCK = 512
+
+
+def _has_control(text: str) -> bool:
+    return "\\" in text or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
+
 _RECORD = 20 * _BLOCK  # archives are padded to whole records, as tar(1) and tarfile do
 
 
@@ -107,8 +112,11 @@ class TarWriter:
         # check and encode every field before writing any: a bad field never leaves half a sample
         members = []
         for ext, value in fields:
-            if ext != ext.lower() or not ext or ext.startswith(".") or "/" in ext:
-                raise ValueError(f"field name {ext!r} of sample {key!r} must be a lower-case extension without '/'")
+            if ext != ext.lower() or not ext or ext.startswith(".") or "/" in ext or _has_control(ext):
+                raise ValueError(
+                    f"field name {ext!r} of sample {key!r} must be a lower-case extension without '/', "
+                    "backslashes or control characters"
+                )
             members.append((f"{key}.{ext}", encode_field(ext, value)))
         total = 0
         for name, data in members:

@@ -4,7 +4,13 @@ It never holds more than one member in memory, tracks the byte offset of every m
 boundary (so a reader can resume there), transparently decompresses gzip, and tells a
 truncated stream (``TruncatedShardError``) from a damaged one (``CorruptShardError``).
 A stream must end with the tar end-of-archive block: a shard cut exactly at a member
-boundary is reported as truncated, never read as a shorter shard.
+boundary is reported as truncated, never read as a shorter shard. A gzip stream is read
+to its end after the end-of-archive block, so that the trailer of every gzip member
+(CRC32 and length) is checked: a mismatch is corrupt, a missing trailer truncated.
+
+No size field from the file is trusted for an allocation: a member that declares more
+than ``max_member_size`` bytes is refused before any of it is read, and data is read in
+chunks, so a header declaring 64 GiB in front of a few bytes allocates a few bytes.
 """
 
 from __future__ import annotations
@@ -15,11 +21,21 @@ import zlib
 from typing import IO
 
 from shardpipe.errors import CorruptShardError, TruncatedShardError
+from shardpipe.format.sample import split_name
 
 BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _REGULAR = (b"0", b"\0", b"7")
 _SKIPPED = (b"1", b"2", b"3", b"4", b"5", b"6", b"g")  # links, devices, dirs, FIFOs, global pax
+#: Default ``max_member_size``: 256 MiB. Ten times the largest common image members (a
+#: 50-megapixel camera JPEG is ~25 MB, a 16-bit 24-megapixel TIFF ~150 MB), yet eight
+#: DataLoader workers each holding one such member stay within a few GB.
+MAX_MEMBER_SIZE = 256 << 20
+#: pax and GNU long-name headers hold a few names and numbers: 1 MiB is plenty
+MAX_META_SIZE = 1 << 20
+#: bytes allowed after the end-of-archive block of a gzip stream (tar pads to 10 KiB records)
+MAX_TAIL = 16 << 20
+_CHUNK = 4 << 20  # the largest single read: allocations follow the bytes that arrive
 
 
 class _TimedReader:
@@ -56,10 +72,15 @@ class _TimedReader:
 
 
 def _octal(field: bytes) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256 for large values
-        return int.from_bytes(field[1:], "big")
+    if field[:1] and field[0] & 0x80:  # GNU base-256 (two's complement) for large values
+        value = int.from_bytes(field[1:], "big")
+        return value - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else value
     digits = field.replace(b"\0", b" ").strip()
     return int(digits, 8) if digits else 0
+
+
+def _size_text(n: int) -> str:
+    return f"{n} bytes ({n / 2**20:.1f} MiB)" if n < 1 << 30 else f"{n} bytes ({n / 2**30:.1f} GiB)"
 
 
 def _cstr(field: bytes) -> str:
@@ -92,11 +113,23 @@ class TarStream:
     member, ``self.offset`` is the offset of the next header, a valid resume point.
     ``next_header`` + ``read_data``/``skip_data`` let a caller skip members it does not
     want without reading them (a seek, when the stream can seek).
+    ``max_member_size``: members declaring more bytes are a ``CorruptShardError``
+    (None: no limit; reads stay chunked, so memory still follows the real data).
     """
 
-    def __init__(self, stream: IO[bytes], url: str, offset: int = 0, compressed: bool | None = None):
+    def __init__(
+        self,
+        stream: IO[bytes],
+        url: str,
+        offset: int = 0,
+        compressed: bool | None = None,
+        max_member_size: int | None = MAX_MEMBER_SIZE,
+    ):
+        if max_member_size is not None and max_member_size < 0:
+            raise ValueError(f"max_member_size must be >= 0 or None, not {max_member_size}")
         self.url = url
         self.offset = offset
+        self.max_member_size = max_member_size
         raw = _TimedReader(stream)
         if compressed is None:
             head = stream.read(2)
@@ -128,19 +161,21 @@ class TarStream:
             self.offset += len(chunk)
 
     def _read(self, n: int, what: str) -> bytes:
-        """Up to ``n`` bytes (fewer only at the end of the stream)."""
+        """Up to ``n`` bytes (fewer only at the end of the stream), read in bounded chunks."""
+        parts: list[bytes] = []
+        got = 0
         try:
-            data = self._f.read(n)
-            while 0 < len(data) < n:  # some streams (pipes, sockets) return short reads
-                more = self._f.read(n - len(data))
-                if not more:
+            while got < n:  # some streams (pipes, sockets) return short reads
+                part = self._f.read(min(n - got, _CHUNK))
+                if not part:
                     break
-                data += more
+                parts.append(part)
+                got += len(part)
         except EOFError as e:  # gzip stream ends before its end-of-stream marker
             raise TruncatedShardError(f"truncated gzip in shard {self.url} while reading {what}: {e}") from e
         except (zlib.error, gzip.BadGzipFile) as e:
             raise CorruptShardError(f"bad gzip data in shard {self.url} while reading {what}: {e}") from e
-        return data
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _read_exact(self, n: int, what: str) -> bytes:
         data = self._read(n, what)
@@ -168,6 +203,8 @@ class TarStream:
                     "without the end-of-archive marker"
                 )
             if block == _ZERO_BLOCK:
+                if self.compressed:
+                    self._finish_gzip()
                 return None
             self._check_header(block, header_at)
             kind = block[156:157]
@@ -176,6 +213,7 @@ class TarStream:
                 size = int(pax["size"]) if "size" in pax else _octal(block[124:136])
             except ValueError as e:
                 raise CorruptShardError(f"bad member size in shard {self.url} at byte {header_at}: {e}") from e
+            self._check_size(name, kind, size, header_at)
             self.offset = header_at + BLOCK
             self._name, self._size, self._pending = name, size, size + (-size) % BLOCK
             if kind in _REGULAR:
@@ -192,6 +230,39 @@ class TarStream:
                 long_name, pax = None, {}
                 continue
             raise CorruptShardError(f"unknown tar member type {kind!r} in shard {self.url} at byte {header_at}")
+
+    def _check_size(self, name: str, kind: bytes, size: int, at: int) -> None:
+        """Refuse sizes no allocation should follow: negative, or above the limit."""
+        if size < 0:
+            raise CorruptShardError(f"member {name!r} of shard {self.url} at byte {at} declares a negative size {size}")
+        if kind in (b"L", b"x") and size > MAX_META_SIZE:
+            raise CorruptShardError(
+                f"{'pax' if kind == b'x' else 'GNU long-name'} header of shard {self.url} at byte {at} declares "
+                f"{_size_text(size)}, above the {MAX_META_SIZE}-byte limit for such headers"
+            )
+        limit = self.max_member_size
+        if kind in _REGULAR and limit is not None and size > limit:
+            parts = split_name(name)
+            key = parts[0] if parts is not None else None
+            raise CorruptShardError(
+                f"member {name!r} (key {key!r}) of shard {self.url} at byte {at} declares {_size_text(size)}, "
+                f"above max_member_size={limit}: a damaged header, or pass a larger max_member_size"
+            )
+
+    def _finish_gzip(self) -> None:
+        """Read the gzip stream to its end, so that every member's trailer (CRC32, length) is checked.
+
+        Writers pad an archive to a record of a few KiB; more than ``MAX_TAIL`` bytes
+        after the end-of-archive block is refused rather than inflated (a gzip bomb).
+        """
+        tail = 0
+        while chunk := self._read(1 << 20, "the end of the gzip stream"):
+            tail += len(chunk)
+            if tail > MAX_TAIL:
+                raise CorruptShardError(
+                    f"shard {self.url} holds more than {MAX_TAIL} bytes after its end-of-archive block "
+                    f"at byte {self.offset}: not a tar written by a tar tool"
+                )
 
     def read_data(self) -> bytes:
         """The current member's bytes (and consume its padding)."""
