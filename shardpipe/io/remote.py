@@ -8,7 +8,10 @@ offset after an exponential backoff, so the stream returns every byte exactly on
 After ``retries`` consecutive failures at one offset the reader raises
 :class:`~shardpipe.errors.TruncatedShardError` naming the URL and the offset.
 
-The object's size is looked up first, so a stream that ends early is detected.
+The object's size and version are looked up first: a stream that ends early is
+detected, and every ranged request asks for that version (:mod:`shardpipe.io.pin`), so a
+shard replaced mid-read is a :class:`~shardpipe.errors.CorruptShardError`, never a
+splice of two versions.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardpipeError, TruncatedShardError
+from shardpipe.io.pin import Pin, fetch_range, is_version_gone, pin_of
 
 log = logging.getLogger("shardpipe")
 T = TypeVar("T")
@@ -114,14 +118,19 @@ def call_with_retries(fn: Callable[[], T], what: str, options: ReadOptions) -> T
 
 
 class AsyncBlockSource:
-    """Ranged requests on an fsspec async filesystem's event loop, each with a deadline."""
+    """Ranged requests on an fsspec async filesystem's event loop, each with a deadline,
+    each for the version ``pin`` (when the store names one)."""
 
-    def __init__(self, fs: Any, path: str, timeout: float):
-        self.fs, self.path, self.timeout = fs, path, timeout
+    def __init__(self, fs: Any, path: str, timeout: float, pin: Pin | None = None):
+        self.fs, self.path, self.timeout, self.pin = fs, path, timeout, pin
 
     async def _fetch(self, start: int, end: int) -> bytes:
-        coro = self.fs._cat_file(self.path, start=start, end=end)
+        coro = fetch_range(self.fs, self.path, start, end, self.pin)
         return await asyncio.wait_for(coro, self.timeout)
+
+    def changed(self, exc: BaseException) -> bool:
+        """True when ``exc`` means the pinned version was replaced."""
+        return is_version_gone(exc, self.pin)
 
     def submit(self, start: int, end: int) -> Future[bytes]:
         return asyncio.run_coroutine_threadsafe(self._fetch(start, end), self.fs.loop)
@@ -136,6 +145,8 @@ class AsyncBlockSource:
 class ThreadBlockSource:
     """Ranged requests on a synchronous fsspec filesystem, from a small thread pool."""
 
+    pin = None  # synchronous filesystems are read unpinned
+
     def __init__(self, fs: Any, path: str, timeout: float, threads: int):
         self.fs, self.path, self.timeout = fs, path, timeout
         self.pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="shardpipe-read")
@@ -148,6 +159,9 @@ class ThreadBlockSource:
             return fut.result(self.timeout)
         except FutureTimeout as e:
             raise TimeoutError(f"no data within {self.timeout} s") from e
+
+    def changed(self, exc: BaseException) -> bool:
+        return False
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
@@ -308,6 +322,12 @@ class ResumableReader(io.BufferedIOBase):
             except Exception as e:
                 if isinstance(e, ShardpipeError):
                     raise
+                if self._source.changed(e):
+                    raise CorruptShardError(
+                        f"{self.url} changed while being read: the request for bytes {start}-{end - 1} no longer "
+                        f"matches {self._source.pin}, seen when it was opened (the object was replaced or "
+                        f"deleted): {type(e).__name__}: {e}"
+                    ) from e
                 if not is_retryable(e):  # e.g. the object was deleted: a shard error all the same
                     raise TruncatedShardError(
                         f"{self.url}: read failed at byte {start} of {self.size}: {type(e).__name__}: {e}"
@@ -336,8 +356,8 @@ class ResumableReader(io.BufferedIOBase):
         self._fill_window(self.options.readahead)
 
 
-def object_size(fs: Any, path: str, url: str, options: ReadOptions) -> int:
-    """The object's size in bytes (retried on transient errors)."""
+def object_info(fs: Any, path: str, url: str, options: ReadOptions) -> dict[str, Any]:
+    """The object's ``info()`` with an integer ``size`` (retried on transient errors)."""
     try:
         info = call_with_retries(lambda: fs.info(path), f"info {url}", options)
     except Exception as e:
@@ -351,7 +371,7 @@ def object_size(fs: Any, path: str, url: str, options: ReadOptions) -> int:
     size = info.get("size")
     if size is None:
         raise CorruptShardError(f"{url}: the server does not report the object's size")
-    return int(size)
+    return {**info, "size": int(size)}
 
 
 def open_remote(
@@ -368,12 +388,13 @@ def open_remote(
 
     options = options or ReadOptions()
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    size = object_size(fs, path, url, options)
+    info = object_info(fs, path, url, options)
+    size = info["size"]
     if expected_size is not None and size != expected_size:
         raise CorruptShardError(f"{url}: object is {size} bytes but the manifest says {expected_size}")
     source: AsyncBlockSource | ThreadBlockSource
     if isinstance(fs, fsspec.asyn.AsyncFileSystem):
-        source = AsyncBlockSource(fs, path, options.timeout)
+        source = AsyncBlockSource(fs, path, options.timeout, pin_of(fs, info))
     else:
         source = ThreadBlockSource(fs, path, options.timeout, options.readahead + 1)
     return ResumableReader(url, source, size, offset, options)
