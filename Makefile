@@ -6,7 +6,7 @@ PIP ?= $(PY) -m pip
 DEMO_EXTRAS ?= turbo,turbojpeg
 TEST_EXTRAS ?= turbo,turbojpeg,jpeg4py,s3,gcs,http,lmdb,gpu,test
 
-.PHONY: setup setup-test demo test bench clean
+.PHONY: setup setup-test system-deps demo test bench clean
 
 # torch first, pinned to the CPU build, so that no requirement pulls the CUDA build
 .torch.stamp:
@@ -21,7 +21,9 @@ NATIVE_SRC = setup.py shardpipe/image/decoders/_cropjpeg.c
 	$(PIP) install -q -e ".[$(DEMO_EXTRAS)]"
 	touch $@
 
-.setup-test.stamp: .torch.stamp pyproject.toml $(NATIVE_SRC)
+# the system packages come first (order-only: they never force a reinstall): the native decoder
+# builds against libjpeg-turbo's headers during `pip install -e`
+.setup-test.stamp: .torch.stamp pyproject.toml $(NATIVE_SRC) | system-deps
 	$(PIP) install -q -e ".[$(TEST_EXTRAS)]"
 	touch $@
 
@@ -29,10 +31,16 @@ setup: .setup.stamp
 
 setup-test: .setup-test.stamp
 
+# system packages the tests use (libturbojpeg, nginx, libjpeg-turbo headers, gcc): apt-get when root or
+# password-less sudo allows it, else a warning naming the tests that will skip (.ci/run runs this too);
+# when it installs anything it drops the setup stamps, so the native decoder is built again
+system-deps:
+	@.ci/system-deps
+
 demo: setup
 	$(PY) -m shardpipe.cli demo
 
-test: setup-test
+test: system-deps setup-test
 	$(PY) -m pytest -q -ra
 
 bench: setup-test
