@@ -100,6 +100,18 @@ def test_negative_sizes_are_corrupt():
         read_members(pax.tobuf(tarfile.PAX_FORMAT) + bytes(1024))
 
 
+def test_a_skipped_member_with_an_impossible_size_is_refused():
+    # found by tools/fuzz.py: a directory entry declaring 2**60 bytes made the skip-seek overflow
+    block = bytearray(member_header("d/", 0, tarfile.GNU_FORMAT))
+    block[156:157] = b"5"
+    block[124:136] = b"\x80" + (1 << 60).to_bytes(11, "big")
+    block[148:156] = b"        "
+    block[148:156] = b"%06o\0 " % sum(block)
+    with pytest.raises(CorruptShardError, match=r"member 'd/' of shard mem.tar at byte 0 declares 1152921504606846976 "
+                       r"bytes: more than any shard holds"):
+        read_members(bytes(block) + bytes(1024))
+
+
 def test_a_huge_pax_header_is_refused():
     block = bytearray(member_header("././@PaxHeader", 0, tarfile.USTAR_FORMAT))
     block[156:157] = b"x"
@@ -345,3 +357,18 @@ def test_writer_still_accepts_nested_keys(tmp_path: Path):
         w.write({"__key__": "train/n01440764/img_0001", "txt": "x"})
     with tarfile.open(tmp_path / "s-000000.tar") as tf:
         assert tf.getnames() == ["train/n01440764/img_0001.txt"]
+
+
+@pytest.mark.parametrize(
+    "changes, why",
+    [
+        ({"samples": -5}, r"has samples -5, not a non-negative integer"),
+        ({"samples": "50"}, r"has samples '50', not a non-negative integer"),
+        ({"bytes": 1.5}, r"has bytes 1.5, not a non-negative integer"),
+        ({"sha256": "abc"}, r"has sha256 'abc', not 64 hex digits"),
+    ],
+)
+def test_manifest_numbers_are_checked_before_use(manifest, changes, why):
+    edit_manifest(manifest, 1, **changes)
+    with pytest.raises(ValueError, match=rf"manifest .*manifest.json: shard entry 1 .*{why}"):
+        shardpipe.ShardDataset(manifest, decode=None)

@@ -35,6 +35,7 @@ MAX_MEMBER_SIZE = 256 << 20
 MAX_META_SIZE = 1 << 20
 #: bytes allowed after the end-of-archive block of a gzip stream (tar pads to 10 KiB records)
 MAX_TAIL = 16 << 20
+_MAX_ANY_SIZE = 1 << 48  # 256 TiB: no member of any kind, skipped or not, is larger
 _CHUNK = 4 << 20  # the largest single read: allocations follow the bytes that arrive
 
 
@@ -235,6 +236,10 @@ class TarStream:
         """Refuse sizes no allocation should follow: negative, or above the limit."""
         if size < 0:
             raise CorruptShardError(f"member {name!r} of shard {self.url} at byte {at} declares a negative size {size}")
+        if size > _MAX_ANY_SIZE:  # even a member that is skipped unread (a seek that large overflows)
+            raise CorruptShardError(
+                f"member {name!r} of shard {self.url} at byte {at} declares {size} bytes: more than any shard holds"
+            )
         if kind in (b"L", b"x") and size > MAX_META_SIZE:
             raise CorruptShardError(
                 f"{'pax' if kind == b'x' else 'GNU long-name'} header of shard {self.url} at byte {at} declares "
