@@ -92,7 +92,9 @@ def test_negative_sizes_are_corrupt():
     gnu[124:136] = b"\xff" * 12  # base-256 -1
     gnu[148:156] = b"        "
     gnu[148:156] = b"%06o\0 " % sum(gnu)
-    with pytest.raises(CorruptShardError, match=r"member 'k.bin' of shard mem.tar at byte 0 declares a negative size -1"):
+    with pytest.raises(
+        CorruptShardError, match=r"member 'k.bin' of shard mem.tar at byte 0 declares a negative size -1"
+    ):
         read_members(bytes(gnu) + bytes(1024))
     pax = tarfile.TarInfo("k.bin")
     pax.pax_headers = {"size": "-5"}
@@ -107,8 +109,11 @@ def test_a_skipped_member_with_an_impossible_size_is_refused():
     block[124:136] = b"\x80" + (1 << 60).to_bytes(11, "big")
     block[148:156] = b"        "
     block[148:156] = b"%06o\0 " % sum(block)
-    with pytest.raises(CorruptShardError, match=r"member 'd/' of shard mem.tar at byte 0 declares 1152921504606846976 "
-                       r"bytes: more than any shard holds"):
+    with pytest.raises(
+        CorruptShardError,
+        match=r"member 'd/' of shard mem.tar at byte 0 declares 1152921504606846976 "
+        r"bytes: more than any shard holds",
+    ):
         read_members(bytes(block) + bytes(1024))
 
 
@@ -118,8 +123,11 @@ def test_a_huge_pax_header_is_refused():
     block[124:136] = b"%011o\0" % (5 * GiB)
     block[148:156] = b"        "
     block[148:156] = b"%06o\0 " % sum(block)
-    with pytest.raises(CorruptShardError, match=r"pax header of shard mem.tar at byte 0 declares 5368709120 bytes "
-                       r"\(5.0 GiB\), above the 1048576-byte limit"):
+    with pytest.raises(
+        CorruptShardError,
+        match=r"pax header of shard mem.tar at byte 0 declares 5368709120 bytes "
+        r"\(5.0 GiB\), above the 1048576-byte limit",
+    ):
         read_members(bytes(block) + b"abc")
 
 
@@ -141,7 +149,9 @@ def zero_bomb_tgz(declared: int, inflated: int) -> bytes:
 def test_a_gzip_bomb_member_is_refused_without_inflating_it():
     data = zero_bomb_tgz(2 * GiB, 2 * GiB)
     assert len(data) < 3 * MiB
-    peak = read_expecting(CorruptShardError, r"member 'bomb.bin' \(key 'bomb'\) .* declares 2147483648 bytes \(2.0 GiB\)", data)
+    peak = read_expecting(
+        CorruptShardError, r"member 'bomb.bin' \(key 'bomb'\) .* declares 2147483648 bytes \(2.0 GiB\)", data
+    )
     assert peak < 2 * MiB
 
 
@@ -159,8 +169,11 @@ def test_default_limit_passes_through_shard_dataset(tmp_path: Path):
     urls = write_shards(tmp_path, [big], [1])
     assert MAX_MEMBER_SIZE == 256 * MiB
     assert [s["bin"] for s in shardpipe.ShardDataset(urls, decode=None)] == [b"x" * 4096]
-    with pytest.raises(CorruptShardError, match=r"member 'big.bin' \(key 'big'\) of shard .*shard-0000.tar at byte 0 "
-                       r"declares 4096 bytes \(0.0 MiB\), above max_member_size=4095"):
+    with pytest.raises(
+        CorruptShardError,
+        match=r"member 'big.bin' \(key 'big'\) of shard .*shard-0000.tar at byte 0 "
+        r"declares 4096 bytes \(0.0 MiB\), above max_member_size=4095",
+    ):
         list(shardpipe.ShardDataset(urls, decode=None, max_member_size=4095))
     ds = shardpipe.ShardDataset(urls, decode=None, max_member_size=4095, on_error="skip")
     assert list(ds) == []
@@ -179,8 +192,11 @@ def test_a_gzip_shard_reads_back(tgz):
 
 def test_wrong_crc32_is_corrupt(tgz):
     bad = tgz[:-8] + bytes([tgz[-8] ^ 1]) + tgz[-7:]
-    with pytest.raises(CorruptShardError, match=r"bad gzip data in shard mem.tar while reading the end of the gzip "
-                       r"stream: CRC check failed"):
+    with pytest.raises(
+        CorruptShardError,
+        match=r"bad gzip data in shard mem.tar while reading the end of the gzip "
+        r"stream: CRC check failed",
+    ):
         read_members(bad)
 
 
@@ -192,8 +208,11 @@ def test_wrong_length_is_corrupt(tgz):
 
 @pytest.mark.parametrize("cut", [8, 5, 1])
 def test_missing_trailer_is_truncated(tgz, cut):
-    with pytest.raises(TruncatedShardError, match=r"truncated gzip in shard mem.tar while reading the end of the gzip "
-                       r"stream: Compressed file ended before the end-of-stream marker"):
+    with pytest.raises(
+        TruncatedShardError,
+        match=r"truncated gzip in shard mem.tar while reading the end of the gzip "
+        r"stream: Compressed file ended before the end-of-stream marker",
+    ):
         read_members(tgz[:-cut])
 
 
@@ -243,14 +262,19 @@ def keys(ds) -> list[str]:
 
 def test_fewer_samples_than_the_manifest_says_raises(manifest):
     edit_manifest(manifest, 0, samples=50)
-    with pytest.raises(CorruptShardError, match=r"shard .*shard-0000.tar holds 10 samples but its manifest entry says 50"):
+    with pytest.raises(
+        CorruptShardError, match=r"shard .*shard-0000.tar holds 10 samples but its manifest entry says 50"
+    ):
         keys(shardpipe.ShardDataset(manifest, decode=None))
 
 
 def test_more_samples_than_the_manifest_says_raises(manifest):
     edit_manifest(manifest, 1, samples=4)
-    with pytest.raises(CorruptShardError, match=r"shard .*shard-0001.tar holds at least 5 samples but its manifest "
-                       r"entry says 4"):
+    with pytest.raises(
+        CorruptShardError,
+        match=r"shard .*shard-0001.tar holds at least 5 samples but its manifest "
+        r"entry says 4",
+    ):
         keys(shardpipe.ShardDataset(manifest, decode=None))
 
 
@@ -264,7 +288,9 @@ def test_count_mismatch_is_a_counted_skip_under_skip(manifest):
 
 def test_byte_size_mismatch_raises(manifest):
     edit_manifest(manifest, 1, bytes=123)
-    with pytest.raises(CorruptShardError, match=r"shard .*shard-0001.tar is 51200 bytes but its manifest entry says 123"):
+    with pytest.raises(
+        CorruptShardError, match=r"shard .*shard-0001.tar is 51200 bytes but its manifest entry says 123"
+    ):
         keys(shardpipe.ShardDataset(manifest, decode=None))
 
 
@@ -279,8 +305,11 @@ def flip_payload_byte(manifest: str, index: int) -> None:
 def test_verify_catches_a_wrong_sha256(manifest):
     flip_payload_byte(manifest, 1)
     assert len(keys(shardpipe.ShardDataset(manifest, decode=None))) == 20  # unverified: not noticed
-    with pytest.raises(CorruptShardError, match=r"shard .*shard-0001.tar has sha256 [0-9a-f]{64} but its manifest "
-                       r"entry says [0-9a-f]{64}"):
+    with pytest.raises(
+        CorruptShardError,
+        match=r"shard .*shard-0001.tar has sha256 [0-9a-f]{64} but its manifest "
+        r"entry says [0-9a-f]{64}",
+    ):
         keys(shardpipe.ShardDataset(manifest, decode=None, verify=True))
     ds = shardpipe.ShardDataset(manifest, decode=None, verify=True, on_error="skip")
     assert len(keys(ds)) == 20 and ds.stats.errors() == {"CorruptShardError": 1}

@@ -81,7 +81,9 @@ def main() -> None:
     for d, v in configs:
         cpu = 1000 * statistics.median(results[(d, v)])
         base = 1000 * statistics.median(results[(d, "0")])
-        extra = "" if v == "0" else f"{cpu - base:+.1f} ms ({(cpu - base) / mb:+.2f} ms/MB, {100 * (cpu / base - 1):+.0f}%)"
+        extra = (
+            "" if v == "0" else f"{cpu - base:+.1f} ms ({(cpu - base) / mb:+.2f} ms/MB, {100 * (cpu / base - 1):+.0f}%)"
+        )
         print(f"| {d} | {'on' if v == '1' else 'off'} | {cpu:.0f} | {cpu / shards:.1f} | {cpu / mb:.2f} | "
               f"{cpu / args.n:.3f} | {extra} |")  # fmt: skip
 

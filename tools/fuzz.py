@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from shardpipe.devtools.fuzz import check_gzip, check_jpeg, check_tar, mutate, read_tar, seed_inputs  # noqa: E402
+from shardpipe.devtools.fuzz import check_gzip, check_jpeg, mutate, read_tar, seed_inputs  # noqa: E402
 from shardpipe.errors import ShardpipeError  # noqa: E402
 from shardpipe.image.decoders.jpeg import read_header  # noqa: E402
 

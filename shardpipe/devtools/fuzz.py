@@ -89,7 +89,9 @@ def mutate(data: bytes, rng: random.Random, rounds: int = 3) -> bytes:
             del buf[i : i + rng.randint(1, 600)]
         elif op == 5:  # a tar size field (offset 124 in a 512-byte block) with a large octal or base-256 value
             start = i - i % 512 + 124
-            value = rng.choice([b"77777777777\0", b"\x80" + rng.randbytes(11), b"\xff" * 12, b"%011o\0" % rng.getrandbits(33)])
+            value = rng.choice(
+                [b"77777777777\0", b"\x80" + rng.randbytes(11), b"\xff" * 12, b"%011o\0" % rng.getrandbits(33)]
+            )
             buf[start : start + 12] = value
             block = buf[start - 124 : start + 388]
             if len(block) == 512:  # a valid checksum, so the size field itself is what gets tested

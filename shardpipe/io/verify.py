@@ -48,9 +48,7 @@ class VerifyingReader:
             )
         digest = self._hash.hexdigest()
         if self.sha256 is not None and digest != self.sha256:
-            raise CorruptShardError(
-                f"shard {self.url} has sha256 {digest} but its manifest entry says {self.sha256}"
-            )
+            raise CorruptShardError(f"shard {self.url} has sha256 {digest} but its manifest entry says {self.sha256}")
 
     def close(self) -> None:
         self.raw.close()

@@ -157,7 +157,9 @@ class Untar(Stage[Member]):
         try:
             if expected is not None and (self._ordinal > expected or (self._complete and self._ordinal != expected)):
                 held = self._ordinal if self._complete else f"at least {self._ordinal}"
-                raise CorruptShardError(f"shard {shard.url} holds {held} samples but its manifest entry says {expected}")
+                raise CorruptShardError(
+                    f"shard {shard.url} holds {held} samples but its manifest entry says {expected}"
+                )
             if self._verifier is not None:
                 self._verifier.finish()
         except ShardpipeError as e:

@@ -60,10 +60,12 @@ class _HashingWriter:
 _BLOCK = 512
 
 
-def _has_control(text: str) -> bool:
-    return "\\" in text or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
-
 _RECORD = 20 * _BLOCK  # archives are padded to whole records, as tar(1) and tarfile do
+
+
+def _has_control(text: str) -> bool:
+    """Backslashes and control characters, which tar tools and readers treat differently."""
+    return "\\" in text or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
 
 
 def member_header(name: str, size: int) -> bytes:
