@@ -58,8 +58,6 @@ class _HashingWriter:
 
 
 _BLOCK = 512
-
-
 _RECORD = 20 * _BLOCK  # archives are padded to whole records, as tar(1) and tarfile do
 
 
