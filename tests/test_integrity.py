@@ -320,7 +320,7 @@ def test_verify_passes_good_shards_read_in_ranges(tmp_path: Path, compress):
     samples = make_samples(21)
     manifest = write_manifest_dataset(tmp_path, samples, [7, 9, 5], compress)
     got = []
-    for rank in range(3):  # 21 samples over 3 ranks x 2 workers-worth of ranges cut shards mid-way
+    for rank in range(3):  # 7 samples per rank: ranks 0 and 1 stop mid-shard, rank 1 and 2 start mid-shard
         got += keys(shardpipe.ShardDataset(manifest, decode=None, verify=True, rank=rank, world_size=3))
     assert sorted(got) == sorted(s["__key__"] for s in samples)
 
@@ -401,3 +401,17 @@ def test_manifest_numbers_are_checked_before_use(manifest, changes, why):
     edit_manifest(manifest, 1, **changes)
     with pytest.raises(ValueError, match=rf"manifest .*manifest.json: shard entry 1 .*{why}"):
         shardpipe.ShardDataset(manifest, decode=None)
+
+
+def test_verify_cli_reports_members_over_the_limit_and_takes_a_larger_one(tmp_path: Path, capsys):
+    from shardpipe.cli import main
+
+    with shardpipe.ShardWriter(str(tmp_path / "s-%06d.tar")) as w:
+        w.write({"__key__": "k", "bin": b"x" * 5000})
+    manifest = str(tmp_path / "manifest.json")
+    assert main(["verify", manifest, "--max-member-size", "4999"]) == 1
+    out = capsys.readouterr().out
+    assert "truncated or damaged shard: member 'k.bin' (key 'k') of shard " in out
+    assert "declares 5000 bytes (0.0 MiB), above max_member_size=4999" in out
+    assert main(["verify", manifest, "--max-member-size", "5000", "--workers", "2"]) == 0
+    assert main(["verify", manifest]) == 0

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 from shardpipe.errors import ShardpipeError
 from shardpipe.format.sample import IMAGE_EXTENSIONS, split_name
-from shardpipe.format.tar.reader import TarStream
+from shardpipe.format.tar.reader import MAX_MEMBER_SIZE, TarStream
 from shardpipe.io.files import open_shard
 
 
@@ -47,9 +47,12 @@ class ShardReader:
     ``problems`` (samples the pipeline would refuse: a sample with two members of one
     extension; the first member is the one yielded)."""
 
-    def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
+    def __init__(
+        self, url: str, storage_options: dict[str, Any] | None = None, max_member_size: int | None = MAX_MEMBER_SIZE
+    ):
         self.url = url
         self.storage_options = storage_options
+        self.max_member_size = max_member_size
         self.size = 0
         self.sha256 = ""
         self.error: str | None = None
@@ -62,7 +65,7 @@ class ShardReader:
             self.error = f"cannot open: {e}"
             return
         try:
-            tar = TarStream(raw, self.url)  # type: ignore[arg-type]
+            tar = TarStream(raw, self.url, max_member_size=self.max_member_size)  # type: ignore[arg-type]
             key, fields = None, {}
             while True:
                 member = tar.next_member()

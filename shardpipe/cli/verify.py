@@ -19,6 +19,7 @@ from typing import Any
 from shardpipe.cli.inspect import ShardReader
 from shardpipe.errors import ShardpipeError
 from shardpipe.format.sample import IMAGE_EXTENSIONS
+from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
 from shardpipe.stages.decode import _INT_EXTS
 from shardpipe.stages.shards import Shard, expand_urls
 
@@ -58,10 +59,12 @@ def check_member(ext: str, data: bytes) -> str | None:
     return None
 
 
-def verify_shard(shard: Shard, storage_options: dict[str, Any] | None = None) -> ShardCheck:
+def verify_shard(
+    shard: Shard, storage_options: dict[str, Any] | None = None, max_member_size: int | None = MAX_MEMBER_SIZE
+) -> ShardCheck:
     """Read and decode one shard; compare with what the manifest says about it."""
     out = ShardCheck(shard.url)
-    reader = ShardReader(shard.url, storage_options)
+    reader = ShardReader(shard.url, storage_options, max_member_size)
     seen: set[str] = set()
     for key, fields in reader:
         out.samples += 1
@@ -89,21 +92,24 @@ def verify_shard(shard: Shard, storage_options: dict[str, Any] | None = None) ->
     return out
 
 
-def _verify_one(shard: Shard) -> ShardCheck:
-    return verify_shard(shard)
+def _verify_one(args: tuple[Shard, int | None]) -> ShardCheck:
+    return verify_shard(args[0], None, args[1])
 
 
 def verify_shards(
-    urls: str | list[str], workers: int = 1, storage_options: dict[str, Any] | None = None
+    urls: str | list[str],
+    workers: int = 1,
+    storage_options: dict[str, Any] | None = None,
+    max_member_size: int | None = MAX_MEMBER_SIZE,
 ) -> dict[str, Any]:
     """Verify every shard of ``urls``; returns ``{"shards": [...], "samples", "images", "problems"}``."""
     shards = expand_urls(urls, storage_options)
     if workers > 1 and storage_options is None:
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         with mp.get_context(method).Pool(workers) as pool:
-            checks = pool.map(_verify_one, shards, chunksize=1)
+            checks = pool.map(_verify_one, [(s, max_member_size) for s in shards], chunksize=1)
     else:
-        checks = [verify_shard(s, storage_options) for s in shards]
+        checks = [verify_shard(s, storage_options, max_member_size) for s in shards]
     problems = [p for c in checks for p in c.problems]
     owners: dict[str, str] = {}
     for c in checks:
@@ -131,11 +137,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("urls", help="manifest.json (checks checksums and counts), brace pattern or '::'-joined list")
     p.add_argument("--workers", type=int, default=1, help="shards verified in parallel (processes)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument(
+        "--max-member-size", type=int, default=MAX_MEMBER_SIZE, metavar="BYTES",
+        help=f"a tar member declaring more bytes is reported corrupt (default {MAX_MEMBER_SIZE}; 0: no limit)",
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        report = verify_shards(args.urls, args.workers)
+        report = verify_shards(args.urls, args.workers, max_member_size=args.max_member_size or None)
     except (ValueError, OSError, ShardpipeError) as e:
         print(f"shardpipe verify: error: {e}", file=sys.stderr)
         return 2
