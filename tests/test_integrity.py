@@ -415,3 +415,28 @@ def test_verify_cli_reports_members_over_the_limit_and_takes_a_larger_one(tmp_pa
     assert "declares 5000 bytes (0.0 MiB), above max_member_size=4999" in out
     assert main(["verify", manifest, "--max-member-size", "5000", "--workers", "2"]) == 0
     assert main(["verify", manifest]) == 0
+
+
+def test_a_huge_gnu_long_name_header_is_refused():
+    block = bytearray(member_header("././@LongLink", 0, tarfile.USTAR_FORMAT))
+    block[156:157] = b"L"
+    block[124:136] = b"%011o\0" % (2 * MiB)
+    block[148:156] = b"        "
+    block[148:156] = b"%06o\0 " % sum(block)
+    with pytest.raises(CorruptShardError, match=r"GNU long-name header of shard mem.tar at byte 0 declares 2097152 "
+                       r"bytes \(2.0 MiB\), above the 1048576-byte limit"):  # fmt: skip
+        read_members(bytes(block) + b"abc")
+
+
+@pytest.mark.parametrize("size, why", [(99, "holds at least 100 bytes"), (101, "holds 100 bytes")])
+def test_verifying_reader_checks_the_size_of_unsized_streams(size, why):
+    from shardpipe.io.verify import VerifyingReader
+
+    data = b"y" * 100
+    reader = VerifyingReader(io.BytesIO(data), "pipe:cat x", size, hashlib.sha256(data).hexdigest())
+    assert reader.read(10) == data[:10]
+    with pytest.raises(CorruptShardError, match=rf"shard pipe:cat x {why} but its manifest entry says {size}"):
+        reader.finish()
+    good = VerifyingReader(io.BytesIO(data), "pipe:cat x", 100, hashlib.sha256(data).hexdigest().upper())
+    good.finish()  # upper-case hex in a manifest is the same digest
+    assert good.read_bytes == 100

@@ -42,7 +42,7 @@ class VerifyingReader:
             if self.size is not None and self.read_bytes > self.size:
                 break  # already too long: no need to read the rest
         if self.size is not None and self.read_bytes != self.size:
-            more = "more than " if self.read_bytes > self.size else ""
+            more = "at least " if self.read_bytes > self.size else ""
             raise CorruptShardError(
                 f"shard {self.url} holds {more}{self.read_bytes} bytes but its manifest entry says {self.size}"
             )
