@@ -91,10 +91,12 @@ class ShardLoader(DataLoader):
         ds._rotation = self._next_worker
         ds._worker_states = self._worker_states if any(s is not None for s in self._worker_states) else None
         ds.buffers.clear()  # the last pass's workers (and their batch buffers) are gone
+        ds.buffers.enabled = not self.pin_memory  # pinned: batches are copied before we see them
         try:
             it = super().__iter__()  # workers start now, with a copy of the flags above
         finally:
             ds._emit_state, ds._rotation, ds._worker_states = False, 0, None
+            ds.buffers.enabled = False
         for worker, state, item in it:
             self._worker_states[worker] = state
             self._next_worker = (worker + 1) % self.num_workers

@@ -51,6 +51,16 @@ def test_batches_the_loop_keeps_are_never_overwritten(dataset_dir) -> None:
     assert len(segments) == len(kept)
 
 
+def test_a_plain_dataloader_does_not_use_the_pool(dataset_dir) -> None:
+    """Nobody would free the slots: every batch gets its own segment, as before."""
+    urls, _ = dataset_dir
+    ds = ShardDataset(urls, transform=RandomResizedCrop(16), batch_size=2)
+    batches = list(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1))
+    assert all(b["jpg"].is_shared() for b in batches)
+    assert len({_segment_id(b["jpg"].untyped_storage()) for b in batches}) == len(batches)
+    assert int(ds.buffers.table[:, :, 0].sum()) == 0  # no slot was ever taken
+
+
 def test_a_view_keeps_its_batch_busy() -> None:
     pool = BatchBuffers()
     t = pool.take((4, 3, 8, 8), worker=0)

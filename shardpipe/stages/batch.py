@@ -124,7 +124,7 @@ class Batch(Stage[dict[str, Any]]):
         self.buffers = buffers
 
     def _alloc(self, shape: tuple[int, ...]) -> torch.Tensor:
-        if self.buffers is not None and get_worker_info() is not None:
+        if self.buffers is not None and self.buffers.enabled and get_worker_info() is not None:
             return self.buffers.take(shape, self.ctx.worker)
         return empty_uint8(shape)
 

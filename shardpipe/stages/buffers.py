@@ -13,9 +13,9 @@ keeps a few segments per worker and reuses one once the consumer has let go of i
 
 The main process's mapping of a segment stays alive while the slot exists, so receiving
 the reused segment again maps nothing new either. Nothing is reused unless the main
-process said so: without a ShardLoader tracking batches (a plain DataLoader, pinned
-memory, a consumer that keeps every batch), the slots stay busy and the worker allocates
-fresh segments as before. A slot is only freed when the identity recorded by the worker
+process said so: only ShardLoader's workers use the pool (not those of a plain DataLoader,
+nor with pinned memory, where the batch is copied before the loop sees it), and a consumer
+that keeps every batch keeps every slot busy: the worker then allocates fresh segments. A slot is only freed when the identity recorded by the worker
 still matches, so a restarted worker never gets a slot freed for a segment of its
 predecessor.
 """
@@ -54,9 +54,13 @@ class BatchBuffers:
         self._pool: dict[int, torch.UntypedStorage] = {}  # worker side: slot -> storage
         self._held: list[tuple[torch.UntypedStorage, int, int, int]] = []  # main: (storage, worker, slot, id)
         self._mapped: dict[tuple[int, int], torch.UntypedStorage] = {}  # main: freed slots' segments
+        #: set by ShardLoader for the workers it starts (it frees the slots); off for anyone
+        #: else, who would never free them
+        self.enabled = False
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"table": self.table, "_pool": {}, "_held": [], "_mapped": {}}  # storages stay put
+        # storages stay in their process
+        return {"table": self.table, "_pool": {}, "_held": [], "_mapped": {}, "enabled": self.enabled}
 
     # -- worker side ---------------------------------------------------------------------
     def take(self, shape: tuple[int, ...], worker: int) -> torch.Tensor:
