@@ -115,8 +115,11 @@ class NativeDecoder(JpegBackend):
             f = scale[0] / scale[1]
             sw, sh = scaled_dim(hdr.width, scale), scaled_dim(hdr.height, scale)
             st, sl, sbh, sbw = top * f, left * f, bh * f, bw * f
-            mx = _MARGIN_BLOCKS * _block(sbw / out_w) + _MARGIN_EXTRA
-            my = _MARGIN_BLOCKS * _block(sbh / out_h) + _MARGIN_EXTRA
+            kx, ky = _block(sbw / out_w), _block(sbh / out_h)
+            if kx == ky == 1 and all(float(v).is_integer() for v in (st, sl, sbh, sbw)):
+                mx = my = 0  # resized_crop reads exactly the box (reflecting at its edges)
+            else:
+                mx, my = _MARGIN_BLOCKS * kx + _MARGIN_EXTRA, _MARGIN_BLOCKS * ky + _MARGIN_EXTRA
             x0, y0 = max(0, math.floor(sl) - mx), max(0, math.floor(st) - my)
             x1, y1 = min(sw, math.ceil(sl + sbw) + mx), min(sh, math.ceil(st + sbh) + my)
             if x1 > x0 and y1 > y0:
