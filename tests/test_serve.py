@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 zmq = pytest.importorskip("zmq")
 
@@ -54,10 +53,10 @@ def fleet(config: Path):
 
 @pytest.fixture(scope="module")
 def local_epochs(config: Path) -> list[list]:
-    """Epochs 0 and 1 from a local ShardLoader with 4 workers: the reference for 2 servers x 2 workers."""
+    """Epochs 0, 1 and 2 from a local ShardLoader with 4 workers: the reference for 2 servers x 2 workers."""
     dataset, _ = load_config(config)
     loader = ShardLoader(dataset, num_workers=4)
-    return [batches_of(loader), batches_of(loader)]
+    return [batches_of(loader) for _ in range(3)]
 
 
 def test_two_servers_by_two_workers_match_the_local_loader(fleet, local_epochs):
@@ -78,7 +77,7 @@ def test_resume_mid_epoch_with_everything_restarted(fleet, config, local_epochs)
         first = batches_of(loader, limit=7)
         state = json.loads(json.dumps(loader.state_dict()))  # it must survive a JSON checkpoint
     assert first == local_epochs[1][:7]
-    fresh = start_servers(config, 2, workers=2)  # new servers, a new loader
+    fresh = start_servers(config, 1, workers=2)  # a new server (any number can run the 4 parts), a new loader
     try:
         with RemoteLoader([s.endpoint for s in fresh], timeout=10) as loader:
             loader.load_state_dict(state)
@@ -89,92 +88,77 @@ def test_resume_mid_epoch_with_everything_restarted(fleet, config, local_epochs)
     assert rest == local_epochs[1][7:]
 
 
-def _kill_after(servers, loader, n: int, sig: int) -> list:
+def _signal_after(server, loader, n: int, sig: int) -> list:
+    """An epoch's batches, sending ``sig`` to ``server`` after the ``n``-th."""
     out = []
     for batch in loader:
         out.append((list(batch["__key__"]), batch["jpg"].contiguous().numpy().tobytes(), batch["cls"].tolist()))
         if len(out) == n:
-            os.kill(servers[0].pid, sig)
+            os.kill(server.pid, sig)
     return out
 
 
-def test_a_killed_server_is_replaced_and_can_rejoin(config, local_epochs):
-    servers = start_servers(config, 2, workers=2)
+def test_failover_killed_and_stopped_servers_rejoin_and_none_left(config, local_epochs):
+    """SIGKILL, restart and rejoin, SIGSTOP, then no server left: each epoch still exactly once."""
+    a, b = start_servers(config, 2, workers=2)
+    restarted = None
     try:
-        with RemoteLoader([s.endpoint for s in servers], timeout=2) as loader:
-            got = _kill_after(servers, loader, 3, signal.SIGKILL)
-            assert got == local_epochs[0]  # the epoch completed exactly once, in the same order
-            assert loader.stats["servers_lost"] == 1 and loader.stats["reassigned"] >= 1
-            # restart it on the same port: the next epoch brings it back
-            port_bind = servers[0].endpoint
-            servers[0].stop()
-            servers[0] = ServerProcess(config, 2, port_bind).wait_ready()
-            assert batches_of(loader) == local_epochs[1]
-            assert all(s.live for s in loader.servers)
-    finally:
-        for s in servers:
-            s.stop()
-
-
-def test_a_stopped_server_is_detected_and_its_parts_reassigned(config, local_epochs):
-    servers = start_servers(config, 2, workers=2)
-    try:
-        with RemoteLoader([s.endpoint for s in servers], timeout=1.5) as loader:
+        with RemoteLoader([a.endpoint, b.endpoint], timeout=1.5, rejoin_wait=3) as loader:
+            # epoch 0: server a killed after 3 batches; its parts continue on b from the last batch received
+            assert _signal_after(a, loader, 3, signal.SIGKILL) == local_epochs[0]
+            assert loader.stats["servers_lost"] == 1 and loader.stats["reassigned"] == 2
+            # a restarts on its port and rejoins at the next epoch; b stops (SIGSTOP) after 2 batches
+            a.stop()
+            restarted = ServerProcess(config, 2, a.endpoint).wait_ready()
             t0 = time.monotonic()
-            got = _kill_after(servers, loader, 2, signal.SIGSTOP)
-            elapsed = time.monotonic() - t0
-        assert got == local_epochs[0]
-        assert loader.stats["servers_lost"] == 1
-        assert elapsed < 1.5 + 10  # detected after the timeout, not left hanging
+            assert _signal_after(b, loader, 2, signal.SIGSTOP) == local_epochs[1]
+            assert time.monotonic() - t0 < 1.5 + 15  # detected after the timeout, not left hanging
+            assert loader.stats["servers_lost"] == 2 and loader.servers[0].live and not loader.servers[1].live
+            # epoch 2: the restarted server dies too: a clear error naming the servers
+            it = iter(loader)
+            next(it)
+            restarted.stop()
+            with pytest.raises(
+                RemoteError,
+                match=rf"every server is lost: {a.endpoint} \(no message for 1.5s.*; {b.endpoint} \(no message",
+            ):
+                for _ in it:
+                    pass
+        with RemoteLoader([a.endpoint], timeout=0.5) as loader:
+            with pytest.raises(RemoteError, match=rf"no server answered within 0.5s: {a.endpoint}"):
+                iter(loader)
     finally:
-        os.kill(servers[0].pid, signal.SIGCONT)
-        for s in servers:
-            s.stop()
+        os.kill(b.pid, signal.SIGCONT)
+        for s in (a, b, restarted):
+            if s is not None:
+                s.stop()
 
 
-def test_no_server_left_is_a_clear_error(config):
-    (server,) = start_servers(config, 1, workers=1)
-    with RemoteLoader([server.endpoint], timeout=1) as loader:
-        it = iter(loader)
-        next(it)
-        server.stop()
-        with pytest.raises(RemoteError, match=rf"every server is lost \({server.endpoint}\)"):
-            for _ in it:
-                pass
-    with RemoteLoader([server.endpoint], timeout=0.5) as loader:
-        with pytest.raises(RemoteError, match=rf"no server answered within 0.5s: {server.endpoint}"):
-            iter(loader)
-
-
-def test_two_gloo_ranks_with_their_own_servers(config, tmp_path: Path):
-    servers = start_servers(config, 2, workers=2)
+def test_two_gloo_ranks_with_their_own_servers(fleet, tmp_path: Path):
+    servers = fleet  # rank r uses server r only (a server serves any number of trainers)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.serve_rank",
+                str(r),
+                "2",
+                str(tmp_path / "store"),
+                servers[r].endpoint,
+                str(tmp_path / f"r{r}.json"),
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+        for r in range(2)
+    ]
     try:
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.serve_rank",
-                    str(r),
-                    "2",
-                    str(tmp_path / "store"),
-                    servers[r].endpoint,
-                    str(tmp_path / f"r{r}.json"),
-                ],
-                cwd=ROOT,
-                env=env,
-            )
-            for r in range(2)
-        ]
-        try:
-            codes = [p.wait(timeout=120) for p in procs]
-        finally:
-            for p in procs:
-                p.kill()
+        codes = [p.wait(timeout=120) for p in procs]
     finally:
-        for s in servers:
-            s.stop()
+        for p in procs:
+            p.kill()
     assert codes == [0, 0], "a rank failed or hung (see its output above)"
     results = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(2)]
     assert results[0]["steps"] == results[1]["steps"] > 0  # equal batch counts
@@ -210,10 +194,10 @@ def test_curve_round_trip_and_refused_keys(config, tmp_path: Path):
 
 
 def test_default_bind_is_loopback(config):
+    import argparse
+
     from shardpipe.cli import serve
     from shardpipe.serve.server import DEFAULT_BIND
-
-    import argparse
 
     p = argparse.ArgumentParser()
     serve.add_arguments(p)
@@ -235,3 +219,79 @@ def test_default_bind_is_loopback(config):
         assert "00000000:15B3" not in local  # not every interface
     finally:
         server.stop()
+
+
+def test_malformed_requests_are_refused_and_counted(fleet):
+    from shardpipe.serve.wire import control, unpack
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.linger, sock.rcvtimeo = 0, 20000
+    sock.connect(fleet[0].endpoint)
+
+    def ask(frames):
+        sock.send_multipart(frames)
+        return unpack(sock.recv_multipart())[0]
+
+    try:
+        before = ask(control("hello"))["rejected"]
+        assign = {"assignment": 1, "epoch": 0, "rank": 0, "world_size": 1, "part": 0, "parts": 4, "state": None}
+        bad = [
+            ([b"\x80\x04pickle"], "header is not JSON"),
+            (control("run", code="import os"), "unknown request type 'run'"),
+            (control("assign", **assign), "credits must be a non-negative integer"),
+            (control("assign", **{**assign, "credits": 1, "rank": 3}), "rank 3 is not below world_size 1"),
+            (control("assign", **{**assign, "credits": 1, "part": "0; rm -rf /"}), "part must be a non-negative"),
+            ([json.dumps({"v": 1, "type": "hello"}).encode(), b"x" * (2 << 20)], "over the limit"),
+        ]
+        for i, (frames, message) in enumerate(bad, 1):
+            reply = ask(frames)
+            assert reply["type"] == "rejected" and reply["rejected"] == before + i
+            assert message in reply["message"]
+        assert ask(control("hello"))["type"] == "hello"  # and it goes on serving
+    finally:
+        sock.close(0)
+
+
+def test_a_server_sending_malformed_batches_is_refused_counted_and_dropped():
+    """A fake server answers hello, then sends a batch whose frame does not match its header."""
+    import threading
+
+    from shardpipe.serve.wire import control, unpack
+
+    ctx = zmq.Context.instance()
+    fake = ctx.socket(zmq.ROUTER)
+    fake.linger = 0
+    fake.bind("tcp://127.0.0.1:*")
+    endpoint = fake.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def serve_badly():
+        for _ in range(2):
+            if not fake.poll(20000):
+                return
+            client, *frames = fake.recv_multipart()
+            header, _ = unpack(frames)
+            if header["type"] == "hello":
+                fake.send_multipart([client, *control("hello", workers=1, fingerprint="f", rejected=0)])
+            elif header["type"] == "assign":
+                bad = {
+                    "type": "batch",
+                    "assignment": header["assignment"],
+                    "state": None,
+                    "fields": [{"key": "jpg", "kind": "tensor", "dtype": "uint8", "shape": [64, 3, 224, 224]}],
+                }
+                fake.send_multipart([client, json.dumps({"v": 1, **bad}).encode(), b"short"])
+
+    thread = threading.Thread(target=serve_badly, daemon=True)
+    thread.start()
+    try:
+        with RemoteLoader([endpoint], timeout=5) as loader:
+            with pytest.raises(
+                RemoteError,
+                match=rf"every server is lost: {endpoint} \(sent a malformed message: "
+                r"field 'jpg': shape \[64, 3, 224, 224\] uint8 needs 9633792 bytes, the frame has 5",
+            ):
+                list(loader)
+            assert loader.stats["rejected"] == 1
+    finally:
+        thread.join(5)
+        fake.close(0)

@@ -54,6 +54,7 @@ class _Server:
         self.workers = 0
         self.fingerprint: str | None = None
         self.last_seen = 0.0
+        self.reason = "did not answer"  # why it was dropped
 
 
 class _Slot:
@@ -331,10 +332,8 @@ class RemoteLoader:
         """Send ``slot``'s part, from its last received state, to the least busy live server."""
         live = [s for s in self.servers if s.live]
         if not live:
-            raise RemoteError(
-                f"every server is lost ({', '.join(s.address for s in self.servers)}); part {slot.index} of "
-                f"epoch {self.epoch} is unfinished"
-            )
+            lost = "; ".join(f"{s.address} ({s.reason})" for s in self.servers)
+            raise RemoteError(f"every server is lost: {lost}; part {slot.index} of epoch {self.epoch} is unfinished")
 
         def load(s: _Server) -> float:
             return sum(1 for x in self._slots if x.server is s and x.assignment is not None) / s.workers
@@ -363,13 +362,15 @@ class RemoteLoader:
         """Stop using ``server`` and move its unfinished parts to the others."""
         if not server.live:
             return
-        server.live = False
+        server.live, server.reason = False, reason
         if server.sock is not None:
             server.sock.close(linger=0)
             server.sock = None
         self.stats["servers_lost"] += 1
         moved = [x for x in self._slots if x.server is server and x.assignment is not None]
-        log.warning("server %s dropped: %s; parts %s continue elsewhere", server.address, reason, [x.index for x in moved])
+        log.warning(
+            "server %s dropped: %s; parts %s continue elsewhere", server.address, reason, [x.index for x in moved]
+        )
         for slot in moved:
             self._assign(slot)
             self.stats["reassigned"] += 1
