@@ -103,7 +103,7 @@ def test_failover_killed_and_stopped_servers_rejoin_and_none_left(config, local_
     a, b = start_servers(config, 2, workers=2)
     restarted = None
     try:
-        with RemoteLoader([a.endpoint, b.endpoint], timeout=1.5, rejoin_wait=3) as loader:
+        with RemoteLoader([a.endpoint, b.endpoint], timeout=2.5, rejoin_wait=3) as loader:
             # epoch 0: server a killed after 3 batches; its parts continue on b from the last batch received
             assert _signal_after(a, loader, 3, signal.SIGKILL) == local_epochs[0]
             assert loader.stats["servers_lost"] == 1 and loader.stats["reassigned"] == 2
@@ -112,7 +112,7 @@ def test_failover_killed_and_stopped_servers_rejoin_and_none_left(config, local_
             restarted = ServerProcess(config, 2, a.endpoint).wait_ready()
             t0 = time.monotonic()
             assert _signal_after(b, loader, 2, signal.SIGSTOP) == local_epochs[1]
-            assert time.monotonic() - t0 < 1.5 + 15  # detected after the timeout, not left hanging
+            assert time.monotonic() - t0 < 2.5 + 15  # detected after the timeout, not left hanging
             assert loader.stats["servers_lost"] == 2 and loader.servers[0].live and not loader.servers[1].live
             # epoch 2: the restarted server dies too: a clear error naming the servers
             it = iter(loader)
@@ -120,7 +120,7 @@ def test_failover_killed_and_stopped_servers_rejoin_and_none_left(config, local_
             restarted.stop()
             with pytest.raises(
                 RemoteError,
-                match=rf"every server is lost: {a.endpoint} \(no message for 1.5s.*; {b.endpoint} \(no message",
+                match=rf"every server is lost: {a.endpoint} \(no message for 2.5s.*; {b.endpoint} \(no message",
             ):
                 for _ in it:
                     pass

@@ -3,8 +3,9 @@
 
 wire   A sender process speaks the fleet protocol from one pre-built 64x3x224x224 uint8
        batch (so decode is out of the picture); the trainer is a real RemoteLoader.
-       Reports GB/s, batches/s and the trainer process's CPU ms per batch (all its
-       threads, ZMQ's I/O thread included), for several credit windows and 1-2 senders.
+       Reports GB/s, batches/s, the trainer process's CPU ms per batch (all its threads,
+       ZMQ's I/O thread included) and the senders' (from /proc, start-up excluded), for
+       several credit windows and 1-2 senders.
        tensorcom, the project this design comes from, published 1.26 GB/s.
 epoch  One epoch of photo-like JPEGs (synth, ~500x375) through RandomResizedCrop(224),
        batches of 32: a local ShardLoader (2 workers) vs RemoteLoader on 1 server x 2
@@ -106,17 +107,24 @@ def run_wire(args: argparse.Namespace) -> None:
         for senders, credits in variants:
             started = [start_sender(args.batches // senders) for _ in range(senders)]
             try:
+                before = sum(tree_cpu(p.pid) for p, _ in started)  # the senders are ready: start-up excluded
                 out = _child(["_wire_trainer", str(credits), *[e for _, e in started]])
+                out["sender_cpu_ms"] = (sum(tree_cpu(p.pid) for p, _ in started) - before) / args.batches * 1e3
             finally:
                 for p, _ in started:
                     p.kill()
                     p.wait()
             results[(senders, credits)].append(out)
             print(f"round {r} senders={senders} credits={credits}: {out}", flush=True)
-    print("\n| senders | credits | GB/s | batches/s | trainer CPU ms/batch |\n|---|---|---|---|---|")
+    print(
+        "\n| senders | credits | GB/s | batches/s | trainer CPU ms/batch | sender CPU ms/batch |\n|---|---|---|---|---|---|"
+    )
     for (senders, credits), rows in results.items():
         med = {k: statistics.median(x[k] for x in rows) for k in rows[0]}
-        print(f"| {senders} | {credits} | {med['gbps']:.2f} | {med['batches_s']:.1f} | {med['cpu_ms']:.2f} |")
+        print(
+            f"| {senders} | {credits} | {med['gbps']:.2f} | {med['batches_s']:.1f} | {med['cpu_ms']:.2f} "
+            f"| {med['sender_cpu_ms']:.1f} |"
+        )
 
 
 # -- the epoch part ------------------------------------------------------------------
