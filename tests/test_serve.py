@@ -167,7 +167,7 @@ def test_two_gloo_ranks_with_their_own_servers(fleet, tmp_path: Path):
     assert len(results[0]["keys"]) == len(a) == 40
 
 
-def test_curve_round_trip_and_refused_keys(config, tmp_path: Path):
+def test_curve_round_trip_refused_keys_and_idle_expiry(config, tmp_path: Path):
     import zmq.auth
 
     keys = tmp_path / "keys"
@@ -178,13 +178,20 @@ def test_curve_round_trip_and_refused_keys(config, tmp_path: Path):
     client_public, client_secret = zmq.auth.create_certificates(keys, "trainer")
     _, intruder_secret = zmq.auth.create_certificates(keys, "intruder")
     Path(client_public).rename(allowed / "trainer.key")
-    server = ServerProcess(
-        config, 1, "tcp://127.0.0.1:*", "--curve-secret", server_secret, "--curve-clients", str(allowed)
-    ).wait_ready()
+    curve = ["--curve-secret", server_secret, "--curve-clients", str(allowed)]
+    server = ServerProcess(config, 1, "tcp://127.0.0.1:*", *curve, "--idle-timeout", "1").wait_ready()
     try:
         with RemoteLoader([server.endpoint], server_key=server_public, client_key=client_secret) as loader:
             got = keys_of(batches_of(loader))
-        assert sorted(got) == sorted(ALL_KEYS)
+            assert sorted(got) == sorted(ALL_KEYS)
+            # a pause longer than the server's idle timeout: it cancels the part, and the loader's next
+            # credit is answered "lost", so the part restarts from the last batch received
+            got = []
+            for i, batch in enumerate(loader):
+                got += batch["__key__"]
+                if i == 0:
+                    time.sleep(2.5)
+            assert sorted(got) == sorted(ALL_KEYS) and loader.stats["reassigned"] == 1
         for kwargs in ({"server_key": server_public, "client_key": intruder_secret}, {}):
             with RemoteLoader([server.endpoint], timeout=1, **kwargs) as loader:
                 with pytest.raises(RemoteError, match="no server answered.*CURVE"):

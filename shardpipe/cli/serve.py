@@ -23,6 +23,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--workers", type=int, default=None, help="worker processes (default: the config's num_workers)")
     p.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats to busy trainers")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=900.0,
+        help="seconds after which the parts of a silent trainer are cancelled (it can take them up again)",
+    )
     p.add_argument("--curve-secret", help="CURVE: this server's secret key file (zmq.auth .key_secret)")
     p.add_argument("--curve-clients", help="CURVE: folder of the public key files of allowed trainers")
 
@@ -35,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         bind=args.bind,
         workers=args.workers,
         heartbeat=args.heartbeat,
+        idle_timeout=args.idle_timeout,
         curve_secret=args.curve_secret,
         curve_clients=args.curve_clients,
     )

@@ -308,6 +308,7 @@ class RemoteLoader:
             slot.queue.append(_END)
         elif kind == "lost":
             log.warning("server %s lost part %d (%s); reassigning", server.address, slot.index, header.get("message"))
+            self.stats["reassigned"] += 1
             self._assign(slot)
         elif kind == "error":
             raise RemoteError(f"server {server.address}: {header.get('message')}")

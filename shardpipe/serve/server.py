@@ -5,6 +5,9 @@ between trainers and its worker processes, which run the pipelines (see ``produc
 It answers ``hello`` (worker count, dataset fingerprint), hands each ``assign`` to the
 least busy worker, passes credits and cancels on, and sends every client a heartbeat
 each ``heartbeat`` seconds so a trainer notices a dead or stopped server in bounded time.
+Parts of a trainer silent for ``idle_timeout`` seconds are cancelled (a trainer that died, or
+that dropped this server while it was stopped); if that trainer comes back, its next credit
+is answered ``lost`` and it restarts the part from its last received state.
 
 What a client can make a server do is the four control messages above, validated field
 by field: the dataset, transforms and options come from the server's own config file.
@@ -63,6 +66,7 @@ class Server:
         bind: str = DEFAULT_BIND,
         workers: int | None = None,
         heartbeat: float = 0.5,
+        idle_timeout: float = 900.0,
         curve_secret: str | Path | None = None,
         curve_clients: str | Path | None = None,
     ):
@@ -70,7 +74,8 @@ class Server:
         self.dataset, loader = load_config(yaml_config)
         self.workers = int(workers or loader.num_workers or 1)
         self.fingerprint = fingerprint(self.dataset, yaml_config.get("transform"))
-        self.bind_address, self.heartbeat = bind, heartbeat
+        self.bind_address, self.heartbeat, self.idle_timeout = bind, heartbeat, idle_timeout
+        self._heard: dict[bytes, float] = {}  # client -> when it last sent anything
         self.curve_secret, self.curve_clients = curve_secret, curve_clients
         if (curve_secret is None) != (curve_clients is None):
             raise ValueError("CURVE needs both the server's secret key file and the folder of allowed client keys")
@@ -141,6 +146,9 @@ class Server:
             if now >= next_beat:
                 next_beat = now + self.heartbeat
                 for client in {c for c, _ in owner}:  # only trainers waiting on a part watch the beat
+                    if now - self._heard.get(client, now) > self.idle_timeout:
+                        self._expire(client, back, owner)
+                        continue
                     front.send_multipart([client, *control("heartbeat")])
                 for i, p in enumerate(procs):
                     if alive[i] and not p.is_alive():
@@ -150,6 +158,7 @@ class Server:
     def _request(self, front: Any, back: list[Any], owner: dict, alive: list[bool]) -> None:
         frames = front.recv_multipart(copy=False)
         client = frames[0].bytes
+        self._heard[client] = time.monotonic()
         try:
             header, _ = unpack(frames[1:], max_message=MAX_REQUEST)
             kind = header["type"]
@@ -174,12 +183,24 @@ class Server:
                     back[owner[key]].send_multipart([client, frames[1]], copy=False)
                     if kind == "cancel":
                         del owner[key]
+                elif kind == "credit":  # expired here (or just ended: then the trainer ignores this)
+                    message = "assignment expired or unknown here"
+                    front.send_multipart([client, *control("lost", assignment=key[1], message=message)])
             else:
                 raise WireError(f"unknown request type {kind!r}")
         except WireError as e:
             self.rejected += 1
             log.warning("rejected a request (%d so far): %s", self.rejected, e)
             front.send_multipart([client, *control("rejected", message=str(e), rejected=self.rejected)])
+
+    def _expire(self, client: bytes, back: list[Any], owner: dict) -> None:
+        """Cancel the parts of a trainer silent for ``idle_timeout`` (gone, or dropped this server)."""
+        log.warning("trainer %s silent for %gs: cancelling its parts", client.hex(), self.idle_timeout)
+        for key, worker in list(owner.items()):
+            if key[0] == client:
+                back[worker].send_multipart([client, *control("cancel", assignment=key[1])])
+                del owner[key]
+        self._heard.pop(client, None)
 
     def _lost_worker(self, index: int, code: Any, front: Any, owner: dict) -> None:
         log.error("worker %d exited with code %s; its parts go back to their trainers", index, code)
