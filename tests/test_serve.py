@@ -115,6 +115,7 @@ def test_failover_killed_and_stopped_servers_rejoin_and_none_left(config, local_
             assert time.monotonic() - t0 < 2.5 + 15  # detected after the timeout, not left hanging
             assert loader.stats["servers_lost"] == 2 and loader.servers[0].live and not loader.servers[1].live
             # epoch 2: the restarted server dies too: a clear error naming the servers
+            loader.rejoin_wait = 0.5  # b is still stopped: do not wait long for it
             it = iter(loader)
             next(it)
             restarted.stop()

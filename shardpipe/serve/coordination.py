@@ -16,9 +16,8 @@ import json
 from typing import Any
 
 from shardpipe.dataset import ShardDataset
-from shardpipe.errors import ErrorHandler
 from shardpipe.serve.wire import WireError
-from shardpipe.stages.base import Context, Pipeline, State
+from shardpipe.stages.base import Pipeline, State
 
 #: the most parts one rank may split its epoch into
 MAX_PARTS = 4096
@@ -64,17 +63,14 @@ class Part:
 
 def part_pipeline(dataset: ShardDataset, part: Part) -> Pipeline:
     """The pipeline a local worker ``part.part`` of ``part.parts`` on that rank would run, at ``part.state``."""
-    ctx = Context(
-        seed=dataset.seed,
+    # the dataset's own context (seed, error policy, open options), moved to the assigned coordinates
+    ctx = dataclasses.replace(
+        dataset._context(),
         epoch=part.epoch,
         rank=part.rank,
         world_size=part.world_size,
         worker=part.part,
         num_workers=part.parts,
-        errors=ErrorHandler(dataset.handler),
-        storage_options=dataset.storage_options,
-        open_options=dataset.open_options,
-        prefetch=dataset.prefetch,
     )
     pipeline = dataset.build_pipeline(ctx)
     if part.state is not None and part.state.get("epoch") != part.epoch:
@@ -85,12 +81,13 @@ def part_pipeline(dataset: ShardDataset, part: Part) -> Pipeline:
 
 def fingerprint(dataset: ShardDataset, transform: Any) -> str:
     """What must match across a trainer's servers for their parts to form one epoch."""
+    split, decode, batch = dataset.split_options, dataset.decode_options, dataset.batch_options
     h = hashlib.sha256()
     for shard in dataset.shards:
         h.update(f"{shard.url}\0{shard.samples}\n".encode())
     h.update(
-        f"{dataset.seed}|{dataset.buffer_size}|{dataset.batch_size}|{dataset.partial}|{dataset.epoch_policy}|"
-        f"{dataset.decode}|{dataset.require}|{dataset.samples_per_epoch}".encode()
+        f"{split.seed}|{split.shuffle}|{split.split}|{split.epoch_policy}|{split.samples_per_epoch}|"
+        f"{decode.decode}|{batch.batch_size}|{batch.drop_last}|{batch.channels_last}|{dataset.require}".encode()
     )
     h.update(json.dumps(transform, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
