@@ -292,8 +292,9 @@ class RemoteLoader:
         if kind == "hello":
             self._welcome(server, header)
             return
-        if kind == "rejected":
-            raise RemoteError(f"server {server.address} refused a request: {header.get('message')}")
+        if kind == "rejected":  # e.g. no live worker left there: its parts go to the others
+            self._drop(server, f"refused a request: {header.get('message')}")
+            return
         slot = self._by_assignment.get(header.get("assignment"))  # type: ignore[arg-type]
         if kind == "heartbeat":
             return
