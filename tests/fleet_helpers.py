@@ -51,7 +51,7 @@ class ServerProcess:
             self.stop()
             raise RuntimeError(f"shardpipe serve did not start: {cmd} (exit code {self.proc.poll()})")
         info = json.loads(line)
-        self.endpoint, self.pid = info["listening"], info["pid"]
+        self.endpoint, self.pid, self.worker_pids = info["listening"], info["pid"], info["worker_pids"]
         return self
 
     def stop(self) -> None:

@@ -303,3 +303,15 @@ def test_a_server_sending_malformed_batches_is_refused_counted_and_dropped():
     finally:
         thread.join(5)
         fake.close(0)
+
+
+def test_a_hung_worker_is_detected_by_the_part_timeout(fleet, local_epochs):
+    """A stopped worker process (its server still sends heartbeats): the part times out and moves on."""
+    os.kill(fleet[0].worker_pids[0], signal.SIGSTOP)
+    try:
+        with RemoteLoader([s.endpoint for s in fleet], timeout=10, part_timeout=2) as loader:
+            assert batches_of(loader) == local_epochs[0]
+            assert loader.stats["servers_lost"] == 1 and not loader.servers[0].live
+            assert loader.servers[0].reason == "part 0 made no progress for 2s"
+    finally:
+        os.kill(fleet[0].worker_pids[0], signal.SIGCONT)

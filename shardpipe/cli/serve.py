@@ -1,7 +1,7 @@
 """``shardpipe serve CONFIG.yaml``: run a decode server that streams batches to trainers.
 
 Binds to 127.0.0.1 unless ``--bind`` names another interface. On start it prints one
-JSON line, ``{"listening": ENDPOINT, "pid": ..., "workers": ...}``, so scripts can use
+JSON line, ``{"listening": ENDPOINT, "pid": ..., "workers": ..., "worker_pids": [...]}``, so scripts can use
 ``--bind tcp://127.0.0.1:*`` (any free port) and read the port back.
 """
 
@@ -47,7 +47,12 @@ def run(args: argparse.Namespace) -> int:
     )
 
     def ready(s: Server) -> None:
-        print(json.dumps({"listening": s.endpoint, "pid": os.getpid(), "workers": s.workers}), flush=True)
+        print(
+            json.dumps(
+                {"listening": s.endpoint, "pid": os.getpid(), "workers": s.workers, "worker_pids": s.worker_pids}
+            ),
+            flush=True,
+        )
 
     try:
         server.run(on_ready=ready)

@@ -87,6 +87,9 @@ class RemoteLoader:
             and authenticated.
         max_message: bytes above which a message is refused.
         rejoin_wait: seconds an epoch start waits for dropped servers to answer.
+        part_timeout: seconds the loader may wait for the next batch of one part while its
+            server keeps sending heartbeats (a hung worker process) before that server is
+            dropped; allow for the slowest first batch (shard opening, shuffle buffer).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class RemoteLoader:
         client_key: str | Path | None = None,
         max_message: int = DEFAULT_MAX_MESSAGE,
         rejoin_wait: float = 1.0,
+        part_timeout: float = 300.0,
     ):
         self._zmq = require_zmq()
         if isinstance(servers, str) or not servers:
@@ -114,6 +118,7 @@ class RemoteLoader:
         self.servers = [_Server(a) for a in servers]
         self.parts = parts
         self.credits, self.timeout, self.rejoin_wait = credits, timeout, rejoin_wait
+        self.part_timeout = part_timeout
         self.max_message = max_message
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self._rank, self._world = rank, world_size
@@ -250,8 +255,16 @@ class RemoteLoader:
 
     def _take(self, slot: _Slot) -> Any:
         """The next item of ``slot``: a batch, or ``_END`` once the part is complete."""
+        waited, assignment = 0.0, slot.assignment
         while not slot.queue:
+            t0 = time.monotonic()
             self._pump(0.1)
+            if slot.assignment != assignment:  # taken over: the new server gets its own time
+                waited, assignment = 0.0, slot.assignment
+            waited += time.monotonic() - t0  # only time spent waiting here counts, not the trainer's
+            if waited > self.part_timeout and slot.server is not None and not slot.queue:
+                self._drop(slot.server, f"part {slot.index} made no progress for {self.part_timeout:g}s")
+                waited, assignment = 0.0, slot.assignment
         item = slot.queue.popleft()
         if item is _END:
             slot.ended = True

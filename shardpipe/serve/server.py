@@ -81,6 +81,7 @@ class Server:
             raise ValueError("CURVE needs both the server's secret key file and the folder of allowed client keys")
         self.rejected = 0
         self.endpoint = ""
+        self.worker_pids: list[int] = []
 
     def run(self, on_ready: Any = None) -> None:
         """Start the workers, bind, and serve until killed."""
@@ -113,6 +114,7 @@ class Server:
                 s.linger = 0
                 s.bind(e)
                 back.append(s)
+            self.worker_pids = [p.pid for p in procs]
             if on_ready:
                 on_ready(self)
             self._loop(zmq, front, back, procs)
