@@ -80,7 +80,12 @@ def test_resume_mid_epoch_with_everything_restarted(fleet, config, local_epochs)
     fresh = start_servers(config, 1, workers=2)  # a new server (any number can run the 4 parts), a new loader
     try:
         with RemoteLoader([s.endpoint for s in fresh], timeout=10) as loader:
+            loader.load_state_dict({**state, "fingerprint": "0" * 16})
+            with pytest.raises(ValueError, match="saved for another dataset or config"):
+                iter(loader)
+        with RemoteLoader([s.endpoint for s in fresh], timeout=10) as loader:
             loader.load_state_dict(state)
+            assert loader.state_dict() == state  # a checkpoint taken before iterating keeps the position
             rest = batches_of(loader)
     finally:
         for s in fresh:

@@ -399,6 +399,8 @@ class RemoteLoader:
     # -- resume -------------------------------------------------------------------------
     def state_dict(self) -> State:
         """A small JSON-serialisable snapshot: resume exactly after the last batch yielded."""
+        if self._resume is not None:
+            return dict(self._resume)  # loaded and not yet iterated: still that position
         mid_epoch = bool(self._slots) and not self._epoch_done
         rank, world = self._rank_world if self._slots else self.rank_and_world()
         return {
