@@ -222,7 +222,7 @@ class RemoteLoader:
         self._rank_world = self.rank_and_world()
         states = resume["states"] if resume else [None] * self.parts
         done = list(resume["done"]) if resume else [False] * self.parts
-        self._slots = [_Slot(k, states[k]) for k in range(self.parts)]
+        self._slots = slots = [_Slot(k, states[k]) for k in range(self.parts)]
         self._by_assignment = {}
         self._epoch_done = False
         for slot, finished in zip(self._slots, done):
@@ -251,7 +251,7 @@ class RemoteLoader:
                 yield self._pin(batch) if self.pin_memory else batch
             self._epoch_done = True
         finally:
-            self._cancel_all()
+            self._cancel_all(slots)
 
     def _take(self, slot: _Slot) -> Any:
         """The next item of ``slot``: a batch, or ``_END`` once the part is complete."""
@@ -390,8 +390,9 @@ class RemoteLoader:
             self._assign(slot)
             self.stats["reassigned"] += 1
 
-    def _cancel_all(self) -> None:
-        for slot in self._slots:
+    def _cancel_all(self, slots: list[_Slot]) -> None:
+        """Withdraw this pass's unfinished parts (a later pass has its own slots)."""
+        for slot in slots:
             if slot.assignment is not None and slot.server is not None and slot.server.sock is not None:
                 slot.server.sock.send_multipart(control("cancel", assignment=slot.assignment))
             slot.assignment = None
