@@ -18,7 +18,7 @@ from typing import Any
 
 from shardpipe.dataset import ShardDataset
 from shardpipe.serve.coordination import Part, part_pipeline
-from shardpipe.serve.wire import WireError, control, pack, unpack
+from shardpipe.serve.wire import control, pack, unpack
 from shardpipe.stages.base import Pipeline
 
 log = logging.getLogger("shardpipe.serve")
@@ -92,7 +92,7 @@ def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
             sock.send_multipart([job.client, *control("end", assignment=job.part.assignment, sent=job.sent)])
             running.pop(key).pipeline.close()
             continue
-        except (Exception, WireError) as e:
+        except Exception as e:  # a pipeline error, or a field the wire cannot carry (WireError)
             log.exception("worker %d: %s failed", index, job.part.describe())
             message = f"{job.part.describe()}: {type(e).__name__}: {e}"
             sock.send_multipart([job.client, *control("error", assignment=job.part.assignment, message=message)])
