@@ -4,7 +4,7 @@ PIP ?= $(PY) -m pip
 # the fast CPU decoders; the tests add object-storage clients, LMDB, DALI (~1 GB; it runs its CPU
 # operators without a GPU) and the test tools
 DEMO_EXTRAS ?= turbo,turbojpeg
-TEST_EXTRAS ?= turbo,turbojpeg,jpeg4py,s3,gcs,http,lmdb,gpu,test
+TEST_EXTRAS ?= turbo,turbojpeg,jpeg4py,s3,gcs,http,lmdb,gpu,serve,test
 
 .PHONY: setup setup-test system-deps demo test bench clean
 

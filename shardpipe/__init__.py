@@ -1,7 +1,8 @@
 """shardpipe: feed image-training jobs from tar shards as fast as the hardware allows.
 
 Write shards with ``ShardWriter`` (or ``shardpipe write``), stream them with
-``ShardDataset`` and ``ShardLoader``. The stages in ``shardpipe.stages`` compose into
+``ShardDataset`` and ``ShardLoader``, or from ``shardpipe serve`` processes with
+``RemoteLoader``. The stages in ``shardpipe.stages`` compose into
 custom pipelines.
 """
 
@@ -20,6 +21,7 @@ from shardpipe.errors import (
 from shardpipe.image.normalize import normalize
 from shardpipe.loader import ShardLoader
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions
+from shardpipe.serve.client import RemoteError, RemoteLoader
 from shardpipe.write.job import WriteSummary, write_shards
 from shardpipe.write.shard_writer import ShardWriter, TarWriter
 
@@ -34,6 +36,8 @@ __all__ = [
     "ErrorHandler",
     "MissingFieldError",
     "OpenOptions",
+    "RemoteError",
+    "RemoteLoader",
     "ShardDataset",
     "ShardLoader",
     "ShardNotFoundError",

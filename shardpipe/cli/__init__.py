@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("shardpipe.cli.inspect", "summarise shards: samples, extensions, bytes, image sizes"),
     "verify": ("shardpipe.cli.verify", "decode every sample and check manifest counts and checksums"),
     "bench": ("shardpipe.cli.bench", "per-stage throughput and side-by-side comparison with baselines"),
+    "serve": ("shardpipe.cli.serve", "run a decode server that streams ready batches to trainers (RemoteLoader)"),
 }
 
 

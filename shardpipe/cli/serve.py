@@ -1,0 +1,61 @@
+"""``shardpipe serve CONFIG.yaml``: run a decode server that streams batches to trainers.
+
+Binds to 127.0.0.1 unless ``--bind`` names another interface. On start it prints one
+JSON line, ``{"listening": ENDPOINT, "pid": ..., "workers": ..., "worker_pids": [...]}``, so scripts can use
+``--bind tcp://127.0.0.1:*`` (any free port) and read the port back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from shardpipe.serve.server import DEFAULT_BIND
+
+    p.add_argument("config", help="pipeline config (YAML: dataset, transform, loader), as in configs/")
+    p.add_argument(
+        "--bind",
+        default=DEFAULT_BIND,
+        help=f"ZMQ endpoint to listen on (default {DEFAULT_BIND}: loopback only; tcp://0.0.0.0:PORT exposes it)",
+    )
+    p.add_argument("--workers", type=int, default=None, help="worker processes (default: the config's num_workers)")
+    p.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats to busy trainers")
+    p.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=900.0,
+        help="seconds after which the parts of a silent trainer are cancelled (it can take them up again)",
+    )
+    p.add_argument("--curve-secret", help="CURVE: this server's secret key file (zmq.auth .key_secret)")
+    p.add_argument("--curve-clients", help="CURVE: folder of the public key files of allowed trainers")
+
+
+def run(args: argparse.Namespace) -> int:
+    from shardpipe.serve.server import Server
+
+    server = Server(
+        args.config,
+        bind=args.bind,
+        workers=args.workers,
+        heartbeat=args.heartbeat,
+        idle_timeout=args.idle_timeout,
+        curve_secret=args.curve_secret,
+        curve_clients=args.curve_clients,
+    )
+
+    def ready(s: Server) -> None:
+        print(
+            json.dumps(
+                {"listening": s.endpoint, "pid": os.getpid(), "workers": s.workers, "worker_pids": s.worker_pids}
+            ),
+            flush=True,
+        )
+
+    try:
+        server.run(on_ready=ready)
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,93 @@
+"""Plan coordinates: which part of an epoch a server produces, and how it resumes.
+
+The trainer splits each rank's share of the epoch into ``parts`` consumers, exactly as a
+``ShardLoader`` splits it among DataLoader workers (``shardpipe.split.plan``): part ``k``
+of ``parts`` for rank ``r`` of ``world_size`` in epoch ``e`` is the pipeline a local
+worker ``k`` of ``parts`` on that rank would run. A ``Part`` message names only those
+integers plus the pipeline state to continue from, so a server runs nothing a client
+chose: the dataset and transforms come from the server's own config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from shardpipe.dataset import ShardDataset
+from shardpipe.serve.wire import WireError
+from shardpipe.stages.base import Pipeline, State
+
+#: the most parts one rank may split its epoch into
+MAX_PARTS = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One consumer of the epoch plan, as assigned by a trainer."""
+
+    assignment: int  # the trainer's id for this assignment (stale ones are ignored)
+    epoch: int
+    rank: int
+    world_size: int
+    part: int
+    parts: int
+    state: State | None  # the pipeline state after the last batch the trainer received
+    credits: int  # batches the server may send before the trainer grants more
+
+    def header(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any]) -> Part:
+        """Validate an ``assign`` request: small non-negative integers and a state dict only."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            v = header.get(f.name)
+            if f.name == "state":
+                if v is not None and not isinstance(v, dict):
+                    raise WireError("assign: state must be an object or null")
+            elif not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise WireError(f"assign: {f.name} must be a non-negative integer, not {str(v)[:40]!r}")
+            values[f.name] = v
+        if not 1 <= values["world_size"] or values["rank"] >= values["world_size"]:
+            raise WireError(f"assign: rank {values['rank']} is not below world_size {values['world_size']}")
+        if not 1 <= values["parts"] <= MAX_PARTS or values["part"] >= values["parts"]:
+            raise WireError(f"assign: part {values['part']} of {values['parts']} is out of range")
+        return cls(**values)
+
+    def describe(self) -> str:
+        return f"part {self.part}/{self.parts} of rank {self.rank}/{self.world_size}, epoch {self.epoch}"
+
+
+def part_pipeline(dataset: ShardDataset, part: Part) -> Pipeline:
+    """The pipeline a local worker ``part.part`` of ``part.parts`` on that rank would run, at ``part.state``."""
+    # the dataset's own context (seed, error policy, open options), moved to the assigned coordinates
+    ctx = dataclasses.replace(
+        dataset._context(),
+        epoch=part.epoch,
+        rank=part.rank,
+        world_size=part.world_size,
+        worker=part.part,
+        num_workers=part.parts,
+    )
+    pipeline = dataset.build_pipeline(ctx)
+    if part.state is not None and part.state.get("epoch") != part.epoch:
+        raise ValueError(f"resume state is for epoch {part.state.get('epoch')!r}, the assignment for {part.epoch}")
+    pipeline.reset(part.state)
+    return pipeline
+
+
+def fingerprint(dataset: ShardDataset, transform: Any) -> str:
+    """What must match across a trainer's servers for their parts to form one epoch."""
+    split, decode, batch = dataset.split_options, dataset.decode_options, dataset.batch_options
+    h = hashlib.sha256()
+    for shard in dataset.shards:
+        h.update(f"{shard.url}\0{shard.samples}\n".encode())
+    h.update(
+        f"{split.seed}|{split.shuffle}|{split.split}|{split.epoch_policy}|{split.samples_per_epoch}|"
+        f"{decode.decode}|{batch.batch_size}|{batch.drop_last}|{batch.channels_last}|{dataset.require}".encode()
+    )
+    h.update(json.dumps(transform, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,103 @@
+"""A server's worker process: runs the parts assigned to it and sends their batches.
+
+A worker holds any number of parts and produces for whichever has credit (round
+robin), so a trainer that waits on one part never blocks another part's producer. Each
+batch goes out with the pipeline state after it: the point a surviving server resumes
+from if this one is lost. The worker never runs ahead of its credits, so at most
+``credits`` batches per part exist beyond the one being built.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+from collections import deque
+from typing import Any
+
+from shardpipe.dataset import ShardDataset
+from shardpipe.serve.coordination import Part, part_pipeline
+from shardpipe.serve.wire import control, pack, unpack
+from shardpipe.stages.base import Pipeline
+
+log = logging.getLogger("shardpipe.serve")
+
+
+class _Running:
+    def __init__(self, client: bytes, part: Part, pipeline: Pipeline):
+        self.client, self.part, self.pipeline = client, part, pipeline
+        self.credits = part.credits
+        self.sent = 0
+
+
+def die_with_parent() -> None:
+    """Ask Linux to kill this process when its parent dies (a SIGKILLed server leaves no orphans)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # elsewhere the parent-pid check in the loop does it
+
+
+def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
+    """Entry point of worker ``index``: serve parts over the PAIR socket at ``endpoint``."""
+    import zmq
+
+    die_with_parent()
+    parent = os.getppid()
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PAIR)
+    sock.linger = 0
+    sock.connect(endpoint)
+    running: dict[tuple[bytes, int], _Running] = {}
+    turn: deque[tuple[bytes, int]] = deque()
+
+    def handle(frames: list[Any]) -> None:
+        client = bytes(frames[0])
+        header, _ = unpack(frames[1:])
+        key = (client, int(header.get("assignment", -1)))
+        if header["type"] == "assign":
+            part = Part.from_header(header)
+            try:
+                running[key] = _Running(client, part, part_pipeline(dataset, part))
+                turn.append(key)
+            except Exception as e:  # a bad resume state or unreadable shard list: the trainer decides
+                log.exception("worker %d: cannot start %s", index, part.describe())
+                sock.send_multipart([client, *control("error", assignment=part.assignment, message=str(e))])
+        elif header["type"] == "credit" and key in running:
+            running[key].credits += max(0, int(header.get("n", 1)))
+        elif header["type"] == "cancel" and key in running:
+            running.pop(key).pipeline.close()
+
+    while True:
+        ready = [k for k in turn if k in running and running[k].credits > 0]
+        if sock.poll(0 if ready else 200):
+            while sock.poll(0):
+                handle(sock.recv_multipart(copy=False))
+            continue
+        if os.getppid() != parent:
+            return
+        if not ready:
+            turn = deque(k for k in turn if k in running)
+            continue
+        key = ready[0]
+        turn.remove(key)
+        turn.append(key)  # round robin among the parts that have credit
+        job = running[key]
+        try:
+            batch = job.pipeline.next()
+            state = job.pipeline.get_state()
+            frames = pack({"type": "batch", "assignment": job.part.assignment, "seq": job.sent, "state": state}, batch)
+        except StopIteration:
+            sock.send_multipart([job.client, *control("end", assignment=job.part.assignment, sent=job.sent)])
+            running.pop(key).pipeline.close()
+            continue
+        except Exception as e:  # a pipeline error, or a field the wire cannot carry (WireError)
+            log.exception("worker %d: %s failed", index, job.part.describe())
+            message = f"{job.part.describe()}: {type(e).__name__}: {e}"
+            sock.send_multipart([job.client, *control("error", assignment=job.part.assignment, message=message)])
+            running.pop(key).pipeline.close()
+            continue
+        sock.send_multipart([job.client, *frames], copy=False)
+        job.credits -= 1
+        job.sent += 1

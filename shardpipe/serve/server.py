@@ -1,0 +1,222 @@
+"""``shardpipe serve``: a decode server that streams ready batches to trainers.
+
+The main process owns one ZMQ ROUTER socket (loopback by default) and forwards frames
+between trainers and its worker processes, which run the pipelines (see ``producer``).
+It answers ``hello`` (worker count, dataset fingerprint), hands each ``assign`` to the
+least busy worker, passes credits and cancels on, and sends every client a heartbeat
+each ``heartbeat`` seconds so a trainer notices a dead or stopped server in bounded time.
+Parts of a trainer silent for ``idle_timeout`` seconds are cancelled (a trainer that died, or
+that dropped this server while it was stopped); if that trainer comes back, its next credit
+is answered ``lost`` and it restarts the part from its last received state.
+
+What a client can make a server do is the four control messages above, validated field
+by field: the dataset, transforms and options come from the server's own config file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from shardpipe.config import load_config
+from shardpipe.serve.coordination import Part, fingerprint
+from shardpipe.serve.producer import run_worker
+from shardpipe.serve.wire import WireError, control, unpack
+
+log = logging.getLogger("shardpipe.serve")
+
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+#: a request larger than this is refused (requests are small JSON: coordinates and a state)
+MAX_REQUEST = 1 << 20
+
+
+def require_zmq() -> Any:
+    try:
+        import zmq
+    except ImportError:
+        raise ImportError(
+            "the decode fleet needs pyzmq: pip install 'shardpipe[serve]' (or pip install pyzmq)"
+        ) from None
+    return zmq
+
+
+def curve_server(sock: Any, secret_file: str | Path) -> None:
+    """Make ``sock`` a CURVE server with the key pair in ``secret_file`` (zmq.auth format)."""
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(str(secret_file))
+    if secret is None:
+        raise ValueError(f"{secret_file} holds no secret key: pass the server's .key_secret file")
+    sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
+
+
+class Server:
+    """One serving process: a config, a bind address and ``workers`` worker processes."""
+
+    def __init__(
+        self,
+        config: str | Path,
+        bind: str = DEFAULT_BIND,
+        workers: int | None = None,
+        heartbeat: float = 0.5,
+        idle_timeout: float = 900.0,
+        curve_secret: str | Path | None = None,
+        curve_clients: str | Path | None = None,
+    ):
+        self.config = yaml_config = _read_config(config)
+        self.dataset, loader = load_config(yaml_config)
+        self.workers = int(workers or loader.num_workers or 1)
+        self.fingerprint = fingerprint(self.dataset, yaml_config.get("transform"))
+        self.bind_address, self.heartbeat, self.idle_timeout = bind, heartbeat, idle_timeout
+        self._heard: dict[bytes, float] = {}  # client -> when it last sent anything
+        self.curve_secret, self.curve_clients = curve_secret, curve_clients
+        if (curve_secret is None) != (curve_clients is None):
+            raise ValueError("CURVE needs both the server's secret key file and the folder of allowed client keys")
+        self.rejected = 0
+        self.endpoint = ""
+        self.worker_pids: list[int] = []
+
+    def run(self, on_ready: Any = None) -> None:
+        """Start the workers, bind, and serve until killed."""
+        zmq = require_zmq()
+        tmp = tempfile.mkdtemp(prefix="shardpipe-serve-")
+        endpoints = [f"ipc://{tmp}/worker-{i}" for i in range(self.workers)]
+        # fork the workers before this process creates any ZMQ context or thread
+        mp = multiprocessing.get_context("fork")
+        procs = [mp.Process(target=run_worker, args=(i, e, self.dataset), daemon=True) for i, e in enumerate(endpoints)]
+        for p in procs:
+            p.start()
+        ctx = zmq.Context()
+        auth = None
+        try:
+            front = ctx.socket(zmq.ROUTER)
+            front.linger = 0
+            front.sndhwm = 0  # never drop: credits bound the batches, heartbeats are tiny
+            if self.curve_secret is not None:
+                from zmq.auth.thread import ThreadAuthenticator
+
+                auth = ThreadAuthenticator(ctx)
+                auth.start()
+                auth.configure_curve(domain="*", location=str(self.curve_clients))
+                curve_server(front, self.curve_secret)
+            front.bind(self.bind_address)
+            self.endpoint = front.getsockopt_string(zmq.LAST_ENDPOINT)
+            back = []
+            for e in endpoints:
+                s = ctx.socket(zmq.PAIR)
+                s.linger = 0
+                s.bind(e)
+                back.append(s)
+            self.worker_pids = [p.pid for p in procs]
+            if on_ready:
+                on_ready(self)
+            self._loop(zmq, front, back, procs)
+        finally:
+            if auth is not None:
+                auth.stop()
+            ctx.destroy(linger=0)
+            for p in procs:
+                p.kill()
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _loop(self, zmq: Any, front: Any, back: list[Any], procs: list[Any]) -> None:
+        poller = zmq.Poller()
+        poller.register(front, zmq.POLLIN)
+        for s in back:
+            poller.register(s, zmq.POLLIN)
+        owner: dict[tuple[bytes, int], int] = {}  # (client, assignment) -> worker
+        alive = [True] * len(procs)
+        next_beat = 0.0
+        while True:
+            for sock, _ in poller.poll(timeout=self.heartbeat * 500):
+                if sock is front:
+                    self._request(front, back, owner, alive)
+                    continue
+                frames = sock.recv_multipart(copy=False)
+                front.send_multipart(frames, copy=False)
+                header = json.loads(frames[1].bytes) if len(frames[1]) < MAX_REQUEST else {}
+                if header.get("type") in ("end", "error"):
+                    owner.pop((frames[0].bytes, header.get("assignment")), None)
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + self.heartbeat
+                for client in {c for c, _ in owner}:  # only trainers waiting on a part watch the beat
+                    if now - self._heard.get(client, now) > self.idle_timeout:
+                        self._expire(client, back, owner)
+                        continue
+                    front.send_multipart([client, *control("heartbeat")])
+                for i, p in enumerate(procs):
+                    if alive[i] and not p.is_alive():
+                        alive[i] = False
+                        self._lost_worker(i, p.exitcode, front, owner)
+
+    def _request(self, front: Any, back: list[Any], owner: dict, alive: list[bool]) -> None:
+        frames = front.recv_multipart(copy=False)
+        client = frames[0].bytes
+        self._heard[client] = time.monotonic()
+        try:
+            header, _ = unpack(frames[1:], max_message=MAX_REQUEST)
+            kind = header["type"]
+            if kind == "hello":
+                reply = {"workers": sum(alive), "fingerprint": self.fingerprint, "pid": os.getpid()}
+                front.send_multipart([client, *control("hello", **reply, rejected=self.rejected)])
+            elif kind == "assign":
+                part = Part.from_header(header)
+                live = [i for i in range(len(back)) if alive[i]]
+                if not live:
+                    raise WireError("this server has no live worker left")
+                load = {i: 0 for i in live}
+                for w in owner.values():
+                    if w in load:
+                        load[w] += 1
+                worker = min(live, key=lambda i: load[i])
+                owner[(client, part.assignment)] = worker
+                back[worker].send_multipart([client, frames[1]], copy=False)
+            elif kind in ("credit", "cancel"):
+                key = (client, header.get("assignment"))
+                if key in owner:
+                    back[owner[key]].send_multipart([client, frames[1]], copy=False)
+                    if kind == "cancel":
+                        del owner[key]
+                elif kind == "credit":  # expired here (or just ended: then the trainer ignores this)
+                    message = "assignment expired or unknown here"
+                    front.send_multipart([client, *control("lost", assignment=key[1], message=message)])
+            else:
+                raise WireError(f"unknown request type {kind!r}")
+        except WireError as e:
+            self.rejected += 1
+            log.warning("rejected a request (%d so far): %s", self.rejected, e)
+            front.send_multipart([client, *control("rejected", message=str(e), rejected=self.rejected)])
+
+    def _expire(self, client: bytes, back: list[Any], owner: dict) -> None:
+        """Cancel the parts of a trainer silent for ``idle_timeout`` (gone, or dropped this server)."""
+        log.warning("trainer %s silent for %gs: cancelling its parts", client.hex(), self.idle_timeout)
+        for key, worker in list(owner.items()):
+            if key[0] == client:
+                back[worker].send_multipart([client, *control("cancel", assignment=key[1])])
+                del owner[key]
+        self._heard.pop(client, None)
+
+    def _lost_worker(self, index: int, code: Any, front: Any, owner: dict) -> None:
+        log.error("worker %d exited with code %s; its parts go back to their trainers", index, code)
+        for (client, assignment), w in list(owner.items()):
+            if w == index:
+                message = f"worker {index} exited with code {code}"
+                front.send_multipart([client, *control("lost", assignment=assignment, message=message)])
+                del owner[(client, assignment)]
+
+
+def _read_config(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    config = yaml.safe_load(Path(path).read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: a serve config is a YAML mapping with dataset, transform and loader sections")
+    return config
