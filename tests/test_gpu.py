@@ -59,11 +59,14 @@ def test_cpu_decoder_shapes_and_dtypes(photos, train):
 
 
 def test_cpu_decoder_validation_equals_resize_and_center_crop(photos):
-    # (at this scale the core's crop-aware decode needs no DCT downscaling: results are exact)
+    # Resize + CenterCrop is fused: only the crop's box is resampled (no DCT downscaling at this
+    # scale), so pixels differ from resize-whole-then-crop by rounding at most, where the filter
+    # meets the box's edges
     out = CpuBatchDecoder(224, train=False, resize_short=256, decoder="pil", num_threads=2)(photos)
     for i, data in enumerate(photos):
         ref = CenterCrop(224)(Resize(256)(PilDecoder().decode(data), None), None)
-        assert np.array_equal(out[i].permute(1, 2, 0).numpy(), ref)
+        diff = np.abs(out[i].permute(1, 2, 0).numpy().astype(np.int16) - ref)
+        assert diff.max() <= 1 and diff.mean() < 0.25, (i, diff.max(), diff.mean())
 
 
 def test_cpu_decoder_randomness_follows_seed_key_and_epoch(photos):
