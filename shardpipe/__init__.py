@@ -17,6 +17,7 @@ from shardpipe.errors import (
     ShardpipeError,
     ShardReadError,
     TruncatedShardError,
+    WorkerStallError,
 )
 from shardpipe.image.normalize import normalize
 from shardpipe.loader import ShardLoader
@@ -47,6 +48,7 @@ __all__ = [
     "SplitOptions",
     "TarWriter",
     "TruncatedShardError",
+    "WorkerStallError",
     "WriteSummary",
     "__version__",
     "normalize",

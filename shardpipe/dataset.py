@@ -23,6 +23,7 @@ from shardpipe.stages.shards import Shard, ShardList, SplitShards, expand_urls
 from shardpipe.stages.shuffle import Shuffle
 from shardpipe.stages.untar import Untar
 from shardpipe.stats import SharedStats
+from shardpipe.workers import ProgressMarker, WorkerProgress
 
 log = logging.getLogger("shardpipe")
 
@@ -139,6 +140,7 @@ class ShardDataset(IterableDataset):
         self.epoch = 0
         self.stats = SharedStats()
         self.buffers = BatchBuffers()  # recycled shared-memory batches (ShardLoader frees them)
+        self.progress = WorkerProgress()  # where each DataLoader worker is (the loader's stall watchdog)
         self._resume: State | None = None
         self._live: Pipeline | None = None
         # set by ShardLoader for DataLoader workers: emit (worker, state, item) and resume
@@ -184,11 +186,31 @@ class ShardDataset(IterableDataset):
             split.world_size if split.world_size is not None else world,
         )
 
+    def warm(self) -> None:
+        """Import and resolve what the pipeline needs (decoder backend, transforms) in this process.
+
+        Called before workers start, so that forked workers find it done instead of
+        importing it themselves (an import in a forked child can wait on a lock another
+        parent thread held at the fork).
+        """
+        dec = self.decode_options
+        if dec.decode is not None and dec.decode != "encoded":
+            from shardpipe.image.decoders import get_decoder
+
+            get_decoder(dec.decoder)
+        if dec.transform is not None:
+            _fusable(dec.transform)
+
     def _context(self) -> Context:
         rank, world = self.rank_and_world()
         info = get_worker_info()
         io = self.open_options
+        progress = None
+        if info is not None:
+            progress = ProgressMarker(self.progress, info.id, {s.url: s.index for s in self.shards})
+            progress("worker set-up")
         return Context(
+            progress=progress,
             seed=self.seed,
             epoch=self.epoch,
             rank=rank,
@@ -328,7 +350,9 @@ class ShardDataset(IterableDataset):
             for n, item in enumerate(pipeline, 1):
                 if n % flush_every == 0:
                     flusher.flush()
+                ctx.where("hand-over")
                 yield (ctx.worker, pipeline.get_state(), item) if emit else item
+            ctx.where("done")
         finally:
             flusher.flush()
             pipeline.close()

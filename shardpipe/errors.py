@@ -42,6 +42,14 @@ class DecodeError(ShardpipeError):
     """A member whose bytes do not decode (corrupt image, bad JSON, bad label)."""
 
 
+class WorkerStallError(ShardpipeError, TimeoutError):
+    """A DataLoader worker that made no progress within the loader's ``stall_timeout``.
+
+    The message names the worker (id and pid), the stage it was in and the shard it was
+    reading; the stalled workers are stopped before it is raised.
+    """
+
+
 class MissingFieldError(ShardpipeError, KeyError):
     """A sample without a field the pipeline needs."""
 

@@ -6,6 +6,10 @@ That is the whole resume state: a few integers per worker. A resumed loader rota
 worker ids so that its round robin continues with the worker that was due, and each
 worker continues from its own state, so the resumed run yields exactly the items the
 uninterrupted run would have, in the same order.
+
+Workers start safely (see ``shardpipe.workers``): forked when the process has no other
+thread, else from a forkserver; and a worker that delivers nothing for ``stall_timeout``
+seconds becomes a ``WorkerStallError`` naming the worker, its stage and its shard.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from typing import Any
 from torch.utils.data import DataLoader
 
 from shardpipe.dataset import ShardDataset
+from shardpipe.errors import WorkerStallError
 from shardpipe.stages.base import State
+from shardpipe.workers import DEFAULT_STALL_TIMEOUT, awaited_worker, choose_context, stop_workers
 
 STATE_VERSION = 1
 
@@ -28,18 +34,40 @@ class ShardLoader(DataLoader):
     Each new iteration moves the dataset to the next epoch, unless ``set_epoch`` was
     called since the last one. ``state_dict()`` / ``load_state_dict()`` save and restore
     the position mid-epoch (or between epochs) for any ``num_workers``.
+
+    ``multiprocessing_context="auto"`` forks workers when this process has no other live
+    thread and starts them from a forkserver otherwise (a fork beside busy threads can
+    hang a worker on a lock it inherited held); pass ``"fork"``, ``"forkserver"``,
+    ``"spawn"`` or a context to choose. ``stall_timeout`` (seconds, default 300; ``None``
+    = wait forever) bounds how long the loader waits for a worker's next item before it
+    stops the workers and raises ``WorkerStallError``. A ``timeout=`` given for the
+    DataLoader takes precedence.
     """
 
-    def __init__(self, dataset: ShardDataset, num_workers: int = 0, pin_memory: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        multiprocessing_context: Any = "auto",
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+        **kwargs: Any,
+    ):
         if not isinstance(dataset, ShardDataset):
             raise TypeError(f"ShardLoader needs a ShardDataset, not {type(dataset).__name__}")
+        if stall_timeout is not None and stall_timeout <= 0:
+            raise ValueError(f"stall_timeout must be a positive number of seconds or None, not {stall_timeout!r}")
         kwargs.setdefault("prefetch_factor", 4 if num_workers else None)
+        if num_workers and stall_timeout is not None:
+            kwargs.setdefault("timeout", stall_timeout)
+        self._requested_context = multiprocessing_context
         super().__init__(
             dataset,
             batch_size=None,
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=False,  # workers must see the new epoch
+            multiprocessing_context=None if multiprocessing_context == "auto" else multiprocessing_context,
             **kwargs,
         )
         self._iterations = 0
@@ -87,23 +115,51 @@ class ShardLoader(DataLoader):
 
     def _iter_workers(self, ds: ShardDataset) -> Iterator[Any]:
         ds.rank_and_world()  # refresh the rank the workers will see
+        ds.warm()  # import the decoder and transforms once here, not in every forked worker
+        ds.progress.clear()
         ds._emit_state = True
         ds._rotation = self._next_worker
         ds._worker_states = self._worker_states if any(s is not None for s in self._worker_states) else None
         ds.buffers.clear()  # the last pass's workers (and their batch buffers) are gone
         ds.buffers.enabled = not self.pin_memory  # pinned: batches are copied before we see them
+        if self._requested_context == "auto":  # decided per pass: threads come and go
+            self.multiprocessing_context = choose_context("auto", ds)
         try:
             it = super().__iter__()  # workers start now, with a copy of the flags above
         finally:
             ds._emit_state, ds._rotation, ds._worker_states = False, 0, None
             ds.buffers.enabled = False
-        for worker, state, item in it:
+        while True:
+            try:
+                worker, state, item = next(it)
+            except StopIteration:
+                break
+            except RuntimeError as e:
+                if not str(e).startswith("DataLoader timed out"):
+                    raise
+                raise self._stall_error(it) from None
             self._worker_states[worker] = state
             self._next_worker = (worker + 1) % self.num_workers
             ds.buffers.release()  # batches the training loop is done with go back to their worker
             ds.buffers.track(worker, item)
             yield item
         self._epoch_done = True
+
+    def _stall_error(self, it: Any) -> WorkerStallError:
+        """Name the worker the loader waited for, its stage and shard; stop the workers."""
+        ds = self.shard_dataset
+        worker = awaited_worker(it, ds.progress, self.num_workers)
+        stage, shard, age = ds.progress.where(worker)
+        pid = it._workers[worker].pid if worker < len(getattr(it, "_workers", [])) else None
+        urls = {s.index: s.url for s in ds.shards}
+        where = f"in stage {stage!r}"
+        where += f" on shard {urls[shard]}" if shard in urls else " before reading any shard"
+        since = f" (entered {age:.1f} s ago)" if age is not None else " (its pipeline never started)"
+        stop_workers(it)
+        return WorkerStallError(
+            f"DataLoader worker {worker} (pid {pid}) delivered nothing for {self.timeout:g} s: it is {where}{since}; "
+            "the workers were stopped. Raise ShardLoader(stall_timeout=...) if a single item can take this long"
+        )
 
     # -- resume ---------------------------------------------------------------
     def _fingerprint(self) -> str:

@@ -14,6 +14,7 @@ bound once by the ``Pipeline``.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +25,15 @@ from shardpipe.errors import ErrorHandler
 
 T = TypeVar("T")
 _TIMER_LOCK = threading.Lock()
+
+
+def _new_timer_lock() -> None:
+    # a fork while a decode thread held the lock must not leave the child's copy held
+    global _TIMER_LOCK
+    _TIMER_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_timer_lock)
 State = dict[str, Any]
 
 
@@ -47,6 +57,9 @@ class Context:
     open_options: dict[str, Any] = field(default_factory=dict)
     #: remote shards opened ahead of the one being read
     prefetch: int = 1
+    #: ``progress(stage, shard_url)``: where this consumer is (DataLoader workers publish it
+    #: for the loader's stall watchdog); None = not watched
+    progress: Callable[[str, str | None], None] | None = None
 
     @property
     def split_index(self) -> int:
@@ -56,6 +69,11 @@ class Context:
     @property
     def split_count(self) -> int:
         return self.world_size * self.num_workers
+
+    def where(self, stage: str, url: str | None = None) -> None:
+        """Publish that this consumer entered ``stage`` (on shard ``url``), if watched."""
+        if self.progress is not None:
+            self.progress(stage, url)
 
     def add_time(self, name: str, seconds: float, items: int = 0) -> None:
         """Add to a stage's timer (thread-safe: decode threads call it concurrently)."""

@@ -136,6 +136,7 @@ class Batch(Stage[dict[str, Any]]):
         except StopIteration:
             if not samples or self.drop_last:
                 raise
+        self.ctx.where("batch")
         t0 = time.perf_counter()
         batch = collate(samples, self.channels_last, self._alloc)
         self.ctx.add_time("batch", time.perf_counter() - t0, len(samples))

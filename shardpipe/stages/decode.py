@@ -74,6 +74,7 @@ class SampleDecoder:
         fuse: bool = True,
         ctx_seed_epoch: Callable[[], tuple[int, int]] = lambda: (0, 0),
         add_time: Callable[[str, float, int], None] | None = None,
+        where: Callable[[str, str | None], None] | None = None,
     ):
         if image not in IMAGE_MODES:
             raise ValueError(f"image mode must be one of {IMAGE_MODES}, not {image!r}")
@@ -85,8 +86,10 @@ class SampleDecoder:
         self._augment = as_transform(transform) if transform is not None and not fuse else None
         self._seed_epoch = ctx_seed_epoch
         self._add_time = add_time or (lambda name, seconds, items: None)
+        self._where = where or (lambda stage, url: None)
 
     def __call__(self, sample: Sample) -> Sample:
+        self._where("decode", sample.get("__url__"))
         t0 = time.perf_counter()
         augment_seconds = 0.0
         out: Sample = {}
@@ -144,6 +147,7 @@ class Decode(ParallelMap):
             fuse,
             ctx_seed_epoch=lambda: (self.ctx.seed, self.ctx.epoch),
             add_time=lambda name, s, n: self.ctx.add_time(name, s, n),
+            where=lambda stage, url: self.ctx.where(stage, url),
         )
         super().__init__(self.decoder, num_threads)
 

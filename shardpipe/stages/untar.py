@@ -112,6 +112,7 @@ class Untar(Stage[Member]):
             if self._tar is None:
                 shard = self.pull()  # StopIteration ends the epoch
                 self._source_state = self.source.get_state() if self.source is not None else None
+                self.ctx.where("read", shard.url)
                 try:
                     self._open(shard)
                 except ShardpipeError as e:
@@ -121,6 +122,7 @@ class Untar(Stage[Member]):
             assert self._tar is not None and self._shard is not None
             t0 = time.perf_counter()
             tar, shard = self._tar, self._shard
+            self.ctx.where("untar", shard.url)
             read0 = tar.read_seconds
             try:
                 member = self._next_in_range(tar, shard)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -67,6 +68,14 @@ _INSTANCES: dict[str, ImageDecoder] = {}
 _LOCK = threading.Lock()
 _SKIPPED: set[str] = set()  # auto candidates whose absence was logged
 log = logging.getLogger(__name__)
+
+
+def _new_lock() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()  # a fork must not leave the child a copy held by another thread
+
+
+os.register_at_fork(after_in_child=_new_lock)
 #: Preference order for decoder="auto": fastest first (see BENCHMARKS.md).
 AUTO_ORDER: list[str] = []
 

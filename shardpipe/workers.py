@@ -1,0 +1,147 @@
+"""DataLoader worker processes: how they start, and what they are doing (for the stall watchdog).
+
+Why not always ``fork``: a forked child inherits every lock as it was at the fork, held
+or not, but only the forking thread. When another thread of the parent holds a lock at
+that instant (torch's default generator mutex inside ``torch.randn``, numpy's global
+``RandomState`` lock or the import lock of ``numpy.random``), the worker waits for it
+forever: DataLoader's own worker set-up (``torch.manual_seed``, ``np.random.seed``)
+takes exactly those locks. So ``"auto"`` forks only when the parent has no other live
+thread, and otherwise starts workers from a forkserver (a clean single-threaded process
+that has imported torch and shardpipe once). See notes in BENCHMARKS.md for the cost.
+
+``WorkerProgress`` is a small shared-memory table in which every worker marks the stage
+it entered, the shard it is on and when; the loader reads it to name a stalled worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger("shardpipe")
+
+#: what a worker can be doing; code 0 = started, pipeline not built yet
+STAGES = ("worker set-up", "read", "untar", "decode", "batch", "hand-over", "done")
+_CODE = {name: i for i, name in enumerate(STAGES)}
+MAX_WORKERS = 256
+#: default seconds a worker may go without delivering the item the loader waits for
+DEFAULT_STALL_TIMEOUT = 300.0
+#: modules a forkserver imports once, so that each worker it forks starts warm
+FORKSERVER_PRELOAD = ["torch", "numpy", "shardpipe.dataset", "shardpipe.loader", "shardpipe.stages"]
+
+
+class WorkerProgress:
+    """Per DataLoader worker: stage code, shard index and the time it was entered (monotonic).
+
+    One row per worker, one writer per row (that worker), so no lock. Survives pickling
+    into fork, forkserver and spawn workers (a shared-memory tensor).
+    """
+
+    def __init__(self, rows: int = MAX_WORKERS) -> None:
+        self.table = torch.zeros((rows, 3), dtype=torch.float64).share_memory_()
+        self._view: np.ndarray | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"table": self.table, "_view": None}
+
+    def clear(self) -> None:
+        self.table.zero_()
+
+    def mark(self, worker: int, stage: str, shard: int | None = None) -> None:
+        """Record that ``worker`` entered ``stage`` (on shard ``shard``, else the last one)."""
+        if self._view is None:
+            self._view = self.table.numpy()
+        row = self._view[worker % len(self._view)]
+        row[0] = time.monotonic()
+        row[1] = _CODE[stage]
+        if shard is not None:
+            row[2] = shard + 1  # 0 = none yet
+
+    def where(self, worker: int) -> tuple[str, int | None, float | None]:
+        """(stage, shard index or None, seconds since it entered that stage or None)."""
+        t, code, shard = self.table[worker % len(self.table)].tolist()
+        age = time.monotonic() - t if t else None
+        return STAGES[int(code)], (int(shard) - 1 if shard else None), age
+
+
+class ProgressMarker:
+    """What a pipeline inside a worker calls: ``mark(stage, url)``; cheap (a few numpy writes)."""
+
+    def __init__(self, progress: WorkerProgress, worker: int, urls: dict[str, int]):
+        self.progress, self.worker, self.urls = progress, worker, urls
+
+    def __call__(self, stage: str, url: str | None = None) -> None:
+        self.progress.mark(self.worker, stage, self.urls.get(url, -2) if url is not None else None)
+
+
+def other_threads() -> list[str]:
+    """Names of this process's live Python threads other than the calling one."""
+    me = threading.current_thread()
+    return [t.name for t in threading.enumerate() if t is not me and t.is_alive()]
+
+
+def choose_context(requested: Any, dataset: Any) -> Any:
+    """The multiprocessing context for workers: ``requested`` unless it is ``"auto"``.
+
+    ``auto``: the default (fork on Linux) when this process has no other live thread;
+    otherwise a forkserver, unless the dataset cannot be pickled (a lambda transform),
+    in which case fork with a warning (the stall watchdog still bounds a hang).
+    """
+    if requested != "auto":
+        return requested
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "fork") or os.name != "posix":
+        return None  # the platform/user default is already not fork
+    threads = other_threads()
+    if not threads:
+        return None
+    try:
+        pickle.dumps(dataset)
+    except Exception as e:
+        log.warning(
+            "this process has %d other threads (%s) and the dataset cannot be pickled (%s: %s), so DataLoader "
+            "workers are forked; a fork while another thread holds a lock can hang a worker (the loader then "
+            "raises WorkerStallError). Make the dataset picklable (no lambdas) to use a forkserver instead",
+            len(threads),
+            ", ".join(threads[:4]),
+            type(e).__name__,
+            e,
+        )
+        return None
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
+    return ctx
+
+
+def stop_workers(it: Any) -> None:
+    """Kill the workers of a DataLoader iterator and release its queues (after a stall)."""
+    from torch.utils.data._utils import signal_handling
+
+    if getattr(it, "_worker_pids_set", False):  # no SIGCHLD error for the kills below
+        signal_handling._remove_worker_pids(id(it))
+        it._worker_pids_set = False
+    for w in getattr(it, "_workers", []):
+        if w.is_alive():
+            try:
+                os.kill(w.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            w.join(timeout=5)
+    it._shutdown_workers()
+
+
+def awaited_worker(it: Any, progress: WorkerProgress, num_workers: int) -> int:
+    """The worker whose item the iterator waits for (else the one idle the longest)."""
+    info = getattr(it, "_task_info", {}).get(getattr(it, "_rcvd_idx", -1))
+    if info is not None and len(info) == 1:
+        return int(info[0])
+    ages = [progress.where(w)[2] or float("inf") for w in range(num_workers)]
+    return max(range(num_workers), key=lambda w: ages[w])

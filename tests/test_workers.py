@@ -1,0 +1,124 @@
+"""DataLoader workers: safe start beside busy threads, and the stall watchdog (issue 10)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from shardpipe import ShardDataset, ShardLoader, WorkerStallError
+from shardpipe.augment import RandomResizedCrop
+from shardpipe.workers import choose_context, other_threads
+
+
+class SleepForever:
+    """A transform that never returns (a stand-in for a worker stuck in a library call)."""
+
+    def __call__(self, img, rng=None):
+        time.sleep(600)
+        return img
+
+
+class StopSelf:
+    """A transform that SIGSTOPs its own worker process: a worker frozen from outside."""
+
+    def __call__(self, img, rng=None):
+        os.kill(os.getpid(), signal.SIGSTOP)
+        return img
+
+
+@pytest.fixture
+def held_numpy_rng_lock():
+    """Another thread holds numpy's global RandomState lock, as a thread inside np.random.* does."""
+    lock = np.random.mtrand._rand._bit_generator.lock
+    taken, release = threading.Event(), threading.Event()
+
+    def hold():
+        with lock:
+            taken.set()
+            release.wait(60)
+
+    t = threading.Thread(target=hold, name="holds-np-random", daemon=True)
+    t.start()
+    taken.wait(10)
+    yield
+    release.set()
+    t.join(10)
+
+
+def test_a_stalled_worker_raises_naming_worker_stage_and_shard(dataset_dir):
+    urls, _ = dataset_dir
+    loader = ShardLoader(
+        ShardDataset(urls, transform=SleepForever(), batch_size=4),
+        num_workers=2,
+        multiprocessing_context="fork",
+        stall_timeout=2,
+    )
+    t0 = time.monotonic()
+    with pytest.raises(WorkerStallError, match=r"worker 0 \(pid \d+\) delivered nothing for 2 s: it is in stage "
+                       r"'decode' on shard \S+shard-0000\.tar \(entered \d+\.\d s ago\)"):
+        list(loader)
+    assert time.monotonic() - t0 < 30
+
+
+def test_a_frozen_worker_raises_instead_of_hanging(dataset_dir):
+    urls, _ = dataset_dir
+    loader = ShardLoader(ShardDataset(urls, transform=StopSelf(), batch_size=4), num_workers=2, stall_timeout=2)
+    with pytest.raises(WorkerStallError, match=r"worker 0 .* stage 'decode' on shard \S+shard-0000\.tar") as e:
+        list(loader)
+    pid = int(str(e.value).split("(pid ")[1].split(")")[0])
+    with pytest.raises(ProcessLookupError):  # stopped workers are killed, not left behind
+        for _ in range(50):
+            os.kill(pid, 0)
+            time.sleep(0.1)
+
+
+def test_fork_beside_a_thread_holding_a_lock_hangs_a_worker_and_the_watchdog_names_it(
+    dataset_dir, held_numpy_rng_lock
+):
+    """The root cause, made deterministic: DataLoader's worker set-up seeds numpy, whose lock
+    another parent thread held at the fork; the child waits forever. Forced fork: an error."""
+    urls, _ = dataset_dir
+    loader = ShardLoader(ShardDataset(urls, batch_size=8), num_workers=2, multiprocessing_context="fork",
+                         stall_timeout=2)
+    with pytest.raises(WorkerStallError, match=r"worker 0 .* stage 'worker set-up' before reading any shard "
+                       r"\(its pipeline never started\)"):
+        list(loader)
+
+
+def test_auto_start_is_safe_beside_a_thread_holding_a_lock(dataset_dir, held_numpy_rng_lock):
+    urls, samples = dataset_dir
+    loader = ShardLoader(ShardDataset(urls, batch_size=8), num_workers=2, stall_timeout=60)
+    keys = [k for batch in loader for k in batch["__key__"]]
+    assert sorted(keys) == sorted(s["__key__"] for s in samples)
+
+
+def test_auto_forks_only_without_other_threads(dataset_dir, caplog):
+    urls, _ = dataset_dir
+    ds = ShardDataset(urls)
+    if not other_threads():  # other tests may have left threads (fsspec loop...) in this process
+        assert choose_context("auto", ds) is None
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, name="busy", daemon=True)
+    t.start()
+    try:
+        assert choose_context("auto", ds).get_start_method() == "forkserver"
+        assert choose_context("spawn", ds) == "spawn"
+        unpicklable = ShardDataset(urls, transform=lambda img: img)
+        with caplog.at_level(logging.WARNING, logger="shardpipe"):
+            assert choose_context("auto", unpicklable) is None
+        assert "cannot be pickled" in caplog.text and "busy" in caplog.text
+    finally:
+        stop.set()
+        t.join()
+
+
+def test_stall_timeout_must_be_positive(dataset_dir):
+    urls, _ = dataset_dir
+    with pytest.raises(ValueError, match="stall_timeout must be a positive number of seconds or None, not 0"):
+        ShardLoader(ShardDataset(urls), num_workers=2, stall_timeout=0)
