@@ -67,7 +67,9 @@ class ShardLoader(DataLoader):
             num_workers=num_workers,
             pin_memory=pin_memory,
             persistent_workers=False,  # workers must see the new epoch
-            multiprocessing_context=None if multiprocessing_context == "auto" else multiprocessing_context,
+            multiprocessing_context=None
+            if multiprocessing_context == "auto"
+            else choose_context(multiprocessing_context, dataset),
             **kwargs,
         )
         self._iterations = 0

@@ -96,6 +96,8 @@ def choose_context(requested: Any, dataset: Any) -> Any:
     otherwise a forkserver, unless the dataset cannot be pickled (a lambda transform),
     in which case fork with a warning (the stall watchdog still bounds a hang).
     """
+    if requested == "forkserver":
+        return _forkserver()
     if requested != "auto":
         return requested
     if multiprocessing.get_start_method(allow_none=True) not in (None, "fork") or os.name != "posix":
@@ -116,6 +118,11 @@ def choose_context(requested: Any, dataset: Any) -> Any:
             e,
         )
         return None
+    return _forkserver()
+
+
+def _forkserver() -> Any:
+    """The forkserver context, preloading torch and shardpipe (else every worker imports torch)."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
     return ctx

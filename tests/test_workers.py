@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from shardpipe import ShardDataset, ShardLoader, WorkerStallError
 from shardpipe.augment import RandomResizedCrop
@@ -60,8 +61,11 @@ def test_a_stalled_worker_raises_naming_worker_stage_and_shard(dataset_dir):
         stall_timeout=2,
     )
     t0 = time.monotonic()
-    with pytest.raises(WorkerStallError, match=r"worker 0 \(pid \d+\) delivered nothing for 2 s: it is in stage "
-                       r"'decode' on shard \S+shard-0000\.tar \(entered \d+\.\d s ago\)"):
+    with pytest.raises(
+        WorkerStallError,
+        match=r"worker 0 \(pid \d+\) delivered nothing for 2 s: it is in stage "
+        r"'decode' on shard \S+shard-0000\.tar \(entered \d+\.\d s ago\)",
+    ):
         list(loader)
     assert time.monotonic() - t0 < 30
 
@@ -78,16 +82,18 @@ def test_a_frozen_worker_raises_instead_of_hanging(dataset_dir):
             time.sleep(0.1)
 
 
-def test_fork_beside_a_thread_holding_a_lock_hangs_a_worker_and_the_watchdog_names_it(
-    dataset_dir, held_numpy_rng_lock
-):
+def test_fork_beside_a_thread_holding_a_lock_hangs_a_worker_and_the_watchdog_names_it(dataset_dir, held_numpy_rng_lock):
     """The root cause, made deterministic: DataLoader's worker set-up seeds numpy, whose lock
     another parent thread held at the fork; the child waits forever. Forced fork: an error."""
     urls, _ = dataset_dir
-    loader = ShardLoader(ShardDataset(urls, batch_size=8), num_workers=2, multiprocessing_context="fork",
-                         stall_timeout=2)
-    with pytest.raises(WorkerStallError, match=r"worker 0 .* stage 'worker set-up' before reading any shard "
-                       r"\(its pipeline never started\)"):
+    loader = ShardLoader(
+        ShardDataset(urls, batch_size=8), num_workers=2, multiprocessing_context="fork", stall_timeout=2
+    )
+    with pytest.raises(
+        WorkerStallError,
+        match=r"worker 0 .* stage 'worker set-up' before reading any shard "
+        r"\(its pipeline never started\)",
+    ):
         list(loader)
 
 
@@ -122,3 +128,56 @@ def test_stall_timeout_must_be_positive(dataset_dir):
     urls, _ = dataset_dir
     with pytest.raises(ValueError, match="stall_timeout must be a positive number of seconds or None, not 0"):
         ShardLoader(ShardDataset(urls), num_workers=2, stall_timeout=0)
+
+
+@pytest.fixture
+def busy_parent():
+    """The training-script parent of issue 10: threads looping torch (random tensors, matmul),
+    numpy's global RNG, OpenCV resize and logging, plus fsspec's asyncio event-loop thread."""
+    cv2 = pytest.importorskip("cv2")
+    import asyncio
+
+    from fsspec.asyn import get_loop
+
+    stop = threading.Event()
+    log = logging.getLogger("busy-parent")
+
+    def busy(i: int) -> None:
+        img = np.zeros((480, 640, 3), np.uint8)
+        n = 0
+        while not stop.is_set():
+            a = torch.randn(192, 192)
+            (a @ a).sum()
+            np.random.randint(0, 255, (64, 64))
+            cv2.resize(img, (320, 240))
+            n += 1
+            if n % 10 == 0:
+                log.info("thread %d step %d", i, n)
+
+    async def tick() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.001)
+
+    future = asyncio.run_coroutine_threadsafe(tick(), get_loop())
+    threads = [threading.Thread(target=busy, args=(i,), name=f"busy-{i}", daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    yield
+    stop.set()
+    for t in threads:
+        t.join(10)
+    future.result(10)
+
+
+@pytest.mark.slow
+def test_many_fresh_loaders_under_a_busy_parent_all_complete(dataset_dir, busy_parent):
+    """Issue 10's hang: fresh 2-worker loaders started while the parent's threads are busy.
+    Before the fix about 1 start in 5 hung (a worker stuck in torch.manual_seed or
+    np.random.seed on a lock inherited held); every epoch must now be complete and correct."""
+    urls, samples = dataset_dir
+    expected = sorted(s["__key__"] for s in samples)
+    for round_ in range(20):
+        ds = ShardDataset(urls, transform=RandomResizedCrop(16), batch_size=8, shuffle=8, seed=round_)
+        batches = list(ShardLoader(ds, num_workers=2, stall_timeout=60))
+        assert sorted(k for b in batches for k in b["__key__"]) == expected, f"round {round_}"
+        assert all(b["jpg"].shape[1:] == (3, 16, 16) for b in batches)
