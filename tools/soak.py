@@ -68,11 +68,9 @@ def workers_of(parent: int) -> list[int]:
         except OSError:
             continue
         ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if (
-            ppid in parents
-            and int(entry) != parents - {None, parent}
-            and "resource_tracker" not in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace")
-        ):
+        if ppid not in (parent, server) or int(entry) == server:
+            continue
+        if b"resource_tracker" not in Path(f"/proc/{entry}/cmdline").read_bytes():
             out.append(int(entry))
     return sorted(out)
 
