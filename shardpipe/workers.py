@@ -36,7 +36,14 @@ MAX_WORKERS = 256
 #: default seconds a worker may go without delivering the item the loader waits for
 DEFAULT_STALL_TIMEOUT = 300.0
 #: modules a forkserver imports once, so that each worker it forks starts warm
-FORKSERVER_PRELOAD = ["torch", "numpy", "shardpipe.dataset", "shardpipe.loader", "shardpipe.stages"]
+FORKSERVER_PRELOAD = [
+    "torch",
+    "numpy",
+    "shardpipe.dataset",
+    "shardpipe.loader",
+    "shardpipe.stages",
+    "shardpipe.image.decoders.warm",
+]
 
 
 class WorkerProgress:
