@@ -155,7 +155,10 @@ class ShardLoader(DataLoader):
         pid = it._workers[worker].pid if worker < len(getattr(it, "_workers", [])) else None
         urls = {s.index: s.url for s in ds.shards}
         where = f"in stage {stage!r}"
-        where += f" on shard {urls[shard]}" if shard in urls else " before reading any shard"
+        if shard is None:
+            where += " before reading any shard"
+        else:
+            where += f" on shard {urls.get(shard, f'#{shard} (not in the shard list)')}"
         since = f" (entered {age:.1f} s ago)" if age is not None else " (its pipeline never started)"
         stop_workers(it)
         return WorkerStallError(
