@@ -184,6 +184,8 @@ class ShardDataset(IterableDataset):
         """Fix the epoch, round-robin start and resume states of every DataLoader worker's next
         pass (``ShardLoader`` does this before each pass); ``None`` withdraws the plan, and
         workers follow ``epoch`` again."""
+        if get_worker_info() is not None:
+            raise RuntimeError("set_worker_plan is for the main process (the one that starts the DataLoader)")
         if plan is not None and plan.states is not None:
             for state in plan.states:
                 if state is not None:
