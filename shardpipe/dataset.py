@@ -54,6 +54,12 @@ class ShardDataset(IterableDataset):
     consumers (``split``), so every sample comes out exactly once. ``set_epoch(n)``
     selects a different, deterministic order per epoch from one ``seed``.
 
+    What loaders use (and nothing else): ``epoch``/``set_epoch``; ``state_dict()`` /
+    ``load_state_dict()``, this process's position (in a DataLoader worker, that worker's
+    part: torchdata's ``StatefulDataLoader`` calls them there); ``fingerprint()``; and
+    ``set_worker_plan()``, what every worker's next pass starts from. The epoch and the
+    worker plan live in shared memory, so running persistent workers see them.
+
     Options come in four groups (``shardpipe.options``), passed as objects after
     ``urls`` or as flat keywords of the same names (keywords replace fields of a group
     given as an object)::
