@@ -60,13 +60,21 @@ def proc_usage(pid: int) -> tuple[float, int]:
 
 
 def children() -> list[int]:
+    """Live child processes (the DataLoader workers); exited ones not yet reaped are left out."""
     pids: set[int] = set()
     for task in os.listdir("/proc/self/task"):
         try:
             pids.update(int(p) for p in Path(f"/proc/self/task/{task}/children").read_text().split())
         except OSError:
             pass
-    return sorted(pids)
+    live = []
+    for pid in sorted(pids):
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                live.append(pid)
+        except OSError:
+            pass
+    return live
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -136,11 +144,13 @@ def summarise(variant: str, runs: list[tuple[list[dict[str, Any]], dict[str, Any
         print(f"    {label:<8} " + " | ".join(cells))
     steady = epochs[min(4, len(epochs) - 1) :]
     main_rss = [e["main"][0] for e in steady]
-    worker_rss = [w[0] for e in steady for w in e["workers"]]
+    main_fds = [e["main"][1] for e in steady]
+    worker_rss = [w[0] for e in steady for w in e["workers"]] or [0.0]
+    worker_fds = [w[1] for e in steady for w in e["workers"]] or [0]
     print(
-        f"    growth from epoch 5 to {len(epochs)}: main {max(main_rss) - min(main_rss):+.1f} MB, "
-        f"fds {steady[-1]['main'][1] - steady[0]['main'][1]:+d}; workers max spread "
-        f"{(max(worker_rss) - min(worker_rss)) if worker_rss else 0:.1f} MB"
+        f"    epochs 5..{len(epochs)}: main RSS {min(main_rss):.0f}..{max(main_rss):.0f} MB, fds "
+        f"{min(main_fds)}..{max(main_fds)}; workers RSS {min(worker_rss):.0f}..{max(worker_rss):.0f} MB, "
+        f"fds {min(worker_fds)}..{max(worker_fds)}"
     )
 
 
