@@ -48,11 +48,11 @@ _REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
     "batch_sampler": (
         (None,),
         "ShardDataset is an IterableDataset that plans its own order and makes its own batches; pass "
-        "batch_size (and partial=False to drop the last, smaller batch) to ShardDataset instead",
+        "batch_size (and drop_last=True to drop the last, smaller batch) to ShardDataset instead",
     ),
     "drop_last": (
         (False,),
-        "ShardDataset makes the batches; pass partial=False to ShardDataset to drop the last, smaller batch",
+        "ShardDataset makes the batches; ask it instead: ShardDataset(..., batch_size=N, drop_last=True)",
     ),
     "collate_fn": (
         (None,),

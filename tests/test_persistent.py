@@ -163,7 +163,10 @@ REFUSED = [
     ({"shuffle": True}, r"shuffle=True: .*pass shuffle=True \(or a buffer size\) to ShardDataset"),
     ({"sampler": [0, 1]}, r"sampler=\[0, 1\]: .*plans its own order and rank/worker split"),
     ({"batch_sampler": [[0, 1]]}, r"batch_sampler=\[\[0, 1\]\]: .*makes its own batches"),
-    ({"drop_last": True}, r"drop_last=True: .*pass partial=False to ShardDataset"),
+    (
+        {"drop_last": True},
+        r"drop_last=True: ShardDataset makes the batches; ask it instead: ShardDataset\(\.\.\., batch_size=N, drop_last=True\)",
+    ),
     ({"collate_fn": list}, r"collate_fn=<class 'list'>: .*ShardDataset already collates"),
     ({"in_order": False}, r"in_order=False: .*round robin"),
     ({"persistent_workers": True}, r"persistent_workers=True with num_workers=0: there are no worker processes"),
