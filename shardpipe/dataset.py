@@ -12,6 +12,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from shardpipe.errors import ErrorHandler, Policy
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions, build_groups
+from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, shards_digest
 from shardpipe.split.plan import ResampledShards, plan_ranges
 from shardpipe.stages.base import Context, Map, Pipeline, Stage, State, Take
 from shardpipe.stages.batch import Batch
@@ -53,6 +54,12 @@ class ShardDataset(IterableDataset):
     rank, whole shards dealt round-robin, or samples when there are fewer shards than
     consumers (``split``), so every sample comes out exactly once. ``set_epoch(n)``
     selects a different, deterministic order per epoch from one ``seed``.
+
+    What loaders use (and nothing else): ``epoch``/``set_epoch``; ``state_dict()`` /
+    ``load_state_dict()``, this process's position (in a DataLoader worker, that worker's
+    part: torchdata's ``StatefulDataLoader`` calls them there); ``fingerprint()``; and
+    ``set_worker_plan()``, what every worker's next pass starts from. The epoch and the
+    worker plan live in shared memory, so running persistent workers see them.
 
     Options come in four groups (``shardpipe.options``), passed as objects after
     ``urls`` or as flat keywords of the same names (keywords replace fields of a group
@@ -137,16 +144,14 @@ class ShardDataset(IterableDataset):
                 "(written by ShardWriter and `shardpipe write`) instead of a URL pattern"
             )
         self._main_rank = distributed_rank()
-        self.epoch = 0
         self.stats = SharedStats()
         self.buffers = BatchBuffers()  # recycled shared-memory batches (ShardLoader frees them)
         self.progress = WorkerProgress()  # where each DataLoader worker is (the loader's stall watchdog)
-        self._resume: State | None = None
-        self._live: Pipeline | None = None
-        # set by ShardLoader for DataLoader workers: emit (worker, state, item) and resume
-        self._emit_state = False
-        self._rotation = 0
-        self._worker_states: list[State | None] | None = None
+        self._plan = SharedPlan()  # the epoch and worker plan, seen by running (persistent) workers
+        self._epoch = 0
+        self._shards_hash: Any = None  # hash of the shard list, kept for fingerprint()
+        self._resume: State | None = None  # loaded here: where this process's next pass starts
+        self._pass: _Pass | None = None  # the latest pass started in this process
 
     # the options most code asks for, by name
     @property
@@ -167,9 +172,33 @@ class ShardDataset(IterableDataset):
         return self.batch_options.batch_size
 
     # -- configuration ------------------------------------------------------
+    @property
+    def epoch(self) -> int:
+        """The epoch whose order the next pass uses (the current one, inside a pass)."""
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self.set_epoch(epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        """Use the order of epoch ``epoch`` from the next iteration on."""
-        self.epoch = epoch
+        """Use the order of epoch ``epoch`` from the next pass on, in this process and in its
+        DataLoader workers (running persistent workers included)."""
+        self._epoch = int(epoch)
+        if get_worker_info() is None:
+            self._plan.set_epoch(self._epoch)
+
+    def set_worker_plan(self, plan: WorkerPlan | None) -> None:
+        """Fix the epoch, round-robin start and resume states of every DataLoader worker's next
+        pass (``ShardLoader`` does this before each pass); ``None`` withdraws the plan, and
+        workers follow ``epoch`` again."""
+        if get_worker_info() is not None:
+            raise RuntimeError("set_worker_plan is for the main process (the one that starts the DataLoader)")
+        if plan is not None and plan.states is not None:
+            for state in plan.states:
+                if state is not None:
+                    self._check_fingerprint(state)
+        self._plan.set_plan(plan)
 
     def rank_and_world(self) -> tuple[int, int]:
         """This process's (rank, world_size): the constructor's override, else torch.distributed/env.
@@ -201,7 +230,17 @@ class ShardDataset(IterableDataset):
         if dec.transform is not None:
             _fusable(dec.transform)
 
-    def _context(self) -> Context:
+    def fingerprint(self) -> str:
+        """A short hash of what a resume state depends on: shards, sample counts and options."""
+        if self._shards_hash is None:
+            self._shards_hash = shards_digest(self.shards)
+        h = self._shards_hash.copy()
+        # the keep-last-batch flag hashed as before drop_last replaced partial, so saved states still load
+        keep_last = not self.batch_options.drop_last
+        h.update(f"{self.seed}|{self.buffer_size}|{self.batch_size}|{keep_last}|{self.epoch_policy}".encode())
+        return h.hexdigest()[:16]
+
+    def _context(self, epoch: int | None = None, rotation: int = 0) -> Context:
         rank, world = self.rank_and_world()
         info = get_worker_info()
         io = self.open_options
@@ -212,11 +251,11 @@ class ShardDataset(IterableDataset):
         return Context(
             progress=progress,
             seed=self.seed,
-            epoch=self.epoch,
+            epoch=self.epoch if epoch is None else epoch,
             rank=rank,
             world_size=world,
             # the logical worker: rotated so that a resumed loader continues its round robin
-            worker=(info.id + self._rotation) % info.num_workers if info else 0,
+            worker=(info.id + rotation) % info.num_workers if info else 0,
             num_workers=info.num_workers if info else 1,
             errors=ErrorHandler(self.on_error),
             storage_options=dict(io.storage_options) if io.storage_options is not None else None,
@@ -334,44 +373,96 @@ class ShardDataset(IterableDataset):
 
     # -- iteration ----------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
-        ctx = self._context()
-        pipeline = self.build_pipeline(ctx)
-        resume = self._resume
-        if self._worker_states is not None and get_worker_info() is not None:
-            resume = self._worker_states[ctx.worker]
-        pipeline.reset(resume)
+        # decided now, not at the first item: torch calls iter() in each worker when the
+        # DataLoader starts a pass, and StatefulDataLoader asks for state_dict() right after
+        resume, rotation, states = self._resume, 0, None
         self._resume = None
-        self._live = pipeline
+        if get_worker_info() is None:
+            epoch = int(resume["epoch"]) if resume else self._epoch
+        else:
+            shared_epoch, plan = self._plan.read()
+            if plan is not None:  # a ShardLoader pass: its plan wins over anything pickled in
+                epoch, rotation, states, resume = plan.epoch, plan.first_worker, plan.states, None
+            else:
+                epoch = int(resume["epoch"]) if resume else shared_epoch
+        self._epoch = epoch
+        ctx = self._context(epoch, rotation)
+        if states is not None:
+            if len(states) != ctx.num_workers:
+                raise ValueError(f"worker plan has {len(states)} resume states for {ctx.num_workers} workers")
+            resume = states[ctx.worker]
+        if resume is not None:
+            self._check_fingerprint(resume)
+            check_consumer(resume, ctx)
+        self._pass = _Pass(ctx, resume)
+        return self._run(self._pass)
+
+    def _run(self, current: _Pass) -> Iterator[Any]:
+        ctx = current.ctx
+        pipeline = self.build_pipeline(ctx)
+        pipeline.reset(current.resume)
+        current.pipeline = pipeline
         row = 0 if get_worker_info() is None else 1 + ctx.worker
         flusher = _StatsFlusher(self.stats, row, ctx)
         flush_every = 1 if self.batch_size else 64
-        emit = self._emit_state and get_worker_info() is not None
         try:
             for n, item in enumerate(pipeline, 1):
                 if n % flush_every == 0:
                     flusher.flush()
                 ctx.where("hand-over")
-                yield (ctx.worker, pipeline.get_state(), item) if emit else item
+                yield item
             ctx.where("done")
         finally:
             flusher.flush()
             pipeline.close()
 
     def __getstate__(self) -> dict[str, Any]:
-        # the live pipeline (threads, open files, closures) stays in this process
-        return {**self.__dict__, "_live": None}
+        # the live pass (threads, open files, closures) stays in this process
+        return {**self.__dict__, "_pass": None, "_shards_hash": None}
 
-    # -- resume (in-process; see ShardLoader for DataLoader workers) -----------
+    # -- resume: the Stateful protocol (torchdata's StatefulDataLoader calls it in each worker)
     def state_dict(self) -> State:
-        """The position of the live iteration in this process (num_workers=0)."""
-        if self._live is None:
-            return {"version": Pipeline.STATE_VERSION, "epoch": self.epoch, "stages": None}
-        return self._live.get_state()
+        """Where this process's pass stands: after the last item it yielded (in a DataLoader
+        worker, that worker's part). Small and JSON-serialisable; a state loaded but not yet
+        started is returned as loaded."""
+        if self._resume is not None:
+            return self._resume
+        current = self._pass
+        if current is None:
+            return {
+                "version": Pipeline.STATE_VERSION,
+                "epoch": self._epoch,
+                "stages": None,
+                "fingerprint": self.fingerprint(),
+            }
+        if current.pipeline is not None:
+            state = current.pipeline.get_state()
+        else:
+            state = current.resume or {"version": Pipeline.STATE_VERSION, "epoch": current.ctx.epoch, "stages": None}
+        return {**state, "consumer": consumer_of(current.ctx), "fingerprint": self.fingerprint()}
 
     def load_state_dict(self, state: State) -> None:
-        """Continue from ``state`` on the next iteration."""
-        self.epoch = int(state["epoch"])
-        self._resume = state if state.get("stages") is not None else None
+        """Start this process's next pass from ``state`` (from ``state_dict()``): its epoch, and
+        mid-epoch its exact position (refused if saved for other data or another consumer)."""
+        self._check_fingerprint(state)
+        self.set_epoch(int(state["epoch"]))
+        self._resume = state
+
+    def _check_fingerprint(self, state: State) -> None:
+        saved = state.get("fingerprint")
+        if saved is not None and saved != self.fingerprint():
+            raise ValueError(
+                "dataset state was saved for other shards or options (shard list, sample counts, seed, "
+                "shuffle, batch size or epoch policy differ): resuming would repeat or skip samples"
+            )
+
+
+class _Pass:
+    """One pass in this process: its context, the state it starts from, and its pipeline once running."""
+
+    def __init__(self, ctx: Context, resume: State | None):
+        self.ctx, self.resume = ctx, resume
+        self.pipeline: Pipeline | None = None
 
 
 def _mark_real(sample: dict[str, Any]) -> dict[str, Any]:

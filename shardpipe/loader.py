@@ -10,22 +10,87 @@ uninterrupted run would have, in the same order.
 Workers start safely (see ``shardpipe.workers``): forked when the process has no other
 thread, else from a forkserver; and a worker that delivers nothing for ``stall_timeout``
 seconds becomes a ``WorkerStallError`` naming the worker, its stage and its shard.
+
+The loader never touches the dataset's internals: before each pass it publishes a
+``WorkerPlan`` (epoch, first worker, resume states) through ``ShardDataset.set_worker_plan``,
+which lives in shared memory, so persistent workers (``persistent_workers=True``) learn
+the next epoch and a resume state loaded into an already-running loader exactly like
+fresh workers do. Each worker's collate step reads ``state_dict()`` of its dataset copy.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from typing import Any
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data._utils.collate import default_convert
 
 from shardpipe.dataset import ShardDataset
 from shardpipe.errors import WorkerStallError
+from shardpipe.passes import WorkerPlan
 from shardpipe.stages.base import State
 from shardpipe.workers import DEFAULT_STALL_TIMEOUT, awaited_worker, choose_context, stop_workers
 
 STATE_VERSION = 1
+
+# DataLoader arguments ShardLoader cannot honour: name -> (values it accepts, why, what to do instead)
+_REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "batch_size": (
+        (None,),
+        "ShardDataset makes the batches inside its pipeline (each worker decodes and collates whole "
+        "batches), so the loader passes them through; pass batch_size to ShardDataset(..., batch_size=N) instead",
+    ),
+    "shuffle": (
+        (None, False),
+        "ShardDataset shuffles the shard order and a sample buffer, per epoch and seed; pass shuffle=True "
+        "(or a buffer size) to ShardDataset instead",
+    ),
+    "sampler": (
+        (None,),
+        "ShardDataset is an IterableDataset that plans its own order and rank/worker split; use "
+        "ShardDataset's shuffle=, seed=, epoch_policy= and rank=/world_size= instead",
+    ),
+    "batch_sampler": (
+        (None,),
+        "ShardDataset is an IterableDataset that plans its own order and makes its own batches; pass "
+        "batch_size (and drop_last=True to drop the last, smaller batch) to ShardDataset instead",
+    ),
+    "drop_last": (
+        (False,),
+        "ShardDataset makes the batches; ask it instead: ShardDataset(..., batch_size=N, drop_last=True)",
+    ),
+    "collate_fn": (
+        (None,),
+        "ShardDataset already collates (batch_size=, channels_last=) and ShardLoader uses the collate "
+        "step to carry each worker's resume state; change samples with ShardDataset(transform=...) "
+        "or process the batches in your loop",
+    ),
+    "in_order": (
+        (True,),
+        "exact resume follows the workers' round robin, and out-of-order delivery would make "
+        "state_dict() repeat or skip items",
+    ),
+}
+
+
+def refuse_unsupported(num_workers: int, persistent_workers: bool, kwargs: dict[str, Any]) -> None:
+    """Raise ``ValueError`` (why, and what to do instead) for a DataLoader argument ShardLoader cannot honour."""
+    for name, (accepted, why) in _REFUSED.items():
+        if name in kwargs and not any(kwargs[name] is a or (a is not None and kwargs[name] == a) for a in accepted):
+            raise ValueError(f"ShardLoader cannot honour {name}={kwargs[name]!r}: {why}")
+    if persistent_workers and num_workers == 0:
+        raise ValueError(
+            "ShardLoader cannot honour persistent_workers=True with num_workers=0: there are no worker "
+            "processes to keep (the pipeline runs in this process); set num_workers > 0, or drop persistent_workers"
+        )
+
+
+def _with_state(item: Any) -> tuple[State, Any]:
+    """Collate step in each worker: the item, with its worker's dataset state right after it."""
+    info = get_worker_info()
+    assert info is not None, "ShardLoader's collate step runs in DataLoader workers"
+    return info.dataset.state_dict(), default_convert(item)
 
 
 class ShardLoader(DataLoader):
@@ -33,7 +98,10 @@ class ShardLoader(DataLoader):
 
     Each new iteration moves the dataset to the next epoch, unless ``set_epoch`` was
     called since the last one. ``state_dict()`` / ``load_state_dict()`` save and restore
-    the position mid-epoch (or between epochs) for any ``num_workers``.
+    the position mid-epoch (or between epochs) for any ``num_workers``, with fresh or
+    persistent workers. Arguments it cannot honour (``batch_size``, ``sampler``, ...)
+    raise ``ValueError`` saying what to use instead.
+
 
     ``multiprocessing_context="auto"`` forks workers when this process has no other live
     thread and starts them from a forkserver otherwise (a fork beside busy threads can
@@ -51,12 +119,16 @@ class ShardLoader(DataLoader):
         pin_memory: bool = False,
         multiprocessing_context: Any = "auto",
         stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+        persistent_workers: bool = False,
         **kwargs: Any,
     ):
         if not isinstance(dataset, ShardDataset):
             raise TypeError(f"ShardLoader needs a ShardDataset, not {type(dataset).__name__}")
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError(f"stall_timeout must be a positive number of seconds or None, not {stall_timeout!r}")
+        refuse_unsupported(num_workers, persistent_workers, kwargs)
+        kwargs.pop("batch_size", None)
+        kwargs.pop("collate_fn", None)
         kwargs.setdefault("prefetch_factor", 4 if num_workers else None)
         if num_workers and stall_timeout is not None:
             kwargs.setdefault("timeout", stall_timeout)
@@ -66,7 +138,9 @@ class ShardLoader(DataLoader):
             batch_size=None,
             num_workers=num_workers,
             pin_memory=pin_memory,
-            persistent_workers=False,  # workers must see the new epoch
+            persistent_workers=persistent_workers,
+            # workers send each item with their state; in-process, the state is read directly
+            collate_fn=_with_state if num_workers else None,
             multiprocessing_context=None
             if multiprocessing_context == "auto"
             else choose_context(multiprocessing_context, dataset),
@@ -79,6 +153,7 @@ class ShardLoader(DataLoader):
         self._next_worker = 0
         self._epoch_done = False
         self._resume: State | None = None
+        self._passes = 0  # passes started: a finished pass withdraws its worker plan only if it is the latest
 
     @property
     def shard_dataset(self) -> ShardDataset:
@@ -110,8 +185,7 @@ class ShardLoader(DataLoader):
         if state is not None:
             ds.load_state_dict(state)
         for item in super().__iter__():
-            assert ds._live is not None
-            self._worker_states[0] = ds._live.get_state()
+            self._worker_states[0] = ds.state_dict()
             yield item
         self._epoch_done = True
 
@@ -119,33 +193,41 @@ class ShardLoader(DataLoader):
         ds.rank_and_world()  # refresh the rank the workers will see
         ds.warm()  # import the decoder and transforms once here, not in every forked worker
         ds.progress.clear()
-        ds._emit_state = True
-        ds._rotation = self._next_worker
-        ds._worker_states = self._worker_states if any(s is not None for s in self._worker_states) else None
-        ds.buffers.clear()  # the last pass's workers (and their batch buffers) are gone
+        self._passes += 1
+        this_pass = self._passes
+        resume = self._worker_states if any(s is not None for s in self._worker_states) else None
+        # read by each worker when torch starts its pass: fresh workers, and persistent ones alike
+        first = self._next_worker
+        ds.set_worker_plan(WorkerPlan(ds.epoch, first, resume))
+        if not self.persistent_workers:
+            ds.buffers.clear()  # the last pass's workers (and their batch buffers) are gone
         ds.buffers.enabled = not self.pin_memory  # pinned: batches are copied before we see them
         if self._requested_context == "auto":  # decided per pass: threads come and go
             self.multiprocessing_context = choose_context("auto", ds)
         try:
-            it = super().__iter__()  # workers start now, with a copy of the flags above
+            it = super().__iter__()  # fresh workers start now (persistent ones kept theirs) with this flag
         finally:
-            ds._emit_state, ds._rotation, ds._worker_states = False, 0, None
-            ds.buffers.enabled = False
-        while True:
-            try:
-                worker, state, item = next(it)
-            except StopIteration:
-                break
-            except RuntimeError as e:
-                if not str(e).startswith("DataLoader timed out"):
-                    raise
-                raise self._stall_error(it) from None
-            self._worker_states[worker] = state
-            self._next_worker = (worker + 1) % self.num_workers
-            ds.buffers.release()  # batches the training loop is done with go back to their worker
-            ds.buffers.track(worker, item)
-            yield item
-        self._epoch_done = True
+            ds.buffers.enabled = False  # plain DataLoaders over this dataset get no recycled buffers
+        try:
+            while True:
+                try:
+                    state, item = next(it)
+                except StopIteration:
+                    break
+                except RuntimeError as e:
+                    if not str(e).startswith("DataLoader timed out"):
+                        raise
+                    raise self._stall_error(it) from None
+                worker = state["consumer"]["worker"]
+                self._worker_states[worker] = state
+                self._next_worker = (worker + 1) % self.num_workers
+                ds.buffers.release()  # batches the training loop is done with go back to their worker
+                ds.buffers.track((worker - first) % self.num_workers, item)  # the DataLoader worker's row
+                yield item
+            self._epoch_done = True
+        finally:
+            if self._passes == this_pass:  # not if a later pass has published its own plan
+                ds.set_worker_plan(None)
 
     def _stall_error(self, it: Any) -> WorkerStallError:
         """Name the worker the loader waited for, its stage and shard; stop the workers."""
@@ -167,16 +249,6 @@ class ShardLoader(DataLoader):
         )
 
     # -- resume ---------------------------------------------------------------
-    def _fingerprint(self) -> str:
-        ds = self.shard_dataset
-        h = hashlib.sha256()
-        for shard in ds.shards:
-            h.update(f"{shard.url}\0{shard.samples}\n".encode())
-        # the keep-last-batch flag hashed as before drop_last replaced partial, so saved states still load
-        keep_last = not ds.batch_options.drop_last
-        h.update(f"{ds.seed}|{ds.buffer_size}|{ds.batch_size}|{keep_last}|{ds.epoch_policy}".encode())
-        return h.hexdigest()[:16]
-
     def state_dict(self) -> State:
         """A small JSON-serialisable snapshot: resume exactly after the last item yielded."""
         ds = self.shard_dataset
@@ -184,7 +256,7 @@ class ShardLoader(DataLoader):
         mid_epoch = not self._epoch_done and any(s is not None for s in self._worker_states)
         return {
             "version": STATE_VERSION,
-            "fingerprint": self._fingerprint(),
+            "fingerprint": self.shard_dataset.fingerprint(),
             "epoch": ds.epoch if (mid_epoch or not self._epoch_done) else ds.epoch + 1,
             "rank": rank,
             "world_size": world,
@@ -197,7 +269,7 @@ class ShardLoader(DataLoader):
         """Continue from ``state`` at the next iteration (refuses an incompatible state)."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"loader state has version {state.get('version')!r}; this shardpipe reads {STATE_VERSION}")
-        if state["fingerprint"] != self._fingerprint():
+        if state["fingerprint"] != self.shard_dataset.fingerprint():
             raise ValueError(
                 "loader state was saved for other shards or options (shard list, sample counts, seed, "
                 "shuffle, batch size or epoch policy differ): resuming would repeat or skip samples"

@@ -124,8 +124,11 @@ class Batch(Stage[dict[str, Any]]):
         self.buffers = buffers
 
     def _alloc(self, shape: tuple[int, ...]) -> torch.Tensor:
-        if self.buffers is not None and self.buffers.enabled and get_worker_info() is not None:
-            return self.buffers.take(shape, self.ctx.worker)
+        info = get_worker_info()
+        if self.buffers is not None and self.buffers.enabled and info is not None:
+            # by DataLoader worker id, which a process keeps for life (the logical ctx.worker
+            # can change between passes of persistent workers after a resume)
+            return self.buffers.take(shape, info.id)
         return empty_uint8(shape)
 
     def next(self) -> dict[str, Any]:
