@@ -3,6 +3,7 @@
 ```yaml
 dataset:   {urls: data/train/manifest.json, shuffle: 5000, batch_size: 256, num_threads: 2}
 transform: [{RandomResizedCrop: {size: 224}}, {RandomHorizontalFlip: {}}]
+# progressive resizing: {RandomResizedCrop: {size: {ramp: {start: 160, end: 224, end_epoch: 30}}}}
 loader:    {num_workers: 8, pin_memory: true}
 ```
 
@@ -32,8 +33,17 @@ def build_transform(spec: list[Any] | None) -> augment.Transform | None:
         cls = getattr(augment, name, None)
         if not (isinstance(cls, type) and issubclass(cls, augment.Transform)):
             raise ValueError(f"unknown transform {name!r} in config; available: {', '.join(augment_names())}")
-        steps.append(cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in (kwargs or {}).items()}))
+        steps.append(cls(**{k: _value(v) for k, v in (kwargs or {}).items()}))
     return augment.Compose(steps)
+
+
+def _value(v: Any) -> Any:
+    """YAML lists become tuples; ``{ramp: {start: 160, end: 224, end_epoch: 30}}`` a size schedule."""
+    if isinstance(v, list):
+        return tuple(v)
+    if isinstance(v, dict) and set(v) == {"ramp"}:
+        return augment.ramp(**v["ramp"])
+    return v
 
 
 def augment_names() -> list[str]:

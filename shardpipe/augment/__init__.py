@@ -16,6 +16,7 @@ from shardpipe.augment.geometry import (
     vflip,
 )
 from shardpipe.augment.resample import resized_crop
+from shardpipe.augment.schedule import Ramp, at_epoch, ramp
 
 __all__ = [
     "CenterCrop",
@@ -25,6 +26,7 @@ __all__ = [
     "RandomResizedCrop",
     "RandomRotation",
     "RandomVerticalFlip",
+    "Ramp",
     "Resize",
     "Transform",
     "adjust_brightness",
@@ -32,7 +34,9 @@ __all__ = [
     "adjust_hue",
     "adjust_saturation",
     "as_transform",
+    "at_epoch",
     "hflip",
+    "ramp",
     "random_resized_crop_box",
     "resize",
     "resized_crop",

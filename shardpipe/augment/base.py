@@ -20,8 +20,14 @@ class Transform:
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
+    def at_epoch(self, epoch: int) -> Transform:
+        """This transform as it runs in epoch ``epoch`` (itself unless a size follows a schedule)."""
+        return self
+
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        fields = ", ".join(
+            f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and not (k == "schedule" and v is None)
+        )
         return f"{type(self).__name__}({fields})"
 
 
@@ -50,6 +56,12 @@ class Compose(Transform):
         for t in self.transforms:
             img = t(img, rng)
         return img
+
+    def at_epoch(self, epoch: int) -> Transform:
+        steps = [t.at_epoch(epoch) for t in self.transforms]
+        if all(a is b for a, b in zip(steps, self.transforms)):
+            return self
+        return Compose(steps)
 
 
 def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:

@@ -9,18 +9,43 @@ Pixels move with OpenCV when it is installed (see ``resample``), else with PIL.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from shardpipe.augment.base import Transform
 from shardpipe.augment.resample import cv2, resize
+from shardpipe.augment.schedule import Ramp, with_size
 
 Box = tuple[int, int, int, int]  # top, left, height, width
 
 
-def _size2(size: int | tuple[int, int]) -> tuple[int, int]:
+Size = int | tuple[int, int]
+
+
+def _size2(size: Size) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class _Sized(Transform):
+    """A transform whose output ``size`` may follow a per-epoch schedule (``shardpipe.augment.ramp``)."""
+
+    size: Any
+
+    def _init_size(self, size: Size | Ramp, square: bool) -> None:
+        self.schedule = size if isinstance(size, Ramp) else None
+        self._square = square
+        self.size = self._fix(size.at(0) if isinstance(size, Ramp) else size)
+
+    def _fix(self, size: Size) -> Any:
+        return _size2(size) if self._square else size
+
+    def at_epoch(self, epoch: int) -> Transform:
+        """This transform with its size fixed for epoch ``epoch`` (itself when there is no schedule)."""
+        if self.schedule is None:
+            return self
+        return with_size(self, self._fix(self.schedule.at(epoch)))
 
 
 def hflip(img: np.ndarray) -> np.ndarray:
@@ -67,16 +92,19 @@ def random_resized_crop_box(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-class RandomResizedCrop(Transform):
-    """Crop a random box (see ``random_resized_crop_box``) and resize it to ``size``."""
+class RandomResizedCrop(_Sized):
+    """Crop a random box (see ``random_resized_crop_box``) and resize it to ``size``.
+
+    ``size`` may be a schedule (``shardpipe.augment.ramp``) for progressive resizing.
+    """
 
     def __init__(
         self,
-        size: int | tuple[int, int],
+        size: Size | Ramp,
         scale: tuple[float, float] = (0.08, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
     ):
-        self.size = _size2(size)
+        self._init_size(size, square=True)
         self.scale = scale
         self.ratio = ratio
 
@@ -108,11 +136,11 @@ class RandomVerticalFlip(Transform):
         return vflip(img) if rng.random() < self.p else img
 
 
-class Resize(Transform):
-    """Resize the shorter side to ``size`` (int), or to exactly ``(h, w)``."""
+class Resize(_Sized):
+    """Resize the shorter side to ``size`` (int), or to exactly ``(h, w)``; ``size`` may be a schedule."""
 
-    def __init__(self, size: int | tuple[int, int]):
-        self.size = size
+    def __init__(self, size: Size | Ramp):
+        self._init_size(size, square=False)
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """The ``(height, width)`` an image of ``(height, width)`` is resized to."""
@@ -126,11 +154,11 @@ class Resize(Transform):
         return resize(img, *self.output_size(img.shape[0], img.shape[1]))
 
 
-class CenterCrop(Transform):
-    """Crop the centre ``size`` box (zero-padded if the image is smaller)."""
+class CenterCrop(_Sized):
+    """Crop the centre ``size`` box (zero-padded if the image is smaller); ``size`` may be a schedule."""
 
-    def __init__(self, size: int | tuple[int, int]):
-        self.size = _size2(size)
+    def __init__(self, size: Size | Ramp):
+        self._init_size(size, square=True)
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         th, tw = self.size

@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from shardpipe.augment import as_transform, sample_rng
+from shardpipe.augment import as_transform, at_epoch, sample_rng
+from shardpipe.augment.schedule import has_schedule
 from shardpipe.errors import DecodeError
 from shardpipe.format.sample import IMAGE_EXTENSIONS, Sample
 from shardpipe.image.fused import build_image_fn
+from shardpipe.stages.base import State
 from shardpipe.stages.parallel import ParallelMap
 
 IMAGE_MODES = ("rgb8", "torchrgb8", "pil", "encoded")
@@ -81,12 +83,23 @@ class SampleDecoder:
         self.image = image
         self.transform = transform
         self.allow_pickle = allow_pickle
-        # fused: one function decodes and augments (crop-aware decode); else two, timed apart
-        self._image_fn = build_image_fn(decoder, transform if fuse else None) if image != "encoded" else None
-        self._augment = as_transform(transform) if transform is not None and not fuse else None
+        self._decoder, self._fuse = decoder, fuse
+        self._scheduled = has_schedule(transform)
+        self._build(transform)
         self._seed_epoch = ctx_seed_epoch
         self._add_time = add_time or (lambda name, seconds, items: None)
         self._where = where or (lambda stage, url: None)
+
+    def _build(self, transform: Callable[..., Any] | None) -> None:
+        # fused: one function decodes and augments (crop-aware decode); else two, timed apart
+        fuse = self._fuse
+        self._image_fn = build_image_fn(self._decoder, transform if fuse else None) if self.image != "encoded" else None
+        self._augment = as_transform(transform) if transform is not None and not fuse else None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Fix the sizes of a scheduled transform (progressive resizing) for ``epoch``."""
+        if self._scheduled:
+            self._build(at_epoch(self.transform, epoch))
 
     def __call__(self, sample: Sample) -> Sample:
         self._where("decode", sample.get("__url__"))
@@ -151,13 +164,22 @@ class Decode(ParallelMap):
         )
         super().__init__(self.decoder, num_threads)
 
+    def reset(self, state: State | None = None) -> None:
+        super().reset(state)
+        self.decoder.set_epoch(self.ctx.epoch)
+
 
 class Augment(ParallelMap):
     """Apply ``transform(img, rng)`` to the image fields, with per-sample seeded randomness."""
 
     def __init__(self, transform: Callable[..., Any], num_threads: int = 0):
         self.transform = as_transform(transform)
+        self._current = self.transform
         super().__init__(self._apply, num_threads)
+
+    def reset(self, state: State | None = None) -> None:
+        super().reset(state)
+        self._current = at_epoch(self.transform, self.ctx.epoch)
 
     def _apply(self, sample: Sample) -> Sample:
         t0 = time.perf_counter()
@@ -165,6 +187,6 @@ class Augment(ParallelMap):
         out = dict(sample)
         for ext, value in sample.items():
             if isinstance(value, np.ndarray) and ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
-                out[ext] = self.transform(value, rng)
+                out[ext] = self._current(value, rng)
         self.ctx.add_time("augment", time.perf_counter() - t0, 1)
         return out
