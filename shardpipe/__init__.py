@@ -21,6 +21,7 @@ from shardpipe.errors import (
 )
 from shardpipe.image.normalize import normalize
 from shardpipe.loader import ShardLoader
+from shardpipe.mix import MixedDataset
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions
 from shardpipe.serve.client import RemoteError, RemoteLoader
 from shardpipe.write.job import WriteSummary, write_shards
@@ -36,6 +37,7 @@ __all__ = [
     "DecodeOptions",
     "ErrorHandler",
     "MissingFieldError",
+    "MixedDataset",
     "OpenOptions",
     "RemoteError",
     "RemoteLoader",

@@ -1,0 +1,259 @@
+"""``MixedDataset``: draw samples from several ``ShardDataset`` sources in fixed proportions.
+
+What an epoch means here (the policy, in full):
+
+* A mixed epoch is ``samples_per_epoch`` samples over all ranks. Each consumer (rank x
+  DataLoader worker) takes ``samples_per_epoch // (ranks x workers)`` of them, so every
+  rank gets the same number of samples and batches.
+* Each consumer's share is split between the sources by ``weights`` (largest remainder,
+  so the proportions are exact to one sample per source and consumer), and the order in
+  which the sources take turns is a seeded permutation of that multiset, different each
+  epoch. Proportions therefore hold exactly, not just on average.
+* Every source keeps its own epochs: it is read as one continuous stream of its own
+  epochs (each in its own seeded order), so a small source cycles through several of
+  its epochs in one mixed epoch and a large one continues where the previous mixed epoch
+  left it instead of restarting. Within each of its own epochs a source still yields
+  every one of its samples once (under its own epoch policy).
+* Resume state is small JSON: the mixed epoch, how many samples this consumer has
+  drawn, and each source's pipeline state (its own epoch and position).
+
+Sources decode and augment their samples themselves (their ``decode``/``transform``);
+``MixedDataset`` only batches (``batch_size``) what they yield, so the sources must not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from torch.utils.data import IterableDataset, get_worker_info
+
+from shardpipe.dataset import ShardDataset
+from shardpipe.stages.base import Context, Pipeline, State
+from shardpipe.stages.batch import collate
+
+STATE_VERSION = 1
+
+
+def quotas(weights: Sequence[float], total: int) -> list[int]:
+    """Split ``total`` draws by ``weights`` (largest remainder): exact to one draw per source."""
+    w = np.asarray(weights, dtype=np.float64)
+    raw = w / w.sum() * total
+    counts = np.floor(raw).astype(np.int64)
+    # hand out what flooring left over to the largest remainders (ties: the lower index)
+    order = np.argsort(-(raw - counts), kind="stable")
+    counts[order[: total - int(counts.sum())]] += 1
+    return [int(c) for c in counts]
+
+
+def draw_order(weights: Sequence[float], total: int, seed: int, epoch: int, consumer: int) -> np.ndarray:
+    """The source of each of a consumer's ``total`` draws in ``epoch``: a seeded permutation of the quotas."""
+    counts = quotas(weights, total)
+    order = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, epoch, consumer, 0x6D6978])))
+    return rng.permutation(order)
+
+
+class MixedDataset(IterableDataset):
+    """Samples (or batches) drawn from ``datasets`` in proportion to ``weights``; see the module docstring.
+
+    Args:
+        datasets: ``ShardDataset`` sources without ``batch_size``.
+        weights: one non-negative weight per source (normalised here).
+        samples_per_epoch: the mixed epoch's length over all ranks and workers.
+        seed: seeds the order in which sources take turns (sources keep their own seeds).
+        batch_size: collate into batches of this size (``None`` yields samples).
+        drop_last: drop each consumer's last, smaller batch.
+        channels_last: see ``ShardDataset``.
+    """
+
+    def __init__(
+        self,
+        datasets: Sequence[ShardDataset],
+        weights: Sequence[float],
+        *,
+        samples_per_epoch: int,
+        seed: int = 0,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        if not datasets:
+            raise ValueError("MixedDataset needs at least one source dataset")
+        if len(weights) != len(datasets):
+            raise ValueError(f"got {len(weights)} weights for {len(datasets)} datasets: give one weight per dataset")
+        if any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f"weights must be finite, >= 0 and not all 0, got {list(weights)}")
+        for i, ds in enumerate(datasets):
+            if not isinstance(ds, ShardDataset):
+                raise TypeError(f"source {i} is a {type(ds).__name__}; MixedDataset mixes ShardDatasets")
+            if ds.batch_size:
+                raise ValueError(
+                    f"source {i} batches (batch_size={ds.batch_size}); give batch_size to MixedDataset instead, "
+                    "so that batches mix the sources"
+                )
+        if samples_per_epoch < 1:
+            raise ValueError(f"samples_per_epoch must be >= 1, got {samples_per_epoch}")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
+        self.datasets = list(datasets)
+        self.weights = [float(w) for w in weights]
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.seed = seed
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.channels_last = channels_last
+        self.epoch = 0
+        self._resume: State | None = None
+        self._carry: State | None = None  # in-process: where the sources stood at the last epoch's end
+        self._live: _Mixer | None = None
+
+    # -- configuration ------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of mixed epoch ``epoch`` from the next iteration on."""
+        self.epoch = epoch
+
+    def _consumer(self) -> tuple[int, int, list[Context]]:
+        """(consumer index, consumer count, each source's context) for this process."""
+        ctxs = [ds._context() for ds in self.datasets]
+        c = ctxs[0]
+        return c.split_index, c.split_count, ctxs
+
+    def fingerprint(self) -> str:
+        """What a saved state must match: the sources' shards and options, weights and lengths."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for ds in self.datasets:
+            for shard in ds.shards:
+                h.update(f"{shard.url}\0{shard.samples}\n".encode())
+            h.update(f"{ds.seed}|{ds.buffer_size}|{ds.epoch_policy}\n".encode())
+        h.update(f"{self.weights}|{self.samples_per_epoch}|{self.seed}|{self.batch_size}|{self.drop_last}".encode())
+        return h.hexdigest()[:16]
+
+    # -- iteration ----------------------------------------------------------
+    def __iter__(self) -> Iterator[Any]:
+        index, count, ctxs = self._consumer()
+        start = self._resume or self._carried(index)
+        self._resume = None
+        mixer = _Mixer(self, index, count, ctxs, start)
+        self._live = mixer
+        try:
+            yield from mixer
+        finally:
+            if mixer.finished and get_worker_info() is None:
+                self._carry = mixer.next_epoch_state()
+            mixer.close()
+
+    def _carried(self, index: int) -> State | None:
+        carry, self._carry = self._carry, None
+        if carry is not None and carry["epoch"] == self.epoch:
+            return carry
+        return None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_live": None}
+
+    # -- resume (in-process) ------------------------------------------------
+    def state_dict(self) -> State:
+        """Where the live iteration in this process stands (or the next epoch's start)."""
+        if self._live is not None and not self._live.finished:
+            return self._live.get_state()
+        if self._live is not None:
+            return self._live.next_epoch_state()
+        return {"version": STATE_VERSION, "epoch": self.epoch, "drawn": 0, "sources": None}
+
+    def load_state_dict(self, state: State) -> None:
+        """Continue from ``state`` on the next iteration."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"mixed state has version {state.get('version')!r}; this shardpipe reads {STATE_VERSION}")
+        sources = state.get("sources")
+        if sources is not None and len(sources) != len(self.datasets):
+            raise ValueError(f"mixed state has {len(sources)} sources; this MixedDataset has {len(self.datasets)}")
+        self.epoch = int(state["epoch"])
+        self._resume = state
+        self._carry = None
+
+
+class _Mixer:
+    """One consumer's pass over one mixed epoch: yields samples or batches, knows its state."""
+
+    def __init__(self, mix: MixedDataset, index: int, count: int, ctxs: list[Context], start: State | None):
+        self.mix = mix
+        self.epoch = int(start["epoch"]) if start else mix.epoch
+        self.total = mix.samples_per_epoch // count
+        if self.total == 0:
+            raise ValueError(
+                f"samples_per_epoch={mix.samples_per_epoch} is less than the {count} consumers (ranks x workers): "
+                "every consumer needs at least one sample"
+            )
+        self.order = draw_order(mix.weights, self.total, mix.seed, self.epoch, index)
+        self.drawn = int(start["drawn"]) if start else 0
+        self.finished = False
+        states = start.get("sources") if start else None
+        self.pipes: list[Pipeline] = []
+        for i, (ds, ctx) in enumerate(zip(mix.datasets, ctxs)):
+            state = states[i] if states else None
+            ctx.epoch = int(state["epoch"]) if state else self.epoch
+            pipe = ds.build_pipeline(ctx)
+            pipe.reset(state if state and state.get("stages") is not None else None)
+            self.pipes.append(pipe)
+        self.index = index
+
+    def _pull(self, source: int) -> Any:
+        pipe = self.pipes[source]
+        for _ in range(2):
+            try:
+                return pipe.next()
+            except StopIteration:
+                # this source's own epoch ended: continue with its next epoch
+                pipe.close()
+                ds = self.mix.datasets[source]
+                ctx = pipe.ctx
+                ctx.epoch += 1
+                pipe = self.pipes[source] = ds.build_pipeline(ctx)
+                pipe.reset()
+        raise ValueError(
+            f"source {source} ({self.mix.datasets[source].shards[0].url}, ...) has no samples for consumer "
+            f"{self.index}: give it more shards or samples, or a weight of 0"
+        )
+
+    def __iter__(self) -> Iterator[Any]:
+        size = self.mix.batch_size
+        while self.drawn < self.total:
+            if size is None:
+                sample = self._pull(int(self.order[self.drawn]))
+                self.drawn += 1
+                yield sample
+                continue
+            n = min(size, self.total - self.drawn)
+            if n < size and self.mix.drop_last:
+                break
+            samples = [self._pull(int(s)) for s in self.order[self.drawn : self.drawn + n]]
+            self.drawn += n
+            yield collate(samples, self.mix.channels_last)
+        self.finished = True
+
+    def get_state(self) -> State:
+        """Resume after the last item yielded (once the epoch's draws are done: the next epoch's start)."""
+        if self.drawn >= self.total:
+            return self.next_epoch_state()
+        return self._state(self.epoch, self.drawn)
+
+    def _state(self, epoch: int, drawn: int) -> State:
+        return {
+            "version": STATE_VERSION,
+            "epoch": epoch,
+            "drawn": drawn,
+            "sources": [p.get_state() for p in self.pipes],
+        }
+
+    def next_epoch_state(self) -> State:
+        """The state the next mixed epoch starts from: the sources go on where they are."""
+        return self._state(self.epoch + 1, 0)
+
+    def close(self) -> None:
+        for p in self.pipes:
+            p.close()

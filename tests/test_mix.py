@@ -1,0 +1,147 @@
+"""MixedDataset: exact proportions, per-source epochs, resume, equal ranks, batching."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from shardpipe import MixedDataset, ShardDataset
+from shardpipe.mix import quotas
+from tests.helpers import make_samples, write_manifest_dataset
+
+SIZES = {"a": 30, "b": 60, "c": 200}
+
+
+@pytest.fixture(scope="module")
+def manifests(tmp_path_factory):
+    out = {}
+    for name, n in SIZES.items():
+        root = tmp_path_factory.mktemp(f"src-{name}")
+        counts = [n // 3, n // 3, n - 2 * (n // 3)]
+        out[name] = write_manifest_dataset(root, make_samples(n, prefix=f"{name}-"), counts)
+    return out
+
+
+def make_mix(manifests, weights=(0.5, 0.3, 0.2), samples_per_epoch=400, decode=None, **kw):
+    rank_kw = {k: kw.pop(k) for k in ("rank", "world_size") if k in kw}
+    sources = [
+        ShardDataset(manifests[name], shuffle=16, seed=7 + i, decode=decode, **rank_kw) for i, name in enumerate(SIZES)
+    ]
+    return MixedDataset(sources, list(weights), samples_per_epoch=samples_per_epoch, seed=11, **kw)
+
+
+def keys_of(items):
+    out = []
+    for item in items:
+        out.extend(item["__key__"] if isinstance(item["__key__"], list) else [item["__key__"]])
+    return out
+
+
+def test_quotas_are_exact_to_one_draw():
+    assert quotas([0.5, 0.3, 0.2], 400) == [200, 120, 80]
+    q = quotas([1, 1, 1], 10)
+    assert sum(q) == 10 and max(q) - min(q) == 1
+    assert quotas([0, 2], 5) == [0, 5]
+
+
+def test_proportions_hold_each_epoch_and_orders_differ(manifests):
+    mix = make_mix(manifests)
+    per_epoch = []
+    for epoch in range(3):
+        mix.set_epoch(epoch)
+        keys = keys_of(mix)
+        assert len(keys) == 400
+        counts = Counter(k.split("-")[0] for k in keys)
+        assert counts == {"a": 200, "b": 120, "c": 80}
+        per_epoch.append([k.split("-")[0] for k in keys])
+    assert per_epoch[0] != per_epoch[1] != per_epoch[2]
+
+
+def test_small_sources_cycle_through_their_epochs_and_large_ones_continue(manifests):
+    mix = make_mix(manifests)
+    keys = []
+    for epoch in range(2):
+        mix.set_epoch(epoch)
+        keys += keys_of(mix)
+    a = [k for k in keys if k.startswith("a-")]
+    # source a (30 samples) is drawn 400 times: every run of 30 holds each of its samples once
+    for start in range(0, len(a) - len(a) % 30, 30):
+        assert sorted(a[start : start + 30]) == sorted(f"a-{i:05d}" for i in range(30))
+    # and its epochs come in different orders
+    assert a[:30] != a[30:60]
+    # source c (200 samples) gives 80 per mixed epoch: two epochs are 160 distinct samples (no restart)
+    c = [k for k in keys if k.startswith("c-")]
+    assert len(c) == 160 and len(set(c)) == 160
+
+
+@pytest.mark.parametrize("cut", [0, 1, 57, 199, 400, 431])
+def test_resume_mid_epoch_and_across_the_epoch_end_is_exact(manifests, cut):
+    full = make_mix(manifests, decode="rgb8")
+    reference = []
+    for epoch in range(2):
+        full.set_epoch(epoch)
+        reference += [(s["__key__"], s["jpg"]) for s in full]
+
+    first = make_mix(manifests, decode="rgb8")
+    got, epoch = [], 0
+    first.set_epoch(0)
+    it = iter(first)
+    while len(got) < cut:
+        try:
+            s = next(it)
+        except StopIteration:
+            epoch += 1
+            first.set_epoch(epoch)
+            it = iter(first)
+            continue
+        got.append((s["__key__"], s["jpg"]))
+    state = json.loads(json.dumps(first.state_dict()))
+    it.close()
+
+    second = make_mix(manifests, decode="rgb8")
+    second.load_state_dict(state)
+    while len(got) < len(reference):
+        before = len(got)
+        got += [(s["__key__"], s["jpg"]) for s in second]
+        second.set_epoch(second.epoch + 1)
+        assert len(got) > before
+    assert [k for k, _ in got] == [k for k, _ in reference]
+    assert all(np.array_equal(x, y) for (_, x), (_, y) in zip(got, reference))
+
+
+def test_batches_mix_sources_and_ranks_get_equal_batch_counts(manifests):
+    per_rank = []
+    for rank in range(2):
+        mix = make_mix(manifests, batch_size=32, rank=rank, world_size=2, samples_per_epoch=401)
+        batches = list(mix)
+        per_rank.append(batches)
+        # 401 // 2 = 200 samples per rank: 6 batches of 32 and one of 8
+        assert [len(b["__key__"]) for b in batches] == [32] * 6 + [8]
+        assert any(len({k.split("-")[0] for k in b["__key__"]}) == 3 for b in batches)
+    assert len(per_rank[0]) == len(per_rank[1])
+    # within one epoch of a source, the ranks read disjoint samples
+    c0 = {k for b in per_rank[0] for k in b["__key__"] if k.startswith("c-")}
+    c1 = {k for b in per_rank[1] for k in b["__key__"] if k.startswith("c-")}
+    assert c0 and c1 and not c0 & c1
+    dropped = list(make_mix(manifests, batch_size=32, drop_last=True, rank=0, world_size=2, samples_per_epoch=401))
+    assert [len(b["__key__"]) for b in dropped] == [32] * 6
+
+
+def test_bad_arguments_are_refused(manifests):
+    ds = ShardDataset(manifests["a"], decode=None)
+    with pytest.raises(ValueError, match="got 1 weights for 2 datasets"):
+        MixedDataset([ds, ds], [1.0], samples_per_epoch=10)
+    with pytest.raises(ValueError, match="weights must be finite, >= 0 and not all 0"):
+        MixedDataset([ds, ds], [0, 0], samples_per_epoch=10)
+    with pytest.raises(ValueError, match=r"source 0 batches \(batch_size=4\); give batch_size to MixedDataset"):
+        MixedDataset([ShardDataset(manifests["a"], batch_size=4)], [1], samples_per_epoch=10)
+    with pytest.raises(TypeError, match="source 0 is a list; MixedDataset mixes ShardDatasets"):
+        MixedDataset([[1, 2]], [1], samples_per_epoch=10)
+    mix = MixedDataset([ShardDataset(manifests["a"], world_size=4, rank=0)], [1], samples_per_epoch=3)
+    with pytest.raises(ValueError, match="samples_per_epoch=3 is less than the 4 consumers"):
+        list(mix)
+    with pytest.raises(ValueError, match="mixed state has version 9"):
+        mix.load_state_dict({"version": 9})
