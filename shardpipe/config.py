@@ -21,6 +21,7 @@ import yaml
 from shardpipe import augment
 from shardpipe.dataset import ShardDataset
 from shardpipe.loader import ShardLoader
+from shardpipe.mix import MixedDataset
 
 
 def build_transform(spec: list[Any] | None) -> augment.Transform | None:
@@ -54,15 +55,51 @@ def augment_names() -> list[str]:
     )
 
 
-def load_config(source: str | Path | dict[str, Any], **dataset_overrides: Any) -> tuple[ShardDataset, ShardLoader]:
-    """Read a config (path or dict) and return ``(dataset, loader)``; keyword args override ``dataset:``."""
+def load_config(
+    source: str | Path | dict[str, Any], **dataset_overrides: Any
+) -> tuple[ShardDataset | MixedDataset, ShardLoader]:
+    """Read a config (path or dict) and return ``(dataset, loader)``; keyword args override ``dataset:``.
+
+    A ``mix:`` section builds a ``MixedDataset``: ``dataset:`` then holds the options every
+    source shares, each of ``mix.sources`` its ``urls``, ``weight`` and its own overrides::
+
+        dataset: {shuffle: 1000, num_threads: 2}
+        mix:
+          samples_per_epoch: 100000
+          batch_size: 256
+          sources:
+            - {urls: a/manifest.json, weight: 0.7}
+            - {urls: b/manifest.json, weight: 0.3, shuffle: 500}
+    """
     config = source if isinstance(source, dict) else yaml.safe_load(Path(source).read_text())
-    unknown = set(config) - {"dataset", "transform", "loader"}
+    unknown = set(config) - {"dataset", "transform", "loader", "mix"}
     if unknown:
-        raise ValueError(f"unknown config sections: {sorted(unknown)} (expected dataset, transform, loader)")
+        raise ValueError(f"unknown config sections: {sorted(unknown)} (expected dataset, transform, loader, mix)")
     ds_args = {**config.get("dataset", {}), **dataset_overrides}
-    if "urls" not in ds_args:
-        raise ValueError("config needs dataset.urls (a shard pattern, list or manifest.json)")
-    urls = ds_args.pop("urls")
-    dataset = ShardDataset(urls, transform=build_transform(config.get("transform")), **ds_args)
+    transform = build_transform(config.get("transform"))
+    if "mix" in config:
+        dataset: ShardDataset | MixedDataset = _mixed(config["mix"], ds_args, transform)
+    else:
+        if "urls" not in ds_args:
+            raise ValueError("config needs dataset.urls (a shard pattern, list or manifest.json)")
+        urls = ds_args.pop("urls")
+        dataset = ShardDataset(urls, transform=transform, **ds_args)
     return dataset, ShardLoader(dataset, **config.get("loader", {}))
+
+
+def _mixed(mix: dict[str, Any], shared: dict[str, Any], transform: Any) -> MixedDataset:
+    mix = dict(mix)
+    sources = mix.pop("sources", None)
+    if not sources:
+        raise ValueError("config mix: needs sources: a list of {urls: ..., weight: ...}")
+    if "urls" in shared:
+        raise ValueError("with a mix: section, give urls per source (mix.sources[i].urls), not in dataset:")
+    datasets, weights = [], []
+    for i, spec in enumerate(sources):
+        spec = dict(spec)
+        if "urls" not in spec or "weight" not in spec:
+            raise ValueError(f"config mix.sources[{i}] needs urls and weight, got {sorted(spec)}")
+        urls, weights_i = spec.pop("urls"), spec.pop("weight")
+        datasets.append(ShardDataset(urls, transform=transform, **{**shared, **spec}))
+        weights.append(float(weights_i))
+    return MixedDataset(datasets, weights, **mix)

@@ -122,8 +122,10 @@ class ShardLoader(DataLoader):
         persistent_workers: bool = False,
         **kwargs: Any,
     ):
-        if not isinstance(dataset, ShardDataset):
-            raise TypeError(f"ShardLoader needs a ShardDataset, not {type(dataset).__name__}")
+        from shardpipe.mix import MixedDataset
+
+        if not isinstance(dataset, (ShardDataset, MixedDataset)):
+            raise TypeError(f"ShardLoader needs a ShardDataset or MixedDataset, not {type(dataset).__name__}")
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError(f"stall_timeout must be a positive number of seconds or None, not {stall_timeout!r}")
         refuse_unsupported(num_workers, persistent_workers, kwargs)
@@ -159,6 +161,10 @@ class ShardLoader(DataLoader):
     def shard_dataset(self) -> ShardDataset:
         return self.dataset  # type: ignore[return-value]
 
+    def _carries(self) -> bool:
+        """True for datasets whose passes go on from the previous pass's end state (``MixedDataset``)."""
+        return bool(getattr(self.dataset, "carries_state", False))
+
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch ``epoch`` (later passes go on from there)."""
         self.shard_dataset.set_epoch(epoch)
@@ -174,6 +180,8 @@ class ShardLoader(DataLoader):
         self._iterations += 1
         resume, self._resume = self._resume, None
         workers = resume["workers"] if resume else None
+        if workers is None and self._carries() and self._epoch_done:
+            workers = self._worker_states  # where each worker's last pass ended: its next pass goes on from there
         self._worker_states = list(workers) if workers else [None] * max(self.num_workers, 1)
         self._next_worker = resume["next_worker"] if resume else 0
         self._epoch_done = False
@@ -254,6 +262,7 @@ class ShardLoader(DataLoader):
         ds = self.shard_dataset
         rank, world = ds.rank_and_world()
         mid_epoch = not self._epoch_done and any(s is not None for s in self._worker_states)
+        carry = self._carries() and self._epoch_done and any(s is not None for s in self._worker_states)
         return {
             "version": STATE_VERSION,
             "fingerprint": self.shard_dataset.fingerprint(),
@@ -262,7 +271,7 @@ class ShardLoader(DataLoader):
             "world_size": world,
             "num_workers": self.num_workers,
             "next_worker": self._next_worker if mid_epoch else 0,
-            "workers": list(self._worker_states) if mid_epoch else None,
+            "workers": list(self._worker_states) if mid_epoch or carry else None,
         }
 
     def load_state_dict(self, state: State) -> None:

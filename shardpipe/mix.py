@@ -16,6 +16,11 @@ What an epoch means here (the policy, in full):
   every one of its samples once (under its own epoch policy).
 * Resume state is small JSON: the mixed epoch, how many samples this consumer has
   drawn, and each source's pipeline state (its own epoch and position).
+* Between epochs the sources go on from where they stand: in this process, and with
+  ``ShardLoader`` (fresh or persistent workers), which hands each worker the state its
+  previous pass ended with (``carries_state``). A pass that starts without that state
+  (a jump to another epoch, a plain ``DataLoader``) starts each source at its own epoch
+  equal to the mixed epoch.
 
 Sources decode and augment their samples themselves (their ``decode``/``transform``);
 ``MixedDataset`` only batches (``batch_size``) what they yield, so the sources must not.
@@ -30,8 +35,11 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardpipe.dataset import ShardDataset
+from shardpipe.passes import SharedPlan, WorkerPlan, consumer_of, shards_digest
 from shardpipe.stages.base import Context, Pipeline, State
 from shardpipe.stages.batch import collate
+from shardpipe.stages.buffers import BatchBuffers
+from shardpipe.workers import WorkerProgress
 
 STATE_VERSION = 1
 
@@ -105,74 +113,142 @@ class MixedDataset(IterableDataset):
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.channels_last = channels_last
-        self.epoch = 0
+        self._plan = SharedPlan()  # the epoch and worker plan, seen by running (persistent) workers
+        self._epoch = 0
+        self.progress = WorkerProgress()  # one table for every source: the loader's stall watchdog reads it
+        for ds in self.datasets:
+            ds.progress = self.progress
+        self.buffers = BatchBuffers()  # the loader's hand-back of batches; mixed batches are allocated fresh
         self._resume: State | None = None
-        self._carry: State | None = None  # in-process: where the sources stood at the last epoch's end
+        self._carry: State | None = None  # in-process: where the sources stood at the last pass's end
         self._live: _Mixer | None = None
 
-    # -- configuration ------------------------------------------------------
-    def set_epoch(self, epoch: int) -> None:
-        """Use the order of mixed epoch ``epoch`` from the next iteration on."""
-        self.epoch = epoch
+    #: ``ShardLoader`` hands each worker's end-of-epoch state to its next pass (sources go on)
+    carries_state = True
 
-    def _consumer(self) -> tuple[int, int, list[Context]]:
-        """(consumer index, consumer count, each source's context) for this process."""
-        ctxs = [ds._context() for ds in self.datasets]
-        c = ctxs[0]
-        return c.split_index, c.split_count, ctxs
+    # -- the loader protocol (as ShardDataset's) ------------------------------
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self.set_epoch(epoch)
+
+    @property
+    def shards(self) -> list[Any]:
+        """Every source's shards (for messages; each source numbers its own)."""
+        return [shard for ds in self.datasets for shard in ds.shards]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of mixed epoch ``epoch`` from the next pass on (running workers included)."""
+        self._epoch = int(epoch)
+        if get_worker_info() is None:
+            self._plan.set_epoch(self._epoch)
+
+    def set_worker_plan(self, plan: WorkerPlan | None) -> None:
+        """What every DataLoader worker's next pass starts from (``ShardLoader`` sets it)."""
+        if get_worker_info() is not None:
+            raise RuntimeError("set_worker_plan is for the main process (the one that starts the DataLoader)")
+        self._plan.set_plan(plan)
+
+    def rank_and_world(self) -> tuple[int, int]:
+        """(rank, world_size), as the sources see them (they must agree)."""
+        seen = {ds.rank_and_world() for ds in self.datasets}
+        if len(seen) > 1:
+            raise ValueError(f"the sources disagree on (rank, world_size): {sorted(seen)}; give them the same")
+        return seen.pop()
+
+    def warm(self) -> None:
+        """Import what the sources' pipelines need before workers start (see ``ShardDataset.warm``)."""
+        for ds in self.datasets:
+            ds.warm()
 
     def fingerprint(self) -> str:
         """What a saved state must match: the sources' shards and options, weights and lengths."""
-        import hashlib
-
-        h = hashlib.sha256()
+        h = shards_digest(self.shards)
         for ds in self.datasets:
-            for shard in ds.shards:
-                h.update(f"{shard.url}\0{shard.samples}\n".encode())
-            h.update(f"{ds.seed}|{ds.buffer_size}|{ds.epoch_policy}\n".encode())
+            h.update(f"{ds.fingerprint()}\n".encode())
         h.update(f"{self.weights}|{self.samples_per_epoch}|{self.seed}|{self.batch_size}|{self.drop_last}".encode())
         return h.hexdigest()[:16]
 
     # -- iteration ----------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
-        index, count, ctxs = self._consumer()
-        start = self._resume or self._carried(index)
+        resume, rotation, states = self._resume, 0, None
         self._resume = None
-        mixer = _Mixer(self, index, count, ctxs, start)
+        if get_worker_info() is None:
+            epoch = int(resume["epoch"]) if resume else self._epoch
+        else:
+            shared_epoch, plan = self._plan.read()
+            if plan is not None:  # a ShardLoader pass: its plan wins over anything pickled in
+                epoch, rotation, states, resume = plan.epoch, plan.first_worker, plan.states, None
+            else:
+                epoch = int(resume["epoch"]) if resume else shared_epoch
+        self._epoch = epoch
+        ctxs = [ds._context(epoch, rotation) for ds in self.datasets]
+        if states is not None:
+            resume = states[ctxs[0].worker]
+        carry, self._carry = self._carry, None
+        start = resume if resume is not None else carry
+        # a state saved after this consumer's last draw of `epoch` already points at the next
+        # epoch: this pass has nothing left to yield, and the next one goes on from it
+        done = start is not None and int(start["epoch"]) == epoch + 1
+        if start is not None and not done and int(start["epoch"]) != epoch:
+            start = None  # saved for another epoch (the loop jumped): the sources start afresh
+        if start is not None:
+            self._check(start, ctxs[0])
+        mixer = _Mixer(self, epoch + 1 if done else epoch, ctxs, start)
         self._live = mixer
+        return self._run(mixer, done)
+
+    def _run(self, mixer: _Mixer, done: bool) -> Iterator[Any]:
         try:
-            yield from mixer
+            if not done:
+                yield from mixer
         finally:
-            if mixer.finished and get_worker_info() is None:
-                self._carry = mixer.next_epoch_state()
+            if get_worker_info() is None and (done or mixer.finished):
+                self._carry = mixer.get_state()
             mixer.close()
 
-    def _carried(self, index: int) -> State | None:
-        carry, self._carry = self._carry, None
-        if carry is not None and carry["epoch"] == self.epoch:
-            return carry
-        return None
+    def _check(self, state: State, ctx: Context) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"mixed state has version {state.get('version')!r}; this shardpipe reads {STATE_VERSION}")
+        if state.get("fingerprint") not in (None, self.fingerprint()):
+            raise ValueError(
+                "mixed state was saved for other sources or options (shards, weights, samples_per_epoch, seed or "
+                "batch size differ): resuming would repeat or skip samples"
+            )
+        saved, here = state.get("consumer"), consumer_of(ctx)
+        if saved is not None and saved != here:
+            raise ValueError(
+                f"cannot continue a mixed state saved by worker {saved['worker']} of {saved['num_workers']} on rank "
+                f"{saved['rank']} of {saved['world_size']} as worker {here['worker']} of {here['num_workers']} on "
+                f"rank {here['rank']} of {here['world_size']}: each consumer's sources stand at their own positions"
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_live": None}
 
-    # -- resume (in-process) ------------------------------------------------
+    # -- resume -------------------------------------------------------------
     def state_dict(self) -> State:
-        """Where the live iteration in this process stands (or the next epoch's start)."""
-        if self._live is not None and not self._live.finished:
-            return self._live.get_state()
-        if self._live is not None:
-            return self._live.next_epoch_state()
-        return {"version": STATE_VERSION, "epoch": self.epoch, "drawn": 0, "sources": None}
+        """Where this process's pass stands (in a DataLoader worker, that worker's part); after a
+        finished pass, the next epoch's start, with the sources where they stand."""
+        if self._resume is not None:
+            return self._resume
+        live = self._live
+        if live is None:
+            state: State = {"version": STATE_VERSION, "epoch": self._epoch, "drawn": 0, "sources": None}
+            return {**state, "fingerprint": self.fingerprint()}
+        return {**live.get_state(), "consumer": consumer_of(live.ctxs[0]), "fingerprint": self.fingerprint()}
 
     def load_state_dict(self, state: State) -> None:
-        """Continue from ``state`` on the next iteration."""
+        """Start this process's next pass from ``state`` (from ``state_dict()``)."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"mixed state has version {state.get('version')!r}; this shardpipe reads {STATE_VERSION}")
         sources = state.get("sources")
         if sources is not None and len(sources) != len(self.datasets):
             raise ValueError(f"mixed state has {len(sources)} sources; this MixedDataset has {len(self.datasets)}")
-        self.epoch = int(state["epoch"])
+        self.set_epoch(int(state["epoch"]))
         self._resume = state
         self._carry = None
 
@@ -180,23 +256,26 @@ class MixedDataset(IterableDataset):
 class _Mixer:
     """One consumer's pass over one mixed epoch: yields samples or batches, knows its state."""
 
-    def __init__(self, mix: MixedDataset, index: int, count: int, ctxs: list[Context], start: State | None):
-        self.mix = mix
-        self.epoch = int(start["epoch"]) if start else mix.epoch
+    def __init__(self, mix: MixedDataset, epoch: int, ctxs: list[Context], start: State | None):
+        self.mix, self.epoch, self.ctxs = mix, epoch, ctxs
+        index, count = ctxs[0].split_index, ctxs[0].split_count
         self.total = mix.samples_per_epoch // count
         if self.total == 0:
             raise ValueError(
                 f"samples_per_epoch={mix.samples_per_epoch} is less than the {count} consumers (ranks x workers): "
                 "every consumer needs at least one sample"
             )
-        self.order = draw_order(mix.weights, self.total, mix.seed, self.epoch, index)
+        self.order = draw_order(mix.weights, self.total, mix.seed, epoch, index)
+        size = mix.batch_size
+        # with drop_last, the draws past the last whole batch are not taken (their sources stay put)
+        self.end = self.total - self.total % size if size and mix.drop_last else self.total
         self.drawn = int(start["drawn"]) if start else 0
         self.finished = False
         states = start.get("sources") if start else None
         self.pipes: list[Pipeline] = []
         for i, (ds, ctx) in enumerate(zip(mix.datasets, ctxs)):
             state = states[i] if states else None
-            ctx.epoch = int(state["epoch"]) if state else self.epoch
+            ctx.epoch = int(state["epoch"]) if state else epoch
             pipe = ds.build_pipeline(ctx)
             pipe.reset(state if state and state.get("stages") is not None else None)
             self.pipes.append(pipe)
@@ -222,23 +301,22 @@ class _Mixer:
 
     def __iter__(self) -> Iterator[Any]:
         size = self.mix.batch_size
-        while self.drawn < self.total:
+        while self.drawn < self.end:
             if size is None:
                 sample = self._pull(int(self.order[self.drawn]))
                 self.drawn += 1
                 yield sample
                 continue
-            n = min(size, self.total - self.drawn)
-            if n < size and self.mix.drop_last:
-                break
+            n = min(size, self.end - self.drawn)
             samples = [self._pull(int(s)) for s in self.order[self.drawn : self.drawn + n]]
             self.drawn += n
+            self.ctxs[0].where("batch")
             yield collate(samples, self.mix.channels_last)
         self.finished = True
 
     def get_state(self) -> State:
         """Resume after the last item yielded (once the epoch's draws are done: the next epoch's start)."""
-        if self.drawn >= self.total:
+        if self.drawn >= self.end:
             return self.next_epoch_state()
         return self._state(self.epoch, self.drawn)
 

@@ -17,7 +17,13 @@ def main(rank: int, world: int, store: str, manifest: str, policy: str, out: str
     )
     from shardpipe import ShardDataset, ShardLoader
 
-    ds = ShardDataset(manifest, shuffle=5, seed=1, decode=None, batch_size=3, epoch_policy=policy)
+    if policy == "mix":  # two sources in a MixedDataset: 61 samples per epoch over all ranks and workers
+        from shardpipe import MixedDataset
+
+        sources = [ShardDataset(manifest, shuffle=5, seed=s, decode=None) for s in (1, 2)]
+        ds = MixedDataset(sources, [0.7, 0.3], samples_per_epoch=61, batch_size=3)
+    else:
+        ds = ShardDataset(manifest, shuffle=5, seed=1, decode=None, batch_size=3, epoch_policy=policy)
     loader = ShardLoader(ds, num_workers=2)
     keys, pads, steps = [], [], 0
     for batch in loader:

@@ -145,3 +145,105 @@ def test_bad_arguments_are_refused(manifests):
         list(mix)
     with pytest.raises(ValueError, match="mixed state has version 9"):
         mix.load_state_dict({"version": 9})
+
+
+def loader_keys(loader, epochs):
+    out = []
+    for _ in range(epochs):
+        out.append([k for b in loader for k in b["__key__"]])
+    return out
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_shard_loader_workers_carry_sources_across_epochs(manifests, persistent):
+    from shardpipe import ShardLoader
+
+    mix = make_mix(manifests, batch_size=16, samples_per_epoch=320)
+    loader = ShardLoader(mix, num_workers=2, persistent_workers=persistent)
+    epochs = loader_keys(loader, 3)
+    assert [len(e) for e in epochs] == [320, 320, 320]
+    for keys in epochs:
+        assert Counter(k.split("-")[0] for k in keys) == {"a": 160, "b": 96, "c": 64}
+    # source c: 200 samples, each worker reads its own 100 of them, 32 per epoch: three epochs
+    # are 192 distinct samples (it went on from where each epoch left it)
+    c = [k for keys in epochs for k in keys if k.startswith("c-")]
+    assert len(c) == 192 and len(set(c)) == 192
+    if persistent:
+        fresh = ShardLoader(make_mix(manifests, batch_size=16, samples_per_epoch=320), num_workers=2)
+        assert loader_keys(fresh, 3) == epochs
+
+
+@pytest.mark.parametrize("cut", [3, 10, 20])
+def test_shard_loader_resume_mid_epoch_and_at_the_epoch_end(manifests, cut):
+    from shardpipe import ShardLoader
+
+    reference = [k for e in loader_keys(ShardLoader(make_mix(manifests, batch_size=16, samples_per_epoch=320),
+                                                    num_workers=2), 2) for k in e]  # fmt: skip
+    first = ShardLoader(make_mix(manifests, batch_size=16, samples_per_epoch=320), num_workers=2)
+    got, batches = [], 0
+    while batches < cut:
+        for batch in first:
+            got += batch["__key__"]
+            batches += 1
+            if batches == cut:
+                break
+    state = json.loads(json.dumps(first.state_dict()))
+    second = ShardLoader(make_mix(manifests, batch_size=16, samples_per_epoch=320), num_workers=2)
+    second.load_state_dict(state)
+    while len(got) < len(reference):
+        got += [k for b in second for k in b["__key__"]]
+    assert got == reference
+
+
+def test_real_gloo_ranks_get_equal_mixed_batch_counts(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    manifest = write_manifest_dataset(tmp_path, make_samples(50), [20, 17, 13])
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "tests.dist_worker"]
+    procs = [
+        subprocess.Popen([*cmd, str(r), "2", str(tmp_path / "store"), manifest, "mix", str(tmp_path / f"r{r}.json")],
+                         cwd=root, env=env)  # fmt: skip
+        for r in range(2)
+    ]
+    try:
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0, 0], "a rank failed or hung (see its output above)"
+    results = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(2)]
+    # 61 // (2 ranks x 2 workers) = 15 samples per worker: 5 batches of 3 each, 10 per rank
+    assert [r["steps"] for r in results] == [10, 10]
+    assert [len(r["keys"]) for r in results] == [30, 30]
+
+
+def test_yaml_config_builds_a_mixed_dataset(manifests, tmp_path):
+    from shardpipe.config import load_config
+
+    config = tmp_path / "mix.yaml"
+    config.write_text(
+        f"""
+dataset: {{shuffle: 16, decode: null}}
+mix:
+  samples_per_epoch: 400
+  seed: 11
+  batch_size: 50
+  sources:
+    - {{urls: {manifests["a"]}, weight: 0.5, seed: 7}}
+    - {{urls: {manifests["b"]}, weight: 0.3, seed: 8}}
+    - {{urls: {manifests["c"]}, weight: 0.2, seed: 9}}
+loader: {{num_workers: 0}}
+"""
+    )
+    dataset, loader = load_config(config)
+    assert isinstance(dataset, MixedDataset) and dataset.weights == [0.5, 0.3, 0.2]
+    keys = [k for b in loader for k in b["__key__"]]
+    # the same mix as built in Python (same sources, seeds, weights)
+    assert keys == keys_of(make_mix(manifests))
+    with pytest.raises(ValueError, match=r"config mix.sources\[0\] needs urls and weight"):
+        load_config({"mix": {"samples_per_epoch": 4, "sources": [{"urls": manifests["a"]}]}})
