@@ -206,8 +206,11 @@ def test_real_gloo_ranks_get_equal_mixed_batch_counts(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(root)}
     cmd = [sys.executable, "-m", "tests.dist_worker"]
     procs = [
-        subprocess.Popen([*cmd, str(r), "2", str(tmp_path / "store"), manifest, "mix", str(tmp_path / f"r{r}.json")],
-                         cwd=root, env=env)  # fmt: skip
+        subprocess.Popen(
+            [*cmd, str(r), "2", str(tmp_path / "store"), manifest, "mix", str(tmp_path / f"r{r}.json")],
+            cwd=root,
+            env=env,
+        )  # fmt: skip
         for r in range(2)
     ]
     try:
