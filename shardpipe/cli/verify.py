@@ -127,9 +127,9 @@ def verify_shards(
 
 def _manifest_of(urls: str | list[str], storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
     if isinstance(urls, str) and urls.endswith(".json") and "::" not in urls:
-        from shardpipe.io.files import read_bytes
+        from shardpipe.format.manifest import read_manifest
 
-        return json.loads(read_bytes(urls, storage_options=storage_options))
+        return read_manifest(urls, storage_options)
     return None
 
 

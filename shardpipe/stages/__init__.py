@@ -6,7 +6,8 @@ from shardpipe.stages.decode import Augment, Decode, SampleDecoder, decode_field
 from shardpipe.stages.fields import RequireFields
 from shardpipe.stages.parallel import ParallelMap
 from shardpipe.stages.samples import GroupSamples, SplitSamples
-from shardpipe.stages.shards import Shard, ShardList, SplitShards, expand_urls, load_manifest
+from shardpipe.format.manifest import load_manifest
+from shardpipe.stages.shards import Shard, ShardList, SplitShards, expand_urls
 from shardpipe.stages.shuffle import Shuffle
 from shardpipe.stages.untar import Untar
 

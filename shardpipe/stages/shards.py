@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +10,7 @@ from typing import Any
 import numpy as np
 from braceexpand import braceexpand
 
-from shardpipe.io.files import dirname_url, join_url, read_bytes
+from shardpipe.format.manifest import load_manifest
 from shardpipe.stages.base import Context, Stage, State
 
 log = logging.getLogger("shardpipe")
@@ -62,26 +60,6 @@ class Shard:
         )
 
 
-def load_manifest(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a ``manifest.json`` written by ``ShardWriter``; shard names become full URLs."""
-    manifest = json.loads(read_bytes(url, storage_options=storage_options))
-    base = dirname_url(url)
-    for entry in manifest.get("shards", []):
-        entry["url"] = join_url(base, entry["name"])
-    return manifest
-
-
-def _count(entry: dict[str, Any], field: str, manifest: str, index: int) -> int | None:
-    """A manifest number (sample count, byte size): None when absent, else a non-negative int."""
-    value = entry.get(field)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-        raise ValueError(
-            f"manifest {manifest}: shard entry {index} ({entry.get('name')!r}) has {field} {value!r}, "
-            "not a non-negative integer"
-        )
-    return value
-
-
 def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> list[Shard]:
     """Turn a brace pattern, a list of patterns, or a manifest URL into a shard list.
 
@@ -92,12 +70,10 @@ def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | Non
     shards: list[Shard] = []
     for pattern in patterns:
         if pattern.endswith(".json"):
-            for i, entry in enumerate(load_manifest(pattern, storage_options)["shards"]):
-                samples, size = (_count(entry, field, pattern, i) for field in ("samples", "bytes"))
-                sha = entry.get("sha256")
-                if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
-                    raise ValueError(f"manifest {pattern}: shard entry {i} has sha256 {sha!r}, not 64 hex digits")
-                shards.append(Shard(entry["url"], len(shards), samples, size, sha))
+            for entry in load_manifest(pattern, storage_options)["shards"]:  # numbers checked there
+                shards.append(
+                    Shard(entry["url"], len(shards), entry.get("samples"), entry.get("bytes"), entry.get("sha256"))
+                )
             continue
         for url in braceexpand(pattern):
             shards.append(Shard(url, len(shards)))

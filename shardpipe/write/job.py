@@ -34,7 +34,8 @@ from typing import Any
 from shardpipe.errors import DecodeError
 from shardpipe.io.files import atomic_write, dirname_url, is_local, join_url, local_path
 from shardpipe.write.presize import CHECKS, check_image, image_ext, presize
-from shardpipe.write.shard_writer import MANIFEST, ShardWriter, shard_name
+from shardpipe.format.manifest import MANIFEST
+from shardpipe.write.shard_writer import ShardWriter, shard_name
 from shardpipe.write.sources import Record, Skip, Source, ValueDecoder, open_source
 
 log = logging.getLogger("shardpipe")

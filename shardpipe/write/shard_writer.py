@@ -3,7 +3,8 @@
 Shards are byte-for-byte reproducible: member headers carry fixed metadata (mtime 0,
 uid/gid 0, mode 0444), gzip headers carry no timestamp. Each shard is written under a
 temporary name and renamed when complete, so a crash never leaves a partial shard
-under a final name; ``manifest.json`` lists each shard's sample count, size and sha256.
+under a final name; ``manifest.json`` lists each shard's sample count, size and sha256,
+and ``manifest.index`` where each sample starts (``shardpipe.format.index``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import tarfile
 from collections.abc import Mapping
 from typing import IO, Any
 
+from shardpipe.format.index import ShardIndex, index_name, write_index
+from shardpipe.format.manifest import MANIFEST, build_manifest, shard_entry, write_manifest
 from shardpipe.format.sample import check_key
 from shardpipe.io.files import atomic_write, dirname_url, join_url
-
-MANIFEST = "manifest.json"
 
 
 def encode_field(ext: str, value: Any) -> bytes:
@@ -99,6 +100,7 @@ class TarWriter:
         self._offset = 0  # bytes of the uncompressed tar stream
         self.samples = 0
         self.payload = 0  # uncompressed member bytes
+        self.index = ShardIndex(compressed=compress is not None)  #: where each sample starts
 
     def write(self, sample: Mapping[str, Any]) -> int:
         """Write one sample; returns the member bytes written."""
@@ -119,6 +121,7 @@ class TarWriter:
                 )
             members.append((f"{key}.{ext}", encode_field(ext, value)))
         total = 0
+        self.index.add(self._offset, key)
         for name, data in members:
             header = member_header(name, len(data))
             pad = -len(data) % _BLOCK
@@ -139,11 +142,13 @@ class TarWriter:
 
     def close(self) -> tuple[int, str]:
         """Finish the archive (end-of-archive blocks, record padding); returns (file size, sha256 hex)."""
+        self.index.end(self._offset)
         end = self._offset + 2 * _BLOCK
         self._stream.write(bytes(2 * _BLOCK + (-end % _RECORD)))
         if self._gz is not None:
             self._gz.close()
         self._out.flush()
+        self.index.size = self._out.size
         return self._out.size, self._out.sha.hexdigest()
 
 
@@ -164,7 +169,8 @@ class ShardWriter:
 
     Use as a context manager; ``write(sample)`` takes a dict with ``"__key__"`` and one
     entry per extension (``"jpg": bytes``, ``"cls": int``, ``"json": dict``). On close,
-    ``manifest.json`` is written beside the shards. A sample is never split across shards.
+    ``manifest.json`` and its index sidecar are written beside the shards. A sample is
+    never split across shards.
     """
 
     def __init__(
@@ -191,6 +197,7 @@ class ShardWriter:
         self.metadata = dict(metadata or {})
         self.shard_index = start_shard
         self.shards: list[dict[str, Any]] = []
+        self.indexes: dict[str, ShardIndex] = {}  #: shard name -> its index (for the sidecar)
         self._ctx: Any = None
         self._tar: TarWriter | None = None
         self._name = ""
@@ -207,9 +214,9 @@ class ShardWriter:
         tar, self._tar = self._tar, None
         size, sha = tar.close()
         self._ctx.__exit__(None, None, None)  # renames the temporary file into place
-        self.shards.append(
-            {"name": self._name.rsplit("/", 1)[-1], "samples": tar.samples, "bytes": size, "sha256": sha}
-        )
+        name = self._name.rsplit("/", 1)[-1]
+        self.shards.append(shard_entry(name, tar.samples, size, sha))
+        self.indexes[name] = tar.index
         self.shard_index += 1
 
     def write(self, sample: Mapping[str, Any]) -> None:
@@ -226,19 +233,27 @@ class ShardWriter:
             self.write_manifest_file()
 
     def manifest(self) -> dict[str, Any]:
-        return {
-            "format": "shardpipe/1",
-            "shards": self.shards,
-            "samples": sum(s["samples"] for s in self.shards),
-            "bytes": sum(s["bytes"] for s in self.shards),
-            **self.metadata,
-        }
+        meta = {**self.metadata, "index": index_name(MANIFEST)} if self.write_manifest else self.metadata
+        return build_manifest(self.shards, meta)
 
     def write_manifest_file(self) -> str:
-        url = join_url(dirname_url(self._name or shard_name(self.pattern, 0)), MANIFEST)
-        with atomic_write(url, storage_options=self.storage_options) as f:
-            f.write(json.dumps(self.manifest(), indent=1, sort_keys=True).encode())
-        return url
+        """Write the index sidecar, then ``manifest.json`` (which names it); returns the manifest URL."""
+        folder = dirname_url(self._name or shard_name(self.pattern, 0))
+        url = join_url(folder, MANIFEST)
+        write_index(join_url(folder, index_name(MANIFEST)), self._shard_indexes(folder), self.storage_options)
+        return write_manifest(url, self.manifest(), self.storage_options)
+
+    def _shard_indexes(self, folder: str) -> list[ShardIndex]:
+        """Each listed shard's index; shards kept from an earlier run (resume) are scanned."""
+        from shardpipe.write.index_job import scan_shard
+
+        out = []
+        for entry in self.shards:
+            index = self.indexes.get(entry["name"])
+            if index is None:
+                index = scan_shard(join_url(folder, entry["name"]), self.storage_options).index
+            out.append(index)
+        return out
 
     def abort(self) -> None:
         """Drop the shard in progress (its temporary file is removed)."""

@@ -1,0 +1,163 @@
+"""``index_shards``: a manifest and an index sidecar for existing tar/tgz shards.
+
+Shards written by other tools (webdataset, tarp, tar(1)) have no manifest, so several
+ranks cannot split them evenly and nothing can read one sample by number. Indexing
+reads only member headers where the format allows: local tar shards seek over member
+data; remote tar shards are read in small ranged requests that skip large members;
+tgz shards must be decompressed whole (their offsets, in the decompressed stream, are
+recorded, and the shard is marked sequential-only). ``sha256=True`` reads every byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from typing import IO, Any
+
+from shardpipe.errors import ShardNotFoundError, ShardReadError
+from shardpipe.format.index import ShardIndex, index_name, write_index
+from shardpipe.format.manifest import build_manifest, shard_entry, write_manifest
+from shardpipe.format.sample import split_name
+from shardpipe.format.tar.reader import TarStream
+from shardpipe.io.files import dirname_url, is_local, join_url, local_path
+from shardpipe.io.remote import ReadOptions, open_remote
+
+log = logging.getLogger("shardpipe")
+
+#: remote header scans: small ranged reads, so members larger than this are skipped unread
+HEADER_READS = ReadOptions(block_size=256 << 10, readahead=1)
+
+
+@dataclass
+class ShardScan:
+    """What scanning one shard found."""
+
+    url: str
+    index: ShardIndex
+    sha256: str | None = None
+
+
+class _Hashing:
+    """A read-only, non-seekable view of a stream that hashes every byte read."""
+
+    def __init__(self, f: IO[bytes]):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha.update(data)
+        return data
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _open(url: str, storage_options: dict[str, Any] | None, whole: bool) -> tuple[IO[bytes], int]:
+    if is_local(url):
+        path = local_path(url)
+        try:
+            f = open(path, "rb", buffering=1 << 20 if whole else 1 << 14)
+        except FileNotFoundError as e:
+            raise ShardNotFoundError(f"shard not found: {url}") from e
+        except OSError as e:
+            raise ShardReadError(f"cannot read shard {url}: {e}") from e
+        return f, os.fstat(f.fileno()).st_size
+    stream = open_remote(url, storage_options=storage_options, options=None if whole else HEADER_READS)
+    return stream, stream.size  # type: ignore[return-value]
+
+
+def scan_shard(url: str, storage_options: dict[str, Any] | None = None, sha256: bool = False) -> ShardScan:
+    """Index one shard: the start offset and key checksum of every sample, its size and gzip flag.
+
+    Samples are found exactly as streaming finds them (consecutive members sharing a
+    key; ``__*__`` and extension-less members belong to none), so counts agree.
+    """
+    raw, size = _open(url, storage_options, whole=sha256)
+    hashing = _Hashing(raw) if sha256 else None
+    tar = TarStream(hashing or raw, url)  # type: ignore[arg-type]
+    if tar.compressed and not sha256 and not is_local(url):  # it reads every byte: read big blocks
+        tar.close()
+        raw, size = _open(url, storage_options, whole=True)
+        tar = TarStream(raw, url)
+    index = ShardIndex(size=size, compressed=tar.compressed)
+    current: str | None = None
+    try:
+        while True:
+            at = tar.offset
+            header = tar.next_header()
+            if header is None:
+                index.end(at)
+                break
+            parts = split_name(header[0])
+            if parts is not None and parts[0] != current:
+                current = parts[0]
+                index.add(at, current)
+            tar.skip_data()
+        if hashing is not None:
+            while hashing.read(1 << 20):  # the record padding after the end-of-archive blocks
+                pass
+    finally:
+        tar.close()
+    return ShardScan(url, index, hashing.sha.hexdigest() if hashing else None)
+
+
+def _entry_name(shard_url: str, manifest_url: str) -> str:
+    """The shard's name as the manifest lists it: relative when it sits below the manifest."""
+    base = dirname_url(manifest_url)
+    if dirname_url(shard_url) == base:
+        return shard_url.rstrip("/").rsplit("/", 1)[-1]
+    if is_local(shard_url) and is_local(manifest_url):
+        rel = os.path.relpath(os.path.abspath(local_path(shard_url)), os.path.abspath(base or "."))
+        return rel if not rel.startswith("..") else os.path.abspath(local_path(shard_url))
+    return shard_url
+
+
+def index_shards(
+    urls: str | Sequence[str],
+    output: str,
+    *,
+    workers: int = 8,
+    sha256: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Scan ``urls`` (brace pattern, ``::``-joined or list) in parallel; write ``output`` and its index.
+
+    Writes the manifest ``ShardWriter`` writes (per shard: samples, bytes, and sha256
+    with ``sha256=True``) and the index sidecar beside it (``manifest.index``). Shards
+    keep the order given. Returns the manifest.
+    """
+    from tqdm import tqdm
+
+    from shardpipe.stages.shards import expand_urls
+
+    shard_urls = [s.url for s in expand_urls(urls, storage_options)]
+    scans: list[ShardScan | None] = [None] * len(shard_urls)
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="shardpipe-index") as pool, tqdm(
+        total=len(shard_urls), unit="shard", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        futures = {pool.submit(scan_shard, u, storage_options, sha256): i for i, u in enumerate(shard_urls)}
+        samples = 0
+        for fut in as_completed(futures):
+            scan = fut.result()
+            scans[futures[fut]] = scan
+            samples += scan.index.samples
+            bar.update(1)
+            bar.set_postfix(samples=samples, refresh=False)
+    done = [s for s in scans if s is not None]
+    gz = sum(s.index.compressed for s in done)
+    if gz:
+        log.warning("%d of %d shards are gzip-compressed: indexed, but sequential-only (no random access)", gz, len(done))
+    name = index_name(output)
+    write_index(join_url(dirname_url(output), name), [s.index for s in done], storage_options)
+    entries = [shard_entry(_entry_name(s.url, output), s.index.samples, s.index.size, s.sha256) for s in done]
+    manifest = build_manifest(entries, {"index": name, "indexed_by": "shardpipe index"})
+    write_manifest(output, manifest, storage_options)
+    return manifest
