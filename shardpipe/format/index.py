@@ -153,3 +153,45 @@ class SampleIndex:
                 f"index {self.url} does not match its manifest: per-shard sample counts differ "
                 "(rebuild it with `shardpipe index`)"
             )
+
+
+def sample_from_bytes(data: bytes, url: str, expected_crc: int | None = None) -> dict[str, Any]:
+    """Parse one sample's members from its byte range; check that they are the sample the index meant.
+
+    Raises ``CorruptShardError`` when the bytes are not a tar header, hold another
+    sample, or the key's checksum differs: the index no longer matches the shard.
+    """
+    import io
+
+    from shardpipe.errors import CorruptShardError, ShardpipeError
+    from shardpipe.format.sample import split_name
+    from shardpipe.format.tar.reader import TarStream
+
+    tar = TarStream(io.BytesIO(data), url, compressed=False)
+    sample: dict[str, Any] = {}
+    key: str | None = None
+    try:
+        while tar.offset < len(data):
+            header = tar.next_header()
+            if header is None:
+                break
+            parts = split_name(header[0])
+            if parts is None:
+                tar.skip_data()
+                continue
+            if key is None:
+                key = parts[0]
+                sample["__key__"] = key
+            elif parts[0] != key:
+                raise CorruptShardError(f"member {header[0]!r} of another sample inside {key!r}")
+            sample[parts[1]] = tar.read_data()
+    except ShardpipeError as e:
+        raise CorruptShardError(
+            f"the index does not match shard {url} (changed since indexed? rebuild with `shardpipe index`): {e}"
+        ) from e
+    if key is None or (expected_crc is not None and key_crc(key) != expected_crc):
+        raise CorruptShardError(
+            f"the index does not match shard {url}: the sample read is not the one indexed "
+            "(changed since indexed? rebuild with `shardpipe index`)"
+        )
+    return sample

@@ -1,0 +1,145 @@
+"""``IndexedDataset``: map-style access to indexed shards, one sample by number.
+
+``dataset[i]`` is the ``i``-th sample in manifest order (the order streaming reads the
+shards listed in the manifest). It reads just that sample's bytes, found through the
+index sidecar (``shardpipe index`` or ``ShardWriter`` writes it): ``os.pread`` on
+local shards, one ranged GET remotely, or a local copy through the shard cache. Works
+with ``torch.utils.data.DataLoader`` and ``DistributedSampler`` like any ``Dataset``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from shardpipe.format.index import SampleIndex, sample_from_bytes
+from shardpipe.format.manifest import load_manifest
+from shardpipe.io.ranged import RangeReader
+
+
+class IndexedShards:
+    """The manifest, its index and a reader: everything random access needs, picklable."""
+
+    def __init__(
+        self,
+        manifest: str,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+        cache_size: int | None = None,
+        read_options: Any = None,
+    ):
+        meta = load_manifest(manifest, storage_options)
+        if not meta.get("index_url"):
+            raise ValueError(
+                f"{manifest} has no index: create one with `shardpipe index SHARDS -o {manifest}` "
+                "(or write the shards with ShardWriter / `shardpipe write`)"
+            )
+        self.manifest = manifest
+        self.urls = [e["url"] for e in meta["shards"]]
+        self.sha256 = [e.get("sha256") for e in meta["shards"]]
+        self.index_url = meta["index_url"]
+        self.storage_options = storage_options
+        self.index = SampleIndex.load(self.index_url, storage_options)
+        self.index.check_matches([e["samples"] for e in meta["shards"]])
+        gz = [u for s, u in enumerate(self.urls) if self.index.compressed(s)]
+        self.sequential_only = gz
+        self.reader = RangeReader(storage_options, cache_dir, cache_size, read_options)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a memory map travels as its path: each process maps the file itself
+        return {**self.__dict__, "index": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.index = SampleIndex.load(self.index_url, self.storage_options)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def check_random_access(self) -> None:
+        if self.sequential_only:
+            raise ValueError(
+                f"{len(self.sequential_only)} shards are gzip-compressed ({self.sequential_only[0]}, ...): "
+                "they can only be read sequentially; write tar shards (or gunzip them and run `shardpipe index`) "
+                "for random access"
+            )
+
+    def sample(self, i: int) -> dict[str, Any]:
+        """The raw sample ``i`` (fields as bytes), with ``__key__``, ``__url__``, ``__shard__``, ``__index__``."""
+        shard, start, end, crc = self.index.locate(i)
+        url = self.urls[shard]
+        data = self.reader.read(url, start, end, int(self.index.sizes[shard]), self.sha256[shard])
+        sample = sample_from_bytes(data, url, crc)
+        sample["__url__"], sample["__shard__"], sample["__index__"] = url, shard, i
+        return sample
+
+
+class IndexedDataset(Dataset):
+    """A map-style dataset over indexed tar shards: ``len(ds)`` samples, ``ds[i]`` in manifest order.
+
+    Args:
+        manifest: ``manifest.json`` path or URL with an index sidecar.
+        decode: ``"rgb8"``, ``"torchrgb8"``, ``"pil"``, ``"encoded"`` or ``None`` (bytes), as
+            in ``ShardDataset``.
+        decoder: image decoder backend (``"auto"``: fastest installed).
+        transform: ``transform(img, rng) -> img``; ``rng`` is seeded by (seed, epoch, key).
+        seed: seed of the transform's randomness; ``set_epoch`` changes it per epoch.
+        storage_options, cache_dir, cache_size, read_options: as in ``ShardDataset``.
+    """
+
+    def __init__(
+        self,
+        manifest: str,
+        *,
+        decode: str | None = "rgb8",
+        decoder: str = "auto",
+        transform: Callable[..., Any] | None = None,
+        seed: int = 0,
+        allow_pickle: bool = False,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+        cache_size: int | None = None,
+        read_options: Any = None,
+    ):
+        self.shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options)
+        self.shards.check_random_access()
+        self.seed, self.epoch = seed, 0
+        self.decode, self.decoder, self.transform, self.allow_pickle = decode, decoder, transform, allow_pickle
+        self._decoder: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        if decode is not None:
+            self._decoder = self._build_decoder()  # now: a bad mode or backend fails here, not in a worker
+
+    def _build_decoder(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
+        from shardpipe.dataset import _fusable
+        from shardpipe.stages.decode import SampleDecoder
+
+        fuse = self.transform is not None and _fusable(self.transform)
+        return SampleDecoder(
+            self.decode, self.decoder, self.transform, self.allow_pickle, fuse=fuse, ctx_seed_epoch=self._seed_epoch
+        )
+
+    def _seed_epoch(self) -> tuple[int, int]:
+        return self.seed, self.epoch
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_decoder": None}  # rebuilt in the worker (it may hold closures)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the transform's randomness for epoch ``epoch``."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        sample = self.shards.sample(i)
+        if self.decode is None:
+            return sample
+        if self._decoder is None:
+            self._decoder = self._build_decoder()
+        return self._decoder(sample)
