@@ -11,11 +11,13 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardpipe.errors import ErrorHandler, Policy
+from shardpipe.indexed import block_shuffle_source
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions, build_groups
 from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, shards_digest
 from shardpipe.split.plan import ResampledShards, plan_ranges
 from shardpipe.stages.base import Context, Map, Pipeline, Stage, State, Take
 from shardpipe.stages.batch import Batch
+from shardpipe.stages.block import BlockShuffleSamples
 from shardpipe.stages.buffers import BatchBuffers
 from shardpipe.stages.decode import Decode
 from shardpipe.stages.fields import RequireFields
@@ -74,8 +76,17 @@ class ShardDataset(IterableDataset):
         on_error: what bad data does: ``"raise"``, ``"warn"`` (log and skip) or ``"skip"``.
 
     :class:`~shardpipe.options.SplitOptions`:
-        shuffle: ``False``, ``True`` (a buffer of 1000 samples) or a buffer size;
+        shuffle: ``False``, ``True`` or a window size (samples) for the windowed shuffle;
             shard order is shuffled per epoch too when shuffling is on.
+        shuffle_algo: ``"window"`` (shuffle a window of 1000 streamed samples, default
+            with remote shards or an explicit window size), ``"block"`` (a seeded
+            permutation of the whole epoch read by random access: needs a manifest with
+            an index, tar shards, local or cached; see ``shardpipe.split.block``), or
+            ``"auto"`` (block when those hold and ``shuffle=True``, else window). The
+            block shuffle mixes class-ordered shards like a true shuffle; the window
+            only mixes what it holds, but reads sequentially.
+        shuffle_block_size: block shuffle only: samples per block (``None``: the whole
+            epoch; smaller blocks touch fewer shards per stretch of the order).
         seed: the seed of every random choice (shard order, buffer, augmentation).
         split: for policy ``uneven`` (no manifest): ``"auto"`` (shards, or samples when
             there are fewer shards than consumers), ``"shards"`` or ``"samples"``.
@@ -141,8 +152,16 @@ class ShardDataset(IterableDataset):
         if policy in ("drop", "pad") and not self.has_counts:
             raise ValueError(
                 f"epoch_policy={policy!r} needs sample counts per shard: pass the shards' manifest.json "
-                "(written by ShardWriter and `shardpipe write`) instead of a URL pattern"
+                "(written by ShardWriter and `shardpipe write`; `shardpipe index SHARDS -o manifest.json` makes one "
+                "for existing shards) instead of a URL pattern"
             )
+        o = self.open_options
+        #: the indexed shards when the block shuffle applies (else None: the windowed shuffle)
+        self.indexed = block_shuffle_source(
+            urls, self.split_options.shuffle, self.split_options.shuffle_algo,
+            storage_options=dict(storage) if storage is not None else None, cache_dir=o.cache_dir,
+            cache_size=o.cache_size, read_options=o.read_options,
+        )  # fmt: skip
         self._main_rank = distributed_rank()
         self.stats = SharedStats()
         self.buffers = BatchBuffers()  # recycled shared-memory batches (ShardLoader frees them)
@@ -166,6 +185,10 @@ class ShardDataset(IterableDataset):
     @property
     def buffer_size(self) -> int:
         return self.split_options.buffer_size
+
+    @property
+    def shuffle_block_size(self) -> int | None:
+        return self.split_options.shuffle_block_size
 
     @property
     def batch_size(self) -> int | None:
@@ -297,7 +320,8 @@ class ShardDataset(IterableDataset):
             return "uneven"
         raise ValueError(
             f"{world_size} ranks need equal epochs, which need sample counts per shard: pass the shards' "
-            "manifest.json (written by ShardWriter and `shardpipe write`), or choose "
+            "manifest.json (written by ShardWriter and `shardpipe write`; for existing shards create one with "
+            "`shardpipe index SHARDS -o manifest.json`), or choose "
             "epoch_policy='resample' with samples_per_epoch=N, or epoch_policy='uneven' if your loop "
             "tolerates ranks with different batch counts"
         )
@@ -310,6 +334,8 @@ class ShardDataset(IterableDataset):
         """The stages up to grouped samples, per the epoch policy."""
         shuffle = self.buffer_size > 0
         policy = self.resolved_policy(ctx.world_size)
+        if self.indexed is not None:
+            return [BlockShuffleSamples(self.indexed, self.shuffle_block_size, policy)]
         if policy in ("drop", "pad"):
 
             def ranges(c: Context) -> list[Shard]:
@@ -350,7 +376,7 @@ class ShardDataset(IterableDataset):
         stages = self._shard_stages(ctx)
         if self.require:
             stages.append(RequireFields(self.require))
-        if self.buffer_size:
+        if self.buffer_size and self.indexed is None:
             stages.append(Shuffle(self.buffer_size))
         dec = self.decode_options
         if dec.decode is not None:

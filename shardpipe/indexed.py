@@ -112,12 +112,11 @@ class IndexedDataset(Dataset):
             self._decoder = self._build_decoder()  # now: a bad mode or backend fails here, not in a worker
 
     def _build_decoder(self) -> Callable[[dict[str, Any]], dict[str, Any]]:
-        from shardpipe.dataset import _fusable
         from shardpipe.stages.decode import SampleDecoder
 
-        fuse = self.transform is not None and _fusable(self.transform)
+        # fused: crop-aware decode when the transform starts with a crop or resize, else decode then transform
         return SampleDecoder(
-            self.decode, self.decoder, self.transform, self.allow_pickle, fuse=fuse, ctx_seed_epoch=self._seed_epoch
+            self.decode, self.decoder, self.transform, self.allow_pickle, fuse=True, ctx_seed_epoch=self._seed_epoch
         )
 
     def _seed_epoch(self) -> tuple[int, int]:
@@ -143,3 +142,53 @@ class IndexedDataset(Dataset):
         if self._decoder is None:
             self._decoder = self._build_decoder()
         return self._decoder(sample)
+
+
+def block_shuffle_source(
+    urls: Any,
+    shuffle: bool | int,
+    algo: str,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    cache_dir: str | None = None,
+    cache_size: int | None = None,
+    read_options: Any = None,
+) -> IndexedShards | None:
+    """The indexed shards to block-shuffle, or None for the windowed shuffle (``ShardDataset``'s choice).
+
+    ``auto`` picks the block shuffle when ``shuffle=True`` (not an explicit buffer size),
+    ``urls`` is a manifest with an index, no shard is gzip-compressed, and the shards
+    are local or a cache is configured (random reads from an object store without a
+    cache cost one request per sample). ``block`` insists, explaining what is missing.
+    """
+    from shardpipe.options import SHUFFLE_ALGOS
+
+    if algo not in SHUFFLE_ALGOS:
+        raise ValueError(f"shuffle_algo must be one of {SHUFFLE_ALGOS}, not {algo!r}")
+    if algo == "window" or (algo == "auto" and shuffle is not True):
+        return None
+    if not shuffle:
+        raise ValueError("shuffle_algo='block' needs shuffle=True")
+    from shardpipe.io.files import is_local
+
+    manifest = urls if isinstance(urls, str) and urls.endswith(".json") and "::" not in urls else None
+    if manifest is None:
+        if algo == "auto":
+            return None
+        raise ValueError(
+            "shuffle_algo='block' reads samples by random access: pass the shards' manifest.json with its index "
+            "(create both for existing shards with `shardpipe index SHARDS -o manifest.json`)"
+        )
+    try:
+        shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options)
+    except ValueError:
+        if algo == "auto":
+            return None
+        raise
+    if shards.sequential_only:
+        if algo == "auto":
+            return None
+        shards.check_random_access()
+    if algo == "auto" and cache_dir is None and not all(is_local(u) for u in shards.urls):
+        return None
+    return shards

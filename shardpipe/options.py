@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from shardpipe.io.remote import ReadOptions
 
 SPLITS = ("auto", "shards", "samples")
+#: ``shuffle_algo`` values: see ``shardpipe.indexed.block_shuffle_source`` for what ``auto`` picks
+SHUFFLE_ALGOS = ("auto", "window", "block")
 #: the default shuffle buffer (samples) for ``shuffle=True``
 DEFAULT_BUFFER = 1000
 
@@ -90,6 +92,12 @@ class SplitOptions:
     #: ``False``, ``True`` (a buffer of 1000 samples) or a buffer size; shard order is
     #: shuffled per epoch too when shuffling is on
     shuffle: bool | int = False
+    #: ``"window"`` (a window of streamed samples), ``"block"`` (a permutation of the epoch
+    #: read by random access: a manifest with its index, tar shards, local or cached), or
+    #: ``"auto"``: block when those hold and ``shuffle=True``, else window
+    shuffle_algo: str = "auto"
+    #: block shuffle: samples per block (None: the whole epoch, a true permutation)
+    shuffle_block_size: int | None = None
     #: the seed of every random choice (shard order, buffer, augmentation)
     seed: int = 0
     #: for the ``uneven`` policy: ``"auto"`` (shards, or samples when there are fewer
@@ -106,6 +114,13 @@ class SplitOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.shuffle, bool):
             _check_count("shuffle", self.shuffle, 0, optional=False)
+        if self.shuffle_algo not in SHUFFLE_ALGOS:
+            raise ValueError(f"shuffle_algo must be one of {SHUFFLE_ALGOS}, not {self.shuffle_algo!r}")
+        _check_count("shuffle_block_size", self.shuffle_block_size, 1)
+        if self.shuffle_algo == "block" and not self.shuffle:
+            raise ValueError("shuffle_algo='block' needs shuffle=True")
+        if self.shuffle_algo == "block" and self.epoch_policy not in ("auto", "drop", "pad"):
+            raise ValueError(f"the block shuffle splits epochs by policy 'drop' or 'pad', not {self.epoch_policy!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be 'auto', 'shards' or 'samples', not {self.split!r}")
         if self.epoch_policy not in ("auto", *EPOCH_POLICIES):

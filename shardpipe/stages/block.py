@@ -1,0 +1,71 @@
+"""The block-shuffle source stage: read this consumer's share of the epoch order by random access."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from shardpipe.errors import ShardpipeError
+from shardpipe.format.sample import Sample
+from shardpipe.split.block import BlockOrder, consumer_range
+from shardpipe.stages.base import Stage, State
+
+
+class BlockShuffleSamples(Stage[Sample]):
+    """Yield the samples at this consumer's positions of the block-shuffled order (see ``split.block``).
+
+    ``shards`` is an ``shardpipe.indexed.IndexedShards``. Samples look like streamed ones
+    (``__key__``, ``__url__``, ``__shard__``, fields as bytes; ``__pad__`` under the pad
+    policy). State: ``{"pos": n}``, the samples this consumer has passed in the epoch
+    (with the context's seed and epoch, an exact resume point). A sample that cannot
+    be read goes to the error policy.
+    """
+
+    def __init__(self, shards: Any, block_size: int | None = None, policy: str = "drop"):
+        super().__init__()
+        if policy not in ("drop", "pad"):
+            raise ValueError(f"the block shuffle splits epochs by policy 'drop' or 'pad', not {policy!r}")
+        self.shards = shards
+        self.block_size = block_size
+        self.policy = policy
+        self._order: BlockOrder | None = None
+        self._lo = self._hi = self._pos = 0
+
+    def reset(self, state: State | None = None) -> None:
+        c = self.ctx
+        self._order = BlockOrder(self.shards.index.counts(), c.seed, c.epoch, self.block_size)
+        self._lo, self._hi = consumer_range(
+            len(self._order), rank=c.rank, world_size=c.world_size, worker=c.worker,
+            num_workers=c.num_workers, policy=self.policy,
+        )  # fmt: skip
+        self._pos = int(state["pos"]) if state else 0
+
+    def __len__(self) -> int:
+        return self._hi - self._lo
+
+    def next(self) -> Sample:
+        assert self._order is not None, "call reset() before next()"
+        total = len(self._order)
+        while True:
+            if self._lo + self._pos >= self._hi or not total:
+                raise StopIteration
+            p = self._lo + self._pos
+            self._pos += 1
+            t0 = time.perf_counter()
+            try:
+                sample = self.shards.sample(self._order[p % total])
+            except ShardpipeError as e:
+                self.ctx.errors(e)
+                continue
+            finally:
+                self.ctx.add_time("read", time.perf_counter() - t0)
+            del sample["__index__"]
+            if self.policy == "pad":
+                sample["__pad__"] = p >= total
+            return sample
+
+    def get_state(self) -> State:
+        return {"pos": self._pos}
+
+    def close(self) -> None:
+        self.shards.reader.close()
