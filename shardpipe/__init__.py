@@ -2,7 +2,8 @@
 
 Write shards with ``ShardWriter`` (or ``shardpipe write``), stream them with
 ``ShardDataset`` and ``ShardLoader``, or from ``shardpipe serve`` processes with
-``RemoteLoader``. The stages in ``shardpipe.stages`` compose into
+``RemoteLoader``; index existing shards with ``index_shards`` (or ``shardpipe index``)
+and read single samples with ``IndexedDataset``. The stages in ``shardpipe.stages`` compose into
 custom pipelines.
 """
 
@@ -20,10 +21,12 @@ from shardpipe.errors import (
     WorkerStallError,
 )
 from shardpipe.image.normalize import normalize
+from shardpipe.indexed import IndexedDataset
 from shardpipe.loader import ShardLoader
 from shardpipe.mix import MixedDataset
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions
 from shardpipe.serve.client import RemoteError, RemoteLoader
+from shardpipe.write.index_job import index_shards
 from shardpipe.write.job import WriteSummary, write_shards
 from shardpipe.write.shard_writer import ShardWriter, TarWriter
 
@@ -36,6 +39,7 @@ __all__ = [
     "DecodeError",
     "DecodeOptions",
     "ErrorHandler",
+    "IndexedDataset",
     "MissingFieldError",
     "MixedDataset",
     "OpenOptions",
@@ -53,6 +57,7 @@ __all__ = [
     "WorkerStallError",
     "WriteSummary",
     "__version__",
+    "index_shards",
     "normalize",
     "resolve_batch_decoder",
     "write_shards",

@@ -261,6 +261,8 @@ class ShardDataset(IterableDataset):
         # the keep-last-batch flag hashed as before drop_last replaced partial, so saved states still load
         keep_last = not self.batch_options.drop_last
         h.update(f"{self.seed}|{self.buffer_size}|{self.batch_size}|{keep_last}|{self.epoch_policy}".encode())
+        if self.indexed is not None:  # another order: a window state must not load here (nor the reverse)
+            h.update(f"|block|{self.shuffle_block_size}".encode())
         return h.hexdigest()[:16]
 
     def _context(self, epoch: int | None = None, rotation: int = 0) -> Context:

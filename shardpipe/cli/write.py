@@ -37,8 +37,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=1,
         help="parallel workers (default 1): processes for --presize or --check decode, threads for pass-through",
     )
-    p.add_argument("--shuffle", action="store_true", help="shuffle the sample order across shards")
-    p.add_argument("--seed", type=int, default=0, help="seed of --shuffle (default 0)")
+    order = p.add_mutually_exclusive_group()
+    order.add_argument(
+        "--shuffle", action="store_true", default=None,
+        help="shuffle the sample order across shards (default when the source has classes or labels)",
+    )  # fmt: skip
+    order.add_argument("--no-shuffle", dest="shuffle", action="store_false", help="keep the input order")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
     p.add_argument("--presize", type=int, default=None, metavar="N", help="shrink the shorter side to N pixels")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of presized images (default 90)")
     p.add_argument(

@@ -67,6 +67,7 @@ class WriteSummary:
     resumed_shards: int = 0
     manifest: str | None = None
     class_names: list[str] | None = None
+    shuffled: bool = False  #: samples were written in a seeded permutation of the input order
 
     @property
     def images_per_s(self) -> float:
@@ -89,6 +90,8 @@ class WriteSummary:
                 lines.append(f"  ... and {len(self.skipped) - max_skipped} more (listed in the manifest)")
         else:
             lines.append("skipped: nothing")
+        if self.shuffled:
+            lines.append("order: shuffled (seeded; --no-shuffle keeps the input order)")
         if self.manifest:
             lines.append(f"manifest: {self.manifest}")
         return "\n".join(lines)
@@ -316,7 +319,7 @@ def write_shards(
     maxsize: int = 1 << 30,
     compress: str | None = None,
     workers: int = 1,
-    shuffle: bool = False,
+    shuffle: bool | None = None,
     seed: int = 0,
     presize: int | None = None,
     quality: int = 90,
@@ -334,6 +337,10 @@ def write_shards(
     Images are copied byte for byte unless ``presize`` (shorter side, pixels) shrinks
     them. Unreadable or non-image inputs are skipped and listed in the summary and in
     the manifest. ``check`` is ``"header"`` (cheap), ``"decode"`` (full) or ``"none"``.
+    ``shuffle``: write the samples in a permutation seeded by ``seed``; ``None`` (default)
+    shuffles when the source has class structure (labels or class folders), which are
+    usually listed class by class: shards then hold a mix of classes, which a streaming
+    shuffle needs (``summary.shuffled`` says what was done).
     """
     if check not in CHECKS:
         raise ValueError(f"check must be one of {CHECKS}, not {check!r}")
@@ -345,6 +352,10 @@ def write_shards(
     src = open_source(source, source_type, label_pattern=label_pattern, lmdb_decoder=lmdb_decoder)
     scan = src.scan()
     records = scan.records
+    if shuffle is None:
+        shuffle = bool(scan.class_names) or any(r.label is not None for r in records)
+        if shuffle:
+            log.info("shuffling the sample order (seed %d): the source has classes; shuffle=False keeps it", seed)
     if shuffle:
         random.Random(seed).shuffle(records)
     opts = PrepareOptions(presize, quality, check)
@@ -366,7 +377,7 @@ def write_shards(
         point = _ResumePoint()
         _remove(progress_url, storage_options)
     start, done, ends, load_skips = point.start, point.shards, point.ends, point.skips
-    summary = WriteSummary(resumed_shards=len(done), class_names=scan.class_names)
+    summary = WriteSummary(resumed_shards=len(done), class_names=scan.class_names, shuffled=shuffle)
     metadata = {"class_names": scan.class_names, **fingerprint}
     from tqdm import tqdm
 
