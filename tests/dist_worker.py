@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 
-def main(rank: int, world: int, store: str, manifest: str, policy: str, out: str) -> None:
+def main(rank: int, world: int, store: str, manifest: str, policy: str, out: str, algo: str = "window") -> None:
     # a file store: no TCP port to pick (and lose to another process) before gloo binds it
     dist.init_process_group(
         "gloo", init_method=f"file://{store}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
@@ -23,7 +23,10 @@ def main(rank: int, world: int, store: str, manifest: str, policy: str, out: str
         sources = [ShardDataset(manifest, shuffle=5, seed=s, decode=None) for s in (1, 2)]
         ds = MixedDataset(sources, [0.7, 0.3], samples_per_epoch=61, batch_size=3)
     else:
-        ds = ShardDataset(manifest, shuffle=5, seed=1, decode=None, batch_size=3, epoch_policy=policy)
+        shuffle = True if algo == "block" else 5
+        ds = ShardDataset(
+            manifest, shuffle=shuffle, shuffle_algo=algo, seed=1, decode=None, batch_size=3, epoch_policy=policy
+        )
     loader = ShardLoader(ds, num_workers=2)
     keys, pads, steps = [], [], 0
     for batch in loader:
@@ -40,4 +43,4 @@ def main(rank: int, world: int, store: str, manifest: str, policy: str, out: str
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6])
+    main(int(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:])  # type: ignore[arg-type]

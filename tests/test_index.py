@@ -240,3 +240,35 @@ def test_manifest_merge_and_bad_manifests(tmp_path: Path):
     idx.write_bytes(b"SHPIDX01" + bytes(8) + (5).to_bytes(8, "little") + bytes(40))
     with pytest.raises(ValueError, match="truncated or damaged"):
         SampleIndex.load(str(idx))
+
+
+@pytest.mark.parametrize("world, algo", [(3, "block")])
+def test_gloo_ranks_on_webdataset_shards_after_shardpipe_index(tmp_path: Path, world: int, algo: str):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    urls = webdataset_shards(tmp_path, "tar")
+    manifest = str(tmp_path / "manifest.json")
+    assert cli_main(["index", "::".join(urls), "-o", manifest, "--no-progress"]) == 0
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.dist_worker", str(r), str(world), str(tmp_path / "store"), manifest,
+             "drop", str(tmp_path / f"r{r}.json"), algo],
+            cwd=root, env=env,
+        )  # fmt: skip
+        for r in range(world)
+    ]
+    try:
+        codes = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0] * world, "a rank failed or hung (see its output above)"
+    results = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(world)]
+    assert len({r["steps"] for r in results}) == 1, [r["steps"] for r in results]
+    keys = [k for r in results for k in r["keys"]]
+    assert len(keys) == len(set(keys)) and len(keys) == 25 - 25 % world
+    assert set(keys) <= {s["__key__"] for s in streamed(urls)}

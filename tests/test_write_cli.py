@@ -235,7 +235,7 @@ def test_fsspec_output_url_matches_local_output(small_folder: Path, tmp_path: Pa
     try:
         assert summary.manifest == "memory://bucket/ds/manifest.json"
         assert sorted(fs.ls("/bucket/ds", detail=False)) == [
-            f"/bucket/ds/{n}" for n in ("m-000.tar", "m-001.tar", "m-002.tar", "manifest.json")
+            f"/bucket/ds/{n}" for n in ("m-000.tar", "m-001.tar", "m-002.tar", "manifest.index", "manifest.json")
         ]
         for name, data in shard_bytes(local).items():
             assert fs.cat(f"/bucket/ds/{name}") == data
