@@ -61,7 +61,9 @@ def test_real_loaders_ranks_and_workers_cover_the_epoch(indexed):
     for world, workers in ((1, 0), (2, 2), (3, 3)):
         seen, batches = [], []
         for rank in range(world):
-            ds = ShardDataset(indexed, shuffle=True, decode=None, batch_size=4, rank=rank, world_size=world, epoch_policy="pad")
+            ds = ShardDataset(
+                indexed, shuffle=True, decode=None, batch_size=4, rank=rank, world_size=world, epoch_policy="pad"
+            )
             assert ds.indexed is not None  # auto: indexed local tar shards take the block shuffle
             n = 0
             for b in ShardLoader(ds, num_workers=workers):

@@ -255,9 +255,20 @@ def test_gloo_ranks_on_webdataset_shards_after_shardpipe_index(tmp_path: Path, w
     env = {**os.environ, "PYTHONPATH": str(root)}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.dist_worker", str(r), str(world), str(tmp_path / "store"), manifest,
-             "drop", str(tmp_path / f"r{r}.json"), algo],
-            cwd=root, env=env,
+            [
+                sys.executable,
+                "-m",
+                "tests.dist_worker",
+                str(r),
+                str(world),
+                str(tmp_path / "store"),
+                manifest,
+                "drop",
+                str(tmp_path / f"r{r}.json"),
+                algo,
+            ],
+            cwd=root,
+            env=env,
         )  # fmt: skip
         for r in range(world)
     ]

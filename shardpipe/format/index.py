@@ -31,7 +31,6 @@ HEADER = 64
 GZIP = 1
 
 
-
 def index_name(manifest_name: str) -> str:
     """The sidecar's file name for a manifest: ``manifest.json`` -> ``manifest.index``."""
     base = manifest_name.rstrip("/").rsplit("/", 1)[-1]
@@ -79,7 +78,9 @@ def encode_index(shards: Sequence[ShardIndex]) -> bytes:
     keys = np.array([k for s in shards for k in s.keys], dtype="<u4")
     head = MAGIC + np.array([len(shards), int(counts.sum())], dtype="<u8").tobytes()
     head += bytes(HEADER - len(head))
-    return b"".join(a.tobytes() if isinstance(a, np.ndarray) else a for a in (head, starts, sizes, flags, offsets, keys))
+    return b"".join(
+        a.tobytes() if isinstance(a, np.ndarray) else a for a in (head, starts, sizes, flags, offsets, keys)
+    )
 
 
 def write_index(url: str, shards: Sequence[ShardIndex], storage_options: dict[str, Any] | None = None) -> str:

@@ -24,7 +24,9 @@ from shardpipe.split.plan import _ranges, rank_share
 from shardpipe.stages.shards import epoch_order
 
 
-def consumer_range(total: int, *, rank: int, world_size: int, worker: int, num_workers: int, policy: str) -> tuple[int, int]:
+def consumer_range(
+    total: int, *, rank: int, world_size: int, worker: int, num_workers: int, policy: str
+) -> tuple[int, int]:
     """Positions ``[lo, hi)`` of the epoch order this consumer reads (``hi`` may pass ``total`` under pad)."""
     share = rank_share(total, world_size, policy)
     w_lo, w_hi = _ranges(share, num_workers)[worker]

@@ -140,9 +140,10 @@ def index_shards(
 
     shard_urls = [s.url for s in expand_urls(urls, storage_options)]
     scans: list[ShardScan | None] = [None] * len(shard_urls)
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="shardpipe-index") as pool, tqdm(
-        total=len(shard_urls), unit="shard", disable=not progress, dynamic_ncols=True
-    ) as bar:
+    with (
+        ThreadPoolExecutor(max(1, workers), thread_name_prefix="shardpipe-index") as pool,
+        tqdm(total=len(shard_urls), unit="shard", disable=not progress, dynamic_ncols=True) as bar,
+    ):
         futures = {pool.submit(scan_shard, u, storage_options, sha256): i for i, u in enumerate(shard_urls)}
         samples = 0
         for fut in as_completed(futures):
@@ -154,7 +155,9 @@ def index_shards(
     done = [s for s in scans if s is not None]
     gz = sum(s.index.compressed for s in done)
     if gz:
-        log.warning("%d of %d shards are gzip-compressed: indexed, but sequential-only (no random access)", gz, len(done))
+        log.warning(
+            "%d of %d shards are gzip-compressed: indexed, but sequential-only (no random access)", gz, len(done)
+        )
     name = index_name(output)
     write_index(join_url(dirname_url(output), name), [s.index for s in done], storage_options)
     entries = [shard_entry(_entry_name(s.url, output), s.index.samples, s.index.size, s.sha256) for s in done]

@@ -32,9 +32,9 @@ from itertools import islice
 from typing import Any
 
 from shardpipe.errors import DecodeError
+from shardpipe.format.manifest import MANIFEST
 from shardpipe.io.files import atomic_write, dirname_url, is_local, join_url, local_path
 from shardpipe.write.presize import CHECKS, check_image, image_ext, presize
-from shardpipe.format.manifest import MANIFEST
 from shardpipe.write.shard_writer import ShardWriter, shard_name
 from shardpipe.write.sources import Record, Skip, Source, ValueDecoder, open_source
 
