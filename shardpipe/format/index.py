@@ -11,7 +11,7 @@ Beside ``manifest.json`` (named in its ``"index"`` field), little-endian, memory
                                    header starts, then where its last sample ends
     keys     uint32[samples]       crc32 of each sample's key: a random read checks it
 
-1.28 M samples take ~27 MB and load in milliseconds (``np.memmap``: pages are read on use).
+1.28 M samples take ~15 MB and load in well under a millisecond (``np.memmap``: pages are read on use).
 A sample's bytes are ``offsets[base + j] .. offsets[base + j + 1]`` with ``base = starts[s] + s``.
 """
 
