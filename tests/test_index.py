@@ -201,6 +201,13 @@ def test_an_index_that_no_longer_matches_its_shard_is_reported(tmp_path: Path):
     shard.write_bytes(swapped)
     with pytest.raises(CorruptShardError, match="index does not match shard .*s-000.tar"):
         IndexedDataset(manifest, decode=None)[3]
+    from shardpipe.cli.verify import verify_shards
+
+    problems = verify_shards(manifest)["problems"]
+    assert [p for p in problems if "index mismatch" in p] == [
+        f"{shard}: index mismatch: the shard changed since {tmp_path / 'sample' / 'manifest.index'} was written "
+        "(run `shardpipe index`)"
+    ]
     # a damaged header inside the range the index points at
     broken = bytearray(good)
     broken[512 * 0 + 3] ^= 0xFF

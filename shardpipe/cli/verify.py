@@ -121,8 +121,33 @@ def verify_shards(
     total = sum(c.samples for c in checks)
     if manifest is not None and manifest.get("samples") is not None and manifest["samples"] != total:
         problems.append(f"count mismatch: {total} samples in the shards, manifest total says {manifest['samples']}")
+    if manifest is not None and manifest.get("index") and isinstance(urls, str):
+        problems += _index_problems(urls, manifest["index"], checks, storage_options)
     report = [{k: v for k, v in asdict(c).items() if k != "keys"} for c in checks]
     return {"shards": report, "samples": total, "images": sum(c.images for c in checks), "problems": problems}
+
+
+def _index_problems(
+    manifest_url: str, name: str, checks: list[ShardCheck], storage_options: dict[str, Any] | None
+) -> list[str]:
+    """Where the index sidecar disagrees with the shards as read: counts, sizes, keys."""
+    from shardpipe.format.index import SampleIndex, key_crc
+    from shardpipe.io.files import dirname_url, join_url
+
+    url = join_url(dirname_url(manifest_url), name)
+    try:
+        index = SampleIndex.load(url, storage_options)
+    except (OSError, ValueError) as e:
+        return [f"index {url}: {e}"]
+    if index.shards != len(checks):
+        return [f"index mismatch: {url} lists {index.shards} shards, the manifest {len(checks)}"]
+    problems = []
+    for s, c in enumerate(checks):
+        first, last = int(index.starts[s]), int(index.starts[s + 1])
+        crcs = [key_crc(k) for k in c.keys]
+        if int(index.sizes[s]) != c.bytes or index.keys[first:last].tolist() != crcs:
+            problems.append(f"{c.url}: index mismatch: the shard changed since {url} was written (run `shardpipe index`)")
+    return problems
 
 
 def _manifest_of(urls: str | list[str], storage_options: dict[str, Any] | None) -> dict[str, Any] | None:

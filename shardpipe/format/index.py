@@ -17,6 +17,7 @@ A sample's bytes are ``offsets[base + j] .. offsets[base + j + 1]`` with ``base 
 
 from __future__ import annotations
 
+import bisect
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -95,7 +96,8 @@ class SampleIndex:
 
     def __init__(self, buffer: Any, url: str = "<index>"):
         self.url = url
-        raw = np.frombuffer(buffer, dtype=np.uint8) if not isinstance(buffer, np.ndarray) else buffer
+        # a plain ndarray view of the memory map: indexing a np.memmap is several times slower
+        raw = np.asarray(buffer) if isinstance(buffer, np.ndarray) else np.frombuffer(buffer, dtype=np.uint8)
         if len(raw) < HEADER or bytes(raw[:8]) != MAGIC:
             raise ValueError(f"{url} is not a shardpipe index (bad magic)")
         n_shards, n_samples = (int(x) for x in raw[8:24].view("<u8"))
@@ -117,8 +119,9 @@ class SampleIndex:
         self.flags = take(n_shards, "<u8")
         self.offsets = take(n_samples + n_shards, "<u8")
         self.keys = take(n_samples, "<u4")
-        if int(self.starts[-1]) != n_samples:
-            raise ValueError(f"{url} is damaged: shard counts add up to {int(self.starts[-1])}, not {n_samples}")
+        self._starts = self.starts.tolist()  # small (one per shard): bisect on a list is fastest
+        if self._starts[-1] != n_samples or any(a > b for a, b in zip(self._starts, self._starts[1:])):
+            raise ValueError(f"{url} is damaged: its per-shard sample counts do not add up to {n_samples}")
 
     @classmethod
     def load(cls, url: str, storage_options: dict[str, Any] | None = None) -> SampleIndex:
@@ -141,10 +144,11 @@ class SampleIndex:
         """Sample ``i`` -> ``(shard, start byte, end byte, key crc)``."""
         if not 0 <= i < self.samples:
             raise IndexError(f"sample {i} out of range: the index holds {self.samples}")
-        shard = int(np.searchsorted(self.starts, i, side="right")) - 1
-        base = int(self.starts[shard]) + shard
-        j = i - int(self.starts[shard])
-        return shard, int(self.offsets[base + j]), int(self.offsets[base + j + 1]), int(self.keys[i])
+        shard = bisect.bisect_right(self._starts, i) - 1
+        first = self._starts[shard]
+        at = first + shard + i - first
+        start, end = self.offsets[at : at + 2].tolist()
+        return shard, start, end, int(self.keys[i])
 
     def check_matches(self, counts: Sequence[int]) -> None:
         """ValueError unless the index lists the manifest's shards with the same sample counts."""
