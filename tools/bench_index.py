@@ -255,7 +255,7 @@ def s3(args: argparse.Namespace, meta: dict[str, Any], files: list[str], tmp: Pa
         cache = str(tmp / "cache")
         cfg = {**base, "manifest": remote_manifest, "decode": None, "cache_dir": cache}
         rows: dict[str, list[dict[str, float]]] = {}
-        for r in range(args.rounds):
+        for _ in range(args.rounds):
             for algo in ("window", "block"):
                 shutil.rmtree(cache, ignore_errors=True)
                 rows.setdefault(f"{algo}, S3 via cache, cold cache", []).append(fresh(algo, cfg))
