@@ -66,6 +66,11 @@ class IndexedShards:
                 "for random access"
             )
 
+    def advise(self, i: int) -> None:
+        """Hint that sample ``i`` will be read soon (starts a local read; see ``RangeReader.advise``)."""
+        shard, start, end, _ = self.index.locate(i)
+        self.reader.advise(self.urls[shard], start, end, int(self.index.sizes[shard]), self.sha256[shard])
+
     def sample(self, i: int) -> dict[str, Any]:
         """The raw sample ``i`` (fields as bytes), with ``__key__``, ``__url__``, ``__shard__``, ``__index__``."""
         shard, start, end, crc = self.index.locate(i)

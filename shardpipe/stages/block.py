@@ -10,6 +10,9 @@ from shardpipe.format.sample import Sample
 from shardpipe.split.block import BlockOrder, consumer_range
 from shardpipe.stages.base import Stage, State
 
+#: samples whose reads are started ahead of the one being read (overlaps cold random reads)
+LOOKAHEAD = 16
+
 
 class BlockShuffleSamples(Stage[Sample]):
     """Yield the samples at this consumer's positions of the block-shuffled order (see ``split.block``).
@@ -39,6 +42,15 @@ class BlockShuffleSamples(Stage[Sample]):
             num_workers=c.num_workers, policy=self.policy,
         )  # fmt: skip
         self._pos = int(state["pos"]) if state else 0
+        for k in range(self._pos, min(self._pos + LOOKAHEAD - 1, self._hi - self._lo)):
+            self._advise(self._lo + k)
+
+    def _advise(self, p: int) -> None:
+        assert self._order is not None
+        try:
+            self.shards.advise(self._order[p % len(self._order)])
+        except ShardpipeError:
+            pass  # reported when the sample itself is read
 
     def __len__(self) -> int:
         return self._hi - self._lo
@@ -52,6 +64,8 @@ class BlockShuffleSamples(Stage[Sample]):
             p = self._lo + self._pos
             self._pos += 1
             t0 = time.perf_counter()
+            if p + LOOKAHEAD - 1 < self._hi:
+                self._advise(p + LOOKAHEAD - 1)
             try:
                 sample = self.shards.sample(self._order[p % total])
             except ShardpipeError as e:
