@@ -172,6 +172,35 @@ def quality(tmp: Path) -> None:
         )
 
 
+# ------------------------------------------------------------------ index load at ImageNet scale
+
+
+def index_load(tmp: Path, shards: int = 128, per_shard: int = 10_000) -> None:
+    """A 1.28 M-sample index: file size, load time (memory map), lookups per second."""
+    import numpy as np
+
+    from shardpipe.format.index import SampleIndex, ShardIndex, write_index
+
+    entries = []
+    for _ in range(shards):
+        e = ShardIndex(size=per_shard * 110_000)
+        e.offsets = list(range(0, per_shard * 110_000 + 1, 110_000))
+        e.keys = list(range(per_shard))
+        entries.append(e)
+    path = str(tmp / "big.index")
+    write_index(path, entries)
+    t0 = time.perf_counter()
+    index = SampleIndex.load(path)
+    load = time.perf_counter() - t0
+    picks = np.random.default_rng(0).integers(0, len(index), 100_000).tolist()
+    t0 = time.perf_counter()
+    for i in picks:
+        index.locate(i)
+    per = (time.perf_counter() - t0) / len(picks)
+    print(f"\nIndex of {len(index):,} samples: {os.path.getsize(path) / MiB:.1f} MiB, "
+          f"load {1000 * load:.2f} ms, locate {1e6 * per:.1f} us per sample")  # fmt: skip
+
+
 # ------------------------------------------------------------------ main
 
 
@@ -185,7 +214,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--data", default=str(ROOT / "bench-data" / "index"))
     ap.add_argument("--no-s3", action="store_true")
-    ap.add_argument("--only", choices=["index", "epoch", "quality"], default=None)
+    ap.add_argument("--only", choices=["index", "epoch", "quality", "load"], default=None)
     args = ap.parse_args()
 
     manifest = make_shards(Path(args.data), args.n, args.shard_mb)
@@ -225,6 +254,8 @@ def main() -> int:
             s3(args, meta, files, tmp, n_shards, args.only)
         if args.only in (None, "quality"):
             quality(tmp)
+        if args.only in (None, "load"):
+            index_load(tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
