@@ -137,7 +137,9 @@ def quality(tmp: Path) -> None:
         return float(np.mean([len(set(labels[i : i + batch])) for i in range(0, full, batch)]))
 
     print("\nShuffle quality: distinct classes per batch of 64 on class-ordered shards (mean over 3 seeds)")
-    print("| data | random permutation | block (whole epoch) | block 8192 | shardpipe window 1000 | webdataset shuffle(1000) |")
+    print(
+        "| data | random permutation | block (whole epoch) | block 8192 | shardpipe window 1000 | webdataset shuffle(1000) |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for classes, per_class, shard in ((10, 400, 250), (100, 400, 1000)):
         root = tmp / f"q{classes}"
@@ -261,7 +263,9 @@ def main() -> int:
     return 0
 
 
-def s3(args: argparse.Namespace, meta: dict[str, Any], files: list[str], tmp: Path, n_shards: int, only: str | None) -> None:
+def s3(
+    args: argparse.Namespace, meta: dict[str, Any], files: list[str], tmp: Path, n_shards: int, only: str | None
+) -> None:
     import fsspec.core
 
     from shardpipe import index_shards

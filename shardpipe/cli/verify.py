@@ -146,7 +146,9 @@ def _index_problems(
         first, last = int(index.starts[s]), int(index.starts[s + 1])
         crcs = [key_crc(k) for k in c.keys]
         if int(index.sizes[s]) != c.bytes or index.keys[first:last].tolist() != crcs:
-            problems.append(f"{c.url}: index mismatch: the shard changed since {url} was written (run `shardpipe index`)")
+            problems.append(
+                f"{c.url}: index mismatch: the shard changed since {url} was written (run `shardpipe index`)"
+            )
     return problems
 
 
