@@ -17,7 +17,7 @@ from typing import Any
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardReadError, TruncatedShardError
 from shardpipe.io.files import is_local, local_path, open_shard
-from shardpipe.io.remote import ReadOptions, call_with_retries, object_size
+from shardpipe.io.remote import ReadOptions, call_with_retries, object_info
 
 
 class RangeReader:
@@ -133,7 +133,7 @@ class RangeReader:
         import fsspec.core
 
         fs, path = fsspec.core.url_to_fs(url, **(self.storage_options or {}))
-        actual = object_size(fs, path, url, self.read_options)
+        actual = object_info(fs, path, url, self.read_options)["size"]
         if size is not None and actual != size:
             raise CorruptShardError(
                 f"shard {url} is {actual} bytes but was {size} when indexed: it changed; "
