@@ -15,7 +15,7 @@ import pytest
 from shardpipe.cli import main
 from shardpipe.cli.write import parse_size
 from shardpipe.devtools.synth import make_image, make_jpeg
-from shardpipe.write import job
+from shardpipe.write import outfiles
 from shardpipe.write.job import PROGRESS, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,8 @@ def test_cli_write_prints_summary_and_skips(small_folder: Path, tmp_path: Path, 
     assert "skipped 2: not an image file (.txt): 1, unreadable image: 1" in text
     assert "broken.jpg: unreadable image: truncated JPEG (no end-of-image marker)" in text
     manifest = json.loads((out / "manifest.json").read_text())
-    assert [s["samples"] for s in manifest["shards"]] == [16, 16, 8]
+    # shards are planned by input position: broken.jpg (input 0) leaves shard 0 one sample short
+    assert [s["samples"] for s in manifest["shards"]] == [15, 16, 9]
     assert manifest["options"]["maxcount"] == 16 and manifest["options"]["source"]["type"] == "folder"
     assert {s["name"] for s in manifest["skipped"]} == {"notes.txt", "broken.jpg"}
     assert not (out / PROGRESS).exists()
@@ -193,21 +194,22 @@ def test_ctrl_c_then_resume_reuses_recorded_shards_and_refuses_other_options(
     clean = tmp_path / "clean"
     write_shards(str(small_folder), str(clean / "r-%03d.tar"), maxcount=8)
     out = tmp_path / "out"
-    real = job._write_json
+    real = outfiles.write_json
 
     def ctrl_c_after_second_shard(url, value, storage_options):
         real(url, value, storage_options)
         if len(value["shards"]) == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(job, "_write_json", ctrl_c_after_second_shard)
+    monkeypatch.setattr(outfiles, "write_json", ctrl_c_after_second_shard)
     assert main(["write", str(small_folder), str(out / "r-%03d.tar"), "--maxcount", "8", "--no-progress"]) == 130
     monkeypatch.undo()
     assert "complete shards are kept; run again with --resume" in capsys.readouterr().err
     progress = json.loads((out / PROGRESS).read_text())
-    # input 0 is broken.jpg (skipped); shard 0 holds inputs 1-8, shard 1 inputs 9-16
-    assert [s["name"] for s in progress["shards"]] == ["r-000.tar", "r-001.tar"] and progress["ends"] == [9, 17]
-    assert [s[:2] for s in progress["skipped"]] == [[0, "broken.jpg"]]
+    # input 0 is broken.jpg (skipped): shard 0 holds inputs 0-7 (7 samples), shard 1 inputs 8-15
+    assert {i: s["name"] for i, s in progress["shards"].items()} == {"0": "r-000.tar", "1": "r-001.tar"}
+    assert [s["samples"] for s in progress["shards"].values()] == [7, 8]
+    assert {i: [s[:2] for s in skips] for i, skips in progress["skipped"].items()} == {"0": [[0, "broken.jpg"]]}
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json.progress", "r-000.tar", "r-001.tar"]
 
     rc = main(["write", str(small_folder), str(out / "r-%03d.tar"), "--maxcount", "9", "--resume", "--no-progress"])
@@ -215,12 +217,12 @@ def test_ctrl_c_then_resume_reuses_recorded_shards_and_refuses_other_options(
 
     (out / "r-001.tar").write_bytes(b"damaged")  # a recorded shard that changed is rewritten
     summary = write_shards(str(small_folder), str(out / "r-%03d.tar"), maxcount=8, resume=True)
-    assert summary.resumed_shards == 1 and summary.written == 40 and summary.written_now == 32
+    assert summary.resumed_shards == 1 and summary.written == 40 and summary.written_now == 33
     assert shard_bytes(out) == shard_bytes(clean)
     assert (out / "manifest.json").read_bytes() == (clean / "manifest.json").read_bytes()
     assert not (out / PROGRESS).exists()
     again = write_shards(str(small_folder), str(out / "r-%03d.tar"), maxcount=8, resume=True)
-    assert again.written_now == 0 and again.resumed_shards == 5 and again.written == 40  # already finished
+    assert again.written_now == 0 and again.resumed_shards == 6 and again.written == 40  # already finished
     assert [s.name for s in again.skipped] == ["notes.txt", "broken.jpg"]
 
 

@@ -11,6 +11,7 @@ import argparse
 import re
 import sys
 
+from shardpipe.write.engines import ENGINES
 from shardpipe.write.sources import SOURCE_TYPES
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -29,14 +30,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("pattern", metavar="OUTPUT_PATTERN", help="shard names, e.g. out/train-%%06d.tar")
     p.add_argument("--source-type", choices=SOURCE_TYPES, default="auto", help="default: guess from SOURCE")
     p.add_argument("--maxcount", type=int, default=10_000, help="samples per shard at most (default 10000)")
-    p.add_argument("--maxsize", type=parse_size, default=1 << 30, help="shard size limit, e.g. 500M (default 1G)")
+    p.add_argument(
+        "--maxsize", type=parse_size, default=None,
+        help="also close shards at this size, e.g. 500M (local engine only: shards are then written in sequence "
+        "and a skipped input is replaced by the next one; default: shards are planned by --maxcount alone)",
+    )  # fmt: skip
     p.add_argument("--compress", choices=["gz"], default=None, help="gzip the shards (.tar.gz)")
     p.add_argument(
         "--workers",
         type=int,
         default=1,
-        help="parallel workers (default 1): processes for --presize or --check decode, threads for pass-through",
+        help="parallel workers of the local engine (default 1): processes for --presize or --check decode, "
+        "threads for pass-through",
     )
+    p.add_argument(
+        "--engine", choices=sorted(ENGINES), default="local",
+        help="where the work runs: local (default) or ray (one task per shard; pip install 'shardpipe[ray]')",
+    )  # fmt: skip
+    p.add_argument(
+        "--ray-address", default=None, metavar="ADDR",
+        help="the Ray cluster to join (default: $RAY_ADDRESS, a `ray start` cluster here, or a new local one)",
+    )  # fmt: skip
     order = p.add_mutually_exclusive_group()
     order.add_argument(
         "--shuffle", action="store_true", default=None,
@@ -69,6 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from shardpipe.write.job import write_shards
+    from shardpipe.write.plan import ShardTaskError
 
     try:
         summary = write_shards(
@@ -76,12 +91,12 @@ def run(args: argparse.Namespace) -> int:
             maxsize=args.maxsize, compress=args.compress, workers=args.workers, shuffle=args.shuffle,
             seed=args.seed, presize=args.presize, quality=args.quality, check=args.check,
             resume=args.resume, label_pattern=args.label_pattern, lmdb_decoder=args.lmdb_decoder,
-            progress=not args.no_progress,
+            progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted: complete shards are kept; run again with --resume to continue", file=sys.stderr)
         return 130
-    except (ValueError, OSError, ImportError) as e:
+    except (ValueError, OSError, ImportError, ShardTaskError) as e:
         print(f"shardpipe write: error: {e}", file=sys.stderr)
         return 2
     print(summary.format())

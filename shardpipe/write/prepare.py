@@ -1,0 +1,133 @@
+"""Per-image work of a write job: load, check, maybe presize; in order, in parallel.
+
+Every engine prepares images with :func:`prepare`; the local engine streams them
+through :func:`prepared` (threads or processes, results in input order).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any
+
+from shardpipe.errors import DecodeError
+from shardpipe.write.presize import check_image, image_ext, presize
+from shardpipe.write.sources import Record, Source
+
+CHUNK = 8  # records per task sent to a worker: amortises IPC, keeps results flowing in order
+
+
+@dataclass(frozen=True)
+class PrepareOptions:
+    """What happens to each image in a worker."""
+
+    presize: int | None = None
+    quality: int = 90
+    check: str = "header"
+
+
+# ---------------------------------------------------------------------------- per-image work
+
+
+def prepare(source: Source, opts: PrepareOptions, pos: int, record: Record) -> tuple[Any, ...]:
+    """Load, check and maybe presize one record.
+
+    Returns ``(pos, key, ext, data, label, extra, presized)``, or ``(pos, name, reason)``
+    when the record is skipped.
+    """
+    try:
+        loaded = source.load(record)
+        data = loaded.data
+        ext = image_ext(data)
+        changed = False
+        if opts.presize:
+            data, changed = presize(data, opts.presize, opts.quality)
+        if changed:
+            ext = "jpg"
+        else:
+            check_image(data, ext, opts.check)
+    except DecodeError as e:
+        return pos, record.name, f"unreadable image: {e}"
+    except OSError as e:
+        return pos, record.name, f"cannot read: {e}"
+    except Exception as e:  # a bad sidecar, or a user's LMDB value decoder failing on a value
+        return pos, record.name, f"cannot load: {type(e).__name__}: {e}"
+    return pos, record.key, ext, data, loaded.label, loaded.extra, changed
+
+
+_worker: tuple[Source, PrepareOptions] | None = None
+
+
+def _init_worker(source: Source, opts: PrepareOptions, parent: int) -> None:
+    global _worker
+    _worker = (source, opts)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
+
+    def watch() -> None:  # exit when the parent dies (even by SIGKILL): no orphans
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _work_chunk(chunk: list[tuple[int, Record]]) -> list[tuple[Any, ...]]:
+    assert _worker is not None
+    return [prepare(_worker[0], _worker[1], pos, rec) for pos, rec in chunk]
+
+
+def prepared(
+    source: Source, opts: PrepareOptions, items: list[tuple[int, Record]], workers: int
+) -> Iterator[tuple[Any, ...]]:
+    """``prepare`` every item, in order, with ``workers`` in parallel.
+
+    CPU-bound work (presize, ``check="decode"``) runs in that many processes; pass-through
+    is I/O-bound and runs in that many threads, which overlap reads (slow disks, network
+    filesystems) without copying every image between processes. A bounded number of
+    tasks is in flight, so memory stays bounded when writing is slower than preparing.
+    """
+    if workers <= 1:
+        for pos, rec in items:
+            yield prepare(source, opts, pos, rec)
+        return
+    if not opts.presize and opts.check != "decode":
+        # pass-through is I/O-bound: threads overlap reads with writing and cost no IPC copies
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            window: deque[Any] = deque()
+            for pos, rec in items:
+                window.append(pool.submit(prepare, source, opts, pos, rec))
+                if len(window) > 16 * workers:
+                    yield window.popleft().result()
+            while window:
+                yield window.popleft().result()
+        return
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"  # fork: no re-import of torch
+    chunks = (items[i : i + CHUNK] for i in range(0, len(items), CHUNK))
+    with mp.get_context(method).Pool(workers, _init_worker, (source, opts, os.getpid())) as pool:
+        pending = deque(pool.apply_async(_work_chunk, (c,)) for c in islice(chunks, 4 * workers))
+        while pending:
+            results = pending.popleft().get()
+            nxt = next(chunks, None)
+            if nxt is not None:
+                pending.append(pool.apply_async(_work_chunk, (nxt,)))
+            yield from results
+
+
+def to_sample(item: tuple[Any, ...]) -> dict[str, Any]:
+    """The sample dict of a prepared (not skipped) item."""
+    _, key, ext, data, label, extra, _ = item
+    sample: dict[str, Any] = {"__key__": key, ext: data}
+    if label is not None:
+        sample["cls"] = label
+    if extra:
+        sample["json"] = extra
+    return sample
