@@ -2,9 +2,9 @@
 PY ?= python3
 PIP ?= $(PY) -m pip
 # the fast CPU decoders; the tests add object-storage clients, LMDB, DALI (~1 GB; it runs its CPU
-# operators without a GPU) and the test tools
+# operators without a GPU), Ray (~240 MB, a local cluster for the --engine ray tests) and the test tools
 DEMO_EXTRAS ?= turbo,turbojpeg
-TEST_EXTRAS ?= turbo,turbojpeg,jpeg4py,s3,gcs,http,lmdb,gpu,serve,test
+TEST_EXTRAS ?= turbo,turbojpeg,jpeg4py,s3,gcs,http,lmdb,gpu,serve,ray,test
 
 .PHONY: setup setup-test system-deps demo test bench clean
 

@@ -104,6 +104,7 @@ def write_planned(
         if done:
             save()  # what finished before the failure is kept for --resume
         raise
+    outfiles.remove_stale_temps(pattern)  # left by workers that died mid-shard (their task was rerun)
     results = [done[t.index] for t in tasks]
     load_skips = sorted(s for r in results for s in r.skips)
     summary.skipped = list(scan_skipped) + [Skip(name, reason) for _, name, reason in load_skips]
