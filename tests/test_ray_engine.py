@@ -153,6 +153,31 @@ def test_ray_tasks_write_straight_to_s3(ray_cluster, s3_server, images: Path, lo
     assert stored == files(local_out)
 
 
+def test_planned_shards_keep_their_inputs_when_some_are_skipped(tmp_path: Path):
+    """No Ray needed: the local engine follows the same plan (skips never move later inputs)."""
+    import shardpipe
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, name in enumerate("abe"):
+        (src / f"{name}.jpg").write_bytes(make_jpeg(i, plain=True))
+    for name in "cd":
+        (src / f"{name}.jpg").write_bytes(b"broken")
+    out = tmp_path / "out"
+    summary = write_shards(str(src), str(out / "p-%02d.tar"), maxcount=2)
+    assert [s.name for s in summary.skipped] == ["c.jpg", "d.jpg"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    # shard 1 held c and d: it is written empty (a valid tar), and e stays in shard 2
+    assert [(s["name"], s["samples"]) for s in manifest["shards"]] == [
+        ("p-00.tar", 2),
+        ("p-01.tar", 0),
+        ("p-02.tar", 1),
+    ]
+    assert (out / "p-01.tar").read_bytes() == bytes(10240)
+    keys = [s["__key__"] for s in shardpipe.ShardDataset(str(out / "manifest.json"), decode=None)]
+    assert keys == ["a", "b", "e"]
+
+
 def test_ray_engine_refuses_maxsize(images: Path, tmp_path: Path, capsys):
     with pytest.raises(ValueError, match="only the local engine can do.*pick maxcount"):
         write_shards(str(images), str(tmp_path / "s-%03d.tar"), engine="ray", maxsize=1 << 20)

@@ -89,7 +89,7 @@ def one(config: dict) -> dict:
         wall, cpu, tree = time.perf_counter() - t0, cpu_seconds() - c0, tree_cpu_seconds() - tree0
         # local: rusage counts finished worker processes; ray: its workers live on, /proc counts them
         result.update(wall_s=wall, cpu_s=tree if config["engine"] == "ray" else cpu, images=summary.written_now)
-        result["shards"] = summary.shards
+        result["shards"], result["bytes"] = summary.shards, summary.bytes
         if config["engine"] == "ray":
             import ray
 
@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--maxcount", type=int, default=50, help="images per shard (= per Ray task)")
     p.add_argument("--small", type=int, default=5, help="images per task of the overhead run")
     p.add_argument("--cpus", type=int, default=2)
+    p.add_argument("--plan-cores", type=int, default=32, help="cores per machine of the paper plan (default 32)")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.one:
@@ -146,7 +147,30 @@ def main(argv: list[str] | None = None) -> int:
     per_task = (small["cpu_s"] - large["cpu_s"]) / max(1, small["shards"] - large["shards"])
     print(f"ray: cluster start {large['start_s']:.1f} s, first (cold) job {large['cold_job_s']:.1f} s, "
           f"no-op task round trip {large['noop_task_ms']:.2f} ms, per-task overhead {per_task * 1000:.0f} ms CPU")  # fmt: skip
+    print_plan(large, per_task, large["bytes"] / large["images"], args.plan_cores, large["start_s"])
     return 0
+
+
+def print_plan(ray_row: dict, per_task: float, out_bytes: float, cores: int, start: float) -> None:
+    """Paper plan: the measured Ray CPU per image and per task, spread over N machines of ``cores``."""
+    cpu = ray_row["cpu_s"] / ray_row["images"]
+    print(f"\npaper plan: {cpu * 1000:.2f} ms CPU/img (Ray, measured), {per_task * 1000:.0f} ms per task, "
+          f"10,000 images per task, {out_bytes / 1024:.0f} KiB out per image, {cores} cores per machine")  # fmt: skip
+    print("| images | CPU-hours | output | " + " | ".join(f"N={n}" for n in (1, 4, 16, 64)) + " |")
+    print("|---:|---:|---:|" + "---:|" * 4)
+    for images in (1_280_000, 100_000_000):
+        total = images * cpu + (images / 10_000) * per_task
+        cells = []
+        for n in (1, 4, 16, 64):
+            seconds = total / (n * cores) + start
+            cells.append(
+                f"{seconds:.0f} s"
+                if seconds < 120
+                else f"{seconds / 60:.0f} min"
+                if seconds < 5400
+                else f"{seconds / 3600:.1f} h"
+            )
+        print(f"| {images:,} | {total / 3600:.1f} | {images * out_bytes / 1e9:.0f} GB | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
