@@ -5,6 +5,7 @@ nothing until asked for, and a missing package turns into an install hint. A wri
 engine is called as ``run(job, tasks, workers=, address=, on_images=, on_done=)``
 (see :func:`shardpipe.write.plan.run_local`): it runs every
 :class:`~shardpipe.write.plan.ShardTask` and reports each shard's result to ``on_done``.
+A map function runs one function per item elsewhere (index scans of existing shards).
 """
 
 from __future__ import annotations
@@ -16,12 +17,17 @@ from typing import Any, NamedTuple
 
 class Engine(NamedTuple):
     write: str  #: "module:function" running shard tasks
+    map: str | None  #: "module:function" mapping a function over items remotely (None: the caller's own pool)
     install: str | None  #: what to install when its module is missing
 
 
 ENGINES: dict[str, Engine] = {
-    "local": Engine("shardpipe.write.plan:run_local", None),
-    "ray": Engine("shardpipe.write.ray_engine:run_ray", 'pip install "shardpipe[ray]"  (or: pip install ray)'),
+    "local": Engine("shardpipe.write.plan:run_local", None, None),
+    "ray": Engine(
+        "shardpipe.write.ray_engine:run_ray",
+        "shardpipe.write.ray_engine:map_ray",
+        'pip install "shardpipe[ray]"  (or: pip install ray)',
+    ),  # fmt: skip
 }
 
 
@@ -35,9 +41,21 @@ def _load(target: str, name: str, install: str | None) -> Callable[..., Any]:
         raise ImportError(f"the {name!r} engine needs a package that is not installed ({e}): {install}") from e
 
 
-def write_engine(name: str) -> Callable[..., Any]:
-    """The function that runs shard tasks for engine ``name`` (``"local"``, ``"ray"``)."""
+def _engine(name: str) -> Engine:
     engine = ENGINES.get(name)
     if engine is None:
         raise ValueError(f"unknown engine {name!r}: choose one of {sorted(ENGINES)}")
+    return engine
+
+
+def write_engine(name: str) -> Callable[..., Any]:
+    """The function that runs shard tasks for engine ``name`` (``"local"``, ``"ray"``)."""
+    engine = _engine(name)
     return _load(engine.write, name, engine.install)
+
+
+def map_engine(name: str) -> Callable[..., Any] | None:
+    """``map(fn, shared, items, describe, address=None)`` yielding ``(item, fn(shared, item))`` as they
+    finish, for engine ``name``; ``None`` for the local engine (callers use their own thread pool)."""
+    engine = _engine(name)
+    return None if engine.map is None else _load(engine.map, name, engine.install)

@@ -81,6 +81,22 @@ def ray_map(
             ray.cancel(ref)
 
 
+def map_ray(
+    fn: Callable[..., Any],
+    shared: Any,
+    items: Iterable[Any],
+    describe: Callable[[Any], str],
+    address: str | None = None,
+) -> Iterator[tuple[Any, Any]]:
+    """:func:`ray_map` on the cluster at ``address`` (joined or started for this call, as :func:`run_ray` does)."""
+    started = connect(address)
+    try:
+        yield from ray_map(fn, shared, items, describe)
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def run_ray(
     job: ShardJob,
     tasks: list[ShardTask],
