@@ -139,6 +139,19 @@ def test_resume_after_the_driver_stopped_writes_only_missing_shards(
     assert files(tmp_path) == files(local_out)
 
 
+def test_index_engine_ray_gives_the_local_index(ray_cluster, local_out: Path, tmp_path: Path, capsys):
+    from shardpipe.write.index_job import index_shards
+
+    urls = str(local_out / "s-{000..006}.tar")
+    index_shards(urls, str(tmp_path / "local" / "manifest.json"), workers=2)
+    (tmp_path / "ray").mkdir()
+    assert main(["index", urls, "-o", str(tmp_path / "ray" / "manifest.json"), "--engine", "ray", "--no-progress"]) == 0
+    assert "indexed 26 samples in 7 shards" in capsys.readouterr().out
+    assert files(tmp_path / "ray") == files(tmp_path / "local")  # manifest and index sidecar, byte for byte
+    # and the sidecar the Ray writer's driver wrote from its tasks' indexes is the same index
+    assert (tmp_path / "ray" / "manifest.index").read_bytes() == (local_out / "manifest.index").read_bytes()
+
+
 @pytest.mark.servers
 def test_ray_tasks_write_straight_to_s3(ray_cluster, s3_server, images: Path, local_out: Path):
     import fsspec.core

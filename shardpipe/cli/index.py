@@ -18,6 +18,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("urls", help="shards: brace pattern (s3://b/train-{000..099}.tar), '::'-joined list")
     p.add_argument("-o", "--output", required=True, help="manifest to write (its index goes beside it)")
     p.add_argument("--workers", type=int, default=8, help="shards scanned in parallel (default 8)")
+    p.add_argument(
+        "--engine", choices=["local", "ray"], default="local",
+        help="local threads (default) or one Ray task per shard (pip install 'shardpipe[ray]')",
+    )  # fmt: skip
+    p.add_argument("--ray-address", default=None, metavar="ADDR", help="the Ray cluster to join (with --engine ray)")
     p.add_argument("--sha256", action="store_true", help="also checksum every shard (reads every byte)")
     p.add_argument(
         "--storage-options", default=None, metavar="JSON",
@@ -29,15 +34,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from shardpipe.errors import ShardpipeError
     from shardpipe.write.index_job import index_shards
+    from shardpipe.write.plan import ShardTaskError
 
     options = json.loads(args.storage_options) if args.storage_options else None
     t0 = time.perf_counter()
     try:
         manifest = index_shards(
             args.urls, args.output, workers=args.workers, sha256=args.sha256,
-            storage_options=options, progress=not args.no_progress,
+            storage_options=options, progress=not args.no_progress, engine=args.engine,
+            ray_address=args.ray_address,
         )  # fmt: skip
-    except (ShardpipeError, ValueError, OSError) as e:
+    except (ShardpipeError, ValueError, OSError, ImportError, ShardTaskError) as e:
         print(f"shardpipe index: error: {e}", file=sys.stderr)
         return 1
     seconds = time.perf_counter() - t0

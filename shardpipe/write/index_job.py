@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import IO, Any
@@ -116,6 +116,36 @@ def _entry_name(shard_url: str, manifest_url: str) -> str:
     return shard_url
 
 
+def _scan_item(shared: tuple[dict[str, Any] | None, bool], item: tuple[int, str]) -> ShardScan:
+    """One remote engine task: scan the shard ``item = (position, url)``."""
+    return scan_shard(item[1], shared[0], shared[1])
+
+
+def _scans(
+    urls: list[str],
+    workers: int,
+    sha256: bool,
+    storage_options: dict[str, Any] | None,
+    engine: str,
+    ray_address: str | None,
+) -> Iterator[tuple[int, ShardScan]]:
+    """``(position, scan)`` of every shard as scans finish: in a local thread pool or on ``engine``."""
+    from shardpipe.write.engines import map_engine
+
+    remote_map = map_engine(engine)
+    if remote_map is not None:
+        items = list(enumerate(urls))
+        for (i, _), scan in remote_map(
+            _scan_item, (storage_options, sha256), items, lambda it: f"indexing shard {it[1]}", address=ray_address
+        ):
+            yield i, scan
+        return
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="shardpipe-index") as pool:
+        futures = {pool.submit(scan_shard, u, storage_options, sha256): i for i, u in enumerate(urls)}
+        for fut in as_completed(futures):
+            yield futures[fut], fut.result()
+
+
 def index_shards(
     urls: str | Sequence[str],
     output: str,
@@ -124,12 +154,15 @@ def index_shards(
     sha256: bool = False,
     storage_options: dict[str, Any] | None = None,
     progress: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
 ) -> dict[str, Any]:
     """Scan ``urls`` (brace pattern, ``::``-joined or list) in parallel; write ``output`` and its index.
 
     Writes the manifest ``ShardWriter`` writes (per shard: samples, bytes, and sha256
     with ``sha256=True``) and the index sidecar beside it (``manifest.index``). Shards
-    keep the order given. Returns the manifest.
+    keep the order given. Returns the manifest. ``engine="ray"`` scans each shard in a
+    Ray task (``ray_address``: the cluster to join) instead of ``workers`` local threads.
     """
     from tqdm import tqdm
 
@@ -137,15 +170,10 @@ def index_shards(
 
     shard_urls = [s.url for s in expand_urls(urls, storage_options)]
     scans: list[ShardScan | None] = [None] * len(shard_urls)
-    with (
-        ThreadPoolExecutor(max(1, workers), thread_name_prefix="shardpipe-index") as pool,
-        tqdm(total=len(shard_urls), unit="shard", disable=not progress, dynamic_ncols=True) as bar,
-    ):
-        futures = {pool.submit(scan_shard, u, storage_options, sha256): i for i, u in enumerate(shard_urls)}
+    with tqdm(total=len(shard_urls), unit="shard", disable=not progress, dynamic_ncols=True) as bar:
         samples = 0
-        for fut in as_completed(futures):
-            scan = fut.result()
-            scans[futures[fut]] = scan
+        for i, scan in _scans(shard_urls, workers, sha256, storage_options, engine, ray_address):
+            scans[i] = scan
             samples += scan.index.samples
             bar.update(1)
             bar.set_postfix(samples=samples, refresh=False)
