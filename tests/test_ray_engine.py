@@ -70,10 +70,12 @@ class DyingSource(FolderSource):
         return super().load(record)
 
 
-def test_ray_writes_the_local_engines_bytes(ray_cluster, images: Path, local_out: Path, tmp_path: Path):
-    summary = write_shards(str(images), str(tmp_path / "s-%03d.tar"), engine="ray", **OPTIONS)
-    assert files(tmp_path) == files(local_out)  # 7 shards and the manifest, byte for byte
-    assert summary.written_now == 26 and summary.shards == 7 and [s.name for s in summary.skipped] == ["im007b.jpg"]
+def test_ray_writes_the_local_engines_bytes(ray_cluster, images: Path, local_out: Path, tmp_path: Path, capsys):
+    argv = ["--maxcount", "4", "--shuffle", "--seed", "5", "--presize", "40", "--quality", "80"]
+    assert main(["write", str(images), str(tmp_path / "s-%03d.tar"), *argv, "--engine", "ray", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    assert files(tmp_path) == files(local_out)  # 7 shards, the manifest and its index sidecar, byte for byte
+    assert "wrote 26 samples into 7 shards" in text and "im007b.jpg: unreadable image" in text
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     # shard 0 holds the first 4 inputs of the shuffled listing whatever was skipped: counts are planned
     assert sum(s["samples"] for s in manifest["shards"]) == 26 and len(manifest["shards"]) == 7
