@@ -97,7 +97,7 @@ def test_a_killed_worker_is_retried_and_the_output_is_unchanged(
 def test_a_task_that_keeps_failing_is_reported_and_the_rest_resumes(
     ray_cluster, images: Path, local_out: Path, tmp_path: Path, monkeypatch
 ):
-    from shardpipe.write import ray_engine
+    from shardpipe.write.engines import ray as ray_engine
 
     monkeypatch.setattr(ray_engine, "MAX_RETRIES", 1)
     monkeypatch.setattr(planned, "SAVE_INTERVAL", 0.0)
@@ -204,7 +204,7 @@ def test_ray_engine_refuses_maxsize(images: Path, tmp_path: Path, capsys):
 
 def test_without_ray_the_engine_says_how_to_install_it(images: Path, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if it were not installed
-    monkeypatch.delitem(sys.modules, "shardpipe.write.ray_engine", raising=False)
+    monkeypatch.delitem(sys.modules, "shardpipe.write.engines.ray", raising=False)
     with pytest.raises(ImportError, match=r"the 'ray' engine needs .* pip install \"shardpipe\[ray\]\""):
         write_engine("ray")
     rc = main(["write", str(images), str(tmp_path / "s-%03d.tar"), "--engine", "ray", "--no-progress"])

@@ -24,8 +24,8 @@ class Engine(NamedTuple):
 ENGINES: dict[str, Engine] = {
     "local": Engine("shardpipe.write.plan:run_local", None, None),
     "ray": Engine(
-        "shardpipe.write.ray_engine:run_ray",
-        "shardpipe.write.ray_engine:map_ray",
+        "shardpipe.write.engines.ray:run_ray",
+        "shardpipe.write.engines.ray:map_ray",
         'pip install "shardpipe[ray]"  (or: pip install ray)',
     ),  # fmt: skip
 }
