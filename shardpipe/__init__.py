@@ -7,7 +7,7 @@ and read single samples with ``IndexedDataset``. The stages in ``shardpipe.stage
 custom pipelines.
 """
 
-from shardpipe.batchdecode.core import BatchDecodeLoader, resolve_batch_decoder
+from shardpipe.batchdecode import BatchDecodeLoader, resolve_batch_decoder
 from shardpipe.dataset import ShardDataset
 from shardpipe.errors import (
     CorruptShardError,

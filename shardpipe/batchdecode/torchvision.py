@@ -17,9 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shardpipe.batchdecode.core import BatchDecoder, Encoded, as_array
+from shardpipe.batchdecode.base import BatchDecoder, Encoded, as_array
+from shardpipe.batchdecode.registry import BATCH_DECODERS
 
-INSTALL_HINT = "pip install torchvision (the build matching your CUDA torch)"
+INSTALL_HINT = BATCH_DECODERS["torchvision"].install
 
 
 def import_torchvision_io() -> Any:
