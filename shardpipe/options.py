@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
-from shardpipe.split.plan import POLICIES as EPOCH_POLICIES
+from shardpipe.split.policies import EPOCH_POLICIES
 from shardpipe.stages.decode import IMAGE_MODES as DECODE_MODES
 
 if TYPE_CHECKING:
@@ -124,7 +124,9 @@ class SplitOptions:
         if self.split not in SPLITS:
             raise ValueError(f"split must be 'auto', 'shards' or 'samples', not {self.split!r}")
         if self.epoch_policy not in ("auto", *EPOCH_POLICIES):
-            raise ValueError(f"epoch_policy must be 'auto' or one of {EPOCH_POLICIES}, not {self.epoch_policy!r}")
+            raise ValueError(
+                f"epoch_policy must be 'auto' or one of {tuple(EPOCH_POLICIES)}, not {self.epoch_policy!r}"
+            )
         _check_count("samples_per_epoch", self.samples_per_epoch, 1)
         if self.epoch_policy == "resample" and not self.samples_per_epoch:
             raise ValueError("epoch_policy='resample' needs samples_per_epoch (the epoch length over all ranks)")

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shardpipe.errors import DecodeError, ErrorHandler, Policy
+from shardpipe.errors import DecodeError, ErrorHandler, OnError
 from shardpipe.image.normalize import normalize
 
 Encoded = bytes | bytearray | memoryview | np.ndarray
@@ -62,7 +62,7 @@ def as_array(item: Encoded) -> np.ndarray:
 
 
 class BatchDecoder:
-    """Base class: options, output dtype, error policy and the batch-dict helper.
+    """Base class: options, output dtype, on_error and the batch-dict helper.
 
     Subclasses implement ``decode(encoded, keys) -> (tensor, kept)`` where ``kept`` lists
     the input positions that made it into the tensor, in order.
@@ -82,7 +82,7 @@ class BatchDecoder:
         normalize: tuple[Sequence[float], Sequence[float]] | None = None,
         dtype: torch.dtype | str = torch.uint8,
         seed: int | None = None,
-        on_error: Policy = "raise",
+        on_error: OnError = "raise",
     ):
         self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if min(self.size) < 1:
@@ -120,7 +120,7 @@ class BatchDecoder:
         raise NotImplementedError
 
     def __call__(self, encoded: Sequence[Encoded]) -> torch.Tensor:
-        """Decode a batch into one ``(N, C, H, W)`` tensor (bad images dropped per policy)."""
+        """Decode a batch into one ``(N, C, H, W)`` tensor (bad images dropped per on_error)."""
         return self.decode(encoded)[0]
 
     def decode_batch(self, batch: BatchDict, image_field: str = "jpg") -> BatchDict:
@@ -138,7 +138,7 @@ class BatchDecoder:
 
     # -- shared helpers -----------------------------------------------------------------
     def _bad(self, index: int, keys: Sequence[str] | None, reason: str) -> None:
-        """Apply the error policy to the image at ``index`` (raises under "raise")."""
+        """Apply on_error to the image at ``index`` (raises under "raise")."""
         where = f"sample {keys[index]!r}" if keys is not None else f"batch item {index}"
         self.errors(DecodeError(f"{where}: image does not decode ({reason})"))
 

@@ -48,7 +48,7 @@ class TorchvisionGpuBatchDecoder(BatchDecoder):
         self.device = torch.device(device)
 
     def _decode_all(self, arrays: list[np.ndarray], keys: Sequence[str] | None) -> list[torch.Tensor | None]:
-        """Decode every image (``None`` for bad ones, reported through the error policy)."""
+        """Decode every image (``None`` for bad ones, reported through on_error)."""
         from shardpipe.image.decoders import get_decoder
 
         rgb = self._io.ImageReadMode.RGB

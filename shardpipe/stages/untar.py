@@ -34,7 +34,7 @@ class Untar(Stage[Member]):
     source's state, the shard being read, the byte offset after the last member
     returned and the sample position there, so ``reset`` reopens the shard at that
     point (a seek for plain tar; a discard of decompressed bytes for gzip).
-    A broken shard goes to the error policy: the error names the shard and offset; under
+    A broken shard goes to on_error: the error names the shard and offset; under
     skip/warn the rest of that shard is skipped and counted.
 
     At the end of each shard its sample count is compared with the manifest's (when
@@ -144,7 +144,7 @@ class Untar(Stage[Member]):
             return member
 
     def _failed(self, error: ShardpipeError) -> None:
-        """Apply the error policy; give up when too many shards in a row failed."""
+        """Apply on_error; give up when too many shards in a row failed."""
         self._failures += 1
         if self.give_up_after is not None and self._failures >= self.give_up_after:
             raise ShardReadError(
