@@ -20,6 +20,7 @@ from shardpipe.errors import (
     TruncatedShardError,
     WorkerStallError,
 )
+from shardpipe.format.tar.writer import TarWriter
 from shardpipe.image.normalize import normalize
 from shardpipe.indexed import IndexedDataset
 from shardpipe.loader import ShardLoader
@@ -28,7 +29,7 @@ from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOpt
 from shardpipe.serve.client import RemoteError, RemoteLoader
 from shardpipe.write.index_job import index_shards
 from shardpipe.write.job import WriteSummary, write_shards
-from shardpipe.write.shard_writer import ShardWriter, TarWriter
+from shardpipe.write.shard_writer import ShardWriter
 
 __version__ = "0.1.0"
 
