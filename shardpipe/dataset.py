@@ -267,7 +267,6 @@ class ShardDataset(IterableDataset):
     def _context(self, epoch: int | None = None, rotation: int = 0) -> Context:
         rank, world = self.rank_and_world()
         info = get_worker_info()
-        io = self.open_options
         progress = None
         if info is not None:
             progress = ProgressMarker(self.progress, info.id, {s.url: s.index for s in self.shards})
@@ -282,9 +281,6 @@ class ShardDataset(IterableDataset):
             worker=(info.id + rotation) % info.num_workers if info else 0,
             num_workers=info.num_workers if info else 1,
             errors=ErrorHandler(self.on_error),
-            storage_options=dict(io.storage_options) if io.storage_options is not None else None,
-            open_options=io.open_shard_keywords(),
-            prefetch=io.prefetch,
         )
 
     def resolved_policy(self, world_size: int) -> str:
@@ -305,7 +301,7 @@ class ShardDataset(IterableDataset):
 
     def _untar(self, give_up_after: int | None = None) -> Untar:
         io = self.open_options
-        return Untar(give_up_after=give_up_after, max_member_size=io.max_member_size, verify=io.verify)
+        return Untar(io.opener(), give_up_after, max_member_size=io.max_member_size, verify=io.verify)
 
     def _shard_stages(self, ctx: Context) -> list[Stage[Any]]:
         """The stages up to grouped samples, per the epoch policy."""

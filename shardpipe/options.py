@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
+from shardpipe.io.opener import ShardOpener
 from shardpipe.split.policies import EPOCH_POLICIES
 from shardpipe.stages.decode import IMAGE_MODES as DECODE_MODES
 
@@ -75,14 +76,16 @@ class OpenOptions:
         if self.cache_size is not None and self.cache_dir is None:
             raise ValueError("cache_size limits a cache: give cache_dir too")
 
-    def open_shard_keywords(self) -> dict[str, Any]:
-        """The ``shardpipe.io.files.open_shard`` keywords besides storage_options."""
-        return {
-            "cache_dir": self.cache_dir,
-            "cache_size": self.cache_size,
-            "read_options": self.read_options,
-            "allow_pipe": self.allow_pipe,
-        }
+    def opener(self) -> ShardOpener:
+        """A new ``Untar`` opener with these settings (one per pipeline: it owns threads)."""
+        return ShardOpener(
+            self.prefetch,
+            storage_options=dict(self.storage_options) if self.storage_options is not None else None,
+            cache_dir=self.cache_dir,
+            cache_size=self.cache_size,
+            read_options=self.read_options,
+            allow_pipe=self.allow_pipe,
+        )
 
 
 @dataclass(frozen=True)
