@@ -39,6 +39,10 @@ class CorruptShardError(ShardpipeError):
     """A tar stream that is not a valid tar archive (bad header, bad gzip data)."""
 
 
+class DuplicateMemberError(CorruptShardError):
+    """A sample with two members of one extension (its members are not consecutive, or repeated)."""
+
+
 class DecodeError(ShardpipeError):
     """A member whose bytes do not decode (corrupt image, bad JSON, bad label)."""
 

@@ -174,7 +174,7 @@ def test_duplicate_extension_in_one_sample(tmp_path: Path):
     with pytest.raises(CorruptShardError, match="sample 'k' in shard .*dup.tar has two 'jpg' members"):
         read_raw([str(path)])
     got, ctx = read_raw([str(path)], on_error="skip")
-    assert [s["__key__"] for s in got] == ["m"] and ctx.errors.counts["CorruptShardError"] == 1
+    assert [s["__key__"] for s in got] == ["m"] and ctx.errors.counts["DuplicateMemberError"] == 1
 
 
 def test_member_offsets_are_resume_points(tmp_path: Path):
