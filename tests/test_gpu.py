@@ -153,7 +153,9 @@ def test_dali_in_cpu_mode_through_resolve(photos):
 
 
 def test_unknown_decoder_name():
-    with pytest.raises(ValueError, match=r"batch decoder must be one of 'auto', 'cpu', 'dali', 'torchvision', not 'nvjpeg'"):
+    with pytest.raises(
+        ValueError, match=r"batch decoder must be one of 'auto', 'cpu', 'dali', 'torchvision', not 'nvjpeg'"
+    ):
         resolve_batch_decoder("nvjpeg")
 
 
