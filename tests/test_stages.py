@@ -32,6 +32,7 @@ from shardpipe.stages import (
     Untar,
     expand_urls,
 )
+from shardpipe.stages.block import BlockShuffleSamples
 
 from .helpers import make_samples, write_shards
 
@@ -56,7 +57,11 @@ def gen_pairs(it):
             buf.clear()
 
 
+#: an indexed copy of the test shards (written by ShardWriter, so with manifest.index), set by the fixture
+INDEXED: list = []
+
 CHAINS: dict[str, Callable[[list], list]] = {
+    "block-shuffle": lambda sh: [BlockShuffleSamples(INDEXED[0], block_size=4, policy="pad")],
     "shards": lambda sh: [ShardList(sh, shuffle=True)],
     "split-shards": lambda sh: [ShardList(sh, shuffle=True), SplitShards()],
     "split-shards-worker": lambda sh: [ShardList(sh, shuffle=True), SplitShards("worker"), Untar(), GroupSamples()],
@@ -133,6 +138,13 @@ CHAINS: dict[str, Callable[[list], list]] = {
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     urls = write_shards(root, make_samples(23), [6, 1, 9, 7])
+    from shardpipe import ShardWriter
+    from shardpipe.indexed import IndexedShards
+
+    with ShardWriter(str(root / "indexed-%02d.tar"), maxcount=6) as w:
+        for sample in make_samples(23):
+            w.write(sample)
+    INDEXED[:] = [IndexedShards(str(root / "manifest.json"))]
     return expand_urls(urls)
 
 
