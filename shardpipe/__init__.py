@@ -7,7 +7,7 @@ and read single samples with ``IndexedDataset``. The stages in ``shardpipe.stage
 custom pipelines.
 """
 
-from shardpipe.batchdecode.core import BatchDecodeLoader, resolve_batch_decoder
+from shardpipe.batchdecode import BatchDecodeLoader, resolve_batch_decoder
 from shardpipe.dataset import ShardDataset
 from shardpipe.errors import (
     CorruptShardError,
@@ -20,6 +20,7 @@ from shardpipe.errors import (
     TruncatedShardError,
     WorkerStallError,
 )
+from shardpipe.format.tar.writer import TarWriter
 from shardpipe.image.normalize import normalize
 from shardpipe.indexed import IndexedDataset
 from shardpipe.loader import ShardLoader
@@ -28,7 +29,7 @@ from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOpt
 from shardpipe.serve.client import RemoteError, RemoteLoader
 from shardpipe.write.index_job import index_shards
 from shardpipe.write.job import WriteSummary, write_shards
-from shardpipe.write.shard_writer import ShardWriter, TarWriter
+from shardpipe.write.shard_writer import ShardWriter
 
 __version__ = "0.1.0"
 

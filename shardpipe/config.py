@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from shardpipe import augment
+import shardpipe.augment as augment
 from shardpipe.dataset import ShardDataset
 from shardpipe.loader import ShardLoader
 from shardpipe.mix import MixedDataset

@@ -10,19 +10,18 @@ from typing import Any
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from shardpipe.errors import ErrorHandler, Policy
+from shardpipe.errors import ErrorHandler, OnError
 from shardpipe.indexed import block_shuffle_source
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions, build_groups
 from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, shards_digest
-from shardpipe.split.plan import ResampledShards, plan_ranges
-from shardpipe.stages.base import Context, Map, Pipeline, Stage, State, Take
+from shardpipe.split.policies import EpochRequest, epoch_stages
+from shardpipe.stages.base import Context, Pipeline, Stage, State
 from shardpipe.stages.batch import Batch
 from shardpipe.stages.block import BlockShuffleSamples
 from shardpipe.stages.buffers import BatchBuffers
 from shardpipe.stages.decode import Decode
 from shardpipe.stages.fields import RequireFields
-from shardpipe.stages.samples import GroupSamples, SplitSamples
-from shardpipe.stages.shards import Shard, ShardList, SplitShards, expand_urls
+from shardpipe.stages.shards import Shard, expand_urls
 from shardpipe.stages.shuffle import Shuffle
 from shardpipe.stages.untar import Untar
 from shardpipe.stats import SharedStats
@@ -133,7 +132,7 @@ class ShardDataset(IterableDataset):
         urls: str | Sequence[str],
         *groups: OpenOptions | SplitOptions | DecodeOptions | BatchOptions,
         require: Sequence[str] = (),
-        on_error: Policy = "raise",
+        on_error: OnError = "raise",
         **options: Any,
     ):
         super().__init__()
@@ -268,7 +267,6 @@ class ShardDataset(IterableDataset):
     def _context(self, epoch: int | None = None, rotation: int = 0) -> Context:
         rank, world = self.rank_and_world()
         info = get_worker_info()
-        io = self.open_options
         progress = None
         if info is not None:
             progress = ProgressMarker(self.progress, info.id, {s.url: s.index for s in self.shards})
@@ -283,34 +281,7 @@ class ShardDataset(IterableDataset):
             worker=(info.id + rotation) % info.num_workers if info else 0,
             num_workers=info.num_workers if info else 1,
             errors=ErrorHandler(self.on_error),
-            storage_options=dict(io.storage_options) if io.storage_options is not None else None,
-            open_options=io.open_shard_keywords(),
-            prefetch=io.prefetch,
         )
-
-    def _split_mode(self, ctx: Context) -> str:
-        split = self.split_options.split
-        if split != "auto":
-            if split == "shards" and len(self.shards) < ctx.split_count and ctx.split_index == 0:
-                log.warning(
-                    "%d shards for %d consumers (ranks x workers): %d will get no data; "
-                    "use split='samples' or write more shards",
-                    len(self.shards),
-                    ctx.split_count,
-                    ctx.split_count - len(self.shards),
-                )
-            return split
-        if len(self.shards) >= ctx.split_count:
-            return "shards"
-        if ctx.split_index == 0:
-            log.warning(
-                "%d shards for %d consumers (ranks x workers): splitting by sample instead, so "
-                "every consumer reads all shards; write at least %d shards for best throughput",
-                len(self.shards),
-                ctx.split_count,
-                ctx.split_count,
-            )
-        return "samples"
 
     def resolved_policy(self, world_size: int) -> str:
         """The epoch policy in effect for ``world_size`` ranks (resolving ``auto``)."""
@@ -330,47 +301,17 @@ class ShardDataset(IterableDataset):
 
     def _untar(self, give_up_after: int | None = None) -> Untar:
         io = self.open_options
-        return Untar(give_up_after=give_up_after, max_member_size=io.max_member_size, verify=io.verify)
+        return Untar(io.opener(), give_up_after, max_member_size=io.max_member_size, verify=io.verify)
 
     def _shard_stages(self, ctx: Context) -> list[Stage[Any]]:
         """The stages up to grouped samples, per the epoch policy."""
-        shuffle = self.buffer_size > 0
-        policy = self.resolved_policy(ctx.world_size)
         if self.indexed is not None:
-            return [BlockShuffleSamples(self.indexed, self.shuffle_block_size, policy)]
-        if policy in ("drop", "pad"):
-
-            def ranges(c: Context) -> list[Shard]:
-                return plan_ranges(
-                    self.shards,
-                    seed=c.seed,
-                    epoch=c.epoch,
-                    rank=c.rank,
-                    world_size=c.world_size,
-                    worker=c.worker,
-                    num_workers=c.num_workers,
-                    shuffle=shuffle,
-                    policy=policy,
-                )
-
-            stages: list[Stage[Any]] = [ShardList(self.shards, plan=ranges), self._untar(), GroupSamples()]
-            if policy == "pad":
-                stages.append(Map(_mark_real))
-            return stages
-        if policy == "resample":
-            samples_per_epoch = self.split_options.samples_per_epoch
-            assert samples_per_epoch
-            budget = samples_per_epoch // ctx.split_count
-            draws = ShardList(self.shards, plan=lambda c: ResampledShards(self.shards, c.seed, c.epoch, c.split_index))
-            return [draws, self._untar(max(64, 2 * len(self.shards))), GroupSamples(), Take(budget)]
-        mode = self._split_mode(ctx)
-        stages = [ShardList(self.shards, shuffle=shuffle)]
-        if mode == "shards" and ctx.split_count > 1:
-            stages.append(SplitShards("all"))
-        stages += [self._untar(), GroupSamples()]
-        if mode == "samples" and ctx.split_count > 1:
-            stages.append(SplitSamples())
-        return stages
+            return [BlockShuffleSamples(self.indexed, self.shuffle_block_size, self.resolved_policy(ctx.world_size))]
+        split = self.split_options
+        request = EpochRequest(
+            self.shards, ctx, self.buffer_size > 0, split.split, split.samples_per_epoch, untar=self._untar
+        )
+        return epoch_stages(self.resolved_policy(ctx.world_size), request)
 
     def build_pipeline(self, ctx: Context | None = None) -> Pipeline:
         """The stage chain this dataset runs (also useful to inspect or extend)."""
@@ -491,12 +432,6 @@ class _Pass:
     def __init__(self, ctx: Context, resume: State | None):
         self.ctx, self.resume = ctx, resume
         self.pipeline: Pipeline | None = None
-
-
-def _mark_real(sample: dict[str, Any]) -> dict[str, Any]:
-    """Under the pad policy every sample carries ``__pad__`` (True only on repeats)."""
-    sample.setdefault("__pad__", False)
-    return sample
 
 
 class _StatsFlusher:

@@ -1,7 +1,7 @@
-"""Error types and the error policy (raise, warn or skip) with counters.
+"""Error types and ``on_error`` (raise, warn or skip) with counters.
 
-Every recoverable problem in the pipeline is one of the exception types below. The
-policy decides what happens: ``raise`` stops the epoch with the error, ``warn`` logs
+Every recoverable problem in the pipeline is one of the exception types below.
+``on_error`` decides what happens: ``raise`` stops the epoch with the error, ``warn`` logs
 it and skips the item, ``skip`` skips it quietly. Skips are always counted, so an
 epoch that lost data says so.
 """
@@ -14,8 +14,9 @@ from typing import Literal
 
 log = logging.getLogger("shardpipe")
 
-Policy = Literal["raise", "warn", "skip"]
-POLICIES: tuple[str, ...] = ("raise", "warn", "skip")
+#: what bad data does: raise, warn (log and skip) or skip (count only)
+OnError = Literal["raise", "warn", "skip"]
+ON_ERROR: tuple[str, ...] = ("raise", "warn", "skip")
 
 
 class ShardpipeError(Exception):
@@ -38,6 +39,10 @@ class CorruptShardError(ShardpipeError):
     """A tar stream that is not a valid tar archive (bad header, bad gzip data)."""
 
 
+class DuplicateMemberError(CorruptShardError):
+    """A sample with two members of one extension (its members are not consecutive, or repeated)."""
+
+
 class DecodeError(ShardpipeError):
     """A member whose bytes do not decode (corrupt image, bad JSON, bad label)."""
 
@@ -58,23 +63,23 @@ class MissingFieldError(ShardpipeError, KeyError):
 
 
 class ErrorHandler:
-    """Applies a policy to errors and counts what was skipped, by error type.
+    """Applies ``on_error`` to errors and counts what was skipped, by error type.
 
     (``ShardDataset`` adds these counts into shared memory, so the counts from
     DataLoader workers reach the main process: ``dataset.stats.errors()``.)
     """
 
-    def __init__(self, policy: Policy = "raise"):
-        if policy not in POLICIES:
-            raise ValueError(f"error policy must be one of {POLICIES}, not {policy!r}")
-        self.policy = policy
+    def __init__(self, on_error: OnError = "raise"):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, not {on_error!r}")
+        self.on_error = on_error
         self.counts: Counter[str] = Counter()
 
     def __call__(self, exc: Exception) -> None:
-        """Raise ``exc`` under the raise policy; otherwise count (and maybe log) it."""
-        if self.policy == "raise":
+        """Raise ``exc`` under ``on_error="raise"``; otherwise count (and maybe log) it."""
+        if self.on_error == "raise":
             raise exc
         name = type(exc).__name__
         self.counts[name] += 1
-        if self.policy == "warn":
+        if self.on_error == "warn":
             log.warning("skipped: %s: %s", name, exc)

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
-from shardpipe.split.plan import POLICIES as EPOCH_POLICIES
+from shardpipe.io.opener import ShardOpener
+from shardpipe.split.policies import EPOCH_POLICIES
 from shardpipe.stages.decode import IMAGE_MODES as DECODE_MODES
 
 if TYPE_CHECKING:
@@ -75,14 +76,16 @@ class OpenOptions:
         if self.cache_size is not None and self.cache_dir is None:
             raise ValueError("cache_size limits a cache: give cache_dir too")
 
-    def open_shard_keywords(self) -> dict[str, Any]:
-        """The ``shardpipe.io.files.open_shard`` keywords besides storage_options."""
-        return {
-            "cache_dir": self.cache_dir,
-            "cache_size": self.cache_size,
-            "read_options": self.read_options,
-            "allow_pipe": self.allow_pipe,
-        }
+    def opener(self) -> ShardOpener:
+        """A new ``Untar`` opener with these settings (one per pipeline: it owns threads)."""
+        return ShardOpener(
+            self.prefetch,
+            storage_options=dict(self.storage_options) if self.storage_options is not None else None,
+            cache_dir=self.cache_dir,
+            cache_size=self.cache_size,
+            read_options=self.read_options,
+            allow_pipe=self.allow_pipe,
+        )
 
 
 @dataclass(frozen=True)
@@ -124,7 +127,9 @@ class SplitOptions:
         if self.split not in SPLITS:
             raise ValueError(f"split must be 'auto', 'shards' or 'samples', not {self.split!r}")
         if self.epoch_policy not in ("auto", *EPOCH_POLICIES):
-            raise ValueError(f"epoch_policy must be 'auto' or one of {EPOCH_POLICIES}, not {self.epoch_policy!r}")
+            raise ValueError(
+                f"epoch_policy must be 'auto' or one of {tuple(EPOCH_POLICIES)}, not {self.epoch_policy!r}"
+            )
         _check_count("samples_per_epoch", self.samples_per_epoch, 1)
         if self.epoch_policy == "resample" and not self.samples_per_epoch:
             raise ValueError("epoch_policy='resample' needs samples_per_epoch (the epoch length over all ranks)")

@@ -19,5 +19,6 @@ def dataset_dir(tmp_path: Path) -> tuple[list[str], list[dict]]:
     urls = write_shards(tmp_path, samples, [10, 3, 12, 9, 1, 16, 8])
     return urls, samples
 
+
 # real S3/GCS/HTTP servers and fault proxies for the object-storage tests (issue 5)
 pytest_plugins = ["tests.servers.fixtures"]

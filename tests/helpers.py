@@ -64,8 +64,14 @@ def write_manifest_dataset(root: Path, samples: list[dict], counts: list[int], c
     return str(manifest)
 
 
-#: every registered image decoder backend
-DECODER_BACKENDS = ["pil", "native", "turbo", "simplejpeg", "jpeg4py", "cv2"]
+def _decoder_backends() -> list[str]:
+    from shardpipe.image.decoders import decoder_names
+
+    return decoder_names()
+
+
+#: every registered image decoder backend (from the registry: a new backend is tested without a list to edit)
+DECODER_BACKENDS = _decoder_backends()
 
 
 def decoder_or_skip(name: str):
@@ -85,3 +91,11 @@ def payload(n: int, seed: int) -> bytes:
     import random
 
     return random.Random(seed).randbytes(n)
+
+
+def ks_statistic(a, b) -> float:
+    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two empirical CDFs."""
+    grid = np.sort(np.concatenate([a, b]))
+    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
+    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
+    return float(np.abs(cdf_a - cdf_b).max())

@@ -38,6 +38,8 @@ from shardpipe.augment import (
 from shardpipe.devtools.synth import make_image
 from shardpipe.image.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 
+from .helpers import ks_statistic
+
 
 def photo(size=(160, 120), index=1) -> np.ndarray:
     return np.asarray(make_image(index, size=size))
@@ -73,14 +75,6 @@ def torchvision_box(height: int, width: int, r: random.Random, scale=(0.08, 1.0)
     else:
         w, h = width, height
     return (height - h) // 2, (width - w) // 2, h, w
-
-
-def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sample Kolmogorov-Smirnov distance between the empirical distributions."""
-    grid = np.sort(np.concatenate([a, b]))
-    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
-    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
-    return float(np.abs(cdf_a - cdf_b).max())
 
 
 @pytest.mark.parametrize("shape", [(375, 500), (500, 375), (100, 400), (64, 64)])

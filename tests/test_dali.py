@@ -18,6 +18,8 @@ from shardpipe.devtools.synth import make_jpeg  # noqa: E402
 from shardpipe.errors import DecodeError  # noqa: E402
 from shardpipe.image.decoders.pil import PilDecoder  # noqa: E402
 
+from .helpers import ks_statistic  # noqa: E402
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 
 
@@ -144,14 +146,6 @@ def read_boxes(out: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     left = np.where(flipped, cx + sx * ow, cx) + 0.5  # flipped: value = left + w - (j+0.5)*w/ow - 0.5
     top = cy + 0.5
     return np.stack([top, left, h, w], 1), flipped
-
-
-def ks_statistic(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sample Kolmogorov-Smirnov statistic: the largest gap between the two CDFs."""
-    grid = np.sort(np.concatenate([a, b]))
-    cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
-    cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
-    return float(np.abs(cdf_a - cdf_b).max())
 
 
 def test_read_boxes_recovers_known_crop_boxes():

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shardpipe.devtools.fuzz import check_gzip, check_jpeg, check_tar, mutate, read_tar, seed_inputs
-from shardpipe.write.shard_writer import TarWriter
+from shardpipe.format.tar.writer import TarWriter
 
 SEEDS = seed_inputs()
 CORPUS = Path(__file__).parent / "fuzz_corpus"

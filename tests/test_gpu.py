@@ -14,8 +14,8 @@ from PIL import Image
 
 import shardpipe
 from shardpipe.augment import CenterCrop, Resize
-from shardpipe.batchdecode import core
-from shardpipe.batchdecode.core import BatchDecodeLoader, CpuBatchDecoder, decode_batch, resolve_batch_decoder
+from shardpipe.batchdecode import BatchDecodeLoader, decode_batch, registry, resolve_batch_decoder
+from shardpipe.batchdecode.cpu import CpuBatchDecoder
 from shardpipe.devtools.synth import make_jpeg
 from shardpipe.errors import DecodeError
 from shardpipe.image.decoders.pil import PilDecoder
@@ -125,7 +125,7 @@ def test_decode_batch_other_image_field_and_missing_field():
 # -- choosing a decoder ---------------------------------------------------------------------
 @no_cuda
 def test_auto_falls_back_to_cpu_and_says_so_once(monkeypatch, caplog):
-    monkeypatch.setattr(core, "_announced", False)
+    monkeypatch.setattr(registry, "_announced", False)
     with caplog.at_level(logging.WARNING, logger="shardpipe"):
         first = resolve_batch_decoder("auto", size=32, train=False)
         second = resolve_batch_decoder("auto", size=32, batch_size=64, device_id=0)
@@ -153,7 +153,9 @@ def test_dali_in_cpu_mode_through_resolve(photos):
 
 
 def test_unknown_decoder_name():
-    with pytest.raises(ValueError, match=r"batch decoder must be 'auto', 'dali', 'torchvision' or 'cpu', not 'nvjpeg'"):
+    with pytest.raises(
+        ValueError, match=r"batch decoder must be one of 'auto', 'cpu', 'dali', 'torchvision', not 'nvjpeg'"
+    ):
         resolve_batch_decoder("nvjpeg")
 
 

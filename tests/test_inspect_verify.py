@@ -154,17 +154,20 @@ def test_verify_and_inspect_report_a_duplicated_member(tmp_path: Path, capsys):
         shard,
         [("a.jpg", jpg), ("a.cls", b"1"), ("b.jpg", jpg), ("b.cls", b"2"), ("b.jpg", jpg[:100]), ("c.jpg", jpg)],
     )
-    problem = f"{shard}: sample 'b' has two 'jpg' members"
+    # the pipeline's own stages refuse sample 'b' (counted under on_error), so 2 samples come out
+    refused = f"sample 'b' in shard {shard} has two 'jpg' members"
+    problem = f"{shard}: {refused}"
     report = verify_shards(str(shard))
-    assert report["problems"] == [problem] and report["samples"] == 3
+    assert report["problems"] == [problem] and report["samples"] == 2
     assert main(["verify", str(shard)]) == 1
     text = capsys.readouterr().out
-    assert f"FAIL {shard}: 3 samples" in text and f"  {problem}" in text
+    assert f"FAIL {shard}: 2 samples" in text and f"  {problem}" in text
 
     summary = inspect_shards(str(shard))["shards"][0]
-    assert summary["problems"] == ["sample 'b' has two 'jpg' members"] and summary["extensions"] == {"cls": 2, "jpg": 3}
+    assert summary["problems"] == [refused] and summary["extensions"] == {"cls": 1, "jpg": 2}
+    assert summary["first_keys"] == ["a", "c"]
     assert main(["inspect", str(shard)]) == 1
-    assert "PROBLEM: sample 'b' has two 'jpg' members" in capsys.readouterr().out
+    assert f"PROBLEM: {refused}" in capsys.readouterr().out
 
 
 def test_verify_checks_id_fields_as_integers_like_the_pipeline(tmp_path: Path):

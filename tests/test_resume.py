@@ -75,7 +75,10 @@ def test_changed_world_size_or_workers_mid_epoch_is_refused(manifest):
     loader = make(manifest, 2, 6)
     batches(loader, limit=2)
     state = loader.state_dict()
-    with pytest.raises(ValueError, match=r"cannot resume mid-epoch with world_size=1, num_workers=3 .*saved with world_size=1, num_workers=2"):
+    with pytest.raises(
+        ValueError,
+        match=r"cannot resume mid-epoch with world_size=1, num_workers=3 .*saved with world_size=1, num_workers=2",
+    ):
         make(manifest, 3, 6).load_state_dict(state)
     ds = ShardDataset(manifest, shuffle=6, seed=7, batch_size=4, transform=RandomResizedCrop(8), rank=0, world_size=2)
     with pytest.raises(ValueError, match="cannot resume mid-epoch with world_size=2"):

@@ -16,20 +16,11 @@ from PIL import Image
 import shardpipe
 from shardpipe.devtools.synth import make_jpeg, write_flat_folder, write_image_folder
 from shardpipe.write.job import write_shards
-from shardpipe.write.lmdb_source import resolve_callable
-from shardpipe.write.sources import (
-    CsvSource,
-    FolderSource,
-    ImageFolderSource,
-    JsonlSource,
-    LmdbSource,
-    Record,
-    RecordsSource,
-    detect_type,
-    make_key,
-    open_source,
-    unique_keys,
-)
+from shardpipe.write.sources import Record, RecordsSource, detect_type, make_key, open_source, unique_keys
+from shardpipe.write.sources.folder import FolderSource
+from shardpipe.write.sources.imagefolder import ImageFolderSource
+from shardpipe.write.sources.lists import CsvSource, JsonlSource
+from shardpipe.write.sources.lmdb import LmdbSource, resolve_callable
 
 
 def sha(data: bytes) -> str:

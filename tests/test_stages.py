@@ -11,6 +11,7 @@ import pytest
 from shardpipe.augment import RandomResizedCrop
 from shardpipe.split.plan import ResampledShards, plan_ranges
 from shardpipe.stages import (
+    Augment,
     Batch,
     Context,
     Decode,
@@ -18,6 +19,7 @@ from shardpipe.stages import (
     GeneratorStage,
     GroupSamples,
     Map,
+    ParallelMap,
     Pipeline,
     RequireFields,
     Shard,
@@ -25,10 +27,12 @@ from shardpipe.stages import (
     Shuffle,
     SplitSamples,
     SplitShards,
+    Stage,
     Take,
     Untar,
     expand_urls,
 )
+from shardpipe.stages.block import BlockShuffleSamples
 
 from .helpers import make_samples, write_shards
 
@@ -53,9 +57,15 @@ def gen_pairs(it):
             buf.clear()
 
 
+#: an indexed copy of the test shards (written by ShardWriter, so with manifest.index), set by the fixture
+INDEXED: list = []
+
 CHAINS: dict[str, Callable[[list], list]] = {
+    "block-shuffle": lambda sh: [BlockShuffleSamples(INDEXED[0], block_size=4, policy="pad")],
     "shards": lambda sh: [ShardList(sh, shuffle=True)],
     "split-shards": lambda sh: [ShardList(sh, shuffle=True), SplitShards()],
+    "split-shards-worker": lambda sh: [ShardList(sh, shuffle=True), SplitShards("worker"), Untar(), GroupSamples()],
+    "split-shards-node": lambda sh: [ShardList(sh), SplitShards("node"), Untar(), GroupSamples()],
     "untar": lambda sh: [ShardList(sh), Untar()],
     "group": lambda sh: [ShardList(sh, shuffle=True), Untar(), GroupSamples()],
     # a source without state_before(): GroupSamples snapshots the state before each member
@@ -71,7 +81,23 @@ CHAINS: dict[str, Callable[[list], list]] = {
         Filter(lambda s: s["cls"] != 2),
     ],
     "decode": lambda sh: [ShardList(sh), Untar(), GroupSamples(), Shuffle(5), Decode(transform=RandomResizedCrop(16))],
-    "decode-threads": lambda sh: [ShardList(sh, shuffle=True), Untar(), GroupSamples(), Shuffle(6), Decode(num_threads=3)],
+    "decode-encoded": lambda sh: [ShardList(sh), Untar(), GroupSamples(), Shuffle(4), Decode("encoded")],
+    "augment": lambda sh: [
+        ShardList(sh),
+        Untar(),
+        GroupSamples(),
+        Decode(),
+        Augment(RandomResizedCrop(8), num_threads=2),
+        Batch(3, drop_last=True),
+    ],
+    "parallel-map": lambda sh: [ShardList(sh), Untar(), GroupSamples(), ParallelMap(lambda s: s, num_threads=2)],
+    "decode-threads": lambda sh: [
+        ShardList(sh, shuffle=True),
+        Untar(),
+        GroupSamples(),
+        Shuffle(6),
+        Decode(num_threads=3),
+    ],
     "batch": lambda sh: [
         ShardList(sh, shuffle=True),
         Untar(),
@@ -112,6 +138,13 @@ CHAINS: dict[str, Callable[[list], list]] = {
 def shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     urls = write_shards(root, make_samples(23), [6, 1, 9, 7])
+    from shardpipe import ShardWriter
+    from shardpipe.indexed import IndexedShards
+
+    with ShardWriter(str(root / "indexed-%02d.tar"), maxcount=6) as w:
+        for sample in make_samples(23):
+            w.write(sample)
+    INDEXED[:] = [IndexedShards(str(root / "manifest.json"))]
     return expand_urls(urls)
 
 
@@ -133,6 +166,42 @@ def test_save_and_load_mid_epoch_for_every_stage(chain, split, shards):
         state = json.loads(json.dumps(p.get_state()))  # must survive JSON
         rest = [ident(x) for x in run(chain, shards, state=state, epoch=0, split=split)]
         assert head + rest == full, f"{chain}: resume after {stop} items diverged"
+
+
+def stage_classes() -> set[type]:
+    """Every Stage subclass shardpipe defines (its modules imported first, so none hides)."""
+    import importlib
+    import pkgutil
+
+    import shardpipe
+
+    for info in pkgutil.walk_packages(shardpipe.__path__, "shardpipe."):
+        if info.name.endswith("__main__"):
+            continue
+        try:
+            importlib.import_module(info.name)
+        except ImportError as e:  # an optional dependency (DALI, webdataset, ...) is missing
+            if (e.name or "").startswith("shardpipe"):
+                raise
+    found, todo = set(), [Stage]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub.__module__.startswith("shardpipe.") and sub not in found:
+                found.add(sub)
+                todo.append(sub)
+    return found
+
+
+#: stages that are not themselves a step of a chain (with the reason)
+NOT_A_STEP = {Pipeline: "runs the chains: every case above resumes through it"}
+
+
+def test_every_stage_class_has_a_resume_case(shards):
+    """Fails when a new Stage subclass has no chain in CHAINS (so no resume check)."""
+    covered = {type(stage) for make in CHAINS.values() for stage in make(shards)}
+    missing = stage_classes() - covered - set(NOT_A_STEP)
+    assert not missing, f"add a resume case to CHAINS for: {sorted(c.__qualname__ for c in missing)}"
+    assert {Untar, Decode, Augment, Batch} <= covered  # the discovery is real
 
 
 def test_state_is_small(shards):

@@ -11,6 +11,7 @@ import pytest
 
 import shardpipe
 from shardpipe import CorruptShardError, ShardNotFoundError, TruncatedShardError
+from shardpipe.format.fields import encode_field
 from shardpipe.format.tar.reader import TarStream
 from shardpipe.stages import GroupSamples, Pipeline, ShardList, Untar, expand_urls
 
@@ -24,7 +25,7 @@ def read_raw(urls, on_error="raise"):
 
 
 def as_bytes(sample: dict) -> dict:
-    return {k: shardpipe.write.shard_writer.encode_field(k, v) for k, v in sample.items() if not k.startswith("__")}
+    return {k: encode_field(k, v) for k, v in sample.items() if not k.startswith("__")}
 
 
 @pytest.mark.parametrize("compress", [None, "gz"])
@@ -173,7 +174,7 @@ def test_duplicate_extension_in_one_sample(tmp_path: Path):
     with pytest.raises(CorruptShardError, match="sample 'k' in shard .*dup.tar has two 'jpg' members"):
         read_raw([str(path)])
     got, ctx = read_raw([str(path)], on_error="skip")
-    assert [s["__key__"] for s in got] == ["m"] and ctx.errors.counts["CorruptShardError"] == 1
+    assert [s["__key__"] for s in got] == ["m"] and ctx.errors.counts["DuplicateMemberError"] == 1
 
 
 def test_member_offsets_are_resume_points(tmp_path: Path):

@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from shardpipe.augment import CenterCrop, Compose, RandomHorizontalFlip, RandomResizedCrop, Resize  # noqa: E402
-from shardpipe.batchdecode.core import CpuBatchDecoder  # noqa: E402
+from shardpipe.batchdecode.cpu import CpuBatchDecoder  # noqa: E402
 from shardpipe.devtools.synth import make_dataset  # noqa: E402
 from shardpipe.image.decoders import get_decoder  # noqa: E402
 

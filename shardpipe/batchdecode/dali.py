@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from shardpipe.batchdecode.core import BatchDecoder, Encoded, as_array
+from shardpipe.batchdecode.base import BatchDecoder, Encoded, as_array
+from shardpipe.batchdecode.registry import BATCH_DECODERS
 
-INSTALL_HINT = "pip install shardpipe[gpu]"
+INSTALL_HINT = BATCH_DECODERS["dali"].install
 
 #: Leading bytes of the formats DALI's decoders read (JPEG 2000 as JP2 box or codestream).
 _SIGNATURES: tuple[bytes, ...] = (
@@ -134,7 +135,7 @@ class DaliBatchDecoder(BatchDecoder):
     (DALI's CPU operators) or ``"auto"`` (GPU when usable). ``batch_size`` is the pipeline's
     largest batch: longer inputs are decoded in chunks, shorter ones as they are.
     ``decoder_options`` go to the DALI decoder op (e.g. ``hw_decoder_load``,
-    ``device_memory_padding``). Other options: see ``shardpipe.batchdecode.core``.
+    ``device_memory_padding``). Other options: see ``shardpipe.batchdecode.base``.
     """
 
     name = "dali"

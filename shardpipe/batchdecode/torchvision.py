@@ -17,9 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shardpipe.batchdecode.core import BatchDecoder, Encoded, as_array
+from shardpipe.batchdecode.base import BatchDecoder, Encoded, as_array
+from shardpipe.batchdecode.registry import BATCH_DECODERS
 
-INSTALL_HINT = "pip install torchvision (the build matching your CUDA torch)"
+INSTALL_HINT = BATCH_DECODERS["torchvision"].install
 
 
 def import_torchvision_io() -> Any:
@@ -47,7 +48,7 @@ class TorchvisionGpuBatchDecoder(BatchDecoder):
         self.device = torch.device(device)
 
     def _decode_all(self, arrays: list[np.ndarray], keys: Sequence[str] | None) -> list[torch.Tensor | None]:
-        """Decode every image (``None`` for bad ones, reported through the error policy)."""
+        """Decode every image (``None`` for bad ones, reported through on_error)."""
         from shardpipe.image.decoders import get_decoder
 
         rgb = self._io.ImageReadMode.RGB

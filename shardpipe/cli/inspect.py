@@ -17,14 +17,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from shardpipe.errors import ShardpipeError
-from shardpipe.format.sample import IMAGE_EXTENSIONS, split_name
-from shardpipe.format.tar.reader import MAX_MEMBER_SIZE, TarStream
+from shardpipe.errors import DuplicateMemberError, ErrorHandler, ShardpipeError
+from shardpipe.format.sample import IMAGE_EXTENSIONS
+from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
 from shardpipe.io.files import open_shard
 
 
-class _Counting:
-    """Hash and count the raw bytes of a shard as they are read."""
+class _Hashing:
+    """A shard's raw byte stream that hashes and counts what is read; on close it reads the
+    rest (the padding after the end-of-archive blocks belongs to the file too)."""
 
     def __init__(self, f: IO[bytes]):
         self.f = f
@@ -38,14 +39,34 @@ class _Counting:
         return data
 
     def close(self) -> None:
-        self.f.close()
+        try:
+            while self.read(1 << 20):
+                pass
+        except OSError:
+            pass  # the reader already reported why the shard stopped
+        finally:
+            self.f.close()
+
+
+class _Recording(ErrorHandler):
+    """Skip bad data as ``on_error="skip"`` does, keeping each error for the report."""
+
+    def __init__(self) -> None:
+        super().__init__("skip")
+        self.seen: list[ShardpipeError] = []
+
+    def __call__(self, exc: Exception) -> None:
+        if not isinstance(exc, ShardpipeError):
+            raise exc
+        self.seen.append(exc)
+        super().__call__(exc)
 
 
 class ShardReader:
-    """Iterate one shard's samples as ``(key, {ext: bytes})``; then read ``size``,
-    ``sha256`` (of the whole file), ``error`` (why reading stopped early, or ``None``) and
-    ``problems`` (samples the pipeline would refuse: a sample with two members of one
-    extension; the first member is the one yielded)."""
+    """Iterate one shard's samples as ``(key, {ext: bytes})`` through the pipeline's own stages
+    (ShardList, Untar, GroupSamples) with a hashing opener; then read ``size``, ``sha256``
+    (of the whole file), ``error`` (why reading stopped early, or ``None``) and ``problems``
+    (samples the pipeline refuses, such as one with two members of one extension)."""
 
     def __init__(
         self, url: str, storage_options: dict[str, Any] | None = None, max_member_size: int | None = MAX_MEMBER_SIZE
@@ -59,54 +80,40 @@ class ShardReader:
         self.problems: list[str] = []
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, bytes]]]:
+        from shardpipe.stages import Context, GroupSamples, Pipeline, ShardList, Untar
+        from shardpipe.stages.shards import Shard
+
+        streams: list[_Hashing] = []
+
+        def opener(shard: Shard, offset: int) -> IO[bytes]:
+            streams.append(_Hashing(open_shard(shard.url, offset, storage_options=self.storage_options)))
+            return streams[-1]  # type: ignore[return-value]
+
+        errors = _Recording()
+        pipeline = Pipeline(
+            [ShardList([Shard(self.url, 0)]), Untar(opener, max_member_size=self.max_member_size), GroupSamples()],
+            Context(errors=errors),
+        )
         try:
-            raw = _Counting(open_shard(self.url, storage_options=self.storage_options))
-        except (ShardpipeError, OSError) as e:
-            self.error = f"cannot open: {e}"
-            return
-        try:
-            tar = TarStream(raw, self.url, max_member_size=self.max_member_size)  # type: ignore[arg-type]
-            key, fields = None, {}
-            while True:
-                member = tar.next_member()
-                if member is None:
-                    break
-                parts = split_name(member[0])
-                if parts is None:
-                    continue
-                if parts[0] != key and key is not None:
-                    yield key, fields
-                    fields = {}
-                key, ext = parts
-                if ext in fields:  # the pipeline raises CorruptShardError for this sample
-                    self.problems.append(f"sample {key!r} has two {ext!r} members")
-                else:
-                    fields[ext] = member[1]
-            if key is not None:
-                yield key, fields
-            while raw.read(1 << 20):  # the padding after the end-of-archive blocks counts too
-                pass
-        except (ShardpipeError, OSError) as e:
-            self.error = str(e)
+            for sample in pipeline:
+                yield sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}
         finally:
-            raw.close()
-            self.size, self.sha256 = raw.size, raw.sha.hexdigest()
+            pipeline.close()
+            for e in errors.seen:
+                if isinstance(e, DuplicateMemberError):
+                    self.problems.append(str(e))
+                elif self.error is None:
+                    self.error = str(e) if streams else f"cannot open: {e}"
+            if streams:
+                self.size, self.sha256 = streams[0].size, streams[0].sha.hexdigest()
 
 
-def image_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` from the header (JPEG markers, else PIL's lazy open); None if unreadable."""
-    from shardpipe.image.decoders.jpeg import is_jpeg, read_header
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from the header (``shardpipe.image.size``); None if unreadable."""
+    from shardpipe.image.size import image_size
 
     try:
-        if is_jpeg(data):
-            h = read_header(data)
-            return h.width, h.height
-        import io
-
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as img:
-            return img.size
+        return image_size(data)
     except Exception:
         return None
 
@@ -150,7 +157,7 @@ def inspect_shard(url: str, first: int = 5, storage_options: dict[str, Any] | No
             out.first_keys.append(key)
         for ext, data in fields.items():
             if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
-                size = image_size(data)
+                size = header_size(data)
                 if size is None:
                     out.unreadable_headers += 1
                 else:

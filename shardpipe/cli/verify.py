@@ -18,9 +18,9 @@ from typing import Any
 
 from shardpipe.cli.inspect import ShardReader
 from shardpipe.errors import ShardpipeError
+from shardpipe.format.fields import decode_field, last_extension
 from shardpipe.format.sample import IMAGE_EXTENSIONS
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
-from shardpipe.stages.decode import _INT_EXTS
 from shardpipe.stages.shards import Shard, expand_urls
 
 
@@ -41,19 +41,14 @@ def check_member(ext: str, data: bytes) -> str | None:
     """Why one member is bad, or ``None`` if it reads back."""
     from shardpipe.image.decoders import get_decoder
 
-    last = ext.rsplit(".", 1)[-1]
     try:
-        if last in IMAGE_EXTENSIONS:
+        if last_extension(ext) in IMAGE_EXTENSIONS:
             try:
                 get_decoder("auto").decode(data)
             except Exception:
                 get_decoder("pil").decode(data)  # a fast backend may refuse what PIL reads
-        elif last in _INT_EXTS:  # the fields the pipeline decodes to int
-            int(data.decode("ascii").strip())
-        elif last == "json":
-            json.loads(data)
-        elif last == "txt":
-            data.decode("utf-8")
+        else:
+            decode_field(ext, data)  # ints, JSON and text as the pipeline reads them
     except Exception as e:
         return f"{type(e).__name__}: {e}"
     return None

@@ -106,7 +106,7 @@ def seed_inputs() -> dict[str, list[bytes]]:
     """Small valid inputs to mutate: plain and pax tars, a tar.gz, baseline/progressive/grey JPEGs."""
     from PIL import Image
 
-    from shardpipe.write.shard_writer import TarWriter
+    from shardpipe.format.tar.writer import TarWriter
 
     def tar(compress: str | None, key: str) -> bytes:
         out = io.BytesIO()

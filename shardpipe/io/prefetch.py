@@ -24,7 +24,7 @@ class Prefetcher:
 
     ``open_kwargs`` are passed to :func:`shardpipe.io.files.open_shard` (storage_options,
     cache_dir, read_options, ...). Errors from opening a prefetched shard are raised by
-    ``open`` for that shard, so the error policy sees them in order. Local shards are
+    ``open`` for that shard, so on_error sees them in order. Local shards are
     not prefetched (the page cache does that job).
     """
 

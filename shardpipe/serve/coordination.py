@@ -63,7 +63,7 @@ class Part:
 
 def part_pipeline(dataset: ShardDataset, part: Part) -> Pipeline:
     """The pipeline a local worker ``part.part`` of ``part.parts`` on that rank would run, at ``part.state``."""
-    # the dataset's own context (seed, error policy, open options), moved to the assigned coordinates
+    # the dataset's own context (seed, on_error), moved to the assigned coordinates
     ctx = dataclasses.replace(
         dataset._context(),
         epoch=part.epoch,

@@ -17,6 +17,9 @@ shard. Ranks therefore get equal shares, whatever the shard sizes:
 
 A rank's range is split among its DataLoader workers the same way, so every rank has the
 same per-worker sample counts and hence the same number of batches.
+
+The policies themselves (which stages each one runs) are plain functions registered by
+name in ``shardpipe.split.policies``.
 """
 
 from __future__ import annotations
@@ -27,8 +30,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from shardpipe.stages.shards import Shard, epoch_order
-
-POLICIES = ("drop", "pad", "resample", "uneven")
 
 
 def _ranges(total: int, parts: int) -> list[tuple[int, int]]:

@@ -1,9 +1,10 @@
 """Pipeline stages, in pipeline order. Each is a small resumable iterator (see ``base``)."""
 
+from shardpipe.format.fields import decode_field
 from shardpipe.format.manifest import load_manifest
 from shardpipe.stages.base import Context, Filter, GeneratorStage, Map, Pipeline, Stage, State, Take
 from shardpipe.stages.batch import Batch, collate, collate_images
-from shardpipe.stages.decode import Augment, Decode, SampleDecoder, decode_field
+from shardpipe.stages.decode import Augment, Decode, SampleDecoder
 from shardpipe.stages.fields import RequireFields
 from shardpipe.stages.parallel import ParallelMap
 from shardpipe.stages.samples import GroupSamples, SplitSamples

@@ -39,7 +39,10 @@ State = dict[str, Any]
 
 @dataclass
 class Context:
-    """What every stage of one pipeline instance shares."""
+    """What every stage of one pipeline instance shares: the epoch's split, on_error and timers.
+
+    No I/O settings: ``Untar`` gets an opener (``shardpipe.io.opener.ShardOpener``).
+    """
 
     seed: int = 0
     epoch: int = 0
@@ -52,11 +55,6 @@ class Context:
     timers: dict[str, float] = field(default_factory=dict)
     #: stage name -> items that stage produced
     counts: dict[str, int] = field(default_factory=dict)
-    storage_options: dict[str, Any] | None = None
-    #: more ``shardpipe.io.files.open_shard`` keywords: cache_dir, cache_size, read_options, allow_pipe
-    open_options: dict[str, Any] = field(default_factory=dict)
-    #: remote shards opened ahead of the one being read
-    prefetch: int = 1
     #: ``progress(stage, shard_url)``: where this consumer is (DataLoader workers publish it
     #: for the loader's stall watchdog); None = not watched
     progress: Callable[[str, str | None], None] | None = None

@@ -2,15 +2,13 @@
 
 Images become RGB uint8: ``rgb8`` (numpy HWC), ``torchrgb8`` (torch CHW) or ``pil``;
 ``encoded`` leaves them as bytes (for batched GPU decode) while decoding the rest.
-``.cls``/``.cls2``/``.index`` become int, ``.json`` a dict, ``.txt`` a str; other fields
-stay bytes. Pickled members (``.pyd``, ``.pickle``, ``.pth``) are *never* unpickled
-unless the user passes ``allow_pickle=True``: unpickling shard data runs its code.
+Other fields go through ``shardpipe.format.fields.decode_field``: ``.cls`` and the other
+integer fields become int, ``.json`` a dict, ``.txt`` a str, the rest stay bytes (pickles
+only with ``allow_pickle=True``).
 """
 
 from __future__ import annotations
 
-import json
-import pickle
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,14 +18,13 @@ import numpy as np
 from shardpipe.augment import as_transform, at_epoch, sample_rng
 from shardpipe.augment.schedule import has_schedule
 from shardpipe.errors import DecodeError
+from shardpipe.format.fields import decode_field
 from shardpipe.format.sample import IMAGE_EXTENSIONS, Sample
 from shardpipe.image.fused import build_image_fn
 from shardpipe.stages.base import State
 from shardpipe.stages.parallel import ParallelMap
 
 IMAGE_MODES = ("rgb8", "torchrgb8", "pil", "encoded")
-_INT_EXTS = {"cls", "cls2", "index", "id"}
-_PICKLE_EXTS = {"pyd", "pickle", "pkl", "pth"}
 
 
 def _convert(img: np.ndarray, mode: str) -> Any:
@@ -42,26 +39,6 @@ def _convert(img: np.ndarray, mode: str) -> Any:
     from PIL import Image
 
     return Image.fromarray(np.ascontiguousarray(img))
-
-
-def decode_field(ext: str, data: bytes, allow_pickle: bool = False) -> Any:
-    """Decode one non-image field by its extension."""
-    last = ext.rsplit(".", 1)[-1]
-    if last in _INT_EXTS:
-        return int(data)
-    if last == "json":
-        return json.loads(data)
-    if last == "txt":
-        return data.decode("utf-8")
-    if last in _PICKLE_EXTS and allow_pickle:
-        if last == "pth":
-            import io
-
-            import torch
-
-            return torch.load(io.BytesIO(data), weights_only=True)
-        return pickle.loads(data)
-    return data
 
 
 class SampleDecoder:

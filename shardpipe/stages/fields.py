@@ -10,7 +10,7 @@ from shardpipe.stages.base import Stage
 
 
 class RequireFields(Stage[Sample]):
-    """Pass samples that have every required field; the rest go to the error policy.
+    """Pass samples that have every required field; the rest go to on_error.
 
     Each entry may list alternatives separated by ``;`` (``"jpg;jpeg;png"``): the first
     present one is renamed to the first name, so downstream code sees one field name.

@@ -20,7 +20,7 @@ from shardpipe.stages.base import Stage, State
 class ParallelMap(Stage[Any]):
     """``fn(item)`` on ``num_threads`` threads (inline when num_threads == 0), order preserved.
 
-    Exceptions of type ``ShardpipeError`` go to the error policy (the item is skipped
+    Exceptions of type ``ShardpipeError`` go to on_error (the item is skipped
     under skip/warn); any other exception propagates.
     """
 

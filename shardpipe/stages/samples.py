@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shardpipe.errors import CorruptShardError
+from shardpipe.errors import DuplicateMemberError
 from shardpipe.format.sample import Sample, warn_dotted_extension
 from shardpipe.stages.base import Stage, State
 from shardpipe.stages.untar import BROKEN, Member
@@ -72,7 +72,9 @@ class GroupSamples(Stage[Sample]):
             if broken:
                 continue
             if duplicate is not None:
-                self.ctx.errors(CorruptShardError(f"sample {key!r} in shard {shard.url} has two {duplicate!r} members"))
+                self.ctx.errors(
+                    DuplicateMemberError(f"sample {key!r} in shard {shard.url} has two {duplicate!r} members")
+                )
                 continue
             return sample
 

@@ -10,7 +10,7 @@ from typing import IO
 from shardpipe.errors import CorruptShardError, ShardpipeError, ShardReadError
 from shardpipe.format.sample import split_name
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE, TarStream
-from shardpipe.io.prefetch import Prefetcher
+from shardpipe.io.opener import ShardOpener
 from shardpipe.io.verify import VerifyingReader
 from shardpipe.stages.base import Stage, State
 from shardpipe.stages.shards import Shard
@@ -27,14 +27,16 @@ Opener = Callable[[Shard, int], IO[bytes]]
 class Untar(Stage[Member]):
     """Yield a ``Member`` for every regular member of every shard, in order.
 
-    ``opener(shard, offset)`` returns a byte stream positioned at ``offset``; the default
-    goes through ``shardpipe.io.files.open_shard``. When a shard carries a sample range
+    ``opener(shard, offset)`` returns a byte stream positioned at ``offset``; the default,
+    a ``shardpipe.io.opener.ShardOpener``, goes through ``shardpipe.io.files.open_shard``
+    and opens the next shards ahead (an opener with ``ahead``/``depth`` gets the upcoming
+    shards of the plan; one with ``close`` is closed with this stage). When a shard carries a sample range
     (``start``/``stop``), members of samples outside it are stepped over unread (a seek
     on seekable streams) and the shard is closed once the range is done. State: the
     source's state, the shard being read, the byte offset after the last member
     returned and the sample position there, so ``reset`` reopens the shard at that
     point (a seek for plain tar; a discard of decompressed bytes for gzip).
-    A broken shard goes to the error policy: the error names the shard and offset; under
+    A broken shard goes to on_error: the error names the shard and offset; under
     skip/warn the rest of that shard is skipped and counted.
 
     At the end of each shard its sample count is compared with the manifest's (when
@@ -53,7 +55,7 @@ class Untar(Stage[Member]):
         verify: bool = False,
     ):
         super().__init__()
-        self.opener = opener or self._default_open
+        self.opener: Opener = opener if opener is not None else ShardOpener()
         self.max_member_size = max_member_size
         self.verify = verify
         self._verifier: VerifyingReader | None = None
@@ -67,17 +69,13 @@ class Untar(Stage[Member]):
         self._ordinal = 0  # samples started in the current shard
         self._key: str | None = None  # key of the sample being read
         self._source_state: State | None = None  # the source's state after it gave this shard
-        self._prefetcher: Prefetcher | None = None
 
-    def _default_open(self, shard: Shard, offset: int) -> IO[bytes]:
-        """Open through a ``Prefetcher``, which opens the next remote shards in the background."""
-        if self._prefetcher is None:
-            self._prefetcher = Prefetcher(
-                self.ctx.prefetch, storage_options=self.ctx.storage_options, **self.ctx.open_options
-            )
-        for upcoming in getattr(self.source, "peek", lambda k: [])(self.ctx.prefetch):
-            self._prefetcher.prefetch(upcoming.url, expected_size=upcoming.size, expected_sha256=upcoming.sha256)
-        return self._prefetcher.open(shard.url, offset, expected_size=shard.size, expected_sha256=shard.sha256)
+    def _open_stream(self, shard: Shard, offset: int) -> IO[bytes]:
+        """The opener's stream, after telling it which shards come next (for prefetching)."""
+        ahead, depth = getattr(self.opener, "ahead", None), getattr(self.opener, "depth", 0)
+        if ahead is not None and depth:
+            ahead(getattr(self.source, "peek", lambda k: [])(depth))
+        return self.opener(shard, offset)
 
     def reset(self, state: State | None = None) -> None:
         self.close()  # the shard being read and any opened ahead: the plan may differ now
@@ -96,7 +94,7 @@ class Untar(Stage[Member]):
         # gzip streams cannot seek, and a verified shard is hashed from its first byte:
         # both start at 0 and discard up to the offset
         start = 0 if compressed or verify else offset
-        stream = self.opener(shard, start)
+        stream = self._open_stream(shard, start)
         self._verifier = VerifyingReader(stream, shard.url, shard.size, shard.sha256) if verify else None
         self._tar = TarStream(self._verifier or stream, shard.url, start, compressed, self.max_member_size)
         if start != offset:
@@ -144,7 +142,7 @@ class Untar(Stage[Member]):
             return member
 
     def _failed(self, error: ShardpipeError) -> None:
-        """Apply the error policy; give up when too many shards in a row failed."""
+        """Apply on_error; give up when too many shards in a row failed."""
         self._failures += 1
         if self.give_up_after is not None and self._failures >= self.give_up_after:
             raise ShardReadError(
@@ -211,9 +209,9 @@ class Untar(Stage[Member]):
     def close(self) -> None:
         """Close the open shard and any shards opened ahead."""
         self._close()
-        if self._prefetcher is not None:
-            self._prefetcher.close()
-            self._prefetcher = None
+        close = getattr(self.opener, "close", None)
+        if close is not None:
+            close()
 
     def __del__(self) -> None:
         try:

@@ -160,7 +160,7 @@ def _loader(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, Any]:
     if kind == "shardpipe-batch":
         # workers read, untar and shuffle; the main process decodes whole batches
         # (DALI on a GPU when there is one, else crop-aware decode on CPU threads)
-        from shardpipe.batchdecode.core import BatchDecodeLoader, resolve_batch_decoder
+        from shardpipe.batchdecode import BatchDecodeLoader, resolve_batch_decoder
         from shardpipe.dataset import ShardDataset
         from shardpipe.loader import ShardLoader
 

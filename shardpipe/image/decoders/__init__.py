@@ -5,6 +5,7 @@ from shardpipe.image.decoders.registry import (
     ImageDecoder,
     ImageTooLargeError,
     available_decoders,
+    decoder_names,
     get_decoder,
     register_decoder,
 )
@@ -14,6 +15,7 @@ __all__ = [
     "ImageDecoder",
     "ImageTooLargeError",
     "available_decoders",
+    "decoder_names",
     "get_decoder",
     "register_decoder",
 ]

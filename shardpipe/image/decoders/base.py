@@ -16,6 +16,7 @@ import numpy as np
 from shardpipe.image.decoders.jpeg import JpegHeader, has_end_marker, is_jpeg, read_header
 from shardpipe.image.decoders.pil import PilDecoder
 from shardpipe.image.decoders.registry import check_size
+from shardpipe.image.size import image_size
 
 Scale = tuple[int, int]
 
@@ -57,14 +58,7 @@ class JpegBackend:
         return hdr
 
     def size(self, data: bytes) -> tuple[int, int]:
-        if is_jpeg(data):
-            try:
-                hdr = read_header(data)
-                if hdr.height > 0:
-                    return hdr.width, hdr.height
-            except ValueError:
-                pass
-        return self._pil.size(data)
+        return image_size(data)
 
     def decode(self, data: bytes) -> np.ndarray:
         return self.decode_scaled(data, (1, 1))

@@ -87,6 +87,11 @@ def register_decoder(name: str, target: str, install: str, *, auto_rank: int | N
         AUTO_ORDER.insert(min(auto_rank, len(AUTO_ORDER)), name)
 
 
+def decoder_names() -> list[str]:
+    """Names of every registered decoder, installed here or not."""
+    return list(_REGISTRY)
+
+
 def available_decoders() -> list[str]:
     """Names of the registered decoders whose libraries import here."""
     out = []

@@ -1,4 +1,4 @@
-"""Batch decode: lists of encoded images in, one ``(N, C, H, W)`` torch tensor out.
+"""Batch decoders' common base: lists of encoded images in, one ``(N, C, H, W)`` torch tensor out.
 
 DataLoader workers read, untar and shuffle compressed samples and hand whole batches of
 bytes (``ShardDataset(decode="encoded", batch_size=B)``) to the main process; a batch decoder
@@ -19,23 +19,18 @@ Every batch decoder has the same options and output contract:
 
 from __future__ import annotations
 
-import logging
-import os
-import time
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from shardpipe.errors import DecodeError, ErrorHandler, Policy
+from shardpipe.errors import DecodeError, ErrorHandler, OnError
 from shardpipe.image.normalize import normalize
 
-log = logging.getLogger("shardpipe")
-
 Encoded = bytes | bytearray | memoryview | np.ndarray
-Batch = dict[str, Any]
+#: one batch as the Batch stage yields it: field -> list or tensor, one entry per sample
+BatchDict = dict[str, Any]
 
 _DTYPES = {
     "uint8": torch.uint8,
@@ -67,7 +62,7 @@ def as_array(item: Encoded) -> np.ndarray:
 
 
 class BatchDecoder:
-    """Base class: options, output dtype, error policy and the batch-dict helper.
+    """Base class: options, output dtype, on_error and the batch-dict helper.
 
     Subclasses implement ``decode(encoded, keys) -> (tensor, kept)`` where ``kept`` lists
     the input positions that made it into the tensor, in order.
@@ -87,7 +82,7 @@ class BatchDecoder:
         normalize: tuple[Sequence[float], Sequence[float]] | None = None,
         dtype: torch.dtype | str = torch.uint8,
         seed: int | None = None,
-        on_error: Policy = "raise",
+        on_error: OnError = "raise",
     ):
         self.size = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if min(self.size) < 1:
@@ -125,10 +120,10 @@ class BatchDecoder:
         raise NotImplementedError
 
     def __call__(self, encoded: Sequence[Encoded]) -> torch.Tensor:
-        """Decode a batch into one ``(N, C, H, W)`` tensor (bad images dropped per policy)."""
+        """Decode a batch into one ``(N, C, H, W)`` tensor (bad images dropped per on_error)."""
         return self.decode(encoded)[0]
 
-    def decode_batch(self, batch: Batch, image_field: str = "jpg") -> Batch:
+    def decode_batch(self, batch: BatchDict, image_field: str = "jpg") -> BatchDict:
         """Return ``batch`` with ``image_field`` decoded; other per-sample fields keep alignment."""
         return decode_batch(self, batch, image_field)
 
@@ -143,7 +138,7 @@ class BatchDecoder:
 
     # -- shared helpers -----------------------------------------------------------------
     def _bad(self, index: int, keys: Sequence[str] | None, reason: str) -> None:
-        """Apply the error policy to the image at ``index`` (raises under "raise")."""
+        """Apply on_error to the image at ``index`` (raises under "raise")."""
         where = f"sample {keys[index]!r}" if keys is not None else f"batch item {index}"
         self.errors(DecodeError(f"{where}: image does not decode ({reason})"))
 
@@ -178,7 +173,7 @@ def _normalize_args(
     return mean, std
 
 
-def decode_batch(decoder: BatchDecoder, batch: Batch, image_field: str = "jpg") -> Batch:
+def decode_batch(decoder: BatchDecoder, batch: BatchDict, image_field: str = "jpg") -> BatchDict:
     """Decode ``batch[image_field]`` and drop the other fields' entries for skipped images.
 
     ``batch`` is what the core's Batch stage yields with decode off: lists (or tensors)
@@ -206,171 +201,3 @@ def decode_batch(decoder: BatchDecoder, batch: Batch, image_field: str = "jpg") 
         elif isinstance(value, (list, tuple)) and len(value) == n:
             out[name] = type(value)(value[i] for i in kept)
     return out
-
-
-class CpuBatchDecoder(BatchDecoder):
-    """Decode and augment on CPU threads with shardpipe's decoders (``get_decoder(decoder)``).
-
-    The same transforms as the DALI path: ``RandomResizedCrop`` + flip, or ``Resize`` +
-    ``CenterCrop``. With keys, each image's randomness comes from ``(seed, key)``, as in the
-    core pipeline; without, from a generator seeded once.
-    """
-
-    name = "cpu"
-
-    def __init__(
-        self,
-        size: int | tuple[int, int] = 224,
-        *,
-        decoder: str = "auto",
-        num_threads: int | None = None,
-        **options: Any,
-    ):
-        super().__init__(size, **options)
-        from shardpipe.augment import CenterCrop, Compose, RandomHorizontalFlip, RandomResizedCrop, Resize
-        from shardpipe.image.fused import build_image_fn
-
-        if self.train:
-            steps: list = [RandomResizedCrop(self.size, self.scale, self.ratio)]
-            if self.flip_p > 0:
-                steps.append(RandomHorizontalFlip(self.flip_p))
-        else:
-            steps = [Resize(self.resize_short), CenterCrop(self.size)]
-        self.transform = Compose(steps)
-        self.decoder = decoder
-        self._image_fn = build_image_fn(decoder, self.transform)
-        self.num_threads = num_threads or min(8, os.cpu_count() or 1)
-        self._pool: ThreadPoolExecutor | None = None
-
-    def _one(self, item: Encoded, rng: np.random.Generator) -> np.ndarray | Exception:
-        try:
-            return self._image_fn(item if isinstance(item, bytes) else as_array(item).tobytes(), rng)
-        except Exception as e:  # noqa: BLE001 - any decoder failure is this image's problem (as in the core)
-            return e
-
-    def decode(self, encoded: Sequence[Encoded], keys: Sequence[str] | None = None) -> tuple[torch.Tensor, list[int]]:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="shardpipe-batch")
-        results = list(self._pool.map(self._one, encoded, self.rngs(keys, len(encoded))))
-        kept, arrays = [], []
-        for i, r in enumerate(results):
-            if isinstance(r, Exception):
-                self._bad(i, keys, f"{type(r).__name__}: {r}")
-            else:
-                kept.append(i)
-                arrays.append(r)
-        if not arrays:
-            return self._empty(), kept
-        out = torch.empty((len(arrays), 3, *self.size), dtype=torch.uint8)
-        nhwc = out.permute(0, 2, 3, 1).numpy()  # one strided copy per image into NCHW memory
-        for i, img in enumerate(arrays):
-            nhwc[i] = img
-        return self.finish(out), kept
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
-
-_announced = False
-
-
-def _announce_fallback(reason: str) -> None:
-    """Say once per process that GPU batch decode is not in use, and why."""
-    global _announced
-    if not _announced:
-        _announced = True
-        log.warning("GPU batch decode unavailable (%s): decoding batches on CPU threads instead", reason)
-
-
-def resolve_batch_decoder(
-    decoder: str = "auto", *, device: str | None = None, cpu_decoder: str = "auto", **options: Any
-) -> BatchDecoder:
-    """Pick a batch decoder: ``"auto"`` (DALI on the GPU if possible, else CPU), ``"dali"``,
-    ``"torchvision"`` or ``"cpu"``. ``options`` go to the decoder (size, train, dtype, ...);
-    ``cpu_decoder`` names the image backend of the CPU path (``get_decoder`` name).
-
-    ``"auto"`` never fails for lack of a GPU or of DALI: it logs once and uses the CPU.
-    ``"dali"`` with ``device="gpu"`` (the default) raises if there is no usable GPU.
-    """
-    dali_only = ("device_id", "batch_size", "decoder_options")  # ignored by the other decoders
-    others = {k: v for k, v in options.items() if k not in dali_only}
-    if decoder == "cpu":
-        return CpuBatchDecoder(decoder=cpu_decoder, **others)
-    if decoder == "dali":
-        from shardpipe.batchdecode.dali import DaliBatchDecoder
-
-        return DaliBatchDecoder(device=device or "gpu", **options)
-    if decoder == "torchvision":
-        from shardpipe.batchdecode.torchvision import TorchvisionGpuBatchDecoder
-
-        others.pop("num_threads", None)
-        return TorchvisionGpuBatchDecoder(**others)
-    if decoder != "auto":
-        raise ValueError(f"batch decoder must be 'auto', 'dali', 'torchvision' or 'cpu', not {decoder!r}")
-    reason = gpu_unavailable_reason(options.get("device_id", 0))
-    if reason is None:
-        from shardpipe.batchdecode.dali import DaliBatchDecoder
-
-        return DaliBatchDecoder(device="gpu", **options)
-    _announce_fallback(reason)
-    return CpuBatchDecoder(decoder=cpu_decoder, **others)
-
-
-def gpu_unavailable_reason(device_id: int = 0) -> str | None:
-    """Why DALI GPU decode cannot run here (``None`` when it can)."""
-    from shardpipe.batchdecode import dali
-
-    try:
-        dali.import_dali()
-    except ImportError:
-        return f"NVIDIA DALI is not installed ({dali.INSTALL_HINT})"
-    return dali.cuda_unavailable_reason(device_id)
-
-
-class BatchDecodeLoader:
-    """Wrap an iterable of encoded batches (e.g. a DataLoader over
-    ``ShardDataset(decode="encoded", batch_size=B)`` with ``batch_size=None``) and yield them
-    decoded by ``decoder``. Batches whose every image was skipped are dropped.
-
-    Each pass tells the decoder its epoch, so random crops and flips differ between epochs
-    and repeat for the same epoch: the epoch of the wrapped loader's dataset when it has one
-    (a ``ShardLoader`` or DataLoader over a ``ShardDataset``, read once the pass has started,
-    after a ``ShardLoader`` moved to its next epoch), else the number of earlier passes.
-
-    ``decode_seconds`` and ``images`` add up the time spent decoding in this process and
-    the images that came out (for per-stage tables; with CUDA, until DALI returned).
-    """
-
-    def __init__(self, batches: Iterable[Batch], decoder: BatchDecoder, image_field: str = "jpg"):
-        self.batches, self.decoder, self.image_field = batches, decoder, image_field
-        self.decode_seconds = 0.0
-        self.images = 0
-        self.passes = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Make the next pass epoch ``epoch`` (passed on to the wrapped loader if it has ``set_epoch``)."""
-        setter = getattr(self.batches, "set_epoch", None)
-        if callable(setter):
-            setter(epoch)
-        self.passes = int(epoch)
-
-    def __iter__(self) -> Iterator[Batch]:
-        batches = iter(self.batches)  # a ShardLoader moves its dataset to the next epoch here
-        epoch = getattr(getattr(self.batches, "dataset", None), "epoch", None)
-        self.decoder.set_epoch(self.passes if epoch is None else epoch)
-        self.passes += 1
-        return self._decode(batches)
-
-    def _decode(self, batches: Iterator[Batch]) -> Iterator[Batch]:
-        for batch in batches:
-            start = time.perf_counter()
-            out = decode_batch(self.decoder, batch, self.image_field)
-            self.decode_seconds += time.perf_counter() - start
-            self.images += len(out[self.image_field])
-            if len(out[self.image_field]):
-                yield out
-
-    def __len__(self) -> int:
-        return len(self.batches)  # type: ignore[arg-type]

@@ -8,18 +8,19 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from shardpipe.write.sources import (
+from shardpipe.write.sources.base import (
     IMAGE_SUFFIXES,
     Loaded,
     Record,
     Scan,
     Source,
     ValueDecoder,
-    _suffix,
     make_key,
     strip_suffix,
+    suffix_of,
     unique_keys,
 )
+from shardpipe.write.sources.registry import SOURCES
 
 
 def resolve_callable(spec: str) -> Callable[..., Any]:
@@ -66,7 +67,7 @@ class LmdbSource(Source):
             try:
                 import lmdb
             except ImportError as e:
-                raise ImportError(f"LMDB sources need the lmdb package: pip install 'shardpipe[lmdb]' ({e})") from e
+                raise ImportError(f"LMDB sources need the lmdb package: {SOURCES['lmdb'].install} ({e})") from e
 
             subdir = os.path.isdir(self.path)
             if not os.path.exists(self.path):
@@ -80,7 +81,7 @@ class LmdbSource(Source):
         with env.begin(buffers=False) as txn:
             for raw in txn.cursor().iternext(keys=True, values=False):
                 text = raw.decode("utf-8", "backslashreplace")
-                stem = strip_suffix(text) if _suffix(text) in IMAGE_SUFFIXES else text
+                stem = strip_suffix(text) if suffix_of(text) in IMAGE_SUFFIXES else text
                 records.append(Record(make_key(stem), bytes(raw), None, None, text))
         return Scan(unique_keys(records))
 
