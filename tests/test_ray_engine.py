@@ -16,7 +16,8 @@ from shardpipe.write import outfiles, planned
 from shardpipe.write.engines import write_engine
 from shardpipe.write.job import PROGRESS, write_shards
 from shardpipe.write.plan import ShardTaskError
-from shardpipe.write.sources import FolderSource, Loaded, Record
+from shardpipe.write.sources import Loaded, Record
+from shardpipe.write.sources.folder import FolderSource
 
 OPTIONS = {"maxcount": 4, "shuffle": True, "seed": 5, "presize": 40, "quality": 80}
 
