@@ -6,7 +6,7 @@ PIP ?= $(PY) -m pip
 DEMO_EXTRAS ?= turbo,turbojpeg
 TEST_EXTRAS ?= turbo,turbojpeg,jpeg4py,s3,gcs,http,lmdb,gpu,serve,ray,test
 
-.PHONY: setup setup-test system-deps demo test bench clean
+.PHONY: setup setup-test system-deps demo test bench bench-peers clean
 
 # torch first, pinned to the CPU build, so that no requirement pulls the CUDA build
 .torch.stamp:
@@ -46,5 +46,16 @@ test: system-deps setup-test
 bench: setup-test
 	$(PY) tools/bench.py
 
+# the loaders shardpipe is compared with (LitData, MosaicML streaming, SPDL) and matplotlib for the chart:
+# a venv that sees the system's torch, so none of them becomes a dependency of the project
+BENCH_ENV ?= bench-env
+$(BENCH_ENV)/.stamp: .setup-test.stamp tools/bench-requirements.txt
+	$(PY) -m venv --system-site-packages $(BENCH_ENV)
+	$(BENCH_ENV)/bin/python -m pip install -q --no-deps -r tools/bench-requirements.txt
+	touch $@
+
+bench-peers: $(BENCH_ENV)/.stamp
+	$(BENCH_ENV)/bin/python -m shardpipe.cli bench --peers --rounds 3
+
 clean:
-	rm -rf .torch.stamp .setup.stamp .setup-test.stamp demo-data bench-data build *.egg-info shardpipe/image/decoders/*.so
+	rm -rf .torch.stamp .setup.stamp .setup-test.stamp demo-data bench-data build *.egg-info shardpipe/image/decoders/*.so $(BENCH_ENV)

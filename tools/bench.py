@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from shardpipe import bench  # noqa: E402
+from shardpipe.devtools import bench  # noqa: E402
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

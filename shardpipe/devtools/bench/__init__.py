@@ -36,7 +36,7 @@ from shardpipe.devtools.bench.kernels import (
     shardpipe_train_kernel,
     train_transform,
 )
-from shardpipe.devtools.bench.loaders import measure, prepare_data
+from shardpipe.devtools.bench.loaders import measure, prepare_data, run_rounds
 
 __all__ = [
     "ImageFn",
@@ -88,24 +88,6 @@ def candidates(workers: int, batch: int, size: int, buffer: int, threads: int) -
     }
 
 
-def _run_child(cfg: dict[str, Any], nice: int) -> dict[str, Any]:
-    import json
-    import os
-    import subprocess
-    import sys
-
-    cmd = [sys.executable, "-m", "shardpipe.devtools.bench", "--child"]  # the config goes to stdin
-    if nice and hasattr(os, "nice"):
-        cmd = ["nice", "-n", str(nice), *cmd]
-    # the child imports this very shardpipe, wherever the caller found it
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, input=json.dumps(cfg))
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child failed for {cfg['kind']}:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
 def run_benchmark(
     data_dir: str = "bench-data",
     n: int = 3000,
@@ -125,20 +107,7 @@ def run_benchmark(
     rows = candidates(workers, batch, size, buffer, threads)
     if only:
         rows = {k: v for k, v in rows.items() if any(o in k for o in only)}
-    results: dict[str, list[dict[str, Any]]] = {k: [] for k in rows}
-    names = list(rows)
-    load = OtherLoad()
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            cfg = {**rows[name], "round": r, "data": data}
-            res = _run_child(cfg, nice)
-            results[name].append(res)
-            log(f"round {r + 1}/{rounds}  {name:28s} {res['rate']:8.0f} img/s")
-    other = load.stop()
-    if other is not None:
-        log(f"other processes used {100 * other:.0f}% of the machine's CPU time during the run")
-    return results
+    return run_rounds(rows, data, rounds, nice, log)
 
 
 def report(
@@ -210,7 +179,7 @@ def report(
 def add_arguments(p: Any) -> None:
     """The options of ``shardpipe bench`` and ``tools/bench.py``."""
     p.add_argument("--data", default="bench-data", help="where the generated data is kept (reused)")
-    p.add_argument("--n", type=int, default=3000, help="images (default 3000)")
+    p.add_argument("--n", type=int, default=None, help="images (default 3000; 2000 with --peers)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for every loader")
     p.add_argument("--threads", type=int, default=0, help="shardpipe decode threads per worker")
     p.add_argument("--batch", type=int, default=64)
@@ -219,10 +188,24 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--only", nargs="*", help="run the rows whose names contain one of these")
     p.add_argument("--nice", type=int, default=10, help="niceness of the measured processes")
+    p.add_argument(
+        "--peers",
+        action="store_true",
+        help="compare with the loaders users would pick instead (LitData, MosaicML streaming, SPDL, DALI CPU, "
+        "webdataset); missing ones are skipped (make bench-peers installs them into bench-env/)",
+    )
+    p.add_argument(
+        "--report",
+        default="bench-peers.txt",
+        help="with --peers: where the table is saved; its bar chart goes beside it as .png",
+    )
 
 
 def run(args: Any) -> int:
     """Entry point of ``shardpipe bench``."""
+    if args.peers:
+        return run_peers_command(args)
+    args.n = args.n or 3000
     results = run_benchmark(
         args.data,
         args.n,
@@ -247,4 +230,26 @@ def run(args: Any) -> int:
             size=args.size,
         )
     )
+    return 0
+
+
+def run_peers_command(args: Any) -> int:
+    """``shardpipe bench --peers``: run, print and save the table and its chart."""
+    import shlex
+
+    from shardpipe.devtools.bench import peers
+
+    n = args.n or 2000
+    results, skipped, _ = peers.run_peers(
+        args.data, n, args.workers, args.batch, args.size, args.buffer, args.rounds, args.only, args.nice
+    )
+    rows = peers.summarize(results)
+    command = f"shardpipe bench --peers --n {n} --rounds {args.rounds} --workers {args.workers} --batch {args.batch}"
+    if args.only:
+        command += " --only " + " ".join(shlex.quote(o) for o in args.only)
+    text = peers.report(rows, skipped, workers=args.workers, batch=args.batch, command=command)
+    print()
+    print(text)
+    if rows:
+        peers.save(text, rows, args.report)
     return 0

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import io
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from shardpipe.augment import random_resized_crop_box
-from shardpipe.devtools.bench.kernels import run_kernel, run_kernel_processes, shardpipe_train_kernel, train_transform
+from shardpipe.devtools.bench.kernels import (
+    OtherLoad,
+    run_kernel,
+    run_kernel_processes,
+    shardpipe_train_kernel,
+    train_transform,
+)
 
 
 def prepare_data(root: str, n: int, seed: int = 0, shard_size: int = 250, presize_to: int = 256) -> dict[str, Any]:
@@ -129,7 +136,7 @@ class LmdbDataset:
         return self.transform(Image.open(io.BytesIO(value[2:]))), int.from_bytes(value[:2], "little")
 
 
-def _manifest_urls(manifest: str) -> list[str]:
+def manifest_urls(manifest: str) -> list[str]:
     import json
     import os
 
@@ -171,7 +178,7 @@ def _loader(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, Any]:
         import webdataset as wds
 
         pipe = (
-            wds.WebDataset(_manifest_urls(data["full"]), shardshuffle=True, seed=cfg["round"], empty_check=False)
+            wds.WebDataset(manifest_urls(data["full"]), shardshuffle=True, seed=cfg["round"], empty_check=False)
             .shuffle(buf)
             .decode("pil")
             .to_tuple("jpg", "cls")
@@ -183,17 +190,75 @@ def _loader(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, Any]:
         return DataLoader(FileDataset(data["files"], size), batch_size=b, shuffle=True, num_workers=w), None
     if kind == "lmdb":
         return DataLoader(LmdbDataset(data["lmdb"], data["n"], size), batch_size=b, shuffle=True, num_workers=w), None
-    raise ValueError(f"unknown candidate kind {kind!r}")
+    from shardpipe.devtools.bench.peer_loaders import peer_loader
+
+    return peer_loader(cfg, data, manifest_urls(data["full"])), None
+
+
+# -- rounds of fresh processes -------------------------------------------------------------------
+
+
+def run_child(cfg: dict[str, Any], nice: int) -> dict[str, Any]:
+    """``measure(cfg)`` in a fresh Python process (niced by ``nice``); its result."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "shardpipe.devtools.bench", "--child"]  # the config goes to stdin
+    if nice and hasattr(os, "nice"):
+        cmd = ["nice", "-n", str(nice), *cmd]
+    # the child imports this very shardpipe, wherever the caller found it
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, input=json.dumps(cfg))
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark child failed for {cfg['kind']}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_rounds(
+    rows: dict[str, dict[str, Any]],
+    data: dict[str, Any],
+    rounds: int,
+    nice: int,
+    log: Callable[[str], None] = print,
+) -> dict[str, list[dict[str, Any]]]:
+    """Every row's config measured once per round, each in a fresh process, in rotating order."""
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in rows}
+    names = list(rows)
+    load = OtherLoad()
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            res = run_child({**rows[name], "round": r, "data": data}, nice)
+            results[name].append(res)
+            log(
+                f"round {r + 1}/{rounds}  {name:34s} {res['rate']:8.0f} img/s  {1000 * res['cpu_per_image']:5.2f} CPU ms/img"
+            )
+    other = load.stop()
+    if other is not None:
+        log(f"other processes used {100 * other:.0f}% of the machine's CPU time during the run")
+    return results
 
 
 # -- one measurement, in a child process --------------------------------------------------------
 
 
 def _cpu_seconds() -> float:
-    import resource
+    """CPU seconds of this process and all its descendants, live or reaped."""
+    from shardpipe.devtools.bench.proctree import tree_cpu_seconds
 
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return tree_cpu_seconds()
+
+
+def _check_batch(images: Any, cfg: dict[str, Any]) -> None:
+    """Every loader must deliver the same thing: uint8 images of 3 x size x size."""
+    shape, dtype = tuple(images.shape[1:]), str(images.dtype)
+    if shape != (3, cfg["size"], cfg["size"]) or "uint8" not in dtype:
+        raise RuntimeError(
+            f"{cfg['kind']} delivered {dtype} images of shape {shape}, not uint8 (3, {cfg['size']}, ...)"
+        )
 
 
 def measure(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -204,18 +269,23 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     kind = cfg["kind"]
     if kind in ("kernel", "untar-shardpipe", "untar-webdataset"):
         return _measure_simple(cfg, data)
-    loader, ds = _loader(cfg, data)
     own = resource.getrusage(resource.RUSAGE_SELF)
     m0 = own.ru_utime + own.ru_stime
     c0, t0 = _cpu_seconds(), time.perf_counter()
+    loader, ds = _loader(cfg, data)  # counted: some loaders read indexes or start work here
     n = n_first = 0
     t_first = t0
     for batch in loader:
         images = batch["jpg"] if isinstance(batch, dict) else batch[0]
         if n == 0:
             t_first, n_first = time.perf_counter(), len(images)
+            _check_batch(images, cfg)
         n += len(images)
     t1 = time.perf_counter()
+    cpu = _cpu_seconds() - c0  # before the loader shuts down: its workers are still alive here
+    from shardpipe.devtools.bench.proctree import worker_peak_rss_mb
+
+    workers_rss, worker_rss = worker_peak_rss_mb()
     decoded = getattr(loader, "images", 0)
     decode_seconds = getattr(loader, "decode_seconds", 0.0)
     del loader  # joins the workers, so their rusage is counted
@@ -228,10 +298,11 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
         "rate": (n - n_first) / max(t1 - t_first, 1e-9),
         "rate_total": n / (t1 - t0),
         "first_batch_s": t_first - t0,
-        "cpu_per_image": (_cpu_seconds() - c0) / max(n, 1),
+        "cpu_per_image": cpu / max(n, 1),
         "main_cpu_per_image": (own.ru_utime + own.ru_stime - m0) / max(n, 1),
         "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "rss_worker_mb": worker_rss,
+        "rss_workers_mb": workers_rss,
     }
     if ds is not None:
         out["stages"] = ds.stats.stage_table()
@@ -244,7 +315,7 @@ def _measure_simple(cfg: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]
     """The kernel ceiling (images in memory; ``workers`` processes or threads) or untar + group."""
     import resource
 
-    urls = _manifest_urls(data[cfg.get("shards", "full")])
+    urls = manifest_urls(data[cfg.get("shards", "full")])
     c0 = _cpu_seconds()
     if cfg["kind"] == "kernel":
         from shardpipe.dataset import ShardDataset
@@ -274,4 +345,5 @@ def _measure_simple(cfg: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]
         "rate": rate,
         "cpu_per_image": (_cpu_seconds() - c0) / n,
         "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
