@@ -20,5 +20,11 @@ def dataset_dir(tmp_path: Path) -> tuple[list[str], list[dict]]:
     return urls, samples
 
 
+@pytest.fixture(scope="session")
+def bench_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `shardpipe bench --data` directory for the bench tests: its data is generated once."""
+    return tmp_path_factory.mktemp("bench-data")
+
+
 # real S3/GCS/HTTP servers and fault proxies for the object-storage tests (issue 5)
 pytest_plugins = ["tests.servers.fixtures"]

@@ -42,8 +42,8 @@ def test_demo_runs_the_main_job(tmp_path: Path, capsys):
     assert "reusing 48 samples" in capsys.readouterr().out
 
 
-def test_bench_prints_the_side_by_side_table(tmp_path: Path):
-    cmd = [sys.executable, "-m", "shardpipe.cli", "bench", "--data", str(tmp_path), "--n", "64", "--rounds", "1",
+def test_bench_prints_the_side_by_side_table(bench_data_dir: Path):
+    cmd = [sys.executable, "-m", "shardpipe.cli", "bench", "--data", str(bench_data_dir), "--n", "64", "--rounds", "1",
            "--batch", "16", "--only", "shardpipe", "webdataset"]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]

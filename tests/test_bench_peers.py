@@ -1,0 +1,93 @@
+"""`shardpipe bench --peers`: process-tree CPU accounting, missing peers, the table and its targets."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from shardpipe.devtools.bench import peers
+from shardpipe.devtools.bench.proctree import descendants, tree_cpu_seconds, worker_peak_rss_mb
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\nprint('done', flush=True)\ntime.sleep(30)"
+
+
+def test_tree_cpu_counts_a_live_child_that_was_never_waited_for():
+    before = tree_cpu_seconds()
+    child = subprocess.Popen([sys.executable, "-c", BURN], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "done"  # burnt 0.4 s of CPU, still alive
+        live = descendants()
+        assert child.pid in live and live[child.pid] >= 0.35
+        assert tree_cpu_seconds() - before >= 0.35
+        total, largest = worker_peak_rss_mb()
+        assert total >= largest > 1.0  # a Python interpreter's peak RSS, read from /proc
+    finally:
+        child.kill()
+        child.wait()
+    assert child.pid not in descendants()
+    # reaped: its time moved into this process's RUSAGE_CHILDREN, so the total did not drop
+    assert tree_cpu_seconds() - before >= 0.35
+
+
+def test_a_missing_peer_is_named_with_its_install_command():
+    peer = peers.Peer(
+        "X",
+        {"kind": "x"},
+        (("json", "json"), ("no_such_module_q7", "no-such-pkg"), ("no_such_parent_q7.sub", "other-pkg")),
+    )
+    assert peers.missing(peer) == "not installed: pip install no-such-pkg other-pkg"
+    assert peers.missing(peers.Peer("Y", {"kind": "y"}, (("json", "json"),))) is None
+    assert [p.name for p in peers.select(["LITDATA", "dali"])] == ["LitData", "DALI CPU"]
+
+
+def _run(cpu_ms: float, rate: float) -> dict[str, float]:
+    return {"cpu_per_image": cpu_ms / 1000, "rate": rate, "rss_main_mb": 100.0, "rss_workers_mb": 50.0}
+
+
+def test_summary_ratios_and_targets():
+    results = {
+        peers.SHARDPIPE: [_run(1.0, 1000), _run(1.2, 900), _run(1.1, 1100)],
+        peers.KERNEL: [_run(0.9, 1050)] * 3,
+        peers.WDS_PIL: [_run(3.0, 400)] * 3,
+        "LitData": [_run(1.5, 800)] * 3,
+    }
+    rows = {r["name"]: r for r in peers.summarize(results)}
+    sp = rows[peers.SHARDPIPE]
+    assert (sp["cpu_ms"], sp["cpu_lo"], sp["cpu_hi"], sp["rate"], sp["rss_mb"]) == (1.1, 1.0, 1.2, 1000, 150.0)
+    assert abs(rows[peers.WDS_PIL]["cpu_x_shardpipe"] - 3.0 / 1.1) < 1e-9
+    assert rows[peers.SHARDPIPE]["rate_x_wds_pil"] == 2.5
+    found = peers.targets(list(rows.values()))
+    assert found[0] == "CPU ms/img: best peer (LitData) / shardpipe = 1.36x (target >= 1.25x: met)"
+    assert found[1] == "images/s: shardpipe / webdataset + PIL = 2.50x (target >= 2.2x: met)"
+    assert found[2].startswith("images/s: shardpipe / its kernel alone = 0.95x (target >= 0.92x: met)")
+    text = peers.report(list(rows.values()), {"SPDL": "not installed: pip install spdl"}, workers=2, batch=64,
+                        command="shardpipe bench --peers")  # fmt: skip
+    assert text.startswith("$ shardpipe bench --peers\n")
+    assert "SPDL: not installed: pip install spdl" in text and "targets (issue 13)" in text
+
+
+def test_cli_runs_the_installed_peers_and_skips_the_missing(tmp_path: Path, bench_data_dir: Path):
+    report = tmp_path / "out" / "peers.txt"
+    cmd = [sys.executable, "-m", "shardpipe.cli", "bench", "--peers", "--data", str(bench_data_dir), "--n", "64",
+           "--rounds", "1", "--batch", "16", "--only", "shardpipe", "webdataset + PIL", "litdata", "--report", str(report)]  # fmt: skip
+    t0 = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    table = out[out.index("loader ") :]
+    for name in ("shardpipe ", "shardpipe kernel alone", "webdataset + PIL"):
+        assert f"\n{name}" in table, name
+    if importlib.util.find_spec("litdata") is None:
+        assert "LitData: not installed: pip install litdata" in out
+        assert "\nLitData " not in table
+    assert "CPU ms/img: best peer (" in out and "images/s: shardpipe / webdataset + PIL" in out
+    assert report.read_text().startswith("$ shardpipe bench --peers --n 64 --rounds 1")
+    png = report.with_suffix(".png")
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "chart: not installed: pip install matplotlib" in out and not png.exists()
+    else:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    print(f"bench --peers CLI test: {time.perf_counter() - t0:.1f} s")
