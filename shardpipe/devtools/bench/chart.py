@@ -25,7 +25,9 @@ def save_chart(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     cpu = [r["cpu_ms"] for r in rows]
     err = [[r["cpu_ms"] - r["cpu_lo"] for r in rows], [r["cpu_hi"] - r["cpu_ms"] for r in rows]]
     cpu_ax.barh(ys, cpu, xerr=err, color=colors, capsize=3, error_kw={"elinewidth": 1, "ecolor": "#333"})
-    cpu_ax.set_xlabel("CPU ms per image, all processes (lower is better)")
+    cpu_ax.set_xlabel(
+        "CPU ms per image, all processes (lower is better)\n(Nx: relative to shardpipe; whiskers: min-max)"
+    )
     for y, r in zip(ys, rows):
         label = f"{r['cpu_ms']:.2f}"
         if r["name"] != "shardpipe" and r["cpu_x_shardpipe"] == r["cpu_x_shardpipe"]:
@@ -34,11 +36,11 @@ def save_chart(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
     cpu_ax.set_xlim(0, max(r["cpu_hi"] for r in rows) * 1.45)
     rate = [r["rate"] for r in rows]
     rate_ax.barh(ys, rate, color=colors)
-    rate_ax.set_xlabel("images/s (higher is better)")
+    rate_ax.set_xlabel("images/s (higher is better)\n(Nx: relative to webdataset + PIL)")
     for y, r in zip(ys, rows):
         label = f"{r['rate']:,.0f}"
         if r["rate_x_wds_pil"] == r["rate_x_wds_pil"]:
-            label += f"  ({r['rate_x_wds_pil']:.2f}x wds+PIL)"
+            label += f"  ({r['rate_x_wds_pil']:.2f}x)"
         rate_ax.text(r["rate"] + max(rate) * 0.02, y, label, va="center", fontsize=9)
     rate_ax.set_xlim(0, max(rate) * 1.55)
     cpu_ax.set_yticks(list(ys), names)
@@ -47,7 +49,6 @@ def save_chart(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
         ax.set_axisbelow(True)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-    cpu_ax.text(0, -0.9, "(x: CPU per image relative to shardpipe)", fontsize=8, color="#555", va="top")
     if title:
         fig.suptitle("\n".join(textwrap.wrap(title, 110)), fontsize=10)
     fig.tight_layout()
