@@ -13,7 +13,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from shardpipe.errors import ErrorHandler, OnError
 from shardpipe.indexed import block_shuffle_source
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions, build_groups
-from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, shards_digest
+from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, pass_start, shards_digest
 from shardpipe.split.policies import EpochRequest, epoch_stages
 from shardpipe.stages.base import Context, Pipeline, Stage, State
 from shardpipe.stages.batch import Batch
@@ -344,16 +344,8 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[Any]:
         # decided now, not at the first item: torch calls iter() in each worker when the
         # DataLoader starts a pass, and StatefulDataLoader asks for state_dict() right after
-        resume, rotation, states = self._resume, 0, None
+        epoch, rotation, states, resume = pass_start(self._plan, self._resume, self._epoch)
         self._resume = None
-        if get_worker_info() is None:
-            epoch = int(resume["epoch"]) if resume else self._epoch
-        else:
-            shared_epoch, plan = self._plan.read()
-            if plan is not None:  # a ShardLoader pass: its plan wins over anything pickled in
-                epoch, rotation, states, resume = plan.epoch, plan.first_worker, plan.states, None
-            else:
-                epoch = int(resume["epoch"]) if resume else shared_epoch
         self._epoch = epoch
         ctx = self._context(epoch, rotation)
         if states is not None:

@@ -35,7 +35,7 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardpipe.dataset import ShardDataset
-from shardpipe.passes import SharedPlan, WorkerPlan, consumer_of, shards_digest
+from shardpipe.passes import SharedPlan, WorkerPlan, consumer_of, pass_start, shards_digest
 from shardpipe.stages.base import Context, Pipeline, State
 from shardpipe.stages.batch import collate
 from shardpipe.stages.buffers import BatchBuffers
@@ -174,16 +174,8 @@ class MixedDataset(IterableDataset):
 
     # -- iteration ----------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
-        resume, rotation, states = self._resume, 0, None
+        epoch, rotation, states, resume = pass_start(self._plan, self._resume, self._epoch)
         self._resume = None
-        if get_worker_info() is None:
-            epoch = int(resume["epoch"]) if resume else self._epoch
-        else:
-            shared_epoch, plan = self._plan.read()
-            if plan is not None:  # a ShardLoader pass: its plan wins over anything pickled in
-                epoch, rotation, states, resume = plan.epoch, plan.first_worker, plan.states, None
-            else:
-                epoch = int(resume["epoch"]) if resume else shared_epoch
         self._epoch = epoch
         ctxs = [ds._context(epoch, rotation) for ds in self.datasets]
         if states is not None:

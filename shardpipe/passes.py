@@ -109,6 +109,18 @@ class SharedPlan:
         return values[_EPOCH], WorkerPlan(values[_PLAN_EPOCH], values[_FIRST], states)
 
 
+def pass_start(plan: SharedPlan, resume: State | None, epoch: int) -> tuple[int, int, list | None, State | None]:
+    """(epoch, first worker, every worker's state, this process's resume) for a pass starting here."""
+    from torch.utils.data import get_worker_info
+
+    if get_worker_info() is None:
+        return (int(resume["epoch"]) if resume else epoch), 0, None, resume
+    shared_epoch, published = plan.read()
+    if published is not None:  # a ShardLoader pass: its plan wins over anything pickled in
+        return published.epoch, published.first_worker, published.states, None
+    return (int(resume["epoch"]) if resume else shared_epoch), 0, None, resume
+
+
 def consumer_of(ctx: Any) -> dict[str, int]:
     """Which part of the data a pipeline with context ``ctx`` reads (saved with its state)."""
     return {"rank": ctx.rank, "world_size": ctx.world_size, "worker": ctx.worker, "num_workers": ctx.num_workers}
