@@ -24,6 +24,7 @@ from shardpipe.stages.fields import RequireFields
 from shardpipe.stages.shards import Shard, expand_urls
 from shardpipe.stages.shuffle import Shuffle
 from shardpipe.stages.untar import Untar
+from shardpipe.state import STATE_VERSION, StateError, validate_dataset_state
 from shardpipe.stats import SharedStats
 from shardpipe.workers import ProgressMarker, WorkerProgress
 
@@ -219,6 +220,7 @@ class ShardDataset(IterableDataset):
         if plan is not None and plan.states is not None:
             for state in plan.states:
                 if state is not None:
+                    validate_dataset_state(state)
                     self._check_fingerprint(state)
         self._plan.set_plan(plan)
 
@@ -391,7 +393,7 @@ class ShardDataset(IterableDataset):
         current = self._pass
         if current is None:
             return {
-                "version": Pipeline.STATE_VERSION,
+                "version": STATE_VERSION,
                 "epoch": self._epoch,
                 "stages": None,
                 "fingerprint": self.fingerprint(),
@@ -399,12 +401,14 @@ class ShardDataset(IterableDataset):
         if current.pipeline is not None:
             state = current.pipeline.get_state()
         else:
-            state = current.resume or {"version": Pipeline.STATE_VERSION, "epoch": current.ctx.epoch, "stages": None}
+            state = current.resume or {"version": STATE_VERSION, "epoch": current.ctx.epoch, "stages": None}
         return {**state, "consumer": consumer_of(current.ctx), "fingerprint": self.fingerprint()}
 
     def load_state_dict(self, state: State) -> None:
         """Start this process's next pass from ``state`` (from ``state_dict()``): its epoch, and
-        mid-epoch its exact position (refused if saved for other data or another consumer)."""
+        mid-epoch its exact position (refused if saved for other data or another consumer). A state
+        that does not fit this dataset is a ``StateError`` naming the field (``shardpipe.state``)."""
+        validate_dataset_state(state)
         self._check_fingerprint(state)
         self.set_epoch(int(state["epoch"]))
         self._resume = state
@@ -412,7 +416,7 @@ class ShardDataset(IterableDataset):
     def _check_fingerprint(self, state: State) -> None:
         saved = state.get("fingerprint")
         if saved is not None and saved != self.fingerprint():
-            raise ValueError(
+            raise StateError(
                 "dataset state was saved for other shards or options (shard list, sample counts, seed, "
                 "shuffle, batch size or epoch policy differ): resuming would repeat or skip samples"
             )
