@@ -275,7 +275,7 @@ def validate_remote_state(state: Any, check: StateCheck | None = None, max_parts
     keys = ("version", "fingerprint", "epoch", "rank", "world_size", "parts", "next_part", "states", "done")
     check_version(state, check, "remote loader")
     check.mapping(state, keys)
-    check.at("fingerprint").string(state["fingerprint"], max_len=128)
+    check.at("fingerprint").string(state["fingerprint"], none=True, max_len=128)
     check.at("epoch").integer(state["epoch"])
     world = check.at("world_size").integer(state["world_size"], 1)
     check.at("rank").integer(state["rank"], 0, world - 1, " (below world_size)")
