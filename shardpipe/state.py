@@ -156,10 +156,10 @@ def check_version(state: Any, check: StateCheck, what: str) -> None:
 PIPELINE_KEYS = ("version", "epoch", "stages")
 
 
-def pipeline_shape(state: Any, check: StateCheck) -> dict[str, Any]:
+def pipeline_shape(state: Any, check: StateCheck, what: str = "pipeline") -> dict[str, Any]:
     """The top of a ``Pipeline.get_state()`` (version, epoch, stages), without the stages' fields."""
     check_json(state, check)
-    check_version(state, check, "pipeline")
+    check_version(state, check, what)
     check.mapping(state, PIPELINE_KEYS, ("consumer", "fingerprint"))  # the last two: a dataset's
     check.at("epoch").integer(state["epoch"])
     if state["stages"] is not None and not isinstance(state["stages"], dict):
@@ -225,7 +225,7 @@ def _consumer(value: Any, check: StateCheck) -> None:
 def validate_dataset_state(state: Any, check: StateCheck | None = None) -> dict[str, Any]:
     """The shape of a ``ShardDataset.state_dict()``; its stages are checked against the pipeline
     when the pass starts (they depend on the consumer)."""
-    return pipeline_shape(state, check or StateCheck())
+    return pipeline_shape(state, check or StateCheck(), "dataset")
 
 
 def validate_mixed_state(state: Any, sources: int, check: StateCheck | None = None) -> dict[str, Any]:
