@@ -75,8 +75,10 @@ class IndexedShards:
         """The raw sample ``i`` (fields as bytes), with ``__key__``, ``__url__``, ``__shard__``, ``__index__``."""
         shard, start, end, crc = self.index.locate(i)
         url = self.urls[shard]
-        data = self.reader.read(url, start, end, int(self.index.sizes[shard]), self.sha256[shard])
-        sample = sample_from_bytes(data, url, crc)
+        size = int(self.index.sizes[shard])
+        # one tar block past the sample: the next header shows the sample ends where the index says
+        data = self.reader.read(url, start, min(end + 512, max(size, end)), size, self.sha256[shard])
+        sample = sample_from_bytes(data, url, crc, length=end - start)
         sample["__url__"], sample["__shard__"], sample["__index__"] = url, shard, i
         return sample
 
