@@ -126,6 +126,10 @@ class ShardDataset(IterableDataset):
         verify: hash each shard as it streams and compare its sha256 and size with the
             manifest (about one sha256 pass over the bytes; see BENCHMARKS.md). Sample
             counts are always compared with the manifest.
+        manifest_paths: what a manifest's shard names may point to: ``"inside"`` (default:
+            relative names stay under the manifest's folder, absolute paths and URLs are
+            allowed), ``"relative"`` (only names under its folder: for manifests you did not
+            write) or ``"any"``; a name the rule refuses is a ``ManifestPathError``.
     """
 
     def __init__(
@@ -146,7 +150,8 @@ class ShardDataset(IterableDataset):
         self.require = tuple(require)
         self.on_error = on_error
         storage = self.open_options.storage_options
-        self.shards: list[Shard] = expand_urls(urls, dict(storage) if storage is not None else None)
+        o = self.open_options
+        self.shards: list[Shard] = expand_urls(urls, dict(storage) if storage is not None else None, o.manifest_paths)
         self.has_counts = all(s.samples is not None for s in self.shards)
         policy = self.split_options.epoch_policy
         if policy in ("drop", "pad") and not self.has_counts:
@@ -155,12 +160,11 @@ class ShardDataset(IterableDataset):
                 "(written by ShardWriter and `shardpipe write`; `shardpipe index SHARDS -o manifest.json` makes one "
                 "for existing shards) instead of a URL pattern"
             )
-        o = self.open_options
         #: the indexed shards when the block shuffle applies (else None: the windowed shuffle)
         self.indexed = block_shuffle_source(
             urls, self.split_options.shuffle, self.split_options.shuffle_algo,
             storage_options=dict(storage) if storage is not None else None, cache_dir=o.cache_dir,
-            cache_size=o.cache_size, read_options=o.read_options,
+            cache_size=o.cache_size, read_options=o.read_options, manifest_paths=o.manifest_paths,
         )  # fmt: skip
         self._main_rank = distributed_rank()
         self.stats = SharedStats()

@@ -29,8 +29,9 @@ class IndexedShards:
         cache_dir: str | None = None,
         cache_size: int | None = None,
         read_options: Any = None,
+        manifest_paths: str = "inside",
     ):
-        meta = load_manifest(manifest, storage_options)
+        meta = load_manifest(manifest, storage_options, manifest_paths)
         if not meta.get("index_url"):
             raise ValueError(
                 f"{manifest} has no index: create one with `shardpipe index SHARDS -o {manifest}` "
@@ -93,7 +94,7 @@ class IndexedDataset(Dataset):
         decoder: image decoder backend (``"auto"``: fastest installed).
         transform: ``transform(img, rng) -> img``; ``rng`` is seeded by (seed, epoch, key).
         seed: seed of the transform's randomness; ``set_epoch`` changes it per epoch.
-        storage_options, cache_dir, cache_size, read_options: as in ``ShardDataset``.
+        storage_options, cache_dir, cache_size, read_options, manifest_paths: as in ``ShardDataset``.
     """
 
     def __init__(
@@ -109,8 +110,9 @@ class IndexedDataset(Dataset):
         cache_dir: str | None = None,
         cache_size: int | None = None,
         read_options: Any = None,
+        manifest_paths: str = "inside",
     ):
-        self.shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options)
+        self.shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options, manifest_paths)
         self.shards.check_random_access()
         self.seed, self.epoch = seed, 0
         self.decode, self.decoder, self.transform, self.allow_pickle = decode, decoder, transform, allow_pickle
@@ -160,6 +162,7 @@ def block_shuffle_source(
     cache_dir: str | None = None,
     cache_size: int | None = None,
     read_options: Any = None,
+    manifest_paths: str = "inside",
 ) -> IndexedShards | None:
     """The indexed shards to block-shuffle, or None for the windowed shuffle (``ShardDataset``'s choice).
 
@@ -187,7 +190,7 @@ def block_shuffle_source(
             "(create both for existing shards with `shardpipe index SHARDS -o manifest.json`)"
         )
     try:
-        shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options)
+        shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options, manifest_paths)
     except ValueError:
         if algo == "auto":
             return None

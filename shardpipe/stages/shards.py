@@ -61,7 +61,9 @@ class Shard:
         )
 
 
-def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> list[Shard]:
+def expand_urls(
+    urls: str | Sequence[str], storage_options: dict[str, Any] | None = None, manifest_paths: str = "inside"
+) -> list[Shard]:
     """Turn a brace pattern, a list of patterns, or a manifest URL into a shard list.
 
     ``"train-{000000..000099}.tar"`` expands with braceexpand; ``"a.tar::b.tar"`` and lists
@@ -71,7 +73,7 @@ def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | Non
     shards: list[Shard] = []
     for pattern in patterns:
         if pattern.endswith(".json"):
-            for entry in load_manifest(pattern, storage_options)["shards"]:  # numbers checked there
+            for entry in load_manifest(pattern, storage_options, manifest_paths)["shards"]:  # numbers checked there
                 shards.append(
                     Shard(entry["url"], len(shards), entry.get("samples"), entry.get("bytes"), entry.get("sha256"))
                 )
