@@ -40,7 +40,7 @@ from shardpipe.write.planned import write_planned
 from shardpipe.write.prepare import PrepareOptions
 from shardpipe.write.presize import CHECKS
 from shardpipe.write.rolling import write_rolling
-from shardpipe.write.shard_writer import shard_name
+from shardpipe.write.shard_writer import check_pattern, shard_name
 from shardpipe.write.sources import Record, Skip, Source, ValueDecoder, open_source
 
 log = logging.getLogger("shardpipe")
@@ -153,6 +153,7 @@ def write_shards(
     usually listed class by class: shards then hold a mix of classes, which a streaming
     shuffle needs (``summary.shuffled`` says what was done).
     """
+    check_pattern(pattern)  # before anything is read or written
     if maxsize is not None and maxsize < 1:
         raise ValueError(f"maxsize must be a positive number of bytes, got {maxsize}")
     if maxsize is not None and engine != "local":
