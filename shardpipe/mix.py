@@ -256,6 +256,10 @@ class _Mixer:
         # with drop_last, the draws past the last whole batch are not taken (their sources stay put)
         self.end = self.total - self.total % size if size and mix.drop_last else self.total
         self.drawn = int(start["drawn"]) if start else 0
+        if self.drawn > self.end:  # past the epoch's draws: would end it silently
+            raise StateError(
+                f"state['drawn']: must be <= {self.end} (this consumer's draws in epoch {epoch}), got {self.drawn}"
+            )
         self.finished = False
         states = start.get("sources") if start else None
         self.pipes: list[Pipeline] = []
