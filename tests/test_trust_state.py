@@ -219,7 +219,9 @@ def test_mixed_state_is_checked_before_use(data):
         assert str(info.value).startswith(message)
     m = mix()
     m.load_state_dict({**state, "drawn": 10**6})
-    with pytest.raises(StateError, match=r"^state\['drawn'\]: must be <= 12 \(this consumer's draws in epoch 0\), got 1000000"):
+    with pytest.raises(
+        StateError, match=r"^state\['drawn'\]: must be <= 12 \(this consumer's draws in epoch 0\), got 1000000"
+    ):
         list(m)
     bad = copy.deepcopy(state)
     find(bad["sources"][1] | {"stages": bad["sources"][1]["stages"]}, "shard")["shard"]["url"] = data["outside"]
