@@ -89,3 +89,15 @@ def test_the_shard_pipeline_reports_a_scan_bomb_as_a_decode_error(tmp_path):
     with pytest.raises(DecodeError, match="start-of-scan markers"):
         list(ShardDataset(str(path), decode="rgb8"))
     assert list(ShardDataset(str(path), decode="rgb8", on_error="skip")) == []
+
+
+def test_the_dali_precheck_applies_the_same_limits(monkeypatch):
+    """DALI decodes on the GPU (or its own CPU path): the signature check refuses what the limits refuse."""
+    from shardpipe.batchdecode.dali import signature_problem
+
+    assert signature_problem(np.frombuffer(progressive(), np.uint8)) is None
+    reason = signature_problem(np.frombuffer(many_scans(registry.MAX_SCANS), np.uint8))
+    assert reason is not None and "start-of-scan markers, more than the limit of 500" in reason
+    monkeypatch.setattr(registry, "MAX_PIXELS", 100)
+    reason = signature_problem(np.frombuffer(progressive(), np.uint8))
+    assert reason is not None and "exceeds the limit of 100 pixels" in reason
