@@ -16,7 +16,6 @@ from shardpipe.stages.base import Stage, State
 from shardpipe.stages.shards import Shard
 
 
-
 class Member(NamedTuple):
     """One tar member as ``Untar`` yields it."""
 
