@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
 from shardpipe.io.opener import ShardOpener
 from shardpipe.split.policies import EPOCH_POLICIES
-from shardpipe.stages.decode import IMAGE_MODES as DECODE_MODES
+from shardpipe.stages.decode import DECODE_MODES
 
 if TYPE_CHECKING:
     from shardpipe.io.remote import ReadOptions
