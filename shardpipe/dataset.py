@@ -257,7 +257,7 @@ class ShardDataset(IterableDataset):
         if self._shards_hash is None:
             self._shards_hash = shards_digest(self.shards)
         h = self._shards_hash.copy()
-        # the keep-last-batch flag hashed as before drop_last replaced partial, so saved states still load
+        # hashed as keep-last (not drop_last): the text is part of every saved state's fingerprint
         keep_last = not self.batch_options.drop_last
         h.update(f"{self.seed}|{self.buffer_size}|{self.batch_size}|{keep_last}|{self.epoch_policy}".encode())
         if self.indexed is not None:  # another order: a window state must not load here (nor the reverse)
