@@ -12,14 +12,15 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from shardpipe.errors import ErrorHandler, OnError
 from shardpipe.indexed import block_shuffle_source
+from shardpipe.io.opener import ShardOpener
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions, build_groups
 from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, pass_start, shards_digest
-from shardpipe.split.policies import EpochRequest, epoch_stages
 from shardpipe.stages.base import Context, Pipeline, Stage, State
 from shardpipe.stages.batch import Batch
 from shardpipe.stages.block import BlockShuffleSamples
 from shardpipe.stages.buffers import BatchBuffers
 from shardpipe.stages.decode import Decode
+from shardpipe.stages.epochs import EpochRequest, epoch_stages
 from shardpipe.stages.fields import RequireFields
 from shardpipe.stages.shards import Shard, expand_urls
 from shardpipe.stages.shuffle import Shuffle
@@ -301,7 +302,11 @@ class ShardDataset(IterableDataset):
 
     def _untar(self, give_up_after: int | None = None) -> Untar:
         io = self.open_options
-        return Untar(io.opener(), give_up_after, max_member_size=io.max_member_size, verify=io.verify)
+        opener = ShardOpener(
+            io.prefetch, storage_options=dict(io.storage_options) if io.storage_options is not None else None,
+            cache_dir=io.cache_dir, cache_size=io.cache_size, read_options=io.read_options, allow_pipe=io.allow_pipe,
+        )  # fmt: skip
+        return Untar(opener, give_up_after, max_member_size=io.max_member_size, verify=io.verify)
 
     def _shard_stages(self, ctx: Context) -> list[Stage[Any]]:
         """The stages up to grouped samples, per the epoch policy."""

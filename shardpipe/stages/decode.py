@@ -21,11 +21,9 @@ from shardpipe.errors import DecodeError
 from shardpipe.format.fields import decode_field
 from shardpipe.format.sample import IMAGE_EXTENSIONS, Sample
 from shardpipe.image.fused import build_image_fn
+from shardpipe.options import DECODE_MODES
 from shardpipe.stages.base import State
 from shardpipe.stages.parallel import ParallelMap
-
-#: what image fields become (``DecodeOptions.decode``; ``None`` there skips this stage)
-DECODE_MODES = ("rgb8", "torchrgb8", "pil", "encoded")
 
 
 def _convert(img: np.ndarray, mode: str) -> Any:

@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from braceexpand import braceexpand
 
 from shardpipe.format.manifest import load_manifest
+from shardpipe.split.order import epoch_order
 from shardpipe.stages.base import Context, Stage, State
 
 log = logging.getLogger("shardpipe")
@@ -80,13 +80,6 @@ def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | Non
     if not shards:
         raise ValueError(f"no shards in {urls!r}")
     return shards
-
-
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """The shard order of one epoch: a seeded permutation, the same on every consumer."""
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([seed, epoch, 0x5A4D]).permutation(n)
 
 
 Plan = Callable[[Context], Sequence[Shard]]
