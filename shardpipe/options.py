@@ -89,9 +89,9 @@ class SplitOptions:
     #: ``False``, ``True`` (a buffer of 1000 samples) or a buffer size; shard order is
     #: shuffled per epoch too when shuffling is on
     shuffle: bool | int = False
-    #: ``"window"`` (a window of streamed samples), ``"block"`` (a permutation of the epoch
-    #: read by random access: a manifest with its index, tar shards, local or cached), or
-    #: ``"auto"``: block when those hold and ``shuffle=True``, else window
+    #: ``"window"`` (a window of streamed samples; ``"auto"``, the default, is the window too)
+    #: or ``"block"`` (a permutation of the epoch read by random access: a manifest with its
+    #: index, tar shards, local or cached); ``shuffle=True`` and ``shuffle=1000`` are the same
     shuffle_algo: str = "auto"
     #: block shuffle: samples per block (None: the whole epoch, a true permutation)
     shuffle_block_size: int | None = None

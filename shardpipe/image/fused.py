@@ -106,6 +106,15 @@ def _apply_rest(img: np.ndarray, rest: list[Transform], rng: np.random.Generator
     return img
 
 
+def fusable(transform: Callable[..., Any] | None) -> bool:
+    """True when ``transform`` starts with a geometry the decode can be fused with
+    (``RandomResizedCrop``, ``Resize`` or ``CenterCrop``): :func:`build_image_fn` fuses exactly these."""
+    if transform is None:
+        return False
+    first, _ = _split(as_transform(transform))
+    return isinstance(first, (RandomResizedCrop, Resize, CenterCrop))
+
+
 def build_image_fn(
     decoder: str | ImageDecoder = "auto",
     transform: Callable[..., Any] | None = None,
@@ -125,7 +134,7 @@ def build_image_fn(
         return lambda data, rng: dec.decode(data)
     t: Transform = as_transform(transform)
     first, rest = _split(t)
-    if not fuse or not isinstance(first, (RandomResizedCrop, Resize, CenterCrop)):
+    if not fuse or not fusable(first):
         return lambda data, rng: t(dec.decode(data), rng)
     fused = FusedDecoder(dec, scales, yuv)
     if isinstance(first, CenterCrop):
