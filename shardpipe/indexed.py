@@ -175,8 +175,9 @@ def block_shuffle_source(
     if not shuffle:
         raise ValueError("shuffle_algo='block' needs shuffle=True")
     from shardpipe.io.files import is_local
+    from shardpipe.io.urls import single_manifest
 
-    manifest = urls if isinstance(urls, str) and urls.endswith(".json") and "::" not in urls else None
+    manifest = single_manifest(urls)
     if manifest is None:
         if algo == "auto":
             return None

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from braceexpand import braceexpand
-
 from shardpipe.format.manifest import load_manifest
+from shardpipe.io.urls import expand_pattern, is_manifest, split_patterns
 from shardpipe.stages.base import Context, Stage, State
 
 log = logging.getLogger("shardpipe")
@@ -61,22 +60,23 @@ class Shard:
 
 
 def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> list[Shard]:
-    """Turn a brace pattern, a list of patterns, or a manifest URL into a shard list.
+    """Turn a brace pattern, a glob, a list of patterns, or a manifest URL into a shard list.
 
-    ``"train-{000000..000099}.tar"`` expands with braceexpand; ``"a.tar::b.tar"`` and lists
-    concatenate; a URL ending in ``.json`` is read as a manifest (with sample counts).
+    ``"train-{000000..000099}.tar"`` expands with braceexpand, ``"train-*.tar"`` to the
+    matching files in natural order (local or object store); ``"a.tar::b.tar"`` and lists
+    concatenate; a pattern ending in ``.json`` names manifests (with sample counts). See
+    ``shardpipe.io.urls``: a mistyped URL (``s3:/bucket``) or a glob matching nothing is an error.
     """
-    patterns = urls.split("::") if isinstance(urls, str) else list(urls)
     shards: list[Shard] = []
-    for pattern in patterns:
-        if pattern.endswith(".json"):
-            for entry in load_manifest(pattern, storage_options)["shards"]:  # numbers checked there
+    for pattern in split_patterns(urls):
+        for url in expand_pattern(pattern, storage_options):
+            if not is_manifest(pattern):
+                shards.append(Shard(url, len(shards)))
+                continue
+            for entry in load_manifest(url, storage_options)["shards"]:  # numbers checked there
                 shards.append(
                     Shard(entry["url"], len(shards), entry.get("samples"), entry.get("bytes"), entry.get("sha256"))
                 )
-            continue
-        for url in braceexpand(pattern):
-            shards.append(Shard(url, len(shards)))
     if not shards:
         raise ValueError(f"no shards in {urls!r}")
     return shards

@@ -33,6 +33,7 @@ from typing import Any
 
 from shardpipe.format.manifest import MANIFEST
 from shardpipe.io.files import dirname_url, join_url
+from shardpipe.io.urls import check_url
 from shardpipe.write import outfiles
 from shardpipe.write.engines import write_engine
 from shardpipe.write.outfiles import PROGRESS
@@ -153,6 +154,10 @@ def write_shards(
     usually listed class by class: shards then hold a mix of classes, which a streaming
     shuffle needs (``summary.shuffled`` says what was done).
     """
+    check_url(pattern)
+    if isinstance(source, (str, os.PathLike)):
+        check_url(os.fspath(source))
+    shard_name(pattern, 0)  # a pattern without a number placeholder fails before the scan
     if maxsize is not None and maxsize < 1:
         raise ValueError(f"maxsize must be a positive number of bytes, got {maxsize}")
     if maxsize is not None and engine != "local":
