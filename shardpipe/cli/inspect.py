@@ -12,7 +12,6 @@ import argparse
 import hashlib
 import json
 import statistics
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field

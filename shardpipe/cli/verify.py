@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 

@@ -41,7 +41,10 @@ def check_url(url: str) -> str:
     if m is None:
         return url
     scheme, rest = m.group(1).lower(), m.group(2)
-    meant = f"file://{rest if rest.startswith('/') else '/' + rest}" if scheme == "file" else f"{scheme}://{rest.lstrip('/')}"
+    if scheme == "file":
+        meant = f"file://{rest if rest.startswith('/') else '/' + rest}"
+    else:
+        meant = f"{scheme}://{rest.lstrip('/')}"
     raise MistypedURLError(
         f"{url!r} looks like a mistyped URL: did you mean {meant!r}? "
         f"(for a local folder named '{m.group(1)}:', write './{url}')"

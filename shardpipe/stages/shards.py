@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
 from shardpipe.format.manifest import load_manifest
 from shardpipe.io.urls import expand_pattern, is_manifest, split_patterns
 from shardpipe.stages.base import Context, Stage, State
