@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from shardpipe.format.index import SampleIndex, sample_from_bytes
 from shardpipe.format.manifest import load_manifest
 from shardpipe.io.ranged import RangeReader
+from shardpipe.io.urls import check_url
 
 
 class IndexedShards:
@@ -30,7 +31,7 @@ class IndexedShards:
         cache_size: int | None = None,
         read_options: Any = None,
     ):
-        meta = load_manifest(manifest, storage_options)
+        meta = load_manifest(check_url(manifest), storage_options)
         if not meta.get("index_url"):
             raise ValueError(
                 f"{manifest} has no index: create one with `shardpipe index SHARDS -o {manifest}` "
