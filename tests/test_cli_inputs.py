@@ -214,7 +214,8 @@ def dataset(tmp_path_factory) -> Path:
     (root / "src").mkdir()
     for i in range(6):
         (root / "src" / f"im{i}.jpg").write_bytes(small_jpeg(i, (96, 80)))
-    assert main(["write", str(root / "src"), str(root / "good" / "d-%03d.tar"), "--maxcount", "2", "--no-progress"]) == 0
+    argv = ["write", str(root / "src"), str(root / "good" / "d-%03d.tar"), "--maxcount", "2", "--no-progress"]
+    assert main(argv) == 0
     return root
 
 
