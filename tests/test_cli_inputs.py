@@ -145,6 +145,14 @@ def test_a_glob_of_manifests_concatenates_them(tmp_path: Path):
     assert single_manifest([str(tmp_path / "a" / "manifest.json")]) == str(tmp_path / "a" / "manifest.json")
 
 
+def test_pipe_commands_and_query_strings_are_not_globs(tmp_path: Path):
+    write_numbered(tmp_path, 1)
+    tar = tmp_path / "train-0.tar"
+    url = f"pipe:cat {tmp_path}/train-[0].tar"  # the shell expands this, not shardpipe
+    assert keys(url, allow_pipe=True) == keys(str(tar))
+    assert expand_pattern("https://host/a.tar?X-Amz-Signature=ab[c]") == ["https://host/a.tar?X-Amz-Signature=ab[c]"]
+
+
 def test_a_glob_that_matches_nothing_is_a_clear_error(tmp_path: Path):
     write_numbered(tmp_path, 2)
     with pytest.raises(ShardNotFoundError, match=r"no file matches '.*/trian-\*\.tar'"):

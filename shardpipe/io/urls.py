@@ -82,6 +82,8 @@ def single_manifest(urls: Any) -> str | None:
 
 def has_glob(url: str) -> bool:
     """True when ``url`` holds glob characters to expand (a local file of that exact name is taken as is)."""
+    if url.startswith("pipe:"):
+        return False  # a shell command: its own business
     if url.startswith(("http://", "https://")):
         return "*" in url  # '?' starts a query string there
     if not _GLOB_CHARS.search(url):
