@@ -183,6 +183,16 @@ def test_a_glob_on_an_object_store(tmp_path: Path, s3_store):
     assert r.returncode == 2 and "no file matches 's3://shards/globbed/nothing-*.tar'" in r.stderr
     r = cli("inspect", s3_store.url("globbed/train-{0..11}.tar"), "--storage-options", json.dumps(options))
     assert r.returncode == 2 and "shard not found: s3://shards/globbed/train-11.tar" in r.stderr
+    # a truncated object: index steps over members with ranged reads, yet reports where it really ends
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes((tmp_path / "train-1.tar").read_bytes()[:1000])
+    s3_store.put("cut/cut.tar", cut.read_bytes())
+    local = cli("verify", str(cut)).stdout
+    remote = cli("index", s3_store.url("cut/*.tar"), "-o", s3_store.url("cut/m.json"), "--no-progress",
+                 "--storage-options", json.dumps(options))  # fmt: skip
+    assert remote.returncode == 1
+    said = local[local.index("truncated tar: ") : local.index("at byte 1000") + len("at byte 1000")]
+    assert said.replace(str(cut), s3_store.url("cut/cut.tar")) in remote.stderr, (local, remote.stderr)
 
 
 # ---------------------------------------------------------------- write's listing and pattern
