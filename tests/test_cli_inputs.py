@@ -316,7 +316,7 @@ def test_inspect_and_verify_take_a_manifest_and_say_when_it_is_missing(dataset: 
 
 
 @pytest.mark.parametrize("where", ["data", "padding", "boundary"])
-def test_verify_and_index_report_the_same_true_offset(where: str, tmp_path: Path):
+def test_verify_and_index_report_the_same_true_offset(where: str, tmp_path: Path, capsys):
     """A cut inside a member's data, inside its padding, or between members: one offset in both reports,
     whether the member is read (verify, index --sha256) or stepped over with a seek (index)."""
     members = [("a", 3 << 20), ("b", 700), ("c", 100)]  # a is larger than a 1 MiB read chunk
@@ -332,10 +332,10 @@ def test_verify_and_index_report_the_same_true_offset(where: str, tmp_path: Path
         "padding": f"ends inside the padding of member 'b.bin' (header at byte {b_header}) at byte {cut}",
         "boundary": f"ends at byte {cut} without the end-of-archive marker",
     }[where]
-    reports = [
-        cli("verify", str(shard)).stdout,
-        cli("index", str(shard), "-o", str(tmp_path / "m.json"), "--no-progress").stderr,
-    ]
+    assert main(["verify", str(shard)]) == 1
+    assert main(["index", str(shard), "-o", str(tmp_path / "m.json"), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    reports = [captured.out, captured.err]
     with pytest.raises(shardpipe.TruncatedShardError) as e:
         shardpipe.index_shards(str(shard), str(tmp_path / "m2.json"), sha256=True)
     reports.append(str(e.value))
