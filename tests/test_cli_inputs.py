@@ -165,34 +165,35 @@ def test_a_glob_that_matches_nothing_is_a_clear_error(tmp_path: Path):
         ShardDataset("https://127.0.0.1:9/train-*.tar")
 
 
-def test_a_glob_on_an_object_store(tmp_path: Path, s3_store):
+def test_a_glob_on_an_object_store(tmp_path: Path, s3_store, capsys):
     """S3 (SeaweedFS): a quoted glob is listed by fsspec, in natural order, for the CLI and ShardDataset."""
     samples = write_numbered(tmp_path, 11)
     for i in range(11):
         s3_store.put(f"globbed/train-{i}.tar", (tmp_path / f"train-{i}.tar").read_bytes())
     s3_store.put("globbed/other.tar", (tmp_path / "train-0.tar").read_bytes())
     options = s3_store.options()
+    so = ["--storage-options", json.dumps(options)]
     glob = s3_store.url("globbed/train-*.tar")
     out = s3_store.url("globbed/manifest.json")
-    r = cli("index", glob, "-o", out, "--storage-options", json.dumps(options), "--no-progress")
+    r = cli("index", glob, "-o", out, *so, "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "indexed 22 samples in 11 shards" in r.stdout
     assert keys(out, storage_options=options) == [s["__key__"] for s in samples]
     assert keys(glob, storage_options=options) == [s["__key__"] for s in samples]
-    r = cli("verify", s3_store.url("globbed/nothing-*.tar"), "--storage-options", json.dumps(options))
-    assert r.returncode == 2 and "no file matches 's3://shards/globbed/nothing-*.tar'" in r.stderr
-    r = cli("inspect", s3_store.url("globbed/train-{0..11}.tar"), "--storage-options", json.dumps(options))
-    assert r.returncode == 2 and "shard not found: s3://shards/globbed/train-11.tar" in r.stderr
+    assert main(["verify", s3_store.url("globbed/nothing-*.tar"), *so]) == 2
+    assert "no file matches 's3://shards/globbed/nothing-*.tar'" in capsys.readouterr().err
+    assert main(["inspect", s3_store.url("globbed/train-{0..11}.tar"), *so]) == 2
+    assert "shard not found: s3://shards/globbed/train-11.tar" in capsys.readouterr().err
     # a truncated object: index steps over members with ranged reads, yet reports where it really ends
     cut = tmp_path / "cut.tar"
     cut.write_bytes((tmp_path / "train-1.tar").read_bytes()[:1000])
     s3_store.put("cut/cut.tar", cut.read_bytes())
-    local = cli("verify", str(cut)).stdout
-    remote = cli("index", s3_store.url("cut/*.tar"), "-o", s3_store.url("cut/m.json"), "--no-progress",
-                 "--storage-options", json.dumps(options))  # fmt: skip
-    assert remote.returncode == 1
+    assert main(["verify", str(cut)]) == 1
+    local = capsys.readouterr().out
+    assert main(["index", s3_store.url("cut/*.tar"), "-o", s3_store.url("cut/m.json"), "--no-progress", *so]) == 1
+    remote = capsys.readouterr().err
     said = local[local.index("truncated tar: ") : local.index("at byte 1000") + len("at byte 1000")]
-    assert said.replace(str(cut), s3_store.url("cut/cut.tar")) in remote.stderr, (local, remote.stderr)
+    assert said.replace(str(cut), s3_store.url("cut/cut.tar")) in remote, (local, remote)
 
 
 # ---------------------------------------------------------------- write's listing and pattern
