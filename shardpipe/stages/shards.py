@@ -7,10 +7,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from shardpipe.format.manifest import load_manifest
 from shardpipe.io.urls import expand_pattern, is_manifest, split_patterns
+from shardpipe.split.order import epoch_order
 from shardpipe.stages.base import Context, Stage, State
 
 log = logging.getLogger("shardpipe")
@@ -60,6 +59,14 @@ class Shard:
         )
 
 
+def manifest_shards(manifest: dict[str, Any], first: int = 0) -> list[Shard]:
+    """The shards a loaded manifest lists, numbered from ``first``."""
+    return [
+        Shard(e["url"], first + i, e.get("samples"), e.get("bytes"), e.get("sha256"))
+        for i, e in enumerate(manifest["shards"])
+    ]
+
+
 def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> list[Shard]:
     """Turn a brace pattern, a glob, a list of patterns, or a manifest URL into a shard list.
 
@@ -71,23 +78,13 @@ def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | Non
     shards: list[Shard] = []
     for pattern in split_patterns(urls):
         for url in expand_pattern(pattern, storage_options):
-            if not is_manifest(pattern):
+            if is_manifest(pattern):
+                shards += manifest_shards(load_manifest(url, storage_options), len(shards))  # numbers checked there
+            else:
                 shards.append(Shard(url, len(shards)))
-                continue
-            for entry in load_manifest(url, storage_options)["shards"]:  # numbers checked there
-                shards.append(
-                    Shard(entry["url"], len(shards), entry.get("samples"), entry.get("bytes"), entry.get("sha256"))
-                )
     if not shards:
         raise ValueError(f"no shards in {urls!r}")
     return shards
-
-
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """The shard order of one epoch: a seeded permutation, the same on every consumer."""
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([seed, epoch, 0x5A4D]).permutation(n)
 
 
 Plan = Callable[[Context], Sequence[Shard]]
