@@ -18,9 +18,9 @@ from shardpipe.write.sources import folder as folder_source
 REPO = Path(__file__).resolve().parents[1]
 
 BAD_PATTERNS = [
-    ("x{{}}.tar", "has no shard-number placeholders, not one"),
-    ("x%%.tar", "has no shard-number placeholders, not one"),
-    ("x.tar", "has no shard-number placeholders, not one"),
+    ("x{{}}.tar", "needs a %d or {} placeholder for the shard number"),
+    ("x%%.tar", "needs a %d or {} placeholder for the shard number"),
+    ("x.tar", "needs a %d or {} placeholder for the shard number"),
     ("x-%d-%d.tar", "has 2 placeholders, not one"),
     ("x-{}-{:06d}.tar", "has 2 shard-number placeholders, not one"),
     ("x-%(n)d.tar", "has a % that is not a %d placeholder"),
@@ -67,7 +67,7 @@ def images(tmp_path) -> Path:
 
 def test_write_shards_checks_the_pattern_before_reading_or_writing(images, tmp_path):
     out = tmp_path / "out"
-    with pytest.raises(ShardPatternError, match=r"'.*x\{\{\}\}\.tar' has no shard-number placeholders"):
+    with pytest.raises(ShardPatternError, match=r"'.*x\{\{\}\}\.tar' needs a %d or \{\} placeholder"):
         write_shards(str(images), str(out / "x{{}}.tar"), maxcount=2, workers=1, progress=False)
     assert not out.exists()
 

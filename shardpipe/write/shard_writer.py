@@ -18,6 +18,7 @@ from shardpipe.format.index import ShardIndex, index_name, write_index
 from shardpipe.format.manifest import MANIFEST, build_manifest, shard_entry, write_manifest
 from shardpipe.format.tar.writer import TarWriter
 from shardpipe.io.files import atomic_write, dirname_url, join_url
+from shardpipe.io.urls import check_url
 
 #: the widest zero-padded shard number a pattern may ask for
 MAX_WIDTH = 32
@@ -51,9 +52,16 @@ def check_pattern(pattern: str) -> str:
     rest = _BRACE.sub("", pattern)
     if "{" in rest or "}" in rest:
         raise ShardPatternError(f"shard pattern {pattern!r} has a brace that is not a {{}} placeholder: {usage}")
-    if len(fields) != 1:
-        count = "no" if not fields else str(len(fields))
-        raise ShardPatternError(f"shard pattern {pattern!r} has {count} shard-number placeholders, not one: {usage}")
+    if not fields:
+        example = pattern.replace("*", "%06d", 1) if "*" in pattern else "out/train-%06d.tar"
+        raise ShardPatternError(
+            f"shard pattern {pattern!r} needs a %d or {{}} placeholder for the shard number, e.g. {example!r}"
+            + (" (a glob names existing files; shards to write need numbers)" if "*" in pattern else "")
+        )
+    if len(fields) > 1:
+        raise ShardPatternError(
+            f"shard pattern {pattern!r} has {len(fields)} shard-number placeholders, not one: {usage}"
+        )
     _check_width(pattern, fields[0].group(2), usage)
     return "{}"
 
@@ -68,6 +76,23 @@ def shard_name(pattern: str, index: int) -> str:
     if check_pattern(pattern) == "%":
         return pattern % index
     return pattern.format(index)
+
+
+def brace_range(pattern: str, count: int) -> str:
+    """Shards ``0..count-1`` of ``pattern`` as one brace pattern that the readers accept
+    (``out/train-%06d.tar``, 3 -> ``out/train-{000000..000002}.tar``)."""
+    percent = "%" in pattern
+    m = re.search(r"%0?\d*d" if percent else r"\{[^{}]*\}", pattern)
+    if m is None or count <= 1:
+        return shard_name(pattern, 0)
+
+    def text(part: str) -> str:  # the pattern's literal text, unescaped
+        return part.replace("%%", "%") if percent else part.replace("{{", "{").replace("}}", "}")
+
+    def number(i: int) -> str:
+        return m.group(0) % i if percent else m.group(0).format(i)
+
+    return f"{text(pattern[: m.start()])}{{{number(0)}..{number(count - 1)}}}{text(pattern[m.end() :])}"
 
 
 class ShardWriter:
@@ -96,6 +121,7 @@ class ShardWriter:
     ):
         if maxcount < 1 or maxsize < 1:
             raise ValueError("maxcount and maxsize must be positive")
+        check_url(pattern)
         shard_name(pattern, 0)  # validate the pattern now, not at the first rollover
         self.pattern = pattern
         self.maxcount = maxcount
