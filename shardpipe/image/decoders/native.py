@@ -41,6 +41,8 @@ Box = tuple[float, float, float, float]  # top, left, height, width (pixels of t
 #: nearest-neighbour chroma upsampling instead of libjpeg's triangle filter
 FAST_IDCT = _cropjpeg.FAST_IDCT
 FAST_UPSAMPLE = _cropjpeg.FAST_UPSAMPLE
+#: decode only the restart intervals that cover a crop (files without usable ones: no change)
+INTERVALS = _cropjpeg.INTERVALS
 #: all n/8 DCT scales from 1/1 down, as reduced fractions
 ALL_SCALES: tuple[Scale, ...] = tuple((n // math.gcd(n, 8), 8 // math.gcd(n, 8)) for n in range(8, 0, -1))
 #: decoded pixels beyond the box on each side: the resampling filter reads up to 4 block
@@ -67,9 +69,12 @@ class NativeDecoder(JpegBackend):
     name = "native"
     scale_factors = ALL_SCALES
 
-    def __init__(self, flags: int = 0, factors: tuple[Scale, ...] = POWER_OF_TWO_SCALES) -> None:
+    def __init__(
+        self, flags: int = 0, factors: tuple[Scale, ...] = POWER_OF_TWO_SCALES, intervals: bool = True
+    ) -> None:
         super().__init__()
-        self.flags = flags
+        #: ``intervals``: use restart intervals where a file has them (``shardpipe.image.restart``)
+        self.flags = flags | (INTERVALS if intervals else 0)
         #: the DCT scales ``decode_crop`` picks from by default (measured: BENCHMARKS.md)
         self.crop_factors = factors
 
