@@ -126,6 +126,7 @@ def write_shards(
     presize: int | None = None,
     quality: int = 90,
     check: str = "header",
+    restart_intervals: bool = True,
     resume: bool = False,
     label_pattern: str | None = None,
     lmdb_decoder: ValueDecoder | str | None = None,
@@ -141,6 +142,9 @@ def write_shards(
     Images are copied byte for byte unless ``presize`` (shorter side, pixels) shrinks
     them. Unreadable or non-image inputs are skipped and listed in the summary and in
     the manifest. ``check`` is ``"header"`` (cheap), ``"decode"`` (full) or ``"none"``.
+    ``restart_intervals`` (default on) re-encodes baseline JPEGs losslessly with restart
+    intervals, which the native crop decoder uses to decode only what a crop covers
+    (same pixels; files ~3% smaller; ~3 ms/img of writing CPU: ``shardpipe.image.restart``).
 
     Shard ``i`` holds inputs ``i*maxcount`` to ``(i+1)*maxcount - 1``. ``engine="ray"``
     runs one Ray task per shard (``ray_address``: the cluster to join; default: the one
@@ -179,7 +183,7 @@ def write_shards(
             log.info("shuffling the sample order (seed %d): the source has classes; shuffle=False keeps it", seed)
     if shuffle:
         random.Random(seed).shuffle(records)
-    opts = PrepareOptions(presize, quality, check)
+    opts = PrepareOptions(presize, quality, check, restart_intervals)
     options = {
         "maxcount": maxcount, "maxsize": maxsize, "compress": compress,
         "shuffle": shuffle, "seed": seed if shuffle else None, **asdict(opts),

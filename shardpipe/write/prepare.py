@@ -18,6 +18,7 @@ from itertools import islice
 from typing import Any
 
 from shardpipe.errors import DecodeError
+from shardpipe.image.restart import add_restart_intervals
 from shardpipe.write.presize import check_image, image_ext, presize
 from shardpipe.write.sources import Record, Source
 
@@ -31,13 +32,15 @@ class PrepareOptions:
     presize: int | None = None
     quality: int = 90
     check: str = "header"
+    #: re-encode JPEGs losslessly with restart intervals (``shardpipe.image.restart``)
+    restart_intervals: bool = True
 
 
 # ---------------------------------------------------------------------------- per-image work
 
 
 def prepare(source: Source, opts: PrepareOptions, pos: int, record: Record) -> tuple[Any, ...]:
-    """Load, check and maybe presize one record.
+    """Load, check, maybe presize one record, and give a JPEG restart intervals (lossless).
 
     Returns ``(pos, key, ext, data, label, extra, presized)``, or ``(pos, name, reason)``
     when the record is skipped.
@@ -53,6 +56,8 @@ def prepare(source: Source, opts: PrepareOptions, pos: int, record: Record) -> t
             ext = "jpg"
         else:
             check_image(data, ext, opts.check)
+        if opts.restart_intervals and ext == "jpg":
+            data = add_restart_intervals(data)
     except DecodeError as e:
         return pos, record.name, f"unreadable image: {e}"
     except OSError as e:
