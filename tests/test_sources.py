@@ -80,7 +80,7 @@ def test_imagefolder_round_trip(imagefolder, tmp_path: Path):
     (root / "README.txt").write_text("not an image")
     (root / "class_01" / "notes.md").write_text("not an image")
     try:
-        summary = write_shards(root, str(tmp_path / "out-%04d.tar"), maxcount=5, restart_intervals=False)
+        summary = write_shards(root, str(tmp_path / "out-%04d.tar"), maxcount=5)
     finally:
         (root / "README.txt").unlink()
         (root / "class_01" / "notes.md").unlink()
@@ -106,7 +106,7 @@ def test_flat_folder_with_label_sidecars_and_extra_json(tmp_path: Path):
     (src / ".DS_Store").write_bytes(b"\0\1")
     scan = FolderSource(src).scan()
     assert [s.name for s in scan.skipped] == [".DS_Store"]
-    write_shards(src, str(tmp_path / "out" / "f-%03d.tar"), maxcount=100, restart_intervals=False)
+    write_shards(src, str(tmp_path / "out" / "f-%03d.tar"), maxcount=100)
     samples = read_back(tmp_path / "out" / "manifest.json")
     assert sorted(samples) == sorted(f[: -len(".jpg")] for f, _ in files)
     for name, label in files:
@@ -187,7 +187,7 @@ def test_csv_with_class_names_and_extra_columns(imagefolder, tmp_path: Path):
         for rel, label in files[:10]:
             w.writerow([str(root / rel), ["zebra", "ant", "moose"][label], f"image {rel}"])
         w.writerow([str(root / "missing.jpg"), "ant", "gone"])
-    summary = write_shards(listing, str(tmp_path / "out" / "c-%03d.tar"), maxcount=4, restart_intervals=False)
+    summary = write_shards(listing, str(tmp_path / "out" / "c-%03d.tar"), maxcount=4)
     assert summary.class_names == ["ant", "moose", "zebra"]
     assert [s.name for s in summary.skipped] == [str(root / "missing.jpg")]
     assert summary.skipped[0].reason.startswith("cannot read: [Errno 2]")
@@ -230,7 +230,7 @@ def test_jsonl_with_keys_labels_extra_and_bad_lines(imagefolder, tmp_path: Path)
         "no path field (one of path, file, filename, image, img, image_path)",
     ]
     assert [s.name for s in scan.skipped] == ["list.jsonl:3", "list.jsonl:5", "list.jsonl:6"]
-    write_shards(listing, str(tmp_path / "j-%02d.tar"), restart_intervals=False)
+    write_shards(listing, str(tmp_path / "j-%02d.tar"))
     samples = read_back(tmp_path / "manifest.json")
     assert sorted(samples) == [f"img_{i}" for i in range(6)]
     for i, (rel, label) in enumerate(files[:6]):

@@ -126,7 +126,7 @@ def write_shards(
     presize: int | None = None,
     quality: int = 90,
     check: str = "header",
-    restart_intervals: bool = True,
+    restart_intervals: bool = False,
     resume: bool = False,
     label_pattern: str | None = None,
     lmdb_decoder: ValueDecoder | str | None = None,
@@ -142,9 +142,10 @@ def write_shards(
     Images are copied byte for byte unless ``presize`` (shorter side, pixels) shrinks
     them. Unreadable or non-image inputs are skipped and listed in the summary and in
     the manifest. ``check`` is ``"header"`` (cheap), ``"decode"`` (full) or ``"none"``.
-    ``restart_intervals`` (default on) re-encodes baseline JPEGs losslessly with restart
-    intervals, which the native crop decoder uses to decode only what a crop covers
-    (same pixels; files ~3% smaller; ~3 ms/img of writing CPU: ``shardpipe.image.restart``).
+    ``restart_intervals`` re-encodes baseline JPEGs losslessly with restart intervals,
+    which the native crop decoder uses to decode only what a crop covers (same pixels,
+    files ~3% smaller, ~3 ms/img of writing CPU: ``shardpipe.image.restart``); off here
+    (bytes are copied unchanged), on by default in ``shardpipe write``.
 
     Shard ``i`` holds inputs ``i*maxcount`` to ``(i+1)*maxcount - 1``. ``engine="ray"``
     runs one Ray task per shard (``ray_address``: the cluster to join; default: the one

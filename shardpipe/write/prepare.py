@@ -33,7 +33,7 @@ class PrepareOptions:
     quality: int = 90
     check: str = "header"
     #: re-encode JPEGs losslessly with restart intervals (``shardpipe.image.restart``)
-    restart_intervals: bool = True
+    restart_intervals: bool = False
 
 
 # ---------------------------------------------------------------------------- per-image work
