@@ -27,6 +27,9 @@ except ImportError:  # OpenCV is optional (pip install opencv-python-headless)
     cv2 = None  # type: ignore[assignment]
 
 HAVE_CV2 = cv2 is not None
+#: OpenCV's bilinear resize: the bit-exact variant; plain INTER_LINEAR's uint8 fixed-point
+#: path rounds down, darkening every image by ~0.1 grey levels
+_LINEAR = cv2.INTER_LINEAR_EXACT if HAVE_CV2 else 1
 #: below this downscale ratio, plain bilinear sampling (the prefilter would be a no-op)
 _BLUR_FROM = 1.05
 #: above this ratio, average k x k blocks first
@@ -88,7 +91,7 @@ def resized_crop(img: np.ndarray, box: tuple[float, float, float, float], height
         region = img[t : t + int(bh), lft : lft + int(bw)]
         if blur:
             region = cv2.sepFilter2D(region, -1, _kernel(rx), _kernel(ry), borderType=cv2.BORDER_REFLECT)
-        out = cv2.resize(region, (width, height), interpolation=cv2.INTER_LINEAR)
+        out = cv2.resize(region, (width, height), interpolation=_LINEAR)
         return out.reshape(height, width, *img.shape[2:])
     # the rows and columns the output reads, plus the filters' margins
     t0, l0 = max(0, int(top) - 3 * ky), max(0, int(left) - 3 * kx)
@@ -142,6 +145,6 @@ def yuv_resized_crop(
     for plane in (planes[2], planes[1]):  # Cr, Cb: OpenCV's YCrCb order
         small = resized_crop(plane, cbox, ch, cw)
         if sx > 1 or sy > 1:
-            small = cv2.resize(small, (sx * cw, sy * ch), interpolation=cv2.INTER_LINEAR)[:height, :width]
+            small = cv2.resize(small, (sx * cw, sy * ch), interpolation=_LINEAR)[:height, :width]
         chroma.append(small)
     return cv2.cvtColor(cv2.merge((luma, *chroma)), cv2.COLOR_YCrCb2RGB)
