@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Crop quality vs PIL: mean absolute difference of the native crop kernel's output from PIL's
 (decode whole, crop, antialiased bilinear resize), grouped by the DCT scale the kernel picks,
-for DCT-scale margins and OpenCV's INTER_LINEAR vs INTER_LINEAR_EXACT; and their CPU cost.
+for DCT-scale margins and bilinear resamplers (today's cv2.resize INTER_LINEAR, its exact
+variant, cv2.warpAffine); and their CPU cost.
 
     nice python tools/bench_quality.py --n 40 --large 20 --margins 1 1.5 2
 """
@@ -51,10 +52,15 @@ def main(argv: list[str] | None = None) -> None:
             base = pick_scale(w, h, args.size, args.size, POWER_OF_TWO_SCALES)
             jobs.append((data, (t, left, h, w), ref, f"{base[0]}/{base[1]}"))
     print(f"{len(items)} images, {len(jobs)} boxes; scale = what margin 1 picks")
-    linear = {"INTER_LINEAR": 1, "INTER_LINEAR_EXACT": resample.cv2.INTER_LINEAR_EXACT}
+    cv2, warp = resample.cv2, resample._bilinear
+    linear = {
+        "resize INTER_LINEAR": lambda r, h, w: cv2.resize(r, (w, h), interpolation=cv2.INTER_LINEAR),
+        "resize LINEAR_EXACT": lambda r, h, w: cv2.resize(r, (w, h), interpolation=cv2.INTER_LINEAR_EXACT),
+        "warpAffine": warp,
+    }
     for margin in args.margins:
-        for lname, flag in linear.items():
-            resample._LINEAR = flag
+        for lname, fn in linear.items():
+            resample._bilinear = fn
             dec = NativeDecoder(scale_margin=margin)
             per_scale: dict[str, list[float]] = defaultdict(list)
             bias, cpu = [], 0.0

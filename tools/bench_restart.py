@@ -19,18 +19,33 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.dirname(__file__))
+if "--child" not in sys.argv or "main" not in sys.argv:  # the baseline child imports the baseline's shardpipe
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from bench_kernels import _load_items, _save_items, large_photo_jpegs  # noqa: E402
 
-from shardpipe.devtools.bench import OtherLoad, format_table, median, photo_jpegs  # noqa: E402
+def _save_items(items: list[bytes], path: str) -> None:
+    with open(path, "wb") as f:  # length-prefixed blobs (no pickle)
+        for data in items:
+            f.write(len(data).to_bytes(8, "little") + data)
+
+
+def _load_items(path: str) -> list[bytes]:
+    with open(path, "rb") as f:
+        blob = f.read()
+    items, pos = [], 0
+    while pos < len(blob):
+        n = int.from_bytes(blob[pos : pos + 8], "little")
+        items.append(blob[pos + 8 : pos + 8 + n])
+        pos += 8 + n
+    return items
+
 
 #: name -> (which files, kernel)
 KERNELS = {
-    "native crop, plain JPEGs (today)": ("plain", "native-old"),
-    "native crop, plain JPEGs, intervals on": ("plain", "native"),
-    "native crop, restart-marked JPEGs": ("marked", "native"),
+    "native crop, plain (main checkout: today)": ("plain", "main"),
+    "native crop, restart-marked, today's scale + resize": ("marked", "intervals-only"),
+    "native crop, restart-marked (new defaults)": ("marked", "native"),
+    "native crop, plain (new defaults)": ("plain", "native"),
     "PIL decode + crop + resize, plain": ("plain", "pil"),
 }
 
@@ -43,13 +58,23 @@ def _child(kernel: str, path: str, size: int) -> None:
 
     if kernel == "pil":
         fn = pil_train_kernel(size)
-    else:
-        fn = build_image_fn(NativeDecoder(intervals=kernel == "native"), train_transform(size))
+    elif kernel == "native":
+        fn = build_image_fn(NativeDecoder(), train_transform(size))
+    elif kernel == "main":  # the baseline checkout's shardpipe (PYTHONPATH), its defaults
+        fn = build_image_fn(NativeDecoder(), train_transform(size))
+    else:  # restart intervals alone: today's scale choice and resize
+        from shardpipe.augment import resample
+
+        cv2 = resample.cv2
+        resample._bilinear = lambda r, h, w: cv2.resize(r, (w, h), interpolation=cv2.INTER_LINEAR)
+        fn = build_image_fn(NativeDecoder(scale_margin=1.0), train_transform(size))
     items = _load_items(path)
     run_kernel(fn, items[:5], 1)
     t0 = time.thread_time()
     run_kernel(fn, items, 1)
-    print(json.dumps({"ms": (time.thread_time() - t0) * 1000 / len(items)}))
+    import shardpipe
+
+    print(json.dumps({"ms": (time.thread_time() - t0) * 1000 / len(items), "from": shardpipe.__file__}))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,11 +84,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--per-row", type=int, default=None, help="intervals per MCU row (default: the library's)")
     ap.add_argument("--large", action="store_true", help="2000-3000 px photo-like JPEGs")
+    ap.add_argument("--baseline", default="/work/main", help="checkout whose shardpipe is 'today' (default /work/main)")
     ap.add_argument("--child", nargs=2, metavar=("KERNEL", "DATA"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         _child(args.child[0], args.child[1], args.size)
         return
+    sys.path.insert(0, os.path.dirname(__file__))
+    from bench_kernels import large_photo_jpegs
+
+    from shardpipe.devtools.bench import OtherLoad, format_table, median, photo_jpegs
     from shardpipe.image.restart import DEFAULT_PER_ROW, add_restart_intervals, restart_layout
 
     per_row = args.per_row or DEFAULT_PER_ROW
@@ -89,8 +119,14 @@ def main(argv: list[str] | None = None) -> None:
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 files, kernel = KERNELS[name]
                 cmd = [sys.executable, __file__, "--child", kernel, paths[files], "--size", str(args.size)]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                results[name].append(json.loads(out.strip().splitlines()[-1])["ms"])
+                env = dict(os.environ)
+                if kernel == "main":
+                    env["PYTHONPATH"] = args.baseline
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
+                got = json.loads(out.strip().splitlines()[-1])
+                if kernel == "main" and not got["from"].startswith(os.path.abspath(args.baseline)):
+                    raise SystemExit(f"the baseline child imported {got['from']}, not {args.baseline}'s shardpipe")
+                results[name].append(got["ms"])
     other = load.stop()
     ref = median(results[names[0]])
     rows = [[k, median(v), min(v), max(v), 1000 / median(v), ref / median(v)] for k, v in results.items()]
