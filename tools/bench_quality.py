@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Crop quality vs PIL: mean absolute difference of the native crop kernel's output from PIL's
-(decode whole, crop, antialiased bilinear resize), grouped by the DCT scale the kernel picks,
+(decode whole, crop, antialiased bilinear resize), grouped by the DCT scale each variant picks,
 for DCT-scale margins and bilinear resamplers (today's cv2.resize INTER_LINEAR, its exact
 variant, cv2.warpAffine); and their CPU cost.
 
@@ -49,9 +49,8 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.boxes):
             t, left, h, w = random_resized_crop_box(img.height, img.width, rng)
             ref = np.asarray(img.resize((args.size, args.size), Image.BILINEAR, box=(left, t, left + w, t + h)))
-            base = pick_scale(w, h, args.size, args.size, POWER_OF_TWO_SCALES)
-            jobs.append((data, (t, left, h, w), ref, f"{base[0]}/{base[1]}"))
-    print(f"{len(items)} images, {len(jobs)} boxes; scale = what margin 1 picks")
+            jobs.append((data, (t, left, h, w), ref))
+    print(f"{len(items)} images, {len(jobs)} boxes; grouped by the DCT scale each margin picks")
     cv2, warp = resample.cv2, resample._bilinear
     linear = {
         "resize INTER_LINEAR": lambda r, h, w: cv2.resize(r, (w, h), interpolation=cv2.INTER_LINEAR),
@@ -64,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
             dec = NativeDecoder(scale_margin=margin)
             per_scale: dict[str, list[float]] = defaultdict(list)
             bias, cpu = [], 0.0
-            for data, box, ref, scale in jobs:
+            for data, box, ref in jobs:
+                num, den = pick_scale(int(box[3]), int(box[2]), args.size, args.size, POWER_OF_TWO_SCALES, margin)
+                scale = f"{num}/{den}"
                 t0 = time.thread_time()
                 out = dec.decode_crop(data, box, (args.size, args.size))
                 cpu += time.thread_time() - t0

@@ -10,10 +10,11 @@ optimizes the Huffman tables, which more than pays for the markers' bytes.
 
 How the interval is chosen: each MCU row is cut into at most ``per_row`` (default 8)
 intervals of equal length, the shortest of at least 2 MCUs that divides the row (intervals
-must tile the rows so the decoder can select rows *and* columns; a prime number of MCUs per
-row gets one interval per row). 4 per row halves the columns decoded for a typical
-RandomResizedCrop box while adding ~3-4 bytes per interval (BENCHMARKS.md, "Restart
-intervals").
+must tile the rows so that the decoder can select columns as well as rows; a prime number
+of MCUs per row gets one interval per row). Each interval costs ~3-4 bytes (marker, padding,
+a DC value coded whole); 4, 8, 16 and 32 per row decoded crops equally fast within noise on
+ImageNet-sized photos, 8 keeps column selection useful on large images at ~0.3% more bytes
+than 4 (BENCHMARKS.md, "Restart intervals").
 
 Progressive, arithmetic-coded, CMYK/YCCK/RGB-coded and multi-scan files, files that already
 have usable intervals, and corrupt ones are returned unchanged. Without the native
