@@ -143,4 +143,4 @@ def test_members_escaping_the_shard_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CorruptShardError, match="not a readable tar shard"):
         convert_shard(str(tmp_path / "junk.tar"), str(tmp_path / "out.tar"))
     r = cli("restart", str(tmp_path / "missing-{0..1}.tar"), "-o", str(tmp_path / "o"), "--no-progress")
-    assert r.returncode == 1 and "no such shard" in r.stderr
+    assert r.returncode == 2 and "shardpipe restart: error:" in r.stderr and "missing-0.tar" in r.stderr, r.stderr

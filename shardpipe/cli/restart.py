@@ -25,18 +25,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, resolve_inputs
     from shardpipe.errors import ShardpipeError
     from shardpipe.write.restart_job import mark_restarts
 
     try:
+        resolve_inputs(args.urls)
         summary = mark_restarts(
             args.urls, args.output, per_row=args.per_row, workers=args.workers, progress=not args.no_progress
         )
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to continue", file=sys.stderr)
         return 130
-    except (ShardpipeError, ValueError, OSError, ImportError) as e:
-        print(f"shardpipe restart: error: {e}", file=sys.stderr)
-        return 1
+    except (InputError, ValueError, ImportError) as e:
+        return fail("restart", e, USAGE)
+    except (ShardpipeError, OSError) as e:  # found in a shard: truncated, corrupt, vanished
+        return fail("restart", e, DATA_PROBLEM)
     print(summary.format())
-    return 0
+    return OK

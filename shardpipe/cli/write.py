@@ -2,7 +2,9 @@
 
 SOURCE is a flat folder, an ImageFolder tree (one folder per class), a CSV or JSONL list
 of paths and labels, or an LMDB store; OUTPUT_PATTERN names the shards with a
-``%06d``-style placeholder (``out/train-%06d.tar``; ``s3://`` and ``gs://`` work too).
+``%06d``-style placeholder (``out/train-%06d.tar``; ``s3://`` and ``gs://`` work too). It
+prints the shards as one brace pattern (``out/train-{000000..000003}.tar``) that
+``inspect``, ``verify``, ``index`` and ``ShardDataset`` accept.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 
 from shardpipe.write.engines import ENGINES
 from shardpipe.write.sources import SOURCE_TYPES
+
+EXIT_DETAILS = "  (write: 1 also when no image could be written, or with --strict when an input was skipped)"
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -87,8 +91,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, fail
     from shardpipe.write.job import write_shards
     from shardpipe.write.plan import ShardTaskError
+    from shardpipe.write.shard_writer import brace_range
 
     try:
         summary = write_shards(
@@ -103,10 +109,10 @@ def run(args: argparse.Namespace) -> int:
         print("interrupted: complete shards are kept; run again with --resume to continue", file=sys.stderr)
         return 130
     except (ValueError, OSError, ImportError, ShardTaskError) as e:
-        print(f"shardpipe write: error: {e}", file=sys.stderr)
-        return 2
+        return fail("write", e, USAGE)
     print(summary.format())
+    if summary.shards:
+        print(f"shards: {brace_range(args.pattern, summary.shards)}")
     if summary.written == 0:
-        print("shardpipe write: error: no images were written", file=sys.stderr)
-        return 1
-    return 1 if args.strict and summary.skipped else 0
+        return fail("write", "no images were written", DATA_PROBLEM)
+    return DATA_PROBLEM if args.strict and summary.skipped else OK
