@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("shardpipe.cli.demo", "generate a small dataset, write shards, stream them, print throughput"),
     "write": ("shardpipe.cli.write", "pack a folder, ImageFolder tree, CSV/JSONL list or LMDB into shards"),
     "index": ("shardpipe.cli.index", "write a manifest and index for existing tar/tgz shards (any tool's)"),
+    "restart": ("shardpipe.cli.restart", "rewrite existing shards with restart-marked JPEGs (lossless, faster crops)"),
     "inspect": ("shardpipe.cli.inspect", "summarise shards: samples, extensions, bytes, image sizes"),
     "verify": ("shardpipe.cli.verify", "decode every sample and check manifest counts and checksums"),
     "bench": ("shardpipe.cli.bench", "per-stage throughput and side-by-side comparison with baselines"),

@@ -68,6 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--check", choices=["header", "decode", "none"], default="header",
         help="how to test that an image is readable: header (fast, default), full decode, or not at all",
     )  # fmt: skip
+    p.add_argument(
+        "--no-restart-intervals", dest="restart_intervals", action="store_false",
+        help="copy JPEGs byte for byte (default: re-encode them losslessly with restart intervals, which the "
+        "native decoder uses to decode only the intervals a crop covers)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last complete shard")
     p.add_argument(
         "--label-pattern",
@@ -96,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
             args.source, args.pattern, source_type=args.source_type, maxcount=args.maxcount,
             maxsize=args.maxsize, compress=args.compress, workers=args.workers, shuffle=args.shuffle,
             seed=args.seed, presize=args.presize, quality=args.quality, check=args.check,
-            resume=args.resume, label_pattern=args.label_pattern, lmdb_decoder=args.lmdb_decoder,
+            restart_intervals=args.restart_intervals, resume=args.resume, label_pattern=args.label_pattern,
+            lmdb_decoder=args.lmdb_decoder,
             progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address,
         )  # fmt: skip
     except KeyboardInterrupt:
