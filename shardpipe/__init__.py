@@ -17,6 +17,7 @@ from shardpipe.errors import (
     ShardNotFoundError,
     ShardpipeError,
     ShardReadError,
+    StateError,
     TruncatedShardError,
     WorkerStallError,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "ShardWriter",
     "ShardpipeError",
     "SplitOptions",
+    "StateError",
     "TarWriter",
     "TruncatedShardError",
     "WorkerStallError",
