@@ -28,6 +28,8 @@ class ShardOpener:
 
     ``ahead(shards)`` hints at the shards to come (opened in the background, up to
     ``prefetch`` of them); ``close()`` closes streams opened ahead and never used.
+    The hints are applied again once the shard being opened has left the ahead-set, so
+    ``prefetch=k`` keeps k shards opened ahead of the one being read (``events`` shows it).
     ``open_kwargs`` go to ``open_shard``: storage_options, cache_dir, cache_size,
     read_options, allow_pipe.
     """
@@ -36,6 +38,7 @@ class ShardOpener:
         self.depth = prefetch
         self.open_kwargs = open_kwargs
         self._prefetcher: Prefetcher | None = None
+        self._upcoming: list[ShardLike] = []
 
     def _pf(self) -> Prefetcher:
         if self._prefetcher is None:
@@ -44,12 +47,24 @@ class ShardOpener:
 
     def ahead(self, shards: Iterable[ShardLike]) -> None:
         """Start opening ``shards`` (the next ones in the plan) in the background."""
+        self._upcoming = list(shards)
+        self._prefetch_upcoming()
+
+    def _prefetch_upcoming(self) -> None:
         pf = self._pf()
-        for s in shards:
+        for s in self._upcoming:
             pf.prefetch(s.url, expected_size=s.size, expected_sha256=s.sha256)
 
+    @property
+    def events(self) -> list[tuple[Any, ...]]:
+        """The prefetcher's log (see ``shardpipe.io.prefetch``)."""
+        return list(self._prefetcher.events) if self._prefetcher is not None else []
+
     def __call__(self, shard: ShardLike, offset: int) -> IO[bytes]:
-        return self._pf().open(shard.url, offset, expected_size=shard.size, expected_sha256=shard.sha256)
+        stream = self._pf().open(shard.url, offset, expected_size=shard.size, expected_sha256=shard.sha256)
+        self._upcoming = [s for s in self._upcoming if s.url != shard.url]
+        self._prefetch_upcoming()  # the shard just opened freed its place in the ahead-set
+        return stream
 
     def close(self) -> None:
         if self._prefetcher is not None:

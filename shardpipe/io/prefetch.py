@@ -2,14 +2,20 @@
 
 A remote shard opened ahead starts its first ranged requests at once (and, with a
 cache, downloads into the cache), so its first bytes are ready when the pipeline
-reaches it. Memory stays bounded: at most ``depth`` shards are opened ahead, and an
-uncached remote stream holds at most ``(readahead + 1) * block_size`` bytes.
+reaches it, and keeps filling its window while the current shard is read. Memory
+stays bounded: at most ``depth`` shards are opened ahead, and all remote streams of a
+process share one bound (``ReadOptions.memory_limit``, see ``shardpipe.io.budget``).
+
+``events`` records what the prefetcher did, in order: ``("ahead", url)`` when a
+background open starts, ``("open", url, prefetched, ahead)`` when a stream is handed
+out (``ahead``: the URLs still opened ahead after it), ``("drop", url)`` when a stream
+opened ahead is closed unused.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
@@ -36,6 +42,7 @@ class Prefetcher:
         self._ahead: OrderedDict[str, Future[IO[bytes]]] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
         self.hits = 0  # opens served by a prefetched stream
+        self.events: deque[tuple[Any, ...]] = deque(maxlen=10_000)
 
     def prefetch(self, url: str, **per_shard: Any) -> None:
         """Start opening ``url`` in the background (ignored beyond ``depth`` shards).
@@ -51,6 +58,8 @@ class Prefetcher:
             self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix="shardpipe-prefetch")
         kwargs = {**self.open_kwargs, **per_shard}
         self._ahead[url] = self._pool.submit(open_shard, url, 0, **kwargs)
+        self.events.append(("ahead", url))
+        log.debug("prefetch: opening %s ahead", url)
 
     def open(self, url: str, offset: int = 0, **per_shard: Any) -> IO[bytes]:
         """The stream of ``url`` from ``offset``: the prefetched one when there is one."""
@@ -58,14 +67,17 @@ class Prefetcher:
         if fut is not None:
             if offset == 0:
                 self.hits += 1
+                self.events.append(("open", url, True, tuple(self._ahead)))
                 return fut.result()
             _close_when_done(fut)  # resuming mid-shard: reopen at the offset instead
+        self.events.append(("open", url, False, tuple(self._ahead)))
         return open_shard(url, offset, **{**self.open_kwargs, **per_shard})
 
     def close(self) -> None:
         """Close streams opened ahead and never used."""
-        for fut in self._ahead.values():
+        for url, fut in self._ahead.items():
             _close_when_done(fut)
+            self.events.append(("drop", url))
         self._ahead.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=False)
