@@ -118,7 +118,10 @@ class ShardDataset(IterableDataset):
             the workers and ranks of one machine and checked against the manifest's sha256.
         read_options: ``shardpipe.io.remote.ReadOptions`` (block size, read-ahead, retries,
             backoff, timeout) for remote streams.
-        prefetch: remote shards to open ahead of the one being read.
+        prefetch: remote shards to open ahead of the one being read (they keep filling
+            while it is read).
+        memory_limit: bytes of remote data each process may have requested and not yet
+            consumed (default 256 MiB per DataLoader worker).
         allow_pipe: allow ``pipe:`` URLs (they run a shell command).
         max_member_size: a tar member declaring more bytes is a ``CorruptShardError``
             (default 256 MiB, ``shardpipe.format.tar.reader.MAX_MEMBER_SIZE``; None: no limit).
@@ -159,7 +162,7 @@ class ShardDataset(IterableDataset):
         self.indexed = block_shuffle_source(
             urls, self.split_options.shuffle, self.split_options.shuffle_algo,
             storage_options=dict(storage) if storage is not None else None, cache_dir=o.cache_dir,
-            cache_size=o.cache_size, read_options=o.read_options,
+            cache_size=o.cache_size, read_options=o.resolved_read_options(),
         )  # fmt: skip
         self._main_rank = distributed_rank()
         self.stats = SharedStats()

@@ -62,6 +62,10 @@ class OpenOptions:
     read_options: ReadOptions | None = None
     #: remote shards opened ahead of the one being read
     prefetch: int = 1
+    #: bytes of remote data one process (each DataLoader worker) may have requested and not
+    #: yet consumed, all its streams together; None: ``read_options.memory_limit`` (256 MiB,
+    #: 4 GiB for 16 workers: see ``shardpipe.io.budget``)
+    memory_limit: int | None = None
     #: allow ``pipe:`` URLs (they run a shell command)
     allow_pipe: bool = False
     #: a tar member declaring more bytes is a CorruptShardError (None: no limit)
@@ -73,6 +77,7 @@ class OpenOptions:
         _check_count("cache_size", self.cache_size, 1)
         _check_count("max_member_size", self.max_member_size, 0)
         _check_count("prefetch", self.prefetch, 0, optional=False)
+        _check_count("memory_limit", self.memory_limit, 1)
         if self.cache_size is not None and self.cache_dir is None:
             raise ValueError("cache_size limits a cache: give cache_dir too")
 
@@ -83,9 +88,16 @@ class OpenOptions:
             storage_options=dict(self.storage_options) if self.storage_options is not None else None,
             cache_dir=self.cache_dir,
             cache_size=self.cache_size,
-            read_options=self.read_options,
+            read_options=self.resolved_read_options(),
             allow_pipe=self.allow_pipe,
         )
+
+    def resolved_read_options(self) -> ReadOptions:
+        """``read_options`` (or the defaults) with ``memory_limit`` applied."""
+        from shardpipe.io.remote import ReadOptions
+
+        read = self.read_options or ReadOptions()
+        return dataclasses.replace(read, memory_limit=self.memory_limit) if self.memory_limit else read
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ callable ``opener(shard, offset) -> stream`` works in its place (``inspect`` and
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable
 from typing import IO, Any, Protocol
 
@@ -29,7 +30,9 @@ class ShardOpener:
     ``ahead(shards)`` hints at the shards to come (opened in the background, up to
     ``prefetch`` of them); ``close()`` closes streams opened ahead and never used.
     The hints are applied again once the shard being opened has left the ahead-set, so
-    ``prefetch=k`` keeps k shards opened ahead of the one being read (``events`` shows it).
+    ``prefetch=k`` keeps k shards opened ahead of the one being read. ``events`` logs
+    the prefetcher's events (``shardpipe.io.prefetch``) and ``("reading", url, ahead)``
+    each time a shard is handed to the reader, with the shards then opened ahead.
     ``open_kwargs`` go to ``open_shard``: storage_options, cache_dir, cache_size,
     read_options, allow_pipe.
     """
@@ -39,10 +42,11 @@ class ShardOpener:
         self.open_kwargs = open_kwargs
         self._prefetcher: Prefetcher | None = None
         self._upcoming: list[ShardLike] = []
+        self.events: deque[tuple[Any, ...]] = deque(maxlen=10_000)
 
     def _pf(self) -> Prefetcher:
         if self._prefetcher is None:
-            self._prefetcher = Prefetcher(self.depth, **self.open_kwargs)
+            self._prefetcher = Prefetcher(self.depth, self.events, **self.open_kwargs)
         return self._prefetcher
 
     def ahead(self, shards: Iterable[ShardLike]) -> None:
@@ -55,15 +59,12 @@ class ShardOpener:
         for s in self._upcoming:
             pf.prefetch(s.url, expected_size=s.size, expected_sha256=s.sha256)
 
-    @property
-    def events(self) -> list[tuple[Any, ...]]:
-        """The prefetcher's log (see ``shardpipe.io.prefetch``)."""
-        return list(self._prefetcher.events) if self._prefetcher is not None else []
-
     def __call__(self, shard: ShardLike, offset: int) -> IO[bytes]:
-        stream = self._pf().open(shard.url, offset, expected_size=shard.size, expected_sha256=shard.sha256)
+        pf = self._pf()
+        stream = pf.open(shard.url, offset, expected_size=shard.size, expected_sha256=shard.sha256)
         self._upcoming = [s for s in self._upcoming if s.url != shard.url]
         self._prefetch_upcoming()  # the shard just opened freed its place in the ahead-set
+        self.events.append(("reading", shard.url, pf.ahead_urls()))
         return stream
 
     def close(self) -> None:

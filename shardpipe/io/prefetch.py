@@ -34,7 +34,7 @@ class Prefetcher:
     not prefetched (the page cache does that job).
     """
 
-    def __init__(self, depth: int = 1, **open_kwargs: Any):
+    def __init__(self, depth: int = 1, events: deque[tuple[Any, ...]] | None = None, **open_kwargs: Any):
         if depth < 0:
             raise ValueError(f"prefetch depth must be >= 0, not {depth}")
         self.depth = depth
@@ -42,7 +42,7 @@ class Prefetcher:
         self._ahead: OrderedDict[str, Future[IO[bytes]]] = OrderedDict()
         self._pool: ThreadPoolExecutor | None = None
         self.hits = 0  # opens served by a prefetched stream
-        self.events: deque[tuple[Any, ...]] = deque(maxlen=10_000)
+        self.events: deque[tuple[Any, ...]] = events if events is not None else deque(maxlen=10_000)
 
     def prefetch(self, url: str, **per_shard: Any) -> None:
         """Start opening ``url`` in the background (ignored beyond ``depth`` shards).
@@ -57,7 +57,7 @@ class Prefetcher:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.depth, thread_name_prefix="shardpipe-prefetch")
         kwargs = {**self.open_kwargs, **per_shard}
-        self._ahead[url] = self._pool.submit(open_shard, url, 0, **kwargs)
+        self._ahead[url] = self._pool.submit(_open_ahead, url, kwargs)
         self.events.append(("ahead", url))
         log.debug("prefetch: opening %s ahead", url)
 
@@ -72,6 +72,10 @@ class Prefetcher:
             _close_when_done(fut)  # resuming mid-shard: reopen at the offset instead
         self.events.append(("open", url, False, tuple(self._ahead)))
         return open_shard(url, offset, **{**self.open_kwargs, **per_shard})
+
+    def ahead_urls(self) -> tuple[str, ...]:
+        """The shards opened (or being opened) ahead, oldest first."""
+        return tuple(self._ahead)
 
     def close(self) -> None:
         """Close streams opened ahead and never used."""
@@ -88,6 +92,15 @@ class Prefetcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _open_ahead(url: str, kwargs: dict[str, Any]) -> IO[bytes]:
+    """Open ``url`` and let its stream fill while the one before it is read."""
+    stream = open_shard(url, 0, **kwargs)
+    fill = getattr(stream, "fill_ahead", None)
+    if fill is not None:
+        fill()
+    return stream
 
 
 def _close_when_done(fut: Future[IO[bytes]]) -> None:

@@ -4,8 +4,9 @@ The requests in flight plus the block being consumed make the stream's window. B
 default it adapts: requests start at ``min_block`` bytes and double up to
 ``block_size`` (large sequential GETs), and the window holds ``demand x request time``
 bytes, where the request time comes from the measured first-byte latency and
-per-connection throughput (``shardpipe.io.budget.LinkStats``) and ``demand`` (bytes/s)
-grows by half each time the consumer had to wait for the network. At cloud latency it
+per-connection throughput and ``demand`` (bytes/s, shared by the process's streams,
+``shardpipe.io.budget.LinkStats``) grows by half each time a consumer had to wait for
+the network. A stream opened ahead (``fill_ahead``) fills its whole share until it is read. At cloud latency it
 settles near the bandwidth-delay product; a consumer slower than the link never waits
 and keeps the window small. Every byte requested is reserved from the process's
 :class:`~shardpipe.io.budget.MemoryBudget` first, and one stream holds at most its
@@ -93,7 +94,7 @@ class ResumableReader(io.BufferedIOBase):
         self._req_size = (
             options.block_size if options.readahead is not None else min(options.min_block, options.block_size)
         )
-        self._demand = self.stats.demand
+        self._ahead = False  # opened ahead and not yet read: fill the whole share
         self._lock = threading.Lock()
         self._started = False  # a block has been returned (the first wait is not a stall)
         self._error: Exception | None = None
@@ -139,6 +140,12 @@ class ResumableReader(io.BufferedIOBase):
             self._fill()
         self._pos = target
         return target
+
+    def fill_ahead(self) -> None:
+        """This stream was opened ahead of its turn: fill its whole share of the budget
+        while the stream before it is read (until its own first read)."""
+        self._ahead = True
+        self._fill()
 
     def read(self, n: int | None = -1) -> bytes:
         self._check_open()
@@ -196,6 +203,7 @@ class ResumableReader(io.BufferedIOBase):
 
     # -- the window -------------------------------------------------------------------
     def _check_open(self) -> None:
+        self._ahead = False  # being read now: the adaptive window applies
         if self.closed:
             raise ValueError(f"read from closed stream {self.url}")
         if self._error is not None:
@@ -206,7 +214,9 @@ class ResumableReader(io.BufferedIOBase):
         share = self.budget.share()
         if self.options.readahead is not None:
             return share
-        want = self._demand * self.stats.request_time(self._req_size)
+        if self._ahead:
+            return share
+        want = self.stats.demand * self.stats.request_time(self._req_size)
         return int(min(max(want, 2 * self._req_size), share))
 
     def _fill(self) -> None:
@@ -322,8 +332,7 @@ class ResumableReader(io.BufferedIOBase):
             try:
                 if not failures and not fut.done() and self._started and self.options.readahead is None:
                     self.stalls += 1  # the consumer caught up with the network: widen the window
-                    self._demand = min(self._demand * 1.5, MAX_DEMAND)
-                    self.stats.demand = max(self.stats.demand, self._demand)
+                    self.stats.demand = min(self.stats.demand * 1.5, MAX_DEMAND)
                 t0 = time.perf_counter()
                 try:
                     data = self._source.result(fut)
