@@ -66,7 +66,7 @@ def test_prefetch_k_keeps_k_shards_opened_ahead(http_store, tmp_path, k):
     assert got == [fields(s) for s in samples]
     reading = [e for e in opener.events if e[0] == "reading"]
     assert [e[1] for e in reading] == urls
-    for i, (_, url, ahead) in enumerate(reading):
+    for i, (_, _url, ahead) in enumerate(reading):
         assert list(ahead) == urls[i + 1 : i + 1 + k], f"while reading shard {i}"
     opens = [e for e in opener.events if e[0] == "open"]
     assert [e[2] for e in opens] == [False] + [True] * (len(urls) - 1)  # every shard after the first was ready
@@ -155,7 +155,9 @@ def test_cuts_with_many_requests_in_flight_give_every_sample_once(request, tmp_p
     read = ReadOptions(
         min_block=32 * KiB, block_size=128 * KiB, retries=4, backoff=0.01, max_backoff=0.05, memory_limit=budget.limit
     )
-    got = [fields(s) for s in ShardDataset(manifest, decode=None, read_options=read, prefetch=2, storage_options=options)]
+    got = [
+        fields(s) for s in ShardDataset(manifest, decode=None, read_options=read, prefetch=2, storage_options=options)
+    ]
     assert store.proxy.faults_fired == 4
     assert got == [fields(s) for s in samples]
     assert budget.peak >= 4 * 128 * KiB  # many requests were in flight when the cuts came
