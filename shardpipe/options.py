@@ -60,8 +60,10 @@ class OpenOptions:
     cache_size: int | None = None
     #: ``shardpipe.io.remote.ReadOptions``: block size, read-ahead, retries, backoff, timeout
     read_options: ReadOptions | None = None
-    #: remote shards opened ahead of the one being read
-    prefetch: int = 1
+    #: remote shards opened ahead of the one being read; they keep filling while it is
+    #: read. Two: at cloud latency one shard ahead is too few parallel requests to fill
+    #: the link when shards are tens of MiB (see BENCHMARKS.md, "cloud latency")
+    prefetch: int = 2
     #: bytes of remote data one process (each DataLoader worker) may have requested and not
     #: yet consumed, all its streams together; None: ``read_options.memory_limit`` (256 MiB,
     #: 4 GiB for 16 workers: see ``shardpipe.io.budget``)

@@ -37,7 +37,7 @@ class ShardOpener:
     read_options, allow_pipe.
     """
 
-    def __init__(self, prefetch: int = 1, **open_kwargs: Any):
+    def __init__(self, prefetch: int = 2, **open_kwargs: Any):
         self.depth = prefetch
         self.open_kwargs = open_kwargs
         self._prefetcher: Prefetcher | None = None

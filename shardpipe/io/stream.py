@@ -247,7 +247,15 @@ class ResumableReader(io.BufferedIOBase):
             self._submit(self._next, self._next + n, n)
             self._next += n
             if opts.readahead is None:
-                self._req_size = min(self._req_size * 2, opts.block_size)
+                self._req_size = min(self._req_size * 2, self._largest_request())
+
+    def _largest_request(self) -> int:
+        """Requests long enough that the first-byte wait costs ~1/9 of a connection's time
+        (8 x latency x per-connection throughput), short enough that one shard is read by
+        at least 4 requests in parallel; within [min_block, block_size]."""
+        opts = self.options
+        want = min(8 * self.stats.latency * self.stats.conn_rate, self.size / 4)
+        return int(min(max(want, opts.min_block), opts.block_size))
 
     def _submit(self, start: int, end: int, reserved: int) -> _Request:
         req = _Request(start, end, self._source.submit(start, end), reserved)
