@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Object storage at cloud latency: an epoch from SeaweedFS (S3) behind a throttling proxy.
 
-The proxy (``shardpipe.devtools.throttle``) adds ``--latency`` ms before the first byte
+"link MiB/s" is what the proxy forwarded from its first byte to its last (the network
+phase, without the loaders' process start-up); "epoch MiB/s" counts from the loader's
+first ``iter`` to its last sample. The proxy (``shardpipe.devtools.throttle``) adds ``--latency`` ms before the first byte
 of every response and caps each connection at ``--per-conn`` MiB/s and the whole link
 at ``--total`` MiB/s. Each loader reads the same shards with ``--workers`` DataLoader
 workers and no decoding (the network is the bottleneck), each round in a fresh
@@ -232,8 +234,8 @@ def main() -> int:
             for v in variants:
                 proxy.reset_counters()
                 res = child(v, args, proxy.endpoint, manifest)
-                res.update(requests=proxy.requests, max_conns=proxy.max_open_connections,
-                           load=os.getloadavg()[0])  # fmt: skip
+                res.update(requests=proxy.requests, max_conns=proxy.max_open_connections, load=os.getloadavg()[0],
+                           link=proxy.link_rate() / MiB, net=proxy.last_byte_at - proxy.first_byte_at)  # fmt: skip
                 results[v].append(res)
                 print(f"  round {r + 1} {v}: {json.dumps(res)}", flush=True)
         report(results, total_bytes, args)
@@ -256,16 +258,18 @@ def report(results: dict[str, list[dict[str, Any]]], total_bytes: int, args: arg
                   f"{statistics.median(r['requests'] for r in rs):.0f} | "
                   f"{max(r['main_rss_mb'] for r in rs):.0f} | {statistics.median(r['load'] for r in rs):.1f} |")  # fmt: skip
         return
-    print("| loader | MiB/s | of link | MiB/s after the first sample | of link | wall s | first sample s | requests "
+    print("| loader | link MiB/s | of link | epoch MiB/s | epoch s | network s | first sample s | requests "
           "| max conns | worker peak RSS MiB | load |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for v, rs in results.items():
-        rate = statistics.median(total_bytes / MiB / r["wall"] for r in rs)
-        steady = statistics.median(total_bytes / MiB / (r["wall"] - r["first"]) for r in rs)
-        print(f"| {v} | {rate:.1f} | {rate / args.total:.2f} | {steady:.1f} | {steady / args.total:.2f} "
-              f"| {statistics.median(r['wall'] for r in rs):.2f} | {statistics.median(r['first'] for r in rs):.2f} | "
-              f"{statistics.median(r['requests'] for r in rs):.0f} | {max(r['max_conns'] for r in rs)} | "
-              f"{max(r['worker_rss_mb'] for r in rs):.0f} | {statistics.median(r['load'] for r in rs):.1f} |")  # fmt: skip
+        link = statistics.median(r["link"] for r in rs)
+        epoch = statistics.median(total_bytes / MiB / r["wall"] for r in rs)
+        med = {k: statistics.median(r[k] for r in rs) for k in ("wall", "net", "first", "requests", "load")}
+        print(
+            f"| {v} | {link:.1f} | {link / args.total:.2f} | {epoch:.1f} | {med['wall']:.1f} | {med['net']:.1f} "
+            f"| {med['first']:.1f} | {med['requests']:.0f} | {max(r['max_conns'] for r in rs)} "
+            f"| {max(r['worker_rss_mb'] for r in rs):.0f} | {med['load']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 
 CHUNK = 64 * 1024
 
@@ -39,6 +40,7 @@ class ThrottleProxy:
         self.open_connections = 0
         self.max_open_connections = 0
         self.bytes_down = 0
+        self.first_byte_at = self.last_byte_at = 0.0  # time.monotonic() of the first and last byte forwarded
         self._link_free_at = 0.0  # when the shared link has sent everything queued so far
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
@@ -69,6 +71,12 @@ class ThrottleProxy:
 
     def reset_counters(self) -> None:
         self.requests = self.connections = self.max_open_connections = self.bytes_down = 0
+        self.first_byte_at = self.last_byte_at = 0.0
+
+    def link_rate(self) -> float:
+        """Bytes/s forwarded from the first byte to the last since the counters were reset."""
+        span = self.last_byte_at - self.first_byte_at
+        return self.bytes_down / span if span > 0 else 0.0
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -130,6 +138,8 @@ class ThrottleProxy:
                 if due > now:
                     await asyncio.sleep(due - now)
                 self.bytes_down += len(data)
+                self.last_byte_at = time.monotonic()
+                if not self.first_byte_at:
+                    self.first_byte_at = self.last_byte_at
                 writer.write(data)
                 await writer.drain()
-
