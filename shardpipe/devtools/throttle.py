@@ -40,7 +40,11 @@ class ThrottleProxy:
         self.open_connections = 0
         self.max_open_connections = 0
         self.bytes_down = 0
-        self.first_byte_at = self.last_byte_at = 0.0  # time.monotonic() of the first and last byte forwarded
+        #: time.monotonic() when the bytes forwarded passed ``warmup`` (small metadata reads before the data
+        #: flows are left out) and of the last byte; ``link_rate`` counts between them
+        self.warmup = 1 << 20
+        self.first_byte_at = self.last_byte_at = 0.0
+        self._bytes_at_first = 0
         self._link_free_at = 0.0  # when the shared link has sent everything queued so far
         self._loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
@@ -72,11 +76,12 @@ class ThrottleProxy:
     def reset_counters(self) -> None:
         self.requests = self.connections = self.max_open_connections = self.bytes_down = 0
         self.first_byte_at = self.last_byte_at = 0.0
+        self._bytes_at_first = 0
 
     def link_rate(self) -> float:
-        """Bytes/s forwarded from the first byte to the last since the counters were reset."""
+        """Bytes/s forwarded once the data flows (past ``warmup`` bytes) until the last byte."""
         span = self.last_byte_at - self.first_byte_at
-        return self.bytes_down / span if span > 0 else 0.0
+        return (self.bytes_down - self._bytes_at_first) / span if span > 0 else 0.0
 
     async def _start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -139,7 +144,7 @@ class ThrottleProxy:
                     await asyncio.sleep(due - now)
                 self.bytes_down += len(data)
                 self.last_byte_at = time.monotonic()
-                if not self.first_byte_at:
-                    self.first_byte_at = self.last_byte_at
+                if not self.first_byte_at and self.bytes_down >= self.warmup:
+                    self.first_byte_at, self._bytes_at_first = self.last_byte_at, self.bytes_down
                 writer.write(data)
                 await writer.drain()
