@@ -287,8 +287,11 @@ class ResumableReader(io.BufferedIOBase):
                 f"memory_limit stayed in use by other streams for {self.options.timeout} s"
             )
         with self._lock:
-            self._next = self._pos + n
-            self._submit(self._pos, self._pos + n, n)
+            if not self._pending:  # (a wake-up from the budget may have sent it meanwhile)
+                self._next = self._pos + n
+                self._submit(self._pos, self._pos + n, n)
+                return
+        self.budget.release(n)
 
     def _drop_block(self) -> None:
         freed = self._block_reserved
