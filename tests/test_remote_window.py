@@ -13,6 +13,7 @@ from shardpipe import ShardDataset, ShardWriter
 from shardpipe.errors import CorruptShardError
 from shardpipe.io.budget import MemoryBudget, process_budget
 from shardpipe.io.files import open_shard
+from shardpipe.io.opener import ShardOpener
 from shardpipe.io.remote import ReadOptions
 from shardpipe.options import OpenOptions
 from shardpipe.stages.base import Context, Pipeline
@@ -60,7 +61,7 @@ def test_prefetch_k_keeps_k_shards_opened_ahead(http_store, tmp_path, k):
     manifest = serve_shards(http_store, tmp_path, f"ahead{k}", samples, per_shard=2)
     shards = expand_urls(manifest)
     urls = [s.url for s in shards]
-    opener = OpenOptions(prefetch=k, read_options=ReadOptions(min_block=64 * KiB)).opener()
+    opener = ShardOpener(prefetch=k, read_options=ReadOptions(min_block=64 * KiB))
     pipeline = Pipeline([ShardList(shards), Untar(opener), GroupSamples()], Context())
     got = [fields(s) for s in pipeline]
     assert got == [fields(s) for s in samples]
