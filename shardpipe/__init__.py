@@ -18,7 +18,9 @@ from shardpipe.errors import (
     ShardpipeError,
     ShardReadError,
     TruncatedShardError,
+    WorkerDiedError,
     WorkerStallError,
+    WorkerStartError,
 )
 from shardpipe.format.tar.writer import TarWriter
 from shardpipe.image.normalize import normalize
@@ -55,7 +57,9 @@ __all__ = [
     "SplitOptions",
     "TarWriter",
     "TruncatedShardError",
+    "WorkerDiedError",
     "WorkerStallError",
+    "WorkerStartError",
     "WriteSummary",
     "__version__",
     "index_shards",

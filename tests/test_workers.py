@@ -15,6 +15,7 @@ import torch
 from shardpipe import ShardDataset, ShardLoader, WorkerStallError
 from shardpipe.augment import RandomResizedCrop
 from shardpipe.workers import choose_context, other_threads
+from shardpipe.workerstart import CLEAN_FORKSERVER
 
 
 class SleepForever:
@@ -30,6 +31,16 @@ class StopSelf:
 
     def __call__(self, img, rng=None):
         os.kill(os.getpid(), signal.SIGSTOP)
+        return img
+
+
+class HoldsALock:
+    """A transform that cannot be pickled, even by value."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def __call__(self, img, rng=None):
         return img
 
 
@@ -113,13 +124,15 @@ def test_auto_forks_only_without_other_threads(dataset_dir, caplog):
     t = threading.Thread(target=stop.wait, name="busy", daemon=True)
     t.start()
     try:
-        assert choose_context("auto", ds).get_start_method() == "forkserver"
+        assert choose_context("auto", ds) is CLEAN_FORKSERVER
         assert choose_context("spawn", ds) == "spawn"
-        unpicklable = ShardDataset(urls, transform=lambda img: img)
+        # a lambda travels by value (cloudpickle): still the forkserver
+        assert choose_context("auto", ShardDataset(urls, transform=lambda img: img)) is CLEAN_FORKSERVER
+        unpicklable = ShardDataset(urls, transform=HoldsALock())
         threads = other_threads()  # "busy", and whatever earlier tests left running (fsspec's loop...)
         with caplog.at_level(logging.WARNING, logger="shardpipe"):
             assert choose_context("auto", unpicklable) is None
-        assert "cannot be pickled" in caplog.text
+        assert "cannot be pickled (TypeError: cannot pickle '_thread.lock' object)" in caplog.text
         # the warning counts the threads and names the first four
         assert f"this process has {len(threads)} other threads ({', '.join(threads[:4])}" in caplog.text
     finally:
