@@ -31,7 +31,13 @@ from shardpipe.dataset import ShardDataset
 from shardpipe.errors import WorkerDiedError, WorkerStallError
 from shardpipe.passes import WorkerPlan
 from shardpipe.stages.base import State
-from shardpipe.workers import DEFAULT_STALL_TIMEOUT, awaited_worker, choose_context, stop_workers
+from shardpipe.workers import (
+    DEFAULT_STALL_TIMEOUT,
+    awaited_worker,
+    choose_context,
+    prestart_forkserver,
+    stop_workers,
+)
 from shardpipe.workerwatch import WatchedWorkersIter, position
 
 STATE_VERSION = 1
@@ -139,6 +145,7 @@ class ShardLoader(DataLoader):
         if num_workers and stall_timeout is not None:
             kwargs.setdefault("timeout", stall_timeout)
         self._requested_context = multiprocessing_context
+        prestart_forkserver(multiprocessing_context, num_workers)
         super().__init__(
             dataset,
             batch_size=None,

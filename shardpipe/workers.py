@@ -152,6 +152,17 @@ def choose_context(requested: Any, dataset: Any) -> Any:
     return CLEAN_FORKSERVER
 
 
+def prestart_forkserver(requested: Any, num_workers: int) -> None:
+    """Under ``"auto"`` beside other threads, start shardpipe's forkserver before the first pass needs it."""
+    if requested != "auto" or not num_workers or os.name != "posix":
+        return
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "fork") or not other_threads():
+        return
+    from shardpipe.workerstart import prestart
+
+    prestart()
+
+
 def _forkserver() -> Any:
     """The stock forkserver context (``multiprocessing_context="forkserver"``), preloading torch and shardpipe."""
     ctx = multiprocessing.get_context("forkserver")

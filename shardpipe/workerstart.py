@@ -173,6 +173,11 @@ def startup_report(process: Any) -> str | None:
     return popen.startup_report() if isinstance(popen, CleanForkServerPopen) else None
 
 
+def prestart() -> None:
+    """Start the server now (it imports torch in the background), so the first pass need not wait as long."""
+    _server.ensure_running()
+
+
 def server_pid() -> int | None:
     """The pid of shardpipe's forkserver process (None before the first worker start)."""
     return _server._forkserver_pid

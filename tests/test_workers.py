@@ -197,3 +197,37 @@ def test_many_fresh_loaders_under_a_busy_parent_all_complete(dataset_dir, busy_p
         batches = list(ShardLoader(ds, num_workers=2, stall_timeout=60))
         assert sorted(k for b in batches for k in b["__key__"]) == expected, f"round {round_}"
         assert all(b["jpg"].shape[1:] == (3, 16, 16) for b in batches)
+
+
+def halve(img):
+    return img // 2
+
+
+def test_plain_callable_wrapper_pickles_when_the_callable_does():
+    import pickle
+
+    import cloudpickle
+
+    from shardpipe.augment import as_transform
+
+    img = np.full((2, 2, 3), 200, np.uint8)
+    wrapped = pickle.loads(pickle.dumps(as_transform(halve)))
+    assert repr(wrapped) == f"Plain({halve!r})"
+    assert (wrapped(img, None) == 100).all()
+    # a lambda: not by plain pickle (it names the lambda, not a wrapper class), but by value
+    with pytest.raises((pickle.PicklingError, AttributeError), match="lambda"):
+        pickle.dumps(as_transform(lambda x: x + 1))
+    assert (cloudpickle.loads(cloudpickle.dumps(as_transform(lambda x: x + 1)))(img, None) == 201).all()
+
+
+def test_the_loaders_own_queue_threads_are_not_counted_as_other_threads(dataset_dir):
+    urls, _ = dataset_dir
+    loader = ShardLoader(ShardDataset(urls, batch_size=4), num_workers=2, multiprocessing_context="fork")
+    it = iter(loader)
+    next(it)  # the index queues' feeder threads are alive now
+    feeders = [t for t in threading.enumerate() if t.name == "QueueFeederThread" and t.is_alive()]
+    assert feeders
+    assert not set(t.name for t in feeders) & set(other_threads())
+    for _ in it:
+        pass
+

@@ -153,10 +153,11 @@ class NeedsADevice(Posterize):
     def __setstate__(self, state):
         raise RuntimeError("NeedsADevice cannot be rebuilt in this process: no device here")
 
-t0 = time.monotonic()
+run_epochs(ShardLoader(dataset(), num_workers=2, multiprocessing_context=CONTEXT, stall_timeout=STALL), 1, "fresh")
+t0 = time.monotonic()  # the workers' server is up: what follows is the failing start alone
 try:
     run_epochs(ShardLoader(ShardDataset(MANIFEST, batch_size=4, transform=NeedsADevice(2)), num_workers=2,
-                           multiprocessing_context=CONTEXT, stall_timeout=STALL), 1, "fresh")
+                           multiprocessing_context=CONTEXT, stall_timeout=STALL), 1, "failing")
     report(error=None)
 except WorkerStartError as e:
     report(error=type(e).__name__, message=str(e), detect_s=time.monotonic() - t0)
@@ -218,7 +219,7 @@ def command(launcher: str, program: Path) -> tuple[list[str], bytes | None]:
     if launcher == "notebook":
         return [py, "-c", _NOTEBOOK_DRIVER, str(program)], None
     if launcher == "torchrun":
-        return [py, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0", str(program)], None
+        return [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(program)], None
     raise ValueError(f"unknown launcher {launcher!r}; one of {LAUNCHERS}")
 
 
