@@ -93,7 +93,7 @@ def start_hint(context_name: str) -> str:
     if context_name in ("'spawn'", "'forkserver'"):
         return (
             "Under 'spawn' and 'forkserver' every worker imports your main module again: put the training "
-            "code under `if __name__ == \"__main__\":` and define transforms in an importable module, or "
+            'code under `if __name__ == "__main__":` and define transforms in an importable module, or '
             "use multiprocessing_context='auto' (the default), which needs neither"
         )
     return (

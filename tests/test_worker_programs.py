@@ -129,7 +129,9 @@ def test_a_worker_failing_at_start_up_reports_its_own_error(tmp_path, data):
     assert r["error"] == "WorkerStartError"
     assert re.match(
         r"DataLoader worker [01] \(pid \d+\) exited with code 1 before its pipeline started, under "
-        r"multiprocessing_context='auto' \(shardpipe's forkserver\).*; its own error:\n", r["message"], re.S
+        r"multiprocessing_context='auto' \(shardpipe's forkserver\).*; its own error:\n",
+        r["message"],
+        re.S,
     ), r["message"]
     assert "RuntimeError: NeedsADevice cannot be rebuilt in this process: no device here" in r["message"]
     assert r["detect_s"] < 15  # the server was already up: a second's health check, not stall_timeout

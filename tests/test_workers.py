@@ -230,4 +230,3 @@ def test_the_loaders_own_queue_threads_are_not_counted_as_other_threads(dataset_
     assert not set(t.name for t in feeders) & set(other_threads())
     for _ in it:
         pass
-

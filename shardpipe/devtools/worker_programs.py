@@ -194,7 +194,9 @@ def source(kind: str, manifest: str, keys: str, guard: bool = False) -> str:
     prelude = textwrap.dedent(_PRELUDE).format(manifest=manifest, keys=keys)
     if not guard:
         return prelude + body
-    return prelude + "\n\ndef main():\n" + textwrap.indent(body, "    ") + '\n\nif __name__ == "__main__":\n    main()\n'
+    return (
+        prelude + "\n\ndef main():\n" + textwrap.indent(body, "    ") + '\n\nif __name__ == "__main__":\n    main()\n'
+    )
 
 
 #: how a program is launched
