@@ -117,7 +117,8 @@ def other_threads() -> list[str]:
 def choose_context(requested: Any, dataset: Any) -> Any:
     """The multiprocessing context for workers: ``requested`` unless it is ``"auto"``.
 
-    ``auto``: the default (fork on Linux) when this process has no other live thread;
+    ``auto``: fork when this process has no other live thread (and the program did not
+    choose a start method);
     otherwise shardpipe's forkserver, unless the dataset cannot be pickled even by value
     (it holds a lock, an open file...), in which case fork with a warning (the stall
     watchdog still bounds a hang).
@@ -127,10 +128,10 @@ def choose_context(requested: Any, dataset: Any) -> Any:
     if requested != "auto":
         return requested
     if multiprocessing.get_start_method(allow_none=True) not in (None, "fork") or os.name != "posix":
-        return None  # the platform/user default is already not fork
+        return None  # the user chose a start method for this program: theirs
     threads = other_threads()
     if not threads:
-        return None
+        return multiprocessing.get_context("fork")  # named: Python 3.14's default is a forkserver
     import cloudpickle
 
     from shardpipe.workerstart import CLEAN_FORKSERVER
@@ -148,7 +149,7 @@ def choose_context(requested: Any, dataset: Any) -> Any:
             type(e).__name__,
             e,
         )
-        return None
+        return multiprocessing.get_context("fork")
     return CLEAN_FORKSERVER
 
 

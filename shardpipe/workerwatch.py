@@ -12,6 +12,7 @@ second; ``timeout`` still bounds a worker that is alive but delivers nothing.
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import time
 from typing import Any
@@ -104,7 +105,7 @@ def start_hint(context_name: str) -> str:
 
 def describe_context(ctx: Any) -> str:
     if ctx is None:
-        return "'fork' (the default)"
+        return f"{multiprocessing.get_start_method()!r} (the default)"
     name = ctx if isinstance(ctx, str) else ctx.get_start_method()
     if type(ctx).__name__ == "CleanForkServerContext":
         return "'auto' (shardpipe's forkserver)"

@@ -119,7 +119,7 @@ def test_auto_forks_only_without_other_threads(dataset_dir, caplog):
     urls, _ = dataset_dir
     ds = ShardDataset(urls)
     if not other_threads():  # other tests may have left threads (fsspec loop...) in this process
-        assert choose_context("auto", ds) is None
+        assert choose_context("auto", ds).get_start_method() == "fork"
     stop = threading.Event()
     t = threading.Thread(target=stop.wait, name="busy", daemon=True)
     t.start()
@@ -131,7 +131,7 @@ def test_auto_forks_only_without_other_threads(dataset_dir, caplog):
         unpicklable = ShardDataset(urls, transform=HoldsALock())
         threads = other_threads()  # "busy", and whatever earlier tests left running (fsspec's loop...)
         with caplog.at_level(logging.WARNING, logger="shardpipe"):
-            assert choose_context("auto", unpicklable) is None
+            assert choose_context("auto", unpicklable).get_start_method() == "fork"
         assert "cannot be pickled (TypeError: cannot pickle '_thread.lock' object)" in caplog.text
         # the warning counts the threads and names the first four
         assert f"this process has {len(threads)} other threads ({', '.join(threads[:4])}" in caplog.text

@@ -102,7 +102,7 @@ def run_epochs(loader, epochs, label, expected=None):
         assert sorted(keys) == expected, f"{{label}} epoch {{epoch}}: {{len(keys)}} keys, {{len(set(keys))}} distinct"
         ctx = loader.multiprocessing_context
         report(label=label, epoch=epoch, first_batch_s=first, epoch_s=time.perf_counter() - t0,
-               context=type(ctx).__name__ if ctx is not None else "fork")
+               context=type(ctx).__name__ if ctx is not None else "default")
 
 
 def dataset(**kw):
