@@ -92,20 +92,19 @@ class ProgressMarker:
         self.progress.mark(self.worker, stage, self.urls.get(url, -2) if url is not None else None)
 
 
-#: threads this process started for earlier passes' workers (queue feeders, pin-memory threads)
+#: queue-feeder threads of the loaders' own DataLoader iterators: they only pickle small index
+#: tuples into queues no new worker uses, so a fork beside them is safe (a pin-memory thread
+#: calls into torch, so it still counts)
 _OWN_THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
 
 def remember_own_threads(it: Any) -> None:
-    """Note the queue-feeder and pin-memory threads of a DataLoader iterator: not "other" threads."""
+    """Note the queue-feeder threads of a DataLoader iterator: they are not "other" threads."""
     queues = [*getattr(it, "_index_queues", []), getattr(it, "_worker_result_queue", None)]
     for q in queues:
         t = getattr(q, "_thread", None)
         if isinstance(t, threading.Thread):
             _OWN_THREADS.add(t)
-    t = getattr(it, "_pin_memory_thread", None)
-    if isinstance(t, threading.Thread):
-        _OWN_THREADS.add(t)
 
 
 def other_threads() -> list[str]:
