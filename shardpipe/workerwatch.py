@@ -48,6 +48,7 @@ class WatchedWorkersIter(_MultiProcessingDataLoaderIter):
                 ok, data = super()._try_get_data(max(0.0, min(POLL_S, left)))
             except RuntimeError as e:
                 dead = [i for i, w in enumerate(self._workers) if w.exitcode is not None]
+                dead.sort(key=lambda i: self._workers[i].exitcode == 0)  # a failure first, a clean exit last
                 if not dead or "Pin memory" in str(e):
                     raise
                 raise self._died_error(dead) from None
