@@ -26,6 +26,8 @@ from shardpipe.workerstart import startup_report
 
 #: seconds between two health checks of the workers while the loader waits for an item
 POLL_S = 1.0
+#: seconds to wait for a worker's exit to be reported once an item it sent cannot be received
+DEATH_REPORT_S = 3.0
 
 
 class WatchedWorkersIter(_MultiProcessingDataLoaderIter):
@@ -46,14 +48,24 @@ class WatchedWorkersIter(_MultiProcessingDataLoaderIter):
             left = deadline - time.monotonic()
             try:
                 ok, data = super()._try_get_data(max(0.0, min(POLL_S, left)))
-            except RuntimeError as e:
-                dead = [i for i, w in enumerate(self._workers) if w.exitcode is not None]
-                dead.sort(key=lambda i: self._workers[i].exitcode == 0)  # a failure first, a clean exit last
+            except (RuntimeError, OSError, EOFError) as e:
+                # RuntimeError: torch saw a worker gone; OSError/EOFError: an item whose shared memory
+                # the dead worker was to hand over (its fd server is gone), before its exit is reported
+                dead = self._dead_workers(0.0 if isinstance(e, RuntimeError) else DEATH_REPORT_S)
                 if not dead or "Pin memory" in str(e):
                     raise
                 raise self._died_error(dead) from None
             if ok or left <= POLL_S:
                 return ok, data
+
+    def _dead_workers(self, wait_s: float) -> list[int]:
+        """Workers that have exited (a failure first), waiting up to ``wait_s`` for one to be reported."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            dead = [i for i, w in enumerate(self._workers) if w.exitcode is not None]
+            if dead or time.monotonic() >= deadline:
+                return sorted(dead, key=lambda i: self._workers[i].exitcode == 0)
+            time.sleep(0.05)
 
     def _shutdown_workers(self) -> None:
         try:
