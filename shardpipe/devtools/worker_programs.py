@@ -28,7 +28,8 @@ import torch
 import shardpipe
 from shardpipe import ShardDataset, ShardLoader
 
-print("START", os.getpid(), flush=True)
+sys.stdout.write(f"START {{os.getpid()}}\\n")
+sys.stdout.flush()
 MANIFEST = {manifest!r}
 EXPECTED = sorted(json.load(open({keys!r})))
 CONTEXT = os.environ.get("WORKER_CONTEXT", "auto")
@@ -86,7 +87,8 @@ def start_busy_threads():
 
 
 def report(**fields):
-    print("RESULT", json.dumps(fields), flush=True)
+    sys.stdout.write("RESULT " + json.dumps(fields) + "\\n")  # one write: ranks share the pipe
+    sys.stdout.flush()
 
 
 def run_epochs(loader, epochs, label, expected=None):
@@ -190,7 +192,7 @@ dist.destroy_process_group()
 
 def source(kind: str, manifest: str, keys: str, guard: bool = False) -> str:
     """The text of program ``kind`` over ``manifest`` (expected keys in the JSON file ``keys``)."""
-    body = textwrap.dedent(_BODIES[kind]).strip("\n") + '\nprint("DONE", flush=True)\n'
+    body = textwrap.dedent(_BODIES[kind]).strip("\n") + '\nsys.stdout.write("DONE\\n")\nsys.stdout.flush()\n'
     prelude = textwrap.dedent(_PRELUDE).format(manifest=manifest, keys=keys)
     if not guard:
         return prelude + body
