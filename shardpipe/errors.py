@@ -43,6 +43,11 @@ class DuplicateMemberError(CorruptShardError):
     """A sample with two members of one extension (its members are not consecutive, or repeated)."""
 
 
+class StateError(ShardpipeError, ValueError):
+    """A resume state (or a fleet request's state) that does not fit this dataset: the message
+    names the field, e.g. ``state['stages']['shard']['offset']: must be >= 0, got -5``."""
+
+
 class DecodeError(ShardpipeError):
     """A member whose bytes do not decode (corrupt image, bad JSON, bad label)."""
 

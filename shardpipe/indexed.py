@@ -30,10 +30,11 @@ class IndexedShards:
         cache_dir: str | None = None,
         cache_size: int | None = None,
         read_options: Any = None,
+        manifest_paths: str = "inside",
         *,
         loaded: dict[str, Any] | None = None,
     ):
-        meta = loaded if loaded is not None else load_manifest(check_url(manifest), storage_options)
+        meta = loaded if loaded is not None else load_manifest(check_url(manifest), storage_options, manifest_paths)
         if not meta.get("index_url"):
             raise ValueError(
                 f"{manifest} has no index: create one with `shardpipe index SHARDS -o {manifest}` "
@@ -78,8 +79,10 @@ class IndexedShards:
         """The raw sample ``i`` (fields as bytes), with ``__key__``, ``__url__``, ``__shard__``, ``__index__``."""
         shard, start, end, crc = self.index.locate(i)
         url = self.urls[shard]
-        data = self.reader.read(url, start, end, int(self.index.sizes[shard]), self.sha256[shard])
-        sample = sample_from_bytes(data, url, crc)
+        size = int(self.index.sizes[shard])
+        # one tar block past the sample: the next header shows the sample ends where the index says
+        data = self.reader.read(url, start, min(end + 512, max(size, end)), size, self.sha256[shard])
+        sample = sample_from_bytes(data, url, crc, length=end - start)
         sample["__url__"], sample["__shard__"], sample["__index__"] = url, shard, i
         return sample
 
@@ -94,7 +97,7 @@ class IndexedDataset(Dataset):
         decoder: image decoder backend (``"auto"``: fastest installed).
         transform: ``transform(img, rng) -> img``; ``rng`` is seeded by (seed, epoch, key).
         seed: seed of the transform's randomness; ``set_epoch`` changes it per epoch.
-        storage_options, cache_dir, cache_size, read_options: as in ``ShardDataset``.
+        storage_options, cache_dir, cache_size, read_options, manifest_paths: as in ``ShardDataset``.
     """
 
     def __init__(
@@ -110,8 +113,9 @@ class IndexedDataset(Dataset):
         cache_dir: str | None = None,
         cache_size: int | None = None,
         read_options: Any = None,
+        manifest_paths: str = "inside",
     ):
-        self.shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options)
+        self.shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options, manifest_paths)
         self.shards.check_random_access()
         self.seed, self.epoch = seed, 0
         self.decode, self.decoder, self.transform, self.allow_pickle = decode, decoder, transform, allow_pickle
@@ -161,6 +165,7 @@ def block_shuffle_source(
     cache_dir: str | None = None,
     cache_size: int | None = None,
     read_options: Any = None,
+    manifest_paths: str = "inside",
     loaded: dict[str, Any] | None = None,
 ) -> IndexedShards | None:
     """The indexed shards to block-shuffle, or None for the windowed shuffle (``ShardDataset``'s choice).
@@ -186,7 +191,9 @@ def block_shuffle_source(
             "shuffle_algo='block' reads samples by random access: pass the shards' manifest.json with its index "
             "(create both for existing shards with `shardpipe index SHARDS -o manifest.json`)"
         )
-    shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options, loaded=loaded)
+    shards = IndexedShards(
+        manifest, storage_options, cache_dir, cache_size, read_options, manifest_paths, loaded=loaded
+    )
     if shards.sequential_only:
         shards.check_random_access()
     return shards

@@ -31,6 +31,7 @@ from shardpipe.dataset import ShardDataset
 from shardpipe.errors import WorkerDiedError, WorkerStallError
 from shardpipe.passes import WorkerPlan
 from shardpipe.stages.base import State
+from shardpipe.state import STATE_VERSION, StateError, validate_loader_state
 from shardpipe.workers import (
     DEFAULT_STALL_TIMEOUT,
     awaited_worker,
@@ -39,8 +40,6 @@ from shardpipe.workers import (
     stop_workers,
 )
 from shardpipe.workerwatch import WatchedWorkersIter, position
-
-STATE_VERSION = 1
 
 # DataLoader arguments ShardLoader cannot honour: name -> (values it accepts, why, what to do instead)
 _REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -290,10 +289,9 @@ class ShardLoader(DataLoader):
 
     def load_state_dict(self, state: State) -> None:
         """Continue from ``state`` at the next iteration (refuses an incompatible state)."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state has version {state.get('version')!r}; this shardpipe reads {STATE_VERSION}")
+        validate_loader_state(state)
         if state["fingerprint"] != self.shard_dataset.fingerprint():
-            raise ValueError(
+            raise StateError(
                 "loader state was saved for other shards or options (shard list, sample counts, seed, "
                 "shuffle, batch size or epoch policy differ): resuming would repeat or skip samples"
             )
@@ -301,7 +299,7 @@ class ShardLoader(DataLoader):
         if state["workers"] is not None and (
             state["world_size"] != world or state["num_workers"] != self.num_workers or state["rank"] != rank
         ):
-            raise ValueError(
+            raise StateError(
                 f"cannot resume mid-epoch with world_size={world}, num_workers={self.num_workers} (rank {rank}): "
                 f"the state was saved with world_size={state['world_size']}, num_workers={state['num_workers']} "
                 f"(rank {state['rank']}), and each consumer's position only holds for that split; resume with "

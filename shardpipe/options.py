@@ -73,11 +73,16 @@ class OpenOptions:
     max_member_size: int | None = MAX_MEMBER_SIZE
     #: compare each shard's sha256 and size with the manifest as it streams
     verify: bool = False
+    #: what a manifest's shard names may point to: ``inside`` (relative names stay under its
+    #: folder; absolute paths and URLs allowed), ``relative`` (only under its folder) or ``any``
+    manifest_paths: str = "inside"
 
     def __post_init__(self) -> None:
         _check_count("cache_size", self.cache_size, 1)
         _check_count("max_member_size", self.max_member_size, 0)
         _check_count("prefetch", self.prefetch, 0, optional=False)
+        if self.manifest_paths not in ("inside", "relative", "any"):
+            raise ValueError(f"manifest_paths must be 'inside', 'relative' or 'any', not {self.manifest_paths!r}")
         if self.cache_size is not None and self.cache_dir is None:
             raise ValueError("cache_size limits a cache: give cache_dir too")
 

@@ -9,6 +9,7 @@ from shardpipe.errors import ShardpipeError
 from shardpipe.format.sample import Sample
 from shardpipe.split.block import BlockOrder, consumer_range
 from shardpipe.stages.base import Stage, State
+from shardpipe.state import COUNT, StateCheck
 
 #: samples whose reads are started ahead of the one being read (overlaps cold random reads)
 LOOKAHEAD = 16
@@ -23,6 +24,8 @@ class BlockShuffleSamples(Stage[Sample]):
     (with the context's seed and epoch, an exact resume point). A sample that cannot
     be read goes to the error policy.
     """
+
+    state_fields = {"pos": COUNT}
 
     def __init__(self, shards: Any, block_size: int | None = None, policy: str = "drop"):
         super().__init__()
@@ -44,6 +47,15 @@ class BlockShuffleSamples(Stage[Sample]):
         self._pos = int(state["pos"]) if state else 0
         for k in range(self._pos, min(self._pos + LOOKAHEAD - 1, self._hi - self._lo)):
             self._advise(self._lo + k)
+
+    def check_state(self, state: State, check: StateCheck, below: object) -> object:
+        c = self.ctx
+        total = int(sum(self.shards.index.counts()))
+        lo, hi = consumer_range(
+            total, rank=c.rank, world_size=c.world_size, worker=c.worker, num_workers=c.num_workers, policy=self.policy
+        )
+        check.at("pos").integer(state["pos"], 0, hi - lo, f" (this consumer's share of the epoch is {hi - lo} samples)")
+        return below
 
     def _advise(self, p: int) -> None:
         assert self._order is not None
