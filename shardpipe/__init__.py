@@ -19,7 +19,9 @@ from shardpipe.errors import (
     ShardReadError,
     StateError,
     TruncatedShardError,
+    WorkerDiedError,
     WorkerStallError,
+    WorkerStartError,
 )
 from shardpipe.format.tar.writer import TarWriter
 from shardpipe.image.normalize import normalize
@@ -57,7 +59,9 @@ __all__ = [
     "StateError",
     "TarWriter",
     "TruncatedShardError",
+    "WorkerDiedError",
     "WorkerStallError",
+    "WorkerStartError",
     "WriteOptions",
     "WriteSummary",
     "__version__",

@@ -36,6 +36,17 @@ from shardpipe.workers import ProgressMarker, WorkerProgress
 log = logging.getLogger("shardpipe")
 
 
+def read_options_of(io: OpenOptions) -> Any:
+    """``io.read_options`` (or the defaults) with ``io.memory_limit`` applied."""
+    if io.memory_limit is None:
+        return io.read_options
+    import dataclasses
+
+    from shardpipe.io.remote import ReadOptions
+
+    return dataclasses.replace(io.read_options or ReadOptions(), memory_limit=io.memory_limit)
+
+
 def distributed_rank() -> tuple[int, int]:
     """(rank, world_size) from torch.distributed when initialised, else RANK/WORLD_SIZE."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -117,7 +128,10 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
             the workers and ranks of one machine and checked against the manifest's sha256.
         read_options: ``shardpipe.io.remote.ReadOptions`` (block size, read-ahead, retries,
             backoff, timeout) for remote streams.
-        prefetch: remote shards to open ahead of the one being read.
+        prefetch: remote shards to open ahead of the one being read (they keep filling
+            while it is read).
+        memory_limit: bytes of remote data each process may have requested and not yet
+            consumed (default 256 MiB per DataLoader worker).
         allow_pipe: allow ``pipe:`` URLs (they run a shell command).
         max_member_size: a tar member declaring more bytes is a ``CorruptShardError``
             (default 256 MiB, ``shardpipe.format.tar.reader.MAX_MEMBER_SIZE``; None: no limit).
@@ -165,7 +179,7 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         #: the indexed shards when the block shuffle applies (else None: the windowed shuffle)
         self.indexed = block_shuffle_source(
             urls, self.split_options.shuffle, self.split_options.shuffle_algo,
-            storage_options=storage, cache_dir=o.cache_dir, cache_size=o.cache_size, read_options=o.read_options,
+            storage_options=storage, cache_dir=o.cache_dir, cache_size=o.cache_size, read_options=read_options_of(o),
             loaded=loaded, manifest_paths=o.manifest_paths,
         )  # fmt: skip
         self._main_rank = distributed_rank()
@@ -320,7 +334,8 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         io = self.open_options
         opener = ShardOpener(
             io.prefetch, storage_options=dict(io.storage_options) if io.storage_options is not None else None,
-            cache_dir=io.cache_dir, cache_size=io.cache_size, read_options=io.read_options, allow_pipe=io.allow_pipe,
+            cache_dir=io.cache_dir, cache_size=io.cache_size, read_options=read_options_of(io),
+            allow_pipe=io.allow_pipe,
         )  # fmt: skip
         return Untar(opener, give_up_after, max_member_size=io.max_member_size, verify=io.verify)
 

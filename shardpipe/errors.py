@@ -60,6 +60,18 @@ class WorkerStallError(ShardpipeError, TimeoutError):
     """
 
 
+class WorkerDiedError(ShardpipeError, RuntimeError):
+    """A DataLoader worker process that ended while the loader still needed it (killed, crashed).
+
+    The message names the worker (id and pid), how it ended (exit code or signal), the
+    stage and shard it was in, and what to do; the other workers are stopped first.
+    """
+
+
+class WorkerStartError(WorkerDiedError):
+    """A DataLoader worker that ended before its pipeline started (its own error is in the message)."""
+
+
 class MissingFieldError(ShardpipeError, KeyError):
     """A sample without a field the pipeline needs."""
 

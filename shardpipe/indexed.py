@@ -4,16 +4,19 @@
 shards listed in the manifest). It reads just that sample's bytes, found through the
 index sidecar (``shardpipe index`` or ``ShardWriter`` writes it): ``os.pread`` on
 local shards, one ranged GET remotely, or a local copy through the shard cache. Works
-with ``torch.utils.data.DataLoader`` and ``DistributedSampler`` like any ``Dataset``.
+with ``torch.utils.data.DataLoader`` and ``DistributedSampler`` like any ``Dataset``;
+a DataLoader with a batch size asks for a whole batch at once (``__getitems__``): its
+samples are read by parallel ranged GETs, one per group of nearby samples of a shard.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
 
+from shardpipe.errors import ShardpipeError
 from shardpipe.format.index import SampleIndex, sample_from_bytes
 from shardpipe.format.manifest import load_manifest
 from shardpipe.io.ranged import RangeReader
@@ -86,6 +89,28 @@ class IndexedShards:
         sample["__url__"], sample["__shard__"], sample["__index__"] = url, shard, i
         return sample
 
+    def samples(self, indices: Sequence[int]) -> list[dict[str, Any] | ShardpipeError]:
+        """The raw samples ``indices``, read together (``RangeReader.read_many``); a sample
+        that cannot be read is its ``ShardpipeError`` in the list instead."""
+        where = [self.index.locate(int(i)) for i in indices]
+        requests = [
+            (self.urls[shard], start, end, int(self.index.sizes[shard]), self.sha256[shard])
+            for shard, start, end, _ in where
+        ]
+        out: list[dict[str, Any] | ShardpipeError] = []
+        for i, (shard, _, _, crc), data in zip(indices, where, self.reader.read_many(requests)):
+            url = self.urls[shard]
+            try:
+                if isinstance(data, Exception):
+                    raise data
+                sample = sample_from_bytes(data, url, crc)
+            except ShardpipeError as e:
+                out.append(e)
+                continue
+            sample["__url__"], sample["__shard__"], sample["__index__"] = url, shard, int(i)
+            out.append(sample)
+        return out
+
 
 class IndexedDataset(Dataset):
     """A map-style dataset over indexed tar shards: ``len(ds)`` samples, ``ds[i]`` in manifest order.
@@ -148,7 +173,18 @@ class IndexedDataset(Dataset):
         i = int(i)
         if i < 0:
             i += len(self)
-        sample = self.shards.sample(i)
+        return self._decoded(self.shards.sample(i))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The samples of a batch, read by parallel ranged requests (the DataLoader calls it)."""
+        n = len(self)
+        got = self.shards.samples([int(i) + n if int(i) < 0 else int(i) for i in indices])
+        for sample in got:
+            if isinstance(sample, Exception):
+                raise sample
+        return [self._decoded(s) for s in got]  # type: ignore[arg-type]
+
+    def _decoded(self, sample: dict[str, Any]) -> dict[str, Any]:
         if self.decode is None:
             return sample
         if self._decoder is None:

@@ -65,8 +65,14 @@ class OpenOptions:
     cache_size: int | None = None
     #: ``shardpipe.io.remote.ReadOptions``: block size, read-ahead, retries, backoff, timeout
     read_options: ReadOptions | None = None
-    #: remote shards opened ahead of the one being read
-    prefetch: int = 1
+    #: remote shards opened ahead of the one being read; they keep filling while it is
+    #: read. Two: at cloud latency one shard ahead is too few parallel requests to fill
+    #: the link when shards are tens of MiB (see BENCHMARKS.md, "cloud latency")
+    prefetch: int = 2
+    #: bytes of remote data one process (each DataLoader worker) may have requested and not
+    #: yet consumed, all its streams together; None: ``read_options.memory_limit`` (256 MiB,
+    #: 4 GiB for 16 workers: see ``shardpipe.io.budget``)
+    memory_limit: int | None = None
     #: allow ``pipe:`` URLs (they run a shell command)
     allow_pipe: bool = False
     #: a tar member declaring more bytes is a CorruptShardError (None: no limit)
@@ -83,6 +89,7 @@ class OpenOptions:
         _check_count("prefetch", self.prefetch, 0, optional=False)
         if self.manifest_paths not in ("inside", "relative", "any"):
             raise ValueError(f"manifest_paths must be 'inside', 'relative' or 'any', not {self.manifest_paths!r}")
+        _check_count("memory_limit", self.memory_limit, 1)
         if self.cache_size is not None and self.cache_dir is None:
             raise ValueError("cache_size limits a cache: give cache_dir too")
 
