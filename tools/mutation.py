@@ -36,8 +36,8 @@ BEGIN, END = "<!-- mutation-scores:begin -->", "<!-- mutation-scores:end -->"
 
 #: module (under shardpipe/) -> its own test files
 MODULES: dict[str, list[str]] = {
-    "format/tar/reader.py": ["tests/test_tar.py", "tests/test_integrity.py"],
-    "format/index.py": ["tests/test_index.py"],
+    "format/tar/reader.py": ["tests/test_tar.py", "tests/test_integrity.py", "tests/test_tar_reader.py"],
+    "format/index.py": ["tests/test_index.py", "tests/test_index_format.py"],
     "format/manifest.py": ["tests/test_index.py", "tests/test_block_shuffle.py"],
     "split/plan.py": ["tests/test_stages.py", "tests/test_split.py"],
     "split/policies.py": ["tests/test_stages.py", "tests/test_split.py"],
