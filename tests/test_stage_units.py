@@ -1,0 +1,146 @@
+"""Shard lists, shard and sample splitting, and the shuffle window, each on a plain list of items."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shardpipe.stages import Context, Pipeline, Shard, ShardList, Shuffle, SplitSamples, SplitShards, expand_urls
+from shardpipe.stages.shards import epoch_order
+
+
+def items(n: int) -> list[Shard]:
+    return [Shard(f"s{i}.tar", i) for i in range(n)]
+
+
+def indices(stages, ctx: Context | None = None) -> list[int]:
+    return [s.index for s in Pipeline(stages, ctx or Context())]
+
+
+# -- shuffle -------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [0, -1])
+def test_shuffle_buffer_must_hold_a_sample(size: int):
+    with pytest.raises(ValueError, match=rf"^shuffle buffer_size must be >= 1, not {size}$"):
+        Shuffle(size)
+
+
+def test_a_buffer_of_one_keeps_the_order():
+    assert indices([ShardList(items(7)), Shuffle(1)]) == list(range(7))
+
+
+def test_shuffle_permutes_within_each_window_only():
+    got = indices([ShardList(items(10)), Shuffle(4)], Context(seed=5))
+    assert len(got) == 10
+    assert sorted(got[0:4]) == [0, 1, 2, 3] and sorted(got[4:8]) == [4, 5, 6, 7] and sorted(got[8:]) == [8, 9]
+    assert got != list(range(10))
+
+
+def test_shuffle_order_is_a_function_of_seed_epoch_and_consumer():
+    def order(**ctx) -> list[int]:
+        return indices([ShardList(items(64)), Shuffle(64)], Context(**ctx))
+
+    base = order(seed=1, epoch=0, rank=0, world_size=2)
+    assert order(seed=1, epoch=0, rank=0, world_size=2) == base
+    assert order(seed=2, epoch=0, rank=0, world_size=2) != base
+    assert order(seed=1, epoch=1, rank=0, world_size=2) != base
+    assert order(seed=1, epoch=0, rank=1, world_size=2) != base
+    expected = np.random.default_rng([1, 0, 0, 0, 0x5F]).permutation(64).tolist()
+    assert base == expected  # the documented draw: (seed, epoch, consumer, window number)
+
+
+def test_shuffle_state_resumes_mid_window_and_releases_what_it_emitted():
+    ctx = Context(seed=3)
+    pipe = Pipeline([ShardList(items(11)), Shuffle(4)], ctx)
+    full = [s.index for s in pipe]
+    pipe = Pipeline([ShardList(items(11)), Shuffle(4)], ctx)
+    pipe.reset()
+    shuffle = pipe.stages[-1]
+    assert shuffle.get_state() == {"source": {"pos": 0}, "window": 0, "emitted": 0}  # nothing read yet
+    head = [pipe.next().index for _ in range(6)]
+    assert head == full[:6]
+    state = json.loads(json.dumps(pipe.get_state()))
+    assert state["stages"] == {"source": {"pos": 4}, "window": 1, "emitted": 2}
+    assert sum(x is None for x in shuffle._window) == 2  # emitted samples are not held
+    again = Pipeline([ShardList(items(11)), Shuffle(4)], ctx)
+    again.reset(state)
+    assert [s.index for s in again] == full[6:]
+
+
+# -- shard lists -----------------------------------------------------------------------------
+def test_expand_urls_patterns_lists_and_manifests(tmp_path: Path):
+    shards = expand_urls("a.tar::b-{0..2}.tar")
+    assert [(s.url, s.index) for s in shards] == [("a.tar", 0), ("b-0.tar", 1), ("b-1.tar", 2), ("b-2.tar", 3)]
+    manifest = tmp_path / "m.json"
+    manifest.write_text(json.dumps({"shards": [{"name": "x.tar", "samples": 3, "bytes": 1024, "sha256": "ab" * 32}]}))
+    shards = expand_urls(["c.tar", str(manifest)])
+    assert shards == [Shard("c.tar", 0), Shard(str(tmp_path / "x.tar"), 1, 3, 1024, "ab" * 32)]
+    with pytest.raises(ValueError, match=r"^no shards in \[\]$"):
+        expand_urls([])
+
+
+def test_epoch_order():
+    assert epoch_order(5, 1, 0, False).tolist() == [0, 1, 2, 3, 4]
+    a = epoch_order(50, 1, 0, True).tolist()
+    assert sorted(a) == list(range(50)) and a != list(range(50))
+    assert epoch_order(50, 1, 0, True).tolist() == a
+    assert epoch_order(50, 1, 1, True).tolist() != a and epoch_order(50, 2, 0, True).tolist() != a
+    assert a == np.random.default_rng([1, 0, 0x5A4D]).permutation(50).tolist()
+
+
+def test_shard_state_round_trips_every_field():
+    shard = Shard("s.tar", 4, samples=9, size=1234, sha256="cd" * 32, start=2, stop=7, pad=True)
+    assert Shard.from_state(json.loads(json.dumps(shard.to_state()))) == shard
+
+
+def test_shard_list_peek_and_state():
+    stage = ShardList(items(5))
+    Pipeline([stage]).reset()
+    assert [s.index for s in stage.peek(3)] == [0, 1, 2]
+    assert stage.next().index == 0 and stage.get_state() == {"pos": 1}
+    assert [s.index for s in stage.peek(10)] == [1, 2, 3, 4]  # no further than the end
+    stage.reset({"pos": 4})
+    assert [s.index for s in stage.peek(2)] == [4] and stage.next().index == 4
+    with pytest.raises(StopIteration):
+        stage.next()
+
+
+@pytest.mark.parametrize(
+    "by, ctx, expected",
+    [
+        ("all", dict(rank=1, world_size=2, worker=0, num_workers=2), [2, 6, 10]),  # consumer 2 of 4
+        ("node", dict(rank=1, world_size=2, worker=0, num_workers=2), [1, 3, 5, 7, 9, 11]),
+        ("worker", dict(rank=1, world_size=2, worker=1, num_workers=3), [1, 4, 7, 10]),
+    ],
+)
+def test_split_shards_and_what_it_prefetches(by: str, ctx: dict, expected: list[int]):
+    split = SplitShards(by)
+    pipe = Pipeline([ShardList(items(12)), split], Context(**ctx))
+    pipe.reset()
+    assert [s.index for s in split.peek(2)] == expected[:2]  # the shards the opener is told to open ahead
+    assert pipe.next().index == expected[0]
+    assert [s.index for s in split.peek(5)] == expected[1:6]
+    state = json.loads(json.dumps(pipe.get_state()))
+    rest = Pipeline([ShardList(items(12)), SplitShards(by)], Context(**ctx))
+    rest.reset(state)
+    assert [s.index for s in rest] == expected[1:]
+
+
+def test_split_shards_by_must_be_known():
+    with pytest.raises(ValueError, match=r"^split by must be 'all', 'node' or 'worker', not 'rank'$"):
+        SplitShards("rank")
+
+
+def test_split_samples_keeps_every_count_th_and_resumes():
+    ctx = Context(rank=0, world_size=1, worker=1, num_workers=3)
+    assert indices([ShardList(items(10)), SplitSamples()], ctx) == [1, 4, 7]
+    pipe = Pipeline([ShardList(items(10)), SplitSamples()], ctx)
+    pipe.reset()
+    assert pipe.next().index == 1
+    state = json.loads(json.dumps(pipe.get_state()))
+    assert state["stages"] == {"seen": 2, "source": {"pos": 2}}
+    rest = Pipeline([ShardList(items(10)), SplitSamples()], ctx)
+    rest.reset(state)
+    assert [s.index for s in rest] == [4, 7]
