@@ -38,7 +38,7 @@ BEGIN, END = "<!-- mutation-scores:begin -->", "<!-- mutation-scores:end -->"
 MODULES: dict[str, list[str]] = {
     "format/tar/reader.py": ["tests/test_tar.py", "tests/test_integrity.py", "tests/test_tar_reader.py"],
     "format/index.py": ["tests/test_index.py", "tests/test_index_format.py"],
-    "format/manifest.py": ["tests/test_index.py", "tests/test_block_shuffle.py"],
+    "format/manifest.py": ["tests/test_index.py", "tests/test_block_shuffle.py", "tests/test_manifest.py"],
     "split/plan.py": ["tests/test_stages.py", "tests/test_split.py", "tests/test_distributed.py"],
     "split/policies.py": ["tests/test_stages.py", "tests/test_split.py"],
     "stages/shuffle.py": ["tests/test_stages.py", "tests/test_stage_units.py"],
