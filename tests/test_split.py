@@ -162,3 +162,70 @@ def test_resample_gives_up_after_max_64_or_twice_the_shards_failures_in_a_row(n_
         list(Pipeline(stages, ctx))
     assert len(opener.opened) == limit
     assert ctx.errors.counts == {"ShardNotFoundError": limit - 1}  # skipped until the last, which raised
+
+
+# -- plan arithmetic -------------------------------------------------------------------------
+def segs(plan: list[Shard]) -> list[tuple[int, int, int, bool]]:
+    return [(s.index, s.start, s.stop, s.pad) for s in plan]
+
+
+def plan(counts: list[int], policy: str, rank: int, world: int, worker: int = 0, workers: int = 1, **kw):
+    from shardpipe.split.plan import plan_ranges
+
+    shards = [Shard(f"s{i}.tar", i, samples=c) for i, c in enumerate(counts)]
+    return segs(plan_ranges(shards, seed=0, epoch=0, rank=rank, world_size=world, worker=worker,
+                            num_workers=workers, shuffle=False, policy=policy, **kw))  # fmt: skip
+
+
+def test_plan_segments_cut_shards_at_exact_positions():
+    # 3 + 0 + 5 + 2 = 10 samples; drop over 3 ranks: 3 each, sample 9 left out
+    assert plan([3, 0, 5, 2], "drop", 0, 3) == [(0, 0, 3, False)]
+    assert plan([3, 0, 5, 2], "drop", 1, 3) == [(2, 0, 3, False)]
+    assert plan([3, 0, 5, 2], "drop", 2, 3) == [(2, 3, 5, False), (3, 0, 1, False)]
+    # pad: 4 each; rank 2 reads positions 8, 9 then wraps to 0, 1
+    assert plan([3, 0, 5, 2], "pad", 2, 3) == [(3, 0, 2, False), (0, 0, 2, True)]
+    # workers split a rank's share: rank 1 of 2 has positions 5..9, worker 1 of 2 gets 7..9
+    assert plan([3, 0, 5, 2], "drop", 1, 2, 1, 2) == [(2, 4, 5, False), (3, 0, 2, False)]
+
+
+def test_pad_wraps_around_the_order_as_often_as_needed():
+    # 2 samples, 8 ranks under pad: each reads one; ranks 2.. read repeats
+    assert [plan([1, 1], "pad", r, 8) for r in (0, 1, 2, 5)] == [
+        [(0, 0, 1, False)],
+        [(1, 0, 1, False)],
+        [(0, 0, 1, True)],
+        [(1, 0, 1, True)],
+    ]
+    assert plan([1, 1], "pad", 0, 1, 0, 1) == [(0, 0, 1, False), (1, 0, 1, False)]
+    assert plan([1, 2], "pad", 0, 1, 1, 3) == [(1, 0, 1, False)]  # one sample per worker
+    assert plan([0, 0], "pad", 0, 2) == [] and plan([0, 0], "drop", 1, 2) == []
+
+
+def test_plan_needs_sample_counts():
+    from shardpipe.split.plan import plan_ranges
+
+    with pytest.raises(ValueError, match=r"^equal splits need sample counts per shard: read the shards through"):
+        plan_ranges([Shard("a.tar", 0, samples=3), Shard("b.tar", 1)], seed=0, epoch=0, rank=0, world_size=1,
+                    worker=0, num_workers=1, shuffle=False)  # fmt: skip
+
+
+def test_rank_share():
+    from shardpipe.split.plan import rank_share
+
+    assert [rank_share(10, 3, "drop"), rank_share(10, 3, "pad"), rank_share(9, 3, "pad")] == [3, 4, 3]
+
+
+def test_resampled_shards_are_endless_seeded_and_cover_every_shard():
+    import numpy as np
+
+    from shardpipe.split.plan import ResampledShards
+
+    shards = [Shard(f"s{i}.tar", i) for i in range(5)]
+    a = ResampledShards(shards, seed=1, epoch=2, consumer=3)
+    drawn = [a[i].index for i in range(2500)]  # past two chunks of 1024
+    assert len(a) == 1 << 62 and set(drawn) == set(range(5))
+    expected = np.random.default_rng([1, 2, 3, 0x5E5A]).integers(0, 5, 3072).tolist()[:2500]
+    assert drawn == expected
+    assert a[2499].index == drawn[2499] and a[7].index == drawn[7]  # random access, stable
+    b = ResampledShards(shards, seed=1, epoch=2, consumer=4)
+    assert [b[i].index for i in range(50)] != drawn[:50]
