@@ -46,7 +46,7 @@ MODULES: dict[str, list[str]] = {
     "stages/batch.py": ["tests/test_stages.py", "tests/test_buffers.py", "tests/test_batch.py"],
     "stages/shards.py": ["tests/test_stages.py", "tests/test_stage_units.py", "tests/test_split.py"],
     "io/files.py": ["tests/test_io.py", "tests/test_files.py"],
-    "io/cache.py": ["tests/test_cache.py"],
+    "io/cache.py": ["tests/test_cache.py", "tests/test_cache_local.py"],
     "stages/block.py": ["tests/test_stages.py", "tests/test_block_shuffle.py"],
     "io/remote.py": ["tests/test_remote.py"],
     "serve/wire.py": ["tests/test_serve_wire.py"],
