@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from shardpipe.stages import Context, Pipeline, Shard, ShardList, Shuffle, SplitSamples, SplitShards, expand_urls
+from shardpipe.errors import DuplicateMemberError, ErrorHandler
+from shardpipe.stages import (
+    Context,
+    GroupSamples,
+    Pipeline,
+    Shard,
+    ShardList,
+    Shuffle,
+    SplitSamples,
+    SplitShards,
+    Stage,
+    expand_urls,
+)
 from shardpipe.stages.shards import epoch_order
 
 
@@ -144,3 +157,103 @@ def test_split_samples_keeps_every_count_th_and_resumes():
     rest = Pipeline([ShardList(items(10)), SplitSamples()], ctx)
     rest.reset(state)
     assert [s.index for s in rest] == [4, 7]
+
+
+# -- grouping members into samples -------------------------------------------------------------
+class Members(Stage):
+    """A source of untar members from a list; state: the position (no state_before)."""
+
+    def __init__(self, members: list):
+        super().__init__()
+        self.members, self.pos = members, 0
+
+    def reset(self, state=None) -> None:
+        self.pos = int(state["pos"]) if state else 0
+
+    def next(self):
+        if self.pos >= len(self.members):
+            raise StopIteration
+        self.pos += 1
+        return self.members[self.pos - 1]
+
+    def get_state(self):
+        return {"pos": self.pos}
+
+
+def member(shard: Shard, name: str, data: bytes = b"d"):
+    from shardpipe.format.sample import split_name
+
+    parts = split_name(name)
+    key, ext = parts if parts is not None else (None, None)
+    return (shard, name, data, key, ext, ())
+
+
+A, B = Shard("a.tar", 0), Shard("b.tar", 1, pad=True)
+
+
+def group(members: list, ctx: Context | None = None) -> list[dict]:
+    return list(Pipeline([Members(members), GroupSamples()], ctx or Context()))
+
+
+def test_members_group_by_key_and_shard():
+    got = group([
+        member(A, "__meta__.json"), member(A, "k1.jpg", b"J1"), member(A, "README"), member(A, "k1.cls", b"1"),
+        member(A, "k2.jpg", b"J2"), member(B, "k2.jpg", b"J3"),
+    ])  # fmt: skip
+    assert got == [
+        {"__key__": "k1", "__url__": "a.tar", "__shard__": 0, "jpg": b"J1", "cls": b"1"},
+        {"__key__": "k2", "__url__": "a.tar", "__shard__": 0, "jpg": b"J2"},
+        {"__key__": "k2", "__url__": "b.tar", "__shard__": 1, "__pad__": True, "jpg": b"J3"},  # same key, next shard
+    ]
+
+
+def test_a_sample_cut_by_a_broken_shard_is_dropped_whole():
+    from shardpipe.stages.untar import BROKEN
+
+    broken = (A, BROKEN, b"", None, None, ())
+    got = group([member(A, "k1.jpg"), member(A, "k1.cls"), broken, member(B, "k2.jpg")])
+    assert [s["__key__"] for s in got] == ["k2"]
+    got = group([member(A, "k1.jpg"), member(A, "__x__"), broken, member(B, "k2.jpg")])  # after metadata too
+    assert [s["__key__"] for s in got] == ["k2"]
+
+
+def test_duplicate_members_are_an_error_or_a_counted_skip():
+    members = [member(A, "k1.jpg"), member(A, "k1.jpg"), member(A, "k1.jpg"), member(A, "k2.jpg")]
+    ctx = Context(errors=ErrorHandler("skip"))
+    assert [s["__key__"] for s in group(members, ctx)] == ["k2"]
+    assert ctx.errors.counts == {"DuplicateMemberError": 1}  # one sample, counted once
+    with pytest.raises(DuplicateMemberError, match=r"^sample 'k1' in shard a.tar has two 'jpg' members$"):
+        group(members)
+
+
+def test_a_dotted_extension_is_logged_once(caplog, monkeypatch):
+    import shardpipe.format.sample as sample_module
+
+    monkeypatch.setattr(sample_module, "_warned_dotted", False)
+    with caplog.at_level(logging.WARNING, logger="shardpipe"):
+        got = group([member(A, "img.v2.jpg"), member(A, "img.v2.cls"), member(A, "b.x.y")])
+    assert [sorted(s) for s in got] == [
+        ["__key__", "__shard__", "__url__", "v2.cls", "v2.jpg"],
+        sorted(["__key__", "__shard__", "__url__", "x.y"]),
+    ]
+    assert [r.getMessage() for r in caplog.records] == [
+        "tar member 'img.v2.jpg' reads as key 'img' with extension 'v2.jpg': keys end at the first dot of the "
+        "file name; rename files with dots in their names if this is not meant"
+    ]
+
+
+def test_grouping_resumes_at_the_sample_boundary():
+    members = [member(A, "k1.jpg"), member(A, "k1.cls"), member(A, "k2.jpg"), member(A, "k2.cls"), member(A, "k3.jpg")]
+    pipe = Pipeline([Members(members), GroupSamples()], Context())
+    pipe.reset()
+    assert pipe.next()["__key__"] == "k1"
+    state = json.loads(json.dumps(pipe.get_state()))
+    assert state["stages"] == {"source": {"pos": 2}}  # before k2.jpg, which was read to end k1
+    again = Pipeline([Members(members), GroupSamples()], Context())
+    again.reset(state)
+    assert [(s["__key__"], sorted(s)) for s in again] == [
+        ("k2", ["__key__", "__shard__", "__url__", "cls", "jpg"]),
+        ("k3", ["__key__", "__shard__", "__url__", "jpg"]),
+    ]
+    pipe.reset()
+    assert pipe.get_state()["stages"] == {"source": {"pos": 0}}
