@@ -48,7 +48,7 @@ MODULES: dict[str, list[str]] = {
     "io/files.py": ["tests/test_io.py", "tests/test_files.py"],
     "io/cache.py": ["tests/test_cache.py", "tests/test_cache_local.py"],
     "stages/block.py": ["tests/test_stages.py", "tests/test_block_shuffle.py"],
-    "io/remote.py": ["tests/test_remote.py"],
+    "io/remote.py": ["tests/test_remote.py", "tests/test_retry_policy.py"],
     "serve/wire.py": ["tests/test_serve_wire.py"],
     "image/decoders/native.py": ["tests/test_native.py"],
 }
