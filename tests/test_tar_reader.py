@@ -118,6 +118,8 @@ def test_pax_records_parse():
         (b"9 path=ab", "malformed pax record at byte 0"),  # the length fits, the newline is missing
         (b"12 path=abc\n12 path=abc!", "malformed pax record at byte 12"),  # the second record is bad
         (b"7 path\n", "pax record without '=' at byte 0"),
+        # int() allows the newline in "2\n": the length ends at the space, on a newline
+        (b"2\n =x\n", "malformed pax record at byte 0"),
     ],
 )
 def test_pax_record_checks(record: bytes, message: str):
