@@ -57,7 +57,7 @@ def run_consumer(policy: str, shards: list[Shard], world: int, workers: int, ran
 def dataset(tmp_path: Path):
     def make(counts: list[int]) -> list[Shard]:
         urls = write_shards(tmp_path, make_samples(sum(counts)), counts)
-        return [Shard(url, i) for i, url in enumerate(urls)]
+        return [Shard(url, i, samples=c) for i, (url, c) in enumerate(zip(urls, counts))]
 
     return make
 
@@ -229,3 +229,42 @@ def test_resampled_shards_are_endless_seeded_and_cover_every_shard():
     assert a[2499].index == drawn[2499] and a[7].index == drawn[7]  # random access, stable
     b = ResampledShards(shards, seed=1, epoch=2, consumer=4)
     assert [b[i].index for i in range(50)] != drawn[:50]
+
+
+# -- drop and pad: equal ranges per consumer ------------------------------------------------------
+def test_drop_gives_equal_contiguous_ranges_and_reads_only_them(dataset):
+    shards = dataset([3, 4])  # 7 samples, 2 ranks: 3 each, sample 6 left out
+    results = [run_consumer("drop", shards, 2, 1, r, 0) for r in range(2)]
+    assert [keys for keys, _, _ in results] == [
+        ["sample00000", "sample00001", "sample00002"],
+        ["sample00003", "sample00004", "sample00005"],
+    ]
+    assert [opened for _, opened, _ in results] == [["shard-0000.tar"], ["shard-0001.tar"]]
+    assert [read for _, _, read in results] == [keys for keys, _, _ in results]  # nothing read and dropped
+
+
+def test_pad_wraps_and_marks_only_the_repeats(dataset):
+    shards = dataset([3, 4])  # 7 samples, 2 ranks: 4 each; rank 1 repeats sample 0
+    opener_results = [run_consumer("pad", shards, 2, 1, r, 0) for r in range(2)]
+    assert [keys for keys, _, _ in opener_results] == [
+        ["sample00000", "sample00001", "sample00002", "sample00003"],
+        ["sample00004", "sample00005", "sample00006", "sample00000"],
+    ]
+    ctx = Context(seed=3, rank=1, world_size=2)
+    request = EpochRequest(shards, ctx, shuffle=False)
+    pads = [(s["__key__"], s["__pad__"]) for s in Pipeline(epoch_stages("pad", request), ctx)]
+    assert pads == [("sample00004", False), ("sample00005", False), ("sample00006", False), ("sample00000", True)]
+
+
+def test_ranges_follow_the_workers_and_the_shuffled_epoch_order(dataset):
+    from shardpipe.stages.shards import epoch_order
+
+    shards = dataset([2, 2, 2, 2])
+    ctx = Context(seed=5, epoch=3, rank=0, world_size=1, worker=1, num_workers=2)
+    keys = [s["__key__"] for s in Pipeline(epoch_stages("drop", EpochRequest(shards, ctx, shuffle=True)), ctx)]
+    order = epoch_order(4, 5, 3, True).tolist()
+    # worker 1 of 2 reads the second half of the epoch's order: the last two shards in it
+    assert keys == [f"sample{2 * s + i:05d}" for s in order[2:] for i in range(2)]
+    assert order != sorted(order)
+    unshuffled = [s["__key__"] for s in Pipeline(epoch_stages("drop", EpochRequest(shards, ctx, shuffle=False)), ctx)]
+    assert unshuffled == [f"sample{i:05d}" for i in range(4, 8)]
