@@ -257,3 +257,13 @@ def test_grouping_resumes_at_the_sample_boundary():
     ]
     pipe.reset()
     assert pipe.get_state()["stages"] == {"source": {"pos": 0}}
+
+
+def test_shuffle_state_before_the_first_reset_is_the_start():
+    ctx = Context(seed=3)
+    fresh = Pipeline([ShardList(items(9)), Shuffle(4)], ctx)
+    state = json.loads(json.dumps(fresh.get_state()))  # e.g. a checkpoint taken before the first batch
+    assert state["stages"] == {"source": {"pos": 0}, "window": 0, "emitted": 0}
+    resumed = Pipeline([ShardList(items(9)), Shuffle(4)], ctx)
+    resumed.reset(state)
+    assert [s.index for s in resumed] == [s.index for s in Pipeline([ShardList(items(9)), Shuffle(4)], ctx)]
