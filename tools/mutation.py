@@ -137,16 +137,18 @@ def run_module(module: str, tests: list[str], args: argparse.Namespace, equivale
     workdir = Path(args.workdir) / module.replace("/", "_")
     root = Path(args.root).resolve()
     tests = [t for t in tests if (root / t).exists()]
-    scratch_copy(module, tests, workdir, root)
     env = {**os.environ, "PYTHONPATH": str(workdir / "mutants"), "PYTHONDONTWRITEBYTECODE": "1"}
-    log = open(workdir / "mutmut.log", "w")
-    subprocess.run([sys.executable, "-c", _GENERATE], cwd=workdir, env=env, check=True, stdout=log, stderr=log)
+    if not args.report:
+        scratch_copy(module, tests, workdir, root)
+        log = open(workdir / "mutmut.log", "w")
+        subprocess.run([sys.executable, "-c", _GENERATE], cwd=workdir, env=env, check=True, stdout=log, stderr=log)
     names = mutant_names(workdir, module)
     chosen = sorted(random.Random(args.seed).sample(names, min(args.sample, len(names))))
     result = ModuleScore(module, tests, total=len(names))
-    print(f"{module}: {len(names)} mutants, running {len(chosen)} against {' '.join(tests)}", flush=True)
-    cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *chosen]
-    subprocess.run(cmd, cwd=workdir, env=env, stdout=log, stderr=log)
+    if not args.report:
+        print(f"{module}: {len(names)} mutants, running {len(chosen)} against {' '.join(tests)}", flush=True)
+        cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *chosen]
+        subprocess.run(cmd, cwd=workdir, env=env, stdout=log, stderr=log)
     codes = json.loads((workdir / "mutants" / "shardpipe" / (module + ".meta")).read_text())["exit_code_by_key"]
     result.statuses = {name: status_by_exit_code[codes.get(name)] for name in chosen}
     result.equivalent = {name: equivalent[name] for name in chosen if name in equivalent}
@@ -223,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-score", type=float, default=85.0, help="exit 1 when a module scores below this")
     ap.add_argument("--no-doc", action="store_true", help="print the table only; leave docs/mutation.md alone")
     ap.add_argument("--show", action="store_true", help="print the diff of every surviving mutant")
+    ap.add_argument("--report", action="store_true", help="score the last run's results in --workdir again (no run)")
     args = ap.parse_args(argv)
 
     equivalent = load_equivalent()
