@@ -267,3 +267,26 @@ def test_shuffle_state_before_the_first_reset_is_the_start():
     resumed = Pipeline([ShardList(items(9)), Shuffle(4)], ctx)
     resumed.reset(state)
     assert [s.index for s in resumed] == [s.index for s in Pipeline([ShardList(items(9)), Shuffle(4)], ctx)]
+
+
+def test_shard_list_shuffles_by_the_epoch_order():
+    ctx = Context(seed=4, epoch=1)
+    assert indices([ShardList(items(20), shuffle=True)], ctx) == epoch_order(20, 4, 1, True).tolist()
+    assert indices([ShardList(items(20))], ctx) == list(range(20))
+
+
+def test_split_shards_peek_behind_a_source_that_cannot_peek_is_empty():
+    from shardpipe.stages import Map
+
+    split = SplitShards("all")
+    pipe = Pipeline([ShardList(items(6)), Map(lambda s: s), split], Context(worker=1, num_workers=2))
+    pipe.reset()
+    assert split.peek(2) == [] and [s.index for s in pipe] == [1, 3, 5]
+
+
+@pytest.mark.servers
+def test_expand_urls_reads_a_remote_manifest_with_the_storage_options(s3_store):
+    doc = {"shards": [{"name": "a.tar", "samples": 2, "bytes": 10}]}
+    s3_store.put("exp/manifest.json", json.dumps(doc).encode())
+    shards = expand_urls(s3_store.url("exp/manifest.json"), s3_store.options())
+    assert [(s.url, s.samples, s.size) for s in shards] == [(s3_store.url("exp/a.tar"), 2, 10)]
