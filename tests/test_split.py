@@ -268,3 +268,11 @@ def test_ranges_follow_the_workers_and_the_shuffled_epoch_order(dataset):
     assert order != sorted(order)
     unshuffled = [s["__key__"] for s in Pipeline(epoch_stages("drop", EpochRequest(shards, ctx, shuffle=False)), ctx)]
     assert unshuffled == [f"sample{i:05d}" for i in range(4, 8)]
+
+
+def test_plan_ranges_defaults_to_drop():
+    from shardpipe.split.plan import plan_ranges
+
+    shards = [Shard("a.tar", 0, samples=3), Shard("b.tar", 1, samples=4)]
+    kw = dict(seed=0, epoch=0, rank=1, world_size=2, worker=0, num_workers=1, shuffle=False)
+    assert segs(plan_ranges(shards, **kw)) == segs(plan_ranges(shards, policy="drop", **kw)) == [(1, 0, 3, False)]
