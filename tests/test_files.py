@@ -97,3 +97,23 @@ def test_atomic_write_into_a_relative_path(tmp_path: Path, monkeypatch):
         f.write(b"{}")
     assert (tmp_path / "plain.json").read_bytes() == b"{}"
     assert sorted(os.listdir(tmp_path)) == ["plain.json"]
+
+
+def test_readinto_fills_at_most_the_buffer(tmp_path: Path):
+    (tmp_path / "a.bin").write_bytes(b"abcdefgh")
+    with open_shard(f"pipe:cat {tmp_path}/a.bin", allow_pipe=True) as f:
+        buf = bytearray(3)
+        assert f.readinto(buf) == 3 and bytes(buf) == b"abc" and f.tell() == 3
+        assert f.read() == b"defgh"
+
+
+def test_forked_children_keep_the_parents_filesystem_instances(monkeypatch):
+    import fsspec
+
+    from shardpipe.io import files
+
+    fs = fsspec.filesystem("memory")  # fsspec caches instances per class
+    kept: list = []
+    monkeypatch.setattr(files, "_INHERITED_FILESYSTEMS", kept)
+    files._keep_inherited_filesystems()  # what os.register_at_fork runs in a DataLoader worker
+    assert any(x is fs for x in kept)
