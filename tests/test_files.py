@@ -117,3 +117,14 @@ def test_forked_children_keep_the_parents_filesystem_instances(monkeypatch):
     monkeypatch.setattr(files, "_INHERITED_FILESYSTEMS", kept)
     files._keep_inherited_filesystems()  # what os.register_at_fork runs in a DataLoader worker
     assert any(x is fs for x in kept)
+
+
+def test_a_running_command_is_neither_waited_for_by_read_0_nor_by_close():
+    import time
+
+    t0 = time.monotonic()
+    f = open_shard("pipe:printf ab; sleep 60", allow_pipe=True)
+    assert f.read(0) == b"" and f.read(2) == b"ab"  # no end-of-output verdict while it runs
+    proc = f._proc
+    f.close()  # kills it rather than waiting for the sleep
+    assert proc.returncode is not None and time.monotonic() - t0 < 30

@@ -290,3 +290,12 @@ def test_expand_urls_reads_a_remote_manifest_with_the_storage_options(s3_store):
     s3_store.put("exp/manifest.json", json.dumps(doc).encode())
     shards = expand_urls(s3_store.url("exp/manifest.json"), s3_store.options())
     assert [(s.url, s.samples, s.size) for s in shards] == [(s3_store.url("exp/a.tar"), 2, 10)]
+
+
+def test_split_samples_state_before_the_first_reset_is_the_start():
+    ctx = Context(worker=1, num_workers=2)
+    state = json.loads(json.dumps(Pipeline([ShardList(items(6)), SplitSamples()], ctx).get_state()))
+    assert state["stages"] == {"seen": 0, "source": {"pos": 0}}
+    resumed = Pipeline([ShardList(items(6)), SplitSamples()], ctx)
+    resumed.reset(state)
+    assert [s.index for s in resumed] == [1, 3, 5]
