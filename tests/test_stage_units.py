@@ -299,3 +299,9 @@ def test_split_samples_state_before_the_first_reset_is_the_start():
     resumed = Pipeline([ShardList(items(6)), SplitSamples()], ctx)
     resumed.reset(state)
     assert [s.index for s in resumed] == [1, 3, 5]
+
+
+def test_grouping_state_before_the_first_reset_is_the_source_start():
+    members = [member(A, "k1.jpg"), member(A, "k2.jpg")]
+    state = json.loads(json.dumps(Pipeline([Members(members), GroupSamples()], Context()).get_state()))
+    assert state["stages"] == {"source": {"pos": 0}}

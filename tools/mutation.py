@@ -45,7 +45,7 @@ MODULES: dict[str, list[str]] = {
     "stages/samples.py": ["tests/test_stages.py", "tests/test_stage_units.py", "tests/test_tar.py"],
     "stages/batch.py": ["tests/test_stages.py", "tests/test_buffers.py", "tests/test_batch.py"],
     "stages/shards.py": ["tests/test_stages.py", "tests/test_stage_units.py", "tests/test_split.py"],
-    "io/files.py": ["tests/test_io.py", "tests/test_files.py"],
+    "io/files.py": ["tests/test_io.py", "tests/test_files.py", "tests/test_cache.py"],
     "io/cache.py": ["tests/test_cache.py", "tests/test_cache_local.py"],
     "stages/block.py": ["tests/test_stages.py", "tests/test_block_shuffle.py"],
     "io/remote.py": ["tests/test_remote.py", "tests/test_retry_policy.py"],
