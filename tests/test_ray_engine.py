@@ -73,6 +73,7 @@ class DyingSource(FolderSource):
 
 def test_ray_writes_the_local_engines_bytes(ray_cluster, images: Path, local_out: Path, tmp_path: Path, capsys):
     argv = ["--maxcount", "4", "--shuffle", "--seed", "5", "--presize", "40", "--quality", "80"]
+    argv += ["--no-restart-intervals"]  # as OPTIONS (write_shards' default)
     assert main(["write", str(images), str(tmp_path / "s-%03d.tar"), *argv, "--engine", "ray", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert files(tmp_path) == files(local_out)  # 7 shards, the manifest and its index sidecar, byte for byte
@@ -206,7 +207,9 @@ def test_ray_engine_refuses_maxsize(images: Path, tmp_path: Path, capsys):
 def test_without_ray_the_engine_says_how_to_install_it(images: Path, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if it were not installed
     monkeypatch.delitem(sys.modules, "shardpipe.write.engines.ray", raising=False)
-    with pytest.raises(ImportError, match=r"the 'ray' engine needs .* pip install \"shardpipe\[ray\]\""):
+    with pytest.raises(
+        ImportError, match=r"engine 'ray' needs a package that is not installed .* pip install \"shardpipe\[ray\]\""
+    ):
         write_engine("ray")
     rc = main(["write", str(images), str(tmp_path / "s-%03d.tar"), "--engine", "ray", "--no-progress"])
     assert rc == 2 and 'pip install "shardpipe[ray]"' in capsys.readouterr().err

@@ -40,7 +40,7 @@ MODULES: dict[str, list[str]] = {
     "format/index.py": ["tests/test_index.py", "tests/test_index_format.py"],
     "format/manifest.py": ["tests/test_index.py", "tests/test_block_shuffle.py", "tests/test_manifest.py"],
     "split/plan.py": ["tests/test_stages.py", "tests/test_split.py", "tests/test_distributed.py"],
-    "split/policies.py": ["tests/test_stages.py", "tests/test_split.py"],
+    "stages/epochs.py": ["tests/test_stages.py", "tests/test_split.py"],
     "stages/shuffle.py": ["tests/test_stages.py", "tests/test_stage_units.py"],
     "stages/samples.py": ["tests/test_stages.py", "tests/test_stage_units.py", "tests/test_tar.py"],
     "stages/batch.py": ["tests/test_stages.py", "tests/test_buffers.py", "tests/test_batch.py"],

@@ -2,16 +2,15 @@
 
 Samples, extensions, bytes, image sizes (read from the image headers, no pixel is
 decoded: min/median/max of width and height) and the first keys. URLS is a brace
-pattern (``out/train-{000000..000009}.tar``), several joined by ``::``, or a manifest.
+pattern (``out/train-{000000..000009}.tar``), a quoted glob (``'out/train-*.tar'``),
+several joined by ``::``, or a manifest (its shards are inspected).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,31 +20,7 @@ from shardpipe.errors import DuplicateMemberError, ErrorHandler, ShardpipeError
 from shardpipe.format.sample import IMAGE_EXTENSIONS
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
 from shardpipe.io.files import open_shard
-
-
-class _Hashing:
-    """A shard's raw byte stream that hashes and counts what is read; on close it reads the
-    rest (the padding after the end-of-archive blocks belongs to the file too)."""
-
-    def __init__(self, f: IO[bytes]):
-        self.f = f
-        self.size = 0
-        self.sha = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.size += len(data)
-        self.sha.update(data)
-        return data
-
-    def close(self) -> None:
-        try:
-            while self.read(1 << 20):
-                pass
-        except OSError:
-            pass  # the reader already reported why the shard stopped
-        finally:
-            self.f.close()
+from shardpipe.io.verify import HashingReader
 
 
 class _Recording(ErrorHandler):
@@ -83,10 +58,11 @@ class ShardReader:
         from shardpipe.stages import Context, GroupSamples, Pipeline, ShardList, Untar
         from shardpipe.stages.shards import Shard
 
-        streams: list[_Hashing] = []
+        streams: list[HashingReader] = []
 
         def opener(shard: Shard, offset: int) -> IO[bytes]:
-            streams.append(_Hashing(open_shard(shard.url, offset, storage_options=self.storage_options)))
+            raw = open_shard(shard.url, offset, storage_options=self.storage_options)
+            streams.append(HashingReader(raw, drain_on_close=True))
             return streams[-1]  # type: ignore[return-value]
 
         errors = _Recording()
@@ -105,7 +81,7 @@ class ShardReader:
                 elif self.error is None:
                     self.error = str(e) if streams else f"cannot open: {e}"
             if streams:
-                self.size, self.sha256 = streams[0].size, streams[0].sha.hexdigest()
+                self.size, self.sha256 = streams[0].read_bytes, streams[0].hexdigest()
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:
@@ -221,16 +197,32 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("urls", help="brace pattern, '::'-joined list, or manifest.json")
+    p.add_argument("urls", help="manifest.json, brace pattern (out/train-{000000..000009}.tar), quoted glob "
+                   "('out/train-*.tar') or a '::'-joined list of these")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--keys", type=int, default=5, help="how many first keys to show (default 5)")
+    add_storage_options(p)
+
+
+def add_storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage-options", default=None, metavar="JSON",
+        help='fsspec options for remote URLs, e.g. \'{"endpoint_url": "http://127.0.0.1:9000", "anon": true}\'',
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options, resolve_inputs
+
     try:
-        report = inspect_shards(args.urls, args.keys)
-    except (ValueError, OSError, ShardpipeError) as e:
-        print(f"shardpipe inspect: error: {e}", file=sys.stderr)
-        return 2
+        options = parse_storage_options(args.storage_options)
+        resolve_inputs(args.urls, options)
+        report = inspect_shards(args.urls, args.keys, options)
+    except InputError as e:
+        return fail("inspect", e, USAGE)
+    except ShardpipeError as e:
+        return fail("inspect", e, DATA_PROBLEM)
+    except (ValueError, OSError) as e:
+        return fail("inspect", e, USAGE)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
-    return 1 if any(s["error"] or s["problems"] for s in report["shards"]) else 0
+    return DATA_PROBLEM if any(s["error"] or s["problems"] for s in report["shards"]) else OK

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from shardpipe.errors import ShardNotFoundError
 from shardpipe.io.files import atomic_write, dirname_url, join_url, read_bytes
 
 MANIFEST = "manifest.json"
@@ -46,26 +47,12 @@ def build_manifest(shards: Sequence[Mapping[str, Any]], metadata: Mapping[str, A
     }
 
 
-def merge_manifests(manifests: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Concatenate the shard lists of several manifests (metadata of the first wins).
-
-    Shard names must already resolve from the merged manifest's folder (full URLs do).
-    """
-    manifests = list(manifests)
-    if not manifests:
-        raise ValueError("nothing to merge: no manifests")
-    shards = [s for m in manifests for s in m["shards"]]
-    names = [s["name"] for s in shards]
-    if len(set(names)) != len(names):
-        raise ValueError("merged manifests list one shard twice")
-    meta = {k: v for k, v in manifests[0].items() if k not in ("shards", "samples", "bytes", "index", "format")}
-    return build_manifest(shards, meta)
-
-
 def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest at ``url`` as stored (names unresolved); ValueError when it is not one."""
     try:
         manifest = json.loads(read_bytes(url, storage_options=storage_options))
+    except ShardNotFoundError as e:
+        raise ShardNotFoundError(f"manifest not found: {url}") from e
     except json.JSONDecodeError as e:
         raise ValueError(f"{url} is not a manifest: invalid JSON: {e}") from e
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
@@ -102,8 +89,3 @@ def write_manifest(url: str, manifest: Mapping[str, Any], storage_options: dict[
     with atomic_write(url, storage_options=storage_options) as f:
         f.write(json.dumps(manifest, indent=1, sort_keys=True).encode())
     return url
-
-
-def manifest_url_beside(shard_url: str) -> str:
-    """The manifest URL in the folder of ``shard_url``."""
-    return join_url(dirname_url(shard_url), MANIFEST)
