@@ -1,4 +1,4 @@
-"""The manifest module on its own: entries, totals, merging, every validation error by message."""
+"""The manifest module on its own: entries, totals, every validation error by message."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from shardpipe.format.manifest import (
     FORMAT,
     build_manifest,
     load_manifest,
-    manifest_url_beside,
-    merge_manifests,
     read_manifest,
     shard_entry,
     write_manifest,
@@ -33,19 +31,6 @@ def test_entries_and_totals():
         "class_names": ["x"],
     }
     assert build_manifest([]) == {"format": FORMAT, "shards": [], "samples": 0, "bytes": 0}
-
-
-def test_merge_keeps_the_first_metadata_and_recomputes_totals():
-    a = build_manifest([shard_entry("s3://b/a.tar", 1, 10)], {"class_names": ["x"], "index": "a.index"})
-    b = build_manifest([shard_entry("s3://b/b.tar", 2, 20)], {"class_names": ["y"], "extra": 1})
-    merged = merge_manifests([a, b])
-    assert [s["name"] for s in merged["shards"]] == ["s3://b/a.tar", "s3://b/b.tar"]
-    assert (merged["samples"], merged["bytes"], merged["format"]) == (3, 30, FORMAT)
-    assert merged["class_names"] == ["x"] and "index" not in merged and "extra" not in merged
-    with pytest.raises(ValueError, match=r"^nothing to merge: no manifests$"):
-        merge_manifests([])
-    with pytest.raises(ValueError, match=r"^merged manifests list one shard twice$"):
-        merge_manifests([a, a])
 
 
 @pytest.mark.parametrize(
@@ -95,14 +80,3 @@ def test_load_resolves_names_and_the_index_beside_the_manifest(tmp_path: Path):
 def test_written_bytes_are_sorted_and_reproducible(tmp_path: Path):
     url = write_manifest(str(tmp_path / "m.json"), {"shards": [], "b": 1, "a": 2})
     assert Path(url).read_text() == '{\n "a": 2,\n "b": 1,\n "shards": []\n}'
-
-
-@pytest.mark.parametrize(
-    "shard, expected",
-    [
-        ("/data/train/s-0001.tar", "/data/train/manifest.json"),
-        ("s3://bucket/train/s-0001.tar", "s3://bucket/train/manifest.json"),
-    ],
-)
-def test_manifest_url_beside(shard: str, expected: str):
-    assert manifest_url_beside(shard) == expected

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from shardpipe.errors import ErrorHandler, ShardNotFoundError, ShardReadError
-from shardpipe.stages.epochs import EpochRequest, epoch_stages, split_mode
 from shardpipe.stages import Context, Pipeline, Shard, Untar
+from shardpipe.stages.epochs import EpochRequest, epoch_stages, split_mode
 
 from .helpers import make_samples, write_shards
 

@@ -182,10 +182,11 @@ class Members(Stage):
 
 def member(shard: Shard, name: str, data: bytes = b"d"):
     from shardpipe.format.sample import split_name
+    from shardpipe.stages.untar import Member
 
     parts = split_name(name)
     key, ext = parts if parts is not None else (None, None)
-    return (shard, name, data, key, ext, ())
+    return Member(shard, name, data, key, ext, ())
 
 
 A, B = Shard("a.tar", 0), Shard("b.tar", 1, pad=True)
@@ -208,9 +209,9 @@ def test_members_group_by_key_and_shard():
 
 
 def test_a_sample_cut_by_a_broken_shard_is_dropped_whole():
-    from shardpipe.stages.untar import BROKEN
+    from shardpipe.stages.untar import BROKEN, Member
 
-    broken = (A, BROKEN, b"", None, None, ())
+    broken = Member(A, BROKEN, b"", None, None, ())
     got = group([member(A, "k1.jpg"), member(A, "k1.cls"), broken, member(B, "k2.jpg")])
     assert [s["__key__"] for s in got] == ["k2"]
     got = group([member(A, "k1.jpg"), member(A, "__x__"), broken, member(B, "k2.jpg")])  # after metadata too
