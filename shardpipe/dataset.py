@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardpipe.errors import ErrorHandler, OnError
 from shardpipe.indexed import block_shuffle_source
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions, build_groups
 from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, pass_start, shards_digest
+from shardpipe.ranks import distributed_rank
 from shardpipe.split.policies import EpochRequest, epoch_stages
 from shardpipe.stages.base import Context, Pipeline, Stage, State
 from shardpipe.stages.batch import Batch
@@ -28,13 +27,6 @@ from shardpipe.stats import SharedStats
 from shardpipe.workers import ProgressMarker, WorkerProgress
 
 log = logging.getLogger("shardpipe")
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world_size) from torch.distributed when initialised, else RANK/WORLD_SIZE."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 def _fusable(transform: Any) -> bool:
@@ -221,6 +213,10 @@ class ShardDataset(IterableDataset):
                 if state is not None:
                     self._check_fingerprint(state)
         self._plan.set_plan(plan)
+
+    def worker_plan_published(self) -> bool:
+        """True while a ``ShardLoader`` pass has published its worker plan (read in workers too)."""
+        return self._plan.read()[1] is not None
 
     def rank_and_world(self) -> tuple[int, int]:
         """This process's (rank, world_size): the constructor's override, else torch.distributed/env.

@@ -55,6 +55,14 @@ class WorkerStallError(ShardpipeError, TimeoutError):
     """
 
 
+class SetupError(ShardpipeError, ValueError):
+    """A launcher, framework or environment set up so that shardpipe would repeat or drop samples.
+
+    (Half-set rank variables, a loader handed to a framework that re-splits it, ...) The
+    message names what is missing or conflicting and what to do instead.
+    """
+
+
 class MissingFieldError(ShardpipeError, KeyError):
     """A sample without a field the pipeline needs."""
 
