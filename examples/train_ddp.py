@@ -1,7 +1,7 @@
 """Data-parallel training with torchrun: each rank reads its own equal share of every epoch.
 
     python examples/write_imagefolder.py --demo 200 images data
-    torchrun --nproc_per_node 2 examples/train_ddp.py data/manifest.json
+    torchrun --standalone --nproc_per_node 2 examples/train_ddp.py data/manifest.json
 
 Rank and world size come from the process group (torchrun also sets RANK/WORLD_SIZE, and
 srun's SLURM_PROCID/SLURM_NTASKS are read too): ShardDataset needs no rank arguments.

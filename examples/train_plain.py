@@ -43,9 +43,13 @@ def main() -> None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         loader.load_state_dict(checkpoint["data"])
 
+    def save() -> None:  # the data position is a few integers per worker
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "data": loader.state_dict()}
+        torch.save(state, args.checkpoint)
+
     while (epoch := loader.state_dict()["epoch"]) < args.epochs:  # the epoch the next pass runs
         images = 0
-        for batch in loader:  # each pass is the next epoch (or the rest of a resumed one)
+        for step, batch in enumerate(loader):  # each pass is the next epoch (or the rest of a resumed one)
             x = normalize(batch["jpg"].to(device, non_blocking=True))
             y = batch["cls"].to(device, non_blocking=True)
             loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -53,10 +57,10 @@ def main() -> None:
             loss.backward()
             optimizer.step()
             images += len(y)
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "data": loader.state_dict()}
-            torch.save(state, args.checkpoint)  # small: the data position is a few integers per worker
-        print(f"epoch {epoch}: {images} images, loss {loss.item():.3f}")
-
+            if step % 100 == 0:
+                save()  # mid-epoch: a restart goes on from the next batch
+        save()  # between epochs: a restart begins the next epoch
+        print(f"epoch {epoch}: {images} images")
 
 if __name__ == "__main__":
     main()

@@ -57,7 +57,7 @@ def test_plain_script_trains_and_resumes_from_its_checkpoint(workdir: Path):
 def test_torchrun_ddp_gives_every_rank_the_same_batches(workdir: Path):
     torchrun = shutil.which("torchrun")
     assert torchrun, "torch is installed but torchrun is not on PATH"
-    out = run([torchrun, "--nproc_per_node", "2", "--master_port", "0", str(EXAMPLES / "train_ddp.py"),
+    out = run([torchrun, "--standalone", "--nproc_per_node", "2", str(EXAMPLES / "train_ddp.py"),
                "data/manifest.json"], workdir)  # fmt: skip
     per_rank = IMAGES // 2 // 16 + 1  # 24 samples a rank: batches of 16 and 8
     lines = sorted(line for line in out.splitlines() if line.startswith("rank "))
