@@ -153,7 +153,7 @@ class ShardDataset(IterableDataset):
             storage_options=dict(storage) if storage is not None else None, cache_dir=o.cache_dir,
             cache_size=o.cache_size, read_options=o.read_options,
         )  # fmt: skip
-        self._main_rank = distributed_rank()
+        self._main_rank = distributed_rank(strict=False)  # asked again, strictly, when a pass starts
         self.stats = SharedStats()
         self.buffers = BatchBuffers()  # recycled shared-memory batches (ShardLoader frees them)
         self.progress = WorkerProgress()  # where each DataLoader worker is (the loader's stall watchdog)

@@ -59,8 +59,18 @@ def rank_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int] | Non
     return None
 
 
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world_size) of this process: torch.distributed, else a launcher's variables, else (0, 1)."""
+def distributed_rank(strict: bool = True) -> tuple[int, int]:
+    """(rank, world_size) of this process: torch.distributed, else a launcher's variables, else (0, 1).
+
+    ``strict=False`` (a dataset being built, before the process group may exist: Lightning sets
+    ``WORLD_SIZE`` first and ``RANK`` only with the group) gives (0, 1) for a half-set environment;
+    the pass that reads data asks again, strictly.
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return rank_from_env() or (0, 1)
+    try:
+        return rank_from_env() or (0, 1)
+    except SetupError:
+        if strict:
+            raise
+        return 0, 1

@@ -148,15 +148,20 @@ def test_accelerate_refuses_dispatch_batches_and_a_plain_prepare(manifest: str, 
 # -- Lightning --------------------------------------------------------------------------------
 
 
-def lightning_run(manifest: str, out: Path, ckpt_dir: Path, max_steps: int, resume: Path | None = None) -> list:
+def lightning_run(
+    manifest: str, out: Path, ckpt_dir: Path, max_steps: int, resume: Path | None = None, devices: int = 1
+) -> list:
     pytest.importorskip("lightning")
-    command = [sys.executable, "-m", "tests.lightning_prog", manifest, str(out), str(ckpt_dir), str(max_steps), "2"]
+    command = [sys.executable, "-m", "tests.lightning_prog", manifest, str(out), str(ckpt_dir), str(max_steps), "2",
+               str(devices)]  # fmt: skip
     run = subprocess.run(
         command + ([str(resume)] if resume else []), cwd=ROOT, env=clean_env(), capture_output=True, text=True,
         timeout=240,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(out.read_text())
+    if devices == 1:
+        return json.loads(out.read_text())
+    return [json.loads(Path(str(out).replace(".json", f".rank{r}.json")).read_text()) for r in range(devices)]
 
 
 @pytest.mark.slow
@@ -170,3 +175,31 @@ def test_lightning_resumes_mid_epoch_from_its_checkpoint(manifest: str, tmp_path
     rest = lightning_run(manifest, tmp_path / "b.json", tmp_path / "c2", -1, resume=tmp_path / "c1" / "last.ckpt")
     assert first == full[:13]
     assert rest == full[13:]
+
+
+@pytest.mark.slow
+def test_lightning_ddp_two_processes_resume_each_rank_where_it_stopped(manifest: str, tmp_path: Path):
+    """Lightning writes rank 0's checkpoint: it must hold both ranks' positions."""
+    full = lightning_run(manifest, tmp_path / "full.json", tmp_path / "c0", -1, devices=2)
+    per_epoch = 3  # 18 samples a rank (drop policy), 9 for each of 2 workers: batches of 4, 4, 1
+    assert [len(r) for r in full] == [2 * 2 * per_epoch] * 2
+    first_epoch = [k for rank in full for b in rank[: 2 * per_epoch] for k in b]
+    assert len(first_epoch) == len(set(first_epoch)) == sum(COUNTS) - 1
+    first = lightning_run(manifest, tmp_path / "a.json", tmp_path / "c1", 8, devices=2)
+    rest = lightning_run(manifest, tmp_path / "b.json", tmp_path / "c2", -1, tmp_path / "c1" / "last.ckpt", devices=2)
+    for r in range(2):
+        assert first[r] + rest[r] == full[r], f"rank {r} did not resume where it stopped"
+
+
+def test_half_set_variables_are_refused_when_a_pass_starts_not_when_the_dataset_is_built(manifest, monkeypatch):
+    """Lightning sets WORLD_SIZE before the process group (and RANK) exist: building a dataset then is fine."""
+    from shardpipe import ShardDataset
+
+    for name in LAUNCH_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    dataset = ShardDataset(manifest, decode=None)
+    with pytest.raises(SetupError, match="WORLD_SIZE is set but RANK is not"):
+        next(iter(dataset))
+    monkeypatch.setenv("RANK", "1")
+    assert len(list(dataset)) == sum(COUNTS) // 2

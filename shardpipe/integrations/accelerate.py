@@ -19,13 +19,11 @@ every rank's loader state (gathered as JSON over the process group) and each ran
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-
 from shardpipe.errors import SetupError
+from shardpipe.integrations.ranks_state import gather_json, pick_own
 from shardpipe.loader import ShardLoader
 from shardpipe.stages.base import State
 
@@ -61,22 +59,6 @@ def _check_ranks(loader: ShardLoader, accelerator: Any) -> None:
             f"{accelerator.process_index} of {accelerator.num_processes}: samples would be read twice or not at all. "
             "Drop ShardDataset's rank=/world_size= (they are taken from Accelerate's process group)"
         )
-
-
-def _gather_json(value: Any) -> list[Any]:
-    """Every rank's ``value`` (JSON-serialisable), in rank order; no pickle crosses the process group."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return [value]
-    world = torch.distributed.get_world_size()
-    data = torch.frombuffer(bytearray(json.dumps(value).encode()), dtype=torch.uint8)
-    sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(world)]
-    torch.distributed.all_gather(sizes, torch.tensor([data.numel()]))
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, dtype=torch.uint8)
-    padded[: data.numel()] = data
-    parts = [torch.zeros(longest, dtype=torch.uint8) for _ in range(world)]
-    torch.distributed.all_gather(parts, padded)
-    return [json.loads(bytes(p[: int(s.item())].tolist())) for p, s in zip(parts, sizes)]
 
 
 class AcceleratedShardLoader(DataLoaderStateMixin):
@@ -136,19 +118,11 @@ class AcceleratedShardLoader(DataLoaderStateMixin):
 
     def state_dict(self) -> dict[str, Any]:
         """Every rank's loader state (collective under a process group): what ``accelerator.save_state`` stores."""
-        return {"shardpipe_ranks": _gather_json(self.local_state_dict())}
+        return gather_json(self.local_state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Take this rank's entry of a ``state_dict()`` (refused when the number of ranks differs)."""
-        ranks = state["shardpipe_ranks"]
-        rank, world = self.loader.shard_dataset.rank_and_world()
-        if len(ranks) != world:
-            raise SetupError(
-                f"the checkpoint holds loader states of {len(ranks)} processes but {world} run now; resume with "
-                f"{len(ranks)} processes"
-            )
-        self.loader.load_state_dict(ranks[rank])
-
+        self.loader.load_state_dict(pick_own(state, self.loader))
 
 def prepare(accelerator: Any, *objects: Any, device_placement: bool = True) -> Any:
     """``accelerator.prepare(*objects)``, with each ``ShardLoader`` kept whole and made resumable.

@@ -11,7 +11,8 @@ in its checkpoint (the fit loop's ``combined_loader`` entry) and loads it back b
 is iterated again. Lightning also reads one batch ahead (to know which batch is the last), so a
 ``ShardLoader``'s own state would be one batch past the step being checkpointed and a resume
 would skip that batch. ``LightningShardLoader`` therefore keeps the state after each batch it
-handed over and reports the one after the last batch the trainer has processed.
+handed over and reports the one after the last batch the trainer has processed; under DDP the
+state holds every rank's position (Lightning writes rank 0's checkpoint) and each rank loads its own.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from shardpipe.dataset import ShardDataset
+from shardpipe.integrations.ranks_state import gather_json, pick_own
 from shardpipe.loader import ShardLoader
 from shardpipe.stages.base import State
 
@@ -59,14 +61,18 @@ class LightningShardLoader:
             self._after.pop(handed - 8, None)  # the trainer is never more than a batch or two behind
             yield batch
 
-    def state_dict(self) -> State:
-        """The loader's state right after the last batch the trainer processed."""
+    def local_state_dict(self) -> State:
+        """This rank's loader state right after the last batch the trainer processed."""
         done = self._processed() - self._base
         return self._after.get(done) or self.loader.state_dict()
 
-    def load_state_dict(self, state: State) -> None:
+    def state_dict(self) -> dict:
+        """Every rank's ``local_state_dict()`` (collective under DDP; Lightning saves rank 0's checkpoint)."""
+        return gather_json(self.local_state_dict())
+
+    def load_state_dict(self, state: dict) -> None:
         self._after = {}
-        self.loader.load_state_dict(state)
+        self.loader.load_state_dict(pick_own(state, self.loader))
 
 
 class ShardDataModule(pl.LightningDataModule):
