@@ -203,3 +203,20 @@ def test_half_set_variables_are_refused_when_a_pass_starts_not_when_the_dataset_
         next(iter(dataset))
     monkeypatch.setenv("RANK", "1")
     assert len(list(dataset)) == sum(COUNTS) // 2
+
+
+def test_datamodule_offers_a_validation_loader_only_when_given_one(manifest: str):
+    pytest.importorskip("lightning")
+    from lightning.pytorch.utilities.model_helpers import is_overridden
+
+    from shardpipe import ShardDataset, ShardLoader
+    from shardpipe.integrations.lightning import ShardDataModule
+
+    train = ShardDataset(manifest, decode=None, batch_size=4)
+    assert not is_overridden("val_dataloader", ShardDataModule(train=train))
+    module = ShardDataModule(train=train, val=ShardDataset(manifest, decode=None, batch_size=5))
+    assert is_overridden("val_dataloader", module)
+    loader = module.val_dataloader()
+    assert isinstance(loader, ShardLoader) and module.val_dataloader() is loader
+    keys = [k for batch in loader for k in batch["__key__"]]
+    assert sorted(keys) == sorted(s["__key__"] for s in make_samples(sum(COUNTS)))

@@ -91,6 +91,8 @@ class ShardDataModule(pl.LightningDataModule):
         self.loader_options = loader_options
         self._train: LightningShardLoader | None = None
         self._val: ShardLoader | None = None
+        if val is not None:  # only then: Lightning runs a validation loop when the hook is overridden
+            self.val_dataloader = self._val_dataloader  # type: ignore[method-assign]
 
     def train_dataloader(self) -> LightningShardLoader:
         if self._train is None:
@@ -98,9 +100,7 @@ class ShardDataModule(pl.LightningDataModule):
             self._train = LightningShardLoader(loader, self)
         return self._train
 
-    def val_dataloader(self) -> ShardLoader | list:
-        if self.val_set is None:
-            return []
+    def _val_dataloader(self) -> ShardLoader:
         if self._val is None:
             self._val = ShardLoader(self.val_set, num_workers=self.num_workers, **self.loader_options)
         return self._val
