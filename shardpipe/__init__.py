@@ -28,7 +28,7 @@ from shardpipe.mix import MixedDataset
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions
 from shardpipe.serve.client import RemoteError, RemoteLoader
 from shardpipe.write.index_job import index_shards
-from shardpipe.write.job import WriteSummary, write_shards
+from shardpipe.write.job import WriteOptions, WriteSummary, write_shards
 from shardpipe.write.shard_writer import ShardWriter
 
 __version__ = "0.1.0"
@@ -56,6 +56,7 @@ __all__ = [
     "TarWriter",
     "TruncatedShardError",
     "WorkerStallError",
+    "WriteOptions",
     "WriteSummary",
     "__version__",
     "index_shards",

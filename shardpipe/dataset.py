@@ -9,18 +9,21 @@ from typing import Any
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardpipe.errors import ErrorHandler, OnError
-from shardpipe.indexed import block_shuffle_source
+from shardpipe.format.manifest import load_manifest
+from shardpipe.image.fused import fusable
+from shardpipe.indexed import block_shuffle_source, single_manifest
+from shardpipe.io.opener import ShardOpener
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions, build_groups
 from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, pass_start, shards_digest
 from shardpipe.ranks import distributed_rank
-from shardpipe.split.policies import EpochRequest, epoch_stages
 from shardpipe.stages.base import Context, Pipeline, Stage, State
 from shardpipe.stages.batch import Batch
 from shardpipe.stages.block import BlockShuffleSamples
 from shardpipe.stages.buffers import BatchBuffers
 from shardpipe.stages.decode import Decode
+from shardpipe.stages.epochs import EpochRequest, epoch_stages
 from shardpipe.stages.fields import RequireFields
-from shardpipe.stages.shards import Shard, expand_urls
+from shardpipe.stages.shards import Shard, expand_urls, manifest_shards
 from shardpipe.stages.shuffle import Shuffle
 from shardpipe.stages.untar import Untar
 from shardpipe.stats import SharedStats
@@ -29,12 +32,6 @@ from shardpipe.workers import ProgressMarker, WorkerProgress
 log = logging.getLogger("shardpipe")
 
 
-def _fusable(transform: Any) -> bool:
-    """True when the transform starts with a RandomResizedCrop or Resize (reduced-scale decode applies)."""
-    from shardpipe.augment import Compose, RandomResizedCrop, Resize
-
-    first = transform.transforms[0] if isinstance(transform, Compose) and transform.transforms else transform
-    return isinstance(first, (RandomResizedCrop, Resize))
 
 
 class ShardDataset(IterableDataset):
@@ -137,7 +134,10 @@ class ShardDataset(IterableDataset):
         self.require = tuple(require)
         self.on_error = on_error
         storage = self.open_options.storage_options
-        self.shards: list[Shard] = expand_urls(urls, dict(storage) if storage is not None else None)
+        storage = dict(storage) if storage is not None else None
+        manifest = single_manifest(urls) if self.split_options.shuffle_algo == "block" else None
+        loaded = load_manifest(manifest, storage) if manifest is not None else None  # read once, used twice
+        self.shards: list[Shard] = manifest_shards(loaded) if loaded is not None else expand_urls(urls, storage)
         self.has_counts = all(s.samples is not None for s in self.shards)
         policy = self.split_options.epoch_policy
         if policy in ("drop", "pad") and not self.has_counts:
@@ -150,8 +150,8 @@ class ShardDataset(IterableDataset):
         #: the indexed shards when the block shuffle applies (else None: the windowed shuffle)
         self.indexed = block_shuffle_source(
             urls, self.split_options.shuffle, self.split_options.shuffle_algo,
-            storage_options=dict(storage) if storage is not None else None, cache_dir=o.cache_dir,
-            cache_size=o.cache_size, read_options=o.read_options,
+            storage_options=storage, cache_dir=o.cache_dir, cache_size=o.cache_size, read_options=o.read_options,
+            loaded=loaded,
         )  # fmt: skip
         self._main_rank = distributed_rank(strict=False)  # asked again, strictly, when a pass starts
         self.stats = SharedStats()
@@ -246,14 +246,14 @@ class ShardDataset(IterableDataset):
 
             get_decoder(dec.decoder)
         if dec.transform is not None:
-            _fusable(dec.transform)
+            fusable(dec.transform)  # imports the transform's modules
 
     def fingerprint(self) -> str:
         """A short hash of what a resume state depends on: shards, sample counts and options."""
         if self._shards_hash is None:
             self._shards_hash = shards_digest(self.shards)
         h = self._shards_hash.copy()
-        # the keep-last-batch flag hashed as before drop_last replaced partial, so saved states still load
+        # hashed as keep-last (not drop_last): the text is part of every saved state's fingerprint
         keep_last = not self.batch_options.drop_last
         h.update(f"{self.seed}|{self.buffer_size}|{self.batch_size}|{keep_last}|{self.epoch_policy}".encode())
         if self.indexed is not None:  # another order: a window state must not load here (nor the reverse)
@@ -297,7 +297,11 @@ class ShardDataset(IterableDataset):
 
     def _untar(self, give_up_after: int | None = None) -> Untar:
         io = self.open_options
-        return Untar(io.opener(), give_up_after, max_member_size=io.max_member_size, verify=io.verify)
+        opener = ShardOpener(
+            io.prefetch, storage_options=dict(io.storage_options) if io.storage_options is not None else None,
+            cache_dir=io.cache_dir, cache_size=io.cache_size, read_options=io.read_options, allow_pipe=io.allow_pipe,
+        )  # fmt: skip
+        return Untar(opener, give_up_after, max_member_size=io.max_member_size, verify=io.verify)
 
     def _shard_stages(self, ctx: Context) -> list[Stage[Any]]:
         """The stages up to grouped samples, per the epoch policy."""
@@ -326,7 +330,7 @@ class ShardDataset(IterableDataset):
                     dec.transform,
                     num_threads=dec.num_threads,
                     allow_pickle=dec.allow_pickle,
-                    fuse=_fusable(dec.transform),
+                    fuse=fusable(dec.transform),
                 )
             )
         bat = self.batch_options

@@ -29,8 +29,10 @@ class IndexedShards:
         cache_dir: str | None = None,
         cache_size: int | None = None,
         read_options: Any = None,
+        *,
+        loaded: dict[str, Any] | None = None,
     ):
-        meta = load_manifest(manifest, storage_options)
+        meta = loaded if loaded is not None else load_manifest(manifest, storage_options)
         if not meta.get("index_url"):
             raise ValueError(
                 f"{manifest} has no index: create one with `shardpipe index SHARDS -o {manifest}` "
@@ -149,6 +151,11 @@ class IndexedDataset(Dataset):
         return self._decoder(sample)
 
 
+def single_manifest(urls: Any) -> str | None:
+    """``urls`` when it names one manifest (``.../manifest.json``), else None."""
+    return urls if isinstance(urls, str) and urls.endswith(".json") and "::" not in urls else None
+
+
 def block_shuffle_source(
     urls: Any,
     shuffle: bool | int,
@@ -158,42 +165,32 @@ def block_shuffle_source(
     cache_dir: str | None = None,
     cache_size: int | None = None,
     read_options: Any = None,
+    loaded: dict[str, Any] | None = None,
 ) -> IndexedShards | None:
     """The indexed shards to block-shuffle, or None for the windowed shuffle (``ShardDataset``'s choice).
 
-    ``auto`` picks the block shuffle when ``shuffle=True`` (not an explicit buffer size),
-    ``urls`` is a manifest with an index, no shard is gzip-compressed, and the shards
-    are local or a cache is configured (random reads from an object store without a
-    cache cost one request per sample). ``block`` insists, explaining what is missing.
+    The block shuffle is asked for by name (``algo="block"``): it needs a manifest with an
+    index and tar (not gzip) shards, read by random access (local, or through a cache:
+    random reads from an object store cost one request per sample), and says what is
+    missing. ``loaded``: the manifest, when the caller has read it already (it is read
+    once). ``auto`` and ``window`` take the window, whatever ``shuffle`` is (``True`` is a
+    window of 1000, as a number is a window of that size).
     """
     from shardpipe.options import SHUFFLE_ALGOS
 
     if algo not in SHUFFLE_ALGOS:
         raise ValueError(f"shuffle_algo must be one of {SHUFFLE_ALGOS}, not {algo!r}")
-    if algo == "window" or (algo == "auto" and shuffle is not True):
+    if algo != "block":
         return None
     if not shuffle:
         raise ValueError("shuffle_algo='block' needs shuffle=True")
-    from shardpipe.io.files import is_local
-
-    manifest = urls if isinstance(urls, str) and urls.endswith(".json") and "::" not in urls else None
+    manifest = single_manifest(urls)
     if manifest is None:
-        if algo == "auto":
-            return None
         raise ValueError(
             "shuffle_algo='block' reads samples by random access: pass the shards' manifest.json with its index "
             "(create both for existing shards with `shardpipe index SHARDS -o manifest.json`)"
         )
-    try:
-        shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options)
-    except ValueError:
-        if algo == "auto":
-            return None
-        raise
+    shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options, loaded=loaded)
     if shards.sequential_only:
-        if algo == "auto":
-            return None
         shards.check_random_access()
-    if algo == "auto" and cache_dir is None and not all(is_local(u) for u in shards.urls):
-        return None
     return shards

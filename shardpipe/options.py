@@ -16,6 +16,10 @@ Words used once across the API: ``on_error`` for what happens to bad data,
 ``num_threads`` for threads (as ``num_workers`` for processes), ``drop_last`` for the
 last short batch (torch's word), ``decode`` for what fields become and ``decoder`` for
 the per-image backend that makes it happen.
+
+Settings only describe: this module imports no runtime part (no opener, no stage, no
+policy; ``tests/test_architecture.py`` holds it to that). The tables of valid names live
+here, and the runtime reads them; ``ShardDataset`` assembles the pipeline.
 """
 
 from __future__ import annotations
@@ -26,14 +30,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
-from shardpipe.io.opener import ShardOpener
-from shardpipe.split.policies import EPOCH_POLICIES
-from shardpipe.stages.decode import IMAGE_MODES as DECODE_MODES
 
 if TYPE_CHECKING:
     from shardpipe.io.remote import ReadOptions
 
 SPLITS = ("auto", "shards", "samples")
+#: ``epoch_policy`` values besides ``auto``: the names of ``shardpipe.stages.epochs.EPOCH_POLICIES``
+EPOCH_POLICY_NAMES = ("drop", "pad", "resample", "uneven")
+#: what image fields become (``DecodeOptions.decode``; ``None`` leaves every field as bytes)
+DECODE_MODES = ("rgb8", "torchrgb8", "pil", "encoded")
 #: ``shuffle_algo`` values: see ``shardpipe.indexed.block_shuffle_source`` for what ``auto`` picks
 SHUFFLE_ALGOS = ("auto", "window", "block")
 #: the default shuffle buffer (samples) for ``shuffle=True``
@@ -76,17 +81,6 @@ class OpenOptions:
         if self.cache_size is not None and self.cache_dir is None:
             raise ValueError("cache_size limits a cache: give cache_dir too")
 
-    def opener(self) -> ShardOpener:
-        """A new ``Untar`` opener with these settings (one per pipeline: it owns threads)."""
-        return ShardOpener(
-            self.prefetch,
-            storage_options=dict(self.storage_options) if self.storage_options is not None else None,
-            cache_dir=self.cache_dir,
-            cache_size=self.cache_size,
-            read_options=self.read_options,
-            allow_pipe=self.allow_pipe,
-        )
-
 
 @dataclass(frozen=True)
 class SplitOptions:
@@ -95,9 +89,9 @@ class SplitOptions:
     #: ``False``, ``True`` (a buffer of 1000 samples) or a buffer size; shard order is
     #: shuffled per epoch too when shuffling is on
     shuffle: bool | int = False
-    #: ``"window"`` (a window of streamed samples), ``"block"`` (a permutation of the epoch
-    #: read by random access: a manifest with its index, tar shards, local or cached), or
-    #: ``"auto"``: block when those hold and ``shuffle=True``, else window
+    #: ``"window"`` (a window of streamed samples; ``"auto"``, the default, is the window too)
+    #: or ``"block"`` (a permutation of the epoch read by random access: a manifest with its
+    #: index, tar shards, local or cached); ``shuffle=True`` and ``shuffle=1000`` are the same
     shuffle_algo: str = "auto"
     #: block shuffle: samples per block (None: the whole epoch, a true permutation)
     shuffle_block_size: int | None = None
@@ -126,10 +120,8 @@ class SplitOptions:
             raise ValueError(f"the block shuffle splits epochs by policy 'drop' or 'pad', not {self.epoch_policy!r}")
         if self.split not in SPLITS:
             raise ValueError(f"split must be 'auto', 'shards' or 'samples', not {self.split!r}")
-        if self.epoch_policy not in ("auto", *EPOCH_POLICIES):
-            raise ValueError(
-                f"epoch_policy must be 'auto' or one of {tuple(EPOCH_POLICIES)}, not {self.epoch_policy!r}"
-            )
+        if self.epoch_policy not in ("auto", *EPOCH_POLICY_NAMES):
+            raise ValueError(f"epoch_policy must be 'auto' or one of {EPOCH_POLICY_NAMES}, not {self.epoch_policy!r}")
         _check_count("samples_per_epoch", self.samples_per_epoch, 1)
         if self.epoch_policy == "resample" and not self.samples_per_epoch:
             raise ValueError("epoch_policy='resample' needs samples_per_epoch (the epoch length over all ranks)")
@@ -190,20 +182,11 @@ class BatchOptions:
 GROUPS: tuple[type, ...] = (OpenOptions, SplitOptions, DecodeOptions, BatchOptions)
 _GROUP_OF: dict[str, type] = {f.name: g for g in GROUPS for f in dataclasses.fields(g)}
 
-#: keywords renamed when the options were grouped: old name -> what to write instead
-RENAMED = {
-    "handler": "on_error=",
-    "threads": "num_threads=",
-    "partial": "drop_last= (the opposite: partial=True is drop_last=False)",
-}
-
 
 def group_of(keyword: str) -> type:
     """The options class that holds the flat keyword ``keyword`` (a TypeError if none does)."""
     if keyword in _GROUP_OF:
         return _GROUP_OF[keyword]
-    if keyword in RENAMED:
-        raise TypeError(f"ShardDataset({keyword}=...) was renamed: use {RENAMED[keyword]}")
     import difflib
 
     near = difflib.get_close_matches(keyword, [*_GROUP_OF, "require", "on_error"], n=1)

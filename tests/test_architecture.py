@@ -72,11 +72,8 @@ def test_find_cycle_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}}) is None
 
 
-#: known subpackage cycles still to untangle (edge left out of the check, with the reason).
-#: split/ mixes epoch arithmetic (plan.py, block.py: used by stages/block.py) with policies that
-#: build stages (policies.py); the arithmetic should sit under stages (Shard/epoch_order out of
-#: stages/shards.py), the policies above. Remove the entry when done: the test then insists.
-KNOWN_CYCLES = {("shardpipe.stages", "shardpipe.split"): "stages/block.py uses split/block.py's arithmetic"}
+#: known subpackage cycles still to untangle (edge left out of the check, with the reason); none now.
+KNOWN_CYCLES: dict[tuple[str, str], str] = {}
 
 
 def test_no_import_cycle_between_subpackages():
@@ -137,3 +134,48 @@ def test_no_import_cycle_between_modules():
     assert "shardpipe.stages.untar" in graph["shardpipe.stages"]  # the graph is real
     cycle = find_cycle(graph)
     assert cycle is None, f"import-time cycle: {' -> '.join(cycle)}"
+
+
+def imports_outside_type_checking(path: Path) -> set[str]:
+    """Every shardpipe module ``path`` imports (at import time or inside functions), leaving
+    out ``if TYPE_CHECKING`` blocks (annotations only)."""
+    modules = module_names()
+    tree = ast.parse(path.read_text())
+    skip: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skip.update(id(n) for n in ast.walk(node))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("shardpipe"):
+            named = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in modules]
+            out.update(named or [node.module])
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("shardpipe"))
+    return out
+
+
+def test_options_import_no_runtime_module():
+    """Settings describe, the builder (ShardDataset) assembles: options.py may read the data
+    format's constants and nothing of the pipeline (no opener, stage, policy or decoder)."""
+    imported = imports_outside_type_checking(ROOT / "options.py")
+    assert "shardpipe.format.tar.reader" in imported  # the scan is real
+    runtime = sorted(m for m in imported if not m.startswith(("shardpipe.format", "shardpipe.errors")))
+    assert runtime == [], f"options.py imports runtime modules: {runtime}"
+
+
+def test_split_is_arithmetic_that_imports_no_stage():
+    """split/ is plain functions over integers: stages read from it, never the reverse."""
+    graph = subpackage_graph()
+    assert graph.get("shardpipe.split", set()) <= {"shardpipe.errors"}, sorted(graph["shardpipe.split"])
+    assert "shardpipe.split" in graph["shardpipe.stages"]  # stages read the plans from split/
+
+
+def test_option_name_tables_match_the_runtime():
+    """options.py owns the valid names; the runtime registries must offer exactly those."""
+    from shardpipe.options import EPOCH_POLICY_NAMES
+    from shardpipe.stages.epochs import EPOCH_POLICIES
+
+    assert tuple(EPOCH_POLICIES) == EPOCH_POLICY_NAMES

@@ -62,9 +62,10 @@ def test_real_loaders_ranks_and_workers_cover_the_epoch(indexed):
         seen, batches = [], []
         for rank in range(world):
             ds = ShardDataset(
-                indexed, shuffle=True, decode=None, batch_size=4, rank=rank, world_size=world, epoch_policy="pad"
-            )
-            assert ds.indexed is not None  # auto: indexed local tar shards take the block shuffle
+                indexed, shuffle=True, shuffle_algo="block", decode=None, batch_size=4, rank=rank, world_size=world,
+                epoch_policy="pad",
+            )  # fmt: skip
+            assert ds.indexed is not None
             n = 0
             for b in ShardLoader(ds, num_workers=workers):
                 seen += [k for k, pad in zip(b["__key__"], b["__pad__"].tolist()) if not pad]
@@ -187,3 +188,35 @@ def test_write_shuffles_class_folders_by_default_and_says_so(tmp_path: Path, cap
     # a flat folder has no classes: its order is kept
     summary = shardpipe.write_shards(str(tmp_path / "tree" / "ant"), str(tmp_path / "d" / "s-%03d.tar"))
     assert not summary.shuffled
+
+
+def test_shuffle_true_is_a_window_of_1000_like_the_number(indexed):
+    """``shuffle=True`` and ``shuffle=1000`` pick the same algorithm (the window) under ``auto``,
+    even on indexed local shards; the block shuffle is asked for by name."""
+    on, thousand = ShardDataset(indexed, shuffle=True, decode=None), ShardDataset(indexed, shuffle=1000, decode=None)
+    assert on.indexed is None and thousand.indexed is None
+    assert on.buffer_size == thousand.buffer_size == 1000
+    assert on.fingerprint() == thousand.fingerprint()
+    assert [s["__key__"] for s in on] == [s["__key__"] for s in thousand]
+    assert ShardDataset(indexed, shuffle=True, shuffle_algo="block", decode=None).indexed is not None
+
+
+def test_the_block_shuffle_reads_the_manifest_once(indexed, monkeypatch):
+    from shardpipe.format import manifest as manifest_module
+
+    reads: list[str] = []
+    real = manifest_module.read_manifest
+
+    def counted(url, storage_options=None):
+        reads.append(url)
+        return real(url, storage_options)
+
+    monkeypatch.setattr(manifest_module, "read_manifest", counted)
+    block = ShardDataset(indexed, shuffle=True, shuffle_algo="block", decode=None)
+    assert reads == [indexed]
+    window = ShardDataset(indexed, shuffle=True, decode=None)
+    assert reads == [indexed, indexed]
+    assert [(s.url, s.index, s.samples, s.size, s.sha256) for s in block.shards] == [
+        (s.url, s.index, s.samples, s.size, s.sha256) for s in window.shards
+    ]
+    assert sorted(s["__key__"] for s in block) == sorted(s["__key__"] for s in window)

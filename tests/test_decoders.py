@@ -124,17 +124,18 @@ def test_auto_is_first_installed_in_auto_order() -> None:
 
 
 def test_unknown_and_missing_decoders_say_what_to_do() -> None:
-    with pytest.raises(ValueError, match=r"unknown decoder 'nope'; registered: .*'pil'"):
+    with pytest.raises(ValueError, match=r"unknown decoder 'nope': choose one of .*'pil'"):
         get_decoder("nope")
     register_decoder("test-missing", "shardpipe_no_such_module:Decoder", "pip install shardpipe-no-such")
     try:
         with pytest.raises(
-            ImportError, match=r"decoder 'test-missing' needs an optional package: pip install shardpipe-no-such"
+            ImportError,
+            match=r"decoder 'test-missing' needs a package that is not installed .*: pip install shardpipe-no-such",
         ):
             get_decoder("test-missing")
         assert "test-missing" not in available_decoders()
     finally:
-        del registry._REGISTRY["test-missing"]
+        registry.DECODERS.unregister("test-missing")
 
 
 # -- bad input ------------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def test_dali_in_cpu_mode_through_resolve(photos):
 
 def test_unknown_decoder_name():
     with pytest.raises(
-        ValueError, match=r"batch decoder must be one of 'auto', 'cpu', 'dali', 'torchvision', not 'nvjpeg'"
+        ValueError, match=r"unknown batch decoder 'nvjpeg': choose one of \['cpu', 'dali', 'torchvision'\]"
     ):
         resolve_batch_decoder("nvjpeg")
 
@@ -216,7 +216,7 @@ def test_batch_decode_loader_draws_new_crops_each_epoch_from_the_shard_loader(tm
     decoded = loader()
     first, second = _crops(decoded), _crops(decoded)  # the ShardLoader moves to epoch 1 on pass 2
     assert sorted(first) == sorted(second) == [f"p{i:02d}" for i in range(12)]
-    assert decoded.decoder.epoch == 1 == decoded.batches.dataset.epoch
+    assert decoded.batch_decoder.epoch == 1 == decoded.batches.dataset.epoch
     assert all(not torch.equal(first[k], second[k]) for k in first)
     assert all(torch.equal(a, first[k]) for k, a in _crops(loader()).items())  # a new loader: epoch 0 again
     later = loader()

@@ -15,7 +15,7 @@ import shardpipe
 from shardpipe import CorruptShardError, IndexedDataset, ShardDataset, TruncatedShardError, index_shards
 from shardpipe.cli import main as cli_main
 from shardpipe.format.index import SampleIndex
-from shardpipe.format.manifest import load_manifest, merge_manifests
+from shardpipe.format.manifest import load_manifest
 from shardpipe.io.ranged import RangeReader
 
 from .helpers import make_samples, write_shards
@@ -232,13 +232,7 @@ def test_read_past_the_end_is_truncated_shard_error(tmp_path: Path):
         reader.read(urls[0], size - 10, size + 10)
 
 
-def test_manifest_merge_and_bad_manifests(tmp_path: Path):
-    a = {"format": "shardpipe/1", "shards": [{"name": "a.tar", "samples": 2, "bytes": 10}], "class_names": ["x"]}
-    b = {"shards": [{"name": "b.tar", "samples": 3, "bytes": 20}]}
-    merged = merge_manifests([a, b])
-    assert (merged["samples"], merged["bytes"], merged["class_names"]) == (5, 30, ["x"])
-    with pytest.raises(ValueError, match="one shard twice"):
-        merge_manifests([a, a])
+def test_bad_manifests(tmp_path: Path):
     bad = tmp_path / "bad.json"
     bad.write_text('{"samples": 3}')
     with pytest.raises(ValueError, match="not a manifest: no 'shards' list"):

@@ -211,4 +211,4 @@ def test_auto_prefers_native_and_logs_once_why_it_cannot(caplog) -> None:
         assert len(notes) == 1 and "decoder='auto' skips 'test-unbuilt'" in notes[0], notes
     finally:
         registry.AUTO_ORDER.remove("test-unbuilt")
-        registry._REGISTRY.pop("test-unbuilt")
+        registry.DECODERS.unregister("test-unbuilt")

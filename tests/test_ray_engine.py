@@ -206,7 +206,9 @@ def test_ray_engine_refuses_maxsize(images: Path, tmp_path: Path, capsys):
 def test_without_ray_the_engine_says_how_to_install_it(images: Path, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as if it were not installed
     monkeypatch.delitem(sys.modules, "shardpipe.write.engines.ray", raising=False)
-    with pytest.raises(ImportError, match=r"the 'ray' engine needs .* pip install \"shardpipe\[ray\]\""):
+    with pytest.raises(
+        ImportError, match=r"engine 'ray' needs a package that is not installed .* pip install \"shardpipe\[ray\]\""
+    ):
         write_engine("ray")
     rc = main(["write", str(images), str(tmp_path / "s-%03d.tar"), "--engine", "ray", "--no-progress"])
     assert rc == 2 and 'pip install "shardpipe[ray]"' in capsys.readouterr().err

@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Iterator
+from typing import IO, Any
 
 import pytest
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, TruncatedShardError
 from shardpipe.io.files import open_shard
-from shardpipe.io.prefetch import Prefetcher, iter_prefetched
+from shardpipe.io.prefetch import Prefetcher
 from shardpipe.io.remote import ReadOptions, is_retryable
 
 from .helpers import payload
@@ -317,6 +319,15 @@ def test_prefetch_starts_the_next_shard_with_bounded_memory(http_store):
         got1, _ = read_all_from(pf.open(urls[1]))
         assert pf.hits == 1
     assert (got0, got1) == (data[0], data[1])
+
+
+def iter_prefetched(urls: list[str], depth: int = 1, **open_kwargs: Any) -> Iterator[tuple[str, IO[bytes]]]:
+    """Open each URL in turn through a Prefetcher, the next ``depth`` ones ahead (as Untar's opener does)."""
+    with Prefetcher(depth, **open_kwargs) as pf:
+        for i, url in enumerate(urls):
+            for ahead in urls[i + 1 : i + 1 + depth]:
+                pf.prefetch(ahead)
+            yield url, pf.open(url)
 
 
 def test_iter_prefetched_yields_every_shard_in_order(remote):

@@ -61,6 +61,10 @@ def as_array(item: Encoded) -> np.ndarray:
     return np.frombuffer(item, dtype=np.uint8)
 
 
+#: options only DALI understands; the other decoders are built without them
+DALI_ONLY_OPTIONS = ("device_id", "batch_size", "decoder_options")
+
+
 class BatchDecoder:
     """Base class: options, output dtype, on_error and the batch-dict helper.
 
@@ -69,6 +73,12 @@ class BatchDecoder:
     """
 
     name = "base"
+
+    @classmethod
+    def from_options(cls, *, device: str | None, cpu_decoder: str, **options: Any) -> BatchDecoder:
+        """Build from :func:`~shardpipe.batchdecode.resolve_batch_decoder`'s arguments, taking the
+        ones this decoder understands (by default: neither the device nor DALI's own options)."""
+        return cls(**{k: v for k, v in options.items() if k not in DALI_ONLY_OPTIONS})
 
     def __init__(
         self,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shardpipe.batchdecode.base import BatchDecoder, Encoded, as_array
+from shardpipe.batchdecode.base import DALI_ONLY_OPTIONS, BatchDecoder, Encoded, as_array
 
 
 class CpuBatchDecoder(BatchDecoder):
@@ -22,6 +22,10 @@ class CpuBatchDecoder(BatchDecoder):
     """
 
     name = "cpu"
+
+    @classmethod
+    def from_options(cls, *, device: str | None, cpu_decoder: str, **options: Any) -> BatchDecoder:
+        return cls(decoder=cpu_decoder, **{k: v for k, v in options.items() if k not in DALI_ONLY_OPTIONS})
 
     def __init__(
         self,

@@ -30,7 +30,7 @@ import torch
 from shardpipe.batchdecode.base import BatchDecoder, Encoded, as_array
 from shardpipe.batchdecode.registry import BATCH_DECODERS
 
-INSTALL_HINT = BATCH_DECODERS["dali"].install
+INSTALL_HINT = BATCH_DECODERS.entry("dali").install
 
 #: Leading bytes of the formats DALI's decoders read (JPEG 2000 as JP2 box or codestream).
 _SIGNATURES: tuple[bytes, ...] = (
@@ -139,6 +139,10 @@ class DaliBatchDecoder(BatchDecoder):
     """
 
     name = "dali"
+
+    @classmethod
+    def from_options(cls, *, device: str | None, cpu_decoder: str, **options: Any) -> BatchDecoder:
+        return cls(device=device or "gpu", **options)
 
     def __init__(
         self,

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from shardpipe.batchdecode.base import BatchDecoder, Encoded, as_array
 from shardpipe.batchdecode.registry import BATCH_DECODERS
 
-INSTALL_HINT = BATCH_DECODERS["torchvision"].install
+INSTALL_HINT = BATCH_DECODERS.entry("torchvision").install
 
 
 def import_torchvision_io() -> Any:
@@ -41,6 +41,11 @@ class TorchvisionGpuBatchDecoder(BatchDecoder):
     """Batched nvJPEG decode via torchvision, then crop/resize/flip with torch on the GPU."""
 
     name = "torchvision"
+
+    @classmethod
+    def from_options(cls, *, device: str | None, cpu_decoder: str, **options: Any) -> BatchDecoder:
+        options.pop("num_threads", None)  # one batched call: no threads to size
+        return super().from_options(device=device, cpu_decoder=cpu_decoder, **options)
 
     def __init__(self, size: int | tuple[int, int] = 224, *, device: str = "cuda", **options: Any):
         super().__init__(size, **options)

@@ -8,7 +8,6 @@ pattern (``out/train-{000000..000009}.tar``), several joined by ``::``, or a man
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
@@ -21,31 +20,7 @@ from shardpipe.errors import DuplicateMemberError, ErrorHandler, ShardpipeError
 from shardpipe.format.sample import IMAGE_EXTENSIONS
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
 from shardpipe.io.files import open_shard
-
-
-class _Hashing:
-    """A shard's raw byte stream that hashes and counts what is read; on close it reads the
-    rest (the padding after the end-of-archive blocks belongs to the file too)."""
-
-    def __init__(self, f: IO[bytes]):
-        self.f = f
-        self.size = 0
-        self.sha = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.size += len(data)
-        self.sha.update(data)
-        return data
-
-    def close(self) -> None:
-        try:
-            while self.read(1 << 20):
-                pass
-        except OSError:
-            pass  # the reader already reported why the shard stopped
-        finally:
-            self.f.close()
+from shardpipe.io.verify import HashingReader
 
 
 class _Recording(ErrorHandler):
@@ -83,10 +58,11 @@ class ShardReader:
         from shardpipe.stages import Context, GroupSamples, Pipeline, ShardList, Untar
         from shardpipe.stages.shards import Shard
 
-        streams: list[_Hashing] = []
+        streams: list[HashingReader] = []
 
         def opener(shard: Shard, offset: int) -> IO[bytes]:
-            streams.append(_Hashing(open_shard(shard.url, offset, storage_options=self.storage_options)))
+            raw = open_shard(shard.url, offset, storage_options=self.storage_options)
+            streams.append(HashingReader(raw, drain_on_close=True))
             return streams[-1]  # type: ignore[return-value]
 
         errors = _Recording()
@@ -105,7 +81,7 @@ class ShardReader:
                 elif self.error is None:
                     self.error = str(e) if streams else f"cannot open: {e}"
             if streams:
-                self.size, self.sha256 = streams[0].size, streams[0].sha.hexdigest()
+                self.size, self.sha256 = streams[0].read_bytes, streams[0].hexdigest()
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shardpipe.io.files import atomic_write, dirname_url, join_url, read_bytes
@@ -44,22 +44,6 @@ def build_manifest(shards: Sequence[Mapping[str, Any]], metadata: Mapping[str, A
         "bytes": sum(int(s["bytes"]) for s in shards),
         **(metadata or {}),
     }
-
-
-def merge_manifests(manifests: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Concatenate the shard lists of several manifests (metadata of the first wins).
-
-    Shard names must already resolve from the merged manifest's folder (full URLs do).
-    """
-    manifests = list(manifests)
-    if not manifests:
-        raise ValueError("nothing to merge: no manifests")
-    shards = [s for m in manifests for s in m["shards"]]
-    names = [s["name"] for s in shards]
-    if len(set(names)) != len(names):
-        raise ValueError("merged manifests list one shard twice")
-    meta = {k: v for k, v in manifests[0].items() if k not in ("shards", "samples", "bytes", "index", "format")}
-    return build_manifest(shards, meta)
 
 
 def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -102,8 +86,3 @@ def write_manifest(url: str, manifest: Mapping[str, Any], storage_options: dict[
     with atomic_write(url, storage_options=storage_options) as f:
         f.write(json.dumps(manifest, indent=1, sort_keys=True).encode())
     return url
-
-
-def manifest_url_beside(shard_url: str) -> str:
-    """The manifest URL in the folder of ``shard_url``."""
-    return join_url(dirname_url(shard_url), MANIFEST)

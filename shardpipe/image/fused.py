@@ -54,7 +54,7 @@ class FusedDecoder:
     def __init__(self, decoder: ImageDecoder, scales: str = "pow2", yuv: bool = False):
         if scales not in SCALE_POLICIES:
             raise ValueError(f"scales must be one of {SCALE_POLICIES}, not {scales!r}")
-        self.decoder = decoder
+        self.image_decoder = decoder
         offered: tuple[Scale, ...] = tuple(getattr(decoder, "scale_factors", ((1, 1),)))
         if scales == "pow2":
             offered = tuple(s for s in offered if s in POWER_OF_TWO_SCALES)
@@ -66,7 +66,7 @@ class FusedDecoder:
         self.crop = getattr(decoder, "decode_crop", None)
 
     def size(self, data: bytes) -> tuple[int, int]:
-        return self.decoder.size(data)
+        return self.image_decoder.size(data)
 
     def decode_box(self, data: bytes, width: int, height: int, box: Box, out_h: int, out_w: int) -> np.ndarray:
         """The ``box`` of the ``width`` x ``height`` image in ``data``, resized to (out_h, out_w)."""
@@ -79,16 +79,16 @@ class FusedDecoder:
         # at twice the planes' resolution on the RGB route (a larger chroma IDCT), which the
         # planes cannot match
         if self.yuv and scale == (1, 1):
-            got = self.decoder.decode_yuv(data, scale)  # type: ignore[attr-defined]
+            got = self.image_decoder.decode_yuv(data, scale)  # type: ignore[attr-defined]
             if got is not None:
                 planes, hdr = got
                 sub = (1, 1) if len(planes) == 1 else _chroma_subsampling(hdr.sampling)
                 if sub is not None:
                     return yuv_resized_crop(planes, (height, width), sub, box, out_h, out_w)
-        if scale == (1, 1) or not hasattr(self.decoder, "decode_scaled"):
-            img = self.decoder.decode(data)
+        if scale == (1, 1) or not hasattr(self.image_decoder, "decode_scaled"):
+            img = self.image_decoder.decode(data)
         else:
-            img = self.decoder.decode_scaled(data, scale)  # type: ignore[attr-defined]
+            img = self.image_decoder.decode_scaled(data, scale)  # type: ignore[attr-defined]
         fy = f if img.shape[0] == scaled_dim(height, scale) else img.shape[0] / height
         fx = f if img.shape[1] == scaled_dim(width, scale) else img.shape[1] / width
         return resized_crop(img, (top * fy, left * fx, bh * fy, bw * fx), out_h, out_w)
@@ -104,6 +104,15 @@ def _apply_rest(img: np.ndarray, rest: list[Transform], rng: np.random.Generator
     for t in rest:
         img = t(img, rng)
     return img
+
+
+def fusable(transform: Callable[..., Any] | None) -> bool:
+    """True when ``transform`` starts with a geometry the decode can be fused with
+    (``RandomResizedCrop``, ``Resize`` or ``CenterCrop``): :func:`build_image_fn` fuses exactly these."""
+    if transform is None:
+        return False
+    first, _ = _split(as_transform(transform))
+    return isinstance(first, (RandomResizedCrop, Resize, CenterCrop))
 
 
 def build_image_fn(
@@ -125,7 +134,7 @@ def build_image_fn(
         return lambda data, rng: dec.decode(data)
     t: Transform = as_transform(transform)
     first, rest = _split(t)
-    if not fuse or not isinstance(first, (RandomResizedCrop, Resize, CenterCrop)):
+    if not fuse or not fusable(first):
         return lambda data, rng: t(dec.decode(data), rng)
     fused = FusedDecoder(dec, scales, yuv)
     if isinstance(first, CenterCrop):
@@ -175,7 +184,7 @@ def _centre_crop_fn(fused: FusedDecoder, t: Transform, crop: CenterCrop, rest: l
     def centre_fn(data: bytes, rng: np.random.Generator) -> np.ndarray:
         width, height = fused.size(data)
         if height < th or width < tw:
-            return t(fused.decoder.decode(data), rng)
+            return t(fused.image_decoder.decode(data), rng)
         top, left = _centre_offset(height, width, th, tw)
         return _apply_rest(fused.decode_box(data, width, height, (top, left, th, tw), th, tw), rest, rng)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
 
@@ -85,16 +84,3 @@ def _close_when_done(fut: Future[IO[bytes]]) -> None:
 
     if not fut.cancel():
         fut.add_done_callback(close)
-
-
-def iter_prefetched(urls: Iterable[str], depth: int = 1, **open_kwargs: Any) -> Iterator[tuple[str, IO[bytes]]]:
-    """Yield ``(url, stream)`` for each URL, opening the next ``depth`` ones ahead.
-
-    The caller reads and closes each stream before asking for the next.
-    """
-    pending = list(urls)
-    with Prefetcher(depth, **open_kwargs) as pf:
-        for i, url in enumerate(pending):
-            for ahead in pending[i + 1 : i + 1 + depth]:
-                pf.prefetch(ahead)
-            yield url, pf.open(url)

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from shardpipe.split.order import epoch_order
 from shardpipe.split.plan import _ranges, rank_share
-from shardpipe.stages.shards import epoch_order
 
 
 def consumer_range(

@@ -18,36 +18,51 @@ shard. Ranks therefore get equal shares, whatever the shard sizes:
 A rank's range is split among its DataLoader workers the same way, so every rank has the
 same per-worker sample counts and hence the same number of batches.
 
-The policies themselves (which stages each one runs) are plain functions registered by
-name in ``shardpipe.split.policies``.
+Everything here is arithmetic over integers (sample counts, seed, epoch, rank, worker):
+:func:`plan_segments` says which (shard position, start, stop) pieces a consumer reads.
+The policies (which stages each one runs) are plain functions registered by name in
+``shardpipe.stages.epochs``; they read from here, and nothing here imports a stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 
-from shardpipe.stages.shards import Shard, epoch_order
+from shardpipe.split.order import epoch_order
+
+T = TypeVar("T")
 
 
 def _ranges(total: int, parts: int) -> list[tuple[int, int]]:
     return [(p * total // parts, (p + 1) * total // parts) for p in range(parts)]
 
 
-def _segments(ordered: Sequence[Shard], starts: np.ndarray, lo: int, hi: int, pad: bool = False) -> list[Shard]:
+class Segment(NamedTuple):
+    """Samples ``[start, stop)`` of the shard at position ``shard`` of the shard list."""
+
+    shard: int
+    start: int
+    stop: int
+    pad: bool = False
+
+
+def _segments(
+    order: np.ndarray, counts: np.ndarray, starts: np.ndarray, lo: int, hi: int, pad: bool = False
+) -> list[Segment]:
     """The pieces of shards covering global sample positions [lo, hi) of the order."""
-    out: list[Shard] = []
+    out: list[Segment] = []
     first = int(np.searchsorted(starts, lo, side="right")) - 1
-    for i in range(max(first, 0), len(ordered)):
+    for i in range(max(first, 0), len(order)):
         s0 = int(starts[i])
         if s0 >= hi:
             break
-        n = ordered[i].samples or 0
-        a, b = max(lo, s0) - s0, min(hi, s0 + n) - s0
+        a, b = max(lo, s0) - s0, min(hi, s0 + int(counts[i])) - s0
         if a < b:
-            out.append(dataclasses.replace(ordered[i], start=a, stop=b, pad=pad))
+            out.append(Segment(int(order[i]), a, b, pad))
     return out
 
 
@@ -56,8 +71,8 @@ def rank_share(total: int, world_size: int, policy: str) -> int:
     return total // world_size if policy == "drop" else -(-total // world_size)
 
 
-def plan_ranges(
-    shards: Sequence[Shard],
+def plan_segments(
+    counts: Sequence[int] | np.ndarray,
     *,
     seed: int,
     epoch: int,
@@ -67,42 +82,52 @@ def plan_ranges(
     num_workers: int,
     shuffle: bool,
     policy: str = "drop",
-) -> list[Shard]:
-    """This consumer's segments for the epoch (policies ``drop`` and ``pad``)."""
-    if any(s.samples is None for s in shards):
-        raise ValueError("equal splits need sample counts per shard: read the shards through their manifest.json")
-    order = epoch_order(len(shards), seed, epoch, shuffle)
-    ordered = [shards[int(i)] for i in order]
-    counts = np.array([s.samples for s in ordered], dtype=np.int64)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    total = int(counts.sum())
+) -> list[Segment]:
+    """This consumer's pieces of shards for the epoch (policies ``drop`` and ``pad``), given
+    each shard's sample count in shard-list order."""
+    counts_in_list = np.asarray(counts, dtype=np.int64)
+    order = epoch_order(len(counts_in_list), seed, epoch, shuffle)
+    ordered = counts_in_list[order]
+    starts = np.concatenate([[0], np.cumsum(ordered)[:-1]])
+    total = int(ordered.sum())
     share = rank_share(total, world_size, policy)
     # rank r reads positions [r * share, (r + 1) * share): drop leaves the tail out, pad wraps
     r_lo = rank * share
     w_lo, w_hi = _ranges(share, num_workers)[worker]
     lo, hi = r_lo + w_lo, r_lo + w_hi
-    out = _segments(ordered, starts, lo, min(hi, total)) if lo < total else []
+    out = _segments(order, ordered, starts, lo, min(hi, total)) if lo < total else []
     # pad: positions past the end wrap around the order, as many times as needed
     pos = max(lo, total)
     while pos < hi and total:
         a = pos % total
         b = min(total, a + hi - pos)
-        out += _segments(ordered, starts, a, b, pad=True)
+        out += _segments(order, ordered, starts, a, b, pad=True)
         pos += b - a
     return out
 
 
-class ResampledShards(Sequence[Shard]):
+def plan_ranges(shards: Sequence[Any], **plan: Any) -> list[Any]:
+    """:func:`plan_segments` over shard records (dataclasses with ``samples``, ``start``,
+    ``stop`` and ``pad``, such as ``stages.shards.Shard``): the records of this consumer's pieces."""
+    if any(s.samples is None for s in shards):
+        raise ValueError("equal splits need sample counts per shard: read the shards through their manifest.json")
+    return [
+        dataclasses.replace(shards[seg.shard], start=seg.start, stop=seg.stop, pad=seg.pad)
+        for seg in plan_segments([s.samples for s in shards], **plan)
+    ]
+
+
+class ResampledShards(Sequence[T]):
     """An endless, seeded sequence of shards drawn with replacement for one consumer."""
 
     CHUNK = 1024
 
-    def __init__(self, shards: Sequence[Shard], seed: int, epoch: int, consumer: int):
+    def __init__(self, shards: Sequence[T], seed: int, epoch: int, consumer: int):
         self.shards = list(shards)
         self._rng = np.random.default_rng([seed, epoch, consumer, 0x5E5A])
         self._drawn: list[int] = []
 
-    def __getitem__(self, i: int) -> Shard:  # type: ignore[override]
+    def __getitem__(self, i: int) -> T:  # type: ignore[override]
         while i >= len(self._drawn):
             self._drawn.extend(self._rng.integers(0, len(self.shards), self.CHUNK).tolist())
         return self.shards[self._drawn[i]]

@@ -21,10 +21,9 @@ from shardpipe.errors import DecodeError
 from shardpipe.format.fields import decode_field
 from shardpipe.format.sample import IMAGE_EXTENSIONS, Sample
 from shardpipe.image.fused import build_image_fn
+from shardpipe.options import DECODE_MODES
 from shardpipe.stages.base import State
 from shardpipe.stages.parallel import ParallelMap
-
-IMAGE_MODES = ("rgb8", "torchrgb8", "pil", "encoded")
 
 
 def _convert(img: np.ndarray, mode: str) -> Any:
@@ -46,7 +45,7 @@ class SampleDecoder:
 
     def __init__(
         self,
-        image: str = "rgb8",
+        decode: str = "rgb8",
         decoder: str = "auto",
         transform: Callable[..., Any] | None = None,
         allow_pickle: bool = False,
@@ -55,9 +54,9 @@ class SampleDecoder:
         add_time: Callable[[str, float, int], None] | None = None,
         where: Callable[[str, str | None], None] | None = None,
     ):
-        if image not in IMAGE_MODES:
-            raise ValueError(f"image mode must be one of {IMAGE_MODES}, not {image!r}")
-        self.image = image
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, not {decode!r}")
+        self.decode = decode
         self.transform = transform
         self.allow_pickle = allow_pickle
         self._decoder, self._fuse = decoder, fuse
@@ -70,7 +69,9 @@ class SampleDecoder:
     def _build(self, transform: Callable[..., Any] | None) -> None:
         # fused: one function decodes and augments (crop-aware decode); else two, timed apart
         fuse = self._fuse
-        self._image_fn = build_image_fn(self._decoder, transform if fuse else None) if self.image != "encoded" else None
+        self._image_fn = (
+            build_image_fn(self._decoder, transform if fuse else None) if self.decode != "encoded" else None
+        )
         self._augment = as_transform(transform) if transform is not None and not fuse else None
 
     def set_epoch(self, epoch: int) -> None:
@@ -102,7 +103,7 @@ class SampleDecoder:
                         t1 = time.perf_counter()
                         img = self._augment(img, rng)  # type: ignore[arg-type]
                         augment_seconds += time.perf_counter() - t1
-                    out[ext] = _convert(img, self.image)
+                    out[ext] = _convert(img, self.decode)
                     images += 1
                 else:
                     out[ext] = decode_field(ext, value, self.allow_pickle)
@@ -122,15 +123,15 @@ class Decode(ParallelMap):
 
     def __init__(
         self,
-        image: str = "rgb8",
+        decode: str = "rgb8",
         decoder: str = "auto",
         transform: Callable[..., Any] | None = None,
         num_threads: int = 0,
         allow_pickle: bool = False,
         fuse: bool = True,
     ):
-        self.decoder = SampleDecoder(
-            image,
+        self.sample_decoder = SampleDecoder(
+            decode,
             decoder,
             transform,
             allow_pickle,
@@ -139,11 +140,11 @@ class Decode(ParallelMap):
             add_time=lambda name, s, n: self.ctx.add_time(name, s, n),
             where=lambda stage, url: self.ctx.where(stage, url),
         )
-        super().__init__(self.decoder, num_threads)
+        super().__init__(self.sample_decoder, num_threads)
 
     def reset(self, state: State | None = None) -> None:
         super().reset(state)
-        self.decoder.set_epoch(self.ctx.epoch)
+        self.sample_decoder.set_epoch(self.ctx.epoch)
 
 
 class Augment(ParallelMap):

@@ -58,17 +58,17 @@ class GroupSamples(Stage[Sample]):
                     duplicate = ext
                 sample[ext] = data  # type: ignore[index]
                 member = self._pull()
-                while member is not None and member[3] is None and member[1] is not BROKEN:
+                while member is not None and member.key is None and member.name is not BROKEN:
                     member = self._pull()
                 if member is None:
                     break
-                if member[1] is BROKEN:
+                if member.name is BROKEN:
                     broken = True
                     break
-                if member[3] != key or member[0] is not shard:
+                if member.key != key or member.shard is not shard:
                     self._pending = member
                     break
-                name, data, ext = member[1], member[2], member[4]
+                name, data, ext = member.name, member.data, member.ext
             if broken:
                 continue
             if duplicate is not None:

@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from braceexpand import braceexpand
 
 from shardpipe.format.manifest import load_manifest
+from shardpipe.split.order import epoch_order
 from shardpipe.stages.base import Context, Stage, State
 
 log = logging.getLogger("shardpipe")
@@ -60,6 +60,14 @@ class Shard:
         )
 
 
+def manifest_shards(manifest: dict[str, Any], first: int = 0) -> list[Shard]:
+    """The shards a loaded manifest lists, numbered from ``first``."""
+    return [
+        Shard(e["url"], first + i, e.get("samples"), e.get("bytes"), e.get("sha256"))
+        for i, e in enumerate(manifest["shards"])
+    ]
+
+
 def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> list[Shard]:
     """Turn a brace pattern, a list of patterns, or a manifest URL into a shard list.
 
@@ -70,23 +78,13 @@ def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | Non
     shards: list[Shard] = []
     for pattern in patterns:
         if pattern.endswith(".json"):
-            for entry in load_manifest(pattern, storage_options)["shards"]:  # numbers checked there
-                shards.append(
-                    Shard(entry["url"], len(shards), entry.get("samples"), entry.get("bytes"), entry.get("sha256"))
-                )
+            shards += manifest_shards(load_manifest(pattern, storage_options), len(shards))  # numbers checked there
             continue
         for url in braceexpand(pattern):
             shards.append(Shard(url, len(shards)))
     if not shards:
         raise ValueError(f"no shards in {urls!r}")
     return shards
-
-
-def epoch_order(n: int, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
-    """The shard order of one epoch: a seeded permutation, the same on every consumer."""
-    if not shuffle:
-        return np.arange(n)
-    return np.random.default_rng([seed, epoch, 0x5A4D]).permutation(n)
 
 
 Plan = Callable[[Context], Sequence[Shard]]

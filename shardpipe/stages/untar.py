@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import IO
+from typing import IO, NamedTuple
 
 from shardpipe.errors import CorruptShardError, ShardpipeError, ShardReadError
 from shardpipe.format.sample import split_name
@@ -15,10 +15,20 @@ from shardpipe.io.verify import VerifyingReader
 from shardpipe.stages.base import Stage, State
 from shardpipe.stages.shards import Shard
 
-#: ``(shard, name, data, key, ext, mark)``: key and ext from ``split_name`` (None for
-#: members outside any sample); ``mark`` lets ``Untar.state_before`` rebuild the state
-#: from just before this member, so a consumer can resume at a sample boundary.
-Member = tuple[Shard, str, bytes, "str | None", "str | None", tuple]
+
+class Member(NamedTuple):
+    """One tar member as ``Untar`` yields it."""
+
+    shard: Shard
+    name: str
+    data: bytes
+    key: str | None  #: from ``split_name``; None for members outside any sample
+    ext: str | None
+    #: lets ``Untar.state_before`` rebuild the state from just before this member, so a
+    #: consumer can resume at a sample boundary
+    mark: tuple
+
+
 #: member name that marks the end of a broken shard (under skip/warn): drop the partial sample
 BROKEN = "\0broken"
 Opener = Callable[[Shard, int], IO[bytes]]
@@ -127,7 +137,7 @@ class Untar(Stage[Member]):
             except ShardpipeError as e:
                 self._close()
                 self._failed(e)
-                return shard, BROKEN, b"", None, None, ()
+                return Member(shard, BROKEN, b"", None, None, ())
             read = tar.read_seconds - read0
             timers = self.ctx.timers
             timers["read"] = timers.get("read", 0.0) + read
@@ -186,12 +196,12 @@ class Untar(Stage[Member]):
             if position < shard.start:
                 tar.skip_data()
                 continue
-            return shard, name, tar.read_data(), key, ext, mark
+            return Member(shard, name, tar.read_data(), key, ext, mark)
 
     def state_before(self, member: Member) -> State:
         """The state from just before ``member`` (which this stage returned earlier)."""
-        source_state, offset, ordinal, key, gz = member[5]
-        shard_state = {**member[0].to_state(), "offset": offset, "gz": gz, "ordinal": ordinal, "key": key}
+        source_state, offset, ordinal, key, gz = member.mark
+        shard_state = {**member.shard.to_state(), "offset": offset, "gz": gz, "ordinal": ordinal, "key": key}
         return {"source": source_state, "shard": shard_state}
 
     def get_state(self) -> State:

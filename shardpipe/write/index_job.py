@@ -13,7 +13,6 @@ decompressed stream, are recorded, and the shard is marked sequential-only).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -28,6 +27,7 @@ from shardpipe.format.sample import split_name
 from shardpipe.format.tar.reader import TarStream
 from shardpipe.io.files import dirname_url, is_local, join_url, local_path
 from shardpipe.io.remote import open_remote
+from shardpipe.io.verify import HashingReader
 
 log = logging.getLogger("shardpipe")
 
@@ -39,24 +39,6 @@ class ShardScan:
     url: str
     index: ShardIndex
     sha256: str | None = None
-
-
-class _Hashing:
-    """A read-only, non-seekable view of a stream that hashes every byte read."""
-
-    def __init__(self, f: IO[bytes]):
-        self.f, self.sha = f, hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.sha.update(data)
-        return data
-
-    def seekable(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        self.f.close()
 
 
 def _open(url: str, storage_options: dict[str, Any] | None, whole: bool) -> tuple[IO[bytes], int]:
@@ -81,7 +63,7 @@ def scan_shard(url: str, storage_options: dict[str, Any] | None = None, sha256: 
     key; ``__*__`` and extension-less members belong to none), so counts agree.
     """
     raw, size = _open(url, storage_options, whole=sha256)
-    hashing = _Hashing(raw) if sha256 else None
+    hashing = HashingReader(raw) if sha256 else None
     tar = TarStream(hashing or raw, url)  # type: ignore[arg-type]
     index = ShardIndex(size=size, compressed=tar.compressed)
     current: str | None = None
@@ -98,11 +80,10 @@ def scan_shard(url: str, storage_options: dict[str, Any] | None = None, sha256: 
                 index.add(at, current)
             tar.skip_data()
         if hashing is not None:
-            while hashing.read(1 << 20):  # the record padding after the end-of-archive blocks
-                pass
+            hashing.drain()  # the record padding after the end-of-archive blocks
     finally:
         tar.close()
-    return ShardScan(url, index, hashing.sha.hexdigest() if hashing else None)
+    return ShardScan(url, index, hashing.hexdigest() if hashing else None)
 
 
 def _entry_name(shard_url: str, manifest_url: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
-from shardpipe.write.prepare import PrepareOptions, prepare, prepared, to_sample
+from shardpipe.write.prepare import PrepareOptions, PrepareResult, Skipped, prepare, prepared, to_sample
 from shardpipe.write.shard_writer import ShardWriter
 from shardpipe.write.sources import Record, Source
 
@@ -61,7 +61,7 @@ class ShardResult:
 
     index: int
     entry: dict[str, Any]
-    skips: list[tuple[int, str, str]] = field(default_factory=list)  #: (position, name, reason)
+    skips: list[Skipped] = field(default_factory=list)
     written: int = 0
     presized: int = 0
     sample_index: Any = None  #: the shard's sample index, when the writer keeps one (manifest sidecar)
@@ -75,7 +75,7 @@ def plan_shards(records: list[Record], maxcount: int) -> list[ShardTask]:
     return [ShardTask(i, items[start : start + maxcount]) for i, start in enumerate(range(0, len(items), maxcount))]
 
 
-def write_shard(job: ShardJob, index: int, results: Iterable[tuple[Any, ...]]) -> ShardResult:
+def write_shard(job: ShardJob, index: int, results: Iterable[PrepareResult]) -> ShardResult:
     """Write shard ``index`` from prepared items (see :func:`~shardpipe.write.prepare.prepare`), in order."""
     writer = ShardWriter(
         job.pattern, maxcount=_UNLIMITED, maxsize=_UNLIMITED, compress=job.compress, start_shard=index,
@@ -84,12 +84,12 @@ def write_shard(job: ShardJob, index: int, results: Iterable[tuple[Any, ...]]) -
     result = ShardResult(index, {})
     with writer:
         for item in results:
-            if len(item) == 3:
-                result.skips.append((item[0], item[1], item[2]))
+            if isinstance(item, Skipped):
+                result.skips.append(item)
                 continue
             writer.write(to_sample(item))
             result.written += 1
-            result.presized += item[6]
+            result.presized += item.presized
         if writer._tar is None:  # every input skipped: still write the (empty) shard, numbers stay contiguous
             writer._open()
     result.entry = writer.shards[0]
@@ -114,7 +114,7 @@ def run_local(
     """The local engine: prepare every input in order with ``workers``, write shards one after another."""
     items = [item for task in tasks for item in task.items]
 
-    def counted() -> Iterator[tuple[Any, ...]]:
+    def counted() -> Iterator[PrepareResult]:
         for item in prepared(job.source, job.opts, items, workers):
             on_images(1)
             yield item

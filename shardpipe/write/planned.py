@@ -19,9 +19,10 @@ from shardpipe.io.files import join_url
 from shardpipe.write import outfiles
 from shardpipe.write.engines import write_engine
 from shardpipe.write.plan import ShardJob, ShardResult, plan_shards
-from shardpipe.write.prepare import PrepareOptions
+from shardpipe.write.prepare import Skipped
+from shardpipe.write.run import WriteRun, WriteSummary
 from shardpipe.write.shard_writer import MANIFEST, ShardWriter
-from shardpipe.write.sources import Record, Skip, Source
+from shardpipe.write.sources import Skip
 
 log = logging.getLogger("shardpipe")
 
@@ -40,84 +41,86 @@ def _recorded(
         if outfiles.size(join_url(folder, entry["name"]), storage_options) != entry["bytes"]:
             log.warning("shard %s is missing or changed: writing it again", entry["name"])
             continue
-        skips = [tuple(s) for s in state["skipped"].get(number, [])]
-        kept[int(number)] = ShardResult(int(number), entry, skips)  # type: ignore[arg-type]
+        skips = [Skipped(*s) for s in state["skipped"].get(number, [])]
+        kept[int(number)] = ShardResult(int(number), entry, skips)
     return kept
 
 
-def write_planned(
-    src: Source,
-    opts: PrepareOptions,
-    records: list[Record],
-    scan_skipped: list[Skip],
-    pattern: str,
-    folder: str,
-    *,
-    maxcount: int,
-    compress: str | None,
-    workers: int,
-    resume: bool,
-    engine: str,
-    engine_options: dict[str, Any],
-    fingerprint: dict[str, Any],
-    metadata: dict[str, Any],
-    storage_options: dict[str, Any] | None,
-    summary: Any,
-    bar: Any,
-) -> None:
-    """Write every planned shard not already done, filling ``summary`` (a ``WriteSummary``)."""
-    run = write_engine(engine)
-    progress_url = join_url(folder, outfiles.PROGRESS)
-    tasks = plan_shards(records, maxcount)
-    done = _recorded(folder, fingerprint, storage_options) if resume else {}
-    if not resume:
-        outfiles.remove(progress_url, storage_options)
-    summary.resumed_shards = len(done)
-    bar.update(sum(len(tasks[i].items) for i in done))
-    interval = 0.0 if engine == "local" else SAVE_INTERVAL
-    saved = [time.monotonic()]
-    skipped = [0]
+class _Progress:
+    """The finished shards of a planned write, saved to the progress file at most every ``interval`` seconds."""
 
-    def save() -> None:
+    def __init__(self, run: WriteRun, done: dict[int, ShardResult], bar: Any, interval: float) -> None:
+        self.run = run
+        self.url = join_url(run.folder, outfiles.PROGRESS)
+        self.done = done
+        self.bar = bar
+        self.interval = interval
+        self.saved_at = time.monotonic()
+        self.skipped = 0  #: inputs skipped while loading in this call
+        self.written_now = 0
+        self.presized = 0
+
+    def save(self) -> None:
         state = {
-            "fingerprint": fingerprint,
-            "shards": {str(i): r.entry for i, r in sorted(done.items())},
-            "skipped": {str(i): [list(s) for s in r.skips] for i, r in sorted(done.items()) if r.skips},
+            "fingerprint": self.run.fingerprint,
+            "shards": {str(i): r.entry for i, r in sorted(self.done.items())},
+            "skipped": {str(i): [list(s) for s in r.skips] for i, r in sorted(self.done.items()) if r.skips},
         }
-        outfiles.write_json(progress_url, state, storage_options)
-        saved[0] = time.monotonic()
+        outfiles.write_json(self.url, state, self.run.options.fsspec_options)
+        self.saved_at = time.monotonic()
 
-    def on_done(result: ShardResult) -> None:
-        done[result.index] = result
-        summary.written_now += result.written
-        summary.presized += result.presized
-        skipped[0] += len(result.skips)
-        bar.set_postfix(shards=len(done), skipped=skipped[0] + len(scan_skipped), refresh=False)
-        if time.monotonic() - saved[0] >= interval:
-            save()
+    def on_done(self, result: ShardResult) -> None:
+        self.done[result.index] = result
+        self.written_now += result.written
+        self.presized += result.presized
+        self.skipped += len(result.skips)
+        self.bar.set_postfix(
+            shards=len(self.done), skipped=self.skipped + len(self.run.scan_skipped), refresh=False
+        )  # fmt: skip
+        if time.monotonic() - self.saved_at >= self.interval:
+            self.save()
 
-    job = ShardJob(src, opts, pattern, compress, storage_options)
+
+def write_planned(run: WriteRun, bar: Any) -> WriteSummary:
+    """Write every planned shard not already done; the summary's counts (the caller adds the rest)."""
+    opts = run.options
+    storage_options = opts.fsspec_options
+    engine = write_engine(opts.engine)
+    tasks = plan_shards(run.records, opts.maxcount)
+    done = _recorded(run.folder, run.fingerprint, storage_options) if opts.resume else {}
+    progress = _Progress(run, done, bar, 0.0 if opts.engine == "local" else SAVE_INTERVAL)
+    if not opts.resume:
+        outfiles.remove(progress.url, storage_options)
+    resumed_shards = len(done)
+    bar.update(sum(len(tasks[i].items) for i in done))
+    job = ShardJob(run.source, opts.prepare, run.pattern, opts.compress, storage_options)
     todo = [t for t in tasks if t.index not in done]
     try:
-        run(job, todo, workers=workers, on_images=bar.update, on_done=on_done, **engine_options)
+        engine(
+            job, todo, workers=opts.workers, address=opts.ray_address, on_images=bar.update,
+            on_done=progress.on_done,
+        )  # fmt: skip
     except BaseException:
         if done:
-            save()  # what finished before the failure is kept for --resume
+            progress.save()  # what finished before the failure is kept for --resume
         raise
-    outfiles.remove_stale_temps(pattern)  # left by workers that died mid-shard (their task was rerun)
+    outfiles.remove_stale_temps(run.pattern)  # left by workers that died mid-shard (their task was rerun)
     results = [done[t.index] for t in tasks]
     load_skips = sorted(s for r in results for s in r.skips)
-    summary.skipped = list(scan_skipped) + [Skip(name, reason) for _, name, reason in load_skips]
+    skipped = list(run.scan_skipped) + [Skip(s.name, s.reason) for s in load_skips]
+    manifest = None
     if results:
-        writer = ShardWriter(pattern, metadata=metadata, storage_options=storage_options)
-        writer.metadata["skipped"] = [{"name": s.name, "reason": s.reason} for s in summary.skipped]
+        writer = ShardWriter(run.pattern, metadata=run.metadata, storage_options=storage_options)
+        writer.metadata["skipped"] = [{"name": s.name, "reason": s.reason} for s in skipped]
         writer.shards = [r.entry for r in results]
         indexes = getattr(writer, "indexes", None)
         if indexes is not None:  # the index sidecar: shards kept from an earlier run are scanned by the writer
             indexes.update({r.entry["name"]: r.sample_index for r in results if r.sample_index is not None})
         writer.write_manifest_file()
-        summary.manifest = join_url(folder, MANIFEST)
-    outfiles.remove(progress_url, storage_options)
-    summary.shards = len(results)
-    summary.written = sum(r.entry["samples"] for r in results)
-    summary.bytes = sum(r.entry["bytes"] for r in results)
+        manifest = join_url(run.folder, MANIFEST)
+    outfiles.remove(progress.url, storage_options)
+    return WriteSummary(
+        written=sum(r.entry["samples"] for r in results), written_now=progress.written_now,
+        presized=progress.presized, skipped=skipped, shards=len(results),
+        bytes=sum(r.entry["bytes"] for r in results), resumed_shards=resumed_shards, manifest=manifest,
+    )  # fmt: skip

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
 from shardpipe.errors import DecodeError
 from shardpipe.write.presize import check_image, image_ext, presize
@@ -33,15 +33,35 @@ class PrepareOptions:
     check: str = "header"
 
 
+class Prepared(NamedTuple):
+    """An input ready to be written: its position in the listing and its sample's fields."""
+
+    pos: int
+    key: str
+    ext: str
+    data: bytes
+    label: int | None
+    extra: dict[str, Any] | None
+    presized: bool  #: re-encoded by presize (else copied byte for byte)
+
+
+class Skipped(NamedTuple):
+    """An input that could not be written, and why."""
+
+    pos: int
+    name: str
+    reason: str
+
+
+#: what :func:`prepare` gives for one input
+PrepareResult = Prepared | Skipped
+
+
 # ---------------------------------------------------------------------------- per-image work
 
 
-def prepare(source: Source, opts: PrepareOptions, pos: int, record: Record) -> tuple[Any, ...]:
-    """Load, check and maybe presize one record.
-
-    Returns ``(pos, key, ext, data, label, extra, presized)``, or ``(pos, name, reason)``
-    when the record is skipped.
-    """
+def prepare(source: Source, opts: PrepareOptions, pos: int, record: Record) -> PrepareResult:
+    """Load, check and maybe presize one record: a :class:`Prepared`, or a :class:`Skipped` saying why not."""
     try:
         loaded = source.load(record)
         data = loaded.data
@@ -54,12 +74,12 @@ def prepare(source: Source, opts: PrepareOptions, pos: int, record: Record) -> t
         else:
             check_image(data, ext, opts.check)
     except DecodeError as e:
-        return pos, record.name, f"unreadable image: {e}"
+        return Skipped(pos, record.name, f"unreadable image: {e}")
     except OSError as e:
-        return pos, record.name, f"cannot read: {e}"
+        return Skipped(pos, record.name, f"cannot read: {e}")
     except Exception as e:  # a bad sidecar, or a user's LMDB value decoder failing on a value
-        return pos, record.name, f"cannot load: {type(e).__name__}: {e}"
-    return pos, record.key, ext, data, loaded.label, loaded.extra, changed
+        return Skipped(pos, record.name, f"cannot load: {type(e).__name__}: {e}")
+    return Prepared(pos, record.key, ext, data, loaded.label, loaded.extra, changed)
 
 
 _worker: tuple[Source, PrepareOptions] | None = None
@@ -78,14 +98,14 @@ def _init_worker(source: Source, opts: PrepareOptions, parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _work_chunk(chunk: list[tuple[int, Record]]) -> list[tuple[Any, ...]]:
+def _work_chunk(chunk: list[tuple[int, Record]]) -> list[PrepareResult]:
     assert _worker is not None
     return [prepare(_worker[0], _worker[1], pos, rec) for pos, rec in chunk]
 
 
 def prepared(
     source: Source, opts: PrepareOptions, items: list[tuple[int, Record]], workers: int
-) -> Iterator[tuple[Any, ...]]:
+) -> Iterator[PrepareResult]:
     """``prepare`` every item, in order, with ``workers`` in parallel.
 
     CPU-bound work (presize, ``check="decode"``) runs in that many processes; pass-through
@@ -122,12 +142,11 @@ def prepared(
             yield from results
 
 
-def to_sample(item: tuple[Any, ...]) -> dict[str, Any]:
-    """The sample dict of a prepared (not skipped) item."""
-    _, key, ext, data, label, extra, _ = item
-    sample: dict[str, Any] = {"__key__": key, ext: data}
-    if label is not None:
-        sample["cls"] = label
-    if extra:
-        sample["json"] = extra
+def to_sample(item: Prepared) -> dict[str, Any]:
+    """The sample dict of a prepared input."""
+    sample: dict[str, Any] = {"__key__": item.key, item.ext: item.data}
+    if item.label is not None:
+        sample["cls"] = item.label
+    if item.extra:
+        sample["json"] = item.extra
     return sample

@@ -23,7 +23,6 @@ FORMAT_EXT = {
     "BMP": "bmp", "TIFF": "tif", "PPM": "ppm",
 }  # fmt: skip
 CHECKS = ("header", "decode", "none")
-EXIF_ORIENTATION = 0x0112
 
 
 def image_ext(data: bytes) -> str:

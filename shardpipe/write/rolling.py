@@ -14,9 +14,10 @@ from typing import Any
 
 from shardpipe.io.files import join_url
 from shardpipe.write import outfiles
-from shardpipe.write.prepare import PrepareOptions, prepared, to_sample
+from shardpipe.write.prepare import Skipped, prepared, to_sample
+from shardpipe.write.run import WriteRun, WriteSummary
 from shardpipe.write.shard_writer import MANIFEST, ShardWriter
-from shardpipe.write.sources import Record, Skip, Source
+from shardpipe.write.sources import Skip
 
 log = logging.getLogger("shardpipe")
 
@@ -48,59 +49,45 @@ def _resume_point(folder: str, fingerprint: dict[str, Any], storage_options: dic
     return point
 
 
-def write_rolling(
-    src: Source,
-    opts: PrepareOptions,
-    records: list[Record],
-    scan_skipped: list[Skip],
-    pattern: str,
-    folder: str,
-    *,
-    maxcount: int,
-    maxsize: int,
-    compress: str | None,
-    workers: int,
-    resume: bool,
-    fingerprint: dict[str, Any],
-    metadata: dict[str, Any],
-    storage_options: dict[str, Any] | None,
-    summary: Any,
-    bar: Any,
-) -> None:
-    """Write the shards in sequence, filling ``summary`` (a :class:`~shardpipe.write.job.WriteSummary`)."""
-    progress_url = join_url(folder, outfiles.PROGRESS)
-    point = _resume_point(folder, fingerprint, storage_options) if resume else _ResumePoint()
-    if not resume:
+def write_rolling(run: WriteRun, bar: Any) -> WriteSummary:
+    """Write the shards in sequence; the summary's counts (the caller adds the rest)."""
+    opts = run.options
+    storage_options = opts.fsspec_options
+    progress_url = join_url(run.folder, outfiles.PROGRESS)
+    point = _resume_point(run.folder, run.fingerprint, storage_options) if opts.resume else _ResumePoint()
+    if not opts.resume:
         outfiles.remove(progress_url, storage_options)
     start, done, ends, load_skips = point.start, point.shards, point.ends, point.skips
-    summary.resumed_shards = len(done)
+    written_now = presized = 0
     bar.update(start)
-    items = list(enumerate(records))[start:]
+    items = list(enumerate(run.records))[start:]
     with ShardWriter(
-        pattern, maxcount=maxcount, maxsize=maxsize, compress=compress, start_shard=len(done),
-        metadata=metadata, storage_options=storage_options,
+        run.pattern, maxcount=opts.maxcount, maxsize=opts.maxsize, compress=opts.compress, start_shard=len(done),
+        metadata=run.metadata, storage_options=storage_options,
     ) as writer:  # fmt: skip
         writer.shards = list(done)
-        for item in prepared(src, opts, items, workers):
+        for item in prepared(run.source, opts.prepare, items, opts.workers):
             bar.update(1)
-            if len(item) == 3:
-                load_skips.append((item[0], Skip(item[1], item[2])))
+            if isinstance(item, Skipped):
+                load_skips.append((item.pos, Skip(item.name, item.reason)))
                 continue
             before = len(writer.shards)
             writer.write(to_sample(item))
-            summary.written_now += 1
-            summary.presized += item[6]
+            written_now += 1
+            presized += item.presized
             if len(writer.shards) > before:  # the previous shard is complete: inputs < pos are done
-                ends.append(item[0])
+                ends.append(item.pos)
                 skips = [[p, s.name, s.reason] for p, s in load_skips]
-                state = {"fingerprint": fingerprint, "shards": writer.shards, "ends": ends, "skipped": skips}
+                state = {"fingerprint": run.fingerprint, "shards": writer.shards, "ends": ends, "skipped": skips}
                 outfiles.write_json(progress_url, state, storage_options)
-                bar.set_postfix(shards=len(writer.shards), skipped=len(load_skips) + len(scan_skipped), refresh=False)
-        summary.skipped = list(scan_skipped) + [s for _, s in load_skips]
-        writer.metadata["skipped"] = [{"name": s.name, "reason": s.reason} for s in summary.skipped]
-    if writer.shards:
-        summary.manifest = join_url(folder, MANIFEST)
+                bar.set_postfix(
+                    shards=len(writer.shards), skipped=len(load_skips) + len(run.scan_skipped), refresh=False
+                )  # fmt: skip
+        skipped = list(run.scan_skipped) + [s for _, s in load_skips]
+        writer.metadata["skipped"] = [{"name": s.name, "reason": s.reason} for s in skipped]
     outfiles.remove(progress_url, storage_options)
-    summary.shards = len(writer.shards)
-    summary.written = sum(s["samples"] for s in writer.shards)
-    summary.bytes = sum(s["bytes"] for s in writer.shards)
+    return WriteSummary(
+        written=sum(s["samples"] for s in writer.shards), written_now=written_now, presized=presized,
+        skipped=skipped, shards=len(writer.shards), bytes=sum(s["bytes"] for s in writer.shards),
+        resumed_shards=len(done), manifest=join_url(run.folder, MANIFEST) if writer.shards else None,
+    )  # fmt: skip

@@ -6,16 +6,15 @@ costs nothing until used, and then fails with the pip command that fixes it.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from shardpipe.errors import DecodeError
+from shardpipe.registry import Registry
 
 #: Largest image (in pixels) any backend will decode; beyond it, ``ImageTooLargeError``.
 #: Read at call time, so ``registry.MAX_PIXELS = ...`` changes the limit everywhere.
@@ -57,13 +56,7 @@ class ImageDecoder(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class _Entry:
-    target: str  # "module:Class"
-    install: str  # pip hint
-
-
-_REGISTRY: dict[str, _Entry] = {}
+DECODERS = Registry("decoder")
 _INSTANCES: dict[str, ImageDecoder] = {}
 _LOCK = threading.Lock()
 _SKIPPED: set[str] = set()  # auto candidates whose absence was logged
@@ -82,20 +75,20 @@ AUTO_ORDER: list[str] = []
 
 def register_decoder(name: str, target: str, install: str, *, auto_rank: int | None = None) -> None:
     """Register ``name`` -> ``"module:Class"``; ``auto_rank`` places it in the auto order."""
-    _REGISTRY[name] = _Entry(target, install)
+    DECODERS.register(name, target, install)
     if auto_rank is not None and name not in AUTO_ORDER:
         AUTO_ORDER.insert(min(auto_rank, len(AUTO_ORDER)), name)
 
 
 def decoder_names() -> list[str]:
     """Names of every registered decoder, installed here or not."""
-    return list(_REGISTRY)
+    return DECODERS.names()
 
 
 def available_decoders() -> list[str]:
     """Names of the registered decoders whose libraries import here."""
     out = []
-    for name in _REGISTRY:
+    for name in DECODERS:
         try:
             get_decoder(name)
         except ImportError:
@@ -119,15 +112,7 @@ def get_decoder(name: str = "auto") -> ImageDecoder:
     with _LOCK:
         if name in _INSTANCES:
             return _INSTANCES[name]
-        entry = _REGISTRY.get(name)
-        if entry is None:
-            raise ValueError(f"unknown decoder {name!r}; registered: {sorted(_REGISTRY)}")
-        module_name, cls_name = entry.target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-            decoder = getattr(module, cls_name)()
-        except ImportError as e:
-            raise ImportError(f"decoder {name!r} needs an optional package: {entry.install} ({e})") from e
+        decoder = DECODERS.load(name)()
         _INSTANCES[name] = decoder
         return decoder
 

@@ -10,52 +10,32 @@ A map function runs one function per item elsewhere (index scans of existing sha
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
+from shardpipe.registry import Entry, Registry
 
-class Engine(NamedTuple):
-    write: str  #: "module:function" running shard tasks
-    map: str | None  #: "module:function" mapping a function over items remotely (None: the caller's own pool)
-    install: str | None  #: what to install when its module is missing
+_RAY_INSTALL = 'pip install "shardpipe[ray]"  (or: pip install ray)'
 
-
-ENGINES: dict[str, Engine] = {
-    "local": Engine("shardpipe.write.plan:run_local", None, None),
-    "ray": Engine(
-        "shardpipe.write.engines.ray:run_ray",
-        "shardpipe.write.engines.ray:map_ray",
-        'pip install "shardpipe[ray]"  (or: pip install ray)',
-    ),  # fmt: skip
-}
-
-
-def _load(target: str, name: str, install: str | None) -> Callable[..., Any]:
-    module, _, function = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module), function)
-    except ImportError as e:
-        if install is None:
-            raise
-        raise ImportError(f"the {name!r} engine needs a package that is not installed ({e}): {install}") from e
-
-
-def _engine(name: str) -> Engine:
-    engine = ENGINES.get(name)
-    if engine is None:
-        raise ValueError(f"unknown engine {name!r}: choose one of {sorted(ENGINES)}")
-    return engine
+#: engine name -> the function running shard tasks
+ENGINES = Registry(
+    "engine",
+    {
+        "local": Entry("shardpipe.write.plan:run_local"),
+        "ray": Entry("shardpipe.write.engines.ray:run_ray", _RAY_INSTALL),
+    },
+)
+#: engine name -> a function mapping a function over items remotely (absent: the caller's own pool)
+MAP_ENGINES = Registry("engine", {"ray": Entry("shardpipe.write.engines.ray:map_ray", _RAY_INSTALL)})
 
 
 def write_engine(name: str) -> Callable[..., Any]:
     """The function that runs shard tasks for engine ``name`` (``"local"``, ``"ray"``)."""
-    engine = _engine(name)
-    return _load(engine.write, name, engine.install)
+    return ENGINES.load(name)  # type: ignore[no-any-return]
 
 
 def map_engine(name: str) -> Callable[..., Any] | None:
     """``map(fn, shared, items, describe, address=None)`` yielding ``(item, fn(shared, item))`` as they
     finish, for engine ``name``; ``None`` for the local engine (callers use their own thread pool)."""
-    engine = _engine(name)
-    return None if engine.map is None else _load(engine.map, name, engine.install)
+    ENGINES.entry(name)
+    return MAP_ENGINES.load(name) if name in MAP_ENGINES else None

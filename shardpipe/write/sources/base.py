@@ -136,6 +136,13 @@ class Source:
     """Base class: ``scan()`` lists records, ``load(record)`` returns its bytes and label."""
 
     kind = "records"
+    #: the keywords of :func:`~shardpipe.write.sources.open_source` this type takes besides the path
+    path_options: tuple[str, ...] = ()
+
+    @classmethod
+    def from_path(cls, path: str, **options: Any) -> Source:
+        """This source over ``path`` with its ``path_options``."""
+        return cls(path, **options)  # type: ignore[call-arg]
 
     def scan(self) -> Scan:
         raise NotImplementedError

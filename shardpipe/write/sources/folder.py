@@ -32,6 +32,7 @@ class FolderSource(Source):
     """
 
     kind = "folder"
+    path_options = ("label_pattern",)
 
     def __init__(self, root: str | os.PathLike[str], label_pattern: str | None = None):
         self.root = os.fspath(root)

@@ -48,10 +48,11 @@ class LmdbSource(Source):
     """
 
     kind = "lmdb"
+    path_options = ("value_decoder",)
 
-    def __init__(self, path: str | os.PathLike[str], decoder: ValueDecoder | str | None = None):
+    def __init__(self, path: str | os.PathLike[str], value_decoder: ValueDecoder | str | None = None):
         self.path = os.fspath(path)
-        self.decoder = decoder
+        self.value_decoder = value_decoder
         self._env: Any = None
         self._decode: ValueDecoder | None = None
 
@@ -67,7 +68,7 @@ class LmdbSource(Source):
             try:
                 import lmdb
             except ImportError as e:
-                raise ImportError(f"LMDB sources need the lmdb package: {SOURCES['lmdb'].install} ({e})") from e
+                raise ImportError(f"LMDB sources need the lmdb package: {SOURCES.entry('lmdb').install} ({e})") from e
 
             subdir = os.path.isdir(self.path)
             if not os.path.exists(self.path):
@@ -91,10 +92,12 @@ class LmdbSource(Source):
             value = txn.get(record.ref)
         if value is None:
             raise KeyError(f"LMDB key {record.name!r} vanished")
-        if self.decoder is None:
+        if self.value_decoder is None:
             return Loaded(value, None, None)
         if self._decode is None:
-            self._decode = resolve_callable(self.decoder) if isinstance(self.decoder, str) else self.decoder
+            self._decode = (
+                resolve_callable(self.value_decoder) if isinstance(self.value_decoder, str) else self.value_decoder
+            )
         out = self._decode(value)
         if isinstance(out, (bytes, bytearray, memoryview)):
             return Loaded(bytes(out), None, None)
@@ -108,6 +111,6 @@ class LmdbSource(Source):
         )
 
     def describe(self) -> dict[str, Any]:
-        dec = self.decoder
+        dec = self.value_decoder
         name = dec if isinstance(dec, str) or dec is None else f"{dec.__module__}:{dec.__qualname__}"
         return {"type": self.kind, "path": self.path, "decoder": name}

@@ -6,35 +6,32 @@ optional dependency is missing; :func:`open_source` picks one for a path.
 
 from __future__ import annotations
 
-import importlib
 import os
-from dataclasses import dataclass
 
+from shardpipe.registry import Entry, Registry
 from shardpipe.write.sources.base import IMAGE_SUFFIXES, Source, ValueDecoder, suffix_of
 
-
-@dataclass(frozen=True)
-class Entry:
-    target: str  #: "module:Class"
-    install: str  #: what to install when the source's dependency is missing
-
-
-SOURCES: dict[str, Entry] = {
-    "folder": Entry("shardpipe.write.sources.folder:FolderSource", "pip install shardpipe"),
-    "imagefolder": Entry("shardpipe.write.sources.imagefolder:ImageFolderSource", "pip install shardpipe"),
-    "csv": Entry("shardpipe.write.sources.lists:CsvSource", "pip install shardpipe"),
-    "jsonl": Entry("shardpipe.write.sources.lists:JsonlSource", "pip install shardpipe"),
-    "lmdb": Entry("shardpipe.write.sources.lmdb:LmdbSource", "pip install 'shardpipe[lmdb]'"),
-}
+SOURCES = Registry(
+    "source type",
+    {
+        "folder": Entry("shardpipe.write.sources.folder:FolderSource"),
+        "imagefolder": Entry("shardpipe.write.sources.imagefolder:ImageFolderSource"),
+        "csv": Entry("shardpipe.write.sources.lists:CsvSource"),
+        "jsonl": Entry("shardpipe.write.sources.lists:JsonlSource"),
+        "lmdb": Entry("shardpipe.write.sources.lmdb:LmdbSource", "pip install 'shardpipe[lmdb]'"),
+    },
+)
 SOURCE_TYPES: tuple[str, ...] = ("auto", *SOURCES)
+#: what each of open_source's source-specific keywords is for
+_APPLIES_TO = {
+    "label_pattern": "label pattern applies to flat folders only",
+    "value_decoder": "an LMDB value decoder applies to LMDB stores only",
+}
 
 
 def source_class(kind: str) -> type[Source]:
     """The source class registered as ``kind`` (imported now)."""
-    if kind not in SOURCES:
-        raise ValueError(f"source type must be one of {SOURCE_TYPES}, not {kind!r}")
-    module, _, attr = SOURCES[kind].target.partition(":")
-    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    return SOURCES.load(kind)  # type: ignore[no-any-return]
 
 
 def detect_type(path: str) -> str:
@@ -69,13 +66,10 @@ def open_source(
     if source_type not in SOURCE_TYPES:
         raise ValueError(f"source type must be one of {SOURCE_TYPES}, not {source_type!r}")
     kind = detect_type(path) if source_type == "auto" else source_type
-    if label_pattern and kind != "folder":
-        raise ValueError(f"label pattern applies to flat folders only, not to a {kind} source")
-    if lmdb_decoder is not None and kind != "lmdb":
-        raise ValueError(f"an LMDB value decoder was given for a {kind} source")
     cls = source_class(kind)
-    if kind == "folder":
-        return cls(path, label_pattern)  # type: ignore[call-arg]
-    if kind == "lmdb":
-        return cls(path, lmdb_decoder)  # type: ignore[call-arg]
-    return cls(path)  # type: ignore[call-arg]
+    given = {"label_pattern": label_pattern or None, "value_decoder": lmdb_decoder}
+    options = {k: v for k, v in given.items() if v is not None}
+    for option in options:
+        if option not in cls.path_options:
+            raise ValueError(f"{_APPLIES_TO[option]}, not to a {kind} source")
+    return cls.from_path(path, **options)

@@ -1,10 +1,10 @@
 """Epoch policies: a registry of plain functions, each building the stages up to grouped samples.
 
 A policy decides which samples each consumer (rank x DataLoader worker) reads in one
-epoch (see ``shardpipe.split.plan`` for the arithmetic). Each takes an
+epoch; the arithmetic is plain functions over integers in ``shardpipe.split``, read from here. Each takes an
 :class:`EpochRequest` and returns the first stages of the pipeline; ``ShardDataset``
 appends filtering, shuffling, decoding and batching. A new policy is one function and
-one entry in ``EPOCH_POLICIES``.
+one entry in ``EPOCH_POLICIES`` (and its name in ``shardpipe.options.EPOCH_POLICY_NAMES``).
 """
 
 from __future__ import annotations
