@@ -48,7 +48,8 @@ setup(
     ext_modules=[
         Extension(
             "shardpipe.image.decoders._cropjpeg",
-            sources=["shardpipe/image/decoders/_cropjpeg.c"],
+            sources=["shardpipe/image/decoders/_cropjpeg.c", "shardpipe/image/decoders/_restart.c"],
+            depends=["shardpipe/image/decoders/_jpegguard.h", "shardpipe/image/decoders/_restart.h"],
             libraries=["jpeg"],
             extra_compile_args=["-O2"],
             optional=not required,  # a failed source build is skipped (and said so); a wheel build must not skip it

@@ -11,8 +11,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from shardpipe.errors import ErrorHandler, OnError
 from shardpipe.format.manifest import load_manifest
 from shardpipe.image.fused import fusable
-from shardpipe.indexed import block_shuffle_source, single_manifest
+from shardpipe.indexed import block_shuffle_source
 from shardpipe.io.opener import ShardOpener
+from shardpipe.io.urls import single_manifest
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions, build_groups
 from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, pass_start, shards_digest
 from shardpipe.ranks import distributed_rank

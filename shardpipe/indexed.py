@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from shardpipe.format.index import SampleIndex, sample_from_bytes
 from shardpipe.format.manifest import load_manifest
 from shardpipe.io.ranged import RangeReader
+from shardpipe.io.urls import check_url, single_manifest
 
 
 class IndexedShards:
@@ -32,7 +33,7 @@ class IndexedShards:
         *,
         loaded: dict[str, Any] | None = None,
     ):
-        meta = loaded if loaded is not None else load_manifest(manifest, storage_options)
+        meta = loaded if loaded is not None else load_manifest(check_url(manifest), storage_options)
         if not meta.get("index_url"):
             raise ValueError(
                 f"{manifest} has no index: create one with `shardpipe index SHARDS -o {manifest}` "
@@ -149,11 +150,6 @@ class IndexedDataset(Dataset):
         if self._decoder is None:
             self._decoder = self._build_decoder()
         return self._decoder(sample)
-
-
-def single_manifest(urls: Any) -> str | None:
-    """``urls`` when it names one manifest (``.../manifest.json``), else None."""
-    return urls if isinstance(urls, str) and urls.endswith(".json") and "::" not in urls else None
 
 
 def block_shuffle_source(

@@ -93,13 +93,19 @@ def _pil_box(box):
 
 def test_large_image_uses_a_dct_scale() -> None:
     # a 1400x1050 image, a box of 900x800 at output 224: 1/2 keeps 450x400 >= 224, 1/4 not
-    assert pick_scale(900, 800, 224, 224, POWER_OF_TWO_SCALES) == (1, 2)
+    exact = {"margin": 1.0}  # the scaled box may be as small as the output
+    assert pick_scale(900, 800, 224, 224, POWER_OF_TWO_SCALES, **exact) == (1, 2)
     eighths = ((1, 1), (7, 8), (3, 4), (5, 8), (1, 2), (3, 8), (1, 4), (1, 8))
-    assert pick_scale(900, 800, 224, 224, eighths) == (3, 8)  # 337x300; 1/4 gives 225x200
-    assert pick_scale(1000, 1000, 224, 224, ((1, 1), (1, 4))) == (1, 4)
-    assert pick_scale(300, 250, 224, 224, POWER_OF_TWO_SCALES) == (1, 1)
-    assert pick_scale(448, 448, 224, 224, POWER_OF_TWO_SCALES) == (1, 2)
-    assert pick_scale(447, 448, 224, 224, POWER_OF_TWO_SCALES) == (1, 1)
+    assert pick_scale(900, 800, 224, 224, eighths, **exact) == (3, 8)  # 337x300; 1/4 gives 225x200
+    assert pick_scale(1000, 1000, 224, 224, ((1, 1), (1, 4)), **exact) == (1, 4)
+    assert pick_scale(300, 250, 224, 224, POWER_OF_TWO_SCALES, **exact) == (1, 1)
+    assert pick_scale(448, 448, 224, 224, POWER_OF_TWO_SCALES, **exact) == (1, 2)
+    assert pick_scale(447, 448, 224, 224, POWER_OF_TWO_SCALES, **exact) == (1, 1)
+    # the default margin (1.5): the scaled box stays >= 336 px, so the resize still antialiases
+    assert pick_scale(900, 800, 224, 224, eighths) == (1, 2)  # 450x400; 3/8 gives 337x300 < 336 rows
+    assert pick_scale(672, 672, 224, 224, POWER_OF_TWO_SCALES) == (1, 2)
+    assert pick_scale(671, 672, 224, 224, POWER_OF_TWO_SCALES) == (1, 1)
+    assert pick_scale(1000, 1000, 224, 224, ((1, 1), (1, 4))) == (1, 1)
 
 
 @pytest.mark.parametrize("name", ["native", "turbo", "simplejpeg", "pil"])

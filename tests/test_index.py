@@ -98,7 +98,8 @@ def test_cli_index_writes_the_same_manifest_and_index(tmp_path: Path, capsys):
     assert [e["samples"] for e in a["shards"]] == [e["samples"] for e in b["shards"]]
     # shards outside the manifest's folder are named by path, and still resolve
     assert [e["url"] for e in load_manifest(str(api / "manifest.json"))["shards"]] == urls
-    assert cli_main(["index", str(tmp_path / "missing-{0..1}.tar"), "-o", str(tmp_path / "m.json")]) == 1
+    # a missing input: exit status 2, as for every command
+    assert cli_main(["index", str(tmp_path / "missing-{0..1}.tar"), "-o", str(tmp_path / "m.json")]) == 2
     assert "shard not found" in capsys.readouterr().err
 
 

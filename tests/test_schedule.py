@@ -94,7 +94,7 @@ def test_small_sizes_decode_at_a_smaller_dct_scale(tmp_path):
     inner = get_decoder("auto")
     if not hasattr(inner, "decode_scaled"):
         pytest.skip(f"decoder {inner.name} has no scaled decode")
-    jpeg = small_jpeg(1, size=(400, 400))
+    jpeg = small_jpeg(1, size=(512, 512))
     samples = [{"__key__": f"k{i}", "jpg": jpeg, "cls": i} for i in range(4)]
     urls = write_shards(tmp_path, samples, [4])
     recorder = ScaleRecorder(inner)
@@ -105,6 +105,6 @@ def test_small_sizes_decode_at_a_smaller_dct_scale(tmp_path):
         recorder.scales.clear()
         shapes[epoch] = {s["jpg"].shape for s in pipe}
         scales = set(recorder.scales)
-        # 400 px at 1/2 is 200 px: enough for 160, not for 224
+        # 512 px at 1/2 is 256 px: enough for 160 with the 1.5x scale margin (240), not for 224 (336)
         assert scales == ({(1, 2)} if epoch == 0 else {(1, 1)})
     assert shapes == {0: {(160, 160, 3)}, 1: {(224, 224, 3)}}

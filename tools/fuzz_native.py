@@ -7,6 +7,7 @@ Chunks run in child processes, so a crash (a signal) is reported with its chunk'
 instead of ending the run.
 
     python tools/fuzz_native.py --n 12000 --chunk 1000
+    python tools/fuzz_native.py --restart --n 12000   # restart-marked seeds, damaged RST/DRI too
 """
 
 from __future__ import annotations
@@ -21,20 +22,24 @@ from collections import Counter
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 
-def _chunk(seed: int, n: int, max_pixels: int, queue: mp.Queue) -> None:
+def _chunk(seed: int, n: int, max_pixels: int, restart: bool, queue: mp.Queue) -> None:
     import numpy as np
 
-    from shardpipe.devtools.jpegfuzz import check_decoder, mutants
+    from shardpipe.devtools.jpegfuzz import check_decoder, mutants, restart_mutants
     from shardpipe.devtools.synth import make_jpeg
     from shardpipe.image.decoders import get_decoder, registry
 
     registry.MAX_PIXELS = max_pixels  # mutated sizes stay small enough to decode quickly
     # seeds: baseline 4:2:0 (0, 1), large (3), grey (7), CMYK (17), progressive (27), portrait-ish (48)
     seeds = [make_jpeg(i) for i in (0, 1, 3, 7, 17, 27, 48)]
+    cases = mutants(seeds, n, np.random.default_rng(seed))
+    if restart:  # the restart-interval crop path: marked seeds (CMYK/progressive stay as they are)
+        from shardpipe.image.restart import add_restart_intervals
+
+        seeds = [add_restart_intervals(s) for s in seeds]
+        cases = restart_mutants(seeds, n, np.random.default_rng(seed))
     bugs: list[bytes] = []
-    counts = check_decoder(
-        get_decoder("native"), mutants(seeds, n, np.random.default_rng(seed)), np.random.default_rng(seed + 10**6), bugs
-    )
+    counts = check_decoder(get_decoder("native"), cases, np.random.default_rng(seed + 10**6), bugs)
     queue.put((seed, dict(counts), bugs[:3]))
 
 
@@ -44,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=1000, help="cases per child process")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-pixels", type=int, default=4_000_000)
+    ap.add_argument("--restart", action="store_true", help="restart-marked seeds; damage their RST/DRI markers too")
     ap.add_argument("--save-bugs", default="", help="folder for the inputs that misbehaved")
     args = ap.parse_args(argv)
 
@@ -54,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     for i, start in enumerate(range(0, args.n, args.chunk)):
         seed = args.seed * 100003 + i
         queue: mp.Queue = ctx.Queue()
-        p = ctx.Process(target=_chunk, args=(seed, min(args.chunk, args.n - start), args.max_pixels, queue))
+        p = ctx.Process(
+            target=_chunk, args=(seed, min(args.chunk, args.n - start), args.max_pixels, args.restart, queue)
+        )
         p.start()
         result = None
         while p.is_alive() or not queue.empty():
@@ -76,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                 with open(os.path.join(args.save_bugs, f"seed{seed}-{j}.jpg"), "wb") as f:
                     f.write(data)
         print(f"chunk {i} (seed {seed}): {counts}", file=sys.stderr)
-    cases = total["decoded"] + total["DecodeError"] + sum(v for k, v in total.items() if k.startswith("BUG crop"))
+    n_cases = total["decoded"] + total["DecodeError"] + sum(v for k, v in total.items() if k.startswith("BUG crop"))
     bug_keys = [k for k in total if k.startswith("BUG")]
-    print(f"{args.n} mutated JPEGs in {time.perf_counter() - t0:.0f} s; crop decodes accounted: {cases}")
+    print(f"{args.n} mutated JPEGs in {time.perf_counter() - t0:.0f} s; crop decodes accounted: {n_cases}")
     for k in sorted(total):
         print(f"  {k}: {total[k]}")
     print(f"crashes: {len(crashes)}; other exceptions: {sum(total[k] for k in bug_keys)}")

@@ -7,11 +7,14 @@ import importlib
 import logging
 import sys
 
+from shardpipe.cli.common import EXIT_STATUS
+
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("shardpipe.cli.demo", "generate a small dataset, write shards, stream them, print throughput"),
     "write": ("shardpipe.cli.write", "pack a folder, ImageFolder tree, CSV/JSONL list or LMDB into shards"),
     "index": ("shardpipe.cli.index", "write a manifest and index for existing tar/tgz shards (any tool's)"),
+    "restart": ("shardpipe.cli.restart", "rewrite existing shards with restart-marked JPEGs (lossless, faster crops)"),
     "inspect": ("shardpipe.cli.inspect", "summarise shards: samples, extensions, bytes, image sizes"),
     "verify": ("shardpipe.cli.verify", "decode every sample and check manifest counts and checksums"),
     "bench": ("shardpipe.cli.bench", "per-stage throughput and side-by-side comparison with baselines"),
@@ -21,15 +24,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = argparse.ArgumentParser(prog="shardpipe", description="Fast sharded image loading for training.")
+    parser = argparse.ArgumentParser(
+        prog="shardpipe", description="Fast sharded image loading for training.", epilog=EXIT_STATUS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # build only the parser of the command asked for: the others' imports cost start-up time
     wanted = next((a for a in argv if a in COMMANDS), None)
     for name, (module_name, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, epilog=EXIT_STATUS,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )  # fmt: skip
         if name == wanted:
             module = importlib.import_module(module_name)
+            p.epilog = f"{EXIT_STATUS}\n{module.EXIT_DETAILS}" if hasattr(module, "EXIT_DETAILS") else EXIT_STATUS
             module.add_arguments(p)
             p.set_defaults(run=module.run)
     args = parser.parse_args(argv)

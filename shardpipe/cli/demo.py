@@ -14,8 +14,13 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
+from shardpipe.cli.common import DATA_PROBLEM, OK, fail
+from shardpipe.errors import ShardpipeError
 from shardpipe.report import format_stage_table
+
+EXIT_DETAILS = "  (demo: 1 when a shard reused from --dir is damaged)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -58,8 +63,6 @@ def _prepare(root: Path, n: int, seed: int) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from shardpipe import ShardDataset, ShardLoader
     from shardpipe.augment import Compose, RandomHorizontalFlip, RandomResizedCrop
     from shardpipe.image.decoders import get_decoder
@@ -83,6 +86,15 @@ def run(args: argparse.Namespace) -> int:
         f"streaming: decoder={get_decoder(args.decoder).name} workers={args.workers} threads={args.threads} "
         f"batch={args.batch_size} crop={args.size}"
     )
+    try:
+        return _stream(args, ds, loader)
+    except ShardpipeError as e:  # a damaged shard in a reused --dir
+        return fail("demo", f"{e} (to start afresh, delete {root / 'shards'})", DATA_PROBLEM)
+
+
+def _stream(args: argparse.Namespace, ds: Any, loader: Any) -> int:
+    from tqdm import tqdm
+
     rates = []
     for epoch in range(args.epochs):
         ds.stats.reset()
@@ -102,4 +114,4 @@ def run(args: argparse.Namespace) -> int:
     errors = ds.stats.errors()
     print(f"skipped: {errors if errors else 'nothing'}")
     print(f"throughput: {max(rates):.0f} images/s (best epoch of {args.epochs}, {args.workers} workers)")
-    return 0
+    return OK

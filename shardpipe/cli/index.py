@@ -9,13 +9,12 @@ lets several ranks split the shards evenly; the index gives random access
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("urls", help="shards: brace pattern (s3://b/train-{000..099}.tar), '::'-joined list")
+    p.add_argument("urls", help="shards: brace pattern (s3://b/train-{000..099}.tar), quoted glob ('out/train-*.tar'), "
+                   "'::'-joined list")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="manifest to write (its index goes beside it)")
     p.add_argument("--workers", type=int, default=8, help="shards scanned in parallel (default 8)")
     p.add_argument(
@@ -31,22 +30,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+#: what fixes a shard that cannot be indexed
+_FIX = "restore the shard from a good copy or write it again, or leave it out of URLS"
+
+
 def run(args: argparse.Namespace) -> int:
+    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options, resolve_inputs
     from shardpipe.errors import ShardpipeError
+    from shardpipe.io.urls import check_url
     from shardpipe.write.index_job import index_shards
     from shardpipe.write.plan import ShardTaskError
 
-    options = json.loads(args.storage_options) if args.storage_options else None
     t0 = time.perf_counter()
     try:
+        options = parse_storage_options(args.storage_options)
+        check_url(args.output)
+        resolve_inputs(args.urls, options)
         manifest = index_shards(
             args.urls, args.output, workers=args.workers, sha256=args.sha256,
             storage_options=options, progress=not args.no_progress, engine=args.engine,
             ray_address=args.ray_address,
         )  # fmt: skip
-    except (ShardpipeError, ValueError, OSError, ImportError, ShardTaskError) as e:
-        print(f"shardpipe index: error: {e}", file=sys.stderr)
-        return 1
+    except InputError as e:
+        return fail("index", e, USAGE)
+    except ShardpipeError as e:  # found in a shard: truncated, corrupt, vanished
+        return fail("index", f"{e} (to fix: {_FIX})", DATA_PROBLEM)
+    except ShardTaskError as e:
+        data = isinstance(e.__cause__, ShardpipeError)
+        return fail("index", f"{e} (to fix: {_FIX})" if data else e, DATA_PROBLEM if data else USAGE)
+    except (ValueError, OSError, ImportError) as e:
+        return fail("index", e, USAGE)
     seconds = time.perf_counter() - t0
     n = len(manifest["shards"])
     print(
@@ -54,4 +67,4 @@ def run(args: argparse.Namespace) -> int:
         f"in {seconds:.1f} s = {n / seconds:.1f} shards/s, {manifest['samples'] / seconds:.0f} samples/s"
     )
     print(f"manifest: {args.output} (index: {manifest['index']})")
-    return 0
+    return OK

@@ -2,7 +2,8 @@
 
 Samples, extensions, bytes, image sizes (read from the image headers, no pixel is
 decoded: min/median/max of width and height) and the first keys. URLS is a brace
-pattern (``out/train-{000000..000009}.tar``), several joined by ``::``, or a manifest.
+pattern (``out/train-{000000..000009}.tar``), a quoted glob (``'out/train-*.tar'``),
+several joined by ``::``, or a manifest (its shards are inspected).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -197,16 +197,32 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("urls", help="brace pattern, '::'-joined list, or manifest.json")
+    p.add_argument("urls", help="manifest.json, brace pattern (out/train-{000000..000009}.tar), quoted glob "
+                   "('out/train-*.tar') or a '::'-joined list of these")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--keys", type=int, default=5, help="how many first keys to show (default 5)")
+    add_storage_options(p)
+
+
+def add_storage_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--storage-options", default=None, metavar="JSON",
+        help='fsspec options for remote URLs, e.g. \'{"endpoint_url": "http://127.0.0.1:9000", "anon": true}\'',
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
+    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options, resolve_inputs
+
     try:
-        report = inspect_shards(args.urls, args.keys)
-    except (ValueError, OSError, ShardpipeError) as e:
-        print(f"shardpipe inspect: error: {e}", file=sys.stderr)
-        return 2
+        options = parse_storage_options(args.storage_options)
+        resolve_inputs(args.urls, options)
+        report = inspect_shards(args.urls, args.keys, options)
+    except InputError as e:
+        return fail("inspect", e, USAGE)
+    except ShardpipeError as e:
+        return fail("inspect", e, DATA_PROBLEM)
+    except (ValueError, OSError) as e:
+        return fail("inspect", e, USAGE)
     print(json.dumps(report, indent=1) if args.json else format_report(report))
-    return 1 if any(s["error"] or s["problems"] for s in report["shards"]) else 0
+    return DATA_PROBLEM if any(s["error"] or s["problems"] for s in report["shards"]) else OK

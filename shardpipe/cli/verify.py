@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,6 +20,7 @@ from shardpipe.errors import ShardpipeError
 from shardpipe.format.fields import decode_field, last_extension
 from shardpipe.format.sample import IMAGE_EXTENSIONS
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
+from shardpipe.io.urls import single_manifest
 from shardpipe.stages.shards import Shard, expand_urls
 
 
@@ -35,6 +35,7 @@ class ShardCheck:
     sha256: str = ""
     keys: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    damaged: bool = False  #: missing, truncated or unreadable: not read to its end
 
 
 def check_member(ext: str, data: bytes) -> str | None:
@@ -75,8 +76,13 @@ def verify_shard(
     out.problems += [f"{shard.url}: {p}" for p in reader.problems]
     out.bytes, out.sha256 = reader.size, reader.sha256
     if reader.error is not None:
-        kind = "missing shard" if reader.error.startswith("cannot open") else "truncated or damaged shard"
-        out.problems.append(f"{shard.url}: {kind}: {reader.error}")
+        out.damaged = True
+        if reader.error.startswith("cannot open"):
+            fix = "restore it, or make a manifest of the shards that remain with `shardpipe index`"
+            out.problems.append(f"{shard.url}: missing shard: {reader.error} (to fix: {fix})")
+        else:
+            fix = "restore it from a good copy, or write it again from its source; `shardpipe index` cannot read it"
+            out.problems.append(f"{shard.url}: truncated or damaged shard: {reader.error} (to fix: {fix})")
         return out
     if shard.size is not None and shard.size != out.bytes:
         out.problems.append(f"{shard.url}: size mismatch: {out.bytes} bytes, manifest says {shard.size}")
@@ -116,9 +122,9 @@ def verify_shards(
     total = sum(c.samples for c in checks)
     if manifest is not None and manifest.get("samples") is not None and manifest["samples"] != total:
         problems.append(f"count mismatch: {total} samples in the shards, manifest total says {manifest['samples']}")
-    if manifest is not None and manifest.get("index") and isinstance(urls, str):
-        problems += _index_problems(urls, manifest["index"], checks, storage_options)
-    report = [{k: v for k, v in asdict(c).items() if k != "keys"} for c in checks]
+    if manifest is not None and manifest.get("index"):
+        problems += _index_problems(single_manifest(urls) or "", manifest["index"], checks, storage_options)
+    report = [{k: v for k, v in asdict(c).items() if k not in ("keys", "damaged")} for c in checks]
     return {"shards": report, "samples": total, "images": sum(c.images for c in checks), "problems": problems}
 
 
@@ -138,6 +144,8 @@ def _index_problems(
         return [f"index mismatch: {url} lists {index.shards} shards, the manifest {len(checks)}"]
     problems = []
     for s, c in enumerate(checks):
+        if c.damaged:
+            continue  # reported already; reindexing cannot fix a shard that does not read
         first, last = int(index.starts[s]), int(index.starts[s + 1])
         crcs = [key_crc(k) for k in c.keys]
         if int(index.sizes[s]) != c.bytes or index.keys[first:last].tolist() != crcs:
@@ -148,29 +156,39 @@ def _index_problems(
 
 
 def _manifest_of(urls: str | list[str], storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
-    if isinstance(urls, str) and urls.endswith(".json") and "::" not in urls:
-        from shardpipe.format.manifest import read_manifest
+    from shardpipe.format.manifest import read_manifest
 
-        return read_manifest(urls, storage_options)
-    return None
+    manifest = single_manifest(urls)
+    return None if manifest is None else read_manifest(manifest, storage_options)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("urls", help="manifest.json (checks checksums and counts), brace pattern or '::'-joined list")
+    from shardpipe.cli.inspect import add_storage_options
+
+    p.add_argument("urls", help="manifest.json (checks checksums and counts), brace pattern, quoted glob "
+                   "('out/train-*.tar') or a '::'-joined list of these")  # fmt: skip
     p.add_argument("--workers", type=int, default=1, help="shards verified in parallel (processes)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--max-member-size", type=int, default=MAX_MEMBER_SIZE, metavar="BYTES",
         help=f"a tar member declaring more bytes is reported corrupt (default {MAX_MEMBER_SIZE}; 0: no limit)",
     )  # fmt: skip
+    add_storage_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options, resolve_inputs
+
     try:
-        report = verify_shards(args.urls, args.workers, max_member_size=args.max_member_size or None)
-    except (ValueError, OSError, ShardpipeError) as e:
-        print(f"shardpipe verify: error: {e}", file=sys.stderr)
-        return 2
+        options = parse_storage_options(args.storage_options)
+        resolve_inputs(args.urls, options)
+        report = verify_shards(args.urls, args.workers, options, max_member_size=args.max_member_size or None)
+    except InputError as e:
+        return fail("verify", e, USAGE)
+    except ShardpipeError as e:
+        return fail("verify", e, DATA_PROBLEM)
+    except (ValueError, OSError) as e:
+        return fail("verify", e, USAGE)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
@@ -183,4 +201,4 @@ def run(args: argparse.Namespace) -> int:
                 print(f"  {p}")
         else:
             print(f"verified {n} shards: {report['samples']} samples, {report['images']} images decoded, no problems")
-    return 1 if report["problems"] else 0
+    return DATA_PROBLEM if report["problems"] else OK

@@ -2,7 +2,9 @@
 
 SOURCE is a flat folder, an ImageFolder tree (one folder per class), a CSV or JSONL list
 of paths and labels, or an LMDB store; OUTPUT_PATTERN names the shards with a
-``%06d``-style placeholder (``out/train-%06d.tar``; ``s3://`` and ``gs://`` work too).
+``%06d``-style placeholder (``out/train-%06d.tar``; ``s3://`` and ``gs://`` work too). It
+prints the shards as one brace pattern (``out/train-{000000..000003}.tar``) that
+``inspect``, ``verify``, ``index`` and ``ShardDataset`` accept.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 
 from shardpipe.write.engines import ENGINES
 from shardpipe.write.sources import SOURCE_TYPES
+
+EXIT_DETAILS = "  (write: 1 also when no image could be written, or with --strict when an input was skipped)"
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -64,6 +68,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--check", choices=["header", "decode", "none"], default="header",
         help="how to test that an image is readable: header (fast, default), full decode, or not at all",
     )  # fmt: skip
+    p.add_argument(
+        "--no-restart-intervals", dest="restart_intervals", action="store_false",
+        help="copy JPEGs byte for byte (default: re-encode them losslessly with restart intervals, which the "
+        "native decoder uses to decode only the intervals a crop covers)",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last complete shard")
     p.add_argument(
         "--label-pattern",
@@ -82,25 +91,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, fail
     from shardpipe.write.job import write_shards
     from shardpipe.write.plan import ShardTaskError
+    from shardpipe.write.shard_writer import brace_range
 
     try:
         summary = write_shards(
             args.source, args.pattern, source_type=args.source_type, maxcount=args.maxcount,
             maxsize=args.maxsize, compress=args.compress, workers=args.workers, shuffle=args.shuffle,
             seed=args.seed, presize=args.presize, quality=args.quality, check=args.check,
-            resume=args.resume, label_pattern=args.label_pattern, lmdb_decoder=args.lmdb_decoder,
+            restart_intervals=args.restart_intervals, resume=args.resume, label_pattern=args.label_pattern,
+            lmdb_decoder=args.lmdb_decoder,
             progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted: complete shards are kept; run again with --resume to continue", file=sys.stderr)
         return 130
     except (ValueError, OSError, ImportError, ShardTaskError) as e:
-        print(f"shardpipe write: error: {e}", file=sys.stderr)
-        return 2
+        return fail("write", e, USAGE)
     print(summary.format())
+    if summary.shards:
+        print(f"shards: {brace_range(args.pattern, summary.shards)}")
     if summary.written == 0:
-        print("shardpipe write: error: no images were written", file=sys.stderr)
-        return 1
-    return 1 if args.strict and summary.skipped else 0
+        return fail("write", "no images were written", DATA_PROBLEM)
+    return DATA_PROBLEM if args.strict and summary.skipped else OK

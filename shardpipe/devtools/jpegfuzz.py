@@ -1,8 +1,9 @@
 """Mutated JPEGs for fuzzing decoders: bit flips, truncations, header field changes.
 
 ``mutants(seeds, n, rng)`` yields ``n`` damaged copies of the seed JPEGs; ``check_decoder``
-feeds each to the native decoder (whole image, a crop, a random DCT scale) and sorts the
-outcomes: decoded, ``DecodeError`` (the only acceptable failure), or anything else (a bug).
+feeds each to the native decoder (whole image, a region inside it, a crop, a random DCT
+scale) and sorts the outcomes: decoded, ``DecodeError`` (the only acceptable failure), or anything else (a bug).
+``restart_mutants`` also damages restart markers (numbering, missing, DRI, interval lengths).
 A crash would end the process: ``tools/fuzz_native.py`` runs chunks in child processes.
 """
 
@@ -96,6 +97,53 @@ def mutate(data: bytes, rng: np.random.Generator) -> bytes:
     return bytes(buf)
 
 
+def _restart_markers(data: bytes, start: int) -> list[int]:
+    """Offsets of the RSTn markers (FF D0..D7) after ``start``."""
+    out, pos = [], data.find(b"\xff", start)
+    while 0 <= pos < len(data) - 1:
+        if 0xD0 <= data[pos + 1] <= 0xD7:
+            out.append(pos)
+        pos = data.find(b"\xff", pos + 1)
+    return out
+
+
+def mutate_restarts(data: bytes, rng: np.random.Generator) -> bytes:
+    """One random damage of ``data``'s restart intervals: a marker renumbered, dropped or
+    repeated, an interval cut short or lengthened, or the DRI segment's interval changed."""
+    buf = bytearray(data)
+    segs = _segments(data)
+    scan = segs[-1][1] + 2 + segs[-1][2] if segs and segs[-1][0] == 0xDA else 2
+    rst = _restart_markers(data, scan)
+    kind = int(rng.integers(0, 6))
+    if kind == 0 or not rst:  # the restart interval: 0, one off, a non-divisor, huge
+        dri = [s for s in segs if s[0] == 0xDD]
+        if dri:
+            old = (buf[dri[0][1] + 4] << 8) | buf[dri[0][1] + 5]
+            _set16(buf, dri[0][1] + 4, int(rng.choice((0, 1, 3, old - 1, old + 1, 2 * old, 65535))) & 0xFFFF)
+        return bytes(buf)
+    at = rst[int(rng.integers(0, len(rst)))]
+    if kind == 1:  # wrong number
+        buf[at + 1] = 0xD0 | ((buf[at + 1] + int(rng.integers(1, 8))) & 7)
+    elif kind == 2:  # a marker missing: two intervals run together
+        del buf[at : at + 2]
+    elif kind == 3:  # a marker repeated: an empty interval
+        buf[at:at] = buf[at : at + 2]
+    elif kind == 4:  # an interval ends early
+        cut = int(rng.integers(1, 40))
+        del buf[max(scan, at - cut) : at]
+    else:  # an interval runs on
+        buf[at:at] = rng.integers(0, 255, int(rng.integers(1, 40)), dtype=np.uint8).tobytes()
+    return bytes(buf)
+
+
+def restart_mutants(seeds: Sequence[bytes], n: int, rng: np.random.Generator) -> Iterator[bytes]:
+    """``n`` damaged copies of restart-marked ``seeds``: half with damaged restart markers
+    (:func:`mutate_restarts`), half with :func:`mutate`'s damage."""
+    for i in range(n):
+        seed = seeds[i % len(seeds)]
+        yield mutate_restarts(seed, rng) if rng.random() < 0.5 else mutate(seed, rng)
+
+
 def mutants(seeds: Sequence[bytes], n: int, rng: np.random.Generator) -> Iterator[bytes]:
     """``n`` mutated copies of the ``seeds``; some get two mutations."""
     for i in range(n):
@@ -132,6 +180,26 @@ def check_decoder(
             out["region DecodeError"] += 1
         except Exception as e:  # noqa: BLE001 - what the fuzzer looks for
             out[f"BUG region {type(e).__name__}: {str(e)[:80]}"] += 1
+            if bugs is not None:
+                bugs.append(data)
+        try:
+            hdr = read_header(data)
+        except ValueError:
+            hdr = None
+        try:  # a raw region inside the image: what the restart-interval path takes
+            if hdr is None:
+                raise DecodeError("no header")
+            num = int(rng.integers(1, 9))
+            sw, sh = -(-min(hdr.width, 4096) * num // 8), -(-max(1, min(hdr.height, 4096)) * num // 8)
+            x, y = int(rng.integers(0, sw)), int(rng.integers(0, sh))
+            decoder.decode_region(  # type: ignore[attr-defined]
+                data, (num, 8), x, y, int(rng.integers(1, sw - x + 1)), int(rng.integers(1, sh - y + 1))
+            )
+            out["inner region decoded"] += 1
+        except DecodeError:
+            out["inner region DecodeError"] += 1
+        except Exception as e:  # noqa: BLE001 - what the fuzzer looks for
+            out[f"BUG inner region {type(e).__name__}: {str(e)[:80]}"] += 1
             if bugs is not None:
                 bugs.append(data)
         try:  # the backend, as the fused path calls it: size, a box inside, native crop or PIL

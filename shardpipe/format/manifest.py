@@ -21,6 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from shardpipe.errors import ShardNotFoundError
 from shardpipe.io.files import atomic_write, dirname_url, join_url, read_bytes
 
 MANIFEST = "manifest.json"
@@ -50,6 +51,8 @@ def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> di
     """The manifest at ``url`` as stored (names unresolved); ValueError when it is not one."""
     try:
         manifest = json.loads(read_bytes(url, storage_options=storage_options))
+    except ShardNotFoundError as e:
+        raise ShardNotFoundError(f"manifest not found: {url}") from e
     except json.JSONDecodeError as e:
         raise ValueError(f"{url} is not a manifest: invalid JSON: {e}") from e
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):

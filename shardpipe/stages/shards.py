@@ -7,9 +7,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from braceexpand import braceexpand
-
 from shardpipe.format.manifest import load_manifest
+from shardpipe.io.urls import expand_pattern, is_manifest, split_patterns
 from shardpipe.split.order import epoch_order
 from shardpipe.stages.base import Context, Stage, State
 
@@ -69,19 +68,20 @@ def manifest_shards(manifest: dict[str, Any], first: int = 0) -> list[Shard]:
 
 
 def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> list[Shard]:
-    """Turn a brace pattern, a list of patterns, or a manifest URL into a shard list.
+    """Turn a brace pattern, a glob, a list of patterns, or a manifest URL into a shard list.
 
-    ``"train-{000000..000099}.tar"`` expands with braceexpand; ``"a.tar::b.tar"`` and lists
-    concatenate; a URL ending in ``.json`` is read as a manifest (with sample counts).
+    ``"train-{000000..000099}.tar"`` expands with braceexpand, ``"train-*.tar"`` to the
+    matching files in natural order (local or object store); ``"a.tar::b.tar"`` and lists
+    concatenate; a pattern ending in ``.json`` names manifests (with sample counts). See
+    ``shardpipe.io.urls``: a mistyped URL (``s3:/bucket``) or a glob matching nothing is an error.
     """
-    patterns = urls.split("::") if isinstance(urls, str) else list(urls)
     shards: list[Shard] = []
-    for pattern in patterns:
-        if pattern.endswith(".json"):
-            shards += manifest_shards(load_manifest(pattern, storage_options), len(shards))  # numbers checked there
-            continue
-        for url in braceexpand(pattern):
-            shards.append(Shard(url, len(shards)))
+    for pattern in split_patterns(urls):
+        for url in expand_pattern(pattern, storage_options):
+            if is_manifest(pattern):
+                shards += manifest_shards(load_manifest(url, storage_options), len(shards))  # numbers checked there
+            else:
+                shards.append(Shard(url, len(shards)))
     if not shards:
         raise ValueError(f"no shards in {urls!r}")
     return shards

@@ -31,6 +31,7 @@ from typing import Any
 
 from shardpipe.format.manifest import MANIFEST
 from shardpipe.io.files import dirname_url, join_url
+from shardpipe.io.urls import check_url
 from shardpipe.write import outfiles
 from shardpipe.write.engines import write_engine
 from shardpipe.write.options import WriteOptions, build_write_options
@@ -98,6 +99,10 @@ def write_shards(
     usually listed class by class: shards then hold a mix of classes, which a streaming
     shuffle needs (``summary.shuffled`` says what was done).
     """
+    check_url(pattern)
+    if isinstance(source, (str, os.PathLike)):
+        check_url(os.fspath(source))
+    shard_name(pattern, 0)  # a pattern without a number placeholder fails before the scan
     opts = build_write_options(options, keywords)
     write_engine(opts.engine)  # an uninstalled engine fails now, not after the scan
     t0 = time.perf_counter()

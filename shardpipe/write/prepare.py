@@ -18,6 +18,7 @@ from itertools import islice
 from typing import Any, NamedTuple
 
 from shardpipe.errors import DecodeError
+from shardpipe.image.restart import add_restart_intervals
 from shardpipe.write.presize import check_image, image_ext, presize
 from shardpipe.write.sources import Record, Source
 
@@ -31,6 +32,8 @@ class PrepareOptions:
     presize: int | None = None
     quality: int = 90
     check: str = "header"
+    #: re-encode JPEGs losslessly with restart intervals (``shardpipe.image.restart``)
+    restart_intervals: bool = False
 
 
 class Prepared(NamedTuple):
@@ -61,7 +64,8 @@ PrepareResult = Prepared | Skipped
 
 
 def prepare(source: Source, opts: PrepareOptions, pos: int, record: Record) -> PrepareResult:
-    """Load, check and maybe presize one record: a :class:`Prepared`, or a :class:`Skipped` saying why not."""
+    """Load, check, maybe presize one record and give a JPEG restart intervals (lossless): a
+    :class:`Prepared`, or a :class:`Skipped` saying why not."""
     try:
         loaded = source.load(record)
         data = loaded.data
@@ -73,6 +77,8 @@ def prepare(source: Source, opts: PrepareOptions, pos: int, record: Record) -> P
             ext = "jpg"
         else:
             check_image(data, ext, opts.check)
+        if opts.restart_intervals and ext == "jpg":
+            data = add_restart_intervals(data)
     except DecodeError as e:
         return Skipped(pos, record.name, f"unreadable image: {e}")
     except OSError as e:

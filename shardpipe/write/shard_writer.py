@@ -9,6 +9,7 @@ and ``manifest.index`` where each sample starts (``shardpipe.format.index``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from shardpipe.format.index import ShardIndex, index_name, write_index
 from shardpipe.format.manifest import MANIFEST, build_manifest, shard_entry, write_manifest
 from shardpipe.format.tar.writer import TarWriter
 from shardpipe.io.files import atomic_write, dirname_url, join_url
+from shardpipe.io.urls import check_url
 
 
 def shard_name(pattern: str, index: int) -> str:
@@ -24,7 +26,28 @@ def shard_name(pattern: str, index: int) -> str:
         return pattern % index
     if "{" in pattern:
         return pattern.format(index)
-    raise ValueError(f"shard pattern {pattern!r} needs a %d or {{}} placeholder for the shard number")
+    example = pattern.replace("*", "%06d", 1) if "*" in pattern else "out/train-%06d.tar"
+    raise ValueError(
+        f"shard pattern {pattern!r} needs a %d or {{}} placeholder for the shard number, e.g. {example!r}"
+        + (" (a glob names existing files; shards to write need numbers)" if "*" in pattern else "")
+    )
+
+
+def brace_range(pattern: str, count: int) -> str:
+    """Shards ``0..count-1`` of ``pattern`` as one brace pattern that the readers accept
+    (``out/train-%06d.tar``, 3 -> ``out/train-{000000..000002}.tar``)."""
+    percent = "%" in pattern
+    m = re.search(r"%0?\d*d" if percent else r"\{[^{}]*\}", pattern)
+    if m is None or count <= 1:
+        return shard_name(pattern, 0)
+
+    def text(part: str) -> str:  # the pattern's literal text, unescaped
+        return part.replace("%%", "%") if percent else part.replace("{{", "{").replace("}}", "}")
+
+    def number(i: int) -> str:
+        return m.group(0) % i if percent else m.group(0).format(i)
+
+    return f"{text(pattern[: m.start()])}{{{number(0)}..{number(count - 1)}}}{text(pattern[m.end() :])}"
 
 
 class ShardWriter:
@@ -53,6 +76,7 @@ class ShardWriter:
     ):
         if maxcount < 1 or maxsize < 1:
             raise ValueError("maxcount and maxsize must be positive")
+        check_url(pattern)
         shard_name(pattern, 0)  # validate the pattern now, not at the first rollover
         self.pattern = pattern
         self.maxcount = maxcount

@@ -144,6 +144,7 @@ class TarStream:
         self._seekable = not compressed and _seekable(stream)
         self._pending = 0  # data + padding bytes of the current member not yet consumed
         self._name = ""
+        self._header_at = 0  # where the current member's header starts
         self._size = 0
 
     @property
@@ -178,13 +179,35 @@ class TarStream:
             raise CorruptShardError(f"bad gzip data in shard {self.url} while reading {what}: {e}") from e
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def _read_exact(self, n: int, what: str) -> bytes:
+    def _read_exact(self, n: int, what: str, at: int) -> bytes:
+        """Exactly ``n`` bytes of the current member, starting at archive byte ``at``."""
         data = self._read(n, what)
         if len(data) < n:
-            raise TruncatedShardError(
-                f"truncated tar: shard {self.url} ends inside {what} at byte {self.offset + len(data)}"
-            )
+            raise self._ends_inside(at + len(data))
         return data
+
+    def _ends_inside(self, end: int) -> TruncatedShardError:
+        """The error for a stream that ends at byte ``end``, inside the current member (or its padding)."""
+        inside = "member" if end < self._header_at + BLOCK + self._size else "the padding of member"
+        return TruncatedShardError(
+            f"truncated tar: shard {self.url} ends inside {inside} {self._name!r} "
+            f"(header at byte {self._header_at}) at byte {end}"
+        )
+
+    def _cut_while_skipping(self) -> TruncatedShardError | None:
+        """After a seek over member data, whether the stream really ends inside that member.
+
+        Seeking past the end of a file succeeds, so the short read comes at the next header's
+        position: report the true end of the stream instead, as reading the data would.
+        """
+        try:
+            end = self._timed.seek(0, 2)
+        except (OSError, ValueError):
+            return None
+        data_end = self._header_at + BLOCK + self._size
+        if end >= data_end + (-self._size) % BLOCK:
+            return None
+        return self._ends_inside(end)
 
     def next_header(self) -> tuple[str, int] | None:
         """Advance to the next regular member: ``(name, size)``, or None at the end of the archive.
@@ -199,6 +222,9 @@ class TarStream:
             header_at = self.offset
             block = self._read(BLOCK, "a tar header")
             if len(block) < BLOCK:
+                cut = self._cut_while_skipping() if self._seekable and header_at > self._header_at else None
+                if cut is not None:
+                    raise cut
                 raise TruncatedShardError(
                     f"truncated tar: shard {self.url} ends at byte {header_at + len(block)} "
                     "without the end-of-archive marker"
@@ -216,6 +242,7 @@ class TarStream:
                 raise CorruptShardError(f"bad member size in shard {self.url} at byte {header_at}: {e}") from e
             self._check_size(name, kind, size, header_at)
             self.offset = header_at + BLOCK
+            self._header_at = header_at
             self._name, self._size, self._pending = name, size, size + (-size) % BLOCK
             if kind in _REGULAR:
                 return name, size
@@ -272,10 +299,10 @@ class TarStream:
     def read_data(self) -> bytes:
         """The current member's bytes (and consume its padding)."""
         what = f"member {self._name!r}"
-        data = self._read_exact(self._size, what) if self._size else b""
+        data = self._read_exact(self._size, what, self.offset) if self._size else b""
         pad = self._pending - self._size
         if pad:
-            self._read_exact(pad, f"the padding of {what}")
+            self._read_exact(pad, f"the padding of {what}", self.offset + self._size)
         self.offset += self._pending
         self._pending = 0
         return data
@@ -283,13 +310,19 @@ class TarStream:
     def skip_data(self) -> None:
         """Step over the current member's bytes: a seek when possible, else a read."""
         if self._seekable:
-            self._f.seek(self._pending, 1)  # type: ignore[union-attr]
+            try:
+                self._f.seek(self._pending, 1)  # type: ignore[union-attr]
+            except (OSError, ValueError) as e:  # a stream that refuses to seek past its end
+                raise self._cut_while_skipping() or TruncatedShardError(
+                    f"truncated tar: cannot step over member {self._name!r} of shard {self.url}: {e}"
+                ) from e
             self.offset += self._pending
             self._pending = 0
             return
-        left = self._pending
-        while left:
-            left -= len(self._read_exact(min(left, 1 << 20), f"member {self._name!r}"))
+        done = 0
+        while done < self._pending:
+            what = f"member {self._name!r}"
+            done += len(self._read_exact(min(self._pending - done, 1 << 20), what, self.offset + done))
         self.offset += self._pending
         self._pending = 0
 

@@ -26,45 +26,17 @@
 
 #include <jpeglib.h>
 
+#include "_jpegguard.h"
+#include "_restart.h"
+
 #define FLAG_FAST_IDCT 1     /* JDCT_IFAST: faster, slightly less accurate IDCT */
 #define FLAG_FAST_UPSAMPLE 2 /* no "fancy" (triangle) chroma upsampling */
-#define MAX_SCANS 500        /* what TurboJPEG's TJFLAG_LIMITSCANS allows */
+#define FLAG_INTERVALS 4     /* decode only the restart intervals covering the box (_restart.c) */
 #define EDGE 8               /* extra columns decoded on each side of the box (see run) */
 #define BAND 16              /* rows read per jpeg_read_scanlines call */
 
 static PyObject *Error;    /* corrupt or unsupported data */
 static PyObject *TooLarge; /* decompression bomb, subclass of Error */
-
-struct guard {
-    struct jpeg_error_mgr pub;
-    struct jpeg_progress_mgr progress;
-    jmp_buf jump;
-    char message[JMSG_LENGTH_MAX + 40];
-};
-
-static void on_error(j_common_ptr cinfo) {
-    struct guard *g = (struct guard *)cinfo->err;
-    (*cinfo->err->format_message)(cinfo, g->message);
-    longjmp(g->jump, 1);
-}
-
-static void on_message(j_common_ptr cinfo, int level) {
-    if (level < 0) { /* a warning: corrupt data; stop here instead of guessing pixels */
-        struct guard *g = (struct guard *)cinfo->err;
-        (*cinfo->err->format_message)(cinfo, g->message);
-        longjmp(g->jump, 1);
-    }
-    /* trace messages: ignored (never written to stderr) */
-}
-
-static void on_progress(j_common_ptr cinfo) {
-    j_decompress_ptr d = (j_decompress_ptr)cinfo;
-    if (d->input_scan_number > MAX_SCANS) {
-        struct guard *g = (struct guard *)cinfo->err;
-        snprintf(g->message, sizeof g->message, "progressive JPEG has more than %d scans", MAX_SCANS);
-        longjmp(g->jump, 1);
-    }
-}
 
 enum outcome { OK = 0, FAILED, BOMB, BAD_BOX, BAD_COLOR, NO_MEMORY };
 
@@ -176,6 +148,29 @@ done:
     return result;
 }
 
+/* The box from a sub-image of the restart intervals that cover it; the whole file when it
+   has no usable intervals or the sub-image fails in any way (libjpeg then gives the verdict). */
+static enum outcome run_intervals(struct job *job, struct guard *g) {
+    struct subimage sub;
+    if (restart_subimage(job->data, job->size, job->scale_num, job->x, job->y, job->width, job->height,
+                         job->max_pixels, &sub)) {
+        struct job part = *job;
+        enum outcome result;
+        part.data = sub.data;
+        part.size = sub.size;
+        part.x = sub.x;
+        part.y = sub.y;
+        result = run(&part, g);
+        free(sub.data);
+        if (result == OK) {
+            job->full_w = sub.full_w;
+            job->full_h = sub.full_h;
+            return OK;
+        }
+    }
+    return run(job, g);
+}
+
 static PyObject *decode(PyObject *self, PyObject *args) {
     Py_buffer src, dst;
     struct job job;
@@ -206,7 +201,7 @@ static PyObject *decode(PyObject *self, PyObject *args) {
         return PyErr_NoMemory();
     }
     Py_BEGIN_ALLOW_THREADS
-    result = run(&job, g);
+    result = (job.flags & FLAG_INTERVALS) ? run_intervals(&job, g) : run(&job, g);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&src);
     PyBuffer_Release(&dst);
@@ -235,7 +230,66 @@ static PyObject *decode(PyObject *self, PyObject *args) {
     return NULL;
 }
 
+static PyObject *add_restarts(PyObject *self, PyObject *args) {
+    Py_buffer src;
+    unsigned per_row;
+    unsigned long long max_pixels;
+    unsigned char *out = NULL;
+    unsigned long out_size = 0, interval = 0;
+    enum transcode_outcome result;
+    struct guard *g;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*IK", &src, &per_row, &max_pixels)) return NULL;
+    g = (struct guard *)malloc(sizeof *g);
+    if (g == NULL) {
+        PyBuffer_Release(&src);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    result = restart_transcode((const unsigned char *)src.buf, (size_t)src.len, max_pixels, per_row ? per_row : 1,
+                               &out, &out_size, &interval, g);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&src);
+    if (result == TRANSCODED) {
+        PyObject *bytes = PyBytes_FromStringAndSize((const char *)out, (Py_ssize_t)out_size);
+        free(out);
+        free(g);
+        if (bytes == NULL) return NULL;
+        return Py_BuildValue("(Nk)", bytes, interval);
+    }
+    if (result == UNCHANGED) {
+        free(g);
+        Py_RETURN_NONE;
+    }
+    if (result == TRANSCODE_BOMB)
+        PyErr_Format(TooLarge, "image exceeds the limit of %llu pixels", max_pixels);
+    else
+        PyErr_Format(Error, "corrupt JPEG data: %s", g->message[0] ? g->message : "libjpeg error");
+    free(g);
+    return NULL;
+}
+
+static PyObject *restart_layout(PyObject *self, PyObject *args) {
+    Py_buffer src;
+    struct interval_grid grid;
+    int usable;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "y*", &src)) return NULL;
+    usable = restart_grid((const unsigned char *)src.buf, (size_t)src.len, &grid);
+    PyBuffer_Release(&src);
+    if (!usable) Py_RETURN_NONE;
+    return Py_BuildValue("(III)", grid.interval, grid.per_row, grid.rows_per_interval);
+}
+
 static PyMethodDef methods[] = {
+    {"add_restarts", add_restarts, METH_VARARGS,
+     "add_restarts(data, per_row, max_pixels) -> (bytes, interval) | None\n\n"
+     "Losslessly re-encode a baseline grey/YCbCr JPEG with a restart interval that cuts each MCU\n"
+     "row into at most per_row intervals (markers kept, Huffman tables optimized); None when the\n"
+     "file is not for it or already has usable intervals. Raises Error, TooLarge."},
+    {"restart_layout", restart_layout, METH_VARARGS,
+     "restart_layout(data) -> (interval, per_row, rows_per_interval) | None\n\n"
+     "The restart interval (MCUs) when the crop decode can use it, else None."},
     {"decode", decode, METH_VARARGS,
      "decode(data, out, scale_num, scale_denom, x, y, width, height, flags, max_pixels) -> (w, h)\n\n"
      "Decode the box of the image scaled by scale_num/scale_denom into out (RGB, width*height*3\n"
@@ -260,6 +314,7 @@ PyMODINIT_FUNC PyInit__cropjpeg(void) {
         PyModule_AddObjectRef(m, "TooLarge", TooLarge) < 0 ||
         PyModule_AddIntConstant(m, "FAST_IDCT", FLAG_FAST_IDCT) < 0 ||
         PyModule_AddIntConstant(m, "FAST_UPSAMPLE", FLAG_FAST_UPSAMPLE) < 0 ||
+        PyModule_AddIntConstant(m, "INTERVALS", FLAG_INTERVALS) < 0 ||
         PyModule_AddIntConstant(m, "LIBJPEG_TURBO_VERSION", LIBJPEG_TURBO_VERSION_NUMBER) < 0) {
         Py_DECREF(m);
         return NULL;

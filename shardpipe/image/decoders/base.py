@@ -81,9 +81,24 @@ class JpegBackend:
 POWER_OF_TWO_SCALES: tuple[Scale, ...] = ((1, 1), (1, 2), (1, 4), (1, 8))
 
 
-def pick_scale(width: int, height: int, min_width: int, min_height: int, factors: tuple[Scale, ...]) -> Scale:
-    """The smallest of ``factors`` that keeps ``(width, height)`` scaled at least the minimum."""
+#: DCT-scale margin: libjpeg's reduced IDCT is a poorer low-pass filter than the antialiased
+#: resize, so a scale is picked only if the resize still shrinks by this much (quality vs
+#: PIL at 1/4 and 1/8: tools/bench_quality.py, BENCHMARKS.md)
+SCALE_MARGIN = 1.5
+
+
+def pick_scale(
+    width: int,
+    height: int,
+    min_width: int,
+    min_height: int,
+    factors: tuple[Scale, ...],
+    margin: float = SCALE_MARGIN,
+) -> Scale:
+    """The smallest of ``factors`` that keeps ``(width, height)`` scaled at least ``margin``
+    times the minimum (a margin leaves the antialiasing filter some downscaling to do)."""
     best: Scale = (1, 1)
+    min_width, min_height = min_width * margin, min_height * margin
     for num, den in factors:
         smaller = num * best[1] < best[0] * den
         if smaller and width * num >= min_width * den and height * num >= min_height * den:

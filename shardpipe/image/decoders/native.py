@@ -26,7 +26,14 @@ import numpy as np
 from shardpipe.augment.resample import resized_crop
 from shardpipe.errors import DecodeError
 from shardpipe.image.decoders import registry
-from shardpipe.image.decoders.base import POWER_OF_TWO_SCALES, JpegBackend, Scale, pick_scale, scaled_dim
+from shardpipe.image.decoders.base import (
+    POWER_OF_TWO_SCALES,
+    SCALE_MARGIN,
+    JpegBackend,
+    Scale,
+    pick_scale,
+    scaled_dim,
+)
 from shardpipe.image.decoders.jpeg import JpegHeader
 from shardpipe.image.decoders.registry import ImageTooLargeError
 
@@ -41,6 +48,8 @@ Box = tuple[float, float, float, float]  # top, left, height, width (pixels of t
 #: nearest-neighbour chroma upsampling instead of libjpeg's triangle filter
 FAST_IDCT = _cropjpeg.FAST_IDCT
 FAST_UPSAMPLE = _cropjpeg.FAST_UPSAMPLE
+#: decode only the restart intervals that cover a crop (files without usable ones: no change)
+INTERVALS = _cropjpeg.INTERVALS
 #: all n/8 DCT scales from 1/1 down, as reduced fractions
 ALL_SCALES: tuple[Scale, ...] = tuple((n // math.gcd(n, 8), 8 // math.gcd(n, 8)) for n in range(8, 0, -1))
 #: decoded pixels beyond the box on each side: the resampling filter reads up to 4 block
@@ -67,11 +76,20 @@ class NativeDecoder(JpegBackend):
     name = "native"
     scale_factors = ALL_SCALES
 
-    def __init__(self, flags: int = 0, factors: tuple[Scale, ...] = POWER_OF_TWO_SCALES) -> None:
+    def __init__(
+        self,
+        flags: int = 0,
+        factors: tuple[Scale, ...] = POWER_OF_TWO_SCALES,
+        intervals: bool = True,
+        scale_margin: float = SCALE_MARGIN,
+    ) -> None:
         super().__init__()
-        self.flags = flags
+        #: ``intervals``: use restart intervals where a file has them (``shardpipe.image.restart``)
+        self.flags = flags | (INTERVALS if intervals else 0)
         #: the DCT scales ``decode_crop`` picks from by default (measured: BENCHMARKS.md)
         self.crop_factors = factors
+        #: a DCT scale is picked only if it keeps the box this many times the output size
+        self.scale_margin = scale_margin
 
     # -- the C call ------------------------------------------------------------------------
     def decode_region(self, data: bytes, scale: Scale, x: int, y: int, width: int, height: int) -> np.ndarray:
@@ -111,7 +129,7 @@ class NativeDecoder(JpegBackend):
         hdr = self.header(data)  # None: not for the fast path; refuses bombs
         if hdr is not None:
             _check_box(box, hdr.width, hdr.height)
-            scale = pick_scale(int(bw), int(bh), out_w, out_h, factors or self.crop_factors)
+            scale = pick_scale(int(bw), int(bh), out_w, out_h, factors or self.crop_factors, self.scale_margin)
             f = scale[0] / scale[1]
             sw, sh = scaled_dim(hdr.width, scale), scaled_dim(hdr.height, scale)
             st, sl, sbh, sbw = top * f, left * f, bh * f, bw * f

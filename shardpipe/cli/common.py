@@ -1,0 +1,103 @@
+"""What the subcommands share: one exit-status convention and how a URLS argument is checked.
+
+The convention (printed by every ``--help``): 0 success; 1 problems found in the data;
+2 the command could not run as asked (usage error or missing input). A command first
+resolves its inputs (:func:`resolve_inputs`: exit 2 when that fails), then reads the
+data (exit 1 for what it finds there).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+OK = 0
+DATA_PROBLEM = 1
+USAGE = 2  # argparse's own status for bad arguments
+
+EXIT_STATUS = """\
+exit status:
+  0  success
+  1  problems found in the data: a truncated or corrupt shard, a shard its manifest
+     lists but that is missing, a checksum or count mismatch, an undecodable image
+  2  usage error or missing input: bad arguments, a mistyped URL (s3:/bucket),
+     a source, manifest or shard named on the command line that does not exist,
+     a glob that matches nothing"""
+
+
+class InputError(Exception):
+    """The inputs named on the command line cannot be used (exit status 2)."""
+
+
+def fail(command: str, message: object, status: int) -> int:
+    """Print ``shardpipe COMMAND: error: MESSAGE`` to stderr and return ``status``."""
+    print(f"shardpipe {command}: error: {message}", file=sys.stderr)
+    return status
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any] | None:
+    import json
+
+    if not text:
+        return None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"--storage-options is not JSON: {e}") from e
+    if not isinstance(options, dict):
+        raise InputError("--storage-options must be a JSON object")
+    return options
+
+
+def _missing(urls: list[str], storage_options: dict[str, Any] | None) -> list[str]:
+    """The URLs in ``urls`` that do not exist (or name a folder): a stat locally, an existence check remotely."""
+    from shardpipe.io.files import is_local, local_path
+
+    local = [u for u in urls if is_local(u)]
+    missing = [u for u in local if not os.path.isfile(local_path(u))]
+    remote = [u for u in urls if not is_local(u)]
+    if remote:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import fsspec.core
+
+        def exists(url: str) -> bool:
+            fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+            return bool(fs.isfile(path))
+
+        with ThreadPoolExecutor(16) as pool:
+            missing += [u for u, ok in zip(remote, pool.map(exists, remote)) if not ok]
+    return missing
+
+
+def resolve_inputs(urls: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The shard URLs a URLS argument names, as the command will read them; InputError when it cannot.
+
+    Refused: a mistyped URL, a manifest that does not exist or is not one, a glob that
+    matches nothing, a shard named directly (or by a brace range) that does not exist or
+    is a folder. A shard that a manifest lists but that is missing is left for the
+    command to report as a problem in the data.
+    """
+    from shardpipe.io.urls import has_glob, is_manifest, split_patterns
+    from shardpipe.stages.shards import expand_urls
+
+    shards: list[str] = []
+    named: list[str] = []
+    try:
+        for pattern in split_patterns(urls):
+            found = [s.url for s in expand_urls(pattern, storage_options)]
+            shards += found
+            if not is_manifest(pattern) and not has_glob(pattern):
+                named += found  # a glob lists files that exist; a manifest's shards are data
+        missing = _missing(named, storage_options)
+    except (ValueError, OSError) as e:  # mistyped, not found, not a manifest, unreadable
+        raise InputError(str(e)) from e
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        if not os.path.isdir(missing[0]):
+            raise InputError(f"shard not found: {missing[0]}{more}")
+        folder = missing[0].rstrip("/")
+        meant = f"{folder}/manifest.json" if os.path.isfile(f"{folder}/manifest.json") else f"'{folder}/*.tar'"
+        raise InputError(f"{missing[0]} is a folder, not a shard: did you mean {meant}?")
+    return shards
