@@ -17,8 +17,11 @@ from shardpipe.errors import (
     ShardNotFoundError,
     ShardpipeError,
     ShardReadError,
+    StateError,
     TruncatedShardError,
+    WorkerDiedError,
     WorkerStallError,
+    WorkerStartError,
 )
 from shardpipe.format.tar.writer import TarWriter
 from shardpipe.image.normalize import normalize
@@ -53,9 +56,12 @@ __all__ = [
     "ShardWriter",
     "ShardpipeError",
     "SplitOptions",
+    "StateError",
     "TarWriter",
     "TruncatedShardError",
+    "WorkerDiedError",
     "WorkerStallError",
+    "WorkerStartError",
     "WriteOptions",
     "WriteSummary",
     "__version__",

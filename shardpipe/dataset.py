@@ -27,12 +27,22 @@ from shardpipe.stages.fields import RequireFields
 from shardpipe.stages.shards import Shard, expand_urls, manifest_shards
 from shardpipe.stages.shuffle import Shuffle
 from shardpipe.stages.untar import Untar
+from shardpipe.state import STATE_VERSION, StateError, validate_dataset_state
 from shardpipe.stats import SharedStats
 from shardpipe.workers import ProgressMarker, WorkerProgress
 
 log = logging.getLogger("shardpipe")
 
 
+def read_options_of(io: OpenOptions) -> Any:
+    """``io.read_options`` (or the defaults) with ``io.memory_limit`` applied."""
+    if io.memory_limit is None:
+        return io.read_options
+    import dataclasses
+
+    from shardpipe.io.remote import ReadOptions
+
+    return dataclasses.replace(io.read_options or ReadOptions(), memory_limit=io.memory_limit)
 
 
 class ShardDataset(IterableDataset):
@@ -108,13 +118,20 @@ class ShardDataset(IterableDataset):
             the workers and ranks of one machine and checked against the manifest's sha256.
         read_options: ``shardpipe.io.remote.ReadOptions`` (block size, read-ahead, retries,
             backoff, timeout) for remote streams.
-        prefetch: remote shards to open ahead of the one being read.
+        prefetch: remote shards to open ahead of the one being read (they keep filling
+            while it is read).
+        memory_limit: bytes of remote data each process may have requested and not yet
+            consumed (default 256 MiB per DataLoader worker).
         allow_pipe: allow ``pipe:`` URLs (they run a shell command).
         max_member_size: a tar member declaring more bytes is a ``CorruptShardError``
             (default 256 MiB, ``shardpipe.format.tar.reader.MAX_MEMBER_SIZE``; None: no limit).
         verify: hash each shard as it streams and compare its sha256 and size with the
             manifest (about one sha256 pass over the bytes; see BENCHMARKS.md). Sample
             counts are always compared with the manifest.
+        manifest_paths: what a manifest's shard names may point to: ``"inside"`` (default:
+            relative names stay under the manifest's folder, absolute paths and URLs are
+            allowed), ``"relative"`` (only names under its folder: for manifests you did not
+            write) or ``"any"``; a name the rule refuses is a ``ManifestPathError``.
     """
 
     def __init__(
@@ -136,9 +153,10 @@ class ShardDataset(IterableDataset):
         self.on_error = on_error
         storage = self.open_options.storage_options
         storage = dict(storage) if storage is not None else None
+        paths = self.open_options.manifest_paths
         manifest = single_manifest(urls) if self.split_options.shuffle_algo == "block" else None
-        loaded = load_manifest(manifest, storage) if manifest is not None else None  # read once, used twice
-        self.shards: list[Shard] = manifest_shards(loaded) if loaded is not None else expand_urls(urls, storage)
+        loaded = load_manifest(manifest, storage, paths) if manifest is not None else None  # read once, used twice
+        self.shards: list[Shard] = manifest_shards(loaded) if loaded is not None else expand_urls(urls, storage, paths)
         self.has_counts = all(s.samples is not None for s in self.shards)
         policy = self.split_options.epoch_policy
         if policy in ("drop", "pad") and not self.has_counts:
@@ -151,8 +169,8 @@ class ShardDataset(IterableDataset):
         #: the indexed shards when the block shuffle applies (else None: the windowed shuffle)
         self.indexed = block_shuffle_source(
             urls, self.split_options.shuffle, self.split_options.shuffle_algo,
-            storage_options=storage, cache_dir=o.cache_dir, cache_size=o.cache_size, read_options=o.read_options,
-            loaded=loaded,
+            storage_options=storage, cache_dir=o.cache_dir, cache_size=o.cache_size, read_options=read_options_of(o),
+            loaded=loaded, manifest_paths=o.manifest_paths,
         )  # fmt: skip
         self._main_rank = distributed_rank(strict=False)  # asked again, strictly, when a pass starts
         self.stats = SharedStats()
@@ -212,6 +230,7 @@ class ShardDataset(IterableDataset):
         if plan is not None and plan.states is not None:
             for state in plan.states:
                 if state is not None:
+                    validate_dataset_state(state)
                     self._check_fingerprint(state)
         self._plan.set_plan(plan)
 
@@ -300,7 +319,8 @@ class ShardDataset(IterableDataset):
         io = self.open_options
         opener = ShardOpener(
             io.prefetch, storage_options=dict(io.storage_options) if io.storage_options is not None else None,
-            cache_dir=io.cache_dir, cache_size=io.cache_size, read_options=io.read_options, allow_pipe=io.allow_pipe,
+            cache_dir=io.cache_dir, cache_size=io.cache_size, read_options=read_options_of(io),
+            allow_pipe=io.allow_pipe,
         )  # fmt: skip
         return Untar(opener, give_up_after, max_member_size=io.max_member_size, verify=io.verify)
 
@@ -392,7 +412,7 @@ class ShardDataset(IterableDataset):
         current = self._pass
         if current is None:
             return {
-                "version": Pipeline.STATE_VERSION,
+                "version": STATE_VERSION,
                 "epoch": self._epoch,
                 "stages": None,
                 "fingerprint": self.fingerprint(),
@@ -400,12 +420,14 @@ class ShardDataset(IterableDataset):
         if current.pipeline is not None:
             state = current.pipeline.get_state()
         else:
-            state = current.resume or {"version": Pipeline.STATE_VERSION, "epoch": current.ctx.epoch, "stages": None}
+            state = current.resume or {"version": STATE_VERSION, "epoch": current.ctx.epoch, "stages": None}
         return {**state, "consumer": consumer_of(current.ctx), "fingerprint": self.fingerprint()}
 
     def load_state_dict(self, state: State) -> None:
         """Start this process's next pass from ``state`` (from ``state_dict()``): its epoch, and
-        mid-epoch its exact position (refused if saved for other data or another consumer)."""
+        mid-epoch its exact position (refused if saved for other data or another consumer). A state
+        that does not fit this dataset is a ``StateError`` naming the field (``shardpipe.state``)."""
+        validate_dataset_state(state)
         self._check_fingerprint(state)
         self.set_epoch(int(state["epoch"]))
         self._resume = state
@@ -413,7 +435,7 @@ class ShardDataset(IterableDataset):
     def _check_fingerprint(self, state: State) -> None:
         saved = state.get("fingerprint")
         if saved is not None and saved != self.fingerprint():
-            raise ValueError(
+            raise StateError(
                 "dataset state was saved for other shards or options (shard list, sample counts, seed, "
                 "shuffle, batch size or epoch policy differ): resuming would repeat or skip samples"
             )

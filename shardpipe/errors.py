@@ -43,6 +43,11 @@ class DuplicateMemberError(CorruptShardError):
     """A sample with two members of one extension (its members are not consecutive, or repeated)."""
 
 
+class StateError(ShardpipeError, ValueError):
+    """A resume state (or a fleet request's state) that does not fit this dataset: the message
+    names the field, e.g. ``state['stages']['shard']['offset']: must be >= 0, got -5``."""
+
+
 class DecodeError(ShardpipeError):
     """A member whose bytes do not decode (corrupt image, bad JSON, bad label)."""
 
@@ -61,6 +66,18 @@ class SetupError(ShardpipeError, ValueError):
     (Half-set rank variables, a loader handed to a framework that re-splits it, ...) The
     message names what is missing or conflicting and what to do instead.
     """
+
+
+class WorkerDiedError(ShardpipeError, RuntimeError):
+    """A DataLoader worker process that ended while the loader still needed it (killed, crashed).
+
+    The message names the worker (id and pid), how it ended (exit code or signal), the
+    stage and shard it was in, and what to do; the other workers are stopped first.
+    """
+
+
+class WorkerStartError(WorkerDiedError):
+    """A DataLoader worker that ended before its pipeline started (its own error is in the message)."""
 
 
 class MissingFieldError(ShardpipeError, KeyError):

@@ -4,16 +4,19 @@
 shards listed in the manifest). It reads just that sample's bytes, found through the
 index sidecar (``shardpipe index`` or ``ShardWriter`` writes it): ``os.pread`` on
 local shards, one ranged GET remotely, or a local copy through the shard cache. Works
-with ``torch.utils.data.DataLoader`` and ``DistributedSampler`` like any ``Dataset``.
+with ``torch.utils.data.DataLoader`` and ``DistributedSampler`` like any ``Dataset``;
+a DataLoader with a batch size asks for a whole batch at once (``__getitems__``): its
+samples are read by parallel ranged GETs, one per group of nearby samples of a shard.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch.utils.data import Dataset
 
+from shardpipe.errors import ShardpipeError
 from shardpipe.format.index import SampleIndex, sample_from_bytes
 from shardpipe.format.manifest import load_manifest
 from shardpipe.io.ranged import RangeReader
@@ -30,10 +33,11 @@ class IndexedShards:
         cache_dir: str | None = None,
         cache_size: int | None = None,
         read_options: Any = None,
+        manifest_paths: str = "inside",
         *,
         loaded: dict[str, Any] | None = None,
     ):
-        meta = loaded if loaded is not None else load_manifest(check_url(manifest), storage_options)
+        meta = loaded if loaded is not None else load_manifest(check_url(manifest), storage_options, manifest_paths)
         if not meta.get("index_url"):
             raise ValueError(
                 f"{manifest} has no index: create one with `shardpipe index SHARDS -o {manifest}` "
@@ -78,10 +82,34 @@ class IndexedShards:
         """The raw sample ``i`` (fields as bytes), with ``__key__``, ``__url__``, ``__shard__``, ``__index__``."""
         shard, start, end, crc = self.index.locate(i)
         url = self.urls[shard]
-        data = self.reader.read(url, start, end, int(self.index.sizes[shard]), self.sha256[shard])
-        sample = sample_from_bytes(data, url, crc)
+        size = int(self.index.sizes[shard])
+        # one tar block past the sample: the next header shows the sample ends where the index says
+        data = self.reader.read(url, start, min(end + 512, max(size, end)), size, self.sha256[shard])
+        sample = sample_from_bytes(data, url, crc, length=end - start)
         sample["__url__"], sample["__shard__"], sample["__index__"] = url, shard, i
         return sample
+
+    def samples(self, indices: Sequence[int]) -> list[dict[str, Any] | ShardpipeError]:
+        """The raw samples ``indices``, read together (``RangeReader.read_many``); a sample
+        that cannot be read is its ``ShardpipeError`` in the list instead."""
+        where = [self.index.locate(int(i)) for i in indices]
+        requests = [
+            (self.urls[shard], start, end, int(self.index.sizes[shard]), self.sha256[shard])
+            for shard, start, end, _ in where
+        ]
+        out: list[dict[str, Any] | ShardpipeError] = []
+        for i, (shard, _, _, crc), data in zip(indices, where, self.reader.read_many(requests)):
+            url = self.urls[shard]
+            try:
+                if isinstance(data, Exception):
+                    raise data
+                sample = sample_from_bytes(data, url, crc)
+            except ShardpipeError as e:
+                out.append(e)
+                continue
+            sample["__url__"], sample["__shard__"], sample["__index__"] = url, shard, int(i)
+            out.append(sample)
+        return out
 
 
 class IndexedDataset(Dataset):
@@ -94,7 +122,7 @@ class IndexedDataset(Dataset):
         decoder: image decoder backend (``"auto"``: fastest installed).
         transform: ``transform(img, rng) -> img``; ``rng`` is seeded by (seed, epoch, key).
         seed: seed of the transform's randomness; ``set_epoch`` changes it per epoch.
-        storage_options, cache_dir, cache_size, read_options: as in ``ShardDataset``.
+        storage_options, cache_dir, cache_size, read_options, manifest_paths: as in ``ShardDataset``.
     """
 
     def __init__(
@@ -110,8 +138,9 @@ class IndexedDataset(Dataset):
         cache_dir: str | None = None,
         cache_size: int | None = None,
         read_options: Any = None,
+        manifest_paths: str = "inside",
     ):
-        self.shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options)
+        self.shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options, manifest_paths)
         self.shards.check_random_access()
         self.seed, self.epoch = seed, 0
         self.decode, self.decoder, self.transform, self.allow_pickle = decode, decoder, transform, allow_pickle
@@ -144,7 +173,18 @@ class IndexedDataset(Dataset):
         i = int(i)
         if i < 0:
             i += len(self)
-        sample = self.shards.sample(i)
+        return self._decoded(self.shards.sample(i))
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """The samples of a batch, read by parallel ranged requests (the DataLoader calls it)."""
+        n = len(self)
+        got = self.shards.samples([int(i) + n if int(i) < 0 else int(i) for i in indices])
+        for sample in got:
+            if isinstance(sample, Exception):
+                raise sample
+        return [self._decoded(s) for s in got]  # type: ignore[arg-type]
+
+    def _decoded(self, sample: dict[str, Any]) -> dict[str, Any]:
         if self.decode is None:
             return sample
         if self._decoder is None:
@@ -161,6 +201,7 @@ def block_shuffle_source(
     cache_dir: str | None = None,
     cache_size: int | None = None,
     read_options: Any = None,
+    manifest_paths: str = "inside",
     loaded: dict[str, Any] | None = None,
 ) -> IndexedShards | None:
     """The indexed shards to block-shuffle, or None for the windowed shuffle (``ShardDataset``'s choice).
@@ -186,7 +227,9 @@ def block_shuffle_source(
             "shuffle_algo='block' reads samples by random access: pass the shards' manifest.json with its index "
             "(create both for existing shards with `shardpipe index SHARDS -o manifest.json`)"
         )
-    shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options, loaded=loaded)
+    shards = IndexedShards(
+        manifest, storage_options, cache_dir, cache_size, read_options, manifest_paths, loaded=loaded
+    )
     if shards.sequential_only:
         shards.check_random_access()
     return shards

@@ -8,8 +8,9 @@ worker continues from its own state, so the resumed run yields exactly the items
 uninterrupted run would have, in the same order.
 
 Workers start safely (see ``shardpipe.workers``): forked when the process has no other
-thread, else from a forkserver; and a worker that delivers nothing for ``stall_timeout``
-seconds becomes a ``WorkerStallError`` naming the worker, its stage and its shard.
+thread, else from shardpipe's forkserver; a worker that dies is reported within a second
+(``shardpipe.workerwatch``), and one that delivers nothing for ``stall_timeout`` seconds
+becomes a ``WorkerStallError`` naming the worker, its stage and its shard.
 
 The loader never touches the dataset's internals: before each pass it publishes a
 ``WorkerPlan`` (epoch, first worker, resume states) through ``ShardDataset.set_worker_plan``,
@@ -27,12 +28,18 @@ from torch.utils.data import DataLoader, get_worker_info
 from torch.utils.data._utils.collate import default_convert
 
 from shardpipe.dataset import ShardDataset
-from shardpipe.errors import SetupError, WorkerStallError
+from shardpipe.errors import SetupError, WorkerDiedError, WorkerStallError
 from shardpipe.passes import WorkerPlan
 from shardpipe.stages.base import State
-from shardpipe.workers import DEFAULT_STALL_TIMEOUT, awaited_worker, choose_context, stop_workers
-
-STATE_VERSION = 1
+from shardpipe.state import STATE_VERSION, StateError, validate_loader_state
+from shardpipe.workers import (
+    DEFAULT_STALL_TIMEOUT,
+    awaited_worker,
+    choose_context,
+    prestart_forkserver,
+    stop_workers,
+)
+from shardpipe.workerwatch import WatchedWorkersIter, position
 
 # DataLoader arguments ShardLoader cannot honour: name -> (values it accepts, why, what to do instead)
 _REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -117,9 +124,11 @@ class ShardLoader(DataLoader):
 
 
     ``multiprocessing_context="auto"`` forks workers when this process has no other live
-    thread and starts them from a forkserver otherwise (a fork beside busy threads can
-    hang a worker on a lock it inherited held); pass ``"fork"``, ``"forkserver"``,
-    ``"spawn"`` or a context to choose. ``stall_timeout`` (seconds, default 300; ``None``
+    thread and starts them from shardpipe's forkserver otherwise (a fork beside busy
+    threads can hang a worker on a lock it inherited held; that forkserver never re-imports
+    ``__main__``); pass ``"fork"``, ``"forkserver"``, ``"spawn"`` or a context to choose.
+    A worker that dies raises ``WorkerDiedError`` (``WorkerStartError`` at start-up) within
+    about a second. ``stall_timeout`` (seconds, default 300; ``None``
     = wait forever) bounds how long the loader waits for a worker's next item before it
     stops the workers and raises ``WorkerStallError``. A ``timeout=`` given for the
     DataLoader takes precedence.
@@ -148,6 +157,7 @@ class ShardLoader(DataLoader):
         if num_workers and stall_timeout is not None:
             kwargs.setdefault("timeout", stall_timeout)
         self._requested_context = multiprocessing_context
+        prestart_forkserver(multiprocessing_context, num_workers)
         super().__init__(
             dataset,
             batch_size=None,
@@ -182,6 +192,12 @@ class ShardLoader(DataLoader):
         """Make the next pass epoch ``epoch`` (later passes go on from there)."""
         self.shard_dataset.set_epoch(epoch)
         self._epoch_pinned = True
+
+    def _get_iterator(self) -> Any:
+        if self.num_workers == 0:
+            return super()._get_iterator()
+        self.check_worker_number_rationality()
+        return WatchedWorkersIter(self)
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         ds = self.shard_dataset
@@ -235,6 +251,9 @@ class ShardLoader(DataLoader):
                     state, item = next(it)
                 except StopIteration:
                     break
+                except WorkerDiedError:
+                    self._iterator = None  # persistent workers: the next pass starts new ones
+                    raise
                 except RuntimeError as e:
                     if not str(e).startswith("DataLoader timed out"):
                         raise
@@ -254,18 +273,12 @@ class ShardLoader(DataLoader):
         """Name the worker the loader waited for, its stage and shard; stop the workers."""
         ds = self.shard_dataset
         worker = awaited_worker(it, ds.progress, self.num_workers)
-        stage, shard, age = ds.progress.where(worker)
         pid = it._workers[worker].pid if worker < len(getattr(it, "_workers", [])) else None
-        urls = {s.index: s.url for s in ds.shards}
-        where = f"in stage {stage!r}"
-        if shard is None:
-            where += " before reading any shard"
-        else:
-            where += f" on shard {urls.get(shard, f'#{shard} (not in the shard list)')}"
-        since = f" (entered {age:.1f} s ago)" if age is not None else " (its pipeline never started)"
+        where = position(ds, worker)
         stop_workers(it)
+        self._iterator = None  # persistent workers: the next pass starts new ones
         return WorkerStallError(
-            f"DataLoader worker {worker} (pid {pid}) delivered nothing for {self.timeout:g} s: it is {where}{since}; "
+            f"DataLoader worker {worker} (pid {pid}) delivered nothing for {self.timeout:g} s: it is {where}; "
             "the workers were stopped. Raise ShardLoader(stall_timeout=...) if a single item can take this long"
         )
 
@@ -289,10 +302,9 @@ class ShardLoader(DataLoader):
 
     def load_state_dict(self, state: State) -> None:
         """Continue from ``state`` at the next iteration (refuses an incompatible state)."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"loader state has version {state.get('version')!r}; this shardpipe reads {STATE_VERSION}")
+        validate_loader_state(state)
         if state["fingerprint"] != self.shard_dataset.fingerprint():
-            raise ValueError(
+            raise StateError(
                 "loader state was saved for other shards or options (shard list, sample counts, seed, "
                 "shuffle, batch size or epoch policy differ): resuming would repeat or skip samples"
             )
@@ -300,7 +312,7 @@ class ShardLoader(DataLoader):
         if state["workers"] is not None and (
             state["world_size"] != world or state["num_workers"] != self.num_workers or state["rank"] != rank
         ):
-            raise ValueError(
+            raise StateError(
                 f"cannot resume mid-epoch with world_size={world}, num_workers={self.num_workers} (rank {rank}): "
                 f"the state was saved with world_size={state['world_size']}, num_workers={state['num_workers']} "
                 f"(rank {state['rank']}), and each consumer's position only holds for that split; resume with "

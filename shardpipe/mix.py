@@ -39,9 +39,8 @@ from shardpipe.passes import SharedPlan, WorkerPlan, consumer_of, pass_start, sh
 from shardpipe.stages.base import Context, Pipeline, State
 from shardpipe.stages.batch import collate
 from shardpipe.stages.buffers import BatchBuffers
+from shardpipe.state import STATE_VERSION, StateError, validate_mixed_state
 from shardpipe.workers import WorkerProgress
-
-STATE_VERSION = 1
 
 
 def quotas(weights: Sequence[float], total: int) -> list[int]:
@@ -207,16 +206,15 @@ class MixedDataset(IterableDataset):
             mixer.close()
 
     def _check(self, state: State, ctx: Context) -> None:
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"mixed state has version {state.get('version')!r}; this shardpipe reads {STATE_VERSION}")
+        validate_mixed_state(state, len(self.datasets))
         if state.get("fingerprint") not in (None, self.fingerprint()):
-            raise ValueError(
+            raise StateError(
                 "mixed state was saved for other sources or options (shards, weights, samples_per_epoch, seed or "
                 "batch size differ): resuming would repeat or skip samples"
             )
         saved, here = state.get("consumer"), consumer_of(ctx)
         if saved is not None and saved != here:
-            raise ValueError(
+            raise StateError(
                 f"cannot continue a mixed state saved by worker {saved['worker']} of {saved['num_workers']} on rank "
                 f"{saved['rank']} of {saved['world_size']} as worker {here['worker']} of {here['num_workers']} on "
                 f"rank {here['rank']} of {here['world_size']}: each consumer's sources stand at their own positions"
@@ -239,11 +237,7 @@ class MixedDataset(IterableDataset):
 
     def load_state_dict(self, state: State) -> None:
         """Start this process's next pass from ``state`` (from ``state_dict()``)."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"mixed state has version {state.get('version')!r}; this shardpipe reads {STATE_VERSION}")
-        sources = state.get("sources")
-        if sources is not None and len(sources) != len(self.datasets):
-            raise ValueError(f"mixed state has {len(sources)} sources; this MixedDataset has {len(self.datasets)}")
+        validate_mixed_state(state, len(self.datasets))
         self.set_epoch(int(state["epoch"]))
         self._resume = state
         self._carry = None
@@ -266,6 +260,10 @@ class _Mixer:
         # with drop_last, the draws past the last whole batch are not taken (their sources stay put)
         self.end = self.total - self.total % size if size and mix.drop_last else self.total
         self.drawn = int(start["drawn"]) if start else 0
+        if self.drawn > self.end:  # past the epoch's draws: would end it silently
+            raise StateError(
+                f"state['drawn']: must be <= {self.end} (this consumer's draws in epoch {epoch}), got {self.drawn}"
+            )
         self.finished = False
         states = start.get("sources") if start else None
         self.pipes: list[Pipeline] = []

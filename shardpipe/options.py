@@ -65,19 +65,31 @@ class OpenOptions:
     cache_size: int | None = None
     #: ``shardpipe.io.remote.ReadOptions``: block size, read-ahead, retries, backoff, timeout
     read_options: ReadOptions | None = None
-    #: remote shards opened ahead of the one being read
-    prefetch: int = 1
+    #: remote shards opened ahead of the one being read; they keep filling while it is
+    #: read. Two: at cloud latency one shard ahead is too few parallel requests to fill
+    #: the link when shards are tens of MiB (see BENCHMARKS.md, "cloud latency")
+    prefetch: int = 2
+    #: bytes of remote data one process (each DataLoader worker) may have requested and not
+    #: yet consumed, all its streams together; None: ``read_options.memory_limit`` (256 MiB,
+    #: 4 GiB for 16 workers: see ``shardpipe.io.budget``)
+    memory_limit: int | None = None
     #: allow ``pipe:`` URLs (they run a shell command)
     allow_pipe: bool = False
     #: a tar member declaring more bytes is a CorruptShardError (None: no limit)
     max_member_size: int | None = MAX_MEMBER_SIZE
     #: compare each shard's sha256 and size with the manifest as it streams
     verify: bool = False
+    #: what a manifest's shard names may point to: ``inside`` (relative names stay under its
+    #: folder; absolute paths and URLs allowed), ``relative`` (only under its folder) or ``any``
+    manifest_paths: str = "inside"
 
     def __post_init__(self) -> None:
         _check_count("cache_size", self.cache_size, 1)
         _check_count("max_member_size", self.max_member_size, 0)
         _check_count("prefetch", self.prefetch, 0, optional=False)
+        if self.manifest_paths not in ("inside", "relative", "any"):
+            raise ValueError(f"manifest_paths must be 'inside', 'relative' or 'any', not {self.manifest_paths!r}")
+        _check_count("memory_limit", self.memory_limit, 1)
         if self.cache_size is not None and self.cache_dir is None:
             raise ValueError("cache_size limits a cache: give cache_dir too")
 

@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from shardpipe.errors import StateError
+
 State = dict[str, Any]
 
 _HEADER = 8  # int64 slots
@@ -133,7 +135,7 @@ def check_consumer(state: State, ctx: Any) -> None:
         return
     here = consumer_of(ctx)
     if saved != here:
-        raise ValueError(
+        raise StateError(
             f"cannot resume mid-epoch as worker {here['worker']} of {here['num_workers']} on rank "
             f"{here['rank']} of {here['world_size']}: the state was saved by worker {saved['worker']} of "
             f"{saved['num_workers']} on rank {saved['rank']} of {saved['world_size']}, and each consumer's "

@@ -6,8 +6,10 @@ that instant (torch's default generator mutex inside ``torch.randn``, numpy's gl
 ``RandomState`` lock or the import lock of ``numpy.random``), the worker waits for it
 forever: DataLoader's own worker set-up (``torch.manual_seed``, ``np.random.seed``)
 takes exactly those locks. So ``"auto"`` forks only when the parent has no other live
-thread, and otherwise starts workers from a forkserver (a clean single-threaded process
-that has imported torch and shardpipe once). See notes in BENCHMARKS.md for the cost.
+thread (the loader's own queue threads from earlier passes do not count), and otherwise
+starts workers from shardpipe's forkserver (``shardpipe.workerstart``: a clean process
+that never re-imports ``__main__`` and receives the dataset by value, so scripts without
+a main guard, stdin, ``-c``, ``exec`` and notebooks all work). See BENCHMARKS.md for the cost.
 
 ``WorkerProgress`` is a small shared-memory table in which every worker marks the stage
 it entered, the shard it is on and when; the loader reads it to name a stalled worker.
@@ -18,10 +20,10 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import pickle
 import signal
 import threading
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -90,46 +92,79 @@ class ProgressMarker:
         self.progress.mark(self.worker, stage, self.urls.get(url, -2) if url is not None else None)
 
 
+#: queue-feeder threads of the loaders' own DataLoader iterators: they only pickle small index
+#: tuples into queues no new worker uses, so a fork beside them is safe (a pin-memory thread
+#: calls into torch, so it still counts)
+_OWN_THREADS: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
+
+
+def remember_own_threads(it: Any) -> None:
+    """Note the queue-feeder threads of a DataLoader iterator: they are not "other" threads."""
+    queues = [*getattr(it, "_index_queues", []), getattr(it, "_worker_result_queue", None)]
+    for q in queues:
+        t = getattr(q, "_thread", None)
+        if isinstance(t, threading.Thread):
+            _OWN_THREADS.add(t)
+
+
 def other_threads() -> list[str]:
-    """Names of this process's live Python threads other than the calling one."""
+    """Names of this process's live Python threads other than the calling one and the loaders' own."""
     me = threading.current_thread()
-    return [t.name for t in threading.enumerate() if t is not me and t.is_alive()]
+    return [t.name for t in threading.enumerate() if t is not me and t.is_alive() and t not in _OWN_THREADS]
 
 
 def choose_context(requested: Any, dataset: Any) -> Any:
     """The multiprocessing context for workers: ``requested`` unless it is ``"auto"``.
 
-    ``auto``: the default (fork on Linux) when this process has no other live thread;
-    otherwise a forkserver, unless the dataset cannot be pickled (a lambda transform),
-    in which case fork with a warning (the stall watchdog still bounds a hang).
+    ``auto``: fork when this process has no other live thread (and the program did not
+    choose a start method);
+    otherwise shardpipe's forkserver, unless the dataset cannot be pickled even by value
+    (it holds a lock, an open file...), in which case fork with a warning (the stall
+    watchdog still bounds a hang).
     """
     if requested == "forkserver":
         return _forkserver()
     if requested != "auto":
         return requested
     if multiprocessing.get_start_method(allow_none=True) not in (None, "fork") or os.name != "posix":
-        return None  # the platform/user default is already not fork
+        return None  # the user chose a start method for this program: theirs
     threads = other_threads()
     if not threads:
-        return None
+        return multiprocessing.get_context("fork")  # named: Python 3.14's default is a forkserver
+    import cloudpickle
+
+    from shardpipe.workerstart import CLEAN_FORKSERVER
+
     try:
-        pickle.dumps(dataset)
+        cloudpickle.dumps(dataset)  # a trial: shared tensors are copied here, passed by handle at the start
     except Exception as e:
         log.warning(
             "this process has %d other threads (%s) and the dataset cannot be pickled (%s: %s), so DataLoader "
             "workers are forked; a fork while another thread holds a lock can hang a worker (the loader then "
-            "raises WorkerStallError). Make the dataset picklable (no lambdas) to use a forkserver instead",
+            "raises WorkerStallError). Make the dataset picklable (no open files, locks or sockets in "
+            "transforms) to start workers from a forkserver instead",
             len(threads),
             ", ".join(threads[:4]),
             type(e).__name__,
             e,
         )
-        return None
-    return _forkserver()
+        return multiprocessing.get_context("fork")
+    return CLEAN_FORKSERVER
+
+
+def prestart_forkserver(requested: Any, num_workers: int) -> None:
+    """Under ``"auto"`` beside other threads, start shardpipe's forkserver before the first pass needs it."""
+    if requested != "auto" or not num_workers or os.name != "posix":
+        return
+    if multiprocessing.get_start_method(allow_none=True) not in (None, "fork") or not other_threads():
+        return
+    from shardpipe.workerstart import prestart
+
+    prestart()
 
 
 def _forkserver() -> Any:
-    """The forkserver context, preloading torch and shardpipe (else every worker imports torch)."""
+    """The stock forkserver context (``multiprocessing_context="forkserver"``), preloading torch and shardpipe."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(FORKSERVER_PRELOAD)
     return ctx

@@ -311,8 +311,8 @@ def test_prefetch_starts_the_next_shard_with_bounded_memory(http_store):
     with Prefetcher(depth=1, read_options=opts) as pf:
         pf.prefetch(urls[1])
         ahead = pf._ahead[urls[1]].result()  # opened in the background
-        for _, _, fut in list(ahead._pending):
-            fut.result()  # wait until its first requests are in
+        for req in list(ahead._pending):
+            req.fut.result()  # wait until its first requests are in
         # only `readahead` blocks of the 6 MiB shard were fetched ahead
         assert 2 * MiB <= http_store.proxy.bytes_down < 2 * MiB + 64 * 1024
         got0, _ = read_all_from(pf.open(urls[0]))

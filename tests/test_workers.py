@@ -15,6 +15,7 @@ import torch
 from shardpipe import ShardDataset, ShardLoader, WorkerStallError
 from shardpipe.augment import RandomResizedCrop
 from shardpipe.workers import choose_context, other_threads
+from shardpipe.workerstart import CLEAN_FORKSERVER
 
 
 class SleepForever:
@@ -30,6 +31,16 @@ class StopSelf:
 
     def __call__(self, img, rng=None):
         os.kill(os.getpid(), signal.SIGSTOP)
+        return img
+
+
+class HoldsALock:
+    """A transform that cannot be pickled, even by value."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def __call__(self, img, rng=None):
         return img
 
 
@@ -108,18 +119,20 @@ def test_auto_forks_only_without_other_threads(dataset_dir, caplog):
     urls, _ = dataset_dir
     ds = ShardDataset(urls)
     if not other_threads():  # other tests may have left threads (fsspec loop...) in this process
-        assert choose_context("auto", ds) is None
+        assert choose_context("auto", ds).get_start_method() == "fork"
     stop = threading.Event()
     t = threading.Thread(target=stop.wait, name="busy", daemon=True)
     t.start()
     try:
-        assert choose_context("auto", ds).get_start_method() == "forkserver"
+        assert choose_context("auto", ds) is CLEAN_FORKSERVER
         assert choose_context("spawn", ds) == "spawn"
-        unpicklable = ShardDataset(urls, transform=lambda img: img)
+        # a lambda travels by value (cloudpickle): still the forkserver
+        assert choose_context("auto", ShardDataset(urls, transform=lambda img: img)) is CLEAN_FORKSERVER
+        unpicklable = ShardDataset(urls, transform=HoldsALock())
         threads = other_threads()  # "busy", and whatever earlier tests left running (fsspec's loop...)
         with caplog.at_level(logging.WARNING, logger="shardpipe"):
-            assert choose_context("auto", unpicklable) is None
-        assert "cannot be pickled" in caplog.text
+            assert choose_context("auto", unpicklable).get_start_method() == "fork"
+        assert "cannot be pickled (TypeError: cannot pickle '_thread.lock' object)" in caplog.text
         # the warning counts the threads and names the first four
         assert f"this process has {len(threads)} other threads ({', '.join(threads[:4])}" in caplog.text
     finally:
@@ -184,3 +197,36 @@ def test_many_fresh_loaders_under_a_busy_parent_all_complete(dataset_dir, busy_p
         batches = list(ShardLoader(ds, num_workers=2, stall_timeout=60))
         assert sorted(k for b in batches for k in b["__key__"]) == expected, f"round {round_}"
         assert all(b["jpg"].shape[1:] == (3, 16, 16) for b in batches)
+
+
+def halve(img):
+    return img // 2
+
+
+def test_plain_callable_wrapper_pickles_when_the_callable_does():
+    import pickle
+
+    import cloudpickle
+
+    from shardpipe.augment import as_transform
+
+    img = np.full((2, 2, 3), 200, np.uint8)
+    wrapped = pickle.loads(pickle.dumps(as_transform(halve)))
+    assert repr(wrapped) == f"Plain({halve!r})"
+    assert (wrapped(img, None) == 100).all()
+    # a lambda: not by plain pickle (it names the lambda, not a wrapper class), but by value
+    with pytest.raises((pickle.PicklingError, AttributeError), match="lambda"):
+        pickle.dumps(as_transform(lambda x: x + 1))
+    assert (cloudpickle.loads(cloudpickle.dumps(as_transform(lambda x: x + 1)))(img, None) == 201).all()
+
+
+def test_the_loaders_own_queue_threads_are_not_counted_as_other_threads(dataset_dir):
+    urls, _ = dataset_dir
+    loader = ShardLoader(ShardDataset(urls, batch_size=4), num_workers=2, multiprocessing_context="fork")
+    it = iter(loader)
+    next(it)  # the index queues' feeder threads are alive now
+    feeders = [t for t in threading.enumerate() if t.name == "QueueFeederThread" and t.is_alive()]
+    assert feeders
+    assert not set(t.name for t in feeders) & set(other_threads())
+    for _ in it:
+        pass

@@ -31,19 +31,28 @@ class Transform:
         return f"{type(self).__name__}({fields})"
 
 
+class PlainTransform(Transform):
+    """A one-argument callable ``fn(img) -> img`` as a ``Transform`` (it ignores ``rng``).
+
+    A module-level class, so the wrapper pickles whenever ``fn`` does (workers started
+    by a forkserver or spawn receive the transform pickled).
+    """
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]):
+        self.fn = fn
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.fn(img)
+
+    def __repr__(self) -> str:
+        return f"Plain({self.fn!r})"
+
+
 def as_transform(fn: Callable[..., Any]) -> Transform:
     """Accept a ``Transform`` or a plain one-argument callable ``fn(img) -> img``."""
     if isinstance(fn, Transform):
         return fn
-
-    class _Plain(Transform):
-        def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            return fn(img)
-
-        def __repr__(self) -> str:
-            return f"Plain({fn!r})"
-
-    return _Plain()
+    return PlainTransform(fn)
 
 
 class Compose(Transform):

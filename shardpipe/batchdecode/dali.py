@@ -74,11 +74,30 @@ def signature_problem(data: np.ndarray) -> str | None:
     head = data[:12].tobytes()
     if len(data) < 16:
         return f"only {len(data)} bytes"
-    if any(head.startswith(sig) for sig in _SIGNATURES):
-        return None
     if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
         return None
-    return f"no image signature: starts with {head[:8]!r}"
+    if not any(head.startswith(sig) for sig in _SIGNATURES):
+        return f"no image signature: starts with {head[:8]!r}"
+    if head.startswith(b"\xff\xd8"):  # the CPU decoders' limits hold for DALI too
+        return _jpeg_limit_problem(data.tobytes())
+    return None
+
+
+def _jpeg_limit_problem(data: bytes) -> str | None:
+    """Why a JPEG is over the scan or pixel limit (``image.decoders.registry``), or None."""
+    from shardpipe.image.decoders.jpeg import read_header
+    from shardpipe.image.decoders.registry import ImageTooLargeError, check_scans, check_size
+
+    try:
+        check_scans(data)
+        try:
+            header = read_header(data)
+        except ValueError:
+            return None  # DALI reports the damage
+        check_size(header.width, header.height)
+    except ImageTooLargeError as e:
+        return str(e)
+    return None
 
 
 def _dali_reason(exc: Exception | None) -> str:

@@ -55,10 +55,28 @@ class TorchvisionGpuBatchDecoder(BatchDecoder):
     def _decode_all(self, arrays: list[np.ndarray], keys: Sequence[str] | None) -> list[torch.Tensor | None]:
         """Decode every image (``None`` for bad ones, reported through on_error)."""
         from shardpipe.image.decoders import get_decoder
+        from shardpipe.image.decoders.jpeg import read_header
+        from shardpipe.image.decoders.registry import check_scans, check_size
 
         rgb = self._io.ImageReadMode.RGB
-        jpeg = [i for i, a in enumerate(arrays) if a[:3].tobytes() == b"\xff\xd8\xff"]
         out: list[torch.Tensor | None] = [None] * len(arrays)
+        jpeg = []
+        for i, a in enumerate(arrays):
+            if a[:3].tobytes() != b"\xff\xd8\xff":
+                continue
+            try:  # the limits of the CPU decoders hold for nvJPEG too
+                data = a.tobytes()
+                check_scans(data)
+                try:
+                    header = read_header(data)
+                except ValueError:
+                    header = None  # nvJPEG reports the damage
+                if header is not None:
+                    check_size(header.width, header.height)
+            except Exception as e:  # noqa: BLE001 - this image's problem
+                self._bad(i, keys, f"{type(e).__name__}: {e}")
+                continue
+            jpeg.append(i)
         inputs = [torch.from_numpy(arrays[i].copy()) for i in jpeg]
         try:
             for i, img in zip(jpeg, self._io.decode_jpeg(inputs, mode=rgb, device=self.device)):

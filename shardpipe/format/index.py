@@ -25,11 +25,19 @@ from typing import Any
 
 import numpy as np
 
+from shardpipe.errors import CorruptShardError
 from shardpipe.io.files import atomic_write, is_local, local_path, read_bytes
 
 MAGIC = b"SHPIDX01"
 HEADER = 64
 GZIP = 1
+BLOCK = 512  #: tar block: every sample starts on one, and every sample takes at least one
+#: no shard size or offset in an index is this large (it would not fit the readers' int64 offsets)
+MAX_OFFSET = 1 << 62
+
+
+class DamagedIndexError(CorruptShardError, ValueError):
+    """An index sidecar whose numbers no shard written as indexed can have."""
 
 
 def index_name(manifest_name: str) -> str:
@@ -122,6 +130,32 @@ class SampleIndex:
         self._starts = self.starts.tolist()  # small (one per shard): bisect on a list is fastest
         if self._starts[-1] != n_samples or any(a > b for a, b in zip(self._starts, self._starts[1:])):
             raise ValueError(f"{url} is damaged: its per-shard sample counts do not add up to {n_samples}")
+        self._check_offsets()
+
+    def _check_offsets(self) -> None:
+        """Refuse offsets that no shard written as indexed can have: past the shard's size (plain
+        tar), off a tar block, or not increasing (each sample ends where the next one starts)."""
+        url = self.url
+        if self.shards and int(self.sizes.max()) >= MAX_OFFSET:
+            raise DamagedIndexError(f"{url} is damaged: a shard size of {int(self.sizes.max())} bytes")
+        if len(self.offsets) and int(self.offsets.max()) >= MAX_OFFSET:
+            raise DamagedIndexError(f"{url} is damaged: a sample offset of {int(self.offsets.max())}")
+        offsets = self.offsets.astype(np.int64)
+        if np.any(offsets % BLOCK):
+            raise DamagedIndexError(f"{url} is damaged: a sample offset is not on a {BLOCK}-byte tar block")
+        for s in range(self.shards):
+            lo, hi = self._starts[s] + s, self._starts[s + 1] + s + 1  # this shard's offsets and its end
+            mine = offsets[lo:hi]
+            if len(mine) > 1 and np.any(np.diff(mine) < BLOCK):
+                raise DamagedIndexError(
+                    f"{url} is damaged: the sample offsets of shard {s} do not increase (each sample starts "
+                    "where the one before it ends)"
+                )
+            if not self.compressed(s) and len(mine) and int(mine[-1]) > int(self.sizes[s]):
+                raise DamagedIndexError(
+                    f"{url} is damaged: shard {s}'s samples end at byte {int(mine[-1])}, past its size "
+                    f"{int(self.sizes[s])}"
+                )
 
     @classmethod
     def load(cls, url: str, storage_options: dict[str, Any] | None = None) -> SampleIndex:
@@ -154,29 +188,35 @@ class SampleIndex:
         """ValueError unless the index lists the manifest's shards with the same sample counts."""
         mine = self.counts().tolist()
         if mine != [int(c) for c in counts]:
-            raise ValueError(
+            raise DamagedIndexError(
                 f"index {self.url} does not match its manifest: per-shard sample counts differ "
                 "(rebuild it with `shardpipe index`)"
             )
 
 
-def sample_from_bytes(data: bytes, url: str, expected_crc: int | None = None) -> dict[str, Any]:
+def sample_from_bytes(
+    data: bytes, url: str, expected_crc: int | None = None, length: int | None = None
+) -> dict[str, Any]:
     """Parse one sample's members from its byte range; check that they are the sample the index meant.
 
     Raises ``CorruptShardError`` when the bytes are not a tar header, hold another
     sample, or the key's checksum differs: the index no longer matches the shard.
+    With ``length`` (the sample's size in the index), ``data`` may hold up to one tar block
+    more: what follows the sample, which must not be a member of the same sample (an end
+    offset cut before a sample's last member would drop that member silently).
     """
     import io
 
-    from shardpipe.errors import CorruptShardError, ShardpipeError
+    from shardpipe.errors import ShardpipeError
     from shardpipe.format.sample import split_name
     from shardpipe.format.tar.reader import TarStream
 
-    tar = TarStream(io.BytesIO(data), url, compressed=False)
+    end = len(data) if length is None else length
+    tar = TarStream(io.BytesIO(data[:end]), url, compressed=False)
     sample: dict[str, Any] = {}
     key: str | None = None
     try:
-        while tar.offset < len(data):
+        while tar.offset < end:
             header = tar.next_header()
             if header is None:
                 break
@@ -199,4 +239,26 @@ def sample_from_bytes(data: bytes, url: str, expected_crc: int | None = None) ->
             f"the index does not match shard {url}: the sample read is not the one indexed "
             "(changed since indexed? rebuild with `shardpipe index`)"
         )
+    if tar.offset != end:
+        raise CorruptShardError(f"the index does not match shard {url}: sample {key!r} ends inside a member")
+    follower = data[end : end + BLOCK]
+    if len(follower) == BLOCK and any(follower):
+        name = _member_name(follower)
+        parts = split_name(name) if name is not None else None
+        if parts is not None and parts[0] == key:
+            raise CorruptShardError(
+                f"the index does not match shard {url}: sample {key!r} goes on past its indexed end "
+                f"(member {name!r}); rebuild the index with `shardpipe index`"
+            )
     return sample
+
+
+def _member_name(block: bytes) -> str | None:
+    """The name in a ustar header block (prefix and name), or None when it is not one."""
+    name = block[:100].split(b"\0", 1)[0]
+    prefix = block[345:500].split(b"\0", 1)[0] if block[257:262] == b"ustar" else b""
+    full = (prefix + b"/" + name) if prefix else name
+    try:
+        return full.decode("utf-8", "surrogateescape")
+    except UnicodeDecodeError:  # pragma: no cover - surrogateescape decodes any bytes
+        return None

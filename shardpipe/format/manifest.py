@@ -9,7 +9,11 @@ Schema (``"format": "shardpipe/1"``)::
      "index": "manifest.index",                 # optional: the per-sample offset sidecar (format/index.py)
      ...}                                       # writer metadata: class_names, options, skipped...
 
-Shard names are relative to the manifest's folder (or absolute URLs). ``ShardWriter``,
+Shard names are relative to the manifest's folder (or absolute paths and URLs). What a
+name may point to is a rule (``manifest_paths``, see ``check_name``): by default relative
+names stay under the manifest's folder (no ``..`` escape) while absolute paths and URLs
+are allowed (merged manifests list shards elsewhere); ``"relative"`` allows only names
+under the folder (for manifests you did not write); ``"any"`` allows ``..`` too. ``ShardWriter``,
 ``shardpipe write`` and ``shardpipe index`` write it; ``ShardDataset``, ``IndexedDataset``,
 ``verify`` and the write job's resume read it, all through this module.
 """
@@ -17,15 +21,52 @@ Shard names are relative to the manifest's folder (or absolute URLs). ``ShardWri
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from shardpipe.errors import ShardNotFoundError
+from shardpipe.errors import ShardNotFoundError, ShardpipeError
 from shardpipe.io.files import atomic_write, dirname_url, join_url, read_bytes
 
 MANIFEST = "manifest.json"
 FORMAT = "shardpipe/1"
+#: what a manifest's shard (and index) names may point to; the first is the default
+MANIFEST_PATHS = ("inside", "relative", "any")
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+class ManifestPathError(ShardpipeError, ValueError):
+    """A manifest names a file that its ``manifest_paths`` rule does not allow."""
+
+
+def check_name(name: Any, manifest: str, what: str, rule: str = "inside") -> str:
+    """``name`` if ``rule`` allows a manifest to point there, else ``ManifestPathError``.
+
+    ``inside``: relative names must stay under the manifest's folder; absolute paths and
+    URLs are allowed. ``relative``: only relative names under the folder. ``any``: anything.
+    """
+    if rule not in MANIFEST_PATHS:
+        raise ValueError(f"manifest_paths must be one of {MANIFEST_PATHS}, not {rule!r}")
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ManifestPathError(f"manifest {manifest}: {what} has name {str(name)[:80]!r}, not a file name")
+    if rule == "any":
+        return name
+    absolute = name.startswith("/") or bool(_SCHEME.match(name))
+    if absolute:
+        if rule == "relative":
+            raise ManifestPathError(
+                f"manifest {manifest}: {what} names {name[:200]!r}, outside the manifest's folder "
+                "(manifest_paths='relative' allows only names under it; 'inside' allows absolute paths and URLs)"
+            )
+        return name
+    normal = posixpath.normpath(name)
+    if normal == ".." or normal.startswith("../") or normal == ".":
+        raise ManifestPathError(
+            f"manifest {manifest}: {what} names {name[:200]!r}, which leaves the manifest's folder; "
+            "pass manifest_paths='any' if you trust this manifest to point anywhere"
+        )
+    return name
 
 
 def shard_entry(name: str, samples: int, size: int, sha256: str | None = None) -> dict[str, Any]:
@@ -73,14 +114,17 @@ def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> di
     return manifest
 
 
-def load_manifest(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Read a manifest; shard names (and the index) become full URLs under ``"url"``/``"index_url"``."""
+def load_manifest(
+    url: str, storage_options: dict[str, Any] | None = None, manifest_paths: str = "inside"
+) -> dict[str, Any]:
+    """Read a manifest; shard names (and the index) become full URLs under ``"url"``/``"index_url"``,
+    each checked against ``manifest_paths`` (see ``check_name``)."""
     manifest = read_manifest(url, storage_options)
     base = dirname_url(url)
-    for entry in manifest["shards"]:
-        entry["url"] = join_url(base, entry["name"])
+    for i, entry in enumerate(manifest["shards"]):
+        entry["url"] = join_url(base, check_name(entry["name"], url, f"shard entry {i}", manifest_paths))
     if manifest.get("index"):
-        manifest["index_url"] = join_url(base, manifest["index"])
+        manifest["index_url"] = join_url(base, check_name(manifest["index"], url, "the index", manifest_paths))
     return manifest
 
 

@@ -11,8 +11,11 @@ Other filesystems are read unpinned.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
+
+from shardpipe.errors import CorruptShardError
 
 
 @dataclass(frozen=True)
@@ -44,23 +47,62 @@ def pin_of(fs: Any, info: dict[str, Any]) -> Pin | None:
     return None
 
 
-async def fetch_range(fs: Any, path: str, start: int, end: int, pin: Pin | None) -> bytes:
-    """Bytes ``start``..``end``-1 of the pinned version (any version when ``pin`` is None)."""
-    if pin is None:
-        return await fs._cat_file(path, start=start, end=end)
-    if pin.store == "s3":  # s3fs's _cat_file takes no conditions: call GetObject directly
+async def fetch_range(
+    fs: Any, path: str, start: int, end: int, pin: Pin | None, first_byte: list[float] | None = None
+) -> bytes:
+    """Bytes ``start``..``end``-1 of the pinned version (any version when ``pin`` is None).
+
+    ``first_byte`` gets the ``time.perf_counter()`` at which the response's headers
+    arrived (S3 and HTTP). A server that answers with more than the range (it ignores
+    Range) is a :class:`CorruptShardError` raised from the headers, before the body is read.
+    """
+    protocols = _protocols(fs)
+    if protocols & {"s3", "s3a"}:  # s3fs's _cat_file takes no conditions: call GetObject directly
         bucket, key, _ = fs.split_path(path)
-        resp = await fs._call_s3(
-            "get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", IfMatch=pin.value
-        )
+        cond = {"IfMatch": pin.value} if pin is not None and pin.store == "s3" else {}
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **cond)
+        body = resp["Body"]
         try:
-            return await resp["Body"].read()
+            if first_byte is not None:
+                first_byte.append(time.perf_counter())
+            length = resp.get("ContentLength")
+            if not resp.get("ContentRange") and isinstance(length, int) and length > end - start:
+                raise _range_ignored(path, start, end, 200, length)
+            return await body.read()
         finally:
-            resp["Body"].close()
-    if pin.store == "gcs":
+            body.close()
+    if protocols & {"http", "https"}:
+        return await _fetch_http(fs, path, start, end, pin, first_byte)
+    if pin is not None and pin.store == "gcs":
         return await fs._cat_file(path, start=start, end=end, generation=pin.value)
-    headers = {**fs.kwargs.get("headers", {}), "If-Match": pin.value}  # keep the user's headers
-    return await fs._cat_file(path, start=start, end=end, headers=headers)
+    return await fs._cat_file(path, start=start, end=end)
+
+
+async def _fetch_http(
+    fs: Any, url: str, start: int, end: int, pin: Pin | None, first_byte: list[float] | None
+) -> bytes:
+    kw = dict(fs.kwargs)
+    headers = {**kw.pop("headers", {}), "Range": f"bytes={start}-{end - 1}"}  # keep the user's headers
+    if pin is not None:
+        headers["If-Match"] = pin.value
+    session = await fs.set_session()
+    async with session.get(fs.encode_url(url), headers=headers, **kw) as r:
+        if first_byte is not None:
+            first_byte.append(time.perf_counter())
+        fs._raise_not_found_for_status(r, url)  # 404: FileNotFoundError; 412 and others: ClientResponseError
+        length = r.content_length
+        if r.status != 206 and (length is None or length > end - start):
+            r.close()  # drop the connection: the rest of the object is never read
+            raise _range_ignored(url, start, end, r.status, length)
+        return await r.read()
+
+
+def _range_ignored(url: str, start: int, end: int, status: int, length: int | None) -> CorruptShardError:
+    size = "an unknown number of" if length is None else str(length)
+    return CorruptShardError(
+        f"{url}: asked for bytes {start}-{end - 1}, the server answered {status} with {size} bytes: "
+        "the server ignores Range requests (the response was dropped after its headers)"
+    )
 
 
 def is_version_gone(exc: BaseException, pin: Pin | None) -> bool:

@@ -1,10 +1,13 @@
-"""Read byte ranges of shards: ``pread`` on local files, one ranged GET remotely, or the cache.
+"""Read byte ranges of shards: ``pread`` on local files, ranged GETs remotely, or the cache.
 
-Random access (``IndexedDataset``, the block shuffle) reads one sample at a time. A
+Random access (``IndexedDataset``, the block shuffle) reads samples by byte range. A
 local shard is opened once per process and read with ``os.pread`` (no seek, thread
 safe); a remote one is copied into the shard cache when ``cache_dir`` is set, else
-each read is one ranged request (retried on transient errors). The first use of a
-shard checks its size against the index, so a changed shard is reported, not misread.
+read by ranged requests (retried on transient errors). ``read_many`` takes a batch:
+ranges of one shard that lie close together become one request of at most
+``block_size`` bytes, and the requests go out in parallel, each reserving its bytes
+from the process's memory budget (``shardpipe.io.budget``). The first use of a shard
+checks its size against the index, so a changed shard is reported, not misread.
 """
 
 from __future__ import annotations
@@ -13,11 +16,22 @@ import io
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardReadError, TruncatedShardError
+from shardpipe.io.budget import process_budget
 from shardpipe.io.files import is_local, local_path, open_shard
-from shardpipe.io.remote import ReadOptions, call_with_retries, object_info
+from shardpipe.io.remote import ReadOptions, call_with_retries, object_info, with_connection_pool
+
+#: ranges of one shard closer than this are read by one request (the gap is read and dropped)
+MERGE_GAP = 256 * 1024
+#: parallel requests of one process's batch reads
+PARALLEL_REQUESTS = 32
+
+#: one range to read: (url, start, end, shard size from the index, shard sha256)
+RangeRequest = tuple[str, int, int, "int | None", "str | None"]
 
 
 class RangeReader:
@@ -45,9 +59,11 @@ class RangeReader:
         self._pid = os.getpid()
         self._open: OrderedDict[str, tuple[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self.requests = 0  # reads sent to the shards' storage (ranged GETs remotely)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_open", "_lock", "_pid")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_open", "_lock", "_pid", "_pool")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -58,19 +74,94 @@ class RangeReader:
 
         ``TruncatedShardError`` when the shard ends before ``end``.
         """
-        kind, handle = self._handle(url, size, sha256)
-        if kind == "fd":
-            data = os.pread(handle, end - start, start)
-        else:
-            fs, path = handle
-            data = call_with_retries(
-                lambda: fs.cat_file(path, start=start, end=end), f"read {url} [{start}, {end})", self.read_options
-            )
+        data = self._read(self._handle(url, size, sha256), url, start, end)
         if len(data) < end - start:
             raise TruncatedShardError(
                 f"truncated shard {url}: asked for bytes {start}-{end - 1}, it ends at byte {start + len(data)}"
             )
         return data
+
+    def _read(self, handle: tuple[str, Any], url: str, start: int, end: int) -> bytes:
+        kind, h = handle
+        self.requests += 1
+        if kind == "fd":
+            return os.pread(h, end - start, start)
+        fs, path = h
+        return call_with_retries(
+            lambda: fs.cat_file(path, start=start, end=end), f"read {url} [{start}, {end})", self.read_options
+        )
+
+    def read_many(self, requests: Sequence[RangeRequest]) -> list[bytes | Exception]:
+        """The bytes of each request, in order; a request that failed gets its exception instead.
+
+        Nearby ranges of one shard are merged into requests of at most ``block_size``
+        bytes, sent in parallel (``PARALLEL_REQUESTS``), each within the memory budget.
+        """
+        if os.getpid() != self._pid:
+            self._init()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(PARALLEL_REQUESTS, thread_name_prefix="shardpipe-ranges")
+        out: list[bytes | Exception] = [b""] * len(requests)
+        by_url: dict[str, list[int]] = {}
+        for i, (url, *_rest) in enumerate(requests):
+            by_url.setdefault(url, []).append(i)
+        handles = {url: self._pool.submit(self._handle, url, *requests[ix[0]][3:5]) for url, ix in by_url.items()}
+        runs = [run for ix in by_url.values() for run in self._runs(requests, ix)]
+        futures = [
+            (run, self._pool.submit(self._read_run, handles[requests[run[0]][0]], requests, run)) for run in runs
+        ]
+        for run, fut in futures:
+            try:
+                parts = fut.result()
+            except Exception as e:
+                parts = [e] * len(run)
+            for i, part in zip(run, parts):
+                out[i] = part
+        return out
+
+    def _runs(self, requests: Sequence[RangeRequest], indices: list[int]) -> list[list[int]]:
+        """Group one shard's requests (``indices``) into runs read by one request each."""
+        order = sorted(indices, key=lambda i: requests[i][1])
+        runs: list[list[int]] = []
+        run_start = run_end = 0
+        for i in order:
+            start, end = requests[i][1], requests[i][2]
+            if runs and start - run_end <= MERGE_GAP and max(end, run_end) - run_start <= self.read_options.block_size:
+                runs[-1].append(i)
+                run_end = max(run_end, end)
+            else:
+                runs.append([i])
+                run_start, run_end = start, end
+        return runs
+
+    def _read_run(self, handle_fut: Any, requests: Sequence[RangeRequest], run: list[int]) -> list[bytes | Exception]:
+        url = requests[run[0]][0]
+        start = min(requests[i][1] for i in run)
+        end = max(requests[i][2] for i in run)
+        handle = handle_fut.result()
+        budget = process_budget(self.read_options.memory_limit) if handle[0] == "fs" else None
+        n = min(end - start, budget.limit) if budget is not None else 0
+        if budget is not None and not budget.acquire(n, self.read_options.timeout):
+            raise ShardReadError(
+                f"{url}: no memory for the read of bytes {start}-{end - 1}: the {budget.limit}-byte memory_limit "
+                f"stayed in use for {self.read_options.timeout} s"
+            )
+        try:
+            data = self._read(handle, url, start, end)
+            parts: list[bytes | Exception] = []
+            for i in run:
+                lo, hi = requests[i][1] - start, requests[i][2] - start
+                if len(data) < hi:
+                    parts.append(TruncatedShardError(
+                        f"truncated shard {url}: asked for bytes {requests[i][1]}-{requests[i][2] - 1}, "
+                        f"it ends at byte {start + len(data)}"
+                    ))  # fmt: skip
+                else:
+                    parts.append(data[lo:hi])
+            return parts
+        finally:
+            if budget is not None:
+                budget.release(n)
 
     def advise(self, url: str, start: int, end: int, size: int | None = None, sha256: str | None = None) -> None:
         """Ask the kernel to start reading ``[start, end)`` of a local or cached shard (no-op remotely).
@@ -132,7 +223,7 @@ class RangeReader:
     def _remote(self, url: str, size: int | None) -> tuple[str, Any]:
         import fsspec.core
 
-        fs, path = fsspec.core.url_to_fs(url, **(self.storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **with_connection_pool(url, self.storage_options))
         actual = object_info(fs, path, url, self.read_options)["size"]
         if size is not None and actual != size:
             raise CorruptShardError(
@@ -151,3 +242,6 @@ class RangeReader:
                 if kind == "fd":
                     os.close(handle)
             self._open.clear()
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+                self._pool = None

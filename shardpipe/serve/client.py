@@ -35,10 +35,10 @@ from shardpipe.errors import ShardpipeError
 from shardpipe.serve.server import require_zmq
 from shardpipe.serve.wire import DEFAULT_MAX_MESSAGE, WireError, control, unpack
 from shardpipe.stages.base import State
+from shardpipe.state import STATE_VERSION, StateError, validate_remote_state
 
 log = logging.getLogger("shardpipe.serve")
 
-STATE_VERSION = 1
 _END = object()
 
 
@@ -418,8 +418,7 @@ class RemoteLoader:
 
     def load_state_dict(self, state: State) -> None:
         """Continue from ``state`` at the next iteration (checked against the servers then)."""
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(f"remote loader state has version {state.get('version')!r}; this reads {STATE_VERSION}")
+        validate_remote_state(state)
         self.set_epoch(int(state["epoch"]))
         self._iterations = 0
         if state["states"] is not None:
@@ -428,12 +427,12 @@ class RemoteLoader:
 
     def _check_resume(self, state: State) -> None:
         if state["fingerprint"] != self.fingerprint:
-            raise ValueError(
+            raise StateError(
                 "remote loader state was saved for another dataset or config (fingerprints "
                 f"{state['fingerprint']} and {self.fingerprint}): resuming would repeat or skip samples"
             )
         if (state["rank"], state["world_size"]) != self.rank_and_world():
-            raise ValueError(
+            raise StateError(
                 f"cannot resume mid-epoch as rank {self.rank_and_world()}: the state was saved by rank "
                 f"{state['rank']} of {state['world_size']}"
             )

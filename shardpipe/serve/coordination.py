@@ -18,9 +18,43 @@ from typing import Any
 from shardpipe.dataset import ShardDataset
 from shardpipe.serve.wire import WireError
 from shardpipe.stages.base import Pipeline, State
+from shardpipe.state import MAX_INT, StateCheck, StateError, pipeline_shape
 
 #: the most parts one rank may split its epoch into
 MAX_PARTS = 4096
+#: the most batches a trainer may have in flight per part (one grant, and all grants together)
+MAX_CREDITS = 1024
+#: the fields each request type may carry (besides ``v`` and ``type``)
+REQUEST_FIELDS = {
+    "hello": (),
+    "assign": ("assignment", "epoch", "rank", "world_size", "part", "parts", "state", "credits"),
+    "credit": ("assignment", "n"),
+    "cancel": ("assignment",),
+}
+
+
+def check_request(header: dict[str, Any]) -> None:
+    """Refuse a request whose type, fields or values are not what a trainer sends (``WireError``)."""
+    kind = header["type"]
+    if kind not in REQUEST_FIELDS:
+        raise WireError(f"unknown request type {kind[:40]!r}")
+    allowed = REQUEST_FIELDS[kind]
+    unknown = [k for k in header if k not in ("v", "type", *allowed)]
+    if unknown:
+        raise WireError(f"{kind}: unknown field(s) {', '.join(repr(k)[:40] for k in unknown[:5])}")
+    if kind == "assign":
+        Part.from_header(header)
+    elif kind in ("credit", "cancel"):
+        _integer(header, kind, "assignment", 0, MAX_INT)
+    if kind == "credit":
+        _integer(header, kind, "n", 1, MAX_CREDITS)
+
+
+def _integer(header: dict[str, Any], kind: str, name: str, lo: int, hi: int) -> int:
+    v = header.get(name)
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise WireError(f"{kind}: {name} must be an integer from {lo} to {hi}, not {str(v)[:40]!r}")
+    return v
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,11 +84,18 @@ class Part:
                     raise WireError("assign: state must be an object or null")
             elif not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise WireError(f"assign: {f.name} must be a non-negative integer, not {str(v)[:40]!r}")
+            elif v > (MAX_CREDITS if f.name == "credits" else MAX_INT):
+                raise WireError(f"assign: {f.name} must be at most {MAX_CREDITS if f.name == 'credits' else MAX_INT}")
             values[f.name] = v
         if not 1 <= values["world_size"] or values["rank"] >= values["world_size"]:
             raise WireError(f"assign: rank {values['rank']} is not below world_size {values['world_size']}")
         if not 1 <= values["parts"] <= MAX_PARTS or values["part"] >= values["parts"]:
             raise WireError(f"assign: part {values['part']} of {values['parts']} is out of range")
+        if values["state"] is not None:  # its shape here; its fields against the plan when the part starts
+            try:
+                pipeline_shape(values["state"], StateCheck("assign: state"))
+            except StateError as e:
+                raise WireError(str(e)) from None
         return cls(**values)
 
     def describe(self) -> str:
@@ -74,8 +115,8 @@ def part_pipeline(dataset: ShardDataset, part: Part) -> Pipeline:
     )
     pipeline = dataset.build_pipeline(ctx)
     if part.state is not None and part.state.get("epoch") != part.epoch:
-        raise ValueError(f"resume state is for epoch {part.state.get('epoch')!r}, the assignment for {part.epoch}")
-    pipeline.reset(part.state)
+        raise StateError(f"resume state is for epoch {part.state.get('epoch')!r}, the assignment for {part.epoch}")
+    pipeline.reset(part.state)  # checked against this server's own plan first (shardpipe.state)
     return pipeline
 
 

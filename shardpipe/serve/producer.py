@@ -17,7 +17,7 @@ from collections import deque
 from typing import Any
 
 from shardpipe.dataset import ShardDataset
-from shardpipe.serve.coordination import Part, part_pipeline
+from shardpipe.serve.coordination import MAX_CREDITS, Part, check_request, part_pipeline
 from shardpipe.serve.wire import control, pack, unpack
 from shardpipe.stages.base import Pipeline
 
@@ -54,8 +54,13 @@ def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
 
     def handle(frames: list[Any]) -> None:
         client = bytes(frames[0])
-        header, _ = unpack(frames[1:])
-        key = (client, int(header.get("assignment", -1)))
+        try:  # the main process checked it; a worker checks again rather than die of a bad one
+            header, _ = unpack(frames[1:])
+            check_request(header)
+        except Exception as e:
+            log.warning("worker %d: ignored a malformed request: %s", index, e)
+            return
+        key = (client, header.get("assignment", -1))
         if header["type"] == "assign":
             part = Part.from_header(header)
             try:
@@ -65,7 +70,7 @@ def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
                 log.exception("worker %d: cannot start %s", index, part.describe())
                 sock.send_multipart([client, *control("error", assignment=part.assignment, message=str(e))])
         elif header["type"] == "credit" and key in running:
-            running[key].credits += max(0, int(header.get("n", 1)))
+            running[key].credits = min(MAX_CREDITS, running[key].credits + header["n"])
         elif header["type"] == "cancel" and key in running:
             running.pop(key).pipeline.close()
 

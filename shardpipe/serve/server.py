@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from shardpipe.config import load_config
-from shardpipe.serve.coordination import Part, fingerprint
+from shardpipe.serve.coordination import Part, check_request, fingerprint
 from shardpipe.serve.producer import run_worker
 from shardpipe.serve.wire import WireError, control, unpack
 
@@ -163,6 +163,7 @@ class Server:
         self._heard[client] = time.monotonic()
         try:
             header, _ = unpack(frames[1:], max_message=MAX_REQUEST)
+            check_request(header)  # type, fields and values, before any of it is used
             kind = header["type"]
             if kind == "hello":
                 reply = {"workers": sum(alive), "fingerprint": self.fingerprint, "pid": os.getpid()}
@@ -188,12 +189,17 @@ class Server:
                 elif kind == "credit":  # expired here (or just ended: then the trainer ignores this)
                     message = "assignment expired or unknown here"
                     front.send_multipart([client, *control("lost", assignment=key[1], message=message)])
-            else:
-                raise WireError(f"unknown request type {kind!r}")
         except WireError as e:
-            self.rejected += 1
-            log.warning("rejected a request (%d so far): %s", self.rejected, e)
-            front.send_multipart([client, *control("rejected", message=str(e), rejected=self.rejected)])
+            self._reject(front, client, str(e))
+        except Exception as e:  # a request this check did not foresee must not stop the server
+            log.exception("request from %s failed", client.hex())
+            self._reject(front, client, f"{type(e).__name__}: {e}"[:500])
+
+    def _reject(self, front: Any, client: bytes, message: str) -> None:
+        """Answer a refused request, count it and log it; the server goes on serving."""
+        self.rejected += 1
+        log.warning("rejected a request (%d so far): %s", self.rejected, message)
+        front.send_multipart([client, *control("rejected", message=message, rejected=self.rejected)])
 
     def _expire(self, client: bytes, back: list[Any], owner: dict) -> None:
         """Cancel the parts of a trainer silent for ``idle_timeout`` (gone, or dropped this server)."""

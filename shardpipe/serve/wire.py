@@ -31,6 +31,8 @@ MAX_HEADER_BYTES = 4 << 20
 #: default limit on one whole message (header and buffers)
 DEFAULT_MAX_MESSAGE = 1 << 30
 MAX_DIMS = 8
+#: a header nests no deeper than this (a batch's state is about a dozen levels)
+MAX_DEPTH = 64
 DTYPES = {
     name: (getattr(torch, name), np.dtype(name))
     for name in ("uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bool")
@@ -104,6 +106,9 @@ def unpack(frames: Sequence[Any], max_message: int = DEFAULT_MAX_MESSAGE) -> tup
         header = json.loads(bytes(frame_bytes(frames[0])))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise WireError(f"header is not JSON: {e}") from None
+    except RecursionError:
+        raise WireError("header nests too deeply to decode") from None
+    _check_depth(header)
     if not isinstance(header, dict):
         raise WireError(f"header is a JSON {type(header).__name__}, not an object")
     if header.get("v") != WIRE_VERSION:
@@ -139,6 +144,20 @@ def unpack(frames: Sequence[Any], max_message: int = DEFAULT_MAX_MESSAGE) -> tup
     if next_frame != len(frames):
         raise WireError(f"message has {len(frames) - next_frame} frames no field describes")
     return header, batch
+
+
+def _check_depth(value: Any) -> None:
+    """Refuse a header nested deeper than ``MAX_DEPTH`` (walked without recursion), before any
+    code that recurses (a state check, a repr) meets it."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise WireError(f"header nests deeper than {MAX_DEPTH} levels")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
 
 
 def _unpack_array(spec: dict[str, Any], buf: memoryview, kind: str) -> Any:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from shardpipe.errors import ErrorHandler
+from shardpipe.state import COUNT, SOURCE, STATE_VERSION, StateCheck, validate_pipeline_state
 
 T = TypeVar("T")
 _TIMER_LOCK = threading.Lock()
@@ -86,6 +87,9 @@ class Stage(Generic[T]):
 
     #: name in the per-stage timing table, or None to leave the stage untimed
     timer_name: str | None = None
+    #: the fields of this stage's state and their kinds (``shardpipe.state``); ``source`` is added
+    #: for stages with a source
+    state_fields: dict[str, str] = {}
 
     def __init__(self) -> None:
         self.source: Stage[Any] | None = None
@@ -107,6 +111,12 @@ class Stage(Generic[T]):
 
     def get_state(self) -> State:
         return {"source": self.source.get_state()} if self.source is not None else {}
+
+    def check_state(self, state: State, check: StateCheck, below: Any) -> Any:
+        """Check this stage's part of a resume state against its plan (its fields' types are
+        checked already); ``below`` is what the source's check returned. Returns what the
+        next stage up needs (by default: ``below``)."""
+        return below
 
     # iteration ------------------------------------------------------------
     def __iter__(self) -> Iterator[T]:
@@ -156,10 +166,16 @@ class Filter(Stage[Any]):
 class Take(Stage[Any]):
     """End the epoch after ``limit`` items (a fixed epoch length). State: items taken."""
 
+    state_fields = {"taken": COUNT}
+
     def __init__(self, limit: int):
         super().__init__()
         self.limit = limit
         self._taken = 0
+
+    def check_state(self, state: State, check: StateCheck, below: Any) -> Any:
+        check.at("taken").integer(state["taken"], 0, self.limit, f" (this stage takes {self.limit} items)")
+        return below
 
     def reset(self, state: State | None = None) -> None:
         super().reset(state)
@@ -184,6 +200,8 @@ class GeneratorStage(Stage[Any]):
     ``reset`` it restarts from there and discards that many items. Native stages resume
     by position instead; prefer them (or ``Map``) on hot or long paths.
     """
+
+    state_fields = {"start": SOURCE, "yielded": COUNT}
 
     def __init__(self, fn: Callable[[Iterator[Any]], Iterator[Any]]):
         super().__init__()
@@ -222,7 +240,7 @@ class Pipeline(Stage[Any]):
     snapshot from an incompatible release is refused rather than misread.
     """
 
-    STATE_VERSION = 1
+    STATE_VERSION = STATE_VERSION
 
     def __init__(self, stages: Sequence[Stage[Any] | Callable[[Any], Any]], ctx: Context | None = None):
         super().__init__()
@@ -242,11 +260,7 @@ class Pipeline(Stage[Any]):
 
     def reset(self, state: State | None = None) -> None:
         if state is not None:
-            if state.get("version") != self.STATE_VERSION:
-                raise ValueError(
-                    f"pipeline state has version {state.get('version')!r}; this shardpipe "
-                    f"reads version {self.STATE_VERSION}"
-                )
+            validate_pipeline_state(state, self)  # before any of it is used
             self.ctx.epoch = int(state["epoch"])
         self.stages[-1].reset(state["stages"] if state else None)
         self._started = True

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from shardpipe.errors import ShardpipeError
 from shardpipe.format.sample import Sample
 from shardpipe.split.block import BlockOrder, consumer_range
 from shardpipe.stages.base import Stage, State
+from shardpipe.state import COUNT, StateCheck
 
-#: samples whose reads are started ahead of the one being read (overlaps cold random reads)
-LOOKAHEAD = 16
+#: samples read together: nearby ones of a shard share a request, the rest go out in parallel
+GROUP = 64
 
 
 class BlockShuffleSamples(Stage[Sample]):
@@ -20,9 +22,12 @@ class BlockShuffleSamples(Stage[Sample]):
     ``shards`` is an ``shardpipe.indexed.IndexedShards``. Samples look like streamed ones
     (``__key__``, ``__url__``, ``__shard__``, fields as bytes; ``__pad__`` under the pad
     policy). State: ``{"pos": n}``, the samples this consumer has passed in the epoch
-    (with the context's seed and epoch, an exact resume point). A sample that cannot
-    be read goes to the error policy.
+    (with the context's seed and epoch, an exact resume point). Samples are read
+    ``GROUP`` positions at a time (``IndexedShards.samples``). A sample that cannot be
+    read goes to the error policy.
     """
+
+    state_fields = {"pos": COUNT}
 
     def __init__(self, shards: Any, block_size: int | None = None, policy: str = "drop"):
         super().__init__()
@@ -33,6 +38,7 @@ class BlockShuffleSamples(Stage[Sample]):
         self.policy = policy
         self._order: BlockOrder | None = None
         self._lo = self._hi = self._pos = 0
+        self._ready: deque[Any] = deque()  # read samples (or their errors) from position _pos on
 
     def reset(self, state: State | None = None) -> None:
         c = self.ctx
@@ -42,15 +48,24 @@ class BlockShuffleSamples(Stage[Sample]):
             num_workers=c.num_workers, policy=self.policy,
         )  # fmt: skip
         self._pos = int(state["pos"]) if state else 0
-        for k in range(self._pos, min(self._pos + LOOKAHEAD - 1, self._hi - self._lo)):
-            self._advise(self._lo + k)
+        self._ready.clear()
 
-    def _advise(self, p: int) -> None:
+    def check_state(self, state: State, check: StateCheck, below: object) -> object:
+        c = self.ctx
+        total = int(sum(self.shards.index.counts()))
+        lo, hi = consumer_range(
+            total, rank=c.rank, world_size=c.world_size, worker=c.worker, num_workers=c.num_workers, policy=self.policy
+        )
+        check.at("pos").integer(state["pos"], 0, hi - lo, f" (this consumer's share of the epoch is {hi - lo} samples)")
+        return below
+
+    def _read_group(self) -> None:
+        """Read the samples of the next ``GROUP`` positions."""
         assert self._order is not None
-        try:
-            self.shards.advise(self._order[p % len(self._order)])
-        except ShardpipeError:
-            pass  # reported when the sample itself is read
+        total = len(self._order)
+        first = self._lo + self._pos
+        positions = range(first, min(first + GROUP, self._hi))
+        self._ready.extend(self.shards.samples([self._order[p % total] for p in positions]))
 
     def __len__(self) -> int:
         return self._hi - self._lo
@@ -62,17 +77,17 @@ class BlockShuffleSamples(Stage[Sample]):
             if self._lo + self._pos >= self._hi or not total:
                 raise StopIteration
             p = self._lo + self._pos
+            if not self._ready:
+                t0 = time.perf_counter()
+                try:
+                    self._read_group()
+                finally:
+                    self.ctx.add_time("read", time.perf_counter() - t0)
+            sample = self._ready.popleft()
             self._pos += 1
-            t0 = time.perf_counter()
-            if p + LOOKAHEAD - 1 < self._hi:
-                self._advise(p + LOOKAHEAD - 1)
-            try:
-                sample = self.shards.sample(self._order[p % total])
-            except ShardpipeError as e:
-                self.ctx.errors(e)
+            if isinstance(sample, ShardpipeError):
+                self.ctx.errors(sample)
                 continue
-            finally:
-                self.ctx.add_time("read", time.perf_counter() - t0)
             del sample["__index__"]
             if self.policy == "pad":
                 sample["__pad__"] = p >= total

@@ -6,6 +6,7 @@ from shardpipe.errors import DuplicateMemberError
 from shardpipe.format.sample import Sample, warn_dotted_extension
 from shardpipe.stages.base import Stage, State
 from shardpipe.stages.untar import BROKEN, Member
+from shardpipe.state import COUNT
 
 
 class GroupSamples(Stage[Sample]):
@@ -91,6 +92,8 @@ class SplitSamples(Stage[Sample]):
     Every consumer then reads all shards (more I/O) but decodes only its share, so no
     worker sits idle and no sample is seen twice.
     """
+
+    state_fields = {"seen": COUNT}
 
     def __init__(self) -> None:
         super().__init__()

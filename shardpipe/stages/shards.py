@@ -11,6 +11,7 @@ from shardpipe.format.manifest import load_manifest
 from shardpipe.io.urls import expand_pattern, is_manifest, split_patterns
 from shardpipe.split.order import epoch_order
 from shardpipe.stages.base import Context, Stage, State
+from shardpipe.state import COUNT, StateCheck
 
 log = logging.getLogger("shardpipe")
 
@@ -67,7 +68,9 @@ def manifest_shards(manifest: dict[str, Any], first: int = 0) -> list[Shard]:
     ]
 
 
-def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | None = None) -> list[Shard]:
+def expand_urls(
+    urls: str | Sequence[str], storage_options: dict[str, Any] | None = None, manifest_paths: str = "inside"
+) -> list[Shard]:
     """Turn a brace pattern, a glob, a list of patterns, or a manifest URL into a shard list.
 
     ``"train-{000000..000099}.tar"`` expands with braceexpand, ``"train-*.tar"`` to the
@@ -79,7 +82,7 @@ def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | Non
     for pattern in split_patterns(urls):
         for url in expand_pattern(pattern, storage_options):
             if is_manifest(pattern):
-                shards += manifest_shards(load_manifest(url, storage_options), len(shards))  # numbers checked there
+                shards += manifest_shards(load_manifest(url, storage_options, manifest_paths), len(shards))
             else:
                 shards.append(Shard(url, len(shards)))
     if not shards:
@@ -88,6 +91,18 @@ def expand_urls(urls: str | Sequence[str], storage_options: dict[str, Any] | Non
 
 
 Plan = Callable[[Context], Sequence[Shard]]
+#: a resume position in an endless plan (resampling) past this many draws is refused: no real
+#: pass draws that many shards, and reaching it would compute every draw before it
+MAX_ENDLESS_POS = 1 << 20
+
+
+@dataclass(frozen=True)
+class Given:
+    """What a shard stage's state says it handed on: how many shards, and the last one (when
+    it went to this consumer); a resume state's open shard must be that one."""
+
+    count: int
+    last: Shard | None
 
 
 class ShardList(Stage[Shard]):
@@ -98,6 +113,8 @@ class ShardList(Stage[Shard]):
     the next shard in this epoch's list.
     """
 
+    state_fields = {"pos": COUNT}
+
     def __init__(self, shards: Sequence[Shard], shuffle: bool = False, plan: Plan | None = None):
         super().__init__()
         self.shards = list(shards)
@@ -106,13 +123,28 @@ class ShardList(Stage[Shard]):
         self._order: Sequence[Shard] = []
         self._pos = 0
 
-    def reset(self, state: State | None = None) -> None:
+    def _epoch_plan(self) -> Sequence[Shard]:
         if self.plan is not None:
-            self._order = self.plan(self.ctx)
-        else:
-            order = epoch_order(len(self.shards), self.ctx.seed, self.ctx.epoch, self.shuffle)
-            self._order = [self.shards[int(i)] for i in order]
+            return self.plan(self.ctx)
+        order = epoch_order(len(self.shards), self.ctx.seed, self.ctx.epoch, self.shuffle)
+        return [self.shards[int(i)] for i in order]
+
+    def reset(self, state: State | None = None) -> None:
+        self._order = self._epoch_plan()
         self._pos = int(state["pos"]) if state else 0
+
+    def check_state(self, state: State, check: StateCheck, below: object) -> Given:
+        order = self._epoch_plan()
+        n = len(order)
+        if n > MAX_ENDLESS_POS:  # an endless plan
+            pos = check.at("pos").integer(state["pos"], 0, MAX_ENDLESS_POS, " (draws of an endless plan)")
+        else:
+            pos = check.at("pos").integer(state["pos"], 0, n, f" (this epoch's plan has {n} shards here)")
+        return Given(pos, order[pos - 1] if pos else None)
+
+    def last_given(self) -> Shard | None:
+        """The shard ``next()`` returned last (None before the first)."""
+        return self._order[self._pos - 1] if self._pos else None
 
     def next(self) -> Shard:
         if self._pos >= len(self._order):
@@ -142,6 +174,21 @@ class SplitShards(Stage[Shard]):
             raise ValueError(f"split by must be 'all', 'node' or 'worker', not {by!r}")
         self.by = by
         self._seen = 0
+
+    state_fields = {"seen": COUNT}
+
+    def check_state(self, state: State, check: StateCheck, below: object) -> Given | None:
+        if not isinstance(below, Given):
+            return None
+        check.at("seen").equal(state["seen"], below.count, "the shards its source gave")
+        index, count = self._slot()
+        return Given(below.count, below.last if (below.count - 1) % count == index else None)
+
+    def last_given(self) -> Shard | None:
+        """The shard ``next()`` returned last (None if the last shard pulled went to another consumer)."""
+        index, count = self._slot()
+        last = getattr(self.source, "last_given", lambda: None)()
+        return last if self._seen and (self._seen - 1) % count == index else None
 
     def _slot(self) -> tuple[int, int]:
         c = self.ctx

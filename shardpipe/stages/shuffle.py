@@ -17,10 +17,17 @@ from typing import Any
 import numpy as np
 
 from shardpipe.stages.base import Stage, State
+from shardpipe.state import COUNT, StateCheck
 
 
 class Shuffle(Stage[Any]):
     """Emit the source's items in seeded random order, ``buffer_size`` at a time."""
+
+    state_fields = {"window": COUNT, "emitted": COUNT}
+
+    def check_state(self, state: State, check: StateCheck, below: object) -> object:
+        check.at("emitted").integer(state["emitted"], 0, self.buffer_size, " (the shuffle buffer's size)")
+        return below
 
     def __init__(self, buffer_size: int):
         super().__init__()

@@ -7,13 +7,14 @@ import time
 from collections.abc import Callable
 from typing import IO, NamedTuple
 
-from shardpipe.errors import CorruptShardError, ShardpipeError, ShardReadError
+from shardpipe.errors import CorruptShardError, ShardpipeError, ShardReadError, StateError
 from shardpipe.format.sample import split_name
-from shardpipe.format.tar.reader import MAX_MEMBER_SIZE, TarStream
+from shardpipe.format.tar.reader import BLOCK, MAX_MEMBER_SIZE, TarStream
 from shardpipe.io.opener import ShardOpener
 from shardpipe.io.verify import VerifyingReader
 from shardpipe.stages.base import Stage, State
 from shardpipe.stages.shards import Shard
+from shardpipe.state import MAX_INT, OPTIONAL, StateCheck
 
 
 class Member(NamedTuple):
@@ -32,6 +33,23 @@ class Member(NamedTuple):
 #: member name that marks the end of a broken shard (under skip/warn): drop the partial sample
 BROKEN = "\0broken"
 Opener = Callable[[Shard, int], IO[bytes]]
+#: the fields of the shard being read in an ``Untar`` state: the plan's shard (compared, never
+#: opened from here) and the position inside it
+SHARD_STATE_KEYS = (
+    "url",
+    "index",
+    "samples",
+    "size",
+    "sha256",
+    "start",
+    "stop",
+    "pad",
+    "offset",
+    "gz",
+    "ordinal",
+    "key",
+)
+MAX_KEY = 4096
 
 
 class Untar(Stage[Member]):
@@ -55,6 +73,8 @@ class Untar(Stage[Member]):
     reading a range of a shard reads the rest too; a resume rereads from the start).
     ``max_member_size``: see ``TarStream``.
     """
+
+    state_fields = {"shard": OPTIONAL}
 
     def __init__(
         self,
@@ -93,8 +113,36 @@ class Untar(Stage[Member]):
         self._source_state = state.get("source") if state else None
         cur = state.get("shard") if state else None
         if cur:
-            self._open(Shard.from_state(cur), int(cur["offset"]), bool(cur["gz"]))
+            # the shard the plan gave here (the state's copy was compared with it by check_state)
+            planned = getattr(self.source, "last_given", lambda: None)()
+            if planned is None or planned.index != cur["index"]:
+                raise StateError(
+                    f"resume state names shard {cur.get('index')!r}, which the plan did not give at this point"
+                )
+            self._open(planned, int(cur["offset"]), bool(cur["gz"]))
             self._ordinal, self._key = int(cur["ordinal"]), cur["key"]
+
+    def check_state(self, state: State, check: StateCheck, below: object) -> object:
+        cur = state.get("shard")
+        if cur is None:
+            return below
+        check = check.at("shard")
+        check.mapping(cur, SHARD_STATE_KEYS)
+        planned: Shard | None = getattr(below, "last", None)
+        if planned is None:
+            check.fail("names a shard being read, but the plan gave no shard for this consumer at this point")
+        for key in ("index", "url", "samples", "size", "sha256", "start", "stop", "pad"):
+            check.at(key).equal(cur[key], getattr(planned, key), f"the plan's shard there ({planned.url})")
+        gz = check.at("gz").boolean(cur["gz"])
+        offset = check.at("offset").integer(cur["offset"])
+        if offset % BLOCK:
+            check.at("offset").fail(f"must be a multiple of {BLOCK} (a tar block boundary), got {offset}")
+        if not gz and planned.size is not None and offset > planned.size:
+            check.at("offset").fail(f"must be <= {planned.size} (the shard's size in its manifest), got {offset}")
+        last = planned.stop if planned.stop is not None else planned.samples
+        check.at("ordinal").integer(cur["ordinal"], 0, MAX_INT if last is None else last, " (samples in the shard)")
+        check.at("key").string(cur["key"], none=True, max_len=MAX_KEY)
+        return below
 
     def _open(self, shard: Shard, offset: int = 0, compressed: bool | None = None) -> None:
         # a fresh object per visit: a plan may list one shard twice in a row

@@ -40,7 +40,7 @@ from shardpipe.write.planned import write_planned
 from shardpipe.write.prepare import PrepareOptions
 from shardpipe.write.rolling import write_rolling
 from shardpipe.write.run import WriteRun, WriteSummary
-from shardpipe.write.shard_writer import shard_name
+from shardpipe.write.shard_writer import check_pattern, shard_name
 from shardpipe.write.sources import Record, Skip, Source, open_source
 
 log = logging.getLogger("shardpipe")
@@ -102,7 +102,7 @@ def write_shards(
     check_url(pattern)
     if isinstance(source, (str, os.PathLike)):
         check_url(os.fspath(source))
-    shard_name(pattern, 0)  # a pattern without a number placeholder fails before the scan
+    check_pattern(pattern)  # exactly one shard number, before anything is read or written
     opts = build_write_options(options, keywords)
     write_engine(opts.engine)  # an uninstalled engine fails now, not after the scan
     t0 = time.perf_counter()

@@ -13,24 +13,69 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from shardpipe.errors import ShardpipeError
 from shardpipe.format.index import ShardIndex, index_name, write_index
 from shardpipe.format.manifest import MANIFEST, build_manifest, shard_entry, write_manifest
 from shardpipe.format.tar.writer import TarWriter
 from shardpipe.io.files import atomic_write, dirname_url, join_url
 from shardpipe.io.urls import check_url
 
+#: the widest zero-padded shard number a pattern may ask for
+MAX_WIDTH = 32
+_PERCENT = re.compile(r"%(?:%|0?(\d*)d)")  # %% (a literal %) or %d, %6d, %06d
+_BRACE = re.compile(r"\{\{|\}\}|\{(0?)(?::0?(\d*)d)?\}")  # {{ }} (literal braces) or {}, {0}, {:06d}, {0:06d}
+
+
+class ShardPatternError(ShardpipeError, ValueError):
+    """An output pattern without exactly one shard-number placeholder (a usage error)."""
+
+
+def check_pattern(pattern: str) -> str:
+    """The placeholder style of ``pattern`` (``"%"`` or ``"{}"``), or ``ShardPatternError``.
+
+    A pattern holds exactly one shard number: ``%d``/``%06d`` (``%%`` is a literal ``%``) or
+    ``{}``/``{:06d}`` (``{{``/``}}`` are literal braces); a second one, a named field
+    (``%(n)d``) or none at all would name several shards alike or fail mid-write.
+    """
+    if not isinstance(pattern, str) or not pattern:
+        raise ShardPatternError(f"shard pattern must be a non-empty string, not {pattern!r}")
+    usage = "it needs a %d or {} placeholder (exactly one) for the shard number, e.g. out/train-%06d.tar"
+    percent = [m for m in _PERCENT.finditer(pattern) if m.group(0) != "%%"]
+    if pattern.replace("%%", "").count("%") != len(percent):
+        raise ShardPatternError(f"shard pattern {pattern!r} has a % that is not a %d placeholder: {usage}")
+    if percent:
+        if len(percent) > 1:
+            raise ShardPatternError(f"shard pattern {pattern!r} has {len(percent)} placeholders, not one: {usage}")
+        _check_width(pattern, percent[0].group(1), usage)
+        return "%"
+    fields = [m for m in _BRACE.finditer(pattern) if m.group(0) not in ("{{", "}}")]
+    rest = _BRACE.sub("", pattern)
+    if "{" in rest or "}" in rest:
+        raise ShardPatternError(f"shard pattern {pattern!r} has a brace that is not a {{}} placeholder: {usage}")
+    if not fields:
+        example = pattern.replace("*", "%06d", 1) if "*" in pattern else "out/train-%06d.tar"
+        raise ShardPatternError(
+            f"shard pattern {pattern!r} needs a %d or {{}} placeholder for the shard number, e.g. {example!r}"
+            + (" (a glob names existing files; shards to write need numbers)" if "*" in pattern else "")
+        )
+    if len(fields) > 1:
+        raise ShardPatternError(
+            f"shard pattern {pattern!r} has {len(fields)} shard-number placeholders, not one: {usage}"
+        )
+    _check_width(pattern, fields[0].group(2), usage)
+    return "{}"
+
+
+def _check_width(pattern: str, width: str | None, usage: str) -> None:
+    if width and int(width) > MAX_WIDTH:
+        raise ShardPatternError(f"shard pattern {pattern!r} pads the number to {width} digits (at most {MAX_WIDTH})")
+
 
 def shard_name(pattern: str, index: int) -> str:
-    """Fill a ``%06d``-style or ``{:06d}``-style pattern with the shard index."""
-    if "%" in pattern:
+    """Fill a ``%06d``-style or ``{:06d}``-style pattern with the shard index (checked by ``check_pattern``)."""
+    if check_pattern(pattern) == "%":
         return pattern % index
-    if "{" in pattern:
-        return pattern.format(index)
-    example = pattern.replace("*", "%06d", 1) if "*" in pattern else "out/train-%06d.tar"
-    raise ValueError(
-        f"shard pattern {pattern!r} needs a %d or {{}} placeholder for the shard number, e.g. {example!r}"
-        + (" (a glob names existing files; shards to write need numbers)" if "*" in pattern else "")
-    )
+    return pattern.format(index)
 
 
 def brace_range(pattern: str, count: int) -> str:

@@ -15,7 +15,7 @@ import numpy as np
 
 from shardpipe.image.decoders.jpeg import JpegHeader, has_end_marker, is_jpeg, read_header
 from shardpipe.image.decoders.pil import PilDecoder
-from shardpipe.image.decoders.registry import check_size
+from shardpipe.image.decoders.registry import ImageTooLargeError, check_scans, check_size
 from shardpipe.image.size import image_size
 
 Scale = tuple[int, int]
@@ -44,10 +44,12 @@ class JpegBackend:
     def header(self, data: bytes) -> JpegHeader | None:
         """The JPEG header when the fast path can take ``data``, else ``None`` (use PIL).
 
-        Raises ``ImageTooLargeError`` for a declared size beyond the limit.
+        Raises ``ImageTooLargeError`` for a declared size or scan count beyond the limits
+        (before any decoder, so no fallback decodes what a limit refused).
         """
         if not is_jpeg(data):
             return None
+        check_scans(data)
         try:
             hdr = read_header(data)
         except ValueError:
@@ -72,6 +74,8 @@ class JpegBackend:
         if hdr is not None:
             try:
                 return self._decode(data, hdr, scale)
+            except ImageTooLargeError:
+                raise  # a limit: the fallback must not undo it
             except Exception:  # noqa: BLE001 - the library refused it: PIL decides
                 pass
         return self._pil.decode_scaled(data, scale)

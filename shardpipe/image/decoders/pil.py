@@ -15,7 +15,7 @@ from PIL import Image, UnidentifiedImageError
 from shardpipe.errors import DecodeError
 from shardpipe.image.decoders import registry
 from shardpipe.image.decoders.jpeg import is_jpeg, read_header
-from shardpipe.image.decoders.registry import ImageTooLargeError, check_size
+from shardpipe.image.decoders.registry import ImageTooLargeError, check_scans, check_size
 
 # Pillow's own decompression-bomb guard (PIL.Image.MAX_IMAGE_PIXELS) is left as the user set
 # it: shardpipe checks its own limit (registry.MAX_PIXELS) from the header, and turns Pillow's
@@ -46,6 +46,7 @@ def open_image(data: bytes) -> Image.Image:
             header = None  # PIL reports the damage below
         if header is not None:
             check_size(header.width, header.height)
+        check_scans(data)  # Pillow has no scan limit
     try:
         img = Image.open(io.BytesIO(data))
     except _BOMB as e:

@@ -25,6 +25,32 @@ class ImageTooLargeError(DecodeError):
     """An image whose header declares more than ``MAX_PIXELS`` pixels (a decompression bomb)."""
 
 
+#: Most scans a progressive JPEG may have (what libjpeg-turbo's TJFLAG_LIMITSCANS and the native
+#: decoder allow): each scan is another pass over every coefficient, so hundreds cost seconds of CPU
+MAX_SCANS = 500
+
+
+class TooManyScansError(ImageTooLargeError):
+    """A JPEG with more than ``MAX_SCANS`` scans (a CPU-exhaustion attack); refused on every path."""
+
+
+def check_scans(data: bytes) -> None:
+    """Refuse a JPEG with more than ``MAX_SCANS`` start-of-scan markers, before any decoder runs.
+
+    Counting ``FF DA`` is exact for the entropy-coded data (a 0xFF there is always followed
+    by 0x00 or a restart marker) and can only over-count (a thumbnail or metadata holding
+    those bytes), so it never lets more scans through than the limit; it costs a ``bytes.count``.
+    """
+    if data[:2] != b"\xff\xd8":
+        return
+    scans = bytes(data).count(b"\xff\xda")
+    if scans > MAX_SCANS:
+        raise TooManyScansError(
+            f"JPEG has {scans} start-of-scan markers, more than the limit of {MAX_SCANS} "
+            "(shardpipe.image.decoders.registry.MAX_SCANS); refusing a CPU-exhaustion image on every decoder"
+        )
+
+
 def check_size(width: int, height: int) -> None:
     """Refuse an image by its declared size, before any pixel is decoded."""
     if width * height > MAX_PIXELS:

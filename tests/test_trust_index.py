@@ -1,0 +1,91 @@
+"""The index sidecar is checked, not believed: offsets against the shard's size and the next
+sample's start, and a sample read through it has every member it has in the shard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from shardpipe import CorruptShardError, IndexedDataset, index_shards
+from shardpipe.format.index import HEADER, DamagedIndexError, SampleIndex
+
+from .helpers import make_samples, write_shards
+
+COUNTS = [4, 3]
+
+
+@pytest.fixture
+def indexed(tmp_path):
+    """A manifest with its index over 2 shards; samples carry jpg, cls and json members."""
+    urls = write_shards(tmp_path, make_samples(sum(COUNTS)), COUNTS)
+    manifest = tmp_path / "manifest.json"
+    index_shards(urls, str(manifest), workers=1)
+    return manifest, tmp_path / "manifest.index"
+
+
+def _offsets_at(path) -> tuple[bytearray, int, int]:
+    raw = bytearray(path.read_bytes())
+    n_shards, _ = np.frombuffer(bytes(raw[8:24]), dtype="<u8")
+    return raw, HEADER + 8 * (int(n_shards) + 1) + 16 * int(n_shards), int(n_shards)
+
+
+def _set_offset(path, k: int, value: int) -> None:
+    raw, at, _ = _offsets_at(path)
+    raw[at + 8 * k : at + 8 * k + 8] = int(value).to_bytes(8, "little")
+    path.write_bytes(bytes(raw))
+
+
+def _get_offset(path, k: int) -> int:
+    raw, at, _ = _offsets_at(path)
+    return int.from_bytes(raw[at + 8 * k : at + 8 * k + 8], "little")
+
+
+@pytest.mark.parametrize(
+    ("k", "value", "message"),
+    [
+        (1, 2**63, "a sample offset of 9223372036854775808"),
+        (1, 2**62 - 512, "the sample offsets of shard 0 do not increase"),
+        (1, 513, "is not on a 512-byte tar block"),
+        (2, 0, "the sample offsets of shard 0 do not increase"),
+        (4, 10**9 * 512, "shard 0's samples end at byte 512000000000, past its size"),
+    ],
+)
+def test_an_impossible_offset_is_refused_when_the_index_loads(indexed, k, value, message):
+    manifest, index = indexed
+    _set_offset(index, k, value)
+    with pytest.raises(DamagedIndexError) as info:
+        SampleIndex.load(str(index))
+    assert message in str(info.value) and isinstance(info.value, CorruptShardError)
+
+
+def test_an_end_cut_before_a_samples_last_member_is_a_corrupt_shard(indexed):
+    """Move sample 0's end (= sample 1's start) back by its last member: the index still looks
+    consistent, but reading sample 0 would drop a member."""
+    manifest, index = indexed
+    ds = IndexedDataset(str(manifest), decode=None)
+    full = ds[0]
+    assert {"jpg", "cls", "json"} <= set(full)
+    start, end = _get_offset(index, 0), _get_offset(index, 1)
+    # the last member of sample 0 is json: a header block plus one data block for its few bytes
+    _set_offset(index, 1, end - 1024)
+    cut = IndexedDataset(str(manifest), decode=None)
+    with pytest.raises(
+        CorruptShardError, match=r"sample 'sample00000' goes on past its indexed end \(member 'sample00000\."
+    ):
+        cut[0]
+    assert start < end - 1024
+
+
+def test_an_end_inside_a_member_is_a_corrupt_shard(indexed):
+    manifest, index = indexed
+    end = _get_offset(index, 1)
+    _set_offset(index, 1, end - 512)  # inside the last member's data
+    with pytest.raises(CorruptShardError, match="the index does not match shard"):
+        IndexedDataset(str(manifest), decode=None)[0]
+
+
+def test_an_intact_index_reads_every_member(indexed):
+    manifest, _ = indexed
+    ds = IndexedDataset(str(manifest), decode=None)
+    for i in range(sum(COUNTS)):
+        assert set(ds[i]) >= {"__key__", "jpg", "cls", "json"}
