@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardpipe.errors import ErrorHandler, OnError
@@ -19,6 +17,7 @@ from shardpipe.io.urls import single_manifest
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions, build_groups
 from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, pass_start
 from shardpipe.protocol import ShardsFingerprint, WorkerPassHooks
+from shardpipe.ranks import distributed_rank
 from shardpipe.stages.base import Context, Pipeline, Stage, State
 from shardpipe.stages.batch import Batch
 from shardpipe.stages.block import BlockShuffleSamples
@@ -45,13 +44,6 @@ def read_options_of(io: OpenOptions) -> Any:
     from shardpipe.io.remote import ReadOptions
 
     return dataclasses.replace(io.read_options or ReadOptions(), memory_limit=io.memory_limit)
-
-
-def distributed_rank() -> tuple[int, int]:
-    """(rank, world_size) from torch.distributed when initialised, else RANK/WORLD_SIZE."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 class ShardDataset(IterableDataset, WorkerPassHooks):
@@ -182,7 +174,7 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
             storage_options=storage, cache_dir=o.cache_dir, cache_size=o.cache_size, read_options=read_options_of(o),
             loaded=loaded, manifest_paths=o.manifest_paths,
         )  # fmt: skip
-        self._main_rank = distributed_rank()
+        self._main_rank = distributed_rank(strict=False)  # asked again, strictly, when a pass starts
         self.stats = SharedStats()
         self.buffers = BatchBuffers()  # recycled shared-memory batches (ShardLoader frees them)
         self.progress = WorkerProgress()  # where each DataLoader worker is (the loader's stall watchdog)
@@ -246,6 +238,10 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
                     validate_dataset_state(state)
                     self._check_fingerprint(state)
         self._plan.set_plan(plan)
+
+    def worker_plan_published(self) -> bool:
+        """True while a ``ShardLoader`` pass has published its worker plan (read in workers too)."""
+        return self._plan.read()[1] is not None
 
     def rank_and_world(self) -> tuple[int, int]:
         """This process's (rank, world_size): the constructor's override, else torch.distributed/env.

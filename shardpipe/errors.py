@@ -60,6 +60,14 @@ class WorkerStallError(ShardpipeError, TimeoutError):
     """
 
 
+class SetupError(ShardpipeError, ValueError):
+    """A launcher, framework or environment set up so that shardpipe would repeat or drop samples.
+
+    (Half-set rank variables, a loader handed to a framework that re-splits it, ...) The
+    message names what is missing or conflicting and what to do instead.
+    """
+
+
 class WorkerDiedError(ShardpipeError, RuntimeError):
     """A DataLoader worker process that ended while the loader still needed it (killed, crashed).
 

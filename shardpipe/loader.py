@@ -30,7 +30,7 @@ from typing import Any
 from torch.utils.data import DataLoader, get_worker_info
 from torch.utils.data._utils.collate import default_convert
 
-from shardpipe.errors import WorkerDiedError, WorkerStallError
+from shardpipe.errors import SetupError, WorkerDiedError, WorkerStallError
 from shardpipe.passes import WorkerPlan
 from shardpipe.protocol import LoaderSource, require
 from shardpipe.stages.base import State
@@ -96,10 +96,23 @@ def refuse_unsupported(num_workers: int, persistent_workers: bool, kwargs: dict[
         )
 
 
+_pass_checked = False  # this worker has seen the plan of a ShardLoader pass
+
+
 def _with_state(item: Any) -> tuple[State, Any]:
     """Collate step in each worker: the item, with its worker's dataset state right after it."""
+    global _pass_checked
     info = get_worker_info()
     assert info is not None, "ShardLoader's collate step runs in DataLoader workers"
+    if not _pass_checked:
+        if not info.dataset.worker_plan_published():
+            raise SetupError(
+                "ShardLoader's collate step runs in a DataLoader that ShardLoader did not start: a framework "
+                "rebuilt the loader from its attributes (accelerator.prepare() does), which would yield "
+                "(state, batch) pairs and split the ranks' data again; with Accelerate, use "
+                "shardpipe.integrations.accelerate.prepare(accelerator, model, optimizer, loader)"
+            )
+        _pass_checked = True
     return info.dataset.state_dict(), default_convert(item)
 
 

@@ -144,6 +144,10 @@ class MixedDataset(IterableDataset, WorkerPassHooks):
         if get_worker_info() is None:
             self._plan.set_epoch(self._epoch)
 
+    def worker_plan_published(self) -> bool:
+        """True while a ``ShardLoader`` pass has published its worker plan (read in workers too)."""
+        return self._plan.read()[1] is not None
+
     def set_worker_plan(self, plan: WorkerPlan | None) -> None:
         """What every DataLoader worker's next pass starts from (``ShardLoader`` sets it)."""
         if get_worker_info() is not None:

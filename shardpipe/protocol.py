@@ -9,7 +9,8 @@ Two levels:
   ``StatefulDataLoader`` drives the first two through it.
 * ``LoaderSource``: a ``Resumable`` that ``ShardLoader`` can run in DataLoader workers. It
   adds the worker plan (``set_worker_plan``: epoch, first worker and resume states for
-  every worker's next pass, shared with running persistent workers), ``warm`` (imports done
+  every worker's next pass, shared with running persistent workers, and
+  ``worker_plan_published``, which a worker's collate step checks), ``warm`` (imports done
   before workers fork), ``carries_state`` (a pass goes on from the previous pass's end),
   the stall table ``progress`` with the ``shards`` it names, and three calls around a pass
   of workers (``open_worker_pass``, ``workers_started``, ``batch_received``).
@@ -80,6 +81,10 @@ class LoaderSource(Resumable, Protocol):
 
     def warm(self) -> None:
         """Import what the pipeline needs in this process, before workers start."""
+        ...
+
+    def worker_plan_published(self) -> bool:
+        """True while a ``ShardLoader`` pass has published its worker plan (read in workers too)."""
         ...
 
     def open_worker_pass(self, plan: WorkerPlan, *, fresh_workers: bool, recycle: bool) -> None:

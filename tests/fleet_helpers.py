@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .helpers import make_samples, write_manifest_dataset
+from .helpers import kill_group, make_samples, spawn, write_manifest_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = [9, 2, 14, 5, 1, 11, 7, 13, 6, 12]  # 80 samples in 10 uneven shards
@@ -39,7 +39,7 @@ class ServerProcess:
         cmd += (["--bind", bind] if bind else []) + ["--heartbeat", "0.2", *extra]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.cmd = cmd
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+        self.proc = spawn(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)  # its workers join its group
         self.endpoint, self.pid = "", 0
 
     def wait_ready(self) -> ServerProcess:
@@ -55,9 +55,7 @@ class ServerProcess:
         return self
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
+        kill_group(self.proc)  # the server and its decode workers
         if self.proc.stdout:
             self.proc.stdout.close()
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +103,57 @@ def ks_statistic(a, b) -> float:
     cdf_a = np.searchsorted(np.sort(a), grid, side="right") / len(a)
     cdf_b = np.searchsorted(np.sort(b), grid, side="right") / len(b)
     return float(np.abs(cdf_a - cdf_b).max())
+
+
+# -- child processes: each in its own process group, killed whole ----------------------
+def spawn(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """Start ``cmd`` as the leader of a new process group (its DataLoader workers, servers and
+    other children join it), so :func:`kill_group` can end all of them."""
+    return subprocess.Popen(cmd, start_new_session=True, **kwargs)
+
+
+def kill_group(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGKILL ``proc``'s whole process group (children that outlived it too) and reap ``proc``."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # the group is gone already
+        pass
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:  # unkillable (D state): leave it, never hang the tests
+        pass
+
+
+@contextlib.contextmanager
+def process_groups(*cmds: list[str], **kwargs):
+    """Start each of ``cmds`` with :func:`spawn`; on leaving, pass or fail or timeout, kill each
+    whole group. Yields the list of Popen objects."""
+    procs: list[subprocess.Popen] = []
+    try:
+        for cmd in cmds:
+            procs.append(spawn(cmd, **kwargs))
+        yield procs
+    finally:
+        for p in procs:
+            kill_group(p)
+
+
+def run_in_group(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)`` whose child and
+    all that it started are killed when it times out (TimeoutExpired is raised, as by run) and
+    also after it exits (an orphaned grandchild must not outlive the test)."""
+    kwargs.setdefault("capture_output", True)
+    kwargs.setdefault("text", True)
+    if kwargs.pop("capture_output"):
+        kwargs.setdefault("stdout", subprocess.PIPE)
+        kwargs.setdefault("stderr", subprocess.PIPE)
+    check = kwargs.pop("check", False)
+    proc = spawn(cmd, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        kill_group(proc)
+    result = subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    if check:
+        result.check_returncode()
+    return result

@@ -11,6 +11,8 @@ from pathlib import Path
 from shardpipe.devtools.bench import peers
 from shardpipe.devtools.bench.proctree import descendants, tree_cpu_seconds, worker_peak_rss_mb
 
+from .helpers import run_in_group
+
 BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\nprint('done', flush=True)\ntime.sleep(30)"
 
 
@@ -74,7 +76,7 @@ def test_cli_runs_the_installed_peers_and_skips_the_missing(tmp_path: Path, benc
     cmd = [sys.executable, "-m", "shardpipe.cli", "bench", "--peers", "--data", str(bench_data_dir), "--n", "64",
            "--rounds", "1", "--batch", "16", "--only", "shardpipe", "webdataset + PIL", "litdata", "--report", str(report)]  # fmt: skip
     t0 = time.perf_counter()
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    result = run_in_group(cmd, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     table = out[out.index("loader ") :]

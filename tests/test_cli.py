@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from shardpipe.cli import main
+
+from .helpers import run_in_group
 
 
 def test_demo_runs_the_main_job(tmp_path: Path, capsys):
@@ -45,7 +46,7 @@ def test_demo_runs_the_main_job(tmp_path: Path, capsys):
 def test_bench_prints_the_side_by_side_table(bench_data_dir: Path):
     cmd = [sys.executable, "-m", "shardpipe.cli", "bench", "--data", str(bench_data_dir), "--n", "64", "--rounds", "1",
            "--batch", "16", "--only", "shardpipe", "webdataset"]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    result = run_in_group(cmd, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     out = result.stdout
     assert "webdataset + PIL" in out and "x webdataset" in out

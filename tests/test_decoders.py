@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
 import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +18,7 @@ from shardpipe.image.decoders.base import scaled_dim
 from shardpipe.image.decoders.jpeg import read_header
 from shardpipe.image.decoders.registry import ImageTooLargeError
 
-from .helpers import DECODER_BACKENDS, decoder_or_skip
+from .helpers import DECODER_BACKENDS, decoder_or_skip, run_in_group
 
 BACKENDS = DECODER_BACKENDS
 backend = decoder_or_skip
@@ -232,7 +231,7 @@ def test_corrupt_data_never_crashes_the_process() -> None:
         print(ok, errors)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    proc = run_in_group([sys.executable, "-c", script], timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ok, errors = map(int, proc.stdout.split())
     assert ok > 0 and errors > 0  # both outcomes happened: the fuzzing reached the decoders
@@ -281,7 +280,7 @@ def test_importing_the_pil_decoder_leaves_pillows_guard_alone() -> None:
         print(default, Image.MAX_IMAGE_PIXELS)
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = run_in_group([sys.executable, "-c", code], timeout=120, check=True).stdout.split()
     assert out == [str(1024 * 1024 * 1024 // 4 // 3)] * 2
 
 

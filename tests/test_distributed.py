@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 from shardpipe.split.plan import plan_ranges, rank_share
 from shardpipe.stages import Shard
 
-from .helpers import make_samples, write_manifest_dataset
+from .helpers import make_samples, process_groups, write_manifest_dataset
 
 COUNTS = [9, 2, 14, 5, 1, 11, 7]  # 49 samples in 7 uneven shards
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,29 +25,14 @@ def test_real_gloo_ranks_get_equal_disjoint_epochs(tmp_path: Path, world: int, p
     manifest = write_manifest_dataset(tmp_path, make_samples(sum(COUNTS)), COUNTS)
     store = tmp_path / "gloo-store"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.dist_worker",
-                str(r),
-                str(world),
-                str(store),
-                manifest,
-                policy,
-                str(tmp_path / f"r{r}.json"),
-            ],
-            cwd=ROOT,
-            env=env,
-        )
+    cmds = [
+        [sys.executable, "-m", "tests.dist_worker", str(r), str(world), str(store), manifest, policy,
+         str(tmp_path / f"r{r}.json")]
         for r in range(world)
-    ]
-    try:
+    ]  # fmt: skip
+    # each rank leads its own process group: its DataLoader workers die with it, also on a timeout
+    with process_groups(*cmds, cwd=ROOT, env=env) as procs:
         codes = [p.wait(timeout=180) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
     assert codes == [0] * world, "a rank failed or hung (see its output above)"
     results = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(world)]
     steps = {r["steps"] for r in results}

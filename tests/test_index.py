@@ -18,7 +18,7 @@ from shardpipe.format.index import SampleIndex
 from shardpipe.format.manifest import load_manifest
 from shardpipe.io.ranged import RangeReader
 
-from .helpers import make_samples, write_shards
+from .helpers import make_samples, process_groups, write_shards
 
 wds = pytest.importorskip("webdataset")
 
@@ -247,7 +247,6 @@ def test_bad_manifests(tmp_path: Path):
 @pytest.mark.parametrize("world, algo", [(3, "block")])
 def test_gloo_ranks_on_webdataset_shards_after_shardpipe_index(tmp_path: Path, world: int, algo: str):
     import os
-    import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
@@ -255,30 +254,13 @@ def test_gloo_ranks_on_webdataset_shards_after_shardpipe_index(tmp_path: Path, w
     manifest = str(tmp_path / "manifest.json")
     assert cli_main(["index", "::".join(urls), "-o", manifest, "--no-progress"]) == 0
     env = {**os.environ, "PYTHONPATH": str(root)}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.dist_worker",
-                str(r),
-                str(world),
-                str(tmp_path / "store"),
-                manifest,
-                "drop",
-                str(tmp_path / f"r{r}.json"),
-                algo,
-            ],
-            cwd=root,
-            env=env,
-        )  # fmt: skip
+    cmds = [
+        [sys.executable, "-m", "tests.dist_worker", str(r), str(world), str(tmp_path / "store"), manifest, "drop",
+         str(tmp_path / f"r{r}.json"), algo]
         for r in range(world)
-    ]
-    try:
+    ]  # fmt: skip
+    with process_groups(*cmds, cwd=root, env=env) as procs:
         codes = [p.wait(timeout=180) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
     assert codes == [0] * world, "a rank failed or hung (see its output above)"
     results = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(world)]
     assert len({r["steps"] for r in results}) == 1, [r["steps"] for r in results]

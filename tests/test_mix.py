@@ -10,7 +10,7 @@ import pytest
 
 from shardpipe import MixedDataset, ShardDataset
 from shardpipe.mix import quotas
-from tests.helpers import make_samples, write_manifest_dataset
+from tests.helpers import make_samples, process_groups, write_manifest_dataset
 
 SIZES = {"a": 30, "b": 60, "c": 200}
 
@@ -197,7 +197,6 @@ def test_shard_loader_resume_mid_epoch_and_at_the_epoch_end(manifests, cut):
 
 def test_real_gloo_ranks_get_equal_mixed_batch_counts(tmp_path):
     import os
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -205,19 +204,11 @@ def test_real_gloo_ranks_get_equal_mixed_batch_counts(tmp_path):
     manifest = write_manifest_dataset(tmp_path, make_samples(50), [20, 17, 13])
     env = {**os.environ, "PYTHONPATH": str(root)}
     cmd = [sys.executable, "-m", "tests.dist_worker"]
-    procs = [
-        subprocess.Popen(
-            [*cmd, str(r), "2", str(tmp_path / "store"), manifest, "mix", str(tmp_path / f"r{r}.json")],
-            cwd=root,
-            env=env,
-        )  # fmt: skip
-        for r in range(2)
+    cmds = [
+        [*cmd, str(r), "2", str(tmp_path / "store"), manifest, "mix", str(tmp_path / f"r{r}.json")] for r in range(2)
     ]
-    try:
+    with process_groups(*cmds, cwd=root, env=env) as procs:
         codes = [p.wait(timeout=180) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
     assert codes == [0, 0], "a rank failed or hung (see its output above)"
     results = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(2)]
     # 61 // (2 ranks x 2 workers) = 15 samples per worker: 5 batches of 3 each, 10 per rank

@@ -303,6 +303,7 @@ def test_protocol_members_are_what_loaders_call():
         "set_worker_plan",
         "shards",
         "warm",
+        "worker_plan_published",
         "workers_started",
     }
 

@@ -89,11 +89,13 @@ def test_seek_within_and_beyond_the_read_ahead(http_store):
             pos = f.seek(target if whence == 0 else target - f.tell(), whence)
             assert pos == f.tell() == target
             assert f.read(1000) == data[target : target + 1000]
+            if target == 12 * MiB:
+                # blocks 0-4 (read, then 2 ahead) and 12-14 at most were requested so far, however slow the
+                # machine (cancelled requests may or may not finish); the 7 blocks skipped would make it 15
+                assert http_store.proxy.bytes_down < 8 * MiB + 64 * 1024
         assert f.seek(-10, 2) == len(data) - 10 and f.read() == data[-10:]
         with pytest.raises(ValueError, match="seek to -1 outside"):
             f.seek(-1)
-    # the jump to 12 MiB skipped the blocks in between: they were never downloaded
-    assert http_store.proxy.bytes_down < 10 * MiB
 
 
 def test_empty_object(remote):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from shardpipe import RemoteError, RemoteLoader, ShardLoader  # noqa: E402
 from shardpipe.config import load_config  # noqa: E402
 
 from .fleet_helpers import COUNTS, ROOT, ServerProcess, start_servers, write_config  # noqa: E402
-from .helpers import make_samples  # noqa: E402
+from .helpers import make_samples, process_groups  # noqa: E402
 
 ALL_KEYS = {s["__key__"] for s in make_samples(sum(COUNTS))}
 
@@ -143,28 +142,13 @@ def test_failover_killed_and_stopped_servers_rejoin_and_none_left(config, local_
 def test_two_gloo_ranks_with_their_own_servers(fleet, tmp_path: Path):
     servers = fleet  # rank r uses server r only (a server serves any number of trainers)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.serve_rank",
-                str(r),
-                "2",
-                str(tmp_path / "store"),
-                servers[r].endpoint,
-                str(tmp_path / f"r{r}.json"),
-            ],
-            cwd=ROOT,
-            env=env,
-        )
+    cmds = [
+        [sys.executable, "-m", "tests.serve_rank", str(r), "2", str(tmp_path / "store"), servers[r].endpoint,
+         str(tmp_path / f"r{r}.json")]
         for r in range(2)
-    ]
-    try:
+    ]  # fmt: skip
+    with process_groups(*cmds, cwd=ROOT, env=env) as procs:
         codes = [p.wait(timeout=120) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
     assert codes == [0, 0], "a rank failed or hung (see its output above)"
     results = [json.loads((tmp_path / f"r{r}.json").read_text()) for r in range(2)]
     assert results[0]["steps"] == results[1]["steps"] > 0  # equal batch counts

@@ -18,6 +18,8 @@ from shardpipe.devtools.synth import make_image, make_jpeg
 from shardpipe.write import outfiles
 from shardpipe.write.job import PROGRESS, write_shards
 
+from .helpers import kill_group, spawn
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -151,9 +153,7 @@ def test_killed_write_leaves_complete_shards_and_resume_matches_a_clean_run(phot
         "--shuffle", "--seed", "7", "--workers", "2", "--no-progress",
     ]  # fmt: skip
     code = "import sys; from shardpipe.cli import main; sys.exit(main())"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, *argv], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    proc = spawn([sys.executable, "-c", code, *argv], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     try:
         deadline = time.monotonic() + 60
@@ -162,19 +162,18 @@ def test_killed_write_leaves_complete_shards_and_resume_matches_a_clean_run(phot
                 break
             time.sleep(0.005)
         workers = _children(proc.pid)
-        proc.send_signal(signal.SIGKILL)
+        proc.send_signal(signal.SIGKILL)  # the writer alone: its workers must notice and exit by themselves
         proc.wait(10)
+        assert proc.returncode == -signal.SIGKILL, (
+            f"the write ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
+        )
+        assert len(workers) == 2
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in workers), "worker processes outlived the killed writer"
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL, (
-        f"the write ended before it was killed: {proc.stderr.read().decode()[-2000:]}"
-    )
-    assert len(workers) == 2
-    deadline = time.monotonic() + 10
-    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(_alive(p) for p in workers), "worker processes outlived the killed writer"
+        kill_group(proc)  # whatever is left of it, also when an assertion above failed
 
     left = shard_bytes(out)
     assert 3 <= len(left) < 30 and not (out / "manifest.json").exists()

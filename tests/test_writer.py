@@ -11,7 +11,7 @@ import pytest
 import shardpipe
 from shardpipe import ShardWriter
 
-from .helpers import make_samples
+from .helpers import make_samples, run_in_group
 
 
 def test_maxcount_and_manifest(tmp_path: Path):
@@ -142,7 +142,6 @@ def test_a_failing_field_writes_no_part_of_its_sample(tmp_path: Path):
 def test_disk_full_while_writing_leaves_no_partial_shard(tmp_path: Path):
     """A write that fails mid-shard (here: a file-size limit, as a full disk would) raises
     the OS error and leaves neither a shard under its final name nor a temporary file."""
-    import subprocess
     import sys
     import textwrap
 
@@ -162,7 +161,7 @@ def test_disk_full_while_writing_leaves_no_partial_shard(tmp_path: Path):
             sys.exit(3)
         """
     )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    result = run_in_group([sys.executable, "-c", script], timeout=120)
     assert result.returncode == 3, result.stderr[-2000:]
     assert "OSError 27" in result.stdout  # EFBIG: what a full disk (ENOSPC) looks like to the writer
     assert list(tmp_path.iterdir()) == []

@@ -49,6 +49,13 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):  # the group is gone already
+        pass
+
+
 def find_binary(name: str, *candidates: str) -> str | None:
     """The path of an executable: the candidates first, then PATH (pyenv shims resolved)."""
     for c in candidates:
@@ -93,12 +100,13 @@ class ChildProcess:
         if self.proc is None or self.proc.poll() is not None:
             return
         atexit.unregister(self.stop)
-        self.proc.terminate()
+        _signal_group(self.proc.pid, signal.SIGTERM)  # its own group (start_new_session): nginx's workers too
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            _signal_group(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout)
+        _signal_group(self.proc.pid, signal.SIGKILL)  # children that outlived the leader
 
     def wait_ready(self, check, timeout: float, what: str) -> None:
         """Poll ``check()`` until true; fail with the log tail if the child dies or times out."""

@@ -1,0 +1,98 @@
+"""Batch and collate on their own: field types, layouts, short batches, allocation, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from shardpipe.stages import Batch, Context, Map, Pipeline, Shard, ShardList
+from shardpipe.stages.batch import collate, collate_images, empty_uint8
+
+
+def image(i: int, h: int = 4, w: int = 3, c: int = 3) -> np.ndarray:
+    return (np.arange(h * w * c, dtype=np.uint8).reshape(h, w, c) + i).astype(np.uint8)
+
+
+def test_collate_by_field_type():
+    samples = [
+        {"__key__": "a", "__shard__": 0, "jpg": image(0), "cls": 1, "w": 0.5, "ok": True, "t": torch.ones(2), "m": "x"},
+        {"__key__": "b", "__shard__": 3, "jpg": image(1), "cls": np.int64(4), "w": 1.5, "ok": False, "t": torch.zeros(2), "m": "y"},
+    ]  # fmt: skip
+    out = collate(samples)
+    assert out["__key__"] == ["a", "b"] and out["__shard__"] == [0, 3]  # "__" ints stay a list
+    assert out["cls"].dtype == torch.int64 and out["cls"].tolist() == [1, 4]
+    assert out["w"].dtype == torch.float32 and out["w"].tolist() == [0.5, 1.5]
+    assert out["ok"].dtype == torch.bool and out["ok"].tolist() == [True, False]
+    assert torch.equal(out["t"], torch.stack([torch.ones(2), torch.zeros(2)]))
+    assert out["m"] == ["x", "y"]
+    jpg = out["jpg"]
+    assert jpg.dtype == torch.uint8 and jpg.shape == (2, 3, 4, 3) and jpg.is_contiguous()
+    assert np.array_equal(jpg[1].permute(1, 2, 0).numpy(), image(1))
+
+
+def test_a_field_only_some_samples_have_becomes_a_list_with_none():
+    out = collate([{"a": 1, "b": 2}, {"a": 3}])
+    assert out["a"].tolist() == [1, 3] and out["b"] == [2, None]
+    assert list(out) == ["a", "b"]
+
+
+def test_channels_last_keeps_the_pixels_in_nhwc_memory():
+    images = [image(0), image(7)]
+    nchw = collate_images(images)
+    cl = collate_images(images, channels_last=True)
+    assert cl.shape == nchw.shape == (2, 3, 4, 3)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and not cl.is_contiguous()
+    assert torch.equal(cl, nchw)
+
+
+def test_grey_images_get_one_channel_and_tensors_are_stacked():
+    grey = [np.full((2, 5), 9, np.uint8), np.full((2, 5), 7, np.uint8)]
+    out = collate_images(grey)
+    assert out.shape == (2, 1, 2, 5) and out[:, 0, 0, 0].tolist() == [9, 7]
+    chw = [torch.full((3, 2, 2), 1, dtype=torch.uint8), torch.full((3, 2, 2), 2, dtype=torch.uint8)]
+    assert torch.equal(collate_images(chw), torch.stack(chw))
+    into = torch.empty((2, 3, 2, 2), dtype=torch.uint8)
+    assert collate_images(chw, out=into).data_ptr() == into.data_ptr()
+
+
+def test_images_of_different_sizes_are_refused_with_the_fix():
+    with pytest.raises(ValueError, match=r"^cannot batch images of different sizes \(4x3 and 5x3\): add a transform"):
+        collate_images([image(0), image(1, h=5)])
+
+
+def test_the_allocator_is_used_and_outside_workers_memory_is_private():
+    shapes = []
+
+    def alloc(shape):
+        shapes.append(shape)
+        return torch.empty(shape, dtype=torch.uint8)
+
+    collate_images([image(0)], alloc=alloc)
+    collate_images([image(0)], channels_last=True, alloc=alloc)
+    assert shapes == [(1, 3, 4, 3), (1, 4, 3, 3)]
+    t = empty_uint8((2, 3))
+    assert t.shape == (2, 3) and t.dtype == torch.uint8 and not t.is_shared()
+
+
+def numbered(n: int) -> list:
+    return [ShardList([Shard(f"s{i}", i) for i in range(n)]), Map(lambda s: {"i": s.index})]
+
+
+@pytest.mark.parametrize("drop_last, sizes", [(False, [4, 4, 2]), (True, [4, 4])])
+def test_batches_and_the_short_last_one(drop_last: bool, sizes: list[int]):
+    ctx = Context()
+    batches = list(Pipeline([*numbered(10), Batch(4, drop_last=drop_last)], ctx))
+    assert [len(b["i"]) for b in batches] == sizes
+    assert [i for b in batches for i in b["i"].tolist()] == list(range(sum(sizes)))
+    assert ctx.counts["batch"] == sum(sizes) and ctx.timers["batch"] > 0
+
+
+def test_an_exact_multiple_has_no_empty_batch():
+    assert [len(b["i"]) for b in Pipeline([*numbered(8), Batch(4)], Context())] == [4, 4]
+
+
+@pytest.mark.parametrize("size", [0, -2])
+def test_batch_size_must_be_positive(size: int):
+    with pytest.raises(ValueError, match=rf"^batch_size must be >= 1, not {size}$"):
+        Batch(size)

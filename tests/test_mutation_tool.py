@@ -1,0 +1,68 @@
+"""tools/mutation.py's bookkeeping (scores, the equivalent list, the docs table), without running mutmut."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("mutation_tool", ROOT / "tools" / "mutation.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        del sys.modules[spec.name]
+
+
+def test_equivalent_mutants_are_left_out_of_the_score(tool):
+    r = tool.ModuleScore("format/index.py", ["tests/test_index.py"], total=300)
+    r.statuses = {"m.a": "killed", "m.b": "survived", "m.c": "survived", "m.d": "timeout", "m.e": "no tests"}
+    assert (r.caught, r.score, r.survivors) == (2, 40.0, ["m.b", "m.c", "m.e"])
+    r.equivalent = {"m.b": "same bytes"}
+    assert (r.caught, len(r.scored), r.score, r.survivors) == (2, 4, 50.0, ["m.c", "m.e"])
+
+
+def test_the_equivalent_list_names_modules_of_the_table_each_with_a_reason(tool):
+    found = tool.load_equivalent()
+    assert found, "tools/mutation_equivalent.txt lists no mutant"
+    modules = {"shardpipe." + m.removesuffix(".py").replace("/", ".") for m in tool.MODULES}
+    for name, why in found.items():
+        assert name.rsplit(".", 1)[0] in modules and "__mutmut_" in name, name
+        assert len(why.split()) >= 4, f"{name}: say why it is equivalent"
+
+
+def test_every_module_has_existing_test_files(tool):
+    for module, tests in tool.MODULES.items():
+        assert (ROOT / "shardpipe" / module).is_file(), module
+        assert any((ROOT / t).is_file() for t in tests), module
+
+
+def test_the_docs_table_keeps_rows_of_modules_not_run(tool, tmp_path: Path, monkeypatch):
+    doc = tmp_path / "mutation.md"
+    monkeypatch.setattr(tool, "DOC", doc)
+    doc.write_text(f"# Mutation\n\nintro\n\n{tool.BEGIN}\nold\n{tool.END}\n\nafter\n")
+    args = argparse.Namespace(sample=60, seed=26)
+
+    def result(module: str, killed: int, survived: int):
+        r = tool.ModuleScore(module, ["tests/test_x.py"], total=100)
+        r.statuses = {f"shardpipe.x.k{i}": "killed" for i in range(killed)}
+        r.statuses |= {f"shardpipe.x.s{i}": "survived" for i in range(survived)}
+        return r
+
+    tool.write_doc(tool.render([result("split/plan.py", 9, 1), result("io/files.py", 1, 1)], args), [])
+    tool.write_doc(tool.render([result("split/plan.py", 10, 0)], args), [])
+    text = doc.read_text()
+    assert text.startswith("# Mutation\n\nintro\n\n") and text.endswith(f"{tool.END}\n\nafter\n")
+    rows = [line for line in text.splitlines() if line.startswith("| shardpipe/")]
+    assert [row.split(" | ")[0] for row in rows] == ["| shardpipe/split/plan.py", "| shardpipe/io/files.py"]
+    assert "| 10/10 | 100% | - |" in rows[0] and "| 1/2 | 50% | `s0` |" in rows[1]
