@@ -15,7 +15,8 @@ from shardpipe.indexed import block_shuffle_source
 from shardpipe.io.opener import ShardOpener
 from shardpipe.io.urls import single_manifest
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions, build_groups
-from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, pass_start, shards_digest
+from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, pass_start
+from shardpipe.protocol import ShardsFingerprint, WorkerPassHooks
 from shardpipe.ranks import distributed_rank
 from shardpipe.stages.base import Context, Pipeline, Stage, State
 from shardpipe.stages.batch import Batch
@@ -45,7 +46,7 @@ def read_options_of(io: OpenOptions) -> Any:
     return dataclasses.replace(io.read_options or ReadOptions(), memory_limit=io.memory_limit)
 
 
-class ShardDataset(IterableDataset):
+class ShardDataset(IterableDataset, WorkerPassHooks):
     """Stream samples (or batches) from tar shards: local paths, ``file://`` or fsspec URLs.
 
     Each epoch, every consumer (rank x DataLoader worker) reads its own part of the data,
@@ -56,11 +57,12 @@ class ShardDataset(IterableDataset):
     consumers (``split``), so every sample comes out exactly once. ``set_epoch(n)``
     selects a different, deterministic order per epoch from one ``seed``.
 
-    What loaders use (and nothing else): ``epoch``/``set_epoch``; ``state_dict()`` /
-    ``load_state_dict()``, this process's position (in a DataLoader worker, that worker's
-    part: torchdata's ``StatefulDataLoader`` calls them there); ``fingerprint()``; and
-    ``set_worker_plan()``, what every worker's next pass starts from. The epoch and the
-    worker plan live in shared memory, so running persistent workers see them.
+    Loaders use only the loader protocol (``shardpipe.protocol.LoaderSource``): ``epoch``/
+    ``set_epoch``; ``state_dict()`` / ``load_state_dict()``, this process's position (in a
+    DataLoader worker, that worker's part: torchdata's ``StatefulDataLoader`` calls them
+    there); ``fingerprint()``; ``set_worker_plan()``, what every worker's next pass starts
+    from; and the calls around a pass of workers. The epoch and the worker plan live in
+    shared memory, so running persistent workers see them.
 
     Options come in four groups (``shardpipe.options``), passed as objects after
     ``urls`` or as flat keywords of the same names (keywords replace fields of a group
@@ -178,7 +180,7 @@ class ShardDataset(IterableDataset):
         self.progress = WorkerProgress()  # where each DataLoader worker is (the loader's stall watchdog)
         self._plan = SharedPlan()  # the epoch and worker plan, seen by running (persistent) workers
         self._epoch = 0
-        self._shards_hash: Any = None  # hash of the shard list, kept for fingerprint()
+        self._shards_hash: ShardsFingerprint | None = None  # the shard list's hash, kept for fingerprint()
         self._resume: State | None = None  # loaded here: where this process's next pass starts
         self._pass: _Pass | None = None  # the latest pass started in this process
 
@@ -203,6 +205,9 @@ class ShardDataset(IterableDataset):
     @property
     def batch_size(self) -> int | None:
         return self.batch_options.batch_size
+
+    #: each pass starts afresh from its epoch (or a loaded state): nothing to hand over between passes
+    carries_state = False
 
     # -- configuration ------------------------------------------------------
     @property
@@ -271,24 +276,30 @@ class ShardDataset(IterableDataset):
     def fingerprint(self) -> str:
         """A short hash of what a resume state depends on: shards, sample counts and options."""
         if self._shards_hash is None:
-            self._shards_hash = shards_digest(self.shards)
-        h = self._shards_hash.copy()
+            self._shards_hash = ShardsFingerprint(self.shards)
         # hashed as keep-last (not drop_last): the text is part of every saved state's fingerprint
         keep_last = not self.batch_options.drop_last
-        h.update(f"{self.seed}|{self.buffer_size}|{self.batch_size}|{keep_last}|{self.epoch_policy}".encode())
-        if self.indexed is not None:  # another order: a window state must not load here (nor the reverse)
-            h.update(f"|block|{self.shuffle_block_size}".encode())
-        return h.hexdigest()[:16]
+        options = f"{self.seed}|{self.buffer_size}|{self.batch_size}|{keep_last}|{self.epoch_policy}"
+        # the block shuffle is another order: a window state must not load here (nor the reverse)
+        block = f"|block|{self.shuffle_block_size}" if self.indexed is not None else ""
+        return self._shards_hash.of(options, block)
 
-    def _context(self, epoch: int | None = None, rotation: int = 0) -> Context:
+    def pass_context(
+        self, epoch: int | None = None, rotation: int = 0, progress: WorkerProgress | None = None
+    ) -> Context:
+        """The context a pass in this process runs with: seed, ``epoch`` (default: ``self.epoch``),
+        rank, and the DataLoader worker (its id moved by ``rotation``, so that a resumed round robin
+        continues). In a worker, the pass marks where it is in ``progress`` (default: this
+        dataset's table; a ``MixedDataset`` gives one table for all its sources)."""
         rank, world = self.rank_and_world()
         info = get_worker_info()
-        progress = None
+        marker = None
         if info is not None:
-            progress = ProgressMarker(self.progress, info.id, {s.url: s.index for s in self.shards})
-            progress("worker set-up")
+            table = self.progress if progress is None else progress
+            marker = ProgressMarker(table, info.id, {s.url: s.index for s in self.shards})
+            marker("worker set-up")
         return Context(
-            progress=progress,
+            progress=marker,
             seed=self.seed,
             epoch=self.epoch if epoch is None else epoch,
             rank=rank,
@@ -336,7 +347,7 @@ class ShardDataset(IterableDataset):
 
     def build_pipeline(self, ctx: Context | None = None) -> Pipeline:
         """The stage chain this dataset runs (also useful to inspect or extend)."""
-        ctx = ctx or self._context()
+        ctx = ctx or self.pass_context()
         stages = self._shard_stages(ctx)
         if self.require:
             stages.append(RequireFields(self.require))
@@ -368,7 +379,7 @@ class ShardDataset(IterableDataset):
         epoch, rotation, states, resume = pass_start(self._plan, self._resume, self._epoch)
         self._resume = None
         self._epoch = epoch
-        ctx = self._context(epoch, rotation)
+        ctx = self.pass_context(epoch, rotation)
         if states is not None:
             if len(states) != ctx.num_workers:
                 raise ValueError(f"worker plan has {len(states)} resume states for {ctx.num_workers} workers")
@@ -437,7 +448,8 @@ class ShardDataset(IterableDataset):
         if saved is not None and saved != self.fingerprint():
             raise StateError(
                 "dataset state was saved for other shards or options (shard list, sample counts, seed, "
-                "shuffle, batch size or epoch policy differ): resuming would repeat or skip samples"
+                "shuffle, batch size or epoch policy differ): resuming would repeat or skip samples "
+                f"(state fingerprint {saved}, this dataset's {self.fingerprint()})"
             )
 
 

@@ -12,11 +12,14 @@ thread, else from shardpipe's forkserver; a worker that dies is reported within 
 (``shardpipe.workerwatch``), and one that delivers nothing for ``stall_timeout`` seconds
 becomes a ``WorkerStallError`` naming the worker, its stage and its shard.
 
-The loader never touches the dataset's internals: before each pass it publishes a
-``WorkerPlan`` (epoch, first worker, resume states) through ``ShardDataset.set_worker_plan``,
-which lives in shared memory, so persistent workers (``persistent_workers=True``) learn
-the next epoch and a resume state loaded into an already-running loader exactly like
-fresh workers do. Each worker's collate step reads ``state_dict()`` of its dataset copy.
+The loader drives its source only through the loader protocol
+(``shardpipe.protocol.LoaderSource``, which ``ShardDataset`` and ``MixedDataset``
+implement): before each pass it publishes a ``WorkerPlan`` (epoch, first worker, resume
+states) through ``open_worker_pass``, which the source keeps in shared memory, so
+persistent workers (``persistent_workers=True``) learn the next epoch and a resume state
+loaded into an already-running loader exactly like fresh workers do; each batch received
+goes back through ``batch_received`` (the source recycles its buffers once the loop lets
+go). Each worker's collate step reads ``state_dict()`` of its source copy.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from typing import Any
 from torch.utils.data import DataLoader, get_worker_info
 from torch.utils.data._utils.collate import default_convert
 
-from shardpipe.dataset import ShardDataset
 from shardpipe.errors import SetupError, WorkerDiedError, WorkerStallError
 from shardpipe.passes import WorkerPlan
+from shardpipe.protocol import LoaderSource, require
 from shardpipe.stages.base import State
 from shardpipe.state import STATE_VERSION, StateError, validate_loader_state
 from shardpipe.workers import (
@@ -114,7 +117,8 @@ def _with_state(item: Any) -> tuple[State, Any]:
 
 
 class ShardLoader(DataLoader):
-    """DataLoader over a ``ShardDataset`` (which batches itself, so ``batch_size=None`` here).
+    """DataLoader over a ``ShardDataset``, a ``MixedDataset`` or any other ``LoaderSource``
+    (``shardpipe.protocol``): it batches itself, so ``batch_size=None`` here.
 
     Each new iteration moves the dataset to the next epoch, unless ``set_epoch`` was
     called since the last one. ``state_dict()`` / ``load_state_dict()`` save and restore
@@ -136,7 +140,7 @@ class ShardLoader(DataLoader):
 
     def __init__(
         self,
-        dataset: ShardDataset,
+        dataset: LoaderSource,
         num_workers: int = 0,
         pin_memory: bool = False,
         multiprocessing_context: Any = "auto",
@@ -144,10 +148,7 @@ class ShardLoader(DataLoader):
         persistent_workers: bool = False,
         **kwargs: Any,
     ):
-        from shardpipe.mix import MixedDataset
-
-        if not isinstance(dataset, (ShardDataset, MixedDataset)):
-            raise TypeError(f"ShardLoader needs a ShardDataset or MixedDataset, not {type(dataset).__name__}")
+        require(dataset, LoaderSource, "ShardLoader")
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError(f"stall_timeout must be a positive number of seconds or None, not {stall_timeout!r}")
         refuse_unsupported(num_workers, persistent_workers, kwargs)
@@ -181,16 +182,17 @@ class ShardLoader(DataLoader):
         self._passes = 0  # passes started: a finished pass withdraws its worker plan only if it is the latest
 
     @property
-    def shard_dataset(self) -> ShardDataset:
+    def source(self) -> LoaderSource:
+        """The dataset this loader runs (a ``ShardDataset``, ``MixedDataset``, ...)."""
         return self.dataset  # type: ignore[return-value]
 
     def _carries(self) -> bool:
-        """True for datasets whose passes go on from the previous pass's end state (``MixedDataset``)."""
-        return bool(getattr(self.dataset, "carries_state", False))
+        """True for sources whose passes go on from the previous pass's end state (``MixedDataset``)."""
+        return self.source.carries_state
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch ``epoch`` (later passes go on from there)."""
-        self.shard_dataset.set_epoch(epoch)
+        self.source.set_epoch(epoch)
         self._epoch_pinned = True
 
     def _get_iterator(self) -> Any:
@@ -200,7 +202,7 @@ class ShardLoader(DataLoader):
         return WatchedWorkersIter(self)
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        ds = self.shard_dataset
+        ds = self.source
         # advance unless the epoch was chosen since the last pass (here, or on the dataset)
         if self._iterations > 0 and not self._epoch_pinned and ds.epoch == self._epoch_seen:
             ds.set_epoch(ds.epoch + 1)
@@ -218,7 +220,7 @@ class ShardLoader(DataLoader):
             return self._iter_inline(ds, self._worker_states[0])
         return self._iter_workers(ds)
 
-    def _iter_inline(self, ds: ShardDataset, state: State | None) -> Iterator[Any]:
+    def _iter_inline(self, ds: LoaderSource, state: State | None) -> Iterator[Any]:
         if state is not None:
             ds.load_state_dict(state)
         for item in super().__iter__():
@@ -226,25 +228,23 @@ class ShardLoader(DataLoader):
             yield item
         self._epoch_done = True
 
-    def _iter_workers(self, ds: ShardDataset) -> Iterator[Any]:
+    def _iter_workers(self, ds: LoaderSource) -> Iterator[Any]:
         ds.rank_and_world()  # refresh the rank the workers will see
         ds.warm()  # import the decoder and transforms once here, not in every forked worker
-        ds.progress.clear()
         self._passes += 1
         this_pass = self._passes
         resume = self._worker_states if any(s is not None for s in self._worker_states) else None
-        # read by each worker when torch starts its pass: fresh workers, and persistent ones alike
+        # read by each worker when torch starts its pass: fresh workers, and persistent ones alike;
+        # pinned batches are copied before the loop sees them, so only unpinned ones recycle buffers
         first = self._next_worker
-        ds.set_worker_plan(WorkerPlan(ds.epoch, first, resume))
-        if not self.persistent_workers:
-            ds.buffers.clear()  # the last pass's workers (and their batch buffers) are gone
-        ds.buffers.enabled = not self.pin_memory  # pinned: batches are copied before we see them
+        plan = WorkerPlan(ds.epoch, first, resume)
+        ds.open_worker_pass(plan, fresh_workers=not self.persistent_workers, recycle=not self.pin_memory)
         if self._requested_context == "auto":  # decided per pass: threads come and go
             self.multiprocessing_context = choose_context("auto", ds)
         try:
             it = super().__iter__()  # fresh workers start now (persistent ones kept theirs) with this flag
         finally:
-            ds.buffers.enabled = False  # plain DataLoaders over this dataset get no recycled buffers
+            ds.workers_started()
         try:
             while True:
                 try:
@@ -261,8 +261,7 @@ class ShardLoader(DataLoader):
                 worker = state["consumer"]["worker"]
                 self._worker_states[worker] = state
                 self._next_worker = (worker + 1) % self.num_workers
-                ds.buffers.release()  # batches the training loop is done with go back to their worker
-                ds.buffers.track((worker - first) % self.num_workers, item)  # the DataLoader worker's row
+                ds.batch_received((worker - first) % self.num_workers, item)  # the DataLoader worker's row
                 yield item
             self._epoch_done = True
         finally:
@@ -271,7 +270,7 @@ class ShardLoader(DataLoader):
 
     def _stall_error(self, it: Any) -> WorkerStallError:
         """Name the worker the loader waited for, its stage and shard; stop the workers."""
-        ds = self.shard_dataset
+        ds = self.source
         worker = awaited_worker(it, ds.progress, self.num_workers)
         pid = it._workers[worker].pid if worker < len(getattr(it, "_workers", [])) else None
         where = position(ds, worker)
@@ -285,13 +284,13 @@ class ShardLoader(DataLoader):
     # -- resume ---------------------------------------------------------------
     def state_dict(self) -> State:
         """A small JSON-serialisable snapshot: resume exactly after the last item yielded."""
-        ds = self.shard_dataset
+        ds = self.source
         rank, world = ds.rank_and_world()
         mid_epoch = not self._epoch_done and any(s is not None for s in self._worker_states)
         carry = self._carries() and self._epoch_done and any(s is not None for s in self._worker_states)
         return {
             "version": STATE_VERSION,
-            "fingerprint": self.shard_dataset.fingerprint(),
+            "fingerprint": ds.fingerprint(),
             "epoch": ds.epoch if (mid_epoch or not self._epoch_done) else ds.epoch + 1,
             "rank": rank,
             "world_size": world,
@@ -303,12 +302,14 @@ class ShardLoader(DataLoader):
     def load_state_dict(self, state: State) -> None:
         """Continue from ``state`` at the next iteration (refuses an incompatible state)."""
         validate_loader_state(state)
-        if state["fingerprint"] != self.shard_dataset.fingerprint():
+        mine = self.source.fingerprint()
+        if state["fingerprint"] != mine:
             raise StateError(
                 "loader state was saved for other shards or options (shard list, sample counts, seed, "
-                "shuffle, batch size or epoch policy differ): resuming would repeat or skip samples"
+                "shuffle, batch size or epoch policy differ): resuming would repeat or skip samples "
+                f"(state fingerprint {state['fingerprint']}, this loader's {mine})"
             )
-        rank, world = self.shard_dataset.rank_and_world()
+        rank, world = self.source.rank_and_world()
         if state["workers"] is not None and (
             state["world_size"] != world or state["num_workers"] != self.num_workers or state["rank"] != rank
         ):

@@ -35,7 +35,8 @@ import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
 from shardpipe.dataset import ShardDataset
-from shardpipe.passes import SharedPlan, WorkerPlan, consumer_of, pass_start, shards_digest
+from shardpipe.passes import SharedPlan, WorkerPlan, consumer_of, pass_start
+from shardpipe.protocol import ShardsFingerprint, WorkerPassHooks
 from shardpipe.stages.base import Context, Pipeline, State
 from shardpipe.stages.batch import collate
 from shardpipe.stages.buffers import BatchBuffers
@@ -62,7 +63,7 @@ def draw_order(weights: Sequence[float], total: int, seed: int, epoch: int, cons
     return rng.permutation(order)
 
 
-class MixedDataset(IterableDataset):
+class MixedDataset(IterableDataset, WorkerPassHooks):
     """Samples (or batches) drawn from ``datasets`` in proportion to ``weights``; see the module docstring.
 
     Args:
@@ -114,9 +115,7 @@ class MixedDataset(IterableDataset):
         self.channels_last = channels_last
         self._plan = SharedPlan()  # the epoch and worker plan, seen by running (persistent) workers
         self._epoch = 0
-        self.progress = WorkerProgress()  # one table for every source: the loader's stall watchdog reads it
-        for ds in self.datasets:
-            ds.progress = self.progress
+        self.progress = WorkerProgress()  # one table for every source (see _Mixer): the stall watchdog reads it
         self.buffers = BatchBuffers()  # the loader's hand-back of batches; mixed batches are allocated fresh
         self._resume: State | None = None
         self._carry: State | None = None  # in-process: where the sources stood at the last pass's end
@@ -125,7 +124,7 @@ class MixedDataset(IterableDataset):
     #: ``ShardLoader`` hands each worker's end-of-epoch state to its next pass (sources go on)
     carries_state = True
 
-    # -- the loader protocol (as ShardDataset's) ------------------------------
+    # -- the loader protocol (shardpipe.protocol.LoaderSource) -------------------
     @property
     def epoch(self) -> int:
         return self._epoch
@@ -169,18 +168,16 @@ class MixedDataset(IterableDataset):
 
     def fingerprint(self) -> str:
         """What a saved state must match: the sources' shards and options, weights and lengths."""
-        h = shards_digest(self.shards)
-        for ds in self.datasets:
-            h.update(f"{ds.fingerprint()}\n".encode())
-        h.update(f"{self.weights}|{self.samples_per_epoch}|{self.seed}|{self.batch_size}|{self.drop_last}".encode())
-        return h.hexdigest()[:16]
+        sources = [f"{ds.fingerprint()}\n" for ds in self.datasets]
+        options = f"{self.weights}|{self.samples_per_epoch}|{self.seed}|{self.batch_size}|{self.drop_last}"
+        return ShardsFingerprint(self.shards).of(*sources, options)
 
     # -- iteration ----------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
         epoch, rotation, states, resume = pass_start(self._plan, self._resume, self._epoch)
         self._resume = None
         self._epoch = epoch
-        ctxs = [ds._context(epoch, rotation) for ds in self.datasets]
+        ctxs = [ds.pass_context(epoch, rotation, self.progress) for ds in self.datasets]
         if states is not None:
             resume = states[ctxs[0].worker]
         carry, self._carry = self._carry, None
@@ -210,7 +207,8 @@ class MixedDataset(IterableDataset):
         if state.get("fingerprint") not in (None, self.fingerprint()):
             raise StateError(
                 "mixed state was saved for other sources or options (shards, weights, samples_per_epoch, seed or "
-                "batch size differ): resuming would repeat or skip samples"
+                f"batch size differ): resuming would repeat or skip samples (state fingerprint {state['fingerprint']}, "
+                f"this dataset's {self.fingerprint()})"
             )
         saved, here = state.get("consumer"), consumer_of(ctx)
         if saved is not None and saved != here:

@@ -20,7 +20,6 @@ never reads half of an update.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -142,11 +141,3 @@ def check_consumer(state: State, ctx: Any) -> None:
             "position only holds for its own part of the data; resume with the same ranks and workers, or "
             "from a state saved at an epoch boundary"
         )
-
-
-def shards_digest(shards: list[Any]) -> Any:
-    """A running hash over the shard list (URL and sample count of each)."""
-    h = hashlib.sha256()
-    for shard in shards:
-        h.update(f"{shard.url}\0{shard.samples}\n".encode())
-    return h

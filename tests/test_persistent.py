@@ -82,9 +82,9 @@ def test_set_epoch_between_persistent_passes(manifest):
     kept.set_epoch(5)
     assert batches(kept) == epoch_of(5)
     assert batches(kept) == epoch_of(6)  # later passes go on from there
-    kept.shard_dataset.set_epoch(2)  # on the dataset itself, too
+    kept.source.set_epoch(2)  # on the dataset itself, too
     assert batches(kept) == epoch_of(2)
-    assert kept.shard_dataset.epoch == 2
+    assert kept.source.epoch == 2
 
 
 def _saved_mid_epoch(manifest: str, stop: int) -> tuple[list, dict, list, list]:

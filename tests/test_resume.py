@@ -55,7 +55,7 @@ def test_resume_at_several_points_gives_the_exact_rest(manifest, workers, shuffl
         rest = batches(resumed)
         assert head + rest == full, f"resume after {stop} batches diverged"
         # nothing skipped was decoded: the resumed run decoded exactly what it yielded
-        assert resumed.shard_dataset.stats.totals()["items.decode"] == sum(len(k) for k, _ in rest)
+        assert resumed.source.stats.totals()["items.decode"] == sum(len(k) for k, _ in rest)
         assert batches(resumed) == next_epoch  # and the following epoch is the same too
 
 
@@ -68,7 +68,7 @@ def test_state_between_epochs_starts_the_next_epoch(manifest):
     other = make(manifest, 1, 6)  # any worker count may resume at an epoch boundary
     other.load_state_dict(state)
     assert sorted(k for ks, _ in batches(other) for k in ks) == sorted(k for ks, _ in expected for k in ks)
-    assert other.shard_dataset.epoch == 1
+    assert other.source.epoch == 1
 
 
 def test_changed_world_size_or_workers_mid_epoch_is_refused(manifest):
@@ -121,9 +121,9 @@ def test_loader_set_epoch_between_passes_selects_that_epoch(manifest):
     batches(loader)  # epoch 0
     loader.set_epoch(5)
     fifth = batches(loader)
-    assert loader.shard_dataset.epoch == 5
+    assert loader.source.epoch == 5
     fresh = make(manifest, 0, 6)
     fresh.set_epoch(5)
     assert batches(fresh) == fifth
     batches(loader)
-    assert loader.shard_dataset.epoch == 6  # and the passes after it go on from there
+    assert loader.source.epoch == 6  # and the passes after it go on from there

@@ -52,7 +52,7 @@ def _check_config(accelerator: Any) -> None:
 
 
 def _check_ranks(loader: ShardLoader, accelerator: Any) -> None:
-    rank, world = loader.shard_dataset.rank_and_world()
+    rank, world = loader.source.rank_and_world()
     if (rank, world) != (accelerator.process_index, accelerator.num_processes):
         raise SetupError(
             f"the ShardDataset reads as rank {rank} of {world}, but Accelerate runs this as process "
@@ -84,13 +84,13 @@ class AcceleratedShardLoader(DataLoaderStateMixin):
     @property
     def batch_size(self) -> int | None:
         """Samples per batch on each process (the dataset's ``batch_size``)."""
-        return self.loader.shard_dataset.batch_size
+        return self.loader.source.batch_size
 
     @property
     def total_batch_size(self) -> int | None:
         """Samples per step over all processes."""
         size = self.batch_size
-        return None if size is None else size * self.loader.shard_dataset.rank_and_world()[1]
+        return None if size is None else size * self.loader.source.rank_and_world()[1]
 
     def set_epoch(self, epoch: int) -> None:
         self.loader.set_epoch(epoch)

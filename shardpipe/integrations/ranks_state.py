@@ -44,7 +44,7 @@ def gather_json(state: State) -> dict[str, Any]:
 def pick_own(state: dict[str, Any], loader: ShardLoader) -> State:
     """This rank's entry of a ``gather_json`` dict (refused when the number of ranks differs)."""
     ranks = state[KEY]
-    rank, world = loader.shard_dataset.rank_and_world()
+    rank, world = loader.source.rank_and_world()
     if len(ranks) != world:
         raise SetupError(
             f"the checkpoint holds loader states of {len(ranks)} processes but {world} run now; resume with "

@@ -126,7 +126,7 @@ class RemoteLoader:
         self._ctx = self._zmq.Context()
         self._ids = itertools.count(1)
         self.stats: Counter[str] = Counter()
-        self.fingerprint: str | None = None
+        self._fingerprint: str | None = None  # the servers' (they must all agree)
         self.epoch = 0
         self._iterations = 0
         self._epoch_pinned = False
@@ -143,7 +143,17 @@ class RemoteLoader:
         self.epoch = epoch
         self._epoch_pinned = True
 
+    def fingerprint(self) -> str:
+        """The servers' fingerprint (their dataset and config); asks them when none has answered yet."""
+        if self._fingerprint is None:
+            self._greet([s for s in self.servers if not s.live], self.timeout)
+        if self._fingerprint is None:
+            names = ", ".join(s.address for s in self.servers)
+            raise RemoteError(f"no server answered within {self.timeout:g}s: {names}, so no fingerprint is known")
+        return self._fingerprint
+
     def rank_and_world(self) -> tuple[int, int]:
+        """This trainer's (rank, world_size): the constructor's override, else torch.distributed/env."""
         rank, world = distributed_rank()
         return (self._rank if self._rank is not None else rank, self._world if self._world is not None else world)
 
@@ -196,7 +206,7 @@ class RemoteLoader:
             self.epoch += 1
         self._epoch_pinned = False
         self._iterations += 1
-        first = self.fingerprint is None
+        first = self._fingerprint is None
         dropped = [s for s in self.servers if not s.live]
         if dropped:
             self._greet(dropped, self.timeout if first else self.rejoin_wait)
@@ -329,14 +339,14 @@ class RemoteLoader:
 
     def _welcome(self, server: _Server, header: dict[str, Any]) -> None:
         fp = header.get("fingerprint")
-        if self.fingerprint is None:
-            self.fingerprint = fp
-        if fp != self.fingerprint:
+        if self._fingerprint is None:
+            self._fingerprint = fp
+        if fp != self._fingerprint:
             server.sock.close(linger=0)
             server.sock = None
             raise RemoteError(
                 f"server {server.address} serves a different dataset or config (fingerprint {fp}, "
-                f"the others {self.fingerprint}): its batches would not form the same epoch"
+                f"the others {self._fingerprint}): its batches would not form the same epoch"
             )
         if not server.live:
             log.info("server %s joined (%s workers)", server.address, header.get("workers"))
@@ -406,7 +416,7 @@ class RemoteLoader:
         rank, world = self._rank_world if self._slots else self.rank_and_world()
         return {
             "version": STATE_VERSION,
-            "fingerprint": self.fingerprint,
+            "fingerprint": self._fingerprint,
             "epoch": self.epoch + 1 if self._epoch_done else self.epoch,
             "rank": rank,
             "world_size": world,
@@ -426,10 +436,10 @@ class RemoteLoader:
             self._resume = state
 
     def _check_resume(self, state: State) -> None:
-        if state["fingerprint"] != self.fingerprint:
+        if state["fingerprint"] != self._fingerprint:
             raise StateError(
-                "remote loader state was saved for another dataset or config (fingerprints "
-                f"{state['fingerprint']} and {self.fingerprint}): resuming would repeat or skip samples"
+                "remote loader state was saved for another dataset or config (state fingerprint "
+                f"{state['fingerprint']}, the servers' {self._fingerprint}): resuming would repeat or skip samples"
             )
         if (state["rank"], state["world_size"]) != self.rank_and_world():
             raise StateError(

@@ -11,11 +11,11 @@ chose: the dataset and transforms come from the server's own config file.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from typing import Any
 
 from shardpipe.dataset import ShardDataset
+from shardpipe.protocol import ShardsFingerprint
 from shardpipe.serve.wire import WireError
 from shardpipe.stages.base import Pipeline, State
 from shardpipe.state import MAX_INT, StateCheck, StateError, pipeline_shape
@@ -106,7 +106,7 @@ def part_pipeline(dataset: ShardDataset, part: Part) -> Pipeline:
     """The pipeline a local worker ``part.part`` of ``part.parts`` on that rank would run, at ``part.state``."""
     # the dataset's own context (seed, on_error), moved to the assigned coordinates
     ctx = dataclasses.replace(
-        dataset._context(),
+        dataset.pass_context(),
         epoch=part.epoch,
         rank=part.rank,
         world_size=part.world_size,
@@ -123,12 +123,8 @@ def part_pipeline(dataset: ShardDataset, part: Part) -> Pipeline:
 def fingerprint(dataset: ShardDataset, transform: Any) -> str:
     """What must match across a trainer's servers for their parts to form one epoch."""
     split, decode, batch = dataset.split_options, dataset.decode_options, dataset.batch_options
-    h = hashlib.sha256()
-    for shard in dataset.shards:
-        h.update(f"{shard.url}\0{shard.samples}\n".encode())
-    h.update(
+    options = (
         f"{split.seed}|{split.shuffle}|{split.split}|{split.epoch_policy}|{split.samples_per_epoch}|"
-        f"{decode.decode}|{batch.batch_size}|{batch.drop_last}|{batch.channels_last}|{dataset.require}".encode()
+        f"{decode.decode}|{batch.batch_size}|{batch.drop_last}|{batch.channels_last}|{dataset.require}"
     )
-    h.update(json.dumps(transform, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+    return ShardsFingerprint(dataset.shards).of(options, json.dumps(transform, sort_keys=True, default=str))
