@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 OK = 0
@@ -34,6 +35,26 @@ def fail(command: str, message: object, status: int) -> int:
     """Print ``shardpipe COMMAND: error: MESSAGE`` to stderr and return ``status``."""
     print(f"shardpipe {command}: error: {message}", file=sys.stderr)
     return status
+
+
+def read_inputs(command: str, args: Any, read: Callable[[dict[str, Any] | None], Any]) -> tuple[Any, int | None]:
+    """Resolve ``args.urls`` (with ``args.storage_options``) and run ``read(storage_options)``.
+
+    Returns ``(report, None)``, or ``(None, status)`` after printing why: 2 for what the
+    command line named, 1 for a problem found in the data.
+    """
+    from shardpipe.errors import ShardpipeError
+
+    try:
+        options = parse_storage_options(args.storage_options)
+        resolve_inputs(args.urls, options)
+        return read(options), None
+    except InputError as e:
+        return None, fail(command, e, USAGE)
+    except ShardpipeError as e:  # before ValueError: some data errors are ValueErrors too
+        return None, fail(command, e, DATA_PROBLEM)
+    except (ValueError, OSError) as e:
+        return None, fail(command, e, USAGE)
 
 
 def parse_storage_options(text: str | None) -> dict[str, Any] | None:

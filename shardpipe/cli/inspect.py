@@ -212,17 +212,10 @@ def add_storage_options(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options, resolve_inputs
+    from shardpipe.cli.common import DATA_PROBLEM, OK, read_inputs
 
-    try:
-        options = parse_storage_options(args.storage_options)
-        resolve_inputs(args.urls, options)
-        report = inspect_shards(args.urls, args.keys, options)
-    except InputError as e:
-        return fail("inspect", e, USAGE)
-    except ShardpipeError as e:
-        return fail("inspect", e, DATA_PROBLEM)
-    except (ValueError, OSError) as e:
-        return fail("inspect", e, USAGE)
+    report, status = read_inputs("inspect", args, lambda options: inspect_shards(args.urls, args.keys, options))
+    if status is not None:
+        return status
     print(json.dumps(report, indent=1) if args.json else format_report(report))
     return DATA_PROBLEM if any(s["error"] or s["problems"] for s in report["shards"]) else OK

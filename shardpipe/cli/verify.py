@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shardpipe.cli.inspect import ShardReader
-from shardpipe.errors import ShardpipeError
 from shardpipe.format.fields import decode_field, last_extension
 from shardpipe.format.sample import IMAGE_EXTENSIONS
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
@@ -177,18 +176,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options, resolve_inputs
+    from shardpipe.cli.common import DATA_PROBLEM, OK, read_inputs
 
-    try:
-        options = parse_storage_options(args.storage_options)
-        resolve_inputs(args.urls, options)
-        report = verify_shards(args.urls, args.workers, options, max_member_size=args.max_member_size or None)
-    except InputError as e:
-        return fail("verify", e, USAGE)
-    except ShardpipeError as e:
-        return fail("verify", e, DATA_PROBLEM)
-    except (ValueError, OSError) as e:
-        return fail("verify", e, USAGE)
+    report, status = read_inputs(
+        "verify", args, lambda options: verify_shards(args.urls, args.workers, options, args.max_member_size or None)
+    )
+    if status is not None:
+        return status
     if args.json:
         print(json.dumps(report, indent=1))
     else:
