@@ -186,7 +186,8 @@ def main() -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--random", action="store_true", help="random access: batches of 256 random indices")
     ap.add_argument("--batches", type=int, default=3, help="random access: batches per run (main: 1)")
-    ap.add_argument("--main", default="/work/main", help="the tree whose defaults are 'before'")
+    ap.add_argument("--main", help="a checkout of the code before the change (its defaults are 'before'); "
+                    "without it the -main variants are skipped")
     ap.add_argument("--data", default=str(ROOT / "bench-data" / "cloud"))
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--run", help=argparse.SUPPRESS)
@@ -226,6 +227,9 @@ def main() -> int:
         print(f"{total_bytes / MiB:.0f} MiB in {len(list(data.glob('*.tar')))} shards; proxy: {link}; "
               f"{args.workers} workers; load average before: {os.getloadavg()}", flush=True)  # fmt: skip
         variants = ["random", "random-main"] if args.random else args.variants.split(",")
+        if args.main is None and any(v.endswith("-main") for v in variants):
+            variants = [v for v in variants if not v.endswith("-main")]
+            print("the -main variants skipped: give --main DIR (a checkout of the code before the change)")
         if "wds-pipe-aws" in variants and shutil.which("aws") is None:
             variants.remove("wds-pipe-aws")
             print("wds-pipe-aws skipped: no aws CLI")
