@@ -23,6 +23,7 @@ import os
 import sys
 
 import numpy as np
+from blobs import load_items, save_items  # tools/, beside this script
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
@@ -66,28 +67,11 @@ def _fresh_child(name: str, data_path: str, size: int) -> None:
     else:
         dec = decoder
     fn = build_image_fn(dec, train_transform(size), **options)  # type: ignore[arg-type]
-    items = _load_items(data_path)
+    items = load_items(data_path)
     run_kernel(fn, items[:5], 1)  # warm up: imports, first allocations
     t0 = time.thread_time()
     run_kernel(fn, items, 1)
     print(json.dumps({"ms": (time.thread_time() - t0) * 1000 / len(items)}))
-
-
-def _save_items(items: list[bytes], path: str) -> None:
-    with open(path, "wb") as f:  # length-prefixed blobs (no pickle)
-        for data in items:
-            f.write(len(data).to_bytes(8, "little") + data)
-
-
-def _load_items(path: str) -> list[bytes]:
-    with open(path, "rb") as f:
-        blob = f.read()
-    items, pos = [], 0
-    while pos < len(blob):
-        n = int.from_bytes(blob[pos : pos + 8], "little")
-        items.append(blob[pos + 8 : pos + 8 + n])
-        pos += 8 + n
-    return items
 
 
 def large_photo_jpegs(n: int, seed: int = 0) -> list[bytes]:
@@ -122,7 +106,7 @@ def fresh_main(args: argparse.Namespace) -> None:
     load = OtherLoad()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "items.bin")
-        _save_items(items, path)
+        save_items(items, path)
         for r in range(args.rounds):
             order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
