@@ -186,8 +186,11 @@ def main() -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--random", action="store_true", help="random access: batches of 256 random indices")
     ap.add_argument("--batches", type=int, default=3, help="random access: batches per run (main: 1)")
-    ap.add_argument("--main", help="a checkout of the code before the change (its defaults are 'before'); "
-                    "without it the -main variants are skipped")
+    ap.add_argument(
+        "--main",
+        help="a checkout of the code before the change (its defaults are 'before'); "
+        "without it the -main variants are skipped",
+    )
     ap.add_argument("--data", default=str(ROOT / "bench-data" / "cloud"))
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--run", help=argparse.SUPPRESS)
