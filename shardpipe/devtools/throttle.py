@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
 import time
+
+from shardpipe.devtools.loopback import LoopbackServer
 
 CHUNK = 64 * 1024
 
 
-class ThrottleProxy:
+class ThrottleProxy(LoopbackServer):
     """Forwards 127.0.0.1:``port`` to ``upstream_host:upstream_port`` with latency and bandwidth caps."""
 
     def __init__(
@@ -46,32 +47,7 @@ class ThrottleProxy:
         self.first_byte_at = self.last_byte_at = 0.0
         self._bytes_at_first = 0
         self._link_free_at = 0.0  # when the shared link has sent everything queued so far
-        self._loop = asyncio.new_event_loop()
-        self._server: asyncio.base_events.Server | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="throttle-proxy")
-        self.port = 0
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ThrottleProxy:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        async def close() -> None:
-            if self._server is not None:
-                self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(close(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
+        super().__init__("throttle-proxy")
 
     def reset_counters(self) -> None:
         self.requests = self.connections = self.max_open_connections = self.bytes_down = 0
@@ -82,10 +58,6 @@ class ThrottleProxy:
         """Bytes/s forwarded once the data flows (past ``warmup`` bytes) until the last byte."""
         span = self.last_byte_at - self.first_byte_at
         return (self.bytes_down - self._bytes_at_first) / span if span > 0 else 0.0
-
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
 
     async def _handle(self, creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
         self.connections += 1

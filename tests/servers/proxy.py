@@ -19,6 +19,8 @@ import threading
 from collections import deque
 from dataclasses import dataclass
 
+from shardpipe.devtools.loopback import LoopbackServer
+
 CHUNK = 64 * 1024
 
 
@@ -31,7 +33,7 @@ class Fault:
     rst: bool = False  # cut with a TCP reset instead of a clean close
 
 
-class FaultProxy:
+class FaultProxy(LoopbackServer):
     """Forwards 127.0.0.1:``port`` to ``upstream_host:upstream_port`` with injectable faults."""
 
     def __init__(self, upstream_port: int, upstream_host: str = "127.0.0.1"):
@@ -44,35 +46,9 @@ class FaultProxy:
         self.faults_fired = 0
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self._server: asyncio.base_events.Server | None = None
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self.port = 0
+        super().__init__("fault-proxy")
 
     # -- control (called from the test thread) --------------------------------------
-    def start(self) -> FaultProxy:
-        self._thread.start()
-        fut = asyncio.run_coroutine_threadsafe(self._start(), self._loop)
-        fut.result(10)
-        return self
-
-    def stop(self) -> None:
-        async def _close() -> None:
-            if self._server is not None:
-                self._server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(_close(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
     def cut(self, after: int, times: int = 1, *, rst: bool = False) -> None:
         """Drop the connection of each of the next ``times`` responses at byte ``after``."""
         with self._lock:
@@ -100,10 +76,6 @@ class FaultProxy:
             return sum(f.remaining for f in self._faults)
 
     # -- the proxy itself (runs on the proxy's loop) -----------------------------------
-    async def _start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
     def _fire(self, sent: int, incoming: int) -> Fault | None:
         """The fault that fires within the next ``incoming`` bytes of a response, if any."""
         with self._lock:
