@@ -32,6 +32,7 @@ from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOpt
 from shardpipe.serve.client import RemoteError, RemoteLoader
 from shardpipe.write.index_job import index_shards
 from shardpipe.write.job import WriteOptions, WriteSummary, write_shards
+from shardpipe.workers import worker_context
 from shardpipe.write.shard_writer import ShardWriter
 
 __version__ = "0.1.0"
@@ -68,5 +69,6 @@ __all__ = [
     "index_shards",
     "normalize",
     "resolve_batch_decoder",
+    "worker_context",
     "write_shards",
 ]

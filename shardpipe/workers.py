@@ -152,6 +152,17 @@ def choose_context(requested: Any, dataset: Any) -> Any:
     return CLEAN_FORKSERVER
 
 
+def worker_context(dataset: Any) -> Any:
+    """The multiprocessing context for your own ``DataLoader`` over a shardpipe dataset (``IndexedDataset``).
+
+    What ``ShardLoader`` picks by itself: fork when this process has no other thread; beside
+    other threads (TensorBoard, fsspec's loop, a model thread), shardpipe's forkserver, since a
+    fork while another thread holds a lock can hang a worker forever. ``None`` when the program
+    chose a start method itself. Pass it as ``DataLoader(..., multiprocessing_context=...)``.
+    """
+    return choose_context("auto", dataset)
+
+
 def prestart_forkserver(requested: Any, num_workers: int) -> None:
     """Under ``"auto"`` beside other threads, start shardpipe's forkserver before the first pass needs it."""
     if requested != "auto" or not num_workers or os.name != "posix":

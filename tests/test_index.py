@@ -154,7 +154,9 @@ def test_indexed_dataset_random_access_decode_and_distributed_sampler(tmp_path: 
     seen = []
     for rank in range(2):
         sampler = DistributedSampler(decoded, num_replicas=2, rank=rank, shuffle=True, seed=1)
-        loader = DataLoader(decoded, batch_size=4, sampler=sampler, num_workers=2)
+        # pytest's process runs the session's server threads: no plain fork beside them
+        loader = DataLoader(decoded, batch_size=4, sampler=sampler, num_workers=2, timeout=120,
+                            multiprocessing_context=shardpipe.worker_context(decoded))  # fmt: skip
         for batch in loader:
             assert isinstance(batch["jpg"], torch.Tensor) and batch["jpg"].shape[1:] == (40, 48, 3)
             seen += batch["__key__"]

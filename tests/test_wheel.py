@@ -32,7 +32,7 @@ def headers_and_compiler() -> bool:
 
 def outside_env() -> dict[str, str]:
     """The environment of a user's shell: no PYTHONPATH pointing at this checkout."""
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH")}
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH", "SHARDPIPE_REQUIRE_NATIVE")}
 
 
 @pytest.mark.slow

@@ -99,6 +99,17 @@ def test_notebook_with_a_transform_class_defined_in_a_cell(tmp_path, data):
 
 
 @pytest.mark.slow
+def test_indexed_dataset_in_a_plain_dataloader_beside_busy_threads(tmp_path, data):
+    """Random access through the user's own DataLoader: ``shardpipe.worker_context`` avoids forking beside threads."""
+    from shardpipe import index_shards
+
+    shards = sorted(str(p) for p in Path(data[0]).parent.glob("shard-*.tar"))
+    index_shards(shards, str(tmp_path / "indexed.json"), workers=2)
+    out, results = run_program(tmp_path, (str(tmp_path / "indexed.json"), data[1]), "indexed", "script")
+    assert_epochs(out, results, [("indexed", 0), ("indexed", 1)])
+
+
+@pytest.mark.slow
 def test_torchrun_two_ranks_gloo(tmp_path, data):
     out, results = run_program(tmp_path, data, "torchrun", "torchrun", guard=True)
     assert len(re.findall(r"^START \d+$", out, re.M)) == 2, out  # one per rank, none from workers

@@ -19,7 +19,7 @@ import textwrap
 from pathlib import Path
 
 #: programs: what each one checks
-KINDS = ("epochs", "persistent", "kill_idle", "startup_error", "spawn_unguarded", "torchrun")
+KINDS = ("epochs", "persistent", "kill_idle", "startup_error", "spawn_unguarded", "torchrun", "indexed")
 
 _PRELUDE = '''
 import json, logging, os, signal, sys, threading, time
@@ -172,6 +172,20 @@ try:
     report(error=None)
 except WorkerStartError as e:
     report(error=type(e).__name__, message=str(e), detect_s=time.monotonic() - t0)
+""",
+    "indexed": """
+start_busy_threads()
+from torch.utils.data import DataLoader
+ds = shardpipe.IndexedDataset(MANIFEST, transform=Posterize(2))
+for epoch in range(2):
+    ctx = shardpipe.worker_context(ds)
+    loader = DataLoader(ds, batch_size=None, shuffle=True, num_workers=2, multiprocessing_context=ctx, timeout=STALL)
+    keys = []
+    for sample in loader:
+        assert int((sample["jpg"] & 3).max()) == 0, "the program's Posterize transform did not run"
+        keys.append(sample["__key__"])
+    assert sorted(keys) == EXPECTED, f"epoch {epoch}: {len(keys)} keys, {len(set(keys))} distinct"
+    report(label="indexed", epoch=epoch, context=type(ctx).__name__)
 """,
     "torchrun": """
 import torch.distributed as dist
