@@ -1,7 +1,7 @@
 """Train a small classifier from shards on one GPU (or the CPU), saving and resuming mid-epoch.
 
-    python examples/write_imagefolder.py --demo 200 images data
-    python examples/train_plain.py data/manifest.json --epochs 2
+python examples/write_imagefolder.py --demo 200 images data
+python examples/train_plain.py data/manifest.json --epochs 2
 """
 
 import argparse
@@ -32,7 +32,10 @@ def main() -> None:
     )
     loader = ShardLoader(dataset, num_workers=2, pin_memory=device.type == "cuda")
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 16, 3, stride=2), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+        torch.nn.Conv2d(3, 16, 3, stride=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
         torch.nn.Linear(16, 4),
     ).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -61,6 +64,7 @@ def main() -> None:
                 save()  # mid-epoch: a restart goes on from the next batch
         save()  # between epochs: a restart begins the next epoch
         print(f"epoch {epoch}: {images} images")
+
 
 if __name__ == "__main__":
     main()

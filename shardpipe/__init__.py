@@ -30,9 +30,9 @@ from shardpipe.loader import ShardLoader
 from shardpipe.mix import MixedDataset
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions
 from shardpipe.serve.client import RemoteError, RemoteLoader
+from shardpipe.workers import worker_context
 from shardpipe.write.index_job import index_shards
 from shardpipe.write.job import WriteOptions, WriteSummary, write_shards
-from shardpipe.workers import worker_context
 from shardpipe.write.shard_writer import ShardWriter
 
 __version__ = "0.1.0"

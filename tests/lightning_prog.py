@@ -38,8 +38,16 @@ def main(manifest: str, out: str, ckpt_dir: str, max_steps: int, epochs: int, de
     datamodule = ShardDataModule(train=dataset, num_workers=2)
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_last=True, save_top_k=0)
     trainer = pl.Trainer(
-        accelerator="cpu", devices=devices, strategy="ddp" if devices > 1 else "auto", max_epochs=epochs, max_steps=max_steps, callbacks=[checkpoint],
-        logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=devices,
+        strategy="ddp" if devices > 1 else "auto",
+        max_epochs=epochs,
+        max_steps=max_steps,
+        callbacks=[checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
     )
     trainer.fit(Tiny(), datamodule=datamodule, ckpt_path=resume)
     with open(out if devices == 1 else out.replace(".json", f".rank{trainer.global_rank}.json"), "w") as f:

@@ -95,7 +95,9 @@ def write_img2dataset_folder(folder: Path, shards: int = 2, per_shard: int = 5) 
             for i in range(per_shard):
                 key = f"{s:05d}{i:04d}"
                 meta = {"url": f"https://example.com/{key}.jpg", "caption": f"photo {key}", "key": key}
-                writer.write({"__key__": key, "jpg": make_jpeg(s * per_shard + i), "txt": meta["caption"], "json": meta})
+                writer.write(
+                    {"__key__": key, "jpg": make_jpeg(s * per_shard + i), "txt": meta["caption"], "json": meta}
+                )
             writer.close()
         (folder / f"{s:05d}_stats.json").write_text(json.dumps({"count": per_shard}))
 

@@ -18,7 +18,15 @@ from .helpers import make_samples, write_manifest_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 COUNTS = [9, 2, 14, 5, 7]  # 37 samples
-LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID")
+LAUNCH_ENV = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_STEP_NUM_TASKS",
+    "SLURM_LOCALID",
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -74,7 +82,11 @@ def test_processes_started_by_a_launcher_read_disjoint_equal_shares(manifest: st
     runs = [
         subprocess.run(
             [sys.executable, "-m", "tests.rank_keys_prog", manifest],
-            cwd=ROOT, env=clean_env(**launcher(r, world)), capture_output=True, text=True, timeout=120,
+            cwd=ROOT,
+            env=clean_env(**launcher(r, world)),
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         for r in range(world)
     ]
@@ -88,7 +100,11 @@ def test_processes_started_by_a_launcher_read_disjoint_equal_shares(manifest: st
 def test_a_half_set_launcher_environment_fails_naming_the_variable(manifest: str):
     run = subprocess.run(
         [sys.executable, "-m", "tests.rank_keys_prog", manifest],
-        cwd=ROOT, env=clean_env(SLURM_PROCID="1"), capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        env=clean_env(SLURM_PROCID="1"),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     result = json.loads(run.stdout)
     assert result["error"] == "SetupError"
@@ -155,7 +171,11 @@ def lightning_run(
     command = [sys.executable, "-m", "tests.lightning_prog", manifest, str(out), str(ckpt_dir), str(max_steps), "2",
                str(devices)]  # fmt: skip
     run = subprocess.run(
-        command + ([str(resume)] if resume else []), cwd=ROOT, env=clean_env(), capture_output=True, text=True,
+        command + ([str(resume)] if resume else []),
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
         timeout=240,
     )
     assert run.returncode == 0, run.stderr[-3000:]

@@ -22,7 +22,9 @@ LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS"
 
 
 def blocks() -> list[tuple[str, str]]:
-    return [(lang, body) for lang, body in FENCE.findall((ROOT / "README.md").read_text()) if lang in ("python", "bash")]
+    return [
+        (lang, body) for lang, body in FENCE.findall((ROOT / "README.md").read_text()) if lang in ("python", "bash")
+    ]
 
 
 def runnable(lang: str, body: str) -> bool:
@@ -40,7 +42,7 @@ def test_every_readme_block_runs_as_pasted(tmp_path: Path):
     env["PYTHONPATH"] = str(ROOT)
     bin_dir = tmp_path / "bin"  # `shardpipe` on PATH is this checkout's
     bin_dir.mkdir()
-    (bin_dir / "shardpipe").write_text(f"#!/bin/sh\nexec {sys.executable} -m shardpipe.cli \"$@\"\n")
+    (bin_dir / "shardpipe").write_text(f'#!/bin/sh\nexec {sys.executable} -m shardpipe.cli "$@"\n')
     (bin_dir / "shardpipe").chmod(0o755)
     (bin_dir / "python").symlink_to(sys.executable)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
@@ -50,6 +52,8 @@ def test_every_readme_block_runs_as_pasted(tmp_path: Path):
             continue
         command = ["bash", "-euo", "pipefail", "-c", body] if lang == "bash" else [sys.executable, "-c", body]
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"README block {number} ({lang}) failed:\n{body}\n--- output:\n{done.stdout}\n{done.stderr}"
+        assert done.returncode == 0, (
+            f"README block {number} ({lang}) failed:\n{body}\n--- output:\n{done.stdout}\n{done.stderr}"
+        )
         ran += 1
     assert ran == len([b for b in blocks() if runnable(*b)])

@@ -32,7 +32,9 @@ def headers_and_compiler() -> bool:
 
 def outside_env() -> dict[str, str]:
     """The environment of a user's shell: no PYTHONPATH pointing at this checkout."""
-    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH", "SHARDPIPE_REQUIRE_NATIVE")}
+    return {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LD_LIBRARY_PATH", "SHARDPIPE_REQUIRE_NATIVE")
+    }
 
 
 @pytest.mark.slow
@@ -74,7 +76,9 @@ def test_a_source_build_without_a_compiler_says_so_on_the_terminal(tmp_path: Pat
     if not shutil.which("script"):
         pytest.skip("needs script(1) to give pip a terminal")
     source = tmp_path / "src"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.so", "__pycache__", "*.egg-info"))
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "dist", "*.so", "__pycache__", "*.egg-info")
+    )
     command = f"CC=false {sys.executable} -m pip wheel -q --no-deps --no-build-isolation -w {tmp_path / 'out'} {source}"
     run = subprocess.run(["script", "-qec", command, "/dev/null"], env=outside_env(), capture_output=True, text=True,
                          timeout=300)  # fmt: skip

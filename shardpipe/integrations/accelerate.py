@@ -124,6 +124,7 @@ class AcceleratedShardLoader(DataLoaderStateMixin):
         """Take this rank's entry of a ``state_dict()`` (refused when the number of ranks differs)."""
         self.loader.load_state_dict(pick_own(state, self.loader))
 
+
 def prepare(accelerator: Any, *objects: Any, device_placement: bool = True) -> Any:
     """``accelerator.prepare(*objects)``, with each ``ShardLoader`` kept whole and made resumable.
 
