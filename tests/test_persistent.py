@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from torch.utils.data import DataLoader
 
-from shardpipe import ShardDataset, ShardLoader
+from shardpipe import ShardDataset, ShardLoader, worker_context
 from shardpipe.augment import RandomResizedCrop
 from shardpipe.config import load_config
 from shardpipe.passes import SharedPlan, WorkerPlan
@@ -129,7 +129,8 @@ def test_resume_into_a_running_persistent_loader(manifest, tmp_path, midway):
 def test_plain_dataloader_persistent_workers_follow_set_epoch(manifest):
     """The dataset's own protocol: set_epoch reaches running workers of any DataLoader."""
     ds = dataset(manifest)
-    plain = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True)
+    plain = DataLoader(ds, batch_size=None, num_workers=2, persistent_workers=True, timeout=120,
+                       multiprocessing_context=worker_context(ds))  # fmt: skip
     reference = loader(manifest, 2, persistent=False)
     for epoch in (0, 3, 1):
         ds.set_epoch(epoch)
@@ -139,7 +140,8 @@ def test_plain_dataloader_persistent_workers_follow_set_epoch(manifest):
 
 def test_worker_state_refused_elsewhere(manifest):
     ds = dataset(manifest)
-    it = iter(DataLoader(ds, batch_size=None, num_workers=2, collate_fn=_state_and_item))
+    it = iter(DataLoader(ds, batch_size=None, num_workers=2, collate_fn=_state_and_item, timeout=120,
+                         multiprocessing_context=worker_context(ds)))  # fmt: skip
     state, _ = next(it)
     del it
     assert state["consumer"] == {"rank": 0, "world_size": 1, "worker": 0, "num_workers": 2}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from shardpipe import ShardDataset
+from shardpipe import ShardDataset, worker_context
 from shardpipe.augment import RandomResizedCrop
 
 from .helpers import make_samples, write_manifest_dataset
@@ -25,6 +25,8 @@ def manifest(tmp_path_factory) -> str:
 def make(manifest: str, workers: int, epoch: int = 0, **kw):
     ds = ShardDataset(manifest, shuffle=6, seed=3, batch_size=4, transform=RandomResizedCrop(8))
     ds.set_epoch(epoch)
+    if workers:  # the test session's server threads are alive: no plain fork beside them
+        kw.setdefault("multiprocessing_context", worker_context(ds))
     return stateful.StatefulDataLoader(ds, batch_size=None, num_workers=workers, **kw), ds
 
 
