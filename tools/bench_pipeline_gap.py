@@ -1,0 +1,137 @@
+#!/usr/bin/env python
+"""Where the pipeline spends CPU beyond its kernel: a per-stage breakdown by ablation.
+
+Each variant runs in a fresh process per round (rounds rotate the order) over the same
+shards and reports CPU ms/img (process CPU time; with workers, the whole process tree:
+the main process, live workers read from /proc, reaped ones from rusage):
+
+- ``kernel``: decode + RandomResizedCrop(224) + flip on the shards' JPEGs held in memory,
+  one thread (the per-image work and nothing else);
+- ``untar``: read + untar + group samples, no decode (in-process, ``num_workers=0``);
+- ``+shuffle``: the same through the shuffle buffer;
+- ``+decode``: + the Decode stage (kernel + per-sample Python), samples out;
+- ``+batch``: + collate into channels_last uint8 batches of 64: the whole pipeline in-process;
+- ``loader``: the same pipeline in a ``ShardLoader`` with ``--workers`` worker processes
+  (+ worker start-up, shared-memory hand-over, the main process), main process CPU beside it.
+
+Differences between rows give each stage's cost. Also prints the load average.
+
+    nice python tools/bench_pipeline_gap.py SHARDS/manifest.json --rounds 3
+    nice python tools/bench_pipeline_gap.py --make /tmp/gap --n 2000   # write restart-marked shards first
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+VARIANTS = ("kernel", "untar", "+shuffle", "+decode", "+batch", "loader")
+
+
+def _dataset(manifest: str, variant: str, buffer: int, batch: int):  # noqa: ANN202 - a ShardDataset
+    from shardpipe.dataset import ShardDataset
+    from shardpipe.devtools.bench.kernels import train_transform
+
+    kw: dict = {"seed": 0, "shuffle": buffer if variant != "untar" else False}
+    if variant in ("untar", "+shuffle"):
+        kw["decode"] = None
+    else:
+        kw["transform"] = train_transform(224)
+    if variant in ("+batch", "loader"):
+        kw.update(batch_size=batch, channels_last=True)
+    return ShardDataset(manifest, **kw)
+
+
+def _child(variant: str, manifest: str, buffer: int, batch: int, workers: int) -> dict:
+    from shardpipe.devtools.bench.proctree import tree_cpu_seconds
+
+    if variant == "kernel":
+        from shardpipe.dataset import ShardDataset
+        from shardpipe.devtools.bench import run_kernel, shardpipe_train_kernel
+
+        items = [s["jpg"] for s in ShardDataset(manifest, decode=None)]
+        fn = shardpipe_train_kernel("auto", 224)
+        run_kernel(fn, items[:16], 1)
+        t0 = time.process_time()
+        run_kernel(fn, items, 1)
+        return {"ms": (time.process_time() - t0) * 1000 / len(items)}
+    ds = _dataset(manifest, variant, buffer, batch)
+    if variant == "loader":
+        from shardpipe.loader import ShardLoader
+
+        m0, c0 = time.process_time(), tree_cpu_seconds()
+        n = sum(len(b["jpg"]) for b in ShardLoader(ds, num_workers=workers))
+        cpu, main = tree_cpu_seconds() - c0, time.process_time() - m0
+        return {"ms": cpu * 1000 / n, "main_ms": main * 1000 / n}
+    t0 = time.process_time()
+    n = 0
+    for item in ds:
+        n += len(item["jpg"]) if variant == "+batch" else 1
+    return {"ms": (time.process_time() - t0) * 1000 / n}
+
+
+def _make(root: str, n: int) -> str:
+    """Restart-marked photo-like JPEG shards (what `shardpipe write` produces) under ``root``."""
+    from shardpipe.devtools.synth import make_dataset
+    from shardpipe.image.restart import add_restart_intervals
+    from shardpipe.write.shard_writer import ShardWriter
+
+    os.makedirs(root, exist_ok=True)
+    with ShardWriter(os.path.join(root, "train-%06d.tar"), maxcount=250) as w:
+        for key, data, label in make_dataset(n, 0, num_classes=100, workers=os.cpu_count() or 1):
+            w.write({"__key__": key, "jpg": add_restart_intervals(data), "cls": label})
+    return os.path.join(root, "manifest.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("manifest", nargs="?", help="the shards' manifest.json")
+    ap.add_argument("--make", metavar="DIR", help="first write --n restart-marked photo-like JPEGs as shards in DIR")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--buffer", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--only", nargs="*", choices=VARIANTS)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        print(json.dumps(_child(args.child, args.manifest, args.buffer, args.batch, args.workers)))
+        return
+    manifest = _make(args.make, args.n) if args.make else args.manifest
+    if not manifest:
+        ap.error("give the shards' manifest.json or --make DIR")
+    print(f"load average before: {os.getloadavg()}")
+    names = list(args.only or VARIANTS)
+    got: dict[str, list[dict]] = {v: [] for v in names}
+    for r in range(args.rounds):
+        for v in names[r % len(names) :] + names[: r % len(names)]:
+            cmd = [sys.executable, __file__, manifest, "--child", v, "--buffer", str(args.buffer)]
+            cmd += ["--batch", str(args.batch), "--workers", str(args.workers)]
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            got[v].append(json.loads(out.strip().splitlines()[-1]))
+    med = {v: statistics.median(r["ms"] for r in got[v]) for v in names}
+    prev = None
+    print(f"{'variant':10s} {'CPU ms/img':>10s} {'range':>13s} {'step':>7s}")
+    for v in names:
+        ms = [r["ms"] for r in got[v]]
+        step = "" if prev is None or v == "kernel" else f"{med[v] - med[prev]:+.3f}"
+        extra = f"  main process {statistics.median(r['main_ms'] for r in got[v]):.3f}" if v == "loader" else ""
+        print(f"{v:10s} {med[v]:10.3f} {min(ms):6.3f}-{max(ms):6.3f} {step:>7s}{extra}")
+        prev = v if v != "kernel" else prev
+    if "kernel" in med and "loader" in med:
+        print(f"kernel / loader = {med['kernel'] / med['loader']:.3f}")
+    if "kernel" in med and "+batch" in med:
+        print(f"kernel / in-process pipeline = {med['kernel'] / med['+batch']:.3f}")
+    print(f"load average after: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
