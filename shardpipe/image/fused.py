@@ -64,13 +64,27 @@ class FusedDecoder:
         self.yuv = yuv and HAVE_CV2 and hasattr(decoder, "decode_yuv")
         #: ``decode_crop(data, box, (out_h, out_w), factors)``, where the backend has one
         self.crop = getattr(decoder, "decode_crop", None)
+        self._probe = getattr(decoder, "probe", None) if self.crop is not None else None
 
     def size(self, data: bytes) -> tuple[int, int]:
         return self.image_decoder.size(data)
 
-    def decode_box(self, data: bytes, width: int, height: int, box: Box, out_h: int, out_w: int) -> np.ndarray:
-        """The ``box`` of the ``width`` x ``height`` image in ``data``, resized to (out_h, out_w)."""
+    def probe(self, data: bytes) -> tuple[int, int, Any]:
+        """``(width, height, header)``: a backend with ``probe`` (the native decoder) parses the
+        header once for the size and the decode; others give ``None`` as the header."""
+        if self._probe is not None:
+            return self._probe(data)  # type: ignore[no-any-return]
+        width, height = self.image_decoder.size(data)
+        return width, height, None
+
+    def decode_box(
+        self, data: bytes, width: int, height: int, box: Box, out_h: int, out_w: int, header: Any = None
+    ) -> np.ndarray:
+        """The ``box`` of the ``width`` x ``height`` image in ``data``, resized to (out_h, out_w);
+        ``header``: what :meth:`probe` returned for ``data``, if it was called."""
         if self.crop is not None:  # the backend decodes only the box (the native decoder)
+            if self._probe is not None and header is not None:
+                return self.crop(data, box, (out_h, out_w), self.factors, header)
             return self.crop(data, box, (out_h, out_w), self.factors)
         top, left, bh, bw = box
         scale = pick_scale(int(bw), int(bh), out_w, out_h, self.factors)
@@ -145,9 +159,9 @@ def build_image_fn(
         out_h, out_w = rrc.size
 
         def rrc_fn(data: bytes, rng: np.random.Generator) -> np.ndarray:
-            width, height = fused.size(data)
-            top, left, bh, bw = rrc.get_params(height, width, rng)
-            img = fused.decode_box(data, width, height, (top, left, bh, bw), out_h, out_w)
+            width, height, header = fused.probe(data)
+            box = rrc.get_params(height, width, rng)
+            img = fused.decode_box(data, width, height, box, out_h, out_w, header)
             return _apply_rest(img, rest, rng)
 
         return rrc_fn

@@ -57,6 +57,8 @@ ALL_SCALES: tuple[Scale, ...] = tuple((n // math.gcd(n, 8), 8 // math.gcd(n, 8))
 #: at the region's own edge by a pixel
 _MARGIN_BLOCKS = 4
 _MARGIN_EXTRA = 2
+#: ``decode_crop``'s default: parse the header itself
+_PARSE = object()
 
 
 def _block(ratio: float) -> int:
@@ -115,26 +117,42 @@ class NativeDecoder(JpegBackend):
         return self.decode_region(data, scale, 0, 0, w, h)
 
     # -- crop-aware decode -----------------------------------------------------------------
+    def probe(self, data: bytes) -> tuple[int, int, JpegHeader | None]:
+        """``(width, height, header)``, the header parsed once for both the size and
+        ``decode_crop(..., header=)``; ``None`` where the fast path does not take ``data``."""
+        hdr = self.header(data)  # None: not for the fast path; refuses bombs
+        if hdr is not None:
+            return hdr.width, hdr.height, hdr
+        width, height = self.size(data)
+        return width, height, None
+
     def decode_crop(
-        self, data: bytes, box: Box, out_size: tuple[int, int], factors: tuple[Scale, ...] | None = None
+        self,
+        data: bytes,
+        box: Box,
+        out_size: tuple[int, int],
+        factors: tuple[Scale, ...] | None = None,
+        header: JpegHeader | None | object = _PARSE,
     ) -> np.ndarray:
         """``box`` = (top, left, height, width) of the image, resized to ``out_size`` = (h, w).
 
         Picks the smallest DCT scale among ``factors`` (default ``crop_factors``) that keeps
         the box at least ``out_size``, decodes only the box (plus filter margins) at that
         scale, then resizes it antialiased. Images the fast path does not take go to PIL.
+        ``header``: what :meth:`probe` returned for ``data`` (parsed here when not given).
         """
         top, left, bh, bw = (float(v) for v in box)
         out_h, out_w = out_size
-        hdr = self.header(data)  # None: not for the fast path; refuses bombs
+        hdr = self.header(data) if header is _PARSE else header
         if hdr is not None:
+            assert isinstance(hdr, JpegHeader)
             _check_box(box, hdr.width, hdr.height)
             scale = pick_scale(int(bw), int(bh), out_w, out_h, factors or self.crop_factors, self.scale_margin)
             f = scale[0] / scale[1]
             sw, sh = scaled_dim(hdr.width, scale), scaled_dim(hdr.height, scale)
             st, sl, sbh, sbw = top * f, left * f, bh * f, bw * f
             kx, ky = _block(sbw / out_w), _block(sbh / out_h)
-            if kx == ky == 1 and all(float(v).is_integer() for v in (st, sl, sbh, sbw)):
+            if kx == ky == 1 and st.is_integer() and sl.is_integer() and sbh.is_integer() and sbw.is_integer():
                 mx = my = 0  # resized_crop reads exactly the box (reflecting at its edges)
             else:
                 mx, my = _MARGIN_BLOCKS * kx + _MARGIN_EXTRA, _MARGIN_BLOCKS * ky + _MARGIN_EXTRA
@@ -149,7 +167,7 @@ class NativeDecoder(JpegBackend):
                     region = None
                 if region is not None:
                     return resized_crop(region, (st - y0, sl - x0, sbh, sbw), out_h, out_w)
-        return self._fallback_crop(data, hdr, box, out_size)
+        return self._fallback_crop(data, hdr, box, out_size)  # type: ignore[arg-type]
 
     def _fallback_crop(self, data: bytes, hdr: JpegHeader | None, box: Box, out_size: tuple[int, int]) -> np.ndarray:
         """Decode with PIL (at a 1/2^k scale where the box allows it), then crop and resize."""

@@ -1,0 +1,121 @@
+"""The per-image fast path of the crop kernel gives the reference path's bytes and verdicts:
+the native marker counter behind the scan limit, and the header parsed once for size and decode."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shardpipe.augment import Compose, RandomHorizontalFlip, RandomResizedCrop, sample_rng
+from shardpipe.devtools.synth import make_jpeg
+from shardpipe.image.decoders import registry
+from shardpipe.image.decoders.registry import TooManyScansError
+from shardpipe.image.fused import build_image_fn
+from shardpipe.image.restart import add_restart_intervals
+
+if os.environ.get("SHARDPIPE_REQUIRE_NATIVE") == "1":
+    from shardpipe.image.decoders import _cropjpeg, native
+else:
+    native = pytest.importorskip("shardpipe.image.decoders.native", reason="native crop decoder not built")
+    from shardpipe.image.decoders import _cropjpeg
+
+
+def _samples() -> list[bytes]:
+    """Photo-like JPEGs with the generator's special cases (grey, CMYK, progressive, EXIF) and
+    their restart-marked versions, plus a PNG."""
+    plain = [make_jpeg(i) for i in range(0, 100, 3)] + [make_jpeg(i) for i in (1, 2, 5, 10, 20, 30, 40, 49)]
+    buf = io.BytesIO()
+    Image.new("RGB", (300, 200), (10, 200, 30)).save(buf, "PNG")
+    return plain + [add_restart_intervals(d) for d in plain] + [buf.getvalue()]
+
+
+SAMPLES = _samples()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\xff", b"\xda", b"\xff\xda", b"\xff\xff\xda", b"\xda\xff\xda\xff", b"\xff\xda" * 7 + b"\xff", bytes(300)],
+)
+def test_count_markers_equals_bytes_count_on_edge_cases(data: bytes) -> None:
+    assert _cropjpeg.count_markers(data, 0xDA) == data.count(b"\xff\xda")
+
+
+def test_count_markers_equals_bytes_count_on_jpegs_random_bytes_and_buffers() -> None:
+    rng = np.random.default_rng(7)
+    blobs = SAMPLES + [rng.integers(0, 256, n, dtype=np.uint8).tobytes() for n in (1, 2, 1000, 65537)]
+    # dense in FF: runs of FF before DA, FF at the very end
+    blobs.append(bytes(rng.choice([0xFF, 0xDA, 0x00], 50_000, p=[0.5, 0.3, 0.2]).astype(np.uint8)))
+    for data in blobs:
+        for code in (0xDA, 0xD9, 0xD0, 0x00):
+            expected = data.count(bytes([0xFF, code]))
+            assert _cropjpeg.count_markers(data, code) == expected
+            assert _cropjpeg.count_markers(memoryview(data), code) == expected
+            assert _cropjpeg.count_markers(bytearray(data), code) == expected
+
+
+def test_count_markers_refuses_a_code_beyond_a_byte() -> None:
+    with pytest.raises(OverflowError):
+        _cropjpeg.count_markers(b"\xff\xda", 256)
+
+
+def _many_scans(copies: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated ``copies`` times."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(
+        buf, "JPEG", quality=90, progressive=True
+    )
+    data = buf.getvalue()
+    last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+    return data[:end] + data[last:end] * copies + data[end:]
+
+
+@pytest.mark.parametrize("counter", ["native", "python"])
+def test_the_scan_limit_gives_the_same_verdict_with_either_counter(counter: str, monkeypatch) -> None:
+    if counter == "python":
+        monkeypatch.setattr(registry, "_count_markers", None)
+    else:
+        assert registry._count_markers is _cropjpeg.count_markers
+    data = _many_scans(registry.MAX_SCANS)
+    scans = data.count(b"\xff\xda")
+    with pytest.raises(TooManyScansError) as info:
+        registry.check_scans(data)
+    assert str(info.value).startswith(f"JPEG has {scans} start-of-scan markers, more than the limit of 500")
+    registry.check_scans(_many_scans(registry.MAX_SCANS - 20))  # under the limit: no error
+    registry.check_scans(memoryview(_many_scans(3)))
+
+
+def test_probe_gives_the_size_and_the_header_the_decoder_would_parse() -> None:
+    dec = native.NativeDecoder()
+    for data in SAMPLES:
+        width, height, header = dec.probe(data)
+        assert (width, height) == dec.size(data)
+        assert header == dec.header(data)
+
+
+def _reference_fn(dec, size: int):
+    """The kernel as it was built before the probe: size, box, decode_crop parsing the header itself, flip."""
+    rrc, flip = RandomResizedCrop(size), RandomHorizontalFlip()
+
+    def fn(data: bytes, rng: np.random.Generator) -> np.ndarray:
+        width, height = dec.size(data)
+        box = rrc.get_params(height, width, rng)
+        return flip(dec.decode_crop(data, box, (size, size)), rng)
+
+    return fn
+
+
+@pytest.mark.parametrize("size", [224, 96])
+def test_the_fused_kernel_gives_the_reference_paths_bytes(size: int) -> None:
+    dec = native.NativeDecoder()
+    fast = build_image_fn(dec, Compose([RandomResizedCrop(size), RandomHorizontalFlip()]))
+    ref = _reference_fn(dec, size)
+    for i, data in enumerate(SAMPLES):
+        for epoch in range(3):
+            got = fast(data, sample_rng(0, epoch, f"k{i}"))
+            want = ref(data, sample_rng(0, epoch, f"k{i}"))
+            assert got.dtype == np.uint8 and got.shape == (size, size, 3)
+            np.testing.assert_array_equal(got, want)
