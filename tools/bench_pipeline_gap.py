@@ -12,7 +12,10 @@ the main process, live workers read from /proc, reaped ones from rusage):
 - ``+decode``: + the Decode stage (kernel + per-sample Python), samples out;
 - ``+batch``: + collate into channels_last uint8 batches of 64: the whole pipeline in-process;
 - ``loader``: the same pipeline in a ``ShardLoader`` with ``--workers`` worker processes
-  (+ worker start-up, shared-memory hand-over, the main process), main process CPU beside it.
+  (+ worker start-up, shared-memory hand-over, the main process), main process CPU beside it;
+- ``loader/4``: the same on the first quarter of the shards: with ``loader``, it splits the
+  loader's cost into a fixed part per run (start-up, first shuffle window, fresh shared-memory
+  batches) and a marginal cost per image, the steady state of a long epoch.
 
 Differences between rows give each stage's cost. Also prints the load average.
 
@@ -32,19 +35,24 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-VARIANTS = ("kernel", "untar", "+shuffle", "+decode", "+batch", "loader")
+VARIANTS = ("kernel", "untar", "+shuffle", "+decode", "+batch", "loader", "loader/4")
 
 
 def _dataset(manifest: str, variant: str, buffer: int, batch: int):  # noqa: ANN202 - a ShardDataset
     from shardpipe.dataset import ShardDataset
     from shardpipe.devtools.bench.kernels import train_transform
+    from shardpipe.devtools.bench.loaders import manifest_urls
+
+    if variant == "loader/4":
+        urls = manifest_urls(manifest)
+        manifest = urls[: max(1, len(urls) // 4)]  # type: ignore[assignment]
 
     kw: dict = {"seed": 0, "shuffle": buffer if variant != "untar" else False}
     if variant in ("untar", "+shuffle"):
         kw["decode"] = None
     else:
         kw["transform"] = train_transform(224)
-    if variant in ("+batch", "loader"):
+    if variant in ("+batch", "loader", "loader/4"):
         kw.update(batch_size=batch, channels_last=True)
     return ShardDataset(manifest, **kw)
 
@@ -63,13 +71,13 @@ def _child(variant: str, manifest: str, buffer: int, batch: int, workers: int) -
         run_kernel(fn, items, 1)
         return {"ms": (time.process_time() - t0) * 1000 / len(items)}
     ds = _dataset(manifest, variant, buffer, batch)
-    if variant == "loader":
+    if variant.startswith("loader"):
         from shardpipe.loader import ShardLoader
 
         m0, c0 = time.process_time(), tree_cpu_seconds()
         n = sum(len(b["jpg"]) for b in ShardLoader(ds, num_workers=workers))
         cpu, main = tree_cpu_seconds() - c0, time.process_time() - m0
-        return {"ms": cpu * 1000 / n, "main_ms": main * 1000 / n}
+        return {"ms": cpu * 1000 / n, "main_ms": main * 1000 / n, "cpu_s": cpu, "n": n}
     t0 = time.process_time()
     n = 0
     for item in ds:
@@ -122,12 +130,20 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'variant':10s} {'CPU ms/img':>10s} {'range':>13s} {'step':>7s}")
     for v in names:
         ms = [r["ms"] for r in got[v]]
-        step = "" if prev is None or v == "kernel" else f"{med[v] - med[prev]:+.3f}"
-        extra = f"  main process {statistics.median(r['main_ms'] for r in got[v]):.3f}" if v == "loader" else ""
+        step = "" if prev is None or v in ("kernel", "loader/4") else f"{med[v] - med[prev]:+.3f}"
+        extra = f"  main process {statistics.median(r['main_ms'] for r in got[v]):.3f}" if "main_ms" in got[v][0] else ""
         print(f"{v:10s} {med[v]:10.3f} {min(ms):6.3f}-{max(ms):6.3f} {step:>7s}{extra}")
-        prev = v if v != "kernel" else prev
+        prev = v if v not in ("kernel", "loader/4") else prev
     if "kernel" in med and "loader" in med:
         print(f"kernel / loader = {med['kernel'] / med['loader']:.3f}")
+    if "loader" in med and "loader/4" in med:
+        full, part = (statistics.median(r["cpu_s"] for r in got[v]) for v in ("loader", "loader/4"))
+        n_full, n_part = got["loader"][0]["n"], got["loader/4"][0]["n"]
+        marginal = (full - part) * 1000 / (n_full - n_part)
+        fixed = full * 1000 - marginal * n_full
+        print(f"loader: fixed {fixed:.0f} CPU ms per run + {marginal:.3f} CPU ms/img (from loader and loader/4)")
+        if "kernel" in med:
+            print(f"kernel / loader's marginal cost per image = {med['kernel'] / marginal:.3f}")
     if "kernel" in med and "+batch" in med:
         print(f"kernel / in-process pipeline = {med['kernel'] / med['+batch']:.3f}")
     print(f"load average after: {os.getloadavg()}")

@@ -91,6 +91,11 @@ class PilDecoder:
     name = "pil"
     scale_factors = PIL_SCALES
 
+    def __init__(self) -> None:
+        # Pillow imports its common format plugins at the first Image.open; do it where the
+        # decoder is made (before DataLoader workers fork), not once in every worker
+        Image.preinit()
+
     def decode(self, data: bytes) -> np.ndarray:
         return _load_rgb(open_image(data))
 
