@@ -119,3 +119,100 @@ def test_the_fused_kernel_gives_the_reference_paths_bytes(size: int) -> None:
             want = ref(data, sample_rng(0, epoch, f"k{i}"))
             assert got.dtype == np.uint8 and got.shape == (size, size, 3)
             np.testing.assert_array_equal(got, want)
+
+
+def _cmyk(index: int, size: tuple[int, int], **options) -> bytes:
+    from shardpipe.devtools.synth import make_image
+
+    buf = io.BytesIO()
+    make_image(index, size=size).convert("CMYK").save(buf, "JPEG", quality=88, **options)
+    return buf.getvalue()
+
+
+CMYK_SAMPLES = [
+    _cmyk(1, (400, 300)),
+    _cmyk(2, (333, 251), progressive=True),
+    _cmyk(3, (17, 9)),
+    *[make_jpeg(i) for i in (17, 67, 117)],  # the generator's CMYK JPEGs (index % 50 == 17)
+]
+
+
+def test_the_samples_hold_cmyk_jpegs_of_the_generator() -> None:
+    assert len(CMYK_SAMPLES) >= 5
+    assert all(Image.open(io.BytesIO(d)).mode == "CMYK" for d in CMYK_SAMPLES)
+
+
+@pytest.mark.parametrize("scale", [(1, 1), (1, 2), (1, 4), (1, 8), (3, 8)])
+def test_cmyk_decodes_to_pils_pixels_at_every_scale_and_region(scale) -> None:
+    from shardpipe.image.decoders.base import scaled_dim
+
+    dec = native.NativeDecoder()
+    for data in CMYK_SAMPLES:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        sw, sh = scaled_dim(w, scale), scaled_dim(h, scale)
+        if scale[0] == 1:
+            img.draft(None, (max(1, w // scale[1]), max(1, h // scale[1])))
+            ref = np.asarray(img.convert("RGB"))
+            assert ref.shape == (sh, sw, 3)
+            np.testing.assert_array_equal(dec.decode_scaled(data, scale), ref)
+        else:
+            ref = dec.decode_scaled(data, scale)
+        # regions at the edges and inside are the whole decode's pixels
+        for x, y, rw, rh in (
+            (0, 0, sw, sh),
+            (0, 0, 1, 1),
+            (sw - 1, sh - 1, 1, 1),
+            (sw // 3, sh // 4, sw // 2, sh // 2),
+        ):
+            np.testing.assert_array_equal(dec.decode_region(data, scale, x, y, rw, rh), ref[y : y + rh, x : x + rw])
+
+
+class _PilForCmyk(native.NativeDecoder):
+    """The native decoder as it routed CMYK before: to PIL (the reference path)."""
+
+    def accepts(self, hdr) -> bool:
+        return hdr.turbo_decodable
+
+
+def test_cmyk_kernel_output_is_the_pil_routes_bytes() -> None:
+    from shardpipe.augment import CenterCrop, Resize
+
+    for transform in (
+        Compose([RandomResizedCrop(224), RandomHorizontalFlip()]),
+        Compose([RandomResizedCrop(48)]),
+        Compose([Resize(160), CenterCrop(128)]),
+    ):
+        fast, ref = build_image_fn(native.NativeDecoder(), transform), build_image_fn(_PilForCmyk(), transform)
+        for i, data in enumerate(CMYK_SAMPLES):
+            for epoch in range(6):
+                got = fast(data, sample_rng(0, epoch, f"c{i}"))
+                np.testing.assert_array_equal(got, ref(data, sample_rng(0, epoch, f"c{i}")))
+
+
+def test_fuzzed_cmyk_jpegs_only_ever_raise_decode_error(monkeypatch) -> None:
+    from shardpipe.devtools.jpegfuzz import check_decoder, mutants
+
+    monkeypatch.setattr(registry, "MAX_PIXELS", 1_000_000)
+    seeds = [_cmyk(4, (96, 72)), _cmyk(5, (80, 64), progressive=True)]
+    counts = check_decoder(
+        native.NativeDecoder(), mutants(seeds, 200, np.random.default_rng(3)), np.random.default_rng(4)
+    )
+    assert not [k for k in counts if k.startswith("BUG")], counts
+    assert counts["decoded"] + counts["DecodeError"] == 200
+    assert counts["region decoded"] > 20
+
+
+def test_making_the_pil_decoder_loads_pillows_plugins_before_workers_fork() -> None:
+    """In a fresh interpreter: Pillow's JPEG plugin is loaded when the decoder is made, not at a
+    worker's first Image.open (each forked worker would import it again)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from shardpipe.image.decoders.pil import PilDecoder; "
+        "before = 'PIL.JpegImagePlugin' in sys.modules; PilDecoder(); "
+        "print(before, 'PIL.JpegImagePlugin' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "True"]

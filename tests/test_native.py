@@ -160,11 +160,14 @@ def test_bombs_are_refused_from_the_header(dec, monkeypatch) -> None:
         dec.decode_region(data, (1, 1), 0, 0, 10, 10)  # the C check, from libjpeg's own header read
 
 
-def test_odd_jpegs_fall_back_to_pil(dec) -> None:
-    """CMYK (and anything libjpeg refuses) goes to PIL: same colours as the PIL backend."""
+def test_cmyk_is_decoded_here_with_pils_colours_and_odd_files_fall_back_to_pil(dec) -> None:
+    """CMYK is decoded natively, converted exactly as PIL converts it; anything libjpeg refuses goes to PIL."""
     data = jpeg(11, (400, 300), "CMYK")
-    with pytest.raises(DecodeError, match="CMYK"):
-        dec.decode_region(data, (1, 1), 0, 0, 40, 40)
+    raw = np.empty((40, 40, 3), np.uint8)
+    with pytest.raises(native._cropjpeg.Error, match="CMYK"):  # without the CMYK flag the C call refuses
+        native._cropjpeg.decode(data, raw, 8, 8, 0, 0, 40, 40, 0, registry.MAX_PIXELS)
+    np.testing.assert_array_equal(dec.decode_region(data, (1, 1), 7, 5, 40, 40), whole(data)[5:45, 7:47])
+    np.testing.assert_array_equal(dec.decode(data), whole(data))
     box = (30, 40, 200, 260)  # decoded at 1/2 scale, as the other backends' fused path does
     out = dec.decode_crop(data, box, (100, 130))
     np.testing.assert_array_equal(out, FusedDecoder(PilDecoder()).decode_box(data, 400, 300, box, 100, 130))

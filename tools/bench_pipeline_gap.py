@@ -131,7 +131,9 @@ def main(argv: list[str] | None = None) -> None:
     for v in names:
         ms = [r["ms"] for r in got[v]]
         step = "" if prev is None or v in ("kernel", "loader/4") else f"{med[v] - med[prev]:+.3f}"
-        extra = f"  main process {statistics.median(r['main_ms'] for r in got[v]):.3f}" if "main_ms" in got[v][0] else ""
+        extra = (
+            f"  main process {statistics.median(r['main_ms'] for r in got[v]):.3f}" if "main_ms" in got[v][0] else ""
+        )
         print(f"{v:10s} {med[v]:10.3f} {min(ms):6.3f}-{max(ms):6.3f} {step:>7s}{extra}")
         prev = v if v not in ("kernel", "loader/4") else prev
     if "kernel" in med and "loader" in med:

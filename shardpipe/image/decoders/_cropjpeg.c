@@ -32,6 +32,7 @@
 #define FLAG_FAST_IDCT 1     /* JDCT_IFAST: faster, slightly less accurate IDCT */
 #define FLAG_FAST_UPSAMPLE 2 /* no "fancy" (triangle) chroma upsampling */
 #define FLAG_INTERVALS 4     /* decode only the restart intervals covering the box (_restart.c) */
+#define FLAG_CMYK 8          /* CMYK/YCCK files too, converted to RGB as Pillow converts them */
 #define EDGE 8               /* extra columns decoded on each side of the box (see run) */
 #define BAND 16              /* rows read per jpeg_read_scanlines call */
 
@@ -51,6 +52,19 @@ struct job {
     unsigned long long image_w, image_h; /* out: the header's size */
 };
 
+/* libjpeg's CMYK samples to RGB exactly as Pillow does: it reads JPEG CMYK as inverted
+   ("Adobe polarity", rawmode CMYK;I), then R = nk - c * nk / 255 with nk = 255 - k, rounded as
+   its MULDIV255; with the inversion undone, nk is the stored K and c is 255 - the stored C. */
+static void cmyk_to_rgb(unsigned char *out, const unsigned char *in, unsigned width) {
+    for (unsigned x = 0; x < width; x++, in += 4, out += 3) {
+        int nk = in[3];
+        for (int c = 0; c < 3; c++) {
+            int t = (255 - in[c]) * nk + 128;
+            out[c] = (unsigned char)(nk - (((t >> 8) + t) >> 8));
+        }
+    }
+}
+
 /* Runs without the GIL. Returns an outcome; g->message says more for FAILED. */
 static enum outcome run(struct job *job, struct guard *g) {
     struct jpeg_decompress_struct cinfo;
@@ -58,6 +72,7 @@ static enum outcome run(struct job *job, struct guard *g) {
     unsigned char *volatile row = NULL;
     volatile int created = 0;
     enum outcome result = OK;
+    int cmyk, channels;
 
     memset(&cinfo, 0, sizeof cinfo);
     cinfo.err = jpeg_std_error(&g->pub);
@@ -80,12 +95,15 @@ static enum outcome run(struct job *job, struct guard *g) {
         result = BOMB;
         goto done;
     }
-    if (cinfo.jpeg_color_space != JCS_YCbCr && cinfo.jpeg_color_space != JCS_GRAYSCALE &&
-        cinfo.jpeg_color_space != JCS_RGB) {
-        result = BAD_COLOR; /* CMYK / YCCK: the caller's fallback converts those */
+    cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+    if (!(cmyk && (job->flags & FLAG_CMYK)) && cinfo.jpeg_color_space != JCS_YCbCr &&
+        cinfo.jpeg_color_space != JCS_GRAYSCALE && cinfo.jpeg_color_space != JCS_RGB) {
+        result = BAD_COLOR; /* CMYK / YCCK without FLAG_CMYK: the caller's fallback converts those */
         goto done;
     }
-    cinfo.out_color_space = JCS_RGB; /* grey is expanded to RGB by libjpeg-turbo */
+    /* grey is expanded to RGB by libjpeg-turbo; CMYK rows are converted below */
+    cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
+    channels = cmyk ? 4 : 3;
     cinfo.scale_num = job->scale_num;
     cinfo.scale_denom = job->scale_denom;
     if (job->flags & FLAG_FAST_IDCT) cinfo.dct_method = JDCT_IFAST;
@@ -112,9 +130,9 @@ static enum outcome run(struct job *job, struct guard *g) {
         int direct;
         if (xoff != 0 || cw != cinfo.output_width) jpeg_crop_scanline(&cinfo, &xoff, &cw);
         /* xoff moved left to an iMCU boundary and cw grew by as much */
-        direct = (xoff == job->x && cw == job->width);
+        direct = (xoff == job->x && cw == job->width && !cmyk);
         if (!direct) { /* a scratch band of BAND rows: fewer calls, and whole row groups */
-            row = (unsigned char *)malloc((size_t)cw * 3 * BAND);
+            row = (unsigned char *)malloc((size_t)cw * channels * BAND);
             if (row == NULL) {
                 result = NO_MEMORY;
                 goto done;
@@ -129,14 +147,17 @@ static enum outcome run(struct job *job, struct guard *g) {
             JSAMPROW rows[BAND];
             unsigned want = job->height - r < BAND ? job->height - r : BAND, got;
             for (unsigned i = 0; i < want; i++)
-                rows[i] = direct ? job->out + (size_t)(r + i) * pitch : row + (size_t)i * cw * 3;
+                rows[i] = direct ? job->out + (size_t)(r + i) * pitch : row + (size_t)i * cw * channels;
             got = jpeg_read_scanlines(&cinfo, rows, want);
             if (got == 0) {
                 snprintf(g->message, sizeof g->message, "no data for row %u", job->y + r);
                 result = FAILED;
                 goto done;
             }
-            if (!direct)
+            if (cmyk)
+                for (unsigned i = 0; i < got; i++)
+                    cmyk_to_rgb(job->out + (size_t)(r + i) * pitch, rows[i] + (size_t)(job->x - xoff) * 4, job->width);
+            else if (!direct)
                 for (unsigned i = 0; i < got; i++)
                     memcpy(job->out + (size_t)(r + i) * pitch, rows[i] + (size_t)(job->x - xoff) * 3, pitch);
             r += got;
@@ -339,6 +360,7 @@ PyMODINIT_FUNC PyInit__cropjpeg(void) {
         PyModule_AddIntConstant(m, "FAST_IDCT", FLAG_FAST_IDCT) < 0 ||
         PyModule_AddIntConstant(m, "FAST_UPSAMPLE", FLAG_FAST_UPSAMPLE) < 0 ||
         PyModule_AddIntConstant(m, "INTERVALS", FLAG_INTERVALS) < 0 ||
+        PyModule_AddIntConstant(m, "CMYK", FLAG_CMYK) < 0 ||
         PyModule_AddIntConstant(m, "LIBJPEG_TURBO_VERSION", LIBJPEG_TURBO_VERSION_NUMBER) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -55,9 +55,13 @@ class JpegBackend:
         except ValueError:
             return None  # PIL gives the verdict (and the error message)
         check_size(hdr.width, hdr.height)
-        if not hdr.turbo_decodable or not has_end_marker(data, hdr.scan_offset):
+        if not self.accepts(hdr) or not has_end_marker(data, hdr.scan_offset):
             return None
         return hdr
+
+    def accepts(self, hdr: JpegHeader) -> bool:
+        """True for the frames this backend decodes itself (others go to PIL)."""
+        return hdr.turbo_decodable
 
     def size(self, data: bytes) -> tuple[int, int]:
         return image_size(data)

@@ -9,9 +9,10 @@ output matches that path's pixel for pixel wherever libjpeg decodes the region's
 as it would in the whole image (it does, away from the region's iMCU-aligned edges,
 which the margins keep out of reach).
 
-Routing is the other fast backends' (``base.JpegBackend``): CMYK/YCCK, lossless or
-arithmetic JPEGs, PNG & co, truncated files, and anything libjpeg refuses or warns about
-go to PIL, which decodes them or raises the ``DecodeError``. Decompression bombs are
+Routing is the other fast backends' (``base.JpegBackend``), except that CMYK/YCCK JPEGs
+are decoded here too (converted to RGB with Pillow's formula, so the pixels are PIL's):
+lossless or arithmetic JPEGs, PNG & co, truncated files, and anything libjpeg refuses or
+warns about go to PIL, which decodes them or raises the ``DecodeError``. Decompression bombs are
 refused from the header. The extension is optional: when it was not built (no compiler
 or no ``jpeglib.h`` at install time), importing this module raises ``ImportError`` and
 ``decoder="auto"`` takes the next backend (the registry logs why, once).
@@ -50,6 +51,10 @@ FAST_IDCT = _cropjpeg.FAST_IDCT
 FAST_UPSAMPLE = _cropjpeg.FAST_UPSAMPLE
 #: decode only the restart intervals that cover a crop (files without usable ones: no change)
 INTERVALS = _cropjpeg.INTERVALS
+#: CMYK/YCCK JPEGs too, converted to RGB exactly as Pillow converts them (else they go to PIL)
+CMYK = _cropjpeg.CMYK
+#: libjpeg frames with four components: CMYK or YCCK (baseline, extended, progressive Huffman)
+_CMYK_FRAMES = (0xC0, 0xC1, 0xC2)
 #: all n/8 DCT scales from 1/1 down, as reduced fractions
 ALL_SCALES: tuple[Scale, ...] = tuple((n // math.gcd(n, 8), 8 // math.gcd(n, 8)) for n in range(8, 0, -1))
 #: decoded pixels beyond the box on each side: the resampling filter reads up to 4 block
@@ -87,11 +92,15 @@ class NativeDecoder(JpegBackend):
     ) -> None:
         super().__init__()
         #: ``intervals``: use restart intervals where a file has them (``shardpipe.image.restart``)
-        self.flags = flags | (INTERVALS if intervals else 0)
+        self.flags = flags | (INTERVALS if intervals else 0) | CMYK
         #: the DCT scales ``decode_crop`` picks from by default (measured: BENCHMARKS.md)
         self.crop_factors = factors
         #: a DCT scale is picked only if it keeps the box this many times the output size
         self.scale_margin = scale_margin
+
+    def accepts(self, hdr: JpegHeader) -> bool:
+        """Grey, YCbCr and RGB frames, and CMYK/YCCK ones (converted as Pillow converts them)."""
+        return hdr.turbo_decodable or (hdr.components == 4 and hdr.sof in _CMYK_FRAMES and hdr.height > 0)
 
     # -- the C call ------------------------------------------------------------------------
     def decode_region(self, data: bytes, scale: Scale, x: int, y: int, width: int, height: int) -> np.ndarray:
