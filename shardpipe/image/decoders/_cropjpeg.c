@@ -8,6 +8,7 @@
  * Only the box's columns are inverse-DCT'd, upsampled and colour-converted (jpeg_crop_scanline,
  * to the iMCU column boundary), rows above the box are entropy-decoded without IDCT or colour
  * work (jpeg_skip_scanlines), and decoding stops after the box's last row (jpeg_abort_decompress).
+ * With FLAG_CMYK, CMYK/YCCK files are decoded too, their rows converted to RGB as Pillow converts them.
  *
  * Errors never end the process: libjpeg's error_exit longjmps back here and raises `Error`
  * with libjpeg's message. Warnings (corrupt data that libjpeg would paper over) are errors too,

@@ -1,7 +1,8 @@
 """Shared logic of the fast JPEG backends: routing, size limit, and the PIL fallback.
 
 A fast backend only ever sees what libjpeg-turbo decodes straight to RGB: a complete,
-Huffman-coded, grey or three-component JPEG within the size limit. Everything else
+Huffman-coded, grey or three-component JPEG within the size limit (``accepts``; the
+native backend also takes CMYK/YCCK, converted with PIL's formula). Everything else
 (PNG, WebP, CMYK/YCCK, lossless or arithmetic JPEG, a missing end marker, any error
 from the library) goes to PIL, which either decodes it (so CMYK colours match PIL's
 conversion) or raises a ``DecodeError`` that says what is wrong. Corrupt data therefore
