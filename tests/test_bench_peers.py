@@ -93,3 +93,31 @@ def test_cli_runs_the_installed_peers_and_skips_the_missing(tmp_path: Path, benc
     else:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"bench --peers CLI test: {time.perf_counter() - t0:.1f} s")
+
+
+def test_shardpipes_rows_read_restart_marked_copies_of_the_same_jpegs(bench_data_dir: Path):
+    """The peers read the plain shards; shardpipe and its kernel read them restart-marked, as
+    `shardpipe write` stores them: the same members and the same pixels."""
+    import numpy as np
+
+    from shardpipe.dataset import ShardDataset
+    from shardpipe.devtools.bench.loaders import prepare_data
+    from shardpipe.image.decoders.pil import PilDecoder
+    from shardpipe.image.restart import available, restart_layout
+
+    by_name = {p.name: p.config for p in peers.PEERS}
+    assert by_name[peers.SHARDPIPE]["shards"] == by_name[peers.KERNEL]["shards"] == "restart"
+    assert all("shards" not in p.config for p in peers.PEERS if p.name not in (peers.SHARDPIPE, peers.KERNEL))
+    data = prepare_data(str(bench_data_dir), 64)
+    peers._prepare_formats({"shardpipe": by_name[peers.SHARDPIPE]}, data, lambda line: None)
+    if not available():
+        assert data["restart"] == data["full"]
+        return
+    assert data["restart"] != data["full"]
+    plain = {s["__key__"]: s["jpg"] for s in ShardDataset(data["full"], decode=None)}
+    marked = {s["__key__"]: s["jpg"] for s in ShardDataset(data["restart"], decode=None)}
+    assert marked.keys() == plain.keys() and len(plain) == 64
+    assert sum(restart_layout(d) is not None for d in marked.values()) > 48  # CMYK/progressive stay as they are
+    pil = PilDecoder()
+    for key in list(plain)[:12]:
+        np.testing.assert_array_equal(pil.decode(marked[key]), pil.decode(plain[key]))

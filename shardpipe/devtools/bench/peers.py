@@ -34,8 +34,9 @@ _DECODE = (("simplejpeg", "simplejpeg"), ("cv2", "opencv-python-headless"))
 SHARDPIPE, KERNEL, WDS_PIL = "shardpipe", "shardpipe kernel alone", "webdataset + PIL"
 
 PEERS: tuple[Peer, ...] = (
-    Peer(SHARDPIPE, {"kind": "shardpipe", "channels_last": True}),
-    Peer(KERNEL, {"kind": "kernel", "mode": "processes"}),
+    # shardpipe reads the JPEGs as `shardpipe write` stores them: restart-marked (lossless, same pixels)
+    Peer(SHARDPIPE, {"kind": "shardpipe", "channels_last": True, "shards": "restart"}),
+    Peer(KERNEL, {"kind": "kernel", "mode": "processes", "shards": "restart"}),
     Peer(WDS_PIL, {"kind": "webdataset"}, (("webdataset", "webdataset"),)),
     Peer(
         "webdataset + simplejpeg + OpenCV", {"kind": "webdataset-simplejpeg"}, (("webdataset", "webdataset"), *_DECODE)
@@ -103,11 +104,30 @@ def _prepare_formats(rows: dict[str, dict[str, Any]], data: dict[str, Any], log:
     from shardpipe.devtools.bench.loaders import manifest_urls
     from shardpipe.devtools.bench.peer_loaders import prepare_peer_data
 
+    if any(cfg.get("shards") == "restart" for cfg in rows.values()):
+        data["restart"] = _restart_marked(data, log)
     kinds = {cfg["kind"] for cfg in rows.values()}
     for kind, fmt in (("litdata", "litdata"), ("mosaic", "mds")):
         if kind in kinds:
             log(f"writing the samples in {kind}'s format (once) ...")
             prepare_peer_data(data, manifest_urls(data["full"]), fmt)
+
+
+def _restart_marked(data: dict[str, Any], log: Callable[[str], None]) -> str:
+    """The manifest of the shards with restart-marked JPEGs, converted once beside the plain ones
+    (what ``shardpipe write`` writes by default); the plain shards without the native extension."""
+    from shardpipe.image.restart import available
+    from shardpipe.write.restart_job import mark_restarts
+
+    if not available():
+        log("restart intervals need shardpipe's native extension: shardpipe reads the plain shards")
+        return str(data["full"])
+    out = os.path.join(os.path.dirname(os.path.dirname(data["full"])), "full-restart")
+    manifest = os.path.join(out, "manifest.json")
+    if not os.path.exists(manifest):
+        log("restart-marking shardpipe's copy of the shards (once) ...")
+        mark_restarts(data["full"], out, workers=os.cpu_count() or 1)
+    return manifest
 
 
 def summarize(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -177,6 +197,7 @@ def report(rows: list[dict[str, Any]], skipped: dict[str, str], *, workers: int,
         f"$ {command}",
         f"RandomResizedCrop(224) + flip, uint8 batches of {batch}, {workers} processes or threads per loader; "
         f"medians of {rounds} rounds, each loader in a fresh process per round",
+        "shardpipe reads the same JPEGs restart-marked, as `shardpipe write` stores them (lossless)",
         "",
     ]
     headers = ["loader", "CPU ms/img", "range", "img/s", "CPU x shardpipe", "img/s x wds+PIL", "peak RSS MB"]
