@@ -216,3 +216,49 @@ def test_making_the_pil_decoder_loads_pillows_plugins_before_workers_fork() -> N
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+def _encode(index: int, size: tuple[int, int], mode: str = "RGB", **options) -> bytes:
+    from shardpipe.devtools.synth import make_image
+
+    buf = io.BytesIO()
+    make_image(index, size=size).convert(mode).save(buf, "JPEG", quality=90, **options)
+    return buf.getvalue()
+
+
+def test_interval_decode_equals_the_whole_file_decode_for_small_regions_at_interval_edges() -> None:
+    """Small regions within pixels of an interval's edge, at every DCT scale and chroma layout,
+    are the bytes of the ordinary decode (a sub-image without margin fails this: chroma
+    upsampling at its edge)."""
+    from shardpipe.image.decoders.base import scaled_dim
+    from shardpipe.image.decoders.jpeg import read_header
+    from shardpipe.image.restart import restart_layout
+
+    rng = np.random.default_rng(5)
+    seeds = [make_jpeg(i) for i in (0, 5, 10)] + [
+        _encode(1, (333, 251), subsampling=0),
+        _encode(2, (250, 301), subsampling=1),
+        _encode(3, (301, 203), "L"),
+        _encode(4, (517, 389)),
+    ]
+    checked = 0
+    for data in seeds:
+        marked = add_restart_intervals(data)
+        interval, per_row, rows_per_interval = restart_layout(marked)
+        hdr = read_header(marked)
+        mcu_w = 8 * max(h for h, _ in hdr.sampling)
+        mcu_h = 8 * max(v for _, v in hdr.sampling)
+        for num in (8, 4, 2, 1):
+            sw, sh = scaled_dim(hdr.width, (num, 8)), scaled_dim(hdr.height, (num, 8))
+            iw = interval * mcu_w * num // 8 if per_row > 1 else sw
+            ih = rows_per_interval * mcu_h * num // 8
+            for _ in range(40):
+                x = int(np.clip(iw * int(rng.integers(0, sw // iw + 1)) + int(rng.integers(-6, 7)), 0, sw - 1))
+                y = int(np.clip(ih * int(rng.integers(0, sh // ih + 1)) + int(rng.integers(-6, 7)), 0, sh - 1))
+                w, h = int(rng.integers(1, min(24, sw - x) + 1)), int(rng.integers(1, min(24, sh - y) + 1))
+                got, want = np.empty((h, w, 3), np.uint8), np.empty((h, w, 3), np.uint8)
+                _cropjpeg.decode(marked, got, num, 8, x, y, w, h, _cropjpeg.INTERVALS, registry.MAX_PIXELS)
+                _cropjpeg.decode(marked, want, num, 8, x, y, w, h, 0, registry.MAX_PIXELS)
+                np.testing.assert_array_equal(got, want, err_msg=f"{hdr.sampling} {num}/8 {(x, y, w, h)}")
+                checked += 1
+    assert checked == len(seeds) * 4 * 40
