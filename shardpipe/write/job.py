@@ -30,6 +30,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from shardpipe.format.manifest import MANIFEST
+from shardpipe.image.restart import available as restart_available
 from shardpipe.io.files import dirname_url, join_url
 from shardpipe.io.urls import check_url
 from shardpipe.write import outfiles
@@ -105,6 +106,8 @@ def write_shards(
     check_pattern(pattern)  # exactly one shard number, before anything is read or written
     opts = build_write_options(options, keywords)
     write_engine(opts.engine)  # an uninstalled engine fails now, not after the scan
+    if opts.restart_intervals and not restart_available():
+        log.info("the native extension is not built: JPEGs are copied without restart intervals")
     t0 = time.perf_counter()
     src = open_source(source, opts.source_type, label_pattern=opts.label_pattern, lmdb_decoder=opts.lmdb_decoder)
     scan = src.scan()
