@@ -85,8 +85,11 @@ def write_shards(
 
     ``source`` is a path (folder, ImageFolder tree, CSV/JSONL list, LMDB store; see
     :func:`shardpipe.write.sources.open_source`) or a :class:`~shardpipe.write.sources.Source`.
-    Images are copied byte for byte unless ``presize`` (shorter side, pixels) shrinks
-    them. Unreadable or non-image inputs are skipped and listed in the summary and in
+    Baseline JPEGs are re-encoded losslessly with restart intervals (``restart_intervals``,
+    default on: the same pixels, ~3% fewer bytes, faster crops with the native decoder;
+    ``shardpipe.image.restart`` says how the interval is chosen); other images, and all of
+    them with ``restart_intervals=False``, are copied byte for byte unless ``presize``
+    (shorter side, pixels) shrinks them. Unreadable or non-image inputs are skipped and listed in the summary and in
     the manifest. ``check`` is ``"header"`` (cheap), ``"decode"`` (full) or ``"none"``.
 
     Shard ``i`` holds inputs ``i*maxcount`` to ``(i+1)*maxcount - 1``. ``engine="ray"``

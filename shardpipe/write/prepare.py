@@ -121,8 +121,9 @@ def prepared(
     """``prepare`` every item, in order, with ``workers`` in parallel.
 
     CPU-bound work (presize, ``check="decode"``) runs in that many processes; pass-through
-    is I/O-bound and runs in that many threads, which overlap reads (slow disks, network
-    filesystems) without copying every image between processes. A bounded number of
+    and the restart-interval transcode (C that releases the GIL) run in that many threads,
+    which overlap reads (slow disks, network filesystems) without copying every image
+    between processes. A bounded number of
     tasks is in flight, so memory stays bounded when writing is slower than preparing.
     """
     if workers <= 1:
@@ -130,7 +131,7 @@ def prepared(
             yield prepare(source, opts, pos, rec)
         return
     if not opts.presize and opts.check != "decode":
-        # pass-through is I/O-bound: threads overlap reads with writing and cost no IPC copies
+        # pass-through and the transcode (GIL released): threads overlap reads, cost no IPC copies
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(workers) as pool:
