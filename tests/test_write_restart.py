@@ -84,6 +84,13 @@ def test_default_write_decodes_to_the_source_pixels_and_copies_the_rest(source: 
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["options"]["restart_intervals"] is True
 
+    rolling = write_shards(source, str(tmp_path / "rolling" / "s-%02d.tar"), maxsize=400_000)  # shards closed by bytes
+    assert rolling.shards > 1 and (rolling.presized, rolling.marked) == (0, marked)
+    again = read_back(tmp_path / "rolling" / "manifest.json")
+    assert {k: s.get("jpg", s.get("png")) for k, s in again.items()} == {
+        k: s.get("jpg", s.get("png")) for k, s in got.items()
+    }
+
 
 def test_restart_intervals_false_copies_every_image_byte_for_byte(source: Path, tmp_path: Path) -> None:
     summary = write_shards(source, str(tmp_path / "out" / "s-%02d.tar"), restart_intervals=False)
