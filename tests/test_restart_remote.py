@@ -152,3 +152,26 @@ def test_command_reads_http_and_writes_s3_with_separate_options(http_store, s3_s
     bad = [*argv[:3], http_store.url(f"{prefix}/out"), "--no-progress"]
     r = subprocess.run([sys.executable, "-c", code, *bad], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "a web server is read-only" in r.stderr
+
+
+def test_a_remote_manifest_converts_into_a_local_folder_with_its_class_names(s3_store, tmp_path: Path) -> None:
+    from shardpipe import ShardWriter
+
+    prefix = f"restart-{uuid.uuid4().hex[:8]}"
+    local = tmp_path / "made"
+    jpegs = {f"k{i}": make_jpeg(INDICES[i % len(INDICES)]) for i in range(6)}
+    with ShardWriter(str(local / "m-%03d.tar"), maxcount=4, metadata={"class_names": ["cat", "dog"]}) as w:
+        for i, (key, data) in enumerate(jpegs.items()):
+            w.write({"__key__": key, "jpg": data, "cls": i % 2})
+    for path in sorted(local.iterdir()):
+        s3_store.put(f"{prefix}/{path.name}", path.read_bytes())
+    out = tmp_path / "out"
+    summary = mark_restarts(s3_store.url(f"{prefix}/manifest.json"), str(out), storage_options=s3_store.options())
+    assert (summary.shards, summary.jpegs, summary.marked) == (2, 6, 4)  # not the CMYK and progressive ones
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["class_names"] == ["cat", "dog"] and manifest["samples"] == 6
+    got = {s["__key__"]: s for s in ShardDataset(str(out / "manifest.json"), decode=None)}
+    assert sorted(got) == sorted(jpegs) and all(int(got[k]["cls"]) == i % 2 for i, k in enumerate(jpegs))
+    for key, before in jpegs.items():
+        after = got[key]["jpg"]
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(after))), np.asarray(Image.open(io.BytesIO(before))))
