@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
+import io
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pytest
+from PIL import Image
+
+from shardpipe import ShardDataset
 from shardpipe.devtools.bench import peers
 from shardpipe.devtools.bench.proctree import descendants, tree_cpu_seconds, worker_peak_rss_mb
 
@@ -93,3 +99,33 @@ def test_cli_runs_the_installed_peers_and_skips_the_missing(tmp_path: Path, benc
     else:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"bench --peers CLI test: {time.perf_counter() - t0:.1f} s")
+
+
+def test_bench_data_gives_shardpipe_restart_marked_shards_and_the_others_plain(tmp_path: Path):
+    from shardpipe.devtools.bench.loaders import manifest_urls, prepare_data
+    from shardpipe.devtools.synth import CMYK_INDEX, PROGRESSIVE_INDEX, make_dataset
+    from shardpipe.image.restart import available, restart_layout
+
+    if not available():
+        pytest.skip("native extension not built: nothing is given restart intervals")
+    n = 30
+    data = prepare_data(str(tmp_path), n, shard_size=16)
+    originals = {key: jpg for key, jpg, _ in make_dataset(n)}
+
+    def members(name: str) -> dict[str, bytes]:
+        return {s["__key__"]: s["jpg"] for s in ShardDataset(manifest_urls(data[name]), decode=None)}
+
+    full, plain, presized = members("full"), members("plain"), members("presized")
+    assert plain == originals  # the other loaders read the generated JPEGs byte for byte
+    assert set(full) == set(presized) == set(originals)
+    for i, key in enumerate(sorted(originals)):
+        pixels = np.asarray(Image.open(io.BytesIO(full[key])))
+        assert np.array_equal(pixels, np.asarray(Image.open(io.BytesIO(originals[key])))), key  # lossless
+        untouchable = i in (CMYK_INDEX, PROGRESSIVE_INDEX)
+        assert (restart_layout(full[key]) is None) == untouchable, key
+        assert restart_layout(presized[key]) is not None, key  # presize re-encodes every one as baseline RGB
+    assert data["mean_bytes_restart_marked"] < data["mean_bytes"]
+    shard = Path(manifest_urls(data["full"])[0])
+    written = shard.stat().st_mtime_ns
+    again = prepare_data(str(tmp_path), n, shard_size=16)  # written once, then reused
+    assert again["full"] == data["full"] and shard.stat().st_mtime_ns == written

@@ -1,6 +1,8 @@
 """``shardpipe bench --peers``: shardpipe against the loaders users would pick instead.
 
-Same JPEGs for all (``prepare_data``: photo-like, ~110 KB at ~500x375), same work
+Same images for all (``prepare_data``: photo-like, ~110 KB at ~500x375; shardpipe reads
+them as ``shardpipe write`` stores them, with restart intervals, the others byte for byte
+as their own writers do), same work
 (RandomResizedCrop(224) + flip, uint8 batches of 64), ``workers`` processes or threads each,
 every loader in a fresh process per round, alternating; medians over the rounds. The primary
 figure is CPU milliseconds per image over the whole process tree (steady on a shared
@@ -107,7 +109,7 @@ def _prepare_formats(rows: dict[str, dict[str, Any]], data: dict[str, Any], log:
     for kind, fmt in (("litdata", "litdata"), ("mosaic", "mds")):
         if kind in kinds:
             log(f"writing the samples in {kind}'s format (once) ...")
-            prepare_peer_data(data, manifest_urls(data["full"]), fmt)
+            prepare_peer_data(data, manifest_urls(data["plain"]), fmt)
 
 
 def summarize(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
