@@ -7,68 +7,79 @@ and read single samples with ``IndexedDataset``. The stages in ``shardpipe.stage
 custom pipelines.
 """
 
-from shardpipe.batchdecode import BatchDecodeLoader, resolve_batch_decoder
-from shardpipe.dataset import ShardDataset
-from shardpipe.errors import (
-    CorruptShardError,
-    DecodeError,
-    ErrorHandler,
-    MissingFieldError,
-    ShardNotFoundError,
-    ShardpipeError,
-    ShardReadError,
-    StateError,
-    TruncatedShardError,
-    WorkerDiedError,
-    WorkerStallError,
-    WorkerStartError,
-)
-from shardpipe.format.tar.writer import TarWriter
-from shardpipe.image.normalize import normalize
-from shardpipe.indexed import IndexedDataset
-from shardpipe.loader import ShardLoader
-from shardpipe.mix import MixedDataset
-from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions
-from shardpipe.serve.client import RemoteError, RemoteLoader
-from shardpipe.workers import worker_context
-from shardpipe.write.index_job import index_shards
-from shardpipe.write.job import WriteOptions, WriteSummary, write_shards
-from shardpipe.write.shard_writer import ShardWriter
+# ruff: noqa: F401  (the TYPE_CHECKING imports name what __getattr__ imports lazily)
+from typing import TYPE_CHECKING
+
+from shardpipe.lazy import exports
+
+#: public name -> the module that defines it: imported on first use, so that `shardpipe inspect`
+#: and other commands that never touch torch start without importing it
+_WHERE = {
+    "BatchDecodeLoader": "shardpipe.batchdecode",
+    "BatchOptions": "shardpipe.options",
+    "CorruptShardError": "shardpipe.errors",
+    "DecodeError": "shardpipe.errors",
+    "DecodeOptions": "shardpipe.options",
+    "ErrorHandler": "shardpipe.errors",
+    "IndexedDataset": "shardpipe.indexed",
+    "MissingFieldError": "shardpipe.errors",
+    "MixedDataset": "shardpipe.mix",
+    "OpenOptions": "shardpipe.options",
+    "RemoteError": "shardpipe.serve.client",
+    "RemoteLoader": "shardpipe.serve.client",
+    "ShardDataset": "shardpipe.dataset",
+    "ShardLoader": "shardpipe.loader",
+    "ShardNotFoundError": "shardpipe.errors",
+    "ShardReadError": "shardpipe.errors",
+    "ShardWriter": "shardpipe.write.shard_writer",
+    "ShardpipeError": "shardpipe.errors",
+    "SplitOptions": "shardpipe.options",
+    "StateError": "shardpipe.errors",
+    "TarWriter": "shardpipe.format.tar.writer",
+    "TruncatedShardError": "shardpipe.errors",
+    "WorkerDiedError": "shardpipe.errors",
+    "WorkerStallError": "shardpipe.errors",
+    "WorkerStartError": "shardpipe.errors",
+    "WriteOptions": "shardpipe.write.job",
+    "WriteSummary": "shardpipe.write.job",
+    "index_shards": "shardpipe.write.index_job",
+    "normalize": "shardpipe.image.normalize",
+    "resolve_batch_decoder": "shardpipe.batchdecode",
+    "worker_context": "shardpipe.workers",
+    "write_shards": "shardpipe.write.job",
+}
+
+if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_architecture.py keeps them equal)
+    from shardpipe.batchdecode import BatchDecodeLoader, resolve_batch_decoder
+    from shardpipe.dataset import ShardDataset
+    from shardpipe.errors import (
+        CorruptShardError,
+        DecodeError,
+        ErrorHandler,
+        MissingFieldError,
+        ShardNotFoundError,
+        ShardpipeError,
+        ShardReadError,
+        StateError,
+        TruncatedShardError,
+        WorkerDiedError,
+        WorkerStallError,
+        WorkerStartError,
+    )
+    from shardpipe.format.tar.writer import TarWriter
+    from shardpipe.image.normalize import normalize
+    from shardpipe.indexed import IndexedDataset
+    from shardpipe.loader import ShardLoader
+    from shardpipe.mix import MixedDataset
+    from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions
+    from shardpipe.serve.client import RemoteError, RemoteLoader
+    from shardpipe.workers import worker_context
+    from shardpipe.write.index_job import index_shards
+    from shardpipe.write.job import WriteOptions, WriteSummary, write_shards
+    from shardpipe.write.shard_writer import ShardWriter
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BatchDecodeLoader",
-    "BatchOptions",
-    "CorruptShardError",
-    "DecodeError",
-    "DecodeOptions",
-    "ErrorHandler",
-    "IndexedDataset",
-    "MissingFieldError",
-    "MixedDataset",
-    "OpenOptions",
-    "RemoteError",
-    "RemoteLoader",
-    "ShardDataset",
-    "ShardLoader",
-    "ShardNotFoundError",
-    "ShardReadError",
-    "ShardWriter",
-    "ShardpipeError",
-    "SplitOptions",
-    "StateError",
-    "TarWriter",
-    "TruncatedShardError",
-    "WorkerDiedError",
-    "WorkerStallError",
-    "WorkerStartError",
-    "WriteOptions",
-    "WriteSummary",
-    "__version__",
-    "index_shards",
-    "normalize",
-    "resolve_batch_decoder",
-    "worker_context",
-    "write_shards",
-]
+__all__ = [*_WHERE, "__version__"]
+
+__getattr__, __dir__ = exports(__name__, _WHERE, globals())

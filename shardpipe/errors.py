@@ -80,6 +80,10 @@ class WorkerStartError(WorkerDiedError):
     """A DataLoader worker that ended before its pipeline started (its own error is in the message)."""
 
 
+class ListenError(ShardpipeError, OSError):
+    """A server cannot listen where it was told (address in use, a malformed endpoint, no such interface)."""
+
+
 class MissingFieldError(ShardpipeError, KeyError):
     """A sample without a field the pipeline needs."""
 

@@ -362,3 +362,42 @@ def test_verify_suggests_only_what_fixes_the_shard(dataset: Path, tmp_path: Path
     assert main(["index", str(bad / "d-*.tar"), "-o", str(bad / "manifest.json"), "--no-progress"]) == 0
     assert main(["verify", str(bad / "manifest.json")]) == 0
     assert "verified 2 shards: 4 samples" in capsys.readouterr().out
+
+
+def test_serve_says_what_is_wrong_instead_of_a_traceback(dataset: Path, tmp_path: Path):
+    """A missing or broken config, an unknown option, a taken port: one line on stderr, exit 2."""
+    import socket
+
+    missing = cli("serve", str(tmp_path / "nope.yaml"))
+    assert (missing.returncode, missing.stderr) == (
+        2,
+        f"shardpipe serve: error: config not found: {tmp_path / 'nope.yaml'}\n",
+    )
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("dataset: [\n")
+    r = cli("serve", str(broken))
+    assert r.returncode == 2 and r.stderr.startswith(f"shardpipe serve: error: {broken} is not valid YAML: ")
+    assert "Traceback" not in r.stderr
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text(f"dataset:\n  urls: {dataset / 'good' / 'manifest.json'}\n  bogus: 1\n")
+    r = cli("serve", str(unknown))
+    assert (r.returncode, r.stderr) == (
+        2,
+        f"shardpipe serve: error: {unknown}: ShardDataset got an unknown keyword 'bogus'\n",
+    )
+    no_data = tmp_path / "no-data.yaml"
+    no_data.write_text(f"dataset:\n  urls: {tmp_path / 'gone' / 'manifest.json'}\n")
+    r = cli("serve", str(no_data))
+    assert r.returncode == 2 and f"manifest not found: {tmp_path / 'gone' / 'manifest.json'}" in r.stderr, r.stderr
+
+    good = tmp_path / "good.yaml"
+    good.write_text(
+        f"dataset:\n  urls: {dataset / 'good' / 'manifest.json'}\n  batch_size: 2\nloader:\n  num_workers: 1\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = cli("serve", str(good), "--bind", f"tcp://127.0.0.1:{port}")
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert r.stderr == f"shardpipe serve: error: cannot listen on tcp://127.0.0.1:{port}: Address already in use\n"

@@ -132,7 +132,7 @@ def test_write_presize_reencodes_only_large_images(tmp_path: Path):
     sizes = {"big": (640, 480), "tall": (300, 1000), "small": (120, 90), "edge": (400, 128)}
     for name, size in sizes.items():
         (src / f"{name}.jpg").write_bytes(jpeg(make_image(len(name), size=size)))
-    summary = write_shards(src, str(tmp_path / "out" / "p-%02d.tar"), presize=128, quality=85)
+    summary = write_shards(src, str(tmp_path / "out" / "p-%02d.tar"), presize=128, quality=85, restart_intervals=False)
     assert summary.presized == 2 and summary.written == 4
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["options"]["presize"] == 128 and manifest["options"]["quality"] == 85

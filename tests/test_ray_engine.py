@@ -73,7 +73,6 @@ class DyingSource(FolderSource):
 
 def test_ray_writes_the_local_engines_bytes(ray_cluster, images: Path, local_out: Path, tmp_path: Path, capsys):
     argv = ["--maxcount", "4", "--shuffle", "--seed", "5", "--presize", "40", "--quality", "80"]
-    argv += ["--no-restart-intervals"]  # as OPTIONS (write_shards' default)
     assert main(["write", str(images), str(tmp_path / "s-%03d.tar"), *argv, "--engine", "ray", "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert files(tmp_path) == files(local_out)  # 7 shards, the manifest and its index sidecar, byte for byte

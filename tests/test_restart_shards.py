@@ -144,3 +144,11 @@ def test_members_escaping_the_shard_are_refused(tmp_path: Path) -> None:
         convert_shard(str(tmp_path / "junk.tar"), str(tmp_path / "out.tar"))
     r = cli("restart", str(tmp_path / "missing-{0..1}.tar"), "-o", str(tmp_path / "o"), "--no-progress")
     assert r.returncode == 2 and "shardpipe restart: error:" in r.stderr and "missing-0.tar" in r.stderr, r.stderr
+
+
+def test_an_output_folder_holding_the_inputs_is_refused(tmp_path: Path) -> None:
+    foreign_shard(tmp_path / "a-0.tar", 0, "webdataset")
+    before = (tmp_path / "a-0.tar").read_bytes()
+    with pytest.raises(ValueError, match=r"the output folder holds the input shard .*a-0\.tar: choose another folder"):
+        mark_restarts(str(tmp_path / "a-{0..0}.tar"), str(tmp_path))
+    assert (tmp_path / "a-0.tar").read_bytes() == before and not (tmp_path / "manifest.json").exists()

@@ -1,4 +1,8 @@
-"""Sources for the shard writer: every input image lands in the shards exactly once, bytes unchanged."""
+"""Sources for the shard writer: every input image lands in the shards exactly once, bytes unchanged.
+
+Every write here passes ``restart_intervals=False`` (a byte-for-byte copy) because byte identity
+is what these tests check; tests/test_write_restart.py covers the default lossless re-encode.
+"""
 
 from __future__ import annotations
 
@@ -80,7 +84,7 @@ def test_imagefolder_round_trip(imagefolder, tmp_path: Path):
     (root / "README.txt").write_text("not an image")
     (root / "class_01" / "notes.md").write_text("not an image")
     try:
-        summary = write_shards(root, str(tmp_path / "out-%04d.tar"), maxcount=5)
+        summary = write_shards(root, str(tmp_path / "out-%04d.tar"), maxcount=5, restart_intervals=False)
     finally:
         (root / "README.txt").unlink()
         (root / "class_01" / "notes.md").unlink()
@@ -106,7 +110,7 @@ def test_flat_folder_with_label_sidecars_and_extra_json(tmp_path: Path):
     (src / ".DS_Store").write_bytes(b"\0\1")
     scan = FolderSource(src).scan()
     assert [s.name for s in scan.skipped] == [".DS_Store"]
-    write_shards(src, str(tmp_path / "out" / "f-%03d.tar"), maxcount=100)
+    write_shards(src, str(tmp_path / "out" / "f-%03d.tar"), maxcount=100, restart_intervals=False)
     samples = read_back(tmp_path / "out" / "manifest.json")
     assert sorted(samples) == sorted(f[: -len(".jpg")] for f, _ in files)
     for name, label in files:
@@ -132,7 +136,7 @@ def test_flat_folder_label_from_pattern(tmp_path: Path, jpegs):
         ("more/emu_4", 2),
     ]
     assert scan.skipped[0].name == "unlabelled.jpg" and "does not match" in scan.skipped[0].reason
-    summary = write_shards(src, str(tmp_path / "o-%02d.tar"), label_pattern=r"([a-z]+)_\d+")
+    summary = write_shards(src, str(tmp_path / "o-%02d.tar"), label_pattern=r"([a-z]+)_\d+", restart_intervals=False)
     samples = read_back(tmp_path / "manifest.json")
     assert {k: int(s["cls"]) for k, s in samples.items()} == {"cat_1": 0, "dog_2": 1, "more/cat_3": 0, "more/emu_4": 2}
     assert samples["more/emu_4"]["jpg"] == jpegs[3]  # .jpeg files are stored as .jpg members, bytes unchanged
@@ -146,7 +150,7 @@ def test_colliding_keys_stay_unique(tmp_path: Path, jpegs):
     src.mkdir()
     for i, n in enumerate(["a.b.jpg", "a_b.jpg", "a.b.png"]):
         (src / n).write_bytes(jpegs[i])
-    write_shards(src, str(tmp_path / "o-%02d.tar"))
+    write_shards(src, str(tmp_path / "o-%02d.tar"), restart_intervals=False)
     samples = read_back(tmp_path / "manifest.json")
     # sorted names: a.b.jpg, a.b.png, a_b.jpg -> keys a_b, a_b_1, a_b_2; content decides the extension
     assert {k: s["jpg"] for k, s in samples.items()} == {"a_b": jpegs[0], "a_b_1": jpegs[2], "a_b_2": jpegs[1]}
@@ -162,7 +166,7 @@ def test_unreadable_images_are_skipped_and_listed(tmp_path: Path, jpegs):
     Image.new("RGB", (40, 30), (10, 200, 30)).save(png, "PNG")
     (src / "tiny.png").write_bytes(png.getvalue())
     (src / "cut.png").write_bytes(png.getvalue()[:-30])
-    summary = write_shards(src, str(tmp_path / "o-%02d.tar"))
+    summary = write_shards(src, str(tmp_path / "o-%02d.tar"), restart_intervals=False)
     reasons = {s.name: s.reason for s in summary.skipped}
     assert reasons.keys() == {"truncated.jpg", "text.jpg", "cut.png"}
     assert reasons["truncated.jpg"] == "unreadable image: truncated JPEG (no end-of-image marker)"
@@ -187,7 +191,7 @@ def test_csv_with_class_names_and_extra_columns(imagefolder, tmp_path: Path):
         for rel, label in files[:10]:
             w.writerow([str(root / rel), ["zebra", "ant", "moose"][label], f"image {rel}"])
         w.writerow([str(root / "missing.jpg"), "ant", "gone"])
-    summary = write_shards(listing, str(tmp_path / "out" / "c-%03d.tar"), maxcount=4)
+    summary = write_shards(listing, str(tmp_path / "out" / "c-%03d.tar"), maxcount=4, restart_intervals=False)
     assert summary.class_names == ["ant", "moose", "zebra"]
     assert [s.name for s in summary.skipped] == [str(root / "missing.jpg")]
     assert summary.skipped[0].reason.startswith("cannot read: [Errno 2]")
@@ -230,7 +234,7 @@ def test_jsonl_with_keys_labels_extra_and_bad_lines(imagefolder, tmp_path: Path)
         "no path field (one of path, file, filename, image, img, image_path)",
     ]
     assert [s.name for s in scan.skipped] == ["list.jsonl:3", "list.jsonl:5", "list.jsonl:6"]
-    write_shards(listing, str(tmp_path / "j-%02d.tar"))
+    write_shards(listing, str(tmp_path / "j-%02d.tar"), restart_intervals=False)
     samples = read_back(tmp_path / "manifest.json")
     assert sorted(samples) == [f"img_{i}" for i in range(6)]
     for i, (rel, label) in enumerate(files[:6]):
@@ -264,7 +268,7 @@ def test_lmdb_raw_values_round_trip(tmp_path: Path, jpegs):
     items[b"__len__"] = b"15"
     _make_lmdb(store, items)
     assert detect_type(str(store)) == "lmdb"
-    summary = write_shards(store, str(tmp_path / "l-%02d.tar"), maxcount=6, workers=2)
+    summary = write_shards(store, str(tmp_path / "l-%02d.tar"), maxcount=6, workers=2, restart_intervals=False)
     assert [(s.name, s.reason.split(":")[0]) for s in summary.skipped] == [("__len__", "unreadable image")]
     samples = read_back(tmp_path / "manifest.json")
     assert {k: sha(s["jpg"]) for k, s in samples.items()} == {f"n01/img_{i:03d}": sha(jpegs[i]) for i in range(15)}
@@ -278,7 +282,7 @@ def test_lmdb_value_decoder_gives_labels_and_extra(tmp_path: Path, jpegs):
     _make_lmdb(store, {f"k{i:02d}".encode(): struct.pack(">I", i % 4) + jpegs[i] for i in range(10)})
     for decoder in (decode_value, "tests.test_sources:decode_value"):
         out = tmp_path / ("api" if callable(decoder) else "cli")
-        write_shards(store, str(out / "l-%02d.tar"), lmdb_decoder=decoder, workers=2)
+        write_shards(store, str(out / "l-%02d.tar"), lmdb_decoder=decoder, workers=2, restart_intervals=False)
         samples = read_back(out / "manifest.json")
         assert sorted(samples) == [f"k{i:02d}" for i in range(10)]
         for i in range(10):
@@ -294,7 +298,7 @@ def test_lmdb_value_decoder_gives_labels_and_extra(tmp_path: Path, jpegs):
 def test_lmdb_decoder_failures_are_skipped_with_reason(tmp_path: Path, jpegs):
     store = tmp_path / "db"
     _make_lmdb(store, {b"a": struct.pack(">I", 1) + jpegs[0], b"b": b"xy"})
-    summary = write_shards(store, str(tmp_path / "o-%02d.tar"), lmdb_decoder=decode_value)
+    summary = write_shards(store, str(tmp_path / "o-%02d.tar"), lmdb_decoder=decode_value, restart_intervals=False)
     assert summary.written == 1
     assert [(s.name, s.reason) for s in summary.skipped] == [
         ("b", "cannot load: error: unpack requires a buffer of 4 bytes")
@@ -319,7 +323,7 @@ def test_detect_type(imagefolder, tmp_path: Path):
 
 def test_records_source_from_memory(tmp_path: Path, jpegs):
     src = RecordsSource([("a.1", jpegs[0], 3), ("b", jpegs[1], None, {"x": 1})], class_names=None)
-    write_shards(src, str(tmp_path / "m-%02d.tar"))
+    write_shards(src, str(tmp_path / "m-%02d.tar"), restart_intervals=False)
     samples = read_back(tmp_path / "manifest.json")
     assert samples["a_1"]["jpg"] == jpegs[0] and int(samples["a_1"]["cls"]) == 3
     assert json.loads(samples["b"]["json"]) == {"x": 1} and "cls" not in samples["b"]
@@ -328,7 +332,7 @@ def test_records_source_from_memory(tmp_path: Path, jpegs):
 def test_maxsize_respected_and_gzip(imagefolder, tmp_path: Path):
     root, files = imagefolder
     limit = 400_000
-    write_shards(root, str(tmp_path / "s-%03d.tar.gz"), maxsize=limit, compress="gz")
+    write_shards(root, str(tmp_path / "s-%03d.tar.gz"), maxsize=limit, compress="gz", restart_intervals=False)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     biggest = max((root / rel).stat().st_size for rel, _ in files)
     assert len(manifest["shards"]) > 2 and manifest["samples"] == 24
@@ -346,7 +350,9 @@ def test_shuffle_is_seeded_and_complete(imagefolder, tmp_path: Path):
     root, files = imagefolder
 
     def order(seed: int, name: str) -> list[str]:
-        write_shards(root, str(tmp_path / name / "x-%02d.tar"), shuffle=True, seed=seed, maxcount=7)
+        write_shards(
+            root, str(tmp_path / name / "x-%02d.tar"), shuffle=True, seed=seed, maxcount=7, restart_intervals=False
+        )
         return [s["__key__"] for s in shardpipe.ShardDataset(str(tmp_path / name / "manifest.json"), decode=None)]
 
     a, b, c = order(1, "a"), order(1, "b"), order(2, "c")

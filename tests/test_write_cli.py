@@ -59,7 +59,8 @@ def test_cli_write_prints_summary_and_skips(small_folder: Path, tmp_path: Path, 
     text = capsys.readouterr().out
     assert rc == 0
     assert "wrote 40 samples into 3 shards" in text
-    assert "40 images (0 presized, 40 copied unchanged)" in text and "images/s" in text
+    # every JPEG but the generator's CMYK and progressive specials (inputs 17 and 27) gets restart intervals
+    assert "40 images (0 presized, 38 given restart intervals, 2 copied unchanged)" in text and "images/s" in text
     assert "skipped 2: not an image file (.txt): 1, unreadable image: 1" in text
     assert "broken.jpg: unreadable image: truncated JPEG (no end-of-image marker)" in text
     manifest = json.loads((out / "manifest.json").read_text())
@@ -142,7 +143,6 @@ def test_killed_write_leaves_complete_shards_and_resume_matches_a_clean_run(phot
     clean = tmp_path / "clean"
     write_shards(
         str(photos), str(clean / "t-%04d.tar"), workers=2, maxcount=10, presize=160, quality=85, shuffle=True, seed=7,
-        restart_intervals=True,  # as the command does by default
     )  # fmt: skip
     expected = shard_bytes(clean)
     assert len(expected) == 30
@@ -202,8 +202,8 @@ def test_ctrl_c_then_resume_reuses_recorded_shards_and_refuses_other_options(
             raise KeyboardInterrupt
 
     monkeypatch.setattr(outfiles, "write_json", ctrl_c_after_second_shard)
-    argv = ["write", str(small_folder), str(out / "r-%03d.tar"), "--maxcount", "8", "--no-restart-intervals"]
-    assert main([*argv, "--no-progress"]) == 130  # the API below copies bytes unchanged too
+    argv = ["write", str(small_folder), str(out / "r-%03d.tar"), "--maxcount", "8"]
+    assert main([*argv, "--no-progress"]) == 130  # the command and the API below share their defaults
     monkeypatch.undo()
     assert "complete shards are kept; run again with --resume" in capsys.readouterr().err
     progress = json.loads((out / PROGRESS).read_text())
@@ -215,6 +215,8 @@ def test_ctrl_c_then_resume_reuses_recorded_shards_and_refuses_other_options(
 
     rc = main(["write", str(small_folder), str(out / "r-%03d.tar"), "--maxcount", "9", "--resume", "--no-progress"])
     assert rc == 2 and "cannot resume" in capsys.readouterr().err
+    rc = main([*argv, "--no-restart-intervals", "--resume", "--no-progress"])  # other bytes: not mixed in
+    assert rc == 2 and "the interrupted run had different options" in capsys.readouterr().err
 
     (out / "r-001.tar").write_bytes(b"damaged")  # a recorded shard that changed is rewritten
     summary = write_shards(str(small_folder), str(out / "r-%03d.tar"), maxcount=8, resume=True)

@@ -62,9 +62,10 @@ def test_prepare_returns_named_records(tmp_path: Path):
     source = FolderSource(src)
     records = {Path(r.name).name: r for r in source.scan().records}
     good_name = next(n for n in records if n != "broken.jpg")
-    good = prepare(source, PrepareOptions(), 0, records[good_name])
+    copy = PrepareOptions(restart_intervals=False)  # a byte-for-byte copy
+    good = prepare(source, copy, 0, records[good_name])
     assert isinstance(good, Prepared) and good.pos == 0 and good.ext == "jpg" and good.presized is False
-    assert good.data == (src / good_name).read_bytes()
-    bad = prepare(source, PrepareOptions(), 1, records["broken.jpg"])
+    assert good.marked is False and good.data == (src / good_name).read_bytes()
+    bad = prepare(source, copy, 1, records["broken.jpg"])
     assert isinstance(bad, Skipped) and (bad.pos, bad.name) == (1, "broken.jpg")
     assert bad.reason.startswith("unreadable image")

@@ -1,11 +1,13 @@
-"""Benchmark ``shardpipe write``: images/s for pass-through and ``--presize`` with 1 and 2 workers.
+"""Benchmark ``shardpipe write``: images/s for a byte copy (``--no-restart-intervals``), the
+default (JPEGs given restart intervals) and ``--presize`` with 1 and 2 workers, and the
+shards' size.
 
     python tools/bench_write.py [-n 1000] [--data bench-data/write-src] [--repeats 3] [--presize 256]
 
 Generates ``n`` photo-like JPEGs once (an ImageFolder tree, reused on later runs), then
 writes them into shards with each configuration, alternating configurations within each
-repeat, and prints the median images/s, MB/s of input read and CPU time per image
-(this process plus its worker processes), side by side with a
+repeat, and prints the median images/s, MB/s of input read, CPU time per image
+(this process plus its worker processes) and the shards' MB, side by side with a
 "raw copy" baseline: read every file and append it to one file, then fsync, which is what
 the disk and page cache allow with no tar, hashing or Python per-image work.
 Input files are read from the page cache after the first repeat (as in any re-run).
@@ -64,15 +66,17 @@ def main(argv: list[str] | None = None) -> int:
 
     files = ensure_data(args.data, args.n)
     total_mb = sum(p.stat().st_size for p in files) / 1e6
-    configs = [("raw copy (disk baseline)", None, 1)]
-    configs += [("pass-through", None, w) for w in args.workers]
-    configs += [(f"presize {args.presize}", args.presize, w) for w in args.workers]
+    configs = [("raw copy (disk baseline)", None, 1, False)]
+    configs += [("copy (no restart intervals)", None, w, False) for w in args.workers]
+    configs += [("restart intervals (default)", None, w, True) for w in args.workers]
+    configs += [(f"presize {args.presize}", args.presize, w, True) for w in args.workers]
     times: dict[int, list[float]] = {i: [] for i in range(len(configs))}
     cpu: dict[int, list[float]] = {i: [] for i in range(len(configs))}
+    out_mb: dict[int, float] = {}
     scratch = Path(tempfile.mkdtemp(prefix="bench-write-", dir=args.out))
     try:
         for _ in range(args.repeats):
-            for i, (name, presize, workers) in enumerate(configs):
+            for i, (name, presize, workers, restart) in enumerate(configs):
                 out = scratch / f"c{i}"
                 shutil.rmtree(out, ignore_errors=True)
                 out.mkdir(parents=True)
@@ -82,10 +86,11 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     s = write_shards(
                         args.data, str(out / "train-%06d.tar"), maxcount=args.maxcount,
-                        workers=workers, presize=presize,
+                        workers=workers, presize=presize, restart_intervals=restart,
                     )  # fmt: skip
                     assert s.written == len(files), s.format()
                     times[i].append(s.seconds)
+                    out_mb[i] = s.bytes / 1e6
                 c1 = os.times()  # this process and its (joined) worker processes
                 cpu[i].append(sum(c1[:4]) - sum(c0[:4]))
                 shutil.rmtree(out, ignore_errors=True)
@@ -93,12 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
 
     print(f"\n{len(files)} images, {total_mb:.0f} MB, median of {args.repeats} runs, {os.cpu_count()} CPUs")
-    print(f"{'configuration':<26} {'workers':>7} {'images/s':>9} {'MB/s in':>8} {'CPU ms/img':>10} {'vs raw copy':>11}")
+    print(
+        f"{'configuration':<28} {'workers':>7} {'images/s':>9} {'MB/s in':>8} {'CPU ms/img':>10} "
+        f"{'vs raw copy':>11} {'shards MB':>9}"
+    )
     raw = statistics.median(times[0])
-    for i, (name, _, workers) in enumerate(configs):
+    for i, (name, _, workers, _restart) in enumerate(configs):
         t = statistics.median(times[i])
         ms = statistics.median(cpu[i]) / len(files) * 1000
-        print(f"{name:<26} {workers:>7} {len(files) / t:>9.0f} {total_mb / t:>8.0f} {ms:>10.2f} {raw / t:>10.2f}x")
+        size = f"{out_mb[i]:>9.1f}" if i in out_mb else f"{'':>9}"
+        print(
+            f"{name:<28} {workers:>7} {len(files) / t:>9.0f} {total_mb / t:>8.0f} {ms:>10.2f} {raw / t:>10.2f}x {size}"
+        )
     return 0
 
 

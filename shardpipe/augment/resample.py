@@ -3,9 +3,11 @@
 PIL and torchvision's antialiased bilinear resize weigh the source with a triangle as
 wide as the scale ratio ``r``. With OpenCV installed we get the same result (within
 about a grey level, also on noisy texture) several times faster: a small separable
-Gaussian prefilter whose variance tops bilinear sampling's own up to the triangle's
-(``r^2 / 6`` source pixels squared), then bilinear sampling; beyond ``r = 3``, first
-exact k x k block means (OpenCV's fast integer ``INTER_AREA``), counted in the variance.
+prefilter whose variance tops bilinear sampling's own up to the triangle's (``r^2 / 6``
+source pixels squared), then bilinear sampling; beyond ``r = 3``, first exact k x k block
+means (OpenCV's fast integer ``INTER_AREA``), counted in the variance. The prefilter's
+3 or 5 taps have exactly that variance (a Gaussian sampled at whole pixels and cut to a few
+taps falls well short of it for small ratios, which left crops near full size too sharp).
 Upscaling is bilinear. Without OpenCV, PIL's antialiased bilinear does the work.
 """
 
@@ -39,8 +41,31 @@ def _block(ratio: float) -> int:
     return math.ceil(ratio / _BLOCKS_FROM) if ratio > _BLOCKS_FROM else 1
 
 
+def _taps(var: float) -> np.ndarray:
+    """A symmetric smoothing kernel whose variance is exactly ``var`` (pixels squared, <= 2).
+
+    Up to 0.5: 3 taps ``[a, 1 - 2a, a]`` with ``2a = var``; above: a 5-tap Gaussian whose
+    width is solved (by bisection) so that the taps' own variance is ``var``.
+    """
+    if var <= 0.5:
+        a = max(0.0, var) / 2.0
+        return np.array([a, 1.0 - 2.0 * a, a], np.float32)
+    var = min(var, 1.99)  # a flat 5-tap kernel's variance is 2: the most 5 taps can do
+    x2 = (np.arange(5, dtype=np.float64) - 2.0) ** 2
+    lo, hi = 0.1, 1e3
+    for _ in range(60):  # the taps' variance grows with the Gaussian's
+        mid = 0.5 * (lo + hi)
+        w = np.exp(-0.5 * x2 / mid)
+        if float((w * x2).sum() / w.sum()) < var:
+            lo = mid
+        else:
+            hi = mid
+    w = np.exp(-0.5 * x2 / (0.5 * (lo + hi)))
+    return (w / w.sum()).astype(np.float32)
+
+
 def _kernel(ratio: float, block: int = 1) -> np.ndarray:
-    """The Gaussian (3 or 5 taps) that, after ``block`` means, widens bilinear sampling's
+    """The prefilter (3 or 5 taps) that, after ``block`` means, widens bilinear sampling's
     footprint to a ``ratio``-wide triangle; cached by ratio/100."""
     key = int(ratio * 100) * 64 + block
     k = _KERNELS.get(key)
@@ -48,11 +73,7 @@ def _kernel(ratio: float, block: int = 1) -> np.ndarray:
         r = key // 64 / 100.0
         # variances in the (block-reduced) grid: triangle r^2/6, box (b^2-1)/12, bilinear 1/6
         var = max(0.0, (r * r / 6.0 - (block * block - 1) / 12.0) / (block * block) - 1.0 / 6.0)
-        taps = 3 if var <= 0.5 else 5
-        x = np.arange(taps, dtype=np.float64) - taps // 2
-        w = np.exp(-0.5 * x * x / var) if var > 0 else (x == 0).astype(np.float64)
-        k = (w / w.sum()).astype(np.float32)
-        _KERNELS[key] = k
+        k = _KERNELS[key] = _taps(var)
     return k
 
 

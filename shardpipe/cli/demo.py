@@ -1,7 +1,7 @@
 """``shardpipe demo``: the main job on built-in data, start to finish, with numbers.
 
 1. generate photo-like JPEGs (deterministic, no download);
-2. write them into shards with a manifest;
+2. write them into shards with a manifest, JPEGs given restart intervals as ``shardpipe write`` does;
 3. stream the shards through the full pipeline (shuffle, crop-aware decode,
    RandomResizedCrop + flip, uint8 NCHW batches) with DataLoader workers;
 4. print images/s and the per-stage table.
@@ -39,19 +39,22 @@ def _prepare(root: Path, n: int, seed: int) -> Path:
     """Generate the images and write shards, unless an identical set is already there."""
     from shardpipe import ShardWriter
     from shardpipe.devtools.synth import make_dataset
+    from shardpipe.image.restart import add_restart_intervals
 
     manifest = root / "shards" / "manifest.json"
+    demo = {"images": n, "seed": seed, "restart_intervals": True}
     if manifest.exists():
         meta = json.loads(manifest.read_text())
-        if meta.get("demo") == {"images": n, "seed": seed}:
+        if meta.get("demo") == demo:
             print(f"reusing {meta['samples']} samples in {len(meta['shards'])} shards from {manifest.parent}")
             return manifest
     t0 = time.perf_counter()
     total = 0
     with ShardWriter(
-        str(root / "shards" / "demo-%06d.tar"), maxcount=max(1, n // 8), metadata={"demo": {"images": n, "seed": seed}}
+        str(root / "shards" / "demo-%06d.tar"), maxcount=max(1, n // 8), metadata={"demo": demo}
     ) as writer:
         for key, data, label in make_dataset(n, seed, num_classes=10, workers=os.cpu_count() or 1):
+            data = add_restart_intervals(data)  # lossless; the crop decoder then skips what a crop leaves out
             writer.write({"__key__": key, "jpg": data, "cls": label})
             total += len(data)
     dt = time.perf_counter() - t0

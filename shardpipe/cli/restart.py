@@ -1,7 +1,8 @@
 """``shardpipe restart URLS -o DIR``: rewrite existing shards with restart-marked JPEGs (lossless).
 
 The native crop decoder then decodes only the restart intervals a crop covers. Any tool's
-tar/tgz shards (webdataset, img2dataset, shardpipe); resumable (finished shards are kept);
+tar/tgz shards (webdataset, img2dataset, shardpipe), local or at s3://, gs://, http(s)://
+URLs; DIR is a folder or an s3:// / gs:// prefix. Resumable (finished shards are kept);
 writes DIR/manifest.json and its index.
 """
 
@@ -14,26 +15,44 @@ import sys
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from shardpipe.image.restart import DEFAULT_PER_ROW
 
-    p.add_argument("urls", help="local shards: brace pattern (in/train-{000..099}.tar), '::'-joined list or a manifest")
-    p.add_argument("-o", "--output", required=True, help="folder for the new shards, manifest.json and its index")
+    p.add_argument(
+        "urls", help="shards: brace pattern (s3://b/train-{000..099}.tar), quoted glob, '::'-joined list or a manifest"
+    )
+    p.add_argument(
+        "-o", "--output", required=True,
+        help="folder or s3:// / gs:// prefix for the new shards, manifest.json and its index",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help="shards converted in parallel (default 2)")
     p.add_argument(
         "--per-row", type=int, default=DEFAULT_PER_ROW,
         help=f"restart intervals per MCU row at most (default {DEFAULT_PER_ROW})",
     )  # fmt: skip
+    p.add_argument(
+        "--storage-options", default=None, metavar="JSON",
+        help='fsspec options for remote inputs, e.g. \'{"endpoint_url": "http://127.0.0.1:9000", "anon": true}\'',
+    )  # fmt: skip
+    p.add_argument(
+        "--output-storage-options", default=None, metavar="JSON",
+        help="fsspec options for a remote output (default: --storage-options)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, resolve_inputs
+    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options, resolve_inputs
     from shardpipe.errors import ShardpipeError
+    from shardpipe.io.urls import check_url
     from shardpipe.write.restart_job import mark_restarts
 
     try:
-        resolve_inputs(args.urls)
+        options = parse_storage_options(args.storage_options)
+        out_options = parse_storage_options(args.output_storage_options)
+        check_url(args.output)
+        resolve_inputs(args.urls, options)
         summary = mark_restarts(
-            args.urls, args.output, per_row=args.per_row, workers=args.workers, progress=not args.no_progress
-        )
+            args.urls, args.output, per_row=args.per_row, workers=args.workers, progress=not args.no_progress,
+            storage_options=options, output_storage_options=out_options,
+        )  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to continue", file=sys.stderr)
         return 130

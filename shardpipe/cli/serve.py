@@ -34,17 +34,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from shardpipe.cli.common import DATA_PROBLEM, USAGE, fail
+    from shardpipe.errors import ListenError, ShardpipeError
     from shardpipe.serve.server import Server
 
-    server = Server(
-        args.config,
-        bind=args.bind,
-        workers=args.workers,
-        heartbeat=args.heartbeat,
-        idle_timeout=args.idle_timeout,
-        curve_secret=args.curve_secret,
-        curve_clients=args.curve_clients,
-    )
+    try:
+        server = Server(
+            args.config,
+            bind=args.bind,
+            workers=args.workers,
+            heartbeat=args.heartbeat,
+            idle_timeout=args.idle_timeout,
+            curve_secret=args.curve_secret,
+            curve_clients=args.curve_clients,
+        )
+    except FileNotFoundError as e:
+        if e.filename == args.config:
+            return fail("serve", f"config not found: {args.config}", USAGE)
+        return fail("serve", f"{args.config} names what does not exist: {e}", USAGE)
+    except yaml.YAMLError as e:
+        return fail("serve", f"{args.config} is not valid YAML: {e}", USAGE)
+    except ShardpipeError as e:  # the config's data: a shard or manifest it names is damaged
+        return fail("serve", e, DATA_PROBLEM)
+    except (TypeError, ValueError, OSError) as e:
+        return fail("serve", f"{args.config}: {e}", USAGE)
 
     def ready(s: Server) -> None:
         print(
@@ -58,4 +73,6 @@ def run(args: argparse.Namespace) -> int:
         server.run(on_ready=ready)
     except KeyboardInterrupt:
         pass
+    except ListenError as e:
+        return fail("serve", e, USAGE)
     return 0

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from shardpipe.config import load_config
+from shardpipe.errors import ListenError
 from shardpipe.serve.coordination import Part, check_request, fingerprint
 from shardpipe.serve.producer import run_worker
 from shardpipe.serve.wire import WireError, control, unpack
@@ -106,7 +107,10 @@ class Server:
                 auth.start()
                 auth.configure_curve(domain="*", location=str(self.curve_clients))
                 curve_server(front, self.curve_secret)
-            front.bind(self.bind_address)
+            try:
+                front.bind(self.bind_address)
+            except zmq.ZMQError as e:
+                raise ListenError(f"cannot listen on {self.bind_address}: {zmq.strerror(e.errno)}") from e
             self.endpoint = front.getsockopt_string(zmq.LAST_ENDPOINT)
             back = []
             for e in endpoints:

@@ -30,6 +30,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from shardpipe.format.manifest import MANIFEST
+from shardpipe.image.restart import available as restart_available
 from shardpipe.io.files import dirname_url, join_url
 from shardpipe.io.urls import check_url
 from shardpipe.write import outfiles
@@ -84,8 +85,11 @@ def write_shards(
 
     ``source`` is a path (folder, ImageFolder tree, CSV/JSONL list, LMDB store; see
     :func:`shardpipe.write.sources.open_source`) or a :class:`~shardpipe.write.sources.Source`.
-    Images are copied byte for byte unless ``presize`` (shorter side, pixels) shrinks
-    them. Unreadable or non-image inputs are skipped and listed in the summary and in
+    Baseline JPEGs are re-encoded losslessly with restart intervals (``restart_intervals``,
+    default on: the same pixels, ~3% fewer bytes, faster crops with the native decoder;
+    ``shardpipe.image.restart`` says how the interval is chosen); other images, and all of
+    them with ``restart_intervals=False``, are copied byte for byte unless ``presize``
+    (shorter side, pixels) shrinks them. Unreadable or non-image inputs are skipped and listed in the summary and in
     the manifest. ``check`` is ``"header"`` (cheap), ``"decode"`` (full) or ``"none"``.
 
     Shard ``i`` holds inputs ``i*maxcount`` to ``(i+1)*maxcount - 1``. ``engine="ray"``
@@ -105,6 +109,8 @@ def write_shards(
     check_pattern(pattern)  # exactly one shard number, before anything is read or written
     opts = build_write_options(options, keywords)
     write_engine(opts.engine)  # an uninstalled engine fails now, not after the scan
+    if opts.restart_intervals and not restart_available():
+        log.info("the native extension is not built: JPEGs are copied without restart intervals")
     t0 = time.perf_counter()
     src = open_source(source, opts.source_type, label_pattern=opts.label_pattern, lmdb_decoder=opts.lmdb_decoder)
     scan = src.scan()

@@ -41,9 +41,10 @@ class WriteOptions:
     #: ``"header"`` (cheap), ``"decode"`` (full) or ``"none"``
     check: str = "header"
     #: re-encode baseline JPEGs losslessly with restart intervals, which the native crop decoder
-    #: uses to decode only what a crop covers (same pixels, ~3% smaller; ``shardpipe.image.restart``).
-    #: Off here (bytes copied unchanged); on by default in the ``shardpipe write`` command
-    restart_intervals: bool = False
+    #: uses to decode only what a crop covers (same pixels, ~3% smaller; ``shardpipe.image.restart``
+    #: says how the interval is chosen and which files are left as they are). ``False`` copies
+    #: every image byte for byte
+    restart_intervals: bool = True
     #: keep the shards an interrupted run finished and write only the rest
     resume: bool = False
     #: for list sources: a regex whose first group is the label in a file name

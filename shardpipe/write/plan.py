@@ -64,6 +64,7 @@ class ShardResult:
     skips: list[Skipped] = field(default_factory=list)
     written: int = 0
     presized: int = 0
+    marked: int = 0  #: copied with restart intervals added (``Prepared.marked``)
     sample_index: Any = None  #: the shard's sample index, when the writer keeps one (manifest sidecar)
 
 
@@ -90,6 +91,7 @@ def write_shard(job: ShardJob, index: int, results: Iterable[PrepareResult]) -> 
             writer.write(to_sample(item))
             result.written += 1
             result.presized += item.presized
+            result.marked += item.marked
         if writer._tar is None:  # every input skipped: still write the (empty) shard, numbers stay contiguous
             writer._open()
     result.entry = writer.shards[0]

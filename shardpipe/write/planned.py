@@ -59,6 +59,7 @@ class _Progress:
         self.skipped = 0  #: inputs skipped while loading in this call
         self.written_now = 0
         self.presized = 0
+        self.marked = 0
 
     def save(self) -> None:
         state = {
@@ -73,6 +74,7 @@ class _Progress:
         self.done[result.index] = result
         self.written_now += result.written
         self.presized += result.presized
+        self.marked += result.marked
         self.skipped += len(result.skips)
         self.bar.set_postfix(
             shards=len(self.done), skipped=self.skipped + len(self.run.scan_skipped), refresh=False
@@ -121,6 +123,6 @@ def write_planned(run: WriteRun, bar: Any) -> WriteSummary:
     outfiles.remove(progress.url, storage_options)
     return WriteSummary(
         written=sum(r.entry["samples"] for r in results), written_now=progress.written_now,
-        presized=progress.presized, skipped=skipped, shards=len(results),
+        presized=progress.presized, marked=progress.marked, skipped=skipped, shards=len(results),
         bytes=sum(r.entry["bytes"] for r in results), resumed_shards=resumed_shards, manifest=manifest,
     )  # fmt: skip

@@ -33,7 +33,7 @@ class PrepareOptions:
     quality: int = 90
     check: str = "header"
     #: re-encode JPEGs losslessly with restart intervals (``shardpipe.image.restart``)
-    restart_intervals: bool = False
+    restart_intervals: bool = True
 
 
 class Prepared(NamedTuple):
@@ -45,7 +45,9 @@ class Prepared(NamedTuple):
     data: bytes
     label: int | None
     extra: dict[str, Any] | None
-    presized: bool  #: re-encoded by presize (else copied byte for byte)
+    presized: bool  #: re-encoded by presize
+    #: not presized, re-encoded losslessly with restart intervals (else copied byte for byte)
+    marked: bool = False
 
 
 class Skipped(NamedTuple):
@@ -64,8 +66,8 @@ PrepareResult = Prepared | Skipped
 
 
 def prepare(source: Source, opts: PrepareOptions, pos: int, record: Record) -> PrepareResult:
-    """Load, check, maybe presize one record and give a JPEG restart intervals (lossless): a
-    :class:`Prepared`, or a :class:`Skipped` saying why not."""
+    """Load, check, maybe presize one record and give a JPEG restart intervals (lossless, when
+    ``opts.restart_intervals``): a :class:`Prepared`, or a :class:`Skipped` saying why not."""
     try:
         loaded = source.load(record)
         data = loaded.data
@@ -78,14 +80,18 @@ def prepare(source: Source, opts: PrepareOptions, pos: int, record: Record) -> P
         else:
             check_image(data, ext, opts.check)
         if opts.restart_intervals and ext == "jpg":
+            before = data
             data = add_restart_intervals(data)
+            marked = data is not before and not changed
+        else:
+            marked = False
     except DecodeError as e:
         return Skipped(pos, record.name, f"unreadable image: {e}")
     except OSError as e:
         return Skipped(pos, record.name, f"cannot read: {e}")
     except Exception as e:  # a bad sidecar, or a user's LMDB value decoder failing on a value
         return Skipped(pos, record.name, f"cannot load: {type(e).__name__}: {e}")
-    return Prepared(pos, record.key, ext, data, loaded.label, loaded.extra, changed)
+    return Prepared(pos, record.key, ext, data, loaded.label, loaded.extra, changed, marked)
 
 
 _worker: tuple[Source, PrepareOptions] | None = None
@@ -115,8 +121,9 @@ def prepared(
     """``prepare`` every item, in order, with ``workers`` in parallel.
 
     CPU-bound work (presize, ``check="decode"``) runs in that many processes; pass-through
-    is I/O-bound and runs in that many threads, which overlap reads (slow disks, network
-    filesystems) without copying every image between processes. A bounded number of
+    and the restart-interval transcode (C that releases the GIL) run in that many threads,
+    which overlap reads (slow disks, network filesystems) without copying every image
+    between processes. A bounded number of
     tasks is in flight, so memory stays bounded when writing is slower than preparing.
     """
     if workers <= 1:
@@ -124,7 +131,7 @@ def prepared(
             yield prepare(source, opts, pos, rec)
         return
     if not opts.presize and opts.check != "decode":
-        # pass-through is I/O-bound: threads overlap reads with writing and cost no IPC copies
+        # pass-through and the transcode (GIL released): threads overlap reads, cost no IPC copies
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(workers) as pool:

@@ -3,26 +3,37 @@
 Shards from any tool (shardpipe, webdataset, img2dataset, tar(1)) are read member by
 member; every ``.jpg``/``.jpeg`` member is re-encoded losslessly with restart intervals
 (``shardpipe.image.restart``: same pixels), every other member and every member name,
-order and tar header field is kept. Each output shard is written to a temporary name and
-renamed when complete, so a run that is stopped keeps its finished shards and the next run
-(resumable by default) skips them. The index and manifest are rebuilt at the end (with the
-input manifest's class names, when the input was a manifest).
+order and tar header field is kept. Inputs are read through shardpipe's io layer (local,
+``s3://``, ``gs://``, ``http(s)://``: streamed, with its retries); outputs go to a local
+folder or an object store. Each output shard appears complete or not at all (locally a
+temporary name renamed when complete; on S3/GCS the object is published when its upload
+completes and a failed upload is aborted), so a run that is stopped keeps its finished
+shards and the next run (resumable by default) skips them. The index and manifest are
+rebuilt at the end (with the input manifest's class names, when the input was a manifest).
 """
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import io
 import logging
 import os
+import posixpath
 import tarfile
 import time
+import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import IO, Any
+from urllib.parse import urlsplit
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError
 from shardpipe.format.manifest import read_manifest, write_manifest
 from shardpipe.image.restart import DEFAULT_PER_ROW, add_restart_intervals, available, restart_layout
-from shardpipe.io.files import is_local, local_path
+from shardpipe.io.files import atomic_write, is_local, join_url, local_path, open_shard
+from shardpipe.write.outfiles import size
 
 log = logging.getLogger("shardpipe")
 
@@ -58,39 +69,91 @@ def _safe_name(name: str, shard: str) -> None:
         raise CorruptShardError(f"{shard}: member {name!r} escapes the shard; refusing to copy it")
 
 
-def convert_shard(src: str, dst: str, per_row: int = DEFAULT_PER_ROW) -> tuple[int, int, int, int]:
-    """Write ``dst`` (atomically) from ``src`` with restart-marked JPEGs.
+class _CountingReader(io.RawIOBase):
+    """A read-only view of a stream that counts the bytes read through it."""
 
-    Returns ``(jpegs, marked, bytes of src, bytes of dst)``.
-    """
-    tmp = dst + _TEMP
-    jpegs = marked = 0
-    mode = "w:gz" if src.endswith((".gz", ".tgz")) else "w"
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw, self.count = raw, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.count += len(data)
+        return data
+
+    def drain(self) -> int:
+        """Read to the end (a tar's trailing padding); the total bytes read."""
+        while self.read(1 << 20):
+            pass
+        return self.count
+
+
+@contextlib.contextmanager
+def _output(dst: str, storage_options: dict[str, Any] | None) -> Iterator[IO[bytes]]:
+    """``dst`` opened for writing; it appears complete when the block ends, or not at all."""
+    if not is_local(dst):
+        with atomic_write(dst, storage_options=storage_options) as f:
+            yield f
+        return
+    path = local_path(dst)
+    tmp = path + _TEMP
     try:
-        with tarfile.open(src, "r|*") as tin, tarfile.open(tmp, mode, format=tarfile.PAX_FORMAT) as tout:
-            for info in tin:
-                _safe_name(info.name, src)
-                if not info.isfile():
-                    tout.addfile(info)
-                    continue
-                f = tin.extractfile(info)
-                data = f.read() if f is not None else b""
-                if info.name.lower().endswith(_JPEG_EXTS):
-                    jpegs += 1
-                    new = add_restart_intervals(data, per_row)
-                    if new is not data or restart_layout(data) is not None:
-                        marked += 1
-                    data = new
-                info.size = len(data)
-                tout.addfile(info, io.BytesIO(data))
-    except (tarfile.TarError, EOFError) as e:
-        _remove(tmp)
-        raise CorruptShardError(f"{src}: not a readable tar shard ({e})") from e
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
-    os.replace(tmp, dst)
-    return jpegs, marked, os.path.getsize(src), os.path.getsize(dst)
+
+
+def convert_shard(
+    src: str,
+    dst: str,
+    per_row: int = DEFAULT_PER_ROW,
+    *,
+    storage_options: dict[str, Any] | None = None,
+    output_storage_options: dict[str, Any] | None = None,
+) -> tuple[int, int, int, int]:
+    """Write ``dst`` (atomically) from ``src`` with restart-marked JPEGs; either may be a URL
+    (``storage_options`` for ``src``, ``output_storage_options`` for ``dst``).
+
+    Returns ``(jpegs, marked, bytes of src, bytes of dst)``.
+    """
+    jpegs = marked = 0
+    mode = "w:gz" if urlsplit(src).path.endswith((".gz", ".tgz")) else "w"
+    try:
+        with open_shard(src, storage_options=storage_options) as raw, _output(dst, output_storage_options) as out:
+            counted = _CountingReader(raw)
+            with (
+                tarfile.open(fileobj=counted, mode="r|*") as tin,
+                tarfile.open(fileobj=out, mode=mode, format=tarfile.PAX_FORMAT) as tout,
+            ):
+                for info in tin:
+                    _safe_name(info.name, src)
+                    if not info.isfile():
+                        tout.addfile(info)
+                        continue
+                    f = tin.extractfile(info)
+                    data = f.read() if f is not None else b""
+                    if info.name.lower().endswith(_JPEG_EXTS):
+                        jpegs += 1
+                        new = add_restart_intervals(data, per_row)
+                        if new is not data or restart_layout(data) is not None:
+                            marked += 1
+                        data = new
+                    info.size = len(data)
+                    tout.addfile(info, io.BytesIO(data))
+            bytes_in, bytes_out = counted.drain(), out.tell()
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise CorruptShardError(f"{src}: not a readable tar shard ({e})") from e
+    return jpegs, marked, bytes_in, bytes_out
+
+
+def _file_name(url: str) -> str:
+    """The last path component of a local path or URL (query and fragment left out)."""
+    return os.path.basename(local_path(url)) if is_local(url) else posixpath.basename(urlsplit(url).path)
 
 
 def _remove(path: str) -> None:
@@ -101,13 +164,23 @@ def _remove(path: str) -> None:
 
 
 def mark_restarts(
-    urls: str, output_dir: str, *, per_row: int = DEFAULT_PER_ROW, workers: int = 2, progress: bool = False
+    urls: str,
+    output_dir: str,
+    *,
+    per_row: int = DEFAULT_PER_ROW,
+    workers: int = 2,
+    progress: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    output_storage_options: dict[str, Any] | None = None,
 ) -> RestartSummary:
-    """Convert the shards ``urls`` names (brace pattern, ``::`` list or a manifest) into
-    ``output_dir`` (same file names), then write ``output_dir/manifest.json`` and its index.
+    """Convert the shards ``urls`` names (brace pattern, glob, ``::`` list or a manifest;
+    local, ``s3://``, ``gs://`` or ``http(s)://``) into ``output_dir`` (a local folder or an
+    ``s3://``/``gs://`` prefix; same file names), then write ``output_dir/manifest.json``
+    and its index.
 
-    Local shards only. Outputs that exist are complete (renamed into place when done) and
-    are kept: run it again to resume.
+    ``storage_options`` are fsspec's options for the inputs, ``output_storage_options`` for
+    the output (default: the same). Outputs that exist are complete (published only when
+    done) and are kept: run it again to resume.
     """
     from tqdm import tqdm
 
@@ -116,43 +189,79 @@ def mark_restarts(
 
     if not available():
         raise ImportError("restart intervals need shardpipe's native extension (pip install with a C compiler)")
-    if not is_local(output_dir):
-        raise ValueError(f"the output must be a local folder, not {output_dir!r}")
+    if urlsplit(output_dir).scheme in ("http", "https"):
+        raise ValueError(
+            f"cannot write shards to {output_dir!r}: a web server is read-only; use a folder, s3:// or gs://"
+        )
+    out_options = storage_options if output_storage_options is None else output_storage_options
     t0 = time.perf_counter()
-    sources = [s.url for s in expand_urls(urls)]
-    remote = [u for u in sources if not is_local(u)]
-    if remote:
-        raise ValueError(f"only local shards can be converted; {remote[0]!r} is not local")
-    out = local_path(output_dir)
-    os.makedirs(out, exist_ok=True)
-    targets = [os.path.join(out, os.path.basename(local_path(u))) for u in sources]
+    sources = [s.url for s in expand_urls(urls, storage_options)]
+    if is_local(output_dir):
+        output_dir = local_path(output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+    else:
+        _check_reachable(output_dir, out_options)
+    targets = [join_url(output_dir, _file_name(u)) for u in sources]
     if len(set(targets)) != len(targets):
         raise ValueError("two input shards have the same file name; they would overwrite each other")
+    same = [u for u, t in zip(sources, targets) if _same_file(u, t)]
+    if same:
+        raise ValueError(f"the output folder holds the input shard {same[0]}: choose another folder")
     summary = RestartSummary(shards=len(sources), outputs=targets)
     todo = []
     for src, dst in zip(sources, targets):
-        _remove(dst + _TEMP)  # a stopped run's partial shard
-        if os.path.exists(dst):
+        if is_local(dst):
+            _remove(dst + _TEMP)  # a stopped run's partial shard (remote ones were never published)
+        if size(dst, out_options) is not None:
             summary.skipped_shards += 1
         else:
-            todo.append((local_path(src), dst))
-    missing = [src for src, _ in todo if not os.path.isfile(src)]
+            todo.append((src, dst))
+    missing = [src for src, _ in todo if is_local(src) and not os.path.isfile(local_path(src))]
     if missing:
         raise ShardNotFoundError(f"no such shard: {missing[0]}")
+
+    def convert(pair: tuple[str, str]) -> tuple[int, int, int, int]:
+        return convert_shard(
+            pair[0], pair[1], per_row, storage_options=storage_options, output_storage_options=out_options
+        )  # fmt: skip
+
     with tqdm(total=len(todo), unit="shard", disable=not progress, dynamic_ncols=True) as bar:
-        with ThreadPoolExecutor(max(1, workers)) as pool:  # the transcode releases the GIL
-            for jpegs, marked, b_in, b_out in pool.map(lambda p: convert_shard(p[0], p[1], per_row), todo):
+        with ThreadPoolExecutor(max(1, workers)) as pool:  # the transcode releases the GIL, and so do reads
+            for jpegs, marked, b_in, b_out in pool.map(convert, todo):
                 summary.jpegs += jpegs
                 summary.marked += marked
                 summary.bytes_in += b_in
                 summary.bytes_out += b_out
                 bar.update(1)
-    manifest_url = os.path.join(out, "manifest.json")
-    manifest = index_shards(targets, manifest_url, workers=max(1, workers))
-    if isinstance(urls, str) and urls.endswith(".json") and read_manifest(urls).get("class_names"):
-        manifest["class_names"] = read_manifest(urls)["class_names"]
+    manifest_url = join_url(output_dir, "manifest.json")
+    manifest = index_shards(targets, manifest_url, workers=max(1, workers), storage_options=out_options)
+    if isinstance(urls, str) and urls.endswith(".json"):
+        class_names = read_manifest(urls, storage_options).get("class_names")
+        if class_names:
+            manifest["class_names"] = class_names
     manifest["restart_intervals"] = {"per_row": per_row, "converted_by": "shardpipe restart"}
-    write_manifest(manifest_url, manifest)
+    write_manifest(manifest_url, manifest, out_options)
     summary.manifest = manifest_url
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _check_reachable(url: str, storage_options: dict[str, Any] | None) -> None:
+    """Fail before any work when the output store cannot be listed (no credentials, wrong
+    endpoint, no such bucket), naming the store and what its client said."""
+    import fsspec.core
+
+    try:
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs.exists(path)
+    except Exception as e:  # noqa: BLE001 - each client has its own errors; all mean "cannot write there"
+        raise ValueError(
+            f"cannot reach the output {url}: {type(e).__name__}: {e} (check --output-storage-options: "
+            "endpoint, credentials)"
+        ) from e
+
+
+def _same_file(a: str, b: str) -> bool:
+    if is_local(a) and is_local(b):
+        return os.path.abspath(local_path(a)) == os.path.abspath(local_path(b))
+    return a == b

@@ -58,7 +58,7 @@ def write_rolling(run: WriteRun, bar: Any) -> WriteSummary:
     if not opts.resume:
         outfiles.remove(progress_url, storage_options)
     start, done, ends, load_skips = point.start, point.shards, point.ends, point.skips
-    written_now = presized = 0
+    written_now = presized = marked = 0
     bar.update(start)
     items = list(enumerate(run.records))[start:]
     with ShardWriter(
@@ -75,6 +75,7 @@ def write_rolling(run: WriteRun, bar: Any) -> WriteSummary:
             writer.write(to_sample(item))
             written_now += 1
             presized += item.presized
+            marked += item.marked
             if len(writer.shards) > before:  # the previous shard is complete: inputs < pos are done
                 ends.append(item.pos)
                 skips = [[p, s.name, s.reason] for p, s in load_skips]
@@ -88,6 +89,6 @@ def write_rolling(run: WriteRun, bar: Any) -> WriteSummary:
     outfiles.remove(progress_url, storage_options)
     return WriteSummary(
         written=sum(s["samples"] for s in writer.shards), written_now=written_now, presized=presized,
-        skipped=skipped, shards=len(writer.shards), bytes=sum(s["bytes"] for s in writer.shards),
+        marked=marked, skipped=skipped, shards=len(writer.shards), bytes=sum(s["bytes"] for s in writer.shards),
         resumed_shards=len(done), manifest=join_url(run.folder, MANIFEST) if writer.shards else None,
     )  # fmt: skip

@@ -32,6 +32,7 @@ class WriteSummary:
     written: int = 0  #: samples in the shards (including shards kept from a resumed run)
     written_now: int = 0  #: samples written by this call
     presized: int = 0  #: images re-encoded by presize in this call
+    marked: int = 0  #: images (not presized) re-encoded losslessly with restart intervals in this call
     skipped: list[Skip] = field(default_factory=list)
     shards: int = 0
     bytes: int = 0
@@ -50,8 +51,8 @@ class WriteSummary:
         lines = [
             f"wrote {self.written} samples into {self.shards} shards ({self.bytes / 2**20:.1f} MiB)"
             + (f", {self.resumed_shards} shards kept from the interrupted run" if self.resumed_shards else ""),
-            f"this run: {self.written_now} images ({self.presized} presized, "
-            f"{self.written_now - self.presized} copied unchanged) in {self.seconds:.1f} s "
+            f"this run: {self.written_now} images ({self.presized} presized, {self.marked} given restart "
+            f"intervals, {self.written_now - self.presized - self.marked} copied unchanged) in {self.seconds:.1f} s "
             f"= {self.images_per_s:.0f} images/s",
         ]
         if self.skipped:

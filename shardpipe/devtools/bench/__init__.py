@@ -1,8 +1,9 @@
 """The side-by-side loader benchmark (``shardpipe bench``, ``tools/bench.py``) and its parts.
 
 One invocation generates ImageNet-like JPEGs (``shardpipe.devtools.synth``; cached under
-``--data``), stores them as tar shards (full size and presized to 256), an ImageFolder
-tree and an LMDB, then runs, alternating round by round, each in a fresh process with
+``--data``), stores them as shardpipe's tar shards (full size and presized to 256, JPEGs
+given restart intervals as ``shardpipe write`` does), plain tar shards (the same JPEGs
+byte for byte, for the other loaders), an ImageFolder tree and an LMDB, then runs, alternating round by round, each in a fresh process with
 the same worker count, batch size, shuffle buffer and RandomResizedCrop(224) + flip:
 
 * shardpipe (fastest config), shardpipe with PIL decoding, shardpipe on presized shards;
@@ -84,7 +85,7 @@ def candidates(workers: int, batch: int, size: int, buffer: int, threads: int) -
         "kernel (threads)": {"kind": "kernel", "mode": "threads", **common},
         "kernel ceiling, presized 256": {"kind": "kernel", "mode": "processes", "shards": "presized", **common},
         "untar+group shardpipe": {"kind": "untar-shardpipe", **common},
-        "untar+group webdataset": {"kind": "untar-webdataset", **common},
+        "untar+group webdataset": {"kind": "untar-webdataset", "shards": "plain", **common},
     }
 
 

@@ -20,10 +20,16 @@ from shardpipe.devtools.bench.kernels import (
 
 
 def prepare_data(root: str, n: int, seed: int = 0, shard_size: int = 250, presize_to: int = 256) -> dict[str, Any]:
-    """Write (once; reused when complete) the benchmark's data in every store format."""
+    """Write (once; reused when complete) the benchmark's data in every store format.
+
+    ``full`` and ``presized`` are shardpipe's shards as ``shardpipe write`` makes them (JPEGs
+    given restart intervals, losslessly); ``plain`` holds the same JPEGs byte for byte, as
+    the other loaders' own writers store them, for every reader but shardpipe's.
+    """
     import json
     import os
 
+    from shardpipe.image.restart import add_restart_intervals
     from shardpipe.write.presize import presize
     from shardpipe.write.shard_writer import ShardWriter
 
@@ -31,24 +37,31 @@ def prepare_data(root: str, n: int, seed: int = 0, shard_size: int = 250, presiz
     done = os.path.join(base, "ready.json")
     if os.path.exists(done):
         with open(done) as f:
-            return json.load(f)
+            info = json.load(f)
+        if "plain" in info:  # else written before shardpipe's shards had restart intervals: redo
+            return info
     import lmdb
 
     from shardpipe.devtools.synth import make_dataset
 
-    for sub in ("full", f"presized{presize_to}", "imagefolder"):
+    for sub in ("full", "plain", f"presized{presize_to}", "imagefolder"):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
     files: list[tuple[str, int]] = []
-    total = 0
+    total = marked = 0
     env = lmdb.open(os.path.join(base, "lmdb"), map_size=max(1 << 30, 4 * n * 200_000), subdir=True)
     with (
         ShardWriter(os.path.join(base, "full", "train-%06d.tar"), maxcount=shard_size) as full,
+        ShardWriter(os.path.join(base, "plain", "train-%06d.tar"), maxcount=shard_size) as plain,
         ShardWriter(os.path.join(base, f"presized{presize_to}", "train-%06d.tar"), maxcount=shard_size) as small,
         env.begin(write=True) as txn,
     ):
         for i, (key, data, label) in enumerate(make_dataset(n, seed, num_classes=100, workers=os.cpu_count() or 1)):
-            full.write({"__key__": key, "jpg": data, "cls": label})
-            small.write({"__key__": key, "jpg": presize(data, presize_to)[0], "cls": label})
+            with_intervals = add_restart_intervals(data)
+            full.write({"__key__": key, "jpg": with_intervals, "cls": label})
+            plain.write({"__key__": key, "jpg": data, "cls": label})
+            small_jpg = add_restart_intervals(presize(data, presize_to)[0])
+            small.write({"__key__": key, "jpg": small_jpg, "cls": label})
+            marked += len(with_intervals)
             path = os.path.join(base, "imagefolder", f"class_{label:03d}", f"{key}.jpg")
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
@@ -60,7 +73,9 @@ def prepare_data(root: str, n: int, seed: int = 0, shard_size: int = 250, presiz
     info = {
         "n": n,
         "mean_bytes": total / n,
+        "mean_bytes_restart_marked": marked / n,
         "full": os.path.join(base, "full", "manifest.json"),
+        "plain": os.path.join(base, "plain", "manifest.json"),
         "presized": os.path.join(base, f"presized{presize_to}", "manifest.json"),
         "files": files,
         "lmdb": os.path.join(base, "lmdb"),
@@ -178,7 +193,7 @@ def _loader(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, Any]:
         import webdataset as wds
 
         pipe = (
-            wds.WebDataset(manifest_urls(data["full"]), shardshuffle=True, seed=cfg["round"], empty_check=False)
+            wds.WebDataset(manifest_urls(data["plain"]), shardshuffle=True, seed=cfg["round"], empty_check=False)
             .shuffle(buf)
             .decode("pil")
             .to_tuple("jpg", "cls")
@@ -192,7 +207,7 @@ def _loader(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, Any]:
         return DataLoader(LmdbDataset(data["lmdb"], data["n"], size), batch_size=b, shuffle=True, num_workers=w), None
     from shardpipe.devtools.bench.peer_loaders import peer_loader
 
-    return peer_loader(cfg, data, manifest_urls(data["full"])), None
+    return peer_loader(cfg, data, manifest_urls(data["plain"])), None
 
 
 # -- rounds of fresh processes -------------------------------------------------------------------

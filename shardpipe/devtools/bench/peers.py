@@ -1,6 +1,8 @@
 """``shardpipe bench --peers``: shardpipe against the loaders users would pick instead.
 
-Same JPEGs for all (``prepare_data``: photo-like, ~110 KB at ~500x375), same work
+Same images for all (``prepare_data``: photo-like, ~110 KB at ~500x375; shardpipe reads
+them as ``shardpipe write`` stores them, with restart intervals, the others byte for byte
+as their own writers do), same work
 (RandomResizedCrop(224) + flip, uint8 batches of 64), ``workers`` processes or threads each,
 every loader in a fresh process per round, alternating; medians over the rounds. The primary
 figure is CPU milliseconds per image over the whole process tree (steady on a shared
@@ -34,9 +36,8 @@ _DECODE = (("simplejpeg", "simplejpeg"), ("cv2", "opencv-python-headless"))
 SHARDPIPE, KERNEL, WDS_PIL = "shardpipe", "shardpipe kernel alone", "webdataset + PIL"
 
 PEERS: tuple[Peer, ...] = (
-    # shardpipe reads the JPEGs as `shardpipe write` stores them: restart-marked (lossless, same pixels)
-    Peer(SHARDPIPE, {"kind": "shardpipe", "channels_last": True, "shards": "restart"}),
-    Peer(KERNEL, {"kind": "kernel", "mode": "processes", "shards": "restart"}),
+    Peer(SHARDPIPE, {"kind": "shardpipe", "channels_last": True}),
+    Peer(KERNEL, {"kind": "kernel", "mode": "processes"}),
     Peer(WDS_PIL, {"kind": "webdataset"}, (("webdataset", "webdataset"),)),
     Peer(
         "webdataset + simplejpeg + OpenCV", {"kind": "webdataset-simplejpeg"}, (("webdataset", "webdataset"), *_DECODE)
@@ -104,30 +105,11 @@ def _prepare_formats(rows: dict[str, dict[str, Any]], data: dict[str, Any], log:
     from shardpipe.devtools.bench.loaders import manifest_urls
     from shardpipe.devtools.bench.peer_loaders import prepare_peer_data
 
-    if any(cfg.get("shards") == "restart" for cfg in rows.values()):
-        data["restart"] = _restart_marked(data, log)
     kinds = {cfg["kind"] for cfg in rows.values()}
     for kind, fmt in (("litdata", "litdata"), ("mosaic", "mds")):
         if kind in kinds:
             log(f"writing the samples in {kind}'s format (once) ...")
-            prepare_peer_data(data, manifest_urls(data["full"]), fmt)
-
-
-def _restart_marked(data: dict[str, Any], log: Callable[[str], None]) -> str:
-    """The manifest of the shards with restart-marked JPEGs, converted once beside the plain ones
-    (what ``shardpipe write`` writes by default); the plain shards without the native extension."""
-    from shardpipe.image.restart import available
-    from shardpipe.write.restart_job import mark_restarts
-
-    if not available():
-        log("restart intervals need shardpipe's native extension: shardpipe reads the plain shards")
-        return str(data["full"])
-    out = os.path.join(os.path.dirname(os.path.dirname(data["full"])), "full-restart")
-    manifest = os.path.join(out, "manifest.json")
-    if not os.path.exists(manifest):
-        log("restart-marking shardpipe's copy of the shards (once) ...")
-        mark_restarts(data["full"], out, workers=os.cpu_count() or 1)
-    return manifest
+            prepare_peer_data(data, manifest_urls(data["plain"]), fmt)
 
 
 def summarize(results: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -197,7 +179,6 @@ def report(rows: list[dict[str, Any]], skipped: dict[str, str], *, workers: int,
         f"$ {command}",
         f"RandomResizedCrop(224) + flip, uint8 batches of {batch}, {workers} processes or threads per loader; "
         f"medians of {rounds} rounds, each loader in a fresh process per round",
-        "shardpipe reads the same JPEGs restart-marked, as `shardpipe write` stores them (lossless)",
         "",
     ]
     headers = ["loader", "CPU ms/img", "range", "img/s", "CPU x shardpipe", "img/s x wds+PIL", "peak RSS MB"]
