@@ -21,6 +21,7 @@ Differences between rows give each stage's cost. Also prints the load average.
 
     nice python tools/bench_pipeline_gap.py SHARDS/manifest.json --rounds 3
     nice python tools/bench_pipeline_gap.py --make /tmp/gap --n 2000   # write restart-marked shards first
+    nice python tools/bench_pipeline_gap.py SHARDS/manifest.json --code /path/to/other/checkout
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+#: the checkout a child measures: ``--code DIR`` (e.g. the code before a change), else this one
+sys.path.insert(0, os.environ.get("BENCH_GAP_CODE") or os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 VARIANTS = ("kernel", "untar", "+shuffle", "+decode", "+batch", "loader", "loader/4")
 
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", nargs="*", choices=VARIANTS)
+    ap.add_argument("--code", help="measure the shardpipe of this checkout (e.g. the code before a change)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -116,14 +119,17 @@ def main(argv: list[str] | None = None) -> None:
     manifest = _make(args.make, args.n) if args.make else args.manifest
     if not manifest:
         ap.error("give the shards' manifest.json or --make DIR")
-    print(f"load average before: {os.getloadavg()}")
+    print(
+        f"load average before: {os.getloadavg()}; code: {os.path.abspath(args.code or os.path.dirname(__file__) + '/..')}"
+    )
     names = list(args.only or VARIANTS)
     got: dict[str, list[dict]] = {v: [] for v in names}
     for r in range(args.rounds):
         for v in names[r % len(names) :] + names[: r % len(names)]:
             cmd = [sys.executable, __file__, manifest, "--child", v, "--buffer", str(args.buffer)]
             cmd += ["--batch", str(args.batch), "--workers", str(args.workers)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            env = {**os.environ, "BENCH_GAP_CODE": os.path.abspath(args.code)} if args.code else None
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             got[v].append(json.loads(out.strip().splitlines()[-1]))
     med = {v: statistics.median(r["ms"] for r in got[v]) for v in names}
     prev = None

@@ -284,6 +284,10 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     kind = cfg["kind"]
     if kind in ("kernel", "untar-shardpipe", "untar-webdataset"):
         return _measure_simple(cfg, data)
+    # torch (~1 s of CPU to import) comes before the clock, as it did when ``import shardpipe``
+    # imported it: every loader here runs on it, and a run is 2000 images, not an import
+    import torch.utils.data  # noqa: F401
+
     own = resource.getrusage(resource.RUSAGE_SELF)
     m0 = own.ru_utime + own.ru_stime
     c0, t0 = _cpu_seconds(), time.perf_counter()
