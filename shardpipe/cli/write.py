@@ -43,9 +43,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers",
         type=int,
-        default=1,
-        help="parallel workers of the local engine (default 1): processes for --presize or --check decode, "
-        "threads for pass-through",
+        default=None,
+        help="parallel workers of the local engine (default: one per CPU): processes for --presize or --check "
+        "decode, threads for copying and the restart-interval transcode",
     )
     p.add_argument(
         "--engine", choices=sorted(ENGINES), default="local",

@@ -8,6 +8,7 @@ a wrong value fails here, before the source is scanned.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +31,9 @@ class WriteOptions:
     maxsize: int | None = None
     #: ``None`` (plain tar) or ``"gz"``
     compress: str | None = None
-    #: the local engine's parallelism (threads for copying, processes for presize/decode checks)
-    workers: int = 1
+    #: the local engine's parallelism (threads for copying and the restart-interval transcode,
+    #: processes for presize/decode checks); ``None``: one per CPU, since the default transcode is CPU-bound
+    workers: int | None = None
     #: write samples in a permutation seeded by ``seed``; ``None``: when the source has classes
     shuffle: bool | None = None
     seed: int = 0
@@ -79,6 +81,13 @@ class WriteOptions:
             raise ValueError(f"quality must be 1..100, got {self.quality}")
         if self.presize is not None and self.presize < 1:
             raise ValueError(f"presize must be a positive number of pixels, got {self.presize}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be a positive number (or None: one per CPU), got {self.workers}")
+
+    @property
+    def parallelism(self) -> int:
+        """``workers``, with ``None`` resolved to this machine's CPU count."""
+        return self.workers if self.workers is not None else max(1, os.cpu_count() or 1)
 
     @property
     def prepare(self) -> PrepareOptions:

@@ -99,7 +99,7 @@ def write_planned(run: WriteRun, bar: Any) -> WriteSummary:
     todo = [t for t in tasks if t.index not in done]
     try:
         engine(
-            job, todo, workers=opts.workers, address=opts.ray_address, on_images=bar.update,
+            job, todo, workers=opts.parallelism, address=opts.ray_address, on_images=bar.update,
             on_done=progress.on_done,
         )  # fmt: skip
     except BaseException:

@@ -6,6 +6,7 @@ through :func:`prepared` (threads or processes, results in input order).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -21,6 +22,8 @@ from shardpipe.errors import DecodeError
 from shardpipe.image.restart import add_restart_intervals
 from shardpipe.write.presize import check_image, image_ext, presize
 from shardpipe.write.sources import Record, Source
+
+log = logging.getLogger("shardpipe")
 
 CHUNK = 8  # records per task sent to a worker: amortises IPC, keeps results flowing in order
 
@@ -97,13 +100,23 @@ def prepare(source: Source, opts: PrepareOptions, pos: int, record: Record) -> P
 _worker: tuple[Source, PrepareOptions] | None = None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 def _init_worker(source: Source, opts: PrepareOptions, parent: int) -> None:
     global _worker
     _worker = (source, opts)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
 
-    def watch() -> None:  # exit when the parent dies (even by SIGKILL): no orphans
-        while os.getppid() == parent:
+    def watch() -> None:  # exit when the writer dies (even by SIGKILL): no orphans
+        while _alive(parent):  # not getppid(): a forkserver's workers are not the writer's children
             time.sleep(0.5)
         os._exit(1)
 
@@ -143,9 +156,8 @@ def prepared(
             while window:
                 yield window.popleft().result()
         return
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"  # fork: no re-import of torch
     chunks = (items[i : i + CHUNK] for i in range(0, len(items), CHUNK))
-    with mp.get_context(method).Pool(workers, _init_worker, (source, opts, os.getpid())) as pool:
+    with _process_context(source, opts).Pool(workers, _init_worker, (source, opts, os.getpid())) as pool:
         pending = deque(pool.apply_async(_work_chunk, (c,)) for c in islice(chunks, 4 * workers))
         while pending:
             results = pending.popleft().get()
@@ -153,6 +165,21 @@ def prepared(
             if nxt is not None:
                 pending.append(pool.apply_async(_work_chunk, (nxt,)))
             yield from results
+
+
+def _process_context(source: Source, opts: PrepareOptions) -> Any:
+    """How the worker processes start: as the loader's workers do (``shardpipe.workers.choose_context``).
+
+    Fork when this process has no other thread (nothing re-imported); beside other threads
+    (a user's, a progress bar's), shardpipe's forkserver, because a fork while another thread
+    holds a lock can hang a worker forever; the program's own start method when it chose one.
+    """
+    from shardpipe.workers import choose_context
+
+    chosen = choose_context("auto", (source, opts))
+    context = chosen if chosen is not None else mp.get_context()
+    log.debug("write workers start by %s", type(context).__name__)
+    return context
 
 
 def to_sample(item: Prepared) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def write_rolling(run: WriteRun, bar: Any) -> WriteSummary:
         metadata=run.metadata, storage_options=storage_options,
     ) as writer:  # fmt: skip
         writer.shards = list(done)
-        for item in prepared(run.source, opts.prepare, items, opts.workers):
+        for item in prepared(run.source, opts.prepare, items, opts.parallelism):
             bar.update(1)
             if isinstance(item, Skipped):
                 load_skips.append((item.pos, Skip(item.name, item.reason)))
