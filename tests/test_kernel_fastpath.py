@@ -262,3 +262,40 @@ def test_interval_decode_equals_the_whole_file_decode_for_small_regions_at_inter
                 np.testing.assert_array_equal(got, want, err_msg=f"{hdr.sampling} {num}/8 {(x, y, w, h)}")
                 checked += 1
     assert checked == len(seeds) * 4 * 40
+
+
+FALLBACK_PROGRAM = r"""
+import io, sys
+sys.modules["shardpipe.image.decoders._cropjpeg"] = None  # a pure-pip install: no native extension
+import numpy as np
+from PIL import Image
+from shardpipe.augment import Compose, RandomHorizontalFlip, RandomResizedCrop, sample_rng
+from shardpipe.devtools.synth import make_jpeg
+from shardpipe.image.decoders import get_decoder, registry
+from shardpipe.image.fused import build_image_fn
+assert registry._count_markers is None
+fn = build_image_fn("auto", Compose([RandomResizedCrop(64), RandomHorizontalFlip()]))
+for i in (0, 7, 17, 27):  # plain, grey, CMYK, progressive
+    out = fn(make_jpeg(i), sample_rng(0, 0, f"k{i}"))
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+buf = io.BytesIO()
+Image.new("RGB", (48, 32)).save(buf, "JPEG", progressive=True)
+data = buf.getvalue()
+last, end = data.rindex(b"\xff\xda"), data.rindex(b"\xff\xd9")
+try:
+    registry.check_scans(data[:end] + data[last:end] * registry.MAX_SCANS + data[end:])
+except registry.TooManyScansError as e:
+    print("refused:", str(e).split(",")[0])
+print(get_decoder("auto").name)
+"""
+
+
+def test_without_the_native_extension_the_kernel_and_the_scan_limit_still_work() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", FALLBACK_PROGRAM], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("refused: JPEG has ") and "start-of-scan markers" in lines[0]
+    assert lines[1] != "native"
