@@ -34,7 +34,6 @@
 #define FLAG_FAST_UPSAMPLE 2 /* no "fancy" (triangle) chroma upsampling */
 #define FLAG_INTERVALS 4     /* decode only the restart intervals covering the box (_restart.c) */
 #define FLAG_CMYK 8          /* CMYK/YCCK files too, converted to RGB as Pillow converts them */
-#define FLAG_FAST_RESTARTS 16 /* the fast Huffman path inside restart intervals (decode_mcu_restarts) */
 #define EDGE 8               /* extra columns decoded on each side of the box (see run) */
 #define BAND 16              /* rows read per jpeg_read_scanlines call */
 
@@ -67,58 +66,6 @@ static void cmyk_to_rgb(unsigned char *out, const unsigned char *in, unsigned wi
     }
 }
 
-/* libjpeg-turbo decodes every MCU on its slow Huffman path once a file has a restart interval
-   (jdhuff.c's decode_mcu: `if (cinfo->restart_interval) usefast = 0`), though only an
-   interval's first MCU needs the restart processing. This wrapper around decode_mcu shows it a
-   restart_interval per MCU: the first interval runs as libjpeg set it up (restarts_to_go counts
-   down from the real interval, slow path); after it, an interval's first MCU sees 2
-   (restarts_to_go is 0: the marker is read, the DC predictors reset, restarts_to_go becomes 2,
-   then 1), its middle MCUs see 0 (the fast path, restarts_to_go stays 1) and its last MCU sees
-   2 again (slow path, as the fast one would read into the next marker; restarts_to_go drops to
-   0 for the next interval). The coefficients are the same: the fast path falls back to the slow
-   one at a marker or near the end of the data. Only for single-scan Huffman files with
-   intervals of 2 MCUs or more, through the function table every libjpeg since 6b has. */
-struct entropy_table { /* the public head of libjpeg's jpeg_entropy_decoder (jpegint.h) */
-    void (*start_pass)(j_decompress_ptr cinfo);
-    boolean (*decode_mcu)(j_decompress_ptr cinfo, JBLOCKROW *MCU_data);
-};
-
-struct fast_restarts {
-    boolean (*decode_mcu)(j_decompress_ptr cinfo, JBLOCKROW *MCU_data);
-    unsigned long mcus, interval;
-};
-
-static boolean decode_mcu_restarts(j_decompress_ptr cinfo, JBLOCKROW *MCU_data) {
-    struct fast_restarts *f = (struct fast_restarts *)cinfo->client_data;
-    boolean ok;
-    unsigned long pos = f->mcus % f->interval;
-    if (f->mcus < f->interval)
-        cinfo->restart_interval = (unsigned int)f->interval;
-    else
-        cinfo->restart_interval = (pos == 0 || pos == f->interval - 1) ? 2 : 0;
-    ok = f->decode_mcu(cinfo, MCU_data);
-    cinfo->restart_interval = (unsigned int)f->interval;
-    if (ok) f->mcus++;
-    return ok;
-}
-
-static void use_fast_restarts(j_decompress_ptr cinfo, struct fast_restarts *f) {
-#if defined(LIBJPEG_TURBO_VERSION_NUMBER) && LIBJPEG_TURBO_VERSION_NUMBER >= 2000000
-    struct entropy_table *entropy = (struct entropy_table *)cinfo->entropy;
-    if (cinfo->restart_interval < 2 || cinfo->progressive_mode || cinfo->arith_code ||
-        jpeg_has_multiple_scans(cinfo) || entropy == NULL || entropy->decode_mcu == NULL)
-        return;
-    f->decode_mcu = entropy->decode_mcu;
-    f->mcus = 0;
-    f->interval = cinfo->restart_interval;
-    cinfo->client_data = f;
-    entropy->decode_mcu = decode_mcu_restarts;
-#else
-    (void)cinfo;
-    (void)f;
-#endif
-}
-
 /* Runs without the GIL. Returns an outcome; g->message says more for FAILED. */
 static enum outcome run(struct job *job, struct guard *g) {
     struct jpeg_decompress_struct cinfo;
@@ -127,7 +74,6 @@ static enum outcome run(struct job *job, struct guard *g) {
     volatile int created = 0;
     enum outcome result = OK;
     int cmyk, channels;
-    struct fast_restarts fast;
 
     memset(&cinfo, 0, sizeof cinfo);
     cinfo.err = jpeg_std_error(&g->pub);
@@ -173,7 +119,6 @@ static enum outcome run(struct job *job, struct guard *g) {
         goto done;
     }
     jpeg_start_decompress(&cinfo);
-    if (job->flags & FLAG_FAST_RESTARTS) use_fast_restarts(&cinfo, &fast);
     {
         /* Chroma upsampling treats the cropped columns' edges as the image's edges, so the
            outermost columns come out different from a whole-image decode: decode EDGE more
@@ -417,7 +362,6 @@ PyMODINIT_FUNC PyInit__cropjpeg(void) {
         PyModule_AddIntConstant(m, "FAST_UPSAMPLE", FLAG_FAST_UPSAMPLE) < 0 ||
         PyModule_AddIntConstant(m, "INTERVALS", FLAG_INTERVALS) < 0 ||
         PyModule_AddIntConstant(m, "CMYK", FLAG_CMYK) < 0 ||
-        PyModule_AddIntConstant(m, "FAST_RESTARTS", FLAG_FAST_RESTARTS) < 0 ||
         PyModule_AddIntConstant(m, "LIBJPEG_TURBO_VERSION", LIBJPEG_TURBO_VERSION_NUMBER) < 0) {
         Py_DECREF(m);
         return NULL;

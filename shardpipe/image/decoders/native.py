@@ -53,9 +53,6 @@ FAST_UPSAMPLE = _cropjpeg.FAST_UPSAMPLE
 INTERVALS = _cropjpeg.INTERVALS
 #: CMYK/YCCK JPEGs too, converted to RGB exactly as Pillow converts them (else they go to PIL)
 CMYK = _cropjpeg.CMYK
-#: libjpeg-turbo's fast Huffman path inside restart intervals (it takes the slow one for every
-#: MCU of a file with intervals otherwise); same coefficients (see _cropjpeg.c)
-FAST_RESTARTS = _cropjpeg.FAST_RESTARTS
 #: libjpeg frames with four components: CMYK or YCCK (baseline, extended, progressive Huffman)
 _CMYK_FRAMES = (0xC0, 0xC1, 0xC2)
 #: all n/8 DCT scales from 1/1 down, as reduced fractions
@@ -95,7 +92,7 @@ class NativeDecoder(JpegBackend):
     ) -> None:
         super().__init__()
         #: ``intervals``: use restart intervals where a file has them (``shardpipe.image.restart``)
-        self.flags = flags | (INTERVALS | FAST_RESTARTS if intervals else 0) | CMYK
+        self.flags = flags | (INTERVALS if intervals else 0) | CMYK
         #: the DCT scales ``decode_crop`` picks from by default (measured: BENCHMARKS.md)
         self.crop_factors = factors
         #: a DCT scale is picked only if it keeps the box this many times the output size
