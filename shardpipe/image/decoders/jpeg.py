@@ -2,7 +2,8 @@
 
 Reading the markers up to the first scan costs a few microseconds and touches no pixel
 data. The fast backends use it to route each image (baseline/progressive YCbCr or grey
-to libjpeg-turbo; CMYK, lossless, arithmetic-coded or non-JPEG data to PIL), to refuse
+to libjpeg-turbo, and CMYK too for the native decoder; lossless, arithmetic-coded or
+non-JPEG data, and CMYK for the others, to PIL), to refuse
 decompression bombs before any pixel is decoded, and to plan crop-aware decoding.
 """
 
