@@ -94,7 +94,7 @@ def _make(root: str, n: int) -> str:
     from shardpipe.write.shard_writer import ShardWriter
 
     os.makedirs(root, exist_ok=True)
-    with ShardWriter(os.path.join(root, "train-%06d.tar"), maxcount=250) as w:
+    with ShardWriter(os.path.join(root, "train-%06d.tar"), maxcount=max(1, min(250, n // 8))) as w:
         for key, data, label in make_dataset(n, 0, num_classes=100, workers=os.cpu_count() or 1):
             w.write({"__key__": key, "jpg": add_restart_intervals(data), "cls": label})
     return os.path.join(root, "manifest.json")
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     if "loader" in med and "loader/4" in med:
         full, part = (statistics.median(r["cpu_s"] for r in got[v]) for v in ("loader", "loader/4"))
         n_full, n_part = got["loader"][0]["n"], got["loader/4"][0]["n"]
+        if n_full <= n_part:
+            raise SystemExit("loader/4 needs shards to split: the data has a single shard")
         marginal = (full - part) * 1000 / (n_full - n_part)
         fixed = full * 1000 - marginal * n_full
         print(f"loader: fixed {fixed:.0f} CPU ms per run + {marginal:.3f} CPU ms/img (from loader and loader/4)")
