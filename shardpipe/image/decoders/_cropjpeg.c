@@ -157,7 +157,8 @@ static enum outcome run(struct job *job, struct guard *g) {
             }
             if (cmyk)
                 for (unsigned i = 0; i < got; i++)
-                    cmyk_to_rgb(job->out + (size_t)(r + i) * pitch, rows[i] + (size_t)(job->x - xoff) * 4, job->width);
+                    cmyk_to_rgb(job->out + (size_t)(r + i) * pitch, rows[i] + (size_t)(job->x - xoff) * 4,
+                                job->width);
             else if (!direct)
                 for (unsigned i = 0; i < got; i++)
                     memcpy(job->out + (size_t)(r + i) * pitch, rows[i] + (size_t)(job->x - xoff) * 3, pitch);
