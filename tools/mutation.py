@@ -47,10 +47,12 @@ MODULES: dict[str, list[str]] = {
     "stages/shards.py": ["tests/test_stages.py", "tests/test_stage_units.py", "tests/test_split.py"],
     "io/files.py": ["tests/test_io.py", "tests/test_files.py", "tests/test_cache.py"],
     "io/cache.py": ["tests/test_cache.py", "tests/test_cache_local.py"],
-    "stages/block.py": ["tests/test_stages.py", "tests/test_block_shuffle.py"],
-    "io/remote.py": ["tests/test_remote.py", "tests/test_retry_policy.py"],
+    "stages/block.py": ["tests/test_block_reads.py", "tests/test_block_shuffle.py"],
+    "io/remote.py": ["tests/test_retry_policy.py", "tests/test_remote_window.py", "tests/test_remote.py"],
+    "io/stream.py": ["tests/test_remote_window.py", "tests/test_remote.py"],
     "serve/wire.py": ["tests/test_serve_wire.py"],
     "image/decoders/native.py": ["tests/test_native.py"],
+    "state.py": ["tests/test_trust_state.py", "tests/test_resume.py"],
 }
 
 CAUGHT = {"killed", "timeout", "segfault", "caught by type check"}
