@@ -48,7 +48,12 @@ MODULES: dict[str, list[str]] = {
     "io/files.py": ["tests/test_io.py", "tests/test_files.py", "tests/test_cache.py"],
     "io/cache.py": ["tests/test_cache.py", "tests/test_cache_local.py"],
     "stages/block.py": ["tests/test_block_reads.py", "tests/test_block_shuffle.py"],
-    "io/remote.py": ["tests/test_retry_policy.py", "tests/test_remote_window.py", "tests/test_remote.py"],
+    "io/remote.py": [
+        "tests/test_remote_units.py",
+        "tests/test_retry_policy.py",
+        "tests/test_io.py",
+        "tests/test_remote.py",
+    ],
     "io/stream.py": ["tests/test_remote_window.py", "tests/test_remote.py"],
     "serve/wire.py": ["tests/test_serve_wire.py"],
     "image/decoders/native.py": ["tests/test_native.py"],
