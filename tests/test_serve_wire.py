@@ -138,9 +138,12 @@ def test_field_descriptions_name_dtype_shape_and_layout():
 def test_a_plain_4d_tensor_and_an_empty_tensor_travel_as_contiguous():
     plain = torch.arange(16, dtype=torch.float32).reshape(1, 2, 2, 4)
     empty = torch.zeros((0, 3, 2, 2), dtype=torch.uint8)
-    frames = pack({"type": "batch"}, {"p": plain, "e": empty})
-    assert [f["layout"] for f in json.loads(frames[0])["fields"]] == ["contiguous", "contiguous"]
+    grey = torch.arange(18, dtype=torch.uint8).reshape(2, 1, 3, 3)  # contiguous in both layouts: sent as is
+    frames = pack({"type": "batch"}, {"p": plain, "e": empty, "g": grey})
+    assert [f["layout"] for f in json.loads(frames[0])["fields"]] == ["contiguous"] * 3
+    assert json.loads(frames[0])["fields"][2]["shape"] == [2, 1, 3, 3]
     _, got = unpack(frames)
+    assert torch.equal(got["g"], grey) and got["g"].stride() == grey.stride()
     assert torch.equal(got["p"], plain) and got["p"].is_contiguous()
     assert got["e"].shape == (0, 3, 2, 2) and got["e"].dtype == torch.uint8
 

@@ -54,7 +54,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_io.py",
         "tests/test_remote.py",
     ],
-    "io/stream.py": ["tests/test_remote_window.py", "tests/test_remote.py"],
+    "io/stream.py": ["tests/test_stream_units.py", "tests/test_remote_window.py", "tests/test_remote.py"],
     "serve/wire.py": ["tests/test_serve_wire.py"],
     "image/decoders/native.py": ["tests/test_native.py"],
     "state.py": ["tests/test_state_checks.py", "tests/test_trust_state.py", "tests/test_resume.py"],
