@@ -137,3 +137,23 @@ def test_a_boundary_state_loaded_after_a_mid_epoch_one_replaces_it(manifest):
     ld.load_state_dict(mid)
     ld.load_state_dict(loader(manifest).state_dict())  # epoch 0 from its start
     assert keys_of(ld) == keys_of(loader(manifest))
+
+
+def test_a_mixed_source_carries_its_workers_end_states_into_the_next_epoch(manifest):
+    from shardpipe import MixedDataset
+
+    def mixed() -> ShardLoader:
+        sources = [ShardDataset(manifest, shuffle=4, seed=s, decode=None) for s in (1, 2)]
+        return ShardLoader(MixedDataset(sources, [1, 1], samples_per_epoch=6, seed=5, batch_size=2))
+
+    ld = mixed()
+    fresh = ld.state_dict()
+    assert fresh["workers"] is None and fresh["epoch"] == 0
+    first = keys_of(ld)
+    end = ld.state_dict()
+    assert end["epoch"] == 1 and end["next_worker"] == 0
+    assert isinstance(end["workers"], list) and len(end["workers"]) == 1 and end["workers"][0] is not None
+    second = keys_of(ld)
+    resumed = mixed()
+    resumed.load_state_dict(copy.deepcopy(end))
+    assert keys_of(resumed) == second and second != first
