@@ -6,6 +6,7 @@ sample indices of one grouped read) and how many samples the stage had yielded b
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,9 @@ def positions_read(order: BlockOrder, lo: int, hi: int, start: int) -> list[tupl
 def test_one_consumer_reads_the_epoch_order_in_groups_of_64_as_it_goes(manifest):
     ctx = Context(seed=4, epoch=2)
     stage, log = stage_for(manifest, ctx)
+    t0 = time.perf_counter()
     got = log.run(stage)
+    elapsed = time.perf_counter() - t0
     order = BlockOrder(log.shards.index.counts(), 4, 2, 8)
     assert [len(ix) for _, ix in log.calls] == [64, 64, 22]
     assert log.calls == positions_read(order, 0, TOTAL, 0)
@@ -86,7 +89,7 @@ def test_one_consumer_reads_the_epoch_order_in_groups_of_64_as_it_goes(manifest)
     assert keys == [f"sample{order[p]:05d}" for p in range(TOTAL)]
     assert sorted(keys) == [f"sample{i:05d}" for i in range(TOTAL)]
     assert len(stage) == TOTAL and stage.get_state() == {"pos": TOTAL}
-    assert ctx.timers["read"] > 0
+    assert 0 < ctx.timers["read"] < elapsed  # the time spent in the grouped reads
 
 
 def test_samples_carry_their_shard_and_url_but_not_the_index(manifest):
@@ -143,9 +146,21 @@ def test_pad_wraps_past_the_end_and_marks_the_repeats(manifest):
     assert set(got[0]) == FIELDS | {"__pad__"}
 
 
-def test_drop_never_adds_a_pad_field(manifest):
-    got = Logged(manifest).run(stage_for(manifest, Context(seed=6, rank=3, world_size=4))[0])
-    assert got and all(set(s) == FIELDS for s in got)
+def test_drop_is_the_default_and_never_adds_a_pad_field(manifest):
+    shards = IndexedShards(manifest)
+    stage = BlockShuffleSamples(shards, block_size=8)
+    assert stage.policy == "drop"
+    stage.bind(None, Context(seed=6, rank=3, world_size=4))
+    stage.reset()
+    got = Logged(manifest).run(stage)
+    assert len(got) == TOTAL // 4 and all(set(s) == FIELDS for s in got)
+
+
+def test_before_reset_the_stage_is_empty_at_position_zero_and_cannot_be_read(manifest):
+    stage = BlockShuffleSamples(IndexedShards(manifest))
+    assert len(stage) == 0 and stage.get_state() == {"pos": 0}
+    with pytest.raises(AssertionError, match=r"^call reset\(\) before next\(\)$"):
+        stage.next()
 
 
 def test_an_unreadable_sample_goes_to_the_error_policy_and_the_rest_follow(manifest, tmp_path: Path):
