@@ -246,11 +246,20 @@ def test_the_record_names_url_size_sha256_and_mtime(tmp_path: Path):
 
 
 def test_bypasses_are_counted_each_time(tmp_path: Path):
-    source = Source({"s3://b/big.tar": payload(300, 3)})
+    source = Source({"s3://b/big.tar": payload(300, 3), "s3://b/a.tar": payload(80, 1), "s3://b/b.tar": payload(80, 2)})
     cache = ShardCache(tmp_path, 100)
-    for _ in range(3):
+    for _ in range(3):  # too large for the cache
         assert cache.open("s3://b/big.tar", source("s3://b/big.tar")) is None
     assert cache.stats.bypassed == 3 and source.downloads == ["s3://b/big.tar"] * 3
+    read(cache, source, "s3://b/a.tar")
+    fd = os.open(cache._lock_path(cache.path_for("s3://b/a.tar")), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a.tar in use elsewhere: no room for b.tar
+    try:
+        for _ in range(2):
+            assert cache.open("s3://b/b.tar", source("s3://b/b.tar")) is None
+    finally:
+        os.close(fd)
+    assert cache.stats.bypassed == 5
 
 
 def test_a_cache_directory_removed_under_it_is_made_again(tmp_path: Path):
