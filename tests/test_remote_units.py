@@ -65,10 +65,19 @@ def test_verdicts_by_type(exc: BaseException, retry: bool):
     assert is_retryable(exc) is retry
 
 
-def test_fsspec_timeouts_are_retried():
+def test_the_retryable_types_are_computed_once_and_include_each_clients_transfer_errors(monkeypatch):
+    import aiohttp
+    from botocore.exceptions import BotoCoreError
     from fsspec.exceptions import FSTimeoutError
 
+    from shardpipe.io import remote
+
+    types = remote._retryable_types()
+    assert types == (OSError, EOFError, IndexError, http.client.HTTPException, aiohttp.ClientError, BotoCoreError,
+                     FSTimeoutError)  # fmt: skip
+    monkeypatch.setattr(remote, "_RETRYABLE", None)  # computed afresh by the first verdict
     assert is_retryable(FSTimeoutError())
+    assert remote._RETRYABLE == types
 
 
 def test_a_not_found_is_retried_only_for_a_retryable_cause():
@@ -212,7 +221,12 @@ def test_the_thread_source_reads_ranges_and_times_out():
     fs.pipe_file(path, bytes(range(100)))
 
     class Slow:
+        threads: list[str] = []
+
         def cat_file(self, path, start, end):
+            import threading
+
+            self.threads.append(threading.current_thread().name)
             time.sleep(0.5)
             return b""
 
@@ -225,6 +239,9 @@ def test_the_thread_source_reads_ranges_and_times_out():
         slow = ThreadBlockSource(Slow(), path, timeout=0.05, threads=1)
         with pytest.raises(TimeoutError, match=r"^no data within 0.05 s$"):
             slow.result(slow.submit(0, 1))
+        queued = slow.submit(1, 2)  # behind the slow one on the only thread
         slow.close()
+        assert queued.cancelled()
+        assert Slow.threads == ["shardpipe-read_0"]  # named as shardpipe's (fork warnings, py-spy)
     finally:
         fs.rm(path)

@@ -52,6 +52,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_remote_units.py",
         "tests/test_retry_policy.py",
         "tests/test_io.py",
+        "tests/test_remote_pin.py",
         "tests/test_remote.py",
     ],
     "io/stream.py": ["tests/test_stream_units.py", "tests/test_remote_window.py", "tests/test_remote.py"],
