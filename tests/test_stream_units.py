@@ -384,3 +384,35 @@ def test_stalls_widen_the_demand_up_to_its_ceiling(data):
         f.read(16 * KiB)
         assert f.stalls == 1 and stats.demand == MAX_DEMAND
         assert f.wait_seconds > 0
+
+
+def test_readahead_zero_asks_for_nothing_until_a_read_even_after_a_seek(data):
+    src = Faults()
+    B = 32 * KiB
+    with reader(src, len(data), block_size=B, readahead=0) as f:
+        f.read(10)
+        assert src.log == [(0, B)]
+        f.seek(2 * B + 5)
+        assert src.log == [(0, B)]  # no read-ahead: the seek sends nothing
+        assert f.read(10) == data[2 * B + 5 : 2 * B + 15]
+        assert src.log == [(0, B), (2 * B + 5, 3 * B + 5)]
+
+
+def test_the_last_request_fills_the_window_to_its_byte(data):
+    """Requests of 4, 8 then 16 KiB would pass a 16 KiB budget: the third is cut to the 4 KiB left."""
+    src = Faults()
+    budget = MemoryBudget(16 * KiB)
+    with reader(src, len(data), budget=budget, block_size=64 * KiB, min_block=4 * KiB) as f:
+        assert src.log == [(0, 4 * KiB), (4 * KiB, 12 * KiB), (12 * KiB, 16 * KiB)]
+        assert f.reserved == budget.used == 16 * KiB
+        assert f.read() == data
+
+
+def test_a_budget_smaller_than_a_block_reads_in_budget_sized_requests(data):
+    src = Faults()
+    budget = MemoryBudget(8 * KiB)
+    with reader(src, len(data), budget=budget, timeout=5, **FIXED) as f:
+        assert src.log == []  # a whole block does not fit: nothing is sent ahead
+        assert f.read() == data
+    assert src.log[0] == (0, 8 * KiB) and all(e - s <= 8 * KiB for s, e in src.log)
+    assert budget.used == 0
