@@ -333,6 +333,9 @@ def test_mixed_state():
         validate_mixed_state(mixed_state(consumer=consumer(rank=5)), 2)
     with refused("state['fingerprint']: must be a string or null, got int 1"):
         validate_mixed_state(mixed_state(fingerprint=1), 2)
+    validate_mixed_state(mixed_state(fingerprint="f" * 128), 2)
+    with refused("state['fingerprint']: is 129 characters long, over the limit of 128"):
+        validate_mixed_state(mixed_state(fingerprint="f" * 129), 2)
     with refused("state['version']: mixed state has version 2; this shardpipe reads 1"):
         validate_mixed_state(mixed_state(version=2), 2)
     with refused("state: unknown key(s) 'stages'"):
