@@ -157,3 +157,24 @@ def test_a_mixed_source_carries_its_workers_end_states_into_the_next_epoch(manif
     resumed = mixed()
     resumed.load_state_dict(copy.deepcopy(end))
     assert keys_of(resumed) == second and second != first
+
+
+def test_with_workers_a_boundary_state_starts_the_next_epoch_at_worker_0(manifest):
+    """Under the uneven policy the last batch can come from any worker: the position where the
+    round robin stopped is not part of an epoch-boundary state, and one there is ignored."""
+
+    def uneven() -> ShardLoader:
+        ds = ShardDataset(manifest, seed=3, batch_size=1, decode=None, epoch_policy="uneven")
+        return ShardLoader(ds, num_workers=2)
+
+    ld = uneven()
+    assert len(keys_of(ld)) == sum(COUNTS)
+    assert ld._next_worker == 1  # where the round robin stopped (the precondition of this test)
+    end = ld.state_dict()
+    assert (end["epoch"], end["next_worker"], end["workers"]) == (1, 0, None)
+    expected = uneven()
+    expected.set_epoch(1)
+    want = keys_of(expected)
+    resumed = uneven()
+    resumed.load_state_dict({**end, "next_worker": 1})  # valid, and ignored at a boundary
+    assert keys_of(resumed) == want
