@@ -363,3 +363,13 @@ def test_split_shards_check_state_names_the_last_shard_only_when_it_came_here(wo
     # a count whose last shard went to another worker passes up no shard
     other = Given(worker + 2, items(10)[worker + 1])
     assert split.check_state({"seen": worker + 2}, StateCheck(), other) == Given(worker + 2, None)
+
+
+def test_a_shuffle_state_cannot_have_emitted_more_than_the_buffer_holds():
+    from shardpipe.state import StateCheck
+
+    shuffle = Shuffle(4)
+    assert shuffle.check_state({"emitted": 4}, StateCheck("s"), "below") == "below"
+    with pytest.raises(StateError) as e:
+        shuffle.check_state({"emitted": 5}, StateCheck("s"), "below")
+    assert str(e.value) == "s['emitted']: must be <= 4 (the shuffle buffer's size), got 5"
