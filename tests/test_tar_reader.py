@@ -275,3 +275,29 @@ def test_a_member_size_limit_of_zero_allows_only_empty_members():
         tar.next_member()
     with pytest.raises(ValueError, match=r"^max_member_size must be >= 0 or None, not -1$"):
         TarStream(io.BytesIO(data), "mem.tar", max_member_size=-1)
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+@pytest.mark.parametrize(
+    "cut, inside", [(1200, "member"), (1512, "the padding of member"), (1530, "the padding of member")]
+)
+def test_a_cut_while_reading_a_member_names_the_byte_where_it_ends(cut: int, inside: str, seekable: bool):
+    data, _ = tar_of_sizes([1000, 10])
+    tar = TarStream(CountingStream(data[:cut], seekable), "mem.tar", compressed=False)
+    with pytest.raises(TruncatedShardError) as e:
+        tar.next_member()
+    assert (
+        str(e.value) == f"truncated tar: shard mem.tar ends inside {inside} 's00.bin' (header at byte 0) at byte {cut}"
+    )
+
+
+def test_read_seconds_count_only_the_time_spent_reading():
+    import time
+
+    data, _ = tar_of_sizes([1000, 10])
+    t0 = time.perf_counter()
+    tar = TarStream(io.BytesIO(data), "mem.tar")  # sniffs the gzip magic: a prefix read later
+    while tar.next_member():
+        pass
+    elapsed = time.perf_counter() - t0
+    assert 0 < tar.read_seconds <= elapsed
