@@ -167,3 +167,16 @@ def test_a_sample_going_on_past_its_end_is_seen_through_a_ustar_prefix():
     )
     whole = sample_from_bytes(data[: 2048 + 512], "mem.tar", length=2048)  # followed by k2: fine
     assert whole == {"__key__": f"{folder}/k1", "jpg": b"abc", "cls": b"abc"}
+
+
+def test_a_follower_without_the_ustar_magic_is_read_by_its_name_alone():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name in ("k1.jpg", "k1.cls"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"abc"))
+    data = bytearray(buf.getvalue())
+    data[1024 + 257 : 1024 + 265] = bytes(8)  # an old (v7) header: no magic, so no prefix field
+    with pytest.raises(CorruptShardError, match=r"sample 'k1' goes on past its indexed end \(member 'k1.cls'\)"):
+        sample_from_bytes(bytes(data[: 1024 + 512]), "mem.tar", length=1024)
