@@ -301,3 +301,17 @@ def test_read_seconds_count_only_the_time_spent_reading():
         pass
     elapsed = time.perf_counter() - t0
     assert 0 < tar.read_seconds <= elapsed
+
+
+def test_the_timed_reader_returns_its_sniffed_prefix_first_whatever_the_read_size():
+    from shardpipe.format.tar.reader import _TimedReader
+
+    def sniffed() -> _TimedReader:
+        raw = io.BytesIO(b"abcdef")
+        return _TimedReader(raw, prefix=raw.read(2))  # as TarStream does: the first bytes, already read
+
+    assert sniffed().read() == b"abcdef" and sniffed().read(-1) == b"abcdef"
+    r = sniffed()
+    assert [r.read(1), r.read(3), r.read(5)] == [b"a", b"bcd", b"ef"]
+    r = sniffed()
+    assert r.seek(1, 1) == 1 and r.read() == b"bcdef"  # a relative seek from the logical start
