@@ -315,3 +315,12 @@ def test_the_timed_reader_returns_its_sniffed_prefix_first_whatever_the_read_siz
     assert [r.read(1), r.read(3), r.read(5)] == [b"a", b"bcd", b"ef"]
     r = sniffed()
     assert r.seek(1, 1) == 1 and r.read() == b"bcdef"  # a relative seek from the logical start
+
+
+def test_a_stream_resumed_at_its_very_end_has_no_member_to_be_inside():
+    stream = io.BytesIO(bytes(512))
+    stream.seek(512)
+    tar = TarStream(stream, "mem.tar", 512, compressed=False)
+    with pytest.raises(TruncatedShardError) as e:
+        tar.next_header()
+    assert str(e.value) == "truncated tar: shard mem.tar ends at byte 512 without the end-of-archive marker"
