@@ -59,6 +59,22 @@ def test_grey_images_get_one_channel_and_tensors_are_stacked():
 def test_images_of_different_sizes_are_refused_with_the_fix():
     with pytest.raises(ValueError, match=r"^cannot batch images of different sizes \(4x3 and 5x3\): add a transform"):
         collate_images([image(0), image(1, h=5)])
+    with pytest.raises(ValueError, match=r"^cannot batch images of different sizes \(4x3 and 4x5\): add a transform"):
+        collate_images([image(0), image(1, w=5, c=3)])
+    with pytest.raises(ValueError, match=r"^cannot batch images of different sizes \(4x3 and 4x7\): "):
+        collate([{"jpg": image(0, c=1)[:, :, 0]}, {"jpg": image(1, w=7, c=1)[:, :, 0]}])
+
+
+def test_grey_and_colour_arrays_become_image_tensors_in_collate():
+    grey = [np.full((2, 5), 9, np.uint8), np.full((2, 5), 7, np.uint8)]
+    out = collate([{"g": grey[0], "c": image(0)}, {"g": grey[1], "c": image(1)}])
+    assert isinstance(out["g"], torch.Tensor) and out["g"].shape == (2, 1, 2, 5)
+    assert out["g"][:, 0, 0, 0].tolist() == [9, 7]
+    assert isinstance(out["c"], torch.Tensor) and out["c"].shape == (2, 3, 4, 3)
+    flat = [np.arange(4, dtype=np.uint8), np.arange(4, dtype=np.uint8)]  # 1-D: not an image
+    other = [np.zeros((2, 2), np.float32), np.ones((2, 2), np.float32)]  # not uint8: not an image
+    out = collate([{"f": flat[0], "o": other[0]}, {"f": flat[1], "o": other[1]}])
+    assert isinstance(out["f"], list) and isinstance(out["o"], list)
 
 
 def test_the_allocator_is_used_and_outside_workers_memory_is_private():
@@ -86,6 +102,47 @@ def test_batches_and_the_short_last_one(drop_last: bool, sizes: list[int]):
     assert [len(b["i"]) for b in batches] == sizes
     assert [i for b in batches for i in b["i"].tolist()] == list(range(sum(sizes)))
     assert ctx.counts["batch"] == sum(sizes) and ctx.timers["batch"] > 0
+
+
+def test_the_short_last_batch_is_kept_by_default_and_a_batch_of_one_is_fine():
+    assert [len(b["i"]) for b in Pipeline([*numbered(10), Batch(4)], Context())] == [4, 4, 2]
+    assert [b["i"].tolist() for b in Pipeline([*numbered(3), Batch(1)], Context())] == [[0], [1], [2]]
+
+
+def _image_sample(shard: Shard) -> dict:
+    return {"jpg": image(shard.index), "i": shard.index}
+
+
+class BatchesOfImages(torch.utils.data.IterableDataset):
+    """Batches of images from a Batch stage; each says whether its tensor (and a bare
+    ``empty_uint8``) was allocated in shared memory where it was made."""
+
+    def __init__(self, buffers=None):
+        super().__init__()
+        self.buffers = buffers
+
+    def __iter__(self):
+        stages = [ShardList([Shard(f"s{i}", i) for i in range(5)]), Map(_image_sample)]
+        for batch in Pipeline([*stages, Batch(2, buffers=self.buffers)], Context()):
+            bare = empty_uint8((2, 3, 4))
+            yield {**batch, "shared": batch["jpg"].is_shared(), "bare": f"{tuple(bare.shape)} {bare.is_shared()}"}
+
+
+def test_inside_a_worker_batches_are_made_in_shared_memory():
+    from shardpipe import worker_context
+
+    ds = BatchesOfImages()
+    here = list(ds)  # in this process: private memory
+    assert [b["i"].tolist() for b in here] == [[0, 1], [2, 3], [4]]
+    assert [(b["shared"], b["bare"]) for b in here] == [(False, "(2, 3, 4) False")] * 3
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=1, multiprocessing_context=worker_context(ds), timeout=120
+    )
+    got = list(loader)
+    assert [b["i"].tolist() for b in got] == [[0, 1], [2, 3], [4]]
+    assert [(b["shared"], b["bare"]) for b in got] == [(True, "(2, 3, 4) True")] * 3
+    for b, ref in zip(got, here):
+        assert torch.equal(b["jpg"], ref["jpg"])
 
 
 def test_an_exact_multiple_has_no_empty_batch():

@@ -49,6 +49,7 @@ def test_path_names_are_unique_readable_and_safe(tmp_path: Path):
     digest = hashlib.sha1(url.encode()).hexdigest()[:16]
     assert cache.path_for(url) == tmp_path / f"{digest}-shard_0001_.tar"
     assert cache.path_for("https://h/d/x.tar/").name.endswith("-x.tar")
+    assert cache.path_for("https://h/d/BOX/").name.endswith("-BOX")  # only the slash is stripped
     long = "https://h/" + "a" * 100 + "b" * 80
     assert cache.path_for(long).name == hashlib.sha1(long.encode()).hexdigest()[:16] + "-" + "b" * 80
     assert cache.path_for("s3://a/x.tar") != cache.path_for("s3://b/x.tar")
@@ -216,3 +217,57 @@ def test_a_missing_or_broken_record_means_no_hit(tmp_path: Path):
     path.with_name(path.name + ".meta").write_text("{not json")
     assert read(cache, source, "s3://b/a.tar") == data and len(source.downloads) == 2
     assert cache.stats.refetched_corrupt == 0  # a download, not a corrupt hit
+
+
+def test_cache_files_are_read_through_a_one_mib_buffer(tmp_path: Path):
+    data = payload(3 << 20, 4)
+    source = Source({"s3://b/a.tar": data})
+    cache = ShardCache(tmp_path)
+    for expect in ("download", "hit"):
+        with cache.open("s3://b/a.tar", source("s3://b/a.tar")) as f:
+            assert isinstance(f, io.BufferedReader), expect
+            assert len(f.peek(1)) == 1 << 20, expect  # the first fill reads 1 MiB at once
+            assert f.read() == data
+    assert (cache.stats.downloads, cache.stats.hits) == (1, 1)
+
+
+def test_the_record_names_url_size_sha256_and_mtime(tmp_path: Path):
+    data = payload(1000, 6)
+    cache = ShardCache(tmp_path)
+    read(cache, Source({"s3://b/r.tar": data}), "s3://b/r.tar")
+    path = cache.path_for("s3://b/r.tar")
+    record = json.loads(path.with_name(path.name + ".meta").read_text())
+    assert record == {
+        "url": "s3://b/r.tar",
+        "size": 1000,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "mtime_ns": path.stat().st_mtime_ns,
+    }
+
+
+def test_bypasses_are_counted_each_time(tmp_path: Path):
+    source = Source({"s3://b/big.tar": payload(300, 3), "s3://b/a.tar": payload(80, 1), "s3://b/b.tar": payload(80, 2)})
+    cache = ShardCache(tmp_path, 100)
+    for _ in range(3):  # too large for the cache
+        assert cache.open("s3://b/big.tar", source("s3://b/big.tar")) is None
+    assert cache.stats.bypassed == 3 and source.downloads == ["s3://b/big.tar"] * 3
+    read(cache, source, "s3://b/a.tar")
+    fd = os.open(cache._lock_path(cache.path_for("s3://b/a.tar")), os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a.tar in use elsewhere: no room for b.tar
+    try:
+        for _ in range(2):
+            assert cache.open("s3://b/b.tar", source("s3://b/b.tar")) is None
+    finally:
+        os.close(fd)
+    assert cache.stats.bypassed == 5
+
+
+def test_a_cache_directory_removed_under_it_is_made_again(tmp_path: Path):
+    import shutil
+
+    data = payload(200, 8)
+    source = Source({"s3://b/a.tar": data})
+    cache = ShardCache(tmp_path / "deep" / "cache")
+    shutil.rmtree(tmp_path / "deep")  # e.g. a tmp cleaner
+    assert read(cache, source, "s3://b/a.tar") == data
+    assert (tmp_path / "deep" / "cache" / LOCKS).is_dir()

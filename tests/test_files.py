@@ -128,3 +128,19 @@ def test_a_running_command_is_neither_waited_for_by_read_0_nor_by_close():
     proc = f._proc
     f.close()  # kills it rather than waiting for the sleep
     assert proc.returncode is not None and time.monotonic() - t0 < 30
+
+
+def test_a_remote_shard_is_checked_against_the_manifest_size_on_open():
+    import fsspec
+
+    data = payload(5000, 12)
+    fs, path = fsspec.core.url_to_fs("memory://shardpipe-files/sized.tar")
+    fs.pipe_file(path, data)
+    try:
+        url = "memory://shardpipe-files/sized.tar"
+        with open_shard(url, 100, expected_size=5000) as f:
+            assert f.read() == data[100:]
+        with pytest.raises(CorruptShardError, match=rf"^{url}: object is 5000 bytes but the manifest says 4999$"):
+            open_shard(url, expected_size=4999)
+    finally:
+        fs.rm(path)

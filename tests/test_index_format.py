@@ -105,3 +105,78 @@ def test_members_outside_any_sample_inside_a_range_are_stepped_over():
         sample_from_bytes(data, "s.tar", key_crc("k2"))
     with pytest.raises(CorruptShardError, match=r"member 'k2.cls' of another sample inside 'k1'"):
         sample_from_bytes(sample_bytes([("k1.jpg", b"J"), ("k2.cls", b"3")]), "s.tar")
+
+
+def test_an_entry_with_offsets_not_matching_its_samples_is_refused():
+    a = ShardIndex(size=4096)
+    a.add(0, "a0")
+    with pytest.raises(ValueError, match=r"^shard 0 of the index has 1 samples but 1 offsets$"):
+        encode_index([a])
+
+
+def _offsets_at(data: bytearray, shards: int = 2) -> int:
+    return HEADER + 8 * ((shards + 1) + shards + shards)  # after starts, sizes and flags
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (1 << 62, "mem.index is damaged: a sample offset of 4611686018427387904"),
+        (1000, "mem.index is damaged: a sample offset is not on a 512-byte tar block"),
+    ],
+)
+def test_impossible_offsets_are_damage_by_message(value: int, message: str):
+    data = bytearray(encode_index(two_shards()))
+    at = _offsets_at(data) + 8  # shard 0's second offset (1024)
+    assert np.frombuffer(data, "<u8", 1, at).tolist() == [1024]
+    data[at : at + 8] = np.array([value], "<u8").tobytes()
+    with pytest.raises(ValueError) as e:
+        SampleIndex(bytes(data), "mem.index")
+    assert str(e.value) == message
+
+
+def test_samples_may_end_exactly_at_the_shards_size_but_not_past_it():
+    def one(end: int) -> bytes:
+        a = ShardIndex(size=4096)
+        a.add(0, "a0")
+        a.end(end)
+        return encode_index([a])
+
+    assert SampleIndex(one(4096), "mem.index").locate(0) == (0, 0, 4096, key_crc("a0"))
+    with pytest.raises(ValueError) as e:
+        SampleIndex(one(4608), "mem.index")
+    assert str(e.value) == "mem.index is damaged: shard 0's samples end at byte 4608, past its size 4096"
+
+
+def test_a_sample_going_on_past_its_end_is_seen_through_a_ustar_prefix():
+    """Names over 100 bytes live in the ustar prefix field: the follower's key includes it."""
+    folder = "d" * 120
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name in (f"{folder}/k1.jpg", f"{folder}/k1.cls", f"{folder}/k2.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"abc"))
+    data = buf.getvalue()
+    assert data[257:262] == b"ustar" and data[345:350] == b"ddddd"  # the folder is in the prefix field
+    with pytest.raises(CorruptShardError) as e:
+        sample_from_bytes(data[: 1024 + 512], "mem.tar", length=1024)  # cut before k1.cls
+    assert str(e.value) == (
+        f"the index does not match shard mem.tar: sample '{folder}/k1' goes on past its indexed end "
+        f"(member '{folder}/k1.cls'); rebuild the index with `shardpipe index`"
+    )
+    whole = sample_from_bytes(data[: 2048 + 512], "mem.tar", length=2048)  # followed by k2: fine
+    assert whole == {"__key__": f"{folder}/k1", "jpg": b"abc", "cls": b"abc"}
+
+
+def test_a_follower_without_the_ustar_magic_is_read_by_its_name_alone():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        for name in ("k1.jpg", "k1.cls"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"abc"))
+    data = bytearray(buf.getvalue())
+    data[1024 + 257 : 1024 + 265] = bytes(8)  # an old (v7) header: no magic, so no prefix field
+    with pytest.raises(CorruptShardError, match=r"sample 'k1' goes on past its indexed end \(member 'k1.cls'\)"):
+        sample_from_bytes(bytes(data[: 1024 + 512]), "mem.tar", length=1024)

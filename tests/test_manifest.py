@@ -80,3 +80,61 @@ def test_load_resolves_names_and_the_index_beside_the_manifest(tmp_path: Path):
 def test_written_bytes_are_sorted_and_reproducible(tmp_path: Path):
     url = write_manifest(str(tmp_path / "m.json"), {"shards": [], "b": 1, "a": 2})
     assert Path(url).read_text() == '{\n "a": 2,\n "b": 1,\n "shards": []\n}'
+
+
+# -- where a manifest may point (check_name) ------------------------------------------------------
+def _check(name, rule="inside"):
+    from shardpipe.format.manifest import check_name
+
+    return check_name(name, "m.json", "shard entry 3", rule)
+
+
+def test_check_name_rules_by_exact_message():
+    from shardpipe.format.manifest import ManifestPathError
+
+    for rule in ("inside", "relative", "any"):
+        assert _check("a/b.tar", rule) == "a/b.tar"
+    assert _check("../x.tar", "any") == "../x.tar" and _check("/abs/x.tar", "any") == "/abs/x.tar"
+    assert _check("/abs/x.tar") == "/abs/x.tar" and _check("s3://b/x.tar") == "s3://b/x.tar"
+    leaves = (
+        "manifest m.json: shard entry 3 names {!r}, which leaves the manifest's folder; "
+        "pass manifest_paths='any' if you trust this manifest to point anywhere"
+    )
+    for name in ("../x.tar", "..", "a/../../x.tar", ".", "a/.."):
+        with pytest.raises(ManifestPathError) as e:
+            _check(name)
+        assert str(e.value) == leaves.format(name), name
+    outside = (
+        "manifest m.json: shard entry 3 names {!r}, outside the manifest's folder (manifest_paths='relative' "
+        "allows only names under it; 'inside' allows absolute paths and URLs)"
+    )
+    for name in ("/abs/x.tar", "s3://b/x.tar", "file:x.tar"):
+        with pytest.raises(ManifestPathError) as e:
+            _check(name, "relative")
+        assert str(e.value) == outside.format(name), name
+    with pytest.raises(ValueError) as e:
+        _check("a.tar", "anywhere")
+    assert str(e.value) == "manifest_paths must be one of ('inside', 'relative', 'any'), not 'anywhere'"
+
+
+def test_load_manifest_checks_each_name_with_its_place_and_rule(tmp_path: Path):
+    from shardpipe.format.manifest import ManifestPathError, load_manifest
+
+    path = tmp_path / "manifest.json"
+
+    def write(shards, **extra):
+        path.write_text(json.dumps({"shards": [{"name": n, "samples": 1, "bytes": 1} for n in shards], **extra}))
+
+    write(["a.tar", "../b.tar"])
+    with pytest.raises(ManifestPathError) as e:
+        load_manifest(str(path))
+    assert str(e.value).startswith(f"manifest {path}: shard entry 1 names '../b.tar', which leaves")
+    assert load_manifest(str(path), manifest_paths="any")["shards"][1]["url"] == str(tmp_path / "../b.tar")
+    write(["a.tar", "/abs/b.tar"])
+    assert load_manifest(str(path))["shards"][1]["url"] == "/abs/b.tar"
+    with pytest.raises(ManifestPathError, match=r"shard entry 1 names '/abs/b.tar', outside the manifest's folder"):
+        load_manifest(str(path), manifest_paths="relative")
+    write(["a.tar"], index="../idx.npy")
+    with pytest.raises(ManifestPathError) as e:
+        load_manifest(str(path))
+    assert str(e.value).startswith(f"manifest {path}: the index names '../idx.npy', which leaves")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -66,3 +67,30 @@ def test_the_docs_table_keeps_rows_of_modules_not_run(tool, tmp_path: Path, monk
     rows = [line for line in text.splitlines() if line.startswith("| shardpipe/")]
     assert [row.split(" | ")[0] for row in rows] == ["| shardpipe/split/plan.py", "| shardpipe/io/files.py"]
     assert "| 10/10 | 100% | - |" in rows[0] and "| 1/2 | 50% | `s0` |" in rows[1]
+
+
+def test_a_focused_module_samples_only_its_functions_mutants(tool, tmp_path: Path, monkeypatch):
+    meta = tmp_path / "mutants" / "shardpipe" / "loader.py.meta"
+    meta.parent.mkdir(parents=True)
+    names = [
+        "shardpipe.loader.xǁShardLoaderǁstate_dict__mutmut_2",
+        "shardpipe.loader.xǁShardLoaderǁload_state_dict__mutmut_1",
+        "shardpipe.loader.xǁShardLoaderǁ__iter____mutmut_1",
+        "shardpipe.loader.x_refuse__mutmut_1",
+    ]
+    meta.write_text(json.dumps({"exit_code_by_key": dict.fromkeys(names)}))
+    assert tool.mutant_names(tmp_path, "loader.py") == sorted(names[:2])
+    monkeypatch.setitem(tool.FOCUS, "loader.py", ())
+    assert tool.mutant_names(tmp_path, "loader.py") == sorted(names)
+
+
+def test_rows_with_a_scope_are_kept_by_module(tool, tmp_path: Path, monkeypatch):
+    doc = tmp_path / "mutation.md"
+    monkeypatch.setattr(tool, "DOC", doc)
+    doc.write_text(f"{tool.BEGIN}\n| shardpipe/stages/epochs.py (then split/policies.py) | t | 1 |\n{tool.END}\n")
+    r = tool.ModuleScore("loader.py", ["tests/test_loader_state.py"], total=40)
+    r.statuses = {"shardpipe.loader.a": "killed"}
+    tool.write_doc(tool.render([r], argparse.Namespace(sample=60, seed=26)), [r])
+    rows = [line for line in doc.read_text().splitlines() if line.startswith("| shardpipe/")]
+    assert rows[0] == "| shardpipe/stages/epochs.py (then split/policies.py) | t | 1 |"  # in MODULES' order
+    assert rows[1].startswith("| shardpipe/loader.py (state_dict, load_state_dict) | test_loader_state.py | 40 | 1 |")

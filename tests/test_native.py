@@ -215,3 +215,83 @@ def test_auto_prefers_native_and_logs_once_why_it_cannot(caplog) -> None:
     finally:
         registry.AUTO_ORDER.remove("test-unbuilt")
         registry.DECODERS.unregister("test-unbuilt")
+
+
+class LoggedRegions(native.NativeDecoder):
+    """The native decoder, logging each region it asks libjpeg for: (scale, x, y, width, height)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(**kw)
+        self.regions: list[tuple] = []
+
+    def decode_region(self, data, scale, x, y, width, height):
+        self.regions.append((scale, x, y, width, height))
+        return super().decode_region(data, scale, x, y, width, height)
+
+
+def test_an_integer_box_near_the_output_size_decodes_exactly_the_box() -> None:
+    data = jpeg(10, (500, 375))
+    dec = LoggedRegions()
+    out = dec.decode_crop(data, (40, 60, 100, 120), (100, 120))
+    assert dec.regions == [((1, 1), 60, 40, 120, 100)]  # no margins: resized_crop reflects at the box's edges
+    np.testing.assert_array_equal(out, resized_crop(whole(data), (40, 60, 100, 120), 100, 120))
+
+
+def test_a_fractional_box_decodes_the_filter_margins_around_it() -> None:
+    data = jpeg(10, (500, 375))
+    dec = LoggedRegions()
+    out = dec.decode_crop(data, (40.5, 60, 100, 120), (100, 120))
+    # 4 blocks of 1 pixel + 2 on each side, clipped to the image
+    assert dec.regions == [((1, 1), 54, 34, 186 - 54, 147 - 34)]
+    assert np.abs(out.astype(int) - resized_crop(whole(data), (40.5, 60, 100, 120), 100, 120)).max() <= 1
+    dec.regions.clear()
+    dec.decode_crop(data, (0.5, 0, 100, 120), (100, 120))
+    assert dec.regions == [((1, 1), 0, 0, 126, 107)]
+
+
+def test_a_large_downscale_widens_the_margins_by_the_averaging_block() -> None:
+    """Without a DCT scale, a 400-pixel box to 50 averages blocks of ceil(8 / 3) = 3 pixels first,
+    so the margins are 4 x 3 + 2 = 14 pixels."""
+    data = jpeg(11, (500, 375))
+    dec = LoggedRegions(factors=((1, 1),))
+    out = dec.decode_crop(data, (100.5, 50, 40, 400), (40, 50))
+    assert dec.regions == [((1, 1), 50 - 14, 100 - 6, 450 + 14 - 36, 141 + 6 - 94)]
+    assert np.abs(out.astype(int) - resized_crop(whole(data), (100.5, 50, 40, 400), 40, 50)).max() <= 1
+
+
+def test_boxes_outside_the_image_or_empty_are_refused() -> None:
+    dec = native.NativeDecoder()
+    data = jpeg(12, (320, 240))
+    for box in ((0, 0, 10, 0), (0, 0, 0, 10), (-1, 0, 10, 10), (0, -1, 10, 10), (231, 0, 10, 10), (0, 311, 10, 10)):
+        with pytest.raises(ValueError) as e:
+            dec.decode_crop(data, box, (8, 8))
+        assert str(e.value) == f"crop box (top, left, height, width) = {box} is not inside the 320x240 image"
+    assert dec.decode_crop(data, (230, 310, 10, 10), (10, 10)).shape == (10, 10, 3)  # touching the corner
+
+
+def test_restart_intervals_are_used_by_default() -> None:
+    assert native.NativeDecoder().flags == native.INTERVALS
+    assert native.NativeDecoder(intervals=False).flags == 0
+    assert native.NativeDecoder(native.FAST_IDCT).flags == native.FAST_IDCT | native.INTERVALS
+    assert native.NativeDecoder(native.FAST_IDCT, intervals=False).flags == native.FAST_IDCT
+
+
+def test_a_png_falls_back_at_full_size_whatever_scale_the_box_allows() -> None:
+    buf = io.BytesIO()
+    make_image(13, size=(600, 400)).save(buf, "PNG")
+    data = buf.getvalue()
+    box = (50, 100, 300, 400)  # a 1/2 scale would do: PIL decodes a PNG whole all the same
+    out = native.NativeDecoder().decode_crop(data, box, (70, 40))
+    np.testing.assert_array_equal(out, resized_crop(whole(data), box, 70, 40))
+
+
+def test_a_cmyk_jpeg_falls_back_to_a_scaled_pil_decode_mapped_by_the_scale() -> None:
+    """The box picks 1/2 (its height must stay 1.5x the output's 70 rows); PIL decodes at ceil(size / 2),
+    and the box maps by exactly 1/2 (each scaled pixel covers two), not by the rounded-up sizes."""
+    data = jpeg(14, (501, 375), "CMYK")
+    dec = native.NativeDecoder()
+    assert dec.header(data) is None
+    half = PilDecoder().decode_scaled(data, (1, 2))
+    assert half.shape == (188, 251, 3)
+    out = dec.decode_crop(data, (31, 77, 300, 400), (70, 40))
+    np.testing.assert_array_equal(out, resized_crop(half, (15.5, 38.5, 150, 200), 70, 40))

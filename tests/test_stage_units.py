@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shardpipe.errors import DuplicateMemberError, ErrorHandler
+from shardpipe.errors import DuplicateMemberError, ErrorHandler, StateError
 from shardpipe.stages import (
     Context,
     GroupSamples,
@@ -22,7 +22,7 @@ from shardpipe.stages import (
     Stage,
     expand_urls,
 )
-from shardpipe.stages.shards import epoch_order
+from shardpipe.stages.shards import Given, epoch_order
 
 
 def items(n: int) -> list[Shard]:
@@ -307,3 +307,69 @@ def test_grouping_state_before_the_first_reset_is_the_source_start():
     members = [member(A, "k1.jpg"), member(A, "k2.jpg")]
     state = json.loads(json.dumps(Pipeline([Members(members), GroupSamples()], Context()).get_state()))
     assert state["stages"] == {"source": {"pos": 0}}
+
+
+@pytest.mark.servers
+def test_expand_urls_globs_a_remote_store_with_the_storage_options(s3_store):
+    for name in ("glob/a-0.tar", "glob/a-1.tar", "glob/b-0.tar"):
+        s3_store.put(name, b"x")
+    shards = expand_urls(s3_store.url("glob/a-*.tar"), s3_store.options())
+    assert [(s.url, s.index) for s in shards] == [(s3_store.url("glob/a-0.tar"), 0), (s3_store.url("glob/a-1.tar"), 1)]
+
+
+def test_manifest_shards_are_numbered_from_zero_by_default():
+    from shardpipe.stages.shards import manifest_shards
+
+    doc = {"shards": [{"url": "a.tar", "samples": 3, "bytes": 30, "sha256": "ab"}, {"url": "b.tar"}]}
+    assert manifest_shards(doc) == [Shard("a.tar", 0, 3, 30, "ab"), Shard("b.tar", 1, None, None, None)]
+    assert [s.index for s in manifest_shards(doc, first=5)] == [5, 6]
+
+
+def test_an_endless_plans_position_is_bounded_by_message():
+    from shardpipe.split.plan import ResampledShards
+    from shardpipe.stages.shards import MAX_ENDLESS_POS
+    from shardpipe.state import StateCheck
+
+    shards = items(4)
+    listing = ShardList(shards, plan=lambda ctx: ResampledShards(shards, ctx.seed, ctx.epoch, 0))
+    Pipeline([listing], Context(seed=2))
+    given = listing.check_state({"pos": MAX_ENDLESS_POS}, StateCheck(), None)
+    assert given.count == MAX_ENDLESS_POS and given.last == ResampledShards(shards, 2, 0, 0)[MAX_ENDLESS_POS - 1]
+    with pytest.raises(StateError) as e:
+        listing.check_state({"pos": MAX_ENDLESS_POS + 1}, StateCheck(), None)
+    assert str(e.value) == (
+        f"state['pos']: must be <= {MAX_ENDLESS_POS} (draws of an endless plan), got {MAX_ENDLESS_POS + 1}"
+    )
+
+
+@pytest.mark.parametrize("worker", [0, 1, 2])
+def test_split_shards_check_state_names_the_last_shard_only_when_it_came_here(worker: int):
+    """For every state of a real run, what check_state passes up agrees with last_given()."""
+    from shardpipe.state import StateCheck
+
+    listing, split = ShardList(items(10)), SplitShards("worker")
+    pipe = Pipeline([listing, split], Context(worker=worker, num_workers=3))
+    pipe.reset()
+    seen = []
+    while True:
+        try:
+            seen.append(split.next())
+        except StopIteration:
+            break
+        below = listing.check_state(listing.get_state(), StateCheck(), None)
+        got = split.check_state(split.get_state(), StateCheck(), below)
+        assert got == Given(below.count, split.last_given()) and got.last is seen[-1]
+    assert [s.index for s in seen] == list(range(worker, 10, 3))
+    # a count whose last shard went to another worker passes up no shard
+    other = Given(worker + 2, items(10)[worker + 1])
+    assert split.check_state({"seen": worker + 2}, StateCheck(), other) == Given(worker + 2, None)
+
+
+def test_a_shuffle_state_cannot_have_emitted_more_than_the_buffer_holds():
+    from shardpipe.state import StateCheck
+
+    shuffle = Shuffle(4)
+    assert shuffle.check_state({"emitted": 4}, StateCheck("s"), "below") == "below"
+    with pytest.raises(StateError) as e:
+        shuffle.check_state({"emitted": 5}, StateCheck("s"), "below")
+    assert str(e.value) == "s['emitted']: must be <= 4 (the shuffle buffer's size), got 5"

@@ -225,3 +225,102 @@ def test_timed_reader_seeks_relative_to_the_bytes_it_handed_out():
     assert reader.read(2) == b"bc"
     reader = _TimedReader(raw := io.BytesIO(b"abcdef"), prefix=raw.read(2))
     assert reader.read(1) == b"a" and reader.read(3) == b"bcd" and reader.read() == b"ef"
+
+
+# one member s00.bin of 1000 bytes: header 0-511, data 512-1511, padding 1512-1535, then the next header
+@pytest.mark.parametrize(
+    "cut, message",
+    [
+        (1200, "ends inside member 's00.bin' (header at byte 0) at byte 1200"),
+        (1511, "ends inside member 's00.bin' (header at byte 0) at byte 1511"),
+        (1512, "ends inside the padding of member 's00.bin' (header at byte 0) at byte 1512"),
+        (1530, "ends inside the padding of member 's00.bin' (header at byte 0) at byte 1530"),
+        (1636, "ends at byte 1636 without the end-of-archive marker"),
+    ],
+)
+@pytest.mark.parametrize("seekable", [True, False])
+def test_a_cut_after_a_skipped_member_is_told_where_it_really_ends(cut: int, message: str, seekable: bool):
+    data, _ = tar_of_sizes([1000, 10])
+    tar = TarStream(CountingStream(data[:cut], seekable), "mem.tar", compressed=False)
+    assert tar.next_header() == ("s00.bin", 1000)
+    with pytest.raises(TruncatedShardError) as e:
+        tar.skip_data()  # a seek succeeds past the end: the cut shows at the next header
+        tar.next_header()
+    assert str(e.value) == f"truncated tar: shard mem.tar {message}"
+
+
+def test_a_seekable_stream_shorter_than_a_header_is_not_inside_a_member():
+    tar = TarStream(CountingStream(bytes(100), True), "mem.tar", compressed=False)
+    with pytest.raises(TruncatedShardError) as e:
+        tar.next_header()
+    assert str(e.value) == "truncated tar: shard mem.tar ends at byte 100 without the end-of-archive marker"
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+def test_skipping_twice_steps_over_the_member_once(seekable: bool):
+    data, members = tar_of_sizes([1000, 10])
+    tar = TarStream(CountingStream(data, seekable), "mem.tar", compressed=False)
+    tar.next_header()
+    tar.skip_data()
+    tar.skip_data()
+    assert tar.offset == members[1].offset
+    assert tar.next_member() == ("s01.bin", bytes([2]) * 10)
+
+
+def test_a_member_size_limit_of_zero_allows_only_empty_members():
+    data, _ = tar_of_sizes([0, 1])
+    tar = TarStream(io.BytesIO(data), "mem.tar", compressed=False, max_member_size=0)
+    assert tar.next_member() == ("s00.bin", b"")
+    with pytest.raises(CorruptShardError):
+        tar.next_member()
+    with pytest.raises(ValueError, match=r"^max_member_size must be >= 0 or None, not -1$"):
+        TarStream(io.BytesIO(data), "mem.tar", max_member_size=-1)
+
+
+@pytest.mark.parametrize("seekable", [True, False])
+@pytest.mark.parametrize(
+    "cut, inside", [(1200, "member"), (1512, "the padding of member"), (1530, "the padding of member")]
+)
+def test_a_cut_while_reading_a_member_names_the_byte_where_it_ends(cut: int, inside: str, seekable: bool):
+    data, _ = tar_of_sizes([1000, 10])
+    tar = TarStream(CountingStream(data[:cut], seekable), "mem.tar", compressed=False)
+    with pytest.raises(TruncatedShardError) as e:
+        tar.next_member()
+    assert (
+        str(e.value) == f"truncated tar: shard mem.tar ends inside {inside} 's00.bin' (header at byte 0) at byte {cut}"
+    )
+
+
+def test_read_seconds_count_only_the_time_spent_reading():
+    import time
+
+    data, _ = tar_of_sizes([1000, 10])
+    t0 = time.perf_counter()
+    tar = TarStream(io.BytesIO(data), "mem.tar")  # sniffs the gzip magic: a prefix read later
+    while tar.next_member():
+        pass
+    elapsed = time.perf_counter() - t0
+    assert 0 < tar.read_seconds <= elapsed
+
+
+def test_the_timed_reader_returns_its_sniffed_prefix_first_whatever_the_read_size():
+    from shardpipe.format.tar.reader import _TimedReader
+
+    def sniffed() -> _TimedReader:
+        raw = io.BytesIO(b"abcdef")
+        return _TimedReader(raw, prefix=raw.read(2))  # as TarStream does: the first bytes, already read
+
+    assert sniffed().read() == b"abcdef" and sniffed().read(-1) == b"abcdef"
+    r = sniffed()
+    assert [r.read(1), r.read(3), r.read(5)] == [b"a", b"bcd", b"ef"]
+    r = sniffed()
+    assert r.seek(1, 1) == 1 and r.read() == b"bcdef"  # a relative seek from the logical start
+
+
+def test_a_stream_resumed_at_its_very_end_has_no_member_to_be_inside():
+    stream = io.BytesIO(bytes(512))
+    stream.seek(512)
+    tar = TarStream(stream, "mem.tar", 512, compressed=False)
+    with pytest.raises(TruncatedShardError) as e:
+        tar.next_header()
+    assert str(e.value) == "truncated tar: shard mem.tar ends at byte 512 without the end-of-archive marker"

@@ -47,10 +47,24 @@ MODULES: dict[str, list[str]] = {
     "stages/shards.py": ["tests/test_stages.py", "tests/test_stage_units.py", "tests/test_split.py"],
     "io/files.py": ["tests/test_io.py", "tests/test_files.py", "tests/test_cache.py"],
     "io/cache.py": ["tests/test_cache.py", "tests/test_cache_local.py"],
-    "stages/block.py": ["tests/test_stages.py", "tests/test_block_shuffle.py"],
-    "io/remote.py": ["tests/test_remote.py", "tests/test_retry_policy.py"],
+    "stages/block.py": ["tests/test_block_reads.py", "tests/test_block_shuffle.py"],
+    "io/remote.py": [
+        "tests/test_remote_units.py",
+        "tests/test_retry_policy.py",
+        "tests/test_io.py",
+        "tests/test_remote_pin.py",
+        "tests/test_remote.py",
+    ],
+    "io/stream.py": ["tests/test_stream_units.py", "tests/test_remote_window.py", "tests/test_remote.py"],
     "serve/wire.py": ["tests/test_serve_wire.py"],
     "image/decoders/native.py": ["tests/test_native.py"],
+    "state.py": ["tests/test_state_checks.py", "tests/test_trust_state.py", "tests/test_resume.py"],
+    "loader.py": ["tests/test_loader_state.py", "tests/test_resume.py"],
+}
+
+#: modules of which only some functions are measured: mutants whose name holds one of these
+FOCUS: dict[str, tuple[str, ...]] = {
+    "loader.py": ("ǁShardLoaderǁstate_dict__", "ǁShardLoaderǁload_state_dict__"),
 }
 
 CAUGHT = {"killed", "timeout", "segfault", "caught by type check"}
@@ -126,8 +140,11 @@ def scratch_copy(module: str, tests: list[str], workdir: Path, root: Path) -> No
 
 
 def mutant_names(workdir: Path, module: str) -> list[str]:
+    """The module's mutants (only those of its ``FOCUS`` functions, where it has any), sorted."""
     meta = workdir / "mutants" / "shardpipe" / (module + ".meta")
-    return sorted(json.loads(meta.read_text())["exit_code_by_key"])
+    names = json.loads(meta.read_text())["exit_code_by_key"]
+    focus = FOCUS.get(module)
+    return sorted(n for n in names if not focus or any(f in n for f in focus))
 
 
 def run_module(module: str, tests: list[str], args: argparse.Namespace, equivalent: dict[str, str]) -> ModuleScore:
@@ -178,8 +195,10 @@ def render(results: list[ModuleScore], args: argparse.Namespace) -> str:
     for r in results:
         survivors = ", ".join(f"`{n.rsplit('.', 1)[-1]}`" for n in r.survivors) or "-"
         tests = " ".join(Path(t).name for t in r.tests)
+        focus = FOCUS.get(r.module)
+        scope = f" ({', '.join(f.strip('_').rsplit('ǁ', 1)[-1] for f in focus)})" if focus else ""
         lines.append(
-            f"| shardpipe/{r.module} | {tests} | {r.total} | {len(r.statuses)} | {len(r.equivalent)} "
+            f"| shardpipe/{r.module}{scope} | {tests} | {r.total} | {len(r.statuses)} | {len(r.equivalent)} "
             f"| {r.caught}/{len(r.scored)} | {r.score:.0f}% | {survivors} |"
         )
     return "\n".join(lines) + "\n"
@@ -200,12 +219,12 @@ def write_doc(table: str, results: list[ModuleScore]) -> None:
     old, tail = rest.split(END, 1)
     rows = {}
     for line in old.splitlines():
-        m = re.match(r"\| shardpipe/(\S+) \|", line)
+        m = re.match(r"\| shardpipe/(\S+)[^|]*\|", line)
         if m:
             rows[m.group(1)] = line
     new_lines = table.splitlines()
     for line in new_lines:
-        m = re.match(r"\| shardpipe/(\S+) \|", line)
+        m = re.match(r"\| shardpipe/(\S+)[^|]*\|", line)
         if m:
             rows[m.group(1)] = line
     header = [line for line in new_lines if not line.startswith("| shardpipe/")]

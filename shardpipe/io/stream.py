@@ -35,6 +35,7 @@ from shardpipe.io.remote import ReadOptions, is_retryable
 log = logging.getLogger("shardpipe")
 
 MAX_DEMAND = 8.0 * (1 << 30)  # bytes/s: a ceiling on the demand estimate
+_RECHECK = 0.05  # seconds between looks at whether a read waiting for memory was sent meanwhile
 
 
 class _Request:
@@ -281,11 +282,18 @@ class ResumableReader(io.BufferedIOBase):
         """Nothing in flight and a block is needed: wait for the budget rather than give up."""
         n = min(self._req_size, self.size - self._pos, self.budget.share())
         n = max(n, 1)
-        if not self.budget.acquire(n, self.options.timeout):
-            raise ShardReadError(
-                f"{self.url}: no memory for the read at byte {self._pos}: the {self.budget.limit}-byte "
-                f"memory_limit stayed in use by other streams for {self.options.timeout} s"
-            )
+        deadline = time.monotonic() + self.options.timeout
+        # in slices: the bytes freed may go to this stream's own wake-up (``_on_freed``), which then
+        # sends the request this read waits for
+        while not self.budget.acquire(n, min(_RECHECK, max(0.0, deadline - time.monotonic()))):
+            with self._lock:
+                if self._pending:
+                    return
+            if time.monotonic() >= deadline:
+                raise ShardReadError(
+                    f"{self.url}: no memory for the read at byte {self._pos}: the {self.budget.limit}-byte "
+                    f"memory_limit stayed in use by other streams for {self.options.timeout} s"
+                )
         with self._lock:
             if not self._pending:  # (a wake-up from the budget may have sent it meanwhile)
                 self._next = self._pos + n
