@@ -270,10 +270,10 @@ def test_boxes_outside_the_image_or_empty_are_refused() -> None:
 
 
 def test_restart_intervals_are_used_by_default() -> None:
-    assert native.NativeDecoder().flags == native.INTERVALS
-    assert native.NativeDecoder(intervals=False).flags == 0
-    assert native.NativeDecoder(native.FAST_IDCT).flags == native.FAST_IDCT | native.INTERVALS
-    assert native.NativeDecoder(native.FAST_IDCT, intervals=False).flags == native.FAST_IDCT
+    assert native.NativeDecoder().flags == native.INTERVALS | native.CMYK
+    assert native.NativeDecoder(intervals=False).flags == native.CMYK
+    assert native.NativeDecoder(native.FAST_IDCT).flags == native.FAST_IDCT | native.INTERVALS | native.CMYK
+    assert native.NativeDecoder(native.FAST_IDCT, intervals=False).flags == native.FAST_IDCT | native.CMYK
 
 
 def test_a_png_falls_back_at_full_size_whatever_scale_the_box_allows() -> None:
@@ -289,9 +289,17 @@ def test_a_cmyk_jpeg_falls_back_to_a_scaled_pil_decode_mapped_by_the_scale() -> 
     """The box picks 1/2 (its height must stay 1.5x the output's 70 rows); PIL decodes at ceil(size / 2),
     and the box maps by exactly 1/2 (each scaled pixel covers two), not by the rounded-up sizes."""
     data = jpeg(14, (501, 375), "CMYK")
-    dec = native.NativeDecoder()
+
+    class PilForCmyk(native.NativeDecoder):  # CMYK routed to PIL, as before the native CMYK path
+        def accepts(self, hdr) -> bool:
+            return hdr.turbo_decodable
+
+    dec = PilForCmyk()
     assert dec.header(data) is None
     half = PilDecoder().decode_scaled(data, (1, 2))
     assert half.shape == (188, 251, 3)
     out = dec.decode_crop(data, (31, 77, 300, 400), (70, 40))
     np.testing.assert_array_equal(out, resized_crop(half, (15.5, 38.5, 150, 200), 70, 40))
+    # the native CMYK path decodes only the box, at the same scale, to the same bytes
+    assert native.NativeDecoder().header(data) is not None
+    np.testing.assert_array_equal(native.NativeDecoder().decode_crop(data, (31, 77, 300, 400), (70, 40)), out)
