@@ -9,6 +9,7 @@ With the manifest every rank gets the same number of batches, so no rank waits o
 """
 
 import argparse
+import sys
 
 import torch
 import torch.distributed as dist
@@ -43,7 +44,8 @@ def main() -> None:
             loss.backward()  # all-reduce: every rank must run the same number of steps
             optimizer.step()
             batches += 1
-        print(f"rank {rank}: epoch {epoch}: {batches} batches")
+        sys.stdout.write(f"rank {rank}: epoch {epoch}: {batches} batches\n")  # one write: the ranks share stdout
+        sys.stdout.flush()
     dist.destroy_process_group()
 
 
