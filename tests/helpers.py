@@ -106,6 +106,15 @@ def ks_statistic(a, b) -> float:
 
 
 # -- child processes: each in its own process group, killed whole ----------------------
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` is running (a zombie, exited but not reaped, is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def spawn(cmd: list[str], **kwargs) -> subprocess.Popen:
     """Start ``cmd`` as the leader of a new process group (its DataLoader workers, servers and
     other children join it), so :func:`kill_group` can end all of them."""

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from .helpers import process_groups, run_in_group
+from .helpers import alive, process_groups, run_in_group
 
 # a child that starts a grandchild (like a rank starting DataLoader workers), prints its pid, then waits
 PARENT = (
@@ -18,14 +18,6 @@ PARENT = (
     "print(g.pid, flush=True)\n"
     "time.sleep(120)\n"
 )
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def gone_soon(pid: int, seconds: float = 10) -> bool:

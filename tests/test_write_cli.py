@@ -18,7 +18,7 @@ from shardpipe.devtools.synth import make_image, make_jpeg
 from shardpipe.write import outfiles
 from shardpipe.write.job import PROGRESS, write_shards
 
-from .helpers import kill_group, spawn
+from .helpers import alive, kill_group, spawn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,14 +130,6 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds worker processes through /proc")
 def test_killed_write_leaves_complete_shards_and_resume_matches_a_clean_run(photos: Path, tmp_path: Path, capsys):
     clean = tmp_path / "clean"
@@ -169,9 +161,9 @@ def test_killed_write_leaves_complete_shards_and_resume_matches_a_clean_run(phot
         )
         assert len(workers) == 2
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(_alive(p) for p in workers), "worker processes outlived the killed writer"
+        assert not any(alive(p) for p in workers), "worker processes outlived the killed writer"
     finally:
         kill_group(proc)  # whatever is left of it, also when an assertion above failed
 
