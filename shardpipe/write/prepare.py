@@ -106,7 +106,7 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
+        pass
     return True
 
 
@@ -168,15 +168,15 @@ def prepared(
 
 
 def _process_context(source: Source, opts: PrepareOptions) -> Any:
-    """How the worker processes start: as the loader's workers do (``shardpipe.workers.choose_context``).
+    """How the worker processes start: as the loader's workers do (``shardpipe.worker_context``).
 
     Fork when this process has no other thread (nothing re-imported); beside other threads
     (a user's, a progress bar's), shardpipe's forkserver, because a fork while another thread
     holds a lock can hang a worker forever; the program's own start method when it chose one.
     """
-    from shardpipe.workers import choose_context
+    from shardpipe.workers import worker_context
 
-    chosen = choose_context("auto", (source, opts))
+    chosen = worker_context((source, opts))
     context = chosen if chosen is not None else mp.get_context()
     log.debug("write workers start by %s", type(context).__name__)
     return context
