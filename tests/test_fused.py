@@ -22,7 +22,7 @@ from shardpipe.augment import (
 )
 from shardpipe.devtools.synth import make_image
 from shardpipe.errors import DecodeError
-from shardpipe.image.decoders.base import POWER_OF_TWO_SCALES, pick_scale
+from shardpipe.image.decoders.base import POWER_OF_TWO_SCALES, SCALE_MARGIN, pick_scale
 from shardpipe.image.fused import FusedDecoder, build_image_fn
 
 from .helpers import DECODER_BACKENDS, decoder_or_skip
@@ -101,11 +101,14 @@ def test_large_image_uses_a_dct_scale() -> None:
     assert pick_scale(300, 250, 224, 224, POWER_OF_TWO_SCALES, **exact) == (1, 1)
     assert pick_scale(448, 448, 224, 224, POWER_OF_TWO_SCALES, **exact) == (1, 2)
     assert pick_scale(447, 448, 224, 224, POWER_OF_TWO_SCALES, **exact) == (1, 1)
-    # the default margin (1.5): the scaled box stays >= 336 px, so the resize still antialiases
-    assert pick_scale(900, 800, 224, 224, eighths) == (1, 2)  # 450x400; 3/8 gives 337x300 < 336 rows
-    assert pick_scale(672, 672, 224, 224, POWER_OF_TWO_SCALES) == (1, 2)
-    assert pick_scale(671, 672, 224, 224, POWER_OF_TWO_SCALES) == (1, 1)
-    assert pick_scale(1000, 1000, 224, 224, ((1, 1), (1, 4))) == (1, 1)
+    # the default margin (1.25): the scaled box stays >= 280 px, so the resize still antialiases
+    assert SCALE_MARGIN == 1.25
+    assert pick_scale(900, 800, 224, 224, eighths) == (3, 8)  # 337x300; 1/4 gives 225x200 < 280
+    assert pick_scale(746, 800, 224, 224, eighths) == (1, 2)  # 3/8 gives 279.75 columns < 280
+    assert pick_scale(560, 560, 224, 224, POWER_OF_TWO_SCALES) == (1, 2)
+    assert pick_scale(559, 560, 224, 224, POWER_OF_TWO_SCALES) == (1, 1)
+    assert pick_scale(1000, 1000, 224, 224, ((1, 1), (1, 4))) == (1, 1)  # 250 < 280
+    assert pick_scale(1120, 1120, 224, 224, ((1, 1), (1, 4))) == (1, 4)
 
 
 @pytest.mark.parametrize("name", ["native", "turbo", "simplejpeg", "pil"])

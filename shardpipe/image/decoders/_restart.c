@@ -20,7 +20,7 @@
 #include "_restart.h"
 
 struct frame {
-    unsigned width, height, ncomp, hmax, vmax;
+    unsigned width, height, ncomp, hmax, vmax, hmin, vmin;
     size_t sof;       /* offset of the SOF segment's length field */
     size_t scan_data; /* first byte of entropy-coded data (after the SOS segment) */
     unsigned dri;
@@ -51,11 +51,14 @@ static int parse_frame(const unsigned char *d, size_t n, struct frame *f) {
             f->ncomp = d[pos + 7];
             if (f->width == 0 || f->height == 0 || (f->ncomp != 1 && f->ncomp != 3) || len < 8 + 3 * f->ncomp)
                 return 0;
+            f->hmin = f->vmin = 4;
             for (unsigned c = 0; c < f->ncomp; c++) {
                 unsigned h = d[pos + 9 + 3 * c] >> 4, v = d[pos + 9 + 3 * c] & 15;
                 if (h < 1 || h > 4 || v < 1 || v > 4) return 0;
                 if (h > f->hmax) f->hmax = h;
                 if (v > f->vmax) f->vmax = v;
+                if (h < f->hmin) f->hmin = h;
+                if (v < f->vmin) f->vmin = v;
             }
             have_frame = 1;
         } else if (marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC) {
@@ -101,6 +104,13 @@ int restart_grid(const unsigned char *data, size_t size, struct interval_grid *g
     return frame_grid(&f, grid);
 }
 
+/* Two chroma samples of a component subsampled by `ratio`, in pixels of the image scaled by
+ * scale_num/8 (at least one pixel). */
+static unsigned chroma_margin(unsigned ratio, unsigned scale_num) {
+    unsigned m = (2 * ratio * scale_num + 7) / 8;
+    return m > 0 ? m : 1;
+}
+
 struct span {
     size_t start, end;
 };
@@ -109,7 +119,7 @@ int restart_subimage(const unsigned char *data, size_t size, unsigned scale_num,
                      unsigned width, unsigned height, unsigned long long max_pixels, struct subimage *sub) {
     struct frame f;
     struct interval_grid g;
-    unsigned sw, sh, c0, c1, r0, r1, a, b, g0, g1, cols, total, k_last, found = 0;
+    unsigned sw, sh, mx, my, c0, c1, r0, r1, a, b, g0, g1, cols, total, k_last, found = 0;
     unsigned long long intervals;
     struct span *spans;
     size_t pos, nspans, out_size;
@@ -123,17 +133,19 @@ int restart_subimage(const unsigned char *data, size_t size, unsigned scale_num,
     sub->full_w = (f.width * scale_num + 7) / 8;
     sub->full_h = (f.height * scale_num + 7) / 8;
     if (x >= sub->full_w || width > sub->full_w - x || y >= sub->full_h || height > sub->full_h - y) return 0;
-    /* the box in MCUs of the scaled image, one MCU of margin where there is one */
+    /* the box in MCUs of the scaled image, widened by two chroma samples (libjpeg's fancy
+     * upsampling reads one chroma sample beyond each output pixel's own: at the sub-image's
+     * edge it would repeat the edge sample instead) */
     sw = g.mcu_w * scale_num / 8;
     sh = g.mcu_h * scale_num / 8;
-    c0 = x / sw;
-    c1 = (x + width - 1) / sw;
-    r0 = y / sh;
-    r1 = (y + height - 1) / sh;
-    c0 = c0 > 0 ? c0 - 1 : 0;
-    r0 = r0 > 0 ? r0 - 1 : 0;
-    c1 = c1 + 1 < g.mcus_per_row ? c1 + 1 : g.mcus_per_row - 1;
-    r1 = r1 + 1 < g.mcu_rows ? r1 + 1 : g.mcu_rows - 1;
+    mx = chroma_margin(f.ncomp == 1 ? 1 : (f.hmax + f.hmin - 1) / f.hmin, scale_num);
+    my = chroma_margin(f.ncomp == 1 ? 1 : (f.vmax + f.vmin - 1) / f.vmin, scale_num);
+    c0 = (x > mx ? x - mx : 0) / sw;
+    c1 = (x + width - 1 + mx < sub->full_w ? x + width - 1 + mx : sub->full_w - 1) / sw;
+    r0 = (y > my ? y - my : 0) / sh;
+    r1 = (y + height - 1 + my < sub->full_h ? y + height - 1 + my : sub->full_h - 1) / sh;
+    if (c1 >= g.mcus_per_row) c1 = g.mcus_per_row - 1;
+    if (r1 >= g.mcu_rows) r1 = g.mcu_rows - 1;
     /* ... in intervals: columns [a, b), row groups [g0, g1) */
     a = g.per_row > 1 ? c0 / g.interval : 0;
     b = g.per_row > 1 ? c1 / g.interval + 1 : 1;

@@ -26,8 +26,8 @@ struct subimage {
 };
 
 /* A baseline JPEG holding only the restart intervals that cover the box (x, y, width,
- * height) of the image scaled by scale_num/8, plus one MCU around it where the image has
- * one. Returns 1 and fills `sub` when the file allows it and it saves work; 0 otherwise
+ * height) of the image scaled by scale_num/8, widened by two chroma samples on each side.
+ * Returns 1 and fills `sub` when the file allows it and it saves work; 0 otherwise
  * (no usable restart intervals, inconsistent markers, a box that needs the whole image,
  * more than max_pixels): the caller decodes the original. Never reads outside `data`. */
 int restart_subimage(const unsigned char *data, size_t size, unsigned scale_num, unsigned x, unsigned y,
