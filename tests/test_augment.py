@@ -315,3 +315,51 @@ def test_normalize_rejects_what_it_cannot_do() -> None:
         normalize(batch, std=(0.2, 0.0, 0.2))
     with pytest.raises(TypeError, match="dtype must be a floating point type"):
         normalize(batch, dtype=torch.int32)
+
+
+def test_sample_rngs_give_the_streams_of_sample_rng_and_survive_a_pickle() -> None:
+    """The decode stage's reusable generators draw exactly what ``sample_rng`` draws, whatever the
+    previous sample left in the shared bit generator (half-used 32-bit draws, a buffered counter),
+    on every thread, and after a pickle (a worker's copy)."""
+    import pickle
+    import threading
+
+    from shardpipe.augment.base import SampleRngs
+
+    rngs = pickle.loads(pickle.dumps(SampleRngs()))
+    for i in range(200):
+        seed, epoch, key = i % 3, i % 5, f"sample-{i:06d}" if i % 7 else "ключ-é"
+        got, want = rngs(seed, epoch, key), sample_rng(seed, epoch, key)
+        assert got.integers(0, 1 << 32, dtype=np.uint32) == want.integers(0, 1 << 32, dtype=np.uint32)
+        np.testing.assert_array_equal(got.random(5), want.random(5))
+        assert got.uniform(0.08, 1.0) == want.uniform(0.08, 1.0)
+        got.integers(0, 1 << 32, dtype=np.uint32)  # leaves a buffered half draw behind
+    assert rngs(1, 2, "k").random() != rngs(1, 3, "k").random()  # epoch matters
+
+    out: dict[int, list[float]] = {}
+
+    def draw(t: int) -> None:
+        out[t] = [float(rngs(0, 0, f"t{t}-{j}").random()) for j in range(300)]
+
+    threads = [threading.Thread(target=draw, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for t in range(4):
+        assert out[t] == [float(sample_rng(0, 0, f"t{t}-{j}").random()) for j in range(300)]
+
+
+def test_sample_rng_keeps_all_64_bits_of_the_key_digest() -> None:
+    """Half of all digests are >= 2**63; a Philox key given as a list of ints went through
+    float64 and kept only their top 53 bits (two keys 1,000 apart in the digest collided)."""
+    import hashlib
+
+    seen_high = 0
+    for i in range(64):
+        key = f"sample-{i:06d}"
+        digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+        state = sample_rng(7, 3, key).bit_generator.state["state"]["key"]
+        assert [int(v) for v in state] == [(7 << 32) | 3, digest], key
+        seen_high += digest >= 1 << 63
+    assert 0 < seen_high < 64  # both halves were checked

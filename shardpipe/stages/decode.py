@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from shardpipe.augment import as_transform, at_epoch, sample_rng
+from shardpipe.augment import as_transform, at_epoch
+from shardpipe.augment.base import SampleRngs
 from shardpipe.augment.schedule import has_schedule
 from shardpipe.errors import DecodeError
 from shardpipe.format.fields import decode_field
@@ -65,6 +66,7 @@ class SampleDecoder:
         self._seed_epoch = ctx_seed_epoch
         self._add_time = add_time or (lambda name, seconds, items: None)
         self._where = where or (lambda stage, url: None)
+        self._rngs = SampleRngs()  # each generator lives only while its sample is decoded
 
     def _build(self, transform: Callable[..., Any] | None) -> None:
         # fused: one function decodes and augments (crop-aware decode); else two, timed apart
@@ -97,7 +99,7 @@ class SampleDecoder:
                     rng = None
                     if self.transform is not None:  # per-sample randomness: same on resume
                         seed, epoch = self._seed_epoch()
-                        rng = sample_rng(seed, epoch, sample["__key__"])
+                        rng = self._rngs(seed, epoch, sample["__key__"])
                     img = self._image_fn(value, rng)  # type: ignore[arg-type]
                     if self._augment is not None:
                         t1 = time.perf_counter()
@@ -153,6 +155,7 @@ class Augment(ParallelMap):
     def __init__(self, transform: Callable[..., Any], num_threads: int = 0):
         self.transform = as_transform(transform)
         self._current = self.transform
+        self._rngs = SampleRngs()
         super().__init__(self._apply, num_threads)
 
     def reset(self, state: State | None = None) -> None:
@@ -161,7 +164,7 @@ class Augment(ParallelMap):
 
     def _apply(self, sample: Sample) -> Sample:
         t0 = time.perf_counter()
-        rng = sample_rng(self.ctx.seed, self.ctx.epoch, sample["__key__"])
+        rng = self._rngs(self.ctx.seed, self.ctx.epoch, sample["__key__"])
         out = dict(sample)
         for ext, value in sample.items():
             if isinstance(value, np.ndarray) and ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
