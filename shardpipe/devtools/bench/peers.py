@@ -151,9 +151,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     if peers:
         best = min(peers, key=lambda r: r["cpu_ms"])
         x = best["cpu_ms"] / sp["cpu_ms"]
-        out.append(
-            f"CPU ms/img: best peer ({best['name']}) / shardpipe = {x:.2f}x (target >= 1.5x: {_met(x >= 1.5)})"
-        )
+        out.append(f"CPU ms/img: best peer ({best['name']}) / shardpipe = {x:.2f}x (target >= 1.5x: {_met(x >= 1.5)})")
     if WDS_PIL in by_name:
         x = sp["rate"] / by_name[WDS_PIL]["rate"]
         out.append(f"images/s: shardpipe / webdataset + PIL = {x:.2f}x (target >= 2.5x: {_met(x >= 2.5)})")
