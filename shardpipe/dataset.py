@@ -12,6 +12,7 @@ from shardpipe.errors import ErrorHandler, OnError
 from shardpipe.format.manifest import load_manifest
 from shardpipe.image.fused import fusable
 from shardpipe.indexed import block_shuffle_source
+from shardpipe.io.deferred import DEFER_FROM
 from shardpipe.io.opener import ShardOpener
 from shardpipe.io.urls import single_manifest
 from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions, build_groups
@@ -353,6 +354,9 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
             stages.append(RequireFields(self.require))
         if self.buffer_size and self.indexed is None:
             stages.append(Shuffle(self.buffer_size))
+            for stage in stages:  # the shuffle reads what the window holds as it emits it
+                if isinstance(stage, Untar):
+                    stage.defer_from = DEFER_FROM
         dec = self.decode_options
         if dec.decode is not None:
             stages.append(

@@ -5,7 +5,8 @@ from (seed, epoch, consumer, window number), then reads the next window. Its sta
 three things: the source's state at the start of the window, the window number, and
 how many of the window's samples were already emitted. Resuming re-reads one window of
 *compressed* bytes (no decode) and skips what was emitted; the buffer contents are never
-stored in the state. Samples hold compressed bytes, so a buffer of thousands is cheap.
+stored in the state. Samples hold compressed bytes, so a buffer of thousands is cheap; from plain local
+shards they hold only where the bytes are (``Untar(defer_from=...)``), read on emission.
 Combine with shard shuffling and write-time shuffling (``shardpipe write --shuffle``)
 for a near-global shuffle.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from shardpipe.io.deferred import materialize
 from shardpipe.stages.base import Stage, State
 from shardpipe.state import COUNT, StateCheck
 
@@ -74,7 +76,8 @@ class Shuffle(Stage[Any]):
         item = self._window[self._order[self._emitted]]
         self._window[self._order[self._emitted]] = None  # release memory as we go
         self._emitted += 1
-        return item
+        # members an Untar(defer_from=...) left in their file are read now, into memory just freed
+        return materialize(item) if type(item) is dict else item
 
     def get_state(self) -> State:
         if self._window_start is None:  # nothing read yet

@@ -10,6 +10,7 @@ from typing import IO, NamedTuple
 from shardpipe.errors import CorruptShardError, ShardpipeError, ShardReadError, StateError
 from shardpipe.format.sample import split_name
 from shardpipe.format.tar.reader import BLOCK, MAX_MEMBER_SIZE, TarStream
+from shardpipe.io.deferred import DeferredBytes, SharedFile, unbuffered_local
 from shardpipe.io.opener import ShardOpener
 from shardpipe.io.verify import VerifyingReader
 from shardpipe.stages.base import Stage, State
@@ -22,7 +23,8 @@ class Member(NamedTuple):
 
     shard: Shard
     name: str
-    data: bytes
+    #: the bytes, or (``Untar(defer_from=...)``) a record of where they are, read by ``Shuffle``
+    data: bytes | DeferredBytes
     key: str | None  #: from ``split_name``; None for members outside any sample
     ext: str | None
     #: lets ``Untar.state_before`` rebuild the state from just before this member, so a
@@ -71,7 +73,9 @@ class Untar(Stage[Member]):
     known): a difference is a ``CorruptShardError``. ``verify=True`` also hashes every
     shard with a manifest sha256/size as it streams and compares at its end (a consumer
     reading a range of a shard reads the rest too; a resume rereads from the start).
-    ``max_member_size``: see ``TarStream``.
+    ``max_member_size``: see ``TarStream``. ``defer_from``: members of at least this many
+    bytes in plain local shards are left in the file as ``DeferredBytes`` (read when a
+    later ``Shuffle`` emits their sample; ``shardpipe.io.deferred``); None reads them all.
     """
 
     state_fields = {"shard": OPTIONAL}
@@ -83,11 +87,14 @@ class Untar(Stage[Member]):
         *,
         max_member_size: int | None = MAX_MEMBER_SIZE,
         verify: bool = False,
+        defer_from: int | None = None,
     ):
         super().__init__()
         self.opener: Opener = opener if opener is not None else ShardOpener()
         self.max_member_size = max_member_size
         self.verify = verify
+        self.defer_from = defer_from
+        self._file: SharedFile | None = None  # the current shard's descriptor for deferred members
         self._verifier: VerifyingReader | None = None
         self._complete = False  # the current shard was read to its end-of-archive block
         # for endless shard lists (resampling): this many unreadable shards in a row end
@@ -153,6 +160,11 @@ class Untar(Stage[Member]):
         # both start at 0 and discard up to the offset
         start = 0 if compressed or verify else offset
         stream = self._open_stream(shard, start)
+        self._file = None
+        if self.defer_from is not None and not verify and not compressed:
+            local = unbuffered_local(stream, shard.url)
+            if local is not None:
+                stream, self._file = local
         self._verifier = VerifyingReader(stream, shard.url, shard.size, shard.sha256) if verify else None
         self._tar = TarStream(self._verifier or stream, shard.url, start, compressed, self.max_member_size)
         if start != offset:
@@ -162,6 +174,7 @@ class Untar(Stage[Member]):
         if self._tar is not None:
             self._tar.close()
         self._tar, self._shard, self._verifier = None, None, None
+        self._file = None  # deferred members keep it open until they are read
 
     def next(self) -> Member:
         while True:
@@ -244,7 +257,17 @@ class Untar(Stage[Member]):
             if position < shard.start:
                 tar.skip_data()
                 continue
-            return Member(shard, name, tar.read_data(), key, ext, mark)
+            return Member(shard, name, self._data(tar, header[1]), key, ext, mark)
+
+    def _data(self, tar: TarStream, size: int) -> bytes | DeferredBytes:
+        """The member's bytes, or a record of them when deferring (a member the file cuts short
+        fails at the next header, with the error reading it would give: ``TarStream.skip_data``)."""
+        file = self._file
+        if file is not None and size >= self.defer_from:  # type: ignore[operator]
+            at = tar.offset
+            tar.skip_data()
+            return DeferredBytes(file, at, size)
+        return tar.read_data()
 
     def state_before(self, member: Member) -> State:
         """The state from just before ``member`` (which this stage returned earlier)."""

@@ -1,0 +1,137 @@
+"""Deferred member bytes: a shuffle window over plain local shards holds where each large
+member is, and reads it when the sample is emitted (``shardpipe.io.deferred``)."""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+
+import pytest
+
+import shardpipe.dataset as dataset_module
+from shardpipe.dataset import ShardDataset
+from shardpipe.errors import TruncatedShardError
+from shardpipe.io import deferred
+from shardpipe.io.deferred import DeferredBytes, SharedFile, materialize
+from shardpipe.stages.shuffle import Shuffle
+
+from .helpers import make_samples, payload, small_jpeg, write_manifest_dataset, write_shards
+
+
+def _samples(n: int) -> list[dict]:
+    """Members above and below the deferral threshold: a big photo, a payload, a label."""
+    out = make_samples(n)
+    for i, s in enumerate(out):
+        s["jpg"] = small_jpeg(i, (120, 90))
+        s["bin"] = payload(800 + 97 * i, i)  # from 800 bytes (read) to ~4.6 KB (deferred)
+    return out
+
+
+def _read(source, shuffle: int, defer: bool, monkeypatch, **kw) -> list[dict]:
+    monkeypatch.setattr(dataset_module, "DEFER_FROM", deferred.DEFER_FROM if defer else None)
+    return list(ShardDataset(source, seed=3, shuffle=shuffle, decode=None, **kw))
+
+
+def _window_values(ds: ShardDataset) -> list:
+    pipeline = ds.build_pipeline()
+    pipeline.reset(None)
+    pipeline.next()  # fills the first window
+    shuffle = next(s for s in pipeline.stages if isinstance(s, Shuffle))
+    return [v for sample in shuffle._window if sample is not None for v in sample.values()]
+
+
+def test_deferred_samples_are_the_bytes_read_directly_in_the_same_order(tmp_path: Path, monkeypatch) -> None:
+    samples = _samples(60)
+    (tmp_path / "plain").mkdir()
+    plain = write_manifest_dataset(tmp_path / "plain", samples, [20, 25, 15])
+    gz = write_shards(tmp_path, samples[:10], [10], compress="gz")  # a tar.gz shard: never deferred
+    for source in (plain, [*gz, *[str(p) for p in sorted((tmp_path / "plain").glob("*.tar"))]]):
+        got = _read(source, 25, True, monkeypatch)
+        want = _read(source, 25, False, monkeypatch)
+        assert [s["__key__"] for s in got] == [s["__key__"] for s in want]
+        assert got == want  # every field, byte for byte
+        assert all(type(v) is not DeferredBytes for s in got for v in s.values())
+    by_key = {s["__key__"]: s for s in samples}
+    for s in _read(plain, 25, True, monkeypatch):
+        assert s["jpg"] == by_key[s["__key__"]]["jpg"] and s["bin"] == by_key[s["__key__"]]["bin"]
+
+
+def test_the_window_holds_records_for_large_members_only(tmp_path: Path) -> None:
+    manifest = write_manifest_dataset(tmp_path, _samples(30), [30])
+    values = _window_values(ShardDataset(manifest, seed=0, shuffle=20, decode=None))
+    deferred_sizes = [v.size for v in values if type(v) is DeferredBytes]
+    read = [v for v in values if isinstance(v, bytes)]
+    assert deferred_sizes and min(deferred_sizes) >= deferred.DEFER_FROM
+    assert read and all(len(v) < deferred.DEFER_FROM for v in read)  # labels, small payloads
+    # without a shuffle nothing waits in a buffer: members are read as they come
+    no_shuffle = ShardDataset(manifest, shuffle=False, decode=None).build_pipeline()
+    assert all(getattr(s, "defer_from", None) is None for s in no_shuffle.stages)
+
+
+def test_a_resume_inside_a_window_of_deferred_members_continues_exactly(tmp_path: Path) -> None:
+    manifest = write_manifest_dataset(tmp_path, _samples(50), [17, 33])
+    whole = [s["__key__"] for s in ShardDataset(manifest, seed=5, shuffle=20, decode=None)]
+    ds = ShardDataset(manifest, seed=5, shuffle=20, decode=None)
+    it = iter(ds)
+    head = [next(it)["__key__"] for _ in range(27)]
+    state = ds.state_dict()
+    again = ShardDataset(manifest, seed=5, shuffle=20, decode=None)
+    again.load_state_dict(state)
+    assert head + [s["__key__"] for s in again] == whole
+
+
+def test_a_shard_cut_short_after_its_members_were_deferred_is_an_error_naming_it(tmp_path: Path) -> None:
+    manifest = write_manifest_dataset(tmp_path, _samples(12), [12])
+    shard = next(tmp_path.glob("*.tar"))
+    pipeline = ShardDataset(manifest, seed=0, shuffle=12, decode=None).build_pipeline()
+    pipeline.reset(None)
+    pipeline.next()  # the window holds records of the whole shard
+    os.truncate(shard, 2048)
+    with pytest.raises(TruncatedShardError, match=rf"shard {shard}.* changed while it was read: \d+ bytes at byte"):
+        for _ in range(12):
+            pipeline.next()
+
+
+def test_a_truncated_shard_gives_the_same_error_deferred_or_not(tmp_path: Path, monkeypatch) -> None:
+    write_manifest_dataset(tmp_path, _samples(10), [10])
+    shard = next(tmp_path.glob("*.tar"))
+    os.truncate(shard, shard.stat().st_size // 2 + 100)  # inside a member's data
+    errors = []
+    for defer in (True, False):
+        with pytest.raises(TruncatedShardError) as e:
+            _read([str(shard)], 5, defer, monkeypatch)
+        errors.append(str(e.value))
+    assert errors[0] == errors[1] and "truncated tar" in errors[0]
+
+
+def test_open_files_stay_bounded_and_are_closed_when_the_records_go(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(deferred, "MAX_OPEN_FILES", 5)
+    samples = _samples(60)
+    urls = write_shards(tmp_path, samples, [2] * 30)  # 30 tiny shards under one 60-sample window
+    fds_before = len(os.listdir("/proc/self/fd"))
+    ds = ShardDataset(urls, seed=0, shuffle=60, decode=None)
+    values = _window_values(ds)
+    assert SharedFile.live == 5  # five shards deferred, the other 25 read into memory
+    assert len({v.file for v in values if type(v) is DeferredBytes}) == 5
+    assert sorted(s["__key__"] for s in ShardDataset(urls, seed=0, shuffle=60, decode=None)) == sorted(
+        s["__key__"] for s in samples
+    )
+    del values, ds
+    gc.collect()
+    assert SharedFile.live == 0
+    assert len(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def test_materialize_reads_records_and_leaves_other_samples_alone(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(bytes(range(256)) * 4)
+    fd = os.open(path, os.O_RDONLY)
+    file = SharedFile(fd, str(path))
+    sample = {"__key__": "k", "a": DeferredBytes(file, 10, 5), "b": b"xy", "c": 3}
+    assert materialize(sample) == {"__key__": "k", "a": bytes(range(10, 15)), "b": b"xy", "c": 3}
+    plain = {"__key__": "k", "b": b"xy"}
+    assert materialize(plain) is plain
+    assert repr(sample["a"]) == f"DeferredBytes({str(path)!r}, offset=10, size=5)"
+    with pytest.raises(TruncatedShardError, match="changed while it was read: 10 bytes at byte 1020 are now 4"):
+        DeferredBytes(file, 1020, 10).read()
