@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from shardpipe.augment import Compose, RandomHorizontalFlip, RandomResizedCrop, random_resized_crop_box, sample_rng
+from shardpipe.augment import Compose, RandomHorizontalFlip, RandomResizedCrop, random_resized_crop_box
+from shardpipe.augment.base import SampleRngs
 from shardpipe.image.fused import build_image_fn
 
 ImageFn = Callable[[bytes, np.random.Generator], np.ndarray]
@@ -68,15 +69,16 @@ def decode_kernel(decoder: str) -> ImageFn:
 def run_kernel(fn: ImageFn, items: Sequence[bytes], threads: int = 1, cpu_clock: bool = False) -> float:
     """Images/s of ``fn`` over ``items`` on ``threads`` threads (each takes a contiguous slice).
 
-    A fresh per-sample generator is made for each image, as the pipeline does.
+    A per-sample generator is derived for each image, as the pipeline does (``SampleRngs``).
     ``cpu_clock`` (one thread): images per CPU-second of this thread, which other load on
     the machine disturbs far less than wall time.
     """
     keys = [f"sample-{i:06d}" for i in range(len(items))]
+    rngs = SampleRngs()  # per thread
 
     def work(lo: int, hi: int) -> None:
         for i in range(lo, hi):
-            fn(items[i], sample_rng(0, 0, keys[i]))
+            fn(items[i], rngs(0, 0, keys[i]))
 
     if threads <= 1:
         clock = time.thread_time if cpu_clock else time.perf_counter
@@ -100,10 +102,11 @@ def run_kernel_processes(fn: ImageFn, items: Sequence[bytes], processes: int) ->
     ctx = mp.get_context("fork")
     bounds = np.linspace(0, len(items), processes + 1).astype(int)
     keys = [f"sample-{i:06d}" for i in range(len(items))]
+    rngs = SampleRngs()  # per thread
 
     def work(lo: int, hi: int) -> None:
         for i in range(lo, hi):
-            fn(items[i], sample_rng(0, 0, keys[i]))
+            fn(items[i], rngs(0, 0, keys[i]))
 
     procs = [ctx.Process(target=work, args=(int(a), int(b))) for a, b in zip(bounds[:-1], bounds[1:])]
     t0 = time.perf_counter()
