@@ -69,8 +69,8 @@ def unbuffered_local(stream: Any, url: str) -> tuple[io.FileIO, SharedFile] | No
     """For a buffered reader over a regular local file, with nothing read yet: its raw file
     (reads of member data become seeks; no read-ahead copies bytes that are skipped) and a
     shared descriptor for records. ``None`` for anything else, and past ``MAX_OPEN_FILES``."""
-    if type(stream) is not io.BufferedReader or not isinstance(stream.raw, io.FileIO):
-        return None
+    if not hasattr(os, "pread") or type(stream) is not io.BufferedReader or not isinstance(stream.raw, io.FileIO):
+        return None  # (no os.pread on Windows)
     if SharedFile.live >= MAX_OPEN_FILES:
         return None
     try:
