@@ -79,6 +79,11 @@ class Shuffle(Stage[Any]):
         # members an Untar(defer_from=...) left in their file are read now, into memory just freed
         return materialize(item) if type(item) is dict else item
 
+    def close(self) -> None:
+        """Drop the window's samples (records of deferred members keep their shard files open);
+        the state stays as it was, for a ``state_dict()`` after the loop stopped."""
+        self._window = [None] * len(self._window)
+
     def get_state(self) -> State:
         if self._window_start is None:  # nothing read yet
             return {"source": super().get_state()["source"], "window": 0, "emitted": 0}
