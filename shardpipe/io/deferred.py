@@ -34,11 +34,11 @@ class SharedFile:
         SharedFile.live += 1
 
     def __del__(self) -> None:
+        SharedFile.live -= 1
         try:
             os.close(self.fd)
-        except OSError:
+        except Exception:  # noqa: BLE001 - closed already, or interpreter shutdown
             pass
-        SharedFile.live -= 1
 
 
 class DeferredBytes:
@@ -75,9 +75,8 @@ def unbuffered_local(stream: Any, url: str) -> tuple[io.FileIO, SharedFile] | No
         return None
     try:
         fd = stream.fileno()
-        if (
-            not stat.S_ISREG(os.fstat(fd).st_mode) or os.pread(fd, 2, 0) == b"\x1f\x8b"
-        ):  # gzip: offsets are not the file's
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        if not regular or os.pread(fd, 2, 0) == b"\x1f\x8b":  # gzip: its offsets are not the file's
             return None
         pos = stream.tell()
         dup = os.dup(fd)
