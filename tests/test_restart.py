@@ -22,7 +22,9 @@ if os.environ.get("SHARDPIPE_REQUIRE_NATIVE") == "1":
 else:
     native = pytest.importorskip("shardpipe.image.decoders.native", reason="native crop decoder not built")
 
-from shardpipe.image.restart import add_restart_intervals, restart_layout  # noqa: E402
+from shardpipe.image.decoders import _cropjpeg  # noqa: E402
+from shardpipe.image.decoders.jpeg import read_header  # noqa: E402
+from shardpipe.image.restart import PROGRESSIVE_MAX_GROWTH, add_restart_intervals, restart_layout  # noqa: E402
 
 SCALES = ((1, 1), (1, 2), (1, 4), (1, 8), (3, 8))
 
@@ -91,7 +93,6 @@ def test_interval_grid_cuts_rows_into_at_most_per_row_intervals() -> None:
 @pytest.mark.parametrize(
     "kind, data",
     [
-        ("progressive", make_jpeg(PROGRESSIVE_INDEX)),
         ("cmyk", make_jpeg(CMYK_INDEX)),
         ("rgb-coded", jpeg(8, (64, 48), keep_rgb=True)),
         ("png", b"\x89PNG\r\n\x1a\n" + bytes(40)),
@@ -100,6 +101,56 @@ def test_interval_grid_cuts_rows_into_at_most_per_row_intervals() -> None:
 )
 def test_files_that_cannot_be_transcoded_are_returned_as_they_are(kind: str, data: bytes) -> None:
     assert add_restart_intervals(data) is data
+
+
+def _progressive(index: int, size: tuple[int, int], mode: str = "RGB", **options) -> bytes:
+    buf = io.BytesIO()
+    make_image(index, size=size).convert(mode).save(buf, "JPEG", quality=90, progressive=True, **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["generator", "420", "444", "422", "grey", "odd", "tiny"],
+)
+def test_progressive_files_become_baseline_with_intervals_and_the_same_pixels(name: str) -> None:
+    data = {
+        "generator": lambda: make_jpeg(PROGRESSIVE_INDEX),
+        "420": lambda: _progressive(1, (500, 375)),
+        "444": lambda: _progressive(2, (333, 251), subsampling=0),
+        "422": lambda: _progressive(3, (250, 301), subsampling=1),
+        "grey": lambda: _progressive(4, (301, 203), "L"),
+        "odd": lambda: _progressive(5, (517, 389), optimize=True),
+        "tiny": lambda: _progressive(6, (17, 9)),
+    }[name]()
+    assert read_header(data).progressive
+    out = add_restart_intervals(data)
+    assert out != data and not read_header(out).progressive and read_header(out).sof in (0xC0, 0xC1)
+    assert np.array_equal(pixels(out), pixels(data))  # the same coefficients: the same pixels
+    assert len(out) <= len(data) * (1 + PROGRESSIVE_MAX_GROWTH)
+    if read_header(out).width >= 64:
+        assert restart_layout(out) is not None  # the crop decoder takes its intervals
+    assert add_restart_intervals(out) is out  # already marked
+    assert add_restart_intervals(data, progressive_growth=None) is data  # opting out
+    if len(out) > len(data):  # a bound the conversion does not fit leaves the file as it is
+        assert add_restart_intervals(data, progressive_growth=(len(out) - len(data) - 1) / len(data)) is data
+
+
+def test_a_progressive_crop_decodes_the_same_box_after_conversion() -> None:
+    """The native crop of a converted progressive file equals the crop of the original, at
+    every DCT scale, through the restart intervals."""
+    data = _progressive(7, (500, 375))
+    out = add_restart_intervals(data)
+    rng = np.random.default_rng(3)
+    for num in (8, 4, 2, 1):
+        sw, sh = -(-500 * num // 8), -(-375 * num // 8)
+        for _ in range(8):
+            w, h = int(rng.integers(1, sw // 2)), int(rng.integers(1, sh // 2))
+            x, y = int(rng.integers(0, sw - w)), int(rng.integers(0, sh - h))
+            got, want = np.empty((h, w, 3), np.uint8), np.empty((h, w, 3), np.uint8)
+            _cropjpeg.decode(out, got, num, 8, x, y, w, h, _cropjpeg.INTERVALS, registry.MAX_PIXELS)
+            _cropjpeg.decode(data, want, num, 8, x, y, w, h, 0, registry.MAX_PIXELS)
+            np.testing.assert_array_equal(got, want, err_msg=f"{num}/8 {(x, y, w, h)}")
 
 
 def test_already_marked_files() -> None:

@@ -47,10 +47,11 @@ def read_back(manifest: Path) -> dict[str, dict]:
 
 def check_marked(before: bytes, after: bytes, index: int) -> None:
     assert np.array_equal(pixels(before), pixels(after)), index
-    if index in (CMYK_INDEX, PROGRESSIVE_INDEX):
+    if index == CMYK_INDEX:
         assert after == before, index  # not transcodable: copied as it is
-    else:
-        assert restart_layout(after) is not None and len(after) <= len(before) * 1.02, index
+    else:  # a progressive file becomes baseline: a few % larger, its crops ~3.7x cheaper
+        growth = 1.10 if index == PROGRESSIVE_INDEX else 1.02
+        assert restart_layout(after) is not None and len(after) <= len(before) * growth, index
 
 
 def test_write_marks_jpegs_by_default_and_can_copy_them(tmp_path: Path) -> None:
@@ -100,7 +101,7 @@ def test_restart_command_converts_foreign_shards_losslessly_and_resumes(tmp_path
     out = tmp_path / "out"
     r = cli("restart", str(src / "shard-{0..1}.tar"), "-o", str(out), "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert "2 shards (0 already done): 6 of 10 JPEGs restart-marked" in r.stdout, r.stdout  # not CMYK/progressive
+    assert "2 shards (0 already done): 8 of 10 JPEGs restart-marked" in r.stdout, r.stdout  # not the CMYK ones
     for name, members in expected.items():
         with tarfile.open(out / name) as tar:
             infos = tar.getmembers()

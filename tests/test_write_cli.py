@@ -59,8 +59,9 @@ def test_cli_write_prints_summary_and_skips(small_folder: Path, tmp_path: Path, 
     text = capsys.readouterr().out
     assert rc == 0
     assert "wrote 40 samples into 3 shards" in text
-    # every JPEG but the generator's CMYK and progressive specials (inputs 17 and 27) gets restart intervals
-    assert "40 images (0 presized, 38 given restart intervals, 2 copied unchanged)" in text and "images/s" in text
+    # every JPEG but the generator's CMYK special (input 17) gets restart intervals (the progressive one, 27,
+    # becomes baseline)
+    assert "40 images (0 presized, 39 given restart intervals, 1 copied unchanged)" in text and "images/s" in text
     assert "skipped 2: not an image file (.txt): 1, unreadable image: 1" in text
     assert "broken.jpg: unreadable image: truncated JPEG (no end-of-image marker)" in text
     manifest = json.loads((out / "manifest.json").read_text())

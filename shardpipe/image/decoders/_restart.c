@@ -20,15 +20,16 @@
 #include "_restart.h"
 
 struct frame {
-    unsigned width, height, ncomp, hmax, vmax, hmin, vmin;
+    unsigned width, height, ncomp, hmax, vmax, hmin, vmin, progressive;
     size_t sof;       /* offset of the SOF segment's length field */
     size_t scan_data; /* first byte of entropy-coded data (after the SOS segment) */
     unsigned dri;
 };
 
 /* Walk the header segments up to the first scan. 1: a baseline/extended Huffman frame,
- * 8-bit, grey or 3 components, one scan holding all of them; 0 otherwise. */
-static int parse_frame(const unsigned char *d, size_t n, struct frame *f) {
+ * 8-bit, grey or 3 components, one scan holding all of them (or, with `progressive`, a
+ * progressive Huffman frame of that kind, whatever its first scan holds); 0 otherwise. */
+static int parse_frame(const unsigned char *d, size_t n, struct frame *f, int progressive) {
     size_t pos = 2;
     int have_frame = 0;
     memset(f, 0, sizeof *f);
@@ -43,9 +44,10 @@ static int parse_frame(const unsigned char *d, size_t n, struct frame *f) {
         if (marker == 0xD8 || marker == 0xD9 || pos + 2 > n) return 0;
         len = ((unsigned)d[pos] << 8) | d[pos + 1];
         if (len < 2 || len > n - pos) return 0;
-        if (marker == 0xC0 || marker == 0xC1) {
+        if (marker == 0xC0 || marker == 0xC1 || (progressive && marker == 0xC2)) {
             if (have_frame || len < 8 || d[pos + 2] != 8) return 0;
             f->sof = pos;
+            f->progressive = marker == 0xC2;
             f->height = ((unsigned)d[pos + 3] << 8) | d[pos + 4];
             f->width = ((unsigned)d[pos + 5] << 8) | d[pos + 6];
             f->ncomp = d[pos + 7];
@@ -67,7 +69,7 @@ static int parse_frame(const unsigned char *d, size_t n, struct frame *f) {
             if (len != 4) return 0;
             f->dri = ((unsigned)d[pos + 2] << 8) | d[pos + 3];
         } else if (marker == 0xDA) {
-            if (!have_frame || len < 3 || d[pos + 2] != f->ncomp) return 0;
+            if (!have_frame || len < 3 || (d[pos + 2] != f->ncomp && !progressive)) return 0;
             f->scan_data = pos + len;
             return 1;
         }
@@ -97,7 +99,7 @@ static int frame_grid(const struct frame *f, struct interval_grid *g) {
 
 int restart_grid(const unsigned char *data, size_t size, struct interval_grid *grid) {
     struct frame f;
-    if (!parse_frame(data, size, &f)) {
+    if (!parse_frame(data, size, &f, 0)) {
         memset(grid, 0, sizeof *grid);
         return 0;
     }
@@ -128,7 +130,7 @@ int restart_subimage(const unsigned char *data, size_t size, unsigned scale_num,
 
     memset(sub, 0, sizeof *sub);
     if (scale_num < 1 || scale_num > 16 || width == 0 || height == 0) return 0;
-    if (!parse_frame(data, size, &f) || !frame_grid(&f, &g)) return 0;
+    if (!parse_frame(data, size, &f, 0) || !frame_grid(&f, &g)) return 0;
     if ((unsigned long long)f.width * f.height > max_pixels) return 0;
     sub->full_w = (f.width * scale_num + 7) / 8;
     sub->full_h = (f.height * scale_num + 7) / 8;
@@ -256,10 +258,17 @@ enum transcode_outcome restart_transcode(const unsigned char *data, size_t size,
     *out = NULL;
     *out_size = 0;
     *interval = 0;
-    /* our own header check first: only single-scan baseline grey/YCbCr files qualify */
-    if (!parse_frame(data, size, &f)) return UNCHANGED;
+    /* our own header check first: single-scan baseline grey/YCbCr files qualify, and
+     * progressive ones, which become baseline (the same coefficients: a crop of a progressive
+     * file decodes every scan of the whole image first) */
+    if (parse_frame(data, size, &f, 0)) {
+        if (frame_grid(&f, &grid)) return UNCHANGED; /* already has usable intervals */
+    } else if (parse_frame(data, size, &f, 1) && f.progressive) {
+        frame_grid(&f, &grid); /* (the MCU grid; a progressive file's DRI is not ours to keep) */
+    } else {
+        return UNCHANGED;
+    }
     if ((unsigned long long)f.width * f.height > max_pixels) return TRANSCODE_BOMB;
-    if (frame_grid(&f, &grid)) return UNCHANGED; /* already has usable intervals */
     memset(&src, 0, sizeof src);
     memset(&dst, 0, sizeof dst);
     src.err = jpeg_std_error(&g->pub);
@@ -279,7 +288,7 @@ enum transcode_outcome restart_transcode(const unsigned char *data, size_t size,
     for (int m = 0; m < 16; m++) jpeg_save_markers(&src, JPEG_APP0 + m, 0xFFFF);
     jpeg_mem_src(&src, data, (unsigned long)size);
     jpeg_read_header(&src, TRUE);
-    if (src.progressive_mode || src.arith_code ||
+    if ((src.progressive_mode != 0) != (f.progressive != 0) || src.arith_code ||
         (src.jpeg_color_space != JCS_YCbCr && src.jpeg_color_space != JCS_GRAYSCALE)) {
         result = UNCHANGED;
         goto done;
