@@ -18,6 +18,10 @@ from shardpipe.devtools.bench.kernels import (
     train_transform,
 )
 
+#: what ``prepare_data`` writes: 2 = shardpipe's shards as ``shardpipe write`` makes them since progressive
+#: JPEGs became baseline with restart intervals (data cached by an older version is written again)
+DATA_VERSION = 2
+
 
 def prepare_data(root: str, n: int, seed: int = 0, shard_size: int = 250, presize_to: int = 256) -> dict[str, Any]:
     """Write (once; reused when complete) the benchmark's data in every store format.
@@ -38,7 +42,7 @@ def prepare_data(root: str, n: int, seed: int = 0, shard_size: int = 250, presiz
     if os.path.exists(done):
         with open(done) as f:
             info = json.load(f)
-        if "plain" in info:  # else written before shardpipe's shards had restart intervals: redo
+        if info.get("version") == DATA_VERSION:  # else written by an older shardpipe (no intervals, progressive kept)
             return info
     import lmdb
 
@@ -71,6 +75,7 @@ def prepare_data(root: str, n: int, seed: int = 0, shard_size: int = 250, presiz
             total += len(data)
     env.close()
     info = {
+        "version": DATA_VERSION,
         "n": n,
         "mean_bytes": total / n,
         "mean_bytes_restart_marked": marked / n,
