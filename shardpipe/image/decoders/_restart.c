@@ -69,7 +69,7 @@ static int parse_frame(const unsigned char *d, size_t n, struct frame *f, int pr
             if (len != 4) return 0;
             f->dri = ((unsigned)d[pos + 2] << 8) | d[pos + 3];
         } else if (marker == 0xDA) {
-            if (!have_frame || len < 3 || (d[pos + 2] != f->ncomp && !progressive)) return 0;
+            if (!have_frame || len < 3 || (d[pos + 2] != f->ncomp && !f->progressive)) return 0;
             f->scan_data = pos + len;
             return 1;
         }
@@ -261,13 +261,9 @@ enum transcode_outcome restart_transcode(const unsigned char *data, size_t size,
     /* our own header check first: single-scan baseline grey/YCbCr files qualify, and
      * progressive ones, which become baseline (the same coefficients: a crop of a progressive
      * file decodes every scan of the whole image first) */
-    if (parse_frame(data, size, &f, 0)) {
-        if (frame_grid(&f, &grid)) return UNCHANGED; /* already has usable intervals */
-    } else if (parse_frame(data, size, &f, 1) && f.progressive) {
-        frame_grid(&f, &grid); /* (the MCU grid; a progressive file's DRI is not ours to keep) */
-    } else {
-        return UNCHANGED;
-    }
+    if (!parse_frame(data, size, &f, 1)) return UNCHANGED;
+    /* frame_grid fills the MCU grid either way; a progressive file's DRI is not ours to keep */
+    if (frame_grid(&f, &grid) && !f.progressive) return UNCHANGED; /* already has usable intervals */
     if ((unsigned long long)f.width * f.height > max_pixels) return TRANSCODE_BOMB;
     memset(&src, 0, sizeof src);
     memset(&dst, 0, sizeof dst);
