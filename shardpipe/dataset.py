@@ -334,7 +334,10 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
             cache_dir=io.cache_dir, cache_size=io.cache_size, read_options=read_options_of(io),
             allow_pipe=io.allow_pipe,
         )  # fmt: skip
-        return Untar(opener, give_up_after, max_member_size=io.max_member_size, verify=io.verify)
+        # a shuffle window (indexed datasets take the block shuffle and no Untar) reads what it
+        # holds as it emits it: members wait in their files until then
+        defer_from = DEFER_FROM if self.buffer_size else None
+        return Untar(opener, give_up_after, max_member_size=io.max_member_size, verify=io.verify, defer_from=defer_from)
 
     def _shard_stages(self, ctx: Context) -> list[Stage[Any]]:
         """The stages up to grouped samples, per the epoch policy."""
@@ -354,9 +357,6 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
             stages.append(RequireFields(self.require))
         if self.buffer_size and self.indexed is None:
             stages.append(Shuffle(self.buffer_size))
-            for stage in stages:  # the shuffle reads what the window holds as it emits it
-                if isinstance(stage, Untar):
-                    stage.defer_from = DEFER_FROM
         dec = self.decode_options
         if dec.decode is not None:
             stages.append(
