@@ -31,6 +31,7 @@ from shardpipe.stages.shuffle import Shuffle
 from shardpipe.stages.untar import Untar
 from shardpipe.state import STATE_VERSION, StateError, validate_dataset_state
 from shardpipe.stats import SharedStats
+from shardpipe.workermemory import tune_worker_allocator
 from shardpipe.workers import ProgressMarker, WorkerProgress
 
 log = logging.getLogger("shardpipe")
@@ -296,6 +297,7 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         info = get_worker_info()
         marker = None
         if info is not None:
+            tune_worker_allocator()  # a worker's image buffers stay mapped from one image to the next
             table = self.progress if progress is None else progress
             marker = ProgressMarker(table, info.id, {s.url: s.index for s in self.shards})
             marker("worker set-up")

@@ -19,7 +19,7 @@ states) through ``open_worker_pass``, which the source keeps in shared memory, s
 persistent workers (``persistent_workers=True``) learn the next epoch and a resume state
 loaded into an already-running loader exactly like fresh workers do; each batch received
 goes back through ``batch_received`` (the source recycles its buffers once the loop lets
-go). Each worker's collate step reads ``state_dict()`` of its source copy.
+go, and turns what the worker sent by value or by reference into tensors: ``shardpipe.handover``). Each worker's collate step reads ``state_dict()`` of its source copy.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, get_worker_info
 from torch.utils.data._utils.collate import default_convert
 
 from shardpipe.errors import SetupError, WorkerDiedError, WorkerStallError
+from shardpipe.handover import pack
 from shardpipe.passes import WorkerPlan
 from shardpipe.protocol import LoaderSource, require
 from shardpipe.stages.base import State
@@ -113,7 +114,11 @@ def _with_state(item: Any) -> tuple[State, Any]:
                 "shardpipe.integrations.accelerate.prepare(accelerator, model, optimizer, loader)"
             )
         _pass_checked = True
-    return info.dataset.state_dict(), default_convert(item)
+    item = default_convert(item)
+    buffers = getattr(info.dataset, "buffers", None)
+    if buffers is not None and buffers.enabled:  # this ShardLoader unpacks what its workers pack
+        item = pack(item, buffers, info.id)
+    return info.dataset.state_dict(), item
 
 
 class ShardLoader(DataLoader):
@@ -261,7 +266,7 @@ class ShardLoader(DataLoader):
                 worker = state["consumer"]["worker"]
                 self._worker_states[worker] = state
                 self._next_worker = (worker + 1) % self.num_workers
-                ds.batch_received((worker - first) % self.num_workers, item)  # the DataLoader worker's row
+                item = ds.batch_received((worker - first) % self.num_workers, item)  # the DataLoader worker's row
                 yield item
             self._epoch_done = True
         finally:

@@ -96,8 +96,9 @@ class LoaderSource(Resumable, Protocol):
         """The pass's workers have started: workers started later (other loaders) get no recycled buffers."""
         ...
 
-    def batch_received(self, row: int, item: Any) -> None:
-        """The loader received ``item`` from DataLoader worker ``row``: buffers the loop let go are reused."""
+    def batch_received(self, row: int, item: Any) -> Any:
+        """The loader received ``item`` from DataLoader worker ``row``: buffers the loop let go are reused;
+        returns the item as the loop sees it (what the worker sent by value or reference made tensors)."""
         ...
 
 
@@ -144,9 +145,12 @@ class WorkerPassHooks:
     def workers_started(self) -> None:
         self.buffers.enabled = False  # plain DataLoaders over this source get no recycled buffers
 
-    def batch_received(self, row: int, item: Any) -> None:
+    def batch_received(self, row: int, item: Any) -> Any:
+        from shardpipe.handover import unpack
+
         self.buffers.release()  # batches the training loop is done with go back to their worker
-        self.buffers.track(row, item)
+        self.buffers.track(row, item)  # the buffers that came as tensors (references are tracked as resolved)
+        return unpack(item, self.buffers, row)
 
 
 class ShardsFingerprint:

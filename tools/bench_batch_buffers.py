@@ -2,11 +2,14 @@
 """What a fresh shared-memory batch costs, and what recycling saves (``stages.buffers``).
 
 A DataLoader worker fills uint8 batches (default 64x224x224x3, channels_last) from a ready
-image, as the Batch stage does after decode; the main process reads one byte per page
-and drops the batch, as a training step would after copying it to the GPU. Two variants,
-each in a fresh process per round, rounds alternating: ``fresh`` (a new shared segment
-per batch, as before) and ``recycled`` (BatchBuffers, with the main process's
-track/release calls that ShardLoader makes). CPU ms per batch (worker + main process).
+image, as the Batch stage does after decode, with an int64 label tensor beside them; the
+main process reads one byte per page and drops the batch, as a training step would after
+copying it to the GPU. Three variants, each in a fresh process per round, rounds
+alternating: ``fresh`` (a new shared segment per tensor per batch, torch's way),
+``recycled`` (BatchBuffers, with the main process's track/release calls), and
+``handover`` (recycled, and sent as ShardLoader sends it: labels by value, a recycled
+buffer the main process holds by reference, ``shardpipe.handover``). CPU ms per batch
+(worker + main process).
 
     nice python tools/bench_batch_buffers.py --batches 200 --rounds 5
 """
@@ -25,8 +28,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 def _child(variant: str, batches: int, batch: int, size: int) -> None:
     import numpy as np
+    import torch
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+    from shardpipe.handover import pack, unpack
     from shardpipe.stages.batch import empty_uint8
     from shardpipe.stages.buffers import BatchBuffers
 
@@ -38,22 +43,25 @@ def _child(variant: str, batches: int, batch: int, size: int) -> None:
             worker = get_worker_info().id
             for _ in range(batches):
                 shape = (batch, size, size, 3)
-                out = pool.take(shape, worker) if variant == "recycled" else empty_uint8(shape)
+                out = pool.take(shape, worker) if variant != "fresh" else empty_uint8(shape)
                 nhwc = out.numpy()
                 for i in range(batch):
                     nhwc[i] = image
-                yield worker, out.permute(0, 3, 1, 2)
+                item = {"jpg": out.permute(0, 3, 1, 2), "cls": torch.arange(batch)}
+                yield worker, pack(item, pool, worker) if variant == "handover" else item
 
     loader = DataLoader(Batches(), batch_size=None, num_workers=1, prefetch_factor=4)
     step = 4096
     before = resource.getrusage(resource.RUSAGE_SELF)  # imports and set-up are not counted
-    for worker, tensor in loader:
-        if variant == "recycled":
+    for worker, item in loader:
+        if variant != "fresh":
             pool.release()
-            pool.track(worker, {"jpg": tensor})
+            pool.track(worker, item)
+            item = unpack(item, pool, worker)
+        tensor = item["jpg"]
         flat = tensor.permute(0, 2, 3, 1).reshape(-1)
         int(flat[::step].sum())  # touch every page, as a copy to the GPU would
-        del tensor, flat
+        del tensor, flat, item
     usage = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     cpu = sum(u.ru_utime + u.ru_stime for u in usage) - before.ru_utime - before.ru_stime
     faults = sum(u.ru_minflt for u in usage) - before.ru_minflt
@@ -72,10 +80,10 @@ def main(argv: list[str] | None = None) -> None:
         return _child(args.child, args.batches, args.batch, args.size)
     from shardpipe.devtools.bench.kernels import format_table, median
 
-    variants = ["fresh", "recycled"]
+    variants = ["fresh", "recycled", "handover"]
     results: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(args.rounds):
-        for v in variants[r % 2 :] + variants[: r % 2]:
+        for v in variants[r % len(variants) :] + variants[: r % len(variants)]:
             cmd = [sys.executable, __file__, "--child", v, "--batches", str(args.batches)]
             cmd += ["--batch", str(args.batch), "--size", str(args.size)]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout

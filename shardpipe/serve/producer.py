@@ -43,7 +43,10 @@ def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
     """Entry point of worker ``index``: serve parts over the PAIR socket at ``endpoint``."""
     import zmq
 
+    from shardpipe.workermemory import tune_worker_allocator
+
     die_with_parent()
+    tune_worker_allocator()
     parent = os.getppid()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PAIR)

@@ -1,0 +1,84 @@
+"""How a ShardLoader worker's batch crosses to the main process without a file descriptor per tensor.
+
+DataLoader sends every tensor of a batch through shared memory: the worker moves it into
+a new shared segment and the main process fetches the segment's file descriptor over a
+connection to the worker (~0.5 ms of CPU each side, per tensor). For a batch of 64
+photos that is two segments, the images and a 512-byte label tensor. ``pack`` (in the
+worker) and ``unpack`` (in the main process) replace both:
+
+- tensors of at most ``INLINE_BYTES`` (labels, flags, scores) travel by value, in the
+  message itself (``Inline``);
+- an image batch in a recycled buffer whose segment the main process already holds
+  travels as a ``SlotRef`` (``stages.buffers``): slot, segment id, shape and strides.
+
+Everything else travels as before. Only ``ShardLoader``'s own workers pack (the sources'
+``buffers.enabled``), and only ``ShardLoader`` unpacks (``batch_received``), so a plain
+DataLoader or a pinned-memory loader sees the batches torch would send.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from shardpipe.stages.buffers import BatchBuffers, SlotRef
+
+#: tensors up to this size are copied into the message instead of a shared segment
+INLINE_BYTES = 64 * 1024
+
+
+class Inline:
+    """A small tensor's values, pickled by value; ``unpack`` makes it a tensor again."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+    def __getstate__(self) -> np.ndarray:
+        return self.array
+
+    def __setstate__(self, array: np.ndarray) -> None:
+        self.array = array
+
+
+def _inlinable(t: torch.Tensor) -> bool:
+    return (
+        t.device.type == "cpu"
+        and t.nbytes <= INLINE_BYTES
+        and not t.requires_grad
+        and t.dtype not in (torch.bfloat16, torch.complex32)  # no numpy dtype
+        and t.layout == torch.strided
+    )
+
+
+def pack(item: Any, buffers: BatchBuffers, worker: int) -> Any:
+    """The item as a worker sends it: small tensors by value, held batch buffers by reference."""
+    if not isinstance(item, dict):
+        return item
+    out = {}
+    for name, value in item.items():
+        if isinstance(value, torch.Tensor):
+            slot = buffers.slot_of(value)
+            if slot is not None:  # a recycled buffer: the main process tracks it, so it never goes inline
+                value = buffers.reference(value, worker, slot) or value
+            elif _inlinable(value):
+                value = Inline(value.numpy())
+        out[name] = value
+    return out
+
+
+def unpack(item: Any, buffers: BatchBuffers, worker: int) -> Any:
+    """What ``pack`` made of an item, as tensors again (references resolved and tracked)."""
+    if not isinstance(item, dict):
+        return item
+    out = {}
+    for name, value in item.items():
+        if isinstance(value, Inline):
+            value = torch.from_numpy(value.array)
+        elif isinstance(value, SlotRef):
+            value = buffers.resolve(worker, value)
+        out[name] = value
+    return out
