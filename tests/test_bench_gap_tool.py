@@ -21,3 +21,17 @@ def test_the_breakdown_tool_writes_shards_and_prints_every_row(tmp_path: Path):
     assert re.search(r"^loader: fixed -?\d+ CPU ms per run \+ -?\d+\.\d{3} CPU ms/img", text, re.M), text
     assert "load average before" in text and "load average after" in text
     assert len(list((tmp_path / "shards").glob("train-*.tar"))) == 8  # 4 per shard: loader/4 reads two
+
+
+def test_versus_runs_each_variant_on_both_checkouts_and_prints_both_tables(tmp_path: Path):
+    """Side by side: here the other checkout is this one, so both tables have the same rows."""
+    cmd = [sys.executable, str(TOOL), "--make", str(tmp_path / "shards"), "--n", "16", "--rounds", "2"]
+    cmd += ["--batch", "4", "--buffer", "4", "--only", "untar", "+batch", "--versus", str(TOOL.parent.parent)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert f"versus: {TOOL.parent.parent}" in text
+    assert re.search(r"^variant +CPU ms/img", text, re.M) and re.search(r"^variant \(versus\) +CPU ms/img", text, re.M)
+    assert len(re.findall(r"^untar +\d+\.\d{3} ", text, re.M)) == 2
+    assert len(re.findall(r"^\+batch +\d+\.\d{3} ", text, re.M)) == 2
+    assert re.findall(r"kernel / in-process pipeline", text) == []  # no kernel row asked for

@@ -22,6 +22,7 @@ Differences between rows give each stage's cost. Also prints the load average.
     nice python tools/bench_pipeline_gap.py SHARDS/manifest.json --rounds 3
     nice python tools/bench_pipeline_gap.py --make /tmp/gap --n 2000   # write restart-marked shards first
     nice python tools/bench_pipeline_gap.py SHARDS/manifest.json --code /path/to/other/checkout
+    nice python tools/bench_pipeline_gap.py SHARDS/manifest.json --versus /path/to/other/checkout  # side by side
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--only", nargs="*", choices=VARIANTS)
     ap.add_argument("--code", help="measure the shardpipe of this checkout (e.g. the code before a change)")
+    ap.add_argument("--versus", help="also run every variant on this checkout, interleaved round by round")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -123,17 +125,31 @@ def main(argv: list[str] | None = None) -> None:
         f"load average before: {os.getloadavg()}; code: {os.path.abspath(args.code or os.path.dirname(__file__) + '/..')}"
     )
     names = list(args.only or VARIANTS)
-    got: dict[str, list[dict]] = {v: [] for v in names}
+    codes = {"": args.code, " (versus)": args.versus} if args.versus else {"": args.code}
+    runs = [(v, tag) for v in names for tag in codes]
+    got: dict[str, list[dict]] = {v + tag: [] for v, tag in runs}
     for r in range(args.rounds):
-        for v in names[r % len(names) :] + names[: r % len(names)]:
+        for v, tag in runs[r % len(runs) :] + runs[: r % len(runs)]:
             cmd = [sys.executable, __file__, manifest, "--child", v, "--buffer", str(args.buffer)]
             cmd += ["--batch", str(args.batch), "--workers", str(args.workers)]
-            env = {**os.environ, "BENCH_GAP_CODE": os.path.abspath(args.code)} if args.code else None
+            code = codes[tag]
+            env = {**os.environ, "BENCH_GAP_CODE": os.path.abspath(code)} if code else None
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
-            got[v].append(json.loads(out.strip().splitlines()[-1]))
+            got[v + tag].append(json.loads(out.strip().splitlines()[-1]))
+    if args.versus:
+        print(f"versus: {os.path.abspath(args.versus)}")
+        for tag in codes:
+            _report({v: got[v + tag] for v in names}, names, tag)
+    else:
+        _report(got, names, "")
+    print(f"load average after: {os.getloadavg()}")
+
+
+def _report(got: dict[str, list[dict]], names: list[str], tag: str) -> None:
+    """The table and the ratios of one checkout's runs."""
     med = {v: statistics.median(r["ms"] for r in got[v]) for v in names}
     prev = None
-    print(f"{'variant':10s} {'CPU ms/img':>10s} {'range':>13s} {'step':>7s}")
+    print(f"{'variant' + tag:10s} {'CPU ms/img':>10s} {'range':>13s} {'step':>7s}")
     for v in names:
         ms = [r["ms"] for r in got[v]]
         step = "" if prev is None or v in ("kernel", "loader/4") else f"{med[v] - med[prev]:+.3f}"
@@ -156,7 +172,6 @@ def main(argv: list[str] | None = None) -> None:
             print(f"kernel / loader's marginal cost per image = {med['kernel'] / marginal:.3f}")
     if "kernel" in med and "+batch" in med:
         print(f"kernel / in-process pipeline = {med['kernel'] / med['+batch']:.3f}")
-    print(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

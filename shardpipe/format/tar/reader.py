@@ -37,6 +37,7 @@ MAX_META_SIZE = 1 << 20
 MAX_TAIL = 16 << 20
 _MAX_ANY_SIZE = 1 << 48  # 256 TiB: no member of any kind, skipped or not, is larger
 _CHUNK = 4 << 20  # the largest single read: allocations follow the bytes that arrive
+_SMALL = 64 << 10  # members up to this size are read with their padding in one call
 
 
 class _TimedReader:
@@ -298,11 +299,17 @@ class TarStream:
 
     def read_data(self) -> bytes:
         """The current member's bytes (and consume its padding)."""
-        what = f"member {self._name!r}"
-        data = self._read_exact(self._size, what, self.offset) if self._size else b""
-        pad = self._pending - self._size
-        if pad:
-            self._read_exact(pad, f"the padding of {what}", self.offset + self._size)
+        size, pad = self._size, self._pending - self._size
+        if size <= _SMALL:  # one read for data and padding (labels, JSON, small images)
+            data = self._read(self._pending, f"member {self._name!r}")
+            if len(data) < self._pending:
+                raise self._ends_inside(self.offset + len(data))
+            data = data[:size] if pad else data
+        else:
+            what = f"member {self._name!r}"
+            data = self._read_exact(size, what, self.offset)
+            if pad:
+                self._read_exact(pad, f"the padding of {what}", self.offset + size)
         self.offset += self._pending
         self._pending = 0
         return data
@@ -344,7 +351,7 @@ class TarStream:
             stored = _octal(block[148:156])
         except ValueError:
             stored = -1
-        actual = sum(block[:148]) + 8 * 32 + sum(block[156:])
+        actual = sum(block) - sum(block[148:156]) + 8 * 32  # the checksum field counts as spaces
         if stored != actual:
             raise CorruptShardError(f"not a tar header (bad checksum) in shard {self.url} at byte {at}")
 
