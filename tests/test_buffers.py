@@ -6,7 +6,7 @@ import torch
 
 from shardpipe import ShardDataset, ShardLoader
 from shardpipe.augment import RandomResizedCrop
-from shardpipe.stages.buffers import LOCAL_SLOTS, SLOTS, BatchBuffers, LocalBuffers, _segment_id
+from shardpipe.stages.buffers import SLOTS, BatchBuffers, _segment_id
 
 
 def per_key_pixels(urls: list[str], epoch: int = 0) -> dict[str, torch.Tensor]:
@@ -83,46 +83,3 @@ def test_a_slot_taken_over_by_a_new_segment_is_not_freed_for_the_old_one() -> No
     del t
     assert pool.release() == 0
     assert int(pool.table[1, 0, 0]) == 1  # still busy: its new owner decides
-
-
-def test_a_local_buffer_is_reused_only_once_nothing_refers_to_it() -> None:
-    pool = LocalBuffers(slots=2)
-    a = pool.take((2, 3, 4, 4))
-    ptr = a.data_ptr()
-    b = pool.take((2, 3, 4, 4))
-    assert b.data_ptr() != ptr  # `a` is still held
-    view = a[1]
-    del a
-    assert pool.take((2, 3, 4, 4)).data_ptr() not in (ptr, b.data_ptr())  # the view keeps it; pool full: fresh
-    del view
-    assert pool.take((2, 3, 4, 4)).data_ptr() == ptr  # nothing refers to it any more
-    as_numpy = b.numpy()
-    del b
-    c = pool.take((2, 3, 4, 4))
-    assert c.data_ptr() == ptr  # the numpy array still holds the other buffer
-    del as_numpy
-    short = pool.take((1, 3, 4, 4))  # another size: takes the place of a free buffer
-    assert short.shape == (1, 3, 4, 4) and len(pool._pool) == 2
-
-
-def test_an_in_process_pipeline_recycles_the_batches_the_loop_drops(dataset_dir) -> None:
-    urls, samples = dataset_dir
-    ref = per_key_pixels(urls)
-    ds = ShardDataset(urls, transform=RandomResizedCrop(16), batch_size=2)
-    pointers, keys = set(), []
-    for batch in ds:
-        check(batch, ref)
-        pointers.add(batch["jpg"].data_ptr())
-        keys += batch["__key__"]
-    assert sorted(keys) == sorted(s["__key__"] for s in samples)
-    assert len(pointers) <= LOCAL_SLOTS + 1  # 30 batches in a few buffers (+1: the last, short batch)
-
-
-def test_an_in_process_pipeline_never_overwrites_a_batch_the_loop_keeps(dataset_dir) -> None:
-    urls, _ = dataset_dir
-    ref = per_key_pixels(urls)
-    kept = list(ShardLoader(ShardDataset(urls, transform=RandomResizedCrop(16), batch_size=2), num_workers=0))
-    assert len(kept) > LOCAL_SLOTS
-    for batch in kept:
-        check(batch, ref)
-    assert len({b["jpg"].data_ptr() for b in kept}) == len(kept)

@@ -6,12 +6,10 @@ become an int64 tensor; everything else is collated as a list.
 
 Inside a DataLoader worker the batch tensor is allocated in shared memory from the
 start, so handing it to the main process copies nothing; with ``ShardLoader`` those
-buffers are recycled once the training loop has let go of them (``stages.buffers``), and
-so are the batches of a pipeline running in the training process itself.
-
-``channels_last=True`` keeps the NCHW shape but lays the memory out as NHWC (torch's
-channels_last format): each image is then one contiguous copy instead of a transposing
-one, about 15x cheaper, and convolutions on the GPU prefer that layout anyway.
+buffers are recycled once the training loop has let go of them (``stages.buffers``). ``channels_last=True`` keeps
+the NCHW shape but lays the memory out as NHWC (torch's channels_last format): each
+image is then one contiguous copy instead of a transposing one, about 15x cheaper,
+and convolutions on the GPU prefer that layout anyway.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from torch.utils.data import get_worker_info
 
 from shardpipe.format.sample import Sample
 from shardpipe.stages.base import Stage
-from shardpipe.stages.buffers import BatchBuffers, LocalBuffers
+from shardpipe.stages.buffers import BatchBuffers
 
 
 def empty_uint8(shape: tuple[int, ...]) -> torch.Tensor:
@@ -106,8 +104,7 @@ class Batch(Stage[dict[str, Any]]):
 
     Stateless between batches (a batch is only returned whole), so its state is its
     source's. Inside a DataLoader worker, image tensors come from ``buffers`` (recycled
-    shared memory, see ``stages.buffers``) when given; in any other process from a
-    ``LocalBuffers`` pool.
+    shared memory, see ``stages.buffers``) when given.
     """
 
     def __init__(
@@ -125,13 +122,10 @@ class Batch(Stage[dict[str, Any]]):
         self.drop_last = drop_last
         self.channels_last = channels_last
         self.buffers = buffers
-        self._local = LocalBuffers()
 
     def _alloc(self, shape: tuple[int, ...]) -> torch.Tensor:
         info = get_worker_info()
-        if info is None:  # batching in the consumer's own process: recycle what the loop let go
-            return self._local.take(shape)
-        if self.buffers is not None and self.buffers.enabled:
+        if self.buffers is not None and self.buffers.enabled and info is not None:
             # by DataLoader worker id, which a process keeps for life (the logical ctx.worker
             # can change between passes of persistent workers after a resume)
             return self.buffers.take(shape, info.id)

@@ -1,4 +1,4 @@
-"""Recycled batch buffers: no page faults for a fresh batch in every step.
+"""Recycled shared-memory batch buffers: no page faults for a fresh batch in every worker step.
 
 A DataLoader worker hands a batch to the main process in shared memory. Allocating a new
 segment for every batch costs its page faults twice, in the worker that fills it and in
@@ -15,18 +15,12 @@ The main process's mapping of a segment stays alive while the slot exists, and i
 in the table (the segment id in the slot's ``mapped`` field): from then on the worker
 sends that segment by reference (``reference``: slot, segment id, shape, strides), not
 as a file descriptor through a connection to the worker (~0.5 ms of CPU each way), and
-the main process rebuilds the tensor on its own mapping (``resolve``).
-
-Nothing is reused unless the main process said so: only ShardLoader's workers use the
-pool (not those of a plain DataLoader, nor with pinned memory, where the batch is copied
-before the loop sees it), and a consumer that keeps every batch keeps every slot busy:
-the worker then allocates fresh segments. A slot is only freed when the identity recorded
-by the worker still matches, so a restarted worker never gets a slot freed for a segment
-of its predecessor.
-
-A pipeline that batches in the training process itself (``num_workers=0``, a fleet
-server's producer) recycles with ``LocalBuffers``: the same use-count test, in one
-process, on ordinary memory.
+the main process rebuilds the tensor on its own mapping (``resolve``). Nothing is reused unless the main
+process said so: only ShardLoader's workers use the pool (not those of a plain DataLoader,
+nor with pinned memory, where the batch is copied before the loop sees it), and a consumer
+that keeps every batch keeps every slot busy: the worker then allocates fresh segments. A slot is only freed when the identity recorded by the worker
+still matches, so a restarted worker never gets a slot freed for a segment of its
+predecessor.
 """
 
 from __future__ import annotations
@@ -43,9 +37,6 @@ import torch
 #: default), the one being filled and the one the training step holds
 SLOTS = 8
 MAX_WORKERS = 256
-#: buffers kept by a pipeline batching in its own process: the batch the loop holds, the one
-#: before it (still referenced while the next is made) and spares
-LOCAL_SLOTS = 4
 _BUSY, _ID, _SIZE, _MAPPED = 0, 1, 2, 3
 
 
@@ -196,29 +187,3 @@ class BatchBuffers:
         self._held.clear()
         self._mapped.clear()
         self.table[:, :, _MAPPED] = 0
-
-
-class LocalBuffers:
-    """Batch buffers recycled within one process: one is reused once no tensor outside the pool
-    refers to it (a batch the loop still holds, or any view of it, keeps its buffer)."""
-
-    def __init__(self, slots: int = LOCAL_SLOTS) -> None:
-        self.slots = slots
-        self._pool: list[torch.UntypedStorage] = []
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"slots": self.slots, "_pool": []}  # storages stay in their process
-
-    def take(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """An uninitialised uint8 tensor of ``shape``, in a buffer nobody else uses."""
-        nbytes = math.prod(shape)
-        free = [i for i, s in enumerate(self._pool) if torch._C._storage_Use_Count(s._cdata) == 1]
-        for i in free:
-            if self._pool[i].nbytes() == nbytes:
-                return BatchBuffers._view(self._pool[i], shape)
-        storage = torch.UntypedStorage(nbytes)
-        if len(self._pool) < self.slots:
-            self._pool.append(storage)
-        elif free:  # full: a free buffer of another size (the last, short batch) makes way
-            self._pool[free[0]] = storage
-        return BatchBuffers._view(storage, shape)
