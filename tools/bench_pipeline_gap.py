@@ -60,6 +60,32 @@ def _dataset(manifest: str, variant: str, buffer: int, batch: int):  # noqa: ANN
     return ShardDataset(manifest, **kw)
 
 
+def _tree_minor_faults() -> int:
+    """Minor page faults of this process, its reaped children and its live descendants (Linux).
+
+    Here, not in shardpipe: ``--code``/``--versus`` import shardpipe from a checkout that may
+    predate it.
+    """
+    import resource
+
+    total = sum(resource.getrusage(w).ru_minflt for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    table: dict[int, tuple[int, int]] = {}  # pid -> (parent, faults of it and its reaped children)
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().decode("ascii", "replace").rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            table[int(name)] = (int(fields[1]), int(fields[7]) + int(fields[8]))
+    todo = [p for p, (parent, _) in table.items() if parent == os.getpid()]
+    while todo:
+        pid = todo.pop()
+        total += table[pid][1]
+        todo.extend(p for p, (parent, _) in table.items() if parent == pid)
+    return total
+
+
 def _child(variant: str, manifest: str, buffer: int, batch: int, workers: int) -> dict:
     from shardpipe.devtools.bench.proctree import tree_cpu_seconds
 
@@ -77,10 +103,11 @@ def _child(variant: str, manifest: str, buffer: int, batch: int, workers: int) -
     if variant.startswith("loader"):
         from shardpipe.loader import ShardLoader
 
-        m0, c0 = time.process_time(), tree_cpu_seconds()
+        m0, c0, f0 = time.process_time(), tree_cpu_seconds(), _tree_minor_faults()
         n = sum(len(b["jpg"]) for b in ShardLoader(ds, num_workers=workers))
         cpu, main = tree_cpu_seconds() - c0, time.process_time() - m0
-        return {"ms": cpu * 1000 / n, "main_ms": main * 1000 / n, "cpu_s": cpu, "n": n}
+        faults = _tree_minor_faults() - f0
+        return {"ms": cpu * 1000 / n, "main_ms": main * 1000 / n, "cpu_s": cpu, "n": n, "faults": faults / n}
     t0 = time.process_time()
     n = 0
     for item in ds:
@@ -154,7 +181,10 @@ def _report(got: dict[str, list[dict]], names: list[str], tag: str) -> None:
         ms = [r["ms"] for r in got[v]]
         step = "" if prev is None or v in ("kernel", "loader/4") else f"{med[v] - med[prev]:+.3f}"
         extra = (
-            f"  main process {statistics.median(r['main_ms'] for r in got[v]):.3f}" if "main_ms" in got[v][0] else ""
+            f"  main process {statistics.median(r['main_ms'] for r in got[v]):.3f}"
+            f"  page faults/img {statistics.median(r['faults'] for r in got[v]):.1f}"
+            if "main_ms" in got[v][0]
+            else ""
         )
         print(f"{v:10s} {med[v]:10.3f} {min(ms):6.3f}-{max(ms):6.3f} {step:>7s}{extra}")
         prev = v if v not in ("kernel", "loader/4") else prev
