@@ -44,14 +44,14 @@ class Inline:
         self.array = array
 
 
-def _inlinable(t: torch.Tensor) -> bool:
-    return (
-        t.device.type == "cpu"
-        and t.nbytes <= INLINE_BYTES
-        and not t.requires_grad
-        and t.dtype not in (torch.bfloat16, torch.complex32)  # no numpy dtype
-        and t.layout == torch.strided
-    )
+def _inline(t: torch.Tensor) -> Inline | None:
+    """``t`` by value, if it is small and numpy can hold it (not bfloat16, float8, a conjugate view, ...)."""
+    if t.device.type != "cpu" or t.nbytes > INLINE_BYTES or t.requires_grad or t.layout != torch.strided:
+        return None
+    try:
+        return Inline(t.numpy())
+    except (TypeError, RuntimeError):  # a dtype or view numpy has no equivalent for: it travels as a tensor
+        return None
 
 
 def pack(item: Any, buffers: BatchBuffers, worker: int) -> Any:
@@ -64,8 +64,8 @@ def pack(item: Any, buffers: BatchBuffers, worker: int) -> Any:
             slot = buffers.slot_of(value)
             if slot is not None:  # a recycled buffer: the main process tracks it, so it never goes inline
                 value = buffers.reference(value, worker, slot) or value
-            elif _inlinable(value):
-                value = Inline(value.numpy())
+            else:
+                value = _inline(value) or value
         out[name] = value
     return out
 

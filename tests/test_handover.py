@@ -28,11 +28,16 @@ def test_small_tensors_travel_by_value_and_come_back_equal() -> None:
     scores = torch.linspace(0, 1, 7, dtype=torch.float32)
     big = torch.ones(INLINE_BYTES // 4 + 1, dtype=torch.float32)  # one element over: stays a tensor
     brain = torch.zeros(4, dtype=torch.bfloat16)  # no numpy dtype: stays a tensor
-    sent = pack({"cls": labels, "score": scores, "big": big, "bf": brain, "__key__": ["a"]}, pool, 0)
+    eight = torch.zeros(4).to(torch.float8_e4m3fn)
+    conj = torch.tensor([1 + 2j]).conj()  # a conjugate view numpy() refuses
+    sent = pack(
+        {"cls": labels, "score": scores, "big": big, "bf": brain, "__key__": ["a"], "f8": eight, "c": conj}, pool, 0
+    )
+    assert sent["f8"] is eight and sent["c"] is conj
     assert isinstance(sent["cls"], Inline) and isinstance(sent["score"], Inline)
     assert sent["big"] is big and sent["bf"] is brain and sent["__key__"] == ["a"]
     got = unpack(trip(sent), pool, 0)
-    assert set(got) == {"cls", "score", "big", "bf", "__key__"}
+    assert set(got) == {"cls", "score", "big", "bf", "__key__", "f8", "c"}
     for name, want in (("cls", labels), ("score", scores), ("big", big), ("bf", brain)):
         assert got[name].dtype == want.dtype and torch.equal(got[name], want), name
     got["cls"][0] = 5  # the loop may write into what it receives
