@@ -178,7 +178,8 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         )  # fmt: skip
         self._main_rank = distributed_rank(strict=False)  # asked again, strictly, when a pass starts
         self.stats = SharedStats()
-        self.buffers = BatchBuffers()  # recycled shared-memory batches (ShardLoader frees them)
+        #: a ShardLoader's recycled shared-memory batch buffers, set while its workers start
+        self.buffers: BatchBuffers | None = None
         self.progress = WorkerProgress()  # where each DataLoader worker is (the loader's stall watchdog)
         self._plan = SharedPlan()  # the epoch and worker plan, seen by running (persistent) workers
         self._epoch = 0

@@ -11,9 +11,10 @@ worker) and ``unpack`` (in the main process) replace both:
 - an image batch in a recycled buffer whose segment the main process already holds
   travels as a ``SlotRef`` (``stages.buffers``): slot, segment id, shape and strides.
 
-Everything else travels as before. Only ``ShardLoader``'s own workers pack (the sources'
-``buffers.enabled``), and only ``ShardLoader`` unpacks (``batch_received``), so a plain
-DataLoader or a pinned-memory loader sees the batches torch would send.
+Everything else travels as before. Only the workers a ``ShardLoader`` pass started pack
+(they took the pass's pool along with the dataset), and only that pass unpacks
+(``receive``), so a plain DataLoader or a pinned-memory loader sees the batches torch
+would send.
 """
 
 from __future__ import annotations
@@ -82,3 +83,11 @@ def unpack(item: Any, buffers: BatchBuffers, worker: int) -> Any:
             value = buffers.resolve(worker, value)
         out[name] = value
     return out
+
+
+def receive(item: Any, buffers: BatchBuffers, worker: int) -> Any:
+    """In the main process, a batch just received from DataLoader worker ``worker``: the buffers
+    the loop has let go go back to their workers, and the item comes back as the loop sees it."""
+    buffers.release()
+    buffers.track(worker, item)  # the buffers that came as tensors (references are tracked as resolved)
+    return unpack(item, buffers, worker)

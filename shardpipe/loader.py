@@ -18,12 +18,15 @@ implement): before each pass it publishes a ``WorkerPlan`` (epoch, first worker,
 states) through ``open_worker_pass``, which the source keeps in shared memory, so
 persistent workers (``persistent_workers=True``) learn the next epoch and a resume state
 loaded into an already-running loader exactly like fresh workers do; each batch received
-goes back through ``batch_received`` (the source recycles its buffers once the loop lets
-go, and turns what the worker sent by value or by reference into tensors: ``shardpipe.handover``). Each worker's collate step reads ``state_dict()`` of its source copy.
+takes along the pass's recycled batch buffers (``stages.buffers``: each pass of fresh workers
+has its own pool, so two loaders over one dataset never share one); each batch received goes
+through ``handover.receive`` (buffers the loop let go are reused, and what the worker sent by
+value or by reference becomes tensors again). Each worker's collate step reads ``state_dict()`` of its source copy.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -31,10 +34,11 @@ from torch.utils.data import DataLoader, get_worker_info
 from torch.utils.data._utils.collate import default_convert
 
 from shardpipe.errors import SetupError, WorkerDiedError, WorkerStallError
-from shardpipe.handover import pack
+from shardpipe.handover import pack, receive
 from shardpipe.passes import WorkerPlan
 from shardpipe.protocol import LoaderSource, require
 from shardpipe.stages.base import State
+from shardpipe.stages.buffers import BatchBuffers
 from shardpipe.state import STATE_VERSION, StateError, validate_loader_state
 from shardpipe.workers import (
     DEFAULT_STALL_TIMEOUT,
@@ -85,6 +89,10 @@ _REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
 }
 
 
+#: held while a loader publishes its pass and starts its workers: a source carries one pool at a time
+_STARTING = threading.Lock()
+
+
 def refuse_unsupported(num_workers: int, persistent_workers: bool, kwargs: dict[str, Any]) -> None:
     """Raise ``ValueError`` (why, and what to do instead) for a DataLoader argument ShardLoader cannot honour."""
     for name, (accepted, why) in _REFUSED.items():
@@ -116,7 +124,7 @@ def _with_state(item: Any) -> tuple[State, Any]:
         _pass_checked = True
     item = default_convert(item)
     buffers = getattr(info.dataset, "buffers", None)
-    if buffers is not None and buffers.enabled:  # this ShardLoader unpacks what its workers pack
+    if buffers is not None:  # the pool of the ShardLoader pass that started this worker, which unpacks
         item = pack(item, buffers, info.id)
     return info.dataset.state_dict(), item
 
@@ -185,6 +193,7 @@ class ShardLoader(DataLoader):
         self._epoch_done = False
         self._resume: State | None = None
         self._passes = 0  # passes started: a finished pass withdraws its worker plan only if it is the latest
+        self._buffers: BatchBuffers | None = None  # the pool persistent workers took
 
     @property
     def source(self) -> LoaderSource:
@@ -243,13 +252,15 @@ class ShardLoader(DataLoader):
         # pinned batches are copied before the loop sees them, so only unpinned ones recycle buffers
         first = self._next_worker
         plan = WorkerPlan(ds.epoch, first, resume)
-        ds.open_worker_pass(plan, fresh_workers=not self.persistent_workers, recycle=not self.pin_memory)
-        if self._requested_context == "auto":  # decided per pass: threads come and go
-            self.multiprocessing_context = choose_context("auto", ds)
-        try:
-            it = super().__iter__()  # fresh workers start now (persistent ones kept theirs) with this flag
-        finally:
-            ds.workers_started()
+        buffers = self._pass_buffers()
+        with _STARTING:  # another loader over the same source starts its workers with its own pool
+            ds.open_worker_pass(plan, buffers=buffers)
+            if self._requested_context == "auto":  # decided per pass: threads come and go
+                self.multiprocessing_context = choose_context("auto", ds)
+            try:
+                it = super().__iter__()  # fresh workers start now (persistent ones kept theirs), taking the pool
+            finally:
+                ds.workers_started()
         try:
             while True:
                 try:
@@ -266,12 +277,22 @@ class ShardLoader(DataLoader):
                 worker = state["consumer"]["worker"]
                 self._worker_states[worker] = state
                 self._next_worker = (worker + 1) % self.num_workers
-                item = ds.batch_received((worker - first) % self.num_workers, item)  # the DataLoader worker's row
+                if buffers is not None:  # by the DataLoader worker's id
+                    item = receive(item, buffers, (worker - first) % self.num_workers)
                 yield item
             self._epoch_done = True
         finally:
             if self._passes == this_pass:  # not if a later pass has published its own plan
                 ds.set_worker_plan(None)
+
+    def _pass_buffers(self) -> BatchBuffers | None:
+        """The recycled batch buffers of this pass: its own for fresh workers, the same as before for
+        persistent ones still running; none with pinned memory (the loop gets a pinned copy)."""
+        if self.pin_memory:
+            return None
+        if self._buffers is None or not self.persistent_workers or self._iterator is None:
+            self._buffers = BatchBuffers()
+        return self._buffers
 
     def _stall_error(self, it: Any) -> WorkerStallError:
         """Name the worker the loader waited for, its stage and shard; stop the workers."""

@@ -116,7 +116,9 @@ class MixedDataset(IterableDataset, WorkerPassHooks):
         self._plan = SharedPlan()  # the epoch and worker plan, seen by running (persistent) workers
         self._epoch = 0
         self.progress = WorkerProgress()  # one table for every source (see _Mixer): the stall watchdog reads it
-        self.buffers = BatchBuffers()  # the loader's hand-back of batches; mixed batches are allocated fresh
+        #: a ShardLoader's recycled batch buffers, set while its workers start (they take them along);
+        #: mixed batches are allocated fresh, but small tensors still travel by value
+        self.buffers: BatchBuffers | None = None
         self._resume: State | None = None
         self._carry: State | None = None  # in-process: where the sources stood at the last pass's end
         self._live: _Mixer | None = None

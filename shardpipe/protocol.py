@@ -12,11 +12,11 @@ Two levels:
   every worker's next pass, shared with running persistent workers, and
   ``worker_plan_published``, which a worker's collate step checks), ``warm`` (imports done
   before workers fork), ``carries_state`` (a pass goes on from the previous pass's end),
-  the stall table ``progress`` with the ``shards`` it names, and three calls around a pass
-  of workers (``open_worker_pass``, ``workers_started``, ``batch_received``).
+  the stall table ``progress`` with the ``shards`` it names, and two calls around the start
+  of a pass of workers (``open_worker_pass``, ``workers_started``).
 
-``WorkerPassHooks`` implements those three once, for sources that keep a ``WorkerProgress``
-and ``BatchBuffers``; ``ShardsFingerprint`` is the one fingerprint recipe (shards, then
+``WorkerPassHooks`` implements those two once, for sources that keep a ``WorkerProgress``
+and carry a loader's ``BatchBuffers`` into the workers it starts; ``ShardsFingerprint`` is the one fingerprint recipe (shards, then
 option texts), used by every implementation and by the fleet's servers.
 """
 
@@ -87,18 +87,13 @@ class LoaderSource(Resumable, Protocol):
         """True while a ``ShardLoader`` pass has published its worker plan (read in workers too)."""
         ...
 
-    def open_worker_pass(self, plan: WorkerPlan, *, fresh_workers: bool, recycle: bool) -> None:
-        """Before a DataLoader pass: forget the stall table, publish ``plan``; ``fresh_workers``: the
-        last pass's workers are gone; ``recycle``: the workers started now may reuse batch buffers."""
+    def open_worker_pass(self, plan: WorkerPlan, *, buffers: BatchBuffers | None) -> None:
+        """Before a DataLoader pass: forget the stall table, publish ``plan``; the workers started now
+        take ``buffers`` (the loader's recycled batch buffers; ``None``: none)."""
         ...
 
     def workers_started(self) -> None:
         """The pass's workers have started: workers started later (other loaders) get no recycled buffers."""
-        ...
-
-    def batch_received(self, row: int, item: Any) -> Any:
-        """The loader received ``item`` from DataLoader worker ``row``: buffers the loop let go are reused;
-        returns the item as the loop sees it (what the worker sent by value or reference made tensors)."""
         ...
 
 
@@ -129,28 +124,20 @@ def require(obj: Any, protocol: type, who: str) -> None:
 
 
 class WorkerPassHooks:
-    """``LoaderSource``'s calls around a pass of workers, for a source with a ``progress`` table and
-    ``buffers`` (recycled shared-memory batches, freed by the loader)."""
+    """``LoaderSource``'s calls around the start of a pass of workers, for a source with a
+    ``progress`` table; ``buffers`` is the loader's pool while its workers start (they take
+    it with the source), else ``None``."""
 
     progress: WorkerProgress
-    buffers: BatchBuffers
+    buffers: BatchBuffers | None
 
-    def open_worker_pass(self, plan: WorkerPlan, *, fresh_workers: bool, recycle: bool) -> None:
+    def open_worker_pass(self, plan: WorkerPlan, *, buffers: BatchBuffers | None) -> None:
         self.progress.clear()
         self.set_worker_plan(plan)  # type: ignore[attr-defined]  # each source validates its own states
-        if fresh_workers:
-            self.buffers.clear()  # the last pass's workers (and their batch buffers) are gone
-        self.buffers.enabled = recycle
+        self.buffers = buffers
 
     def workers_started(self) -> None:
-        self.buffers.enabled = False  # plain DataLoaders over this source get no recycled buffers
-
-    def batch_received(self, row: int, item: Any) -> Any:
-        from shardpipe.handover import unpack
-
-        self.buffers.release()  # batches the training loop is done with go back to their worker
-        self.buffers.track(row, item)  # the buffers that came as tensors (references are tracked as resolved)
-        return unpack(item, self.buffers, row)
+        self.buffers = None  # plain DataLoaders (and other loaders) over this source get no recycled buffers
 
 
 class ShardsFingerprint:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from shardpipe import ShardDataset, ShardLoader
@@ -58,7 +59,7 @@ def test_a_plain_dataloader_does_not_use_the_pool(dataset_dir) -> None:
     batches = list(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=1))
     assert all(b["jpg"].is_shared() for b in batches)
     assert len({_segment_id(b["jpg"].untyped_storage()) for b in batches}) == len(batches)
-    assert int(ds.buffers.table[:, :, 0].sum()) == 0  # no slot was ever taken
+    assert ds.buffers is None  # no pool was ever handed to a worker
 
 
 def test_a_view_keeps_its_batch_busy() -> None:
@@ -83,3 +84,22 @@ def test_a_slot_taken_over_by_a_new_segment_is_not_freed_for_the_old_one() -> No
     del t
     assert pool.release() == 0
     assert int(pool.table[1, 0, 0]) == 1  # still busy: its new owner decides
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_two_loaders_over_one_dataset_never_recycle_each_others_batches(dataset_dir, persistent) -> None:
+    """Each pass of workers takes its own pool: a batch one loop keeps is never overwritten by
+    the other loader's workers (they once shared one table of slots, indexed by worker id)."""
+    urls, _ = dataset_dir
+    ds = ShardDataset(urls, transform=RandomResizedCrop(16), batch_size=2)
+    a = ShardLoader(ds, num_workers=2, persistent_workers=persistent)
+    b = ShardLoader(ds, num_workers=2, persistent_workers=persistent)
+    for epoch in range(2 if persistent else 1):  # both loaders' second pass is epoch 1
+        ref = per_key_pixels(urls, epoch)
+        kept: list[dict] = []
+        for x, y in zip(a, b):
+            kept = (kept + [x])[-12:]  # a loop that holds on to a's last batches
+            for batch in (*kept, y):
+                check(batch, ref)
+        assert len(kept) == 12
+    assert ds.buffers is None

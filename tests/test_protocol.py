@@ -300,7 +300,6 @@ def test_protocol_members_are_what_loaders_call():
         "state_dict",
     ]
     assert set(protocol_members(LoaderSource)) - set(protocol_members(Resumable)) == {
-        "batch_received",
         "carries_state",
         "open_worker_pass",
         "progress",
@@ -324,5 +323,5 @@ def test_shard_loader_names_what_a_source_lacks():
         ShardLoader(HalfSource())
     message = str(err.value)
     assert message.startswith("ShardLoader needs an object implementing shardpipe.protocol.LoaderSource")
-    assert "a HalfSource lacks batch_received, carries_state, fingerprint, load_state_dict, open_worker_pass" in message
+    assert "a HalfSource lacks carries_state, fingerprint, load_state_dict, open_worker_pass, progress" in message
     assert "set_epoch" not in message.split("lacks")[1]

@@ -125,7 +125,7 @@ class Batch(Stage[dict[str, Any]]):
 
     def _alloc(self, shape: tuple[int, ...]) -> torch.Tensor:
         info = get_worker_info()
-        if self.buffers is not None and self.buffers.enabled and info is not None:
+        if self.buffers is not None and info is not None:
             # by DataLoader worker id, which a process keeps for life (the logical ctx.worker
             # can change between passes of persistent workers after a resume)
             return self.buffers.take(shape, info.id)

@@ -70,16 +70,13 @@ class BatchBuffers:
         self.table = torch.zeros((MAX_WORKERS, SLOTS, 4), dtype=torch.int64).share_memory_()
         self._pool: dict[int, torch.UntypedStorage] = {}  # worker side: slot -> storage
         self._held: list[tuple[torch.UntypedStorage, int, int, int]] = []  # main: (storage, worker, slot, id)
-        # main: (worker, slot) -> (storage, id): every segment received, kept mapped until clear()
+        # main: (worker, slot) -> (storage, id): every segment received, kept mapped while this pool lives
         self._mapped: dict[tuple[int, int], tuple[torch.UntypedStorage, int]] = {}
         self._np: np.ndarray | None = None
-        #: set by ShardLoader for the workers it starts (it frees the slots); off for anyone
-        #: else, who would never free them
-        self.enabled = False
 
     def __getstate__(self) -> dict[str, Any]:
         # storages stay in their process
-        return {"table": self.table, "_pool": {}, "_held": [], "_mapped": {}, "_np": None, "enabled": self.enabled}
+        return {"table": self.table, "_pool": {}, "_held": [], "_mapped": {}, "_np": None}
 
     def _rows(self) -> np.ndarray:
         """The table as numpy (the same shared memory): reading a field costs no tensor."""
@@ -181,9 +178,3 @@ class BatchBuffers:
                     freed += 1
                 self._held.remove(entry)
         return freed
-
-    def clear(self) -> None:
-        """Forget the main side's segments (between epochs: the workers that own them are gone)."""
-        self._held.clear()
-        self._mapped.clear()
-        self.table[:, :, _MAPPED] = 0
