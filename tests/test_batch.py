@@ -153,3 +153,30 @@ def test_an_exact_multiple_has_no_empty_batch():
 def test_batch_size_must_be_positive(size: int):
     with pytest.raises(ValueError, match=rf"^batch_size must be >= 1, not {size}$"):
         Batch(size)
+
+
+@pytest.mark.parametrize("opencv", [True, False])
+def test_nchw_collate_equals_a_transposed_stack_with_and_without_opencv(opencv, monkeypatch):
+    """Contiguous NCHW batches are written with cv2.split into each image's planes (numpy's strided
+    copy without OpenCV): the same bytes either way, for any mix of inputs collate accepts."""
+    import shardpipe.stages.batch as batch_module
+
+    if not opencv:
+        monkeypatch.setattr(batch_module, "cv2", None)
+    rng = np.random.default_rng(3)
+    rgb = [rng.integers(0, 256, (7, 5, 3), dtype=np.uint8) for _ in range(3)]
+    flipped = rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)[:, ::-1]  # not C-contiguous
+    grey = rng.integers(0, 256, (7, 5), dtype=np.uint8)  # broadcast to every channel
+    images = [*rgb, flipped, grey]
+    want = np.stack(
+        [np.transpose(np.broadcast_to(i if i.ndim == 3 else i[:, :, None], (7, 5, 3)), (2, 0, 1)) for i in images]
+    )
+    got = collate_images(images)
+    assert got.is_contiguous() and got.shape == (5, 3, 7, 5)
+    assert np.array_equal(got.numpy(), want)
+    rgba = [rng.integers(0, 256, (4, 6, 4), dtype=np.uint8) for _ in range(2)]
+    assert np.array_equal(collate_images(rgba).numpy(), np.stack([np.transpose(i, (2, 0, 1)) for i in rgba]))
+    if opencv:  # the split really wrote into the planes it was given (no silent fallback)
+        planes = np.zeros((3, 7, 5), np.uint8)
+        assert batch_module._split_into(rgb[0], planes) and np.array_equal(planes, np.transpose(rgb[0], (2, 0, 1)))
+        assert not batch_module._split_into(flipped, planes)

@@ -10,7 +10,8 @@ the main process, live workers read from /proc, reaped ones from rusage):
 - ``untar``: read + untar + group samples, no decode (in-process, ``num_workers=0``);
 - ``+shuffle``: the same through the shuffle buffer;
 - ``+decode``: + the Decode stage (kernel + per-sample Python), samples out;
-- ``+batch``: + collate into channels_last uint8 batches of 64: the whole pipeline in-process;
+- ``+batch``: + collate into channels_last uint8 batches of 64 (``--nchw``: contiguous NCHW,
+  the default layout): the whole pipeline in-process;
 - ``loader``: the same pipeline in a ``ShardLoader`` with ``--workers`` worker processes
   (+ worker start-up, shared-memory hand-over, the main process), main process CPU beside it;
 - ``loader/4``: the same on the first quarter of the shards: with ``loader``, it splits the
@@ -41,7 +42,7 @@ sys.path.insert(0, os.environ.get("BENCH_GAP_CODE") or os.path.join(os.path.dirn
 VARIANTS = ("kernel", "untar", "+shuffle", "+decode", "+batch", "loader", "loader/4")
 
 
-def _dataset(manifest: str, variant: str, buffer: int, batch: int):  # noqa: ANN202 - a ShardDataset
+def _dataset(manifest: str, variant: str, buffer: int, batch: int, nchw: bool = False):  # noqa: ANN202 - a ShardDataset
     from shardpipe.dataset import ShardDataset
     from shardpipe.devtools.bench.kernels import train_transform
     from shardpipe.devtools.bench.loaders import manifest_urls
@@ -56,7 +57,7 @@ def _dataset(manifest: str, variant: str, buffer: int, batch: int):  # noqa: ANN
     else:
         kw["transform"] = train_transform(224)
     if variant in ("+batch", "loader", "loader/4"):
-        kw.update(batch_size=batch, channels_last=True)
+        kw.update(batch_size=batch, channels_last=not nchw)
     return ShardDataset(manifest, **kw)
 
 
@@ -86,7 +87,7 @@ def _tree_minor_faults() -> int:
     return total
 
 
-def _child(variant: str, manifest: str, buffer: int, batch: int, workers: int) -> dict:
+def _child(variant: str, manifest: str, buffer: int, batch: int, workers: int, nchw: bool = False) -> dict:
     from shardpipe.devtools.bench.proctree import tree_cpu_seconds
 
     if variant == "kernel":
@@ -99,7 +100,7 @@ def _child(variant: str, manifest: str, buffer: int, batch: int, workers: int) -
         t0 = time.process_time()
         run_kernel(fn, items, 1)
         return {"ms": (time.process_time() - t0) * 1000 / len(items)}
-    ds = _dataset(manifest, variant, buffer, batch)
+    ds = _dataset(manifest, variant, buffer, batch, nchw)
     if variant.startswith("loader"):
         from shardpipe.loader import ShardLoader
 
@@ -137,13 +138,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--buffer", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument(
+        "--nchw", action="store_true", help="contiguous NCHW batches (the default layout), not channels_last"
+    )
     ap.add_argument("--only", nargs="*", choices=VARIANTS)
     ap.add_argument("--code", help="measure the shardpipe of this checkout (e.g. the code before a change)")
     ap.add_argument("--versus", help="also run every variant on this checkout, interleaved round by round")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child, args.manifest, args.buffer, args.batch, args.workers)))
+        print(json.dumps(_child(args.child, args.manifest, args.buffer, args.batch, args.workers, args.nchw)))
         return
     manifest = _make(args.make, args.n) if args.make else args.manifest
     if not manifest:
@@ -158,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.rounds):
         for v, tag in runs[r % len(runs) :] + runs[: r % len(runs)]:
             cmd = [sys.executable, __file__, manifest, "--child", v, "--buffer", str(args.buffer)]
-            cmd += ["--batch", str(args.batch), "--workers", str(args.workers)]
+            cmd += ["--batch", str(args.batch), "--workers", str(args.workers)] + (["--nchw"] if args.nchw else [])
             code = codes[tag]
             env = {**os.environ, "BENCH_GAP_CODE": os.path.abspath(code)} if code else None
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from shardpipe.augment.resample import cv2
 from shardpipe.format.sample import Sample
 from shardpipe.stages.base import Stage
 from shardpipe.stages.buffers import BatchBuffers
@@ -59,12 +60,25 @@ def collate_images(
             out = alloc((len(images), h, w, c)).permute(0, 3, 1, 2)
         else:
             out = alloc((len(images), c, h, w))
-    # write through an NHWC view of the tensor's memory: one copy per image (a strided one
-    # for contiguous NCHW, a plain one for channels_last)
+    # write through an NHWC view of the tensor's memory: one copy per image (a plain one for
+    # channels_last; for contiguous NCHW, OpenCV's split straight into the image's channel
+    # planes, ~3.5x numpy's strided copy, else that strided copy)
     nhwc = out.permute(0, 2, 3, 1).numpy()
+    planes = out.numpy() if not channels_last and c > 1 and cv2 is not None and out.is_contiguous() else None
     for i, img in enumerate(images):
-        nhwc[i] = img if img.ndim == 3 else img[:, :, None]
+        if planes is None or img.ndim != 3 or not _split_into(img, planes[i]):
+            nhwc[i] = img if img.ndim == 3 else img[:, :, None]
     return out
+
+
+def _split_into(img: np.ndarray, planes: np.ndarray) -> bool:
+    """Copy HWC ``img`` into the contiguous (C, H, W) ``planes`` with ``cv2.split``; False if it cannot."""
+    if img.shape[2] != planes.shape[0] or img.shape[2] > 4 or not img.flags.c_contiguous:
+        return False
+    dst = list(planes)
+    got = cv2.split(img, dst)
+    # OpenCV writes into arrays it was given only when they fit; anything else would be a new array
+    return all(g.ctypes.data == d.ctypes.data for g, d in zip(got, dst))
 
 
 def collate(samples: list[Sample], channels_last: bool = False, alloc: Alloc = empty_uint8) -> dict[str, Any]:
