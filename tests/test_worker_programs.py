@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -160,3 +161,40 @@ def test_explicit_spawn_without_main_guard_fails_fast_with_what_to_do(tmp_path, 
         re.S,
     ), r["message"]
     assert r["detect_s"] < STALL_TIMEOUT_S / 2
+
+
+TQDM_PROGRAM = """
+import sys
+import tqdm
+from shardpipe import ShardDataset, ShardLoader
+from shardpipe.augment import RandomResizedCrop
+
+if sys.argv[2] == "off":
+    tqdm.tqdm.monitor_interval = 0  # what shardpipe demo does
+loader = ShardLoader(ShardDataset(sys.argv[1], transform=RandomResizedCrop(16), batch_size=4), num_workers=2)
+n = 0
+with tqdm.tqdm(total=24, file=sys.stderr) as bar:  # opened after the loader: no early forkserver
+    for batch in loader:
+        n += len(batch["cls"])
+        bar.update(len(batch["cls"]))
+print(type(loader.multiprocessing_context).__name__, n)
+"""
+
+
+@pytest.mark.parametrize("monitor", ["on", "off"])
+def test_a_tqdm_bar_sends_workers_to_the_forkserver_unless_its_monitor_is_off(tmp_path, data, monitor):
+    """What docs/reference.md says of tqdm: its monitor thread is a thread like any other."""
+    program = tmp_path / "bar.py"
+    program.write_text(TQDM_PROGRAM)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(
+        [sys.executable, str(program), data[0], monitor],
+        capture_output=True,
+        text=True,
+        timeout=HARD_TIMEOUT_S,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    context, n = done.stdout.split()
+    assert n == "24"
+    assert context == ("CleanForkServerContext" if monitor == "on" else "ForkContext")

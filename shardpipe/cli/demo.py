@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
 def _stream(args: argparse.Namespace, ds: Any, loader: Any) -> int:
     from tqdm import tqdm
 
+    # no monitor thread: beside it, ShardLoader starts workers from its forkserver, and the first
+    # epoch would wait for that server's one-time start (docs/reference.md, "Worker start and stalls")
+    tqdm.monitor_interval = 0
+
     rates = []
     for epoch in range(args.epochs):
         ds.stats.reset()
