@@ -180,3 +180,26 @@ def test_nchw_collate_equals_a_transposed_stack_with_and_without_opencv(opencv, 
         planes = np.zeros((3, 7, 5), np.uint8)
         assert batch_module._split_into(rgb[0], planes) and np.array_equal(planes, np.transpose(rgb[0], (2, 0, 1)))
         assert not batch_module._split_into(flipped, planes)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_chw_uint8_tensors_are_collated_like_arrays_into_the_batch_allocation(channels_last):
+    """decode="torchrgb8" samples (CHW views of HWC memory, or contiguous CHW tensors) take the array
+    path: the batch comes from ``alloc`` (the worker's recycled shared memory), equal to torch.stack."""
+    rng = np.random.default_rng(5)
+    views = [torch.from_numpy(rng.integers(0, 256, (6, 4, 3), dtype=np.uint8)).permute(2, 0, 1) for _ in range(2)]
+    contiguous = [torch.from_numpy(rng.integers(0, 256, (3, 6, 4), dtype=np.uint8)) for _ in range(2)]
+    made = []
+
+    def alloc(shape):
+        made.append(shape)
+        return torch.empty(shape, dtype=torch.uint8)
+
+    samples = [{"jpg": t, "cls": i} for i, t in enumerate(views + contiguous)]
+    got = collate(samples, channels_last=channels_last, alloc=alloc)["jpg"]
+    assert torch.equal(got, torch.stack(views + contiguous))
+    assert made == [(4, 6, 4, 3) if channels_last else (4, 3, 6, 4)]
+    assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    floats = [torch.rand(3, 2, 2) for _ in range(2)]  # not images: stacked by torch, as before
+    assert torch.equal(collate([{"x": f} for f in floats], alloc=alloc)["x"], torch.stack(floats))
+    assert len(made) == 1

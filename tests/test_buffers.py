@@ -103,3 +103,16 @@ def test_two_loaders_over_one_dataset_never_recycle_each_others_batches(dataset_
                 check(batch, ref)
         assert len(kept) == 12
     assert ds.buffers is None
+
+
+def test_torch_tensor_samples_are_batched_in_recycled_buffers_with_the_same_pixels(dataset_dir) -> None:
+    urls, samples = dataset_dir
+    ref = per_key_pixels(urls)
+    ds = ShardDataset(urls, transform=RandomResizedCrop(16), batch_size=2, decode="torchrgb8")
+    segments, keys = set(), []
+    for batch in ShardLoader(ds, num_workers=2, prefetch_factor=2):
+        check(batch, ref)
+        segments.add(_segment_id(batch["jpg"].untyped_storage()))
+        keys += batch["__key__"]
+    assert sorted(keys) == sorted(s["__key__"] for s in samples)
+    assert len(segments) <= 2 * SLOTS < len(keys) // 2  # recycled, as rgb8 batches are

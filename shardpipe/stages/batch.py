@@ -43,10 +43,14 @@ Alloc = Callable[[tuple[int, ...]], torch.Tensor]
 def collate_images(
     images: list[Any], out: torch.Tensor | None = None, channels_last: bool = False, alloc: Alloc = empty_uint8
 ) -> torch.Tensor:
-    """Stack HWC uint8 arrays (or CHW uint8 tensors) into one NCHW uint8 tensor (from ``alloc``)."""
+    """Stack HWC uint8 arrays (or CHW uint8 tensors) into one NCHW uint8 tensor (from ``alloc``);
+    other tensors are stacked by torch."""
     first = images[0]
     if isinstance(first, torch.Tensor):
-        return torch.stack(images) if out is None else torch.stack(images, out=out)
+        if not all(_is_image_tensor(t) for t in images):
+            return torch.stack(images) if out is None else torch.stack(images, out=out)
+        images = [t.permute(1, 2, 0).numpy() for t in images]  # HWC views of the same memory
+        first = images[0]
     h, w = first.shape[:2]
     c = first.shape[2] if first.ndim == 3 else 1
     for img in images:
@@ -81,6 +85,18 @@ def _split_into(img: np.ndarray, planes: np.ndarray) -> bool:
     return all(g.ctypes.data == d.ctypes.data for g, d in zip(got, dst))
 
 
+def _is_image_tensor(value: Any) -> bool:
+    """A CHW uint8 CPU tensor (``decode="torchrgb8"``): collated like an HWC array."""
+    return (
+        isinstance(value, torch.Tensor)
+        and value.dtype == torch.uint8
+        and value.ndim == 3
+        and value.device.type == "cpu"
+        and value.layout == torch.strided
+        and not value.requires_grad
+    )
+
+
 def collate(samples: list[Sample], channels_last: bool = False, alloc: Alloc = empty_uint8) -> dict[str, Any]:
     """Collate a list of samples field by field (see the module docstring); ``alloc`` makes
     the image tensors (a ``BatchBuffers`` pool inside DataLoader workers).
@@ -99,6 +115,8 @@ def collate(samples: list[Sample], channels_last: bool = False, alloc: Alloc = e
         values = [s[field] for s in samples]
         first = values[0]
         if isinstance(first, np.ndarray) and first.dtype == np.uint8 and first.ndim in (2, 3):
+            out[field] = collate_images(values, channels_last=channels_last, alloc=alloc)
+        elif _is_image_tensor(first) and all(_is_image_tensor(v) for v in values):
             out[field] = collate_images(values, channels_last=channels_last, alloc=alloc)
         elif isinstance(first, torch.Tensor):
             out[field] = torch.stack(values)
