@@ -13,7 +13,7 @@ import torch
 from shardpipe import ShardDataset, ShardLoader
 from shardpipe.augment import RandomResizedCrop
 from shardpipe.handover import INLINE_BYTES, Inline, pack, unpack
-from shardpipe.stages.buffers import BatchBuffers, SlotRef
+from shardpipe.stages.buffers import SLOTS, BatchBuffers, SlotRef
 from tests.test_buffers import check, per_key_pixels
 
 
@@ -109,7 +109,7 @@ def test_a_loader_over_workers_delivers_the_same_pixels_and_labels_by_reference(
             batches += 1
         assert sorted(keys) == sorted(labels)
     # every batch past each worker's first few came by reference
-    assert batches - 2 * 2 * 4 <= CountingBuffers.resolved < batches
+    assert batches - 2 * 2 * SLOTS <= CountingBuffers.resolved < batches  # at most SLOTS fresh per worker and pass
 
 
 def test_labels_from_a_plain_dataloader_are_tensors_as_torch_sends_them(dataset_dir) -> None:
@@ -121,3 +121,18 @@ def test_labels_from_a_plain_dataloader_are_tensors_as_torch_sends_them(dataset_
     assert np.array_equal(
         np.sort(np.concatenate([b["cls"].numpy() for b in batches])), np.sort([s["cls"] for s in samples])
     )
+
+
+def test_unbatched_samples_travel_by_value_with_their_pixels(dataset_dir) -> None:
+    """Without batch_size each sample is an item: its image (under INLINE_BYTES) comes in the message."""
+    urls, samples = dataset_dir
+    ds = ShardDataset(urls, transform=RandomResizedCrop(16))
+    want = {}
+    for s in ShardDataset(urls, transform=RandomResizedCrop(16)):
+        want[s["__key__"]] = s["jpg"]
+    got = list(ShardLoader(ds, num_workers=2))
+    assert sorted(s["__key__"] for s in got) == sorted(want)
+    for s in got:
+        img = s["jpg"]
+        assert isinstance(img, torch.Tensor) and not img.is_shared() and img.shape == (16, 16, 3)
+        assert np.array_equal(img.numpy(), want[s["__key__"]]), s["__key__"]
