@@ -27,7 +27,20 @@ def test_the_breakdown_tool_writes_shards_and_prints_every_row(tmp_path: Path):
 def test_versus_runs_each_variant_on_both_checkouts_and_prints_both_tables(tmp_path: Path):
     """Side by side: here the other checkout is this one, so both tables have the same rows."""
     cmd = [sys.executable, str(TOOL), "--make", str(tmp_path / "shards"), "--n", "16", "--rounds", "2"]
-    cmd += ["--batch", "4", "--buffer", "4", "--only", "untar", "+batch", "--versus", str(TOOL.parent.parent), "--nchw"]
+    cmd += [
+        "--batch",
+        "4",
+        "--buffer",
+        "4",
+        "--only",
+        "untar",
+        "+batch",
+        "--versus",
+        str(TOOL.parent.parent),
+        "--nchw",
+        "--decode",
+        "torchrgb8",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout

@@ -42,7 +42,7 @@ sys.path.insert(0, os.environ.get("BENCH_GAP_CODE") or os.path.join(os.path.dirn
 VARIANTS = ("kernel", "untar", "+shuffle", "+decode", "+batch", "loader", "loader/4")
 
 
-def _dataset(manifest: str, variant: str, buffer: int, batch: int, nchw: bool = False):  # noqa: ANN202 - a ShardDataset
+def _dataset(manifest: str, variant: str, buffer: int, batch: int, nchw: bool = False, decode: str = "rgb8"):  # noqa: ANN202
     from shardpipe.dataset import ShardDataset
     from shardpipe.devtools.bench.kernels import train_transform
     from shardpipe.devtools.bench.loaders import manifest_urls
@@ -55,8 +55,8 @@ def _dataset(manifest: str, variant: str, buffer: int, batch: int, nchw: bool = 
     if variant in ("untar", "+shuffle"):
         kw["decode"] = None
     else:
-        kw["transform"] = train_transform(224)
-    if variant in ("+batch", "loader", "loader/4"):
+        kw.update(transform=train_transform(224), decode=decode)
+    if variant in ("+batch", "loader", "loader/4") and batch:
         kw.update(batch_size=batch, channels_last=not nchw)
     return ShardDataset(manifest, **kw)
 
@@ -87,7 +87,9 @@ def _tree_minor_faults() -> int:
     return total
 
 
-def _child(variant: str, manifest: str, buffer: int, batch: int, workers: int, nchw: bool = False) -> dict:
+def _child(
+    variant: str, manifest: str, buffer: int, batch: int, workers: int, nchw: bool = False, decode: str = "rgb8"
+) -> dict:
     from shardpipe.devtools.bench.proctree import tree_cpu_seconds
 
     if variant == "kernel":
@@ -100,19 +102,19 @@ def _child(variant: str, manifest: str, buffer: int, batch: int, workers: int, n
         t0 = time.process_time()
         run_kernel(fn, items, 1)
         return {"ms": (time.process_time() - t0) * 1000 / len(items)}
-    ds = _dataset(manifest, variant, buffer, batch, nchw)
+    ds = _dataset(manifest, variant, buffer, batch, nchw, decode)
     if variant.startswith("loader"):
         from shardpipe.loader import ShardLoader
 
         m0, c0, f0 = time.process_time(), tree_cpu_seconds(), _tree_minor_faults()
-        n = sum(len(b["jpg"]) for b in ShardLoader(ds, num_workers=workers))
+        n = sum(len(b["jpg"]) if batch else 1 for b in ShardLoader(ds, num_workers=workers))
         cpu, main = tree_cpu_seconds() - c0, time.process_time() - m0
         faults = _tree_minor_faults() - f0
         return {"ms": cpu * 1000 / n, "main_ms": main * 1000 / n, "cpu_s": cpu, "n": n, "faults": faults / n}
     t0 = time.process_time()
     n = 0
     for item in ds:
-        n += len(item["jpg"]) if variant == "+batch" else 1
+        n += len(item["jpg"]) if variant == "+batch" and batch else 1
     return {"ms": (time.process_time() - t0) * 1000 / n}
 
 
@@ -136,10 +138,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--buffer", type=int, default=1000)
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=64, help="0: no batching, each sample an item")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument(
         "--nchw", action="store_true", help="contiguous NCHW batches (the default layout), not channels_last"
+    )
+    ap.add_argument(
+        "--decode", default="rgb8", choices=["rgb8", "torchrgb8"], help="what samples hold: arrays or tensors"
     )
     ap.add_argument("--only", nargs="*", choices=VARIANTS)
     ap.add_argument("--code", help="measure the shardpipe of this checkout (e.g. the code before a change)")
@@ -147,7 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child, args.manifest, args.buffer, args.batch, args.workers, args.nchw)))
+        print(
+            json.dumps(_child(args.child, args.manifest, args.buffer, args.batch, args.workers, args.nchw, args.decode))
+        )
         return
     manifest = _make(args.make, args.n) if args.make else args.manifest
     if not manifest:
@@ -162,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
     for r in range(args.rounds):
         for v, tag in runs[r % len(runs) :] + runs[: r % len(runs)]:
             cmd = [sys.executable, __file__, manifest, "--child", v, "--buffer", str(args.buffer)]
-            cmd += ["--batch", str(args.batch), "--workers", str(args.workers)] + (["--nchw"] if args.nchw else [])
+            cmd += ["--batch", str(args.batch), "--workers", str(args.workers), "--decode", args.decode]
+            cmd += ["--nchw"] if args.nchw else []
             code = codes[tag]
             env = {**os.environ, "BENCH_GAP_CODE": os.path.abspath(code)} if code else None
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
