@@ -17,11 +17,12 @@ The loader drives its source only through the loader protocol
 implement): before each pass it publishes a ``WorkerPlan`` (epoch, first worker, resume
 states) through ``open_worker_pass``, which the source keeps in shared memory, so
 persistent workers (``persistent_workers=True``) learn the next epoch and a resume state
-loaded into an already-running loader exactly like fresh workers do; each batch received
-takes along the pass's recycled batch buffers (``stages.buffers``: each pass of fresh workers
-has its own pool, so two loaders over one dataset never share one); each batch received goes
-through ``handover.receive`` (buffers the loop let go are reused, and what the worker sent by
-value or by reference becomes tensors again). Each worker's collate step reads ``state_dict()`` of its source copy.
+loaded into an already-running loader exactly like fresh workers do. The workers a pass
+starts take along its recycled batch buffers (``stages.buffers``: each pass of fresh workers
+has its own pool, so two loaders over one dataset never share one), and each batch received
+goes through ``handover.receive`` (buffers the loop let go are reused, and what the worker
+sent by value or by reference becomes tensors again). Each worker's collate step reads
+``state_dict()`` of its source copy.
 """
 
 from __future__ import annotations

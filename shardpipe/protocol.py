@@ -16,8 +16,9 @@ Two levels:
   of a pass of workers (``open_worker_pass``, ``workers_started``).
 
 ``WorkerPassHooks`` implements those two once, for sources that keep a ``WorkerProgress``
-and carry a loader's ``BatchBuffers`` into the workers it starts; ``ShardsFingerprint`` is the one fingerprint recipe (shards, then
-option texts), used by every implementation and by the fleet's servers.
+and carry a loader's ``BatchBuffers`` into the workers it starts; ``ShardsFingerprint`` is
+the one fingerprint recipe (shards, then option texts), used by every implementation and by
+the fleet's servers.
 """
 
 from __future__ import annotations
