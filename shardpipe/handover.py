@@ -48,12 +48,13 @@ class Inline:
 
 
 def _inline(t: torch.Tensor) -> Inline | None:
-    """``t`` by value, if it is small and numpy can hold it (not bfloat16, float8, a conjugate view, ...)."""
-    if t.device.type != "cpu" or t.nbytes > INLINE_BYTES or t.requires_grad or t.layout != torch.strided:
+    """``t`` by value, if it is small and numpy can hold it (not on a GPU, not sparse, bfloat16, float8,
+    a conjugate view or a tensor that requires grad: ``numpy()`` refuses those)."""
+    if t.nbytes > INLINE_BYTES:
         return None
     try:
         return Inline(t.numpy())
-    except (TypeError, RuntimeError):  # a dtype or view numpy has no equivalent for: it travels as a tensor
+    except (TypeError, RuntimeError):  # numpy has no equivalent: it travels as a tensor
         return None
 
 
@@ -63,7 +64,7 @@ def pack(item: Any, buffers: BatchBuffers, worker: int) -> Any:
         return item
     out = {}
     for name, value in item.items():
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) and value.layout == torch.strided:  # (sparse ones travel as they are)
             slot = buffers.slot_of(value)
             if slot is not None:  # a recycled buffer: the main process tracks it, so it never goes inline
                 value = buffers.reference(value, worker, slot) or value

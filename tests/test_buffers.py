@@ -116,3 +116,41 @@ def test_torch_tensor_samples_are_batched_in_recycled_buffers_with_the_same_pixe
         keys += batch["__key__"]
     assert sorted(keys) == sorted(s["__key__"] for s in samples)
     assert len(segments) <= 2 * SLOTS < len(keys) // 2  # recycled, as rgb8 batches are
+
+
+def test_a_full_pool_hands_out_unpooled_buffers_then_replaces_a_free_slot_of_another_size() -> None:
+    pool = BatchBuffers()
+    held = [pool.take((2, 3, 4, 4), worker=0) for _ in range(SLOTS)]  # every slot busy
+    extra = pool.take((1, 3, 4, 4), worker=0)
+    assert extra.shape == (1, 3, 4, 4) and pool.slot_of(extra) is None  # unpooled: nothing to recycle
+    pool.table[0, 5, 0] = 0  # the loop let go of slot 5's batch
+    other = pool.take((1, 3, 4, 4), worker=0)
+    assert pool.slot_of(other) == 5 and int(pool.table[0, 5, 0]) == 1
+    assert int(pool.table[0, 5, 1]) == _segment_id(other.untyped_storage()) and int(pool.table[0, 5, 2]) == 48
+    assert [pool.slot_of(t) for t in held[:5]] == list(range(5))
+
+
+def test_a_pool_crosses_into_a_worker_with_its_table_and_without_its_buffers() -> None:
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    pool = BatchBuffers()
+    t = pool.take((2, 3, 4, 4), worker=1)
+    pool.track(1, {"jpg": t})
+    copy = pickle.loads(ForkingPickler.dumps(pool))  # as spawn and forkserver workers receive it
+    assert copy._pool == {} and copy._held == [] and copy._mapped == {}
+    copy.table[1, 0, 0] = 0  # one table, shared: the original sees what the copy writes
+    assert int(pool.table[1, 0, 0]) == 0
+    assert copy.take((2, 3, 4, 4), worker=2).shape == (2, 3, 4, 4)
+
+
+def test_a_reference_to_a_zero_dimensional_view_resolves() -> None:
+    from shardpipe.stages.buffers import SlotRef
+
+    pool = BatchBuffers()
+    t = pool.take((2, 3, 4, 4), worker=0)
+    t.view(-1)[7] = 42
+    pool.track(0, {"jpg": t})
+    seg = int(pool.table[0, 0, 1])
+    got = pool.resolve(0, SlotRef(slot=0, segment=seg, shape=(), stride=(), offset=7))
+    assert got.shape == () and int(got) == 42

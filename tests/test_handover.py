@@ -34,6 +34,12 @@ def test_small_tensors_travel_by_value_and_come_back_equal() -> None:
         {"cls": labels, "score": scores, "big": big, "bf": brain, "__key__": ["a"], "f8": eight, "c": conj}, pool, 0
     )
     assert sent["f8"] is eight and sent["c"] is conj
+    edge = torch.zeros(INLINE_BYTES, dtype=torch.uint8)  # exactly the limit: by value
+    assert isinstance(pack({"x": edge}, pool, 0)["x"], Inline)
+    graded = torch.zeros(4, requires_grad=True)
+    sparse = torch.zeros(4).to_sparse()
+    assert pack({"g": graded}, pool, 0)["g"] is graded and pack({"s": sparse}, pool, 0)["s"] is sparse
+    pool.track(0, {"s": sparse.to(torch.uint8)})  # the main side passes over sparse tensors too
     assert isinstance(sent["cls"], Inline) and isinstance(sent["score"], Inline)
     assert sent["big"] is big and sent["bf"] is brain and sent["__key__"] == ["a"]
     got = unpack(trip(sent), pool, 0)

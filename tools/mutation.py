@@ -60,6 +60,8 @@ MODULES: dict[str, list[str]] = {
     "image/decoders/native.py": ["tests/test_native.py"],
     "state.py": ["tests/test_state_checks.py", "tests/test_trust_state.py", "tests/test_resume.py"],
     "loader.py": ["tests/test_loader_state.py", "tests/test_resume.py"],
+    "handover.py": ["tests/test_handover.py"],
+    "stages/buffers.py": ["tests/test_buffers.py", "tests/test_handover.py"],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these

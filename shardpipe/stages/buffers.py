@@ -133,7 +133,12 @@ class BatchBuffers:
             return
         row = self._rows()[worker % MAX_WORKERS]
         for value in item.values():
-            if not (isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.is_shared()):
+            if not (
+                isinstance(value, torch.Tensor)
+                and value.layout == torch.strided
+                and value.dtype == torch.uint8
+                and value.is_shared()
+            ):
                 continue
             storage = value.untyped_storage()
             seg = _segment_id(storage)
