@@ -154,3 +154,14 @@ def test_a_reference_to_a_zero_dimensional_view_resolves() -> None:
     seg = int(pool.table[0, 0, 1])
     got = pool.resolve(0, SlotRef(slot=0, segment=seg, shape=(), stride=(), offset=7))
     assert got.shape == () and int(got) == 42
+
+
+def test_every_pooled_field_of_a_batch_is_tracked_and_freed() -> None:
+    """A sample with two image fields makes two batch tensors: both go back to the pool."""
+    pool = BatchBuffers()
+    jpg, png = pool.take((2, 3, 4, 4), worker=0), pool.take((2, 3, 4, 4), worker=0)
+    pool.track(0, {"jpg": jpg, "png": png, "cls": torch.tensor([1, 2])})
+    assert pool.release() == 0  # the loop still holds both
+    del jpg, png
+    assert pool.release() == 2
+    assert [int(pool.table[0, s, 0]) for s in range(2)] == [0, 0]
