@@ -203,3 +203,51 @@ def test_chw_uint8_tensors_are_collated_like_arrays_into_the_batch_allocation(ch
     floats = [torch.rand(3, 2, 2) for _ in range(2)]  # not images: stacked by torch, as before
     assert torch.equal(collate([{"x": f} for f in floats], alloc=alloc)["x"], torch.stack(floats))
     assert len(made) == 1
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_batch_stage_lays_images_out_as_asked_and_times_itself(channels_last):
+    import time
+
+    ctx = Context()
+    stages = [ShardList([Shard(f"s{i}", i) for i in range(6)]), Map(_image_sample)]
+    t0 = time.perf_counter()
+    batches = list(Pipeline([*stages, Batch(3, channels_last=channels_last)], ctx))
+    wall = time.perf_counter() - t0
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert all(b["jpg"].is_contiguous(memory_format=layout) for b in batches)
+    assert all(b["jpg"].is_contiguous() != channels_last for b in batches)
+    assert torch.equal(batches[1]["jpg"][0], torch.from_numpy(image(3)).permute(2, 0, 1))
+    assert 0 < ctx.timers["batch"] < wall and ctx.counts["batch"] == 6
+    samples = [{"jpg": image(i)} for i in range(2)]
+    assert collate(samples, channels_last=True)["jpg"].is_contiguous(memory_format=torch.channels_last)
+
+
+def test_other_tensors_are_stacked_into_the_given_tensor():
+    floats = [torch.full((2, 3), float(i)) for i in range(3)]
+    into = torch.empty((3, 2, 3))
+    got = collate_images(floats, out=into)
+    assert got.data_ptr() == into.data_ptr() and torch.equal(into, torch.stack(floats))
+
+
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_contiguous_nchw_batches_are_written_by_opencvs_split(channels, monkeypatch):
+    """The fast path is taken for every multi-channel image (and its result is the transposed stack)."""
+    import shardpipe.stages.batch as batch_module
+
+    if batch_module.cv2 is None:
+        pytest.skip("OpenCV is an optional dependency")  # installed by make test
+    calls = []
+    real = batch_module._split_into
+
+    def counting(img, planes):
+        calls.append(img.shape)
+        return real(img, planes)
+
+    monkeypatch.setattr(batch_module, "_split_into", counting)
+    images = [image(i, c=channels) for i in range(3)]
+    got = collate_images(images)
+    assert calls == [(4, 3, channels)] * 3
+    assert np.array_equal(got.numpy(), np.stack([np.transpose(i, (2, 0, 1)) for i in images]))
+    collate_images(images, channels_last=True)  # channels_last: one plain copy each, no split
+    assert len(calls) == 3
