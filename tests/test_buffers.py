@@ -165,3 +165,19 @@ def test_every_pooled_field_of_a_batch_is_tracked_and_freed() -> None:
     del jpg, png
     assert pool.release() == 2
     assert [int(pool.table[0, s, 0]) for s in range(2)] == [0, 0]
+
+
+@pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true but no accelerator")
+def test_a_pinned_memory_loader_gets_torchs_batches_without_a_pool(dataset_dir) -> None:
+    """pin_memory=True copies each batch before the loop sees it: no recycling, no references
+    (here, without a GPU, torch skips the pinning itself; the loader still keeps out of its way)."""
+    urls, _ = dataset_dir
+    ref = per_key_pixels(urls)
+    loader = ShardLoader(
+        ShardDataset(urls, transform=RandomResizedCrop(16), batch_size=2), num_workers=2, pin_memory=True
+    )
+    batches = list(loader)
+    for batch in batches:
+        check(batch, ref)
+    assert len({_segment_id(b["jpg"].untyped_storage()) for b in batches}) == len(batches)  # one fresh segment each
+    assert all(b["cls"].is_shared() for b in batches)  # labels as torch sends them, not by value

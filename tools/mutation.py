@@ -59,14 +59,14 @@ MODULES: dict[str, list[str]] = {
     "serve/wire.py": ["tests/test_serve_wire.py"],
     "image/decoders/native.py": ["tests/test_native.py"],
     "state.py": ["tests/test_state_checks.py", "tests/test_trust_state.py", "tests/test_resume.py"],
-    "loader.py": ["tests/test_loader_state.py", "tests/test_resume.py"],
+    "loader.py": ["tests/test_loader_state.py", "tests/test_resume.py", "tests/test_buffers.py"],
     "handover.py": ["tests/test_handover.py"],
     "stages/buffers.py": ["tests/test_buffers.py", "tests/test_handover.py"],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these
 FOCUS: dict[str, tuple[str, ...]] = {
-    "loader.py": ("ǁShardLoaderǁstate_dict__", "ǁShardLoaderǁload_state_dict__"),
+    "loader.py": ("ǁShardLoaderǁstate_dict__", "ǁShardLoaderǁload_state_dict__", "ǁShardLoaderǁ_pass_buffers__"),
 }
 
 CAUGHT = {"killed", "timeout", "segfault", "caught by type check"}
