@@ -93,4 +93,6 @@ def test_rows_with_a_scope_are_kept_by_module(tool, tmp_path: Path, monkeypatch)
     tool.write_doc(tool.render([r], argparse.Namespace(sample=60, seed=26)), [r])
     rows = [line for line in doc.read_text().splitlines() if line.startswith("| shardpipe/")]
     assert rows[0] == "| shardpipe/stages/epochs.py (then split/policies.py) | t | 1 |"  # in MODULES' order
-    assert rows[1].startswith("| shardpipe/loader.py (state_dict, load_state_dict) | test_loader_state.py | 40 | 1 |")
+    assert rows[1].startswith(
+        "| shardpipe/loader.py (state_dict, load_state_dict, _pass_buffers) | test_loader_state.py | 40 | 1 |"
+    )
