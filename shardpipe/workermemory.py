@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-import platform
 
 log = logging.getLogger("shardpipe")
 
@@ -46,10 +45,18 @@ def tune_worker_allocator() -> bool:
     return _tuned[1]
 
 
+def _glibc() -> bool:
+    """Whether this process runs on glibc (asked of the C library itself, not read from a binary)."""
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
 def _apply() -> bool:
     if os.environ.get(ENV, "").strip().lower() == "default":
         return False
-    if platform.libc_ver()[0] != "glibc":
+    if not _glibc():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
