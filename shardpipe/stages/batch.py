@@ -116,10 +116,8 @@ def collate(samples: list[Sample], channels_last: bool = False, alloc: Alloc = e
         first = values[0]
         if isinstance(first, np.ndarray) and first.dtype == np.uint8 and first.ndim in (2, 3):
             out[field] = collate_images(values, channels_last=channels_last, alloc=alloc)
-        elif _is_image_tensor(first) and all(_is_image_tensor(v) for v in values):
+        elif isinstance(first, torch.Tensor):  # CHW uint8 images into ``alloc``, others stacked by torch
             out[field] = collate_images(values, channels_last=channels_last, alloc=alloc)
-        elif isinstance(first, torch.Tensor):
-            out[field] = torch.stack(values)
         elif isinstance(first, (bool, np.bool_)):
             out[field] = torch.tensor(values, dtype=torch.bool)
         elif isinstance(first, (int, np.integer)) and not field.startswith("__"):

@@ -15,12 +15,14 @@ The main process's mapping of a segment stays alive while the slot exists, and i
 in the table (the segment id in the slot's ``mapped`` field): from then on the worker
 sends that segment by reference (``reference``: slot, segment id, shape, strides), not
 as a file descriptor through a connection to the worker (~0.5 ms of CPU each way), and
-the main process rebuilds the tensor on its own mapping (``resolve``). Nothing is reused unless the main
-process said so: only ShardLoader's workers use the pool (not those of a plain DataLoader,
-nor with pinned memory, where the batch is copied before the loop sees it), and a consumer
-that keeps every batch keeps every slot busy: the worker then allocates fresh segments. A slot is only freed when the identity recorded by the worker
-still matches, so a restarted worker never gets a slot freed for a segment of its
-predecessor.
+the main process rebuilds the tensor on its own mapping (``resolve``).
+
+Nothing is reused unless the main process said so: each ShardLoader pass of fresh workers
+makes its own pool (persistent workers keep theirs), and only the workers it starts take
+it (not those of a plain DataLoader or of another loader over the same dataset, nor with
+pinned memory, where the batch is copied before the loop sees it). A consumer that keeps
+every batch keeps every slot busy: the worker then allocates fresh segments. A slot is
+only freed when the identity recorded by the worker still matches.
 """
 
 from __future__ import annotations

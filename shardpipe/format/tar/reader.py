@@ -37,7 +37,6 @@ MAX_META_SIZE = 1 << 20
 MAX_TAIL = 16 << 20
 _MAX_ANY_SIZE = 1 << 48  # 256 TiB: no member of any kind, skipped or not, is larger
 _CHUNK = 4 << 20  # the largest single read: allocations follow the bytes that arrive
-_SMALL = 64 << 10  # members up to this size are read with their padding in one call
 
 
 class _TimedReader:
@@ -299,17 +298,11 @@ class TarStream:
 
     def read_data(self) -> bytes:
         """The current member's bytes (and consume its padding)."""
-        size, pad = self._size, self._pending - self._size
-        if size <= _SMALL:  # one read for data and padding (labels, JSON, small images)
-            data = self._read(self._pending, f"member {self._name!r}")
-            if len(data) < self._pending:
-                raise self._ends_inside(self.offset + len(data))
-            data = data[:size] if pad else data
-        else:
-            what = f"member {self._name!r}"
-            data = self._read_exact(size, what, self.offset)
-            if pad:
-                self._read_exact(pad, f"the padding of {what}", self.offset + size)
+        what = f"member {self._name!r}"
+        data = self._read_exact(self._size, what, self.offset) if self._size else b""
+        pad = self._pending - self._size
+        if pad:
+            self._read_exact(pad, f"the padding of {what}", self.offset + self._size)
         self.offset += self._pending
         self._pending = 0
         return data
