@@ -33,18 +33,29 @@ INLINE_BYTES = 1 << 20
 
 
 class Inline:
-    """A small tensor's values, pickled by value; ``unpack`` makes it a tensor again."""
+    """A small tensor's values, pickled by value; ``unpack`` makes it a tensor again, with
+    the same memory layout (a channels_last batch stays channels_last)."""
 
-    __slots__ = ("array",)
+    __slots__ = ("array", "order")
 
-    def __init__(self, array: np.ndarray):
-        self.array = array
+    def __init__(self, array: np.ndarray, order: tuple[int, ...] | None = None):
+        self.array = array  # the values in memory order (C-contiguous when ``order`` is given)
+        self.order = order  # the tensor's dimensions from outermost to innermost in memory
 
-    def __getstate__(self) -> np.ndarray:
-        return self.array
+    def __getstate__(self) -> tuple[np.ndarray, tuple[int, ...] | None]:
+        return self.array, self.order
 
-    def __setstate__(self, array: np.ndarray) -> None:
-        self.array = array
+    def __setstate__(self, state: tuple[np.ndarray, tuple[int, ...] | None]) -> None:
+        self.array, self.order = state
+
+    def tensor(self) -> torch.Tensor:
+        t = torch.from_numpy(self.array)
+        if self.order is None:
+            return t
+        back = [0] * len(self.order)
+        for i, dim in enumerate(self.order):
+            back[dim] = i
+        return t.permute(back)
 
 
 def _inline(t: torch.Tensor) -> Inline | None:
@@ -52,7 +63,11 @@ def _inline(t: torch.Tensor) -> Inline | None:
     a conjugate view or a tensor that requires grad: ``numpy()`` refuses those)."""
     if t.nbytes > INLINE_BYTES:
         return None
+    order = tuple(sorted(range(t.ndim), key=lambda d: -t.stride(d)))
+    dense = t.permute(order)
     try:
+        if order != tuple(range(t.ndim)) and dense.is_contiguous():  # e.g. channels_last: keep the layout
+            return Inline(dense.numpy(), order)
         return Inline(t.numpy())
     except (TypeError, RuntimeError):  # numpy has no equivalent: it travels as a tensor
         return None
@@ -81,7 +96,7 @@ def unpack(item: Any, buffers: BatchBuffers, worker: int) -> Any:
     out = {}
     for name, value in item.items():
         if isinstance(value, Inline):
-            value = torch.from_numpy(value.array)
+            value = value.tensor()
         elif isinstance(value, SlotRef):
             value = buffers.resolve(worker, value)
         out[name] = value

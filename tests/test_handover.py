@@ -50,6 +50,29 @@ def test_small_tensors_travel_by_value_and_come_back_equal() -> None:
     assert not isinstance(pack(7, pool, 0), Inline) and unpack([1], pool, 0) == [1]  # non-dict items pass
 
 
+@pytest.mark.parametrize(
+    "make, same_strides",
+    [
+        (lambda x: x.reshape(2, 4, 5, 3).permute(0, 3, 1, 2), True),  # a channels_last batch
+        (lambda x: x.reshape(3, 4, 10).permute(2, 0, 1), True),  # a CHW view of an HWC image
+        (lambda x: x.reshape(12, 10).t(), True),  # a transposed matrix
+        (lambda x: x.reshape(4, 30)[:, ::2], False),  # not dense: its values, contiguous
+        (lambda x: x[:1].expand(6), False),  # a zero stride
+        (lambda x: x.reshape(2, 60)[:, :1], False),  # a dimension of one
+    ],
+    ids=["channels_last", "chw", "transposed", "strided", "expanded", "size1"],
+)
+def test_a_small_tensor_by_value_keeps_its_memory_layout(make, same_strides) -> None:
+    """A channels_last batch that goes by value (small images; a pool whose slots the loop
+    all holds) arrives channels_last, as the worker made it."""
+    t = make(torch.arange(120, dtype=torch.uint8))
+    sent = pack({"jpg": t}, BatchBuffers(), 0)
+    assert isinstance(sent["jpg"], Inline)
+    got = unpack(trip(sent), BatchBuffers(), 0)["jpg"]
+    assert got.shape == t.shape and torch.equal(got, t)
+    assert got.stride() == t.stride() if same_strides else got.is_contiguous()
+
+
 def test_a_recycled_buffer_goes_by_reference_once_the_main_process_holds_it() -> None:
     worker = BatchBuffers()
     main = copy.copy(worker)  # the main process's side: the same shared table, its own mappings

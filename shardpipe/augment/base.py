@@ -21,6 +21,12 @@ class Transform:
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         raise NotImplementedError
 
+    def into(self, img: np.ndarray, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+        """``self(img, rng)``, written into ``out`` (which may be ``img``) where the transform can
+        (flips do), to spare a copy when ``out`` is the image's row of a batch; the result of
+        one that cannot lies elsewhere, and the batch copies it. Same draws from ``rng``."""
+        return self(img, rng)
+
     def at_epoch(self, epoch: int) -> Transform:
         """This transform as it runs in epoch ``epoch`` (itself unless a size follows a schedule)."""
         return self

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from shardpipe.augment.base import Transform
-from shardpipe.augment.resample import cv2, resize
+from shardpipe.augment.resample import cv2, fits, resize
 from shardpipe.augment.schedule import Ramp, with_size
 
 Box = tuple[int, int, int, int]  # top, left, height, width
@@ -48,18 +48,22 @@ class _Sized(Transform):
         return with_size(self, self._fix(self.schedule.at(epoch)))
 
 
-def hflip(img: np.ndarray) -> np.ndarray:
-    """Mirror left-right, as a contiguous array (OpenCV's copy is ~30x numpy's)."""
+def _flip(img: np.ndarray, code: int, out: np.ndarray | None) -> np.ndarray:
+    # OpenCV's copy is ~30x numpy's; it flips in place too (``out`` may be ``img``)
     if cv2 is not None and img.ndim == 3 and img.shape[2] in (1, 3, 4):
-        return cv2.flip(img, 1).reshape(img.shape)
-    return np.ascontiguousarray(img[:, ::-1])
+        dst = out if fits(out, *img.shape) else None
+        return cv2.flip(img, code, dst=dst).reshape(img.shape)
+    return np.ascontiguousarray(img[:, ::-1] if code == 1 else img[::-1])
 
 
-def vflip(img: np.ndarray) -> np.ndarray:
-    """Mirror top-bottom, as a contiguous array."""
-    if cv2 is not None and img.ndim == 3 and img.shape[2] in (1, 3, 4):
-        return cv2.flip(img, 0).reshape(img.shape)
-    return np.ascontiguousarray(img[::-1])
+def hflip(img: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Mirror left-right, as a contiguous array (into ``out`` when it fits; it may be ``img``)."""
+    return _flip(img, 1, out)
+
+
+def vflip(img: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Mirror top-bottom, as a contiguous array (into ``out`` when it fits; it may be ``img``)."""
+    return _flip(img, 0, out)
 
 
 def random_resized_crop_box(
@@ -125,6 +129,9 @@ class RandomHorizontalFlip(Transform):
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return hflip(img) if rng.random() < self.p else img
 
+    def into(self, img: np.ndarray, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+        return hflip(img, out) if rng.random() < self.p else img
+
 
 class RandomVerticalFlip(Transform):
     """Mirror top-bottom with probability ``p`` (one ``rng.random()`` draw)."""
@@ -134,6 +141,9 @@ class RandomVerticalFlip(Transform):
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return vflip(img) if rng.random() < self.p else img
+
+    def into(self, img: np.ndarray, rng: np.random.Generator, out: np.ndarray) -> np.ndarray:
+        return vflip(img, out) if rng.random() < self.p else img
 
 
 class Resize(_Sized):

@@ -77,8 +77,20 @@ def _kernel(ratio: float, block: int = 1) -> np.ndarray:
     return k
 
 
-def _bilinear(region: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize of the whole ``region`` (pixel centres aligned, edges replicated).
+def fits(out: np.ndarray | None, height: int, width: int, channels: int) -> bool:
+    """True when ``out`` can take a ``(height, width, channels)`` uint8 result as it is."""
+    return (
+        out is not None
+        and out.shape == (height, width, channels)
+        and out.dtype == np.uint8
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    )
+
+
+def _bilinear(region: np.ndarray, height: int, width: int, out: np.ndarray | None = None) -> np.ndarray:
+    """Bilinear resize of the whole ``region`` (pixel centres aligned, edges replicated),
+    into ``out`` when it fits.
 
     ``cv2.warpAffine`` rather than ``cv2.resize(INTER_LINEAR)``: the latter's uint8 SIMD
     path truncates, darkening every image by ~0.1 grey levels, and its exact variant costs
@@ -87,8 +99,19 @@ def _bilinear(region: np.ndarray, height: int, width: int) -> np.ndarray:
     h, w = region.shape[:2]
     sx, sy = w / width, h / height
     m = np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5]])
+    return _warp(region, m, height, width, out)
+
+
+def _warp(region: np.ndarray, m: np.ndarray, height: int, width: int, out: np.ndarray | None) -> np.ndarray:
+    channels = region.shape[2] if region.ndim == 3 else 1
+    dst = out if region.ndim == 3 and fits(out, height, width, channels) else None
     return cv2.warpAffine(
-        region, m, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+        region,
+        m,
+        (width, height),
+        dst=dst,
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REPLICATE,
     )
 
 
@@ -104,12 +127,21 @@ def _is_integral(*values: float) -> bool:
     return all(float(v).is_integer() for v in values)
 
 
-def resized_crop(img: np.ndarray, box: tuple[float, float, float, float], height: int, width: int) -> np.ndarray:
+def resized_crop(
+    img: np.ndarray,
+    box: tuple[float, float, float, float],
+    height: int,
+    width: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """Resize the ``box`` = (top, left, h, w) of ``img`` to ``(height, width)``, antialiased.
 
     The box may have fractional bounds (a box mapped onto a DCT-scaled image): output
     pixels are then sampled at their exact positions, since a half-pixel shift is visible
     on fine texture. See the module docstring for the filter.
+
+    ``out``: where to write the result if it ``fits`` (e.g. a row of a batch: the pixels are
+    then written once); the result then lies in ``out``'s memory, else in a new array.
     """
     top, left, bh, bw = (float(v) for v in box)
     if cv2 is None:
@@ -124,8 +156,7 @@ def resized_crop(img: np.ndarray, box: tuple[float, float, float, float], height
         region = img[t : t + int(bh), lft : lft + int(bw)]
         if blur:
             region = cv2.sepFilter2D(region, -1, _kernel(rx), _kernel(ry), borderType=cv2.BORDER_REFLECT)
-        out = _bilinear(region, height, width)
-        return out.reshape(height, width, *img.shape[2:])
+        return _bilinear(region, height, width, out).reshape(height, width, *img.shape[2:])
     # the rows and columns the output reads, plus the filters' margins
     t0, l0 = max(0, int(top) - 3 * ky), max(0, int(left) - 3 * kx)
     t1, l1 = min(img.shape[0], int(top + bh) + 4 * ky), min(img.shape[1], int(left + bw) + 4 * kx)
@@ -140,10 +171,7 @@ def resized_crop(img: np.ndarray, box: tuple[float, float, float, float], height
     sx, sy = bw / width, bh / height
     # dst pixel centre (x + .5) -> source position left + (x + .5) * sx, as a pixel-centre index
     m = np.array([[sx, 0.0, left + 0.5 * sx - 0.5], [0.0, sy, top + 0.5 * sy - 0.5]])
-    out = cv2.warpAffine(
-        region, m, (width, height), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
-    )
-    return out.reshape(height, width, *img.shape[2:])
+    return _warp(region, m, height, width, out).reshape(height, width, *img.shape[2:])
 
 
 def yuv_resized_crop(

@@ -22,7 +22,7 @@ Every function built here is thread-safe: it keeps no state between calls.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -32,7 +32,18 @@ from shardpipe.augment.resample import HAVE_CV2, resized_crop, yuv_resized_crop
 from shardpipe.image.decoders import ImageDecoder, get_decoder
 from shardpipe.image.decoders.base import POWER_OF_TWO_SCALES, Scale, pick_scale, scaled_dim
 
-ImageFn = Callable[[bytes, np.random.Generator], np.ndarray]
+
+class ImageFn(Protocol):
+    """``fn(data, rng, out=None)``: image bytes to an augmented RGB uint8 HWC array.
+
+    ``out`` (a hint): an array the result may be written into, such as the image's row of
+    a batch, so that its pixels are written once; the result lies in ``out``'s memory when
+    it was used, else elsewhere (the caller then copies it, as it would without ``out``).
+    """
+
+    def __call__(self, data: bytes, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray: ...
+
+
 Box = tuple[float, float, float, float]  # top, left, height, width (pixels of the full image)
 
 #: "pow2": DCT scales 1/1, 1/2, 1/4, 1/8 only (libjpeg-turbo's SIMD IDCTs: measured faster
@@ -78,14 +89,22 @@ class FusedDecoder:
         return width, height, None
 
     def decode_box(
-        self, data: bytes, width: int, height: int, box: Box, out_h: int, out_w: int, header: Any = None
+        self,
+        data: bytes,
+        width: int,
+        height: int,
+        box: Box,
+        out_h: int,
+        out_w: int,
+        header: Any = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """The ``box`` of the ``width`` x ``height`` image in ``data``, resized to (out_h, out_w);
-        ``header``: what :meth:`probe` returned for ``data``, if it was called."""
+        ``header``: what :meth:`probe` returned for ``data``, if it was called; ``out``: see ``ImageFn``."""
         if self.crop is not None:  # the backend decodes only the box (the native decoder)
             if self._probe is not None and header is not None:
-                return self.crop(data, box, (out_h, out_w), self.factors, header)
-            return self.crop(data, box, (out_h, out_w), self.factors)
+                return self.crop(data, box, (out_h, out_w), self.factors, header, out=out)
+            return self.crop(data, box, (out_h, out_w), self.factors, out=out)
         top, left, bh, bw = box
         scale = pick_scale(int(bw), int(bh), out_w, out_h, self.factors)
         f = scale[0] / scale[1]
@@ -105,7 +124,7 @@ class FusedDecoder:
             img = self.image_decoder.decode_scaled(data, scale)  # type: ignore[attr-defined]
         fy = f if img.shape[0] == scaled_dim(height, scale) else img.shape[0] / height
         fx = f if img.shape[1] == scaled_dim(width, scale) else img.shape[1] / width
-        return resized_crop(img, (top * fy, left * fx, bh * fy, bw * fx), out_h, out_w)
+        return resized_crop(img, (top * fy, left * fx, bh * fy, bw * fx), out_h, out_w, out)
 
 
 def _split(t: Transform) -> tuple[Transform, list[Transform]]:
@@ -114,9 +133,12 @@ def _split(t: Transform) -> tuple[Transform, list[Transform]]:
     return t, []
 
 
-def _apply_rest(img: np.ndarray, rest: list[Transform], rng: np.random.Generator) -> np.ndarray:
-    for t in rest:
-        img = t(img, rng)
+def _apply_rest(
+    img: np.ndarray, rest: list[Transform], rng: np.random.Generator, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The transforms after the fused geometry; the last one writes into ``out`` where it can."""
+    for i, t in enumerate(rest):
+        img = t.into(img, rng, out) if out is not None and i == len(rest) - 1 else t(img, rng)
     return img
 
 
@@ -145,11 +167,11 @@ def build_image_fn(
     """
     dec = get_decoder(decoder) if isinstance(decoder, str) else decoder
     if transform is None:
-        return lambda data, rng: dec.decode(data)
+        return lambda data, rng, out=None: dec.decode(data)
     t: Transform = as_transform(transform)
     first, rest = _split(t)
     if not fuse or not fusable(first):
-        return lambda data, rng: t(dec.decode(data), rng)
+        return lambda data, rng, out=None: t(dec.decode(data), rng)
     fused = FusedDecoder(dec, scales, yuv)
     if isinstance(first, CenterCrop):
         return _centre_crop_fn(fused, t, first, rest)
@@ -158,11 +180,11 @@ def build_image_fn(
         rrc = first
         out_h, out_w = rrc.size
 
-        def rrc_fn(data: bytes, rng: np.random.Generator) -> np.ndarray:
+        def rrc_fn(data: bytes, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
             width, height, header = fused.probe(data)
             box = rrc.get_params(height, width, rng)
-            img = fused.decode_box(data, width, height, box, out_h, out_w, header)
-            return _apply_rest(img, rest, rng)
+            img = fused.decode_box(data, width, height, box, out_h, out_w, header, out)
+            return _apply_rest(img, rest, rng, out)
 
         return rrc_fn
 
@@ -170,7 +192,7 @@ def build_image_fn(
     crop = rest[0] if rest and isinstance(rest[0], CenterCrop) else None
     after = rest[1:] if crop is not None else rest
 
-    def resize_fn(data: bytes, rng: np.random.Generator) -> np.ndarray:
+    def resize_fn(data: bytes, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
         width, height = fused.size(data)
         out_h, out_w = resize_t.output_size(height, width)
         if crop is not None and crop.size[0] <= out_h and crop.size[1] <= out_w:
@@ -178,10 +200,10 @@ def build_image_fn(
             # source, resized straight to the crop size (the same sample positions)
             (th, tw), sy, sx = crop.size, height / out_h, width / out_w
             top, left = _centre_offset(out_h, out_w, th, tw)
-            img = fused.decode_box(data, width, height, (top * sy, left * sx, th * sy, tw * sx), th, tw)
-            return _apply_rest(img, after, rng)
-        img = fused.decode_box(data, width, height, (0, 0, height, width), out_h, out_w)
-        return _apply_rest(img, rest, rng)
+            img = fused.decode_box(data, width, height, (top * sy, left * sx, th * sy, tw * sx), th, tw, out=out)
+            return _apply_rest(img, after, rng, out)
+        img = fused.decode_box(data, width, height, (0, 0, height, width), out_h, out_w, out=out)
+        return _apply_rest(img, rest, rng, out)
 
     return resize_fn
 
@@ -195,11 +217,12 @@ def _centre_crop_fn(fused: FusedDecoder, t: Transform, crop: CenterCrop, rest: l
     """CenterCrop first: decode only the centre box (images smaller than it: unfused, padded)."""
     th, tw = crop.size
 
-    def centre_fn(data: bytes, rng: np.random.Generator) -> np.ndarray:
+    def centre_fn(data: bytes, rng: np.random.Generator, out: np.ndarray | None = None) -> np.ndarray:
         width, height = fused.size(data)
         if height < th or width < tw:
             return t(fused.image_decoder.decode(data), rng)
         top, left = _centre_offset(height, width, th, tw)
-        return _apply_rest(fused.decode_box(data, width, height, (top, left, th, tw), th, tw), rest, rng)
+        img = fused.decode_box(data, width, height, (top, left, th, tw), th, tw, out=out)
+        return _apply_rest(img, rest, rng, out)
 
     return centre_fn

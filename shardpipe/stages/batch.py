@@ -27,6 +27,7 @@ from shardpipe.augment.resample import cv2
 from shardpipe.format.sample import Sample
 from shardpipe.stages.base import Stage
 from shardpipe.stages.buffers import BatchBuffers
+from shardpipe.stages.decode import Decode
 
 
 def empty_uint8(shape: tuple[int, ...]) -> torch.Tensor:
@@ -70,9 +71,31 @@ def collate_images(
     nhwc = out.permute(0, 2, 3, 1).numpy()
     planes = out.numpy() if not channels_last and c > 1 and cv2 is not None and out.is_contiguous() else None
     for i, img in enumerate(images):
+        if _written(img, nhwc[i]):  # decoded straight into its row (``Batch``): nothing to copy
+            continue
         if planes is None or img.ndim != 3 or not _split_into(img, planes[i]):
             nhwc[i] = img if img.ndim == 3 else img[:, :, None]
     return out
+
+
+def _written(img: Any, row: np.ndarray) -> bool:
+    """True when ``img`` is ``row``'s memory, laid out the same."""
+    return (
+        isinstance(img, np.ndarray)
+        and img.ctypes.data == row.ctypes.data
+        and img.shape == row.shape
+        and img.strides == row.strides
+        and img.dtype == row.dtype
+    )
+
+
+def _lies_in(value: Any, rows: np.ndarray) -> bool:
+    """True when ``value`` (an array or a CPU tensor) shares memory with ``rows``."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type != "cpu" or value.layout != torch.strided or value.requires_grad:
+            return False
+        value = value.numpy()
+    return isinstance(value, np.ndarray) and np.may_share_memory(value, rows)
 
 
 def _split_into(img: np.ndarray, planes: np.ndarray) -> bool:
@@ -97,9 +120,16 @@ def _is_image_tensor(value: Any) -> bool:
     )
 
 
-def collate(samples: list[Sample], channels_last: bool = False, alloc: Alloc = empty_uint8) -> dict[str, Any]:
+def collate(
+    samples: list[Sample],
+    channels_last: bool = False,
+    alloc: Alloc = empty_uint8,
+    into: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     """Collate a list of samples field by field (see the module docstring); ``alloc`` makes
-    the image tensors (a ``BatchBuffers`` pool inside DataLoader workers).
+    the image tensors (a ``BatchBuffers`` pool inside DataLoader workers), except those of
+    the fields in ``into``, which are written into the tensor given (images already in their
+    row stay as they are).
 
     A field that only some samples have becomes a list with ``None`` for the others (use
     ``ShardDataset(require=...)`` to insist on fields); nothing is dropped.
@@ -114,10 +144,11 @@ def collate(samples: list[Sample], channels_last: bool = False, alloc: Alloc = e
             continue
         values = [s[field] for s in samples]
         first = values[0]
-        if isinstance(first, np.ndarray) and first.dtype == np.uint8 and first.ndim in (2, 3):
-            out[field] = collate_images(values, channels_last=channels_last, alloc=alloc)
-        elif isinstance(first, torch.Tensor):  # CHW uint8 images into ``alloc``, others stacked by torch
-            out[field] = collate_images(values, channels_last=channels_last, alloc=alloc)
+        if (isinstance(first, np.ndarray) and first.dtype == np.uint8 and first.ndim in (2, 3)) or isinstance(
+            first, torch.Tensor
+        ):  # tensors: CHW uint8 images into ``alloc``, others stacked by torch
+            given = into.get(field) if into else None
+            out[field] = collate_images(values, given, channels_last=channels_last, alloc=alloc)
         elif isinstance(first, (bool, np.bool_)):
             out[field] = torch.tensor(values, dtype=torch.bool)
         elif isinstance(first, (int, np.integer)) and not field.startswith("__"):
@@ -135,6 +166,11 @@ class Batch(Stage[dict[str, Any]]):
     Stateless between batches (a batch is only returned whole), so its state is its
     source's. Inside a DataLoader worker, image tensors come from ``buffers`` (recycled
     shared memory, see ``stages.buffers``) when given.
+
+    With ``channels_last`` and a ``Decode`` source that decodes on this thread, each image is
+    decoded straight into its row of the batch (``Decode.next_into``), so its pixels are
+    written once: the batch tensor is taken before the samples, in the previous batch's
+    layout; an image that did not land in its row is copied as before.
     """
 
     def __init__(
@@ -152,6 +188,8 @@ class Batch(Stage[dict[str, Any]]):
         self.drop_last = drop_last
         self.channels_last = channels_last
         self.buffers = buffers
+        #: (field, (h, w, c)) of the last batch's images: the rows offered to the decode
+        self._layout: tuple[str, tuple[int, int, int]] | None = None
 
     def _alloc(self, shape: tuple[int, ...]) -> torch.Tensor:
         info = get_worker_info()
@@ -161,16 +199,85 @@ class Batch(Stage[dict[str, Any]]):
             return self.buffers.take(shape, info.id)
         return empty_uint8(shape)
 
+    def _target(self) -> torch.Tensor | None:
+        """The next batch's image tensor (NHWC memory) for the decode to write rows into, if it can."""
+        source = self.source
+        if self._layout is None or not self.channels_last or not isinstance(source, Decode) or not source.writes_into:
+            return None
+        return self._alloc((self.batch_size, *self._layout[1]))
+
     def next(self) -> dict[str, Any]:
+        target = self._target()
+        rows = target.numpy() if target is not None else None
         samples: list[Sample] = []
         try:
             while len(samples) < self.batch_size:
-                samples.append(self.pull())
+                if rows is None:
+                    samples.append(self.pull())
+                else:
+                    samples.append(self.source.next_into(rows[len(samples)]))  # type: ignore[union-attr]
         except StopIteration:
             if not samples or self.drop_last:
+                self._give_back(target)
                 raise
+        except BaseException:
+            self._give_back(target)
+            raise
         self.ctx.where("batch")
         t0 = time.perf_counter()
-        batch = collate(samples, self.channels_last, self._alloc)
+        if target is None:
+            batch = collate(samples, self.channels_last, self._alloc)
+        else:
+            batch = self._collate_into(samples, target)
+        self._layout = _layout_of(batch) if self.channels_last else None
         self.ctx.add_time("batch", time.perf_counter() - t0, len(samples))
         return batch
+
+    def _give_back(self, tensor: torch.Tensor | None) -> None:
+        info = get_worker_info()
+        if tensor is not None and self.buffers is not None and info is not None:
+            self.buffers.give_back(tensor, info.id)
+
+    def _collate_into(self, samples: list[Sample], target: torch.Tensor) -> dict[str, Any]:
+        """Collate, with ``target`` as the layout field's tensor when every sample's image is in
+        its row or apart from the rows; else (irregular batches) copy out what lies in the rows,
+        give ``target`` back and collate as usual."""
+        assert self._layout is not None
+        field, rows, n = self._layout[0], target.numpy(), len(samples)
+        if all(_in_place(s, field, rows, i) for i, s in enumerate(samples)):
+            return collate(samples, self.channels_last, self._alloc, into={field: target[:n].permute(0, 3, 1, 2)})
+        self._give_back(target)
+        samples = [{k: _detached(v, rows) for k, v in s.items()} for s in samples]
+        return collate(samples, self.channels_last, self._alloc)
+
+
+def _in_place(sample: Sample, field: str, rows: np.ndarray, i: int) -> bool:
+    """True when ``sample`` has ``field`` and only its ``field`` may lie in ``rows``, exactly in row ``i``."""
+    if field not in sample:
+        return False
+    for key, value in sample.items():
+        if _lies_in(value, rows) and not (key == field and _written(_hwc(value), rows[i])):
+            return False
+    return True
+
+
+def _hwc(value: Any) -> Any:
+    """An image tensor (CHW) as the HWC array of its memory; anything else as it is."""
+    return value.permute(1, 2, 0).numpy() if _is_image_tensor(value) else value
+
+
+def _detached(value: Any, rows: np.ndarray) -> Any:
+    """``value``, copied if it shares memory with ``rows`` (a buffer that goes back to the pool)."""
+    if not _lies_in(value, rows):
+        return value
+    return value.clone() if isinstance(value, torch.Tensor) else value.copy()
+
+
+def _layout_of(batch: dict[str, Any]) -> tuple[str, tuple[int, int, int]] | None:
+    """(field, (h, w, c)) of the batch's first channels_last uint8 image tensor, if any."""
+    for field, value in batch.items():
+        if isinstance(value, torch.Tensor) and value.dtype == torch.uint8 and value.ndim == 4:
+            _, c, h, w = value.shape
+            if value.permute(0, 2, 3, 1).is_contiguous():
+                return field, (h, w, c)
+    return None

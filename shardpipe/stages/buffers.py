@@ -107,6 +107,12 @@ class BatchBuffers:
         row[slot, _ID], row[slot, _SIZE], row[slot, _BUSY] = _segment_id(storage), nbytes, 1
         return self._view(storage, shape)
 
+    def give_back(self, tensor: torch.Tensor, worker: int) -> None:
+        """Free the slot of a tensor from :meth:`take` that was never sent (no-op for others)."""
+        slot = self.slot_of(tensor)
+        if slot is not None:
+            self._rows()[worker % MAX_WORKERS][slot, _BUSY] = 0
+
     def slot_of(self, tensor: torch.Tensor) -> int | None:
         """The pool slot whose segment ``tensor`` lies in (``None``: not a pooled buffer)."""
         storage = tensor.untyped_storage()

@@ -76,12 +76,19 @@ class SampleDecoder:
         )
         self._augment = as_transform(transform) if transform is not None and not fuse else None
 
+    @property
+    def writes_into(self) -> bool:
+        """True when the decoded image is the image function's array (rgb8, torchrgb8 views
+        of it) and nothing runs after that function: ``into`` reaches the batch untouched."""
+        return self.decode in ("rgb8", "torchrgb8") and self._augment is None
+
     def set_epoch(self, epoch: int) -> None:
         """Fix the sizes of a scheduled transform (progressive resizing) for ``epoch``."""
         if self._scheduled:
             self._build(at_epoch(self.transform, epoch))
 
-    def __call__(self, sample: Sample) -> Sample:
+    def __call__(self, sample: Sample, into: np.ndarray | None = None) -> Sample:
+        """The decoded sample; ``into``: where its first image may be written (``ImageFn``'s ``out``)."""
         self._where("decode", sample.get("__url__"))
         t0 = time.perf_counter()
         augment_seconds = 0.0
@@ -100,7 +107,8 @@ class SampleDecoder:
                     if self.transform is not None:  # per-sample randomness: same on resume
                         seed, epoch = self._seed_epoch()
                         rng = self._rngs(seed, epoch, sample["__key__"])
-                    img = self._image_fn(value, rng)  # type: ignore[arg-type]
+                    img = self._image_fn(value, rng, into)  # type: ignore[arg-type]
+                    into = None  # one image per row
                     if self._augment is not None:
                         t1 = time.perf_counter()
                         img = self._augment(img, rng)  # type: ignore[arg-type]
@@ -147,6 +155,19 @@ class Decode(ParallelMap):
     def reset(self, state: State | None = None) -> None:
         super().reset(state)
         self.sample_decoder.set_epoch(self.ctx.epoch)
+
+    @property
+    def writes_into(self) -> bool:
+        """True when :meth:`next_into` may be used: samples are decoded as they are asked for,
+        on the caller's thread, one for one, and images stay arrays written by the decode."""
+        return self.num_threads <= 0 and self.sample_decoder.writes_into
+
+    def next_into(self, into: np.ndarray) -> Sample:
+        """The next sample, its first image written into ``into`` where it fits (a batch's row);
+        only where :attr:`writes_into` (a read-ahead thread would write rows out of turn)."""
+        if not self.writes_into:
+            raise RuntimeError("Decode.next_into needs num_threads=0 and a decode into arrays or tensors")
+        return self.next_inline(lambda sample: self.sample_decoder(sample, into))  # type: ignore[no-any-return]
 
 
 class Augment(ParallelMap):

@@ -58,15 +58,9 @@ class ParallelMap(Stage[Any]):
             self._inflight.append((self._pool.submit(self.fn, item), self.source.get_state()))
 
     def next(self) -> Any:
+        if self.num_threads <= 0:
+            return self.next_inline(self.fn)
         while True:
-            if self.num_threads <= 0:
-                item = self.pull()
-                self._state = None
-                try:
-                    return self.fn(item)
-                except ShardpipeError as e:
-                    self.ctx.errors(e)
-                    continue
             self._fill()
             if not self._inflight:
                 raise StopIteration
@@ -74,6 +68,16 @@ class ParallelMap(Stage[Any]):
             self._state = state
             try:
                 return fut.result()
+            except ShardpipeError as e:
+                self.ctx.errors(e)
+
+    def next_inline(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn`` of the next item, on this thread (what ``next`` does when ``num_threads == 0``)."""
+        while True:
+            item = self.pull()
+            self._state = None
+            try:
+                return fn(item)
             except ShardpipeError as e:
                 self.ctx.errors(e)
 

@@ -142,13 +142,15 @@ class NativeDecoder(JpegBackend):
         out_size: tuple[int, int],
         factors: tuple[Scale, ...] | None = None,
         header: JpegHeader | None | object = _PARSE,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """``box`` = (top, left, height, width) of the image, resized to ``out_size`` = (h, w).
 
         Picks the smallest DCT scale among ``factors`` (default ``crop_factors``) that keeps
         the box at least ``out_size``, decodes only the box (plus filter margins) at that
         scale, then resizes it antialiased. Images the fast path does not take go to PIL.
-        ``header``: what :meth:`probe` returned for ``data`` (parsed here when not given).
+        ``header``: what :meth:`probe` returned for ``data`` (parsed here when not given);
+        ``out``: where to write the result when it fits (``resample.resized_crop``).
         """
         top, left, bh, bw = (float(v) for v in box)
         out_h, out_w = out_size
@@ -175,10 +177,12 @@ class NativeDecoder(JpegBackend):
                 except Exception:  # noqa: BLE001 - libjpeg refused or warned: PIL decides below
                     region = None
                 if region is not None:
-                    return resized_crop(region, (st - y0, sl - x0, sbh, sbw), out_h, out_w)
-        return self._fallback_crop(data, hdr, box, out_size)  # type: ignore[arg-type]
+                    return resized_crop(region, (st - y0, sl - x0, sbh, sbw), out_h, out_w, out)
+        return self._fallback_crop(data, hdr, box, out_size, out)  # type: ignore[arg-type]
 
-    def _fallback_crop(self, data: bytes, hdr: JpegHeader | None, box: Box, out_size: tuple[int, int]) -> np.ndarray:
+    def _fallback_crop(
+        self, data: bytes, hdr: JpegHeader | None, box: Box, out_size: tuple[int, int], out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Decode with PIL (at a 1/2^k scale where the box allows it), then crop and resize."""
         top, left, bh, bw = box
         width, height = (hdr.width, hdr.height) if hdr is not None else self.size(data)  # the caller's size
@@ -188,4 +192,4 @@ class NativeDecoder(JpegBackend):
         f = scale[0] / scale[1]
         fy = f if img.shape[0] == scaled_dim(height, scale) else img.shape[0] / height
         fx = f if img.shape[1] == scaled_dim(width, scale) else img.shape[1] / width
-        return resized_crop(img, (top * fy, left * fx, bh * fy, bw * fx), *out_size)
+        return resized_crop(img, (top * fy, left * fx, bh * fy, bw * fx), *out_size, out)
