@@ -52,10 +52,7 @@ class Inline:
         t = torch.from_numpy(self.array)
         if self.order is None:
             return t
-        back = [0] * len(self.order)
-        for i, dim in enumerate(self.order):
-            back[dim] = i
-        return t.permute(back)
+        return t.permute(tuple(self.order.index(dim) for dim in range(len(self.order))))  # the inverse order
 
 
 def _inline(t: torch.Tensor) -> Inline | None:

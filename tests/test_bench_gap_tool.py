@@ -49,3 +49,16 @@ def test_versus_runs_each_variant_on_both_checkouts_and_prints_both_tables(tmp_p
     assert len(re.findall(r"^untar +\d+\.\d{3} ", text, re.M)) == 2
     assert len(re.findall(r"^\+batch +\d+\.\d{3} ", text, re.M)) == 2
     assert re.findall(r"kernel / in-process pipeline", text) == []  # no kernel row asked for
+
+
+def test_versus_copy_interleaves_the_ablation_and_prints_paired_differences(tmp_path: Path):
+    cmd = [sys.executable, str(TOOL), "--make", str(tmp_path / "shards"), "--n", "16", "--rounds", "2"]
+    cmd += ["--batch", "4", "--buffer", "4", "--only", "+decode", "+batch", "--versus-copy"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert re.search(r"^variant +CPU ms/img", text, re.M) and re.search(r"^variant \(copy\) +CPU ms/img", text, re.M)
+    assert "versus:" not in text  # no other checkout
+    for row in ("+decode", "+batch"):
+        assert len(re.findall(rf"^{re.escape(row)} +\d+\.\d{{3}} ", text, re.M)) == 2
+        assert re.search(rf"^{re.escape(row)}: this minus \(copy\), paired by round: median [+-]\d+\.\d{{3}}", text, re.M)

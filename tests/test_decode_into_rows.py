@@ -354,3 +354,136 @@ def test_collate_into_a_given_tensor_keeps_rows_already_in_place() -> None:
     assert batch["jpg"].data_ptr() == target.data_ptr()
     assert [int(batch["jpg"][i].max()) for i in range(3)] == [9, 4, 6]
     assert batch["cls"].tolist() == [1, 2, 3]
+
+
+# -- the same paths in this process (where mutation testing sees them) ----------------------------
+
+TWO_FIELDS = Compose([RandomResizedCrop(12), RandomHorizontalFlip()])
+
+
+def _raw(i: int, fields: tuple[str, ...]) -> dict:
+    """A sample of raw bytes with the image fields in the order given (the decode writes the first)."""
+    out: dict = {"__key__": f"k{i:02d}"}
+    for n, field in enumerate(fields):
+        if field == "png":
+            buf = io.BytesIO()
+            make_image(100 + i, size=(40, 30)).save(buf, "PNG")
+            out[field] = buf.getvalue()
+        else:
+            out[field] = small_jpeg(i + n)
+    out["cls"] = str(i).encode()
+    return out
+
+
+def _run(items: list[dict], decode: str = "rgb8", batch: int = 4, **kw) -> tuple[list[dict], list[torch.Tensor]]:
+    """Batches of a Decode -> Batch(channels_last) pipeline in this process, and every tensor ``Batch`` took."""
+    stage = Batch(batch, channels_last=True, **kw)
+    taken: list[torch.Tensor] = []
+    plain = stage._alloc
+
+    def alloc(shape):
+        taken.append(plain(shape))
+        return taken[-1]
+
+    stage._alloc = alloc  # type: ignore[method-assign]
+    pipeline = Pipeline([Items(items), Decode(decode, transform=TWO_FIELDS), stage], Context())
+    return list(pipeline), taken
+
+
+def _alone(items: list[dict]) -> dict[tuple[str, str], np.ndarray]:
+    """Each image decoded on its own (crops are seeded per key): the reference."""
+    dec = Decode("rgb8", transform=TWO_FIELDS)
+    pipeline = Pipeline([Items(items), dec], Context())
+    return {(s["__key__"], f): v for s in pipeline for f, v in s.items() if f in ("jpg", "png")}
+
+
+def _hwc_of(value) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        return (value.permute(1, 2, 0) if value.shape[0] == 3 and value.shape[-1] != 3 else value).numpy()
+    return value
+
+
+@pytest.mark.parametrize("decode", ["rgb8", "torchrgb8"])
+def test_in_process_a_field_some_samples_lack_leaves_nothing_in_the_rows(decode) -> None:
+    """Batch 2's "png" comes first in some samples, so the decode writes it into their rows; but
+    not every sample has it, so it stays a list, and its images must not be views of a tensor
+    the batch does not keep (here: jpg's values would then overwrite them)."""
+    items = [_raw(i, ("jpg",)) for i in range(4)] + [
+        _raw(i, ("png", "jpg") if i % 2 else ("jpg",)) for i in range(4, 8)
+    ]
+    items += [_raw(8, ("jpg",)), _raw(9, ()), _raw(10, ("jpg",)), _raw(11, ("jpg",))]  # one without an image
+    ref = _alone(items)
+    batches, taken = _run(items, decode)
+    first, second, third = batches
+    assert first["jpg"].data_ptr() == taken[0].data_ptr()  # batch 1: allocated as usual
+    assert isinstance(third["jpg"], list) and third["jpg"][1] is None
+    for img in third["jpg"]:
+        assert img is None or not any(np.shares_memory(_hwc_of(img), t.numpy()) for t in taken)
+    assert isinstance(second["png"], list) and [v is None for v in second["png"]] == [True, False, True, False]
+    assert second["jpg"].permute(0, 2, 3, 1).is_contiguous()  # collated again, channels_last
+    for batch in batches:
+        for i, key in enumerate(batch["__key__"]):
+            if batch["jpg"][i] is not None:
+                np.testing.assert_array_equal(_hwc_of(batch["jpg"][i]), ref[(key, "jpg")])
+            png = batch.get("png", [None] * 4)[i]
+            if png is not None:
+                np.testing.assert_array_equal(_hwc_of(png), ref[(key, "png")])
+                assert not any(np.shares_memory(_hwc_of(png), t.numpy()) for t in taken)
+
+
+def test_in_process_a_second_image_field_goes_beside_the_rows() -> None:
+    """Every sample has "jpg" (written into the rows) and "png" (an array of its own): the batch
+    keeps its tensor for "jpg" and collates "png" channels_last too."""
+    items = [_raw(i, ("jpg", "png")) for i in range(8)]
+    ref = _alone(items)
+    batches, taken = _run(items)
+    # batch 1: jpg's and png's tensors; batch 2: the rows' and png's; then the rows of a batch that never came
+    assert len(taken) == 5
+    second = batches[1]
+    assert second["jpg"].data_ptr() == taken[2].data_ptr()  # the rows the decode wrote
+    assert second["png"].permute(0, 2, 3, 1).is_contiguous() and second["png"].data_ptr() == taken[3].data_ptr()
+    for batch in batches:
+        for i, key in enumerate(batch["__key__"]):
+            for field in ("jpg", "png"):
+                np.testing.assert_array_equal(_hwc_of(batch[field][i]), ref[(key, field)])
+        assert batch["cls"].tolist() == [int(k[1:]) for k in batch["__key__"]]
+
+
+def test_in_process_the_rows_of_a_batch_nobody_gets_go_back_to_the_pool(monkeypatch) -> None:
+    """``Batch`` gives the pool back a tensor it took but did not send: the dropped rest, and
+    a batch an error ended. (The same in a real worker: test_a_batch_tensor_nobody_gets_...;
+    here torch's worker info is set so that the stage takes from the pool in this process.)"""
+    import shardpipe.stages.batch as batch_module
+
+    class Info:
+        id = 3
+
+    monkeypatch.setattr(batch_module, "get_worker_info", lambda: Info)
+    pool = BatchBuffers()
+    busy = lambda: int(pool.table[3, :, 0].sum())  # noqa: E731
+    items = [_raw(i, ("jpg",)) for i in range(10)]
+    batches, _ = _run(items, batch=4, drop_last=True, buffers=pool)
+    assert len(batches) == 2 and busy() == 2  # the rest's tensor (taken before its samples) went back
+    del batches
+    for slot in range(SLOTS):
+        pool.table[3, slot, 0] = 0
+
+    def explode(sample):
+        if sample["__key__"] == "k06":
+            raise OSError("the disk went away")
+        return sample
+
+    stage = Batch(4, channels_last=True, buffers=pool)
+    pipeline = Pipeline([Items(items), Map(explode), Decode("rgb8", transform=TWO_FIELDS), stage], Context())
+    got = []
+    with pytest.raises(OSError, match="the disk went away"):
+        for b in pipeline:
+            got.append(b)
+    assert len(got) == 1 and busy() == 1  # the second batch's tensor went back
+
+
+def test_the_default_batch_layout_is_contiguous_nchw_and_floats_become_float32() -> None:
+    samples = [{"jpg": np.full((4, 3, 3), i, np.uint8), "score": np.float64(i / 2)} for i in range(3)]
+    batch = next(iter(Pipeline([Items(samples), Batch(3)], Context())))
+    assert batch["jpg"].is_contiguous() and batch["jpg"].shape == (3, 3, 4, 3)
+    assert batch["score"].dtype == torch.float32 and batch["score"].tolist() == [0.0, 0.5, 1.0]

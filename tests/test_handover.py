@@ -57,10 +57,11 @@ def test_small_tensors_travel_by_value_and_come_back_equal() -> None:
         (lambda x: x.reshape(3, 4, 10).permute(2, 0, 1), True),  # a CHW view of an HWC image
         (lambda x: x.reshape(12, 10).t(), True),  # a transposed matrix
         (lambda x: x.reshape(4, 30)[:, ::2], False),  # not dense: its values, contiguous
+        (lambda x: x.reshape(12, 10).t()[:, ::2], False),  # transposed and not dense: the same
         (lambda x: x[:1].expand(6), False),  # a zero stride
         (lambda x: x.reshape(2, 60)[:, :1], False),  # a dimension of one
     ],
-    ids=["channels_last", "chw", "transposed", "strided", "expanded", "size1"],
+    ids=["channels_last", "chw", "transposed", "strided", "transposed-strided", "expanded", "size1"],
 )
 def test_a_small_tensor_by_value_keeps_its_memory_layout(make, same_strides) -> None:
     """A channels_last batch that goes by value (small images; a pool whose slots the loop

@@ -16,7 +16,10 @@ the main process, live workers read from /proc, reaped ones from rusage):
   (+ worker start-up, shared-memory hand-over, the main process), main process CPU beside it;
 - ``loader/4``: the same on the first quarter of the shards: with ``loader``, it splits the
   loader's cost into a fixed part per run (start-up, first shuffle window, fresh shared-memory
-  batches) and a marginal cost per image, the steady state of a long epoch.
+  batches) and a marginal cost per image, the steady state of a long epoch;
+- ``loader/steady``: ``loader`` with persistent workers, epochs 2 and 3 measured (the workers,
+  their heaps and their buffer pools already made): what each epoch after the first costs a
+  training run.
 
 Differences between rows give each stage's cost. Also prints the load average.
 
@@ -24,6 +27,11 @@ Differences between rows give each stage's cost. Also prints the load average.
     nice python tools/bench_pipeline_gap.py --make /tmp/gap --n 2000   # write restart-marked shards first
     nice python tools/bench_pipeline_gap.py SHARDS/manifest.json --code /path/to/other/checkout
     nice python tools/bench_pipeline_gap.py SHARDS/manifest.json --versus /path/to/other/checkout  # side by side
+    nice python tools/bench_pipeline_gap.py SHARDS/manifest.json --versus-copy  # decode into rows, or not
+
+``--versus-copy`` is an ablation: the same code with the decode kept from writing into the batch's rows
+(``Decode.writes_into`` off, so every image is copied into the batch as before), interleaved round by
+round; both side-by-side modes also print the median of the paired per-round differences.
 """
 
 from __future__ import annotations
@@ -39,7 +47,9 @@ import time
 #: the checkout a child measures: ``--code DIR`` (e.g. the code before a change), else this one
 sys.path.insert(0, os.environ.get("BENCH_GAP_CODE") or os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-VARIANTS = ("kernel", "untar", "+shuffle", "+decode", "+batch", "loader", "loader/4")
+VARIANTS = ("kernel", "untar", "+shuffle", "+decode", "+batch", "loader", "loader/4", "loader/steady")
+#: epochs a ``loader/steady`` child runs with persistent workers; all but the first are measured
+STEADY_EPOCHS = 3
 
 
 def _dataset(manifest: str, variant: str, buffer: int, batch: int, nchw: bool = False, decode: str = "rgb8"):  # noqa: ANN202
@@ -56,7 +66,7 @@ def _dataset(manifest: str, variant: str, buffer: int, batch: int, nchw: bool = 
         kw["decode"] = None
     else:
         kw.update(transform=train_transform(224), decode=decode)
-    if variant in ("+batch", "loader", "loader/4") and batch:
+    if variant in ("+batch", "loader", "loader/4", "loader/steady") and batch:
         kw.update(batch_size=batch, channels_last=not nchw)
     return ShardDataset(manifest, **kw)
 
@@ -106,8 +116,15 @@ def _child(
     if variant.startswith("loader"):
         from shardpipe.loader import ShardLoader
 
+        steady = variant == "loader/steady"
+        loader = ShardLoader(ds, num_workers=workers, persistent_workers=steady)
+        if steady:  # the first epoch starts the workers and fills their buffer pools: not measured
+            for _ in loader:
+                pass
         m0, c0, f0 = time.process_time(), tree_cpu_seconds(), _tree_minor_faults()
-        n = sum(len(b["jpg"]) if batch else 1 for b in ShardLoader(ds, num_workers=workers))
+        n = 0
+        for _ in range(STEADY_EPOCHS - 1 if steady else 1):
+            n += sum(len(b["jpg"]) if batch else 1 for b in loader)
         cpu, main = tree_cpu_seconds() - c0, time.process_time() - m0
         faults = _tree_minor_faults() - f0
         return {"ms": cpu * 1000 / n, "main_ms": main * 1000 / n, "cpu_s": cpu, "n": n, "faults": faults / n}
@@ -149,9 +166,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", nargs="*", choices=VARIANTS)
     ap.add_argument("--code", help="measure the shardpipe of this checkout (e.g. the code before a change)")
     ap.add_argument("--versus", help="also run every variant on this checkout, interleaved round by round")
+    ap.add_argument(
+        "--versus-copy",
+        action="store_true",
+        help="also run every variant with the decode kept from writing into the batch rows (an ablation)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
+        if os.environ.get("BENCH_GAP_COPY_ROWS"):  # the ablation: every image copied into its batch
+            from shardpipe.stages.decode import Decode
+
+            Decode.writes_into = property(lambda self: False)  # type: ignore[assignment,method-assign]
         print(
             json.dumps(_child(args.child, args.manifest, args.buffer, args.batch, args.workers, args.nchw, args.decode))
         )
@@ -163,7 +189,11 @@ def main(argv: list[str] | None = None) -> None:
         f"load average before: {os.getloadavg()}; code: {os.path.abspath(args.code or os.path.dirname(__file__) + '/..')}"
     )
     names = list(args.only or VARIANTS)
-    codes = {"": args.code, " (versus)": args.versus} if args.versus else {"": args.code}
+    codes = {"": args.code}
+    if args.versus:
+        codes[" (versus)"] = args.versus
+    if args.versus_copy:
+        codes[" (copy)"] = args.code
     runs = [(v, tag) for v in names for tag in codes]
     got: dict[str, list[dict]] = {v + tag: [] for v, tag in runs}
     for r in range(args.rounds):
@@ -172,13 +202,20 @@ def main(argv: list[str] | None = None) -> None:
             cmd += ["--batch", str(args.batch), "--workers", str(args.workers), "--decode", args.decode]
             cmd += ["--nchw"] if args.nchw else []
             code = codes[tag]
-            env = {**os.environ, "BENCH_GAP_CODE": os.path.abspath(code)} if code else None
+            env = {**os.environ, "BENCH_GAP_CODE": os.path.abspath(code)} if code else dict(os.environ)
+            if tag == " (copy)":
+                env["BENCH_GAP_COPY_ROWS"] = "1"
             out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
             got[v + tag].append(json.loads(out.strip().splitlines()[-1]))
-    if args.versus:
-        print(f"versus: {os.path.abspath(args.versus)}")
+    if len(codes) > 1:
+        if args.versus:
+            print(f"versus: {os.path.abspath(args.versus)}")
         for tag in codes:
             _report({v: got[v + tag] for v in names}, names, tag)
+        for tag in list(codes)[1:]:
+            for v in names:  # rounds alternate the order, so each round's pair ran side by side
+                diffs = [a["ms"] - b["ms"] for a, b in zip(got[v], got[v + tag])]
+                print(f"{v}: this minus{tag}, paired by round: median {statistics.median(diffs):+.3f} CPU ms/img")
     else:
         _report(got, names, "")
     print(f"load average after: {os.getloadavg()}")
@@ -191,7 +228,7 @@ def _report(got: dict[str, list[dict]], names: list[str], tag: str) -> None:
     print(f"{'variant' + tag:10s} {'CPU ms/img':>10s} {'range':>13s} {'step':>7s}")
     for v in names:
         ms = [r["ms"] for r in got[v]]
-        step = "" if prev is None or v in ("kernel", "loader/4") else f"{med[v] - med[prev]:+.3f}"
+        step = "" if prev is None or v in ("kernel", "loader/4", "loader/steady") else f"{med[v] - med[prev]:+.3f}"
         extra = (
             f"  main process {statistics.median(r['main_ms'] for r in got[v]):.3f}"
             f"  page faults/img {statistics.median(r['faults'] for r in got[v]):.1f}"
@@ -199,9 +236,13 @@ def _report(got: dict[str, list[dict]], names: list[str], tag: str) -> None:
             else ""
         )
         print(f"{v:10s} {med[v]:10.3f} {min(ms):6.3f}-{max(ms):6.3f} {step:>7s}{extra}")
-        prev = v if v not in ("kernel", "loader/4") else prev
+        prev = v if v not in ("kernel", "loader/4", "loader/steady") else prev
     if "kernel" in med and "loader" in med:
         print(f"kernel / loader = {med['kernel'] / med['loader']:.3f}")
+    if "kernel" in med and "loader/steady" in med:
+        print(
+            f"kernel / loader in epochs 2-{STEADY_EPOCHS} (persistent workers) = {med['kernel'] / med['loader/steady']:.3f}"
+        )
     if "loader" in med and "loader/4" in med:
         full, part = (statistics.median(r["cpu_s"] for r in got[v]) for v in ("loader", "loader/4"))
         n_full, n_part = got["loader"][0]["n"], got["loader/4"][0]["n"]

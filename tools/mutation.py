@@ -43,7 +43,12 @@ MODULES: dict[str, list[str]] = {
     "stages/epochs.py": ["tests/test_stages.py", "tests/test_split.py"],
     "stages/shuffle.py": ["tests/test_stages.py", "tests/test_stage_units.py"],
     "stages/samples.py": ["tests/test_stages.py", "tests/test_stage_units.py", "tests/test_tar.py"],
-    "stages/batch.py": ["tests/test_stages.py", "tests/test_buffers.py", "tests/test_batch.py"],
+    "stages/batch.py": [
+        "tests/test_stages.py",
+        "tests/test_buffers.py",
+        "tests/test_batch.py",
+        "tests/test_decode_into_rows.py",
+    ],
     "stages/shards.py": ["tests/test_stages.py", "tests/test_stage_units.py", "tests/test_split.py"],
     "io/files.py": ["tests/test_io.py", "tests/test_files.py", "tests/test_cache.py"],
     "io/cache.py": ["tests/test_cache.py", "tests/test_cache_local.py"],
@@ -61,7 +66,7 @@ MODULES: dict[str, list[str]] = {
     "state.py": ["tests/test_state_checks.py", "tests/test_trust_state.py", "tests/test_resume.py"],
     "loader.py": ["tests/test_loader_state.py", "tests/test_resume.py", "tests/test_buffers.py"],
     "handover.py": ["tests/test_handover.py"],
-    "stages/buffers.py": ["tests/test_buffers.py", "tests/test_handover.py"],
+    "stages/buffers.py": ["tests/test_buffers.py", "tests/test_handover.py", "tests/test_decode_into_rows.py"],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these

@@ -229,7 +229,7 @@ class Batch(Stage[dict[str, Any]]):
             batch = collate(samples, self.channels_last, self._alloc)
         else:
             batch = self._collate_into(samples, target)
-        self._layout = _layout_of(batch) if self.channels_last else None
+        self._layout = _layout_of(batch)
         self.ctx.add_time("batch", time.perf_counter() - t0, len(samples))
         return batch
 
