@@ -61,4 +61,6 @@ def test_versus_copy_interleaves_the_ablation_and_prints_paired_differences(tmp_
     assert "versus:" not in text  # no other checkout
     for row in ("+decode", "+batch"):
         assert len(re.findall(rf"^{re.escape(row)} +\d+\.\d{{3}} ", text, re.M)) == 2
-        assert re.search(rf"^{re.escape(row)}: this minus \(copy\), paired by round: median [+-]\d+\.\d{{3}}", text, re.M)
+        assert re.search(
+            rf"^{re.escape(row)}: this minus \(copy\), paired by round: median [+-]\d+\.\d{{3}}", text, re.M
+        )
