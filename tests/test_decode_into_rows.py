@@ -343,17 +343,19 @@ def test_a_batch_tensor_nobody_gets_goes_back_to_the_pool(fail_at, want) -> None
     assert want["busy"] < SLOTS
 
 
-def test_collate_into_a_given_tensor_keeps_rows_already_in_place() -> None:
+def test_collate_into_a_given_tensor_leaves_the_placed_rows_and_fills_the_others() -> None:
     target = torch.zeros((3, 4, 5, 3), dtype=torch.uint8)
     rows = target.numpy()
-    rows[0] = 9  # "decoded in place"
+    rows[0], rows[2] = 9, 6  # "decoded in place"
     other = np.full((4, 5, 3), 4, np.uint8)
-    samples = [{"jpg": rows[0], "cls": 1}, {"jpg": other, "cls": 2}, {"jpg": rows[2], "cls": 3}]
-    rows[2] = 6
-    batch = collate(samples, channels_last=True, into={"jpg": target.permute(0, 3, 1, 2)})
+    samples = [{"jpg": np.full((4, 5, 3), 1, np.uint8), "cls": 1}, {"jpg": other, "cls": 2}, {"jpg": rows[2], "cls": 3}]
+    into = {"jpg": target.permute(0, 3, 1, 2)}
+    batch = collate(samples, channels_last=True, into=into, placed={0, 2})
     assert batch["jpg"].data_ptr() == target.data_ptr()
-    assert [int(batch["jpg"][i].max()) for i in range(3)] == [9, 4, 6]
+    assert [int(batch["jpg"][i].max()) for i in range(3)] == [9, 4, 6]  # row 0 was not copied over
     assert batch["cls"].tolist() == [1, 2, 3]
+    fresh = collate(samples, channels_last=True, placed={0, 2})  # ``placed`` is about ``into`` alone
+    assert [int(fresh["jpg"][i].max()) for i in range(3)] == [1, 4, 6]
 
 
 # -- the same paths in this process (where mutation testing sees them) ----------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -42,10 +42,15 @@ Alloc = Callable[[tuple[int, ...]], torch.Tensor]
 
 
 def collate_images(
-    images: list[Any], out: torch.Tensor | None = None, channels_last: bool = False, alloc: Alloc = empty_uint8
+    images: list[Any],
+    out: torch.Tensor | None = None,
+    channels_last: bool = False,
+    alloc: Alloc = empty_uint8,
+    placed: Collection[int] = (),
 ) -> torch.Tensor:
     """Stack HWC uint8 arrays (or CHW uint8 tensors) into one NCHW uint8 tensor (from ``alloc``);
-    other tensors are stacked by torch."""
+    other tensors are stacked by torch. ``placed``: the indices of images already in their
+    row of ``out`` (decoded there), left as they are."""
     first = images[0]
     if isinstance(first, torch.Tensor):
         if not all(_is_image_tensor(t) for t in images):
@@ -71,21 +76,21 @@ def collate_images(
     nhwc = out.permute(0, 2, 3, 1).numpy()
     planes = out.numpy() if not channels_last and c > 1 and cv2 is not None and out.is_contiguous() else None
     for i, img in enumerate(images):
-        if _written(img, nhwc[i]):  # decoded straight into its row (``Batch``): nothing to copy
+        if i in placed:  # decoded straight into its row (``Batch``): nothing to copy
             continue
         if planes is None or img.ndim != 3 or not _split_into(img, planes[i]):
             nhwc[i] = img if img.ndim == 3 else img[:, :, None]
     return out
 
 
-def _written(img: Any, row: np.ndarray) -> bool:
-    """True when ``img`` is ``row``'s memory, laid out the same."""
+def _written(img: Any, row: np.ndarray, address: int) -> bool:
+    """True when ``img`` is ``row``'s memory (which starts at ``address``), laid out the same."""
     return (
         isinstance(img, np.ndarray)
-        and img.ctypes.data == row.ctypes.data
         and img.shape == row.shape
         and img.strides == row.strides
         and img.dtype == row.dtype
+        and img.__array_interface__["data"][0] == address
     )
 
 
@@ -125,11 +130,12 @@ def collate(
     channels_last: bool = False,
     alloc: Alloc = empty_uint8,
     into: dict[str, torch.Tensor] | None = None,
+    placed: Collection[int] = (),
 ) -> dict[str, Any]:
     """Collate a list of samples field by field (see the module docstring); ``alloc`` makes
     the image tensors (a ``BatchBuffers`` pool inside DataLoader workers), except those of
-    the fields in ``into``, which are written into the tensor given (images already in their
-    row stay as they are).
+    the fields in ``into``, which are written into the tensor given; in it, the images of
+    the samples in ``placed`` are in their row already and stay as they are.
 
     A field that only some samples have becomes a list with ``None`` for the others (use
     ``ShardDataset(require=...)`` to insist on fields); nothing is dropped.
@@ -148,7 +154,8 @@ def collate(
             first, torch.Tensor
         ):  # tensors: CHW uint8 images into ``alloc``, others stacked by torch
             given = into.get(field) if into else None
-            out[field] = collate_images(values, given, channels_last=channels_last, alloc=alloc)
+            done = placed if given is not None else ()
+            out[field] = collate_images(values, given, channels_last=channels_last, alloc=alloc, placed=done)
         elif isinstance(first, (bool, np.bool_)):
             out[field] = torch.tensor(values, dtype=torch.bool)
         elif isinstance(first, (int, np.integer)) and not field.startswith("__"):
@@ -244,21 +251,34 @@ class Batch(Stage[dict[str, Any]]):
         give ``target`` back and collate as usual."""
         assert self._layout is not None
         field, rows, n = self._layout[0], target.numpy(), len(samples)
-        if all(_in_place(s, field, rows, i) for i, s in enumerate(samples)):
-            return collate(samples, self.channels_last, self._alloc, into={field: target[:n].permute(0, 3, 1, 2)})
+        start, step = rows.__array_interface__["data"][0], rows.strides[0]
+        placed = []
+        for i, s in enumerate(samples):
+            where = _placement(s, field, rows, i, start + i * step)
+            if where is None:
+                break
+            if where:
+                placed.append(i)
+        else:
+            into = {field: target[:n].permute(0, 3, 1, 2)}
+            return collate(samples, self.channels_last, self._alloc, into=into, placed=frozenset(placed))
         self._give_back(target)
         samples = [{k: _detached(v, rows) for k, v in s.items()} for s in samples]
         return collate(samples, self.channels_last, self._alloc)
 
 
-def _in_place(sample: Sample, field: str, rows: np.ndarray, i: int) -> bool:
-    """True when ``sample`` has ``field`` and only its ``field`` may lie in ``rows``, exactly in row ``i``."""
+def _placement(sample: Sample, field: str, rows: np.ndarray, i: int, address: int) -> bool | None:
+    """Where ``sample``'s ``field`` is: True exactly in row ``i`` (at ``address``), False apart from
+    the rows; None when the batch cannot keep the rows (no ``field``, or something else lies in them)."""
     if field not in sample:
-        return False
+        return None
+    placed = False
     for key, value in sample.items():
-        if _lies_in(value, rows) and not (key == field and _written(_hwc(value), rows[i])):
-            return False
-    return True
+        if _lies_in(value, rows):
+            if key != field or not _written(_hwc(value), rows[i], address):
+                return None
+            placed = True
+    return placed
 
 
 def _hwc(value: Any) -> Any:
