@@ -489,3 +489,33 @@ def test_the_default_batch_layout_is_contiguous_nchw_and_floats_become_float32()
     batch = next(iter(Pipeline([Items(samples), Batch(3)], Context())))
     assert batch["jpg"].is_contiguous() and batch["jpg"].shape == (3, 3, 4, 3)
     assert batch["score"].dtype == torch.float32 and batch["score"].tolist() == [0.0, 0.5, 1.0]
+
+
+def test_a_transform_that_returns_a_view_of_the_row_is_copied_as_it_looks() -> None:
+    """A last step that returns a transposed view of the row it was given (same shape: a square
+    crop) is in the rows' memory but not laid out as its row: the batch must hold what it shows."""
+    transposed = Compose([RandomResizedCrop(12), lambda img: img.transpose(1, 0, 2)])
+    items = [_raw(i, ("jpg",)) for i in range(8)]
+    stage = Batch(4, channels_last=True)
+    got = list(Pipeline([Items(items), Decode("rgb8", transform=transposed), stage], Context()))
+    ref = {s["__key__"]: s["jpg"] for s in Pipeline([Items(items), Decode("rgb8", transform=transposed)], Context())}
+    for batch in got:
+        for i, key in enumerate(batch["__key__"]):
+            np.testing.assert_array_equal(batch["jpg"][i].permute(1, 2, 0).numpy(), ref[key])
+
+
+def test_images_in_their_rows_are_not_copied_again(monkeypatch) -> None:
+    """From the second batch on, collate is told that every image is in its row already."""
+    import shardpipe.stages.batch as batch_module
+
+    seen: list[frozenset[int]] = []
+    plain = batch_module.collate
+
+    def spy(samples, channels_last=False, alloc=batch_module.empty_uint8, into=None, placed=()):
+        seen.append(frozenset(placed))
+        return plain(samples, channels_last, alloc, into=into, placed=placed)
+
+    monkeypatch.setattr(batch_module, "collate", spy)
+    batches, _ = _run([_raw(i, ("jpg",)) for i in range(10)])
+    assert [len(b["__key__"]) for b in batches] == [4, 4, 2]
+    assert seen == [frozenset(), frozenset(range(4)), frozenset(range(2))]
