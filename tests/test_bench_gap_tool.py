@@ -19,6 +19,7 @@ def test_the_breakdown_tool_writes_shards_and_prints_every_row(tmp_path: Path):
     for row in ("kernel", "untar", "+batch", "loader", "loader/4"):
         assert re.search(rf"^{re.escape(row)} +\d+\.\d{{3}} ", text, re.M), (row, text)
     assert re.search(r"^loader: fixed -?\d+ CPU ms per run \+ -?\d+\.\d{3} CPU ms/img", text, re.M), text
+    assert re.search(r"^kernel / loader, paired by round: median \d+\.\d{3} \(range ", text, re.M), text
     assert "load average before" in text and "load average after" in text
     assert re.search(r"^loader .* main process \d+\.\d{3}  page faults/img \d+\.\d$", text, re.M), text
     assert len(list((tmp_path / "shards").glob("train-*.tar"))) == 8  # 4 per shard: loader/4 reads two

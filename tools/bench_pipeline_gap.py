@@ -243,6 +243,12 @@ def _report(got: dict[str, list[dict]], names: list[str], tag: str) -> None:
         print(
             f"kernel / loader in epochs 2-{STEADY_EPOCHS} (persistent workers) = {med['kernel'] / med['loader/steady']:.3f}"
         )
+    for v in ("loader", "loader/steady"):
+        if "kernel" in med and v in med:  # each round ran both close in time: steadier than a ratio of medians
+            ratios = [k["ms"] / x["ms"] for k, x in zip(got["kernel"], got[v])]
+            print(
+                f"kernel / {v}, paired by round: median {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})"
+            )
     if "loader" in med and "loader/4" in med:
         full, part = (statistics.median(r["cpu_s"] for r in got[v]) for v in ("loader", "loader/4"))
         n_full, n_part = got["loader"][0]["n"], got["loader/4"][0]["n"]
