@@ -18,6 +18,7 @@ from shardpipe.augment import (
     RandomResizedCrop,
     RandomVerticalFlip,
     Resize,
+    Transform,
     hflip,
     ramp,
     resized_crop,
@@ -519,3 +520,35 @@ def test_images_in_their_rows_are_not_copied_again(monkeypatch) -> None:
     batches, _ = _run([_raw(i, ("jpg",)) for i in range(10)])
     assert [len(b["__key__"]) for b in batches] == [4, 4, 2]
     assert seen == [frozenset(), frozenset(range(4)), frozenset(range(2))]
+
+
+class Invert(Transform):
+    """A user's last step that writes into the row it is given (as the reference documents)."""
+
+    def __call__(self, img, rng):
+        return 255 - img
+
+    def into(self, img, rng, out):
+        np.subtract(255, img, out=out)
+        return out
+
+
+def test_a_users_transform_with_into_writes_its_result_into_the_row(monkeypatch) -> None:
+    import shardpipe.stages.batch as batch_module
+
+    seen: list[frozenset[int]] = []
+    plain = batch_module.collate
+
+    def spy(samples, channels_last=False, alloc=batch_module.empty_uint8, into=None, placed=()):
+        seen.append(frozenset(placed))
+        return plain(samples, channels_last, alloc, into=into, placed=placed)
+
+    monkeypatch.setattr(batch_module, "collate", spy)
+    transform = Compose([RandomResizedCrop(12), Invert()])
+    items = [_raw(i, ("jpg",)) for i in range(8)]
+    got = list(Pipeline([Items(items), Decode("rgb8", transform=transform), Batch(4, channels_last=True)], Context()))
+    ref = {s["__key__"]: s["jpg"] for s in Pipeline([Items(items), Decode("rgb8", transform=transform)], Context())}
+    assert seen == [frozenset(), frozenset(range(4))]  # batch 2: every result was written into its row
+    for batch in got:
+        for i, key in enumerate(batch["__key__"]):
+            np.testing.assert_array_equal(batch["jpg"][i].permute(1, 2, 0).numpy(), ref[key])
