@@ -12,14 +12,28 @@ TOOL = Path(__file__).resolve().parent.parent / "tools" / "bench_pipeline_gap.py
 
 def test_the_breakdown_tool_writes_shards_and_prints_every_row(tmp_path: Path):
     cmd = [sys.executable, str(TOOL), "--make", str(tmp_path / "shards"), "--n", "32", "--rounds", "1"]
-    cmd += ["--batch", "8", "--buffer", "10", "--only", "kernel", "untar", "+batch", "loader", "loader/4"]
+    cmd += [
+        "--batch",
+        "8",
+        "--buffer",
+        "10",
+        "--only",
+        "kernel",
+        "untar",
+        "+batch",
+        "loader",
+        "loader/4",
+        "loader/steady",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
-    for row in ("kernel", "untar", "+batch", "loader", "loader/4"):
+    for row in ("kernel", "untar", "+batch", "loader", "loader/4", "loader/steady"):
         assert re.search(rf"^{re.escape(row)} +\d+\.\d{{3}} ", text, re.M), (row, text)
     assert re.search(r"^loader: fixed -?\d+ CPU ms per run \+ -?\d+\.\d{3} CPU ms/img", text, re.M), text
     assert re.search(r"^kernel / loader, paired by round: median \d+\.\d{3} \(range ", text, re.M), text
+    assert re.search(r"^kernel / loader in epochs 2-3 \(persistent workers\) = \d+\.\d{3}$", text, re.M), text
+    assert re.search(r"^loader/steady .* page faults/img \d+\.\d$", text, re.M), text
     assert "load average before" in text and "load average after" in text
     assert re.search(r"^loader .* main process \d+\.\d{3}  page faults/img \d+\.\d$", text, re.M), text
     assert len(list((tmp_path / "shards").glob("train-*.tar"))) == 8  # 4 per shard: loader/4 reads two
