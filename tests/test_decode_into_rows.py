@@ -552,3 +552,29 @@ def test_a_users_transform_with_into_writes_its_result_into_the_row(monkeypatch)
     for batch in got:
         for i, key in enumerate(batch["__key__"]):
             np.testing.assert_array_equal(batch["jpg"][i].permute(1, 2, 0).numpy(), ref[key])
+
+
+@pytest.mark.parametrize("decode", ["rgb8", "torchrgb8"])
+def test_a_batch_of_another_size_than_the_last_is_collated_as_usual(decode) -> None:
+    """The rows are taken in the last batch's size: a batch of other-sized images (whole images,
+    no crop, sizes varying between batches) is collated into a tensor of its own size."""
+    sizes = [(48, 40)] * 4 + [(32, 24)] * 4 + [(48, 40)] * 4
+    items = [{"__key__": f"k{i:02d}", "jpg": small_jpeg(i, size=size)} for i, size in enumerate(sizes)]
+    got = list(Pipeline([Items(items), Decode(decode), Batch(4, channels_last=True)], Context()))
+    assert [tuple(b["jpg"].shape) for b in got] == [(4, 3, 40, 48), (4, 3, 24, 32), (4, 3, 40, 48)]
+    alone = {s["__key__"]: s["jpg"] for s in Pipeline([Items(items), Decode("rgb8")], Context())}
+    for batch in got:
+        assert batch["jpg"].permute(0, 2, 3, 1).is_contiguous()
+        for i, key in enumerate(batch["__key__"]):
+            np.testing.assert_array_equal(batch["jpg"][i].permute(1, 2, 0).numpy(), alone[key])
+
+
+def test_images_of_different_sizes_in_one_batch_are_still_refused_with_the_fix() -> None:
+    sizes = [(48, 40)] * 4 + [(48, 40), (32, 24), (48, 40), (48, 40)]
+    items = [{"__key__": f"k{i:02d}", "jpg": small_jpeg(i, size=size)} for i, size in enumerate(sizes)]
+    pipeline = Pipeline([Items(items), Decode("rgb8"), Batch(4, channels_last=True)], Context())
+    assert tuple(next(pipeline)["jpg"].shape) == (4, 3, 40, 48)
+    with pytest.raises(
+        ValueError, match=r"cannot batch images of different sizes \(40x48 and 24x32\).*batch_size=None"
+    ):
+        next(pipeline)

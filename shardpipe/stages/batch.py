@@ -269,8 +269,10 @@ class Batch(Stage[dict[str, Any]]):
 
 def _placement(sample: Sample, field: str, rows: np.ndarray, i: int, address: int) -> bool | None:
     """Where ``sample``'s ``field`` is: True exactly in row ``i`` (at ``address``), False apart from
-    the rows; None when the batch cannot keep the rows (no ``field``, or something else lies in them)."""
-    if field not in sample:
+    the rows; None when the batch cannot keep the rows (no ``field``, an image of another size than
+    the rows', or something else lies in them)."""
+    image = _hwc(sample[field]) if field in sample else None
+    if not isinstance(image, np.ndarray) or image.shape != rows.shape[1:]:
         return None
     placed = False
     for key, value in sample.items():
