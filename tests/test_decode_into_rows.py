@@ -578,3 +578,46 @@ def test_images_of_different_sizes_in_one_batch_are_still_refused_with_the_fix()
         ValueError, match=r"cannot batch images of different sizes \(40x48 and 24x32\).*batch_size=None"
     ):
         next(pipeline)
+
+
+def test_images_the_decode_did_not_write_are_copied_into_the_rows() -> None:
+    """Whole images (no transform: nothing writes into ``out``) of one size: from batch 2 on the
+    batch takes the rows' tensor and copies every image into it."""
+    items = [{"__key__": f"k{i:02d}", "jpg": small_jpeg(i, size=(48, 40))} for i in range(12)]
+    batches, taken = _run_plain(items)
+    assert [b["jpg"].data_ptr() for b in batches[1:]] == [taken[1].data_ptr(), taken[2].data_ptr()]
+    alone = {s["__key__"]: s["jpg"] for s in Pipeline([Items(items), Decode("rgb8")], Context())}
+    for batch in batches:
+        for i, key in enumerate(batch["__key__"]):
+            np.testing.assert_array_equal(batch["jpg"][i].permute(1, 2, 0).numpy(), alone[key])
+
+
+def _run_plain(items: list[dict], **kw) -> tuple[list[dict], list[torch.Tensor]]:
+    """Like ``_run``, with a decode that applies no transform."""
+    stage = Batch(4, channels_last=True, **kw)
+    taken: list[torch.Tensor] = []
+    plain = stage._alloc
+
+    def alloc(shape):
+        taken.append(plain(shape))
+        return taken[-1]
+
+    stage._alloc = alloc  # type: ignore[method-assign]
+    return list(Pipeline([Items(items), Decode("rgb8"), stage], Context())), taken
+
+
+def test_a_batch_that_cannot_keep_the_rows_still_takes_its_tensor_from_the_pool(monkeypatch) -> None:
+    import shardpipe.stages.batch as batch_module
+
+    class Info:
+        id = 1
+
+    monkeypatch.setattr(batch_module, "get_worker_info", lambda: Info)
+    pool = BatchBuffers()
+    sizes = [(48, 40)] * 4 + [(32, 24)] * 4
+    items = [{"__key__": f"k{i:02d}", "jpg": small_jpeg(i, size=size)} for i, size in enumerate(sizes)]
+    first, second = list(
+        Pipeline([Items(items), Decode("rgb8"), Batch(4, channels_last=True, buffers=pool)], Context())
+    )
+    assert pool.slot_of(first["jpg"]) is not None and pool.slot_of(second["jpg"]) is not None
+    assert pool.slot_of(first["jpg"]) != pool.slot_of(second["jpg"])
