@@ -103,8 +103,7 @@ def _bilinear(region: np.ndarray, height: int, width: int, out: np.ndarray | Non
 
 
 def _warp(region: np.ndarray, m: np.ndarray, height: int, width: int, out: np.ndarray | None) -> np.ndarray:
-    channels = region.shape[2] if region.ndim == 3 else 1
-    dst = out if region.ndim == 3 and fits(out, height, width, channels) else None
+    dst = out if region.ndim == 3 and fits(out, height, width, region.shape[2]) else None
     return cv2.warpAffine(
         region,
         m,

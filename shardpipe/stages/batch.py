@@ -83,17 +83,6 @@ def collate_images(
     return out
 
 
-def _written(img: Any, row: np.ndarray, address: int) -> bool:
-    """True when ``img`` is ``row``'s memory (which starts at ``address``), laid out the same."""
-    return (
-        isinstance(img, np.ndarray)
-        and img.shape == row.shape
-        and img.strides == row.strides
-        and img.dtype == row.dtype
-        and img.__array_interface__["data"][0] == address
-    )
-
-
 def _lies_in(value: Any, rows: np.ndarray) -> bool:
     """True when ``value`` (an array or a CPU tensor) shares memory with ``rows``."""
     if isinstance(value, torch.Tensor):
@@ -254,7 +243,7 @@ class Batch(Stage[dict[str, Any]]):
         start, step = rows.__array_interface__["data"][0], rows.strides[0]
         placed = []
         for i, s in enumerate(samples):
-            where = _placement(s, field, rows, i, start + i * step)
+            where = _placement(s, field, rows, start + i * step)
             if where is None:
                 break
             if where:
@@ -267,20 +256,23 @@ class Batch(Stage[dict[str, Any]]):
         return collate(samples, self.channels_last, self._alloc)
 
 
-def _placement(sample: Sample, field: str, rows: np.ndarray, i: int, address: int) -> bool | None:
-    """Where ``sample``'s ``field`` is: True exactly in row ``i`` (at ``address``), False apart from
-    the rows; None when the batch cannot keep the rows (no ``field``, an image of another size than
-    the rows', or something else lies in them)."""
+def _placement(sample: Sample, field: str, rows: np.ndarray, address: int) -> bool | None:
+    """Where ``sample``'s ``field`` is: True exactly in its row (the one at ``address``), laid out
+    as the row; False apart from the rows; None when the batch cannot keep the rows (no ``field``,
+    an image of another size than the rows', anything else in them)."""
     image = _hwc(sample[field]) if field in sample else None
     if not isinstance(image, np.ndarray) or image.shape != rows.shape[1:]:
         return None
-    placed = False
-    for key, value in sample.items():
-        if _lies_in(value, rows):
-            if key != field or not _written(_hwc(value), rows[i], address):
-                return None
-            placed = True
-    return placed
+    if any(key != field and _lies_in(value, rows) for key, value in sample.items()):
+        return None
+    if not _lies_in(image, rows):
+        return False
+    in_row = (
+        image.strides == rows.strides[1:]
+        and image.dtype == rows.dtype
+        and image.__array_interface__["data"][0] == address
+    )
+    return True if in_row else None
 
 
 def _hwc(value: Any) -> Any:
