@@ -378,7 +378,9 @@ def _raw(i: int, fields: tuple[str, ...]) -> dict:
     return out
 
 
-def _run(items: list[dict], decode: str = "rgb8", batch: int = 4, **kw) -> tuple[list[dict], list[torch.Tensor]]:
+def _run(
+    items: list[dict], decode: str = "rgb8", batch: int = 4, transform=TWO_FIELDS, **kw
+) -> tuple[list[dict], list[torch.Tensor]]:
     """Batches of a Decode -> Batch(channels_last) pipeline in this process, and every tensor ``Batch`` took."""
     stage = Batch(batch, channels_last=True, **kw)
     taken: list[torch.Tensor] = []
@@ -389,8 +391,24 @@ def _run(items: list[dict], decode: str = "rgb8", batch: int = 4, **kw) -> tuple
         return taken[-1]
 
     stage._alloc = alloc  # type: ignore[method-assign]
-    pipeline = Pipeline([Items(items), Decode(decode, transform=TWO_FIELDS), stage], Context())
+    pipeline = Pipeline([Items(items), Decode(decode, transform=transform), stage], Context())
     return list(pipeline), taken
+
+
+@pytest.fixture
+def placed_log(monkeypatch) -> list[frozenset[int]]:
+    """The ``placed`` indices of every ``collate`` call of the Batch stage (the rows it does not copy)."""
+    import shardpipe.stages.batch as batch_module
+
+    seen: list[frozenset[int]] = []
+    plain = batch_module.collate
+
+    def spy(samples, channels_last=False, alloc=batch_module.empty_uint8, into=None, placed=()):
+        seen.append(frozenset(placed))
+        return plain(samples, channels_last, alloc, into=into, placed=placed)
+
+    monkeypatch.setattr(batch_module, "collate", spy)
+    return seen
 
 
 def _alone(items: list[dict]) -> dict[tuple[str, str], np.ndarray]:
@@ -505,21 +523,11 @@ def test_a_transform_that_returns_a_view_of_the_row_is_copied_as_it_looks() -> N
             np.testing.assert_array_equal(batch["jpg"][i].permute(1, 2, 0).numpy(), ref[key])
 
 
-def test_images_in_their_rows_are_not_copied_again(monkeypatch) -> None:
+def test_images_in_their_rows_are_not_copied_again(placed_log) -> None:
     """From the second batch on, collate is told that every image is in its row already."""
-    import shardpipe.stages.batch as batch_module
-
-    seen: list[frozenset[int]] = []
-    plain = batch_module.collate
-
-    def spy(samples, channels_last=False, alloc=batch_module.empty_uint8, into=None, placed=()):
-        seen.append(frozenset(placed))
-        return plain(samples, channels_last, alloc, into=into, placed=placed)
-
-    monkeypatch.setattr(batch_module, "collate", spy)
     batches, _ = _run([_raw(i, ("jpg",)) for i in range(10)])
     assert [len(b["__key__"]) for b in batches] == [4, 4, 2]
-    assert seen == [frozenset(), frozenset(range(4)), frozenset(range(2))]
+    assert placed_log == [frozenset(), frozenset(range(4)), frozenset(range(2))]
 
 
 class Invert(Transform):
@@ -533,22 +541,12 @@ class Invert(Transform):
         return out
 
 
-def test_a_users_transform_with_into_writes_its_result_into_the_row(monkeypatch) -> None:
-    import shardpipe.stages.batch as batch_module
-
-    seen: list[frozenset[int]] = []
-    plain = batch_module.collate
-
-    def spy(samples, channels_last=False, alloc=batch_module.empty_uint8, into=None, placed=()):
-        seen.append(frozenset(placed))
-        return plain(samples, channels_last, alloc, into=into, placed=placed)
-
-    monkeypatch.setattr(batch_module, "collate", spy)
+def test_a_users_transform_with_into_writes_its_result_into_the_row(placed_log) -> None:
     transform = Compose([RandomResizedCrop(12), Invert()])
     items = [_raw(i, ("jpg",)) for i in range(8)]
-    got = list(Pipeline([Items(items), Decode("rgb8", transform=transform), Batch(4, channels_last=True)], Context()))
+    got, _ = _run(items, transform=transform)
     ref = {s["__key__"]: s["jpg"] for s in Pipeline([Items(items), Decode("rgb8", transform=transform)], Context())}
-    assert seen == [frozenset(), frozenset(range(4))]  # batch 2: every result was written into its row
+    assert placed_log == [frozenset(), frozenset(range(4))]  # batch 2: every result was written into its row
     for batch in got:
         for i, key in enumerate(batch["__key__"]):
             np.testing.assert_array_equal(batch["jpg"][i].permute(1, 2, 0).numpy(), ref[key])
@@ -584,26 +582,12 @@ def test_images_the_decode_did_not_write_are_copied_into_the_rows() -> None:
     """Whole images (no transform: nothing writes into ``out``) of one size: from batch 2 on the
     batch takes the rows' tensor and copies every image into it."""
     items = [{"__key__": f"k{i:02d}", "jpg": small_jpeg(i, size=(48, 40))} for i in range(12)]
-    batches, taken = _run_plain(items)
+    batches, taken = _run(items, transform=None)
     assert [b["jpg"].data_ptr() for b in batches[1:]] == [taken[1].data_ptr(), taken[2].data_ptr()]
     alone = {s["__key__"]: s["jpg"] for s in Pipeline([Items(items), Decode("rgb8")], Context())}
     for batch in batches:
         for i, key in enumerate(batch["__key__"]):
             np.testing.assert_array_equal(batch["jpg"][i].permute(1, 2, 0).numpy(), alone[key])
-
-
-def _run_plain(items: list[dict], **kw) -> tuple[list[dict], list[torch.Tensor]]:
-    """Like ``_run``, with a decode that applies no transform."""
-    stage = Batch(4, channels_last=True, **kw)
-    taken: list[torch.Tensor] = []
-    plain = stage._alloc
-
-    def alloc(shape):
-        taken.append(plain(shape))
-        return taken[-1]
-
-    stage._alloc = alloc  # type: ignore[method-assign]
-    return list(Pipeline([Items(items), Decode("rgb8"), stage], Context())), taken
 
 
 def test_a_batch_that_cannot_keep_the_rows_still_takes_its_tensor_from_the_pool(monkeypatch) -> None:
