@@ -35,6 +35,8 @@ def test_a_field_only_some_samples_have_becomes_a_list_with_none():
     out = collate([{"a": 1, "b": 2}, {"a": 3}])
     assert out["a"].tolist() == [1, 3] and out["b"] == [2, None]
     assert list(out) == ["a", "b"]
+    later = collate([{"b": 2, "a": 1}, {"a": 3}])  # a field after the partial one is collated too
+    assert list(later) == ["b", "a"] and later["b"] == [2, None] and later["a"].tolist() == [1, 3]
 
 
 def test_channels_last_keeps_the_pixels_in_nhwc_memory():
