@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from shardpipe.errors import DuplicateMemberError, ErrorHandler, ShardpipeError
-from shardpipe.format.sample import IMAGE_EXTENSIONS
+from shardpipe.format.sample import is_image_field
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
 from shardpipe.io.files import open_shard
 from shardpipe.io.verify import HashingReader
@@ -132,7 +132,7 @@ def inspect_shard(url: str, first: int = 5, storage_options: dict[str, Any] | No
         if len(out.first_keys) < first:
             out.first_keys.append(key)
         for ext, data in fields.items():
-            if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+            if is_image_field(ext):
                 size = header_size(data)
                 if size is None:
                     out.unreadable_headers += 1

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from shardpipe.cli.inspect import ShardReader
-from shardpipe.format.fields import decode_field, last_extension
-from shardpipe.format.sample import IMAGE_EXTENSIONS
+from shardpipe.format.fields import decode_field
+from shardpipe.format.sample import is_image_field
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
 from shardpipe.io.urls import single_manifest
 from shardpipe.stages.shards import Shard, expand_urls
@@ -42,7 +42,7 @@ def check_member(ext: str, data: bytes) -> str | None:
     from shardpipe.image.decoders import get_decoder
 
     try:
-        if last_extension(ext) in IMAGE_EXTENSIONS:
+        if is_image_field(ext):
             try:
                 get_decoder("auto").decode(data)
             except Exception:
@@ -68,7 +68,7 @@ def verify_shard(
             out.problems.append(f"{shard.url}: duplicate key {key!r} (its members are not consecutive)")
         seen.add(key)
         for ext, data in fields.items():
-            out.images += ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS
+            out.images += is_image_field(ext)
             why = check_member(ext, data)
             if why is not None:
                 out.problems.append(f"{shard.url}: corrupt member {key}.{ext}: {why}")

@@ -25,6 +25,11 @@ Sample = dict[str, Any]
 """A sample: ``{"__key__": str, "__url__": str, ext: value, ...}``."""
 
 
+def is_image_field(ext: str) -> bool:
+    """True for a field the decode stage decodes as an image (``jpg``, ``left.png``...)."""
+    return ext.rpartition(".")[2] in IMAGE_EXTENSIONS
+
+
 def split_name(name: str) -> tuple[str, str] | None:
     """Split a member name into ``(key, ext)``; ``None`` for members outside any sample."""
     slash = name.rfind("/")

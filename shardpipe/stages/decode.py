@@ -20,7 +20,8 @@ from shardpipe.augment.base import SampleRngs
 from shardpipe.augment.schedule import has_schedule
 from shardpipe.errors import DecodeError
 from shardpipe.format.fields import decode_field
-from shardpipe.format.sample import IMAGE_EXTENSIONS, Sample
+from shardpipe.format.sample import Sample, is_image_field
+from shardpipe.image.decoders.registry import get_decoder
 from shardpipe.image.fused import build_image_fn
 from shardpipe.options import DECODE_MODES
 from shardpipe.stages.base import State
@@ -61,6 +62,7 @@ class SampleDecoder:
         self.transform = transform
         self.allow_pickle = allow_pickle
         self._decoder, self._fuse = decoder, fuse
+        self._backend = (get_decoder(decoder) if isinstance(decoder, str) else decoder) if decode != "encoded" else None
         self._scheduled = has_schedule(transform)
         self._build(transform)
         self._seed_epoch = ctx_seed_epoch
@@ -72,9 +74,15 @@ class SampleDecoder:
         # fused: one function decodes and augments (crop-aware decode); else two, timed apart
         fuse = self._fuse
         self._image_fn = (
-            build_image_fn(self._decoder, transform if fuse else None) if self.decode != "encoded" else None
+            build_image_fn(self._backend, transform if fuse else None) if self.decode != "encoded" else None
         )
         self._augment = as_transform(transform) if transform is not None and not fuse else None
+
+    @property
+    def takes_views(self) -> bool:
+        """True when images may arrive as read-only ``memoryview``s (of a mapped shard file):
+        they are decoded, by a backend that reads any buffer (the native decoder)."""
+        return self._image_fn is not None and bool(getattr(self._backend, "takes_views", False))
 
     @property
     def writes_into(self) -> bool:
@@ -99,9 +107,9 @@ class SampleDecoder:
                 out[ext] = value
                 continue
             try:
-                if ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+                if is_image_field(ext):
                     if self._image_fn is None:
-                        out[ext] = value
+                        out[ext] = bytes(value) if type(value) is memoryview else value
                         continue
                     rng = None
                     if self.transform is not None:  # per-sample randomness: same on resume
@@ -157,6 +165,11 @@ class Decode(ParallelMap):
         self.sample_decoder.set_epoch(self.ctx.epoch)
 
     @property
+    def takes_views(self) -> bool:
+        """True when the samples may hold images as views of mapped shard files (``SampleDecoder.takes_views``)."""
+        return self.sample_decoder.takes_views
+
+    @property
     def writes_into(self) -> bool:
         """True when :meth:`next_into` may be used: samples are decoded as they are asked for,
         on the caller's thread, one for one, and images stay arrays written by the decode."""
@@ -188,7 +201,7 @@ class Augment(ParallelMap):
         rng = self._rngs(self.ctx.seed, self.ctx.epoch, sample["__key__"])
         out = dict(sample)
         for ext, value in sample.items():
-            if isinstance(value, np.ndarray) and ext.rsplit(".", 1)[-1] in IMAGE_EXTENSIONS:
+            if isinstance(value, np.ndarray) and is_image_field(ext):
                 out[ext] = self._current(value, rng)
         self.ctx.add_time("augment", time.perf_counter() - t0, 1)
         return out

@@ -59,7 +59,10 @@ def has_end_marker(data: bytes, after: int = 0) -> bool:
     Entropy-coded data cannot contain FF D9 (FF bytes are stuffed), so the last EOI is
     found quickly from the end; trailing bytes after it (some cameras add them) are fine.
     """
-    return data.rfind(EOI, after) >= 0
+    n = len(data)
+    if n - after >= 2 and data[n - 2] == 0xFF and data[n - 1] == 0xD9:
+        return True  # the usual case, and the only one that needs no search
+    return (data if isinstance(data, bytes) else bytes(data)).rfind(EOI, after) >= 0
 
 
 def read_header(data: bytes) -> JpegHeader:
@@ -73,7 +76,7 @@ def read_header(data: bytes) -> JpegHeader:
     while True:
         # a marker is FF xx, optionally preceded by fill bytes (FF FF ...)
         if pos < n and data[pos] != 0xFF:  # garbage between segments: libjpeg skips it too
-            pos = data.find(b"\xff", pos)
+            pos = (data if isinstance(data, bytes) else bytes(data)).find(b"\xff", pos)  # rare: no copy for bytes
             if pos < 0:
                 pos = n
         while pos < n and data[pos] == 0xFF:
