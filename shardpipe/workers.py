@@ -26,7 +26,6 @@ import time
 import weakref
 from typing import Any
 
-import numpy as np
 import torch
 
 log = logging.getLogger("shardpipe")
@@ -57,7 +56,7 @@ class WorkerProgress:
 
     def __init__(self, rows: int = MAX_WORKERS) -> None:
         self.table = torch.zeros((rows, 3), dtype=torch.float64).share_memory_()
-        self._view: np.ndarray | None = None
+        self._view: memoryview | None = None  # the table as flat doubles: cheaper to write than numpy rows
 
     def __getstate__(self) -> dict[str, Any]:
         return {"table": self.table, "_view": None}
@@ -67,13 +66,14 @@ class WorkerProgress:
 
     def mark(self, worker: int, stage: str, shard: int | None = None) -> None:
         """Record that ``worker`` entered ``stage`` (on shard ``shard``, else the last one)."""
-        if self._view is None:
-            self._view = self.table.numpy()
-        row = self._view[worker % len(self._view)]
-        row[0] = time.monotonic()
-        row[1] = _CODE[stage]
+        view = self._view
+        if view is None:
+            view = self._view = memoryview(self.table.numpy()).cast("B").cast("d")
+        at = 3 * (worker % (len(view) // 3))
+        view[at] = time.monotonic()
+        view[at + 1] = _CODE[stage]
         if shard is not None:
-            row[2] = shard + 1  # 0 = none yet
+            view[at + 2] = shard + 1  # 0 = none yet
 
     def where(self, worker: int) -> tuple[str, int | None, float | None]:
         """(stage, shard index or None, seconds since it entered that stage or None)."""

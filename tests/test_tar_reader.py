@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from shardpipe import CorruptShardError, TruncatedShardError
-from shardpipe.format.tar.reader import TarStream, _octal, _parse_pax
+from shardpipe.format.tar.reader import TarStream, _byte_sum, _octal, _parse_pax
 
 SIZES = [0, 1, 511, 512, 513, 3000, 7]
 
@@ -169,6 +169,36 @@ def test_a_bad_checksum_names_the_offset():
         CorruptShardError, match=rf"^not a tar header \(bad checksum\) in shard mem.tar at byte {members[1].offset}$"
     ):
         tar.next_member()
+
+
+@pytest.mark.parametrize("fill", ["random", "zeros", "ones", "high"])
+def test_the_header_byte_sum_is_exact(fill):
+    import random
+
+    blocks = {
+        "random": [random.Random(i).randbytes(512) for i in range(200)],
+        "zeros": [bytes(512)],
+        "ones": [b"\xff" * 512, b"\xff" * 256 + bytes(256), bytes(256) + b"\xff" * 256],
+        "high": [bytes([200 + i % 56 for i in range(512)])],
+    }[fill]
+    for block in blocks:
+        assert _byte_sum(block) == sum(block)
+
+
+def test_a_checksum_one_adler_modulus_off_is_refused():
+    """The sum is exact, not modulo 65,521 (the modulus of the Adler-32 halves it is made of)."""
+    data, members = tar_of_sizes([3])
+    header = bytearray(data[:512])
+    stored = int(header[148:154], 8)
+    for wrong in (stored + 65521, stored - 65521, stored + 1):
+        if wrong < 0:
+            continue
+        header[148:156] = b"%06o\0 " % wrong
+        tar = TarStream(io.BytesIO(bytes(header) + data[512:]), "mem.tar")
+        with pytest.raises(CorruptShardError, match=r"^not a tar header \(bad checksum\) in shard mem.tar at byte 0$"):
+            tar.next_member()
+    header[148:156] = b"%06o\0 " % stored
+    assert TarStream(io.BytesIO(bytes(header) + data[512:]), "mem.tar").next_member() == ("s00.bin", b"\x01" * 3)
 
 
 # -- names, messages and the stream wrapper ----------------------------------------------------

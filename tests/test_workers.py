@@ -230,3 +230,28 @@ def test_the_loaders_own_queue_threads_are_not_counted_as_other_threads(dataset_
     assert not set(t.name for t in feeders) & set(other_threads())
     for _ in it:
         pass
+
+
+def test_worker_progress_rows_record_stage_shard_and_time_and_survive_pickling() -> None:
+    import pickle
+
+    from shardpipe.workers import STAGES, WorkerProgress
+
+    progress = WorkerProgress(rows=4)
+    assert progress.where(1) == ("worker set-up", None, None)
+    before = time.monotonic()
+    progress.mark(1, "untar", 7)
+    progress.mark(2, "decode", 0)
+    progress.mark(1, "batch")  # no shard given: the last one stays
+    stage, shard, age = progress.where(1)
+    assert (stage, shard) == ("batch", 7) and 0 <= age <= time.monotonic() - before
+    assert progress.where(2)[:2] == ("decode", 0)
+    assert progress.table[1].tolist()[1:] == [STAGES.index("batch"), 8]  # the table's own layout
+    progress.mark(6, "read", 3)  # rows wrap: worker 6 of a 4-row table writes row 2
+    assert progress.where(2)[:2] == ("read", 3)
+    copy = pickle.loads(pickle.dumps(progress))  # the view is made again where the table arrives
+    assert copy._view is None and copy.where(2)[:2] == ("read", 3)
+    copy.mark(3, "hand-over", 1)
+    assert copy.where(3)[:2] == ("hand-over", 1)
+    progress.clear()
+    assert progress.where(1) == ("worker set-up", None, None)

@@ -80,6 +80,12 @@ def _octal(field: bytes) -> int:
     return int(digits, 8) if digits else 0
 
 
+def _byte_sum(block: bytes) -> int:
+    """The sum of a 512-byte block's bytes, from two Adler-32 sums (~6x faster than ``sum``): each
+    256-byte half sums to at most 65,280, below Adler-32's modulus 65,521, so its low half is exact."""
+    return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
+
+
 def _size_text(n: int) -> str:
     return f"{n} bytes ({n / 2**20:.1f} MiB)" if n < 1 << 30 else f"{n} bytes ({n / 2**30:.1f} GiB)"
 
@@ -344,7 +350,7 @@ class TarStream:
             stored = _octal(block[148:156])
         except ValueError:
             stored = -1
-        actual = sum(block) - sum(block[148:156]) + 8 * 32  # the checksum field counts as spaces
+        actual = _byte_sum(block) - sum(block[148:156]) + 8 * 32  # the checksum field counts as spaces
         if stored != actual:
             raise CorruptShardError(f"not a tar header (bad checksum) in shard {self.url} at byte {at}")
 
