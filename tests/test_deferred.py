@@ -16,7 +16,7 @@ from shardpipe.io import deferred
 from shardpipe.io.deferred import DeferredBytes, SharedFile, materialize
 from shardpipe.stages.shuffle import Shuffle
 
-from .helpers import make_samples, payload, small_jpeg, write_manifest_dataset, write_shards
+from .helpers import decoder_or_skip, make_samples, payload, small_jpeg, write_manifest_dataset, write_shards
 
 
 def _samples(n: int) -> list[dict]:
@@ -162,25 +162,40 @@ PROGRAM = """
 import os, sys
 import shardpipe
 
-ds = shardpipe.ShardDataset({manifest!r}, shuffle=40, seed=2, decode=None)
+ds = shardpipe.ShardDataset({manifest!r}, shuffle=40, seed=2, **{options!r})
 loader = shardpipe.ShardLoader(ds, num_workers=2, persistent_workers={persistent}, timeout=120)
-fds = []
+fds, worker_files = [], []
 for epoch in range(3):
     ds.set_epoch(epoch)
     keys = [s["__key__"] for s in loader]
     assert sorted(keys) == sorted(set(keys)), "a sample came twice"
     print("EPOCH", epoch, len(keys), len(set(keys)), keys[:3])
     fds.append(len(os.listdir("/proc/self/fd")))
+    for w in getattr(loader._iterator, "_workers", []):  # persistent workers, between epochs
+        with open(f"/proc/{{w.pid}}/maps") as maps:
+            mapped = sum(".tar" in line for line in maps)
+        shards = sum(os.path.realpath(f"/proc/{{w.pid}}/fd/" + fd).endswith(".tar") for fd in os.listdir(f"/proc/{{w.pid}}/fd"))
+        worker_files.append((mapped, shards))
 print("FDS", fds)
+print("WORKER_FILES", worker_files)
 """
 
 
-@pytest.mark.parametrize("persistent", [False, True])
+@pytest.mark.parametrize(
+    "persistent, options",
+    [
+        (False, {"decode": None}),
+        (True, {"decode": None}),
+        (True, {"decoder": "native"}),  # images decoded from views of the mapped shards
+        (False, {"decoder": "native"}),
+    ],
+)
 def test_a_program_reads_every_sample_each_epoch_through_deferred_windows_in_workers(
-    tmp_path: Path, persistent: bool
+    tmp_path: Path, persistent: bool, options: dict
 ) -> None:
     """A user's script (no main guard) with 2 workers, 3 epochs: every sample once per epoch, the
-    epochs' orders differ, and no descriptor piles up in the main process."""
+    epochs' orders differ, and no descriptor piles up in the main process; persistent workers hold
+    no shard open or mapped between epochs (records and views let go of their files)."""
     import ast
     import subprocess
     import sys
@@ -188,7 +203,9 @@ def test_a_program_reads_every_sample_each_epoch_through_deferred_windows_in_wor
     samples = _samples(90)
     manifest = write_manifest_dataset(tmp_path, samples, [30, 20, 40])
     script = tmp_path / "read_deferred.py"
-    script.write_text(PROGRAM.format(manifest=manifest, persistent=persistent))
+    if options.get("decoder") == "native":
+        decoder_or_skip("native")
+    script.write_text(PROGRAM.format(manifest=manifest, persistent=persistent, options=options))
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                          env=env)  # fmt: skip
@@ -198,3 +215,7 @@ def test_a_program_reads_every_sample_each_epoch_through_deferred_windows_in_wor
     assert len({e[4] for e in epochs}) == 3  # each epoch its own order
     fds = ast.literal_eval(next(line for line in run.stdout.splitlines() if line.startswith("FDS"))[4:])
     assert max(fds) - min(fds) <= 2, fds
+    worker_files = ast.literal_eval(
+        next(line for line in run.stdout.splitlines() if line.startswith("WORKER_FILES"))[13:]
+    )
+    assert worker_files == ([(0, 0)] * 6 if persistent else []), worker_files
