@@ -358,22 +358,20 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         stages = self._shard_stages(ctx)
         if self.require:
             stages.append(RequireFields(self.require))
-        dec = self.decode_options
-        decode = None
-        if dec.decode is not None:
-            decode = Decode(
-                dec.decode,
-                dec.decoder,
-                dec.transform,
-                num_threads=dec.num_threads,
-                allow_pickle=dec.allow_pickle,
-                fuse=fusable(dec.transform),
-            )
         if self.buffer_size and self.indexed is None:
-            # images the decode reads straight from the mapped shard, when its decoder can
-            stages.append(Shuffle(self.buffer_size, views=decode is not None and decode.takes_views))
-        if decode is not None:
-            stages.append(decode)
+            stages.append(Shuffle(self.buffer_size))
+        dec = self.decode_options
+        if dec.decode is not None:
+            stages.append(
+                Decode(
+                    dec.decode,
+                    dec.decoder,
+                    dec.transform,
+                    num_threads=dec.num_threads,
+                    allow_pickle=dec.allow_pickle,
+                    fuse=fusable(dec.transform),
+                )
+            )
         bat = self.batch_options
         if bat.batch_size:
             stages.append(

@@ -15,10 +15,10 @@ from shardpipe.devtools.synth import make_image
 from shardpipe.errors import DecodeError
 from shardpipe.image.decoders import AUTO_ORDER, available_decoders, get_decoder, register_decoder, registry
 from shardpipe.image.decoders.base import scaled_dim
-from shardpipe.image.decoders.jpeg import read_header
+from shardpipe.image.decoders.jpeg import has_end_marker, read_header
 from shardpipe.image.decoders.registry import ImageTooLargeError
 
-from .helpers import DECODER_BACKENDS, decoder_or_skip, run_in_group
+from .helpers import DECODER_BACKENDS, decoder_or_skip, run_in_group, small_jpeg
 
 BACKENDS = DECODER_BACKENDS
 backend = decoder_or_skip
@@ -316,3 +316,30 @@ def test_pillows_lower_limit_error_and_warning_become_image_too_large(monkeypatc
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         with pytest.raises(ImageTooLargeError, match=r"MAX_IMAGE_PIXELS is 15000"):
             dec.decode(png)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        small_jpeg(1),
+        small_jpeg(2) + b"\x00\x01trailing",  # bytes after the end marker (cameras add them)
+        small_jpeg(3)[:-2],  # no end marker: truncated
+        small_jpeg(4)[:2] + b"junk" + small_jpeg(4)[2:],  # bytes between segments
+        b"\xff\xd8\xff",
+    ],
+)
+def test_jpeg_header_checks_read_any_buffer_as_they_read_bytes(data: bytes) -> None:
+    """``has_end_marker`` (with its shortcut for a file that ends in its marker) and ``read_header``
+    give the same answers for a read-only buffer as for bytes."""
+
+    view = memoryview(bytearray(data)).toreadonly()
+    assert has_end_marker(view) == has_end_marker(data) == (b"\xff\xd9" in data)
+    assert has_end_marker(view, 4) == has_end_marker(data, 4)
+    assert has_end_marker(data, len(data) - 1) is False  # the marker must lie after `after`
+    try:
+        want = read_header(data)
+    except ValueError as e:
+        with pytest.raises(ValueError, match=str(e).split("(")[0]):
+            read_header(view)
+    else:
+        assert read_header(view) == want

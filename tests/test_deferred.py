@@ -186,7 +186,7 @@ print("WORKER_FILES", worker_files)
     [
         (False, {"decode": None}),
         (True, {"decode": None}),
-        (True, {"decoder": "native"}),  # images decoded from views of the mapped shards
+        (True, {"decoder": "native"}),  # images decoded in the workers
         (False, {"decoder": "native"}),
     ],
 )
@@ -195,7 +195,7 @@ def test_a_program_reads_every_sample_each_epoch_through_deferred_windows_in_wor
 ) -> None:
     """A user's script (no main guard) with 2 workers, 3 epochs: every sample once per epoch, the
     epochs' orders differ, and no descriptor piles up in the main process; persistent workers hold
-    no shard open or mapped between epochs (records and views let go of their files)."""
+    no shard open or mapped between epochs (the records let go of their files)."""
     import ast
     import subprocess
     import sys

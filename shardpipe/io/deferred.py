@@ -6,23 +6,13 @@ stays resident while the window drains. A plain local tar can hand out ``(file, 
 size)`` records instead and read the bytes when the shuffle emits the sample: one copy
 from the page cache into memory the allocator has just freed. ``Untar(defer_from=...)``
 makes the records; ``Shuffle`` reads them (``materialize``); nothing past the shuffle sees one.
-
-An image the next stage decodes with a decoder that takes buffers (the native one) need not
-be copied at all: ``materialize(..., view=...)`` hands it over as a read-only
-``memoryview`` of the shard file mapped into memory, so the decoder reads the page cache
-directly (~20 us less per ~110 KB photo than a ``pread``). A mapped file that shrinks
-before a view is taken is a ``TruncatedShardError``, as a short read is; one truncated while
-an image is being decoded from it would fault (SIGBUS), so shards must not be rewritten in
-place while a job reads them (shardpipe's writers replace files by renaming, which is safe).
 """
 
 from __future__ import annotations
 
 import io
-import mmap
 import os
 import stat
-from collections.abc import Callable
 from typing import Any
 
 from shardpipe.errors import ShardReadError, TruncatedShardError
@@ -41,24 +31,7 @@ class SharedFile:
 
     def __init__(self, fd: int, url: str):
         self.fd, self.url = fd, url
-        self._map: memoryview | None = None  # the whole file, mapped read-only at the first view
         SharedFile.live += 1
-
-    def view(self, offset: int, size: int) -> memoryview:
-        """``size`` bytes at ``offset``, without a copy (see the module docstring)."""
-        whole = self._map
-        try:
-            if whole is None:
-                whole = self._map = memoryview(mmap.mmap(self.fd, 0, access=mmap.ACCESS_READ))
-            now = os.fstat(self.fd).st_size
-        except (OSError, ValueError) as e:
-            raise ShardReadError(f"cannot map shard {self.url} to read {size} bytes at byte {offset}: {e}") from e
-        if offset + size > min(len(whole), now):
-            raise TruncatedShardError(
-                f"shard {self.url} changed while it was read: {size} bytes at byte {offset} lie past its end "
-                f"({now} bytes now; the file was truncated or replaced)"
-            )
-        return whole[offset : offset + size]
 
     def __del__(self) -> None:
         SharedFile.live -= 1
@@ -88,10 +61,6 @@ class DeferredBytes:
             )
         return data
 
-    def view(self) -> memoryview:
-        """The bytes as a read-only view of the mapped file (``SharedFile.view``)."""
-        return self.file.view(self.offset, self.size)
-
     def __repr__(self) -> str:
         return f"DeferredBytes({self.file.url!r}, offset={self.offset}, size={self.size})"
 
@@ -118,13 +87,9 @@ def unbuffered_local(stream: Any, url: str) -> tuple[io.FileIO, SharedFile] | No
     return raw, SharedFile(dup, url)
 
 
-def materialize(sample: dict[str, Any], view: Callable[[str], bool] | None = None) -> dict[str, Any]:
-    """``sample`` with every ``DeferredBytes`` value read (the same dict when it holds none);
-    fields for which ``view(name)`` is true become read-only views of the mapped file instead."""
+def materialize(sample: dict[str, Any]) -> dict[str, Any]:
+    """``sample`` with every ``DeferredBytes`` value read (the same dict when it holds none)."""
     for value in sample.values():
         if type(value) is DeferredBytes:
-            return {
-                k: (v.view() if view is not None and view(k) else v.read()) if type(v) is DeferredBytes else v
-                for k, v in sample.items()
-            }
+            return {k: v.read() if type(v) is DeferredBytes else v for k, v in sample.items()}
     return sample

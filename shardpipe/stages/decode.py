@@ -21,7 +21,6 @@ from shardpipe.augment.schedule import has_schedule
 from shardpipe.errors import DecodeError
 from shardpipe.format.fields import decode_field
 from shardpipe.format.sample import Sample, is_image_field
-from shardpipe.image.decoders.registry import get_decoder
 from shardpipe.image.fused import build_image_fn
 from shardpipe.options import DECODE_MODES
 from shardpipe.stages.base import State
@@ -62,7 +61,6 @@ class SampleDecoder:
         self.transform = transform
         self.allow_pickle = allow_pickle
         self._decoder, self._fuse = decoder, fuse
-        self._backend = (get_decoder(decoder) if isinstance(decoder, str) else decoder) if decode != "encoded" else None
         self._scheduled = has_schedule(transform)
         self._build(transform)
         self._seed_epoch = ctx_seed_epoch
@@ -74,15 +72,9 @@ class SampleDecoder:
         # fused: one function decodes and augments (crop-aware decode); else two, timed apart
         fuse = self._fuse
         self._image_fn = (
-            build_image_fn(self._backend, transform if fuse else None) if self.decode != "encoded" else None
+            build_image_fn(self._decoder, transform if fuse else None) if self.decode != "encoded" else None
         )
         self._augment = as_transform(transform) if transform is not None and not fuse else None
-
-    @property
-    def takes_views(self) -> bool:
-        """True when images may arrive as read-only ``memoryview``s (of a mapped shard file):
-        they are decoded, by a backend that reads any buffer (the native decoder)."""
-        return self._image_fn is not None and bool(getattr(self._backend, "takes_views", False))
 
     @property
     def writes_into(self) -> bool:
@@ -109,7 +101,7 @@ class SampleDecoder:
             try:
                 if is_image_field(ext):
                     if self._image_fn is None:
-                        out[ext] = bytes(value) if type(value) is memoryview else value
+                        out[ext] = value
                         continue
                     rng = None
                     if self.transform is not None:  # per-sample randomness: same on resume
@@ -163,11 +155,6 @@ class Decode(ParallelMap):
     def reset(self, state: State | None = None) -> None:
         super().reset(state)
         self.sample_decoder.set_epoch(self.ctx.epoch)
-
-    @property
-    def takes_views(self) -> bool:
-        """True when the samples may hold images as views of mapped shard files (``SampleDecoder.takes_views``)."""
-        return self.sample_decoder.takes_views
 
     @property
     def writes_into(self) -> bool:

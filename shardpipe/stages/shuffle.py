@@ -17,18 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from shardpipe.format.sample import is_image_field
 from shardpipe.io.deferred import materialize
 from shardpipe.stages.base import Stage, State
 from shardpipe.state import COUNT, StateCheck
 
 
 class Shuffle(Stage[Any]):
-    """Emit the source's items in seeded random order, ``buffer_size`` at a time.
-
-    ``views=True``: deferred image members come out as read-only views of their mapped shard
-    file, not bytes (``shardpipe.io.deferred``): only for a next stage whose decoder takes them.
-    """
+    """Emit the source's items in seeded random order, ``buffer_size`` at a time."""
 
     state_fields = {"window": COUNT, "emitted": COUNT}
 
@@ -36,13 +31,11 @@ class Shuffle(Stage[Any]):
         check.at("emitted").integer(state["emitted"], 0, self.buffer_size, " (the shuffle buffer's size)")
         return below
 
-    def __init__(self, buffer_size: int, views: bool = False):
+    def __init__(self, buffer_size: int):
         super().__init__()
         if buffer_size < 1:
             raise ValueError(f"shuffle buffer_size must be >= 1, not {buffer_size}")
         self.buffer_size = buffer_size
-        self.views = views
-        self._view = is_image_field if views else None
         self._window: list[Any] = []
         self._order: np.ndarray = np.arange(0)
         self._emitted = 0
@@ -84,7 +77,7 @@ class Shuffle(Stage[Any]):
         self._window[self._order[self._emitted]] = None  # release memory as we go
         self._emitted += 1
         # members an Untar(defer_from=...) left in their file are read now, into memory just freed
-        return materialize(item, self._view) if type(item) is dict else item
+        return materialize(item) if type(item) is dict else item
 
     def close(self) -> None:
         """Drop the window's samples (records of deferred members keep their shard files open);

@@ -82,9 +82,6 @@ class NativeDecoder(JpegBackend):
 
     name = "native"
     scale_factors = ALL_SCALES
-    #: reads any buffer (a ``memoryview`` of a mapped shard too): the C call takes the buffer
-    #: protocol, the header parsing indexes and slices, and fallbacks copy what they need
-    takes_views = True
 
     def __init__(
         self,
