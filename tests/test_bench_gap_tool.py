@@ -79,3 +79,52 @@ def test_versus_copy_interleaves_the_ablation_and_prints_paired_differences(tmp_
         assert re.search(
             rf"^{re.escape(row)}: this minus \(copy\), paired by round: median [+-]\d+\.\d{{3}}", text, re.M
         )
+
+
+AB_TOOL = TOOL.parent / "bench_ab.py"
+
+
+def _gap_shards(root: Path, n: int) -> str:
+    out = subprocess.run(
+        [sys.executable, str(TOOL), "--make", str(root), "--n", str(n), "--rounds", "1", "--only", "kernel"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return str(root / "manifest.json")
+
+
+def test_the_ab_tool_alternates_a_swapped_function_in_fresh_workers(tmp_path: Path):
+    """Variant B swaps the tar checksum for a counting stand-in that records, in a file, each
+    process that called it: the workers of B's passes did, those of A's did not."""
+    manifest = _gap_shards(tmp_path / "shards", 16)
+    (tmp_path / "spy.py").write_text(
+        "import os\n"
+        "def byte_sum(block):\n"
+        f"    with open({str(tmp_path / 'calls')!r}, 'a') as f:\n"
+        "        f.write(f'{os.getpid()}\\n')\n"
+        "    return sum(block)\n"
+    )
+    cmd = [sys.executable, str(AB_TOOL), manifest, "--pairs", "2", "--batch", "4", "--buffer", "4"]
+    cmd += ["--swap", "shardpipe.format.tar.reader:_byte_sum", "spy:byte_sum"]
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert re.search(r"^A  CPU ms/img median \d+\.\d{4}  range \d+\.\d{3}-\d+\.\d{3}$", text, re.M), text
+    assert re.search(r"^B  CPU ms/img median \d+\.\d{4}", text, re.M), text
+    assert re.search(r"^B - A, paired by pass pair: median [+-]\d+\.\d{4} CPU ms/img  \([+-]\d", text, re.M), text
+    assert "2 workers, fresh each pass; 2 pass pairs" in text
+    callers = set((tmp_path / "calls").read_text().split())
+    # B ran 3 passes (a warm-up and 2 measured), 2 fresh workers each; A's 6 workers never called it
+    assert len(callers) == 6, callers
+
+
+def test_the_ab_tool_refuses_a_name_it_cannot_find(tmp_path: Path):
+    manifest = _gap_shards(tmp_path / "shards", 8)
+    for swap, message in [
+        (["shardpipe.format.tar.reader:no_such", "builtins:sum"], "has no attribute 'no_such'"),
+        (["shardpipe.format.tar.reader", "builtins:sum"], "look like module:attribute"),
+    ]:
+        out = subprocess.run([sys.executable, str(AB_TOOL), manifest, "--swap", *swap], capture_output=True,
+                             text=True, timeout=300)  # fmt: skip
+        assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
