@@ -128,3 +128,33 @@ def test_the_ab_tool_refuses_a_name_it_cannot_find(tmp_path: Path):
         out = subprocess.run([sys.executable, str(AB_TOOL), manifest, "--swap", *swap], capture_output=True,
                              text=True, timeout=300)  # fmt: skip
         assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
+
+
+def test_the_ab_tools_swaps_are_undone_even_for_inherited_attributes(monkeypatch):
+    import importlib.util
+    import types
+
+    spec = importlib.util.spec_from_file_location("bench_ab", AB_TOOL)
+    bench_ab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_ab)
+
+    class Base:
+        def name(self):
+            return "base"
+
+    class Child(Base):
+        pass
+
+    module = types.ModuleType("ab_swap_targets")
+    module.Child, module.other, module.value = Child, lambda self: "other", 1
+    monkeypatch.setitem(sys.modules, "ab_swap_targets", module)
+    with bench_ab.swapped([("ab_swap_targets:Child.name", "ab_swap_targets:other"),
+                           ("ab_swap_targets:value", "builtins:len")]):  # fmt: skip
+        assert Child().name() == "other" and module.value is len
+    assert Child().name() == "base" and "name" not in vars(Child) and module.value == 1
+    try:
+        with bench_ab.swapped([("ab_swap_targets:value", "builtins:len")]):
+            raise KeyError("a pass failed")
+    except KeyError:
+        pass
+    assert module.value == 1

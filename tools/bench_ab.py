@@ -54,16 +54,20 @@ def lookup(name: str) -> Any:
 @contextmanager
 def swapped(swaps: list[tuple[str, str]]) -> Iterator[None]:
     """Apply ``(target, replacement)`` swaps, restoring the originals afterwards."""
+    missing = object()  # an attribute the owner inherits: deleted again afterwards, not set on it
     saved = []
     try:
         for target, replacement in swaps:
             owner, attr = resolve(target)
-            saved.append((owner, attr, owner.__dict__[attr] if attr in vars(owner) else getattr(owner, attr)))
+            saved.append((owner, attr, vars(owner).get(attr, missing)))
             setattr(owner, attr, lookup(replacement))
         yield
     finally:
         for owner, attr, value in reversed(saved):
-            setattr(owner, attr, value)
+            if value is missing:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, value)
 
 
 def one_pass(dataset: Any, loader: Any) -> tuple[float, int]:
