@@ -201,6 +201,27 @@ def test_a_checksum_one_adler_modulus_off_is_refused():
     assert TarStream(io.BytesIO(bytes(header) + data[512:]), "mem.tar").next_member() == ("s00.bin", b"\x01" * 3)
 
 
+def test_pax_keys_and_values_that_are_not_utf8_are_kept_as_surrogates():
+    assert _parse_pax(b"15 ab\xffcd=value\n") == {"ab\udcffcd": "value"}
+    assert _parse_pax(b"12 path=x\xfey\n") == {"path": "x\udcfey"}
+
+
+def test_a_gzip_stream_damaged_before_the_resume_point_names_the_resume():
+    import gzip
+
+    data, members = tar_of_sizes([70_000, 70_000])
+    packed = gzip.compress(data)
+    resume_at = members[1].offset  # the second member's header, past the first's data
+    damaged = bytearray(packed)
+    damaged[10] = 0xFF  # the first deflate block's header: block type 3, which does not exist
+    tar = TarStream(io.BytesIO(bytes(damaged)), "mem.tar.gz", 0, compressed=True)
+    with pytest.raises(CorruptShardError, match=r"^bad gzip data in shard mem.tar.gz while reading resume: "):
+        tar.skip_to(resume_at)
+    cut = TarStream(io.BytesIO(packed[: len(packed) // 3]), "mem.tar.gz", 0, compressed=True)
+    with pytest.raises(TruncatedShardError, match=r"^truncated gzip in shard mem.tar.gz while reading resume: "):
+        cut.skip_to(resume_at)
+
+
 # -- names, messages and the stream wrapper ----------------------------------------------------
 def raw_header(name: bytes, size: int = 0) -> bytes:
     """A ustar header block with the raw ``name`` bytes (any length up to 100, any bytes)."""
