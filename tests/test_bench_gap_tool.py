@@ -105,7 +105,7 @@ def test_the_ab_tool_alternates_a_swapped_function_in_fresh_workers(tmp_path: Pa
         "    return sum(block)\n"
     )
     cmd = [sys.executable, str(AB_TOOL), manifest, "--pairs", "2", "--batch", "4", "--buffer", "4"]
-    cmd += ["--swap", "shardpipe.format.tar.reader:_byte_sum", "spy:byte_sum"]
+    cmd += ["--swap", "shardpipe.format.tar.reader:header_sum", "spy:byte_sum"]
     env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]

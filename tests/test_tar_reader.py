@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from shardpipe import CorruptShardError, TruncatedShardError
-from shardpipe.format.tar.reader import TarStream, _byte_sum, _octal, _parse_pax
+from shardpipe.format.tar.reader import TarStream, _octal, _parse_pax, header_sum
 
 SIZES = [0, 1, 511, 512, 513, 3000, 7]
 
@@ -182,7 +182,7 @@ def test_the_header_byte_sum_is_exact(fill):
         "high": [bytes([200 + i % 56 for i in range(512)])],
     }[fill]
     for block in blocks:
-        assert _byte_sum(block) == sum(block)
+        assert header_sum(block) == sum(block)
 
 
 def test_a_checksum_one_adler_modulus_off_is_refused():

@@ -10,7 +10,7 @@ workers, which fork from this process and so run the variant it switched to; CPU
 whole process tree. Prints the medians and the median of the per-pair differences (B - A).
 
     nice python tools/bench_ab.py SHARDS/manifest.json --pairs 10 \\
-        --swap shardpipe.format.tar.reader:_byte_sum builtins:sum   # the tar checksum, as before part 8
+        --swap shardpipe.format.tar.reader:header_sum builtins:sum   # the tar checksum, as before part 8
     nice python tools/bench_ab.py SHARDS/manifest.json --workers 0 --swap ...   # in-process pipeline
 
 A swapped function must be looked up at call time (a module global or a method), not bound

@@ -80,9 +80,10 @@ def _octal(field: bytes) -> int:
     return int(digits, 8) if digits else 0
 
 
-def _byte_sum(block: bytes) -> int:
-    """The sum of a 512-byte block's bytes, from two Adler-32 sums (~6x faster than ``sum``): each
-    256-byte half sums to at most 65,280, below Adler-32's modulus 65,521, so its low half is exact."""
+def header_sum(block: bytes | bytearray) -> int:
+    """The sum of a 512-byte header's bytes (a tar checksum, read and written), from two Adler-32 sums
+    (~6x faster than ``sum``): each 256-byte half sums to at most 65,280, below Adler-32's modulus
+    65,521, so its low half is exact."""
     return (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
 
 
@@ -350,7 +351,7 @@ class TarStream:
             stored = _octal(block[148:156])
         except ValueError:
             stored = -1
-        actual = _byte_sum(block) - sum(block[148:156]) + 8 * 32  # the checksum field counts as spaces
+        actual = header_sum(block) - sum(block[148:156]) + 8 * 32  # the checksum field counts as spaces
         if stored != actual:
             raise CorruptShardError(f"not a tar header (bad checksum) in shard {self.url} at byte {at}")
 

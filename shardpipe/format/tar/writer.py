@@ -15,6 +15,7 @@ from typing import IO, Any
 from shardpipe.format.fields import encode_field
 from shardpipe.format.index import ShardIndex
 from shardpipe.format.sample import check_key
+from shardpipe.format.tar.reader import header_sum
 
 
 class _HashingWriter:
@@ -58,7 +59,7 @@ def member_header(name: str, size: int) -> bytes:
         head[148:156] = b"        "  # the checksum field counts as spaces while summing
         head[156:157] = b"0"
         head[257:265] = b"ustar\x0000"
-        head[148:156] = b"%06o\x00 " % sum(head)
+        head[148:156] = b"%06o\x00 " % header_sum(head)
         return bytes(head)
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime, info.uname, info.gname = size, 0o444, 0, "", ""
