@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_pipeline_gap: the same pipeline
 
 
 def resolve(name: str) -> tuple[Any, str]:
@@ -81,13 +82,11 @@ def one_pass(dataset: Any, loader: Any) -> tuple[float, int]:
 
 def run_ab(manifest: str, swaps: list[tuple[str, str]], pairs: int, workers: int, batch: int, buffer: int) -> dict:
     """Per-pass CPU ms/img of A and B, alternating (ABBA...); the first pass of each is a warm-up."""
-    from shardpipe.dataset import ShardDataset
-    from shardpipe.devtools.bench.kernels import train_transform
+    from bench_pipeline_gap import _dataset
+
     from shardpipe.loader import ShardLoader
 
-    ds = ShardDataset(
-        manifest, seed=0, shuffle=buffer, transform=train_transform(224), batch_size=batch, channels_last=True
-    )
+    ds = _dataset(manifest, "+batch", buffer, batch)  # the pipeline bench_pipeline_gap's loader rows measure
     loader = ShardLoader(ds, num_workers=workers) if workers else None
     with swapped(swaps):
         one_pass(ds, loader)  # B's first pass: imports, the decoder's first calls
