@@ -195,6 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.versus_copy:
         codes[" (copy)"] = args.code
     runs = [(v, tag) for v in names for tag in codes]
+    from shardpipe.devtools.bench.loaders import compile_bytecode
+
+    here = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    for code in {os.path.abspath(c or here) for c in codes.values()}:  # measured as installed
+        compile_bytecode(os.path.join(code, "shardpipe"))
     got: dict[str, list[dict]] = {v + tag: [] for v, tag in runs}
     for r in range(args.rounds):
         for v, tag in runs[r % len(runs) :] + runs[: r % len(runs)]:

@@ -237,6 +237,30 @@ def run_child(cfg: dict[str, Any], nice: int) -> dict[str, Any]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def compile_bytecode(package_dir: str | None = None) -> int:
+    """Compile a package's modules to bytecode, as ``pip install`` does; how many files were missing it.
+
+    Every loader is measured as installed. The peers come from site-packages with their bytecode;
+    shardpipe may run from a source tree on a machine that sets ``PYTHONDONTWRITEBYTECODE=1``,
+    where each fresh process would otherwise compile shardpipe's modules inside its measured
+    run (~35 CPU ms a run here, ~0.02 CPU ms/img at 2,000 images). A tree that is not writable
+    is left as it is. ``package_dir``: shardpipe's own by default.
+    """
+    import compileall
+    import importlib.util
+    import os
+
+    root = package_dir or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    written = 0
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for path in (os.path.join(folder, name) for name in files if name.endswith(".py")):
+            missing = not os.path.exists(importlib.util.cache_from_source(path))
+            if compileall.compile_file(path, quiet=2) and missing:
+                written += 1
+    return written
+
+
 def run_rounds(
     rows: dict[str, dict[str, Any]],
     data: dict[str, Any],
@@ -247,6 +271,7 @@ def run_rounds(
     """Every row's config measured once per round, each in a fresh process, in rotating order."""
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in rows}
     names = list(rows)
+    compile_bytecode()
     load = OtherLoad()
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
