@@ -19,6 +19,7 @@ def test_the_breakdown_tool_writes_shards_and_prints_every_row(tmp_path: Path):
         "10",
         "--only",
         "kernel",
+        "floor",
         "untar",
         "+batch",
         "loader",
@@ -28,8 +29,11 @@ def test_the_breakdown_tool_writes_shards_and_prints_every_row(tmp_path: Path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
-    for row in ("kernel", "untar", "+batch", "loader", "loader/4", "loader/steady"):
+    for row in ("kernel", "floor", "untar", "+batch", "loader", "loader/4", "loader/steady"):
         assert re.search(rf"^{re.escape(row)} +\d+\.\d{{3}} ", text, re.M), (row, text)
+    assert re.search(r"^floor +\d+\.\d{3} +\d+\.\d{3}- *\d+\.\d{3} *$", text, re.M), text  # no step: not built on kernel
+    assert re.search(r"^kernel / floor \(read \+ kernel into batch rows, no stages\) = \d+\.\d{3}$", text, re.M), text
+    assert re.search(r"^floor / in-process pipeline = \d+\.\d{3} \(what the stages cost\)$", text, re.M), text
     assert re.search(r"^loader: fixed -?\d+ CPU ms per run \+ -?\d+\.\d{3} CPU ms/img", text, re.M), text
     assert re.search(r"^kernel / loader, paired by round: median \d+\.\d{3} \(range ", text, re.M), text
     assert re.search(r"^kernel / loader in epochs 2-3 \(persistent workers\) = \d+\.\d{3}$", text, re.M), text
@@ -158,3 +162,17 @@ def test_the_ab_tools_swaps_are_undone_even_for_inherited_attributes(monkeypatch
     except KeyError:
         pass
     assert module.value == 1
+
+
+def test_the_floor_reads_and_decodes_every_image_of_the_shards(tmp_path: Path):
+    """``floor`` finds each JPEG by its tar header and puts all of them through the kernel."""
+    sys.path.insert(0, str(TOOL.parent))
+    try:
+        import bench_pipeline_gap as tool
+
+        manifest = tool._make(str(tmp_path / "shards"), 12)
+        out = tool._floor(manifest, 4)
+    finally:
+        sys.path.remove(str(TOOL.parent))
+    assert out["n"] == 12
+    assert out["ms"] > 0

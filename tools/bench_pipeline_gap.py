@@ -7,6 +7,10 @@ the main process, live workers read from /proc, reaped ones from rusage):
 
 - ``kernel``: decode + RandomResizedCrop(224) + flip on the shards' JPEGs held in memory,
   one thread (the per-image work and nothing else);
+- ``floor``: what any pipeline of this shape costs at least, in-process: each JPEG read from its
+  shard with one ``pread`` at an offset found beforehand, in a seeded random order, and put
+  through the kernel into its row of one of three recycled batch arrays; no stages, no
+  per-sample Python beyond the loop (the kernel's per-sample generator included);
 - ``untar``: read + untar + group samples, no decode (in-process, ``num_workers=0``);
 - ``+shuffle``: the same through the shuffle buffer;
 - ``+decode``: + the Decode stage (kernel + per-sample Python), samples out;
@@ -47,7 +51,7 @@ import time
 #: the checkout a child measures: ``--code DIR`` (e.g. the code before a change), else this one
 sys.path.insert(0, os.environ.get("BENCH_GAP_CODE") or os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-VARIANTS = ("kernel", "untar", "+shuffle", "+decode", "+batch", "loader", "loader/4", "loader/steady")
+VARIANTS = ("kernel", "floor", "untar", "+shuffle", "+decode", "+batch", "loader", "loader/4", "loader/steady")
 #: epochs a ``loader/steady`` child runs with persistent workers; all but the first are measured
 STEADY_EPOCHS = 3
 
@@ -112,6 +116,8 @@ def _child(
         t0 = time.process_time()
         run_kernel(fn, items, 1)
         return {"ms": (time.process_time() - t0) * 1000 / len(items)}
+    if variant == "floor":
+        return _floor(manifest, batch or 64)
     ds = _dataset(manifest, variant, buffer, batch, nchw, decode)
     if variant.startswith("loader"):
         from shardpipe.loader import ShardLoader
@@ -133,6 +139,43 @@ def _child(
     for item in ds:
         n += len(item["jpg"]) if variant == "+batch" and batch else 1
     return {"ms": (time.process_time() - t0) * 1000 / n}
+
+
+def _floor(manifest: str, batch: int) -> dict:
+    """The ``floor`` variant (see the module docstring)."""
+    import numpy as np
+
+    from shardpipe.augment.base import SampleRngs
+    from shardpipe.devtools.bench import shardpipe_train_kernel
+    from shardpipe.devtools.bench.loaders import manifest_urls
+    from shardpipe.format.sample import split_name
+    from shardpipe.format.tar.reader import TarStream
+
+    records = []  # (descriptor, offset, size, key) of every image, found before the clock
+    fds = []
+    for url in manifest_urls(manifest):
+        fds.append(os.open(url, os.O_RDONLY))
+        with open(url, "rb") as f:
+            tar = TarStream(f, url)
+            while (header := tar.next_header()) is not None:
+                parts = split_name(header[0])
+                if parts is not None and parts[1] == "jpg":
+                    records.append((fds[-1], tar.offset, header[1], parts[0]))
+                tar.skip_data()
+    fn = shardpipe_train_kernel("auto", 224)
+    rngs = SampleRngs()
+    batches = [np.full((batch, 224, 224, 3), 1, np.uint8) for _ in range(3)]  # written: no first-touch faults
+    order = np.random.default_rng(0).permutation(len(records))
+    fd, at, size, key = records[0]
+    fn(os.pread(fd, size, at), rngs(0, 0, key), batches[0][0])  # warm up
+    t0 = time.process_time()
+    for i, j in enumerate(order.tolist()):
+        fd, at, size, key = records[j]
+        fn(os.pread(fd, size, at), rngs(0, 0, key), batches[(i // batch) % 3][i % batch])
+    ms = (time.process_time() - t0) * 1000 / len(records)
+    for fd in fds:
+        os.close(fd)
+    return {"ms": ms, "n": len(records)}
 
 
 def _make(root: str, n: int) -> str:
@@ -233,7 +276,8 @@ def _report(got: dict[str, list[dict]], names: list[str], tag: str) -> None:
     print(f"{'variant' + tag:10s} {'CPU ms/img':>10s} {'range':>13s} {'step':>7s}")
     for v in names:
         ms = [r["ms"] for r in got[v]]
-        step = "" if prev is None or v in ("kernel", "loader/4", "loader/steady") else f"{med[v] - med[prev]:+.3f}"
+        alone = ("kernel", "floor", "loader/4", "loader/steady")  # rows not built on the one before
+        step = "" if prev is None or v in alone else f"{med[v] - med[prev]:+.3f}"
         extra = (
             f"  main process {statistics.median(r['main_ms'] for r in got[v]):.3f}"
             f"  page faults/img {statistics.median(r['faults'] for r in got[v]):.1f}"
@@ -241,7 +285,7 @@ def _report(got: dict[str, list[dict]], names: list[str], tag: str) -> None:
             else ""
         )
         print(f"{v:10s} {med[v]:10.3f} {min(ms):6.3f}-{max(ms):6.3f} {step:>7s}{extra}")
-        prev = v if v not in ("kernel", "loader/4", "loader/steady") else prev
+        prev = v if v not in alone else prev
     if "kernel" in med and "loader" in med:
         print(f"kernel / loader = {med['kernel'] / med['loader']:.3f}")
     if "kernel" in med and "loader/steady" in med:
@@ -266,6 +310,10 @@ def _report(got: dict[str, list[dict]], names: list[str], tag: str) -> None:
             print(f"kernel / loader's marginal cost per image = {med['kernel'] / marginal:.3f}")
     if "kernel" in med and "+batch" in med:
         print(f"kernel / in-process pipeline = {med['kernel'] / med['+batch']:.3f}")
+    if "kernel" in med and "floor" in med:
+        print(f"kernel / floor (read + kernel into batch rows, no stages) = {med['kernel'] / med['floor']:.3f}")
+    if "floor" in med and "+batch" in med:
+        print(f"floor / in-process pipeline = {med['floor'] / med['+batch']:.3f} (what the stages cost)")
 
 
 if __name__ == "__main__":
