@@ -11,6 +11,10 @@ the main process, live workers read from /proc, reaped ones from rusage):
   shard with one ``pread`` at an offset found beforehand, in a seeded random order, and put
   through the kernel into its row of one of three recycled batch arrays; no stages, no
   per-sample Python beyond the loop (the kernel's per-sample generator included);
+- ``floor/loader``: the same loop in a plain ``DataLoader``'s workers (each takes every
+  ``--workers``-th image), each batch written into one of three shared-memory tensors the worker
+  made and sent to the main process: what the pipeline would cost with no per-sample Python at all,
+  start-up and hand-over included;
 - ``untar``: read + untar + group samples, no decode (in-process, ``num_workers=0``);
 - ``+shuffle``: the same through the shuffle buffer;
 - ``+decode``: + the Decode stage (kernel + per-sample Python), samples out;
@@ -51,7 +55,18 @@ import time
 #: the checkout a child measures: ``--code DIR`` (e.g. the code before a change), else this one
 sys.path.insert(0, os.environ.get("BENCH_GAP_CODE") or os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-VARIANTS = ("kernel", "floor", "untar", "+shuffle", "+decode", "+batch", "loader", "loader/4", "loader/steady")
+VARIANTS = (
+    "kernel",
+    "floor",
+    "floor/loader",
+    "untar",
+    "+shuffle",
+    "+decode",
+    "+batch",
+    "loader",
+    "loader/4",
+    "loader/steady",
+)
 #: epochs a ``loader/steady`` child runs with persistent workers; all but the first are measured
 STEADY_EPOCHS = 3
 
@@ -118,6 +133,8 @@ def _child(
         return {"ms": (time.process_time() - t0) * 1000 / len(items)}
     if variant == "floor":
         return _floor(manifest, batch or 64)
+    if variant == "floor/loader":
+        return _floor_loader(manifest, batch or 64, workers)
     ds = _dataset(manifest, variant, buffer, batch, nchw, decode)
     if variant.startswith("loader"):
         from shardpipe.loader import ShardLoader
@@ -141,18 +158,13 @@ def _child(
     return {"ms": (time.process_time() - t0) * 1000 / n}
 
 
-def _floor(manifest: str, batch: int) -> dict:
-    """The ``floor`` variant (see the module docstring)."""
-    import numpy as np
-
-    from shardpipe.augment.base import SampleRngs
-    from shardpipe.devtools.bench import shardpipe_train_kernel
+def _records(manifest: str) -> tuple[list[tuple[int, int, int, str]], list[int]]:
+    """(descriptor, offset, size, key) of every JPEG of the shards, from their tar headers; the descriptors."""
     from shardpipe.devtools.bench.loaders import manifest_urls
     from shardpipe.format.sample import split_name
     from shardpipe.format.tar.reader import TarStream
 
-    records = []  # (descriptor, offset, size, key) of every image, found before the clock
-    fds = []
+    records, fds = [], []
     for url in manifest_urls(manifest):
         fds.append(os.open(url, os.O_RDONLY))
         with open(url, "rb") as f:
@@ -162,6 +174,55 @@ def _floor(manifest: str, batch: int) -> dict:
                 if parts is not None and parts[1] == "jpg":
                     records.append((fds[-1], tar.offset, header[1], parts[0]))
                 tar.skip_data()
+    return records, fds
+
+
+def _floor_loader(manifest: str, batch: int, workers: int) -> dict:
+    """The ``floor/loader`` variant (see the module docstring)."""
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+    from shardpipe.augment.base import SampleRngs
+    from shardpipe.devtools.bench import shardpipe_train_kernel
+    from shardpipe.devtools.bench.proctree import tree_cpu_seconds
+
+    records, fds = _records(manifest)  # found before the clock, inherited by the forked workers
+    fn = shardpipe_train_kernel("auto", 224)
+
+    class Floor(IterableDataset):
+        def __iter__(self):  # noqa: ANN204
+            info = get_worker_info()
+            mine = records[info.id :: info.num_workers] if info is not None else records
+            rngs = SampleRngs()
+            tensors = [torch.empty((batch, 224, 224, 3), dtype=torch.uint8).share_memory_() for _ in range(3)]
+            rows = [t.numpy() for t in tensors]
+            order = np.random.default_rng(0).permutation(len(mine)).tolist()
+            for start in range(0, len(order), batch):
+                k = (start // batch) % 3
+                part = order[start : start + batch]
+                for i, j in enumerate(part):
+                    fd, at, size, key = mine[j]
+                    fn(os.pread(fd, size, at), rngs(0, 0, key), rows[k][i])
+                yield tensors[k][: len(part)]
+
+    loader = DataLoader(Floor(), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
+    c0 = tree_cpu_seconds()
+    n = sum(len(b) for b in loader)
+    cpu = tree_cpu_seconds() - c0
+    for fd in fds:
+        os.close(fd)
+    return {"ms": cpu * 1000 / n, "n": n}
+
+
+def _floor(manifest: str, batch: int) -> dict:
+    """The ``floor`` variant (see the module docstring)."""
+    import numpy as np
+
+    from shardpipe.augment.base import SampleRngs
+    from shardpipe.devtools.bench import shardpipe_train_kernel
+
+    records, fds = _records(manifest)  # found before the clock
     fn = shardpipe_train_kernel("auto", 224)
     rngs = SampleRngs()
     batches = [np.full((batch, 224, 224, 3), 1, np.uint8) for _ in range(3)]  # written: no first-touch faults
@@ -276,7 +337,7 @@ def _report(got: dict[str, list[dict]], names: list[str], tag: str) -> None:
     print(f"{'variant' + tag:10s} {'CPU ms/img':>10s} {'range':>13s} {'step':>7s}")
     for v in names:
         ms = [r["ms"] for r in got[v]]
-        alone = ("kernel", "floor", "loader/4", "loader/steady")  # rows not built on the one before
+        alone = ("kernel", "floor", "floor/loader", "loader/4", "loader/steady")  # rows not built on the one before
         step = "" if prev is None or v in alone else f"{med[v] - med[prev]:+.3f}"
         extra = (
             f"  main process {statistics.median(r['main_ms'] for r in got[v]):.3f}"
@@ -312,6 +373,12 @@ def _report(got: dict[str, list[dict]], names: list[str], tag: str) -> None:
         print(f"kernel / in-process pipeline = {med['kernel'] / med['+batch']:.3f}")
     if "kernel" in med and "floor" in med:
         print(f"kernel / floor (read + kernel into batch rows, no stages) = {med['kernel'] / med['floor']:.3f}")
+    if "kernel" in med and "floor/loader" in med:
+        print(
+            f"kernel / floor/loader (no per-sample Python, in DataLoader workers) = {med['kernel'] / med['floor/loader']:.3f}"
+        )
+    if "floor/loader" in med and "loader" in med:
+        print(f"floor/loader / loader = {med['floor/loader'] / med['loader']:.3f} (what the stages cost in workers)")
     if "floor" in med and "+batch" in med:
         print(f"floor / in-process pipeline = {med['floor'] / med['+batch']:.3f} (what the stages cost)")
 
