@@ -20,6 +20,7 @@ def test_the_breakdown_tool_writes_shards_and_prints_every_row(tmp_path: Path):
         "--only",
         "kernel",
         "floor",
+        "floor/loader",
         "untar",
         "+batch",
         "loader",
@@ -29,11 +30,15 @@ def test_the_breakdown_tool_writes_shards_and_prints_every_row(tmp_path: Path):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout
-    for row in ("kernel", "floor", "untar", "+batch", "loader", "loader/4", "loader/steady"):
+    for row in ("kernel", "floor", "floor/loader", "untar", "+batch", "loader", "loader/4", "loader/steady"):
         assert re.search(rf"^{re.escape(row)} +\d+\.\d{{3}} ", text, re.M), (row, text)
     floor_row = r"^floor +\d+\.\d{3} +\d+\.\d{3}- *\d+\.\d{3} *$"  # no step: not built on the kernel row
     assert re.search(floor_row, text, re.M), text
     assert re.search(r"^kernel / floor \(read \+ kernel into batch rows, no stages\) = \d+\.\d{3}$", text, re.M), text
+    assert re.search(
+        r"^kernel / floor/loader \(no per-sample Python, in DataLoader workers\) = \d+\.\d{3}$", text, re.M
+    )
+    assert re.search(r"^floor/loader / loader = \d+\.\d{3} \(what the stages cost in workers\)$", text, re.M), text
     assert re.search(r"^floor / in-process pipeline = \d+\.\d{3} \(what the stages cost\)$", text, re.M), text
     assert re.search(r"^loader: fixed -?\d+ CPU ms per run \+ -?\d+\.\d{3} CPU ms/img", text, re.M), text
     assert re.search(r"^kernel / loader, paired by round: median \d+\.\d{3} \(range ", text, re.M), text

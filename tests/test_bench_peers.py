@@ -71,6 +71,14 @@ def test_summary_ratios_and_targets():
     assert found[0] == "CPU ms/img: best peer (LitData) / shardpipe = 1.36x (target >= 1.5x: MISSED)"
     assert found[1] == "images/s: shardpipe / webdataset + PIL = 2.50x (target >= 2.5x: met)"
     assert found[2] == "CPU ms/img: its kernel alone / shardpipe = 0.82x (target >= 0.95x: MISSED); by images/s: 0.95x"
+    assert len(found) == 3  # no floor row run: no line for it
+    with_floor = peers.summarize({**results, peers.FLOOR: [_run(1.0, 1040)] * 3, "DALI CPU": [_run(0.95, 700)] * 3})
+    found = peers.targets(with_floor)
+    assert found[0] == "CPU ms/img: best peer (DALI CPU) / shardpipe = 0.86x (target >= 1.5x: MISSED)"  # not the floor
+    assert found[3] == (
+        "CPU ms/img: its kernel alone / the kernel in workers with no stages = 0.90x (the most a pipeline of "
+        "workers reading the shards reaches here); that / shardpipe = 0.91x (what the stages cost)"
+    )
     text = peers.report(list(rows.values()), {"SPDL": "not installed: pip install spdl"}, workers=2, batch=64,
                         command="shardpipe bench --peers")  # fmt: skip
     assert text.startswith("$ shardpipe bench --peers\n")

@@ -11,10 +11,10 @@ the main process, live workers read from /proc, reaped ones from rusage):
   shard with one ``pread`` at an offset found beforehand, in a seeded random order, and put
   through the kernel into its row of one of three recycled batch arrays; no stages, no
   per-sample Python beyond the loop (the kernel's per-sample generator included);
-- ``floor/loader``: the same loop in a plain ``DataLoader``'s workers (each takes every
-  ``--workers``-th image), each batch written into one of three shared-memory tensors the worker
-  made and sent to the main process: what the pipeline would cost with no per-sample Python at all,
-  start-up and hand-over included;
+- ``floor/loader``: the same loop in a plain ``DataLoader``'s workers
+  (``shardpipe.devtools.bench.floor``: each takes every ``--workers``-th image and writes its
+  batches into a few shared-memory tensors it made): what the pipeline would cost with no
+  per-sample Python at all, worker start-up and hand-over included;
 - ``untar``: read + untar + group samples, no decode (in-process, ``num_workers=0``);
 - ``+shuffle``: the same through the shuffle buffer;
 - ``+decode``: + the Decode stage (kernel + per-sample Python), samples out;
@@ -158,61 +158,16 @@ def _child(
     return {"ms": (time.process_time() - t0) * 1000 / n}
 
 
-def _records(manifest: str) -> tuple[list[tuple[int, int, int, str]], list[int]]:
-    """(descriptor, offset, size, key) of every JPEG of the shards, from their tar headers; the descriptors."""
-    from shardpipe.devtools.bench.loaders import manifest_urls
-    from shardpipe.format.sample import split_name
-    from shardpipe.format.tar.reader import TarStream
-
-    records, fds = [], []
-    for url in manifest_urls(manifest):
-        fds.append(os.open(url, os.O_RDONLY))
-        with open(url, "rb") as f:
-            tar = TarStream(f, url)
-            while (header := tar.next_header()) is not None:
-                parts = split_name(header[0])
-                if parts is not None and parts[1] == "jpg":
-                    records.append((fds[-1], tar.offset, header[1], parts[0]))
-                tar.skip_data()
-    return records, fds
-
-
 def _floor_loader(manifest: str, batch: int, workers: int) -> dict:
-    """The ``floor/loader`` variant (see the module docstring)."""
-    import numpy as np
-    import torch
-    from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-
-    from shardpipe.augment.base import SampleRngs
-    from shardpipe.devtools.bench import shardpipe_train_kernel
+    """The ``floor/loader`` variant (see the module docstring): ``shardpipe.devtools.bench.floor``."""
+    from shardpipe.devtools.bench.floor import floor_loader
+    from shardpipe.devtools.bench.loaders import manifest_urls
     from shardpipe.devtools.bench.proctree import tree_cpu_seconds
 
-    records, fds = _records(manifest)  # found before the clock, inherited by the forked workers
-    fn = shardpipe_train_kernel("auto", 224)
-
-    class Floor(IterableDataset):
-        def __iter__(self):  # noqa: ANN204
-            info = get_worker_info()
-            mine = records[info.id :: info.num_workers] if info is not None else records
-            rngs = SampleRngs()
-            tensors = [torch.empty((batch, 224, 224, 3), dtype=torch.uint8).share_memory_() for _ in range(3)]
-            rows = [t.numpy() for t in tensors]
-            order = np.random.default_rng(0).permutation(len(mine)).tolist()
-            for start in range(0, len(order), batch):
-                k = (start // batch) % 3
-                part = order[start : start + batch]
-                for i, j in enumerate(part):
-                    fd, at, size, key = mine[j]
-                    fn(os.pread(fd, size, at), rngs(0, 0, key), rows[k][i])
-                yield tensors[k][: len(part)]
-
-    loader = DataLoader(Floor(), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None)
+    loader = floor_loader(manifest_urls(manifest), batch, 224, workers)  # the records are read here
     c0 = tree_cpu_seconds()
-    n = sum(len(b) for b in loader)
-    cpu = tree_cpu_seconds() - c0
-    for fd in fds:
-        os.close(fd)
-    return {"ms": cpu * 1000 / n, "n": n}
+    n = sum(len(b["jpg"]) for b in loader)
+    return {"ms": (tree_cpu_seconds() - c0) * 1000 / n, "n": n}
 
 
 def _floor(manifest: str, batch: int) -> dict:
@@ -221,8 +176,12 @@ def _floor(manifest: str, batch: int) -> dict:
 
     from shardpipe.augment.base import SampleRngs
     from shardpipe.devtools.bench import shardpipe_train_kernel
+    from shardpipe.devtools.bench.floor import jpeg_records
+    from shardpipe.devtools.bench.loaders import manifest_urls
 
-    records, fds = _records(manifest)  # found before the clock
+    paths = manifest_urls(manifest)
+    fds = {path: os.open(path, os.O_RDONLY) for path in paths}
+    records = [(fds[path], at, size, key) for path, at, size, key in jpeg_records(paths)]  # before the clock
     fn = shardpipe_train_kernel("auto", 224)
     rngs = SampleRngs()
     batches = [np.full((batch, 224, 224, 3), 1, np.uint8) for _ in range(3)]  # written: no first-touch faults
@@ -234,7 +193,7 @@ def _floor(manifest: str, batch: int) -> dict:
         fd, at, size, key = records[j]
         fn(os.pread(fd, size, at), rngs(0, 0, key), batches[(i // batch) % 3][i % batch])
     ms = (time.process_time() - t0) * 1000 / len(records)
-    for fd in fds:
+    for fd in fds.values():
         os.close(fd)
     return {"ms": ms, "n": len(records)}
 

@@ -184,6 +184,10 @@ def _loader(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, Any]:
             channels_last=cfg.get("channels_last", False),
         )
         return ShardLoader(ds, num_workers=w), ds
+    if kind == "floor":  # the kernel fed by DataLoader workers, no stages (devtools.bench.floor)
+        from shardpipe.devtools.bench.floor import floor_loader
+
+        return floor_loader(manifest_urls(data[cfg.get("shards", "full")]), b, size, w, cfg["round"]), None
     if kind == "shardpipe-batch":
         # workers read, untar and shuffle; the main process decodes whole batches
         # (DALI on a GPU when there is one, else crop-aware decode on CPU threads)

@@ -10,6 +10,10 @@ machine), then images/s, ratios to shardpipe and to webdataset + PIL, and peak R
 whose package is missing is reported with its install command and skipped. The peers'
 packages are no dependency of shardpipe: ``make bench-peers`` installs them into
 ``bench-env/`` (see ``tools/bench-requirements.txt``).
+
+Two rows are references, not loaders: shardpipe's kernel alone on JPEGs in memory (2 processes),
+and the floor (``devtools.bench.floor``): that kernel fed from the shards by plain DataLoader
+workers, with no stages, the most any pipeline of that shape reaches.
 """
 
 from __future__ import annotations
@@ -34,10 +38,13 @@ class Peer:
 
 _DECODE = (("simplejpeg", "simplejpeg"), ("cv2", "opencv-python-headless"))
 SHARDPIPE, KERNEL, WDS_PIL = "shardpipe", "shardpipe kernel alone", "webdataset + PIL"
+#: the kernel fed from the shards by DataLoader workers with no stages: the most a pipeline of this shape reaches
+FLOOR = "floor: kernel in workers, no stages"
 
 PEERS: tuple[Peer, ...] = (
     Peer(SHARDPIPE, {"kind": "shardpipe", "channels_last": True}),
     Peer(KERNEL, {"kind": "kernel", "mode": "processes"}),
+    Peer(FLOOR, {"kind": "floor"}),
     Peer(WDS_PIL, {"kind": "webdataset"}, (("webdataset", "webdataset"),)),
     Peer(
         "webdataset + simplejpeg + OpenCV", {"kind": "webdataset-simplejpeg"}, (("webdataset", "webdataset"), *_DECODE)
@@ -147,7 +154,7 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
     if sp is None:
         return []
     out = []
-    peers = [r for r in rows if r["name"] not in (SHARDPIPE, KERNEL)]
+    peers = [r for r in rows if r["name"] not in (SHARDPIPE, KERNEL, FLOOR)]
     if peers:
         best = min(peers, key=lambda r: r["cpu_ms"])
         x = best["cpu_ms"] / sp["cpu_ms"]
@@ -163,6 +170,13 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
             f"CPU ms/img: its kernel alone / shardpipe = {cpu:.2f}x (target >= 0.95x: {_met(cpu >= 0.95)}); "
             f"by images/s: {x:.2f}x"
         )
+        if FLOOR in by_name:
+            f = by_name[FLOOR]
+            out.append(
+                f"CPU ms/img: its kernel alone / the kernel in workers with no stages = {k['cpu_ms'] / f['cpu_ms']:.2f}x "
+                f"(the most a pipeline of workers reading the shards reaches here); "
+                f"that / shardpipe = {f['cpu_ms'] / sp['cpu_ms']:.2f}x (what the stages cost)"
+            )
     return out
 
 
