@@ -5,7 +5,7 @@ on JPEGs already in memory). A loader must also read each JPEG from its shard, w
 where the training process can take it, and start its workers. ``floor_loader`` does exactly
 that and no more: each worker takes every ``workers``-th JPEG (found from the tar headers before
 the clock), reads it with one ``pread`` at its offset, in a seeded random order, and runs the
-kernel into its row of one of three shared-memory batches it made at start; a plain
+kernel into its row of one of the few (``POOL``) shared-memory batches it made at start; a plain
 ``DataLoader`` hands the batches over. No stages, no per-sample Python beyond that loop, no
 labels. What it costs over the kernel is what any pipeline of this shape pays; what shardpipe
 costs over it is what its stages cost.
