@@ -138,3 +138,11 @@ def test_bench_data_gives_shardpipe_restart_marked_shards_and_the_others_plain(t
     written = shard.stat().st_mtime_ns
     again = prepare_data(str(tmp_path), n, shard_size=16)  # written once, then reused
     assert again["full"] == data["full"] and shard.stat().st_mtime_ns == written
+
+
+def test_chart_colours_shardpipe_the_references_and_the_peers_apart():
+    from shardpipe.devtools.bench.chart import bar_color
+
+    ours, kernel, floor, peer = (bar_color(n) for n in (peers.SHARDPIPE, peers.KERNEL, peers.FLOOR, "LitData"))
+    assert kernel == floor
+    assert len({ours, kernel, peer}) == 3

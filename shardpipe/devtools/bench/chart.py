@@ -5,8 +5,16 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-_OURS = "#d9480f"  # shardpipe's rows
+_OURS = "#d9480f"  # shardpipe's row
 _PEER = "#4c6ef5"
+_REFERENCE = "#868e96"  # the kernel alone and the floor: what the pipeline is read against, not loaders
+
+
+def bar_color(name: str) -> str:
+    """shardpipe's row, a reference row (``peers.KERNEL``, ``peers.FLOOR``) or a peer's."""
+    from shardpipe.devtools.bench.peers import FLOOR, KERNEL, SHARDPIPE
+
+    return _OURS if name == SHARDPIPE else _REFERENCE if name in (KERNEL, FLOOR) else _PEER
 
 
 def save_chart(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
@@ -19,7 +27,7 @@ def save_chart(rows: list[dict[str, Any]], path: str, title: str = "") -> None:
 
     rows = sorted(rows, key=lambda r: r["cpu_ms"], reverse=True)  # best at the top
     names = [r["name"] for r in rows]
-    colors = [_OURS if r["name"].startswith("shardpipe") else _PEER for r in rows]
+    colors = [bar_color(r["name"]) for r in rows]
     ys = range(len(rows))
     fig, (cpu_ax, rate_ax) = plt.subplots(1, 2, figsize=(11, 0.5 * len(rows) + 1.8), sharey=True)
     cpu = [r["cpu_ms"] for r in rows]
