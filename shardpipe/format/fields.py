@@ -20,7 +20,7 @@ PICKLE_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth"})
 
 def last_extension(ext: str) -> str:
     """The part of a field name that says its type: ``"seg.png"`` -> ``"png"``."""
-    return ext.rsplit(".", 1)[-1]
+    return ext.rpartition(".")[2]
 
 
 def encode_field(ext: str, value: Any) -> bytes:

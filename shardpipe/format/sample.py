@@ -16,6 +16,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from shardpipe.format.fields import last_extension
+
 log = logging.getLogger("shardpipe")
 
 #: Extensions decoded as images by the decode stage.
@@ -27,7 +29,7 @@ Sample = dict[str, Any]
 
 def is_image_field(ext: str) -> bool:
     """True for a field the decode stage decodes as an image (``jpg``, ``left.png``...)."""
-    return ext.rpartition(".")[2] in IMAGE_EXTENSIONS
+    return last_extension(ext) in IMAGE_EXTENSIONS
 
 
 def split_name(name: str) -> tuple[str, str] | None:
