@@ -1,5 +1,5 @@
-"""The loader benchmark's clock: importing torch, or compiling a loader's modules, is not charged to the
-loader being measured."""
+"""The loader benchmark's clock: importing torch or a loader's modules, compiling them, or finding the
+floor's JPEGs is not charged to the loader being measured."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ real = loaders._cpu_seconds
 def clock():
     seen.append("torch.utils.data" in sys.modules)
     return real()
-def fake_loader(cfg, data):
+def fake_loader(cfg, data, ready=None):
     import torch
     return [(torch.zeros((4, 3, 8, 8), dtype=torch.uint8), torch.zeros(4))], None
 loaders._cpu_seconds = clock
@@ -33,6 +33,64 @@ def test_measure_starts_its_clock_after_torch_is_imported():
     result = subprocess.run([sys.executable, "-c", PROGRAM], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["True", "4"]
+
+
+LOADER_MODULES = r"""
+import sys
+from shardpipe.devtools.bench import floor, loaders
+seen, scans, given = [], [], []
+real_clock, real_records = loaders._cpu_seconds, floor.jpeg_records
+def clock():
+    seen.append(sorted(m for m in ("shardpipe.dataset", "shardpipe.loader") if m in sys.modules))
+    return real_clock()
+def records(urls, ext="jpg"):
+    scans.append(len(seen))  # clock reads before the scan
+    return real_records(urls, ext)
+def fake_loader(cfg, data, ready=None):
+    import torch
+    given.append(len((ready or {}).get("records") or ()))
+    return [(torch.zeros((2, 3, 8, 8), dtype=torch.uint8), torch.zeros(2))], None
+loaders._cpu_seconds, loaders._loader, floor.jpeg_records = clock, fake_loader, records
+kind, outside, manifest = sys.argv[1], sys.argv[2] == "1", sys.argv[3]
+out = loaders.measure({"kind": kind, "size": 8, "data": {"full": manifest}, "imports_outside": outside})
+print(seen[0], scans, given, out["images"])
+"""
+
+
+def _clock_sees(*args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", LOADER_MODULES, *args], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout.strip()
+
+
+def test_a_loaders_own_modules_are_imported_before_its_clock(tmp_path):
+    """As torch is, and as the kernel's always were: a run is 2,000 images, not an import
+    (``imports_outside=False`` puts them back in the clock, for comparison)."""
+    assert _clock_sees("shardpipe", "1", "unused") == "['shardpipe.dataset', 'shardpipe.loader'] [] [0] 2"
+    assert _clock_sees("shardpipe", "0", "unused") == "[] [] [0] 2"
+
+
+def test_the_floor_finds_its_jpegs_before_its_clock(tmp_path):
+    """The floor is the kernel fed from the shards: reading the tar headers for offsets is not part of it."""
+    from shardpipe.devtools.synth import make_dataset
+    from shardpipe.write.shard_writer import ShardWriter
+
+    with ShardWriter(str(tmp_path / "s-%03d.tar"), maxcount=2) as w:
+        for key, data, label in make_dataset(3, 1):
+            w.write({"__key__": key, "jpg": data, "cls": label})
+    manifest = tmp_path / "manifest.json"
+    assert _clock_sees("floor", "1", str(manifest)) == "[] [0] [3] 2"
+
+
+def test_every_measured_row_names_the_modules_its_loader_imports():
+    from shardpipe.devtools.bench.loaders import IMPORTS
+    from shardpipe.devtools.bench.peers import PEERS
+
+    kinds = {peer.config["kind"] for peer in PEERS} - {"kernel"}  # the kernel measures its own clock
+    assert kinds <= set(IMPORTS), kinds - set(IMPORTS)
+    assert all(IMPORTS[kind] for kind in kinds)
 
 
 def test_compile_bytecode_writes_what_an_install_would(tmp_path):

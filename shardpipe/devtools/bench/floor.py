@@ -79,7 +79,15 @@ class FloorDataset(IterableDataset):
                 os.close(fd)
 
 
-def floor_loader(urls: Sequence[str], batch: int = 64, size: int = 224, workers: int = 2, seed: int = 0) -> DataLoader:
-    """A plain ``DataLoader`` over ``FloorDataset`` (the records are read here, before any clock)."""
-    dataset = FloorDataset(jpeg_records(urls), batch, size, seed)
+def floor_loader(
+    urls: Sequence[str],
+    batch: int = 64,
+    size: int = 224,
+    workers: int = 2,
+    seed: int = 0,
+    records: list[tuple[str, int, int, str]] | None = None,
+) -> DataLoader:
+    """A plain ``DataLoader`` over ``FloorDataset``; ``records``: ``jpeg_records(urls)``, read here if not given
+    (a benchmark reads them before its clock: finding the offsets is not part of the floor)."""
+    dataset = FloorDataset(jpeg_records(urls) if records is None else records, batch, size, seed)
     return DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH if workers else None)

@@ -156,6 +156,49 @@ class LmdbDataset:
         return self.transform(Image.open(io.BytesIO(value[2:]))), int.from_bytes(value[:2], "little")
 
 
+#: the modules each candidate's loader imports: imported before the clock, as torch is (a run is 2,000 images,
+#: not an import; the kernel row's imports were always outside its clock)
+IMPORTS: dict[str, tuple[str, ...]] = {
+    "shardpipe": ("shardpipe.dataset", "shardpipe.loader"),
+    "shardpipe-batch": ("shardpipe.dataset", "shardpipe.loader", "shardpipe.batchdecode"),
+    "floor": ("shardpipe.devtools.bench.floor",),
+    "webdataset": ("webdataset", "PIL.Image"),
+    "webdataset-simplejpeg": ("webdataset", "simplejpeg", "cv2"),
+    "litdata": ("litdata", "simplejpeg", "cv2"),
+    "mosaic": ("streaming.base", "simplejpeg", "cv2"),
+    "spdl": ("spdl.io", "spdl.pipeline", "simplejpeg", "cv2"),
+    "dali-cpu": ("nvidia.dali", "nvidia.dali.plugin.pytorch"),
+    "imagefolder": ("PIL.Image",),
+    "lmdb": ("lmdb", "PIL.Image"),
+}
+
+
+def import_loader(kind: str) -> None:
+    """Import the modules ``kind``'s loader uses (``IMPORTS``), so that none is imported inside its clock."""
+    import importlib
+
+    for name in IMPORTS.get(kind, ()):
+        if name == "streaming.base":
+            from shardpipe.devtools.bench.peer_loaders import import_streaming
+
+            import_streaming()  # its package __init__ needs torchvision: see there
+        else:
+            importlib.import_module(name)
+
+
+def before_clock(cfg: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+    """What a candidate does before its clock starts: import its modules (``cfg["imports_outside"]``,
+    default on) and, for the floor, find its JPEGs' offsets (the floor is the kernel fed from the
+    shards, not a tar reader). What it returns goes to ``_loader``."""
+    if cfg.get("imports_outside", True):
+        import_loader(cfg["kind"])
+    if cfg["kind"] == "floor":
+        from shardpipe.devtools.bench.floor import jpeg_records
+
+        return {"records": jpeg_records(manifest_urls(data[cfg.get("shards", "full")]))}
+    return {}
+
+
 def manifest_urls(manifest: str) -> list[str]:
     import json
     import os
@@ -164,8 +207,8 @@ def manifest_urls(manifest: str) -> list[str]:
         return [os.path.join(os.path.dirname(manifest), s["name"]) for s in json.load(f)["shards"]]
 
 
-def _loader(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, Any]:
-    """(iterable of batches, ShardDataset or None) for one candidate."""
+def _loader(cfg: dict[str, Any], data: dict[str, Any], ready: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """(iterable of batches, ShardDataset or None) for one candidate; ``ready``: what ``before_clock`` returned."""
     from torch.utils.data import DataLoader
 
     kind, w, b, size, buf = cfg["kind"], cfg["workers"], cfg["batch"], cfg["size"], cfg["buffer"]
@@ -187,7 +230,8 @@ def _loader(cfg: dict[str, Any], data: dict[str, Any]) -> tuple[Any, Any]:
     if kind == "floor":  # the kernel fed by DataLoader workers, no stages (devtools.bench.floor)
         from shardpipe.devtools.bench.floor import floor_loader
 
-        return floor_loader(manifest_urls(data[cfg.get("shards", "full")]), b, size, w, cfg["round"]), None
+        urls = manifest_urls(data[cfg.get("shards", "full")])
+        return floor_loader(urls, b, size, w, cfg["round"], (ready or {}).get("records")), None
     if kind == "shardpipe-batch":
         # workers read, untar and shuffle; the main process decodes whole batches
         # (DALI on a GPU when there is one, else crop-aware decode on CPU threads)
@@ -318,14 +362,15 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
     kind = cfg["kind"]
     if kind in ("kernel", "untar-shardpipe", "untar-webdataset"):
         return _measure_simple(cfg, data)
-    # torch (~1 s of CPU to import) comes before the clock, as it did when ``import shardpipe``
-    # imported it: every loader here runs on it, and a run is 2000 images, not an import
+    # torch (~1 s of CPU to import) and each loader's own modules come before the clock, as the
+    # kernel's always did: every loader here runs on torch, and a run is 2000 images, not an import
     import torch.utils.data  # noqa: F401
 
+    ready = before_clock(cfg, data)
     own = resource.getrusage(resource.RUSAGE_SELF)
     m0 = own.ru_utime + own.ru_stime
     c0, t0 = _cpu_seconds(), time.perf_counter()
-    loader, ds = _loader(cfg, data)  # counted: some loaders read indexes or start work here
+    loader, ds = _loader(cfg, data, ready)  # counted: some loaders read indexes or start work here
     n = n_first = 0
     t_first = t0
     for batch in loader:
