@@ -58,9 +58,7 @@ print(seen[0], scans, given, out["images"])
 
 
 def _clock_sees(*args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "-c", LOADER_MODULES, *args], capture_output=True, text=True, timeout=300
-    )
+    result = subprocess.run([sys.executable, "-c", LOADER_MODULES, *args], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stdout.strip()
 
