@@ -552,6 +552,27 @@ def test_a_users_transform_with_into_writes_its_result_into_the_row(placed_log) 
             np.testing.assert_array_equal(batch["jpg"][i].permute(1, 2, 0).numpy(), ref[key])
 
 
+class InvertIntoView(Invert):
+    """Writes into the row, but returns another array object over it (a full-slice view)."""
+
+    def into(self, img, rng, out):
+        return super().into(img, rng, out)[:]
+
+
+@pytest.mark.parametrize("last", [Invert(), InvertIntoView()], ids=["the-row-itself", "a-view-of-it"])
+def test_an_image_in_its_row_is_found_by_its_memory_whatever_the_array_object(placed_log, last) -> None:
+    """The image is the row array the decode was given, or another array laid out exactly over
+    that row (OpenCV and ``reshape`` return new array objects): either way it is not copied."""
+    transform = Compose([RandomResizedCrop(12), last])
+    items = [_raw(i, ("jpg",)) for i in range(8)]
+    got, _ = _run(items, transform=transform)
+    ref = {s["__key__"]: s["jpg"] for s in Pipeline([Items(items), Decode("rgb8", transform=transform)], Context())}
+    assert placed_log == [frozenset(), frozenset(range(4))]
+    for batch in got:
+        for i, key in enumerate(batch["__key__"]):
+            np.testing.assert_array_equal(batch["jpg"][i].permute(1, 2, 0).numpy(), ref[key])
+
+
 @pytest.mark.parametrize("decode", ["rgb8", "torchrgb8"])
 def test_a_batch_of_another_size_than_the_last_is_collated_as_usual(decode) -> None:
     """The rows are taken in the last batch's size: a batch of other-sized images (whole images,

@@ -260,19 +260,23 @@ def _placement(sample: Sample, field: str, rows: np.ndarray, address: int) -> bo
     """Where ``sample``'s ``field`` is: True exactly in its row (the one at ``address``), laid out
     as the row; False apart from the rows; None when the batch cannot keep the rows (no ``field``,
     an image of another size than the rows', anything else in them)."""
-    image = _hwc(sample[field]) if field in sample else None
-    if not isinstance(image, np.ndarray) or image.shape != rows.shape[1:]:
+    image = sample.get(field)
+    if type(image) is not np.ndarray:
+        image = _hwc(image)
+        if not isinstance(image, np.ndarray):
+            return None
+    if image.shape != rows.shape[1:]:
         return None
-    if any(key != field and _lies_in(value, rows) for key, value in sample.items()):
-        return None
-    if not _lies_in(image, rows):
-        return False
-    in_row = (
+    for key, value in sample.items():  # (only arrays and tensors can lie in the rows)
+        if key != field and isinstance(value, (np.ndarray, torch.Tensor)) and _lies_in(value, rows):
+            return None
+    if (
         image.strides == rows.strides[1:]
         and image.dtype == rows.dtype
         and image.__array_interface__["data"][0] == address
-    )
-    return True if in_row else None
+    ):
+        return True  # exactly in its row (and so in the rows)
+    return None if _lies_in(image, rows) else False
 
 
 def _hwc(value: Any) -> Any:
