@@ -17,7 +17,7 @@ import numpy as np
 
 from shardpipe.augment.base import SampleRngs
 from shardpipe.dataset import ShardDataset
-from shardpipe.devtools.bench.floor import jpeg_records
+from shardpipe.devtools.bench.floor import POOL, jpeg_records
 from shardpipe.devtools.bench.kernels import shardpipe_train_kernel
 from shardpipe.devtools.bench.loaders import manifest_urls
 from shardpipe.devtools.synth import make_dataset
@@ -28,13 +28,21 @@ import hashlib, json, sys
 from shardpipe.devtools.bench.floor import floor_loader
 urls, batch, workers = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 out = []
-for b in floor_loader(urls, batch=batch, size=32, workers=workers, seed=5):
+loader, sent = floor_loader(urls, batch=batch, size=32, workers=workers, seed=5), []
+raw = loader.loader
+class Spy:  # which batches carried their buffer (the rest carried a slot number)
+    def __iter__(self):
+        for item in raw:
+            sent.append(item["buffer"] is not None)
+            yield item
+loader.loader = Spy()
+for b in loader:
     images = b["jpg"]
     assert images.dtype.is_floating_point is False and tuple(images.shape[1:]) == (3, 32, 32), images.shape
     assert images.permute(0, 2, 3, 1).is_contiguous()  # channels_last memory, NCHW shape
     rows = images.permute(0, 2, 3, 1).numpy()
     out.append([[key, hashlib.sha256(rows[i].tobytes()).hexdigest()] for i, key in enumerate(b["__key__"])])
-print(json.dumps(out))
+print(json.dumps({"batches": out, "sent": sent}))
 """
 
 
@@ -58,17 +66,19 @@ def test_records_point_at_each_jpeg_exactly(tmp_path: Path):
 
 
 def test_every_image_once_as_the_kernel_makes_it(tmp_path: Path):
-    """2 workers, batches of 4 over 23 images in 4 shards: each key once, each row the kernel's output."""
+    """2 workers, batches of 2 over 23 images in 4 shards (6 batches a worker: each of its POOL
+    buffers is reused): each key once, each row the kernel's output, each buffer sent once."""
     manifest, jpegs = _shards(tmp_path)
     urls = manifest_urls(manifest)
-    cmd = [sys.executable, "-c", PROGRAM, json.dumps(urls), "4", "2"]
+    cmd = [sys.executable, "-c", PROGRAM, json.dumps(urls), "2", "2"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    batches = json.loads(result.stdout)
+    out = json.loads(result.stdout)
+    batches = out["batches"]
     got = [pair for b in batches for pair in b]
     assert sorted(k for k, _ in got) == sorted(jpegs)  # every image, once
-    assert sorted(len(b) for b in batches) == [3, 4, 4, 4, 4, 4]  # the workers' 12 and 11 images in batches of 4
-    assert max(len(b) for b in batches) == 4
+    assert sorted(len(b) for b in batches) == [1] + [2] * 11  # the workers' 12 and 11 images in batches of 2
+    assert sum(out["sent"]) == 2 * POOL and len(out["sent"]) == 12  # then slots, the main process keeps the buffers
 
     fn, rngs = shardpipe_train_kernel("auto", 32), SampleRngs()
     for key, digest in got:

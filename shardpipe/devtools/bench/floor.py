@@ -6,7 +6,10 @@ where the training process can take it, and start its workers. ``floor_loader`` 
 that and no more: each worker takes every ``workers``-th JPEG (found from the tar headers before
 the clock), reads it with one ``pread`` at its offset, in a seeded random order, and runs the
 kernel into its row of one of the few (``POOL``) shared-memory batches it made at start; a plain
-``DataLoader`` hands the batches over. No stages, no per-sample Python beyond that loop, no
+``DataLoader`` carries each batch to the main process: the first time a buffer goes, as torch
+sends a tensor (its shared-memory file's descriptor, over a connection to the worker), and after
+that as its slot number, the main process keeping its mapping (what ShardLoader's recycled
+buffers do, without their bookkeeping). No stages, no per-sample Python beyond that loop, no
 labels. What it costs over the kernel is what any pipeline of this shape pays; what shardpipe
 costs over it is what its stages cost.
 """
@@ -49,7 +52,9 @@ def jpeg_records(urls: Sequence[str], ext: str = "jpg") -> list[tuple[str, int, 
 
 
 class FloorDataset(IterableDataset):
-    """Batches ``{"jpg": uint8 (N, 3, size, size) channels_last, "__key__": [...]}`` of the kernel's output."""
+    """Batches of the kernel's output, as ``{"slot", "buffer", "rows", "__key__"}``: ``rows`` images in
+    the NHWC uint8 buffer of ``slot`` (``(worker, k)``), which comes along on its first trip only
+    (``FloorLoader`` makes them batches)."""
 
     def __init__(self, records: list[tuple[str, int, int, str]], batch: int = 64, size: int = 224, seed: int = 0):
         self.records, self.batch, self.size, self.seed = records, batch, size, seed
@@ -65,6 +70,7 @@ class FloorDataset(IterableDataset):
             pool = [t.share_memory_() for t in pool]
         rows = [t.numpy() for t in pool]
         fds = {path: os.open(path, os.O_RDONLY) for path in {r[0] for r in mine}}
+        worker = info.id if info is not None else 0
         try:
             order = np.random.default_rng(self.seed).permutation(len(mine)).tolist()
             for n, start in enumerate(range(0, len(order), self.batch)):
@@ -72,8 +78,9 @@ class FloorDataset(IterableDataset):
                 into = rows[n % POOL]
                 for i, (path, offset, size, key) in enumerate(part):
                     fn(os.pread(fds[path], size, offset), rngs(self.seed, 0, key), into[i])
-                images = pool[n % POOL][: len(part)].permute(0, 3, 1, 2)
-                yield {"jpg": images, "__key__": [r[3] for r in part]}
+                # the buffer itself only on its first trip; then its slot (the main process holds it)
+                buffer = pool[n % POOL] if n < POOL else None
+                yield {"slot": (worker, n % POOL), "buffer": buffer, "rows": len(part), "__key__": [r[3] for r in part]}
         finally:
             for fd in fds.values():
                 os.close(fd)
@@ -90,4 +97,21 @@ def floor_loader(
     """A plain ``DataLoader`` over ``FloorDataset``; ``records``: ``jpeg_records(urls)``, read here if not given
     (a benchmark reads them before its clock: finding the offsets is not part of the floor)."""
     dataset = FloorDataset(jpeg_records(urls) if records is None else records, batch, size, seed)
-    return DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH if workers else None)
+    loader = DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=PREFETCH if workers else None)
+    return FloorLoader(loader)
+
+
+class FloorLoader:
+    """The floor's batches as ``{"jpg": uint8 NCHW (channels_last memory), "__key__": [...]}``, each
+    image tensor a view of a buffer its worker sent once (``FloorDataset`` sends slots after that)."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        held: dict[tuple[int, int], torch.Tensor] = {}
+        for item in self.loader:
+            slot = tuple(item["slot"])
+            if item["buffer"] is not None:
+                held[slot] = item["buffer"]
+            yield {"jpg": held[slot][: item["rows"]].permute(0, 3, 1, 2), "__key__": item["__key__"]}
