@@ -76,8 +76,8 @@ def test_summary_ratios_and_targets():
     found = peers.targets(with_floor)
     assert found[0] == "CPU ms/img: best peer (DALI CPU) / shardpipe = 0.86x (target >= 1.5x: MISSED)"  # not the floor
     assert found[3] == (
-        "CPU ms/img: its kernel alone / the kernel in workers with no stages = 0.90x (the most a pipeline of "
-        "workers reading the shards reaches here); that / shardpipe = 0.91x (what the stages cost)"
+        "CPU ms/img: its kernel alone / the kernel in workers with no stages = 0.90x (reading the shards in "
+        "plain DataLoader workers, nothing else); that / shardpipe = 0.91x (what shardpipe's stages and start-up cost)"
     )
     text = peers.report(list(rows.values()), {"SPDL": "not installed: pip install spdl"}, workers=2, batch=64,
                         command="shardpipe bench --peers")  # fmt: skip

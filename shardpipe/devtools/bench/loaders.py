@@ -187,11 +187,15 @@ def import_loader(kind: str) -> None:
 
 
 def before_clock(cfg: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """What a candidate does before its clock starts: import its modules (``cfg["imports_outside"]``,
-    default on) and, for the floor, find its JPEGs' offsets (the floor is the kernel fed from the
+    """What a candidate does before its clock starts: import its modules and resolve shardpipe's decoder
+    backend (``cfg["imports_outside"]``, default on) and, for the floor, find its JPEGs' offsets (the floor is the kernel fed from the
     shards, not a tar reader). What it returns goes to ``_loader``."""
     if cfg.get("imports_outside", True):
         import_loader(cfg["kind"])
+        if cfg["kind"] in ("shardpipe", "shardpipe-batch", "floor"):
+            from shardpipe.image.decoders import get_decoder
+
+            get_decoder(cfg.get("decoder", "auto"))  # its backend's modules (Pillow's plugins too), as the kernel's
     if cfg["kind"] == "floor":
         from shardpipe.devtools.bench.floor import jpeg_records
 

@@ -38,7 +38,7 @@ class Peer:
 
 _DECODE = (("simplejpeg", "simplejpeg"), ("cv2", "opencv-python-headless"))
 SHARDPIPE, KERNEL, WDS_PIL = "shardpipe", "shardpipe kernel alone", "webdataset + PIL"
-#: the kernel fed from the shards by DataLoader workers with no stages: the most a pipeline of this shape reaches
+#: the kernel fed from the shards by DataLoader workers with no stages: what reading the shards in workers costs
 FLOOR = "floor: kernel in workers, no stages"
 
 PEERS: tuple[Peer, ...] = (
@@ -174,8 +174,8 @@ def targets(rows: list[dict[str, Any]]) -> list[str]:
             f = by_name[FLOOR]
             out.append(
                 f"CPU ms/img: its kernel alone / the kernel in workers with no stages = {k['cpu_ms'] / f['cpu_ms']:.2f}x "
-                f"(the most a pipeline of workers reading the shards reaches here); "
-                f"that / shardpipe = {f['cpu_ms'] / sp['cpu_ms']:.2f}x (what the stages cost)"
+                f"(reading the shards in plain DataLoader workers, nothing else); "
+                f"that / shardpipe = {f['cpu_ms'] / sp['cpu_ms']:.2f}x (what shardpipe's stages and start-up cost)"
             )
     return out
 
