@@ -10,8 +10,8 @@ kernel into its row of one of the few (``POOL``) shared-memory batches it made a
 sends a tensor (its shared-memory file's descriptor, over a connection to the worker), and after
 that as its slot number, the main process keeping its mapping (what ShardLoader's recycled
 buffers do, without their bookkeeping). No stages, no per-sample Python beyond that loop, no
-labels. What it costs over the kernel is what any pipeline of this shape pays; what shardpipe
-costs over it is what its stages cost.
+labels. What it costs over the kernel is what reading the shards in workers costs; what shardpipe
+costs over it is what its stages (and its start-up, against a plain DataLoader's) cost.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def floor_loader(
     workers: int = 2,
     seed: int = 0,
     records: list[tuple[str, int, int, str]] | None = None,
-) -> DataLoader:
+) -> FloorLoader:
     """A plain ``DataLoader`` over ``FloorDataset``; ``records``: ``jpeg_records(urls)``, read here if not given
     (a benchmark reads them before its clock: finding the offsets is not part of the floor)."""
     dataset = FloorDataset(jpeg_records(urls) if records is None else records, batch, size, seed)

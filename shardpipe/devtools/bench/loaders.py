@@ -188,8 +188,8 @@ def import_loader(kind: str) -> None:
 
 def before_clock(cfg: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
     """What a candidate does before its clock starts: import its modules and resolve shardpipe's decoder
-    backend (``cfg["imports_outside"]``, default on) and, for the floor, find its JPEGs' offsets (the floor is the kernel fed from the
-    shards, not a tar reader). What it returns goes to ``_loader``."""
+    backend (``cfg["imports_outside"]``, default on) and, for the floor, find its JPEGs' offsets (the
+    floor is the kernel fed from the shards, not a tar reader). What it returns goes to ``_loader``."""
     if cfg.get("imports_outside", True):
         import_loader(cfg["kind"])
         if cfg["kind"] in ("shardpipe", "shardpipe-batch", "floor"):
