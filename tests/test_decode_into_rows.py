@@ -573,6 +573,23 @@ def test_an_image_in_its_row_is_found_by_its_memory_whatever_the_array_object(pl
             np.testing.assert_array_equal(batch["jpg"][i].permute(1, 2, 0).numpy(), ref[key])
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [lambda i: torch.full((2,), float(i), requires_grad=True), lambda i: torch.eye(2).mul(i).to_sparse()],
+    ids=["requires-grad", "sparse"],
+)
+def test_tensors_numpy_cannot_view_beside_the_image_keep_the_rows(placed_log, extra) -> None:
+    """A tensor of the user's beside the image (a weight that requires grad, a sparse one) cannot lie
+    in the rows and has no numpy view: the placement check passes over it instead of failing on it."""
+    items = [{**_raw(i, ("jpg",)), "__extra__": extra(i)} for i in range(8)]
+    transform = Compose([RandomResizedCrop(12), Invert()])
+    got, _ = _run(items, transform=transform)
+    assert placed_log == [frozenset(), frozenset(range(4))]
+    for batch in got:
+        for i, value in enumerate(batch["__extra__"]):
+            assert torch.equal(value.to_dense(), extra(int(batch["__key__"][i][1:])).detach().to_dense())
+
+
 @pytest.mark.parametrize("decode", ["rgb8", "torchrgb8"])
 def test_a_batch_of_another_size_than_the_last_is_collated_as_usual(decode) -> None:
     """The rows are taken in the last batch's size: a batch of other-sized images (whole images,
