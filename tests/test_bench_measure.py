@@ -65,7 +65,7 @@ def _clock_sees(*args: str) -> str:
     return result.stdout.strip()
 
 
-def test_a_loaders_own_modules_are_imported_before_its_clock(tmp_path):
+def test_a_loaders_own_modules_are_imported_before_its_clock():
     """As torch is, and as the kernel's always were (its decoder backend resolved too): a run is 2,000
     images, not an import (``imports_outside=False`` puts them back in the clock, for comparison)."""
     assert _clock_sees("shardpipe", "1", "unused") == "['shardpipe.dataset', 'shardpipe.loader', 'decoder'] [] [0] 2"

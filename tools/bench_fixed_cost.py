@@ -34,8 +34,8 @@ ROWS = {
 
 
 def quarter_manifest(manifest: str, folder: str) -> str:
-    """A manifest of the first quarter of ``manifest``'s shards (at least one), written in ``folder``
-    with absolute shard paths' names linked there (the manifest's ``index`` is left out)."""
+    """A manifest of the first quarter of ``manifest``'s shards (at least one), written in ``folder`` beside
+    symbolic links to those shards under their own names (the manifest's ``index`` is left out)."""
     with open(manifest) as f:
         doc = json.load(f)
     shards = doc["shards"][: max(1, len(doc["shards"]) // 4)]
