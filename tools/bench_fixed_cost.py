@@ -25,11 +25,12 @@ import tempfile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-#: the rows, as ``bench --peers`` configures them (``shardpipe.devtools.bench.peers.PEERS``)
+from shardpipe.devtools.bench.peers import FLOOR, KERNEL, PEERS, SHARDPIPE  # noqa: E402
+
+#: the rows, configured as ``bench --peers`` configures them
 ROWS = {
-    "shardpipe": {"kind": "shardpipe", "channels_last": True},
-    "kernel": {"kind": "kernel", "mode": "processes"},
-    "floor": {"kind": "floor"},
+    short: next(p.config for p in PEERS if p.name == name)
+    for short, name in (("shardpipe", SHARDPIPE), ("kernel", KERNEL), ("floor", FLOOR))
 }
 
 
@@ -79,7 +80,7 @@ def main() -> None:
     compile_bytecode()
     print(f"load average before: {os.getloadavg()}")
     common = {"workers": args.workers, "batch": args.batch, "size": 224, "buffer": args.buffer, "decoder": "auto"}
-    runs: dict[tuple[str, str], list[tuple[float, int, float]]] = {}
+    runs: dict[tuple[str, str], list[tuple[float, int]]] = {}  # (row, size) -> (CPU seconds, images) a run
     with tempfile.TemporaryDirectory() as folder:
         sizes = {"all": args.manifest, "quarter": quarter_manifest(args.manifest, folder)}
         for r in range(args.rounds):
@@ -89,15 +90,13 @@ def main() -> None:
                     cfg = {**common, **ROWS[name], "round": r, "data": {"full": manifest}}
                     out = run_child(cfg, args.nice)
                     n = out["images"]
-                    runs.setdefault((name, size), []).append(
-                        (out["cpu_per_image"] * n, n, out.get("main_cpu_per_image", 0.0) * n)
-                    )
+                    runs.setdefault((name, size), []).append((out["cpu_per_image"] * n, n))
     print(f"load average after: {os.getloadavg()}")
     print(f"{'row':10s} {'all ms/img':>10s} {'quarter':>8s} {'fixed ms/run':>13s} {'marginal ms/img':>16s}")
     marginals = {}
     for name in args.rows:
-        full = [c for c, _, _ in runs[(name, "all")]]
-        part = [c for c, _, _ in runs[(name, "quarter")]]
+        full = [c for c, _ in runs[(name, "all")]]
+        part = [c for c, _ in runs[(name, "quarter")]]
         n_full, n_part = runs[(name, "all")][0][1], runs[(name, "quarter")][0][1]
         fixed, marginal = split((statistics.median(full), n_full), (statistics.median(part), n_part))
         marginals[name] = marginal
