@@ -26,15 +26,14 @@ from torch.utils.data import get_worker_info
 from shardpipe.augment.resample import cv2
 from shardpipe.format.sample import Sample
 from shardpipe.stages.base import Stage
-from shardpipe.stages.buffers import BatchBuffers
+from shardpipe.stages.buffers import BatchBuffers, shared_storage
 from shardpipe.stages.decode import Decode
 
 
 def empty_uint8(shape: tuple[int, ...]) -> torch.Tensor:
     """An uninitialised uint8 tensor; in shared memory inside DataLoader workers."""
     if get_worker_info() is not None:
-        storage = torch.UntypedStorage._new_shared(math.prod(shape))
-        return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+        return torch.empty(0, dtype=torch.uint8).set_(shared_storage(math.prod(shape))).view(shape)
     return torch.empty(shape, dtype=torch.uint8)
 
 

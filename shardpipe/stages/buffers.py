@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from shardpipe.workermemory import populate
+
 #: slots per worker: the batches the DataLoader keeps in flight (prefetch_factor 4 by
 #: default), the one being filled and the one the training step holds
 SLOTS = 8
@@ -59,8 +61,12 @@ def _segment_id(storage: torch.UntypedStorage) -> int:
     return os.fstat(fd).st_ino
 
 
-def _shared_storage(nbytes: int) -> torch.UntypedStorage:
-    return torch.UntypedStorage._new_shared(nbytes)
+def shared_storage(nbytes: int) -> torch.UntypedStorage:
+    """A fresh shared-memory segment of ``nbytes``, its pages allocated up front where Linux can
+    (``workermemory.populate``: one call instead of a fault per page as the decode writes it)."""
+    storage = torch.UntypedStorage._new_shared(nbytes)
+    populate(storage.data_ptr(), nbytes)
+    return storage
 
 
 class BatchBuffers:
@@ -95,7 +101,7 @@ class BatchBuffers:
             if storage.nbytes() == nbytes and int(row[slot, _BUSY]) == 0:
                 row[slot, _BUSY] = 1
                 return self._view(storage, shape)
-        storage = _shared_storage(nbytes)
+        storage = shared_storage(nbytes)
         if len(self._pool) < SLOTS:
             slot = len(self._pool)
         else:  # full: replace a free slot of another size, else hand out an unpooled buffer
