@@ -4,6 +4,7 @@ member is, and reads it when the sample is emitted (``shardpipe.io.deferred``)."
 from __future__ import annotations
 
 import gc
+import io
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 import shardpipe.dataset as dataset_module
 from shardpipe.dataset import ShardDataset
-from shardpipe.errors import TruncatedShardError
+from shardpipe.errors import ShardReadError, TruncatedShardError
 from shardpipe.io import deferred
 from shardpipe.io.deferred import DeferredBytes, SharedFile, materialize
 from shardpipe.stages.shuffle import Shuffle
@@ -157,6 +158,58 @@ def test_materialize_reads_records_and_leaves_other_samples_alone(tmp_path: Path
     with pytest.raises(TruncatedShardError, match="changed while it was read: 10 bytes at byte 1020 are now 4"):
         DeferredBytes(file, 1020, 10).read()
 
+
+
+def test_only_a_plain_buffered_reader_over_a_regular_file_is_read_by_records(tmp_path: Path) -> None:
+    path = tmp_path / "a.tar"
+    path.write_bytes(bytes(range(256)) * 8)
+    f = open(path, "rb")
+    f.read(3)  # where the stream stands is kept for the raw file handed back (detached from ``f``)
+    raw, shared = deferred.unbuffered_local(f, "a.tar")
+    assert type(raw) is io.FileIO and raw.tell() == 3 and shared.url == "a.tar"
+    assert os.pread(shared.fd, 4, 100) == bytes(range(100, 104))
+    assert shared.fd != raw.fileno()  # a descriptor of its own: the stream's may be closed first
+    raw.close()
+    refused = [
+        io.BytesIO(path.read_bytes()),  # no file at all (and no .raw to look at)
+        open(path, "r+b"),  # a BufferedRandom: another kind of stream, even over a regular file
+        io.BufferedReader(io.BytesIO(path.read_bytes())),  # a buffered reader over memory
+    ]
+    gz = tmp_path / "b.tar.gz"
+    gz.write_bytes(b"\x1f\x8b" + bytes(100))
+    refused.append(open(gz, "rb"))  # gzip: its offsets are not the file's
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"x" * 10)
+    refused.append(os.fdopen(read_end, "rb"))  # not a regular file
+    try:
+        for stream in refused:
+            assert deferred.unbuffered_local(stream, "x") is None, stream
+    finally:
+        os.close(write_end)
+        for stream in refused:
+            stream.close()
+
+
+def test_a_record_whose_file_cannot_be_read_names_the_shard_and_the_offset(tmp_path: Path) -> None:
+    file = SharedFile(os.open(tmp_path, os.O_RDONLY), "shards/x.tar")  # a folder: pread fails (EISDIR)
+    with pytest.raises(ShardReadError, match=r"^cannot read shard shards/x\.tar at byte 512: \[Errno 21\] "):
+        DeferredBytes(file, 512, 10).read()
+
+
+def test_each_shared_file_counts_once_while_it_is_open(tmp_path: Path) -> None:
+    path = tmp_path / "a.tar"
+    path.write_bytes(b"x" * 10)
+    gc.collect()
+    before = SharedFile.live
+    files = [SharedFile(os.open(path, os.O_RDONLY), str(path)) for _ in range(3)]
+    assert SharedFile.live == before + 3
+    fd = files[0].fd
+    del files[0]
+    assert SharedFile.live == before + 2
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed with its last record
+    files.clear()
+    assert SharedFile.live == before
 
 PROGRAM = """
 import gc, os, sys
