@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from shardpipe.augment import RandomResizedCrop
+from shardpipe.errors import StateError
 from shardpipe.split.plan import ResampledShards, plan_ranges
 from shardpipe.stages import (
     Augment,
@@ -242,3 +243,27 @@ def test_pipeline_close_releases_threads_and_files(shards):
         untar, decode = p.stages[1], p.stages[3]
         assert untar._tar is not None and decode._pool is not None
     assert untar._tar is None and decode._pool is None
+
+
+def test_untar_refuses_a_state_whose_shard_the_plan_did_not_give_there(shards):
+    """Untar.reset on its own (past the pipeline's checks): the shard named must be the one the plan gave."""
+    p = run("untar", shards)
+    per_sample = len(make_samples(1)[0]) - 1  # members a sample has (all but __key__)
+    for _ in range(6 * per_sample + 2):  # into the second shard (the first holds 6 samples)
+        p.next()
+    state = p.get_state()["stages"]
+    assert state["shard"]["index"] == 1
+    untar = p.stages[1]
+    moved = {**state, "shard": {**state["shard"], "index": 3}}
+    with pytest.raises(StateError, match=r"^resume state names shard 3, which the plan did not give at this point$"):
+        untar.reset(moved)
+    untar.reset(state)  # the real one still loads
+    assert untar.next().shard.index == 1
+
+
+def test_untar_times_its_reads_apart_from_its_parsing(shards):
+    p = run("untar", shards)
+    n = sum(1 for _ in p)
+    assert n == sum(len(s) - 1 for s in make_samples(23))  # every member of every sample
+    assert p.ctx.timers["read"] > 0 and p.ctx.timers["untar"] > 0
+    assert set(p.ctx.timers) == {"read", "untar"}

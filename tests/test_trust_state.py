@@ -94,7 +94,9 @@ def _shard(field: str, value):
         (_shard("offset", "0"), "['shard']['offset']: must be an integer, got str '0'"),
         (_shard("offset", True), "['shard']['offset']: must be an integer, got bool True"),
         (_shard("ordinal", -1), "['shard']['ordinal']: must be >= 0, got -1"),
-        (_shard("ordinal", 10**9), "['shard']['ordinal']: must be <= "),
+        # (the shard being read at that point holds 5 samples: COUNTS)
+        (_shard("ordinal", 10**9), "['shard']['ordinal']: must be <= 5 (samples in the shard), got 1000000000"),
+        (_mutate("pos", 0), "['shard']: names a shard being read, but the plan gave no shard for this consumer"),
         (_shard("gz", 1), "['shard']['gz']: must be true or false, got int 1"),
         (_shard("index", 3), "['shard']['index']: is 3, but the plan's shard there"),
         (_shard("samples", 50), "['shard']['samples']: is 50, but the plan's shard there"),
