@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import sys
 
@@ -114,7 +115,12 @@ def test_the_call_asks_for_whole_pages_from_the_page_the_range_starts_in():
     workermemory._madvise = fake_madvise(0, calls)
     assert populate(10 * PAGE + 7, 100) is True
     assert populate(3 * PAGE, 2 * PAGE) is True
-    assert calls == [(10 * PAGE, 107, MADV_POPULATE_WRITE), (3 * PAGE, 2 * PAGE, MADV_POPULATE_WRITE)]
+    assert populate(5 * PAGE, 1) is True  # a single byte is a page to fault in
+    assert calls == [
+        (10 * PAGE, 107, MADV_POPULATE_WRITE),
+        (3 * PAGE, 2 * PAGE, MADV_POPULATE_WRITE),
+        (5 * PAGE, 1, MADV_POPULATE_WRITE),
+    ]
 
 
 def test_nothing_is_asked_for_an_empty_range():
@@ -148,8 +154,20 @@ def test_no_madvise_is_looked_up_off_linux(monkeypatch):
     assert workermemory._madvise is False
 
 
-def test_madvise_takes_full_width_addresses():
+def test_madvise_takes_full_width_addresses_and_reports_its_errno():
     fn = workermemory._lookup_madvise()
     assert callable(fn)
     assert fn.argtypes == (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
     assert fn.restype is ctypes.c_int
+    ctypes.set_errno(0)
+    assert fn(0, 0, 9999) == -1  # no such advice
+    assert ctypes.get_errno() == errno.EINVAL  # what populate reads to stop asking an older kernel
+
+
+def test_no_madvise_without_a_c_library(monkeypatch):
+    def no_library(*args, **kwargs):
+        raise OSError("no C library here")
+
+    monkeypatch.setattr(workermemory.ctypes, "CDLL", no_library)
+    assert workermemory._lookup_madvise() is False
+    assert populate(PAGE, PAGE) is False
