@@ -159,7 +159,6 @@ def test_materialize_reads_records_and_leaves_other_samples_alone(tmp_path: Path
         DeferredBytes(file, 1020, 10).read()
 
 
-
 def test_only_a_plain_buffered_reader_over_a_regular_file_is_read_by_records(tmp_path: Path) -> None:
     path = tmp_path / "a.tar"
     path.write_bytes(bytes(range(256)) * 8)
@@ -210,6 +209,7 @@ def test_each_shared_file_counts_once_while_it_is_open(tmp_path: Path) -> None:
         os.fstat(fd)  # closed with its last record
     files.clear()
     assert SharedFile.live == before
+
 
 PROGRAM = """
 import gc, os, sys
