@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 from collections.abc import Callable
 
 import pytest
 
 from shardpipe.augment import RandomResizedCrop
-from shardpipe.errors import StateError
+from shardpipe.errors import CorruptShardError, StateError
 from shardpipe.split.plan import ResampledShards, plan_ranges
 from shardpipe.stages import (
     Augment,
@@ -261,9 +262,60 @@ def test_untar_refuses_a_state_whose_shard_the_plan_did_not_give_there(shards):
     assert untar.next().shard.index == 1
 
 
-def test_untar_times_its_reads_apart_from_its_parsing(shards):
+def test_untar_times_its_reads_apart_from_its_parsing(shards, monkeypatch):
+    from shardpipe.format.tar.reader import TarStream
+
+    per_shard: list[float] = []  # each shard's seconds waiting for bytes, as its reader counted them
+    close = TarStream.close
+    monkeypatch.setattr(TarStream, "close", lambda self: (per_shard.append(self.read_seconds), close(self))[1])
     p = run("untar", shards)
     n = sum(1 for _ in p)
     assert n == sum(len(s) - 1 for s in make_samples(23))  # every member of every sample
-    assert p.ctx.timers["read"] > 0 and p.ctx.timers["untar"] > 0
     assert set(p.ctx.timers) == {"read", "untar"}
+    assert len(per_shard) == len(shards) and min(per_shard) > 0
+    assert p.ctx.timers["read"] == pytest.approx(sum(per_shard), rel=1e-9)  # all of it, shard after shard
+    assert p.ctx.timers["untar"] > 0
+
+
+def test_untar_verifies_a_shard_that_has_a_size_but_no_sha256(shards):
+    """verify=True with only a size in the manifest: the bytes streamed are counted against it."""
+    data = open(shards[0].url, "rb").read()
+    shard = dataclasses.replace(shards[0], size=len(data), sha256=None)
+
+    def members(stream_bytes: bytes) -> int:
+        opener = lambda s, offset: io.BytesIO(stream_bytes[offset:])  # noqa: E731 - (no size check of its own)
+        with Pipeline([ShardList([shard]), Untar(opener, verify=True)], Context()) as p:
+            return sum(1 for _ in p)
+
+    assert members(data) == sum(len(s) - 1 for s in make_samples(6))
+    with pytest.raises(
+        CorruptShardError, match=rf"holds at least {len(data) + 512} bytes but its manifest entry says {len(data)}$"
+    ):
+        members(data + bytes(512))  # one block more than the manifest says, after the end of the archive
+
+
+def test_untar_tells_its_opener_which_shards_come_next(shards):
+    told: list[list[int]] = []
+
+    class Ahead:
+        depth = 2
+
+        def ahead(self, upcoming):
+            told.append([s.index for s in upcoming])
+
+        def __call__(self, shard, offset):
+            return open(shard.url, "rb")
+
+    with Pipeline([ShardList(shards), Untar(Ahead())], Context()) as p:
+        assert sum(1 for _ in p) == sum(len(s) - 1 for s in make_samples(23))
+    assert told == [[1, 2], [2, 3], [3], []]  # at each shard's opening, the next two of the plan
+
+
+def test_untar_refuses_a_shard_state_over_a_source_that_cannot_say_what_it_gave(shards):
+    p = Pipeline([ShardList(shards), Map(lambda shard: shard), Untar()], Context())
+    p.reset(None)
+    p.next()
+    state = p.get_state()["stages"]
+    untar = p.stages[2]
+    with pytest.raises(StateError, match=r"^resume state names shard 0, which the plan did not give at this point$"):
+        untar.reset(state)
