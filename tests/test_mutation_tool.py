@@ -96,3 +96,19 @@ def test_rows_with_a_scope_are_kept_by_module(tool, tmp_path: Path, monkeypatch)
     assert rows[1].startswith(
         "| shardpipe/loader.py (state_dict, load_state_dict, _pass_buffers) | test_loader_state.py | 40 | 1 |"
     )
+
+
+def test_the_scratch_copy_leaves_out_the_same_tests_for_every_module(tool, tmp_path: Path):
+    import tomllib
+
+    tool.scratch_copy("io/deferred.py", ["tests/test_deferred.py"], tmp_path / "scratch", ROOT)
+    config = tomllib.loads((tmp_path / "scratch" / "pyproject.toml").read_text())["tool"]["mutmut"]
+    assert config["only_mutate"] == ["shardpipe/io/deferred.py"]
+    assert config["pytest_add_cli_args_test_selection"] == ["tests/test_deferred.py"]
+    args = config["pytest_add_cli_args"]
+    expression = args[args.index("-k") + 1]
+    assert expression.split(" and ") == list(tool.LEAVE_OUT)
+    assert "not gloo" in tool.LEAVE_OUT
+    assert (tmp_path / "scratch" / "shardpipe" / "io" / "deferred.py").read_text() == (
+        ROOT / "shardpipe" / "io" / "deferred.py"
+    ).read_text()
