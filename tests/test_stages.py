@@ -279,7 +279,8 @@ def test_untar_times_its_reads_apart_from_its_parsing(shards, monkeypatch):
 
 def test_untar_verifies_a_shard_that_has_a_size_but_no_sha256(shards):
     """verify=True with only a size in the manifest: the bytes streamed are counted against it."""
-    data = open(shards[0].url, "rb").read()
+    with open(shards[0].url, "rb") as f:
+        data = f.read()
     shard = dataclasses.replace(shards[0], size=len(data), sha256=None)
 
     def members(stream_bytes: bytes) -> int:
