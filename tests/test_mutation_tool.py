@@ -112,3 +112,23 @@ def test_the_scratch_copy_leaves_out_the_same_tests_for_every_module(tool, tmp_p
     assert (tmp_path / "scratch" / "shardpipe" / "io" / "deferred.py").read_text() == (
         ROOT / "shardpipe" / "io" / "deferred.py"
     ).read_text()
+
+
+def test_a_run_that_checked_no_mutant_is_run_again_once(tool, capsys):
+    runs: list[int] = []
+    answers = [{"m.a": "not checked", "m.b": "not checked"}, {"m.a": "killed", "m.b": "survived"}]
+    got = tool.run_checked(lambda: runs.append(1), lambda: answers[len(runs) - 1])
+    assert got == {"m.a": "killed", "m.b": "survived"} and len(runs) == 2
+    assert "running it again" in capsys.readouterr().out
+
+
+def test_a_run_that_checked_mutants_is_not_repeated_and_retries_are_bounded(tool):
+    runs: list[int] = []
+    assert tool.run_checked(lambda: runs.append(1), lambda: {"m.a": "killed", "m.b": "not checked"}) == {
+        "m.a": "killed",
+        "m.b": "not checked",
+    }
+    assert len(runs) == 1
+    runs.clear()
+    assert tool.run_checked(lambda: runs.append(1), lambda: {"m.a": "not checked"}, tries=3) == {"m.a": "not checked"}
+    assert len(runs) == 3

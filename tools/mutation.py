@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,17 +192,41 @@ def run_module(module: str, tests: list[str], args: argparse.Namespace, equivale
     names = mutant_names(workdir, module)
     chosen = sorted(random.Random(args.seed).sample(names, min(args.sample, len(names))))
     result = ModuleScore(module, tests, total=len(names))
-    if not args.report:
+    meta = workdir / "mutants" / "shardpipe" / (module + ".meta")
+
+    def statuses() -> dict[str, str]:
+        codes = json.loads(meta.read_text())["exit_code_by_key"]
+        return {name: status_by_exit_code[codes.get(name)] for name in chosen}
+
+    if args.report:
+        result.statuses = statuses()
+    else:
         print(f"{module}: {len(names)} mutants, running {len(chosen)} against {' '.join(tests)}", flush=True)
         cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.max_children), *chosen]
-        subprocess.run(cmd, cwd=workdir, env=env, stdout=log, stderr=log)
-    codes = json.loads((workdir / "mutants" / "shardpipe" / (module + ".meta")).read_text())["exit_code_by_key"]
-    result.statuses = {name: status_by_exit_code[codes.get(name)] for name in chosen}
+        result.statuses = run_checked(
+            lambda: subprocess.run(cmd, cwd=workdir, env=env, stdout=log, stderr=log), statuses
+        )
     result.equivalent = {name: equivalent[name] for name in chosen if name in equivalent}
     result.seconds = time.monotonic() - start
     if all(s == "not checked" for s in result.statuses.values()):
         raise SystemExit(f"{module}: mutmut checked no mutant; see {workdir / 'mutmut.log'}")
     return result
+
+
+def run_checked(run: Callable[[], object], statuses: Callable[[], dict[str, str]], tries: int = 2) -> dict[str, str]:
+    """``run()`` mutmut and read the statuses; again (up to ``tries`` runs) while it checked no mutant at all.
+
+    mutmut first runs every selected test once in a forked child to learn which tests call which function;
+    that child sometimes dies (a segfault in native code after the fork, seen here about one run in four for
+    ``stages/untar.py``), and then no mutant is checked. A second run usually goes through."""
+    for attempt in range(tries):
+        run()
+        found = statuses()
+        if any(s != "not checked" for s in found.values()):
+            break
+        if attempt + 1 < tries:
+            print("  mutmut checked no mutant (its test-collection run failed); running it again", flush=True)
+    return found
 
 
 def show_survivors(result: ModuleScore, workdir: Path) -> None:
