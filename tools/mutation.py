@@ -79,6 +79,14 @@ MODULES: dict[str, list[str]] = {
         "tests/test_split.py",
     ],
     "io/deferred.py": ["tests/test_deferred.py", "tests/test_stages.py"],
+    "stages/decode.py": [
+        "tests/test_decode_stage.py",
+        "tests/test_stages.py",
+        "tests/test_decode_into_rows.py",
+        "tests/test_trust_decode.py",
+        "tests/test_dataset.py",
+        "tests/test_schedule.py",
+    ],
     # (test_workermemory.py's churn test counts page faults of a fresh interpreter, which mutmut's own
     # imports change: only populate's part of the module is measured, by its own tests)
     "workermemory.py": ["tests/test_buffer_populate.py"],
