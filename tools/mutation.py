@@ -90,6 +90,12 @@ MODULES: dict[str, list[str]] = {
     # (test_workermemory.py's churn test counts page faults of a fresh interpreter, which mutmut's own
     # imports change: only populate's part of the module is measured, by its own tests)
     "workermemory.py": ["tests/test_buffer_populate.py"],
+    "stages/parallel.py": [
+        "tests/test_parallel_map.py",
+        "tests/test_stages.py",
+        "tests/test_decode_stage.py",
+        "tests/test_dataset.py",
+    ],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these
