@@ -26,14 +26,14 @@ from torch.utils.data import get_worker_info
 from shardpipe.augment.resample import cv2
 from shardpipe.format.sample import Sample
 from shardpipe.stages.base import Stage
-from shardpipe.stages.buffers import BatchBuffers, shared_storage
+from shardpipe.stages.buffers import BatchBuffers, shared_storage, uint8_view
 from shardpipe.stages.decode import Decode
 
 
 def empty_uint8(shape: tuple[int, ...]) -> torch.Tensor:
     """An uninitialised uint8 tensor; in shared memory inside DataLoader workers."""
     if get_worker_info() is not None:
-        return torch.empty(0, dtype=torch.uint8).set_(shared_storage(math.prod(shape))).view(shape)
+        return uint8_view(shared_storage(math.prod(shape)), shape)
     return torch.empty(shape, dtype=torch.uint8)
 
 

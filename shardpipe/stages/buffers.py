@@ -69,6 +69,11 @@ def shared_storage(nbytes: int) -> torch.UntypedStorage:
     return storage
 
 
+def uint8_view(storage: torch.UntypedStorage, shape: tuple[int, ...]) -> torch.Tensor:
+    """``storage`` as a uint8 tensor of ``shape`` (no copy)."""
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+
+
 class BatchBuffers:
     """A per-worker pool of shared-memory uint8 buffers, freed by the main process."""
 
@@ -100,18 +105,18 @@ class BatchBuffers:
         for slot, storage in self._pool.items():
             if storage.nbytes() == nbytes and int(row[slot, _BUSY]) == 0:
                 row[slot, _BUSY] = 1
-                return self._view(storage, shape)
+                return uint8_view(storage, shape)
         storage = shared_storage(nbytes)
         if len(self._pool) < SLOTS:
             slot = len(self._pool)
         else:  # full: replace a free slot of another size, else hand out an unpooled buffer
             free = [s for s in self._pool if int(row[s, _BUSY]) == 0]
             if not free:
-                return self._view(storage, shape)
+                return uint8_view(storage, shape)
             slot = free[0]
         self._pool[slot] = storage
         row[slot, _ID], row[slot, _SIZE], row[slot, _BUSY] = _segment_id(storage), nbytes, 1
-        return self._view(storage, shape)
+        return uint8_view(storage, shape)
 
     def give_back(self, tensor: torch.Tensor, worker: int) -> None:
         """Free the slot of a tensor from :meth:`take` that was never sent (no-op for others)."""
@@ -135,10 +140,6 @@ class BatchBuffers:
         if not seg or int(row[slot, _MAPPED]) != seg:
             return None
         return SlotRef(slot, seg, tuple(tensor.shape), tuple(tensor.stride()), tensor.storage_offset())
-
-    @staticmethod
-    def _view(storage: torch.UntypedStorage, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
     # -- main side -----------------------------------------------------------------------
     def track(self, worker: int, item: Any) -> None:
