@@ -132,3 +132,15 @@ def test_a_run_that_checked_mutants_is_not_repeated_and_retries_are_bounded(tool
     runs.clear()
     assert tool.run_checked(lambda: runs.append(1), lambda: {"m.a": "not checked"}, tries=3) == {"m.a": "not checked"}
     assert len(runs) == 3
+
+
+def test_the_version_line_needs_no_mutmut_installed(tool, monkeypatch):
+    import importlib.metadata
+
+    def missing(name: str) -> str:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert tool.mutmut_version() == "not installed"
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: {"mutmut": "3.8.1"}[name])
+    assert tool.mutmut_version() == "3.8.1"

@@ -273,9 +273,14 @@ def render(results: list[ModuleScore], args: argparse.Namespace) -> str:
 
 
 def mutmut_version() -> str:
-    from importlib.metadata import version
+    """The installed mutmut's version (the table says which mutmut scored it); "not installed" where it is
+    not, so that the bookkeeping runs, and is tested, without the ``mutation`` extra."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return version("mutmut")
+    try:
+        return version("mutmut")
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def write_doc(table: str, results: list[ModuleScore]) -> None:
