@@ -141,3 +141,43 @@ def test_write_presize_reencodes_only_large_images(tmp_path: Path):
         assert got[name] == (src / f"{name}.jpg").read_bytes()  # byte for byte, never re-encoded
     assert Image.open(io.BytesIO(got["big"])).size == (171, 128)
     assert Image.open(io.BytesIO(got["tall"])).size == (128, 427)
+
+
+def _turned(orientation: int, size=(90, 60)) -> bytes:
+    """A small JPEG, stored ``size`` (w, h) with its left half red and right half blue, tagged ``orientation``."""
+    arr = np.zeros((size[1], size[0], 3), np.uint8)
+    arr[:, : size[0] // 2] = (220, 20, 20)
+    arr[:, size[0] // 2 :] = (20, 20, 220)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return jpeg(Image.fromarray(arr), exif=exif.tobytes())
+
+
+def test_a_small_image_stored_turned_is_turned_upright_as_the_large_ones_are():
+    out, changed = presize(_turned(6), 100)  # 90 x 60 stored: below the target, but tagged "rotate 90"
+    assert changed
+    img = Image.open(io.BytesIO(out))
+    assert img.format == "JPEG" and img.size == (60, 90)  # upright: portrait, and not resized
+    assert img.getexif().get(0x0112) in (None, 1)
+    px = np.asarray(img.convert("RGB")).astype(int)
+    assert px[10, 30, 0] > 180 and px[10, 30, 2] < 60  # top is red (the stored left side)
+    assert px[80, 30, 2] > 180 and px[80, 30, 0] < 60  # bottom is blue
+
+
+@pytest.mark.parametrize("orientation", [1, 0, 9])  # as displayed, and values outside the tag's range
+def test_a_small_image_with_nothing_to_turn_is_returned_untouched(orientation):
+    data = _turned(orientation)
+    out, changed = presize(data, 100)
+    assert not changed and out is data
+
+
+def test_write_presize_turns_small_and_large_tagged_photos_alike(tmp_path: Path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "small.jpg").write_bytes(_turned(6, (90, 60)))
+    (src / "large.jpg").write_bytes(_turned(6, (300, 200)))
+    summary = write_shards(src, str(tmp_path / "out" / "s-%06d.tar"), presize=100)
+    assert summary.presized == 2 and summary.written == 2
+    out = str(tmp_path / "out" / "manifest.json")
+    shapes = {s["__key__"]: s["jpg"].shape[:2] for s in shardpipe.ShardDataset(out, decode="rgb8")}
+    assert shapes == {"small": (90, 60), "large": (150, 100)}  # both portrait, as displayed

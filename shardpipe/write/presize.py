@@ -4,7 +4,10 @@ Pass-through is the default: bytes go into the shard unchanged, never re-encoded
 ``presize`` shrinks only images whose shorter side exceeds the target: JPEGs are first
 decoded at a reduced DCT scale (at least twice the target, so quality holds), then
 resampled with Lanczos, turned upright by their EXIF orientation and re-encoded as JPEG.
-Images already small enough are returned as the very same bytes.
+Images already small enough are returned as the very same bytes, unless their EXIF
+orientation says they are stored turned: those are turned upright and re-encoded too, so
+that every image of a presized data set stands as it is displayed (shardpipe's decoders,
+like most loaders', read the stored pixels and ignore the tag).
 """
 
 from __future__ import annotations
@@ -75,26 +78,40 @@ def presize(data: bytes, shorter: int, quality: int = 90) -> tuple[bytes, bool]:
     """Downscale ``data`` so its shorter side is ``shorter`` pixels; ``(bytes, changed)``.
 
     Images whose shorter side is already ``<= shorter`` come back unchanged (the same
-    object). Others are decoded (at a reduced JPEG scale when that keeps at least twice
-    the target), resized with Lanczos, rotated upright by their EXIF orientation and
-    re-encoded as JPEG at ``quality`` (RGB, or greyscale for greyscale input; alpha is
-    composited on black; the ICC profile is kept). Raises ``DecodeError`` on bad data.
+    object), unless an EXIF orientation other than 1 says they are stored turned or
+    mirrored. Others are decoded (at a reduced JPEG scale when that keeps at least twice
+    the target), resized with Lanczos (the small turned ones are not resized), rotated
+    upright by their EXIF orientation and re-encoded as JPEG at ``quality`` (RGB, or
+    greyscale for greyscale input; alpha is composited on black; the ICC profile is kept).
+    Raises ``DecodeError`` on bad data.
     """
     if shorter < 1:
         raise ValueError(f"presize must be a positive number of pixels, got {shorter}")
     img = open_image(data)
-    if min(img.size) <= shorter:
+    small = min(img.size) <= shorter
+    if small and _orientation(img) == 1:
         return data, False
-    tw, th = target_size(*img.size, shorter)
     icc = img.info.get("icc_profile")
     try:
-        if img.format == "JPEG":
+        if img.format == "JPEG" and not small:
+            tw, th = target_size(*img.size, shorter)
             img.draft(None, (2 * tw, 2 * th))  # DCT-domain reduction, still >= 2x the target
         img = ImageOps.exif_transpose(img)  # loads the pixels; the output has no orientation tag
         img = img if img.mode in ("RGB", "L") else to_rgb(img)
-        img = img.resize(target_size(*img.size, shorter), Image.Resampling.LANCZOS)
+        if not small:
+            img = img.resize(target_size(*img.size, shorter), Image.Resampling.LANCZOS)
     except (OSError, SyntaxError, ValueError) as e:
         raise DecodeError(f"corrupt image data: {e}") from e
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=quality, icc_profile=icc)
     return out.getvalue(), True
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation (1: stored as displayed; 2-8: mirrored or turned); 1 where the tag is
+    missing, unreadable or out of range, as ``ImageOps.exif_transpose`` treats it."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except (OSError, SyntaxError, ValueError):  # a damaged EXIF block: nothing to turn by
+        return 1
+    return value if isinstance(value, int) and 2 <= value <= 8 else 1
