@@ -8,9 +8,11 @@ TEST_EXTRAS ?= turbo,turbojpeg,jpeg4py,s3,gcs,http,lmdb,gpu,serve,ray,test
 
 .PHONY: setup setup-test system-deps demo test bench bench-peers mutation wheel clean
 
-# torch first, pinned to the CPU build, so that no requirement pulls the CUDA build
+# torch first, pinned to the CPU build, so that no requirement pulls the CUDA build: from PyTorch's CPU index
+# (pip's configured find-links and extra indexes still count, so a local wheel serves where that index is out
+# of reach), else from the configured index alone; an installed torch 2.13.0 is kept either way
 .torch.stamp:
-	$(PIP) install -q "torch==2.13.0" || $(PIP) install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
+	$(PIP) install -q "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu || $(PIP) install -q "torch==2.13.0"
 	touch $@
 
 # setup.py and the C source: `pip install -e` builds the native crop decoder in place (optional:
