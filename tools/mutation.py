@@ -12,7 +12,7 @@ one-line reason in tools/mutation_equivalent.txt; they are reported but left out
 
     python tools/mutation.py                          # every module in MODULES
     python tools/mutation.py --modules format/index.py split/plan.py --sample 40
-    python tools/mutation.py --show shardpipe/format/index.py   # diffs of the survivors
+    python tools/mutation.py --modules format/index.py --show   # diffs of the survivors
 """
 
 from __future__ import annotations
@@ -96,6 +96,9 @@ MODULES: dict[str, list[str]] = {
         "tests/test_decode_stage.py",
         "tests/test_dataset.py",
     ],
+    "format/tar/writer.py": ["tests/test_writer.py", "tests/test_trust_write.py", "tests/test_tar.py"],
+    "format/sample.py": ["tests/test_sample.py", "tests/test_stage_units.py", "tests/test_tar.py"],
+    "io/verify.py": ["tests/test_hashing_reader.py", "tests/test_integrity.py"],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these
