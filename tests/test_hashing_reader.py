@@ -48,3 +48,22 @@ def test_verifying_reader_names_the_shard_and_the_difference():
         VerifyingReader(io.BytesIO(DATA), "s.tar", 5, good).finish()
     with pytest.raises(CorruptShardError, match=r"shard s.tar has sha256 [0-9a-f]{64} but its manifest entry says 0+$"):
         VerifyingReader(io.BytesIO(DATA), "s.tar", len(DATA), "0" * 64).finish()
+
+
+@pytest.mark.parametrize("sha256", [None, ""])
+def test_an_entry_without_a_sha256_checks_the_size_alone(sha256):
+    r = VerifyingReader(io.BytesIO(DATA), "s.tar", len(DATA), sha256)
+    assert r.sha256 is None
+    r.finish()  # the size matches and there is no digest to compare
+    assert r.read_bytes == len(DATA)
+    short = VerifyingReader(io.BytesIO(DATA[:-1]), "s.tar", len(DATA), sha256)
+    with pytest.raises(
+        CorruptShardError, match=f"holds {len(DATA) - 1} bytes but its manifest entry says {len(DATA)}$"
+    ):
+        short.finish()
+
+
+def test_an_upper_case_sha256_in_the_manifest_matches():
+    r = VerifyingReader(io.BytesIO(DATA), "s.tar", None, hashlib.sha256(DATA).hexdigest().upper())
+    r.finish()
+    assert r.sha256 == hashlib.sha256(DATA).hexdigest()
