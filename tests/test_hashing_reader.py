@@ -67,3 +67,11 @@ def test_an_upper_case_sha256_in_the_manifest_matches():
     r = VerifyingReader(io.BytesIO(DATA), "s.tar", None, hashlib.sha256(DATA).hexdigest().upper())
     r.finish()
     assert r.sha256 == hashlib.sha256(DATA).hexdigest()
+
+
+def test_close_reads_nothing_more_unless_asked_to_drain():
+    raw = io.BytesIO(DATA)
+    r = HashingReader(raw)
+    r.read(10)
+    r.close()
+    assert raw.closed and r.read_bytes == 10  # a consumer that stops early pays for no more reads
