@@ -16,6 +16,7 @@ from accelerate import Accelerator
 
 from shardpipe import ShardDataset, ShardLoader
 from shardpipe.augment import RandomResizedCrop
+from shardpipe.format.manifest import read_manifest
 from shardpipe.image.normalize import normalize
 from shardpipe.integrations import accelerate as sp_accelerate
 
@@ -26,11 +27,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--stop-after", type=int, default=0, help="save the state after this many steps and stop")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--num-classes", type=int, help="outputs of the model (default: the manifest's class_names)")
     args = parser.parse_args()
+    # the output layer fits the data: `shardpipe write` records the classes it found in the manifest
+    num_classes = args.num_classes or len(read_manifest(args.manifest).get("class_names") or [])
+    if not num_classes:
+        parser.error("the manifest names no classes (integer labels): pass --num-classes")
 
     accelerator = Accelerator()
     dataset = ShardDataset(args.manifest, shuffle=100, seed=0, transform=RandomResizedCrop(64), batch_size=16)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 4))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, num_classes))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     # batches arrive on accelerator.device; the loader's position is saved by save_state
     model, optimizer, loader = sp_accelerate.prepare(accelerator, model, optimizer, ShardLoader(dataset, num_workers=2))

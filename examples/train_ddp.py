@@ -17,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from shardpipe import ShardDataset, ShardLoader
 from shardpipe.augment import RandomResizedCrop
+from shardpipe.format.manifest import read_manifest
 from shardpipe.image.normalize import normalize
 
 
@@ -24,7 +25,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("manifest")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--num-classes", type=int, help="outputs of the model (default: the manifest's class_names)")
     args = parser.parse_args()
+    # the output layer fits the data: `shardpipe write` records the classes it found in the manifest
+    num_classes = args.num_classes or len(read_manifest(args.manifest).get("class_names") or [])
+    if not num_classes:
+        parser.error("the manifest names no classes (integer labels): pass --num-classes")
 
     cuda = torch.cuda.is_available()
     dist.init_process_group("nccl" if cuda else "gloo")
@@ -32,7 +38,7 @@ def main() -> None:
     device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if cuda else "cpu")
     dataset = ShardDataset(args.manifest, shuffle=100, seed=0, transform=RandomResizedCrop(64), batch_size=16)
     loader = ShardLoader(dataset, num_workers=2)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 4)).to(device)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, num_classes)).to(device)
     model = DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
 

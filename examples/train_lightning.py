@@ -15,14 +15,15 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from shardpipe import ShardDataset
 from shardpipe.augment import RandomResizedCrop
+from shardpipe.format.manifest import read_manifest
 from shardpipe.image.normalize import normalize
 from shardpipe.integrations.lightning import ShardDataModule
 
 
 class Classifier(pl.LightningModule):
-    def __init__(self) -> None:
+    def __init__(self, num_classes: int) -> None:
         super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, 4))
+        self.net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 64 * 64, num_classes))
 
     def training_step(self, batch, batch_idx):
         return torch.nn.functional.cross_entropy(self.net(normalize(batch["jpg"])), batch["cls"])
@@ -37,7 +38,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--resume", help="a checkpoint to resume from")
+    parser.add_argument("--num-classes", type=int, help="outputs of the model (default: the manifest's class_names)")
     args = parser.parse_args()
+    # the output layer fits the data: `shardpipe write` records the classes it found in the manifest
+    num_classes = args.num_classes or len(read_manifest(args.manifest).get("class_names") or [])
+    if not num_classes:
+        parser.error("the manifest names no classes (integer labels): pass --num-classes")
 
     dataset = ShardDataset(args.manifest, shuffle=100, seed=0, transform=RandomResizedCrop(64), batch_size=16)
     datamodule = ShardDataModule(train=dataset, num_workers=2)
@@ -49,7 +55,7 @@ def main() -> None:
         logger=False,
         enable_progress_bar=False,
     )
-    trainer.fit(Classifier(), datamodule=datamodule, ckpt_path=args.resume)
+    trainer.fit(Classifier(num_classes), datamodule=datamodule, ckpt_path=args.resume)
     print(f"trained {trainer.global_step} steps; epoch {trainer.current_epoch}")
 
 

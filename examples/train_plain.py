@@ -11,6 +11,7 @@ import torch
 
 from shardpipe import ShardDataset, ShardLoader
 from shardpipe.augment import Compose, RandomHorizontalFlip, RandomResizedCrop
+from shardpipe.format.manifest import read_manifest
 from shardpipe.image.normalize import normalize
 
 
@@ -19,7 +20,12 @@ def main() -> None:
     parser.add_argument("manifest")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--checkpoint", default="checkpoint.pt")
+    parser.add_argument("--num-classes", type=int, help="outputs of the model (default: the manifest's class_names)")
     args = parser.parse_args()
+    # the output layer fits the data: `shardpipe write` records the classes it found in the manifest
+    num_classes = args.num_classes or len(read_manifest(args.manifest).get("class_names") or [])
+    if not num_classes:
+        parser.error("the manifest names no classes (integer labels): pass --num-classes")
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dataset = ShardDataset(
@@ -36,7 +42,7 @@ def main() -> None:
         torch.nn.ReLU(),
         torch.nn.AdaptiveAvgPool2d(1),
         torch.nn.Flatten(),
-        torch.nn.Linear(16, 4),
+        torch.nn.Linear(16, num_classes),
     ).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 

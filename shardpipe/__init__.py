@@ -20,13 +20,17 @@ _WHERE = {
     "CorruptShardError": "shardpipe.errors",
     "DecodeError": "shardpipe.errors",
     "DecodeOptions": "shardpipe.options",
+    "DuplicateMemberError": "shardpipe.errors",
     "ErrorHandler": "shardpipe.errors",
     "IndexedDataset": "shardpipe.indexed",
+    "ListenError": "shardpipe.errors",
+    "ManifestPathError": "shardpipe.format.manifest",
     "MissingFieldError": "shardpipe.errors",
     "MixedDataset": "shardpipe.mix",
     "OpenOptions": "shardpipe.options",
     "RemoteError": "shardpipe.serve.client",
     "RemoteLoader": "shardpipe.serve.client",
+    "SetupError": "shardpipe.errors",
     "ShardDataset": "shardpipe.dataset",
     "ShardLoader": "shardpipe.loader",
     "ShardNotFoundError": "shardpipe.errors",
@@ -55,8 +59,11 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_a
     from shardpipe.errors import (
         CorruptShardError,
         DecodeError,
+        DuplicateMemberError,
         ErrorHandler,
+        ListenError,
         MissingFieldError,
+        SetupError,
         ShardNotFoundError,
         ShardpipeError,
         ShardReadError,
@@ -66,6 +73,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_a
         WorkerStallError,
         WorkerStartError,
     )
+    from shardpipe.format.manifest import ManifestPathError
     from shardpipe.format.tar.writer import TarWriter
     from shardpipe.image.normalize import normalize
     from shardpipe.indexed import IndexedDataset

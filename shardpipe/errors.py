@@ -44,8 +44,13 @@ class DuplicateMemberError(CorruptShardError):
 
 
 class StateError(ShardpipeError, ValueError):
-    """A resume state (or a fleet request's state) that does not fit this dataset: the message
-    names the field, e.g. ``state['stages']['shard']['offset']: must be >= 0, got -5``."""
+    """A resume state (or a fleet request's state) that does not fit this dataset.
+
+    The message names the field by its path in the state, which nests one ``['source']`` per
+    pipeline stage, so the path depends on the pipeline. An example, from a shuffled, batched
+    ``ShardDataset``:
+    ``state['stages']['source']['source']['source']['source']['shard']['offset']: must be >= 0, got -5``.
+    """
 
 
 class DecodeError(ShardpipeError):

@@ -193,12 +193,21 @@ class BatchOptions:
 
 GROUPS: tuple[type, ...] = (OpenOptions, SplitOptions, DecodeOptions, BatchOptions)
 _GROUP_OF: dict[str, type] = {f.name: g for g in GROUPS for f in dataclasses.fields(g)}
+#: keywords renamed when the options were grouped (CHANGELOG, issue 24): still unknown keywords,
+#: but the error names what to write instead (a fuzzy match finds none of these for two of them)
+RENAMED: dict[str, str] = {
+    "handler": "on_error=",
+    "threads": "num_threads=",
+    "partial": "drop_last= (the opposite: partial=True is drop_last=False)",
+}
 
 
 def group_of(keyword: str) -> type:
     """The options class that holds the flat keyword ``keyword`` (a TypeError if none does)."""
     if keyword in _GROUP_OF:
         return _GROUP_OF[keyword]
+    if keyword in RENAMED:
+        raise TypeError(f"ShardDataset got an unknown keyword {keyword!r}: it was renamed, use {RENAMED[keyword]}")
     import difflib
 
     near = difflib.get_close_matches(keyword, [*_GROUP_OF, "require", "on_error"], n=1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -16,7 +17,8 @@ from shardpipe.devtools.synth import make_jpeg
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS")
-IMAGES = 48  # 4 classes; 3 shards of at most 20
+IMAGES = 48  # 3 shards of at most 20
+CLASSES = 10  # more than the 4 outputs the training examples once hard-coded; as the README's data
 
 
 def run(args: list[str], cwd: Path, timeout: float = 180, **env: str) -> str:
@@ -34,10 +36,10 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A user's folder with images/ (an ImageFolder) and data/ (its shards), made by the first example."""
     work = tmp_path_factory.mktemp("examples")
     out = run([sys.executable, str(EXAMPLES / "write_imagefolder.py"), "--demo", str(IMAGES), "--maxcount", "20",
-               "images", "data"], work)  # fmt: skip
+               "--classes", str(CLASSES), "images", "data"], work)  # fmt: skip
     assert f"wrote {IMAGES} samples into 3 shards" in out
     manifest = json.loads((work / "data" / "manifest.json").read_text())
-    assert manifest["samples"] == IMAGES and len(manifest["class_names"]) == 4
+    assert manifest["samples"] == IMAGES and len(manifest["class_names"]) == CLASSES
     return work
 
 
@@ -52,6 +54,22 @@ def test_plain_script_trains_and_resumes_from_its_checkpoint(workdir: Path):
     again = run([sys.executable, str(EXAMPLES / "train_plain.py"), "data/manifest.json", "--epochs", "2"], workdir)
     assert [line.split(",")[0] for line in epochs_printed(again)] == [f"epoch 1: {IMAGES} images"]
     (workdir / "checkpoint.pt").unlink()
+
+
+def test_training_examples_need_a_class_count_when_the_manifest_names_no_classes(workdir: Path):
+    """Integer-labelled lists give a manifest without class_names: the examples then ask for --num-classes."""
+    manifest = json.loads((workdir / "data" / "manifest.json").read_text())
+    manifest["class_names"] = None
+    (workdir / "data" / "unnamed.json").write_text(json.dumps(manifest))
+    needs = {"train_plain.py": "torch", "train_ddp.py": "torch", "train_lightning.py": "lightning",
+             "train_accelerate.py": "accelerate"}  # fmt: skip
+    env = {**{k: v for k, v in os.environ.items() if k not in LAUNCH_ENV}, "PYTHONPATH": str(ROOT)}
+    for script in [s for s, module in needs.items() if importlib.util.find_spec(module)]:
+        done = subprocess.run([sys.executable, str(EXAMPLES / script), "data/unnamed.json"], cwd=workdir, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 2, (script, done.stderr[-2000:])
+        assert "the manifest names no classes (integer labels): pass --num-classes" in done.stderr, script
+    assert not (workdir / "checkpoint.pt").exists()
 
 
 def test_torchrun_ddp_gives_every_rank_the_same_batches(workdir: Path):
