@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from shardpipe.cli.common import EXIT_STATUS
@@ -44,7 +45,39 @@ def main(argv: list[str] | None = None) -> int:
             p.set_defaults(run=module.run)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
-    return int(args.run(args) or 0)
+    try:
+        status = int(args.run(args) or 0)
+        sys.stdout.flush()  # output to a pipe is buffered: a reader that went away shows up here
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise  # a socket or a worker's pipe: a real error, shown as one
+        return _stdout_closed()
+    return status
+
+
+#: the status of a command whose reader closed its output (``shardpipe inspect ... | head``):
+#: 128 + SIGPIPE, what the shell reports for a tool that SIGPIPE stopped (as 130 for Ctrl-C)
+BROKEN_PIPE = 141
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll says so); where it cannot tell, assume so."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows) or no file behind stdout
+        return True
+    return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+
+
+def _stdout_closed() -> int:
+    """Stop quietly when stdout's reader has gone: no traceback, no second error at exit."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter flushes stdout again at exit
+    os.close(devnull)
+    return BROKEN_PIPE
 
 
 if __name__ == "__main__":

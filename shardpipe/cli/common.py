@@ -24,7 +24,9 @@ exit status:
      lists but that is missing, a checksum or count mismatch, an undecodable image
   2  usage error or missing input: bad arguments, a mistyped URL (s3:/bucket),
      a source, manifest or shard named on the command line that does not exist,
-     a glob that matches nothing"""
+     a glob that matches nothing
+  130 interrupted (Ctrl-C): a write or restart keeps what it finished (--resume goes on)
+  141 the reader of its output went away (shardpipe inspect ... | head): it stops quietly"""
 
 
 class InputError(Exception):

@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from shardpipe.io.files import atomic_write, is_local, join_url, local_path
-from shardpipe.write.shard_writer import MANIFEST, shard_name
+from shardpipe.write.shard_writer import MANIFEST, shard_file_regex, shard_name
 
 log = logging.getLogger("shardpipe")
 
@@ -72,8 +72,7 @@ def remove_stale_temps(pattern: str) -> None:
     folder = os.path.dirname(first) or "."
     if not os.path.isdir(folder):
         return
-    stem = re.escape(os.path.basename(local_path(pattern)))
-    stem = re.sub(r"%0?\d*d|\\\{[^}]*\\\}", r"\\d+", stem)
+    stem = shard_file_regex(pattern).pattern  # literal braces and %% as well
     temp = re.compile(rf"^(?:{stem}|{re.escape(MANIFEST)}|{re.escape(PROGRESS)})\.[0-9a-f]{{8}}\.tmp$")
     for name in os.listdir(folder):
         if temp.match(name):

@@ -9,7 +9,9 @@ folder or an object store. Each output shard appears complete or not at all (loc
 temporary name renamed when complete; on S3/GCS the object is published when its upload
 completes and a failed upload is aborted), so a run that is stopped keeps its finished
 shards and the next run (resumable by default) skips them. The index and manifest are
-rebuilt at the end (with the input manifest's class names, when the input was a manifest).
+rebuilt at the end (with each shard's sha256, taken as it is written, and the input manifest's
+class names, when the input was a manifest). Gzipped shards are written as the shard writer
+writes them (no timestamp or file name in the gzip header), so a conversion is reproducible.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from urllib.parse import urlsplit
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError
 from shardpipe.format.manifest import read_manifest, write_manifest
+from shardpipe.format.tar.writer import HashingWriter, gzip_writer
 from shardpipe.image.restart import DEFAULT_PER_ROW, add_restart_intervals, available, restart_layout
 from shardpipe.io.files import atomic_write, is_local, join_url, local_path, open_shard
 from shardpipe.write.outfiles import size
@@ -115,20 +118,23 @@ def convert_shard(
     *,
     storage_options: dict[str, Any] | None = None,
     output_storage_options: dict[str, Any] | None = None,
-) -> tuple[int, int, int, int]:
+) -> tuple[int, int, int, int, str]:
     """Write ``dst`` (atomically) from ``src`` with restart-marked JPEGs; either may be a URL
     (``storage_options`` for ``src``, ``output_storage_options`` for ``dst``).
 
-    Returns ``(jpegs, marked, bytes of src, bytes of dst)``.
+    A ``.gz``/``.tgz`` output is gzipped as the shard writer does it (no timestamp or file
+    name in the header), so converting the same input twice gives the same bytes.
+    Returns ``(jpegs, marked, bytes of src, bytes of dst, sha256 of dst)``.
     """
     jpegs = marked = 0
-    mode = "w:gz" if urlsplit(src).path.endswith((".gz", ".tgz")) else "w"
+    gz = urlsplit(src).path.endswith((".gz", ".tgz"))
     try:
         with open_shard(src, storage_options=storage_options) as raw, _output(dst, output_storage_options) as out:
-            counted = _CountingReader(raw)
+            counted, hashed = _CountingReader(raw), HashingWriter(out)
             with (
                 tarfile.open(fileobj=counted, mode="r|*") as tin,
-                tarfile.open(fileobj=out, mode=mode, format=tarfile.PAX_FORMAT) as tout,
+                gzip_writer(hashed) if gz else contextlib.nullcontext(hashed) as sink,  # type: ignore[arg-type]
+                tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tout,
             ):
                 for info in tin:
                     _safe_name(info.name, src)
@@ -145,10 +151,10 @@ def convert_shard(
                         data = new
                     info.size = len(data)
                     tout.addfile(info, io.BytesIO(data))
-            bytes_in, bytes_out = counted.drain(), out.tell()
+            bytes_in = counted.drain()
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise CorruptShardError(f"{src}: not a readable tar shard ({e})") from e
-    return jpegs, marked, bytes_in, bytes_out
+    return jpegs, marked, bytes_in, hashed.size, hashed.sha.hexdigest()
 
 
 def _file_name(url: str) -> str:
@@ -207,6 +213,12 @@ def mark_restarts(
     same = [u for u, t in zip(sources, targets) if _same_file(u, t)]
     if same:
         raise ValueError(f"the output folder holds the input shard {same[0]}: choose another folder")
+    manifest_url = join_url(output_dir, "manifest.json")
+    class_names = None
+    if isinstance(urls, str) and urls.endswith(".json"):  # read all of the input before writing anything
+        if _same_file(urls, manifest_url):
+            raise ValueError(f"the output folder holds the input manifest {urls}: choose another folder")
+        class_names = read_manifest(urls, storage_options).get("class_names")
     summary = RestartSummary(shards=len(sources), outputs=targets)
     todo = []
     for src, dst in zip(sources, targets):
@@ -220,25 +232,25 @@ def mark_restarts(
     if missing:
         raise ShardNotFoundError(f"no such shard: {missing[0]}")
 
-    def convert(pair: tuple[str, str]) -> tuple[int, int, int, int]:
+    def convert(pair: tuple[str, str]) -> tuple[int, int, int, int, str]:
         return convert_shard(
             pair[0], pair[1], per_row, storage_options=storage_options, output_storage_options=out_options
         )  # fmt: skip
 
+    sha256: dict[str, str] = {}  # output file name -> checksum, taken as it was written
     with tqdm(total=len(todo), unit="shard", disable=not progress, dynamic_ncols=True) as bar:
         with ThreadPoolExecutor(max(1, workers)) as pool:  # the transcode releases the GIL, and so do reads
-            for jpegs, marked, b_in, b_out in pool.map(convert, todo):
+            for (_, dst), (jpegs, marked, b_in, b_out, sha) in zip(todo, pool.map(convert, todo)):
                 summary.jpegs += jpegs
                 summary.marked += marked
                 summary.bytes_in += b_in
                 summary.bytes_out += b_out
+                sha256[_file_name(dst)] = sha
                 bar.update(1)
-    manifest_url = join_url(output_dir, "manifest.json")
     manifest = index_shards(targets, manifest_url, workers=max(1, workers), storage_options=out_options)
-    if isinstance(urls, str) and urls.endswith(".json"):
-        class_names = read_manifest(urls, storage_options).get("class_names")
-        if class_names:
-            manifest["class_names"] = class_names
+    _add_sha256(manifest, output_dir, sha256, out_options)
+    if class_names:
+        manifest["class_names"] = class_names
     manifest["restart_intervals"] = {"per_row": per_row, "converted_by": "shardpipe restart"}
     write_manifest(manifest_url, manifest, out_options)
     summary.manifest = manifest_url
@@ -261,7 +273,24 @@ def _check_reachable(url: str, storage_options: dict[str, Any] | None) -> None:
         ) from e
 
 
+def _add_sha256(
+    manifest: dict[str, Any], folder: str, known: dict[str, str], storage_options: dict[str, Any] | None
+) -> None:
+    """Give every shard entry its sha256 (as the shard writer does), so that ``verify`` checks the
+    bytes: from ``known`` (taken while writing) or, for shards kept from an earlier run, by reading them."""
+    from shardpipe.write.index_job import scan_shard
+
+    for entry in manifest["shards"]:
+        sha = known.get(entry["name"])
+        entry["sha256"] = sha or scan_shard(join_url(folder, entry["name"]), storage_options, sha256=True).sha256
+
+
 def _same_file(a: str, b: str) -> bool:
-    if is_local(a) and is_local(b):
-        return os.path.abspath(local_path(a)) == os.path.abspath(local_path(b))
-    return a == b
+    """Whether two URLs name one file: local paths through symlinks and hard links too."""
+    if not (is_local(a) and is_local(b)):
+        return a == b
+    pa, pb = local_path(a), local_path(b)
+    try:
+        return os.path.samefile(pa, pb)
+    except OSError:  # one does not exist (yet): compare where the paths lead
+        return os.path.realpath(pa) == os.path.realpath(pb)

@@ -9,16 +9,21 @@ and ``manifest.index`` where each sample starts (``shardpipe.format.index``).
 
 from __future__ import annotations
 
+import logging
+import os
+import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from shardpipe.errors import ShardpipeError
 from shardpipe.format.index import ShardIndex, index_name, write_index
 from shardpipe.format.manifest import MANIFEST, build_manifest, shard_entry, write_manifest
 from shardpipe.format.tar.writer import TarWriter
-from shardpipe.io.files import atomic_write, dirname_url, join_url
-from shardpipe.io.urls import check_url
+from shardpipe.io.files import atomic_write, dirname_url, is_local, join_url, local_path
+from shardpipe.io.urls import check_url, natural_key
+
+log = logging.getLogger("shardpipe")
 
 #: the widest zero-padded shard number a pattern may ask for
 MAX_WIDTH = 32
@@ -35,8 +40,16 @@ def check_pattern(pattern: str) -> str:
 
     A pattern holds exactly one shard number: ``%d``/``%06d`` (``%%`` is a literal ``%``) or
     ``{}``/``{:06d}`` (``{{``/``}}`` are literal braces); a second one, a named field
-    (``%(n)d``) or none at all would name several shards alike or fail mid-write.
+    (``%(n)d``) or none at all would name several shards alike or fail mid-write. The number
+    must be in the file name, not in a folder name (see ``_check_in_file_name``).
     """
+    style = _check_placeholders(pattern)
+    _check_in_file_name(pattern, _placeholder(pattern, style))
+    return style
+
+
+def _check_placeholders(pattern: str) -> str:
+    """The placeholder style of ``pattern``, or ``ShardPatternError`` unless it has exactly one."""
     if not isinstance(pattern, str) or not pattern:
         raise ShardPatternError(f"shard pattern must be a non-empty string, not {pattern!r}")
     usage = "it needs a %d or {} placeholder (exactly one) for the shard number, e.g. out/train-%06d.tar"
@@ -71,6 +84,44 @@ def _check_width(pattern: str, width: str | None, usage: str) -> None:
         raise ShardPatternError(f"shard pattern {pattern!r} pads the number to {width} digits (at most {MAX_WIDTH})")
 
 
+def _check_in_file_name(pattern: str, placeholder: re.Match[str]) -> None:
+    """Refuse a shard number in a folder name (``out/%03d/shard.tar``): manifest.json goes beside
+    the first shard and lists shards by file name, so shards in several folders would all be
+    listed under one (wrong) name."""
+    if "/" not in pattern[placeholder.end() :]:
+        return
+    folder = pattern[: placeholder.start()].rpartition("/")[0]
+    stem, dot, ext = pattern.rpartition("/")[2].partition(".")
+    example = f"{folder}/" if folder else ""
+    example += f"{stem}-{placeholder.group(0)}{dot}{ext}"
+    raise ShardPatternError(
+        f"shard pattern {pattern!r} puts the shard number in a folder name: the shards would land in "
+        "separate folders, but manifest.json (beside the first shard) lists shards by file name only; "
+        f"put the number in the file name, e.g. {example!r}"
+    )
+
+
+def _placeholder(pattern: str, style: str) -> re.Match[str]:
+    """The shard-number placeholder of a pattern of ``style`` (the escapes ``%%``, ``{{``, ``}}`` skipped)."""
+    regex, escapes = (_PERCENT, ("%%",)) if style == "%" else (_BRACE, ("{{", "}}"))
+    return next(m for m in regex.finditer(pattern) if m.group(0) not in escapes)
+
+
+def _number(placeholder: re.Match[str], style: str, index: int) -> str:
+    """The placeholder filled with ``index`` (``%06d``, 7 -> ``000007``)."""
+    return placeholder.group(0) % index if style == "%" else placeholder.group(0).format(index)
+
+
+def _literal(text: str, style: str) -> str:
+    """A placeholder-free part of a pattern with its escapes undone (``%%`` -> ``%``, ``{{`` -> ``{``)."""
+    return text % () if style == "%" else text.format()
+
+
+def _brace_escape(text: str) -> str:
+    """``text`` with backslashes and braces escaped, so that brace expansion keeps it literal."""
+    return re.sub(r"[\\{}]", lambda m: "\\" + m.group(0), text)
+
+
 def shard_name(pattern: str, index: int) -> str:
     """Fill a ``%06d``-style or ``{:06d}``-style pattern with the shard index (checked by ``check_pattern``)."""
     if check_pattern(pattern) == "%":
@@ -80,19 +131,70 @@ def shard_name(pattern: str, index: int) -> str:
 
 def brace_range(pattern: str, count: int) -> str:
     """Shards ``0..count-1`` of ``pattern`` as one brace pattern that the readers accept
-    (``out/train-%06d.tar``, 3 -> ``out/train-{000000..000002}.tar``)."""
-    percent = "%" in pattern
-    m = re.search(r"%0?\d*d" if percent else r"\{[^{}]*\}", pattern)
-    if m is None or count <= 1:
-        return shard_name(pattern, 0)
+    (``out/train-%06d.tar``, 3 -> ``out/train-{000000..000002}.tar``).
 
-    def text(part: str) -> str:  # the pattern's literal text, unescaped
-        return part.replace("%%", "%") if percent else part.replace("{{", "{").replace("}}", "}")
+    Literal braces and backslashes in the names are escaped (``set{{a}}-{:02d}.tar``, 2 ->
+    ``set\\{a\\}-{00..01}.tar``), so brace expansion gives back exactly the names written.
+    """
+    if count <= 1:
+        return _brace_escape(shard_name(pattern, 0))
+    style = check_pattern(pattern)
+    m = _placeholder(pattern, style)
+    head, tail = (_brace_escape(_literal(part, style)) for part in (pattern[: m.start()], pattern[m.end() :]))
+    return f"{head}{{{_number(m, style, 0)}..{_number(m, style, count - 1)}}}{tail}"
 
-    def number(i: int) -> str:
-        return m.group(0) % i if percent else m.group(0).format(i)
 
-    return f"{text(pattern[: m.start()])}{{{number(0)}..{number(count - 1)}}}{text(pattern[m.end() :])}"
+def shard_file_regex(pattern: str) -> re.Pattern[str]:
+    """The file names ``pattern`` gives its shards, any number (``s-%06d.tar`` -> ``s-\\d{6,}\\.tar``)."""
+    style = check_pattern(pattern)
+    m = _placeholder(pattern, style)
+    name_start = pattern.rfind("/", 0, m.start()) + 1
+    head, tail = _literal(pattern[name_start : m.start()], style), _literal(pattern[m.end() :], style)
+    zero = _number(m, style, 0)  # as wide as the smallest number: %06d -> 000000, %6d -> '     0'
+    digits = r" *\d+" if zero.startswith(" ") else rf"\d{{{len(zero)},}}"
+    return re.compile(re.escape(head) + digits + re.escape(tail))
+
+
+def stale_shards(pattern: str, written: Collection[str], storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Files in the shards' folder that ``pattern`` could have named but that are not in ``written``
+    (file names): an earlier run's shards, which a glob over the folder would read with the new ones.
+
+    Only lists them (users' files are never deleted); a folder that cannot be listed gives ``[]``.
+    """
+    folder = dirname_url(shard_name(pattern, 0))
+    regex = shard_file_regex(pattern)
+    try:
+        names = _file_names(folder, storage_options)
+    except Exception as e:  # noqa: BLE001 - a check after the write: a store's listing error must not fail it
+        log.debug("cannot list %s to look for stale shards: %s", folder, e)
+        return []
+    stale = [n for n in names if regex.fullmatch(n) and n not in written]
+    return [join_url(folder, n) for n in sorted(stale, key=natural_key)]
+
+
+def _file_names(folder: str, storage_options: dict[str, Any] | None) -> list[str]:
+    """The names of the files (not folders) directly in ``folder``, local or remote."""
+    if is_local(folder):
+        with os.scandir(local_path(folder) or ".") as entries:
+            return [e.name for e in entries if e.is_file()]
+    import fsspec.core
+
+    fs, path = fsspec.core.url_to_fs(folder, **(storage_options or {}))
+    return [posixpath.basename(p.rstrip("/")) for p in fs.find(path, maxdepth=1)]
+
+
+def warn_stale_shards(pattern: str, written: Collection[str], storage_options: dict[str, Any] | None = None) -> None:
+    """Log a warning naming the :func:`stale_shards` beside this run's shards, if any."""
+    stale = stale_shards(pattern, written, storage_options)
+    if not stale:
+        return
+    names = ", ".join(s.rsplit("/", 1)[-1] for s in stale[:3]) + (", ..." if len(stale) > 3 else "")
+    log.warning(
+        "%d file(s) in %s match the shard pattern but were not written by this run (%s): manifest.json lists "
+        "only this run's shards, but a glob over the folder would read these too; delete them or write into "
+        "an empty folder",
+        len(stale), dirname_url(stale[0]) or ".", names,
+    )  # fmt: skip
 
 
 class ShardWriter:
@@ -172,11 +274,17 @@ class ShardWriter:
         return build_manifest(self.shards, meta)
 
     def write_manifest_file(self) -> str:
-        """Write the index sidecar, then ``manifest.json`` (which names it); returns the manifest URL."""
+        """Write the index sidecar, then ``manifest.json`` (which names it); returns the manifest URL.
+
+        Warns (``shardpipe`` logger) about files in the folder that the pattern could have named
+        but that this manifest does not list: an earlier run's shards (see ``stale_shards``).
+        """
         folder = dirname_url(self._name or shard_name(self.pattern, 0))
         url = join_url(folder, MANIFEST)
         write_index(join_url(folder, index_name(MANIFEST)), self._shard_indexes(folder), self.storage_options)
-        return write_manifest(url, self.manifest(), self.storage_options)
+        url = write_manifest(url, self.manifest(), self.storage_options)
+        warn_stale_shards(self.pattern, {e["name"] for e in self.shards}, self.storage_options)
+        return url
 
     def _shard_indexes(self, folder: str) -> list[ShardIndex]:
         """Each listed shard's index; shards kept from an earlier run (resume) are scanned."""

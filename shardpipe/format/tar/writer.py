@@ -18,8 +18,8 @@ from shardpipe.format.sample import check_key
 from shardpipe.format.tar.reader import header_sum
 
 
-class _HashingWriter:
-    """Counts and hashes bytes on their way to the underlying file."""
+class HashingWriter:
+    """Counts (``size``) and hashes (``sha``, sha256) bytes on their way to the underlying file."""
 
     def __init__(self, f: IO[bytes]):
         self.f = f
@@ -31,6 +31,10 @@ class _HashingWriter:
         self.sha.update(data)
         self.size += len(data)
         return len(data)
+
+    def tell(self) -> int:
+        """Bytes written through it (``tarfile`` asks where the archive starts)."""
+        return self.size
 
     def flush(self) -> None:
         self.f.flush()
@@ -66,18 +70,25 @@ def member_header(name: str, size: int) -> bytes:
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
+def gzip_writer(fileobj: IO[bytes], level: int = 6) -> gzip.GzipFile:
+    """A reproducible gzip stream into ``fileobj``: no timestamp and no file name in its header
+    (``GzipFile`` would otherwise store ``fileobj.name``, e.g. a temporary file's)."""
+    return gzip.GzipFile(filename="", fileobj=fileobj, mode="wb", mtime=0, compresslevel=level)
+
+
 class TarWriter:
     """Write samples into one tar stream (``compress="gz"`` for tar.gz)."""
 
     def __init__(self, fileobj: IO[bytes], compress: str | None = None, level: int = 6):
         if compress not in (None, "gz"):
             raise ValueError(f"compress must be None or 'gz', not {compress!r}")
-        self._out = _HashingWriter(fileobj)
-        self._gz = gzip.GzipFile(fileobj=self._out, mode="wb", mtime=0, compresslevel=level) if compress else None  # type: ignore[arg-type]
+        self._out = HashingWriter(fileobj)
+        self._gz = gzip_writer(self._out, level) if compress else None  # type: ignore[arg-type]
         self._stream: Any = self._gz or self._out
         self._offset = 0  # bytes of the uncompressed tar stream
         self.samples = 0
         self.payload = 0  # uncompressed member bytes
+        self._last_key: str | None = None  # readers group consecutive members by key: no repeat in a row
         self.index = ShardIndex(compressed=compress is not None)  #: where each sample starts
 
     def write(self, sample: Mapping[str, Any]) -> int:
@@ -86,6 +97,11 @@ class TarWriter:
         if not isinstance(key, str):
             raise ValueError(f"a sample needs a string '__key__', got {key!r}")
         check_key(key)
+        if key == self._last_key:
+            raise ValueError(
+                f"sample key {key!r} repeats the previous sample's key: readers group consecutive members by "
+                "key, so the two samples would read back as one; give each sample its own '__key__'"
+            )
         fields = [(k, v) for k, v in sample.items() if not k.startswith("__")]
         if not fields:
             raise ValueError(f"sample {key!r} has no fields to write")
@@ -111,6 +127,7 @@ class TarWriter:
             total += len(data)
         self.samples += 1
         self.payload += total
+        self._last_key = key
         return total
 
     @property
