@@ -220,3 +220,27 @@ def test_the_cli_shows_the_warning(images: Path, tmp_path: Path) -> None:
         "s-000005.tar): manifest.json lists only this run's shards, but a glob over the folder would read these "
         "too; delete them or write into an empty folder"
     ]
+
+
+def test_a_shard_writer_without_a_size_limit_closes_shards_by_count(tmp_path: Path):
+    with ShardWriter(str(tmp_path / "s-%02d.tar"), maxcount=3, maxsize=None) as w:
+        for i in range(7):
+            w.write({"__key__": f"k{i}", "txt": "x" * 2000})
+    assert [e["samples"] for e in w.shards] == [3, 3, 1]
+
+
+@pytest.mark.parametrize("taken", [["samples"], ["format", "shards"], ["bytes", "index"]])
+def test_metadata_may_not_replace_the_manifests_own_keys(tmp_path: Path, taken):
+    with pytest.raises(ValueError) as e:
+        ShardWriter(str(tmp_path / "s-%02d.tar"), metadata={k: 1 for k in taken} | {"class_names": ["a"]})
+    assert str(e.value) == (
+        f"metadata keys {sorted(taken)} are the manifest's own (['bytes', 'format', 'index', 'samples', 'shards']); "
+        "name them otherwise"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("maxcount, maxsize", [(0, None), (1, 0), (1, -5)])
+def test_shard_limits_must_be_positive(tmp_path: Path, maxcount, maxsize):
+    with pytest.raises(ValueError, match=r"^maxcount and maxsize must be positive \(maxsize=None: no limit\)$"):
+        ShardWriter(str(tmp_path / "s-%02d.tar"), maxcount=maxcount, maxsize=maxsize)

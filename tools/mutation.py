@@ -96,7 +96,12 @@ MODULES: dict[str, list[str]] = {
         "tests/test_decode_stage.py",
         "tests/test_dataset.py",
     ],
-    "format/tar/writer.py": ["tests/test_writer.py", "tests/test_trust_write.py", "tests/test_tar.py"],
+    "format/tar/writer.py": [
+        "tests/test_writer.py",
+        "tests/test_writer_edge.py",
+        "tests/test_trust_write.py",
+        "tests/test_tar.py",
+    ],
     "format/sample.py": ["tests/test_sample.py", "tests/test_stage_units.py", "tests/test_tar.py"],
     "io/verify.py": ["tests/test_hashing_reader.py", "tests/test_integrity.py"],
 }

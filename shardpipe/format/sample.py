@@ -44,6 +44,12 @@ def split_name(name: str) -> tuple[str, str] | None:
     return name[:dot], name[dot + 1 :].lower()
 
 
+def control_character(text: str) -> str | None:
+    """The first control character in ``text`` (C0, DEL or C1), which tar tools and readers treat
+    differently; ``None`` if it has none."""
+    return next((c for c in text if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+
+
 def check_key(key: str) -> None:
     """Reject keys that would not read back as written (see the module docstring), and keys
     whose member names would escape the folder that ``tar -x`` extracts into (absolute,
@@ -51,7 +57,7 @@ def check_key(key: str) -> None:
     path components, backslashes, NUL and control characters)."""
     if not key:
         raise ValueError("sample key must not be empty")
-    bad = next((c for c in key if ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0), None)
+    bad = control_character(key)
     if bad is not None:
         raise ValueError(f"sample key {key!r} contains the control character {bad!r}")
     if "\\" in key:

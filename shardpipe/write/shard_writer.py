@@ -197,11 +197,16 @@ def warn_stale_shards(pattern: str, written: Collection[str], storage_options: d
     )  # fmt: skip
 
 
+#: the manifest's own keys, which ``metadata`` may not replace
+RESERVED = frozenset({"format", "shards", "samples", "bytes", "index"})
+
+
 class ShardWriter:
     """Write samples into numbered shards, rolling over at ``maxcount`` samples or ``maxsize`` bytes.
 
-    ``maxsize`` counts the uncompressed tar bytes; a shard closes before the sample that
-    would start beyond it, so no shard exceeds ``maxsize`` by more than one sample.
+    ``maxsize`` counts the uncompressed tar bytes (``None``: no limit); a shard closes before the
+    sample that would start beyond it, so no shard exceeds ``maxsize`` by more than one sample.
+    ``metadata`` goes into the manifest beside its own keys (``RESERVED``), which it may not name.
 
     Use as a context manager; ``write(sample)`` takes a dict with ``"__key__"`` and one
     entry per extension (``"jpg": bytes``, ``"cls": int``, ``"json": dict``). On close,
@@ -214,15 +219,18 @@ class ShardWriter:
         pattern: str,
         *,
         maxcount: int = 10_000,
-        maxsize: int = 1 << 30,
+        maxsize: int | None = 1 << 30,
         compress: str | None = None,
         start_shard: int = 0,
         manifest: bool = True,
         metadata: Mapping[str, Any] | None = None,
         storage_options: dict[str, Any] | None = None,
     ):
-        if maxcount < 1 or maxsize < 1:
-            raise ValueError("maxcount and maxsize must be positive")
+        if maxcount < 1 or (maxsize is not None and maxsize < 1):
+            raise ValueError("maxcount and maxsize must be positive (maxsize=None: no limit)")
+        taken = sorted(RESERVED & set(metadata or ()))
+        if taken:
+            raise ValueError(f"metadata keys {taken} are the manifest's own ({sorted(RESERVED)}); name them otherwise")
         check_url(pattern)
         shard_name(pattern, 0)  # validate the pattern now, not at the first rollover
         self.pattern = pattern
@@ -257,7 +265,9 @@ class ShardWriter:
         self.shard_index += 1
 
     def write(self, sample: Mapping[str, Any]) -> None:
-        if self._tar is not None and (self._tar.samples >= self.maxcount or self._tar.tar_size >= self.maxsize):
+        if self._tar is not None and (
+            self._tar.samples >= self.maxcount or (self.maxsize is not None and self._tar.tar_size >= self.maxsize)
+        ):
             self._finish()
         if self._tar is None:
             self._open()

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 from shardpipe.format.fields import encode_field
 from shardpipe.format.index import ShardIndex
-from shardpipe.format.sample import check_key
+from shardpipe.format.sample import check_key, control_character
 from shardpipe.format.tar.reader import header_sum
 
 
@@ -42,11 +42,6 @@ class HashingWriter:
 
 _BLOCK = 512
 _RECORD = 20 * _BLOCK  # archives are padded to whole records, as tar(1) and tarfile do
-
-
-def _has_control(text: str) -> bool:
-    """Backslashes and control characters, which tar tools and readers treat differently."""
-    return "\\" in text or any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in text)
 
 
 def member_header(name: str, size: int) -> bytes:
@@ -108,7 +103,14 @@ class TarWriter:
         # check and encode every field before writing any: a bad field never leaves half a sample
         members = []
         for ext, value in fields:
-            if ext != ext.lower() or not ext or ext.startswith(".") or "/" in ext or _has_control(ext):
+            if (
+                ext != ext.lower()
+                or not ext
+                or ext.startswith(".")
+                or "/" in ext
+                or "\\" in ext
+                or control_character(ext)
+            ):
                 raise ValueError(
                     f"field name {ext!r} of sample {key!r} must be a lower-case extension without '/', "
                     "backslashes or control characters"
