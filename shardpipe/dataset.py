@@ -8,6 +8,7 @@ from typing import Any
 
 from torch.utils.data import IterableDataset, get_worker_info
 
+from shardpipe.augment.base import as_transform
 from shardpipe.errors import ErrorHandler, OnError
 from shardpipe.format.manifest import load_manifest
 from shardpipe.image.fused import fusable
@@ -19,6 +20,7 @@ from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOpt
 from shardpipe.passes import SharedPlan, WorkerPlan, check_consumer, consumer_of, pass_start
 from shardpipe.protocol import ShardsFingerprint, WorkerPassHooks
 from shardpipe.ranks import distributed_rank
+from shardpipe.split.plan import plan_segments
 from shardpipe.stages.base import Context, Pipeline, Stage, State
 from shardpipe.stages.batch import Batch
 from shardpipe.stages.block import BlockShuffleSamples
@@ -81,13 +83,13 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
     :class:`~shardpipe.options.SplitOptions`:
         shuffle: ``False``, ``True`` or a window size (samples) for the windowed shuffle;
             shard order is shuffled per epoch too when shuffling is on.
-        shuffle_algo: ``"window"`` (shuffle a window of 1000 streamed samples, default
-            with remote shards or an explicit window size), ``"block"`` (a seeded
-            permutation of the whole epoch read by random access: needs a manifest with
-            an index, tar shards, local or cached; see ``shardpipe.split.block``), or
-            ``"auto"`` (block when those hold and ``shuffle=True``, else window). The
-            block shuffle mixes class-ordered shards like a true shuffle; the window
-            only mixes what it holds, but reads sequentially.
+        shuffle_algo: ``"window"`` (shuffle a window of streamed samples: 1000 with
+            ``shuffle=True``, else the size given), ``"auto"`` (the default: the window,
+            whatever ``shuffle`` is), or ``"block"``, asked for by name (a seeded
+            permutation of the whole epoch read by random access: needs shuffling on and
+            a manifest with an index, tar shards, local or cached; see
+            ``shardpipe.split.block``). The block shuffle mixes class-ordered shards like
+            a true shuffle; the window only mixes what it holds, but reads sequentially.
         shuffle_block_size: block shuffle only: samples per block (``None``: the whole
             epoch; smaller blocks touch fewer shards per stretch of the order).
         seed: the seed of every random choice (shard order, buffer, augmentation).
@@ -106,7 +108,9 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
             ``"encoded"`` (images stay bytes, e.g. for GPU decode; labels and JSON are
             decoded), or ``None`` (every field stays bytes, as stored).
         decoder: image decoder backend (``"auto"`` = fastest installed, ``"pil"``, ...).
-        transform: ``transform(img, rng) -> img`` on RGB uint8 arrays, or a plain callable.
+        transform: ``transform(img, rng) -> img`` on RGB uint8 arrays (a ``Transform``, or
+            any callable taking the sample's ``rng`` second or as keyword ``rng``), or a
+            one-argument ``transform(img) -> img``; another signature is a ``TypeError`` here.
         num_threads: decode threads inside each consumer process (0 = inline).
         allow_pickle: unpickle ``.pyd``/``.pickle``/``.pth`` members (trusted data only).
 
@@ -153,6 +157,8 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         self.decode_options: DecodeOptions = built[DecodeOptions]
         self.batch_options: BatchOptions = built[BatchOptions]
         ErrorHandler(on_error)  # validate the policy name early
+        if self.decode_options.transform is not None:
+            as_transform(self.decode_options.transform)  # a wrong signature fails here, not as every sample
         self.require = tuple(require)
         self.on_error = on_error
         storage = self.open_options.storage_options
@@ -183,6 +189,7 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         self.progress = WorkerProgress()  # where each DataLoader worker is (the loader's stall watchdog)
         self._plan = SharedPlan()  # the epoch and worker plan, seen by running (persistent) workers
         self._epoch = 0
+        self.epoch_generation = 0  # set_epoch calls in this process (the loader protocol's)
         self._shards_hash: ShardsFingerprint | None = None  # the shard list's hash, kept for fingerprint()
         self._resume: State | None = None  # loaded here: where this process's next pass starts
         self._pass: _Pass | None = None  # the latest pass started in this process
@@ -226,6 +233,7 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         """Use the order of epoch ``epoch`` from the next pass on, in this process and in its
         DataLoader workers (running persistent workers included)."""
         self._epoch = int(epoch)
+        self.epoch_generation += 1
         if get_worker_info() is None:
             self._plan.set_epoch(self._epoch)
 
@@ -330,6 +338,24 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
             "tolerates ranks with different batch counts"
         )
 
+    def planned_samples(self, ctx: Context) -> int | None:
+        """The most samples the consumer of ``ctx`` reads in ``ctx.epoch`` (None: unknown without
+        sample counts); a resume state's shuffle window is checked against it."""
+        split = self.split_options
+        policy = self.resolved_policy(ctx.world_size)
+        if policy == "resample":
+            return (split.samples_per_epoch or 0) // ctx.split_count
+        if not self.has_counts:
+            return None
+        counts = [int(s.samples) for s in self.shards]  # type: ignore[arg-type]  # has_counts
+        if policy not in ("drop", "pad"):
+            return sum(counts)  # uneven: a consumer's part is at most every sample
+        segments = plan_segments(
+            counts, seed=ctx.seed, epoch=ctx.epoch, rank=ctx.rank, world_size=ctx.world_size,
+            worker=ctx.worker, num_workers=ctx.num_workers, shuffle=self.buffer_size > 0, policy=policy,
+        )  # fmt: skip
+        return sum(seg.stop - seg.start for seg in segments)
+
     def _untar(self, give_up_after: int | None = None) -> Untar:
         io = self.open_options
         opener = ShardOpener(
@@ -359,7 +385,7 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         if self.require:
             stages.append(RequireFields(self.require))
         if self.buffer_size and self.indexed is None:
-            stages.append(Shuffle(self.buffer_size))
+            stages.append(Shuffle(self.buffer_size, planned=self.planned_samples))
         dec = self.decode_options
         if dec.decode is not None:
             stages.append(

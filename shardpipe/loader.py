@@ -27,6 +27,7 @@ sent by value or by reference becomes tensors again). Each worker's collate step
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -109,6 +110,14 @@ def refuse_unsupported(num_workers: int, persistent_workers: bool, kwargs: dict[
 
 _pass_checked = False  # this worker has seen the plan of a ShardLoader pass
 
+#: why the collate step of a DataLoader rebuilt from a ShardLoader's attributes refuses to run
+REBUILT_LOADER = (
+    "ShardLoader's collate step runs in a DataLoader that ShardLoader did not start: a framework "
+    "rebuilt the loader from its attributes (accelerator.prepare() does), which would yield "
+    "(state, batch) pairs and split the ranks' data again; with Accelerate, use "
+    "shardpipe.integrations.accelerate.prepare(accelerator, model, optimizer, loader)"
+)
+
 
 #: the element types ``default_convert`` returns as they are
 _PLAIN = frozenset((str, int, float, bool, bytes, type(None)))
@@ -133,18 +142,27 @@ def _with_state(item: Any) -> tuple[State, Any]:
     assert info is not None, "ShardLoader's collate step runs in DataLoader workers"
     if not _pass_checked:
         if not info.dataset.worker_plan_published():
-            raise SetupError(
-                "ShardLoader's collate step runs in a DataLoader that ShardLoader did not start: a framework "
-                "rebuilt the loader from its attributes (accelerator.prepare() does), which would yield "
-                "(state, batch) pairs and split the ranks' data again; with Accelerate, use "
-                "shardpipe.integrations.accelerate.prepare(accelerator, model, optimizer, loader)"
-            )
+            raise SetupError(REBUILT_LOADER)
         _pass_checked = True
     item = _convert(item)
     buffers = getattr(info.dataset, "buffers", None)
     if buffers is not None:  # the pool of the ShardLoader pass that started this worker, which unpacks
         item = pack(item, buffers, info.id)
     return info.dataset.state_dict(), item
+
+
+class _InlineCollate:
+    """Collate step of a ShardLoader without workers: ``default_convert``, but only inside that
+    loader's own passes, so a DataLoader a framework rebuilt from the loader's attributes (which
+    copies ``collate_fn``) fails at its first item with ``SetupError``, as with workers."""
+
+    def __init__(self) -> None:
+        self.passes = 0  # the loader's inline passes under way
+
+    def __call__(self, item: Any) -> Any:
+        if not self.passes:
+            raise SetupError(REBUILT_LOADER)
+        return _convert(item)
 
 
 class ShardLoader(DataLoader):
@@ -189,6 +207,7 @@ class ShardLoader(DataLoader):
         if num_workers and stall_timeout is not None:
             kwargs.setdefault("timeout", stall_timeout)
         self._requested_context = multiprocessing_context
+        self._inline_collate = _InlineCollate()
         prestart_forkserver(multiprocessing_context, num_workers)
         super().__init__(
             dataset,
@@ -197,18 +216,19 @@ class ShardLoader(DataLoader):
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
             # workers send each item with their state; in-process, the state is read directly
-            collate_fn=_with_state if num_workers else None,
+            collate_fn=_with_state if num_workers else self._inline_collate,
             multiprocessing_context=None
             if multiprocessing_context == "auto"
             else choose_context(multiprocessing_context, dataset),
             **kwargs,
         )
         self._iterations = 0
-        self._epoch_seen = dataset.epoch
-        self._epoch_pinned = False  # set_epoch() was called: the next pass uses that epoch
+        # the source's set_epoch calls seen at the last pass's start: a later call chose the next epoch
+        self._generation_seen = dataset.epoch_generation
         self._worker_states: list[State | None] = [None] * max(num_workers, 1)
         self._next_worker = 0
         self._epoch_done = False
+        self._pass_epoch = dataset.epoch  # the epoch of the latest pass
         self._resume: State | None = None
         self._passes = 0  # passes started: a finished pass withdraws its worker plan only if it is the latest
         self._buffers: BatchBuffers | None = None  # the pool persistent workers took
@@ -225,7 +245,10 @@ class ShardLoader(DataLoader):
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass epoch ``epoch`` (later passes go on from there)."""
         self.source.set_epoch(epoch)
-        self._epoch_pinned = True
+
+    def _epoch_chosen(self) -> bool:
+        """True when ``set_epoch`` was called (here or on the source, to any epoch) since the last pass began."""
+        return self.source.epoch_generation != self._generation_seen
 
     def _get_iterator(self) -> Any:
         if self.num_workers == 0:
@@ -236,15 +259,13 @@ class ShardLoader(DataLoader):
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         ds = self.source
         # advance unless the epoch was chosen since the last pass (here, or on the dataset)
-        if self._iterations > 0 and not self._epoch_pinned and ds.epoch == self._epoch_seen:
+        if self._iterations > 0 and not self._epoch_chosen():
             ds.set_epoch(ds.epoch + 1)
-        self._epoch_pinned = False
-        self._epoch_seen = ds.epoch
+        self._generation_seen = ds.epoch_generation
         self._iterations += 1
         resume, self._resume = self._resume, None
-        workers = resume["workers"] if resume else None
-        if workers is None and self._carries() and self._epoch_done:
-            workers = self._worker_states  # where each worker's last pass ended: its next pass goes on from there
+        workers = resume["workers"] if resume else self._carried(ds.epoch)
+        self._pass_epoch = ds.epoch
         self._worker_states = list(workers) if workers else [None] * max(self.num_workers, 1)
         self._next_worker = resume["next_worker"] if resume else 0
         self._epoch_done = False
@@ -252,12 +273,25 @@ class ShardLoader(DataLoader):
             return self._iter_inline(ds, self._worker_states[0])
         return self._iter_workers(ds)
 
+    def _carried(self, epoch: int) -> list[State | None] | None:
+        """Where each worker's last pass ended, for a source whose passes go on from there
+        (``carries_state``), if that pass finished and ``epoch`` follows it; else None."""
+        if not (self._carries() and self._epoch_done and epoch == self._pass_epoch + 1):
+            return None  # another epoch chosen (a jump, or the same again): the source starts it afresh
+        return self._worker_states if any(s is not None for s in self._worker_states) else None
+
     def _iter_inline(self, ds: LoaderSource, state: State | None) -> Iterator[Any]:
         if state is not None:
+            calls = ds.epoch_generation
             ds.load_state_dict(state)
-        for item in super().__iter__():
-            self._worker_states[0] = ds.state_dict()
-            yield item
+            self._generation_seen += ds.epoch_generation - calls  # its set_epoch is the loader's, not the user's
+        self._inline_collate.passes += 1
+        try:
+            for item in super().__iter__():
+                self._worker_states[0] = ds.state_dict()
+                yield item
+        finally:
+            self._inline_collate.passes -= 1
         self._epoch_done = True
 
     def _iter_workers(self, ds: LoaderSource) -> Iterator[Any]:
@@ -327,20 +361,25 @@ class ShardLoader(DataLoader):
 
     # -- resume ---------------------------------------------------------------
     def state_dict(self) -> State:
-        """A small JSON-serialisable snapshot: resume exactly after the last item yielded."""
+        """A small JSON-serialisable snapshot: resume exactly after the last item yielded (a state
+        loaded but not yet started is returned as loaded)."""
+        if self._resume is not None:
+            return copy.deepcopy(self._resume)
         ds = self.source
         rank, world = ds.rank_and_world()
         mid_epoch = not self._epoch_done and any(s is not None for s in self._worker_states)
-        carry = self._carries() and self._epoch_done and any(s is not None for s in self._worker_states)
+        # after a finished pass, the next one runs the following epoch unless set_epoch chose one since
+        epoch = ds.epoch + 1 if self._epoch_done and not self._epoch_chosen() else ds.epoch
+        carried = None if mid_epoch else self._carried(epoch)
         return {
             "version": STATE_VERSION,
             "fingerprint": ds.fingerprint(),
-            "epoch": ds.epoch if (mid_epoch or not self._epoch_done) else ds.epoch + 1,
+            "epoch": epoch,
             "rank": rank,
             "world_size": world,
             "num_workers": self.num_workers,
             "next_worker": self._next_worker if mid_epoch else 0,
-            "workers": list(self._worker_states) if mid_epoch or carry else None,
+            "workers": list(self._worker_states) if mid_epoch else carried and list(carried),
         }
 
     def load_state_dict(self, state: State) -> None:
@@ -366,3 +405,7 @@ class ShardLoader(DataLoader):
         self.set_epoch(int(state["epoch"]))
         self._iterations = 0
         self._resume = state if state["workers"] is not None else None
+        # the loaded state, not the last pass, is where the loader now stands
+        self._epoch_done = False
+        self._worker_states = [None] * max(self.num_workers, 1)
+        self._next_worker = 0

@@ -115,6 +115,7 @@ class MixedDataset(IterableDataset, WorkerPassHooks):
         self.channels_last = channels_last
         self._plan = SharedPlan()  # the epoch and worker plan, seen by running (persistent) workers
         self._epoch = 0
+        self.epoch_generation = 0  # set_epoch calls in this process (the loader protocol's)
         self.progress = WorkerProgress()  # one table for every source (see _Mixer): the stall watchdog reads it
         #: a ShardLoader's recycled batch buffers, set while its workers start (they take them along);
         #: mixed batches are allocated fresh, but small tensors still travel by value
@@ -143,6 +144,7 @@ class MixedDataset(IterableDataset, WorkerPassHooks):
     def set_epoch(self, epoch: int) -> None:
         """Use the order of mixed epoch ``epoch`` from the next pass on (running workers included)."""
         self._epoch = int(epoch)
+        self.epoch_generation += 1
         if get_worker_info() is None:
             self._plan.set_epoch(self._epoch)
 
@@ -183,7 +185,9 @@ class MixedDataset(IterableDataset, WorkerPassHooks):
         if states is not None:
             resume = states[ctxs[0].worker]
         carry, self._carry = self._carry, None
-        start = resume if resume is not None else carry
+        if resume is None and carry is not None and int(carry["epoch"]) == epoch:
+            resume = carry  # the epoch after the last pass here: the sources go on from where it left them
+        start = resume
         # a state saved after this consumer's last draw of `epoch` already points at the next
         # epoch: this pass has nothing left to yield, and the next one goes on from it
         done = start is not None and int(start["epoch"]) == epoch + 1

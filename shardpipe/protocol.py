@@ -8,8 +8,9 @@ Two levels:
   ``ShardDataset``, ``MixedDataset`` and ``RemoteLoader`` implement it, and torchdata's
   ``StatefulDataLoader`` drives the first two through it.
 * ``LoaderSource``: a ``Resumable`` that ``ShardLoader`` can run in DataLoader workers. It
-  adds the worker plan (``set_worker_plan``: epoch, first worker and resume states for
-  every worker's next pass, shared with running persistent workers, and
+  adds ``epoch_generation`` (a count of ``set_epoch`` calls, so that a loader sees a call that
+  chose again the epoch it just ran), the worker plan (``set_worker_plan``: epoch, first worker
+  and resume states for every worker's next pass, shared with running persistent workers, and
   ``worker_plan_published``, which a worker's collate step checks), ``warm`` (imports done
   before workers fork), ``carries_state`` (a pass goes on from the previous pass's end),
   the stall table ``progress`` with the ``shards`` it names, and two calls around the start
@@ -71,6 +72,9 @@ class LoaderSource(Resumable, Protocol):
 
     #: passes go on from where the previous pass of the same worker ended (``ShardLoader`` hands it over)
     carries_state: bool
+    #: how many times ``set_epoch`` was called in this process (to any epoch, the current one too): a
+    #: loader that sees it changed since its last pass runs the epoch chosen instead of the next one
+    epoch_generation: int
     #: where each DataLoader worker is (stage, shard), read by the loader's stall watchdog
     progress: WorkerProgress
     #: the shards that ``progress`` names by index (for messages)

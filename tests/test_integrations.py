@@ -240,3 +240,33 @@ def test_datamodule_offers_a_validation_loader_only_when_given_one(manifest: str
     assert isinstance(loader, ShardLoader) and module.val_dataloader() is loader
     keys = [k for batch in loader for k in batch["__key__"]]
     assert sorted(keys) == sorted(s["__key__"] for s in make_samples(sum(COUNTS)))
+
+
+PLAIN_PREPARE_PROG = """
+import json, sys, torch
+from accelerate import Accelerator
+from shardpipe import ShardDataset, ShardLoader
+workers = int(sys.argv[2])
+accelerator = Accelerator(cpu=True)
+loader = ShardLoader(ShardDataset(sys.argv[1], shuffle=5, seed=2, batch_size=3), num_workers=workers)
+model, loader = accelerator.prepare(torch.nn.Linear(3, 5), loader)
+try:
+    next(iter(loader))
+except Exception as e:
+    print(json.dumps({"type": type(e).__name__, "message": str(e)}))
+"""
+
+
+def test_a_plain_prepare_is_refused_alike_with_and_without_workers(manifest: str):
+    pytest.importorskip("accelerate")
+    from shardpipe.loader import REBUILT_LOADER
+
+    for workers in (0, 2):
+        run = subprocess.run(
+            [sys.executable, "-c", PLAIN_PREPARE_PROG, manifest, str(workers)],
+            cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=240,
+        )  # fmt: skip
+        assert run.returncode == 0, run.stderr[-3000:]
+        error = json.loads(run.stdout.strip().splitlines()[-1])
+        assert error["type"] == "SetupError", (workers, error)
+        assert REBUILT_LOADER in error["message"], (workers, error)  # with workers, torch adds the traceback

@@ -301,6 +301,7 @@ def test_protocol_members_are_what_loaders_call():
     ]
     assert set(protocol_members(LoaderSource)) - set(protocol_members(Resumable)) == {
         "carries_state",
+        "epoch_generation",
         "open_worker_pass",
         "progress",
         "set_worker_plan",
@@ -323,5 +324,7 @@ def test_shard_loader_names_what_a_source_lacks():
         ShardLoader(HalfSource())
     message = str(err.value)
     assert message.startswith("ShardLoader needs an object implementing shardpipe.protocol.LoaderSource")
-    assert "a HalfSource lacks carries_state, fingerprint, load_state_dict, open_worker_pass, progress" in message
+    assert (
+        "a HalfSource lacks carries_state, epoch_generation, fingerprint, load_state_dict, open_worker_pass" in message
+    )
     assert "set_epoch" not in message.split("lacks")[1]

@@ -75,6 +75,8 @@ CHAINS: dict[str, Callable[[list], list]] = {
     "split-samples": lambda sh: [ShardList(sh), Untar(), GroupSamples(), SplitSamples()],
     "require": lambda sh: [ShardList(sh), Untar(), GroupSamples(), RequireFields(["jpg", "cls"])],
     "shuffle": lambda sh: [ShardList(sh, shuffle=True), Untar(), GroupSamples(), Shuffle(7)],
+    # its resume states' window numbers checked against the 23 items of the epoch (every stop, both splits)
+    "shuffle-planned": lambda sh: [ShardList(sh, shuffle=True), Untar(), GroupSamples(), Shuffle(5, lambda c: 23)],
     "map-filter": lambda sh: [
         ShardList(sh),
         Untar(),

@@ -8,6 +8,7 @@ augmentation whatever the worker count, shard split or resume point.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -55,11 +56,67 @@ class PlainTransform(Transform):
         return f"Plain({self.fn!r})"
 
 
+class RngTransform(Transform):
+    """A callable ``fn(img, rng) -> img`` (or ``fn(img, *, rng)``) as a ``Transform``; pickles
+    whenever ``fn`` does, like ``PlainTransform``."""
+
+    def __init__(self, fn: Callable[..., np.ndarray], by_keyword: bool = False):
+        self.fn = fn
+        self.by_keyword = by_keyword  # rng is keyword-only
+
+    def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return self.fn(img, rng=rng) if self.by_keyword else self.fn(img, rng)
+
+    def __repr__(self) -> str:
+        return f"WithRng({self.fn!r})"
+
+
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+def rng_argument(fn: Callable[..., Any]) -> str | None:
+    """How ``fn`` takes the generator: ``"positional"`` (two or more required positional
+    parameters, or a second positional one named ``rng``), ``"keyword"`` (a keyword-only
+    ``rng``) or ``None`` (``fn(img)``: one argument, or a signature Python cannot read).
+
+    Raises ``TypeError`` when ``fn`` can be called neither as ``fn(img)`` nor with ``rng``: a
+    programming error, reported before any sample rather than as every sample failing to decode.
+    """
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin without a readable signature: called as before
+        return None
+    params = list(sig.parameters.values())
+    positional = [p for p in params if p.kind in _POSITIONAL]
+    required = [p for p in positional if p.default is inspect.Parameter.empty]
+    keyword_rng = any(p.name == "rng" and p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
+    if len(required) >= 2 or (len(positional) >= 2 and positional[1].name == "rng"):
+        how: str | None = "positional"
+    elif keyword_rng:
+        how = "keyword"
+    else:
+        how = None
+    try:
+        if how == "keyword":
+            sig.bind(None, rng=None)
+        else:
+            sig.bind(*([None, None] if how else [None]))
+    except TypeError as e:
+        raise TypeError(
+            f"transform {fn!r} must take (img) or (img, rng) and return the image; its signature is {sig}: {e}"
+        ) from None
+    return how
+
+
 def as_transform(fn: Callable[..., Any]) -> Transform:
-    """Accept a ``Transform`` or a plain one-argument callable ``fn(img) -> img``."""
+    """Accept a ``Transform``, a callable ``fn(img, rng) -> img`` (it gets each sample's
+    generator; see :func:`rng_argument`) or a one-argument callable ``fn(img) -> img``."""
     if isinstance(fn, Transform):
         return fn
-    return PlainTransform(fn)
+    how = rng_argument(fn)
+    if how is None:
+        return PlainTransform(fn)
+    return RngTransform(fn, by_keyword=how == "keyword")
 
 
 class Compose(Transform):

@@ -13,29 +13,46 @@ for a near-global shuffle.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from shardpipe.io.deferred import materialize
-from shardpipe.stages.base import Stage, State
+from shardpipe.stages.base import Context, Stage, State
 from shardpipe.state import COUNT, StateCheck
+
+#: ``planned(ctx)``: the most items a shuffle's source yields to this consumer in ``ctx.epoch`` (None: unknown)
+Planned = Callable[[Context], int | None]
 
 
 class Shuffle(Stage[Any]):
-    """Emit the source's items in seeded random order, ``buffer_size`` at a time."""
+    """Emit the source's items in seeded random order, ``buffer_size`` at a time.
+
+    ``planned`` (optional) tells how many items the source yields at most in an epoch; a
+    resume state's window number is then checked against the windows those items fill.
+    """
 
     state_fields = {"window": COUNT, "emitted": COUNT}
 
     def check_state(self, state: State, check: StateCheck, below: object) -> object:
-        check.at("emitted").integer(state["emitted"], 0, self.buffer_size, " (the shuffle buffer's size)")
+        size = self.buffer_size
+        check.at("emitted").integer(state["emitted"], 0, size, " (the shuffle buffer's size)")
+        items = self.planned(self.ctx) if self.planned is not None else None
+        if items is not None:  # windows are full but the last; after the last, the empty one past it
+            windows = -(-items // size)
+            what = f" (this consumer's {items} items fill {windows} windows of {size})"
+            window = check.at("window").integer(state["window"], 0, windows, what)
+            left = max(0, min(size, items - window * size))
+            check.at("emitted").integer(state["emitted"], 0, left, f" (the items of window {window})")
         return below
 
-    def __init__(self, buffer_size: int):
+    def __init__(self, buffer_size: int, planned: Planned | None = None):
         super().__init__()
         if buffer_size < 1:
             raise ValueError(f"shuffle buffer_size must be >= 1, not {buffer_size}")
         self.buffer_size = buffer_size
+        self.planned = planned
         self._window: list[Any] = []
         self._order: np.ndarray = np.arange(0)
         self._emitted = 0
