@@ -13,7 +13,15 @@ thread held) but changes what a child receives:
   descriptors, torch's shared-memory tensors) still apply;
 - a start-up report pipe: if unpickling the worker fails in the child (an import error, a
   class that cannot be rebuilt), the child writes its traceback there before it exits, and
-  the parent reads it once it notices the worker is gone (``startup_report``).
+  the parent reads it once it notices the worker is gone (``startup_report``);
+- a pidfd of the training process: a child's parent is the server, so torch's parent-death
+  check (``os.getppid()``) never fires and a killed trainer (SIGTERM, SIGKILL) would leave
+  its workers, and with them the server, running forever. Each child watches the trainer
+  from a daemon thread blocked in ``poll`` (no cost per batch) and exits within
+  milliseconds of its death (``watch_trainer``); where there is no pidfd (Linux < 5.3,
+  macOS) it watches the trainer's end of its start pipe instead, which closes when the
+  trainer dies (or drops the worker's handle). A child also closes its inherited write end
+  of the server's "alive" pipe, so the server exits as soon as the trainer is gone.
 
 The server is shardpipe's own (not the process-wide one a user may configure), preloading
 torch, numpy and the pipeline modules once so that each worker starts warm.
@@ -25,6 +33,8 @@ import errno
 import io
 import os
 import pickle
+import select
+import threading
 import traceback
 from collections import ChainMap
 from multiprocessing import context, forkserver, popen_forkserver, reduction, spawn, util
@@ -45,6 +55,8 @@ SERVER_PRELOAD = [
 #: at most this much of a worker's start-up traceback comes back (a pipe holds 64 KiB)
 REPORT_LIMIT = 16_000
 _MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
+#: exit status of a worker whose training process died (nobody is left to read it)
+ORPHAN_EXIT = 1
 
 _server = forkserver.ForkServer()
 _server.set_forkserver_preload(SERVER_PRELOAD)
@@ -64,17 +76,20 @@ def dumps_by_value(obj: Any) -> bytes:
 
 
 class _ShippedProcess:
-    """What the child unpickles in place of the Process: the pickled Process and the report pipe.
+    """What the child unpickles in place of the Process: the pickled Process, the report pipe, the trainer.
 
     ``spawn._main`` calls ``_bootstrap``; the real Process is unpickled here, inside a ``try``,
     so that a failure reaches the parent as text rather than only as exit code 1 on stderr.
+    ``trainer`` is a pidfd of the training process (None where there is none).
     """
 
-    def __init__(self, blob: bytes, report: Any):
-        self.blob, self.report = blob, report
+    def __init__(self, blob: bytes, report: Any, trainer: Any = None):
+        self.blob, self.report, self.trainer = blob, report, trainer
 
     def _bootstrap(self, parent_sentinel: int) -> int:
         report_fd = self.report.detach()
+        watch_trainer(self.trainer.detach() if self.trainer is not None else os.dup(parent_sentinel))
+        _close_server_alive_fd()
         try:
             process_obj = pickle.loads(self.blob)
         except BaseException as e:
@@ -86,6 +101,59 @@ class _ShippedProcess:
             self.blob = b""
         os.close(report_fd)
         return int(process_obj._bootstrap(parent_sentinel))
+
+
+def watch_trainer(fd: int) -> threading.Thread:
+    """Exit this worker as soon as ``fd`` (a pidfd, or a pipe end only the trainer writes) turns readable.
+
+    The thread sleeps in ``poll``: no wake-ups, no GIL, nothing per batch. ``os._exit``, since
+    the main thread may be blocked anywhere (a queue, a lock) and nobody waits for its results.
+    """
+    thread = threading.Thread(target=_exit_when_readable, args=(fd,), name="shardpipe-trainer-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _exit_when_readable(fd: int) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    events = 0
+    while not events:  # poll retries an interruption by a signal itself (PEP 475)
+        events = sum(event for _, event in poller.poll())
+    if events & select.POLLNVAL:  # someone closed the fd (a worker_init_fn closing fds): stop watching
+        return
+    os._exit(ORPHAN_EXIT)
+
+
+def _close_server_alive_fd() -> None:
+    """Close this child's copy of the server's "alive" pipe: only the trainer's copy keeps the server up.
+
+    ``_serve_one`` stores it for the child's own forkserver use, but a child never talks to
+    its parent's server (its ``ForkServer`` has no address there and starts its own server).
+    """
+    server = forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)  # (a private name: another Python may lack it)
+    if fd is not None:
+        server._forkserver_alive_fd = None
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _own_pidfd() -> int | None:
+    """A pidfd of this process for a worker to watch (Linux 5.3+), None where the kernel gives none.
+
+    Opened by the trainer on itself, so it names the trainer even if it died and its pid was
+    reused before the worker looked (a pid sent as a number could not promise that).
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return int(pidfd_open(os.getpid()))
+    except OSError:  # ENOSYS (old kernel), EPERM (a seccomp filter)
+        return None
 
 
 def _write_report(fd: int, text: str) -> None:
@@ -113,13 +181,15 @@ class CleanForkServerPopen(popen_forkserver.Popen):
         report_r, report_w = os.pipe()
         self._report_fd: int | None = report_r
         os.set_blocking(report_r, False)
+        trainer_fd = _own_pidfd()
         buf = io.BytesIO()
         context.set_spawning_popen(self)
         try:
             report = self.DupFd(self.duplicate_for_child(report_w))
+            trainer = self.DupFd(self.duplicate_for_child(trainer_fd)) if trainer_fd is not None else None
             blob = dumps_by_value(process_obj)
             reduction.dump(prep_data, buf)
-            reduction.dump(_ShippedProcess(blob, report), buf)
+            reduction.dump(_ShippedProcess(blob, report, trainer), buf)
             self.sentinel, w = _server.connect_to_new_process(self._fds)
         except BaseException:
             os.close(report_r)
@@ -128,6 +198,8 @@ class CleanForkServerPopen(popen_forkserver.Popen):
         finally:
             context.set_spawning_popen(None)
             os.close(report_w)
+            if trainer_fd is not None:
+                os.close(trainer_fd)  # sent: the child holds its own copy
         parent_w = os.dup(w)  # the child's sentinel of this parent, as in the stock Popen
         self.finalizer = util.Finalize(self, util.close_fds, (parent_w, self.sentinel, report_r))
         with open(w, "wb", closefd=True) as f:

@@ -19,7 +19,7 @@ import textwrap
 from pathlib import Path
 
 #: programs: what each one checks
-KINDS = ("epochs", "persistent", "kill_idle", "startup_error", "spawn_unguarded", "torchrun", "indexed")
+KINDS = ("epochs", "persistent", "kill_idle", "startup_error", "spawn_unguarded", "torchrun", "indexed", "killed")
 
 _PRELUDE = '''
 import json, logging, os, signal, sys, threading, time
@@ -186,6 +186,39 @@ for epoch in range(2):
         keys.append(sample["__key__"])
     assert sorted(keys) == EXPECTED, f"epoch {epoch}: {len(keys)} keys, {len(set(keys))} distinct"
     report(label="indexed", epoch=epoch, context=type(ctx).__name__)
+""",
+    "killed": """
+# one idle thread, as tqdm's monitor or TensorBoard's writer: "auto" starts the workers from its forkserver
+threading.Thread(target=threading.Event().wait, name="idle", daemon=True).start()
+from multiprocessing import resource_tracker
+from shardpipe.workerstart import server_pid
+pid_dir = os.environ["WORKER_PID_DIR"]
+
+def note_pid(worker_id):
+    open(os.path.join(pid_dir, str(os.getpid())), "w").close()
+
+def worker_pids(n):
+    while len(os.listdir(pid_dir)) < n:
+        time.sleep(0.05)
+    return sorted(map(int, os.listdir(pid_dir)))
+
+if os.environ.get("KILLED_NO_PIDFD"):  # as on a kernel without pidfd_open: workers watch their start pipe
+    import shardpipe.workerstart
+    shardpipe.workerstart._own_pidfd = lambda: None
+n = 2
+if os.environ.get("KILLED_PERSISTENT"):  # a persistent loader whose workers sit idle after their epoch
+    idle = ShardLoader(dataset(), num_workers=2, persistent_workers=True, stall_timeout=STALL, worker_init_fn=note_pid)
+    run_epochs(idle, 1, "persistent")
+    n = 4
+loader = ShardLoader(dataset(), num_workers=2, stall_timeout=STALL, worker_init_fn=note_pid)
+it = iter(loader)
+next(it)
+report(ready=True, context=type(loader.multiprocessing_context).__name__, workers=worker_pids(n),
+       forkserver=server_pid(), tracker=resource_tracker._resource_tracker._pid)
+while True:  # slow steps (the workers wait with full prefetch slots) until killed
+    for batch in it:
+        time.sleep(2)
+    it = iter(loader)
 """,
     "torchrun": """
 import torch.distributed as dist
