@@ -110,9 +110,26 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except (ValueError, OSError, ImportError, ShardTaskError) as e:
         return fail("write", e, USAGE)
+    print(source_line(args.source, args.source_type))
     print(summary.format())
     if summary.shards:
         print(f"shards: {brace_range(args.pattern, summary.shards)}")
     if summary.written == 0:
         return fail("write", "no images were written", DATA_PROBLEM)
     return DATA_PROBLEM if args.strict and summary.skipped else OK
+
+
+def source_line(source: str, source_type: str) -> str:
+    """The summary line saying how SOURCE was read: the type given, or the one detected and any doubt about it."""
+    from shardpipe.write.sources.registry import detect_type, stray_images_warning
+
+    if source_type != "auto":
+        return f"source: {source_type} (--source-type)"
+    try:
+        kind = detect_type(source)
+        doubt = kind == "folder" and stray_images_warning(source) is not None
+    except OSError:  # gone since the write read it
+        return "source: auto-detected"
+    if doubt:
+        return f"source: {kind} (auto-detected; its subfolders hold images too: see the warning, --source-type imagefolder)"
+    return f"source: {kind} (auto-detected; --source-type sets another)"

@@ -42,7 +42,7 @@ from shardpipe.write.prepare import PrepareOptions
 from shardpipe.write.rolling import write_rolling
 from shardpipe.write.run import WriteRun, WriteSummary
 from shardpipe.write.shard_writer import check_pattern, shard_name
-from shardpipe.write.sources import Record, Skip, Source, open_source
+from shardpipe.write.sources import Record, Scan, Skip, Source, checked_records, open_source, printable
 
 log = logging.getLogger("shardpipe")
 
@@ -52,8 +52,20 @@ __all__ = ["PROGRESS", "PrepareOptions", "WriteOptions", "WriteSummary", "write_
 def _digest(records: list[Record]) -> str:
     h = hashlib.sha256()
     for r in records:
-        h.update(f"{r.key}\0{r.name}\0{r.label}\0{json.dumps(r.extra, sort_keys=True)}\n".encode())
+        # surrogatepass: never fail on a name that is not UTF-8 (the key check skips such records anyway)
+        h.update(
+            f"{r.key}\0{r.name}\0{r.label}\0{json.dumps(r.extra, sort_keys=True)}\n".encode("utf-8", "surrogatepass")
+        )
     return h.hexdigest()
+
+
+def _checked(scan: Scan) -> Scan:
+    """``scan`` without the records whose key cannot be written (skipped, with the reason), and
+    with every skipped name printable: a file name with a control character or one that is not
+    UTF-8 is one listed skip, not a write that fails when its sample reaches the tar writer."""
+    records, bad = checked_records(scan.records)
+    skipped = [Skip(printable(s.name), printable(s.reason)) for s in scan.skipped] + bad
+    return Scan(records, skipped, scan.class_names)
 
 
 def _finished_summary(manifest: dict[str, Any], folder: str, seconds: float) -> WriteSummary:
@@ -113,7 +125,7 @@ def write_shards(
         log.info("the native extension is not built: JPEGs are copied without restart intervals")
     t0 = time.perf_counter()
     src = open_source(source, opts.source_type, label_pattern=opts.label_pattern, lmdb_decoder=opts.lmdb_decoder)
-    scan = src.scan()
+    scan = _checked(src.scan())
     records = scan.records
     shuffle = opts.shuffle
     if shuffle is None:

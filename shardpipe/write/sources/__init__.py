@@ -13,7 +13,9 @@ from shardpipe.write.sources.base import (
     Skip,
     Source,
     ValueDecoder,
+    checked_records,
     make_key,
+    printable,
     strip_suffix,
     unique_keys,
 )
@@ -29,9 +31,11 @@ __all__ = [
     "Skip",
     "Source",
     "ValueDecoder",
+    "checked_records",
     "detect_type",
     "make_key",
     "open_source",
+    "printable",
     "strip_suffix",
     "unique_keys",
 ]

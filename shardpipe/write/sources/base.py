@@ -13,11 +13,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from shardpipe.format.sample import IMAGE_EXTENSIONS
+from shardpipe.format.sample import IMAGE_EXTENSIONS, check_key
 
 #: file extensions a folder scan treats as images (by name; the content is checked later)
 IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS | {"jpe", "jfif"})
@@ -106,6 +108,59 @@ def unique_keys(records: Iterable[Record]) -> list[Record]:
     return out
 
 
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: the bytes of a non-UTF-8 file name (surrogate-escaped by
+    Python) become ``\\xe9``-style escapes, so messages, the manifest and stdout can hold it."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a lone surrogate that no file name decoded to
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def key_problem(record: Record) -> str | None:
+    """Why ``record`` cannot be written under its key (a skip reason), or None when it can.
+
+    Tar member names and webdataset keys are UTF-8 text without control characters: a file
+    name that is not UTF-8, or holds a tab or newline, is skipped rather than failing the
+    whole write when its sample reaches the tar writer.
+    """
+    for text in (record.name, record.key):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"name not valid UTF-8: {_name_bytes(text)!r} (tar and webdataset sample keys are UTF-8): rename it"
+    try:
+        check_key(record.key)
+    except ValueError as e:
+        return f"invalid sample key: {e}"
+    return None
+
+
+def _name_bytes(text: str) -> bytes:
+    """The bytes a surrogate-escaped file name stands for (as ``os.fsencode`` gives them)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace")
+
+
+def checked_records(records: Iterable[Record]) -> tuple[list[Record], list[Skip]]:
+    """``records`` split into those with a valid key and a :class:`Skip` for each of the others."""
+    good: list[Record] = []
+    bad: list[Skip] = []
+    for r in records:
+        problem = key_problem(r)
+        if problem is None:
+            good.append(r)
+        else:
+            bad.append(Skip(printable(r.name or r.key), problem))
+    return good, bad
+
+
 def suffix_of(path: str) -> str:
     base = path.rsplit("/", 1)[-1]
     return base.rsplit(".", 1)[-1].lower() if "." in base.lstrip(".") else ""
@@ -151,12 +206,10 @@ class Source:
         """Read a record's bytes (and its sidecar label/extra); ``OSError`` if unreadable."""
         if isinstance(record.ref, bytes):
             return Loaded(record.ref, record.label, record.extra)
-        with open(record.ref, "rb") as f:
-            data = f.read()
+        data = read_regular(record.ref)
         label, extra = record.label, record.extra
         for path in record.sidecars:
-            with open(path, "rb") as f:
-                text = f.read().decode("utf-8").strip()
+            text = read_regular(path).decode("utf-8").strip()
             if path.endswith(".cls"):
                 if label is None:
                     try:
@@ -191,13 +244,106 @@ class RecordsSource(Source):
         return Scan(list(self.records), [], self.class_names)
 
 
-def walk(root: str) -> list[str]:
-    """Relative paths (with ``/``) of every file under ``root``, sorted; hidden dirs skipped."""
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel = os.path.relpath(dirpath, root)
-        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
-        out.extend(prefix + f for f in filenames)
-    out.sort()
-    return out
+class Walk(NamedTuple):
+    """What :func:`walk` found: regular files (relative paths with ``/``, sorted) and what it passed over."""
+
+    files: list[str]
+    skipped: list[Skip]
+
+
+def walk(root: str) -> Walk:
+    """Every regular file under ``root`` (hidden folders skipped), following symbolic links.
+
+    Folder links are followed as torchvision's ImageFolder does, but each real folder is
+    listed once (by ``(st_dev, st_ino)``), under its own path when it has one (links are
+    followed after every real folder), so a link loop neither hangs nor repeats files.
+    FIFOs, sockets and devices are never opened (reading a FIFO blocks forever): they, broken
+    links and unreadable folders are skipped with a reason.
+    """
+    files: list[str] = []
+    skipped: list[Skip] = []
+    seen = {_dir_id(os.stat(root)): ""}  # real folder -> the prefix it is listed under
+    real = [""]  # folders to list, as prefixes ("" is the root, else "a/b/")
+    links: deque[tuple[str, tuple[int, int]]] = deque()  # linked folders, in the order found
+    while real or links:
+        if real:
+            prefix = real.pop()
+        else:
+            prefix, ident = links.popleft()
+            if ident in seen:
+                skipped.append(_listed_twice(prefix, seen[ident]))
+                continue
+            seen[ident] = prefix
+        for entry in _list_folder(root, prefix, skipped):
+            rel = prefix + entry.name
+            kind = _entry_kind(entry)
+            if kind == "file":
+                files.append(rel)
+            elif kind != "dir":
+                skipped.append(Skip(rel, kind))
+            elif not entry.name.startswith("."):
+                ident = _dir_id(entry.stat())
+                if entry.is_symlink():
+                    links.append((rel + "/", ident))
+                elif ident in seen:  # a bind mount of a folder above it
+                    skipped.append(_listed_twice(rel + "/", seen[ident]))
+                else:
+                    seen[ident] = rel + "/"
+                    real.append(rel + "/")
+    files.sort()
+    return Walk(files, skipped)
+
+
+def _list_folder(root: str, prefix: str, skipped: list[Skip]) -> list[os.DirEntry[str]]:
+    """The entries of ``root/prefix`` by name; an unreadable subfolder is a skip (the root an error)."""
+    try:
+        return sorted(os.scandir(os.path.join(root, prefix)), key=lambda e: e.name)
+    except OSError as e:
+        if not prefix:
+            raise
+        skipped.append(Skip(prefix.rstrip("/"), f"cannot list folder: {e.strerror or e}"))
+        return []
+
+
+def _listed_twice(prefix: str, first: str) -> Skip:
+    where = first.rstrip("/") or "the source folder itself"
+    return Skip(prefix.rstrip("/"), f"folder listed twice: already read as {where} (a link loop, or a second link)")
+
+
+def _dir_id(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
+def _entry_kind(entry: os.DirEntry[str]) -> str:
+    """``"file"`` (regular, after links), ``"dir"``, or why the entry is not read."""
+    try:
+        if entry.is_dir():
+            return "dir"
+        mode = entry.stat().st_mode
+    except OSError as e:
+        if entry.is_symlink():
+            return f"broken symbolic link: {e.strerror or e}"
+        return f"cannot read: {e.strerror or e}"
+    return "file" if stat.S_ISREG(mode) else f"not a regular file ({_special_kind(mode)})"
+
+
+_SPECIAL_FILES = (
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _special_kind(mode: int) -> str:
+    return next((name for test, name in _SPECIAL_FILES if test(mode)), "a special file")
+
+
+def read_regular(path: str) -> bytes:
+    """The bytes of the regular file ``path``; ``OSError`` for anything else (never blocks on a FIFO)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with open(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{path} is not a regular file ({_special_kind(mode)})")
+        return f.read()

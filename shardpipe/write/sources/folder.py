@@ -83,10 +83,9 @@ class FolderSource(Source):
     def scan(self) -> Scan:
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"source folder not found: {self.root}")
-        files = walk(self.root)
+        files, skipped = walk(self.root)
         present = set(files)
         records: list[Record] = []
-        skipped: list[Skip] = []
         used: set[str] = set()
         label_values: list[str | None] = []
         for rel in files:

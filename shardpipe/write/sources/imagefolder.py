@@ -34,8 +34,9 @@ class ImageFolderSource(Source):
         if not classes:
             raise ValueError(f"{self.root} has no class folders: an ImageFolder tree is root/<class>/<image>")
         index = {c: i for i, c in enumerate(classes)}
-        records, skipped = [], []
-        for rel in walk(self.root):
+        files, skipped = walk(self.root)
+        records = []
+        for rel in files:
             cls, slash, _ = rel.partition("/")
             if not slash:
                 skipped.append(Skip(rel, "not in a class folder"))
@@ -45,7 +46,7 @@ class ImageFolderSource(Source):
                 )
             else:
                 records.append(Record(make_key(strip_suffix(rel)), os.path.join(self.root, rel), index[cls], None, rel))
-        return Scan(unique_keys(records), skipped, classes)
+        return Scan(unique_keys(records), sorted(skipped), classes)
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.kind, "path": self.root}

@@ -13,6 +13,9 @@ from shardpipe.write.sources.base import Record, Scan, Skip, Source, apply_label
 PATH_FIELDS = ("path", "file", "filename", "image", "img", "image_path")
 LABEL_FIELDS = ("label", "cls", "class", "target")
 KEY_FIELDS = ("key", "__key__")
+#: CSV cells read without surrounding whitespace, as the header is (``path, label`` rows like
+#: ``0.jpg, 3``): the cells shardpipe reads itself; other columns go into ``.json`` as written
+STRIPPED = frozenset(PATH_FIELDS + LABEL_FIELDS + KEY_FIELDS)
 
 
 class _ListSource(Source):
@@ -71,7 +74,8 @@ class CsvSource(_ListSource):
         delimiter = "\t" if self.path.lower().endswith(".tsv") else ","
         with open(self.path, newline="", encoding="utf-8") as f:
             header: list[str] | None = None
-            for line, cells in enumerate(csv.reader(f, delimiter=delimiter), 1):
+            # skipinitialspace: ``a.jpg, "x, y"`` reads the quoted cell as one, like ``a.jpg,"x, y"``
+            for line, cells in enumerate(csv.reader(f, delimiter=delimiter, skipinitialspace=True), 1):
                 if not any(c.strip() for c in cells):
                     continue
                 if header is None:
@@ -83,7 +87,7 @@ class CsvSource(_ListSource):
                 if len(cells) > len(header):
                     yield line, f"{len(cells)} columns, but the header has {len(header)}"
                     continue
-                yield line, dict(zip(header, cells))
+                yield line, {h: c.strip() if h in STRIPPED else c for h, c in zip(header, cells)}
 
 
 class JsonlSource(_ListSource):

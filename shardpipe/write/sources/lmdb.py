@@ -20,7 +20,7 @@ from shardpipe.write.sources.base import (
     suffix_of,
     unique_keys,
 )
-from shardpipe.write.sources.registry import SOURCES
+from shardpipe.write.sources.registry import SOURCES, is_lmdb
 
 
 def resolve_callable(spec: str) -> Callable[..., Any]:
@@ -36,7 +36,17 @@ def resolve_callable(spec: str) -> Callable[..., Any]:
     return obj
 
 
+def resolve_decoder(spec: str) -> ValueDecoder:
+    """The LMDB value decoder ``"module:function"`` names; ``ValueError`` naming ``spec`` when it cannot be used."""
+    try:
+        return resolve_callable(spec)
+    except Exception as e:  # a missing module or attribute, or the module failing as it is imported
+        raise ValueError(f"LMDB value decoder {spec!r} cannot be used: {type(e).__name__}: {e}") from None
+
+
 _LMDB_LOCK = threading.Lock()
+#: what :func:`~shardpipe.write.sources.registry.is_lmdb` accepts, for messages
+LMDB_LAYOUT = "an LMDB store is a folder holding data.mdb, or an LMDB data file"
 
 
 class LmdbSource(Source):
@@ -54,7 +64,10 @@ class LmdbSource(Source):
         self.path = os.fspath(path)
         self.value_decoder = value_decoder
         self._env: Any = None
-        self._decode: ValueDecoder | None = None
+        # resolved now, so that a mistyped "module:function" fails the write before it starts
+        self._decode: ValueDecoder | None = (
+            resolve_decoder(value_decoder) if isinstance(value_decoder, str) else value_decoder
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_env": None, "_decode": None}
@@ -70,10 +83,15 @@ class LmdbSource(Source):
             except ImportError as e:
                 raise ImportError(f"LMDB sources need the lmdb package: {SOURCES.entry('lmdb').install} ({e})") from e
 
-            subdir = os.path.isdir(self.path)
             if not os.path.exists(self.path):
                 raise FileNotFoundError(f"LMDB store not found: {self.path}")
-            self._env = lmdb.open(self.path, subdir=subdir, readonly=True, lock=False, max_readers=512)
+            if not is_lmdb(self.path):
+                raise ValueError(f"not an LMDB store: {self.path} ({LMDB_LAYOUT})")
+            subdir = os.path.isdir(self.path)
+            try:
+                self._env = lmdb.open(self.path, subdir=subdir, readonly=True, lock=False, max_readers=512)
+            except lmdb.Error as e:
+                raise ValueError(f"cannot open the LMDB store {self.path}: {e}") from None
         return self._env
 
     def scan(self) -> Scan:
@@ -94,7 +112,7 @@ class LmdbSource(Source):
             raise KeyError(f"LMDB key {record.name!r} vanished")
         if self.value_decoder is None:
             return Loaded(value, None, None)
-        if self._decode is None:
+        if self._decode is None:  # in a worker process: __getstate__ dropped it
             self._decode = (
                 resolve_callable(self.value_decoder) if isinstance(self.value_decoder, str) else self.value_decoder
             )
