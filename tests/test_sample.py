@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from shardpipe.format.sample import check_key, split_name
+from shardpipe.format.sample import check_key, is_image_field, split_name
 
 
 @pytest.mark.parametrize(
@@ -79,3 +79,18 @@ def test_check_key_says_why_a_key_is_refused(key, message):
     with pytest.raises(ValueError) as e:
         check_key(key)
     assert str(e.value) == message
+
+
+def test_check_key_reads_only_the_last_path_component_as_the_basename():
+    check_key("a/b.c/d")  # a dot in a middle folder is kept by readers: fine
+    check_key("x.y/z.w/v")
+    with pytest.raises(ValueError, match="reserved for metadata"):
+        check_key("d/e/__m__")  # reserved however deep it sits
+
+
+@pytest.mark.parametrize(
+    "ext, image",
+    [("jpg", True), ("left.png", True), ("seg.webp", True), ("cls", False), ("json", False), ("jpg.txt", False)],
+)
+def test_is_image_field_looks_at_the_last_extension(ext, image):
+    assert is_image_field(ext) is image
