@@ -319,7 +319,9 @@ def _entry_kind(entry: os.DirEntry[str]) -> str:
     try:
         if entry.is_dir():
             return "dir"
-        mode = entry.stat().st_mode
+        if entry.is_file(follow_symlinks=False):  # the folder listing's own type: no system call per file
+            return "file"
+        mode = entry.stat().st_mode  # a link, or a special file
     except OSError as e:
         if entry.is_symlink():
             return f"broken symbolic link: {e.strerror or e}"
