@@ -17,7 +17,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from shardpipe.errors import ShardpipeError
-from shardpipe.format.index import SampleIndex, sample_from_bytes
+from shardpipe.format.index import BLOCK, SampleIndex, sample_from_bytes
 from shardpipe.format.manifest import load_manifest
 from shardpipe.io.ranged import RangeReader
 from shardpipe.io.urls import check_url, single_manifest
@@ -78,13 +78,17 @@ class IndexedShards:
         shard, start, end, _ = self.index.locate(i)
         self.reader.advise(self.urls[shard], start, end, int(self.index.sizes[shard]), self.sha256[shard])
 
+    def _read_end(self, shard: int, end: int) -> int:
+        """Where to stop reading a sample that ends at ``end``: one tar block past it (within the
+        shard), so that the next header shows the sample ends where the index says."""
+        return min(end + BLOCK, max(int(self.index.sizes[shard]), end))
+
     def sample(self, i: int) -> dict[str, Any]:
         """The raw sample ``i`` (fields as bytes), with ``__key__``, ``__url__``, ``__shard__``, ``__index__``."""
         shard, start, end, crc = self.index.locate(i)
         url = self.urls[shard]
         size = int(self.index.sizes[shard])
-        # one tar block past the sample: the next header shows the sample ends where the index says
-        data = self.reader.read(url, start, min(end + 512, max(size, end)), size, self.sha256[shard])
+        data = self.reader.read(url, start, self._read_end(shard, end), size, self.sha256[shard])
         sample = sample_from_bytes(data, url, crc, length=end - start)
         sample["__url__"], sample["__shard__"], sample["__index__"] = url, shard, i
         return sample
@@ -94,16 +98,16 @@ class IndexedShards:
         that cannot be read is its ``ShardpipeError`` in the list instead."""
         where = [self.index.locate(int(i)) for i in indices]
         requests = [
-            (self.urls[shard], start, end, int(self.index.sizes[shard]), self.sha256[shard])
+            (self.urls[shard], start, self._read_end(shard, end), int(self.index.sizes[shard]), self.sha256[shard])
             for shard, start, end, _ in where
         ]
         out: list[dict[str, Any] | ShardpipeError] = []
-        for i, (shard, _, _, crc), data in zip(indices, where, self.reader.read_many(requests)):
+        for i, (shard, start, end, crc), data in zip(indices, where, self.reader.read_many(requests)):
             url = self.urls[shard]
             try:
                 if isinstance(data, Exception):
                     raise data
-                sample = sample_from_bytes(data, url, crc)
+                sample = sample_from_bytes(data, url, crc, length=end - start)
             except ShardpipeError as e:
                 out.append(e)
                 continue
@@ -169,16 +173,19 @@ class IndexedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.shards)
 
+    def _position(self, i: int) -> int:
+        """Sample number of index ``i`` (negative counts from the end); IndexError naming ``i``."""
+        i, n = int(i), len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {i} out of range: the dataset holds {n} samples")
+        return i + n if i < 0 else i
+
     def __getitem__(self, i: int) -> dict[str, Any]:
-        i = int(i)
-        if i < 0:
-            i += len(self)
-        return self._decoded(self.shards.sample(i))
+        return self._decoded(self.shards.sample(self._position(i)))
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """The samples of a batch, read by parallel ranged requests (the DataLoader calls it)."""
-        n = len(self)
-        got = self.shards.samples([int(i) + n if int(i) < 0 else int(i) for i in indices])
+        got = self.shards.samples([self._position(i) for i in indices])
         for sample in got:
             if isinstance(sample, Exception):
                 raise sample

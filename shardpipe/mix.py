@@ -47,6 +47,10 @@ from shardpipe.workers import WorkerProgress
 def quotas(weights: Sequence[float], total: int) -> list[int]:
     """Split ``total`` draws by ``weights`` (largest remainder): exact to one draw per source."""
     w = np.asarray(weights, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        overflows = not np.isfinite(w.sum())
+    if overflows:  # huge finite weights: their sum is inf (and every quota would be 0)
+        w = w / w.max()
     raw = w / w.sum() * total
     counts = np.floor(raw).astype(np.int64)
     # hand out what flooring left over to the largest remainders (ties: the lower index)

@@ -1,0 +1,93 @@
+"""Audit of MixedDataset as a user sees it: weights, equal rank epochs, resume, bad weights."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import pytest
+
+from shardpipe import MixedDataset, ShardDataset, ShardLoader
+from shardpipe.mix import quotas
+
+from .helpers import make_samples, write_manifest_dataset
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> tuple[str, str]:
+    """Two manifests: 20 samples keyed ``a...`` and 9 keyed ``b...``."""
+    root = tmp_path_factory.mktemp("audit-mix")
+    (root / "a").mkdir()
+    (root / "b").mkdir()
+    return (
+        write_manifest_dataset(root / "a", make_samples(20, "a"), [7, 13]),
+        write_manifest_dataset(root / "b", make_samples(9, "b"), [4, 5]),
+    )
+
+
+def _mixed(sources: tuple[str, str], weights: list[float], total: int = 40) -> MixedDataset:
+    a, b = (ShardDataset(m, decode=None, shuffle=4) for m in sources)
+    return MixedDataset([a, b], weights, samples_per_epoch=total, seed=1)
+
+
+def _keys(loader, limit: int | None = None) -> list[str]:
+    out = []
+    for s in loader:
+        out.append(s["__key__"])
+        if limit is not None and len(out) == limit:
+            break
+    return out
+
+
+@pytest.mark.parametrize("weights", [[1e308, 1e308], [1e308, 1e308, 1e308]])
+def test_quotas_of_huge_finite_weights_add_up(weights):
+    """Their sum overflows to inf: every quota used to be 0 plus the leftovers handed out one each."""
+    assert quotas(weights, 12) == [12 // len(weights)] * len(weights)
+
+
+def test_huge_finite_weights_mix_a_whole_epoch(sources):
+    keys = _keys(_mixed(sources, [1e308, 1e308], total=12))
+    assert collections.Counter(k[0] for k in keys) == {"a": 6, "b": 6}
+
+
+def test_weights_hold_in_every_epoch_with_workers(sources):
+    loader = ShardLoader(_mixed(sources, [3, 1]), num_workers=2)
+    for _ in range(3):
+        assert collections.Counter(k[0] for k in _keys(loader)) == {"a": 30, "b": 10}
+
+
+def test_resume_mid_epoch_is_exact(sources):
+    full = _keys(ShardLoader(_mixed(sources, [3, 1]), num_workers=2))
+    first = ShardLoader(_mixed(sources, [3, 1]), num_workers=2)
+    head = _keys(first, limit=17)
+    resumed = ShardLoader(_mixed(sources, [3, 1]), num_workers=2)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert head + _keys(resumed) == full
+
+
+def test_ranks_get_equal_batches(sources):
+    counts = []
+    for rank in range(2):
+        a, b = (ShardDataset(m, decode=None, rank=rank, world_size=2) for m in sources)
+        mixed = MixedDataset([a, b], [1, 1], samples_per_epoch=21, batch_size=4)
+        counts.append([len(batch["__key__"]) for batch in ShardLoader(mixed, num_workers=2)])
+    assert counts[0] == counts[1] == [4, 4, 1, 1]
+
+
+def test_a_zero_weight_source_is_never_read(sources):
+    assert {k[0] for k in _keys(_mixed(sources, [0, 1], total=12))} == {"b"}
+
+
+@pytest.mark.parametrize("weights", [[1, -1], [float("nan"), 1], [float("inf"), 1], [0, 0]])
+def test_bad_weights_are_refused(sources, weights):
+    with pytest.raises(ValueError, match=r"weights must be finite, >= 0 and not all 0"):
+        _mixed(sources, weights)
+
+
+def test_a_source_too_small_for_the_consumers_is_named(tmp_path: Path, sources):
+    one = write_manifest_dataset(tmp_path, make_samples(1, "c"), [1])
+    mixed = MixedDataset([ShardDataset(sources[0], decode=None), ShardDataset(one, decode=None)], [1, 1],
+                         samples_per_epoch=12)  # fmt: skip
+    with pytest.raises(ValueError, match=r"source 1 \(.*shard-0000.tar, ...\) has no samples for consumer"):
+        _keys(ShardLoader(mixed, num_workers=2))
