@@ -32,18 +32,41 @@ import torch
 
 from shardpipe.dataset import distributed_rank
 from shardpipe.errors import ShardpipeError
+from shardpipe.serve.coordination import MAX_PARTS
 from shardpipe.serve.server import require_zmq
 from shardpipe.serve.wire import DEFAULT_MAX_MESSAGE, WireError, control, unpack
 from shardpipe.stages.base import State
-from shardpipe.state import STATE_VERSION, StateError, validate_remote_state
+from shardpipe.state import STATE_VERSION, StateCheck, StateError, pipeline_shape, validate_remote_state
 
 log = logging.getLogger("shardpipe.serve")
 
 _END = object()
+_SILENT = "did not answer"
 
 
 class RemoteError(ShardpipeError):
     """The fleet cannot deliver the epoch: no server left, a pipeline error, a refused request."""
+
+
+def check_reply(header: dict[str, Any]) -> None:
+    """Refuse a server message whose fields the loader would misuse (``WireError``): a worker count
+    sizes this trainer's epoch split, so it is bounded like a request's ``parts``."""
+    kind = header["type"]
+    if kind == "hello":
+        workers = header.get("workers")
+        if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers <= MAX_PARTS:
+            raise WireError(f"hello: workers must be an integer from 0 to {MAX_PARTS}, not {str(workers)[:40]!r}")
+        fp = header.get("fingerprint")
+        if not isinstance(fp, str) or len(fp) > 128:
+            raise WireError(f"hello: fingerprint must be a string of at most 128 characters, not {str(fp)[:40]!r}")
+    elif kind == "batch":  # its state is what another server continues from: check its shape now
+        if "state" not in header:
+            raise WireError("batch: no state")
+        if header["state"] is not None:
+            try:
+                pipeline_shape(header["state"], StateCheck("batch: state"))
+            except StateError as e:
+                raise WireError(str(e)) from None
 
 
 class _Server:
@@ -54,7 +77,7 @@ class _Server:
         self.workers = 0
         self.fingerprint: str | None = None
         self.last_seen = 0.0
-        self.reason = "did not answer"  # why it was dropped
+        self.reason = _SILENT  # why it was dropped
 
 
 class _Slot:
@@ -212,7 +235,7 @@ class RemoteLoader:
             self._greet(dropped, self.timeout if first else self.rejoin_wait)
         live = [s for s in self.servers if s.live]
         if not live:
-            names = ", ".join(s.address for s in self.servers)
+            names = ", ".join(s.address + ("" if s.reason == _SILENT else f" ({s.reason})") for s in self.servers)
             raise RemoteError(
                 f"no server answered within {self.timeout if first else self.rejoin_wait:g}s: {names} "
                 "(are they running, and with CURVE, do the keys match?)"
@@ -305,10 +328,12 @@ class RemoteLoader:
     def _receive(self, server: _Server, frames: list[Any]) -> None:
         try:
             header, batch = unpack(frames, self.max_message)
+            check_reply(header)  # before any field is used: a size, a state, a fingerprint
         except WireError as e:
             self.stats["rejected"] += 1
             log.error("rejected a message from %s (%d so far): %s", server.address, self.stats["rejected"], e)
-            self._drop(server, f"sent a malformed message: {e}")
+            server.reason = f"sent a malformed message: {e}"  # also when it was not live yet (a bad hello)
+            self._drop(server, server.reason)
             return
         server.last_seen = time.monotonic()
         kind = header["type"]
@@ -350,7 +375,7 @@ class RemoteLoader:
             )
         if not server.live:
             log.info("server %s joined (%s workers)", server.address, header.get("workers"))
-        server.live, server.workers, server.fingerprint = True, max(1, int(header.get("workers") or 1)), fp
+        server.live, server.workers, server.fingerprint = True, max(1, header["workers"]), fp
 
     # -- assignment ------------------------------------------------------------------
     def _assign(self, slot: _Slot) -> None:

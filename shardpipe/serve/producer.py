@@ -46,6 +46,7 @@ def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
     from shardpipe.workermemory import tune_worker_allocator
 
     die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops us
     tune_worker_allocator()
     parent = os.getppid()
     ctx = zmq.Context()

@@ -20,14 +20,16 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from shardpipe.config import load_config
 from shardpipe.errors import ListenError
-from shardpipe.serve.coordination import Part, check_request, fingerprint
+from shardpipe.serve.coordination import MAX_PARTS, Part, check_request, fingerprint
 from shardpipe.serve.producer import run_worker
 from shardpipe.serve.wire import WireError, control, unpack
 
@@ -48,14 +50,37 @@ def require_zmq() -> Any:
     return zmq
 
 
-def curve_server(sock: Any, secret_file: str | Path) -> None:
-    """Make ``sock`` a CURVE server with the key pair in ``secret_file`` (zmq.auth format)."""
+def load_curve_secret(secret_file: str | Path) -> tuple[bytes, bytes]:
+    """``(public, secret)`` from a zmq.auth key file; read at start-up so a bad file is a clean error."""
     import zmq.auth
 
     public, secret = zmq.auth.load_certificate(str(secret_file))
     if secret is None:
         raise ValueError(f"{secret_file} holds no secret key: pass the server's .key_secret file")
+    return public, secret
+
+
+def curve_server(sock: Any, secret_file: str | Path | tuple[bytes, bytes]) -> None:
+    """Make ``sock`` a CURVE server with the key pair in ``secret_file`` (zmq.auth format) or given."""
+    public, secret = secret_file if isinstance(secret_file, tuple) else load_curve_secret(secret_file)
     sock.curve_secretkey, sock.curve_publickey, sock.curve_server = secret, public, True
+
+
+def check_bind(address: str) -> None:
+    """Refuse a TCP port outside 0..65535: libzmq would take it modulo 65536 and listen elsewhere."""
+    if address.startswith("tcp://") and ":" in address[6:]:
+        port = address.rsplit(":", 1)[1]
+        if port != "*" and (not port.isdigit() or int(port) > 65535):
+            raise ListenError(f"cannot listen on {address}: port {port[:20]!r} is not a port from 0 to 65535")
+
+
+def check_settings(workers: int | None, heartbeat: float, idle_timeout: float) -> None:
+    """Refuse settings that would serve nothing or never send a heartbeat (a negative poll waits forever)."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {workers}")
+    for name, value in (("--heartbeat", heartbeat), ("--idle-timeout", idle_timeout)):
+        if not 0 < value < float("inf"):
+            raise ValueError(f"{name} must be a positive number of seconds, not {value}")
 
 
 class Server:
@@ -71,6 +96,7 @@ class Server:
         curve_secret: str | Path | None = None,
         curve_clients: str | Path | None = None,
     ):
+        check_settings(workers, heartbeat, idle_timeout)
         self.config = yaml_config = _read_config(config)
         self.dataset, loader = load_config(yaml_config)
         self.workers = int(workers or loader.num_workers or 1)
@@ -80,6 +106,9 @@ class Server:
         self.curve_secret, self.curve_clients = curve_secret, curve_clients
         if (curve_secret is None) != (curve_clients is None):
             raise ValueError("CURVE needs both the server's secret key file and the folder of allowed client keys")
+        self._curve_keys = load_curve_secret(curve_secret) if curve_secret is not None else None
+        if curve_clients is not None and not Path(curve_clients).is_dir():
+            raise ValueError(f"--curve-clients {curve_clients} is not a folder of allowed trainers' public keys")
         self.rejected = 0
         self.endpoint = ""
         self.worker_pids: list[int] = []
@@ -87,6 +116,7 @@ class Server:
     def run(self, on_ready: Any = None) -> None:
         """Start the workers, bind, and serve until killed."""
         zmq = require_zmq()
+        check_bind(self.bind_address)
         tmp = tempfile.mkdtemp(prefix="shardpipe-serve-")
         endpoints = [f"ipc://{tmp}/worker-{i}" for i in range(self.workers)]
         # fork the workers before this process creates any ZMQ context or thread
@@ -94,6 +124,7 @@ class Server:
         procs = [mp.Process(target=run_worker, args=(i, e, self.dataset), daemon=True) for i, e in enumerate(endpoints)]
         for p in procs:
             p.start()
+        previous = _on_sigterm(_interrupt)  # SIGTERM shuts down as Ctrl-C does
         ctx = zmq.Context()
         auth = None
         try:
@@ -106,7 +137,7 @@ class Server:
                 auth = ThreadAuthenticator(ctx)
                 auth.start()
                 auth.configure_curve(domain="*", location=str(self.curve_clients))
-                curve_server(front, self.curve_secret)
+                curve_server(front, self._curve_keys)
             try:
                 front.bind(self.bind_address)
             except zmq.ZMQError as e:
@@ -126,9 +157,9 @@ class Server:
             if auth is not None:
                 auth.stop()
             ctx.destroy(linger=0)
-            for p in procs:
-                p.kill()
-            shutil.rmtree(tmp, ignore_errors=True)
+            _stop_workers(procs)
+            shutil.rmtree(tmp, ignore_errors=True)  # after the workers are gone: none can recreate a socket file
+            _on_sigterm(previous)
 
     def _loop(self, zmq: Any, front: Any, back: list[Any], procs: list[Any]) -> None:
         poller = zmq.Poller()
@@ -151,6 +182,8 @@ class Server:
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.heartbeat
+                if len(self._heard) > 2 * len(owner) + 1024:
+                    self._forget_idle(owner)
                 for client in {c for c, _ in owner}:  # only trainers waiting on a part watch the beat
                     if now - self._heard.get(client, now) > self.idle_timeout:
                         self._expire(client, back, owner)
@@ -174,6 +207,7 @@ class Server:
                 front.send_multipart([client, *control("hello", **reply, rejected=self.rejected)])
             elif kind == "assign":
                 part = Part.from_header(header)
+                _check_new_part(client, part.assignment, owner)
                 live = [i for i in range(len(back)) if alive[i]]
                 if not live:
                     raise WireError("this server has no live worker left")
@@ -199,6 +233,12 @@ class Server:
             log.exception("request from %s failed", client.hex())
             self._reject(front, client, f"{type(e).__name__}: {e}"[:500])
 
+    def _forget_idle(self, owner: dict) -> None:
+        """Drop the last-heard times of clients without parts (any peer can connect; the table must not grow)."""
+        busy = {c for c, _ in owner}
+        for client in [c for c in self._heard if c not in busy]:
+            del self._heard[client]
+
     def _reject(self, front: Any, client: bytes, message: str) -> None:
         """Answer a refused request, count it and log it; the server goes on serving."""
         self.rejected += 1
@@ -221,6 +261,34 @@ class Server:
                 message = f"worker {index} exited with code {code}"
                 front.send_multipart([client, *control("lost", assignment=assignment, message=message)])
                 del owner[(client, assignment)]
+
+
+def _check_new_part(client: bytes, assignment: int, owner: dict) -> None:
+    """Refuse an assignment id this client already runs (it would orphan the first pipeline in its
+    worker for good) and more parts than one trainer ever runs at once (each holds a pipeline)."""
+    if (client, assignment) in owner:
+        raise WireError(f"assign: assignment {assignment} is already running for this client")
+    if sum(1 for c, _ in owner if c == client) >= MAX_PARTS:
+        raise WireError(f"assign: this client already runs {MAX_PARTS} parts here, the most one trainer may")
+
+
+def _on_sigterm(handler: Any) -> Any:
+    """Install ``handler`` for SIGTERM and return the previous one (only the main thread may)."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None  # a previous handler not set from Python cannot be put back
+    return signal.signal(signal.SIGTERM, handler)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # unwinds ``run``: workers stopped, socket folder removed
+
+
+def _stop_workers(procs: list[Any]) -> None:
+    """Kill the worker processes and reap them."""
+    for p in procs:
+        p.kill()
+    for p in procs:
+        p.join(5)
 
 
 def _read_config(path: str | Path) -> dict[str, Any]:

@@ -31,6 +31,8 @@ MAX_HEADER_BYTES = 4 << 20
 #: default limit on one whole message (header and buffers)
 DEFAULT_MAX_MESSAGE = 1 << 30
 MAX_DIMS = 8
+#: the largest one dimension may be (an empty field's other dimensions are not bounded by its frame)
+MAX_DIM = 1 << 40
 #: a header nests no deeper than this (a batch's state is about a dozen levels)
 MAX_DEPTH = 64
 DTYPES = {
@@ -104,7 +106,7 @@ def unpack(frames: Sequence[Any], max_message: int = DEFAULT_MAX_MESSAGE) -> tup
         raise WireError(f"header of {sizes[0]} bytes is over the limit of {MAX_HEADER_BYTES} bytes")
     try:
         header = json.loads(bytes(frame_bytes(frames[0])))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # not UTF-8, not JSON, or an integer of more than 4300 digits
         raise WireError(f"header is not JSON: {e}") from None
     except RecursionError:
         raise WireError("header nests too deeply to decode") from None
@@ -167,17 +169,17 @@ def _unpack_array(spec: dict[str, Any], buf: memoryview, kind: str) -> Any:
     if (
         not isinstance(shape, list)
         or len(shape) > MAX_DIMS
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape)
     ):
         raise WireError(f"field {key!r}: bad shape {str(shape)[:80]}")
     torch_dtype, np_dtype = DTYPES[dtype]
     expected = math.prod(shape) * np_dtype.itemsize
     if expected != len(buf):
         raise WireError(f"field {key!r}: shape {shape} {dtype} needs {expected} bytes, the frame has {len(buf)}")
+    if not expected:  # an empty field: its other dimensions may still be too large to build
+        return _empty(key, shape, torch_dtype, np_dtype, kind)
     if kind == "ndarray":
         return np.frombuffer(buf, dtype=np_dtype).reshape(shape)
-    if not expected:
-        return torch.empty(shape, dtype=torch_dtype)
     with warnings.catch_warnings():  # the frame is read-only memory; the batch is ours alone
         warnings.simplefilter("ignore", UserWarning)
         flat = torch.frombuffer(buf, dtype=torch_dtype)
@@ -186,6 +188,15 @@ def _unpack_array(spec: dict[str, Any], buf: memoryview, kind: str) -> Any:
             raise WireError(f"field {key!r}: channels_last needs 4 dimensions, not {len(shape)}")
         return flat.view(shape).permute(0, 3, 1, 2)  # NCHW shape over the NHWC memory, as sent
     return flat.view(shape)
+
+
+def _empty(key: str, shape: list[int], torch_dtype: torch.dtype, np_dtype: np.dtype, kind: str) -> Any:
+    """An empty array or tensor of ``shape``; ``WireError`` where numpy or torch cannot build it
+    (dimensions that multiply past their index type), never their own error."""
+    try:
+        return np.empty(shape, dtype=np_dtype) if kind == "ndarray" else torch.empty(shape, dtype=torch_dtype)
+    except (ValueError, TypeError, RuntimeError, OverflowError):
+        raise WireError(f"field {key!r}: empty shape {str(shape)[:80]} is too large to build") from None
 
 
 def _unpack_bytes(spec: dict[str, Any], buf: memoryview) -> list[bytes]:
