@@ -263,7 +263,7 @@ class ShardLoader(DataLoader):
             ds.set_epoch(ds.epoch + 1)
         self._generation_seen = ds.epoch_generation
         self._iterations += 1
-        resume, self._resume = self._resume, None
+        resume, self._resume = self._pending_resume(), None
         workers = resume["workers"] if resume else self._carried(ds.epoch)
         self._pass_epoch = ds.epoch
         self._worker_states = list(workers) if workers else [None] * max(self.num_workers, 1)
@@ -272,6 +272,13 @@ class ShardLoader(DataLoader):
         if self.num_workers == 0:
             return self._iter_inline(ds, self._worker_states[0])
         return self._iter_workers(ds)
+
+    def _pending_resume(self) -> State | None:
+        """The mid-epoch state loaded and not started yet, unless ``set_epoch`` (here or on the source)
+        has chosen another epoch since: that epoch then starts afresh, as the user asked."""
+        if self._resume is not None and int(self._resume["epoch"]) != self.source.epoch:
+            self._resume = None
+        return self._resume
 
     def _carried(self, epoch: int) -> list[State | None] | None:
         """Where each worker's last pass ended, for a source whose passes go on from there
@@ -363,8 +370,9 @@ class ShardLoader(DataLoader):
     def state_dict(self) -> State:
         """A small JSON-serialisable snapshot: resume exactly after the last item yielded (a state
         loaded but not yet started is returned as loaded)."""
-        if self._resume is not None:
-            return copy.deepcopy(self._resume)
+        pending = self._pending_resume()
+        if pending is not None:
+            return copy.deepcopy(pending)
         ds = self.source
         rank, world = ds.rank_and_world()
         mid_epoch = not self._epoch_done and any(s is not None for s in self._worker_states)

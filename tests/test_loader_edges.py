@@ -192,3 +192,28 @@ def test_without_workers_the_collate_step_refuses_again_once_the_pass_ended(mani
     it.close()  # a pass stopped early
     with pytest.raises(SetupError):
         next(iter(DataLoader(ld.dataset, batch_size=None, collate_fn=ld.collate_fn)))
+
+
+# -- set_epoch() between load_state_dict() and the first batch -------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_choosing_the_loaded_epoch_again_keeps_the_resume(manifest, workers):
+    head, state = saved_mid_epoch(manifest, workers)
+    ld = loader(manifest, workers)
+    ld.load_state_dict(state)
+    ld.set_epoch(int(state["epoch"]))  # a training loop's `loader.set_epoch(epoch)` before each pass
+    assert ld.state_dict() == state
+    assert head + keys_of(ld) == epoch_keys(manifest, workers, 0)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("on", ["loader", "source"])
+def test_choosing_another_epoch_after_loading_a_state_starts_that_epoch_afresh(manifest, workers, on):
+    _, state = saved_mid_epoch(manifest, workers)
+    ld = loader(manifest, workers)
+    ld.load_state_dict(state)
+    (ld if on == "loader" else ld.source).set_epoch(2)
+    saved = ld.state_dict()
+    assert (saved["epoch"], saved["workers"], saved["next_worker"]) == (2, None, 0)
+    assert keys_of(ld) == epoch_keys(manifest, workers, 2)  # all of epoch 2, none of epoch 0's rest
