@@ -53,7 +53,7 @@ def test_check_key_rejects_each_control_character_range_by_its_bounds(char):
 
 @pytest.mark.parametrize("char", [" ", "~", "\xa0", "é", "ß"])
 def test_check_key_accepts_printable_characters_beside_the_control_ranges(char):
-    check_key(f"dir/a{char}b")  # the characters just outside C0, DEL and C1, and other text
+    assert check_key(f"dir/a{char}b") is None  # the characters just outside C0, DEL and C1, and other text
 
 
 @pytest.mark.parametrize(
