@@ -51,6 +51,17 @@ def write_shards(root: Path, samples: list[dict], counts: list[int], compress: s
     return urls
 
 
+def write_indexed_dataset(root: Path, counts: list[int]) -> tuple[Path, Path]:
+    """Shards of ``make_samples`` (jpg, cls and json members) with a manifest and its index, made by
+    ``index_shards``; returns the (manifest, index) paths."""
+    from shardpipe import index_shards
+
+    urls = write_shards(root, make_samples(sum(counts)), counts)
+    manifest = root / "manifest.json"
+    index_shards(urls, str(manifest), workers=1)
+    return manifest, root / "manifest.index"
+
+
 def write_manifest_dataset(root: Path, samples: list[dict], counts: list[int], compress: str | None = None) -> str:
     """Uneven shards plus a manifest.json with their sample counts; returns the manifest path."""
     import hashlib

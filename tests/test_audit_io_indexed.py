@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from torch.utils.data import DataLoader
 
-from shardpipe import CorruptShardError, IndexedDataset, ShardDataset, index_shards, worker_context
+from shardpipe import CorruptShardError, IndexedDataset, ShardDataset, worker_context
 
-from .helpers import make_samples, write_shards
+from .helpers import write_indexed_dataset
 from .test_trust_index import _get_offset, _set_offset
 
 COUNTS = [4, 3, 6]
@@ -17,10 +17,7 @@ COUNTS = [4, 3, 6]
 @pytest.fixture
 def indexed(tmp_path):
     """A manifest with its index over 3 shards; returns (manifest, index) paths."""
-    urls = write_shards(tmp_path, make_samples(sum(COUNTS)), COUNTS)
-    manifest = tmp_path / "manifest.json"
-    index_shards(urls, str(manifest), workers=1)
-    return manifest, tmp_path / "manifest.index"
+    return write_indexed_dataset(tmp_path, COUNTS)
 
 
 def _fields(sample: dict) -> tuple:

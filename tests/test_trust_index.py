@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shardpipe import CorruptShardError, IndexedDataset, index_shards
+from shardpipe import CorruptShardError, IndexedDataset
 from shardpipe.format.index import HEADER, DamagedIndexError, SampleIndex
 
-from .helpers import make_samples, write_shards
+from .helpers import write_indexed_dataset
 
 COUNTS = [4, 3]
 
@@ -17,10 +17,7 @@ COUNTS = [4, 3]
 @pytest.fixture
 def indexed(tmp_path):
     """A manifest with its index over 2 shards; samples carry jpg, cls and json members."""
-    urls = write_shards(tmp_path, make_samples(sum(COUNTS)), COUNTS)
-    manifest = tmp_path / "manifest.json"
-    index_shards(urls, str(manifest), workers=1)
-    return manifest, tmp_path / "manifest.index"
+    return write_indexed_dataset(tmp_path, COUNTS)
 
 
 def _offsets_at(path) -> tuple[bytearray, int, int]:
