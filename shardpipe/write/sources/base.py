@@ -344,8 +344,13 @@ def _special_kind(mode: int) -> str:
 def read_regular(path: str) -> bytes:
     """The bytes of the regular file ``path``; ``OSError`` for anything else (never blocks on a FIFO)."""
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    with open(fd, "rb") as f:
+    try:  # checked before open() wraps the descriptor: open() refuses a folder without closing it
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise OSError(f"{path} is not a regular file ({_special_kind(mode)})")
+            raise OSError(f"{path} is not a regular file ({'a folder' if stat.S_ISDIR(mode) else _special_kind(mode)})")
+        f = open(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
         return f.read()
