@@ -19,6 +19,7 @@ from shardpipe.write.sources.base import (
     labels_to_indices,
     printable,
     read_regular,
+    strip_suffix,
     suffix_of,
     walk,
 )
@@ -128,8 +129,6 @@ def test_load_bad_label_file_message_shows_40_characters(tmp_path: Path) -> None
 
 
 def test_read_regular_refuses_a_folder_naming_it_and_keeps_no_descriptor(tmp_path):
-    from shardpipe.write.sources.base import read_regular
-
     folder = tmp_path / "a-folder.jpg"  # a list row may name a folder
     folder.mkdir()
     before = len(os.listdir("/proc/self/fd"))
@@ -138,3 +137,16 @@ def test_read_regular_refuses_a_folder_naming_it_and_keeps_no_descriptor(tmp_pat
             read_regular(str(folder))
         assert str(e.value) == f"{folder} is not a regular file (a folder)"
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize(
+    "name, stripped",
+    [("a/b.c.jpg", "a/b.c"), ("noext", "noext"), ("a/.hidden", "a/.hidden"), ("d.v1/noext", "d.v1/noext")],
+)
+def test_strip_suffix_takes_only_a_last_extension_of_the_file_name(name, stripped):
+    assert strip_suffix(name) == stripped
+
+
+@pytest.mark.parametrize("name, suffix", [("X.jpg", "jpg"), ("XX.PNG", "png"), (".jpg", ""), ("..jpg", "")])
+def test_suffix_of_ignores_only_leading_dots(name, suffix):
+    assert suffix_of(name) == suffix

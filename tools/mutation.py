@@ -105,6 +105,20 @@ MODULES: dict[str, list[str]] = {
     ],
     "format/sample.py": ["tests/test_sample.py", "tests/test_stage_units.py", "tests/test_tar.py"],
     "io/verify.py": ["tests/test_hashing_reader.py", "tests/test_integrity.py"],
+    "write/sources/base.py": [
+        "tests/test_sources_units.py",
+        "tests/test_write_sources_edge.py",
+        "tests/test_sources.py",
+        "tests/test_registry.py",
+    ],
+    "indexed.py": [
+        "tests/test_indexed_units.py",
+        "tests/test_audit_io_indexed.py",
+        "tests/test_index.py",
+        "tests/test_trust_index.py",
+        "tests/test_block_reads.py",
+        "tests/test_block_shuffle.py",
+    ],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these
