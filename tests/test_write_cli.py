@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def shard_bytes(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name.endswith(".tar")}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name.endswith((".tar", ".tar.gz"))}
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_worker_count_does_not_change_the_shards(photos: Path, tmp_path: Path, e
         argv = [
             "write",
             str(photos),
-            str(out / "t-%04d.tar"),
+            str(out / ("t-%04d.tar.gz" if "--compress" in extra else "t-%04d.tar")),
             "--maxcount",
             "40",
             "--workers",

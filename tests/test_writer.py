@@ -34,7 +34,8 @@ def test_maxcount_and_manifest(tmp_path: Path):
 def test_maxsize_bounds_every_shard(tmp_path: Path, compress):
     samples = make_samples(30)
     limit = 12_000
-    with ShardWriter(str(tmp_path / "s-{:04d}.tar"), maxsize=limit, compress=compress) as w:
+    name = "s-{:04d}.tar.gz" if compress else "s-{:04d}.tar"
+    with ShardWriter(str(tmp_path / name), maxsize=limit, compress=compress) as w:
         for s in samples:
             w.write(s)
     shards = json.loads((tmp_path / "manifest.json").read_text())["shards"]

@@ -244,3 +244,34 @@ def test_metadata_may_not_replace_the_manifests_own_keys(tmp_path: Path, taken):
 def test_shard_limits_must_be_positive(tmp_path: Path, maxcount, maxsize):
     with pytest.raises(ValueError, match=r"^maxcount and maxsize must be positive \(maxsize=None: no limit\)$"):
         ShardWriter(str(tmp_path / "s-%02d.tar"), maxcount=maxcount, maxsize=maxsize)
+
+
+@pytest.mark.parametrize(
+    "pattern, compress, message",
+    [
+        ("s-%02d.tar", "gz", "gzip shards need a .tar.gz or .tgz name (readers go by it), not '{}'"),
+        ("s-%02d.tgz", None, "shard '{}' is named as gzip but written plain: pass compress='gz' or name it .tar"),
+        ("s-%02d.TAR.GZ", None, "shard '{}' is named as gzip but written plain: pass compress='gz' or name it .tar"),
+    ],
+)
+def test_a_shard_name_must_say_the_compression_it_has(tmp_path: Path, pattern, compress, message):
+    full = str(tmp_path / pattern)
+    with pytest.raises(ValueError) as e:
+        ShardWriter(full, compress=compress)
+    assert str(e.value) == message.format(full % 0)
+    with pytest.raises(ValueError) as e:
+        write_shards(str(tmp_path), full, compress=compress)  # before the source is read
+    assert str(e.value) == message.format(full % 0)
+    assert not list(tmp_path.glob("s-*"))
+
+
+@pytest.mark.parametrize("pattern, compress", [("s-%02d.tar", None), ("s-%02d.tar.gz", "gz"), ("s-%02d.tgz", "gz")])
+def test_names_that_say_their_compression_are_written_and_read_by_webdataset(tmp_path: Path, pattern, compress):
+    import webdataset as wds
+
+    with ShardWriter(str(tmp_path / pattern), maxcount=3, compress=compress) as w:
+        for s in make_samples(5):
+            w.write(s)
+    urls = sorted(str(p) for p in tmp_path.glob("s-*"))
+    got = [s["__key__"] for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+    assert got == [s["__key__"] for s in make_samples(5)]

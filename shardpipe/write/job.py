@@ -41,7 +41,7 @@ from shardpipe.write.planned import write_planned
 from shardpipe.write.prepare import PrepareOptions
 from shardpipe.write.rolling import write_rolling
 from shardpipe.write.run import WriteRun, WriteSummary
-from shardpipe.write.shard_writer import check_pattern, shard_name
+from shardpipe.write.shard_writer import check_compress_name, check_pattern, shard_name
 from shardpipe.write.sources import Record, Scan, Skip, Source, checked_records, open_source, printable
 
 log = logging.getLogger("shardpipe")
@@ -120,6 +120,7 @@ def write_shards(
         check_url(os.fspath(source))
     check_pattern(pattern)  # exactly one shard number, before anything is read or written
     opts = build_write_options(options, keywords)
+    check_compress_name(shard_name(pattern, 0), opts.compress)
     write_engine(opts.engine)  # an uninstalled engine fails now, not after the scan
     if opts.restart_intervals and not restart_available():
         log.info("the native extension is not built: JPEGs are copied without restart intervals")

@@ -112,7 +112,9 @@ def write_planned(run: WriteRun, bar: Any) -> WriteSummary:
     skipped = list(run.scan_skipped) + [Skip(s.name, s.reason) for s in load_skips]
     manifest = None
     if results:
-        writer = ShardWriter(run.pattern, metadata=run.metadata, storage_options=storage_options)
+        writer = ShardWriter(
+            run.pattern, compress=opts.compress, metadata=run.metadata, storage_options=storage_options
+        )
         writer.metadata["skipped"] = [{"name": s.name, "reason": s.reason} for s in skipped]
         writer.shards = [r.entry for r in results]
         indexes = getattr(writer, "indexes", None)

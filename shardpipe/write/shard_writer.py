@@ -197,6 +197,20 @@ def warn_stale_shards(pattern: str, written: Collection[str], storage_options: d
     )  # fmt: skip
 
 
+#: shard names that say gzip: readers that go by the name (webdataset's) gunzip these and no others
+GZIP_SUFFIXES = (".tar.gz", ".tgz")
+
+
+def check_compress_name(name: str, compress: str | None) -> None:
+    """Refuse a shard name that says another compression than the shard has: shardpipe reads either
+    (it looks at the bytes), but webdataset and tar(1) go by the name, and would fail on it."""
+    gz_name = name.lower().endswith(GZIP_SUFFIXES)
+    if compress == "gz" and not gz_name:
+        raise ValueError(f"gzip shards need a .tar.gz or .tgz name (readers go by it), not {name!r}")
+    if compress is None and gz_name:
+        raise ValueError(f"shard {name!r} is named as gzip but written plain: pass compress='gz' or name it .tar")
+
+
 #: the manifest's own keys, which ``metadata`` may not replace
 RESERVED = frozenset({"format", "shards", "samples", "bytes", "index"})
 
@@ -232,7 +246,7 @@ class ShardWriter:
         if taken:
             raise ValueError(f"metadata keys {taken} are the manifest's own ({sorted(RESERVED)}); name them otherwise")
         check_url(pattern)
-        shard_name(pattern, 0)  # validate the pattern now, not at the first rollover
+        check_compress_name(shard_name(pattern, 0), compress)  # validates the pattern now, not at a rollover
         self.pattern = pattern
         self.maxcount = maxcount
         self.maxsize = maxsize
