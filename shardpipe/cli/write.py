@@ -39,7 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="also close shards at this size, e.g. 500M (local engine only: shards are then written in sequence "
         "and a skipped input is replaced by the next one; default: shards are planned by --maxcount alone)",
     )  # fmt: skip
-    p.add_argument("--compress", choices=["gz"], default=None, help="gzip the shards (name them .tar.gz or .tgz: readers go by the name)")
+    p.add_argument(
+        "--compress",
+        choices=["gz"],
+        default=None,
+        help="gzip the shards (name them .tar.gz or .tgz: readers go by the name)",
+    )
     p.add_argument(
         "--workers",
         type=int,
