@@ -65,9 +65,12 @@ class LmdbSource(Source):
         self.value_decoder = value_decoder
         self._env: Any = None
         # resolved now, so that a mistyped "module:function" fails the write before it starts
-        self._decode: ValueDecoder | None = (
-            resolve_decoder(value_decoder) if isinstance(value_decoder, str) else value_decoder
-        )
+        self._decode: ValueDecoder | None = self._resolved()
+
+    def _resolved(self) -> ValueDecoder | None:
+        """The value decoder, a ``"module:function"`` name resolved (``ValueError`` naming it if it cannot be)."""
+        spec = self.value_decoder
+        return resolve_decoder(spec) if isinstance(spec, str) else spec
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_env": None, "_decode": None}
@@ -113,9 +116,7 @@ class LmdbSource(Source):
         if self.value_decoder is None:
             return Loaded(value, None, None)
         if self._decode is None:  # in a worker process: __getstate__ dropped it
-            self._decode = (
-                resolve_callable(self.value_decoder) if isinstance(self.value_decoder, str) else self.value_decoder
-            )
+            self._decode = self._resolved()
         out = self._decode(value)
         if isinstance(out, (bytes, bytearray, memoryview)):
             return Loaded(bytes(out), None, None)
