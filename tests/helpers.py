@@ -51,6 +51,16 @@ def write_shards(root: Path, samples: list[dict], counts: list[int], compress: s
     return urls
 
 
+def write_with_shard_writer(root: Path, n: int, maxcount: int) -> str:
+    """``make_samples(n)`` written by ``ShardWriter`` (manifest and index beside the shards) into
+    ``root/s-NNN.tar``, ``maxcount`` a shard; returns the manifest path."""
+    root.mkdir(parents=True, exist_ok=True)
+    with shardpipe.ShardWriter(str(root / "s-%03d.tar"), maxcount=maxcount) as w:
+        for s in make_samples(n):
+            w.write(s)
+    return str(root / "manifest.json")
+
+
 def write_indexed_dataset(root: Path, counts: list[int]) -> tuple[Path, Path]:
     """Shards of ``make_samples`` (jpg, cls and json members) with a manifest and its index, made by
     ``index_shards``; returns the (manifest, index) paths."""

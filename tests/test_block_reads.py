@@ -19,7 +19,7 @@ from shardpipe.split.block import BlockOrder, consumer_range
 from shardpipe.stages import Context
 from shardpipe.stages.block import GROUP, BlockShuffleSamples
 
-from .helpers import make_samples
+from .helpers import write_with_shard_writer
 
 TOTAL = 150  # more than two groups of 64: reads of 64, 64 and 22 samples
 FIELDS = {"__key__", "__url__", "__shard__", "jpg", "cls", "json"}
@@ -27,11 +27,7 @@ FIELDS = {"__key__", "__url__", "__shard__", "jpg", "cls", "json"}
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("block-reads")
-    with shardpipe.ShardWriter(str(root / "s-%03d.tar"), maxcount=40) as w:
-        for s in make_samples(TOTAL):
-            w.write(s)
-    return str(root / "manifest.json")
+    return write_with_shard_writer(tmp_path_factory.mktemp("block-reads"), TOTAL, maxcount=40)
 
 
 class Logged:

@@ -21,7 +21,7 @@ from shardpipe.format.manifest import load_manifest
 from shardpipe.indexed import IndexedShards, block_shuffle_source
 from shardpipe.io.remote import ReadOptions
 
-from .helpers import make_samples, write_shards
+from .helpers import make_samples, write_shards, write_with_shard_writer
 
 N = 7  # samples, in shards of 3, 3 and 1
 KEY = "k"  # the storage option KeyedFS wants
@@ -57,11 +57,7 @@ OPTIONS = {"key": KEY}
 
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("indexed-units")
-    with shardpipe.ShardWriter(str(root / "s-%03d.tar"), maxcount=3) as w:
-        for s in make_samples(N):
-            w.write(s)
-    return str(root / "manifest.json")
+    return write_with_shard_writer(tmp_path_factory.mktemp("indexed-units"), N, maxcount=3)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from shardpipe import MixedDataset, ShardDataset, ShardLoader, StateError
 from shardpipe.protocol import LoaderSource, Resumable, missing_members, protocol_members
 from shardpipe.state import STATE_VERSION
 
-from .helpers import make_samples, write_manifest_dataset
+from .helpers import make_samples, write_manifest_dataset, write_with_shard_writer
 
 VARIANTS = ("shards", "seed", "batch_size")  # each must change the fingerprint
 
@@ -37,11 +37,7 @@ class Data:
 
 
 def _indexed(root: Path, n: int) -> str:
-    root.mkdir(parents=True)
-    with shardpipe.ShardWriter(str(root / "s-%03d.tar"), maxcount=9) as w:
-        for s in make_samples(n):
-            w.write(s)
-    return str(root / "manifest.json")
+    return write_with_shard_writer(root, n, maxcount=9)
 
 
 @pytest.fixture(scope="module")
