@@ -17,7 +17,7 @@ TEST_EXTRAS ?= turbo,turbojpeg,jpeg4py,s3,gcs,http,lmdb,gpu,serve,ray,test
 
 # setup.py and the C source: `pip install -e` builds the native crop decoder in place (optional:
 # skipped without a compiler or libjpeg-turbo's headers, e.g. apt install libjpeg62-turbo-dev)
-NATIVE_SRC = setup.py shardpipe/image/decoders/_cropjpeg.c
+NATIVE_SRC = setup.py shardpipe/image/decoders/_cropjpeg.c shardpipe/image/decoders/_restart.c shardpipe/image/decoders/_jpegguard.h shardpipe/image/decoders/_restart.h
 
 .setup.stamp: .torch.stamp pyproject.toml $(NATIVE_SRC)
 	$(PIP) install -q -e ".[$(DEMO_EXTRAS)]"

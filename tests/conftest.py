@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,26 @@ import pytest
 from .helpers import make_samples, write_shards
 
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def _worker_crash_stacks() -> None:
+    """A forked DataLoader worker that crashes in native code (SIGSEGV, SIGBUS, ...) prints every
+    thread's Python stack to the test's stderr: torch replaces the handler pytest's faulthandler
+    installed, so without this a crash in CI says only which worker died. (The main process still
+    reports the worker killed by its signal.)"""
+    from torch.utils.data._utils import signal_handling
+
+    original = signal_handling._set_worker_signal_handlers
+
+    def set_handlers(*args: object) -> None:
+        original(*args)
+        faulthandler.disable()  # enable() alone keeps the inherited state and torch's handler
+        faulthandler.enable(file=sys.__stderr__, all_threads=True)
+
+    signal_handling._set_worker_signal_handlers = set_handlers
+
+
+_worker_crash_stacks()
 
 
 @pytest.fixture
