@@ -23,7 +23,7 @@ from shardpipe import RemoteError, RemoteLoader  # noqa: E402
 from shardpipe.serve.coordination import MAX_PARTS  # noqa: E402
 from shardpipe.serve.wire import WireError, control, unpack  # noqa: E402
 
-from .fleet_helpers import ROOT, ServerProcess, start_servers, write_config  # noqa: E402
+from .fleet_helpers import ROOT, Peer, ServerProcess, start_servers, write_config  # noqa: E402
 from .helpers import alive, kill_group, run_in_group, spawn  # noqa: E402
 
 ASSIGN = {"assignment": 7, "epoch": 0, "rank": 0, "world_size": 1, "part": 0, "parts": 2, "state": None, "credits": 0}
@@ -41,33 +41,11 @@ def server(config: Path) -> Iterator[ServerProcess]:
     servers[0].stop()
 
 
-class Peer:
-    """A hostile client: raw requests on its own DEALER socket."""
-
-    def __init__(self, endpoint: str):
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.linger, self.sock.rcvtimeo = 0, 20000
-        self.sock.connect(endpoint)
-        self.endpoint = endpoint
-
-    def send(self, frames: list) -> None:
-        self.sock.send_multipart(frames)
-
-    def ask(self, frames: list) -> dict:
-        """Send ``frames``; the first reply that is not a heartbeat."""
-        self.send(frames)
-        deadline = time.monotonic() + 20  # heartbeats keep coming while it holds parts of ours
-        while time.monotonic() < deadline:
-            if (reply := unpack(self.sock.recv_multipart())[0])["type"] != "heartbeat":
-                return reply
-        raise AssertionError(f"no answer but heartbeats within 20s to {frames[0][:80]!r}")
-
-
 @pytest.fixture
 def peer(server: ServerProcess) -> Iterator[Peer]:
     p = Peer(server.endpoint)
     yield p
-    p.sock.close(0)
+    p.close()
 
 
 def _header(**fields: object) -> bytes:
@@ -209,6 +187,7 @@ def _serve_cmd(config: Path, *args: str) -> list[str]:
         (["--workers", "-2"], "--workers must be at least 1, not -2"),
         (["--heartbeat", "-1"], "--heartbeat must be a positive number of seconds, not -1.0"),
         (["--idle-timeout", "0"], "--idle-timeout must be a positive number of seconds, not 0.0"),
+        (["--max-clients", "0"], "--max-clients must be at least 1, not 0"),
         (["--bind", "tcp://127.0.0.1:70000"], "cannot listen on tcp://127.0.0.1:70000: port '70000' is not a port"),
         (
             ["--curve-secret", "missing.key_secret", "--curve-clients", "."],

@@ -236,3 +236,13 @@ def test_frames_may_be_any_bytes_like_object():
     frames = pack({"type": "batch"}, {"x": torch.arange(4, dtype=torch.uint8)})
     header, got = unpack([bytearray(frames[0]), memoryview(b"\x05\x06\x07\x08")])
     assert header["fields"][0]["key"] == "x" and got["x"].tolist() == [5, 6, 7, 8]
+
+
+def test_long_text_is_clipped_saying_its_length_and_fits_a_header():
+    from shardpipe.serve.wire import MAX_HEADER_BYTES, MAX_TEXT, clip_text
+
+    assert clip_text("é" * MAX_TEXT) == "é" * MAX_TEXT  # up to the limit: as it is
+    clipped = clip_text("x" * (MAX_TEXT + 1))
+    assert clipped == "x" * MAX_TEXT + f" ... [truncated: the message was {MAX_TEXT + 1} characters]"
+    worst = control("error", assignment=1, message=clip_text("\U0001f600" * 10**6))  # 12 JSON bytes each
+    assert MAX_TEXT * 12 < len(worst[0]) < MAX_HEADER_BYTES // 4

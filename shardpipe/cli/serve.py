@@ -13,7 +13,7 @@ import os
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from shardpipe.serve.server import DEFAULT_BIND
+    from shardpipe.serve.server import DEFAULT_BIND, MAX_CLIENTS
 
     p.add_argument("config", help="pipeline config (YAML: dataset, transform, loader), as in configs/")
     p.add_argument(
@@ -28,6 +28,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=900.0,
         help="seconds after which the parts of a silent trainer are cancelled (it can take them up again)",
+    )
+    p.add_argument(
+        "--max-clients",
+        type=int,
+        default=MAX_CLIENTS,
+        help=f"trainers that may hold parts at once (default {MAX_CLIENTS}); a further one is refused",
     )
     p.add_argument("--curve-secret", help="CURVE: this server's secret key file (zmq.auth .key_secret)")
     p.add_argument("--curve-clients", help="CURVE: folder of the public key files of allowed trainers")
@@ -49,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
             idle_timeout=args.idle_timeout,
             curve_secret=args.curve_secret,
             curve_clients=args.curve_clients,
+            max_clients=args.max_clients,
         )
     except FileNotFoundError as e:
         if e.filename == args.config:

@@ -12,18 +12,19 @@ Failure: every server with work assigned sends a heartbeat each 0.5 s; one silen
 dropped and its parts continue on the others from the last batch received. A dropped
 server is asked to rejoin at the start of each later epoch.
 
-Memory: at most ``credits`` batches per part are queued here or in flight, so the
-trainer holds at most ``parts * credits`` batches besides the one it is using, and each
-server at most ``credits`` per part it runs plus the one each worker is building.
+Memory: at most ``credits`` batches per part are queued here or in flight (a credit goes
+back only for a batch taken), so the trainer holds at most ``parts * credits`` batches
+besides the one it is using, and each server at most ``credits`` per part it runs plus the
+one each worker is building. A server cuts off a trainer for which ``MAX_QUEUED`` (256)
+messages wait: keep ``credits`` times the parts on one server below that.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import os
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,65 +33,17 @@ import torch
 
 from shardpipe.dataset import distributed_rank
 from shardpipe.errors import ShardpipeError
-from shardpipe.serve.coordination import MAX_PARTS
+from shardpipe.serve.links import END, SILENT, ServerLink, Slot, check_reply, load_keys
 from shardpipe.serve.server import require_zmq
 from shardpipe.serve.wire import DEFAULT_MAX_MESSAGE, WireError, control, unpack
 from shardpipe.stages.base import State
-from shardpipe.state import STATE_VERSION, StateCheck, StateError, pipeline_shape, validate_remote_state
+from shardpipe.state import STATE_VERSION, StateError, validate_remote_state
 
 log = logging.getLogger("shardpipe.serve")
-
-_END = object()
-_SILENT = "did not answer"
 
 
 class RemoteError(ShardpipeError):
     """The fleet cannot deliver the epoch: no server left, a pipeline error, a refused request."""
-
-
-def check_reply(header: dict[str, Any]) -> None:
-    """Refuse a server message whose fields the loader would misuse (``WireError``): a worker count
-    sizes this trainer's epoch split, so it is bounded like a request's ``parts``."""
-    kind = header["type"]
-    if kind == "hello":
-        workers = header.get("workers")
-        if not isinstance(workers, int) or isinstance(workers, bool) or not 0 <= workers <= MAX_PARTS:
-            raise WireError(f"hello: workers must be an integer from 0 to {MAX_PARTS}, not {str(workers)[:40]!r}")
-        fp = header.get("fingerprint")
-        if not isinstance(fp, str) or len(fp) > 128:
-            raise WireError(f"hello: fingerprint must be a string of at most 128 characters, not {str(fp)[:40]!r}")
-    elif kind == "batch":  # its state is what another server continues from: check its shape now
-        if "state" not in header:
-            raise WireError("batch: no state")
-        if header["state"] is not None:
-            try:
-                pipeline_shape(header["state"], StateCheck("batch: state"))
-            except StateError as e:
-                raise WireError(str(e)) from None
-
-
-class _Server:
-    def __init__(self, address: str):
-        self.address = address
-        self.sock: Any = None
-        self.live = False
-        self.workers = 0
-        self.fingerprint: str | None = None
-        self.last_seen = 0.0
-        self.reason = _SILENT  # why it was dropped
-
-
-class _Slot:
-    """One part of this rank's epoch: where it runs and what has arrived."""
-
-    def __init__(self, index: int, state: State | None):
-        self.index = index
-        self.queue: deque[Any] = deque()
-        self.received: State | None = state  # after the last batch received (where a takeover starts)
-        self.consumed: State | None = state  # after the last batch yielded (the resume state)
-        self.assignment: int | None = None
-        self.server: _Server | None = None
-        self.ended = False  # the part's end was taken: nothing more comes from it this epoch
 
 
 class RemoteLoader:
@@ -138,14 +91,14 @@ class RemoteLoader:
             raise ValueError(f"credits must be >= 1, not {credits}")
         if (server_key is None) != (client_key is None):
             raise ValueError("CURVE needs both server_key (public key file) and client_key (secret key file)")
-        self.servers = [_Server(a) for a in servers]
+        self.servers = [ServerLink(a) for a in servers]
         self.parts = parts
         self.credits, self.timeout, self.rejoin_wait = credits, timeout, rejoin_wait
         self.part_timeout = part_timeout
         self.max_message = max_message
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self._rank, self._world = rank, world_size
-        self._curve = self._load_keys(server_key, client_key) if server_key else None
+        self._curve = load_keys(server_key, client_key) if server_key else None
         self._ctx = self._zmq.Context()
         self._ids = itertools.count(1)
         self.stats: Counter[str] = Counter()
@@ -154,8 +107,8 @@ class RemoteLoader:
         self._iterations = 0
         self._epoch_pinned = False
         self._resume: State | None = None
-        self._slots: list[_Slot] = []
-        self._by_assignment: dict[int, _Slot] = {}
+        self._slots: list[Slot] = []
+        self._by_assignment: dict[int, Slot] = {}
         self._next_part = 0
         self._epoch_done = False
         self._rank_world = (0, 1)
@@ -191,34 +144,10 @@ class RemoteLoader:
         self.close()
 
     # -- connections ------------------------------------------------------------
-    def _load_keys(self, server_key: str | Path, client_key: str | Path) -> tuple[bytes, bytes, bytes]:
-        import zmq.auth
-
-        server_public, _ = zmq.auth.load_certificate(str(server_key))
-        public, secret = zmq.auth.load_certificate(str(client_key))
-        if secret is None:
-            raise ValueError(f"{client_key} holds no secret key: pass this trainer's .key_secret file")
-        return server_public, public, secret
-
-    def _connect(self, server: _Server) -> None:
-        zmq = self._zmq
-        if server.sock is not None:
-            server.sock.close(linger=0)
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.rcvhwm = sock.sndhwm = 0  # credits bound the traffic; never drop a message
-        sock.maxmsgsize = self.max_message  # the transport drops a larger frame before it is buffered
-        sock.routing_id = os.urandom(8)  # kept across reconnects, so the server's assignments stay ours
-        if self._curve:
-            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = self._curve
-        sock.connect(server.address)
-        server.sock = sock
-        sock.send_multipart(control("hello"))
-
-    def _greet(self, servers: list[_Server], wait: float) -> None:
+    def _greet(self, servers: list[ServerLink], wait: float) -> None:
         """Say hello to ``servers`` and wait up to ``wait`` seconds for their answers."""
         for s in servers:
-            self._connect(s)
+            s.connect(self._ctx, self.max_message, self._curve)
         deadline = time.monotonic() + wait
         while any(not s.live for s in servers) and time.monotonic() < deadline:
             self._pump(min(0.05, max(0.0, deadline - time.monotonic())), check=False)
@@ -235,7 +164,7 @@ class RemoteLoader:
             self._greet(dropped, self.timeout if first else self.rejoin_wait)
         live = [s for s in self.servers if s.live]
         if not live:
-            names = ", ".join(s.address + ("" if s.reason == _SILENT else f" ({s.reason})") for s in self.servers)
+            names = ", ".join(s.address + ("" if s.reason == SILENT else f" ({s.reason})") for s in self.servers)
             raise RemoteError(
                 f"no server answered within {self.timeout if first else self.rejoin_wait:g}s: {names} "
                 "(are they running, and with CURVE, do the keys match?)"
@@ -255,7 +184,7 @@ class RemoteLoader:
         self._rank_world = self.rank_and_world()
         states = resume["states"] if resume else [None] * self.parts
         done = list(resume["done"]) if resume else [False] * self.parts
-        self._slots = slots = [_Slot(k, states[k]) for k in range(self.parts)]
+        self._slots = slots = [Slot(k, states[k]) for k in range(self.parts)]
         self._by_assignment = {}
         self._epoch_done = False
         for slot, finished in zip(self._slots, done):
@@ -271,7 +200,7 @@ class RemoteLoader:
                 if slot.ended and not slot.queue:
                     continue
                 item = self._take(slot)
-                if item is _END:
+                if item is END:
                     remaining -= 1
                     continue
                 header, batch = item
@@ -286,8 +215,8 @@ class RemoteLoader:
         finally:
             self._cancel_all(slots)
 
-    def _take(self, slot: _Slot) -> Any:
-        """The next item of ``slot``: a batch, or ``_END`` once the part is complete."""
+    def _take(self, slot: Slot) -> Any:
+        """The next item of ``slot``: a batch, or ``END`` once the part is complete."""
         waited, assignment = 0.0, slot.assignment
         while not slot.queue:
             t0 = time.monotonic()
@@ -299,7 +228,7 @@ class RemoteLoader:
                 self._drop(slot.server, f"part {slot.index} made no progress for {self.part_timeout:g}s")
                 waited, assignment = 0.0, slot.assignment
         item = slot.queue.popleft()
-        if item is _END:
+        if item is END:
             slot.ended = True
         return item
 
@@ -325,7 +254,7 @@ class RemoteLoader:
                 if s.live and busy and now - s.last_seen > self.timeout:
                     self._drop(s, f"no message for {self.timeout:g}s (dead, stopped or unreachable)")
 
-    def _receive(self, server: _Server, frames: list[Any]) -> None:
+    def _receive(self, server: ServerLink, frames: list[Any]) -> None:
         try:
             header, batch = unpack(frames, self.max_message)
             check_reply(header)  # before any field is used: a size, a state, a fingerprint
@@ -354,7 +283,7 @@ class RemoteLoader:
             slot.queue.append((header, batch))
         elif kind == "end":
             slot.assignment = None
-            slot.queue.append(_END)
+            slot.queue.append(END)
         elif kind == "lost":
             log.warning("server %s lost part %d (%s); reassigning", server.address, slot.index, header.get("message"))
             self.stats["reassigned"] += 1
@@ -362,13 +291,12 @@ class RemoteLoader:
         elif kind == "error":
             raise RemoteError(f"server {server.address}: {header.get('message')}")
 
-    def _welcome(self, server: _Server, header: dict[str, Any]) -> None:
+    def _welcome(self, server: ServerLink, header: dict[str, Any]) -> None:
         fp = header.get("fingerprint")
         if self._fingerprint is None:
             self._fingerprint = fp
         if fp != self._fingerprint:
-            server.sock.close(linger=0)
-            server.sock = None
+            server.close()
             raise RemoteError(
                 f"server {server.address} serves a different dataset or config (fingerprint {fp}, "
                 f"the others {self._fingerprint}): its batches would not form the same epoch"
@@ -378,14 +306,14 @@ class RemoteLoader:
         server.live, server.workers, server.fingerprint = True, max(1, header["workers"]), fp
 
     # -- assignment ------------------------------------------------------------------
-    def _assign(self, slot: _Slot) -> None:
+    def _assign(self, slot: Slot) -> None:
         """Send ``slot``'s part, from its last received state, to the least busy live server."""
         live = [s for s in self.servers if s.live]
         if not live:
             lost = "; ".join(f"{s.address} ({s.reason})" for s in self.servers)
             raise RemoteError(f"every server is lost: {lost}; part {slot.index} of epoch {self.epoch} is unfinished")
 
-        def load(s: _Server) -> float:
+        def load(s: ServerLink) -> float:
             return sum(1 for x in self._slots if x.server is s and x.assignment is not None) / s.workers
 
         server = min(live, key=load)
@@ -408,14 +336,12 @@ class RemoteLoader:
         }
         server.sock.send_multipart(control("assign", **request))
 
-    def _drop(self, server: _Server, reason: str) -> None:
+    def _drop(self, server: ServerLink, reason: str) -> None:
         """Stop using ``server`` and move its unfinished parts to the others."""
         if not server.live:
             return
         server.live, server.reason = False, reason
-        if server.sock is not None:
-            server.sock.close(linger=0)
-            server.sock = None
+        server.close()
         self.stats["servers_lost"] += 1
         moved = [x for x in self._slots if x.server is server and x.assignment is not None]
         log.warning(
@@ -425,7 +351,7 @@ class RemoteLoader:
             self._assign(slot)
             self.stats["reassigned"] += 1
 
-    def _cancel_all(self, slots: list[_Slot]) -> None:
+    def _cancel_all(self, slots: list[Slot]) -> None:
         """Withdraw this pass's unfinished parts (a later pass has its own slots)."""
         for slot in slots:
             if slot.assignment is not None and slot.server is not None and slot.server.sock is not None:

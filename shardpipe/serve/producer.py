@@ -18,7 +18,7 @@ from typing import Any
 
 from shardpipe.dataset import ShardDataset
 from shardpipe.serve.coordination import MAX_CREDITS, Part, check_request, part_pipeline
-from shardpipe.serve.wire import control, pack, unpack
+from shardpipe.serve.wire import clip_text, control, pack, unpack
 from shardpipe.stages.base import Pipeline
 
 log = logging.getLogger("shardpipe.serve")
@@ -72,7 +72,8 @@ def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
                 turn.append(key)
             except Exception as e:  # a bad resume state or unreadable shard list: the trainer decides
                 log.exception("worker %d: cannot start %s", index, part.describe())
-                sock.send_multipart([client, *control("error", assignment=part.assignment, message=str(e))])
+                message = clip_text(str(e))
+                sock.send_multipart([client, *control("error", assignment=part.assignment, message=message)])
         elif header["type"] == "credit" and key in running:
             running[key].credits = min(MAX_CREDITS, running[key].credits + header["n"])
         elif header["type"] == "cancel" and key in running:
@@ -103,7 +104,7 @@ def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
             continue
         except Exception as e:  # a pipeline error, or a field the wire cannot carry (WireError)
             log.exception("worker %d: %s failed", index, job.part.describe())
-            message = f"{job.part.describe()}: {type(e).__name__}: {e}"
+            message = clip_text(f"{job.part.describe()}: {type(e).__name__}: {e}")  # the server reads it whole
             sock.send_multipart([job.client, *control("error", assignment=job.part.assignment, message=message)])
             running.pop(key).pipeline.close()
             continue

@@ -7,7 +7,11 @@ least busy worker, passes credits and cancels on, and sends every client a heart
 each ``heartbeat`` seconds so a trainer notices a dead or stopped server in bounded time.
 Parts of a trainer silent for ``idle_timeout`` seconds are cancelled (a trainer that died, or
 that dropped this server while it was stopped); if that trainer comes back, its next credit
-is answered ``lost`` and it restarts the part from its last received state.
+is answered ``lost`` and it restarts the part from its last received state. So are the parts
+of a trainer that stops reading (``MAX_QUEUED`` messages wait for it) or is disconnected.
+
+Limits: at most ``max_clients`` trainers hold parts at once, each at most ``MAX_PARTS`` parts,
+and at most ``MAX_QUEUED`` messages wait here for any one connection (see ``MAX_QUEUED``).
 
 What a client can make a server do is the four control messages above, validated field
 by field: the dataset, transforms and options come from the server's own config file.
@@ -21,7 +25,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,6 +34,7 @@ from shardpipe.config import load_config
 from shardpipe.errors import ListenError
 from shardpipe.serve.coordination import MAX_PARTS, Part, check_request, fingerprint
 from shardpipe.serve.producer import run_worker
+from shardpipe.serve.socketdir import make_socket_folder
 from shardpipe.serve.wire import WireError, control, unpack
 
 log = logging.getLogger("shardpipe.serve")
@@ -38,6 +42,16 @@ log = logging.getLogger("shardpipe.serve")
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 #: a request larger than this is refused (requests are small JSON: coordinates and a state)
 MAX_REQUEST = 1 << 20
+#: trainers that may hold parts here at once (each part holds a pipeline in a worker)
+MAX_CLIENTS = 64
+#: messages (batches, notices, heartbeats) that may wait here for one connection. Credits bound what
+#: an honest trainer has in flight (``credits`` batches per part: a RemoteLoader grants one only for a
+#: batch it took), but a grant is no receipt: a peer that grants without reading would make this queue
+#: grow without bound. At this many, the trainer counts as not reading and its parts are cancelled;
+#: it gets ``lost`` for its next credit and restarts them from its last batch. So the trainers holding
+#: parts have at most ``max_clients x MAX_QUEUED`` batches queued here (a connection cut off keeps its
+#: queue until it reads or disconnects: with untrusted peers, use CURVE). Keep credits x parts below it.
+MAX_QUEUED = 256
 
 
 def require_zmq() -> Any:
@@ -74,10 +88,12 @@ def check_bind(address: str) -> None:
             raise ListenError(f"cannot listen on {address}: port {port[:20]!r} is not a port from 0 to 65535")
 
 
-def check_settings(workers: int | None, heartbeat: float, idle_timeout: float) -> None:
+def check_settings(workers: int | None, heartbeat: float, idle_timeout: float, max_clients: int = MAX_CLIENTS) -> None:
     """Refuse settings that would serve nothing or never send a heartbeat (a negative poll waits forever)."""
     if workers is not None and workers < 1:
         raise ValueError(f"--workers must be at least 1, not {workers}")
+    if max_clients < 1:
+        raise ValueError(f"--max-clients must be at least 1, not {max_clients}")
     for name, value in (("--heartbeat", heartbeat), ("--idle-timeout", idle_timeout)):
         if not 0 < value < float("inf"):
             raise ValueError(f"{name} must be a positive number of seconds, not {value}")
@@ -95,8 +111,10 @@ class Server:
         idle_timeout: float = 900.0,
         curve_secret: str | Path | None = None,
         curve_clients: str | Path | None = None,
+        max_clients: int = MAX_CLIENTS,
     ):
-        check_settings(workers, heartbeat, idle_timeout)
+        check_settings(workers, heartbeat, idle_timeout, max_clients)
+        self.max_clients = max_clients
         self.config = yaml_config = _read_config(config)
         self.dataset, loader = load_config(yaml_config)
         self.workers = int(workers or loader.num_workers or 1)
@@ -112,12 +130,15 @@ class Server:
         self.rejected = 0
         self.endpoint = ""
         self.worker_pids: list[int] = []
+        self._zmq: Any = None  # set by run
 
     def run(self, on_ready: Any = None) -> None:
         """Start the workers, bind, and serve until killed."""
-        zmq = require_zmq()
+        self._zmq = zmq = require_zmq()
         check_bind(self.bind_address)
-        tmp = tempfile.mkdtemp(prefix="shardpipe-serve-")
+        tmp, lock = (
+            make_socket_folder()
+        )  # locked while this server (or a worker) runs: a later server removes it once not
         endpoints = [f"ipc://{tmp}/worker-{i}" for i in range(self.workers)]
         # fork the workers before this process creates any ZMQ context or thread
         mp = multiprocessing.get_context("fork")
@@ -130,7 +151,8 @@ class Server:
         try:
             front = ctx.socket(zmq.ROUTER)
             front.linger = 0
-            front.sndhwm = 0  # never drop: credits bound the batches, heartbeats are tiny
+            front.sndhwm = MAX_QUEUED  # per connection; a full queue or a gone peer fails the send
+            front.router_mandatory = True  # (instead of dropping the message unseen)
             if self.curve_secret is not None:
                 from zmq.auth.thread import ThreadAuthenticator
 
@@ -159,6 +181,7 @@ class Server:
             ctx.destroy(linger=0)
             _stop_workers(procs)
             shutil.rmtree(tmp, ignore_errors=True)  # after the workers are gone: none can recreate a socket file
+            os.close(lock)
             _on_sigterm(previous)
 
     def _loop(self, zmq: Any, front: Any, back: list[Any], procs: list[Any]) -> None:
@@ -175,10 +198,13 @@ class Server:
                     self._request(front, back, owner, alive)
                     continue
                 frames = sock.recv_multipart(copy=False)
-                front.send_multipart(frames, copy=False)
-                header = json.loads(frames[1].bytes) if len(frames[1]) < MAX_REQUEST else {}
-                if header.get("type") in ("end", "error"):
-                    owner.pop((frames[0].bytes, header.get("assignment")), None)
+                client = frames[0].bytes
+                if not self._send(front, frames, copy=False):
+                    self._expire(client, back, owner, f"is not reading ({MAX_QUEUED} messages wait) or gone")
+                if len(frames) == 2:  # header only: an end or an error (its text clipped to MAX_TEXT)
+                    header = json.loads(frames[1].bytes)
+                    if header.get("type") in ("end", "error"):
+                        owner.pop((client, header.get("assignment")), None)
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.heartbeat
@@ -186,9 +212,9 @@ class Server:
                     self._forget_idle(owner)
                 for client in {c for c, _ in owner}:  # only trainers waiting on a part watch the beat
                     if now - self._heard.get(client, now) > self.idle_timeout:
-                        self._expire(client, back, owner)
+                        self._expire(client, back, owner, f"silent for {self.idle_timeout:g}s")
                         continue
-                    front.send_multipart([client, *control("heartbeat")])
+                    self._send(front, [client, *control("heartbeat")])  # not when its queue is full: that waits
                 for i, p in enumerate(procs):
                     if alive[i] and not p.is_alive():
                         alive[i] = False
@@ -204,10 +230,10 @@ class Server:
             kind = header["type"]
             if kind == "hello":
                 reply = {"workers": sum(alive), "fingerprint": self.fingerprint, "pid": os.getpid()}
-                front.send_multipart([client, *control("hello", **reply, rejected=self.rejected)])
+                self._send(front, [client, *control("hello", **reply, rejected=self.rejected)])
             elif kind == "assign":
                 part = Part.from_header(header)
-                _check_new_part(client, part.assignment, owner)
+                _check_new_part(client, part.assignment, owner, self.max_clients)
                 live = [i for i in range(len(back)) if alive[i]]
                 if not live:
                     raise WireError("this server has no live worker left")
@@ -226,7 +252,7 @@ class Server:
                         del owner[key]
                 elif kind == "credit":  # expired here (or just ended: then the trainer ignores this)
                     message = "assignment expired or unknown here"
-                    front.send_multipart([client, *control("lost", assignment=key[1], message=message)])
+                    self._send(front, [client, *control("lost", assignment=key[1], message=message)])
         except WireError as e:
             self._reject(front, client, str(e))
         except Exception as e:  # a request this check did not foresee must not stop the server
@@ -243,15 +269,30 @@ class Server:
         """Answer a refused request, count it and log it; the server goes on serving."""
         self.rejected += 1
         log.warning("rejected a request (%d so far): %s", self.rejected, message)
-        front.send_multipart([client, *control("rejected", message=message, rejected=self.rejected)])
+        self._send(front, [client, *control("rejected", message=message, rejected=self.rejected)])
 
-    def _expire(self, client: bytes, back: list[Any], owner: dict) -> None:
-        """Cancel the parts of a trainer silent for ``idle_timeout`` (gone, or dropped this server)."""
-        log.warning("trainer %s silent for %gs: cancelling its parts", client.hex(), self.idle_timeout)
-        for key, worker in list(owner.items()):
-            if key[0] == client:
-                back[worker].send_multipart([client, *control("cancel", assignment=key[1])])
-                del owner[key]
+    def _send(self, front: Any, frames: list[Any], copy: bool = True) -> bool:
+        """Send ``frames`` (routing id first) without waiting; False when the client's queue is full
+        (``MAX_QUEUED``) or it is not connected: then nothing is sent."""
+        zmq = self._zmq
+        try:
+            front.send_multipart(frames, copy=copy, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            return False
+        return True
+
+    def _expire(self, client: bytes, back: list[Any], owner: dict, why: str) -> None:
+        """Cancel the parts of a trainer that is ``why`` (silent: gone, or dropped this server; not
+        reading); if it comes back, its next credit is answered ``lost``."""
+        keys = [key for key in owner if key[0] == client]
+        if keys:
+            log.warning("trainer %s %s: cancelling its %d parts", client.hex(), why, len(keys))
+        for key in keys:
+            back[owner.pop(key)].send_multipart([client, *control("cancel", assignment=key[1])])
         self._heard.pop(client, None)
 
     def _lost_worker(self, index: int, code: Any, front: Any, owner: dict) -> None:
@@ -259,17 +300,21 @@ class Server:
         for (client, assignment), w in list(owner.items()):
             if w == index:
                 message = f"worker {index} exited with code {code}"
-                front.send_multipart([client, *control("lost", assignment=assignment, message=message)])
+                self._send(front, [client, *control("lost", assignment=assignment, message=message)])
                 del owner[(client, assignment)]
 
 
-def _check_new_part(client: bytes, assignment: int, owner: dict) -> None:
+def _check_new_part(client: bytes, assignment: int, owner: dict, max_clients: int) -> None:
     """Refuse an assignment id this client already runs (it would orphan the first pipeline in its
-    worker for good) and more parts than one trainer ever runs at once (each holds a pipeline)."""
+    worker for good), more parts than one trainer ever runs at once (each holds a pipeline), and a
+    new trainer beyond ``max_clients`` (each connection may hold ``MAX_PARTS`` pipelines)."""
     if (client, assignment) in owner:
         raise WireError(f"assign: assignment {assignment} is already running for this client")
-    if sum(1 for c, _ in owner if c == client) >= MAX_PARTS:
+    parts = sum(1 for c, _ in owner if c == client)
+    if parts >= MAX_PARTS:
         raise WireError(f"assign: this client already runs {MAX_PARTS} parts here, the most one trainer may")
+    if not parts and len({c for c, _ in owner}) >= max_clients:
+        raise WireError(f"assign: this server already serves {max_clients} trainers, the most it takes at once")
 
 
 def _on_sigterm(handler: Any) -> Any:

@@ -35,6 +35,9 @@ MAX_DIMS = 8
 MAX_DIM = 1 << 40
 #: a header nests no deeper than this (a batch's state is about a dozen levels)
 MAX_DEPTH = 64
+#: the most characters of free text (an error message) one message carries: JSON-escaped at most 12
+#: bytes a character, far below ``MAX_HEADER_BYTES``, so the trainer reads the notice, not a refusal
+MAX_TEXT = 32 << 10
 DTYPES = {
     name: (getattr(torch, name), np.dtype(name))
     for name in ("uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bool")
@@ -210,6 +213,14 @@ def _unpack_bytes(spec: dict[str, Any], buf: memoryview) -> list[bytes]:
         out.append(bytes(buf[pos : pos + n]))
         pos += n
     return out
+
+
+def clip_text(text: str, limit: int = MAX_TEXT) -> str:
+    """``text``, cut to ``limit`` characters with a note of its length where longer (an exception's
+    text can hold a whole sample key or field list: it must not make the message oversized)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} ... [truncated: the message was {len(text)} characters]"
 
 
 def control(kind: str, **fields: Any) -> list[bytes]:
