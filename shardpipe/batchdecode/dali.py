@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from shardpipe.batchdecode import dali_pipes
 from shardpipe.batchdecode.base import BatchDecoder, Encoded, as_array
 from shardpipe.batchdecode.registry import BATCH_DECODERS
 
@@ -256,7 +257,7 @@ class DaliBatchDecoder(BatchDecoder):
                 )
             pipe.set_outputs(out)
         pipe.build()
-        return pipe
+        return dali_pipes.track(pipe)
 
     def _run(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """Run one batch (at most ``batch_size``) through DALI; DALI errors propagate."""
@@ -268,7 +269,7 @@ class DaliBatchDecoder(BatchDecoder):
             self._pipe.feed_input("encoded", arrays)
             (out,) = self._pipe.run()
         except Exception:
-            self._pipe = None  # DALI declares the pipeline invalid after an error: rebuild
+            self.close()  # DALI declares the pipeline invalid after an error: rebuild
             raise
         dense = out.as_tensor()
         if self.device == "gpu":
@@ -341,8 +342,10 @@ class DaliBatchDecoder(BatchDecoder):
         return (parts[0] if len(parts) == 1 else torch.cat(parts)), kept
 
     def close(self) -> None:
-        """Release the DALI pipeline (and its GPU memory)."""
-        self._pipe = None
+        """Release the DALI pipeline now (its threads and GPU memory); the next batch builds another."""
+        if self._pipe is not None:
+            dali_pipes.release(self._pipe)
+            self._pipe = None
 
     def __repr__(self) -> str:
         return f"{super().__repr__()[:-1]}, device={self.device!r}, batch_size={self.batch_size})"
