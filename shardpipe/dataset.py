@@ -307,6 +307,9 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         marker = None
         if info is not None:
             tune_worker_allocator()  # a worker's image buffers stay mapped from one image to the next
+            from shardpipe.workerstart import watch_trainer_from_worker  # (workers only)
+
+            watch_trainer_from_worker()  # a forkserver's child would outlive a killed trainer
             table = self.progress if progress is None else progress
             marker = ProgressMarker(table, info.id, {s.url: s.index for s in self.shards})
             marker("worker set-up")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import errno
 import io
+import multiprocessing
 import os
 import pickle
 import select
@@ -57,6 +58,7 @@ REPORT_LIMIT = 16_000
 _MAIN_KEYS = ("init_main_from_path", "init_main_from_name")
 #: exit status of a worker whose training process died (nobody is left to read it)
 ORPHAN_EXIT = 1
+_watching: int | None = None  # the process whose trainer watch runs (a forked child starts again)
 
 _server = forkserver.ForkServer()
 _server.set_forkserver_preload(SERVER_PRELOAD)
@@ -87,8 +89,10 @@ class _ShippedProcess:
         self.blob, self.report, self.trainer = blob, report, trainer
 
     def _bootstrap(self, parent_sentinel: int) -> int:
+        global _watching
         report_fd = self.report.detach()
         watch_trainer(self.trainer.detach() if self.trainer is not None else os.dup(parent_sentinel))
+        _watching = os.getpid()
         _close_server_alive_fd()
         try:
             process_obj = pickle.loads(self.blob)
@@ -112,6 +116,44 @@ def watch_trainer(fd: int) -> threading.Thread:
     thread = threading.Thread(target=_exit_when_readable, args=(fd,), name="shardpipe-trainer-watch", daemon=True)
     thread.start()
     return thread
+
+
+def watch_trainer_from_worker() -> None:
+    """In a DataLoader worker whose parent is not its training process (a child of the standard
+    library's forkserver: ``multiprocessing_context="forkserver"``, a program's own start method,
+    Python 3.14's default), exit when the trainer dies; once per process, and nothing in a worker
+    the trainer forked or spawned (torch's parent check covers those) or one started from
+    shardpipe's server (it watches from its start).
+
+    The trainer is ``multiprocessing.parent_process()``: its pidfd, opened here and trusted once
+    the trainer's start pipe (the process's sentinel) shows it still alive afterwards, so a reused
+    pid cannot be watched in its place; without pidfds, that pipe itself. The worker also closes
+    its copy of the server's "alive" pipe, so the server exits with the trainer.
+    """
+    global _watching
+    pid = os.getpid()
+    if _watching == pid:
+        return
+    _watching = pid
+    trainer = multiprocessing.parent_process()
+    if trainer is None or trainer.pid == os.getppid() or trainer.sentinel is None:
+        return
+    fd = _pidfd(trainer.pid)
+    if not trainer.is_alive():  # gone already (its pid may name another process by now)
+        os._exit(ORPHAN_EXIT)
+    _close_server_alive_fd()
+    watch_trainer(fd if fd is not None else os.dup(trainer.sentinel))
+
+
+def _pidfd(pid: int) -> int | None:
+    """A pidfd of process ``pid`` (Linux 5.3+), None where the kernel gives none or it is gone."""
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
+        return None
+    try:
+        return int(pidfd_open(pid))
+    except OSError:  # ENOSYS (old kernel), EPERM (a seccomp filter), ESRCH (gone)
+        return None
 
 
 def _exit_when_readable(fd: int) -> None:
@@ -147,13 +189,7 @@ def _own_pidfd() -> int | None:
     Opened by the trainer on itself, so it names the trainer even if it died and its pid was
     reused before the worker looked (a pid sent as a number could not promise that).
     """
-    pidfd_open = getattr(os, "pidfd_open", None)
-    if pidfd_open is None:
-        return None
-    try:
-        return int(pidfd_open(os.getpid()))
-    except OSError:  # ENOSYS (old kernel), EPERM (a seccomp filter)
-        return None
+    return _pidfd(os.getpid())
 
 
 def _write_report(fd: int, text: str) -> None:

@@ -122,13 +122,27 @@ def describe(pids: list[int]) -> str:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "sig,variant",
-    [(signal.SIGTERM, ""), (signal.SIGKILL, ""), (signal.SIGKILL, "persistent"), (signal.SIGTERM, "no_pidfd")],
-    ids=["sigterm", "sigkill", "sigkill-beside-idle-persistent-workers", "sigterm-without-pidfd"],
+    [
+        (signal.SIGTERM, ""),
+        (signal.SIGKILL, ""),
+        (signal.SIGKILL, "persistent"),
+        (signal.SIGTERM, "no_pidfd"),
+        (signal.SIGKILL, "stdlib_forkserver"),
+        (signal.SIGTERM, "stdlib_forkserver"),
+    ],
+    ids=[
+        "sigterm",
+        "sigkill",
+        "sigkill-beside-idle-persistent-workers",
+        "sigterm-without-pidfd",
+        "sigkill-standard-library-forkserver",
+        "sigterm-standard-library-forkserver",
+    ],
 )
 def test_killing_the_training_process_leaves_no_worker_or_forkserver(tmp_path, data, sig, variant):
     tag = uuid.uuid4().hex
     program = tmp_path / "killed.py"
-    program.write_text(source("killed", *data))
+    program.write_text(source("killed", *data, guard=variant == "stdlib_forkserver"))  # it imports __main__
     pids = tmp_path / "pids"
     pids.mkdir()
     env = {
@@ -138,6 +152,7 @@ def test_killing_the_training_process_leaves_no_worker_or_forkserver(tmp_path, d
         "WORKER_PID_DIR": str(pids),
         MARKER: tag,
         **({f"KILLED_{variant.upper()}": "1"} if variant else {}),
+        **({"WORKER_CONTEXT": "forkserver"} if variant == "stdlib_forkserver" else {}),
     }
     proc = subprocess.Popen(
         [sys.executable, str(program)],
@@ -149,7 +164,8 @@ def test_killing_the_training_process_leaves_no_worker_or_forkserver(tmp_path, d
     )
     try:
         ready = read_ready(proc, READY_WITHIN_S)
-        assert ready["context"] == "CleanForkServerContext"
+        want = "ForkServerContext" if variant == "stdlib_forkserver" else "CleanForkServerContext"
+        assert ready["context"] == want
         assert len(ready["workers"]) == (4 if variant == "persistent" else 2)
         started = {*ready["workers"], ready["forkserver"], ready["tracker"]}
         assert all(alive(p) for p in started), describe(sorted(started))

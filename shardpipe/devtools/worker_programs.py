@@ -188,20 +188,21 @@ for epoch in range(2):
     report(label="indexed", epoch=epoch, context=type(ctx).__name__)
 """,
     "killed": """
-# one idle thread, as tqdm's monitor or TensorBoard's writer: "auto" starts the workers from its forkserver
-threading.Thread(target=threading.Event().wait, name="idle", daemon=True).start()
 from multiprocessing import resource_tracker
 from shardpipe.workerstart import server_pid
-pid_dir = os.environ["WORKER_PID_DIR"]
 
 def note_pid(worker_id):
-    open(os.path.join(pid_dir, str(os.getpid())), "w").close()
+    open(os.path.join(os.environ["WORKER_PID_DIR"], str(os.getpid())), "w").close()
 
 def worker_pids(n):
+    pid_dir = os.environ["WORKER_PID_DIR"]
     while len(os.listdir(pid_dir)) < n:
         time.sleep(0.05)
     return sorted(map(int, os.listdir(pid_dir)))
 
+# -- main --
+# one idle thread, as tqdm's monitor or TensorBoard's writer: "auto" starts the workers from its forkserver
+threading.Thread(target=threading.Event().wait, name="idle", daemon=True).start()
 if os.environ.get("KILLED_NO_PIDFD"):  # as on a kernel without pidfd_open: workers watch their start pipe
     import shardpipe.workerstart
     shardpipe.workerstart._own_pidfd = lambda: None
@@ -210,11 +211,17 @@ if os.environ.get("KILLED_PERSISTENT"):  # a persistent loader whose workers sit
     idle = ShardLoader(dataset(), num_workers=2, persistent_workers=True, stall_timeout=STALL, worker_init_fn=note_pid)
     run_epochs(idle, 1, "persistent")
     n = 4
-loader = ShardLoader(dataset(), num_workers=2, stall_timeout=STALL, worker_init_fn=note_pid)
+loader = ShardLoader(dataset(), num_workers=2, stall_timeout=STALL, worker_init_fn=note_pid,
+                     multiprocessing_context=CONTEXT)
 it = iter(loader)
 next(it)
+if CONTEXT == "forkserver":  # the standard library's server
+    from multiprocessing import forkserver
+    server = forkserver._forkserver._forkserver_pid
+else:
+    server = server_pid()
 report(ready=True, context=type(loader.multiprocessing_context).__name__, workers=worker_pids(n),
-       forkserver=server_pid(), tracker=resource_tracker._resource_tracker._pid)
+       forkserver=server, tracker=resource_tracker._resource_tracker._pid)
 while True:  # slow steps (the workers wait with full prefetch slots) until killed
     for batch in it:
         time.sleep(2)
@@ -237,12 +244,19 @@ dist.destroy_process_group()
 }
 
 
+#: in a body, the end of what stays at module level under a main guard (functions a worker imports)
+MODULE_LEVEL_END = "# -- main --\n"
+
+
 def source(kind: str, manifest: str, keys: str, guard: bool = False) -> str:
-    """The text of program ``kind`` over ``manifest`` (expected keys in the JSON file ``keys``)."""
+    """The text of program ``kind`` over ``manifest`` (expected keys in the JSON file ``keys``); with
+    ``guard``, the body (after ``MODULE_LEVEL_END`` where it has one) runs under a main guard."""
     body = textwrap.dedent(_BODIES[kind]).strip("\n") + '\nsys.stdout.write("DONE\\n")\nsys.stdout.flush()\n'
     prelude = textwrap.dedent(_PRELUDE).format(manifest=manifest, keys=keys)
     if not guard:
-        return prelude + body
+        return prelude + body.replace(MODULE_LEVEL_END, "")
+    top, _, body = body.rpartition(MODULE_LEVEL_END)  # what a worker must import from the module stays there
+    prelude += top
     return (
         prelude + "\n\ndef main():\n" + textwrap.indent(body, "    ") + '\n\nif __name__ == "__main__":\n    main()\n'
     )
