@@ -119,6 +119,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_block_reads.py",
         "tests/test_block_shuffle.py",
     ],
+    "mix.py": ["tests/test_mix_units.py", "tests/test_mix.py", "tests/test_audit_mix.py"],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these
