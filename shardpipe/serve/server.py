@@ -136,9 +136,8 @@ class Server:
         """Start the workers, bind, and serve until killed."""
         self._zmq = zmq = require_zmq()
         check_bind(self.bind_address)
-        tmp, lock = (
-            make_socket_folder()
-        )  # locked while this server (or a worker) runs: a later server removes it once not
+        # locked while this server (or a worker) runs: a later server removes it once nobody holds it
+        tmp, lock = make_socket_folder()
         endpoints = [f"ipc://{tmp}/worker-{i}" for i in range(self.workers)]
         # fork the workers before this process creates any ZMQ context or thread
         mp = multiprocessing.get_context("fork")
