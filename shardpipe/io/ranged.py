@@ -166,8 +166,10 @@ class RangeReader:
     def advise(self, url: str, start: int, end: int, size: int | None = None, sha256: str | None = None) -> None:
         """Ask the kernel to start reading ``[start, end)`` of a local or cached shard (no-op remotely).
 
-        The block shuffle calls it a few samples ahead, so random reads from a cold disk
-        overlap instead of waiting one by one.
+        For a caller that knows its next random reads (a custom sampler over ``IndexedShards``),
+        so reads from a cold disk overlap instead of waiting one by one. shardpipe's own block
+        shuffle does not call it: its reads come from the page cache in every benchmark so far,
+        and the gain on a cold disk is not measured.
         """
         kind, handle = self._handle(url, size, sha256)
         if kind == "fd" and hasattr(os, "posix_fadvise"):
