@@ -11,10 +11,11 @@ samples are read by parallel ranged GETs, one per group of nearby samples of a s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from shardpipe.errors import ShardpipeError
 from shardpipe.format.index import BLOCK, SampleIndex, sample_from_bytes
@@ -149,6 +150,7 @@ class IndexedDataset(Dataset):
         self.seed, self.epoch = seed, 0
         self.decode, self.decoder, self.transform, self.allow_pickle = decode, decoder, transform, allow_pickle
         self._decoder: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+        self._pid = os.getpid()  # the process that last read (a worker sets up once: _in_process)
         if decode is not None:
             self._decoder = self._build_decoder()  # now: a bad mode or backend fails here, not in a worker
 
@@ -181,15 +183,28 @@ class IndexedDataset(Dataset):
         return i + n if i < 0 else i
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        self._in_process()
         return self._decoded(self.shards.sample(self._position(i)))
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """The samples of a batch, read by parallel ranged requests (the DataLoader calls it)."""
+        self._in_process()
         got = self.shards.samples([self._position(i) for i in indices])
         for sample in got:
             if isinstance(sample, Exception):
                 raise sample
         return [self._decoded(s) for s in got]  # type: ignore[arg-type]
+
+    def _in_process(self) -> None:
+        """Once per process: in a DataLoader worker whose parent is a forkserver, watch the trainer
+        (``workerstart.watch_trainer_from_worker``), so a killed trainer leaves no worker behind."""
+        pid = os.getpid()
+        if self._pid != pid:
+            self._pid = pid
+            if get_worker_info() is not None:
+                from shardpipe.workerstart import watch_trainer_from_worker
+
+                watch_trainer_from_worker()
 
     def _decoded(self, sample: dict[str, Any]) -> dict[str, Any]:
         if self.decode is None:

@@ -129,6 +129,7 @@ def describe(pids: list[int]) -> str:
         (signal.SIGTERM, "no_pidfd"),
         (signal.SIGKILL, "stdlib_forkserver"),
         (signal.SIGTERM, "stdlib_forkserver"),
+        (signal.SIGKILL, "indexed_stdlib_forkserver"),
     ],
     ids=[
         "sigterm",
@@ -137,12 +138,20 @@ def describe(pids: list[int]) -> str:
         "sigterm-without-pidfd",
         "sigkill-standard-library-forkserver",
         "sigterm-standard-library-forkserver",
+        "sigkill-indexed-dataset-standard-library-forkserver",
     ],
 )
 def test_killing_the_training_process_leaves_no_worker_or_forkserver(tmp_path, data, sig, variant):
     tag = uuid.uuid4().hex
     program = tmp_path / "killed.py"
-    program.write_text(source("killed", *data, guard=variant == "stdlib_forkserver"))  # it imports __main__
+    stdlib = variant.endswith("stdlib_forkserver")
+    manifest, keys = data
+    if variant.startswith("indexed"):  # random access needs the shards' index
+        from shardpipe import index_shards
+
+        manifest = str(tmp_path / "indexed.json")
+        index_shards(sorted(str(p) for p in Path(data[0]).parent.glob("shard-*.tar")), manifest, workers=1)
+    program.write_text(source("killed", manifest, keys, guard=stdlib))  # that server imports __main__
     pids = tmp_path / "pids"
     pids.mkdir()
     env = {
@@ -152,7 +161,8 @@ def test_killing_the_training_process_leaves_no_worker_or_forkserver(tmp_path, d
         "WORKER_PID_DIR": str(pids),
         MARKER: tag,
         **({f"KILLED_{variant.upper()}": "1"} if variant else {}),
-        **({"WORKER_CONTEXT": "forkserver"} if variant == "stdlib_forkserver" else {}),
+        **({"WORKER_CONTEXT": "forkserver"} if stdlib else {}),
+        **({"KILLED_INDEXED": "1"} if variant.startswith("indexed") else {}),
     }
     proc = subprocess.Popen(
         [sys.executable, str(program)],
@@ -164,7 +174,7 @@ def test_killing_the_training_process_leaves_no_worker_or_forkserver(tmp_path, d
     )
     try:
         ready = read_ready(proc, READY_WITHIN_S)
-        want = "ForkServerContext" if variant == "stdlib_forkserver" else "CleanForkServerContext"
+        want = "ForkServerContext" if stdlib else "CleanForkServerContext"
         assert ready["context"] == want
         assert len(ready["workers"]) == (4 if variant == "persistent" else 2)
         started = {*ready["workers"], ready["forkserver"], ready["tracker"]}

@@ -211,8 +211,16 @@ if os.environ.get("KILLED_PERSISTENT"):  # a persistent loader whose workers sit
     idle = ShardLoader(dataset(), num_workers=2, persistent_workers=True, stall_timeout=STALL, worker_init_fn=note_pid)
     run_epochs(idle, 1, "persistent")
     n = 4
-loader = ShardLoader(dataset(), num_workers=2, stall_timeout=STALL, worker_init_fn=note_pid,
-                     multiprocessing_context=CONTEXT)
+if os.environ.get("KILLED_INDEXED"):  # random access through a plain DataLoader
+    import multiprocessing
+    from torch.utils.data import DataLoader
+    from shardpipe import IndexedDataset
+    loader = DataLoader(IndexedDataset(MANIFEST), batch_size=4, shuffle=True, num_workers=2,
+                        worker_init_fn=note_pid, multiprocessing_context=multiprocessing.get_context(CONTEXT),
+                        timeout=STALL)
+else:
+    loader = ShardLoader(dataset(), num_workers=2, stall_timeout=STALL, worker_init_fn=note_pid,
+                         multiprocessing_context=CONTEXT)
 it = iter(loader)
 next(it)
 if CONTEXT == "forkserver":  # the standard library's server
