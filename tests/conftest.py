@@ -21,7 +21,9 @@ def _worker_crash_stacks() -> None:
     reports the worker killed by its signal.)"""
     from torch.utils.data._utils import signal_handling
 
-    original = signal_handling._set_worker_signal_handlers
+    original = getattr(signal_handling, "_set_worker_signal_handlers", None)  # torch's private name
+    if original is None:
+        return
 
     def set_handlers(*args: object) -> None:
         original(*args)
