@@ -96,6 +96,14 @@ class MissingFieldError(ShardpipeError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class TransformError(RuntimeError):
+    """A user's transform raised: a bug in code, not bad data, so ``on_error`` does not skip it.
+
+    The message names the transform, the sample and its shard. A transform that wants a
+    sample skipped as bad data raises ``DecodeError`` instead (``on_error`` then applies).
+    """
+
+
 class ErrorHandler:
     """Applies ``on_error`` to errors and counts what was skipped, by error type.
 

@@ -3,6 +3,7 @@ and SeaweedFS behind the fault proxy (latency, cuts)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import tracemalloc
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 
 from shardpipe import ShardDataset, ShardWriter
 from shardpipe.errors import CorruptShardError
-from shardpipe.io.budget import MemoryBudget, process_budget
+from shardpipe.io import budget as budget_module
+from shardpipe.io.budget import LinkStats, MemoryBudget, process_budget
 from shardpipe.io.files import open_shard
 from shardpipe.io.opener import ShardOpener
 from shardpipe.io.remote import ReadOptions
@@ -124,7 +126,16 @@ def test_memory_limit_is_an_open_option(http_store, tmp_path):
         OpenOptions(memory_limit=0)
 
 
-def test_adaptive_window_widens_when_the_reader_waits(http_store):
+@pytest.fixture
+def fresh_link_stats(monkeypatch) -> LinkStats:
+    """This process's link measurements as a new process starts them: the demand earlier tests
+    taught (up to the whole memory share) would request the object in one go, so no read waits."""
+    stats = LinkStats()
+    monkeypatch.setitem(budget_module._stats, os.getpid(), stats)
+    return stats
+
+
+def test_adaptive_window_widens_when_the_reader_waits(http_store, fresh_link_stats):
     data = payload(6 * MiB, 95)
     http_store.put("widen.bin", data)
     http_store.proxy.latency = 0.03
@@ -133,6 +144,7 @@ def test_adaptive_window_widens_when_the_reader_waits(http_store):
         got = f.read()
     assert got == data
     assert f.stalls >= 1
+    assert fresh_link_stats.demand > LinkStats().demand  # each stall raised the demand
     assert f.max_reserved > 2 * MiB  # more than two of the largest requests in flight
     assert f.requests < 6 * MiB // (64 * KiB)  # requests grew from 64 KiB to 1 MiB
 

@@ -7,6 +7,7 @@ augmentation whatever the worker count, shard split or resume point.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import threading
@@ -14,6 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+
+from shardpipe.errors import ShardpipeError, TransformError
 
 
 class Transform:
@@ -50,7 +53,12 @@ class PlainTransform(Transform):
         self.fn = fn
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return self.fn(img)
+        try:
+            return self.fn(img)
+        except ShardpipeError:  # the transform says the sample is bad data: on_error applies
+            raise
+        except Exception as e:
+            raise _failed(self.fn, e) from e
 
     def __repr__(self) -> str:
         return f"Plain({self.fn!r})"
@@ -65,10 +73,24 @@ class RngTransform(Transform):
         self.by_keyword = by_keyword  # rng is keyword-only
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return self.fn(img, rng=rng) if self.by_keyword else self.fn(img, rng)
+        try:
+            return self.fn(img, rng=rng) if self.by_keyword else self.fn(img, rng)
+        except ShardpipeError:
+            raise
+        except Exception as e:
+            raise _failed(self.fn, e) from e
 
     def __repr__(self) -> str:
         return f"WithRng({self.fn!r})"
+
+
+def _failed(fn: Callable[..., Any], e: Exception) -> TransformError:
+    """``e`` of a user's transform ``fn``, named by its function or class (a partial by its repr)."""
+    if isinstance(fn, functools.partial):
+        name = repr(fn)
+    else:
+        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    return TransformError(f"transform {name} raised {type(e).__name__}: {e}")
 
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)

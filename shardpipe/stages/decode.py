@@ -18,7 +18,7 @@ import numpy as np
 from shardpipe.augment import as_transform, at_epoch
 from shardpipe.augment.base import SampleRngs
 from shardpipe.augment.schedule import has_schedule
-from shardpipe.errors import DecodeError
+from shardpipe.errors import DecodeError, TransformError
 from shardpipe.format.fields import decode_field
 from shardpipe.format.sample import Sample, is_image_field
 from shardpipe.image.fused import build_image_fn
@@ -39,6 +39,14 @@ def _convert(img: np.ndarray, mode: str) -> Any:
     from PIL import Image
 
     return Image.fromarray(np.ascontiguousarray(img))
+
+
+def _in_sample(e: TransformError, sample: Sample) -> TransformError:
+    """``e`` naming the sample and shard, and why ``on_error`` let it through."""
+    return TransformError(
+        f"{e}, on sample {sample.get('__key__')!r} in shard {sample.get('__url__')} (on_error does not skip "
+        "errors of a transform's code; to skip a sample as bad data, raise shardpipe.DecodeError in the transform)"
+    )
 
 
 class SampleDecoder:
@@ -117,6 +125,8 @@ class SampleDecoder:
                     images += 1
                 else:
                     out[ext] = decode_field(ext, value, self.allow_pickle)
+            except TransformError as e:
+                raise _in_sample(e, sample) from e.__cause__
             except Exception as e:
                 raise DecodeError(
                     f"cannot decode {ext!r} of sample {sample.get('__key__')!r} "
@@ -189,6 +199,9 @@ class Augment(ParallelMap):
         out = dict(sample)
         for ext, value in sample.items():
             if isinstance(value, np.ndarray) and is_image_field(ext):
-                out[ext] = self._current(value, rng)
+                try:
+                    out[ext] = self._current(value, rng)
+                except TransformError as e:
+                    raise _in_sample(e, sample) from e.__cause__
         self.ctx.add_time("augment", time.perf_counter() - t0, 1)
         return out
