@@ -125,24 +125,41 @@ def watch_trainer_from_worker() -> None:
     the trainer forked or spawned (torch's parent check covers those) or one started from
     shardpipe's server (it watches from its start).
 
-    The trainer is ``multiprocessing.parent_process()``: its pidfd, opened here and trusted once
-    the trainer's start pipe (the process's sentinel) shows it still alive afterwards, so a reused
-    pid cannot be watched in its place; without pidfds, that pipe itself. The worker also closes
-    its copy of the server's "alive" pipe, so the server exits with the trainer.
+    The trainer is ``multiprocessing.parent_process()`` (see :func:`watch_parent`). The worker
+    also closes its copy of the server's "alive" pipe, so the server exits with the trainer.
+    """
+    global _watching
+    if _watching == os.getpid():
+        return
+    trainer = multiprocessing.parent_process()
+    if trainer is None or trainer.pid == os.getppid() or trainer.sentinel is None:
+        _watching = os.getpid()  # nothing to watch from here
+        return
+    _close_server_alive_fd()
+    watch_parent()
+
+
+def watch_parent() -> None:
+    """Exit this process when ``multiprocessing.parent_process()`` ends (even by SIGKILL), at once;
+    once per process. A worker of a pool calls it first thing (shardpipe write's prepare workers).
+
+    Its pidfd, opened here and trusted once the parent shows it was still alive afterwards (still
+    this process's parent, or its start pipe, the process's sentinel, still open), so a reused pid
+    cannot be watched in its place; without pidfds, that pipe itself (which a sibling the parent
+    forked later also holds, so it may close late).
     """
     global _watching
     pid = os.getpid()
     if _watching == pid:
         return
     _watching = pid
-    trainer = multiprocessing.parent_process()
-    if trainer is None or trainer.pid == os.getppid() or trainer.sentinel is None:
+    parent = multiprocessing.parent_process()
+    if parent is None or parent.sentinel is None:
         return
-    fd = _pidfd(trainer.pid)
-    if not trainer.is_alive():  # gone already (its pid may name another process by now)
+    fd = _pidfd(parent.pid)
+    if os.getppid() != parent.pid and not parent.is_alive():  # gone already (its pid may name another)
         os._exit(ORPHAN_EXIT)
-    _close_server_alive_fd()
-    watch_trainer(fd if fd is not None else os.dup(trainer.sentinel))
+    watch_trainer(fd if fd is not None else os.dup(parent.sentinel))
 
 
 def _pidfd(pid: int) -> int | None:

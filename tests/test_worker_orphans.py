@@ -244,6 +244,65 @@ def test_a_plain_process_from_the_forkserver_ends_with_its_trainer(tmp_path, var
         proc.stdout.close()
 
 
+POOL_PROGRAM = """
+import json, multiprocessing as mp, os, sys, time
+import shardpipe.workerstart
+
+
+def start(no_pidfd):
+    if no_pidfd:  # the kernel gives no pidfd: the parent's start pipe is watched instead
+        shardpipe.workerstart._pidfd = lambda pid: None
+    shardpipe.workerstart.watch_parent()
+
+
+def busy(seconds):
+    time.sleep(seconds)  # mid-task: no queue read would notice the parent's death
+    return os.getpid()
+
+
+if __name__ == "__main__":
+    method, no_pidfd = sys.argv[1], sys.argv[2] == "no_pidfd"
+    pool = mp.get_context(method).Pool(1, start, (no_pidfd,))
+    pool.apply_async(busy, (3600,))
+    workers = [p.pid for p in pool._pool]
+    time.sleep(0.5)
+    print("RESULT " + json.dumps({"ready": True, "workers": workers}), flush=True)
+    time.sleep(3600)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "method, variant", [("fork", "pidfd"), ("forkserver", "pidfd"), ("spawn", "pidfd"), ("forkserver", "no_pidfd")]
+)
+def test_a_pool_worker_watching_its_parent_ends_with_it_mid_task(tmp_path, method, variant):
+    """``watch_parent`` (shardpipe write's prepare workers call it first): a worker busy in a task when its
+    parent is killed exits at once, whoever started it, rather than when the task ends."""
+    tag = uuid.uuid4().hex
+    program = tmp_path / "pool.py"
+    program.write_text(POOL_PROGRAM)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        MARKER: tag,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(program), method, variant], stdout=subprocess.PIPE, env=env, start_new_session=True
+    )
+    try:
+        ready = read_ready(proc, READY_WITHIN_S)
+        assert all(alive(p) for p in ready["workers"])
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+        took, left = wait_gone(set(ready["workers"]), tag, GONE_WITHIN_S)
+        assert not left, f"{len(left)} processes outlived the killed parent by {took:.1f} s:\n" + describe(left)
+    finally:
+        proc.kill()
+        proc.wait(30)
+        kill_all(marked(tag))
+        proc.stdout.close()
+
+
 def test_the_watch_exits_the_process_when_its_pipe_closes():
     code = (
         "import os, time\n"

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import signal
-import threading
-import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +17,7 @@ from typing import Any, NamedTuple
 
 from shardpipe.errors import DecodeError
 from shardpipe.image.restart import add_restart_intervals
+from shardpipe.workerstart import watch_parent
 from shardpipe.write.presize import check_image, image_ext, presize
 from shardpipe.write.sources import Record, Source
 
@@ -100,27 +98,11 @@ def prepare(source: Source, opts: PrepareOptions, pos: int, record: Record) -> P
 _worker: tuple[Source, PrepareOptions] | None = None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        pass
-    return True
-
-
-def _init_worker(source: Source, opts: PrepareOptions, parent: int) -> None:
+def _init_worker(source: Source, opts: PrepareOptions) -> None:
     global _worker
     _worker = (source, opts)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-
-    def watch() -> None:  # exit when the writer dies (even by SIGKILL): no orphans
-        while _alive(parent):  # not getppid(): a forkserver's workers are not the writer's children
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
+    watch_parent()  # exit when the writer dies (even by SIGKILL), also in the middle of a chunk
 
 
 def _work_chunk(chunk: list[tuple[int, Record]]) -> list[PrepareResult]:
@@ -157,7 +139,7 @@ def prepared(
                 yield window.popleft().result()
         return
     chunks = (items[i : i + CHUNK] for i in range(0, len(items), CHUNK))
-    with _process_context(source, opts).Pool(workers, _init_worker, (source, opts, os.getpid())) as pool:
+    with _process_context(source, opts).Pool(workers, _init_worker, (source, opts)) as pool:
         pending = deque(pool.apply_async(_work_chunk, (c,)) for c in islice(chunks, 4 * workers))
         while pending:
             results = pending.popleft().get()
