@@ -216,6 +216,30 @@ def test_csv_without_header_and_relative_paths(imagefolder, tmp_path: Path):
     assert scan.class_names is None and scan.skipped == []
 
 
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_blank_key_cell_names_the_sample_by_its_path_and_stays_out_of_its_json(imagefolder, tmp_path: Path, kind):
+    root, files = imagefolder
+    rows = [
+        (str(root / rel), label, key, f"note {i}")
+        for i, ((rel, label), key) in enumerate(zip(files[:3], ["a", "", None]))
+    ]
+    listing = tmp_path / f"list.{kind}"
+    if kind == "csv":
+        with open(listing, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "key", "note"])
+            w.writerows([(p, label, key or "", note) for p, label, key, note in rows])
+    else:
+        fields = ("path", "label", "key", "note")
+        listing.write_text("".join(json.dumps(dict(zip(fields, r))) + "\n" for r in rows))
+    write_shards(listing, str(tmp_path / "k-%02d.tar"), restart_intervals=False, shuffle=False)
+    samples = read_back(tmp_path / "manifest.json")
+    by_path = {make_key(p[:-4].lstrip("/")) for p, *_ in rows[1:]}
+    assert set(samples) == {"a"} | by_path
+    assert sorted(json.loads(s["json"])["note"] for s in samples.values()) == ["note 0", "note 1", "note 2"]
+    assert all(json.loads(s["json"]).keys() == {"note"} for s in samples.values())  # no "key": "" / null
+
+
 def test_jsonl_with_keys_labels_extra_and_bad_lines(imagefolder, tmp_path: Path):
     root, files = imagefolder
     listing = tmp_path / "list.jsonl"

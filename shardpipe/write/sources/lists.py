@@ -47,7 +47,8 @@ class _ListSource(Source):
             rel = str(row[path_field]).replace("\\", "/")
             label_field = next((f for f in LABEL_FIELDS if f in row), None)
             key_field = next((f for f in KEY_FIELDS if row.get(f) not in (None, "")), None)
-            used = {path_field, label_field, key_field}
+            blank_keys = {f for f in KEY_FIELDS if f in row and row[f] in (None, "")}  # the path names it
+            used = {path_field, label_field, key_field, *blank_keys}
             extra = {k: v for k, v in row.items() if k not in used and k is not None} or None
             full = os.path.join(self.root, rel)
             key = make_key(str(row[key_field])) if key_field else make_key(strip_suffix(rel.lstrip("/")))
