@@ -28,6 +28,15 @@ BAD_PATTERNS = [
     ("x-%d-%.tar", "has a % that is not a %d placeholder"),
     ("x-{n}.tar", "has a brace that is not a {} placeholder"),
     ("x-%0100d.tar", "pads the number to 100 digits"),
+    ("x-%6d.tar", "pads the shard number with spaces (%6d), which puts spaces in the file names; pad with zeros: %06d"),
+    (
+        "x-{:3d}.tar",
+        "pads the shard number with spaces ({:3d}), which puts spaces in the file names; pad with zeros: {:03d}",
+    ),
+    (
+        "x-{0:2d}.tar",
+        "pads the shard number with spaces ({0:2d}), which puts spaces in the file names; pad with zeros: {0:02d}",
+    ),
 ]
 
 
@@ -48,6 +57,8 @@ def test_a_pattern_without_exactly_one_placeholder_is_refused(tmp_path, pattern,
         ("x-{}.tar", "x-12.tar"),
         ("x-{:06d}.tar", "x-000012.tar"),
         ("x-{0:04d}.tar", "x-0012.tar"),
+        ("x-%1d.tar", "x-12.tar"),  # a width of one pads nothing
+        ("x-{:1d}.tar", "x-12.tar"),
         ("{{set}}-{:03d}.tar", "{set}-012.tar"),
     ],
 )

@@ -59,7 +59,7 @@ def _check_placeholders(pattern: str) -> str:
     if percent:
         if len(percent) > 1:
             raise ShardPatternError(f"shard pattern {pattern!r} has {len(percent)} placeholders, not one: {usage}")
-        _check_width(pattern, percent[0].group(1), usage)
+        _check_width(pattern, percent[0], "%")
         return "%"
     fields = [m for m in _BRACE.finditer(pattern) if m.group(0) not in ("{{", "}}")]
     rest = _BRACE.sub("", pattern)
@@ -75,13 +75,23 @@ def _check_placeholders(pattern: str) -> str:
         raise ShardPatternError(
             f"shard pattern {pattern!r} has {len(fields)} shard-number placeholders, not one: {usage}"
         )
-    _check_width(pattern, fields[0].group(2), usage)
+    _check_width(pattern, fields[0], "{}")
     return "{}"
 
 
-def _check_width(pattern: str, width: str | None, usage: str) -> None:
+def _check_width(pattern: str, placeholder: re.Match[str], style: str) -> None:
+    """Refuse padding wider than ``MAX_WIDTH`` and padding with spaces (``%6d``: file names with
+    spaces, which a brace range such as the one ``shardpipe write`` prints cannot give back)."""
+    width = placeholder.group(1 if style == "%" else 2)
     if width and int(width) > MAX_WIDTH:
         raise ShardPatternError(f"shard pattern {pattern!r} pads the number to {width} digits (at most {MAX_WIDTH})")
+    if _number(placeholder, style, 0).startswith(" "):
+        text = placeholder.group(0)
+        zeros = f"%0{width}d" if style == "%" else text.replace(":", ":0", 1)
+        raise ShardPatternError(
+            f"shard pattern {pattern!r} pads the shard number with spaces ({text}), which puts spaces in the "
+            f"file names; pad with zeros: {zeros}"
+        )
 
 
 def _check_in_file_name(pattern: str, placeholder: re.Match[str]) -> None:
@@ -150,9 +160,8 @@ def shard_file_regex(pattern: str) -> re.Pattern[str]:
     m = _placeholder(pattern, style)
     name_start = pattern.rfind("/", 0, m.start()) + 1
     head, tail = _literal(pattern[name_start : m.start()], style), _literal(pattern[m.end() :], style)
-    zero = _number(m, style, 0)  # as wide as the smallest number: %06d -> 000000, %6d -> '     0'
-    digits = r" *\d+" if zero.startswith(" ") else rf"\d{{{len(zero)},}}"
-    return re.compile(re.escape(head) + digits + re.escape(tail))
+    zero = _number(m, style, 0)  # as wide as the smallest number: %06d -> 000000
+    return re.compile(re.escape(head) + rf"\d{{{len(zero)},}}" + re.escape(tail))
 
 
 def stale_shards(pattern: str, written: Collection[str], storage_options: dict[str, Any] | None = None) -> list[str]:
