@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -36,13 +37,20 @@ class ServerProcess:
     """One ``shardpipe serve`` process; ``endpoint`` is where it listens."""
 
     def __init__(
-        self, config: Path, workers: int = 2, bind: str = "tcp://127.0.0.1:*", *extra: str, env: dict | None = None
+        self,
+        config: Path,
+        workers: int = 2,
+        bind: str = "tcp://127.0.0.1:*",
+        *extra: str,
+        env: dict | None = None,
+        stderr: Any = None,
     ):
         cmd = [sys.executable, "-m", "shardpipe.cli", "serve", str(config), "--workers", str(workers)]
         cmd += (["--bind", bind] if bind else []) + ["--heartbeat", "0.2", *extra]
         env = {**os.environ, **(env or {}), "PYTHONPATH": str(ROOT)}
         self.cmd = cmd
-        self.proc = spawn(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)  # its workers join its group
+        # its workers join its group; stderr: where its log goes (None: this process's stderr)
+        self.proc = spawn(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
         self.endpoint, self.pid = "", 0
 
     def wait_ready(self) -> ServerProcess:

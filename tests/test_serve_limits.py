@@ -121,7 +121,8 @@ def _write_error_config(root: Path) -> Path:
 
 
 def test_an_oversized_worker_error_is_truncated_and_releases_its_part(tmp_path):
-    server = ServerProcess(_write_error_config(tmp_path), 1).wait_ready()
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - the server writes it until stopped
+    server = ServerProcess(_write_error_config(tmp_path), 1, stderr=log).wait_ready()
     peer = Peer(server.endpoint)
     prefix = "part 0/1 of rank 0/1, epoch 0: MissingFieldError: sample 'kkk"
     tail = r" \.\.\. \[truncated: the message was (\d+) characters\]$"
@@ -142,6 +143,12 @@ def test_an_oversized_worker_error_is_truncated_and_releases_its_part(tmp_path):
     finally:
         peer.close()
         server.stop()
+        log.close()
+    # the server's log has each failure's traceback with the text clipped, not 4.5 MB three times over
+    text = (tmp_path / "server.log").read_text()
+    failures = text.count("MissingFieldError: sample 'kkk")
+    assert failures == 3 and text.count("[truncated: the message was") == failures
+    assert len(text) < failures * (MAX_TEXT + 10_000), len(text)
 
 
 def test_a_client_that_stops_reading_gets_at_most_credits_batches_per_part(server):

@@ -13,6 +13,7 @@ import ctypes
 import logging
 import os
 import signal
+import traceback
 from collections import deque
 from typing import Any
 
@@ -39,6 +40,13 @@ def die_with_parent() -> None:
         pass  # elsewhere the parent-pid check in the loop does it
 
 
+def _log_failure(what: str, e: BaseException) -> None:
+    """Log ``what`` with ``e``'s traceback, each part of it clipped: an exception's text (a hostile
+    shard's key or field list) must not flood the server's log."""
+    parts = traceback.TracebackException.from_exception(e).format()
+    log.error("%s\n%s", what, "".join(clip_text(part) for part in parts).rstrip("\n"))
+
+
 def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
     """Entry point of worker ``index``: serve parts over the PAIR socket at ``endpoint``."""
     import zmq
@@ -62,7 +70,7 @@ def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
             header, _ = unpack(frames[1:])
             check_request(header)
         except Exception as e:
-            log.warning("worker %d: ignored a malformed request: %s", index, e)
+            log.warning("worker %d: ignored a malformed request: %s", index, clip_text(str(e)))
             return
         key = (client, header.get("assignment", -1))
         if header["type"] == "assign":
@@ -71,7 +79,7 @@ def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
                 running[key] = _Running(client, part, part_pipeline(dataset, part))
                 turn.append(key)
             except Exception as e:  # a bad resume state or unreadable shard list: the trainer decides
-                log.exception("worker %d: cannot start %s", index, part.describe())
+                _log_failure(f"worker {index}: cannot start {part.describe()}", e)
                 message = clip_text(str(e))
                 sock.send_multipart([client, *control("error", assignment=part.assignment, message=message)])
         elif header["type"] == "credit" and key in running:
@@ -103,7 +111,7 @@ def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
             running.pop(key).pipeline.close()
             continue
         except Exception as e:  # a pipeline error, or a field the wire cannot carry (WireError)
-            log.exception("worker %d: %s failed", index, job.part.describe())
+            _log_failure(f"worker {index}: {job.part.describe()} failed", e)
             message = clip_text(f"{job.part.describe()}: {type(e).__name__}: {e}")  # the server reads it whole
             sock.send_multipart([job.client, *control("error", assignment=job.part.assignment, message=message)])
             running.pop(key).pipeline.close()
