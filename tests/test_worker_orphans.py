@@ -215,33 +215,45 @@ time.sleep(3600)
 """
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ["pidfd", "no_pidfd"])
-def test_a_plain_process_from_the_forkserver_ends_with_its_trainer(tmp_path, variant):
-    """The watch itself, without torch's worker loop (whose parent check would end a worker once the server is gone)."""
+def kill_and_check_gone(tmp_path: Path, text: str, args: list[str], keys: tuple[str, ...], started) -> None:
+    """Run ``text`` as a program with ``args`` (each of its processes marked), SIGKILL it once it printed
+    ``keys``, and fail unless the processes ``started(ready)`` names and every marked one are gone within
+    ``GONE_WITHIN_S``."""
     tag = uuid.uuid4().hex
-    program = tmp_path / "plain.py"
-    program.write_text(PLAIN_PROGRAM)
+    program = tmp_path / "program.py"
+    program.write_text(text)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         MARKER: tag,
     }
     proc = subprocess.Popen(
-        [sys.executable, str(program), variant], stdout=subprocess.PIPE, env=env, start_new_session=True
+        [sys.executable, str(program), *args], stdout=subprocess.PIPE, env=env, start_new_session=True
     )
     try:
-        ready = read_ready(proc, READY_WITHIN_S, keys=("ready", "alive_fd"))
-        assert ready["alive_fd"] is None  # the child closed its copy of the server's alive pipe
+        pids = started(read_ready(proc, READY_WITHIN_S, keys=keys))
+        assert all(alive(p) for p in pids), describe(sorted(pids))
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
-        took, left = wait_gone({ready["child"], ready["forkserver"]}, tag, GONE_WITHIN_S)
+        took, left = wait_gone(pids, tag, GONE_WITHIN_S)
         assert not left, f"{len(left)} processes outlived the killed process by {took:.1f} s:\n" + describe(left)
     finally:
         proc.kill()
         proc.wait(30)
         kill_all(marked(tag))
         proc.stdout.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["pidfd", "no_pidfd"])
+def test_a_plain_process_from_the_forkserver_ends_with_its_trainer(tmp_path, variant):
+    """The watch itself, without torch's worker loop (whose parent check would end a worker once the server is gone)."""
+
+    def started(ready: dict) -> set[int]:
+        assert ready["alive_fd"] is None  # the child closed its copy of the server's alive pipe
+        return {ready["child"], ready["forkserver"]}
+
+    kill_and_check_gone(tmp_path, PLAIN_PROGRAM, [variant], ("ready", "alive_fd"), started)
 
 
 POOL_PROGRAM = """
@@ -278,29 +290,7 @@ if __name__ == "__main__":
 def test_a_pool_worker_watching_its_parent_ends_with_it_mid_task(tmp_path, method, variant):
     """``watch_parent`` (shardpipe write's prepare workers call it first): a worker busy in a task when its
     parent is killed exits at once, whoever started it, rather than when the task ends."""
-    tag = uuid.uuid4().hex
-    program = tmp_path / "pool.py"
-    program.write_text(POOL_PROGRAM)
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        MARKER: tag,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, str(program), method, variant], stdout=subprocess.PIPE, env=env, start_new_session=True
-    )
-    try:
-        ready = read_ready(proc, READY_WITHIN_S)
-        assert all(alive(p) for p in ready["workers"])
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
-        took, left = wait_gone(set(ready["workers"]), tag, GONE_WITHIN_S)
-        assert not left, f"{len(left)} processes outlived the killed parent by {took:.1f} s:\n" + describe(left)
-    finally:
-        proc.kill()
-        proc.wait(30)
-        kill_all(marked(tag))
-        proc.stdout.close()
+    kill_and_check_gone(tmp_path, POOL_PROGRAM, [method, variant], ("ready",), lambda ready: set(ready["workers"]))
 
 
 def test_the_watch_exits_the_process_when_its_pipe_closes():
