@@ -86,11 +86,13 @@ def test_corrupt_cached_file_is_detected_and_fetched_again(http_store, tmp_path)
     url = http_store.url("c-corrupt.bin", proxied=True)
     assert cached_read(url, tmp_path) == data
     (name,) = data_files(tmp_path)
+    st = (tmp_path / name).stat()
     with open(tmp_path / name, "r+b") as f:  # flip one byte in place
         f.seek(MiB)
         byte = f.read(1)
         f.seek(MiB)
         f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(tmp_path / name, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # a coarse clock may not tick
     http_store.proxy.reset_counters()
     assert cached_read(url, tmp_path) == data
     assert http_store.proxy.bytes_down >= len(data)  # fetched again

@@ -174,7 +174,8 @@ def test_a_changed_cached_copy_is_fetched_again(tmp_path: Path, caplog):
     read(cache, source, "s3://b/a.tar")
     path = cache.path_for("s3://b/a.tar")
     st = path.stat()
-    path.write_bytes(b"x" * 100)  # same size, new mtime
+    path.write_bytes(b"x" * 100)  # same size, new mtime (set: a coarse file clock may not have ticked)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     with caplog.at_level(logging.WARNING, logger="shardpipe"):
         assert read(cache, source, "s3://b/a.tar") == data
     assert cache.stats.refetched_corrupt == 1 and len(source.downloads) == 2

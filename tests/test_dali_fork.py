@@ -3,6 +3,7 @@ parent built, and ``close`` releases a pipeline at once. Real programs, DALI's C
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from pathlib import Path
@@ -45,15 +46,20 @@ def test_close_releases_the_pipelines_threads_at_once():
     """Before, ``close`` only dropped the decoder's reference: while anything else held the pipeline
     (a traceback's frame, a cycle) it lived on, threads and memory, until a garbage collection,
     which may come in a forked child."""
-    before = _dali_threads()
-    decoder = DaliBatchDecoder(32, device="cpu", batch_size=2, num_threads=2, seed=1)
-    decoder.decode([make_jpeg(i, plain=True) for i in range(2)])
-    assert _dali_threads() > before
-    held = decoder._pipe  # as a traceback of a failed batch would hold it
-    decoder.close()
-    assert _dali_threads() == before
-    del held
-    _, kept = decoder.decode([make_jpeg(3, plain=True)])  # a closed decoder builds a new pipeline
-    assert kept == [0]
-    decoder.close()
-    assert _dali_threads() == before
+    gc.collect()  # decoders earlier tests dropped are cyclic garbage whose pipelines still run threads
+    gc.disable()  # and no collection may end them while this test counts
+    try:
+        before = _dali_threads()
+        decoder = DaliBatchDecoder(32, device="cpu", batch_size=2, num_threads=2, seed=1)
+        decoder.decode([make_jpeg(i, plain=True) for i in range(2)])
+        assert _dali_threads() > before
+        held = decoder._pipe  # as a traceback of a failed batch would hold it
+        decoder.close()
+        assert _dali_threads() == before
+        del held
+        _, kept = decoder.decode([make_jpeg(3, plain=True)])  # a closed decoder builds a new pipeline
+        assert kept == [0]
+        decoder.close()
+        assert _dali_threads() == before
+    finally:
+        gc.enable()

@@ -120,6 +120,16 @@ MODULES: dict[str, list[str]] = {
         "tests/test_block_shuffle.py",
     ],
     "mix.py": ["tests/test_mix_units.py", "tests/test_mix.py", "tests/test_audit_mix.py"],
+    # (test_serve_audit.py and test_serve_limits.py reach it only inside `shardpipe serve` processes, where
+    # mutmut cannot see which test called it: they would select no mutant's tests)
+    "serve/coordination.py": ["tests/test_coordination_units.py", "tests/test_trust_serve.py"],
+    "write/shard_writer.py": [
+        "tests/test_shard_writer_units.py",
+        "tests/test_writer.py",
+        "tests/test_writer_edge.py",
+        "tests/test_trust_write.py",
+        "tests/test_write_options.py",
+    ],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these
