@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,20 @@ def _worker_crash_stacks() -> None:
 
 
 _worker_crash_stacks()
+
+_PYTEST_PID = os.getpid()
+
+
+def _collect_before_fork() -> None:
+    """Free the garbage earlier tests left before this process forks (DataLoader workers): a child
+    inherits it, and its first collection there runs the finalizers of objects it never owned (a
+    DALI pipeline's crashed a worker; a dropped loader's pipes and shared memory). A user's program
+    has no other tests' garbage; this keeps one test's leftovers out of the next one's workers."""
+    if os.getpid() == _PYTEST_PID:
+        gc.collect()
+
+
+os.register_at_fork(before=_collect_before_fork)
 
 
 @pytest.fixture

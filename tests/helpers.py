@@ -7,6 +7,8 @@ import io
 import os
 import signal
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -187,3 +189,27 @@ def run_in_group(cmd: list[str], timeout: float, **kwargs) -> subprocess.Complet
     if check:
         result.check_returncode()
     return result
+
+
+class Sleeps:
+    """A module's ``time`` for a test: ``sleep`` on the test's own thread is recorded in ``waits``
+    and returns at once; any other thread (one an earlier test left running) really sleeps, and
+    every other name is the real module's. Patch one module: ``monkeypatch.setattr(mod, "time", Sleeps())``."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+        self._thread = threading.get_ident()
+
+    def sleep(self, seconds: float) -> None:
+        if threading.get_ident() == self._thread:
+            self.waits.append(seconds)
+        else:
+            time.sleep(seconds)
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
+def own_records(caplog) -> list:
+    """The log records the test's own thread made (not a thread an earlier test left running)."""
+    return [r for r in caplog.records if r.thread == threading.get_ident()]

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import http.client
 import logging
-import time
+import threading
 
 import fsspec
 import pytest
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, TruncatedShardError
+from shardpipe.io import remote as remote_module
 from shardpipe.io.remote import (
     MAX_CONNECTIONS,
     ReadOptions,
@@ -23,7 +24,7 @@ from shardpipe.io.remote import (
     with_connection_pool,
 )
 
-from .helpers import payload
+from .helpers import Sleeps, own_records, payload
 
 MiB = 1 << 20
 
@@ -101,8 +102,8 @@ def test_a_status_that_is_not_an_integer_is_no_http_verdict():
 
 
 def test_each_retry_is_logged_and_waits_its_backoff(caplog, monkeypatch):
-    waits: list[float] = []
-    monkeypatch.setattr(time, "sleep", waits.append)
+    sleeps = Sleeps()
+    monkeypatch.setattr(remote_module, "time", sleeps)
     calls = []
 
     def flaky():
@@ -114,15 +115,15 @@ def test_each_retry_is_logged_and_waits_its_backoff(caplog, monkeypatch):
     opts = ReadOptions(retries=3, backoff=0.5, max_backoff=1.5)
     with caplog.at_level(logging.INFO, logger="shardpipe"):
         assert call_with_retries(flaky, "info of s3://b/x", opts) == 7
-    assert waits == [0.5, 1.0, 1.5]
-    assert [r.getMessage() for r in caplog.records] == [
+    assert sleeps.waits == [0.5, 1.0, 1.5]
+    assert [r.getMessage() for r in own_records(caplog)] == [
         "retrying info of s3://b/x after ConnectionResetError: [Errno 104] reset"
     ] * 3
-    assert [r.levelno for r in caplog.records] == [logging.INFO] * 3
+    assert [r.levelno for r in own_records(caplog)] == [logging.INFO] * 3
 
 
 def test_no_retries_means_one_attempt(monkeypatch):
-    monkeypatch.setattr(time, "sleep", lambda s: None)
+    monkeypatch.setattr(remote_module, "time", Sleeps())
     calls = []
 
     def failing():
@@ -151,14 +152,14 @@ class InfoStore:
 
 
 def test_object_info_retries_and_gives_an_integer_size(monkeypatch):
-    monkeypatch.setattr(time, "sleep", lambda s: None)
+    monkeypatch.setattr(remote_module, "time", Sleeps())
     fs = InfoStore([ConnectionResetError(104, "reset")], {"size": "12", "name": "p", "ETag": "e"})
     assert object_info(fs, "p", "s3://b/p", ReadOptions(retries=1)) == {"size": 12, "name": "p", "ETag": "e"}
     assert fs.info_calls == 2
 
 
 def test_object_info_errors_name_the_url(monkeypatch):
-    monkeypatch.setattr(time, "sleep", lambda s: None)
+    monkeypatch.setattr(remote_module, "time", Sleeps())
     opts = ReadOptions(retries=2)
     fs = InfoStore([ConnectionRefusedError(111, "refused")] * 3)
     with pytest.raises(TruncatedShardError) as e:
@@ -220,14 +221,14 @@ def test_the_thread_source_reads_ranges_and_times_out():
     fs, path = fsspec.core.url_to_fs("memory://shardpipe-units/ranges.bin")
     fs.pipe_file(path, bytes(range(100)))
 
+    release = threading.Event()
+
     class Slow:
         threads: list[str] = []
 
         def cat_file(self, path, start, end):
-            import threading
-
             self.threads.append(threading.current_thread().name)
-            time.sleep(0.5)
+            release.wait(30)  # busy until the test has looked (not a guess at how long that takes)
             return b""
 
     try:
@@ -244,4 +245,5 @@ def test_the_thread_source_reads_ranges_and_times_out():
         assert queued.cancelled()
         assert Slow.threads == ["shardpipe-read_0"]  # named as shardpipe's (fork warnings, py-spy)
     finally:
+        release.set()
         fs.rm(path)

@@ -16,11 +16,12 @@ import fsspec
 import pytest
 
 from shardpipe.errors import CorruptShardError, ShardReadError, TruncatedShardError
+from shardpipe.io import stream as stream_module
 from shardpipe.io.budget import LinkStats, MemoryBudget
 from shardpipe.io.remote import ReadOptions, ThreadBlockSource
 from shardpipe.io.stream import MAX_DEMAND, ResumableReader
 
-from .helpers import payload
+from .helpers import Sleeps, own_records, payload
 
 KiB = 1 << 10
 URL = "memory://shardpipe-stream/obj.bin"
@@ -275,22 +276,22 @@ def test_a_transient_failure_is_requested_again_from_its_first_byte(data, caplog
             assert f.read() == data
             assert f.retries_used == 2
     assert src.log.count((B, 2 * B)) == 3
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in own_records(caplog)] == [
         f"{URL}: ConnectionResetError at byte {B} ([Errno 104] reset); retry 1/2 in 0.00 s",
         f"{URL}: EOFError at byte {B} (cut); retry 2/2 in 0.00 s",
     ]
 
 
 def test_retries_wait_their_backoff(data, monkeypatch):
-    waits: list[float] = []
-    monkeypatch.setattr(time, "sleep", waits.append)
+    sleeps = Sleeps()
+    monkeypatch.setattr(stream_module, "time", sleeps)
     src = Faults({0: [EOFError("a"), EOFError("b"), EOFError("c")]})
     f = ResumableReader(
         URL, src, len(data), 0, ReadOptions(backoff=0.5, max_backoff=0.75, **FIXED), MemoryBudget(1 << 30), LinkStats()
     )
     with f:
         assert f.read(10) == data[:10]
-    assert waits == [0.5, 0.75, 0.75]
+    assert sleeps.waits == [0.5, 0.75, 0.75]
 
 
 def test_retries_run_out_at_the_configured_count_and_the_error_sticks(data):

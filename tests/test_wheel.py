@@ -38,6 +38,7 @@ def outside_env() -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # its steps' own limits, not the suite's 300 s
 @pytest.mark.skipif(not headers_and_compiler(), reason="building the wheel needs gcc and libjpeg-turbo's headers")
 def test_wheel_carries_the_decoder_and_its_libjpeg(tmp_path: Path):
     wheels = tmp_path / "wheels"

@@ -77,11 +77,20 @@ class SeaweedS3:
                 os.remove(f"/tmp/seaweedfs-{name}-grpc-{port}.sock")
 
     def _ready(self) -> bool:
-        if not port_open(self.port):
-            return False
-        # the S3 gateway answers once the filer is up; an unsigned request gets 403, fine
+        """The gateway answers and every bucket exists (a signed HEAD: the gateway answers an
+        unsigned one before the buckets are made, and a put meanwhile fails with NoSuchBucket)."""
+        return port_open(self.port) and all(self._bucket_exists(b) for b in self.buckets)
+
+    def _bucket_exists(self, bucket: str) -> bool:
+        from botocore.auth import S3SigV4Auth
+        from botocore.awsrequest import AWSRequest
+        from botocore.credentials import Credentials
+
+        url = f"{self.endpoint}/{bucket}"
+        signed = AWSRequest(method="HEAD", url=url)
+        S3SigV4Auth(Credentials(ACCESS_KEY, SECRET_KEY), "s3", "us-east-1").add_auth(signed)
         try:
-            urllib.request.urlopen(f"{self.endpoint}/{self.buckets[0]}", timeout=2)
-        except urllib.error.HTTPError as e:
-            return e.code in (403, 404)
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD", headers=dict(signed.headers)), timeout=2)
+        except urllib.error.HTTPError:
+            return False
         return True
