@@ -181,3 +181,29 @@ def test_write_presize_turns_small_and_large_tagged_photos_alike(tmp_path: Path)
     out = str(tmp_path / "out" / "manifest.json")
     shapes = {s["__key__"]: s["jpg"].shape[:2] for s in shardpipe.ShardDataset(out, decode="rgb8")}
     assert shapes == {"small": (90, 60), "large": (150, 100)}  # both portrait, as displayed
+
+
+@pytest.mark.timeout(120)  # (before: the pool restarted its workers forever)
+def test_a_worker_that_cannot_watch_the_writer_still_presizes(tmp_path: Path, monkeypatch):
+    """A pool initializer that raises makes the standard library's pool start workers again and again:
+    the write's workers carry on without the watch instead (their task queue still ends them)."""
+    import multiprocessing
+
+    from shardpipe.write import prepare
+
+    def no_watch() -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(prepare, "watch_parent", no_watch)
+    monkeypatch.setattr(prepare, "_process_context", lambda source, opts: multiprocessing.get_context("fork"))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"im{i}.jpg").write_bytes(jpeg(make_image(i, size=(320, 240))))
+    out = {}
+    for workers in (1, 2):
+        summary = write_shards(src, str(tmp_path / f"w{workers}" / "p-%02d.tar"), presize=64, workers=workers,
+                               restart_intervals=False)  # fmt: skip
+        assert summary.presized == 6 and summary.written == 6
+        out[workers] = (tmp_path / f"w{workers}" / "p-00.tar").read_bytes()
+    assert out[2] == out[1]

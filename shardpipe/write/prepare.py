@@ -102,7 +102,12 @@ def _init_worker(source: Source, opts: PrepareOptions) -> None:
     global _worker
     _worker = (source, opts)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
-    watch_parent()  # exit when the writer dies (even by SIGKILL), also in the middle of a chunk
+    try:  # exit when the writer dies (even by SIGKILL), also in the middle of a chunk
+        watch_parent()
+    except Exception as e:  # noqa: BLE001 - an initializer that raises makes the pool restart workers forever
+        log.warning(
+            "a write worker cannot watch the writer (%s: %s): it ends when its task queue closes", type(e).__name__, e
+        )
 
 
 def _work_chunk(chunk: list[tuple[int, Record]]) -> list[PrepareResult]:
