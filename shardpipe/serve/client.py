@@ -149,7 +149,8 @@ class RemoteLoader:
         for s in servers:
             s.connect(self._ctx, self.max_message, self._curve)
         deadline = time.monotonic() + wait
-        while any(not s.live for s in servers) and time.monotonic() < deadline:
+        # not waiting for one that answered and was refused (a malformed hello)
+        while any(not s.live and s.reason == SILENT for s in servers) and time.monotonic() < deadline:
             self._pump(min(0.05, max(0.0, deadline - time.monotonic())), check=False)
 
     # -- iteration --------------------------------------------------------------
@@ -263,6 +264,7 @@ class RemoteLoader:
             log.error("rejected a message from %s (%d so far): %s", server.address, self.stats["rejected"], e)
             server.reason = f"sent a malformed message: {e}"  # also when it was not live yet (a bad hello)
             self._drop(server, server.reason)
+            server.close()  # (_drop closes a live one; nothing more is read from one refused at its hello)
             return
         server.last_seen = time.monotonic()
         kind = header["type"]

@@ -69,6 +69,7 @@ class ServerLink:
         import zmq
 
         self.close()
+        self.reason = SILENT  # until it answers again
         sock = ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.rcvhwm = sock.sndhwm = 0  # credits bound the traffic; never drop a message

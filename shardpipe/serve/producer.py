@@ -49,12 +49,15 @@ def _log_failure(what: str, e: BaseException) -> None:
 
 def run_worker(index: int, endpoint: str, dataset: ShardDataset) -> None:
     """Entry point of worker ``index``: serve parts over the PAIR socket at ``endpoint``."""
+    # first: Ctrl-C reaches the whole group and the server stops us. The server starts us with SIGINT
+    # blocked (see server._start_workers): ignored now, a pending one is discarded, then unblock it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     import zmq
 
     from shardpipe.workermemory import tune_worker_allocator
 
     die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server stops us
     tune_worker_allocator()
     parent = os.getppid()
     ctx = zmq.Context()

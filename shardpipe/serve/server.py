@@ -142,12 +142,11 @@ class Server:
         # fork the workers before this process creates any ZMQ context or thread
         mp = multiprocessing.get_context("fork")
         procs = [mp.Process(target=run_worker, args=(i, e, self.dataset), daemon=True) for i, e in enumerate(endpoints)]
-        for p in procs:
-            p.start()
-        previous = _on_sigterm(_interrupt)  # SIGTERM shuts down as Ctrl-C does
-        ctx = zmq.Context()
-        auth = None
+        previous, ctx, auth = None, None, None
         try:
+            _start_workers(procs)
+            previous = _on_sigterm(_interrupt)  # SIGTERM shuts down as Ctrl-C does (after the fork: not in workers)
+            ctx = zmq.Context()
             front = ctx.socket(zmq.ROUTER)
             front.linger = 0
             front.sndhwm = MAX_QUEUED  # per connection; a full queue or a gone peer fails the send
@@ -177,7 +176,8 @@ class Server:
         finally:
             if auth is not None:
                 auth.stop()
-            ctx.destroy(linger=0)
+            if ctx is not None:
+                ctx.destroy(linger=0)
             _stop_workers(procs)
             shutil.rmtree(tmp, ignore_errors=True)  # after the workers are gone: none can recreate a socket file
             os.close(lock)
@@ -327,11 +327,26 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt  # unwinds ``run``: workers stopped, socket folder removed
 
 
+def _start_workers(procs: list[Any]) -> None:
+    """Start the worker processes with SIGINT blocked. Ctrl-C reaches the whole process group, and a
+    worker ignores SIGINT only once it runs (``run_worker``): one that lands before would raise
+    KeyboardInterrupt in the worker and print a traceback. Blocked, it waits and is discarded when
+    the worker ignores SIGINT. This process's mask is put back after: a Ctrl-C that came meanwhile
+    is delivered here then and unwinds ``run`` as usual."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        for p in procs:
+            p.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def _stop_workers(procs: list[Any]) -> None:
-    """Kill the worker processes and reap them."""
-    for p in procs:
+    """Kill the worker processes that were started and reap them."""
+    started = [p for p in procs if p.pid is not None]
+    for p in started:
         p.kill()
-    for p in procs:
+    for p in started:
         p.join(5)
 
 
