@@ -222,7 +222,7 @@ def test_csv_cells_are_read_without_surrounding_spaces(tmp_path: Path):
     assert [(r.key, r.label, r.extra) for r in scan.records] == [
         ("k0", 3, {"caption": "a, b"}),
         ("k1", 10, {"caption": "c"}),
-        ("2", 0, {"key": "", "caption": "d"}),  # an empty key cell: the path gives the key
+        ("2", 0, {"caption": "d"}),  # an empty key cell: the path gives the key, and it is no extra field
     ]
     write_shards(tmp_path / "list.csv", str(tmp_path / "out" / "s-%02d.tar"), shuffle=False, restart_intervals=False)
     samples = read_shards(tmp_path / "out")

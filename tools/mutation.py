@@ -130,6 +130,14 @@ MODULES: dict[str, list[str]] = {
         "tests/test_trust_write.py",
         "tests/test_write_options.py",
     ],
+    # (test_remote_random.py reads through nginx, and much of it inside DataLoader workers: left out)
+    "io/ranged.py": ["tests/test_ranged_units.py", "tests/test_indexed_units.py", "tests/test_block_reads.py"],
+    "augment/geometry.py": [
+        "tests/test_geometry_units.py",
+        "tests/test_augment.py",
+        "tests/test_resample_quality.py",
+        "tests/test_schedule.py",
+    ],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these
