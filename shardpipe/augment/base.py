@@ -53,12 +53,7 @@ class PlainTransform(Transform):
         self.fn = fn
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        try:
-            return self.fn(img)
-        except ShardpipeError:  # the transform says the sample is bad data: on_error applies
-            raise
-        except Exception as e:
-            raise _failed(self.fn, e) from e
+        return _call_user(self.fn, img)
 
     def __repr__(self) -> str:
         return f"Plain({self.fn!r})"
@@ -73,24 +68,25 @@ class RngTransform(Transform):
         self.by_keyword = by_keyword  # rng is keyword-only
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        try:
-            return self.fn(img, rng=rng) if self.by_keyword else self.fn(img, rng)
-        except ShardpipeError:
-            raise
-        except Exception as e:
-            raise _failed(self.fn, e) from e
+        return _call_user(self.fn, img, rng=rng) if self.by_keyword else _call_user(self.fn, img, rng)
 
     def __repr__(self) -> str:
         return f"WithRng({self.fn!r})"
 
 
-def _failed(fn: Callable[..., Any], e: Exception) -> TransformError:
-    """``e`` of a user's transform ``fn``, named by its function or class (a partial by its repr)."""
-    if isinstance(fn, functools.partial):
-        name = repr(fn)
-    else:
-        name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-    return TransformError(f"transform {name} raised {type(e).__name__}: {e}")
+def _call_user(fn: Callable[..., np.ndarray], *args: Any, **kwargs: Any) -> np.ndarray:
+    """``fn(*args, **kwargs)``, a user's transform: what it raises is a ``TransformError`` naming it
+    (a bug in code), except a ``ShardpipeError`` (the transform says the sample is bad data)."""
+    try:
+        return fn(*args, **kwargs)
+    except ShardpipeError:
+        raise
+    except Exception as e:
+        if isinstance(fn, functools.partial):
+            name = repr(fn)
+        else:
+            name = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        raise TransformError(f"transform {name} raised {type(e).__name__}: {e}") from e
 
 
 _POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
