@@ -34,6 +34,24 @@ PARALLEL_REQUESTS = 32
 RangeRequest = tuple[str, int, int, "int | None", "str | None"]
 
 
+class LocalFile:
+    """An open local shard, closed when its last holder lets go: a file evicted (``max_open``) or
+    dropped by ``close`` while a read on another thread still uses it stays open until that read
+    ends, so the read never meets a closed descriptor, nor one the number of which a newer open got.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except (OSError, TypeError):  # already closed; or os gone at interpreter exit
+            pass
+
+
 class RangeReader:
     """Byte ranges of shards, with at most ``max_open`` shards held open per process.
 
@@ -62,6 +80,14 @@ class RangeReader:
         self._pool: ThreadPoolExecutor | None = None
         self.requests = 0  # reads sent to the shards' storage (ranged GETs remotely)
 
+    def _forget_parents(self) -> None:
+        """In a forked worker: the parent's handles are not ours. Its files stay open here unclosed
+        (their numbers may name other files by now, if anything in this process closed them)."""
+        for kind, handle in self._open.values():
+            if kind == "fd":
+                handle.fd = -1
+        self._init()
+
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("_open", "_lock", "_pid", "_pool")}
 
@@ -85,7 +111,7 @@ class RangeReader:
         kind, h = handle
         self.requests += 1
         if kind == "fd":
-            return os.pread(h, end - start, start)
+            return os.pread(h.fd, end - start, start)
         fs, path = h
         return call_with_retries(
             lambda: fs.cat_file(path, start=start, end=end), f"read {url} [{start}, {end})", self.read_options
@@ -98,7 +124,7 @@ class RangeReader:
         bytes, sent in parallel (``PARALLEL_REQUESTS``), each within the memory budget.
         """
         if os.getpid() != self._pid:
-            self._init()
+            self._forget_parents()
         if self._pool is None:
             self._pool = ThreadPoolExecutor(PARALLEL_REQUESTS, thread_name_prefix="shardpipe-ranges")
         out: list[bytes | Exception] = [b""] * len(requests)
@@ -173,11 +199,11 @@ class RangeReader:
         """
         kind, handle = self._handle(url, size, sha256)
         if kind == "fd" and hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(handle, start, end - start, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(handle.fd, start, end - start, os.POSIX_FADV_WILLNEED)
 
     def _handle(self, url: str, size: int | None, sha256: str | None) -> tuple[str, Any]:
-        if os.getpid() != self._pid:  # a forked worker: the parent's handles are not ours
-            self._init()
+        if os.getpid() != self._pid:
+            self._forget_parents()
         with self._lock:
             got = self._open.get(url)
             if got is not None:
@@ -185,11 +211,9 @@ class RangeReader:
                 return got
         got = self._connect(url, size, sha256)
         with self._lock:
-            self._open[url] = got
+            self._open[url] = got  # (another thread's open of the same url is dropped: see LocalFile)
             while len(self._open) > self.max_open:
-                _, (kind, old) = self._open.popitem(last=False)
-                if kind == "fd":
-                    os.close(old)
+                self._open.popitem(last=False)  # closed once no read holds it (LocalFile)
         return got
 
     def _connect(self, url: str, size: int | None, sha256: str | None) -> tuple[str, Any]:
@@ -219,7 +243,7 @@ class RangeReader:
                     f"shard {url} is {actual} bytes but was {size} when indexed: it changed; "
                     "rebuild the index with `shardpipe index`"
                 )
-            return "fd", fd
+            return "fd", LocalFile(fd)
         return self._remote(url, size)
 
     def _remote(self, url: str, size: int | None) -> tuple[str, Any]:
@@ -235,14 +259,12 @@ class RangeReader:
         return "fs", (fs, path)
 
     def close(self) -> None:
-        """Close the open local files (remote handles hold nothing)."""
+        """Close the open local files (remote handles hold nothing); one a read on another thread
+        still uses closes when that read ends."""
         if os.getpid() != self._pid:
-            self._init()
+            self._forget_parents()
             return
         with self._lock:
-            for kind, handle in self._open.values():
-                if kind == "fd":
-                    os.close(handle)
             self._open.clear()
             if self._pool is not None:
                 self._pool.shutdown(wait=False)
