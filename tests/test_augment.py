@@ -4,8 +4,6 @@ exact flips and rotations, the OpenCV and the PIL/numpy paths agreeing, device n
 from __future__ import annotations
 
 import colorsys
-import math
-import random
 
 import numpy as np
 import pytest
@@ -38,7 +36,7 @@ from shardpipe.augment import (
 from shardpipe.devtools.synth import make_image
 from shardpipe.image.normalize import IMAGENET_MEAN, IMAGENET_STD, normalize
 
-from .helpers import ks_statistic
+from .helpers import ks_statistic, torchvision_crop_box
 
 
 def photo(size=(160, 120), index=1) -> np.ndarray:
@@ -55,35 +53,13 @@ def no_cv2(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- RandomResizedCrop: torchvision's distribution ----------------------------------------
 
 
-def torchvision_box(height: int, width: int, r: random.Random, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
-    """torchvision's RandomResizedCrop.get_params, transcribed with Python's random."""
-    area = height * width
-    for _ in range(10):
-        target_area = area * r.uniform(*scale)
-        aspect_ratio = math.exp(r.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w = int(round(math.sqrt(target_area * aspect_ratio)))
-        h = int(round(math.sqrt(target_area / aspect_ratio)))
-        if 0 < w <= width and 0 < h <= height:
-            return r.randint(0, height - h), r.randint(0, width - w), h, w
-    in_ratio = width / height
-    if in_ratio < min(ratio):
-        w = width
-        h = int(round(w / min(ratio)))
-    elif in_ratio > max(ratio):
-        h = height
-        w = int(round(h * max(ratio)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 @pytest.mark.parametrize("shape", [(375, 500), (500, 375), (100, 400), (64, 64)])
 def test_crop_box_distribution_is_torchvisions(shape: tuple[int, int]) -> None:
     h, w = shape
     n = 3000
     ours = np.array([random_resized_crop_box(h, w, sample_rng(1, 0, f"k{i}")) for i in range(n)], float)
-    r = random.Random(5)
-    ref = np.array([torchvision_box(h, w, r) for _ in range(n)], float)
+    r = np.random.default_rng(5)  # one stream of its own, as torchvision draws from torch's
+    ref = np.array([torchvision_crop_box(h, w, r) for _ in range(n)], float)
     for boxes in (ours, ref):
         assert (boxes[:, 2] >= 1).all() and (boxes[:, 0] + boxes[:, 2] <= h).all()
         assert (boxes[:, 3] >= 1).all() and (boxes[:, 1] + boxes[:, 3] <= w).all()
@@ -106,7 +82,7 @@ def test_crop_box_fallback_is_the_centre_crop() -> None:
     # scale (0.99, 1) with an impossible ratio: every try fails, centre crop within ratio
     rng = sample_rng(0, 0, "x")
     box = random_resized_crop_box(100, 400, rng, scale=(0.99, 1.0), ratio=(1.0, 1.0))
-    assert box == torchvision_box(100, 400, random.Random(0), scale=(0.99, 1.0), ratio=(1.0, 1.0))
+    assert box == torchvision_crop_box(100, 400, np.random.default_rng(0), scale=(0.99, 1.0), ratio=(1.0, 1.0))
     assert box == (0, 150, 100, 100)
 
 

@@ -4,8 +4,6 @@ rotations about the exact centre with their fill, and the sizes a schedule fixes
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
@@ -24,6 +22,8 @@ from shardpipe.augment.geometry import (
 )
 from shardpipe.augment.resample import resize
 from shardpipe.augment.schedule import ramp
+
+from .helpers import torchvision_crop_box
 
 
 def pixels(height: int, width: int, channels: int | None = 3, seed: int = 0) -> np.ndarray:
@@ -51,32 +51,6 @@ class FixedRng:
 # -- random_resized_crop_box: torchvision's get_params, draw for draw ------------------------
 
 
-def torchvision_get_params(height, width, rng, scale, ratio):
-    """torchvision's RandomResizedCrop.get_params (v0.17), its torch draws made with ``rng``."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect_ratio = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
-        w = int(round(math.sqrt(target_area * aspect_ratio)))
-        h = int(round(math.sqrt(target_area / aspect_ratio)))
-        if 0 < w <= width and 0 < h <= height:
-            i = int(rng.integers(0, height - h + 1))  # torch.randint(0, height - h + 1)
-            j = int(rng.integers(0, width - w + 1))
-            return i, j, h, w
-    in_ratio = float(width) / float(height)
-    if in_ratio < min(ratio):
-        w = width
-        h = int(round(w / min(ratio)))
-    elif in_ratio > max(ratio):
-        h = height
-        w = int(round(h * max(ratio)))
-    else:
-        w = width
-        h = height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
 @pytest.mark.parametrize(
     ("height", "width", "scale", "ratio"),
     [
@@ -92,7 +66,7 @@ def test_crop_boxes_are_torchvisions_draw_for_draw(height, width, scale, ratio) 
     ours, ref = np.random.default_rng(7), np.random.default_rng(7)
     for _ in range(300):
         box = random_resized_crop_box(height, width, ours, scale, ratio)
-        assert box == torchvision_get_params(height, width, ref, scale, ratio)
+        assert box == torchvision_crop_box(height, width, ref, scale, ratio)
         assert all(type(v) is int for v in box)
         top, left, h, w = box
         assert 0 <= top and top + h <= height and 0 <= left and left + w <= width and h >= 1 and w >= 1
@@ -142,7 +116,7 @@ def test_random_resized_crop_resizes_the_drawn_box_to_its_size() -> None:
     assert (default.size, default.scale, default.ratio) == ((32, 32), (0.08, 1.0), (3 / 4, 4 / 3))
     rng, ref = np.random.default_rng(11), np.random.default_rng(11)
     for _ in range(50):
-        assert default.get_params(375, 500, rng) == torchvision_get_params(375, 500, ref, (0.08, 1.0), (3 / 4, 4 / 3))
+        assert default.get_params(375, 500, rng) == torchvision_crop_box(375, 500, ref, (0.08, 1.0), (3 / 4, 4 / 3))
 
 
 # -- flips --------------------------------------------------------------------------------------
