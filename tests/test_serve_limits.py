@@ -8,6 +8,7 @@ import re
 import shutil
 import signal
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -229,6 +230,38 @@ def test_a_server_serves_at_most_max_clients_trainers(server):
                 p.send(control("cancel", assignment=assignment))
             p.ask(control("hello"))  # the cancels were taken: the server is left as it was
             p.close()
+
+
+def test_the_parts_of_a_trainer_that_disconnects_are_freed_at_the_next_heartbeat(config, tmp_path):
+    """A trainer gone without a word (its socket closed, no cancel) holds no part past the next
+    heartbeat: its slot goes to the next trainer long before ``--idle-timeout`` (here 600 s)."""
+    log = tmp_path / "server.log"
+    with open(log, "w") as stderr:
+        server = ServerProcess(
+            config, 1, "tcp://127.0.0.1:*", "--max-clients", "2", "--idle-timeout", "600", stderr=stderr
+        ).wait_ready()
+    peers = [Peer(server.endpoint) for _ in range(2)]
+    try:
+        for p in peers:
+            p.send(control("assign", assignment=1, **PART, credits=0))
+            assert p.ask(control("hello"))["type"] == "hello"  # its part is running
+        refused = "assign: this server already serves 2 trainers, the most it takes at once"
+        newcomer = Peer(server.endpoint)
+        reply = newcomer.ask(control("assign", assignment=1, **PART, credits=0))
+        newcomer.close()
+        assert (reply["type"], reply["message"]) == ("rejected", refused)
+        for p in peers:
+            p.close()  # gone, as a killed trainer is: no cancel
+        deadline = time.monotonic() + 30
+        while log.read_text().count("disconnected: cancelling its 1 parts") < 2:
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+        with RemoteLoader([server.endpoint], timeout=10) as loader:
+            assert len([k for batch in loader for k in batch["__key__"]]) == 80
+    finally:
+        server.stop()
+    text = log.read_text()
+    assert "silent for" not in text and text.count("disconnected: cancelling its 1 parts") == 2, text[-2000:]
 
 
 def test_max_clients_must_be_positive(config):

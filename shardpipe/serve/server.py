@@ -213,7 +213,10 @@ class Server:
                     if now - self._heard.get(client, now) > self.idle_timeout:
                         self._expire(client, back, owner, f"silent for {self.idle_timeout:g}s")
                         continue
-                    self._send(front, [client, *control("heartbeat")])  # not when its queue is full: that waits
+                    # a full queue: a trainer busy elsewhere (a long validation), so wait; a connection that
+                    # is gone never comes back under this id (a reconnect is a new one): free its parts now
+                    if self._send(front, [client, *control("heartbeat")]) is None:
+                        self._expire(client, back, owner, "disconnected")
                 for i, p in enumerate(procs):
                     if alive[i] and not p.is_alive():
                         alive[i] = False
@@ -270,9 +273,9 @@ class Server:
         log.warning("rejected a request (%d so far): %s", self.rejected, message)
         self._send(front, [client, *control("rejected", message=message, rejected=self.rejected)])
 
-    def _send(self, front: Any, frames: list[Any], copy: bool = True) -> bool:
-        """Send ``frames`` (routing id first) without waiting; False when the client's queue is full
-        (``MAX_QUEUED``) or it is not connected: then nothing is sent."""
+    def _send(self, front: Any, frames: list[Any], copy: bool = True) -> bool | None:
+        """Send ``frames`` (routing id first) without waiting: True if sent; False when the client's queue
+        is full (``MAX_QUEUED``), None when it is not connected (gone): then nothing is sent."""
         zmq = self._zmq
         try:
             front.send_multipart(frames, copy=copy, flags=zmq.NOBLOCK)
@@ -281,7 +284,7 @@ class Server:
         except zmq.ZMQError as e:
             if e.errno != zmq.EHOSTUNREACH:
                 raise
-            return False
+            return None
         return True
 
     def _expire(self, client: bytes, back: list[Any], owner: dict, why: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -15,25 +16,42 @@ import time
 from pathlib import Path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports Linux hands out for ``bind(0)`` and outgoing connections (32768-60999 by default)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
 
 
 def free_ports(n: int) -> list[int]:
-    """``n`` distinct free ports (held open together so they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """``n`` distinct TCP ports on 127.0.0.1 that are free right now, drawn from below the ephemeral
+    range: a port from ``bind(0)`` is released before the server binds it, and in that window any
+    outgoing connection (a client of another fixture, pip, boto) or other ``bind(0)`` could be given
+    it; ports below the range are never handed out by the kernel, only chosen, as these are."""
+    low = max(1024, min(_ephemeral_range()[0], 32768) - 12000)
+    high = min(_ephemeral_range()[0], 32768) - 1
+    chosen: list[int] = []
+    draw = random.Random()  # the process's own random state is seeded by some tests
+    for _ in range(2000):
+        port = draw.randint(low, high)
+        if port in chosen:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken (or in TIME_WAIT without SO_REUSEADDR): draw again
+        chosen.append(port)
+        if len(chosen) == n:
+            return chosen
+    raise RuntimeError(f"found only {len(chosen)} of {n} free ports in {low}-{high}")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (see ``free_ports``)."""
+    return free_ports(1)[0]
 
 
 def port_open(port: int) -> bool:
