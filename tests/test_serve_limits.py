@@ -175,9 +175,12 @@ def test_a_client_that_stops_reading_gets_at_most_credits_batches_per_part(serve
 
 def test_a_client_that_grants_without_reading_is_cut_off_at_the_queue_limit(tmp_path):
     """A grant is no receipt: a peer that grants credits and never reads would make the server queue
-    every batch (here 26 parts x 20 batches of 196 KB). At ``MAX_QUEUED`` its parts are cancelled."""
+    every batch (here 26 parts x 20 batches of 196 KB). At ``MAX_QUEUED`` its parts are cancelled; it
+    holds its place among ``--max-clients`` (and its queue) until it reads again."""
     config = write_config(tmp_path, crop=128)
-    server = ServerProcess(config, 1).wait_ready()
+    log = tmp_path / "server.log"
+    with open(log, "w") as stderr:
+        server = ServerProcess(config, 1, "tcp://127.0.0.1:*", "--max-clients", "1", stderr=stderr).wait_ready()
     peer = Peer(server.endpoint, rcvhwm=1, rcvbuf=1 << 14)  # takes in as little as the kernel allows
     batch_bytes, assigns = 4 * 3 * 128 * 128, 26
     send_buffer = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
@@ -188,13 +191,18 @@ def test_a_client_that_grants_without_reading_is_cut_off_at_the_queue_limit(tmp_
         for i in range(assigns):
             peer.send(control("assign", assignment=1 + i, credits=MAX_CREDITS, **PART))
         wait_idle([server.pid, *server.worker_pids])  # produced all it could
+        assert log.read_text().count(f"is not reading ({MAX_QUEUED} messages wait): cancelling its 26 parts") == 1
+        refused = "assign: this server already serves 1 trainers, the most it takes at once"
+        with RemoteLoader([server.endpoint], timeout=10) as loader:  # the full queue still holds its place
+            with pytest.raises(RemoteError, match=rf"\({re.escape('refused a request: ' + refused)}\)"):
+                list(loader)
         kinds = Counter()
         while (reply := peer.next(timeout=3)) is not None:
             kinds[reply["type"]] += 1
         assert 0 < kinds["batch"] <= most and kinds["end"] < assigns, kinds
         lost = peer.ask(control("credit", assignment=1, n=1))  # how a RemoteLoader learns to restart
         assert (lost["type"], lost["message"]) == ("lost", "assignment expired or unknown here")
-        with RemoteLoader([server.endpoint], timeout=10) as loader:  # the server goes on serving
+        with RemoteLoader([server.endpoint], timeout=10) as loader:  # it read: the next trainer is served
             assert len([k for batch in loader for k in batch["__key__"]]) == 80
     finally:
         peer.close()

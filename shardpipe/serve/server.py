@@ -48,9 +48,9 @@ MAX_CLIENTS = 64
 #: an honest trainer has in flight (``credits`` batches per part: a RemoteLoader grants one only for a
 #: batch it took), but a grant is no receipt: a peer that grants without reading would make this queue
 #: grow without bound. At this many, the trainer counts as not reading and its parts are cancelled;
-#: it gets ``lost`` for its next credit and restarts them from its last batch. So the trainers holding
-#: parts have at most ``max_clients x MAX_QUEUED`` batches queued here (a connection cut off keeps its
-#: queue until it reads or disconnects: with untrusted peers, use CURVE). Keep credits x parts below it.
+#: it gets ``lost`` for its next credit and restarts them from its last batch. A connection cut off keeps
+#: its queue until it reads or disconnects, and counts toward ``max_clients`` until then, so at most
+#: ``max_clients x MAX_QUEUED`` batches are queued here. Keep credits x parts below it.
 MAX_QUEUED = 256
 
 
@@ -121,6 +121,9 @@ class Server:
         self.fingerprint = fingerprint(self.dataset, yaml_config.get("transform"))
         self.bind_address, self.heartbeat, self.idle_timeout = bind, heartbeat, idle_timeout
         self._heard: dict[bytes, float] = {}  # client -> when it last sent anything
+        # clients whose parts were cancelled because their queue was full: they hold that queue (memory)
+        # until they read again or disconnect, so they count toward ``max_clients`` until then
+        self._cut: set[bytes] = set()
         self.curve_secret, self.curve_clients = curve_secret, curve_clients
         if (curve_secret is None) != (curve_clients is None):
             raise ValueError("CURVE needs both the server's secret key file and the folder of allowed client keys")
@@ -198,8 +201,12 @@ class Server:
                     continue
                 frames = sock.recv_multipart(copy=False)
                 client = frames[0].bytes
-                if not self._send(front, frames, copy=False):
-                    self._expire(client, back, owner, f"is not reading ({MAX_QUEUED} messages wait) or gone")
+                sent = self._send(front, frames, copy=False)
+                if sent is False:
+                    self._expire(client, back, owner, f"is not reading ({MAX_QUEUED} messages wait)")
+                    self._cut.add(client)
+                elif sent is None:
+                    self._expire(client, back, owner, "disconnected")
                 if len(frames) == 2:  # header only: an end or an error (its text clipped to MAX_TEXT)
                     header = json.loads(frames[1].bytes)
                     if header.get("type") in ("end", "error"):
@@ -217,6 +224,8 @@ class Server:
                     # is gone never comes back under this id (a reconnect is a new one): free its parts now
                     if self._send(front, [client, *control("heartbeat")]) is None:
                         self._expire(client, back, owner, "disconnected")
+                for client in [c for c in self._cut if self._send(front, [c, *control("heartbeat")]) is not False]:
+                    self._cut.discard(client)  # its queue has room again (it reads), or it is gone
                 for i, p in enumerate(procs):
                     if alive[i] and not p.is_alive():
                         alive[i] = False
@@ -235,7 +244,7 @@ class Server:
                 self._send(front, [client, *control("hello", **reply, rejected=self.rejected)])
             elif kind == "assign":
                 part = Part.from_header(header)
-                _check_new_part(client, part.assignment, owner, self.max_clients)
+                _check_new_part(client, part.assignment, owner, self.max_clients, self._cut)
                 live = [i for i in range(len(back)) if alive[i]]
                 if not live:
                     raise WireError("this server has no live worker left")
@@ -306,16 +315,17 @@ class Server:
                 del owner[(client, assignment)]
 
 
-def _check_new_part(client: bytes, assignment: int, owner: dict, max_clients: int) -> None:
+def _check_new_part(client: bytes, assignment: int, owner: dict, max_clients: int, cut: set[bytes]) -> None:
     """Refuse an assignment id this client already runs (it would orphan the first pipeline in its
     worker for good), more parts than one trainer ever runs at once (each holds a pipeline), and a
-    new trainer beyond ``max_clients`` (each connection may hold ``MAX_PARTS`` pipelines)."""
+    new trainer beyond ``max_clients`` (each connection may hold ``MAX_PARTS`` pipelines, and one
+    ``cut`` off for not reading holds its full queue of batches here)."""
     if (client, assignment) in owner:
         raise WireError(f"assign: assignment {assignment} is already running for this client")
     parts = sum(1 for c, _ in owner if c == client)
     if parts >= MAX_PARTS:
         raise WireError(f"assign: this client already runs {MAX_PARTS} parts here, the most one trainer may")
-    if not parts and len({c for c, _ in owner}) >= max_clients:
+    if not parts and client not in cut and len({c for c, _ in owner} | cut) >= max_clients:
         raise WireError(f"assign: this server already serves {max_clients} trainers, the most it takes at once")
 
 
