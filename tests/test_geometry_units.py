@@ -21,7 +21,7 @@ from shardpipe.augment.geometry import (
     vflip,
 )
 from shardpipe.augment.resample import resize
-from shardpipe.augment.schedule import ramp
+from shardpipe.augment.schedule import Ramp, ramp
 
 from .helpers import torchvision_crop_box
 
@@ -248,6 +248,90 @@ def test_center_crop_pads_with_zeros_where_the_image_is_smaller() -> None:
     assert padded.sum() == deep.sum()
 
 
+def test_center_crop_pads_a_grey_image_without_a_channel_axis() -> None:
+    grey = pixels(3, 5, None) | 1
+    out = CenterCrop((5, 3))(grey, None)
+    expected = np.zeros((5, 3), np.uint8)
+    expected[1:4] = grey[:, 1:4]
+    assert out.shape == (5, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+    single = CenterCrop(6)(grey[:, :, None], None)
+    assert single.shape == (6, 6, 1)
+    np.testing.assert_array_equal(single[1:4, 0:5, 0], grey)
+    assert single.sum() == grey.sum()
+
+
+# -- sizes: ints of any kind, refused clearly otherwise -----------------------------------------
+
+
+NUMPY_INTS = [np.int8(24), np.uint8(24), np.int16(24), np.int32(24), np.int64(24), np.uint64(24)]
+
+
+@pytest.mark.parametrize("n", NUMPY_INTS, ids=lambda n: type(n).__name__)
+def test_numpy_integer_sizes_work_as_ints(n) -> None:
+    img = pixels(30, 45)
+    r = Resize(n)
+    assert r.size == 24 and type(r.size) is int
+    assert r.output_size(30, 45) == (24, 36) and all(type(v) is int for v in r.output_size(30, 45))
+    np.testing.assert_array_equal(r(img, None), Resize(24)(img, None))
+    for cls in (CenterCrop, RandomResizedCrop):
+        t = cls(n)
+        assert t.size == (24, 24) and all(type(v) is int for v in t.size)
+        np.testing.assert_array_equal(t(img, np.random.default_rng(1)), cls(24)(img, np.random.default_rng(1)))
+    for cls in (Resize, CenterCrop, RandomResizedCrop):
+        pair = cls((n, np.int64(16)))
+        assert pair.size == (24, 16) and all(type(v) is int for v in pair.size)
+    assert Resize([n, 16]).size == (24, 16)  # a list is a pair too
+    assert Resize(np.array([24, 16])).size == (24, 16)
+
+
+def test_schedules_of_numpy_integers_give_int_sizes() -> None:
+    sched = Ramp(np.int64(64), np.int64(128), 0, 2, np.int64(32))  # Ramp itself, not ramp(), converts nothing
+    r = Resize(sched)
+    assert r.size == 64 and type(r.size) is int and r.output_size(10, 20) == (64, 128)
+    assert r.at_epoch(1).size == 96 and type(r.at_epoch(2).size) is int
+    crop = RandomResizedCrop(sched)
+    assert crop.size == (64, 64) and all(type(v) is int for v in crop.size)
+
+
+SIZE_TYPE = "size must be an int or a (height, width) pair of ints, got "
+
+
+@pytest.mark.parametrize(
+    ("size", "error", "message"),
+    [
+        (True, TypeError, SIZE_TYPE + "True"),
+        (False, TypeError, SIZE_TYPE + "False"),
+        (np.True_, TypeError, SIZE_TYPE + repr(np.True_)),  # (numpy 1 and 2 spell it differently)
+        ((True, 3), TypeError, SIZE_TYPE + "(True, 3)"),
+        (2.5, TypeError, SIZE_TYPE + "2.5"),
+        (224.0, TypeError, SIZE_TYPE + "224.0"),
+        ((3, 4.5), TypeError, SIZE_TYPE + "(3, 4.5)"),
+        ((float("nan"), 3), TypeError, SIZE_TYPE + "(nan, 3)"),
+        ("224", TypeError, SIZE_TYPE + "'224'"),
+        (None, TypeError, SIZE_TYPE + "None"),
+        ((3,), TypeError, SIZE_TYPE + "(3,)"),
+        ((1, 2, 3), TypeError, SIZE_TYPE + "(1, 2, 3)"),
+        (0, ValueError, "size must be positive, got 0"),
+        (-5, ValueError, "size must be positive, got -5"),
+        ((0, 3), ValueError, "size must be positive, got (0, 3)"),
+        ((3, -2), ValueError, "size must be positive, got (3, -2)"),
+        (np.int64(0), ValueError, f"size must be positive, got {np.int64(0)!r}"),
+    ],
+)
+@pytest.mark.parametrize("cls", [Resize, CenterCrop, RandomResizedCrop])
+def test_sizes_that_are_not_positive_ints_are_refused(cls, size, error, message) -> None:
+    with pytest.raises(error) as e:
+        cls(size)
+    assert str(e.value) == message
+
+
+def test_a_schedule_step_is_checked_as_a_size() -> None:
+    with pytest.raises(TypeError) as e:
+        Resize(Ramp(64.0, 128.0))  # a float size, as ``Resize(64.0)``
+    assert str(e.value) == SIZE_TYPE + "64.0"
+
+
 # -- sizes that follow a schedule ----------------------------------------------------------------
 
 
@@ -287,11 +371,10 @@ def test_rotation_turns_about_the_exact_centre(opencv, monkeypatch) -> None:
     out = rotate(grey, 90.0)
     assert out.shape == (7, 7)
     np.testing.assert_array_equal(out, np.rot90(grey))
-    if opencv:  # (PIL cannot take an (H, W, 1) array)
-        single = pixels(7, 7, 1)
-        out = rotate(single, 90.0)
-        assert out.shape == (7, 7, 1)
-        np.testing.assert_array_equal(out, np.rot90(single))
+    single = pixels(7, 7, 1)
+    out = rotate(single, 90.0)
+    assert out.shape == (7, 7, 1)
+    np.testing.assert_array_equal(out, np.rot90(single))
 
 
 @pytest.mark.parametrize("opencv", [True, False])
@@ -306,13 +389,11 @@ def test_rotation_fills_the_corners_from_outside(opencv, monkeypatch) -> None:
     assert out[10, 15].tolist() == [200, 200, 200]
     assert rotate(img, 45.0)[0, 0].tolist() == [0, 0, 0]  # fill 0 by default
     assert rotate(img, 45.0, fill=7)[0, 0].tolist() == [7, 7, 7]  # one number for every channel
-    # with an alpha channel (grey + alpha, RGBA) the corners take the fill's alpha too; PIL rotates
-    # premultiplied, so there only the alpha is the fill (the colour comes back divided by it)
+    # with an alpha channel (grey + alpha, RGBA) the corners take the whole fill, its alpha too (PIL
+    # rotated these premultiplied: the fill's colour came back divided by its alpha)
     for channels in (2, 4):
         alpha = rotate(np.full((21, 31, channels), 200, np.uint8), 45.0, fill=7)
-        assert alpha[20, 30, -1] == 7 and alpha[10, 15].tolist() == [200] * channels
-        if opencv:
-            assert alpha[20, 30].tolist() == [7] * channels
+        assert alpha[20, 30].tolist() == [7] * channels and alpha[10, 15].tolist() == [200] * channels
     grey = np.full((21, 31), 200, np.uint8)
     g = rotate(grey, 45.0, fill=7)
     assert g.shape == (21, 31) and g[0, 0] == 7 and g[10, 15] == 200

@@ -9,13 +9,14 @@ Pixels move with OpenCV when it is installed (see ``resample``), else with PIL.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from shardpipe.augment.base import Transform
-from shardpipe.augment.resample import cv2, fits, resize
+from shardpipe.augment.resample import band, cv2, fits, resize, split_channels, stack
 from shardpipe.augment.schedule import Ramp, with_size
 
 Box = tuple[int, int, int, int]  # top, left, height, width
@@ -24,8 +25,34 @@ Box = tuple[int, int, int, int]  # top, left, height, width
 Size = int | tuple[int, int]
 
 
-def _size2(size: Size) -> tuple[int, int]:
-    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+def _size_error(size: Any) -> TypeError:
+    return TypeError(f"size must be an int or a (height, width) pair of ints, got {size!r}")
+
+
+def _side(value: Any, size: Any) -> int:
+    """One side of ``size`` as a positive int: any integer (numpy's too), or an integral float in a pair."""
+    integral = isinstance(value, numbers.Integral) or (isinstance(value, numbers.Real) and float(value).is_integer())
+    if isinstance(value, bool) or not integral:
+        raise _size_error(size)
+    if value < 1:
+        raise ValueError(f"size must be positive, got {size!r}")
+    return int(value)
+
+
+def _check_size(size: Any) -> Size:
+    """``size`` with plain int sides: a positive integer (numpy integers too), or a pair of them."""
+    if isinstance(size, numbers.Integral):
+        return _side(size, size)
+    pair = isinstance(size, (tuple, list)) or (isinstance(size, np.ndarray) and size.ndim == 1)
+    if not pair or len(size) != 2:
+        raise _size_error(size)
+    return _side(size[0], size), _side(size[1], size)
+
+
+def _size2(size: Any) -> tuple[int, int]:
+    """``size`` as ``(height, width)`` (an int is a square)."""
+    size = _check_size(size)
+    return (size, size) if isinstance(size, int) else size
 
 
 class _Sized(Transform):
@@ -39,7 +66,7 @@ class _Sized(Transform):
         self.size = self._fix(size.at(0) if isinstance(size, Ramp) else size)
 
     def _fix(self, size: Size) -> Any:
-        return _size2(size) if self._square else size
+        return _size2(size) if self._square else _check_size(size)
 
     def at_epoch(self, epoch: int) -> Transform:
         """This transform with its size fixed for epoch ``epoch`` (itself when there is no schedule)."""
@@ -174,7 +201,7 @@ class CenterCrop(_Sized):
         th, tw = self.size
         h, w = img.shape[:2]
         if h < th or w < tw:
-            padded = np.zeros((max(h, th), max(w, tw), img.shape[2]), dtype=img.dtype)
+            padded = np.zeros((max(h, th), max(w, tw), *img.shape[2:]), dtype=img.dtype)
             oy, ox = (padded.shape[0] - h) // 2, (padded.shape[1] - w) // 2
             padded[oy : oy + h, ox : ox + w] = img
             img, h, w = padded, padded.shape[0], padded.shape[1]
@@ -182,21 +209,53 @@ class CenterCrop(_Sized):
         return img[top : top + th, left : left + tw]
 
 
-def rotate(img: np.ndarray, angle: float, fill: int | tuple[int, ...] = 0) -> np.ndarray:
+def rotate(img: np.ndarray, angle: float, fill: float | tuple[float, ...] = 0) -> np.ndarray:
     """Rotate by ``angle`` degrees counter-clockwise about the centre (same size, bilinear).
 
-    Corners that come from outside the image take the value ``fill``.
+    Corners that come from outside the image take the value ``fill`` (one number for every
+    channel, or one per channel: missing ones are 0, as in OpenCV).
     """
     h, w = img.shape[:2]
     channels = img.shape[2] if img.ndim == 3 else 1
-    fills = (fill,) * channels if isinstance(fill, (int, float)) else tuple(fill)
-    if cv2 is not None:
-        m = cv2.getRotationMatrix2D(((w - 1) * 0.5, (h - 1) * 0.5), angle, 1.0)
-        out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fills)
-        return out.reshape(img.shape)
-    pil = Image.fromarray(np.ascontiguousarray(img))
-    out = pil.rotate(angle, resample=Image.BILINEAR, fillcolor=fills if channels > 1 else fills[0])
-    return np.asarray(out).reshape(img.shape)
+    fills = (fill,) * channels if isinstance(fill, numbers.Real) else (*fill, *(0,) * channels)[:channels]
+    if cv2 is None:
+        return _pil_rotate(img, angle, fills)
+    m = cv2.getRotationMatrix2D(((w - 1) * 0.5, (h - 1) * 0.5), angle, 1.0)
+    out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fills)
+    return out.reshape(img.shape)
+
+
+def _rotation(angle: float, width: int, height: int, pad: int) -> tuple[float, ...]:
+    """PIL's affine data (output to input position) for ``rotate``, with the image ``pad`` pixels inside its input."""
+    t = -math.radians(angle)
+    cos, sin = round(math.cos(t), 15), round(math.sin(t), 15)  # as PIL's rotate: exact quarter turns
+    cx, cy = width / 2, height / 2
+    return cos, sin, cx + pad - cos * cx - sin * cy, -sin, cos, cy + pad + sin * cx - cos * cy
+
+
+def _pil_rotate(img: np.ndarray, angle: float, fills: tuple[float, ...]) -> np.ndarray:
+    """``rotate`` without OpenCV: each channel as a float32 image (no premultiplied alpha), rounded at the end.
+
+    A one-pixel frame of the fill around each channel makes the edges blend into the fill as
+    OpenCV's constant border does (PIL alone would stretch the edge pixels out half a pixel).
+    float64 images come back within float32's precision.
+    """
+    h, w = img.shape[:2]
+    data = _rotation(angle, w, h, pad=1)
+    bands = [
+        band(_framed(channel, fill), np.float32).transform(
+            (w, h), Image.AFFINE, data, Image.BILINEAR, fillcolor=float(fill)
+        )
+        for channel, fill in zip(split_channels(img), fills)
+    ]
+    return stack(bands, img)
+
+
+def _framed(channel: np.ndarray, fill: float) -> np.ndarray:
+    """An HxW channel as float32 inside a one-pixel frame of ``fill``."""
+    out = np.full((channel.shape[0] + 2, channel.shape[1] + 2), fill, np.float32)
+    out[1:-1, 1:-1] = channel
+    return out
 
 
 class RandomRotation(Transform):

@@ -8,7 +8,8 @@ source pixels squared), then bilinear sampling; beyond ``r = 3``, first exact k 
 means (OpenCV's fast integer ``INTER_AREA``), counted in the variance. The prefilter's
 3 or 5 taps have exactly that variance (a Gaussian sampled at whole pixels and cut to a few
 taps falls well short of it for small ratios, which left crops near full size too sharp).
-Upscaling is bilinear. Without OpenCV, PIL's antialiased bilinear does the work.
+Upscaling is bilinear. Without OpenCV, PIL's antialiased bilinear does the work, one channel
+at a time (``split_channels``).
 """
 
 from __future__ import annotations
@@ -144,9 +145,7 @@ def resized_crop(
     """
     top, left, bh, bw = (float(v) for v in box)
     if cv2 is None:
-        pil = Image.fromarray(np.ascontiguousarray(img))
-        out = pil.resize((width, height), Image.BILINEAR, box=(left, top, left + bw, top + bh))
-        return np.asarray(out).reshape(height, width, *img.shape[2:])
+        return _pil_resized_crop(img, (left, top, left + bw, top + bh), height, width)
     rx, ry = bw / width, bh / height
     kx, ky = _block(rx), _block(ry)
     blur = rx > _BLUR_FROM or ry > _BLUR_FROM
@@ -171,6 +170,41 @@ def resized_crop(
     # dst pixel centre (x + .5) -> source position left + (x + .5) * sx, as a pixel-centre index
     m = np.array([[sx, 0.0, left + 0.5 * sx - 0.5], [0.0, sy, top + 0.5 * sy - 0.5]])
     return _warp(region, m, height, width, out).reshape(height, width, *img.shape[2:])
+
+
+def _pil_resized_crop(img: np.ndarray, box: tuple[float, float, float, float], height: int, width: int) -> np.ndarray:
+    """``resized_crop`` without OpenCV: PIL's antialiased bilinear on each channel (see ``split_channels``).
+
+    uint8 channels resize as ``"L"`` images (to the bit what PIL does to an RGB image), others as ``"F"``.
+    """
+    dtype = np.uint8 if img.dtype == np.uint8 else np.float32
+    bands = [band(c, dtype).resize((width, height), Image.BILINEAR, box=box) for c in split_channels(img)]
+    return stack(bands, img)
+
+
+def split_channels(img: np.ndarray) -> list[np.ndarray]:
+    """The channels of an HxW or HxWxC array, each HxW.
+
+    PIL's fallbacks work on one channel at a time: its modes take no (H, W, 1) array nor most
+    multichannel dtypes, and it premultiplies alpha ("LA", "RGBA") when it resamples, which
+    changes colours near (and under) transparent pixels; OpenCV's paths treat channels alike.
+    """
+    flat = img.reshape(img.shape[0], img.shape[1], -1)
+    return [flat[:, :, c] for c in range(flat.shape[2])]
+
+
+def band(channel: np.ndarray, dtype: type[np.generic]) -> Image.Image:
+    """An HxW channel as a one-band PIL image: ``"L"`` for ``np.uint8``, ``"F"`` for ``np.float32``."""
+    return Image.fromarray(np.ascontiguousarray(channel, dtype=dtype))
+
+
+def stack(bands: list[Image.Image], like: np.ndarray) -> np.ndarray:
+    """One-band results back in ``like``'s layout (HxW or HxWxC) and dtype; integers rounded and clipped."""
+    out = np.stack([np.asarray(b) for b in bands], axis=2)
+    if out.dtype != like.dtype and np.issubdtype(like.dtype, np.integer):
+        info = np.iinfo(like.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(like.dtype, copy=False).reshape(*out.shape[:2], *like.shape[2:])
 
 
 def yuv_resized_crop(
