@@ -72,6 +72,22 @@ def _safe_name(name: str, shard: str) -> None:
         raise CorruptShardError(f"{shard}: member {name!r} escapes the shard; refusing to copy it")
 
 
+class _CheckedInfo(tarfile.TarInfo):
+    """tarfile's reader takes a stream cut at a member boundary, or a damaged header, for the end
+    of the archive (the members after it would be left out quietly): these raise instead."""
+
+    @classmethod
+    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        at = tarfile_.fileobj.tell()  # type: ignore[union-attr]
+        try:
+            return super().fromtarfile(tarfile_)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
+            end = tarfile_.fileobj.tell()  # type: ignore[union-attr]
+            raise tarfile.ReadError(f"it ends at byte {end} without the end-of-archive marker") from None
+        except tarfile.InvalidHeaderError as e:
+            raise tarfile.ReadError(f"bad tar header at byte {at}: {e}") from None
+
+
 class _CountingReader(io.RawIOBase):
     """A read-only view of a stream that counts the bytes read through it."""
 
@@ -81,16 +97,26 @@ class _CountingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
+    def readinto(self, b: Any) -> int:
+        data = self.raw.read(len(b))
+        b[: len(data)] = data
         self.count += len(data)
-        return data
+        return len(data)
 
-    def drain(self) -> int:
-        """Read to the end (a tar's trailing padding); the total bytes read."""
-        while self.read(1 << 20):
-            pass
-        return self.count
+
+def _tar_input(raw: _CountingReader) -> tuple[IO[bytes], str]:
+    """The stream that tarfile reads ``raw`` through, and its mode: gzip is inflated by
+    ``GzipFile``, which checks each member's CRC and length (tarfile's own inflater does not)."""
+    buffered = io.BufferedReader(raw, 1 << 20)
+    if buffered.peek(2)[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=buffered, mode="rb"), "r|"
+    return buffered, "r|*"
+
+
+def _drain(stream: IO[bytes]) -> None:
+    """Read to the end: a tar's trailing padding, a gzip stream's trailer (checked on the way)."""
+    while stream.read(1 << 20):
+        pass
 
 
 @contextlib.contextmanager
@@ -131,8 +157,9 @@ def convert_shard(
     try:
         with open_shard(src, storage_options=storage_options) as raw, _output(dst, output_storage_options) as out:
             counted, hashed = _CountingReader(raw), HashingWriter(out)
+            stream, mode = _tar_input(counted)
             with (
-                tarfile.open(fileobj=counted, mode="r|*") as tin,
+                tarfile.open(fileobj=stream, mode=mode, tarinfo=_CheckedInfo) as tin,
                 gzip_writer(hashed) if gz else contextlib.nullcontext(hashed) as sink,  # type: ignore[arg-type]
                 tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tout,
             ):
@@ -150,11 +177,13 @@ def convert_shard(
                             marked += 1
                         data = new
                     info.size = len(data)
+                    if "size" in info.pax_headers:  # it has priority over the header's field
+                        info.pax_headers["size"] = str(len(data))
                     tout.addfile(info, io.BytesIO(data))
-            bytes_in = counted.drain()
+            _drain(stream)
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise CorruptShardError(f"{src}: not a readable tar shard ({e})") from e
-    return jpegs, marked, bytes_in, hashed.size, hashed.sha.hexdigest()
+    return jpegs, marked, counted.count, hashed.size, hashed.sha.hexdigest()
 
 
 def _file_name(url: str) -> str:

@@ -1,0 +1,154 @@
+"""``shardpipe restart`` on inputs a user really has: a tar cut at a member boundary or with a
+damaged header and a .tgz whose CRC does not match (each refused with a message that names the
+file, without output that looks complete), and pax ``size`` records."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import shardpipe
+from shardpipe.errors import CorruptShardError
+
+pytest.importorskip("shardpipe.image.decoders.native", reason="native extension not built")
+
+from shardpipe.write.restart_job import convert_shard, mark_restarts  # noqa: E402
+
+from .helpers import small_jpeg  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m shardpipe.cli ARGS`` in ``cwd``."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "shardpipe.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def members(start: int, n: int) -> list[tuple[str, bytes]]:
+    """``n`` samples in the webdataset layout: a JPEG and a class label each."""
+    out: list[tuple[str, bytes]] = []
+    for i in range(start, start + n):
+        out += [(f"s{i:04d}.jpg", small_jpeg(i, (96, 80))), (f"s{i:04d}.cls", str(i % 3).encode())]
+    return out
+
+
+def write_tar(path: Path, files: list[tuple[str, bytes]], pax: bool = False) -> bytes:
+    """A tar written by Python's tarfile (``pax``: every member carries pax ``size`` and ``mtime``
+    records, as some writers do); its bytes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT if pax else tarfile.GNU_FORMAT) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_700_000_000
+            if pax:
+                info.pax_headers = {"size": str(len(data)), "mtime": "1700000000.5"}
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+# ---------------------------------------------------------------- damaged inputs are refused
+
+
+def test_a_tar_cut_at_a_member_boundary_is_refused(tmp_path: Path) -> None:
+    """tarfile takes a missing end-of-archive marker for the end: the members after the cut were
+    left out and the output looked complete (``verify`` calls the input truncated)."""
+    write_tar(tmp_path / "whole.tar", members(0, 6))
+    cut = tarfile.open(tmp_path / "whole.tar").getmembers()[6].offset  # after 3 samples
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "s-1.tar").write_bytes((tmp_path / "whole.tar").read_bytes()[:cut])
+    with pytest.raises(CorruptShardError) as e:
+        convert_shard(str(tmp_path / "in" / "s-1.tar"), str(tmp_path / "o.tar"))
+    assert str(e.value) == (
+        f"{tmp_path / 'in' / 's-1.tar'}: not a readable tar shard (it ends at byte {cut} without the end-of-archive marker)"
+    )
+    assert not list(tmp_path.glob("o.tar*"))
+    r = cli("restart", "in/s-1.tar", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == (
+        f"shardpipe restart: error: in/s-1.tar: not a readable tar shard (it ends at byte {cut} without the "
+        "end-of-archive marker)\n"
+    )
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_a_damaged_header_in_the_middle_is_refused(tmp_path: Path) -> None:
+    data = bytearray(write_tar(tmp_path / "s.tar", members(0, 6)))
+    at = tarfile.open(tmp_path / "s.tar").getmembers()[4].offset
+    data[at + 3] ^= 0x20  # the name changes, the checksum does not
+    (tmp_path / "s.tar").write_bytes(bytes(data))
+    with pytest.raises(CorruptShardError) as e:
+        convert_shard(str(tmp_path / "s.tar"), str(tmp_path / "o.tar"))
+    assert str(e.value) == f"{tmp_path / 's.tar'}: not a readable tar shard (bad tar header at byte {at}: bad checksum)"
+    assert not list(tmp_path.glob("o.tar*"))
+
+
+def tgz(path: Path, files: list[tuple[str, bytes]]) -> tuple[bytes, int]:
+    """``files`` as a .tgz; its bytes and the CRC32 of the tar inside."""
+    tar = write_tar(path.with_suffix(".tar"), files)
+    data = gzip.compress(tar, mtime=0)
+    path.write_bytes(data)
+    return data, zlib.crc32(tar)
+
+
+def test_a_tgz_whose_crc_or_trailer_is_wrong_is_refused(tmp_path: Path) -> None:
+    """tarfile's inflater checks no CRC: a corrupted .tgz became a new one with a valid CRC."""
+    data, crc = tgz(tmp_path / "s.tgz", members(0, 4))
+    bad = (crc ^ 1).to_bytes(4, "little")
+    (tmp_path / "crc.tgz").write_bytes(data[:-8] + bad + data[-4:])
+    with pytest.raises(CorruptShardError) as e:
+        convert_shard(str(tmp_path / "crc.tgz"), str(tmp_path / "o.tgz"))
+    assert str(e.value) == (
+        f"{tmp_path / 'crc.tgz'}: not a readable tar shard (CRC check failed {hex(crc ^ 1)} != {hex(crc)})"
+    )
+    (tmp_path / "cut.tgz").write_bytes(data[:-8])
+    with pytest.raises(CorruptShardError) as e:
+        convert_shard(str(tmp_path / "cut.tgz"), str(tmp_path / "o.tgz"))
+    assert str(e.value) == (
+        f"{tmp_path / 'cut.tgz'}: not a readable tar shard (Compressed file ended before the end-of-stream marker "
+        "was reached)"
+    )
+    assert not list(tmp_path.glob("o.tgz*"))
+    jpegs, marked, bytes_in, _, _ = convert_shard(str(tmp_path / "s.tgz"), str(tmp_path / "o.tgz"))
+    assert (jpegs, marked, bytes_in) == (4, 4, len(data))
+
+
+# ---------------------------------------------------------------- pax size records
+
+
+def test_pax_size_records_follow_the_new_sizes(tmp_path: Path) -> None:
+    """A pax ``size`` record overrides the header's size: it was copied with the original JPEG's
+    size, so the new shard could not be read (and, kept as complete, stopped every rerun)."""
+    files = members(0, 3)
+    (tmp_path / "in").mkdir()
+    write_tar(tmp_path / "in" / "p-0.tar", files, pax=True)
+    summary = mark_restarts(str(tmp_path / "in" / "p-0.tar"), str(tmp_path / "out"))
+    assert (summary.jpegs, summary.marked) == (3, 3)
+    with tarfile.open(tmp_path / "out" / "p-0.tar") as tar:
+        for info, (name, before) in zip(tar, files, strict=True):
+            after = tar.extractfile(info).read()
+            assert info.name == name and info.size == len(after) and info.pax_headers["size"] == str(len(after))
+            assert info.mtime == 1_700_000_000.5
+            if name.endswith(".jpg"):
+                assert len(after) != len(before) and np.array_equal(pixels(after), pixels(before))
+            else:
+                assert after == before
+    got = {s["__key__"]: s for s in shardpipe.ShardDataset(str(tmp_path / "out" / "manifest.json"), decode=None)}
+    assert sorted(got) == ["s0000", "s0001", "s0002"] and got["s0001"]["cls"] == b"1"
