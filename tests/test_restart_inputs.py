@@ -1,12 +1,16 @@
 """``shardpipe restart`` on inputs a user really has: a tar cut at a member boundary or with a
-damaged header and a .tgz whose CRC does not match (each refused with a message that names the
-file, without output that looks complete), and pax ``size`` records."""
+damaged header, a .tgz whose CRC does not match, pax ``size`` records, a shard listed twice,
+and a full disk (a file size limit), each refused with a message that names the file, without
+output that looks complete."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import json
 import os
+import resource
 import subprocess
 import sys
 import tarfile
@@ -22,6 +26,7 @@ from shardpipe.errors import CorruptShardError
 
 pytest.importorskip("shardpipe.image.decoders.native", reason="native extension not built")
 
+from shardpipe.write import restart_job  # noqa: E402
 from shardpipe.write.restart_job import convert_shard, mark_restarts  # noqa: E402
 
 from .helpers import small_jpeg  # noqa: E402
@@ -29,12 +34,17 @@ from .helpers import small_jpeg  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m shardpipe.cli ARGS`` in ``cwd``."""
+def cli(*args: str, cwd: Path, limit: int | None = None) -> subprocess.CompletedProcess:
+    """``python -m shardpipe.cli ARGS`` in ``cwd``, its files limited to ``limit`` bytes."""
+
+    def set_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run(
-        [sys.executable, "-m", "shardpipe.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-m", "shardpipe.cli", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=300, preexec_fn=set_limit if limit is not None else None,
+    )  # fmt: skip
 
 
 def members(start: int, n: int) -> list[tuple[str, bytes]]:
@@ -152,3 +162,61 @@ def test_pax_size_records_follow_the_new_sizes(tmp_path: Path) -> None:
                 assert after == before
     got = {s["__key__"]: s for s in shardpipe.ShardDataset(str(tmp_path / "out" / "manifest.json"), decode=None)}
     assert sorted(got) == ["s0000", "s0001", "s0002"] and got["s0001"]["cls"] == b"1"
+
+
+# ---------------------------------------------------------------- a shard list with duplicates
+
+
+def test_a_shard_listed_twice_or_two_of_one_name_are_named(tmp_path: Path) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_tar(tmp_path / folder / "s-0.tar", members(0, 1))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError) as e:
+        mark_restarts(f"{tmp_path}/a/s-0.tar::{tmp_path}/a/s-0.tar", str(out))
+    assert str(e.value) == f"the shard list names {tmp_path}/a/s-0.tar twice: list each shard once"
+    with pytest.raises(ValueError) as e:
+        mark_restarts(f"{tmp_path}/a/s-0.tar::{tmp_path}/b/s-0.tar", str(out))
+    assert str(e.value) == (
+        f"the input shards {tmp_path}/a/s-0.tar and {tmp_path}/b/s-0.tar have the same file name; "
+        f"they would both be written to {out}/s-0.tar"
+    )
+    assert os.listdir(out) == []
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+def test_a_full_disk_names_the_output_and_a_rerun_finishes(tmp_path: Path) -> None:
+    """A file size limit (EFBIG) stands in for a full disk (ENOSPC): the error named no file."""
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        write_tar(tmp_path / "in" / f"s-{i}.tar", members(10 * i, 8))
+    small = min((tmp_path / "in" / f"s-{i}.tar").stat().st_size for i in range(2)) // 2
+    r = cli("restart", "in/s-{0..1}.tar", "-o", "out", "--workers", "1", "--no-progress", cwd=tmp_path, limit=small)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr == "shardpipe restart: error: [Errno 27] File too large: 'out/s-0.tar'\n"
+    assert os.listdir(tmp_path / "out") == []  # no partial shard, no manifest
+    r = cli("restart", "in/s-{0..1}.tar", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["shards"]] == ["s-0.tar", "s-1.tar"] and manifest["samples"] == 16
+    for entry in manifest["shards"]:
+        assert entry["sha256"] == hashlib.sha256((tmp_path / "out" / entry["name"]).read_bytes()).hexdigest()
+
+
+def test_a_shard_is_on_disk_before_it_gets_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an fsync before the rename, a crash could leave the name with no bytes behind it,
+    and a rerun skips a shard that exists."""
+    write_tar(tmp_path / "s.tar", members(0, 2))
+    synced: list[tuple[str, bool]] = []
+    fsync = os.fsync
+
+    def record(fd: int) -> None:
+        synced.append((os.readlink(f"/proc/self/fd/{fd}"), (tmp_path / "o.tar").exists()))
+        fsync(fd)
+
+    monkeypatch.setattr(restart_job.os, "fsync", record)
+    convert_shard(str(tmp_path / "s.tar"), str(tmp_path / "o.tar"))
+    assert synced == [(str(tmp_path / "o.tar.restart-tmp"), False)]
+    assert (tmp_path / "o.tar").exists() and not (tmp_path / "o.tar.restart-tmp").exists()

@@ -17,6 +17,7 @@ writes them (no timestamp or file name in the gzip header), so a conversion is r
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import logging
@@ -42,6 +43,7 @@ log = logging.getLogger("shardpipe")
 
 _JPEG_EXTS = (".jpg", ".jpeg")
 _TEMP = ".restart-tmp"
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write refused: disk full, quota, file size limit
 
 
 @dataclass
@@ -131,7 +133,14 @@ def _output(dst: str, storage_options: dict[str, Any] | None) -> Iterator[IO[byt
     try:
         with open(tmp, "wb") as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())  # or a crash could keep the name and lose the bytes: a rerun would skip it
         os.replace(tmp, path)
+    except OSError as e:
+        _remove(tmp)
+        if e.errno in _NO_ROOM and e.filename is None:  # say where: the disk is full, not a shard bad
+            raise OSError(e.errno, e.strerror, path) from e
+        raise
     except BaseException:
         _remove(tmp)
         raise
@@ -237,8 +246,7 @@ def mark_restarts(
     else:
         _check_reachable(output_dir, out_options)
     targets = [join_url(output_dir, _file_name(u)) for u in sources]
-    if len(set(targets)) != len(targets):
-        raise ValueError("two input shards have the same file name; they would overwrite each other")
+    _check_names(sources, targets)
     same = [u for u, t in zip(sources, targets) if _same_file(u, t)]
     if same:
         raise ValueError(f"the output folder holds the input shard {same[0]}: choose another folder")
@@ -285,6 +293,20 @@ def mark_restarts(
     summary.manifest = manifest_url
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _check_names(sources: list[str], targets: list[str]) -> None:
+    """Refuse two inputs that would be written to one output: a shard listed twice, or two of one name."""
+    first: dict[str, str] = {}
+    for src, dst in zip(sources, targets):
+        if dst not in first:
+            first[dst] = src
+        elif first[dst] == src:
+            raise ValueError(f"the shard list names {src} twice: list each shard once")
+        else:
+            raise ValueError(
+                f"the input shards {first[dst]} and {src} have the same file name; they would both be written to {dst}"
+            )
 
 
 def _check_reachable(url: str, storage_options: dict[str, Any] | None) -> None:
