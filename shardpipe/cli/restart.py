@@ -2,8 +2,8 @@
 
 The native crop decoder then decodes only the restart intervals a crop covers. Any tool's
 tar/tgz shards (webdataset, img2dataset, shardpipe), local or at s3://, gs://, http(s)://
-URLs; DIR is a folder or an s3:// / gs:// prefix. Resumable (finished shards are kept);
-writes DIR/manifest.json and its index.
+URLs; DIR is a folder or an s3:// / gs:// prefix. Resumable (finished shards are kept; a rerun
+with other settings is refused); writes DIR/manifest.json and its index.
 """
 
 from __future__ import annotations

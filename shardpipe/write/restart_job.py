@@ -8,9 +8,10 @@ order and tar header field is kept. Inputs are read through shardpipe's io layer
 folder or an object store. Each output shard appears complete or not at all (locally a
 temporary name renamed when complete; on S3/GCS the object is published when its upload
 completes and a failed upload is aborted), so a run that is stopped keeps its finished
-shards and the next run (resumable by default) skips them. The index and manifest are
-rebuilt at the end (with each shard's sha256, taken as it is written, and the input manifest's
-class names, when the input was a manifest). Gzipped shards are written as the shard writer
+shards and the next run (resumable by default) skips them; a rerun with other settings is
+refused (:mod:`shardpipe.write.restart_record`).
+The index and manifest are rebuilt at the end (with each shard's sha256, taken as it is
+written, and the input manifest's class names, when the input was a manifest). Gzipped shards are written as the shard writer
 writes them (no timestamp or file name in the gzip header), so a conversion is reproducible.
 """
 
@@ -38,6 +39,7 @@ from shardpipe.format.tar.writer import HashingWriter, gzip_writer
 from shardpipe.image.restart import DEFAULT_PER_ROW, add_restart_intervals, available, restart_layout
 from shardpipe.io.files import atomic_write, is_local, join_url, local_path, open_shard
 from shardpipe.write.outfiles import size
+from shardpipe.write.restart_record import CONVERTED_BY, RECORD, record_settings, restart_settings
 
 log = logging.getLogger("shardpipe")
 
@@ -226,8 +228,6 @@ def mark_restarts(
     the output (default: the same). Outputs that exist are complete (published only when
     done) and are kept: run it again to resume.
     """
-    from tqdm import tqdm
-
     from shardpipe.stages.shards import expand_urls
     from shardpipe.write.index_job import index_shards
 
@@ -256,6 +256,38 @@ def mark_restarts(
         if _same_file(urls, manifest_url):
             raise ValueError(f"the output folder holds the input manifest {urls}: choose another folder")
         class_names = read_manifest(urls, storage_options).get("class_names")
+    names = [_file_name(t) for t in targets]
+    known = record_settings(output_dir, restart_settings(per_row), names, out_options)
+    summary, sha256 = _convert_all(sources, targets, per_row, workers, progress, storage_options, out_options)
+    if summary.skipped_shards and not known:
+        log.warning(
+            "%s holds %d shards from an older version's run without %s: they are kept unchecked, "
+            "as converted then", output_dir, summary.skipped_shards, RECORD,
+        )  # fmt: skip
+    manifest = index_shards(targets, manifest_url, workers=max(1, workers), storage_options=out_options)
+    _add_sha256(manifest, output_dir, sha256, out_options)
+    if class_names:
+        manifest["class_names"] = class_names
+    manifest["restart_intervals"] = {"per_row": per_row, "converted_by": CONVERTED_BY}
+    write_manifest(manifest_url, manifest, out_options)
+    summary.manifest = manifest_url
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _convert_all(
+    sources: list[str],
+    targets: list[str],
+    per_row: int,
+    workers: int,
+    progress: bool,
+    storage_options: dict[str, Any] | None,
+    out_options: dict[str, Any] | None,
+) -> tuple[RestartSummary, dict[str, str]]:
+    """Convert each source whose target is not there yet (after removing a stopped run's partial shards);
+    return the summary and the sha256 of each shard converted, by file name, taken as it was written."""
+    from tqdm import tqdm
+
     summary = RestartSummary(shards=len(sources), outputs=targets)
     todo = []
     for src, dst in zip(sources, targets):
@@ -274,7 +306,7 @@ def mark_restarts(
             pair[0], pair[1], per_row, storage_options=storage_options, output_storage_options=out_options
         )  # fmt: skip
 
-    sha256: dict[str, str] = {}  # output file name -> checksum, taken as it was written
+    sha256: dict[str, str] = {}
     with tqdm(total=len(todo), unit="shard", disable=not progress, dynamic_ncols=True) as bar:
         with ThreadPoolExecutor(max(1, workers)) as pool:  # the transcode releases the GIL, and so do reads
             for (_, dst), (jpegs, marked, b_in, b_out, sha) in zip(todo, pool.map(convert, todo)):
@@ -284,15 +316,7 @@ def mark_restarts(
                 summary.bytes_out += b_out
                 sha256[_file_name(dst)] = sha
                 bar.update(1)
-    manifest = index_shards(targets, manifest_url, workers=max(1, workers), storage_options=out_options)
-    _add_sha256(manifest, output_dir, sha256, out_options)
-    if class_names:
-        manifest["class_names"] = class_names
-    manifest["restart_intervals"] = {"per_row": per_row, "converted_by": "shardpipe restart"}
-    write_manifest(manifest_url, manifest, out_options)
-    summary.manifest = manifest_url
-    summary.seconds = time.perf_counter() - t0
-    return summary
+    return summary, sha256
 
 
 def _check_names(sources: list[str], targets: list[str]) -> None:

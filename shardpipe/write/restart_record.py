@@ -1,0 +1,76 @@
+"""What ``shardpipe restart`` keeps in its output folder to resume safely: the settings record.
+
+``restart.json`` records the settings that a converted shard's bytes depend on (besides its
+input) and the names of the shards converted with them. A run writes it (atomically) before
+it converts anything, so a run killed before its manifest still left it. A rerun whose settings
+differ is refused while any of the recorded shards is in the folder: those shards are kept by
+the rerun, so the manifest would claim the new settings for shards made with the old ones.
+A folder made by an older version has no record: its ``manifest.json`` (``restart_intervals``)
+stands in for it; without either, its shards are kept unchecked, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from shardpipe.image.decoders import registry
+from shardpipe.io.files import join_url
+from shardpipe.write.outfiles import read_json, size, write_json
+from shardpipe.write.shard_writer import MANIFEST
+
+log = logging.getLogger("shardpipe")
+
+RECORD = "restart.json"
+CONVERTED_BY = "shardpipe restart"
+
+#: each setting as a user sets it
+_LABELS = {"per_row": "per_row (--per-row)", "max_pixels": "shardpipe.image.decoders.registry.MAX_PIXELS"}
+
+
+def restart_settings(per_row: int) -> dict[str, Any]:
+    """What the bytes of a converted shard depend on, besides its input: the intervals per MCU row,
+    and the pixel limit above which an image is copied as it is."""
+    return {"per_row": per_row, "max_pixels": registry.MAX_PIXELS}
+
+
+def _earlier(folder: str, storage_options: dict[str, Any] | None) -> tuple[str, dict[str, Any], list[str]] | None:
+    """``(file read, settings, shard names)`` of the earlier runs into ``folder``: its record, else the
+    manifest of an older version's finished run; ``None`` when there is neither."""
+    url = join_url(folder, RECORD)
+    record = read_json(url, storage_options)
+    if record is not None:
+        return url, record["settings"], record["shards"]
+    url = join_url(folder, MANIFEST)
+    manifest = read_json(url, storage_options) or {}
+    marks = manifest.get("restart_intervals") or {}
+    if marks.get("converted_by") == CONVERTED_BY and "per_row" in marks:
+        return url, {"per_row": marks["per_row"]}, [e["name"] for e in manifest.get("shards", [])]
+    return None
+
+
+def record_settings(
+    folder: str, settings: dict[str, Any], names: list[str], storage_options: dict[str, Any] | None
+) -> bool:
+    """Refuse (``ValueError``) ``settings`` that differ from those of shards an earlier run finished
+    in ``folder``; else record them with ``names``. Returns whether an earlier run's settings were known."""
+    earlier = _earlier(folder, storage_options)
+    kept: list[str] = []
+    if earlier is not None:
+        url, old, old_names = earlier
+        changed = [k for k in old if old[k] != settings.get(k)]
+        if not changed:
+            kept = old_names
+        elif any(size(join_url(folder, n), storage_options) is not None for n in old_names):
+            raise ValueError(_refusal(folder, url, old, settings, changed))
+    record = {"converted_by": CONVERTED_BY, "settings": settings, "shards": sorted({*kept, *names})}
+    write_json(join_url(folder, RECORD), record, storage_options)
+    return earlier is not None
+
+
+def _refusal(folder: str, url: str, old: dict[str, Any], new: dict[str, Any], changed: list[str]) -> str:
+    diffs = "; ".join(f"{_LABELS.get(k, k)} was {old[k]} there, {new.get(k)} in this run" for k in changed)
+    return (
+        f"{folder} holds shards converted with other settings ({url}): {diffs}. Rerun with the same "
+        "settings to finish or extend them, or convert into a new or empty folder"
+    )
