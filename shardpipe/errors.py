@@ -104,6 +104,10 @@ class TransformError(RuntimeError):
     """
 
 
+class OutputInUseError(RuntimeError):
+    """An output folder that another running command is writing into (it holds the folder's lock)."""
+
+
 class ErrorHandler:
     """Applies ``on_error`` to errors and counts what was skipped, by error type.
 

@@ -1,6 +1,7 @@
 """``shardpipe restart`` run again into a folder: other settings are refused (the finished shards would
 be kept with their old layout under a manifest that claims the new one), also after a run killed
-before its manifest."""
+before its manifest, and a second run at once is refused by the folder's lock, which a killed run
+does not leave held."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
+from shardpipe.errors import OutputInUseError
+
 pytest.importorskip("shardpipe.image.decoders.native", reason="native extension not built")
 
 from shardpipe.image.decoders import registry  # noqa: E402
+from shardpipe.write.outfiles import folder_lock  # noqa: E402
 from shardpipe.write.restart_job import convert_shard, mark_restarts  # noqa: E402
 
 from .helpers import small_jpeg  # noqa: E402
@@ -148,7 +152,7 @@ def test_another_pixel_limit_is_refused(inputs: Path, tmp_path: Path, monkeypatc
 def test_a_run_killed_before_its_manifest_still_refuses_other_settings(inputs: Path, tmp_path: Path) -> None:
     args = ("restart", "in/s-{0..1}.tar", "-o", "out", "--workers", "1", "--no-progress")
     kill(held_run(tmp_path, "s-1.tar", *args))
-    assert sorted(os.listdir(tmp_path / "out")) == ["restart.json", "s-0.tar", "s-1.tar.restart-tmp"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["restart.json", "restart.lock", "s-0.tar", "s-1.tar.restart-tmp"]
     r = cli(*args, "--per-row", "4", cwd=tmp_path)
     assert (r.returncode, r.stdout) == (2, "")
     diffs = "per_row (--per-row) was 8 there, 4 in this run"
@@ -204,3 +208,40 @@ def test_an_older_versions_unfinished_folder_keeps_its_shards_unchecked(
         "as converted then"
     ]
     assert json.loads((out / "restart.json").read_text())["settings"]["per_row"] == 8
+
+
+# ---------------------------------------------------------------- two runs at once
+
+
+def test_a_second_run_at_once_is_refused_and_a_killed_one_does_not_block(inputs: Path, tmp_path: Path) -> None:
+    args = ("restart", "in/s-{0..1}.tar", "-o", "out", "--workers", "1", "--no-progress")
+    first = held_run(tmp_path, "s-1.tar", *args)
+    try:
+        r = cli(*args, cwd=tmp_path)
+        assert (r.returncode, r.stdout) == (2, "")
+        assert r.stderr == (
+            "shardpipe restart: error: another shardpipe restart is writing into out (it holds the lock "
+            "out/restart.lock): wait for it to end, or write into another folder\n"
+        )
+        assert (tmp_path / "out" / "s-1.tar.restart-tmp").read_bytes() == b"half a shard"  # not removed under it
+        assert not (tmp_path / "out" / "manifest.json").exists()
+    finally:
+        kill(first)
+    r = cli(*args, cwd=tmp_path)  # the kernel dropped the killed run's lock
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("2 shards (1 already done)")
+    assert not (tmp_path / "out" / "s-1.tar.restart-tmp").exists()
+
+
+def test_the_python_api_is_refused_while_the_folder_is_locked(inputs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with folder_lock(str(out), "restart.lock", "shardpipe restart"):
+        with pytest.raises(OutputInUseError) as e:
+            mark_restarts(str(inputs / "s-0.tar"), str(out))
+    assert str(e.value) == (
+        f"another shardpipe restart is writing into {out} (it holds the lock {out}/restart.lock): "
+        "wait for it to end, or write into another folder"
+    )
+    assert os.listdir(out) == ["restart.lock"]
+    assert mark_restarts(str(inputs / "s-0.tar"), str(out)).shards == 1  # released with the block

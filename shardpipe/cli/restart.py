@@ -3,7 +3,8 @@
 The native crop decoder then decodes only the restart intervals a crop covers. Any tool's
 tar/tgz shards (webdataset, img2dataset, shardpipe), local or at s3://, gs://, http(s)://
 URLs; DIR is a folder or an s3:// / gs:// prefix. Resumable (finished shards are kept; a rerun
-with other settings is refused); writes DIR/manifest.json and its index.
+with other settings is refused); writes DIR/manifest.json and its index. One run at a time
+into a local DIR (a second is refused).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options, resolve_inputs
-    from shardpipe.errors import ShardpipeError
+    from shardpipe.errors import OutputInUseError, ShardpipeError
     from shardpipe.io.urls import check_url
     from shardpipe.write.restart_job import mark_restarts
 
@@ -56,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to continue", file=sys.stderr)
         return 130
-    except (InputError, ValueError, ImportError) as e:
+    except (InputError, ValueError, ImportError, OutputInUseError) as e:
         return fail("restart", e, USAGE)
     except (ShardpipeError, OSError) as e:  # found in a shard: truncated, corrupt, vanished
         return fail("restart", e, DATA_PROBLEM)

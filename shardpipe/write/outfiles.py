@@ -1,4 +1,4 @@
-"""Small files beside the shards: the progress file of an interrupted write, and temp files.
+"""Small files beside the shards: the progress file of an interrupted write, temp files, a run's lock.
 
 Local paths use ``os``; anything else goes through fsspec, so ``s3://`` and ``gs://``
 outputs resume the same way.
@@ -7,12 +7,16 @@ outputs resume the same way.
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
 import re
+from collections.abc import Iterator
 from typing import Any
 
+from shardpipe.errors import OutputInUseError
 from shardpipe.io.files import atomic_write, is_local, join_url, local_path
 from shardpipe.write.shard_writer import MANIFEST, shard_file_regex, shard_name
 
@@ -112,3 +116,33 @@ def finished_manifest(
     if all(size(join_url(folder, e["name"]), storage_options) == e["bytes"] for e in manifest["shards"]):
         return manifest
     return None
+
+
+#: a file system that cannot lock (some NFS and FUSE mounts): the run goes on unguarded
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str, name: str, command: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the local file ``folder/name`` (made if missing) for the block.
+
+    Raises ``OutputInUseError`` at once when another process holds it (``command`` names what
+    runs there). The kernel drops the lock when its holder dies, so a killed run never blocks the next.
+    """
+    path = os.path.join(folder, name)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutputInUseError(
+                f"another {command} is writing into {folder} (it holds the lock {path}): "
+                "wait for it to end, or write into another folder"
+            ) from None
+        except OSError as e:
+            if e.errno not in _NO_LOCKS:
+                raise
+            log.warning("cannot lock %s (%s): a second %s into %s would not be stopped", path, e, command, folder)
+        yield
+    finally:
+        os.close(fd)  # (releases the lock)

@@ -9,7 +9,7 @@ folder or an object store. Each output shard appears complete or not at all (loc
 temporary name renamed when complete; on S3/GCS the object is published when its upload
 completes and a failed upload is aborted), so a run that is stopped keeps its finished
 shards and the next run (resumable by default) skips them; a rerun with other settings is
-refused (:mod:`shardpipe.write.restart_record`).
+refused and a local folder takes one run at a time (:mod:`shardpipe.write.restart_record`).
 The index and manifest are rebuilt at the end (with each shard's sha256, taken as it is
 written, and the input manifest's class names, when the input was a manifest). Gzipped shards are written as the shard writer
 writes them (no timestamp or file name in the gzip header), so a conversion is reproducible.
@@ -38,8 +38,8 @@ from shardpipe.format.manifest import read_manifest, write_manifest
 from shardpipe.format.tar.writer import HashingWriter, gzip_writer
 from shardpipe.image.restart import DEFAULT_PER_ROW, add_restart_intervals, available, restart_layout
 from shardpipe.io.files import atomic_write, is_local, join_url, local_path, open_shard
-from shardpipe.write.outfiles import size
-from shardpipe.write.restart_record import CONVERTED_BY, RECORD, record_settings, restart_settings
+from shardpipe.write.outfiles import folder_lock, size
+from shardpipe.write.restart_record import CONVERTED_BY, LOCK, RECORD, record_settings, restart_settings
 
 log = logging.getLogger("shardpipe")
 
@@ -256,20 +256,22 @@ def mark_restarts(
         if _same_file(urls, manifest_url):
             raise ValueError(f"the output folder holds the input manifest {urls}: choose another folder")
         class_names = read_manifest(urls, storage_options).get("class_names")
-    names = [_file_name(t) for t in targets]
-    known = record_settings(output_dir, restart_settings(per_row), names, out_options)
-    summary, sha256 = _convert_all(sources, targets, per_row, workers, progress, storage_options, out_options)
-    if summary.skipped_shards and not known:
-        log.warning(
-            "%s holds %d shards from an older version's run without %s: they are kept unchecked, "
-            "as converted then", output_dir, summary.skipped_shards, RECORD,
-        )  # fmt: skip
-    manifest = index_shards(targets, manifest_url, workers=max(1, workers), storage_options=out_options)
-    _add_sha256(manifest, output_dir, sha256, out_options)
-    if class_names:
-        manifest["class_names"] = class_names
-    manifest["restart_intervals"] = {"per_row": per_row, "converted_by": CONVERTED_BY}
-    write_manifest(manifest_url, manifest, out_options)
+    lock = folder_lock(output_dir, LOCK, CONVERTED_BY) if is_local(output_dir) else contextlib.nullcontext()
+    with lock:  # held until the manifest is written: a second run would delete this one's partial shards
+        names = [_file_name(t) for t in targets]
+        known = record_settings(output_dir, restart_settings(per_row), names, out_options)
+        summary, sha256 = _convert_all(sources, targets, per_row, workers, progress, storage_options, out_options)
+        if summary.skipped_shards and not known:
+            log.warning(
+                "%s holds %d shards from an older version's run without %s: they are kept unchecked, "
+                "as converted then", output_dir, summary.skipped_shards, RECORD,
+            )  # fmt: skip
+        manifest = index_shards(targets, manifest_url, workers=max(1, workers), storage_options=out_options)
+        _add_sha256(manifest, output_dir, sha256, out_options)
+        if class_names:
+            manifest["class_names"] = class_names
+        manifest["restart_intervals"] = {"per_row": per_row, "converted_by": CONVERTED_BY}
+        write_manifest(manifest_url, manifest, out_options)
     summary.manifest = manifest_url
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -1,4 +1,4 @@
-"""What ``shardpipe restart`` keeps in its output folder to resume safely: the settings record.
+"""What ``shardpipe restart`` keeps in its output folder to resume safely: the settings record and the lock.
 
 ``restart.json`` records the settings that a converted shard's bytes depend on (besides its
 input) and the names of the shards converted with them. A run writes it (atomically) before
@@ -7,6 +7,9 @@ differ is refused while any of the recorded shards is in the folder: those shard
 the rerun, so the manifest would claim the new settings for shards made with the old ones.
 A folder made by an older version has no record: its ``manifest.json`` (``restart_intervals``)
 stands in for it; without either, its shards are kept unchecked, as before.
+
+``restart.lock`` (local folders only) is held with ``flock`` for the whole run, so a second
+run into the folder is refused instead of deleting the first one's shards in progress.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from shardpipe.write.shard_writer import MANIFEST
 log = logging.getLogger("shardpipe")
 
 RECORD = "restart.json"
+LOCK = "restart.lock"
 CONVERTED_BY = "shardpipe restart"
 
 #: each setting as a user sets it
