@@ -260,3 +260,41 @@ def test_fsspec_output_url_matches_local_output(small_folder: Path, tmp_path: Pa
         )
     finally:
         fs.rm("/bucket", recursive=True)
+
+
+def test_a_second_write_into_a_folder_in_use_is_refused_and_leaves_the_first_alone(
+    photos: Path, tmp_path: Path, capsys
+):
+    """Two writes into one folder would share its shard, temporary and manifest names (and the second
+    removed the first's temporary files as a killed run's): the second is refused while the first runs,
+    and the first, paused meanwhile, finishes exactly as a lone run does."""
+    clean = tmp_path / "clean"
+    options = ["--maxcount", "10", "--presize", "160", "--shuffle", "--seed", "3", "--workers", "1", "--no-progress"]
+    assert main(["write", str(photos), str(clean / "t-%04d.tar"), *options]) == 0
+    out = tmp_path / "busy"
+    argv = ["write", str(photos), str(out / "t-%04d.tar"), *options]
+    code = "import sys; from shardpipe.cli import main; sys.exit(main())"
+    proc = spawn([sys.executable, "-c", code, *argv], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.is_dir() and any(p.name.endswith(".tmp") for p in out.iterdir())):
+            assert proc.poll() is None and time.monotonic() < deadline, "the first write ended before it was caught"
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGSTOP)  # mid-shard: a temporary file in the folder
+        before = sorted(p.name for p in out.iterdir())
+        capsys.readouterr()
+        assert main([*argv, "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"another shardpipe write is writing into {out} (it holds a lock on the folder): wait for it to end, "
+            "or write into another folder"
+        ) in err, err
+        assert sorted(p.name for p in out.iterdir()) == before  # its temporary file, shards and progress kept
+        os.killpg(proc.pid, signal.SIGCONT)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr.decode()[-2000:]
+    finally:
+        kill_group(proc)
+    assert shard_bytes(out) == shard_bytes(clean)
+    assert (out / "manifest.json").read_bytes() == (clean / "manifest.json").read_bytes()
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in clean.iterdir())  # no lock file left

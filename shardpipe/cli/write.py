@@ -97,6 +97,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, fail
+    from shardpipe.errors import OutputInUseError
     from shardpipe.write.job import write_shards
     from shardpipe.write.plan import ShardTaskError
     from shardpipe.write.shard_writer import brace_range
@@ -113,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: complete shards are kept; run again with --resume to continue", file=sys.stderr)
         return 130
-    except (ValueError, OSError, ImportError, ShardTaskError) as e:
+    except (ValueError, OSError, ImportError, ShardTaskError, OutputInUseError) as e:
         return fail("write", e, USAGE)
     print(source_line(args.source, args.source_type))
     print(summary.format())

@@ -20,6 +20,7 @@ is the same as an uninterrupted run. The progress file is removed when
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ from typing import Any
 
 from shardpipe.format.manifest import MANIFEST
 from shardpipe.image.restart import available as restart_available
-from shardpipe.io.files import dirname_url, join_url
+from shardpipe.io.files import dirname_url, is_local, join_url, local_path
 from shardpipe.io.urls import check_url
 from shardpipe.write import outfiles
 from shardpipe.write.engines import write_engine
@@ -79,6 +80,16 @@ def _finished_summary(manifest: dict[str, Any], folder: str, seconds: float) -> 
 
 
 # ---------------------------------------------------------------------------- the writer
+
+
+def _one_run_at_a_time(folder: str) -> contextlib.AbstractContextManager[None]:
+    """A lock on a local output folder for the run: a second run into it would remove this one's
+    temporary files and write the same shard and manifest names (object stores: no lock)."""
+    if not is_local(folder):
+        return contextlib.nullcontext()
+    path = local_path(folder) or "."
+    os.makedirs(path, exist_ok=True)
+    return outfiles.folder_lock(path, None, "shardpipe write")
 
 
 def write_shards(
@@ -143,19 +154,20 @@ def write_shards(
     inputs = {"records": len(records), "sha256": _digest(records)}
     fingerprint = json.loads(json.dumps({"options": fingerprinted, "inputs": inputs}))  # as it reads back from JSON
     folder = dirname_url(shard_name(pattern, 0))
-    outfiles.remove_stale_temps(pattern)
-    if opts.resume:
-        finished = outfiles.finished_manifest(folder, fingerprint, opts.fsspec_options)
-        if finished is not None:
-            return _finished_summary(finished, folder, time.perf_counter() - t0)
     run = WriteRun(
         source=src, records=records, scan_skipped=scan.skipped, pattern=pattern, folder=folder,
         fingerprint=fingerprint, metadata={"class_names": scan.class_names, **fingerprint}, options=opts,
     )  # fmt: skip
-    from tqdm import tqdm
+    with _one_run_at_a_time(folder):
+        outfiles.remove_stale_temps(pattern)  # (another run's would be in progress: hence the lock)
+        if opts.resume:
+            finished = outfiles.finished_manifest(folder, fingerprint, opts.fsspec_options)
+            if finished is not None:
+                return _finished_summary(finished, folder, time.perf_counter() - t0)
+        from tqdm import tqdm
 
-    with tqdm(total=len(records), unit="img", disable=not opts.progress, dynamic_ncols=True) as bar:
-        summary = write_planned(run, bar) if opts.maxsize is None else write_rolling(run, bar)
+        with tqdm(total=len(records), unit="img", disable=not opts.progress, dynamic_ncols=True) as bar:
+            summary = write_planned(run, bar) if opts.maxsize is None else write_rolling(run, bar)
     return replace(
         summary, class_names=scan.class_names, shuffled=shuffle, seconds=time.perf_counter() - t0
     )  # fmt: skip

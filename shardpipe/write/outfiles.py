@@ -123,20 +123,26 @@ _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str, name: str, command: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the local file ``folder/name`` (made if missing) for the block.
+def folder_lock(folder: str, name: str | None, command: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the local file ``folder/name`` (made if missing), or with
+    ``name=None`` on the folder itself (nothing is made in it), for the block.
 
     Raises ``OutputInUseError`` at once when another process holds it (``command`` names what
     runs there). The kernel drops the lock when its holder dies, so a killed run never blocks the next.
     """
-    path = os.path.join(folder, name)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    if name is None:
+        path = folder
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    else:
+        path = os.path.join(folder, name)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            held = "a lock on the folder" if name is None else f"the lock {path}"
             raise OutputInUseError(
-                f"another {command} is writing into {folder} (it holds the lock {path}): "
+                f"another {command} is writing into {folder} (it holds {held}): "
                 "wait for it to end, or write into another folder"
             ) from None
         except OSError as e:
