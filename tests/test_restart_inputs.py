@@ -96,7 +96,7 @@ def test_a_tar_cut_at_a_member_boundary_is_refused(tmp_path: Path) -> None:
         f"shardpipe restart: error: in/s-1.tar: not a readable tar shard (it ends at byte {cut} without the "
         "end-of-archive marker)\n"
     )
-    assert sorted(os.listdir(tmp_path / "out")) == ["restart.json", "restart.lock"]  # the settings and the lock only
+    assert sorted(os.listdir(tmp_path / "out")) == ["restart.json"]  # the settings only
 
 
 def test_a_damaged_header_in_the_middle_is_refused(tmp_path: Path) -> None:
@@ -196,7 +196,7 @@ def test_a_full_disk_names_the_output_and_a_rerun_finishes(tmp_path: Path) -> No
     r = cli("restart", "in/s-{0..1}.tar", "-o", "out", "--workers", "1", "--no-progress", cwd=tmp_path, limit=small)
     assert r.returncode == 1 and r.stdout == ""
     assert r.stderr == "shardpipe restart: error: [Errno 27] File too large: 'out/s-0.tar'\n"
-    assert sorted(os.listdir(tmp_path / "out")) == ["restart.json", "restart.lock"]  # no partial shard, no manifest
+    assert sorted(os.listdir(tmp_path / "out")) == ["restart.json"]  # no partial shard, no manifest
     r = cli("restart", "in/s-{0..1}.tar", "-o", "out", "--no-progress", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())

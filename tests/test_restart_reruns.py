@@ -152,7 +152,7 @@ def test_another_pixel_limit_is_refused(inputs: Path, tmp_path: Path, monkeypatc
 def test_a_run_killed_before_its_manifest_still_refuses_other_settings(inputs: Path, tmp_path: Path) -> None:
     args = ("restart", "in/s-{0..1}.tar", "-o", "out", "--workers", "1", "--no-progress")
     kill(held_run(tmp_path, "s-1.tar", *args))
-    assert sorted(os.listdir(tmp_path / "out")) == ["restart.json", "restart.lock", "s-0.tar", "s-1.tar.restart-tmp"]
+    assert sorted(os.listdir(tmp_path / "out")) == ["restart.json", "s-0.tar", "s-1.tar.restart-tmp"]
     r = cli(*args, "--per-row", "4", cwd=tmp_path)
     assert (r.returncode, r.stdout) == (2, "")
     diffs = "per_row (--per-row) was 8 there, 4 in this run"
@@ -220,8 +220,8 @@ def test_a_second_run_at_once_is_refused_and_a_killed_one_does_not_block(inputs:
         r = cli(*args, cwd=tmp_path)
         assert (r.returncode, r.stdout) == (2, "")
         assert r.stderr == (
-            "shardpipe restart: error: another shardpipe restart is writing into out (it holds the lock "
-            "out/restart.lock): wait for it to end, or write into another folder\n"
+            "shardpipe restart: error: another shardpipe write or restart is writing into out (it holds a lock "
+            "on the folder): wait for it to end, or write into another folder\n"
         )
         assert (tmp_path / "out" / "s-1.tar.restart-tmp").read_bytes() == b"half a shard"  # not removed under it
         assert not (tmp_path / "out" / "manifest.json").exists()
@@ -236,12 +236,12 @@ def test_a_second_run_at_once_is_refused_and_a_killed_one_does_not_block(inputs:
 def test_the_python_api_is_refused_while_the_folder_is_locked(inputs: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    with folder_lock(str(out), "restart.lock", "shardpipe restart"):
+    with folder_lock(str(out), "shardpipe restart"):
         with pytest.raises(OutputInUseError) as e:
             mark_restarts(str(inputs / "s-0.tar"), str(out))
     assert str(e.value) == (
-        f"another shardpipe restart is writing into {out} (it holds the lock {out}/restart.lock): "
+        f"another shardpipe write or restart is writing into {out} (it holds a lock on the folder): "
         "wait for it to end, or write into another folder"
     )
-    assert os.listdir(out) == ["restart.lock"]
+    assert os.listdir(out) == []
     assert mark_restarts(str(inputs / "s-0.tar"), str(out)).shards == 1  # released with the block

@@ -286,8 +286,8 @@ def test_a_second_write_into_a_folder_in_use_is_refused_and_leaves_the_first_alo
         assert main([*argv, "--resume"]) == 2
         err = capsys.readouterr().err
         assert (
-            f"another shardpipe write is writing into {out} (it holds a lock on the folder): wait for it to end, "
-            "or write into another folder"
+            f"another shardpipe write or restart is writing into {out} (it holds a lock on the folder): wait for it "
+            "to end, or write into another folder"
         ) in err, err
         assert sorted(p.name for p in out.iterdir()) == before  # its temporary file, shards and progress kept
         os.killpg(proc.pid, signal.SIGCONT)

@@ -89,7 +89,7 @@ def _one_run_at_a_time(folder: str) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
     path = local_path(folder) or "."
     os.makedirs(path, exist_ok=True)
-    return outfiles.folder_lock(path, None, "shardpipe write")
+    return outfiles.folder_lock(path, "shardpipe write")
 
 
 def write_shards(

@@ -123,32 +123,26 @@ _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL)
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str, name: str | None, command: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the local file ``folder/name`` (made if missing), or with
-    ``name=None`` on the folder itself (nothing is made in it), for the block.
+def folder_lock(folder: str, command: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the local folder itself (nothing is made in it) for the block:
+    one ``shardpipe write`` or ``restart`` (``command``) at a time writes into a folder.
 
-    Raises ``OutputInUseError`` at once when another process holds it (``command`` names what
-    runs there). The kernel drops the lock when its holder dies, so a killed run never blocks the next.
+    Raises ``OutputInUseError`` at once when another process holds it. The kernel drops the lock
+    when its holder dies (and its forked children), so a killed run never blocks the next.
     """
-    if name is None:
-        path = folder
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    else:
-        path = os.path.join(folder, name)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            held = "a lock on the folder" if name is None else f"the lock {path}"
             raise OutputInUseError(
-                f"another {command} is writing into {folder} (it holds {held}): "
+                f"another shardpipe write or restart is writing into {folder} (it holds a lock on the folder): "
                 "wait for it to end, or write into another folder"
             ) from None
         except OSError as e:
             if e.errno not in _NO_LOCKS:
                 raise
-            log.warning("cannot lock %s (%s): a second %s into %s would not be stopped", path, e, command, folder)
+            log.warning("cannot lock %s (%s): a second run into it would not be stopped (%s)", folder, e, command)
         yield
     finally:
         os.close(fd)  # (releases the lock)

@@ -39,7 +39,7 @@ from shardpipe.format.tar.writer import HashingWriter, gzip_writer
 from shardpipe.image.restart import DEFAULT_PER_ROW, add_restart_intervals, available, restart_layout
 from shardpipe.io.files import atomic_write, is_local, join_url, local_path, open_shard
 from shardpipe.write.outfiles import folder_lock, size
-from shardpipe.write.restart_record import CONVERTED_BY, LOCK, RECORD, record_settings, restart_settings
+from shardpipe.write.restart_record import CONVERTED_BY, RECORD, record_settings, restart_settings
 
 log = logging.getLogger("shardpipe")
 
@@ -256,7 +256,7 @@ def mark_restarts(
         if _same_file(urls, manifest_url):
             raise ValueError(f"the output folder holds the input manifest {urls}: choose another folder")
         class_names = read_manifest(urls, storage_options).get("class_names")
-    lock = folder_lock(output_dir, LOCK, CONVERTED_BY) if is_local(output_dir) else contextlib.nullcontext()
+    lock = folder_lock(output_dir, CONVERTED_BY) if is_local(output_dir) else contextlib.nullcontext()
     with lock:  # held until the manifest is written: a second run would delete this one's partial shards
         names = [_file_name(t) for t in targets]
         known = record_settings(output_dir, restart_settings(per_row), names, out_options)

@@ -8,8 +8,8 @@ the rerun, so the manifest would claim the new settings for shards made with the
 A folder made by an older version has no record: its ``manifest.json`` (``restart_intervals``)
 stands in for it; without either, its shards are kept unchecked, as before.
 
-``restart.lock`` (local folders only) is held with ``flock`` for the whole run, so a second
-run into the folder is refused instead of deleting the first one's shards in progress.
+A local output folder is locked for the whole run (``outfiles.folder_lock``), so a second
+run into it is refused instead of deleting the first one's shards in progress.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from shardpipe.write.shard_writer import MANIFEST
 log = logging.getLogger("shardpipe")
 
 RECORD = "restart.json"
-LOCK = "restart.lock"
 CONVERTED_BY = "shardpipe restart"
 
 #: each setting as a user sets it
