@@ -138,6 +138,8 @@ MODULES: dict[str, list[str]] = {
         "tests/test_resample_quality.py",
         "tests/test_schedule.py",
     ],
+    "augment/color.py": ["tests/test_color_units.py", "tests/test_augment.py"],
+    "image/size.py": ["tests/test_size_units.py", "tests/test_decoders.py"],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these

@@ -80,14 +80,17 @@ def adjust_hue(img: np.ndarray, factor: float) -> np.ndarray:
     """Rotate the hue by ``factor`` of a full turn (``factor`` in [-0.5, 0.5])."""
     if not -0.5 <= factor <= 0.5:
         raise ValueError(f"hue factor must be in [-0.5, 0.5], got {factor}")
-    if cv2 is not None:  # 8-bit HSV with the full 0..255 hue circle; shift hue by a table
-        shift = int(round(factor * 256))
-        if shift % 256 == 0:
-            return img  # a full turn or none: the 8-bit round trip would only add error
+    if cv2 is not None:  # 8-bit HSV with the full hue circle; hue shifted by a table
+        if abs(factor) * 256 <= 0.5:
+            return img  # under half a step of 8-bit hue: the round trip would only add error
         hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV_FULL)
-        table = np.stack([(np.arange(256) + shift) % 256, np.arange(256), np.arange(256)], -1)
-        hsv = cv2.LUT(hsv, table.astype(np.uint8).reshape(1, 256, 3))
-        return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+        # OpenCV's two 8-bit scales differ: RGB2HSV_FULL puts 256 hue steps in a turn, HSV2RGB_FULL
+        # reads 255; the table turns each hue by the exact factor on the first and writes the second
+        # (an unscaled table drifted up to a step further: 12 grey levels off, now 6 at most)
+        ramp = np.arange(256)
+        hue = np.rint((ramp + factor * 256) % 256 * (255 / 256))
+        table = np.stack([hue, ramp, ramp], -1).astype(np.uint8).reshape(1, 256, 3)
+        return cv2.cvtColor(cv2.LUT(hsv, table), cv2.COLOR_HSV2RGB_FULL)
     h, s, v = _rgb_to_hsv(img.astype(np.float32) / 255.0)
     rgb = _hsv_to_rgb((h + factor) % 1.0, s, v)
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
@@ -108,7 +111,10 @@ def _range(
         lo, hi = float(value[0]), float(value[1])
         if lo > hi:
             raise ValueError(f"{name} range must be (min, max), got {value}")
-    if bound is not None and not (-bound <= lo <= hi <= bound):
+    if bound is None:
+        if lo < 0:  # as torchvision: a negative factor would invert contrast or saturation
+            raise ValueError(f"{name} factors must be >= 0, got ({lo}, {hi})")
+    elif not (-bound <= lo <= hi <= bound):
         raise ValueError(f"{name} must lie within [-{bound}, {bound}], got ({lo}, {hi})")
     return lo, hi
 
