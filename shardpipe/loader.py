@@ -28,6 +28,7 @@ sent by value or by reference becomes tensors again). Each worker's collate step
 from __future__ import annotations
 
 import copy
+import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -51,6 +52,8 @@ from shardpipe.workers import (
     stop_workers,
 )
 from shardpipe.workerwatch import WatchedWorkersIter, position
+
+log = logging.getLogger("shardpipe")
 
 # DataLoader arguments ShardLoader cannot honour: name -> (values it accepts, why, what to do instead)
 _REFUSED: dict[str, tuple[tuple[Any, ...], str]] = {
@@ -277,6 +280,11 @@ class ShardLoader(DataLoader):
         """The mid-epoch state loaded and not started yet, unless ``set_epoch`` (here or on the source)
         has chosen another epoch since: that epoch then starts afresh, as the user asked."""
         if self._resume is not None and int(self._resume["epoch"]) != self.source.epoch:
+            log.warning(
+                "the loaded state resumes epoch %d mid-way, but set_epoch chose epoch %d: that state is dropped "
+                "and epoch %d starts from its beginning (call set_epoch(%d) to finish the loaded epoch first)",
+                int(self._resume["epoch"]), self.source.epoch, self.source.epoch, int(self._resume["epoch"]),
+            )  # fmt: skip
             self._resume = None
         return self._resume
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 
 import pytest
 from torch.utils.data import DataLoader
@@ -209,11 +210,17 @@ def test_choosing_the_loaded_epoch_again_keeps_the_resume(manifest, workers):
 
 @pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.parametrize("on", ["loader", "source"])
-def test_choosing_another_epoch_after_loading_a_state_starts_that_epoch_afresh(manifest, workers, on):
+def test_choosing_another_epoch_after_loading_a_state_starts_that_epoch_afresh(manifest, workers, on, caplog):
     _, state = saved_mid_epoch(manifest, workers)
     ld = loader(manifest, workers)
     ld.load_state_dict(state)
     (ld if on == "loader" else ld.source).set_epoch(2)
-    saved = ld.state_dict()
-    assert (saved["epoch"], saved["workers"], saved["next_worker"]) == (2, None, 0)
-    assert keys_of(ld) == epoch_keys(manifest, workers, 2)  # all of epoch 2, none of epoch 0's rest
+    with caplog.at_level(logging.WARNING, logger="shardpipe"):
+        saved = ld.state_dict()
+        assert (saved["epoch"], saved["workers"], saved["next_worker"]) == (2, None, 0)
+        assert keys_of(ld) == epoch_keys(manifest, workers, 2)  # all of epoch 2, none of epoch 0's rest
+    said = [r.getMessage() for r in caplog.records if r.name == "shardpipe" and "set_epoch chose" in r.getMessage()]
+    assert said == [  # said once, when it was dropped
+        "the loaded state resumes epoch 0 mid-way, but set_epoch chose epoch 2: that state is dropped and epoch 2 "
+        "starts from its beginning (call set_epoch(0) to finish the loaded epoch first)"
+    ]
