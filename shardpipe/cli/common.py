@@ -9,6 +9,7 @@ data (exit 1 for what it finds there).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,24 @@ exit status:
      a glob that matches nothing
   130 interrupted (Ctrl-C): a write or restart keeps what it finished (--resume goes on)
   141 the reader of its output went away (shardpipe inspect ... | head): it stops quietly"""
+
+
+#: what a terminal must not be sent: C0 and C1 control characters, DEL, and the surrogates
+#: that stand for bytes that were not UTF-8 (they cannot be encoded as UTF-8 at all)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print: each control character as ``\\xNN`` (escape sequences never reach the
+    terminal), each byte that was not UTF-8 (a surrogate escape) as ``\\xNN`` of that byte."""
+    return _UNPRINTABLE.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte code - 0xDC00
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class InputError(Exception):

@@ -173,6 +173,9 @@ def _range(stats: dict[str, float] | None) -> str:
 
 
 def format_report(report: dict[str, Any]) -> str:
+    """The report as a table, safe for a terminal (control characters and non-UTF-8 bytes escaped)."""
+    from shardpipe.cli.common import printable
+
     lines = [f"{'shard':<40} {'samples':>8} {'bytes':>10}  {'extensions':<24} {'width min/med/max':<18} first keys"]
     for s in report["shards"]:
         exts = " ".join(f"{e}:{n}" for e, n in s["extensions"].items())
@@ -193,7 +196,7 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     if t["unreadable_headers"]:
         lines.append(f"images with unreadable headers: {t['unreadable_headers']}")
-    return "\n".join(lines)
+    return "\n".join(printable(line) for line in lines)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -183,16 +183,24 @@ def run(args: argparse.Namespace) -> int:
     )
     if status is not None:
         return status
-    if args.json:
-        print(json.dumps(report, indent=1))
-    else:
-        for s in report["shards"]:
-            print(f"{'ok  ' if not s['problems'] else 'FAIL'} {s['url']}: {s['samples']} samples, {s['bytes']} bytes")
-        n = len(report["shards"])
-        if report["problems"]:
-            print(f"{len(report['problems'])} problems in {n} shards ({report['samples']} samples):")
-            for p in report["problems"]:
-                print(f"  {p}")
-        else:
-            print(f"verified {n} shards: {report['samples']} samples, {report['images']} images decoded, no problems")
+    print(json.dumps(report, indent=1) if args.json else format_report(report))
     return DATA_PROBLEM if report["problems"] else OK
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """One line a shard, then the problems; safe for a terminal (control characters and non-UTF-8 bytes escaped)."""
+    from shardpipe.cli.common import printable
+
+    lines = [
+        f"{'ok  ' if not s['problems'] else 'FAIL'} {s['url']}: {s['samples']} samples, {s['bytes']} bytes"
+        for s in report["shards"]
+    ]
+    n = len(report["shards"])
+    if report["problems"]:
+        lines.append(f"{len(report['problems'])} problems in {n} shards ({report['samples']} samples):")
+        lines += [f"  {p}" for p in report["problems"]]
+    else:
+        lines.append(
+            f"verified {n} shards: {report['samples']} samples, {report['images']} images decoded, no problems"
+        )
+    return "\n".join(printable(line) for line in lines)
