@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from shardpipe.errors import ShardNotFoundError, ShardReadError
@@ -39,6 +39,7 @@ class ShardScan:
     url: str
     index: ShardIndex
     sha256: str | None = None
+    split_keys: list[str] = field(default_factory=list)  #: keys that start a sample more than once
 
 
 def _open(url: str, storage_options: dict[str, Any] | None, whole: bool) -> tuple[IO[bytes], int]:
@@ -60,13 +61,16 @@ def scan_shard(url: str, storage_options: dict[str, Any] | None = None, sha256: 
     """Index one shard: the start offset and key checksum of every sample, its size and gzip flag.
 
     Samples are found exactly as streaming finds them (consecutive members sharing a
-    key; ``__*__`` and extension-less members belong to none), so counts agree.
+    key; ``__*__`` and extension-less members belong to none), so counts agree. A key whose
+    members lie apart (a tar written unsorted) starts a sample each time: ``split_keys`` lists it.
     """
     raw, size = _open(url, storage_options, whole=sha256)
     hashing = HashingReader(raw) if sha256 else None
     tar = TarStream(hashing or raw, url)  # type: ignore[arg-type]
     index = ShardIndex(size=size, compressed=tar.compressed)
     current: str | None = None
+    seen: set[str] = set()
+    split: dict[str, None] = {}  # in the order found, each once
     try:
         while True:
             at = tar.offset
@@ -77,13 +81,16 @@ def scan_shard(url: str, storage_options: dict[str, Any] | None = None, sha256: 
             parts = split_name(header[0])
             if parts is not None and parts[0] != current:
                 current = parts[0]
+                if current in seen:
+                    split[current] = None
+                seen.add(current)
                 index.add(at, current)
             tar.skip_data()
         if hashing is not None:
             hashing.drain()  # the record padding after the end-of-archive blocks
     finally:
         tar.close()
-    return ShardScan(url, index, hashing.hexdigest() if hashing else None)
+    return ShardScan(url, index, hashing.hexdigest() if hashing else None, list(split))
 
 
 def _entry_name(shard_url: str, manifest_url: str) -> str:
@@ -95,6 +102,42 @@ def _entry_name(shard_url: str, manifest_url: str) -> str:
         rel = os.path.relpath(os.path.abspath(local_path(shard_url)), os.path.abspath(base or "."))
         return rel if not rel.startswith("..") else os.path.abspath(local_path(shard_url))
     return shard_url
+
+
+def _check_output(output: str) -> None:
+    """ValueError when ``output`` names a folder, not the manifest file to write (before any shard is read)."""
+    if output.endswith("/") or (is_local(output) and os.path.isdir(local_path(output))):
+        raise ValueError(
+            f"{output} is a folder: name the manifest to write, such as {output.rstrip('/')}/manifest.json"
+        )
+
+
+def _warn_split_keys(scans: list[ShardScan]) -> None:
+    """One warning for the shards where a key's members lie apart (each run is a sample of its own)."""
+    split = [s for s in scans if s.split_keys]
+    if split:
+        first = split[0]
+        log.warning(
+            "%d of %d shards hold a key in more than one place (%s: %d keys, the first %r): its members are not "
+            "next to each other (a tar written unsorted? `tar --sort=name`), so each run of them is indexed as a "
+            "sample of its own, as streaming reads it; `shardpipe verify` lists them",
+            len(split), len(scans), first.url, len(first.split_keys), first.split_keys[0],
+        )  # fmt: skip
+
+
+#: the fields indexing computes; any other field of a manifest (class_names, options...) is its writer's
+_COMPUTED = ("format", "shards", "samples", "bytes", "index", "indexed_by")
+
+
+def _kept_metadata(urls: str | Sequence[str], storage_options: dict[str, Any] | None) -> dict[str, Any]:
+    """When ``urls`` is one manifest (rebuilding its index), its writer's metadata, to keep."""
+    from shardpipe.format.manifest import read_manifest
+    from shardpipe.io.urls import single_manifest
+
+    manifest = single_manifest(urls)
+    if manifest is None:
+        return {}
+    return {k: v for k, v in read_manifest(manifest, storage_options).items() if k not in _COMPUTED}
 
 
 def _scan_item(shared: tuple[dict[str, Any] | None, bool], item: tuple[int, str]) -> ShardScan:
@@ -144,11 +187,15 @@ def index_shards(
     with ``sha256=True``) and the index sidecar beside it (``manifest.index``). Shards
     keep the order given. Returns the manifest. ``engine="ray"`` scans each shard in a
     Ray task (``ray_address``: the cluster to join) instead of ``workers`` local threads.
+    When ``urls`` is a manifest, its writer's metadata (``class_names``, ``options``...) is kept.
+    ``output`` must name a file: a folder is a ValueError, raised before any shard is read.
     """
     from tqdm import tqdm
 
     from shardpipe.stages.shards import expand_urls
 
+    _check_output(output)
+    kept = _kept_metadata(urls, storage_options)
     shard_urls = [s.url for s in expand_urls(urls, storage_options)]
     scans: list[ShardScan | None] = [None] * len(shard_urls)
     with tqdm(total=len(shard_urls), unit="shard", disable=not progress, dynamic_ncols=True) as bar:
@@ -164,9 +211,10 @@ def index_shards(
         log.warning(
             "%d of %d shards are gzip-compressed: indexed, but sequential-only (no random access)", gz, len(done)
         )
+    _warn_split_keys(done)
     name = index_name(output)
     write_index(join_url(dirname_url(output), name), [s.index for s in done], storage_options)
     entries = [shard_entry(_entry_name(s.url, output), s.index.samples, s.index.size, s.sha256) for s in done]
-    manifest = build_manifest(entries, {"index": name, "indexed_by": "shardpipe index"})
+    manifest = build_manifest(entries, {**kept, "index": name, "indexed_by": "shardpipe index"})
     write_manifest(output, manifest, storage_options)
     return manifest
