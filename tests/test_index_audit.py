@@ -90,6 +90,22 @@ def test_index_into_a_folder_is_refused_before_any_shard_is_read(tmp_path: Path)
     assert os.listdir(folder) == []
 
 
+def test_index_over_one_of_its_shards_is_refused_before_anything_is_written(tmp_path: Path):
+    """``-o`` naming an input shard (or a name whose index sidecar is one) wrote JSON over that shard."""
+    shards = [tar_of(tmp_path / f"s-{i}.tar", [("a.jpg", jpeg())]) for i in range(2)]
+    tar_of(tmp_path / "m.index", [("b.jpg", jpeg())])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    os.symlink(shards[1], tmp_path / "link.json")
+    for output, hit in (("s-1.tar", "s-1.tar"), ("link.json", "s-1.tar"), ("m.json", "m.index")):
+        out = cli("index", "s-{0..1}.tar::m.index", "-o", output, "--no-progress", cwd=tmp_path)
+        target = output if output != "m.json" else "m.index"
+        assert (out.returncode, out.stderr) == (
+            2,
+            f"shardpipe index: error: {target} would be written over the shard {hit}: name another manifest file\n",
+        )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "link.json"} == before
+
+
 def test_reindexing_a_manifest_keeps_its_class_names_and_other_metadata(tmp_path: Path):
     """Every stale-index error says "rebuild it with `shardpipe index`": indexing a `shardpipe
     write` manifest over itself dropped class_names (the only record of what each .cls means),

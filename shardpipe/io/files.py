@@ -84,6 +84,17 @@ _caches: dict[tuple[str, int | None, int], ShardCache] = {}
 _caches_lock = threading.Lock()
 
 
+def same_file(a: str, b: str) -> bool:
+    """Whether two URLs name one file: local paths through symlinks and hard links too."""
+    if not (is_local(a) and is_local(b)):
+        return a == b
+    pa, pb = local_path(a), local_path(b)
+    try:
+        return os.path.samefile(pa, pb)
+    except OSError:  # one does not exist (yet): compare where the paths lead
+        return os.path.realpath(pa) == os.path.realpath(pb)
+
+
 def get_cache(cache_dir: str | os.PathLike[str], cache_size: int | None = None) -> ShardCache:
     """This process's :class:`ShardCache` for ``cache_dir`` (one object, so stats add up)."""
     key = (os.path.abspath(cache_dir), cache_size, os.getpid())

@@ -25,7 +25,7 @@ from shardpipe.format.index import ShardIndex, index_name, write_index
 from shardpipe.format.manifest import build_manifest, shard_entry, write_manifest
 from shardpipe.format.sample import split_name
 from shardpipe.format.tar.reader import TarStream
-from shardpipe.io.files import dirname_url, is_local, join_url, local_path
+from shardpipe.io.files import dirname_url, is_local, join_url, local_path, same_file
 from shardpipe.io.remote import open_remote
 from shardpipe.io.verify import HashingReader
 
@@ -110,6 +110,15 @@ def _check_output(output: str) -> None:
         raise ValueError(
             f"{output} is a folder: name the manifest to write, such as {output.rstrip('/')}/manifest.json"
         )
+
+
+def _check_not_a_shard(output: str, shard_urls: list[str]) -> None:
+    """ValueError when the manifest or its index sidecar would be written over one of the shards."""
+    sidecar = join_url(dirname_url(output), index_name(output))
+    for target in (output, sidecar):
+        hit = next((u for u in shard_urls if same_file(u, target)), None)
+        if hit is not None:
+            raise ValueError(f"{target} would be written over the shard {hit}: name another manifest file")
 
 
 def _warn_split_keys(scans: list[ShardScan]) -> None:
@@ -197,6 +206,7 @@ def index_shards(
     _check_output(output)
     kept = _kept_metadata(urls, storage_options)
     shard_urls = [s.url for s in expand_urls(urls, storage_options)]
+    _check_not_a_shard(output, shard_urls)
     scans: list[ShardScan | None] = [None] * len(shard_urls)
     with tqdm(total=len(shard_urls), unit="shard", disable=not progress, dynamic_ncols=True) as bar:
         samples = 0

@@ -37,7 +37,7 @@ from shardpipe.errors import CorruptShardError, ShardNotFoundError
 from shardpipe.format.manifest import read_manifest, write_manifest
 from shardpipe.format.tar.writer import HashingWriter, gzip_writer
 from shardpipe.image.restart import DEFAULT_PER_ROW, add_restart_intervals, available, restart_layout
-from shardpipe.io.files import atomic_write, is_local, join_url, local_path, open_shard
+from shardpipe.io.files import atomic_write, is_local, join_url, local_path, open_shard, same_file
 from shardpipe.write.outfiles import folder_lock, size
 from shardpipe.write.restart_record import CONVERTED_BY, RECORD, record_settings, restart_settings
 
@@ -247,13 +247,13 @@ def mark_restarts(
         _check_reachable(output_dir, out_options)
     targets = [join_url(output_dir, _file_name(u)) for u in sources]
     _check_names(sources, targets)
-    same = [u for u, t in zip(sources, targets) if _same_file(u, t)]
+    same = [u for u, t in zip(sources, targets) if same_file(u, t)]
     if same:
         raise ValueError(f"the output folder holds the input shard {same[0]}: choose another folder")
     manifest_url = join_url(output_dir, "manifest.json")
     class_names = None
     if isinstance(urls, str) and urls.endswith(".json"):  # read all of the input before writing anything
-        if _same_file(urls, manifest_url):
+        if same_file(urls, manifest_url):
             raise ValueError(f"the output folder holds the input manifest {urls}: choose another folder")
         class_names = read_manifest(urls, storage_options).get("class_names")
     lock = folder_lock(output_dir, CONVERTED_BY) if is_local(output_dir) else contextlib.nullcontext()
@@ -360,14 +360,3 @@ def _add_sha256(
     for entry in manifest["shards"]:
         sha = known.get(entry["name"])
         entry["sha256"] = sha or scan_shard(join_url(folder, entry["name"]), storage_options, sha256=True).sha256
-
-
-def _same_file(a: str, b: str) -> bool:
-    """Whether two URLs name one file: local paths through symlinks and hard links too."""
-    if not (is_local(a) and is_local(b)):
-        return a == b
-    pa, pb = local_path(a), local_path(b)
-    try:
-        return os.path.samefile(pa, pb)
-    except OSError:  # one does not exist (yet): compare where the paths lead
-        return os.path.realpath(pa) == os.path.realpath(pb)
