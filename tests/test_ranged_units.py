@@ -4,10 +4,12 @@ message, per-request results of a batch, open files (reused, evicted, closed) an
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import pickle
+import sys
 import threading
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardReadError, TruncatedShardError
+from shardpipe.io import ranged
 from shardpipe.io.budget import process_budget
 from shardpipe.io.ranged import MERGE_GAP, PARALLEL_REQUESTS, RangeReader
 from shardpipe.io.remote import ReadOptions
@@ -232,6 +235,27 @@ def test_a_file_evicted_while_a_read_holds_it_stays_open_for_that_read(tmp_path)
     assert open_on(c) == 0 and open_on(a) == 1  # c closed; a waits for its read
     del held
     assert open_on(a) == 0
+
+
+def test_a_file_let_go_at_interpreter_exit_closes_quietly(tmp_path, monkeypatch):
+    """At interpreter exit a module's globals (``os`` among them) can be None before the last holder of an
+    open shard lets go of it (seen at the end of pytest runs). Before: ``os.close`` raised AttributeError
+    there, not the TypeError caught, and Python printed "Exception ignored in: LocalFile.__del__"."""
+    path = tmp_path / "s.tar"
+    path.write_bytes(b"x" * 16)
+    fd = os.open(path, os.O_RDONLY)
+    unraisable: list = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    held = ranged.LocalFile(fd)
+    monkeypatch.setattr(ranged, "os", None)
+    del held
+    monkeypatch.setattr(ranged, "os", os)
+    assert [u.exc_value for u in unraisable] == []
+    with pytest.raises(OSError) as e:
+        os.fstat(fd)  # closed all the same
+    assert e.value.errno == errno.EBADF
+    ranged.LocalFile(fd).__del__()  # a file closed already: nothing raised
+    assert unraisable == []
 
 
 def test_evicting_a_remote_handle_closes_no_file(local, store):

@@ -16,7 +16,7 @@ import io
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -45,10 +45,12 @@ class LocalFile:
     def __init__(self, fd: int):
         self.fd = fd
 
-    def __del__(self) -> None:
+    def __del__(self, _close: Callable[[int], None] = os.close) -> None:
+        # os.close bound at definition: at interpreter exit the module's globals (os among them) can be None
+        # before the last holder of a file lets go of it
         try:
-            os.close(self.fd)
-        except (OSError, TypeError):  # already closed; or os gone at interpreter exit
+            _close(self.fd)
+        except OSError:  # already closed
             pass
 
 
