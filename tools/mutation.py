@@ -140,6 +140,13 @@ MODULES: dict[str, list[str]] = {
     ],
     "augment/color.py": ["tests/test_color_units.py", "tests/test_augment.py"],
     "image/size.py": ["tests/test_size_units.py", "tests/test_decoders.py"],
+    "stages/base.py": [
+        "tests/test_stage_base_units.py",
+        "tests/test_stages.py",
+        "tests/test_stage_units.py",
+        "tests/test_state_checks.py",
+    ],
+    "split/block.py": ["tests/test_split_block_units.py", "tests/test_block_shuffle.py", "tests/test_block_reads.py"],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these
