@@ -375,6 +375,22 @@ class ShardLoader(DataLoader):
         )
 
     # -- resume ---------------------------------------------------------------
+    def _split_refusal(self, state: State, rank: int, world: int) -> StateError:
+        """Why ``state``, which holds worker positions, cannot continue with this loader's split."""
+        here = f"world_size={world}, num_workers={self.num_workers} (rank {rank})"
+        saved = f"world_size={state['world_size']}, num_workers={state['num_workers']} (rank {state['rank']})"
+        if self._carries():  # its positions go on from epoch to epoch: a boundary state holds them too
+            name = type(self.source).__name__
+            return StateError(
+                f"cannot resume with {here}: the state was saved with {saved}, and a {name} state holds each "
+                "consumer's position, between epochs too; resume with the same configuration, or start epoch "
+                f"{state['epoch']} afresh with this split by set_epoch({state['epoch']}) instead of loading the state"
+            )
+        return StateError(
+            f"cannot resume mid-epoch with {here}: the state was saved with {saved}, and each consumer's position "
+            "only holds for that split; resume with the same configuration, or from a state saved at an epoch boundary"
+        )
+
     def state_dict(self) -> State:
         """A small JSON-serialisable snapshot: resume exactly after the last item yielded (a state
         loaded but not yet started is returned as loaded)."""
@@ -412,15 +428,12 @@ class ShardLoader(DataLoader):
         if state["workers"] is not None and (
             state["world_size"] != world or state["num_workers"] != self.num_workers or state["rank"] != rank
         ):
-            raise StateError(
-                f"cannot resume mid-epoch with world_size={world}, num_workers={self.num_workers} (rank {rank}): "
-                f"the state was saved with world_size={state['world_size']}, num_workers={state['num_workers']} "
-                f"(rank {state['rank']}), and each consumer's position only holds for that split; resume with "
-                "the same configuration, or from a state saved at an epoch boundary"
-            )
+            raise self._split_refusal(state, rank, world)
         self.set_epoch(int(state["epoch"]))
         self._iterations = 0
         self._resume = state if state["workers"] is not None else None
+        if self._resume is None and self._carries():  # no positions: a source that carried its last pass forgets it
+            self.source.set_worker_plan(None)
         # the loaded state, not the last pass, is where the loader now stands
         self._epoch_done = False
         self._worker_states = [None] * max(self.num_workers, 1)

@@ -19,8 +19,9 @@ What an epoch means here (the policy, in full):
 * Between epochs the sources go on from where they stand: in this process, and with
   ``ShardLoader`` (fresh or persistent workers), which hands each worker the state its
   previous pass ended with (``carries_state``). A pass that starts without that state
-  (a jump to another epoch, a plain ``DataLoader``) starts each source at its own epoch
-  equal to the mixed epoch.
+  (a jump to another epoch, a plain ``DataLoader``, a loaded state that holds no source
+  positions) starts each source at its own epoch equal to the mixed epoch. A state saved
+  between epochs holds each consumer's positions, so it resumes with the same split only.
 
 Sources decode and augment their samples themselves (their ``decode``/``transform``);
 ``MixedDataset`` only batches (``batch_size``) what they yield, so the sources must not.
@@ -157,10 +158,13 @@ class MixedDataset(IterableDataset, WorkerPassHooks):
         return self._plan.read()[1] is not None
 
     def set_worker_plan(self, plan: WorkerPlan | None) -> None:
-        """What every DataLoader worker's next pass starts from (``ShardLoader`` sets it)."""
+        """What every DataLoader worker's next pass starts from (``ShardLoader`` sets it). The loader
+        hands each pass its start, so where this process's last pass left the sources is forgotten
+        (a loaded state without positions starts its epoch afresh, with workers or without)."""
         if get_worker_info() is not None:
             raise RuntimeError("set_worker_plan is for the main process (the one that starts the DataLoader)")
         self._plan.set_plan(plan)
+        self._carry = None
 
     def rank_and_world(self) -> tuple[int, int]:
         """(rank, world_size), as the sources see them (they must agree)."""

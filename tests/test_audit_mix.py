@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from shardpipe import MixedDataset, ShardDataset, ShardLoader
+from shardpipe import MixedDataset, ShardDataset, ShardLoader, StateError
 from shardpipe.mix import quotas
 
 from .helpers import make_samples, write_manifest_dataset
@@ -91,3 +92,36 @@ def test_a_source_too_small_for_the_consumers_is_named(tmp_path: Path, sources):
                          samples_per_epoch=12)  # fmt: skip
     with pytest.raises(ValueError, match=r"source 1 \(.*shard-0000.tar, ...\) has no samples for consumer"):
         _keys(ShardLoader(mixed, num_workers=2))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_state_without_positions_loaded_after_a_pass_starts_the_sources_afresh(sources, num_workers):
+    """A checkpoint taken after ``set_epoch(1)`` on a new loader holds no source positions: loaded into
+    a loader that has just run epoch 0, its sources start epoch 1 afresh, as in a new process (without
+    workers, the mix went on from where its own last pass had left them)."""
+    saved = ShardLoader(_mixed(sources, [3, 1]), num_workers=num_workers)
+    saved.set_epoch(1)
+    state = json.loads(json.dumps(saved.state_dict()))
+    assert (state["epoch"], state["workers"]) == (1, None)
+    expected = _keys(saved)
+    loader = ShardLoader(_mixed(sources, [3, 1]), num_workers=num_workers)
+    assert _keys(loader) != expected  # epoch 0
+    loader.load_state_dict(state)
+    assert _keys(loader) == expected
+
+
+def test_a_boundary_state_of_other_workers_is_refused_saying_what_to_do(sources):
+    """A mix's state between epochs holds each worker's sources' positions: the message said to
+    resume "from a state saved at an epoch boundary", which this state is."""
+    saved = ShardLoader(_mixed(sources, [3, 1]), num_workers=2)
+    _keys(saved)
+    state = json.loads(json.dumps(saved.state_dict()))
+    assert state["epoch"] == 1 and state["workers"] is not None
+    message = (
+        "cannot resume with world_size=1, num_workers=0 (rank 0): the state was saved with world_size=1, "
+        "num_workers=2 (rank 0), and a MixedDataset state holds each consumer's position, between epochs too; "
+        "resume with the same configuration, or start epoch 1 afresh with this split by set_epoch(1) instead of "
+        "loading the state"
+    )
+    with pytest.raises(StateError, match="^" + re.escape(message) + "$"):
+        ShardLoader(_mixed(sources, [3, 1])).load_state_dict(state)
