@@ -11,6 +11,7 @@ samples are read by parallel ranged GETs, one per group of nearby samples of a s
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -176,8 +177,13 @@ class IndexedDataset(Dataset):
         return len(self.shards)
 
     def _position(self, i: int) -> int:
-        """Sample number of index ``i`` (negative counts from the end); IndexError naming ``i``."""
-        i, n = int(i), len(self)
+        """Sample number of index ``i`` (negative counts from the end); IndexError naming ``i``, and
+        TypeError for what is not an integer (``int()`` read 2.5 as 2 and "3" as 3)."""
+        try:
+            i = operator.index(i)
+        except TypeError:
+            raise TypeError(f"IndexedDataset indices must be integers, not {type(i).__name__} ({i!r})") from None
+        n = len(self)
         if not -n <= i < n:
             raise IndexError(f"index {i} out of range: the dataset holds {n} samples")
         return i + n if i < 0 else i

@@ -3,7 +3,11 @@ IndexError naming the index asked for, and a lying index refused on the batched 
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
 from shardpipe import CorruptShardError, IndexedDataset, ShardDataset, worker_context
@@ -79,3 +83,19 @@ def test_an_end_cut_before_the_last_sample_of_a_shard_is_refused_in_a_batch(inde
     ds = IndexedDataset(str(manifest), decode=None)
     with pytest.raises(CorruptShardError, match=r"sample 'sample00003' goes on past its indexed end"):
         ds.__getitems__([COUNTS[0] - 1])
+
+
+@pytest.mark.parametrize("i", [2.5, 3.0, "3", slice(1, 3), None])
+def test_an_index_that_is_not_an_integer_is_refused(indexed, i):
+    """``int(i)`` read 2.5 as sample 2 and "3" as sample 3, silently."""
+    ds = IndexedDataset(str(indexed[0]), decode=None)
+    message = f"IndexedDataset indices must be integers, not {type(i).__name__} ({i!r})"
+    with pytest.raises(TypeError, match="^" + re.escape(message) + "$"):
+        ds[i]
+    with pytest.raises(TypeError, match="^" + re.escape(message) + "$"):
+        ds.__getitems__([0, i])
+
+
+def test_integer_indices_of_numpy_and_torch_are_read(indexed):
+    ds = IndexedDataset(str(indexed[0]), decode=None)
+    assert [ds[i]["__index__"] for i in (np.int64(3), torch.tensor(-1), True)] == [3, 12, 1]
