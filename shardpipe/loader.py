@@ -273,7 +273,7 @@ class ShardLoader(DataLoader):
         self._next_worker = resume["next_worker"] if resume else 0
         self._epoch_done = False
         if self.num_workers == 0:
-            return self._iter_inline(ds, self._worker_states[0])
+            return self._iter_inline(ds, self._worker_states[0], ds.epoch)
         return self._iter_workers(ds)
 
     def _pending_resume(self) -> State | None:
@@ -295,10 +295,11 @@ class ShardLoader(DataLoader):
             return None  # another epoch chosen (a jump, or the same again): the source starts it afresh
         return self._worker_states if any(s is not None for s in self._worker_states) else None
 
-    def _iter_inline(self, ds: LoaderSource, state: State | None) -> Iterator[Any]:
+    def _iter_inline(self, ds: LoaderSource, state: State | None, epoch: int) -> Iterator[Any]:
         if state is not None:
             calls = ds.epoch_generation
             ds.load_state_dict(state)
+            ds.set_epoch(epoch)  # the pass's, as in workers (a MixedDataset's state after an epoch's end is the next's)
             self._generation_seen += ds.epoch_generation - calls  # its set_epoch is the loader's, not the user's
         self._inline_collate.passes += 1
         try:

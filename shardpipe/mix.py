@@ -15,7 +15,9 @@ What an epoch means here (the policy, in full):
   left it instead of restarting. Within each of its own epochs a source still yields
   every one of its samples once (under its own epoch policy).
 * Resume state is small JSON: the mixed epoch, how many samples this consumer has
-  drawn, and each source's pipeline state (its own epoch and position).
+  drawn, and each source's pipeline state (its own epoch and position). A pass runs the
+  epoch set (``set_epoch``, or ``load_state_dict``), not the loaded state's: a state saved
+  after an epoch's last draw is the next epoch's start, so that epoch's rest is empty.
 * Between epochs the sources go on from where they stand: in this process, and with
   ``ShardLoader`` (fresh or persistent workers), which hands each worker the state its
   previous pass ended with (``carries_state``). A pass that starts without that state
@@ -187,6 +189,8 @@ class MixedDataset(IterableDataset, WorkerPassHooks):
     # -- iteration ----------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
         epoch, rotation, states, resume = pass_start(self._plan, self._resume, self._epoch)
+        if resume is not None:  # the epoch set (set_epoch, load_state_dict), not the state's: see below
+            epoch = pass_start(self._plan, None, self._epoch)[0]
         self._resume = None
         self._epoch = epoch
         ctxs = [ds.pass_context(epoch, rotation, self.progress) for ds in self.datasets]
@@ -197,7 +201,8 @@ class MixedDataset(IterableDataset, WorkerPassHooks):
             resume = carry  # the epoch after the last pass here: the sources go on from where it left them
         start = resume
         # a state saved after this consumer's last draw of `epoch` already points at the next
-        # epoch: this pass has nothing left to yield, and the next one goes on from it
+        # epoch: this pass has nothing left to yield, and the next one goes on from it (so the
+        # pass runs the epoch set, as a loop that sets each epoch expects, not the state's)
         done = start is not None and int(start["epoch"]) == epoch + 1
         if start is not None and not done and int(start["epoch"]) != epoch:
             start = None  # saved for another epoch (the loop jumped): the sources start afresh

@@ -125,3 +125,42 @@ def test_a_boundary_state_of_other_workers_is_refused_saying_what_to_do(sources)
     )
     with pytest.raises(StateError, match="^" + re.escape(message) + "$"):
         ShardLoader(_mixed(sources, [3, 1])).load_state_dict(state)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_state_saved_after_an_epochs_last_batch_resumes_the_next_epoch_in_its_own_pass(sources, num_workers):
+    """The state after the last batch of epoch 0 points at epoch 1: without workers, the resumed pass of
+    epoch 0 ran all of epoch 1, and every later pass one epoch ahead (an extra epoch of samples)."""
+    reference = ShardLoader(_mixed(sources, [3, 1]), num_workers=num_workers)
+    _keys(reference)  # epoch 0
+    expected = [[], _keys(reference), _keys(reference)]  # the rest of epoch 0 (nothing), epochs 1 and 2
+    first = ShardLoader(_mixed(sources, [3, 1]), num_workers=num_workers)
+    _keys(first, limit=40)  # every sample of epoch 0, the pass left before its end
+    resumed = ShardLoader(_mixed(sources, [3, 1]), num_workers=num_workers)
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    assert [_keys(resumed) for _ in range(3)] == expected
+    assert resumed.source.epoch == 2
+
+
+def test_stateful_dataloader_resumes_a_state_saved_after_an_epochs_last_batch(sources):
+    """The documented StatefulDataLoader loop (set_epoch each epoch): the resumed epoch 0 ran all of
+    epoch 1, and the loop then ran epoch 1 again (an extra epoch)."""
+    stateful = pytest.importorskip("torchdata.stateful_dataloader")
+
+    def run(state=None, stop=None):
+        mixed = _mixed(sources, [3, 1])
+        loader = stateful.StatefulDataLoader(mixed, batch_size=None, num_workers=2)
+        if state is not None:
+            loader.load_state_dict(state)
+        keys = []
+        for epoch in range(2):
+            mixed.set_epoch(epoch)
+            for sample in loader:
+                keys.append(sample["__key__"])
+                if len(keys) == stop:
+                    return keys, loader.state_dict()
+        return keys, None
+
+    expected, _ = run()
+    head, state = run(stop=40)
+    assert head + run(state)[0] == expected
