@@ -8,6 +8,8 @@ import math
 import os
 import signal
 import subprocess
+import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -240,3 +242,28 @@ def torchvision_crop_box(height: int, width: int, rng, scale=(0.08, 1.0), ratio=
         w = width
         h = height
     return (height - h) // 2, (width - w) // 2, h, w
+
+
+def strict_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``shardpipe ARGS`` in its own process, printing UTF-8 strictly (as under an en_US.UTF-8 locale)."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONIOENCODING": "utf-8"}
+    return subprocess.run(
+        [sys.executable, "-m", "shardpipe.cli", *args],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="surrogateescape",
+        timeout=300,
+        cwd=cwd,
+        env=env,
+    )
+
+
+def tar_of(path: Path, members: list[tuple[str, bytes]], fmt: int = tarfile.GNU_FORMAT) -> Path:
+    """A tar of ``members`` in this order, as a tool other than shardpipe writes it."""
+    with tarfile.open(path, "w", format=fmt, encoding="utf-8", errors="surrogateescape") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path

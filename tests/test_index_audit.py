@@ -9,45 +9,17 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
-import tarfile
 from pathlib import Path
 
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``shardpipe ARGS`` in its own process, printing UTF-8 strictly (as under an en_US.UTF-8 locale)."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8"}
-    return subprocess.run(
-        [sys.executable, "-m", "shardpipe.cli", *args],
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        errors="surrogateescape",
-        timeout=300,
-        cwd=cwd,
-        env=env,
-    )
+from .helpers import strict_cli, tar_of
 
 
 def jpeg() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (12, 8)).save(buf, "JPEG")
     return buf.getvalue()
-
-
-def tar_of(path: Path, members: list[tuple[str, bytes]], fmt: int = tarfile.GNU_FORMAT) -> Path:
-    """A tar of ``members`` in this order, as a tool other than shardpipe writes it."""
-    with tarfile.open(path, "w", format=fmt, encoding="utf-8", errors="surrogateescape") as tf:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return path
 
 
 # ---------------------------------------------------------------- index
@@ -60,7 +32,7 @@ def test_index_warns_when_a_key_is_split_across_the_shard(tmp_path: Path):
     members = [(f"./{k}.{ext}", jpeg() if ext == "jpg" else b"x") for ext in ("jpg", "txt") for k in "ab"]
     tar_of(tmp_path / "u-0.tar", members)
     tar_of(tmp_path / "u-1.tar", sorted(members))
-    out = cli("index", str(tmp_path / "u-{0..1}.tar"), "-o", str(tmp_path / "manifest.json"), "--no-progress")
+    out = strict_cli("index", str(tmp_path / "u-{0..1}.tar"), "-o", str(tmp_path / "manifest.json"), "--no-progress")
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("indexed 6 samples in 2 shards")
     assert out.stderr == (
@@ -80,7 +52,7 @@ def test_index_into_a_folder_is_refused_before_any_shard_is_read(tmp_path: Path)
     folder = tmp_path / "out"
     folder.mkdir()
     for output in (str(folder), f"{folder}/", "new/"):
-        out = cli("index", str(tmp_path / "s.tar"), "-o", output, "--no-progress", cwd=tmp_path)
+        out = strict_cli("index", str(tmp_path / "s.tar"), "-o", output, "--no-progress", cwd=tmp_path)
         assert out.returncode == 2, out.stderr
         named = output.rstrip("/")
         assert out.stderr == (
@@ -97,7 +69,7 @@ def test_index_over_one_of_its_shards_is_refused_before_anything_is_written(tmp_
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     os.symlink(shards[1], tmp_path / "link.json")
     for output, hit in (("s-1.tar", "s-1.tar"), ("link.json", "s-1.tar"), ("m.json", "m.index")):
-        out = cli("index", "s-{0..1}.tar::m.index", "-o", output, "--no-progress", cwd=tmp_path)
+        out = strict_cli("index", "s-{0..1}.tar::m.index", "-o", output, "--no-progress", cwd=tmp_path)
         target = output if output != "m.json" else "m.index"
         assert (out.returncode, out.stderr) == (
             2,
@@ -115,12 +87,14 @@ def test_reindexing_a_manifest_keeps_its_class_names_and_other_metadata(tmp_path
     for name in ("cat_0", "cat_1", "dog_0"):
         (photos / f"{name}.jpg").write_bytes(jpeg())
     pattern = str(tmp_path / "out" / "s-%03d.tar")
-    wrote = cli("write", str(photos), pattern, "--label-pattern", r"([a-z]+)_\d+", "--maxcount", "2", "--no-progress")
+    wrote = strict_cli(
+        "write", str(photos), pattern, "--label-pattern", r"([a-z]+)_\d+", "--maxcount", "2", "--no-progress"
+    )
     assert wrote.returncode == 0, wrote.stderr
     manifest = tmp_path / "out" / "manifest.json"
     before = json.loads(manifest.read_text())
     (tmp_path / "out" / "manifest.index").unlink()
-    out = cli("index", str(manifest), "-o", str(manifest), "--no-progress")
+    out = strict_cli("index", str(manifest), "-o", str(manifest), "--no-progress")
     assert out.returncode == 0, out.stderr
     after = json.loads(manifest.read_text())
     assert after["class_names"] == ["cat", "dog"]
