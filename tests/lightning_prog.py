@@ -1,7 +1,8 @@
 """A Lightning run over ShardDataModule (run by tests/test_integrations.py as a subprocess).
 
-Usage: python -m tests.lightning_prog MANIFEST OUT.json CKPT_DIR MAX_STEPS|-1 EPOCHS DEVICES [RESUME.ckpt]
+Usage: python -m tests.lightning_prog MANIFEST OUT.json CKPT_DIR MAX_STEPS|-1 EPOCHS DEVICES [RESUME.ckpt] [--epoch-end]
 Records the keys of every batch the training step saw, in order (OUT.json, or OUT.rankR.json with DEVICES > 1).
+Checkpoints after every step, or with ``--epoch-end`` at each epoch's end only (ModelCheckpoint's default).
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ import sys
 import torch
 
 
-def main(manifest: str, out: str, ckpt_dir: str, max_steps: int, epochs: int, devices: int, resume: str | None) -> None:
+def main(
+    manifest: str,
+    out: str,
+    ckpt_dir: str,
+    max_steps: int,
+    epochs: int,
+    devices: int,
+    resume: str | None,
+    epoch_end: bool,
+) -> None:
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -36,7 +46,8 @@ def main(manifest: str, out: str, ckpt_dir: str, max_steps: int, epochs: int, de
 
     dataset = ShardDataset(manifest, shuffle=7, seed=3, batch_size=4)
     datamodule = ShardDataModule(train=dataset, num_workers=2)
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=1, save_last=True, save_top_k=0)
+    every = {} if epoch_end else {"every_n_train_steps": 1}
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, **every)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=devices,
@@ -55,5 +66,5 @@ def main(manifest: str, out: str, ckpt_dir: str, max_steps: int, epochs: int, de
 
 
 if __name__ == "__main__":
-    a = sys.argv[1:]
-    main(a[0], a[1], a[2], int(a[3]), int(a[4]), int(a[5]), a[6] if len(a) > 6 else None)
+    a = [x for x in sys.argv[1:] if x != "--epoch-end"]
+    main(a[0], a[1], a[2], int(a[3]), int(a[4]), int(a[5]), a[6] if len(a) > 6 else None, "--epoch-end" in sys.argv)

@@ -165,13 +165,14 @@ def test_accelerate_refuses_dispatch_batches_and_a_plain_prepare(manifest: str, 
 
 
 def lightning_run(
-    manifest: str, out: Path, ckpt_dir: Path, max_steps: int, resume: Path | None = None, devices: int = 1
-) -> list:
+    manifest: str, out: Path, ckpt_dir: Path, max_steps: int, resume: Path | None = None, devices: int = 1,
+    *flags: str,
+) -> list:  # fmt: skip
     pytest.importorskip("lightning")
     command = [sys.executable, "-m", "tests.lightning_prog", manifest, str(out), str(ckpt_dir), str(max_steps), "2",
                str(devices)]  # fmt: skip
     run = subprocess.run(
-        command + ([str(resume)] if resume else []),
+        command + ([str(resume)] if resume else []) + list(flags),
         cwd=ROOT,
         env=clean_env(),
         capture_output=True,
@@ -209,6 +210,27 @@ def test_lightning_ddp_two_processes_resume_each_rank_where_it_stopped(manifest:
     rest = lightning_run(manifest, tmp_path / "b.json", tmp_path / "c2", -1, tmp_path / "c1" / "last.ckpt", devices=2)
     for r in range(2):
         assert first[r] + rest[r] == full[r], f"rank {r} did not resume where it stopped"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "devices, per_epoch, checkpoint", [(2, 6, "every step"), (1, 10, "--epoch-end")], ids=["last-step", "epoch-end"]
+)
+def test_lightning_resumes_a_checkpoint_made_at_an_epochs_end_with_the_next_epoch(
+    manifest: str, tmp_path: Path, devices: int, per_epoch: int, checkpoint: str
+):
+    """After the last step of epoch 0 the loader's state was the end of epoch 0 (the resumed epoch 1 came out
+    empty); a checkpoint made at the epoch's end is restored without the loader's state (epoch 0 came again)."""
+    flags = [checkpoint] if checkpoint.startswith("--") else []
+    full = lightning_run(manifest, tmp_path / "full.json", tmp_path / "c0", -1, None, devices)
+    full = full if devices > 1 else [full]
+    assert [len(rank) for rank in full] == [2 * per_epoch] * devices
+    first = lightning_run(manifest, tmp_path / "a.json", tmp_path / "c1", per_epoch, None, devices, *flags)
+    rest = lightning_run(manifest, tmp_path / "b.json", tmp_path / "c2", -1, tmp_path / "c1" / "last.ckpt", devices)
+    first, rest = (first, rest) if devices > 1 else ([first], [rest])
+    for r in range(devices):
+        assert first[r] == full[r][:per_epoch], f"rank {r}"
+        assert rest[r] == full[r][per_epoch:], f"rank {r} did not go on with epoch 1"
 
 
 def test_half_set_variables_are_refused_when_a_pass_starts_not_when_the_dataset_is_built(manifest, monkeypatch):

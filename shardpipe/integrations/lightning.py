@@ -42,6 +42,8 @@ class LightningShardLoader:
         self.datamodule = datamodule
         self._after: dict[int, State] = {}  # batches handed over this pass -> the loader's state after them
         self._base = 0  # the trainer's processed-batch count when this pass started
+        self._started_by: Any = None  # the trainer of the latest pass
+        self._loaded_by: Any = None  # the trainer that loaded this loader's state from its checkpoint
 
     @property
     def dataset(self) -> Any:
@@ -53,13 +55,29 @@ class LightningShardLoader:
             return 0
         return int(trainer.fit_loop.epoch_loop.batch_progress.total.processed)
 
+    def _resume_trainer_epoch(self) -> None:
+        """On the first pass under a trainer that restored a checkpoint without this loader's state (Lightning
+        loads it only into a run restarted mid-epoch: not after a checkpoint made at an epoch's end), start at
+        the trainer's epoch, not at epoch 0 again."""
+        trainer = getattr(self.datamodule, "trainer", None)
+        if trainer is None or trainer is self._started_by:
+            return
+        self._started_by = trainer
+        if trainer.ckpt_path is not None and self._loaded_by is not trainer:
+            self.loader.set_epoch(trainer.current_epoch)
+
     def __iter__(self) -> Iterator[Any]:
         self._after = {}
         self._base = self._processed()
+        self._resume_trainer_epoch()
+        handed = 0
         for handed, batch in enumerate(self.loader, start=1):
             self._after[handed] = self.loader.state_dict()
             self._after.pop(handed - 8, None)  # the trainer is never more than a batch or two behind
             yield batch
+        # the epoch is over (Lightning reads one batch ahead, so before its last step is processed): a
+        # checkpoint after that step resumes at the next epoch, not at the end of this one
+        self._after[handed] = self.loader.state_dict()
 
     def local_state_dict(self) -> State:
         """This rank's loader state right after the last batch the trainer processed."""
@@ -72,6 +90,7 @@ class LightningShardLoader:
 
     def load_state_dict(self, state: dict) -> None:
         self._after = {}
+        self._loaded_by = getattr(self.datamodule, "trainer", None)
         self.loader.load_state_dict(pick_own(state, self.loader))
 
 
@@ -79,7 +98,8 @@ class ShardDataModule(pl.LightningDataModule):
     """Train (and optionally validation) ``ShardDataset`` s behind ``ShardLoader`` s, resumable mid-epoch.
 
     ``loader_options`` go to each ``ShardLoader`` (``pin_memory``, ``persistent_workers``, ...).
-    The loaders are built once and kept, so each Lightning epoch is the next shardpipe epoch.
+    The loaders are built once and kept, so each Lightning epoch is the next shardpipe epoch (a fit resumed
+    from a checkpoint starts at the checkpoint's epoch).
     """
 
     def __init__(
