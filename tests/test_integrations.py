@@ -151,6 +151,79 @@ def test_accelerate_two_processes_exactly_once_equal_batches_and_resume(manifest
         assert a + b[: len(batches[r]) - len(a)] == batches[r], f"rank {r} did not resume where it stopped"
 
 
+@pytest.mark.slow
+def test_accelerate_state_saved_between_epochs_resumes_with_another_number_of_processes(manifest: str, tmp_path):
+    """Two processes save at the end of epoch 0; one process goes on with epoch 1 (it was refused), while a
+    state saved mid-epoch stays refused."""
+    full = accelerate_run(manifest, tmp_path / "full", 1, "--epochs", "2")
+    assert full.returncode == 0, full.stderr[-3000:]
+    (alone,) = read_ranks(tmp_path / "full", 1)
+    per_epoch = len(alone) // 2  # 37 samples, workers of 19 and 18 in batches of 3: 7 + 6 batches
+    assert per_epoch == 13
+    ckpt = tmp_path / "ckpt"
+    first = accelerate_run(manifest, tmp_path / "first", 2, "--stop", "6", "--ckpt", str(ckpt))  # all of epoch 0
+    assert first.returncode == 0, first.stderr[-3000:]
+    rest = accelerate_run(manifest, tmp_path / "rest", 1, "--ckpt", str(ckpt), "--resume", "--epochs", "1")
+    assert rest.returncode == 0, rest.stderr[-3000:]
+    assert read_ranks(tmp_path / "rest", 1) == [alone[per_epoch:]]
+
+    mid = accelerate_run(manifest, tmp_path / "mid", 2, "--stop", "4", "--ckpt", str(ckpt))
+    assert mid.returncode == 0, mid.stderr[-3000:]
+    refused = accelerate_run(manifest, tmp_path / "refused", 1, "--ckpt", str(ckpt), "--resume")
+    assert refused.returncode != 0
+    assert (
+        "SetupError: the checkpoint holds loader states of 2 processes saved mid-epoch but 1 run now: each "
+        "process's position only holds for 2; resume with 2 processes (a checkpoint saved between epochs fits "
+        "any number)"
+    ) in refused.stderr
+
+
+PLAIN_DATALOADER_PROG = """
+import json, torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from shardpipe import ShardDataset
+from shardpipe.integrations import accelerate as sp_accelerate
+import sys
+accelerator = Accelerator(cpu=True)
+loader = DataLoader(ShardDataset(sys.argv[1], decode=None), batch_size=4)
+try:
+    sp_accelerate.prepare(accelerator, torch.nn.Linear(3, 5), loader)
+    print(json.dumps({"type": None}))
+except Exception as e:
+    print(json.dumps({"type": type(e).__name__, "message": str(e)}))
+"""
+
+
+def test_accelerate_prepare_refuses_a_plain_dataloader_over_a_shard_dataset(manifest: str):
+    """Accelerate re-shards such a loader: each of 2 processes kept 12 keys of its 18, 10 of them distinct."""
+    pytest.importorskip("accelerate")
+    run = subprocess.run(
+        [sys.executable, "-c", PLAIN_DATALOADER_PROG, manifest],
+        cwd=ROOT, env=clean_env(), capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {
+        "type": "SetupError",
+        "message": "a DataLoader over a ShardDataset would be split again by Accelerate (each rank would keep "
+        "only part of its own share, or rank 0 would read for all): pass ShardLoader(dataset, num_workers=...) "
+        "instead, which this prepare keeps whole and resumable",
+    }
+
+
+def test_rank_states_travel_on_the_gpu_under_nccl(monkeypatch):
+    """NCCL has no CPU side: gathering the ranks' states as CPU tensors failed at every checkpoint on GPUs."""
+    import torch
+
+    from shardpipe.integrations.ranks_state import collective_device
+
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert collective_device() == torch.device("cuda", 3)
+    monkeypatch.setattr(torch.distributed, "get_backend", lambda group=None: "gloo")
+    assert collective_device() == torch.device("cpu")
+
+
 def test_accelerate_refuses_dispatch_batches_and_a_plain_prepare(manifest: str, tmp_path: Path):
     dispatch = accelerate_run(manifest, tmp_path / "d", 1, "--mode", "dispatch")
     assert dispatch.returncode != 0

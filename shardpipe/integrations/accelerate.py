@@ -22,9 +22,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from torch.utils.data import DataLoader
+
 from shardpipe.errors import SetupError
 from shardpipe.integrations.ranks_state import gather_json, pick_own
 from shardpipe.loader import ShardLoader
+from shardpipe.protocol import LoaderSource
 from shardpipe.stages.base import State
 
 try:
@@ -49,6 +52,17 @@ def _check_config(accelerator: Any) -> None:
             "makes its own batches of batch_size samples from its own share; leave split_batches=False and give "
             "ShardDataset(batch_size=...) the per-process batch size"
         )
+
+
+def _check_plain_loaders(objects: tuple[Any, ...]) -> None:
+    """Refuse a plain DataLoader over a shardpipe dataset: Accelerate would shard what each rank already reads."""
+    for obj in objects:
+        if isinstance(obj, DataLoader) and not isinstance(obj, ShardLoader) and isinstance(obj.dataset, LoaderSource):
+            raise SetupError(
+                f"a DataLoader over a {type(obj.dataset).__name__} would be split again by Accelerate (each rank "
+                "would keep only part of its own share, or rank 0 would read for all): pass "
+                "ShardLoader(dataset, num_workers=...) instead, which this prepare keeps whole and resumable"
+            )
 
 
 def _check_ranks(loader: ShardLoader, accelerator: Any) -> None:
@@ -121,7 +135,8 @@ class AcceleratedShardLoader(DataLoaderStateMixin):
         return gather_json(self.local_state_dict())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Take this rank's entry of a ``state_dict()`` (refused when the number of ranks differs)."""
+        """Take this rank's entry of a ``state_dict()`` (one saved mid-epoch is refused when the number of ranks
+        differs; one saved between epochs fits any)."""
         self.loader.load_state_dict(pick_own(state, self.loader))
 
 
@@ -131,10 +146,11 @@ def prepare(accelerator: Any, *objects: Any, device_placement: bool = True) -> A
     Returns what ``accelerator.prepare`` returns (one object, or a tuple in the same order), with
     every ``ShardLoader`` replaced by an ``AcceleratedShardLoader`` that is registered for
     ``accelerator.save_state``. Raises ``SetupError`` for ``dispatch_batches=True`` or
-    ``split_batches=True``, or when the dataset's ranks differ from Accelerate's processes.
+    ``split_batches=True``, when the dataset's ranks differ from Accelerate's processes, or for a plain
+    ``DataLoader`` over a ``ShardDataset`` (or ``MixedDataset``).
     """
-    loaders = [i for i, obj in enumerate(objects) if isinstance(obj, ShardLoader)]
-    if loaders:
+    _check_plain_loaders(objects)
+    if any(isinstance(obj, ShardLoader) for obj in objects):
         _check_config(accelerator)
     others = [obj for obj in objects if not isinstance(obj, ShardLoader)]
     prepared = accelerator.prepare(*others) if others else ()
