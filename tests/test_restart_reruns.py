@@ -245,3 +245,24 @@ def test_the_python_api_is_refused_while_the_folder_is_locked(inputs: Path, tmp_
     )
     assert os.listdir(out) == []
     assert mark_restarts(str(inputs / "s-0.tar"), str(out)).shards == 1  # released with the block
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        (b"{not json", "is not JSON"),
+        (b"[1, 2]", "is not a JSON object"),
+        (b'{"settings": 8, "shards": []}', "is not a record of shardpipe restart (damaged?)"),
+        (b'{"settings": {"per_row": 8}, "shards": ["../s-0.tar"]}', "is not a record of shardpipe restart (damaged?)"),
+    ],
+)
+def test_a_damaged_record_is_refused_naming_it(inputs: Path, tmp_path: Path, record: bytes, why: str) -> None:
+    """The record is read back, not believed: a damaged one stops the run with its name, before any shard."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "restart.json").write_bytes(record)
+    r = cli("restart", "in/s-{0..1}.tar", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.startswith(f"shardpipe restart: error: out/restart.json {why}"), r.stderr
+    assert r.stderr.endswith(": remove it, or use another folder\n"), r.stderr
+    assert os.listdir(out) == ["restart.json"] and (out / "restart.json").read_bytes() == record

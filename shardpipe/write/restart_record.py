@@ -41,15 +41,35 @@ def _earlier(folder: str, storage_options: dict[str, Any] | None) -> tuple[str, 
     """``(file read, settings, shard names)`` of the earlier runs into ``folder``: its record, else the
     manifest of an older version's finished run; ``None`` when there is neither."""
     url = join_url(folder, RECORD)
-    record = read_json(url, storage_options)
+    record = _read(url, storage_options)
     if record is not None:
-        return url, record["settings"], record["shards"]
+        settings, shards = record.get("settings"), record.get("shards")
+        if not isinstance(settings, dict) or not _names(shards):
+            raise ValueError(f"{url} is not a record of shardpipe restart (damaged?): remove it, or use another folder")
+        return url, settings, shards
     url = join_url(folder, MANIFEST)
-    manifest = read_json(url, storage_options) or {}
-    marks = manifest.get("restart_intervals") or {}
-    if marks.get("converted_by") == CONVERTED_BY and "per_row" in marks:
-        return url, {"per_row": marks["per_row"]}, [e["name"] for e in manifest.get("shards", [])]
+    manifest = _read(url, storage_options) or {}
+    marks = manifest.get("restart_intervals")
+    shards = [e.get("name") for e in manifest.get("shards", []) if isinstance(e, dict)]
+    if isinstance(marks, dict) and marks.get("converted_by") == CONVERTED_BY and "per_row" in marks and _names(shards):
+        return url, {"per_row": marks["per_row"]}, shards
     return None
+
+
+def _read(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A JSON object file, ``None`` when missing; ValueError naming it when it is not one."""
+    try:
+        value = read_json(url, storage_options)
+    except ValueError as e:  # (JSONDecodeError, UnicodeDecodeError)
+        raise ValueError(f"{url} is not JSON ({e}): remove it, or use another folder") from None
+    if value is not None and not isinstance(value, dict):
+        raise ValueError(f"{url} is not a JSON object: remove it, or use another folder")
+    return value
+
+
+def _names(value: Any) -> bool:
+    """Whether ``value`` is a list of shard file names."""
+    return isinstance(value, list) and all(isinstance(n, str) and n and "/" not in n for n in value)
 
 
 def record_settings(
