@@ -185,7 +185,7 @@ class Resize(_Sized):
             if height <= width:
                 return self.size, max(1, int(self.size * width / height))
             return max(1, int(self.size * height / width)), self.size
-        return _size2(self.size)
+        return self.size  # a (height, width) pair of ints, checked when it was set
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return resize(img, *self.output_size(img.shape[0], img.shape[1]))
