@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 from shardpipe.errors import ShardNotFoundError, ShardReadError
@@ -39,7 +39,8 @@ class ShardScan:
     url: str
     index: ShardIndex
     sha256: str | None = None
-    split_keys: list[str] = field(default_factory=list)  #: keys that start a sample more than once
+    split_keys: int = 0  #: keys that start a sample more than once (a count: an unsorted shard may hold many)
+    first_split: str | None = None  #: the first of them
 
 
 def _open(url: str, storage_options: dict[str, Any] | None, whole: bool) -> tuple[IO[bytes], int]:
@@ -62,7 +63,7 @@ def scan_shard(url: str, storage_options: dict[str, Any] | None = None, sha256: 
 
     Samples are found exactly as streaming finds them (consecutive members sharing a
     key; ``__*__`` and extension-less members belong to none), so counts agree. A key whose
-    members lie apart (a tar written unsorted) starts a sample each time: ``split_keys`` lists it.
+    members lie apart (a tar written unsorted) starts a sample each time: ``split_keys`` counts them.
     """
     raw, size = _open(url, storage_options, whole=sha256)
     hashing = HashingReader(raw) if sha256 else None
@@ -90,7 +91,8 @@ def scan_shard(url: str, storage_options: dict[str, Any] | None = None, sha256: 
             hashing.drain()  # the record padding after the end-of-archive blocks
     finally:
         tar.close()
-    return ShardScan(url, index, hashing.hexdigest() if hashing else None, list(split))
+    first = next(iter(split), None)
+    return ShardScan(url, index, hashing.hexdigest() if hashing else None, len(split), first)
 
 
 def _entry_name(shard_url: str, manifest_url: str) -> str:
@@ -130,7 +132,7 @@ def _warn_split_keys(scans: list[ShardScan]) -> None:
             "%d of %d shards hold a key in more than one place (%s: %d keys, the first %r): its members are not "
             "next to each other (a tar written unsorted? `tar --sort=name`), so each run of them is indexed as a "
             "sample of its own, as streaming reads it; `shardpipe verify` lists them",
-            len(split), len(scans), first.url, len(first.split_keys), first.split_keys[0],
+            len(split), len(scans), first.url, first.split_keys, first.first_split,
         )  # fmt: skip
 
 
