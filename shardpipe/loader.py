@@ -21,8 +21,8 @@ loaded into an already-running loader exactly like fresh workers do. The workers
 starts take along its recycled batch buffers (``stages.buffers``: each pass of fresh workers
 has its own pool, so two loaders over one dataset never share one), and each batch received
 goes through ``handover.receive`` (buffers the loop let go are reused, and what the worker
-sent by value or by reference becomes tensors again). Each worker's collate step reads
-``state_dict()`` of its source copy.
+sent by value or by reference becomes tensors again). Each worker's collate step
+(``shardpipe.collate``) reads ``state_dict()`` of its source copy.
 """
 
 from __future__ import annotations
@@ -33,12 +33,11 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader, get_worker_info
-from torch.utils.data._utils.collate import default_convert
+from torch.utils.data import DataLoader
 
-from shardpipe.errors import SetupError, WorkerDiedError, WorkerStallError
-from shardpipe.handover import pack, receive
+from shardpipe.collate import InlineCollate, with_state
+from shardpipe.errors import WorkerDiedError, WorkerStallError
+from shardpipe.handover import receive
 from shardpipe.passes import WorkerPlan
 from shardpipe.protocol import LoaderSource, require
 from shardpipe.stages.base import State
@@ -111,63 +110,6 @@ def refuse_unsupported(num_workers: int, persistent_workers: bool, kwargs: dict[
         )
 
 
-_pass_checked = False  # this worker has seen the plan of a ShardLoader pass
-
-#: why the collate step of a DataLoader rebuilt from a ShardLoader's attributes refuses to run
-REBUILT_LOADER = (
-    "ShardLoader's collate step runs in a DataLoader that ShardLoader did not start: a framework "
-    "rebuilt the loader from its attributes (accelerator.prepare() does), which would yield "
-    "(state, batch) pairs and split the ranks' data again; with Accelerate, use "
-    "shardpipe.integrations.accelerate.prepare(accelerator, model, optimizer, loader)"
-)
-
-
-#: the element types ``default_convert`` returns as they are
-_PLAIN = frozenset((str, int, float, bool, bytes, type(None)))
-
-
-def _convert(item: Any) -> Any:
-    """What ``default_convert(item)`` returns (numpy arrays anywhere inside become tensors), without its
-    walk over every element of a batch shardpipe made: a plain dict of tensors and lists of plain values
-    (keys, urls, shard numbers) comes back as it is, where ``default_convert`` would copy it element by
-    element (~130 us a batch of 64, in every worker)."""
-    if type(item) is dict and all(
-        isinstance(v, torch.Tensor) or (type(v) is list and all(type(x) in _PLAIN for x in v)) for v in item.values()
-    ):
-        return item
-    return default_convert(item)
-
-
-def _with_state(item: Any) -> tuple[State, Any]:
-    """Collate step in each worker: the item, with its worker's dataset state right after it."""
-    global _pass_checked
-    info = get_worker_info()
-    assert info is not None, "ShardLoader's collate step runs in DataLoader workers"
-    if not _pass_checked:
-        if not info.dataset.worker_plan_published():
-            raise SetupError(REBUILT_LOADER)
-        _pass_checked = True
-    item = _convert(item)
-    buffers = getattr(info.dataset, "buffers", None)
-    if buffers is not None:  # the pool of the ShardLoader pass that started this worker, which unpacks
-        item = pack(item, buffers, info.id)
-    return info.dataset.state_dict(), item
-
-
-class _InlineCollate:
-    """Collate step of a ShardLoader without workers: ``default_convert``, but only inside that
-    loader's own passes, so a DataLoader a framework rebuilt from the loader's attributes (which
-    copies ``collate_fn``) fails at its first item with ``SetupError``, as with workers."""
-
-    def __init__(self) -> None:
-        self.passes = 0  # the loader's inline passes under way
-
-    def __call__(self, item: Any) -> Any:
-        if not self.passes:
-            raise SetupError(REBUILT_LOADER)
-        return _convert(item)
-
-
 class ShardLoader(DataLoader):
     """DataLoader over a ``ShardDataset``, a ``MixedDataset`` or any other ``LoaderSource``
     (``shardpipe.protocol``): it batches itself, so ``batch_size=None`` here.
@@ -210,7 +152,7 @@ class ShardLoader(DataLoader):
         if num_workers and stall_timeout is not None:
             kwargs.setdefault("timeout", stall_timeout)
         self._requested_context = multiprocessing_context
-        self._inline_collate = _InlineCollate()
+        self._inline_collate = InlineCollate()
         prestart_forkserver(multiprocessing_context, num_workers)
         super().__init__(
             dataset,
@@ -219,7 +161,7 @@ class ShardLoader(DataLoader):
             pin_memory=pin_memory,
             persistent_workers=persistent_workers,
             # workers send each item with their state; in-process, the state is read directly
-            collate_fn=_with_state if num_workers else self._inline_collate,
+            collate_fn=with_state if num_workers else self._inline_collate,
             multiprocessing_context=None
             if multiprocessing_context == "auto"
             else choose_context(multiprocessing_context, dataset),

@@ -354,7 +354,7 @@ except Exception as e:
 
 def test_a_plain_prepare_is_refused_alike_with_and_without_workers(manifest: str):
     pytest.importorskip("accelerate")
-    from shardpipe.loader import REBUILT_LOADER
+    from shardpipe.collate import REBUILT_LOADER
 
     for workers in (0, 2):
         run = subprocess.run(

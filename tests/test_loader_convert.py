@@ -11,9 +11,9 @@ import torch
 from torch.utils.data._utils.collate import default_convert
 
 from shardpipe.augment import RandomResizedCrop
+from shardpipe.collate import convert as _convert
 from shardpipe.dataset import ShardDataset
 from shardpipe.devtools.synth import make_dataset
-from shardpipe.loader import _convert
 from shardpipe.write.shard_writer import ShardWriter
 
 Point = namedtuple("Point", ["x", "y"])

@@ -12,8 +12,8 @@ import pytest
 from torch.utils.data import DataLoader
 
 from shardpipe import MixedDataset, ShardDataset, ShardLoader
+from shardpipe.collate import REBUILT_LOADER
 from shardpipe.errors import SetupError
-from shardpipe.loader import REBUILT_LOADER
 
 from .helpers import make_samples, write_manifest_dataset
 
