@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,6 +17,21 @@ KEY_FIELDS = ("key", "__key__")
 #: CSV cells read without surrounding whitespace, as the header is (``path, label`` rows like
 #: ``0.jpg, 3``): the cells shardpipe reads itself; other columns go into ``.json`` as written
 STRIPPED = frozenset(PATH_FIELDS + LABEL_FIELDS + KEY_FIELDS)
+#: how a list file is read: a UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped, and bytes that
+#: are not UTF-8 become stand-ins that :func:`check_utf8` turns into an error naming the line
+ENCODING = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def check_utf8(text: str, where: str) -> None:
+    """``ValueError`` naming ``where`` (``list.csv:3``) when ``text`` was read from bytes that are not UTF-8."""
+    m = _NOT_UTF8.search(text)
+    if m:
+        byte = ord(m.group()) - 0xDC00
+        raise ValueError(
+            f"{where}: not UTF-8 text (byte 0x{byte:02x}): save the list as UTF-8 "
+            "(a spreadsheet's 'CSV UTF-8', or iconv -f cp1252 -t utf-8)"
+        )
 
 
 class _ListSource(Source):
@@ -73,10 +89,11 @@ class CsvSource(_ListSource):
 
     def rows(self) -> Iterable[tuple[int, dict[str, Any] | str]]:
         delimiter = "\t" if self.path.lower().endswith(".tsv") else ","
-        with open(self.path, newline="", encoding="utf-8") as f:
+        with open(self.path, newline="", **ENCODING) as f:
             header: list[str] | None = None
             # skipinitialspace: ``a.jpg, "x, y"`` reads the quoted cell as one, like ``a.jpg,"x, y"``
             for line, cells in enumerate(csv.reader(f, delimiter=delimiter, skipinitialspace=True), 1):
+                check_utf8("".join(cells), f"{self.path}:{line}")
                 if not any(c.strip() for c in cells):
                     continue
                 if header is None:
@@ -99,8 +116,9 @@ class JsonlSource(_ListSource):
     kind = "jsonl"
 
     def rows(self) -> Iterable[tuple[int, dict[str, Any] | str]]:
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.path, **ENCODING) as f:
             for line, text in enumerate(f, 1):
+                check_utf8(text, f"{self.path}:{line}")
                 if not text.strip():
                     continue
                 try:

@@ -1,0 +1,71 @@
+"""``shardpipe write`` on CSV and JSONL lists as spreadsheets and scripts save them, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from shardpipe.devtools.synth import make_jpeg
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(*args: object) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m shardpipe.cli write ARGS --no-progress --no-shuffle``."""
+    argv = [sys.executable, "-m", "shardpipe.cli", "write", *map(str, args), "--no-progress", "--no-shuffle"]
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def labels(out: Path) -> dict[str, bytes]:
+    """The ``.cls`` members of the shards in ``out``, by name."""
+    found = {}
+    for shard in sorted(out.glob("s-*.tar")):
+        with tarfile.open(shard) as tar:
+            found.update({m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.name.endswith(".cls")})
+    return found
+
+
+def manifest(out: Path) -> dict:
+    return json.loads((out / "manifest.json").read_text())
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """``tmp_path/img/{0..3}.jpg``."""
+    (tmp_path / "img").mkdir()
+    for i in range(4):
+        (tmp_path / "img" / f"{i}.jpg").write_bytes(make_jpeg(i, plain=True))
+    return tmp_path
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_list_saved_with_a_byte_order_mark_is_read_like_one_without(photos: Path, kind: str):
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark: the header must still be the header."""
+    if kind == "csv":
+        text = "path,label\r\nimg/0.jpg,cat\r\nimg/1.jpg,dog\r\n"
+    else:
+        text = '{"path": "img/0.jpg", "label": "cat"}\n{"path": "img/1.jpg", "label": "dog"}\n'
+    listing = photos / f"list.{kind}"
+    listing.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    run = write(listing, photos / "out" / "s-%02d.tar")
+    assert run.returncode == 0, run.stderr
+    assert "skipped: nothing" in run.stdout
+    assert manifest(photos / "out")["class_names"] == ["cat", "dog"]
+    assert labels(photos / "out") == {"img/0.cls": b"0", "img/1.cls": b"1"}
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_a_list_that_is_not_utf8_is_refused_naming_the_file_and_line(photos: Path, kind: str):
+    rows = ["img/0.jpg,dog", "img/1.jpg,caf\xe9"] if kind == "csv" else ['{"path": "img/0.jpg", "label": "caf\xe9"}']
+    listing = photos / f"list.{kind}"
+    listing.write_bytes("\n".join(["path,label", *rows] if kind == "csv" else rows).encode("cp1252") + b"\n")
+    run = write(listing, photos / "out" / "s-%02d.tar")
+    assert run.returncode == 2
+    line = 3 if kind == "csv" else 1
+    assert f"error: {listing}:{line}: not UTF-8 text (byte 0xe9): save the list as UTF-8" in run.stderr
+    assert "Traceback" not in run.stderr and not (photos / "out" / "manifest.json").exists()
