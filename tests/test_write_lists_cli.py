@@ -69,3 +69,19 @@ def test_a_list_that_is_not_utf8_is_refused_naming_the_file_and_line(photos: Pat
     line = 3 if kind == "csv" else 1
     assert f"error: {listing}:{line}: not UTF-8 text (byte 0xe9): save the list as UTF-8" in run.stderr
     assert "Traceback" not in run.stderr and not (photos / "out" / "manifest.json").exists()
+
+
+def test_a_csv_header_with_a_label_column_but_no_known_path_column_is_refused(photos: Path):
+    """Read as a data row, such a header became a skipped image and its label cell a class, shifting the others."""
+    listing = photos / "list.csv"
+    listing.write_text("filepath,class\nimg/0.jpg,dog\nimg/1.jpg,cat\n")
+    run = write(listing, photos / "out" / "s-%02d.tar")
+    assert run.returncode == 2
+    assert (
+        f"error: {listing}:1: the header (filepath, class) names no path column: "
+        "name the image column one of path, file, filename, image, img, image_path"
+    ) in run.stderr
+    assert not (photos / "out" / "manifest.json").exists()
+    listing.write_text("img/0.jpg,dog\nimg/1.jpg,cat\n")  # no header at all: column 1 path, column 2 label
+    run = write(listing, photos / "out" / "s-%02d.tar")
+    assert run.returncode == 0 and manifest(photos / "out")["class_names"] == ["cat", "dog"], run.stderr

@@ -81,7 +81,8 @@ class CsvSource(_ListSource):
     """A CSV list: a header row naming a path column (``path``/``file``/``image``...), an
     optional label column (``label``/``cls``/``class``/``target``: integers, or class names
     mapped to sorted indices), an optional ``key`` column; other columns go into ``.json``.
-    Without a recognised header, column 1 is the path and column 2 the label.
+    Without a recognised header, column 1 is the path and column 2 the label; a first row naming a
+    label or key column but no path column is an error (read as data, its label cell would be a class).
     Relative paths are relative to the CSV file's folder (or ``root``).
     """
 
@@ -101,6 +102,11 @@ class CsvSource(_ListSource):
                     if any(c in PATH_FIELDS for c in lowered):
                         header = lowered
                         continue
+                    if any(c in LABEL_FIELDS + KEY_FIELDS for c in lowered):  # a header, read as data it skews labels
+                        raise ValueError(
+                            f"{self.path}:{line}: the header ({', '.join(cells)}) names no path column: "
+                            f"name the image column one of {', '.join(PATH_FIELDS)}"
+                        )
                     header = ["path", "label"] + [f"column{i}" for i in range(3, len(cells) + 1)]
                 if len(cells) > len(header):
                     yield line, f"{len(cells)} columns, but the header has {len(header)}"
