@@ -161,3 +161,8 @@ def test_strip_suffix_takes_only_a_last_extension_of_the_file_name(name, strippe
 @pytest.mark.parametrize("name, suffix", [("X.jpg", "jpg"), ("XX.PNG", "png"), (".jpg", ""), ("..jpg", "")])
 def test_suffix_of_ignores_only_leading_dots(name, suffix):
     assert suffix_of(name) == suffix
+
+
+def test_labels_to_indices_whole_floats_are_integers() -> None:
+    assert labels_to_indices(["3.0", "", 10.0, "-2.", True]) == ([3, None, 10, -2, 1], None)
+    assert labels_to_indices(["2.5", "1"]) == ([1, 0], ["1", "2.5"])  # one that is not whole: all are names

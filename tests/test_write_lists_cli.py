@@ -85,3 +85,21 @@ def test_a_csv_header_with_a_label_column_but_no_known_path_column_is_refused(ph
     listing.write_text("img/0.jpg,dog\nimg/1.jpg,cat\n")  # no header at all: column 1 path, column 2 label
     run = write(listing, photos / "out" / "s-%02d.tar")
     assert run.returncode == 0 and manifest(photos / "out")["class_names"] == ["cat", "dog"], run.stderr
+
+
+@pytest.mark.parametrize("kind", ["csv", "jsonl"])
+def test_whole_float_labels_are_the_integers_they_stand_for(photos: Path, kind: str):
+    """pandas writes an integer column with a gap as floats (``10.0``, empty or null): they are integers, not
+    class names sorted as text ("10.0" before "2.0"), which gave every image another label."""
+    values = ["3.0", "", "10.0", "2.0"] if kind == "csv" else [3.0, None, 10.0, 2.0]
+    listing = photos / f"list.{kind}"
+    if kind == "csv":
+        listing.write_text("path,label\n" + "".join(f"img/{i}.jpg,{v}\n" for i, v in enumerate(values)))
+    else:
+        listing.write_text(
+            "".join(json.dumps({"path": f"img/{i}.jpg", "label": v}) + "\n" for i, v in enumerate(values))
+        )
+    run = write(listing, photos / "out" / "s-%02d.tar")
+    assert run.returncode == 0, run.stderr
+    assert labels(photos / "out") == {"img/0.cls": b"3", "img/2.cls": b"10", "img/3.cls": b"2"}
+    assert manifest(photos / "out")["class_names"] is None

@@ -169,17 +169,34 @@ def suffix_of(path: str) -> str:
 # ---------------------------------------------------------------------------- labels
 
 
-def labels_to_indices(values: Sequence[str | int | None]) -> tuple[list[int | None], list[str] | None]:
-    """Integer labels stay; string class names map to their index in the sorted names."""
+def labels_to_indices(values: Sequence[str | int | float | None]) -> tuple[list[int | None], list[str] | None]:
+    """Integer labels stay; string class names map to their index in the sorted names.
+
+    A whole float (``3.0``, or ``"3.0"`` as pandas writes an integer column with a gap) is an
+    integer: read as a class name, ``"10.0"`` would sort before ``"2.0"`` and every label change.
+    """
     present = [v for v in values if v is not None and v != ""]
-    if all(isinstance(v, int) or (isinstance(v, str) and re.fullmatch(r"-?\d+", v)) for v in present):
-        return [None if v is None or v == "" else int(v) for v in values], None
+    integers = [_integer(v) for v in present]
+    if None not in integers:
+        return [None if v is None or v == "" else _integer(v) for v in values], None
     names = sorted({str(v) for v in present})
     index = {n: i for i, n in enumerate(names)}
     return [None if v is None or v == "" else index[str(v)] for v in values], names
 
 
-def apply_labels(records: list[Record], values: Sequence[str | int | None]) -> tuple[list[Record], list[str] | None]:
+def _integer(value: str | int | float) -> int | None:
+    """``value`` as an integer label (``3``, ``"-1"``, ``3.0``, ``"3.0"``), or None when it is a class name."""
+    if isinstance(value, int):  # a JSON true/false too
+        return int(value)
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    m = re.fullmatch(r"(-?\d+)(?:\.0*)?", value)
+    return int(m.group(1)) if m else None
+
+
+def apply_labels(
+    records: list[Record], values: Sequence[str | int | float | None]
+) -> tuple[list[Record], list[str] | None]:
     labels, names = labels_to_indices(values)
     return [r._replace(label=lab) for r, lab in zip(records, labels)], names
 
