@@ -103,3 +103,21 @@ def test_whole_float_labels_are_the_integers_they_stand_for(photos: Path, kind: 
     assert run.returncode == 0, run.stderr
     assert labels(photos / "out") == {"img/0.cls": b"3", "img/2.cls": b"10", "img/3.cls": b"2"}
     assert manifest(photos / "out")["class_names"] is None
+
+
+def test_a_jsonl_path_label_or_key_that_is_an_array_or_object_is_a_listed_skip(photos: Path):
+    """str() of one named a file ("['img/0.jpg']"), a class ("[1]", beside the others) or a key."""
+    rows = [
+        {"path": "img/0.jpg", "label": [1]},
+        {"path": ["img/1.jpg"], "label": 0},
+        {"path": "img/2.jpg", "label": 0, "key": {"id": 2}},
+        {"path": "img/3.jpg", "label": 1},
+    ]
+    listing = photos / "list.jsonl"
+    listing.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = write(listing, photos / "out" / "s-%02d.tar")
+    assert run.returncode == 0, run.stderr
+    assert "list.jsonl:1: label is an array, not a single value" in run.stdout
+    assert "list.jsonl:2: path is an array, not a single value" in run.stdout
+    assert "list.jsonl:3: key is an object, not a single value" in run.stdout
+    assert labels(photos / "out") == {"img/3.cls": b"1"} and manifest(photos / "out")["class_names"] is None

@@ -60,9 +60,16 @@ class _ListSource(Source):
             if path_field is None:
                 skipped.append(Skip(where, f"no path field (one of {', '.join(PATH_FIELDS)})"))
                 continue
-            rel = str(row[path_field]).replace("\\", "/")
             label_field = next((f for f in LABEL_FIELDS if f in row), None)
             key_field = next((f for f in KEY_FIELDS if row.get(f) not in (None, "")), None)
+            nested = next(
+                (f for f in (path_field, label_field, key_field) if isinstance(row.get(f), (list, dict))), None
+            )
+            if nested is not None:  # str() of it would name a file, a class or a key
+                kind = "an array" if isinstance(row[nested], list) else "an object"
+                skipped.append(Skip(where, f"{nested} is {kind}, not a single value"))
+                continue
+            rel = str(row[path_field]).replace("\\", "/")
             blank_keys = {f for f in KEY_FIELDS if f in row and row[f] in (None, "")}  # the path names it
             used = {path_field, label_field, key_field, *blank_keys}
             extra = {k: v for k, v in row.items() if k not in used and k is not None} or None
