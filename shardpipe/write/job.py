@@ -137,6 +137,7 @@ def write_shards(
         log.info("the native extension is not built: JPEGs are copied without restart intervals")
     t0 = time.perf_counter()
     src = open_source(source, opts.source_type, label_pattern=opts.label_pattern, lmdb_decoder=opts.lmdb_decoder)
+    src.outputs = outfiles.own_files(pattern)  # a rerun or --resume into a folder below the source reads the same
     scan = _checked(src.scan())
     records = scan.records
     shuffle = opts.shuffle

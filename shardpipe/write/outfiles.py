@@ -17,8 +17,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from shardpipe.errors import OutputInUseError
+from shardpipe.format.index import index_name
 from shardpipe.io.files import atomic_write, is_local, join_url, local_path
 from shardpipe.write.shard_writer import MANIFEST, shard_file_regex, shard_name
+from shardpipe.write.sources.base import Outputs
 
 log = logging.getLogger("shardpipe")
 
@@ -82,6 +84,21 @@ def remove_stale_temps(pattern: str) -> None:
         if temp.match(name):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(folder, name))
+
+
+def own_files(pattern: str) -> Outputs | None:
+    """The files a local write with ``pattern`` makes, for a folder source to leave out (None: not local, or
+    the output folder does not exist yet): shards, manifest, index, progress file, their temporary names."""
+    if not is_local(pattern):
+        return None
+    folder = os.path.dirname(local_path(shard_name(pattern, 0))) or "."
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    fixed = "|".join(re.escape(n) for n in (MANIFEST, index_name(MANIFEST), PROGRESS))
+    names = re.compile(rf"(?:{shard_file_regex(pattern).pattern}|{fixed})(?:\.[0-9a-f]{{8}}\.tmp)?")
+    return Outputs((st.st_dev, st.st_ino), names)
 
 
 def read_progress(folder: str, fingerprint: dict[str, Any], storage_options: dict[str, Any] | None) -> Any:

@@ -67,6 +67,16 @@ class Loaded(NamedTuple):
     extra: dict[str, Any] | None
 
 
+class Outputs(NamedTuple):
+    """A local write's own files, which a folder source leaves out: its output folder (by
+    ``(st_dev, st_ino)``) when it lies below the source, and the file names it writes there
+    when it is the source folder itself. Read as inputs, a rerun or ``--resume`` would list
+    the shards as skips and take the output folder for a class."""
+
+    folder: tuple[int, int]
+    names: re.Pattern[str]
+
+
 # ---------------------------------------------------------------------------- keys
 
 
@@ -210,6 +220,8 @@ class Source:
     kind = "records"
     #: the keywords of :func:`~shardpipe.write.sources.open_source` this type takes besides the path
     path_options: tuple[str, ...] = ()
+    #: set by ``write_shards`` before ``scan()``: the run's own files, which folder sources leave out
+    outputs: Outputs | None = None
 
     @classmethod
     def from_path(cls, path: str, **options: Any) -> Source:
@@ -268,8 +280,8 @@ class Walk(NamedTuple):
     skipped: list[Skip]
 
 
-def walk(root: str) -> Walk:
-    """Every regular file under ``root`` (hidden folders skipped), following symbolic links.
+def walk(root: str, outputs: Outputs | None = None) -> Walk:
+    """Every regular file under ``root`` (hidden folders and ``outputs`` left out), following symbolic links.
 
     Folder links are followed as torchvision's ImageFolder does, but each real folder is
     listed once (by ``(st_dev, st_ino)``), under its own path when it has one (links are
@@ -279,7 +291,11 @@ def walk(root: str) -> Walk:
     """
     files: list[str] = []
     skipped: list[Skip] = []
-    seen = {_dir_id(os.stat(root)): ""}  # real folder -> the prefix it is listed under
+    root_id = _dir_id(os.stat(root))
+    seen = {root_id: ""}  # real folder -> the prefix it is listed under
+    # this run's output folder is left out where it is found; when it is the root, the files it writes there
+    own = outputs.names if outputs is not None and outputs.folder == root_id else None
+    below = outputs.folder if outputs is not None and own is None else None
     real = [""]  # folders to list, as prefixes ("" is the root, else "a/b/")
     links: deque[tuple[str, tuple[int, int]]] = deque()  # linked folders, in the order found
     while real or links:
@@ -294,12 +310,16 @@ def walk(root: str) -> Walk:
         for entry in _list_folder(root, prefix, skipped):
             rel = prefix + entry.name
             kind = _entry_kind(entry)
+            if own is not None and not prefix and kind != "dir" and own.fullmatch(entry.name):
+                continue  # this run's shard or manifest, beside the images
             if kind == "file":
                 files.append(rel)
             elif kind != "dir":
                 skipped.append(Skip(rel, kind))
             elif not entry.name.startswith("."):
                 ident = _dir_id(entry.stat())
+                if ident == below:
+                    continue
                 if entry.is_symlink():
                     links.append((rel + "/", ident))
                 elif ident in seen:  # a bind mount of a folder above it

@@ -83,7 +83,7 @@ class FolderSource(Source):
     def scan(self) -> Scan:
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"source folder not found: {self.root}")
-        files, skipped = walk(self.root)
+        files, skipped = walk(self.root, self.outputs)
         present = set(files)
         records: list[Record] = []
         used: set[str] = set()

@@ -30,11 +30,15 @@ class ImageFolderSource(Source):
     def scan(self) -> Scan:
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"source folder not found: {self.root}")
-        classes = sorted(e.name for e in os.scandir(self.root) if e.is_dir() and not e.name.startswith("."))
+        classes = sorted(
+            e.name
+            for e in os.scandir(self.root)
+            if e.is_dir() and not e.name.startswith(".") and not self._is_output(e)
+        )
         if not classes:
             raise ValueError(f"{self.root} has no class folders: an ImageFolder tree is root/<class>/<image>")
         index = {c: i for i, c in enumerate(classes)}
-        files, skipped = walk(self.root)
+        files, skipped = walk(self.root, self.outputs)
         records = []
         for rel in files:
             cls, slash, _ = rel.partition("/")
@@ -47,6 +51,10 @@ class ImageFolderSource(Source):
             else:
                 records.append(Record(make_key(strip_suffix(rel)), os.path.join(self.root, rel), index[cls], None, rel))
         return Scan(unique_keys(records), sorted(skipped), classes)
+
+    def _is_output(self, entry: os.DirEntry[str]) -> bool:
+        """Whether ``entry`` is this write's output folder (its shards are no class)."""
+        return self.outputs is not None and (entry.stat().st_dev, entry.stat().st_ino) == self.outputs.folder
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.kind, "path": self.root}
