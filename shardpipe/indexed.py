@@ -50,7 +50,7 @@ class IndexedShards:
         self.sha256 = [e.get("sha256") for e in meta["shards"]]
         self.index_url = meta["index_url"]
         self.storage_options = storage_options
-        self.index = SampleIndex.load(self.index_url, storage_options)
+        self.index = SampleIndex.load(self.index_url, storage_options, manifest)
         self.index.check_matches([e["samples"] for e in meta["shards"]])
         gz = [u for s, u in enumerate(self.urls) if self.index.compressed(s)]
         self.sequential_only = gz
@@ -62,7 +62,7 @@ class IndexedShards:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.index = SampleIndex.load(self.index_url, self.storage_options)
+        self.index = SampleIndex.load(self.index_url, self.storage_options, self.manifest)
 
     def __len__(self) -> int:
         return len(self.index)

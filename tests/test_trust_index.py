@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shardpipe import CorruptShardError, IndexedDataset
+from shardpipe import CorruptShardError, IndexedDataset, ShardDataset, ShardNotFoundError, ShardpipeError
 from shardpipe.format.index import HEADER, DamagedIndexError, SampleIndex
 
-from .helpers import write_indexed_dataset
+from .helpers import strict_cli, write_indexed_dataset
 
 COUNTS = [4, 3]
 
@@ -86,3 +86,49 @@ def test_an_intact_index_reads_every_member(indexed):
     ds = IndexedDataset(str(manifest), decode=None)
     for i in range(sum(COUNTS)):
         assert set(ds[i]) >= {"__key__", "jpg", "cls", "json"}
+
+
+def _spoil(index, how: str) -> None:
+    if how == "missing":
+        index.unlink()
+    else:
+        index.write_bytes(b"")
+
+
+EXPECTED = {  # how the sidecar is spoilt -> (error type, what the message says about it)
+    "missing": (ShardNotFoundError, "does not exist (rebuild it with `shardpipe index {m} -o {m}`)"),
+    "empty": (DamagedIndexError, "is empty (0 bytes): rebuild it with `shardpipe index {m} -o {m}`"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(EXPECTED))
+def test_a_missing_or_empty_sidecar_is_named_with_its_fix_by_every_reader(indexed, how):
+    """It was a bare FileNotFoundError (``[Errno 2] ...``) or ValueError (``cannot mmap an empty file``)
+    from deep inside numpy, naming neither the index nor what to do."""
+    manifest, index = indexed
+    _spoil(index, how)
+    kind, said = EXPECTED[how]
+    message = f"index {index} " + said.format(m=manifest)
+    with pytest.raises(kind) as random_access:
+        IndexedDataset(str(manifest), decode=None)
+    with pytest.raises(kind) as streaming:
+        ShardDataset(str(manifest), decode=None, shuffle=True, shuffle_algo="block")
+    for info in (random_access, streaming):
+        assert str(info.value) == message and isinstance(info.value, ShardpipeError)
+    verify = strict_cli("verify", str(manifest))
+    assert verify.returncode == 1 and verify.stderr == "", verify.stderr
+    assert f"problems in 2 shards (7 samples):\n  {message}\n" in verify.stdout
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize("how", sorted(EXPECTED))
+def test_a_missing_or_empty_remote_sidecar_is_named_with_its_fix(indexed, http_store, how):
+    manifest, index = indexed
+    _spoil(index, how)
+    for path in manifest.parent.iterdir():
+        http_store.put(f"{how}-sidecar/{path.name}", path.read_bytes())
+    url = http_store.url(f"{how}-sidecar/manifest.json")
+    kind, said = EXPECTED[how]
+    with pytest.raises(kind) as info:
+        IndexedDataset(url, decode=None)
+    assert str(info.value) == f"index {url[: -len('json')]}index " + said.format(m=url)

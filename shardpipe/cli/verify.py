@@ -136,9 +136,9 @@ def _index_problems(
 
     url = join_url(dirname_url(manifest_url), name)
     try:
-        index = SampleIndex.load(url, storage_options)
-    except (OSError, ValueError) as e:
-        return [f"index {url}: {e}"]
+        index = SampleIndex.load(url, storage_options, manifest_url)
+    except (OSError, ValueError) as e:  # missing, empty or damaged: the error names the file and the fix
+        return [str(e)]
     if index.shards != len(checks):
         return [f"index mismatch: {url} lists {index.shards} shards, the manifest {len(checks)}"]
     problems = []

@@ -18,6 +18,7 @@ A sample's bytes are ``offsets[base + j] .. offsets[base + j + 1]`` with ``base 
 from __future__ import annotations
 
 import bisect
+import os
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from shardpipe.errors import CorruptShardError
+from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardReadError
 from shardpipe.io.files import atomic_write, is_local, local_path, read_bytes
 
 MAGIC = b"SHPIDX01"
@@ -44,6 +45,12 @@ def index_name(manifest_name: str) -> str:
     """The sidecar's file name for a manifest: ``manifest.json`` -> ``manifest.index``."""
     base = manifest_name.rstrip("/").rsplit("/", 1)[-1]
     return (base[: -len(".json")] if base.endswith(".json") else base) + ".index"
+
+
+def rebuild_hint(manifest: str | None) -> str:
+    """What rebuilds an index: ``shardpipe index`` over its manifest (or the shards)."""
+    target = manifest or "MANIFEST"
+    return f"rebuild it with `shardpipe index {manifest or 'SHARDS'} -o {target}`"
 
 
 def key_crc(key: str) -> int:
@@ -107,11 +114,11 @@ class SampleIndex:
         # a plain ndarray view of the memory map: indexing a np.memmap is several times slower
         raw = np.asarray(buffer) if isinstance(buffer, np.ndarray) else np.frombuffer(buffer, dtype=np.uint8)
         if len(raw) < HEADER or bytes(raw[:8]) != MAGIC:
-            raise ValueError(f"{url} is not a shardpipe index (bad magic)")
+            raise DamagedIndexError(f"{url} is not a shardpipe index (bad magic)")
         n_shards, n_samples = (int(x) for x in raw[8:24].view("<u8"))
         need = HEADER + 8 * (n_shards + 1) + 8 * 2 * n_shards + 8 * (n_samples + n_shards) + 4 * n_samples
         if len(raw) != need:  # never trust counts from a file for more than this check
-            raise ValueError(f"{url} is truncated or damaged: {len(raw)} bytes, its header implies {need}")
+            raise DamagedIndexError(f"{url} is truncated or damaged: {len(raw)} bytes, its header implies {need}")
         pos = HEADER
 
         def take(n: int, dtype: str) -> np.ndarray:
@@ -129,7 +136,7 @@ class SampleIndex:
         self.keys = take(n_samples, "<u4")
         self._starts = self.starts.tolist()  # small (one per shard): bisect on a list is fastest
         if self._starts[-1] != n_samples or any(a > b for a, b in zip(self._starts, self._starts[1:])):
-            raise ValueError(f"{url} is damaged: its per-shard sample counts do not add up to {n_samples}")
+            raise DamagedIndexError(f"{url} is damaged: its per-shard sample counts do not add up to {n_samples}")
         self._check_offsets()
 
     def _check_offsets(self) -> None:
@@ -158,11 +165,31 @@ class SampleIndex:
                 )
 
     @classmethod
-    def load(cls, url: str, storage_options: dict[str, Any] | None = None) -> SampleIndex:
-        """Memory-map a local sidecar; read a remote one whole."""
-        if is_local(url):
-            return cls(np.memmap(local_path(url), dtype=np.uint8, mode="r"), url)
-        return cls(read_bytes(url, storage_options=storage_options), url)
+    def load(cls, url: str, storage_options: dict[str, Any] | None = None, manifest: str | None = None) -> SampleIndex:
+        """Memory-map a local sidecar; read a remote one whole.
+
+        A missing sidecar is a ``ShardNotFoundError``, an empty or damaged one a ``DamagedIndexError``
+        (an unreadable one a ``ShardReadError``): each names the file and how to rebuild it from
+        ``manifest`` (the manifest that names it, when known).
+        """
+        fix = rebuild_hint(manifest)
+        try:
+            if is_local(url):
+                path = local_path(url)
+                size = os.stat(path).st_size  # np.memmap cannot map an empty file: say so first
+                buffer: Any = np.memmap(path, dtype=np.uint8, mode="r") if size else b""
+            else:
+                buffer = read_bytes(url, storage_options=storage_options)
+        except (FileNotFoundError, ShardNotFoundError) as e:
+            raise ShardNotFoundError(f"index {url} does not exist ({fix})") from e
+        except OSError as e:  # a folder, no permission, an I/O error
+            raise ShardReadError(f"cannot read index {url}: {e} ({fix})") from e
+        if not len(buffer):
+            raise DamagedIndexError(f"index {url} is empty (0 bytes): {fix}")
+        try:
+            return cls(buffer, url)
+        except DamagedIndexError as e:
+            raise DamagedIndexError(f"{e} ({fix})") from None
 
     def __len__(self) -> int:
         return self.samples
