@@ -39,6 +39,11 @@ class CorruptShardError(ShardpipeError):
     """A tar stream that is not a valid tar archive (bad header, bad gzip data)."""
 
 
+class NotTarError(CorruptShardError):
+    """A file that is not a tar archive at all (no valid first header): a JSON, image or other file
+    caught by a glob, not a damaged or cut shard."""
+
+
 class DuplicateMemberError(CorruptShardError):
     """A sample with two members of one extension (its members are not consecutive, or repeated)."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import shardpipe
-from shardpipe import CorruptShardError, ShardNotFoundError, TruncatedShardError
+from shardpipe import CorruptShardError, NotTarError, ShardNotFoundError, TruncatedShardError
 from shardpipe.format.fields import encode_field
 from shardpipe.format.tar.reader import TarStream
 from shardpipe.stages import GroupSamples, Pipeline, ShardList, Untar, expand_urls
@@ -150,6 +150,11 @@ def test_corrupt_gzip_and_not_a_tar(tmp_path: Path):
         read_raw([str(bad_gz)])
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"this is not a tar file" * 100)
+    with pytest.raises(NotTarError, match=r"shard .*junk.tar is not a tar archive: its first 512 bytes \(starting "):
+        read_raw([str(junk)])
+    damaged = bytearray(_tar_with([("a.txt", b"x" * 5000)]))
+    damaged[148:156] = b"0000000\0"  # a tar whose first header is damaged: corrupt, not another kind of file
+    junk.write_bytes(bytes(damaged))
     with pytest.raises(CorruptShardError, match=r"not a tar header \(bad checksum\) in shard .*junk.tar at byte 0"):
         read_raw([str(junk)])
 

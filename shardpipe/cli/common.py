@@ -30,6 +30,12 @@ exit status:
   141 the reader of its output went away (shardpipe inspect ... | head): it stops quietly"""
 
 
+#: what to do about a file that is not a tar archive (a glob caught it)
+NOT_TAR_FIX = (
+    "leave it out of URLS (a narrower glob, 'out/train-*.tar', or a brace range names only the shards), "
+    "or write it again if it was meant to be one"
+)
+
 #: what a terminal must not be sent: C0 and C1 control characters, DEL, and the surrogates
 #: that stand for bytes that were not UTF-8 (they cannot be encoded as UTF-8 at all)
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")

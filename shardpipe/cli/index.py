@@ -34,6 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 _FIX = "restore the shard from a good copy or write it again, or leave it out of URLS"
 
 
+def _fix(error: BaseException | None) -> str:
+    from shardpipe.cli.common import NOT_TAR_FIX
+    from shardpipe.errors import NotTarError
+
+    return NOT_TAR_FIX if isinstance(error, NotTarError) else _FIX
+
+
 def run(args: argparse.Namespace) -> int:
     from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options, resolve_inputs
     from shardpipe.errors import ShardpipeError
@@ -54,10 +61,11 @@ def run(args: argparse.Namespace) -> int:
     except InputError as e:
         return fail("index", e, USAGE)
     except ShardpipeError as e:  # found in a shard: truncated, corrupt, vanished
-        return fail("index", f"{e} (to fix: {_FIX})", DATA_PROBLEM)
+        return fail("index", f"{e} (to fix: {_fix(e)})", DATA_PROBLEM)
     except ShardTaskError as e:
-        data = isinstance(e.__cause__, ShardpipeError)
-        return fail("index", f"{e} (to fix: {_FIX})" if data else e, DATA_PROBLEM if data else USAGE)
+        cause = e.__cause__
+        data = isinstance(cause, ShardpipeError)
+        return fail("index", f"{e} (to fix: {_fix(cause)})" if data else e, DATA_PROBLEM if data else USAGE)
     except (ValueError, OSError, ImportError) as e:
         return fail("index", e, USAGE)
     seconds = time.perf_counter() - t0

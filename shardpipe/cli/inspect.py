@@ -40,8 +40,8 @@ class _Recording(ErrorHandler):
 class ShardReader:
     """Iterate one shard's samples as ``(key, {ext: bytes})`` through the pipeline's own stages
     (ShardList, Untar, GroupSamples) with a hashing opener; then read ``size``, ``sha256``
-    (of the whole file), ``error`` (why reading stopped early, or ``None``) and ``problems``
-    (samples the pipeline refuses, such as one with two members of one extension)."""
+    (of the whole file), ``error`` (why reading stopped early, or ``None``; ``failure``: that error
+    itself) and ``problems`` (samples the pipeline refuses, such as one with two members of one extension)."""
 
     def __init__(
         self, url: str, storage_options: dict[str, Any] | None = None, max_member_size: int | None = MAX_MEMBER_SIZE
@@ -52,6 +52,7 @@ class ShardReader:
         self.size = 0
         self.sha256 = ""
         self.error: str | None = None
+        self.failure: ShardpipeError | None = None
         self.problems: list[str] = []
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -79,6 +80,7 @@ class ShardReader:
                 if isinstance(e, DuplicateMemberError):
                     self.problems.append(str(e))
                 elif self.error is None:
+                    self.failure = e
                     self.error = str(e) if streams else f"cannot open: {e}"
             if streams:
                 self.size, self.sha256 = streams[0].read_bytes, streams[0].hexdigest()

@@ -15,7 +15,9 @@ import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from shardpipe.cli.common import NOT_TAR_FIX
 from shardpipe.cli.inspect import ShardReader
+from shardpipe.errors import NotTarError
 from shardpipe.format.fields import decode_field
 from shardpipe.format.sample import is_image_field
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
@@ -79,6 +81,8 @@ def verify_shard(
         if reader.error.startswith("cannot open"):
             fix = "restore it, or make a manifest of the shards that remain with `shardpipe index`"
             out.problems.append(f"{shard.url}: missing shard: {reader.error} (to fix: {fix})")
+        elif isinstance(reader.failure, NotTarError):
+            out.problems.append(f"{reader.failure} (to fix: {NOT_TAR_FIX})")  # it names the shard
         else:
             fix = "restore it from a good copy, or write it again from its source; `shardpipe index` cannot read it"
             out.problems.append(f"{shard.url}: truncated or damaged shard: {reader.error} (to fix: {fix})")

@@ -239,7 +239,7 @@ def sample_from_bytes(
     from shardpipe.format.tar.reader import TarStream
 
     end = len(data) if length is None else length
-    tar = TarStream(io.BytesIO(data[:end]), url, compressed=False)
+    tar = TarStream(io.BytesIO(data[:end]), url, compressed=False, whole=False)
     sample: dict[str, Any] = {}
     key: str | None = None
     try:

@@ -16,11 +16,12 @@ chunks, so a header declaring 64 GiB in front of a few bytes allocates a few byt
 from __future__ import annotations
 
 import gzip
+import re
 import time
 import zlib
 from typing import IO
 
-from shardpipe.errors import CorruptShardError, TruncatedShardError
+from shardpipe.errors import CorruptShardError, NotTarError, TruncatedShardError
 from shardpipe.format.sample import split_name
 
 BLOCK = 512
@@ -123,6 +124,8 @@ class TarStream:
     want without reading them (a seek, when the stream can seek).
     ``max_member_size``: members declaring more bytes are a ``CorruptShardError``
     (None: no limit; reads stay chunked, so memory still follows the real data).
+    A stream read from the archive's first byte whose first block is no tar header (nor the
+    start of one, cut short) is a ``NotTarError``; ``whole=False`` for a slice of an archive.
     """
 
     def __init__(
@@ -132,12 +135,14 @@ class TarStream:
         offset: int = 0,
         compressed: bool | None = None,
         max_member_size: int | None = MAX_MEMBER_SIZE,
+        whole: bool = True,
     ):
         if max_member_size is not None and max_member_size < 0:
             raise ValueError(f"max_member_size must be >= 0 or None, not {max_member_size}")
         self.url = url
         self.offset = offset
         self.max_member_size = max_member_size
+        self._whole = whole and offset == 0  # the first header read is the archive's first block
         raw = _TimedReader(stream)
         if compressed is None:
             head = stream.read(2)
@@ -228,6 +233,8 @@ class TarStream:
         while True:
             header_at = self.offset
             block = self._read(BLOCK, "a tar header")
+            if self._whole and header_at == 0 and not self._looks_like_header(block):
+                raise self._not_tar(block)
             if len(block) < BLOCK:
                 cut = self._cut_while_skipping() if self._seekable and header_at > self._header_at else None
                 if cut is not None:
@@ -265,6 +272,28 @@ class TarStream:
                 long_name, pax = None, {}
                 continue
             raise CorruptShardError(f"unknown tar member type {kind!r} in shard {self.url} at byte {header_at}")
+
+    def _looks_like_header(self, block: bytes) -> bool:
+        """Whether the archive's first block is a tar header, a damaged one, or the start of one cut
+        short (a truncated tar): a valid checksum, the ustar magic, or a name and then a mode of
+        octal digits where a header has them, or zeros. Other files (JSON, images, text) have none of these."""
+        if len(block) == BLOCK and (block == _ZERO_BLOCK or _checksum_ok(block)):
+            return True
+        if block and not any(block):  # the start of an end-of-archive block: an empty tar, cut
+            return True
+        if len(block) >= 262 and block[257:262] == b"ustar":
+            return True
+        return len(block) >= 108 and block[0] != 0 and _OCTAL_FIELD.fullmatch(block[100:108]) is not None
+
+    def _not_tar(self, block: bytes) -> NotTarError:
+        """The error for a stream whose first block is no tar header: the file is some other kind."""
+        where = "decompressed, " if self.compressed else ""
+        if not block:
+            return NotTarError(f"shard {self.url} is not a tar archive: it is empty ({where}0 bytes)")
+        return NotTarError(
+            f"shard {self.url} is not a tar archive: its first {len(block)} bytes ({where}starting "
+            f"{block[:16]!r}) are not a tar header (a file of another kind caught by a glob?)"
+        )
 
     def _check_size(self, name: str, kind: bytes, size: int, at: int) -> None:
         """Refuse sizes no allocation should follow: negative, or above the limit."""
@@ -347,16 +376,23 @@ class TarStream:
         return name
 
     def _check_header(self, block: bytes, at: int) -> None:
-        try:
-            stored = _octal(block[148:156])
-        except ValueError:
-            stored = -1
-        actual = header_sum(block) - sum(block[148:156]) + 8 * 32  # the checksum field counts as spaces
-        if stored != actual:
+        if not _checksum_ok(block):
             raise CorruptShardError(f"not a tar header (bad checksum) in shard {self.url} at byte {at}")
 
     def close(self) -> None:
         self._timed.close()
+
+
+_OCTAL_FIELD = re.compile(rb"[ ]*[0-7]+[ \0]*")
+
+
+def _checksum_ok(block: bytes) -> bool:
+    """Whether a 512-byte block's stored checksum matches its bytes (the checksum field counts as spaces)."""
+    try:
+        stored = _octal(block[148:156])
+    except ValueError:
+        return False
+    return stored == header_sum(block) - sum(block[148:156]) + 8 * 32
 
 
 def _seekable(stream: IO[bytes]) -> bool:
