@@ -53,6 +53,7 @@ class ShardReader:
         self.sha256 = ""
         self.error: str | None = None
         self.failure: ShardpipeError | None = None
+        self.skipped: dict[str, int] = {}  #: links and sparse files stepped over, by kind
         self.problems: list[str] = []
 
     def __iter__(self) -> Iterator[tuple[str, dict[str, bytes]]]:
@@ -67,15 +68,14 @@ class ShardReader:
             return streams[-1]  # type: ignore[return-value]
 
         errors = _Recording()
-        pipeline = Pipeline(
-            [ShardList([Shard(self.url, 0)]), Untar(opener, max_member_size=self.max_member_size), GroupSamples()],
-            Context(errors=errors),
-        )
+        untar = Untar(opener, max_member_size=self.max_member_size)
+        pipeline = Pipeline([ShardList([Shard(self.url, 0)]), untar, GroupSamples()], Context(errors=errors))
         try:
             for sample in pipeline:
                 yield sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")}
         finally:
             pipeline.close()
+            self.skipped = dict(untar.skipped)
             for e in errors.seen:
                 if isinstance(e, DuplicateMemberError):
                     self.problems.append(str(e))

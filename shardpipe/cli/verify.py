@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -20,9 +21,11 @@ from shardpipe.cli.inspect import ShardReader
 from shardpipe.errors import NotTarError
 from shardpipe.format.fields import decode_field
 from shardpipe.format.sample import is_image_field
-from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
+from shardpipe.format.tar.reader import MAX_MEMBER_SIZE, skipped_note
 from shardpipe.io.urls import single_manifest
 from shardpipe.stages.shards import Shard, expand_urls
+
+log = logging.getLogger("shardpipe")
 
 
 @dataclass
@@ -37,6 +40,7 @@ class ShardCheck:
     keys: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     damaged: bool = False  #: missing, truncated or unreadable: not read to its end
+    skipped: dict[str, int] = field(default_factory=dict)  #: links and sparse files stepped over, by kind
 
 
 def check_member(ext: str, data: bytes) -> str | None:
@@ -75,7 +79,7 @@ def verify_shard(
             if why is not None:
                 out.problems.append(f"{shard.url}: corrupt member {key}.{ext}: {why}")
     out.problems += [f"{shard.url}: {p}" for p in reader.problems]
-    out.bytes, out.sha256 = reader.size, reader.sha256
+    out.bytes, out.sha256, out.skipped = reader.size, reader.sha256, reader.skipped
     if reader.error is not None:
         out.damaged = True
         if reader.error.startswith("cannot open"):
@@ -115,6 +119,9 @@ def verify_shards(
     else:
         checks = [verify_shard(s, storage_options, max_member_size) for s in shards]
     problems = [p for c in checks for p in c.problems]
+    for c in checks:  # not a problem (streaming skips them too), but never silent
+        if c.skipped:
+            log.warning("%s", skipped_note(c.url, c.skipped))
     owners: dict[str, str] = {}
     for c in checks:
         for key in c.keys:

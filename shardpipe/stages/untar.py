@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import IO, NamedTuple
 
@@ -106,6 +107,8 @@ class Untar(Stage[Member]):
         self._ordinal = 0  # samples started in the current shard
         self._key: str | None = None  # key of the sample being read
         self._source_state: State | None = None  # the source's state after it gave this shard
+        #: links and sparse files stepped over, by kind (``TarStream.skipped``), over every shard closed
+        self.skipped: Counter[str] = Counter()
 
     def _open_stream(self, shard: Shard, offset: int) -> IO[bytes]:
         """The opener's stream, after telling it which shards come next (for prefetching)."""
@@ -172,6 +175,7 @@ class Untar(Stage[Member]):
 
     def _close(self) -> None:
         if self._tar is not None:
+            self.skipped.update(self._tar.skipped)
             self._tar.close()
         self._tar, self._shard, self._verifier = None, None, None
         self._file = None  # deferred members keep it open until they are read

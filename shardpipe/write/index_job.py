@@ -17,14 +17,14 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from shardpipe.errors import ShardNotFoundError, ShardReadError
 from shardpipe.format.index import ShardIndex, index_name, write_index
 from shardpipe.format.manifest import build_manifest, shard_entry, write_manifest
 from shardpipe.format.sample import split_name
-from shardpipe.format.tar.reader import TarStream
+from shardpipe.format.tar.reader import TarStream, skipped_note
 from shardpipe.io.files import dirname_url, is_local, join_url, local_path, same_file
 from shardpipe.io.remote import open_remote
 from shardpipe.io.verify import HashingReader
@@ -41,6 +41,7 @@ class ShardScan:
     sha256: str | None = None
     split_keys: int = 0  #: keys that start a sample more than once (a count: an unsorted shard may hold many)
     first_split: str | None = None  #: the first of them
+    skipped: dict[str, int] = field(default_factory=dict)  #: links and sparse files stepped over, by kind
 
 
 def _open(url: str, storage_options: dict[str, Any] | None, whole: bool) -> tuple[IO[bytes], int]:
@@ -62,8 +63,9 @@ def scan_shard(url: str, storage_options: dict[str, Any] | None = None, sha256: 
     """Index one shard: the start offset and key checksum of every sample, its size and gzip flag.
 
     Samples are found exactly as streaming finds them (consecutive members sharing a
-    key; ``__*__`` and extension-less members belong to none), so counts agree. A key whose
-    members lie apart (a tar written unsorted) starts a sample each time: ``split_keys`` counts them.
+    key; ``__*__`` and extension-less members belong to none; links and sparse files are skipped,
+    and counted in ``skipped``), so counts agree. A key whose members lie apart (a tar written
+    unsorted) starts a sample each time: ``split_keys`` counts them.
     """
     raw, size = _open(url, storage_options, whole=sha256)
     hashing = HashingReader(raw) if sha256 else None
@@ -92,7 +94,7 @@ def scan_shard(url: str, storage_options: dict[str, Any] | None = None, sha256: 
     finally:
         tar.close()
     first = next(iter(split), None)
-    return ShardScan(url, index, hashing.hexdigest() if hashing else None, len(split), first)
+    return ShardScan(url, index, hashing.hexdigest() if hashing else None, len(split), first, dict(tar.skipped))
 
 
 def _entry_name(shard_url: str, manifest_url: str) -> str:
@@ -224,6 +226,9 @@ def index_shards(
             "%d of %d shards are gzip-compressed: indexed, but sequential-only (no random access)", gz, len(done)
         )
     _warn_split_keys(done)
+    for scan in done:
+        if scan.skipped:
+            log.warning("%s", skipped_note(scan.url, scan.skipped))
     name = index_name(output)
     write_index(join_url(dirname_url(output), name), [s.index for s in done], storage_options)
     entries = [shard_entry(_entry_name(s.url, output), s.index.samples, s.index.size, s.sha256) for s in done]

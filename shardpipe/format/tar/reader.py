@@ -19,6 +19,8 @@ import gzip
 import re
 import time
 import zlib
+from collections import Counter
+from collections.abc import Mapping
 from typing import IO
 
 from shardpipe.errors import CorruptShardError, NotTarError, TruncatedShardError
@@ -28,6 +30,8 @@ BLOCK = 512
 _ZERO_BLOCK = bytes(BLOCK)
 _REGULAR = (b"0", b"\0", b"7")
 _SKIPPED = (b"1", b"2", b"3", b"4", b"5", b"6", b"g")  # links, devices, dirs, FIFOs, global pax
+#: skipped members that may hold what a user meant as data: counted, so that index and verify say so
+SKIPPED_KINDS = {b"1": "hard link", b"2": "symbolic link", b"S": "GNU sparse file"}
 #: Default ``max_member_size``: 256 MiB. Ten times the largest common image members (a
 #: 50-megapixel camera JPEG is ~25 MB, a 16-bit 24-megapixel TIFF ~150 MB), yet eight
 #: DataLoader workers each holding one such member stay within a few GB.
@@ -126,6 +130,8 @@ class TarStream:
     (None: no limit; reads stay chunked, so memory still follows the real data).
     A stream read from the archive's first byte whose first block is no tar header (nor the
     start of one, cut short) is a ``NotTarError``; ``whole=False`` for a slice of an archive.
+    ``skipped`` counts the links and sparse files stepped over (by ``SKIPPED_KINDS`` name):
+    only regular files are members.
     """
 
     def __init__(
@@ -143,6 +149,7 @@ class TarStream:
         self.offset = offset
         self.max_member_size = max_member_size
         self._whole = whole and offset == 0  # the first header read is the archive's first block
+        self.skipped: Counter[str] = Counter()
         raw = _TimedReader(stream)
         if compressed is None:
             head = stream.read(2)
@@ -268,6 +275,8 @@ class TarStream:
                     raise CorruptShardError(f"bad pax header in shard {self.url} at byte {header_at}: {e}") from e
                 continue
             if kind in _SKIPPED or kind.isalpha():
+                if kind in SKIPPED_KINDS:
+                    self.skipped[SKIPPED_KINDS[kind]] += 1
                 self.skip_data()
                 long_name, pax = None, {}
                 continue
@@ -381,6 +390,13 @@ class TarStream:
 
     def close(self) -> None:
         self._timed.close()
+
+
+def skipped_note(url: str, skipped: Mapping[str, int]) -> str:
+    """The warning for a shard whose links or sparse files were skipped: how many of each kind."""
+    kinds = [f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in sorted(skipped.items())]
+    listed = kinds[0] if len(kinds) == 1 else f"{', '.join(kinds[:-1])} and {kinds[-1]}"
+    return f"shard {url}: skipped {listed}: only regular files are read as members of samples (streaming too)"
 
 
 _OCTAL_FIELD = re.compile(rb"[ ]*[0-7]+[ \0]*")

@@ -1,0 +1,71 @@
+"""Links and old GNU sparse files in a shard are skipped (only regular files are members), and
+``shardpipe index`` and ``verify`` say so once per shard, with how many of each kind."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from shardpipe import ShardDataset
+from shardpipe.devtools.synth import make_jpeg
+
+from .helpers import strict_cli
+
+NOTE = "only regular files are read as members of samples (streaming too)"
+
+
+def tar_with_links(path: Path, links: int, symlinks: int, sparse: int) -> Path:
+    """Two images (``<stem>-0.jpg``, ``-1``), then hard links and symlinks to the first and GNU sparse files."""
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tf:
+        for i in range(2):
+            data = make_jpeg(i, plain=True)
+            info = tarfile.TarInfo(f"{path.stem}-{i}.jpg")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        kinds = [tarfile.LNKTYPE] * links + [tarfile.SYMTYPE] * symlinks
+        for n, kind in enumerate(kinds, start=2):
+            info = tarfile.TarInfo(f"{path.stem}-{n}.jpg")
+            info.type, info.linkname = kind, f"{path.stem}-0.jpg"
+            tf.addfile(info)
+        for n in range(2 + len(kinds), 2 + len(kinds) + sparse):
+            data = make_jpeg(n, plain=True)
+            info = tarfile.TarInfo(f"{path.stem}-{n}.jpg")
+            info.type, info.size = tarfile.GNUTYPE_SPARSE, len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def warnings(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("WARNING ")]
+
+
+def test_index_and_verify_name_each_shard_with_skipped_links(tmp_path: Path):
+    """Both said nothing: 6 members in a shard, 2 samples indexed and verified, without a word why."""
+    tar_with_links(tmp_path / "s-0.tar", links=1, symlinks=2, sparse=1)
+    tar_with_links(tmp_path / "s-1.tar", links=0, symlinks=1, sparse=0)
+    tar_with_links(tmp_path / "s-2.tar", links=0, symlinks=0, sparse=0)
+    index = strict_cli("index", "s-{0..2}.tar", "-o", "manifest.json", "--no-progress", cwd=tmp_path)
+    assert index.returncode == 0, index.stderr
+    expected = [
+        f"WARNING shard s-0.tar: skipped 1 GNU sparse file, 1 hard link and 2 symbolic links: {NOTE}",
+        f"WARNING shard s-1.tar: skipped 1 symbolic link: {NOTE}",
+    ]
+    assert warnings(index.stderr) == expected
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [s["samples"] for s in manifest["shards"]] == [2, 2, 2]  # what is indexed is unchanged
+    keys = [s["__key__"] for s in ShardDataset(str(tmp_path / "manifest.json"), decode=None)]
+    assert keys == [f"s-{s}-{i}" for s in range(3) for i in range(2)]  # and streaming reads just these
+
+    verify = strict_cli("verify", "manifest.json", "--json", cwd=tmp_path)
+    assert verify.returncode == 0, verify.stderr  # skipped links are not a problem in the data
+    assert warnings(verify.stderr) == expected
+    report = json.loads(verify.stdout)
+    assert [s["skipped"] for s in report["shards"]] == [
+        {"GNU sparse file": 1, "hard link": 1, "symbolic link": 2},
+        {"symbolic link": 1},
+        {},
+    ]
+    parallel = strict_cli("verify", "manifest.json", "--workers", "2", cwd=tmp_path)
+    assert parallel.returncode == 0 and warnings(parallel.stderr) == expected, parallel.stderr
