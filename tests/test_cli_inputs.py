@@ -401,3 +401,32 @@ def test_serve_says_what_is_wrong_instead_of_a_traceback(dataset: Path, tmp_path
         r = cli("serve", str(good), "--bind", f"tcp://127.0.0.1:{port}")
     assert r.returncode == 2 and r.stdout == "", r.stdout
     assert r.stderr == f"shardpipe serve: error: cannot listen on tcp://127.0.0.1:{port}: Address already in use\n"
+
+
+MANIFEST_FIX = (
+    " (to fix: restore it from a good copy, or make a new one from its shards with "
+    "`shardpipe index SHARDS -o MANIFEST`)"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"format": "shardpipe/1", "shards": [{"na', "is not a manifest: invalid JSON: "),
+        ('{"format": "shardpipe/1"}', "is not a manifest: no 'shards' list"),
+        ('{"shards": [{"name": "s-0.tar", "samples": -1}]}', "shard entry 0 ('s-0.tar') has samples -1"),
+    ],
+)
+@pytest.mark.parametrize("command", ["index", "verify", "inspect", "restart"])
+def test_a_damaged_manifest_is_bad_data_exit_1_and_a_missing_one_a_usage_error(tmp_path: Path, command, text, said):
+    """A manifest that exists but is damaged exited 2, the status of a mistyped command line; docs/cli.md
+    and every --help say 2 is for what does not exist, 1 for problems found in the data."""
+    (tmp_path / "manifest.json").write_text(text)
+    extra = {"index": ["-o", "manifest.json", "--no-progress"], "restart": ["-o", "out", "--no-progress"]}
+    r = cli(command, "manifest.json", *extra.get(command, []), cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr.startswith(f"shardpipe {command}: error: ") and said in r.stderr
+    assert r.stderr.endswith(f"{MANIFEST_FIX}\n") and "Traceback" not in r.stderr
+    assert (tmp_path / "manifest.json").read_text() == text  # index did not write over it
+    gone = cli(command, "gone/manifest.json", *extra.get(command, []), cwd=tmp_path)
+    assert gone.returncode == 2 and "manifest not found: gone/manifest.json" in gone.stderr, gone.stderr

@@ -21,8 +21,9 @@ USAGE = 2  # argparse's own status for bad arguments
 EXIT_STATUS = """\
 exit status:
   0  success
-  1  problems found in the data: a truncated or corrupt shard, a shard its manifest
-     lists but that is missing, a checksum or count mismatch, an undecodable image
+  1  problems found in the data: a truncated or corrupt shard, a damaged manifest,
+     a shard its manifest lists but that is missing, a checksum or count mismatch,
+     an undecodable image
   2  usage error or missing input: bad arguments, a mistyped URL (s3:/bucket),
      a source, manifest or shard named on the command line that does not exist,
      a glob that matches nothing
@@ -79,9 +80,21 @@ def read_inputs(command: str, args: Any, read: Callable[[dict[str, Any] | None],
     except InputError as e:
         return None, fail(command, e, USAGE)
     except ShardpipeError as e:  # before ValueError: some data errors are ValueErrors too
-        return None, fail(command, e, DATA_PROBLEM)
+        return None, fail(command, f"{e}{manifest_fix(e)}", DATA_PROBLEM)
     except (ValueError, OSError) as e:
         return None, fail(command, e, USAGE)
+
+
+def manifest_fix(error: BaseException | None) -> str:
+    """`` (to fix: ...)`` for a damaged manifest, else nothing."""
+    from shardpipe.format.manifest import DamagedManifestError
+
+    if not isinstance(error, DamagedManifestError):
+        return ""
+    return (
+        " (to fix: restore it from a good copy, or make a new one from its shards with "
+        "`shardpipe index SHARDS -o MANIFEST`)"
+    )
 
 
 def parse_storage_options(text: str | None) -> dict[str, Any] | None:
@@ -122,11 +135,13 @@ def _missing(urls: list[str], storage_options: dict[str, Any] | None) -> list[st
 def resolve_inputs(urls: str, storage_options: dict[str, Any] | None = None) -> list[str]:
     """The shard URLs a URLS argument names, as the command will read them; InputError when it cannot.
 
-    Refused: a mistyped URL, a manifest that does not exist or is not one, a glob that
-    matches nothing, a shard named directly (or by a brace range) that does not exist or
-    is a folder. A shard that a manifest lists but that is missing is left for the
-    command to report as a problem in the data.
+    Refused: a mistyped URL, a manifest that does not exist, a glob that matches nothing,
+    a shard named directly (or by a brace range) that does not exist or is a folder. A
+    manifest that exists but is damaged (``DamagedManifestError``, ``ManifestPathError``) is
+    raised as it is: bad data, as is a shard that a manifest lists but that is missing
+    (left for the command to report).
     """
+    from shardpipe.format.manifest import DamagedManifestError, ManifestPathError
     from shardpipe.io.urls import has_glob, is_manifest, split_patterns
     from shardpipe.stages.shards import expand_urls
 
@@ -139,7 +154,9 @@ def resolve_inputs(urls: str, storage_options: dict[str, Any] | None = None) -> 
             if not is_manifest(pattern) and not has_glob(pattern):
                 named += found  # a glob lists files that exist; a manifest's shards are data
         missing = _missing(named, storage_options)
-    except (ValueError, OSError) as e:  # mistyped, not found, not a manifest, unreadable
+    except (DamagedManifestError, ManifestPathError):
+        raise  # the manifest exists: what is wrong is in the data (exit 1)
+    except (ValueError, OSError) as e:  # mistyped, not found, unreadable
         raise InputError(str(e)) from e
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

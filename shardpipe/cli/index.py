@@ -35,10 +35,14 @@ _FIX = "restore the shard from a good copy or write it again, or leave it out of
 
 
 def _fix(error: BaseException | None) -> str:
-    from shardpipe.cli.common import NOT_TAR_FIX
+    """`` (to fix: ...)`` for a data error met while indexing."""
+    from shardpipe.cli.common import NOT_TAR_FIX, manifest_fix
     from shardpipe.errors import NotTarError
+    from shardpipe.format.manifest import ManifestPathError
 
-    return NOT_TAR_FIX if isinstance(error, NotTarError) else _FIX
+    if isinstance(error, ManifestPathError):
+        return ""
+    return manifest_fix(error) or f" (to fix: {NOT_TAR_FIX if isinstance(error, NotTarError) else _FIX})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,11 +65,11 @@ def run(args: argparse.Namespace) -> int:
     except InputError as e:
         return fail("index", e, USAGE)
     except ShardpipeError as e:  # found in a shard: truncated, corrupt, vanished
-        return fail("index", f"{e} (to fix: {_fix(e)})", DATA_PROBLEM)
+        return fail("index", f"{e}{_fix(e)}", DATA_PROBLEM)
     except ShardTaskError as e:
         cause = e.__cause__
         data = isinstance(cause, ShardpipeError)
-        return fail("index", f"{e} (to fix: {_fix(cause)})" if data else e, DATA_PROBLEM if data else USAGE)
+        return fail("index", f"{e}{_fix(cause)}" if data else e, DATA_PROBLEM if data else USAGE)
     except (ValueError, OSError, ImportError) as e:
         return fail("index", e, USAGE)
     seconds = time.perf_counter() - t0

@@ -40,8 +40,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options, resolve_inputs
+    from shardpipe.cli.common import (
+        DATA_PROBLEM,
+        OK,
+        USAGE,
+        InputError,
+        fail,
+        manifest_fix,
+        parse_storage_options,
+        resolve_inputs,
+    )
     from shardpipe.errors import OutputInUseError, ShardpipeError
+    from shardpipe.format.manifest import DamagedManifestError, ManifestPathError
     from shardpipe.io.urls import check_url
     from shardpipe.write.restart_job import mark_restarts
 
@@ -57,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to continue", file=sys.stderr)
         return 130
+    except (DamagedManifestError, ManifestPathError) as e:  # before ValueError: the manifest's data
+        return fail("restart", f"{e}{manifest_fix(e)}", DATA_PROBLEM)
     except (InputError, ValueError, ImportError, OutputInUseError) as e:
         return fail("restart", e, USAGE)
     except (ShardpipeError, OSError) as e:  # found in a shard: truncated, corrupt, vanished

@@ -40,6 +40,13 @@ class ManifestPathError(ShardpipeError, ValueError):
     """A manifest names a file that its ``manifest_paths`` rule does not allow."""
 
 
+class DamagedManifestError(ShardpipeError, ValueError):
+    """A manifest file that is not valid: not JSON, no ``shards`` list, a shard entry of the wrong shape.
+
+    Bad data (the command-line tools exit 1), unlike a manifest that does not exist (exit 2).
+    """
+
+
 def check_name(name: Any, manifest: str, what: str, rule: str = "inside") -> str:
     """``name`` if ``rule`` allows a manifest to point there, else ``ManifestPathError``.
 
@@ -89,28 +96,29 @@ def build_manifest(shards: Sequence[Mapping[str, Any]], metadata: Mapping[str, A
 
 
 def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest at ``url`` as stored (names unresolved); ValueError when it is not one."""
+    """The manifest at ``url`` as stored (names unresolved); ``DamagedManifestError`` (a ValueError)
+    when it is not one."""
     try:
         manifest = json.loads(read_bytes(url, storage_options=storage_options))
     except ShardNotFoundError as e:
         raise ShardNotFoundError(f"manifest not found: {url}") from e
     except json.JSONDecodeError as e:
-        raise ValueError(f"{url} is not a manifest: invalid JSON: {e}") from e
+        raise DamagedManifestError(f"{url} is not a manifest: invalid JSON: {e}") from e
     if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), list):
-        raise ValueError(f"{url} is not a manifest: no 'shards' list")
+        raise DamagedManifestError(f"{url} is not a manifest: no 'shards' list")
     for i, entry in enumerate(manifest["shards"]):
         if not isinstance(entry, dict) or "name" not in entry:
-            raise ValueError(f"{url} is not a valid manifest: shard entry {i} has no 'name'")
+            raise DamagedManifestError(f"{url} is not a valid manifest: shard entry {i} has no 'name'")
         for field in ("samples", "bytes"):  # never trust a number from a file further than this
             value = entry.get(field)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(
+                raise DamagedManifestError(
                     f"manifest {url}: shard entry {i} ({entry.get('name')!r}) has {field} {value!r}, "
                     "not a non-negative integer"
                 )
         sha = entry.get("sha256")
         if sha is not None and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-fA-F]{64}", sha)):
-            raise ValueError(f"manifest {url}: shard entry {i} has sha256 {sha!r}, not 64 hex digits")
+            raise DamagedManifestError(f"manifest {url}: shard entry {i} has sha256 {sha!r}, not 64 hex digits")
     return manifest
 
 
