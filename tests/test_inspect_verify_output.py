@@ -45,3 +45,33 @@ def test_verify_escapes_control_characters_and_bytes_that_are_not_utf8(tmp_path:
         f"  {shard}: corrupt member {k}.jpg: DecodeError: not a recognised image format (1 bytes starting b'x')"
         for k in (r"a\x1b[2Jb", r"c\x0dd", r"e\x9b31mf", r"caf\xe9")
     ]
+
+
+# ---------------------------------------------------------------- errors and warnings
+
+
+def test_errors_and_warnings_escape_the_file_names_they_print(tmp_path: Path):
+    """``fail()`` and the log printed shard URLs as they were: a file name holding an escape sequence
+    (or a C1 control) reached the terminal from every error and warning of index, verify and inspect."""
+    import os
+    import tarfile
+
+    name = "a\x1b[2Jb\x9b31m"
+    (tmp_path / f"{name}.tar").write_bytes(b"not a tar archive at all\n")
+    shown = "a\\x1b[2Jb\\x9b31m"
+    for command, *args in (
+        ("index", f"{name}.tar", "-o", "m.json", "--no-progress"),
+        ("verify", f"{name}-gone.tar"),
+        ("inspect", f"{name}-gone.tar"),
+    ):
+        out = strict_cli(command, *args, cwd=tmp_path)
+        assert out.returncode in (1, 2) and out.stderr.startswith(f"shardpipe {command}: error: "), out.stderr
+        assert shown in out.stderr and "\x1b" not in out.stderr and "\x9b" not in out.stderr, out.stderr
+    os.unlink(tmp_path / f"{name}.tar")
+    with tarfile.open(tmp_path / f"{name}.tar", "w") as tf:  # a symlink: index warns, naming the shard
+        info = tarfile.TarInfo("k.jpg")
+        info.type, info.linkname = tarfile.SYMTYPE, "elsewhere.jpg"
+        tf.addfile(info)
+    out = strict_cli("index", f"{name}.tar", "-o", "m.json", "--no-progress", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert f"WARNING shard {shown}.tar: skipped 1 symbolic link" in out.stderr and "\x1b" not in out.stderr

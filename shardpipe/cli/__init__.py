@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from shardpipe.cli.common import EXIT_STATUS
+from shardpipe.cli.common import EXIT_STATUS, PrintableFormatter
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
             module.add_arguments(p)
             p.set_defaults(run=module.run)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    handler = logging.StreamHandler()  # stderr
+    handler.setFormatter(PrintableFormatter("%(levelname)s %(message)s"))  # log lines name files too
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         status = int(args.run(args) or 0)
         sys.stdout.flush()  # output to a pipe is buffered: a reader that went away shows up here

@@ -8,6 +8,7 @@ data (exit 1 for what it finds there).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -60,9 +61,17 @@ class InputError(Exception):
 
 
 def fail(command: str, message: object, status: int) -> int:
-    """Print ``shardpipe COMMAND: error: MESSAGE`` to stderr and return ``status``."""
-    print(f"shardpipe {command}: error: {message}", file=sys.stderr)
+    """Print ``shardpipe COMMAND: error: MESSAGE`` to stderr (``printable``: the URLs and member names
+    in it come from file names) and return ``status``."""
+    print(f"shardpipe {command}: error: {printable(str(message))}", file=sys.stderr)
     return status
+
+
+class PrintableFormatter(logging.Formatter):
+    """Log lines safe for a terminal: each line of a message (and traceback) through ``printable``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(printable(line) for line in super().format(record).split("\n"))
 
 
 def read_inputs(command: str, args: Any, read: Callable[[dict[str, Any] | None], Any]) -> tuple[Any, int | None]:

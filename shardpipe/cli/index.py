@@ -46,7 +46,16 @@ def _fix(error: BaseException | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options, resolve_inputs
+    from shardpipe.cli.common import (
+        DATA_PROBLEM,
+        OK,
+        USAGE,
+        InputError,
+        fail,
+        parse_storage_options,
+        printable,
+        resolve_inputs,
+    )
     from shardpipe.errors import ShardpipeError
     from shardpipe.io.urls import check_url
     from shardpipe.write.index_job import index_shards
@@ -78,5 +87,5 @@ def run(args: argparse.Namespace) -> int:
         f"indexed {manifest['samples']} samples in {n} shards ({manifest['bytes'] / 2**20:.1f} MiB) "
         f"in {seconds:.1f} s = {n / seconds:.1f} shards/s, {manifest['samples'] / seconds:.0f} samples/s"
     )
-    print(f"manifest: {args.output} (index: {manifest['index']})")
+    print(printable(f"manifest: {args.output} (index: {manifest['index']})"))
     return OK
