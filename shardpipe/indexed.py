@@ -19,7 +19,7 @@ from typing import Any
 from torch.utils.data import Dataset, get_worker_info
 
 from shardpipe.errors import ShardpipeError
-from shardpipe.format.index import BLOCK, SampleIndex, sample_from_bytes
+from shardpipe.format.index import BLOCK, DamagedIndexError, SampleIndex, sample_from_bytes
 from shardpipe.format.manifest import load_manifest
 from shardpipe.io.ranged import RangeReader
 from shardpipe.io.urls import check_url, single_manifest
@@ -52,19 +52,38 @@ class IndexedShards:
         self.storage_options = storage_options
         self.index = SampleIndex.load(self.index_url, storage_options, manifest)
         self.index.check_matches([e["samples"] for e in meta["shards"]])
+        self.index_identity = self.index.identity  # the index checked: a worker must load this one
+        self._unusable: ShardpipeError | None = None  # why a worker's index cannot be used
         gz = [u for s, u in enumerate(self.urls) if self.index.compressed(s)]
         self.sequential_only = gz
         self.reader = RangeReader(storage_options, cache_dir, cache_size, read_options)
 
     def __getstate__(self) -> dict[str, Any]:
-        # a memory map travels as its path: each process maps the file itself
+        # a memory map travels as its path (and identity): each process maps the file itself
         return {**self.__dict__, "index": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """Load the index again (a spawn or forkserver worker), and use it only if it is the file the
+        process that made this object checked against its manifest; else every read raises why."""
         self.__dict__.update(state)
-        self.index = SampleIndex.load(self.index_url, self.storage_options, self.manifest)
+        try:
+            self.index = SampleIndex.load(self.index_url, self.storage_options, self.manifest)
+        except ShardpipeError as e:  # raised where a sample is asked for: the error reaches the trainer
+            self._unusable = e
+            return
+        if self.index.identity != self.index_identity:
+            self._unusable = DamagedIndexError(
+                f"index {self.index_url} changed after this dataset was made (rebuilt while a run read it?): "
+                "a worker would read samples through an index that its manifest was not checked against; "
+                "make the dataset again once the index is rebuilt"
+            )
+
+    def _check_usable(self) -> None:
+        if self._unusable is not None:
+            raise self._unusable
 
     def __len__(self) -> int:
+        self._check_usable()
         return len(self.index)
 
     def check_random_access(self) -> None:
@@ -77,6 +96,7 @@ class IndexedShards:
 
     def advise(self, i: int) -> None:
         """Hint that sample ``i`` will be read soon (starts a local read; see ``RangeReader.advise``)."""
+        self._check_usable()
         shard, start, end, _ = self.index.locate(i)
         self.reader.advise(self.urls[shard], start, end, int(self.index.sizes[shard]), self.sha256[shard])
 
@@ -87,6 +107,7 @@ class IndexedShards:
 
     def sample(self, i: int) -> dict[str, Any]:
         """The raw sample ``i`` (fields as bytes), with ``__key__``, ``__url__``, ``__shard__``, ``__index__``."""
+        self._check_usable()
         shard, start, end, crc = self.index.locate(i)
         url = self.urls[shard]
         size = int(self.index.sizes[shard])
@@ -98,6 +119,7 @@ class IndexedShards:
     def samples(self, indices: Sequence[int]) -> list[dict[str, Any] | ShardpipeError]:
         """The raw samples ``indices``, read together (``RangeReader.read_many``); a sample
         that cannot be read is its ``ShardpipeError`` in the list instead."""
+        self._check_usable()
         where = [self.index.locate(int(i)) for i in indices]
         requests = [
             (self.urls[shard], start, self._read_end(shard, end), int(self.index.sizes[shard]), self.sha256[shard])

@@ -111,6 +111,10 @@ class SampleIndex:
 
     def __init__(self, buffer: Any, url: str = "<index>"):
         self.url = url
+        #: which file this is (``load``: size and mtime locally, length and crc32 of the bytes remotely,
+        #: and a crc32 of the per-shard arrays): another process loading ``url`` compares, to read the
+        #: index that was checked here
+        self.identity: tuple[Any, ...] | None = None
         # a plain ndarray view of the memory map: indexing a np.memmap is several times slower
         raw = np.asarray(buffer) if isinstance(buffer, np.ndarray) else np.frombuffer(buffer, dtype=np.uint8)
         if len(raw) < HEADER or bytes(raw[:8]) != MAGIC:
@@ -175,11 +179,14 @@ class SampleIndex:
         fix = rebuild_hint(manifest)
         try:
             if is_local(url):
-                path = local_path(url)
-                size = os.stat(path).st_size  # np.memmap cannot map an empty file: say so first
-                buffer: Any = np.memmap(path, dtype=np.uint8, mode="r") if size else b""
+                with open(local_path(url), "rb") as f:
+                    st = os.fstat(f.fileno())  # the file mapped, even if it is replaced meanwhile
+                    # np.memmap cannot map an empty file: say so below
+                    buffer: Any = np.memmap(f, dtype=np.uint8, mode="r") if st.st_size else b""
+                identity: tuple[Any, ...] = ("file", st.st_size, st.st_mtime_ns)  # the same on every host
             else:
                 buffer = read_bytes(url, storage_options=storage_options)
+                identity = ("bytes", len(buffer), zlib.crc32(buffer))
         except (FileNotFoundError, ShardNotFoundError) as e:
             raise ShardNotFoundError(f"index {url} does not exist ({fix})") from e
         except OSError as e:  # a folder, no permission, an I/O error
@@ -187,9 +194,12 @@ class SampleIndex:
         if not len(buffer):
             raise DamagedIndexError(f"index {url} is empty (0 bytes): {fix}")
         try:
-            return cls(buffer, url)
+            index = cls(buffer, url)
         except DamagedIndexError as e:
             raise DamagedIndexError(f"{e} ({fix})") from None
+        layout = zlib.crc32(b"".join(a.tobytes() for a in (index.starts, index.sizes, index.flags)))
+        index.identity = (*identity, layout)  # (the per-shard arrays: small, read anyway)
+        return index
 
     def __len__(self) -> int:
         return self.samples
