@@ -147,6 +147,7 @@ MODULES: dict[str, list[str]] = {
         "tests/test_state_checks.py",
     ],
     "split/block.py": ["tests/test_split_block_units.py", "tests/test_block_shuffle.py", "tests/test_block_reads.py"],
+    "io/budget.py": ["tests/test_budget_units.py", "tests/test_stream_units.py", "tests/test_ranged_units.py"],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these
