@@ -148,6 +148,13 @@ MODULES: dict[str, list[str]] = {
     ],
     "split/block.py": ["tests/test_split_block_units.py", "tests/test_block_shuffle.py", "tests/test_block_reads.py"],
     "io/budget.py": ["tests/test_budget_units.py", "tests/test_stream_units.py", "tests/test_ranged_units.py"],
+    "augment/resample.py": [
+        "tests/test_resample_units.py",
+        "tests/test_resample_quality.py",
+        "tests/test_geometry_nocv2.py",
+        "tests/test_geometry_units.py",
+        "tests/test_fused.py",
+    ],
 }
 
 #: modules of which only some functions are measured: mutants whose name holds one of these
