@@ -1,8 +1,10 @@
 """Resampling kernels on uint8 arrays: antialiased resize, resized crops, YUV-plane crops.
 
 PIL and torchvision's antialiased bilinear resize weigh the source with a triangle as
-wide as the scale ratio ``r``. With OpenCV installed we get the same result (within
-about a grey level, also on noisy texture) several times faster: a small separable
+wide as the scale ratio ``r``. With OpenCV installed we get nearly the same result several
+times faster (within about a grey level on photos, BENCHMARKS.md; on pixel-level noise the
+two filters cut detail differently: white noise differs by a mean of 1.4-6 levels, most near
+ratios 1.6 and 3.4): a small separable
 prefilter whose variance tops bilinear sampling's own up to the triangle's (``r^2 / 6``
 source pixels squared), then bilinear sampling; beyond ``r = 3``, first exact k x k block
 means (OpenCV's fast integer ``INTER_AREA``), counted in the variance. The prefilter's
