@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sys
 import time
@@ -92,6 +93,18 @@ def test_resume_mid_epoch_with_everything_restarted(fleet, config, local_epochs)
     assert rest == local_epochs[1][7:]
 
 
+def test_a_state_saved_after_an_epoch_resumes_with_the_next(fleet, local_epochs):
+    """A checkpoint taken after an epoch's last batch holds no positions and names the next epoch."""
+    endpoints = [s.endpoint for s in fleet]
+    with RemoteLoader(endpoints, timeout=10) as loader:
+        assert batches_of(loader) == local_epochs[0]
+        state = json.loads(json.dumps(loader.state_dict()))
+    assert (state["epoch"], state["next_part"], state["states"], state["done"]) == (1, 0, None, None)
+    with RemoteLoader(endpoints, timeout=10) as loader:
+        loader.load_state_dict(state)
+        assert batches_of(loader) == local_epochs[1]
+
+
 def _signal_after(server, loader, n: int, sig: int) -> list:
     """An epoch's batches, sending ``sig`` to ``server`` after the ``n``-th."""
     out = []
@@ -102,7 +115,7 @@ def _signal_after(server, loader, n: int, sig: int) -> list:
     return out
 
 
-def test_failover_killed_and_stopped_servers_rejoin_and_none_left(config, local_epochs):
+def test_failover_killed_and_stopped_servers_rejoin_and_none_left(config, local_epochs, caplog):
     """SIGKILL, restart and rejoin, SIGSTOP, then no server left: each epoch still exactly once."""
     a, b = start_servers(config, 2, workers=2)
     restarted = None
@@ -114,6 +127,9 @@ def test_failover_killed_and_stopped_servers_rejoin_and_none_left(config, local_
             # epoch 0: server a killed after 3 batches; its parts continue on b from the last batch received
             assert _signal_after(a, loader, 3, signal.SIGKILL) == local_epochs[0]
             assert loader.stats["servers_lost"] == 1 and loader.stats["reassigned"] == 2
+            dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+            assert len(dropped) == 1 and dropped[0].startswith(f"server {a.endpoint} dropped: no message for 4s")
+            assert re.search(r"; parts \[\d+, \d+\] continue elsewhere$", dropped[0]), dropped
             # a restarts on its port and rejoins at the next epoch; b stops (SIGSTOP) after 2 batches
             a.stop()
             restarted = ServerProcess(config, 2, a.endpoint).wait_ready()
@@ -124,6 +140,7 @@ def test_failover_killed_and_stopped_servers_rejoin_and_none_left(config, local_
             # epoch 2: the restarted server dies too: a clear error naming the servers
             loader.rejoin_wait = 0.5  # b is still stopped: do not wait long for it
             it = iter(loader)
+            assert f"server {b.endpoint} did not answer; epoch 2 runs without it" in caplog.messages
             next(it)
             restarted.stop()
             with pytest.raises(
@@ -133,6 +150,9 @@ def test_failover_killed_and_stopped_servers_rejoin_and_none_left(config, local_
             ):
                 for _ in it:
                     pass
+            # the next epoch asks both again for rejoin_wait (not timeout) seconds, and says which it waited
+            with pytest.raises(RemoteError, match=rf"no server answered within 0.5s: {a.endpoint}, {b.endpoint} "):
+                iter(loader)
         with RemoteLoader([a.endpoint], timeout=0.5) as loader:
             with pytest.raises(RemoteError, match=rf"no server answered within 0.5s: {a.endpoint}"):
                 iter(loader)
