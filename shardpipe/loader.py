@@ -271,6 +271,9 @@ class ShardLoader(DataLoader):
                 it = super().__iter__()  # fresh workers start now (persistent ones kept theirs), taking the pool
             finally:
                 ds.workers_started()
+        for data in it.take_discarded():  # a pass left early: its batches in flight go back to the pool
+            if buffers is not None and isinstance(data, tuple) and len(data) == 2:
+                buffers.free_unseen(data[1])
         try:
             while True:
                 try:

@@ -35,12 +35,33 @@ class WatchedWorkersIter(_MultiProcessingDataLoaderIter):
 
     def __init__(self, loader: Any) -> None:
         self._context_name = describe_context(loader.multiprocessing_context)
+        self.discarded: list[Any] = []  # items a reset of persistent workers dropped (``take_discarded``)
         super().__init__(loader)
         remember_own_threads(self)
 
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
-        super()._reset(loader, first_iter)
+        if first_iter:
+            super()._reset(loader, first_iter)
+        else:  # persistent workers: torch drops what the last pass had in flight, which ``discarded`` keeps
+            self.discarded = [info[1] for info in self._task_info.values() if len(info) == 2]  # received early
+            self._get_data = self._get_discarded  # type: ignore[method-assign]  # (what the drain reads)
+            try:
+                super()._reset(loader, first_iter)
+            finally:
+                del self._get_data
         remember_own_threads(self)
+
+    def _get_discarded(self) -> tuple[Any, Any]:
+        """torch's ``_get_data`` while a reset drains the last pass: its items are kept in ``discarded``."""
+        idx, data = super()._get_data()
+        if not isinstance(idx, _utils.worker._ResumeIteration):
+            self.discarded.append(data)
+        return idx, data
+
+    def take_discarded(self) -> list[Any]:
+        """What the workers sent for a pass the loop left before its end (and it never saw); once."""
+        out, self.discarded = self.discarded, []
+        return out
 
     def _try_get_data(self, timeout: float = _utils.MP_STATUS_CHECK_INTERVAL) -> tuple[bool, Any]:
         deadline = time.monotonic() + timeout

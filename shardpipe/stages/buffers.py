@@ -186,6 +186,24 @@ class BatchBuffers:
         self._hold(storage, worker, ref.slot, seg)
         return tensor
 
+    def free_unseen(self, item: Any) -> int:
+        """Free the slots of a batch the loop never received (what persistent workers sent for a pass the
+        loop left early: torch drops it at the next pass's start); returns how many."""
+        if not isinstance(item, dict):
+            return 0
+        rows, freed = self._rows(), 0
+        for value in item.values():
+            if isinstance(value, SlotRef):
+                seg = value.segment
+            elif isinstance(value, torch.Tensor) and value.layout == torch.strided and value.is_shared():
+                seg = _segment_id(value.untyped_storage())
+            else:
+                continue
+            busy = (rows[:, :, _ID] == seg) & (rows[:, :, _BUSY] == 1)
+            rows[busy, _BUSY] = 0
+            freed += int(busy.sum())
+        return freed
+
     def release(self) -> int:
         """Free the slots whose batches nobody uses any more; returns how many."""
         freed = 0
