@@ -262,6 +262,7 @@ class ShardLoader(DataLoader):
         # pinned batches are copied before the loop sees them, so only unpinned ones recycle buffers
         first = self._next_worker
         plan = WorkerPlan(ds.epoch, first, resume)
+        self._replace_exited_workers(ds.epoch)
         buffers = self._pass_buffers()
         with _STARTING:  # another loader over the same source starts its workers with its own pool
             ds.open_worker_pass(plan, buffers=buffers)
@@ -269,6 +270,9 @@ class ShardLoader(DataLoader):
                 self.multiprocessing_context = choose_context("auto", ds)
             try:
                 it = super().__iter__()  # fresh workers start now (persistent ones kept theirs), taking the pool
+            except WorkerDiedError:
+                self._iterator = None  # a persistent worker died as its pass began: the next pass starts new ones
+                raise
             finally:
                 ds.workers_started()
         for data in it.take_discarded():  # a pass left early: its batches in flight go back to the pool
@@ -297,6 +301,18 @@ class ShardLoader(DataLoader):
         finally:
             if self._passes == this_pass:  # not if a later pass has published its own plan
                 ds.set_worker_plan(None)
+                if self._iterator is it:  # persistent workers wait for the next pass
+                    it.quiet_between_passes()
+
+    def _replace_exited_workers(self, epoch: int) -> None:
+        """Persistent workers: if one has exited since the last pass (the OOM killer, a crash), start new
+        ones for this pass, which starts from its plan as fresh workers would: nothing is lost or repeated."""
+        if not self.persistent_workers or self._iterator is None:
+            return
+        gone = self._iterator.exited_between_passes()
+        if gone is not None:
+            log.warning("%s between passes; the others were stopped, and new workers start epoch %d", gone, epoch)
+            self._iterator = None
 
     def _pass_buffers(self) -> BatchBuffers | None:
         """The recycled batch buffers of this pass: its own for fresh workers, the same as before for

@@ -44,6 +44,9 @@ class WatchedWorkersIter(_MultiProcessingDataLoaderIter):
             super()._reset(loader, first_iter)
         else:  # persistent workers: torch drops what the last pass had in flight, which ``discarded`` keeps
             self.discarded = [info[1] for info in self._task_info.values() if len(info) == 2]  # received early
+            if not self._worker_pids_set:  # a worker's death is raised again (``quiet_between_passes``)
+                _utils.signal_handling._set_worker_pids(id(self), tuple(w.pid for w in self._workers))
+                self._worker_pids_set = True
             self._get_data = self._get_discarded  # type: ignore[method-assign]  # (what the drain reads)
             try:
                 super()._reset(loader, first_iter)
@@ -62,6 +65,25 @@ class WatchedWorkersIter(_MultiProcessingDataLoaderIter):
         """What the workers sent for a pass the loop left before its end (and it never saw); once."""
         out, self.discarded = self.discarded, []
         return out
+
+    def quiet_between_passes(self) -> None:
+        """Between passes of persistent workers, a forked worker's death is not raised in the program's
+        own code: torch's SIGCHLD handler would raise it in whatever runs then (validation, a checkpoint
+        save). The next pass checks the workers first (``exited_between_passes``) and re-arms it."""
+        if self._worker_pids_set:
+            _utils.signal_handling._remove_worker_pids(id(self))
+            self._worker_pids_set = False
+
+    def exited_between_passes(self) -> str | None:
+        """Before a pass of persistent workers: 'DataLoader worker 1 (pid N) was killed by SIGKILL' for a
+        worker that has exited since the last pass (every worker is then stopped), else None."""
+        dead = self._dead_workers(0.0)
+        if not dead:
+            return None
+        process = self._workers[dead[0]]
+        text = f"DataLoader worker {dead[0]} (pid {process.pid}) {describe_exit(process.exitcode)}"
+        stop_workers(self)
+        return text
 
     def _try_get_data(self, timeout: float = _utils.MP_STATUS_CHECK_INTERVAL) -> tuple[bool, Any]:
         deadline = time.monotonic() + timeout

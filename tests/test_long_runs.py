@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -100,3 +101,50 @@ def test_a_loop_that_leaves_each_epoch_early_keeps_recycling_batch_buffers(tmp_p
     assert r["right"] and r["kept"] == [True] * 4
     assert r["keys"] == [f"sample{i:05d}" for i in range(sum(COUNTS))]
     assert r["segments"] <= r["slots"] < r["batches"], r  # recycled: at most SLOTS per worker
+
+
+KILLED_BETWEEN_EPOCHS = """
+if sys.argv[1] == "forkserver":  # a thread beside the loop (a progress bar's): workers come from the forkserver
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
+fresh = ShardLoader(dataset(), num_workers=2)
+expected = [[tuple(b["__key__"]) for b in fresh] for _ in range(3)]
+loader = ShardLoader(dataset(), num_workers=2, persistent_workers=True)
+epochs = [[tuple(b["__key__"]) for b in loader]]
+victim = loader._iterator._workers[1].pid
+os.kill(victim, signal.SIGKILL)  # the OOM killer, while the program validates or saves a checkpoint
+for _ in range(3000):  # until it is gone (a zombie, for a forked worker)
+    try:
+        if open(f"/proc/{{victim}}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+    except FileNotFoundError:
+        break
+    time.sleep(0.01)
+time.sleep(0.5)  # the program goes on with its own work
+right = True
+for epoch in (1, 2):
+    ref, keys = pixels(epoch), []
+    for b in loader:
+        keys.append(tuple(b["__key__"]))
+        right = right and same(b, ref)
+    epochs.append(keys)
+report(same_order=epochs == expected, right=right, victim=victim)
+"""
+
+
+@pytest.mark.parametrize("context", ["fork", "forkserver"])
+def test_a_persistent_worker_killed_between_epochs_is_replaced_and_the_next_epochs_are_exact(
+    tmp_path, manifest, context
+):
+    """A forked worker's death was raised by torch's SIGCHLD handler in the program's own code between
+    epochs; a forkserver worker's made the next epoch a WorkerDiedError and every later one 'Queue is
+    closed'. Now the next pass starts new workers, with a warning, and the epochs come out exactly as
+    with fresh workers."""
+    program = KILLED_BETWEEN_EPOCHS.replace("sys.argv[1]", repr(context))
+    r, err = run_program(tmp_path, manifest, program)
+    assert r["same_order"] and r["right"], r
+    assert re.search(
+        rf"^DataLoader worker 1 \(pid {r['victim']}\) was killed by SIGKILL between passes; the others were "
+        r"stopped, and new workers start epoch 1$",
+        err,
+        re.M,
+    ), err
