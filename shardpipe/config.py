@@ -43,6 +43,8 @@ def _value(v: Any) -> Any:
     if isinstance(v, list):
         return tuple(v)
     if isinstance(v, dict) and set(v) == {"ramp"}:
+        if not isinstance(v["ramp"], dict):
+            raise ValueError(f"a ramp is a mapping, as {{ramp: {{start: 160, end: 224, end_epoch: 30}}}}; got {v!r}")
         return augment.ramp(**v["ramp"])
     return v
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from shardpipe import ShardDataset, ShardLoader
-from shardpipe.augment import CenterCrop, Compose, RandomHorizontalFlip, RandomResizedCrop, Resize, at_epoch, ramp
+from shardpipe.augment import (
+    CenterCrop,
+    Compose,
+    Ramp,
+    RandomHorizontalFlip,
+    RandomResizedCrop,
+    Resize,
+    at_epoch,
+    ramp,
+)
 from shardpipe.config import build_transform
 from shardpipe.image.decoders import get_decoder
 from shardpipe.stages import Decode, GroupSamples, Pipeline, ShardList, Untar, expand_urls
@@ -35,6 +46,31 @@ def test_ramp_interpolates_rounds_down_to_the_multiple_and_clamps():
 def test_ramp_refuses_bad_arguments(args, message):
     with pytest.raises(ValueError, match=message):
         ramp(*args)
+
+
+@pytest.mark.parametrize("make", [ramp, Ramp], ids=["ramp", "Ramp"])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"start": 160, "end": 224.5, "end_epoch": 2}, "ramp end must be an integer, got 224.5"),
+        ({"start": 160.7, "end": 224}, "ramp start must be an integer, got 160.7"),
+        ({"start": 160, "end": 224, "end_epoch": 2.5}, "ramp end_epoch must be an integer, got 2.5"),
+        ({"start": True, "end": 224}, "ramp start must be an integer, got True"),
+        ({"start": "160", "end": 224}, "ramp start must be an integer, got '160'"),
+    ],
+)
+def test_a_schedule_with_a_non_integer_is_refused_where_it_is_made(make, kwargs, message):
+    """Not when a later epoch reaches the bad size in the workers (``Ramp``), nor rounded quietly (``ramp``)."""
+    with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
+        RandomResizedCrop(make(**kwargs))
+    assert ramp(160.0, np.int64(224), end_epoch=3.0) == Ramp(160, 224, 0, 3)  # integral values, as YAML may write
+
+
+def test_config_refuses_a_ramp_that_is_not_a_mapping():
+    with pytest.raises(
+        ValueError, match=r"^a ramp is a mapping, as \{ramp: \{start: 160, .*got \{'ramp': \[160, 224\]\}$"
+    ):
+        build_transform([{"RandomResizedCrop": {"size": {"ramp": [160, 224]}}}])
 
 
 def test_at_epoch_fixes_sizes_and_leaves_plain_transforms_alone():

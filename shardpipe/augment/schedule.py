@@ -10,7 +10,8 @@ change between epochs only.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -29,6 +30,8 @@ class Ramp:
     multiple: int = 32
 
     def __post_init__(self) -> None:
+        for field in fields(self):  # checked here, not when a later epoch reaches a bad size in the workers
+            object.__setattr__(self, field.name, _integer(field.name, getattr(self, field.name)))
         if self.start < 1 or self.end < 1:
             raise ValueError(f"ramp sizes must be positive, got start={self.start}, end={self.end}")
         if self.end_epoch <= self.start_epoch:
@@ -51,9 +54,17 @@ class Ramp:
         return min(hi, max(lo, rounded))
 
 
+def _integer(name: str, value: Any) -> int:
+    """``value`` as an int: an integer (numpy's too) or an integral float (YAML may write ``160.0``)."""
+    integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+    if isinstance(value, bool) or not integral:
+        raise TypeError(f"ramp {name} must be an integer, got {value!r}")
+    return int(value)
+
+
 def ramp(start: int, end: int, start_epoch: int = 0, end_epoch: int = 1, multiple: int = 32) -> Ramp:
     """A size schedule for ``RandomResizedCrop``, ``Resize`` and ``CenterCrop`` (see ``Ramp``)."""
-    return Ramp(int(start), int(end), int(start_epoch), int(end_epoch), int(multiple))
+    return Ramp(start, end, start_epoch, end_epoch, multiple)
 
 
 def at_epoch(transform: Any, epoch: int) -> Any:
