@@ -121,3 +121,25 @@ def test_a_jsonl_path_label_or_key_that_is_an_array_or_object_is_a_listed_skip(p
     assert "list.jsonl:2: path is an array, not a single value" in run.stdout
     assert "list.jsonl:3: key is an object, not a single value" in run.stdout
     assert labels(photos / "out") == {"img/3.cls": b"1"} and manifest(photos / "out")["class_names"] is None
+
+
+def test_csv_messages_name_the_line_an_editor_shows_after_a_cell_with_line_breaks(photos: Path):
+    """A quoted cell holding line breaks is one row over several lines: the row counter named line 3 for a row
+    on line 4, and drifted further with each such cell."""
+    listing = photos / "list.csv"
+    listing.write_text(
+        'path,label,caption\nimg/0.jpg,0,"a cat\non two lines"\nimg/1.jpg,1,ok,extra\n,1,no path\n'
+        'img/2.jpg,0,"three\nline\ncaption"\nimg/3.jpg,1,x,y\n'
+    )
+    run = write(listing, photos / "out" / "s-%02d.tar")
+    assert run.returncode == 0, run.stderr
+    assert "  list.csv:4: 4 columns, but the header has 3" in run.stdout
+    assert "  list.csv:5: no path field (one of path, file, filename, image, img, image_path)" in run.stdout
+    assert "  list.csv:9: 4 columns, but the header has 3" in run.stdout
+    with tarfile.open(photos / "out" / "s-00.tar") as tar:
+        captions = {m.name: json.load(tar.extractfile(m))["caption"] for m in tar if m.name.endswith(".json")}
+    assert captions == {"img/0.json": "a cat\non two lines", "img/2.json": "three\nline\ncaption"}
+    listing.write_bytes(b'path,caption\nimg/0.jpg,"two\nlines"\nimg/1.jpg,caf\xe9\n')
+    run = write(listing, photos / "out2" / "s-%02d.tar")
+    assert run.returncode == 2
+    assert f"error: {listing}:4: not UTF-8 text (byte 0xe9)" in run.stderr

@@ -100,7 +100,10 @@ class CsvSource(_ListSource):
         with open(self.path, newline="", **ENCODING) as f:
             header: list[str] | None = None
             # skipinitialspace: ``a.jpg, "x, y"`` reads the quoted cell as one, like ``a.jpg,"x, y"``
-            for line, cells in enumerate(csv.reader(f, delimiter=delimiter, skipinitialspace=True), 1):
+            reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
+            read = 0  # physical lines read: a quoted cell may hold line breaks
+            for cells in reader:
+                line, read = read + 1, reader.line_num  # the line the row starts on, as an editor shows it
                 check_utf8("".join(cells), f"{self.path}:{line}")
                 if not any(c.strip() for c in cells):
                     continue
