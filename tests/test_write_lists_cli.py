@@ -143,3 +143,52 @@ def test_csv_messages_name_the_line_an_editor_shows_after_a_cell_with_line_break
     run = write(listing, photos / "out2" / "s-%02d.tar")
     assert run.returncode == 2
     assert f"error: {listing}:4: not UTF-8 text (byte 0xe9)" in run.stderr
+
+
+@pytest.mark.parametrize(("sep", "name"), [(";", "semicolon"), ("\t", "tab"), ("|", "vertical bar")])
+def test_a_csv_separated_by_another_character_is_read_by_its_columns(photos: Path, sep: str, name: str):
+    """European spreadsheets save CSV with semicolons: read with commas, each row was one cell naming no file,
+    so every row was skipped as 'cannot read'. The summary says which separator was used."""
+    listing = photos / "list.csv"
+    rows = ["path;label;caption", "img/0.jpg;cat;a cat, asleep", "img/1.jpg;dog;a dog"]
+    listing.write_text("".join(row.replace(";", sep) + "\n" for row in rows))
+    run = write(listing, photos / "out" / "s-%02d.tar")
+    assert run.returncode == 0, run.stderr
+    assert f"read: list.csv: {name}-separated (found in its first line)" in run.stdout
+    assert "skipped: nothing" in run.stdout
+    assert labels(photos / "out") == {"img/0.cls": b"0", "img/1.cls": b"1"}
+    assert manifest(photos / "out")["class_names"] == ["cat", "dog"]
+
+
+def test_a_comma_separated_csv_says_so_and_a_header_naming_columns_decides(photos: Path):
+    listing = photos / "list.csv"
+    listing.write_text("path,label,note (a;b)\nimg/0.jpg,3,x\n")  # commas split it into known names; semicolons not
+    run = write(listing, photos / "out" / "s-%02d.tar")
+    assert run.returncode == 0, run.stderr
+    assert "read: list.csv: comma-separated (found in its first line)" in run.stdout
+    assert labels(photos / "out") == {"img/0.cls": b"3"}
+
+
+@pytest.mark.parametrize(
+    ("first", "message"),
+    [
+        (
+            "img/0.jpg,dog;cat",
+            "1: cannot tell how the columns are separated: the first line splits at a comma and at a semicolon: "
+            "start the list with a header naming its columns (path,label)",
+        ),
+        (
+            "path label",
+            "1: the header (path label) is one column: separate its columns with a comma, semicolon, tab or "
+            "vertical bar",
+        ),
+    ],
+)
+def test_a_csv_whose_first_line_cannot_be_split_is_refused(photos: Path, first: str, message: str):
+    """Guessing would read every row wrong (each a skip, or a label taken from the wrong cell)."""
+    listing = photos / "list.csv"
+    listing.write_text(f"\n{first}\nimg/1.jpg,dog\n")
+    run = write(listing, photos / "out" / "s-%02d.tar")
+    assert run.returncode == 2
+    assert f"shardpipe write: error: {listing}:{message.replace('1:', '2:', 1)}" in run.stderr
+    assert "Traceback" not in run.stderr and not (photos / "out").exists()

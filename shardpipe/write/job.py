@@ -66,7 +66,7 @@ def _checked(scan: Scan) -> Scan:
     UTF-8 is one listed skip, not a write that fails when its sample reaches the tar writer."""
     records, bad = checked_records(scan.records)
     skipped = [Skip(printable(s.name), printable(s.reason)) for s in scan.skipped] + bad
-    return Scan(records, skipped, scan.class_names)
+    return Scan(records, skipped, scan.class_names, scan.note)
 
 
 def _finished_summary(manifest: dict[str, Any], folder: str, seconds: float) -> WriteSummary:
@@ -170,5 +170,5 @@ def write_shards(
         with tqdm(total=len(records), unit="img", disable=not opts.progress, dynamic_ncols=True) as bar:
             summary = write_planned(run, bar) if opts.maxsize is None else write_rolling(run, bar)
     return replace(
-        summary, class_names=scan.class_names, shuffled=shuffle, seconds=time.perf_counter() - t0
+        summary, class_names=scan.class_names, shuffled=shuffle, seconds=time.perf_counter() - t0, read_as=scan.note
     )  # fmt: skip

@@ -59,6 +59,7 @@ class Scan:
     records: list[Record]
     skipped: list[Skip] = field(default_factory=list)
     class_names: list[str] | None = None
+    note: str | None = None  #: how the source was read, for the summary (a CSV list's column separator)
 
 
 class Loaded(NamedTuple):

@@ -14,9 +14,12 @@ from shardpipe.write.sources.base import Record, Scan, Skip, Source, apply_label
 PATH_FIELDS = ("path", "file", "filename", "image", "img", "image_path")
 LABEL_FIELDS = ("label", "cls", "class", "target")
 KEY_FIELDS = ("key", "__key__")
+FIELDS = frozenset(PATH_FIELDS + LABEL_FIELDS + KEY_FIELDS)
+#: the column separators a CSV list may use (found from its first line: ``find_delimiter``), as messages name them
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "vertical bar"}
 #: CSV cells read without surrounding whitespace, as the header is (``path, label`` rows like
 #: ``0.jpg, 3``): the cells shardpipe reads itself; other columns go into ``.json`` as written
-STRIPPED = frozenset(PATH_FIELDS + LABEL_FIELDS + KEY_FIELDS)
+STRIPPED = FIELDS
 #: how a list file is read: a UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped, and bytes that
 #: are not UTF-8 become stand-ins that :func:`check_utf8` turns into an error naming the line
 ENCODING = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
@@ -90,17 +93,30 @@ class CsvSource(_ListSource):
     mapped to sorted indices), an optional ``key`` column; other columns go into ``.json``.
     Without a recognised header, column 1 is the path and column 2 the label; a first row naming a
     label or key column but no path column is an error (read as data, its label cell would be a class).
-    Relative paths are relative to the CSV file's folder (or ``root``).
+    Relative paths are relative to the CSV file's folder (or ``root``). Columns are separated by
+    commas, semicolons, tabs or vertical bars: which, ``scan`` finds from the first line (:func:`find_delimiter`).
     """
 
     kind = "csv"
 
+    def __init__(self, path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None):
+        super().__init__(path, root)
+        #: the column separator, found from the first line by ``scan``
+        self.delimiter = "\t" if self.path.lower().endswith(".tsv") else ","
+
+    def scan(self) -> Scan:
+        if os.path.isfile(self.path):
+            self.delimiter, how = find_delimiter(self.path, self.delimiter)
+            scan = super().scan()
+            scan.note = f"{os.path.basename(self.path)}: {how}"
+            return scan
+        return super().scan()
+
     def rows(self) -> Iterable[tuple[int, dict[str, Any] | str]]:
-        delimiter = "\t" if self.path.lower().endswith(".tsv") else ","
         with open(self.path, newline="", **ENCODING) as f:
             header: list[str] | None = None
             # skipinitialspace: ``a.jpg, "x, y"`` reads the quoted cell as one, like ``a.jpg,"x, y"``
-            reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
+            reader = csv.reader(f, delimiter=self.delimiter, skipinitialspace=True)
             read = 0  # physical lines read: a quoted cell may hold line breaks
             for cells in reader:
                 line, read = read + 1, reader.line_num  # the line the row starts on, as an editor shows it
@@ -122,6 +138,51 @@ class CsvSource(_ListSource):
                     yield line, f"{len(cells)} columns, but the header has {len(header)}"
                     continue
                 yield line, {h: c.strip() if h in STRIPPED else c for h, c in zip(header, cells)}
+
+
+def find_delimiter(path: str, default: str) -> tuple[str, str]:
+    """The column separator of the CSV list at ``path``, from its first line, and how it was found.
+
+    European spreadsheets save ``;``-separated "CSV"; read with ``,``, each row was one path
+    cell naming no file. A header naming known columns (``path;label``) decides; a first line
+    of data, the one candidate that splits it. A first line that splits at several candidates
+    with none naming a known column, or one cell holding column names (``path label``), is a
+    ``ValueError`` naming the line: guessing would read every row wrong.
+    """
+    with open(path, newline="", **ENCODING) as f:
+        first = next(((n, t) for n, t in enumerate(f, 1) if t.strip()), None)
+    if first is None:
+        return default, "an empty list"
+    line, text = first
+    check_utf8(text, f"{path}:{line}")
+    order = [default, *(d for d in DELIMITERS if d != default)]
+    cells = {d: next(csv.reader([text], delimiter=d, skipinitialspace=True), []) for d in order}
+    split = [d for d in order if len(cells[d]) > 1]
+    named = {d: sum(c.strip().lower() in FIELDS for c in cells[d]) for d in split}
+    best = max(named.values(), default=0)
+    if best:
+        split = [d for d in split if named[d] == best]
+    if len(split) == 1:
+        return split[0], f"{DELIMITERS[split[0]]}-separated (found in its first line)"
+    where = f"{path}:{line}"
+    if split:
+        raise ValueError(
+            f"{where}: cannot tell how the columns are separated: the first line splits at a "
+            f"{_either(split, 'and at a')}: start the list with a header naming its columns (path{split[0]}label)"
+        )
+    words = {w.lower() for w in re.split(r"[^A-Za-z_]+", text)}
+    if not re.search(r"[./\\]", text) and words & set(PATH_FIELDS) and len(words - {""}) > 1:
+        raise ValueError(
+            f"{where}: the header ({text.strip()}) is one column: separate its columns with a "
+            f"{_either(list(DELIMITERS))}"
+        )
+    return default, f"one column (no {_either(list(DELIMITERS))} in its first line)"
+
+
+def _either(delimiters: list[str], last: str = "or") -> str:
+    """``comma, semicolon or tab`` for ``[",", ";", "\\t"]``."""
+    names = [DELIMITERS[d] for d in delimiters]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {last} {names[-1]}"
 
 
 class JsonlSource(_ListSource):
