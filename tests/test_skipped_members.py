@@ -69,3 +69,24 @@ def test_index_and_verify_name_each_shard_with_skipped_links(tmp_path: Path):
     ]
     parallel = strict_cli("verify", "manifest.json", "--workers", "2", cwd=tmp_path)
     assert parallel.returncode == 0 and warnings(parallel.stderr) == expected, parallel.stderr
+
+
+def test_inspect_names_each_shard_with_skipped_links_as_index_and_verify_do(tmp_path: Path):
+    """inspect said nothing of them: 2 samples in a shard of 6 members, as if the links were not there."""
+    tar_with_links(tmp_path / "s-0.tar", links=1, symlinks=2, sparse=1)
+    tar_with_links(tmp_path / "s-1.tar", links=0, symlinks=0, sparse=0)
+    expected = [
+        f"WARNING shard {tmp_path / 's-0.tar'}: skipped 1 GNU sparse file, 1 hard link and 2 symbolic links: {NOTE}"
+    ]
+    table = strict_cli("inspect", str(tmp_path / "s-{0..1}.tar"))
+    assert table.returncode == 0, table.stderr
+    assert warnings(table.stderr) == expected
+    assert "total: 2 shards, 4 samples" in table.stdout
+    report = strict_cli("inspect", str(tmp_path / "s-{0..1}.tar"), "--json")
+    assert report.returncode == 0 and warnings(report.stderr) == expected, report.stderr
+    shards = json.loads(report.stdout)
+    assert [s["skipped"] for s in shards["shards"]] == [
+        {"GNU sparse file": 1, "hard link": 1, "symbolic link": 2},
+        {},
+    ]
+    assert shards["total"]["skipped"] == {"GNU sparse file": 1, "hard link": 1, "symbolic link": 2}

@@ -1,7 +1,8 @@
 """``shardpipe inspect URLS``: what is in a set of shards, per shard and in total.
 
 Samples, extensions, bytes, image sizes (read from the image headers, no pixel is
-decoded: min/median/max of width and height) and the first keys. URLS is a brace
+decoded: min/median/max of width and height) and the first keys; a warning for each shard holding
+links or sparse files (skipped, as streaming skips them). URLS is a brace
 pattern (``out/train-{000000..000009}.tar``), a quoted glob (``'out/train-*.tar'``),
 several joined by ``::``, or a manifest (its shards are inspected).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 from collections import Counter
 from collections.abc import Iterator
@@ -18,9 +20,11 @@ from typing import IO, Any
 
 from shardpipe.errors import DuplicateMemberError, ErrorHandler, ShardpipeError
 from shardpipe.format.sample import is_image_field
-from shardpipe.format.tar.reader import MAX_MEMBER_SIZE
+from shardpipe.format.tar.reader import MAX_MEMBER_SIZE, skipped_note
 from shardpipe.io.files import open_shard
 from shardpipe.io.verify import HashingReader
+
+log = logging.getLogger("shardpipe")
 
 
 class _Recording(ErrorHandler):
@@ -114,6 +118,7 @@ class ShardSummary:
     unreadable_headers: int = 0
     error: str | None = None
     problems: list[str] = field(default_factory=list)
+    skipped: Counter[str] = field(default_factory=Counter)  #: links and sparse files stepped over, by kind
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -121,6 +126,7 @@ class ShardSummary:
             "extensions": dict(sorted(self.extensions.items())), "first_keys": self.first_keys,
             "width": _stats(self.widths), "height": _stats(self.heights),
             "unreadable_headers": self.unreadable_headers, "error": self.error, "problems": self.problems,
+            "skipped": dict(sorted(self.skipped.items())),
         }  # fmt: skip
 
 
@@ -142,6 +148,7 @@ def inspect_shard(url: str, first: int = 5, storage_options: dict[str, Any] | No
                     out.widths.append(size[0])
                     out.heights.append(size[1])
     out.bytes, out.error, out.problems = reader.size, reader.error, reader.problems
+    out.skipped.update(reader.skipped)
     return out
 
 
@@ -161,6 +168,9 @@ def inspect_shards(
         total.heights += s.heights
         total.unreadable_headers += s.unreadable_headers
         total.first_keys += s.first_keys[: first - len(total.first_keys)]
+        total.skipped.update(s.skipped)
+        if s.skipped:  # not a problem (streaming skips them too), but never silent: as index and verify say
+            log.warning("%s", skipped_note(s.url, s.skipped))
     result = total.to_json()
     del result["url"], result["error"], result["problems"]
     return {"shards": [s.to_json() for s in shards], "total": {"shards": len(shards), **result}}
