@@ -505,11 +505,14 @@ class _StatsFlusher:
         self._timers: dict[str, float] = {}
         self._counts: dict[str, int] = {}
         self._errors: dict[str, int] = {}
+        self._skipped: dict[str, int] = {}
 
     def flush(self) -> None:
         c = self.ctx
         dt = {k: v - self._timers.get(k, 0.0) for k, v in c.timers.items()}
         dc = {k: v - self._counts.get(k, 0) for k, v in c.counts.items()}
         de = {k: v - self._errors.get(k, 0) for k, v in c.errors.counts.items()}
-        self.stats.add(self.row, dt, dc, de)
+        dk = {k: v - self._skipped.get(k, 0) for k, v in c.skipped.items()}
+        self.stats.add(self.row, dt, dc, de, dk)
         self._timers, self._counts, self._errors = dict(c.timers), dict(c.counts), dict(c.errors.counts)
+        self._skipped = dict(c.skipped)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from shardpipe.format.tar.reader import SKIPPED_KINDS
+
 STAGES = ("read", "untar", "decode", "augment", "batch")
 ERRORS = (
     "ShardNotFoundError",
@@ -18,7 +20,14 @@ ERRORS = (
     "MissingFieldError",
     "other",
 )
-_SLOTS = [f"time.{s}" for s in STAGES] + [f"items.{s}" for s in STAGES] + [f"errors.{e}" for e in ERRORS]
+#: tar members stepped over (only regular files are members of samples), by kind
+SKIPPED = tuple(SKIPPED_KINDS.values())
+_SLOTS = (
+    [f"time.{s}" for s in STAGES]
+    + [f"items.{s}" for s in STAGES]
+    + [f"errors.{e}" for e in ERRORS]
+    + [f"skipped.{k}" for k in SKIPPED]
+)
 _INDEX = {name: i for i, name in enumerate(_SLOTS)}
 MAX_ROWS = 257  # row 0: the main process; rows 1..256: DataLoader workers
 
@@ -29,7 +38,14 @@ class SharedStats:
     def __init__(self) -> None:
         self.table = torch.zeros((MAX_ROWS, len(_SLOTS)), dtype=torch.float64).share_memory_()
 
-    def add(self, row: int, timers: dict[str, float], counts: dict[str, int], errors: dict[str, int]) -> None:
+    def add(
+        self,
+        row: int,
+        timers: dict[str, float],
+        counts: dict[str, int],
+        errors: dict[str, int],
+        skipped: dict[str, int] | None = None,
+    ) -> None:
         """Add deltas measured by one consumer into its row."""
         r = self.table[row % MAX_ROWS]
         for name, value in timers.items():
@@ -40,6 +56,9 @@ class SharedStats:
                 r[_INDEX[f"items.{name}"]] += value
         for name, value in errors.items():
             r[_INDEX.get(f"errors.{name}", _INDEX["errors.other"])] += value
+        for name, value in (skipped or {}).items():
+            if f"skipped.{name}" in _INDEX:
+                r[_INDEX[f"skipped.{name}"]] += value
 
     def totals(self) -> dict[str, float]:
         summed = self.table.sum(0).tolist()
@@ -49,6 +68,12 @@ class SharedStats:
         """Skipped items by error type (only non-zero entries)."""
         t = self.totals()
         return {e: int(t[f"errors.{e}"]) for e in ERRORS if t[f"errors.{e}"]}
+
+    def skipped(self) -> dict[str, int]:
+        """Tar members stepped over, by kind (hard links, symbolic links, GNU sparse files; only non-zero):
+        only regular files are members of samples, and a shard holding these may hold data meant as samples."""
+        t = self.totals()
+        return {k: int(t[f"skipped.{k}"]) for k in SKIPPED if t[f"skipped.{k}"]}
 
     def stage_table(self) -> dict[str, float]:
         """Seconds per 1000 samples for each stage (over the samples that reached decode)."""

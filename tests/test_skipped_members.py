@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from shardpipe.devtools.synth import make_jpeg
 
 from .helpers import strict_cli
 
+REPO = Path(__file__).resolve().parents[1]
 NOTE = "only regular files are read as members of samples (streaming too)"
 
 
@@ -90,3 +94,49 @@ def test_inspect_names_each_shard_with_skipped_links_as_index_and_verify_do(tmp_
         {},
     ]
     assert shards["total"]["skipped"] == {"GNU sparse file": 1, "hard link": 1, "symbolic link": 2}
+
+
+STREAM = """
+import json, logging, sys
+from shardpipe import ShardDataset, ShardLoader
+
+logging.basicConfig(format="%(levelname)s %(message)s")
+
+ds = ShardDataset(sys.argv[1], decode=None, batch_size=1, epoch_policy="drop")
+loader = ShardLoader(ds, num_workers=2)
+for epoch in range(2):
+    keys = sorted(k for b in loader for k in b["__key__"])
+    print(json.dumps({"keys": keys, "skipped": ds.stats.skipped()}), flush=True)
+"""
+
+
+def test_streaming_counts_skipped_links_in_its_stats_and_warns_once_per_shard_and_epoch(tmp_path: Path):
+    """ShardDataset stepped over them without a word. s-1's symbolic link lies between its two samples, which
+    the two DataLoader workers read one each: it is counted once (by the worker whose range it ends)."""
+    tar_with_links(tmp_path / "s-0.tar", links=1, symlinks=0, sparse=1)
+    with tarfile.open(tmp_path / "s-1.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+        for name in ("s-1-0.jpg", "link", "s-1-1.jpg"):
+            info = tarfile.TarInfo(name if name != "link" else "s-1-9.jpg")
+            if name == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, "s-1-0.jpg"
+                tf.addfile(info)
+                continue
+            data = make_jpeg(len(name), plain=True)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    tar_with_links(tmp_path / "s-2.tar", links=0, symlinks=0, sparse=0)
+    index = strict_cli("index", "s-{0..2}.tar", "-o", "manifest.json", "--no-progress", cwd=tmp_path)
+    assert index.returncode == 0, index.stderr
+    run = subprocess.run(
+        [sys.executable, "-c", STREAM, str(tmp_path / "manifest.json")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    epochs = [json.loads(line) for line in run.stdout.splitlines()]
+    keys = sorted(f"s-{s}-{i}" for s in range(3) for i in range(2))
+    once = {"GNU sparse file": 1, "hard link": 1, "symbolic link": 1}
+    assert epochs == [{"keys": keys, "skipped": once}, {"keys": keys, "skipped": {k: 2 * n for k, n in once.items()}}]
+    shards = {s: tmp_path / f"s-{s}.tar" for s in range(2)}
+    assert sorted(warnings(run.stderr)) == 2 * [  # once a shard in each epoch
+        f"WARNING shard {shards[0]}: skipped 1 GNU sparse file and 1 hard link: {NOTE}"
+    ] + 2 * [f"WARNING shard {shards[1]}: skipped 1 symbolic link: {NOTE}"]

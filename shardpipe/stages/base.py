@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -56,6 +57,8 @@ class Context:
     timers: dict[str, float] = field(default_factory=dict)
     #: stage name -> items that stage produced
     counts: dict[str, int] = field(default_factory=dict)
+    #: tar members stepped over, by kind (hard links, symbolic links, GNU sparse files): only regular files are read
+    skipped: Counter[str] = field(default_factory=Counter)
     #: ``progress(stage, shard_url)``: where this consumer is (DataLoader workers publish it
     #: for the loader's stall watchdog); None = not watched
     progress: Callable[[str, str | None], None] | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from typing import IO, NamedTuple
 
 from shardpipe.errors import CorruptShardError, ShardpipeError, ShardReadError, StateError
 from shardpipe.format.sample import split_name
-from shardpipe.format.tar.reader import BLOCK, MAX_MEMBER_SIZE, TarStream
+from shardpipe.format.tar.reader import BLOCK, MAX_MEMBER_SIZE, TarStream, skipped_note
 from shardpipe.io.deferred import DeferredBytes, SharedFile, unbuffered_local
 from shardpipe.io.opener import ShardOpener
 from shardpipe.io.verify import VerifyingReader
@@ -53,6 +54,10 @@ SHARD_STATE_KEYS = (
     "key",
 )
 MAX_KEY = 4096
+log = logging.getLogger("shardpipe")
+#: shard -> the epoch this process last warned of its skipped links or sparse files (once an epoch, as
+#: ``shardpipe index`` does once a run, also when the ``resample`` policy reads a shard again)
+_WARNED: dict[str, int] = {}
 
 
 class Untar(Stage[Member]):
@@ -77,6 +82,9 @@ class Untar(Stage[Member]):
     ``max_member_size``: see ``TarStream``. ``defer_from``: members of at least this many
     bytes in plain local shards are left in the file as ``DeferredBytes`` (read when a
     later ``Shuffle`` emits their sample; ``shardpipe.io.deferred``); None reads them all.
+    Hard links, symbolic links and GNU sparse files are stepped over (only regular files are members),
+    counted in ``skipped`` and the context's ``skipped`` (``dataset.stats.skipped()``), and a shard
+    holding any is logged once an epoch (``warn_skipped=False``: by a caller that reports them itself).
     """
 
     state_fields = {"shard": OPTIONAL}
@@ -89,12 +97,14 @@ class Untar(Stage[Member]):
         max_member_size: int | None = MAX_MEMBER_SIZE,
         verify: bool = False,
         defer_from: int | None = None,
+        warn_skipped: bool = True,
     ):
         super().__init__()
         self.opener: Opener = opener if opener is not None else ShardOpener()
         self.max_member_size = max_member_size
         self.verify = verify
         self.defer_from = defer_from
+        self.warn_skipped = warn_skipped
         self._file: SharedFile | None = None  # the current shard's descriptor for deferred members
         self._verifier: VerifyingReader | None = None
         self._complete = False  # the current shard was read to its end-of-archive block
@@ -109,6 +119,8 @@ class Untar(Stage[Member]):
         self._source_state: State | None = None  # the source's state after it gave this shard
         #: links and sparse files stepped over, by kind (``TarStream.skipped``), over every shard closed
         self.skipped: Counter[str] = Counter()
+        # the shard's skipped members before its sample range began (another consumer's); None: not begun
+        self._before: Counter[str] | None = None
 
     def _open_stream(self, shard: Shard, offset: int) -> IO[bytes]:
         """The opener's stream, after telling it which shards come next (for prefetching)."""
@@ -158,6 +170,7 @@ class Untar(Stage[Member]):
         # a fresh object per visit: a plan may list one shard twice in a row
         self._shard, self._ordinal, self._key = dataclasses.replace(shard), 0, None
         self._complete = False
+        self._before = None if shard.start else Counter()
         verify = self.verify and (shard.sha256 is not None or shard.size is not None)
         # gzip streams cannot seek, and a verified shard is hashed from its first byte:
         # both start at 0 and discard up to the offset
@@ -173,9 +186,17 @@ class Untar(Stage[Member]):
         if start != offset:
             self._tar.skip_to(offset)
 
-    def _close(self) -> None:
+    def _close(self, ended: bool = False) -> None:
+        """Close the shard being read; ``ended``: read to the end of its range (or of the file)."""
         if self._tar is not None:
-            self.skipped.update(self._tar.skipped)
+            skipped = self._tar.skipped - self._before if self._before is not None else Counter()
+            if skipped:
+                self.skipped.update(skipped)
+                self.ctx.skipped.update(skipped)
+                url = self._tar.url
+                if ended and self.warn_skipped and _WARNED.get(url) != self.ctx.epoch:
+                    _WARNED[url] = self.ctx.epoch
+                    log.warning("%s", skipped_note(url, skipped))
             self._tar.close()
         self._tar, self._shard, self._verifier = None, None, None
         self._file = None  # deferred members keep it open until they are read
@@ -209,7 +230,7 @@ class Untar(Stage[Member]):
             timers["untar"] = timers.get("untar", 0.0) + time.perf_counter() - t0 - read
             if member is None:
                 error = self._end_checks(shard)
-                self._close()
+                self._close(ended=True)
                 if error is not None:  # every sample was returned: count the shard, drop none
                     self._failed(error)
                 continue
@@ -261,6 +282,8 @@ class Untar(Stage[Member]):
             if position < shard.start:
                 tar.skip_data()
                 continue
+            if self._before is None:  # the range begins: links before it are the previous consumer's
+                self._before = Counter(tar.skipped)
             return Member(shard, name, self._data(tar, header[1]), key, ext, mark)
 
     def _data(self, tar: TarStream, size: int) -> bytes | DeferredBytes:
