@@ -430,3 +430,28 @@ def test_a_damaged_manifest_is_bad_data_exit_1_and_a_missing_one_a_usage_error(t
     assert (tmp_path / "manifest.json").read_text() == text  # index did not write over it
     gone = cli(command, "gone/manifest.json", *extra.get(command, []), cwd=tmp_path)
     assert gone.returncode == 2 and "manifest not found: gone/manifest.json" in gone.stderr, gone.stderr
+
+
+@pytest.mark.parametrize("command", ["index", "verify", "inspect", "restart"])
+def test_a_manifest_naming_a_shard_outside_its_folder_says_how_to_fix_it_on_the_command_line(tmp_path: Path, command):
+    """The error told the user to "pass manifest_paths='any'", a Python argument no command has."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "other").mkdir()
+    with ShardWriter(str(tmp_path / "other" / "s-%02d.tar"), maxcount=2) as w:
+        for s in make_samples(2):
+            w.write(s)
+    doc = {"format": "shardpipe/1", "shards": [{"name": "../other/s-00.tar"}]}
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps(doc))
+    extra = {"index": ["-o", "new.json", "--no-progress"], "restart": ["-o", "out", "--no-progress"]}
+    r = cli(command, "data/manifest.json", *extra.get(command, []), cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stderr == (
+        f"shardpipe {command}: error: manifest data/manifest.json: shard entry 0 names '../other/s-00.tar', "
+        "which leaves the manifest's folder (to fix: in the manifest, name the file by its absolute path or URL, "
+        "or by a path under the manifest's folder; or make a new manifest with "
+        "`shardpipe index SHARDS -o MANIFEST`, which does so)\n"
+    )
+    doc["shards"][0]["name"] = str(tmp_path / "other" / "s-00.tar")  # the fix it gives
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps(doc))
+    fixed = cli(command, "data/manifest.json", *extra.get(command, []), cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr

@@ -89,9 +89,28 @@ def read_inputs(command: str, args: Any, read: Callable[[dict[str, Any] | None],
     except InputError as e:
         return None, fail(command, e, USAGE)
     except ShardpipeError as e:  # before ValueError: some data errors are ValueErrors too
-        return None, fail(command, f"{e}{manifest_fix(e)}", DATA_PROBLEM)
+        return None, fail(command, manifest_message(e) or e, DATA_PROBLEM)
     except (ValueError, OSError) as e:
         return None, fail(command, e, USAGE)
+
+
+#: what fixes a manifest naming a file outside its folder, on the command line (which reads manifests under
+#: the default rule: Python's ``manifest_paths='any'`` is no option there)
+MANIFEST_PATH_FIX = (
+    "to fix: in the manifest, name the file by its absolute path or URL, or by a path under the manifest's "
+    "folder; or make a new manifest with `shardpipe index SHARDS -o MANIFEST`, which does so"
+)
+
+
+def manifest_message(error: BaseException) -> str | None:
+    """The message for a damaged manifest, or one naming a file outside its folder, with what fixes it on the
+    command line; None for other errors."""
+    from shardpipe.format.manifest import ManifestPathError
+
+    if isinstance(error, ManifestPathError):
+        return f"{error.problem} ({MANIFEST_PATH_FIX})"
+    fix = manifest_fix(error)
+    return f"{error}{fix}" if fix else None
 
 
 def manifest_fix(error: BaseException | None) -> str:

@@ -34,15 +34,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 _FIX = "restore the shard from a good copy or write it again, or leave it out of URLS"
 
 
-def _fix(error: BaseException | None) -> str:
-    """`` (to fix: ...)`` for a data error met while indexing."""
-    from shardpipe.cli.common import NOT_TAR_FIX, manifest_fix
+def _message(error: BaseException, cause: BaseException | None = None) -> str:
+    """``error``'s message with what fixes ``cause`` (default: ``error`` itself), a data error met while indexing."""
+    from shardpipe.cli.common import NOT_TAR_FIX, manifest_message
     from shardpipe.errors import NotTarError
-    from shardpipe.format.manifest import ManifestPathError
 
-    if isinstance(error, ManifestPathError):
-        return ""
-    return manifest_fix(error) or f" (to fix: {NOT_TAR_FIX if isinstance(error, NotTarError) else _FIX})"
+    cause = error if cause is None else cause
+    said = manifest_message(error) if cause is error else None  # a manifest read as URLS: what fixes it
+    return said or f"{error} (to fix: {NOT_TAR_FIX if isinstance(cause, NotTarError) else _FIX})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
     except InputError as e:
         return fail("index", e, USAGE)
     except ShardpipeError as e:  # found in a shard: truncated, corrupt, vanished
-        return fail("index", f"{e}{_fix(e)}", DATA_PROBLEM)
+        return fail("index", _message(e), DATA_PROBLEM)
     except ShardTaskError as e:
         cause = e.__cause__
         data = isinstance(cause, ShardpipeError)
-        return fail("index", f"{e}{_fix(cause)}" if data else e, DATA_PROBLEM if data else USAGE)
+        return fail("index", _message(e, cause) if data else e, DATA_PROBLEM if data else USAGE)
     except (ValueError, OSError, ImportError) as e:
         return fail("index", e, USAGE)
     seconds = time.perf_counter() - t0

@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         USAGE,
         InputError,
         fail,
-        manifest_fix,
+        manifest_message,
         parse_storage_options,
         resolve_inputs,
     )
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         print("interrupted: finished shards are kept; run the same command again to continue", file=sys.stderr)
         return 130
     except (DamagedManifestError, ManifestPathError) as e:  # before ValueError: the manifest's data
-        return fail("restart", f"{e}{manifest_fix(e)}", DATA_PROBLEM)
+        return fail("restart", manifest_message(e) or e, DATA_PROBLEM)
     except (InputError, ValueError, ImportError, OutputInUseError) as e:
         return fail("restart", e, USAGE)
     except (ShardpipeError, OSError) as e:  # found in a shard: truncated, corrupt, vanished

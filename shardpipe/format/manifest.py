@@ -37,7 +37,18 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 class ManifestPathError(ShardpipeError, ValueError):
-    """A manifest names a file that its ``manifest_paths`` rule does not allow."""
+    """A manifest names a file that its ``manifest_paths`` rule does not allow.
+
+    ``problem`` is the message without ``fix``, the way out in Python (``manifest_paths='any'``),
+    for callers that offer another: the command-line tools have no such option.
+    """
+
+    def __init__(self, problem: str, fix: str = ""):
+        super().__init__(f"{problem}; {fix}" if fix else problem)
+        self.problem, self.fix = problem, fix
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a worker's error reaches the main process whole
+        return type(self), (self.problem, self.fix)
 
 
 class DamagedManifestError(ShardpipeError, ValueError):
@@ -70,8 +81,8 @@ def check_name(name: Any, manifest: str, what: str, rule: str = "inside") -> str
     normal = posixpath.normpath(name)
     if normal == ".." or normal.startswith("../") or normal == ".":
         raise ManifestPathError(
-            f"manifest {manifest}: {what} names {name[:200]!r}, which leaves the manifest's folder; "
-            "pass manifest_paths='any' if you trust this manifest to point anywhere"
+            f"manifest {manifest}: {what} names {name[:200]!r}, which leaves the manifest's folder",
+            "pass manifest_paths='any' if you trust this manifest to point anywhere",
         )
     return name
 
