@@ -19,7 +19,7 @@ from typing import Any
 from torch.utils.data import Dataset, get_worker_info
 
 from shardpipe.errors import ShardpipeError
-from shardpipe.format.index import BLOCK, DamagedIndexError, SampleIndex, sample_from_bytes
+from shardpipe.format.index import BLOCK, DamagedIndexError, SampleIndex, rebuild_hint, sample_from_bytes
 from shardpipe.format.manifest import load_manifest
 from shardpipe.io.ranged import RangeReader
 from shardpipe.io.urls import check_url, single_manifest
@@ -41,9 +41,9 @@ class IndexedShards:
     ):
         meta = loaded if loaded is not None else load_manifest(check_url(manifest), storage_options, manifest_paths)
         if not meta.get("index_url"):
+            how = rebuild_hint(manifest, make="create one")
             raise ValueError(
-                f"{manifest} has no index: create one with `shardpipe index SHARDS -o {manifest}` "
-                "(or write the shards with ShardWriter / `shardpipe write`)"
+                f"{manifest} has no index: {how} (or write the shards with ShardWriter / `shardpipe write`)"
             )
         self.manifest = manifest
         self.urls = [e["url"] for e in meta["shards"]]

@@ -3,6 +3,8 @@ sample's start, and a sample read through it has every member it has in the shar
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -96,9 +98,15 @@ def _spoil(index, how: str) -> None:
 
 
 EXPECTED = {  # how the sidecar is spoilt -> (error type, what the message says about it)
-    "missing": (ShardNotFoundError, "does not exist (rebuild it with `shardpipe index {m} -o {m}`)"),
-    "empty": (DamagedIndexError, "is empty (0 bytes): rebuild it with `shardpipe index {m} -o {m}`"),
+    "missing": (ShardNotFoundError, "does not exist ({fix})"),
+    "empty": (DamagedIndexError, "is empty (0 bytes): {fix}"),
 }
+#: the fix for an index read over http(s), which cannot be written there
+HTTP_FIX = (
+    "rebuild it where the files are written, not over http(s), which is read-only: `shardpipe index manifest.json "
+    "-o manifest.json` in the folder the server publishes (or a local copy of it), then upload the new "
+    "manifest.json and manifest.index beside the shards"
+)
 
 
 @pytest.mark.parametrize("how", sorted(EXPECTED))
@@ -108,7 +116,7 @@ def test_a_missing_or_empty_sidecar_is_named_with_its_fix_by_every_reader(indexe
     manifest, index = indexed
     _spoil(index, how)
     kind, said = EXPECTED[how]
-    message = f"index {index} " + said.format(m=manifest)
+    message = f"index {index} " + said.format(fix=f"rebuild it with `shardpipe index {manifest} -o {manifest}`")
     with pytest.raises(kind) as random_access:
         IndexedDataset(str(manifest), decode=None)
     with pytest.raises(kind) as streaming:
@@ -129,6 +137,27 @@ def test_a_missing_or_empty_remote_sidecar_is_named_with_its_fix(indexed, http_s
         http_store.put(f"{how}-sidecar/{path.name}", path.read_bytes())
     url = http_store.url(f"{how}-sidecar/manifest.json")
     kind, said = EXPECTED[how]
+    message = f"index {url[: -len('json')]}index " + said.format(fix=HTTP_FIX)
     with pytest.raises(kind) as info:
         IndexedDataset(url, decode=None)
-    assert str(info.value) == f"index {url[: -len('json')]}index " + said.format(m=url)
+    assert str(info.value) == message  # it said `shardpipe index URL -o URL`, which cannot write to a web server
+    verify = strict_cli("verify", url)
+    assert verify.returncode == 1 and verify.stderr == "", verify.stderr
+    assert f"problems in 2 shards (7 samples):\n  {message}\n" in verify.stdout
+
+
+@pytest.mark.servers
+def test_a_remote_manifest_without_an_index_says_to_create_one_where_the_files_are_written(indexed, http_store):
+    manifest, _ = indexed
+    doc = json.loads(manifest.read_text())
+    del doc["index"]
+    http_store.put("no-index/manifest.json", json.dumps(doc).encode())
+    url = http_store.url("no-index/manifest.json")
+    with pytest.raises(ValueError) as info:
+        IndexedDataset(url, decode=None)
+    assert str(info.value) == (
+        f"{url} has no index: create one where the files are written, not over http(s), which is read-only: "
+        "`shardpipe index manifest.json -o manifest.json` in the folder the server publishes (or a local copy "
+        "of it), then upload the new manifest.json and manifest.index beside the shards (or write the shards "
+        "with ShardWriter / `shardpipe write`)"
+    )

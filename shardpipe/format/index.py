@@ -47,10 +47,17 @@ def index_name(manifest_name: str) -> str:
     return (base[: -len(".json")] if base.endswith(".json") else base) + ".index"
 
 
-def rebuild_hint(manifest: str | None) -> str:
-    """What rebuilds an index: ``shardpipe index`` over its manifest (or the shards)."""
-    target = manifest or "MANIFEST"
-    return f"rebuild it with `shardpipe index {manifest or 'SHARDS'} -o {target}`"
+def rebuild_hint(manifest: str | None, url: str | None = None, make: str = "rebuild it") -> str:
+    """What rebuilds (``make="create one"``: creates) the index at ``url``: ``shardpipe index`` over its manifest (or the
+    shards). A web server's files are read-only over http(s): it is made where they are written, then uploaded."""
+    if (manifest or url or "").lower().startswith(("http://", "https://")):
+        base = (manifest or "").rsplit("/", 1)[-1] or "manifest.json"
+        return (
+            f"{make} where the files are written, not over http(s), which is read-only: "
+            f"`shardpipe index {base} -o {base}` in the folder the server publishes (or a local copy of it), "
+            f"then upload the new {base} and {index_name(base)} beside the shards"
+        )
+    return f"{make} with `shardpipe index {manifest or 'SHARDS'} -o {manifest or 'MANIFEST'}`"
 
 
 def key_crc(key: str) -> int:
@@ -176,7 +183,7 @@ class SampleIndex:
         (an unreadable one a ``ShardReadError``): each names the file and how to rebuild it from
         ``manifest`` (the manifest that names it, when known).
         """
-        fix = rebuild_hint(manifest)
+        fix = rebuild_hint(manifest, url)
         try:
             if is_local(url):
                 with open(local_path(url), "rb") as f:
