@@ -301,8 +301,6 @@ class ShardLoader(DataLoader):
         finally:
             if self._passes == this_pass:  # not if a later pass has published its own plan
                 ds.set_worker_plan(None)
-                if self._iterator is it:  # persistent workers wait for the next pass
-                    it.quiet_between_passes()
 
     def _replace_exited_workers(self, epoch: int) -> None:
         """Persistent workers: if one has exited since the last pass (the OOM killer, a crash), start new

@@ -8,6 +8,11 @@ checks ``is_alive()`` between them (a forkserver worker's exit comes through the
 status pipe), so a killed or failed worker becomes a ``WorkerDiedError`` (or, before its
 pipeline started, a ``WorkerStartError`` carrying the worker's own traceback) within a
 second; ``timeout`` still bounds a worker that is alive but delivers nothing.
+
+torch's SIGCHLD handler is switched off for these workers: it raised a forked worker's death
+as a ``RuntimeError`` in whatever the program was running (a training step, validation, a
+checkpoint save), and only for forked ones. A death is now raised where the loop asks for
+its next item, as ``WorkerDiedError``, however the workers were started.
 """
 
 from __future__ import annotations
@@ -37,16 +42,20 @@ class WatchedWorkersIter(_MultiProcessingDataLoaderIter):
         self._context_name = describe_context(loader.multiprocessing_context)
         self.discarded: list[Any] = []  # items a reset of persistent workers dropped (``take_discarded``)
         super().__init__(loader)
+        self._no_sigchld_error()
         remember_own_threads(self)
+
+    def _no_sigchld_error(self) -> None:
+        """Keep torch's SIGCHLD handler from raising this iterator's worker deaths in the program's code."""
+        if self._worker_pids_set:
+            _utils.signal_handling._remove_worker_pids(id(self))
+            self._worker_pids_set = False
 
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
         if first_iter:
             super()._reset(loader, first_iter)
         else:  # persistent workers: torch drops what the last pass had in flight, which ``discarded`` keeps
             self.discarded = [info[1] for info in self._task_info.values() if len(info) == 2]  # received early
-            if not self._worker_pids_set:  # a worker's death is raised again (``quiet_between_passes``)
-                _utils.signal_handling._set_worker_pids(id(self), tuple(w.pid for w in self._workers))
-                self._worker_pids_set = True
             self._get_data = self._get_discarded  # type: ignore[method-assign]  # (what the drain reads)
             try:
                 super()._reset(loader, first_iter)
@@ -65,14 +74,6 @@ class WatchedWorkersIter(_MultiProcessingDataLoaderIter):
         """What the workers sent for a pass the loop left before its end (and it never saw); once."""
         out, self.discarded = self.discarded, []
         return out
-
-    def quiet_between_passes(self) -> None:
-        """Between passes of persistent workers, a forked worker's death is not raised in the program's
-        own code: torch's SIGCHLD handler would raise it in whatever runs then (validation, a checkpoint
-        save). The next pass checks the workers first (``exited_between_passes``) and re-arms it."""
-        if self._worker_pids_set:
-            _utils.signal_handling._remove_worker_pids(id(self))
-            self._worker_pids_set = False
 
     def exited_between_passes(self) -> str | None:
         """Before a pass of persistent workers: 'DataLoader worker 1 (pid N) was killed by SIGKILL' for a

@@ -148,3 +148,31 @@ def test_a_persistent_worker_killed_between_epochs_is_replaced_and_the_next_epoc
         err,
         re.M,
     ), err
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_a_forked_worker_killed_mid_epoch_is_raised_where_the_loop_asks_not_in_its_training_step(
+    tmp_path, manifest, persistent
+):
+    """torch's SIGCHLD handler raised a forked worker's death as a RuntimeError inside whatever the program
+    ran (here a training step that sleeps); now the step finishes and the loop's next batch raises
+    WorkerDiedError naming the worker, as with forkserver workers."""
+    program = f"""
+loader = ShardLoader(dataset(), num_workers=2, multiprocessing_context="fork", persistent_workers={persistent})
+it = iter(loader)
+next(it)
+victim = it.gi_frame.f_locals["it"]._workers[1].pid  # torch's iterator, inside the loader's pass
+step_done, error = False, None
+os.kill(victim, signal.SIGKILL)
+try:
+    time.sleep(1.5)  # the training step: the worker's SIGCHLD arrives meanwhile
+    step_done = True
+    for _ in it:
+        pass
+except Exception as e:
+    error = f"{{type(e).__name__}}: {{e}}"
+report(step_done=step_done, error=error, victim=victim)
+"""
+    r, _ = run_program(tmp_path, manifest, program)
+    assert r["step_done"], r
+    assert r["error"].startswith(f"WorkerDiedError: DataLoader worker 1 (pid {r['victim']}) was killed by SIGKILL"), r
