@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
-import shardpipe
 from shardpipe import CorruptShardError, IndexedDataset, index_shards
 from shardpipe.augment.base import sample_rng
 from shardpipe.format.manifest import load_manifest
 from shardpipe.indexed import IndexedShards, block_shuffle_source
+from shardpipe.io.access import AccessDeniedError
 from shardpipe.io.remote import ReadOptions
 
 from .helpers import make_samples, write_shards, write_with_shard_writer
@@ -114,7 +114,7 @@ def test_block_shuffle_source_passes_the_loaded_manifest_and_storage_options(rem
     assert shards.index_url == "keyedmem://units/good/manifest.index"
     assert shards.sample(6)["__key__"] == "sample00006"
     with pytest.raises(
-        shardpipe.ShardpipeError, match="PermissionError: no key for keyedmem://units/good/manifest.index"
+        AccessDeniedError, match=r"^keyedmem://units/good/manifest.index: access denied \(no key for keyedmem://"
     ):
         block_shuffle_source(remote, True, "block", loaded=loaded)  # the index needs the options too
 

@@ -151,9 +151,21 @@ def _missing(urls: list[str], storage_options: dict[str, Any] | None) -> list[st
 
         import fsspec.core
 
+        from shardpipe.io.access import access_error
+        from shardpipe.io.remote import is_retryable
+
         def exists(url: str) -> bool:
             fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-            return bool(fs.isfile(path))
+            try:  # (not fs.isfile: it answers False for any error, a refused request too)
+                return fs.info(path).get("type") != "directory"
+            except Exception as e:
+                denial = access_error(url, e)
+                if denial is not None:
+                    raise denial from e
+                if isinstance(e, FileNotFoundError) and not is_retryable(e):
+                    return False
+                cause = e.__cause__ or e
+                raise OSError(f"{url}: cannot reach the store: {type(cause).__name__}: {cause}") from e
 
         with ThreadPoolExecutor(16) as pool:
             missing += [u for u, ok in zip(remote, pool.map(exists, remote)) if not ok]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardpipeError, TruncatedShardError
+from shardpipe.io.access import access_error, denied
 from shardpipe.io.budget import DEFAULT_MEMORY_LIMIT, LinkStats, link_stats
 from shardpipe.io.pin import Pin, fetch_range, is_version_gone, pin_of
 
@@ -100,8 +101,8 @@ def is_retryable(exc: BaseException) -> bool:
     global _RETRYABLE
     if _RETRYABLE is None:
         _RETRYABLE = _retryable_types()
-    if isinstance(exc, (ShardpipeError, PermissionError)):
-        return False  # our own verdicts, bad credentials: retrying will not help
+    if isinstance(exc, (ShardpipeError, PermissionError)) or denied(exc) is not None:
+        return False  # our own verdicts, refused or missing credentials: retrying will not help
     if isinstance(exc, FileNotFoundError):
         # fsspec's HTTP info() reports any failure as FileNotFoundError: look at the cause
         return exc.__cause__ is not None and is_retryable(exc.__cause__)
@@ -190,6 +191,9 @@ def object_info(fs: Any, path: str, url: str, options: ReadOptions) -> dict[str,
     try:
         info = call_with_retries(lambda: fs.info(path), f"info {url}", options)
     except Exception as e:
+        denial = access_error(url, e)
+        if denial is not None:
+            raise denial from e
         if is_retryable(e):  # still failing after the retries: the server is unreachable
             raise TruncatedShardError(
                 f"{url}: cannot open after {options.retries + 1} attempts: {type(e).__name__}: {e.__cause__ or e}"

@@ -29,6 +29,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from shardpipe.errors import CorruptShardError, ShardpipeError, ShardReadError, TruncatedShardError
+from shardpipe.io.access import access_error
 from shardpipe.io.budget import LinkStats, MemoryBudget, link_stats, process_budget
 from shardpipe.io.remote import ReadOptions, is_retryable
 
@@ -374,6 +375,9 @@ class ResumableReader(io.BufferedIOBase):
                         f"matches {self._source.pin}, seen when it was opened (the object was replaced or "
                         f"deleted): {type(e).__name__}: {e}"
                     ) from e
+                denial = access_error(self.url, e)
+                if denial is not None:  # credentials that expired mid-read: no shard of this run will read
+                    raise denial from e
                 if not is_retryable(e):  # e.g. the object was deleted: a shard error all the same
                     raise TruncatedShardError(
                         f"{self.url}: read failed at byte {start} of {self.size}: {type(e).__name__}: {e}"

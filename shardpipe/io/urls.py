@@ -110,8 +110,16 @@ def expand_glob(url: str, storage_options: dict[str, Any] | None = None) -> list
         import fsspec.core
 
         scheme = url.split("://", 1)[0]
+        from shardpipe.io.access import access_error
+
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        entries = fs.glob(path, detail=True)
+        try:
+            entries = fs.glob(path, detail=True)
+        except Exception as e:
+            denial = access_error(url, e)
+            if denial is not None:
+                raise denial from e
+            raise
         found = [f"{scheme}://{p}" for p, info in entries.items() if info.get("type") != "directory"]
     if not found:
         raise ShardNotFoundError(

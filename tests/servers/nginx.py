@@ -1,4 +1,8 @@
-"""nginx serving a directory over HTTP on 127.0.0.1 (range requests work on static files)."""
+"""nginx serving a directory over HTTP on 127.0.0.1 (range requests work on static files).
+
+The same files are served under ``/norange/`` (Range ignored), ``/forbidden/`` (403) and
+``/login/`` (401 without the basic-auth user ``USER``:``PASSWORD``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ import urllib.request
 from pathlib import Path
 
 from .procs import ChildProcess, find_binary, free_port
+
+USER, PASSWORD = "reader", "shardpipe-test-password"
 
 CONFIG = """\
 {user}
@@ -31,6 +37,8 @@ http {{
         root {docroot};
         location / {{ }}
         location /norange/ {{ alias {docroot}/; max_ranges 0; }}
+        location /forbidden/ {{ alias {docroot}/; deny all; }}
+        location /login/ {{ alias {docroot}/; auth_basic "shardpipe"; auth_basic_user_file {root}/htpasswd; }}
     }}
 }}
 """
@@ -48,6 +56,7 @@ class Nginx:
         self.port = free_port()
         (root / "tmp").mkdir(parents=True, exist_ok=True)
         docroot.mkdir(parents=True, exist_ok=True)
+        (root / "htpasswd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}\n")
         conf = root / "nginx.conf"
         user = "user root;" if os.geteuid() == 0 else ""  # else workers read as 'nobody'
         conf.write_text(CONFIG.format(user=user, root=root, port=self.port, docroot=docroot))
