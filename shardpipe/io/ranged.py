@@ -23,7 +23,14 @@ from typing import Any
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardReadError, TruncatedShardError
 from shardpipe.io.budget import process_budget
 from shardpipe.io.files import is_local, local_path, open_shard
-from shardpipe.io.remote import ReadOptions, call_with_retries, object_info, with_connection_pool
+from shardpipe.io.remote import (
+    ReadOptions,
+    call_with_deadline,
+    call_with_retries,
+    is_retryable,
+    object_info,
+    with_connection_pool,
+)
 
 #: ranges of one shard closer than this are read by one request (the gap is read and dropped)
 MERGE_GAP = 256 * 1024
@@ -115,9 +122,20 @@ class RangeReader:
         if kind == "fd":
             return os.pread(h.fd, end - start, start)
         fs, path = h
-        return call_with_retries(
-            lambda: fs.cat_file(path, start=start, end=end), f"read {url} [{start}, {end})", self.read_options
-        )
+        opts = self.read_options
+        try:
+            return call_with_retries(
+                lambda: call_with_deadline(fs, "cat_file", path, start=start, end=end, timeout=opts.timeout),
+                f"read {url} [{start}, {end})",
+                opts,
+            )
+        except Exception as e:
+            if not is_retryable(e):
+                raise
+            raise TruncatedShardError(
+                f"{url}: read of bytes {start}-{end - 1} failed after {opts.retries + 1} attempts: "
+                f"{type(e).__name__}: {e}"
+            ) from e
 
     def read_many(self, requests: Sequence[RangeRequest]) -> list[bytes | Exception]:
         """The bytes of each request, in order; a request that failed gets its exception instead.
