@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardReadError
+from shardpipe.io.access import AccessDeniedError
 from shardpipe.io.files import atomic_write, is_local, local_path, read_bytes
 
 MAGIC = b"SHPIDX01"
@@ -196,6 +197,8 @@ class SampleIndex:
                 identity = ("bytes", len(buffer), zlib.crc32(buffer))
         except (FileNotFoundError, ShardNotFoundError) as e:
             raise ShardNotFoundError(f"index {url} does not exist ({fix})") from e
+        except AccessDeniedError:  # the store refused the credentials: they need fixing, not the index
+            raise
         except OSError as e:  # a folder, no permission, an I/O error
             raise ShardReadError(f"cannot read index {url}: {e} ({fix})") from e
         if not len(buffer):
