@@ -15,6 +15,7 @@ from shardpipe.lazy import exports
 #: public name -> the module that defines it: imported on first use, so that `shardpipe inspect`
 #: and other commands that never touch torch start without importing it
 _WHERE = {
+    "AccessDeniedError": "shardpipe.io.access",
     "BatchDecodeLoader": "shardpipe.batchdecode",
     "BatchOptions": "shardpipe.options",
     "CorruptShardError": "shardpipe.errors",
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_a
     from shardpipe.format.tar.writer import TarWriter
     from shardpipe.image.normalize import normalize
     from shardpipe.indexed import IndexedDataset
+    from shardpipe.io.access import AccessDeniedError
     from shardpipe.loader import ShardLoader
     from shardpipe.mix import MixedDataset
     from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions

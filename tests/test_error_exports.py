@@ -41,11 +41,22 @@ def test_every_error_class_of_shardpipe_errors_is_exported():
     assert errors - set(shardpipe.__all__) == set()
 
 
+def test_a_refused_request_is_exported_as_a_permission_error_not_a_shardpipe_error():
+    """``AccessDeniedError`` (wrong or missing credentials) is caught as ``PermissionError``: it is no
+    ``ShardpipeError``, so ``on_error="skip"`` never counts every shard of an epoch as a skip."""
+    from shardpipe import AccessDeniedError
+    from shardpipe.io.access import AccessDeniedError as defined
+
+    assert AccessDeniedError is defined and "AccessDeniedError" in shardpipe.__all__
+    assert issubclass(AccessDeniedError, PermissionError)
+    assert not issubclass(AccessDeniedError, shardpipe.ShardpipeError)
+
+
 PROGRAM = """
 import json, sys
 import shardpipe
 light = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "zmq"))
-from shardpipe import DuplicateMemberError, ListenError, ManifestPathError, SetupError
+from shardpipe import AccessDeniedError, DuplicateMemberError, ListenError, ManifestPathError, SetupError
 print(json.dumps({"after import": light, "after the errors": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "zmq"))}))
 """
 
