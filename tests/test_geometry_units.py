@@ -328,8 +328,8 @@ def test_sizes_that_are_not_positive_ints_are_refused(cls, size, error, message)
 
 def test_a_schedule_step_is_checked_as_a_size() -> None:
     with pytest.raises(TypeError) as e:
-        Resize(Ramp(64.0, 128.0))  # a float size, as ``Resize(64.0)``
-    assert str(e.value) == SIZE_TYPE + "64.0"
+        Resize(Ramp(64.0, 128.0))  # a float size, refused as ``Resize(64.0)`` is, when the ramp is made
+    assert str(e.value) == "ramp start must be an integer, got 64.0"
 
 
 # -- sizes that follow a schedule ----------------------------------------------------------------

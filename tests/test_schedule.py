@@ -54,6 +54,7 @@ def test_ramp_refuses_bad_arguments(args, message):
     [
         ({"start": 160, "end": 224.5, "end_epoch": 2}, "ramp end must be an integer, got 224.5"),
         ({"start": 160.7, "end": 224}, "ramp start must be an integer, got 160.7"),
+        ({"start": 160.0, "end": 224}, "ramp start must be an integer, got 160.0"),  # as Resize(160.0) is refused
         ({"start": 160, "end": 224, "end_epoch": 2.5}, "ramp end_epoch must be an integer, got 2.5"),
         ({"start": True, "end": 224}, "ramp start must be an integer, got True"),
         ({"start": "160", "end": 224}, "ramp start must be an integer, got '160'"),
@@ -63,7 +64,7 @@ def test_a_schedule_with_a_non_integer_is_refused_where_it_is_made(make, kwargs,
     """Not when a later epoch reaches the bad size in the workers (``Ramp``), nor rounded quietly (``ramp``)."""
     with pytest.raises(TypeError, match=f"^{re.escape(message)}$"):
         RandomResizedCrop(make(**kwargs))
-    assert ramp(160.0, np.int64(224), end_epoch=3.0) == Ramp(160, 224, 0, 3)  # integral values, as YAML may write
+    assert ramp(np.int64(160), np.int64(224), end_epoch=np.int64(3)) == Ramp(160, 224, 0, 3)  # numpy's integers
 
 
 def test_config_refuses_a_ramp_that_is_not_a_mapping():

@@ -55,9 +55,8 @@ class Ramp:
 
 
 def _integer(name: str, value: Any) -> int:
-    """``value`` as an int: an integer (numpy's too) or an integral float (YAML may write ``160.0``)."""
-    integral = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
-    if isinstance(value, bool) or not integral:
+    """``value`` as an int: an integer (numpy's too); a float is refused, as sizes refuse it (``Resize(64.0)``)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"ramp {name} must be an integer, got {value!r}")
     return int(value)
 
