@@ -8,6 +8,7 @@ data (exit 1 for what it finds there).
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Any
 OK = 0
 DATA_PROBLEM = 1
 USAGE = 2  # argparse's own status for bad arguments
+INTERRUPTED_STATUS = 130  # 128 + SIGINT, what the shell reports for Ctrl-C
 
 EXIT_STATUS = """\
 exit status:
@@ -54,6 +56,21 @@ def _escaped(match: re.Match[str]) -> str:
     if 0xDC80 <= code <= 0xDCFF:  # surrogateescape's stand-in for the byte code - 0xDC00
         return f"\\x{code - 0xDC00:02x}"
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``minimum``, else a usage error naming the bound (exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, not {value}")
+        return value
+
+    return parse
 
 
 class InputError(Exception):

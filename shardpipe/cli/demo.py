@@ -12,25 +12,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from shardpipe.cli.common import DATA_PROBLEM, OK, fail
+from shardpipe.cli.common import DATA_PROBLEM, INTERRUPTED_STATUS, OK, USAGE, at_least, fail
 from shardpipe.errors import ShardpipeError
 from shardpipe.report import format_stage_table
 
-EXIT_DETAILS = "  (demo: 1 when a shard reused from --dir is damaged)"
+EXIT_DETAILS = "  (demo: 1 when a shard reused from --dir is damaged; 2 when --dir cannot be written)"
+
+#: what a rerun after Ctrl-C does
+INTERRUPTED = "interrupted: the shards are kept only once all are written (a rerun then reuses them)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", default="demo-data", help="working directory (default: ./demo-data)")
-    p.add_argument("-n", "--images", type=int, default=1000, help="images to generate (default 1000)")
-    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="DataLoader workers")
-    p.add_argument("--threads", type=int, default=1, help="decode threads per worker")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--size", type=int, default=224, help="output crop size")
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("-n", "--images", type=at_least(1), default=1000, help="images to generate (default 1000)")
+    p.add_argument("--workers", type=at_least(0), default=min(2, os.cpu_count() or 1), help="DataLoader workers")
+    p.add_argument("--threads", type=at_least(0), default=1, help="decode threads per worker")
+    p.add_argument("--batch-size", type=at_least(1), default=64)
+    p.add_argument("--size", type=at_least(1), default=224, help="output crop size")
+    p.add_argument("--epochs", type=at_least(1), default=2)
     p.add_argument("--decoder", default="auto", help="image decoder backend (default: fastest installed)")
     p.add_argument("--seed", type=int, default=0)
 
@@ -44,19 +48,26 @@ def _prepare(root: Path, n: int, seed: int) -> Path:
     manifest = root / "shards" / "manifest.json"
     demo = {"images": n, "seed": seed, "restart_intervals": True}
     if manifest.exists():
-        meta = json.loads(manifest.read_text())
-        if meta.get("demo") == demo:
+        try:
+            meta = json.loads(manifest.read_text())
+        except (OSError, ValueError):  # cut short or damaged: written again below
+            meta = {}
+        if isinstance(meta, dict) and meta.get("demo") == demo:
             print(f"reusing {meta['samples']} samples in {len(meta['shards'])} shards from {manifest.parent}")
             return manifest
     t0 = time.perf_counter()
     total = 0
-    with ShardWriter(
-        str(root / "shards" / "demo-%06d.tar"), maxcount=max(1, n // 8), metadata={"demo": demo}
-    ) as writer:
-        for key, data, label in make_dataset(n, seed, num_classes=10, workers=os.cpu_count() or 1):
-            data = add_restart_intervals(data)  # lossless; the crop decoder then skips what a crop leaves out
-            writer.write({"__key__": key, "jpg": data, "cls": label})
-            total += len(data)
+    writer = ShardWriter(str(root / "shards" / "demo-%06d.tar"), maxcount=max(1, n // 8), metadata={"demo": demo})
+    try:
+        with writer:
+            for key, data, label in make_dataset(n, seed, num_classes=10, workers=os.cpu_count() or 1):
+                data = add_restart_intervals(data)  # lossless; the crop decoder then skips what a crop leaves out
+                writer.write({"__key__": key, "jpg": data, "cls": label})
+                total += len(data)
+    except BaseException:  # Ctrl-C, a full disk: no shards without a manifest are left behind
+        for entry in writer.shards:
+            (root / "shards" / entry["name"]).unlink(missing_ok=True)
+        raise
     dt = time.perf_counter() - t0
     print(
         f"generated and wrote {n} JPEGs ({total / n / 1024:.0f} KB mean, {total / 2**20:.0f} MB) "
@@ -66,12 +77,27 @@ def _prepare(root: Path, n: int, seed: int) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return INTERRUPTED_STATUS
+
+
+def _run(args: argparse.Namespace) -> int:
     from shardpipe import ShardDataset, ShardLoader
     from shardpipe.augment import Compose, RandomHorizontalFlip, RandomResizedCrop
     from shardpipe.image.decoders import get_decoder
 
+    try:
+        decoder = get_decoder(args.decoder).name  # before any image is generated
+    except (ValueError, ImportError) as e:
+        return fail("demo", f"--decoder: {e}", USAGE)
     root = Path(args.dir)
-    manifest = _prepare(root, args.images, args.seed)
+    try:
+        manifest = _prepare(root, args.images, args.seed)
+    except OSError as e:  # no permission, a full disk, --dir a file
+        return fail("demo", f"cannot write the demo data under {root}: {e}", USAGE)
     transform = Compose([RandomResizedCrop(args.size), RandomHorizontalFlip()])
     ds = ShardDataset(
         str(manifest),
@@ -86,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     )
     loader = ShardLoader(ds, num_workers=args.workers)
     print(
-        f"streaming: decoder={get_decoder(args.decoder).name} workers={args.workers} threads={args.threads} "
+        f"streaming: decoder={decoder} workers={args.workers} threads={args.threads} "
         f"batch={args.batch_size} crop={args.size}"
     )
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing as mp
+import signal
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -153,6 +154,10 @@ def _item(index: int, seed: int, num_classes: int) -> tuple[str, bytes, int]:
     return f"sample-{index:06d}", make_jpeg(index, seed), index % num_classes
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_dataset(n: int, seed: int = 0, num_classes: int = 10, *, workers: int = 0) -> Iterator[tuple[str, bytes, int]]:
     """Yield ``(key, jpeg_bytes, label)`` for indices ``0..n-1`` in order.
 
@@ -165,7 +170,8 @@ def make_dataset(n: int, seed: int = 0, num_classes: int = 10, *, workers: int =
         yield from map(item, range(n))
         return
     # spawn: safe even when the parent has threads (torch); the cost is one import per worker.
-    with mp.get_context("spawn").Pool(workers) as pool:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, the workers print nothing
+    with mp.get_context("spawn").Pool(workers, initializer=_ignore_sigint) as pool:
         yield from pool.imap(item, range(n), chunksize=8)
 
 
