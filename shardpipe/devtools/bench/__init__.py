@@ -106,8 +106,7 @@ def run_benchmark(
     log(f"preparing {n} images under {data_dir} (once) ...")
     data = prepare_data(data_dir, n)
     rows = candidates(workers, batch, size, buffer, threads)
-    if only:
-        rows = {k: v for k, v in rows.items() if any(o in k for o in only)}
+    rows = {k: rows[k] for k in matching(list(rows), only)}
     return run_rounds(rows, data, rounds, nice, log)
 
 
@@ -179,15 +178,17 @@ def report(
 
 def add_arguments(p: Any) -> None:
     """The options of ``shardpipe bench`` and ``tools/bench.py``."""
+    from shardpipe.cli.common import at_least
+
     p.add_argument("--data", default="bench-data", help="where the generated data is kept (reused)")
-    p.add_argument("--n", type=int, default=None, help="images (default 3000; 2000 with --peers)")
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers for every loader")
-    p.add_argument("--threads", type=int, default=0, help="shardpipe decode threads per worker")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--buffer", type=int, default=1000, help="shuffle buffer (samples)")
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--only", nargs="*", help="run the rows whose names contain one of these")
+    p.add_argument("--n", type=at_least(1), default=None, help="images (default 3000; 2000 with --peers)")
+    p.add_argument("--workers", type=at_least(1), default=2, help="DataLoader workers for every loader")
+    p.add_argument("--threads", type=at_least(0), default=0, help="shardpipe decode threads per worker")
+    p.add_argument("--batch", type=at_least(1), default=64)
+    p.add_argument("--size", type=at_least(1), default=224)
+    p.add_argument("--buffer", type=at_least(0), default=1000, help="shuffle buffer (samples)")
+    p.add_argument("--rounds", type=at_least(1), default=3)
+    p.add_argument("--only", nargs="*", help="run the rows whose names contain one of these (case-insensitive)")
     p.add_argument("--nice", type=int, default=10, help="niceness of the measured processes")
     p.add_argument(
         "--peers",
@@ -202,11 +203,42 @@ def add_arguments(p: Any) -> None:
     )
 
 
+def matching(names: Sequence[str], only: Sequence[str] | None) -> list[str]:
+    """The row names that contain one of ``only`` (case-insensitive), or all of them."""
+    if not only:
+        return list(names)
+    wanted = [o.lower() for o in only]
+    return [n for n in names if any(o in n.lower() for o in wanted)]
+
+
+def _check_arguments(args: Any) -> str | None:
+    """Why the run cannot go as asked, found before any data is generated; else None."""
+    import os
+
+    from shardpipe.devtools.bench import peers
+
+    names = [p.name for p in peers.PEERS] if args.peers else list(candidates(1, 1, 1, 1, 1))
+    for o in args.only or ():
+        if not matching(names, [o]):
+            return f"--only {o!r} names no row; the rows: {'; '.join(names)}"
+    if args.peers:
+        try:  # the table is saved at the end of the run: find out now if it cannot be
+            os.makedirs(os.path.dirname(os.path.abspath(args.report)), exist_ok=True)
+        except OSError as e:
+            return f"--report {args.report}: its folder cannot be made: {e}"
+    return None
+
+
 def run(args: Any) -> int:
     """Entry point of ``shardpipe bench``."""
+    from shardpipe.cli.common import USAGE, fail
+
+    problem = _check_arguments(args)
+    if problem:
+        return fail("bench", problem, USAGE)
     if args.peers:
         return run_peers_command(args)
-    args.n = args.n or 3000
+    args.n = 3000 if args.n is None else args.n
     results = run_benchmark(
         args.data,
         args.n,
@@ -240,7 +272,7 @@ def run_peers_command(args: Any) -> int:
 
     from shardpipe.devtools.bench import peers
 
-    n = args.n or 2000
+    n = 2000 if args.n is None else args.n
     results, skipped, _ = peers.run_peers(
         args.data, n, args.workers, args.batch, args.size, args.buffer, args.rounds, args.only, args.nice
     )

@@ -71,10 +71,10 @@ def missing(peer: Peer) -> str | None:
 
 def select(only: Sequence[str] | None = None) -> list[Peer]:
     """The peers whose names contain one of ``only`` (case-insensitive), or all."""
-    if not only:
-        return list(PEERS)
-    wanted = [o.lower() for o in only]
-    return [p for p in PEERS if any(o in p.name.lower() for o in wanted)]
+    from shardpipe.devtools.bench import matching
+
+    names = matching([p.name for p in PEERS], only)
+    return [p for p in PEERS if p.name in names]
 
 
 def run_peers(

@@ -1,0 +1,53 @@
+"""``shardpipe bench`` options as a new user types them, in its own process: values it cannot run
+with, an ``--only`` name that matches no row, a ``--report`` whose folder cannot be made. Each is
+refused (exit 2, one line naming the option) before any data is generated or any row is run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def bench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "shardpipe.cli", "bench", "--data", "bd", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        # --n 0 ran the default 3000 images; a negative --n or --rounds 0 failed with a traceback
+        (["--n", "0"], "argument --n: must be an integer >= 1, not 0"),
+        (["--rounds", "0"], "argument --rounds: must be an integer >= 1, not 0"),
+        (["--workers", "0"], "argument --workers: must be an integer >= 1, not 0"),
+        # a ZeroDivisionError after the data was generated; a typo beside a good name was dropped quietly
+        (["--only", "shardpipe", "nosuchrow"], "--only 'nosuchrow' names no row; the rows: shardpipe; "),
+        (["--peers", "--only", "LitData", "nosuch"], "--only 'nosuch' names no row; the rows: shardpipe; "),
+        # the table was saved, and this failed, only after every round had run
+        (["--peers", "--report", "afile/peers.txt"], "--report afile/peers.txt: its folder cannot be made: "),
+    ],
+)
+def test_what_cannot_run_is_refused_before_any_data_is_generated(tmp_path: Path, args: list[str], message: str):
+    (tmp_path / "afile").write_text("a file, not a folder")
+    done = bench(*args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"shardpipe bench: error: {message}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "bd").exists()
+
+
+def test_only_matches_row_names_in_any_case_as_with_peers(tmp_path: Path):
+    """``--only`` was case-sensitive here and case-insensitive with ``--peers``: a name typed as the
+    table prints it in another case matched nothing (and the run failed with ZeroDivisionError)."""
+    done = bench("--n", "16", "--rounds", "1", "--only", "UNTAR+GROUP Shardpipe", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "round 1/1  untar+group shardpipe " in done.stdout
+    table = done.stdout[done.stdout.index("\nloader ") :]
+    assert "\nuntar+group shardpipe " in table and "\nuntar+group webdataset" not in table
