@@ -3,10 +3,16 @@
 A remote shard is read as many ranged requests. If the object is replaced between two
 of them, the reader would splice bytes of two versions. Each request therefore names
 the version seen when the shard was opened: S3 ``If-Match: <ETag>``, GCS
-``generation=<n>``, HTTP ``If-Match: <ETag>`` (strong ETags only). A replaced object
-then fails the request (412 Precondition Failed, or 404 for a GCS generation that no
-longer exists), and the reader reports the shard as changed instead of mixing versions.
-Other filesystems are read unpinned.
+``generation=<n>``, HTTP ``If-Match: <ETag>`` (strong ETags), else HTTP
+``If-Unmodified-Since: <Last-Modified>``. A replaced object then fails the request (412
+Precondition Failed, or 404 for a GCS generation that no longer exists), and the reader
+reports the shard as changed instead of mixing versions. An HTTP server that ignores
+these conditions still names the version in each response: one that names another is
+:class:`VersionChanged`. Other filesystems are read unpinned.
+
+An HTTP answer that is not the range asked for (a 200 for a range past byte 0, a 206
+whose ``Content-Range`` starts elsewhere) is a :class:`CorruptShardError`: its bytes
+would land at the wrong offset.
 """
 
 from __future__ import annotations
@@ -23,11 +29,19 @@ class Pin:
     """The version of one object: which store, which field, its value."""
 
     store: str  # "s3", "gcs" or "http"
-    field: str  # "ETag" or "generation"
+    field: str  # "ETag", "generation" or (HTTP) "Last-Modified"
     value: str
 
     def __str__(self) -> str:
         return f"{self.field} {self.value}"
+
+
+#: the request header that makes an HTTP server refuse (412) another version than the pinned one
+_HTTP_CONDITION = {"ETag": "If-Match", "Last-Modified": "If-Unmodified-Since"}
+
+
+class VersionChanged(Exception):
+    """An HTTP response names another version than the pinned one (the server ignored the condition)."""
 
 
 def _protocols(fs: Any) -> set[str]:
@@ -42,8 +56,11 @@ def pin_of(fs: Any, info: dict[str, Any]) -> Pin | None:
         return Pin("s3", "ETag", str(etag))
     if protocols & {"gs", "gcs"} and info.get("generation"):
         return Pin("gcs", "generation", str(info["generation"]))
-    if protocols & {"http", "https"} and etag and not str(etag).startswith("W/"):
-        return Pin("http", "ETag", str(etag))  # a weak ETag never matches If-Match
+    if protocols & {"http", "https"}:
+        if etag and not str(etag).startswith("W/"):  # a weak ETag never matches If-Match
+            return Pin("http", "ETag", str(etag))
+        if info.get("Last-Modified"):
+            return Pin("http", "Last-Modified", str(info["Last-Modified"]))
     return None
 
 
@@ -84,17 +101,38 @@ async def _fetch_http(
     kw = dict(fs.kwargs)
     headers = {**kw.pop("headers", {}), "Range": f"bytes={start}-{end - 1}"}  # keep the user's headers
     if pin is not None:
-        headers["If-Match"] = pin.value
+        headers[_HTTP_CONDITION[pin.field]] = pin.value
     session = await fs.set_session()
     async with session.get(fs.encode_url(url), headers=headers, **kw) as r:
         if first_byte is not None:
             first_byte.append(time.perf_counter())
         fs._raise_not_found_for_status(r, url)  # 404: FileNotFoundError; 412 and others: ClientResponseError
-        length = r.content_length
-        if r.status != 206 and (length is None or length > end - start):
-            r.close()  # drop the connection: the rest of the object is never read
-            raise _range_ignored(url, start, end, r.status, length)
+        try:
+            _check_http_answer(url, start, end, pin, r.status, r.headers, r.content_length)
+        except Exception:
+            r.close()  # drop the connection: the rest of the body is never read
+            raise
         return await r.read()
+
+
+def _check_http_answer(
+    url: str, start: int, end: int, pin: Pin | None, status: int, headers: Any, length: int | None
+) -> None:
+    """Raise unless the response holds bytes ``start``.. of the pinned version."""
+    seen = headers.get(pin.field) if pin is not None else None
+    if pin is not None and seen is not None and seen != pin.value:
+        raise VersionChanged(f"the response for bytes {start}-{end - 1} has {pin.field} {seen}")
+    if status != 206:
+        if start > 0 or length is None or length > end - start:  # a 200 holds the object from byte 0
+            raise _range_ignored(url, start, end, status, length)
+        return
+    first, _, rest = (headers.get("Content-Range") or "").removeprefix("bytes ").partition("-")
+    last = rest.partition("/")[0]
+    if not (first.isdigit() and last.isdigit()) or int(first) != start or not start <= int(last) < end:
+        raise CorruptShardError(
+            f"{url}: asked for bytes {start}-{end - 1}, the server answered 206 with Content-Range "
+            f"{headers.get('Content-Range')!r}: the server does not send the range asked for"
+        )
 
 
 def _range_ignored(url: str, start: int, end: int, status: int, length: int | None) -> CorruptShardError:
@@ -109,6 +147,8 @@ def is_version_gone(exc: BaseException, pin: Pin | None) -> bool:
     """True when ``exc`` says the pinned version is no longer the object's (it was replaced or deleted)."""
     if pin is None:
         return False
+    if isinstance(exc, VersionChanged):
+        return True
     if pin.store == "gcs":
         return isinstance(exc, FileNotFoundError)
     for e in (exc, exc.__cause__):

@@ -14,6 +14,7 @@ import pytest
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 from .fakegcs import FakeGCS  # noqa: E402
+from .misbehaving import MisbehavingServer  # noqa: E402
 from .nginx import Nginx  # noqa: E402
 from .proxy import FaultProxy  # noqa: E402
 from .seaweed import SeaweedS3  # noqa: E402
@@ -51,6 +52,14 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Nginx]:
     """nginx serving ``http_server.docroot``."""
     root = tmp_path_factory.mktemp("nginx")
     server = _start(lambda: Nginx(root, root / "www"), "nginx")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def misbehaving() -> Iterator[MisbehavingServer]:
+    """An HTTP server that misbehaves as each object put into it says (a thread; one per test)."""
+    server = MisbehavingServer().start()
     yield server
     server.stop()
 

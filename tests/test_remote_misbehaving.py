@@ -1,0 +1,104 @@
+"""HTTP servers that misbehave, read as users read them: a streamed epoch (``ShardDataset``),
+random access (``IndexedDataset``) and ``shardpipe inspect``/``verify``. Whatever the server
+does, the result is the shard's own bytes or an error naming the shard (a counted skip under
+``on_error="skip"``), never another range's or another version's bytes, never a hang."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shardpipe import ShardDataset, ShardWriter
+from shardpipe.devtools.synth import make_dataset
+from shardpipe.errors import CorruptShardError
+from shardpipe.indexed import IndexedDataset
+from shardpipe.io.remote import ReadOptions
+
+pytestmark = pytest.mark.servers
+
+KiB = 1 << 10
+# small requests, so that each shard is read by many of them; few, quick retries
+SMALL = ReadOptions(min_block=4 * KiB, block_size=8 * KiB, retries=2, backoff=0.01, max_backoff=0.02, timeout=10)
+
+
+def write_shards(folder: Path, seed: int = 0) -> list[dict]:
+    """Two shards of three synthetic JPEGs each, with the writer's manifest and index."""
+    samples = [{"__key__": k, "jpg": jpg, "cls": str(c).encode()} for k, jpg, c in make_dataset(6, seed=seed)]
+    with ShardWriter(f"{folder}/s-%06d.tar", maxcount=3) as w:
+        for s in samples:
+            w.write(s)
+    return samples
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    folder = tmp_path_factory.mktemp("misbehaving")
+    return folder, write_shards(folder)
+
+
+def serve(server, shards, name: str, first: dict | None = None, **behaviour) -> str:
+    """Serve the shards under ``/name/``, the shards (the first one alone with ``first``) as
+    ``behaviour`` says, the manifest and index by the book; returns the manifest's URL."""
+    folder, _ = shards
+    for path in sorted(folder.iterdir()):
+        if path.suffix != ".tar":
+            server.put(f"{name}/{path.name}", path.read_bytes())
+        elif first is None or path.name == "s-000000.tar":
+            server.put(f"{name}/{path.name}", path.read_bytes(), **(first or behaviour))
+        else:
+            server.put(f"{name}/{path.name}", path.read_bytes())
+    return server.url(f"{name}/manifest.json")
+
+
+def epoch(manifest: str, **kw) -> list[dict]:
+    return list(ShardDataset(manifest, decode=None, read_options=SMALL, shuffle=False, **kw))
+
+
+def jpegs(samples) -> list[tuple[str, bytes]]:
+    return [(s["__key__"], s["jpg"]) for s in samples]
+
+
+def test_a_server_behaving_reads_whole(misbehaving, shards):
+    manifest = serve(misbehaving, shards, "good")
+    assert jpegs(epoch(manifest)) == jpegs(shards[1])
+    ds = IndexedDataset(manifest, decode=None, read_options=SMALL)
+    assert jpegs(ds[i] for i in range(len(ds))) == jpegs(shards[1])
+
+
+BAD_RANGES = {
+    "shifted": (dict(range_shift=4 * KiB), r"the server answered 206 with Content-Range 'bytes \d+-\d+/225280': the server "
+                r"does not send the range asked for"),
+    "a 200 page": (dict(range_status=200), r"the server answered 200 with 88 bytes: the server ignores Range"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_RANGES)
+def test_a_range_answered_with_other_bytes_is_an_error_naming_the_shard(misbehaving, shards, case):
+    behaviour, message = BAD_RANGES[case]
+    manifest = serve(misbehaving, shards, "bad", first=behaviour)
+    shard = misbehaving.url("bad/s-000000.tar")
+    with pytest.raises(CorruptShardError, match=rf"^{shard}: asked for bytes \d+-\d+, {message}"):
+        epoch(manifest)
+    skipped = ShardDataset(manifest, decode=None, read_options=SMALL, shuffle=False, on_error="skip")
+    assert jpegs(skipped) == jpegs(shards[1][3:])  # the other shard, whole
+    assert skipped.stats.errors() == {"CorruptShardError": 1}
+
+
+@pytest.mark.parametrize("etag", [True, False], ids=["etag", "last-modified"])
+def test_a_shard_replaced_mid_read_by_a_server_ignoring_if_match_is_an_error(misbehaving, shards, tmp_path, etag):
+    # the new version has the same members of the same sizes: only the version check can tell
+    new = [{**s, "jpg": bytes(reversed(s["jpg"]))} for s in shards[1][:3]]
+    with ShardWriter(f"{tmp_path}/n-%06d.tar", maxcount=3) as w:
+        for s in new:
+            w.write(s)
+    replacement = (tmp_path / "n-000000.tar").read_bytes()
+    assert len(replacement) == (shards[0] / "s-000000.tar").stat().st_size
+    manifest = serve(misbehaving, shards, "swap", first=dict(change_after=2, replacement=replacement, etag=etag))
+    field = "ETag" if etag else "Last-Modified"
+    with pytest.raises(
+        CorruptShardError,
+        match=rf"^{misbehaving.url('swap/s-000000.tar')} changed while being read: the request for bytes \d+-\d+ "
+        rf"no longer matches {field} .*VersionChanged: the response for bytes \d+-\d+ has {field} ",
+    ):
+        epoch(manifest)
