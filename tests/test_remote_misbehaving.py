@@ -83,6 +83,10 @@ def test_a_range_answered_with_other_bytes_is_an_error_naming_the_shard(misbehav
     skipped = ShardDataset(manifest, decode=None, read_options=SMALL, shuffle=False, on_error="skip")
     assert jpegs(skipped) == jpegs(shards[1][3:])  # the other shard, whole
     assert skipped.stats.errors() == {"CorruptShardError": 1}
+    ds = IndexedDataset(manifest, decode=None, read_options=SMALL)
+    with pytest.raises(CorruptShardError, match=rf"^{shard}: asked for bytes \d+-\d+, {message}"):
+        ds[1]  # random access, past the shard's first bytes
+    assert jpegs([ds[4]]) == jpegs(shards[1][4:5])  # the other shard
 
 
 @pytest.mark.parametrize("etag", [True, False], ids=["etag", "last-modified"])
@@ -102,3 +106,17 @@ def test_a_shard_replaced_mid_read_by_a_server_ignoring_if_match_is_an_error(mis
         rf"no longer matches {field} .*VersionChanged: the response for bytes \d+-\d+ has {field} ",
     ):
         epoch(manifest)
+
+
+@pytest.mark.parametrize("etag", [True, False], ids=["etag", "last-modified"])
+def test_a_shard_replaced_between_random_reads_is_an_error_naming_the_shard(misbehaving, shards, etag):
+    manifest = serve(misbehaving, shards, "swap-random", first=dict(change_after=1, etag=etag))
+    ds = IndexedDataset(manifest, decode=None, read_options=SMALL)
+    assert jpegs([ds[0]]) == jpegs(shards[1][:1])  # the first request: the version the index was made of
+    field = "ETag" if etag else "Last-Modified"
+    with pytest.raises(
+        CorruptShardError,
+        match=rf"^{misbehaving.url('swap-random/s-000000.tar')} changed since it was opened: the request for bytes "
+        rf"\d+-\d+ no longer matches {field} .*VersionChanged: the response for bytes \d+-\d+ has {field} ",
+    ):
+        ds[1]

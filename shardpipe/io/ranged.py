@@ -7,7 +7,9 @@ read by ranged requests (retried on transient errors). ``read_many`` takes a bat
 ranges of one shard that lie close together become one request of at most
 ``block_size`` bytes, and the requests go out in parallel, each reserving its bytes
 from the process's memory budget (``shardpipe.io.budget``). The first use of a shard
-checks its size against the index, so a changed shard is reported, not misread.
+checks its size against the index, so a changed shard is reported, not misread; each
+request then names the version seen then and is checked to hold the range asked for
+(``shardpipe.io.pin``), as a stream's requests are.
 """
 
 from __future__ import annotations
@@ -20,15 +22,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardReadError, TruncatedShardError
+from shardpipe.errors import (
+    CorruptShardError,
+    ShardNotFoundError,
+    ShardpipeError,
+    ShardReadError,
+    TruncatedShardError,
+)
+from shardpipe.io.access import access_error
 from shardpipe.io.budget import process_budget
 from shardpipe.io.files import is_local, local_path, open_shard
+from shardpipe.io.pin import is_version_gone, pin_of
 from shardpipe.io.remote import (
     ReadOptions,
-    call_with_deadline,
     call_with_retries,
     is_retryable,
     object_info,
+    read_range,
     with_connection_pool,
 )
 
@@ -121,20 +131,26 @@ class RangeReader:
         self.requests += 1
         if kind == "fd":
             return os.pread(h.fd, end - start, start)
-        fs, path = h
+        fs, path, pin = h
         opts = self.read_options
         try:
             return call_with_retries(
-                lambda: call_with_deadline(fs, "cat_file", path, start=start, end=end, timeout=opts.timeout),
-                f"read {url} [{start}, {end})",
-                opts,
+                lambda: read_range(fs, path, start, end, pin, opts.timeout), f"read {url} [{start}, {end})", opts
             )
         except Exception as e:
-            if not is_retryable(e):
+            if isinstance(e, ShardpipeError):
                 raise
+            if is_version_gone(e, pin):
+                raise CorruptShardError(
+                    f"{url} changed since it was opened: the request for bytes {start}-{end - 1} no longer matches "
+                    f"{pin}: {type(e).__name__}: {e}; rebuild the index with `shardpipe index` if it was rewritten"
+                ) from e
+            denial = access_error(url, e)
+            if denial is not None:
+                raise denial from e
+            tries = f" after {opts.retries + 1} attempts" if is_retryable(e) else ""
             raise TruncatedShardError(
-                f"{url}: read of bytes {start}-{end - 1} failed after {opts.retries + 1} attempts: "
-                f"{type(e).__name__}: {e}"
+                f"{url}: read of bytes {start}-{end - 1} failed{tries}: {type(e).__name__}: {e}"
             ) from e
 
     def read_many(self, requests: Sequence[RangeRequest]) -> list[bytes | Exception]:
@@ -270,13 +286,14 @@ class RangeReader:
         import fsspec.core
 
         fs, path = fsspec.core.url_to_fs(url, **with_connection_pool(url, self.storage_options))
-        actual = object_info(fs, path, url, self.read_options)["size"]
+        info = object_info(fs, path, url, self.read_options)
+        actual = info["size"]
         if size is not None and actual != size:
             raise CorruptShardError(
                 f"shard {url} is {actual} bytes but was {size} when indexed: it changed; "
                 "rebuild the index with `shardpipe index`"
             )
-        return "fs", (fs, path)
+        return "fs", (fs, path, pin_of(fs, info))
 
     def close(self) -> None:
         """Close the open local files (remote handles hold nothing); one a read on another thread

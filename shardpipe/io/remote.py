@@ -164,6 +164,20 @@ def call_with_deadline(fs: Any, method: str, *args: Any, timeout: float, **kwarg
         raise TimeoutError(f"no answer within {timeout} s") from None  # (the wait_for timeout says nothing more)
 
 
+def read_range(fs: Any, path: str, start: int, end: int, pin: Pin | None, timeout: float) -> bytes:
+    """Bytes ``start``..``end``-1 of the version ``pin`` (as :func:`shardpipe.io.pin.fetch_range` checks
+    them), or ``TimeoutError`` after ``timeout`` seconds; a synchronous filesystem's ``cat_file`` otherwise."""
+    import fsspec.asyn
+
+    if not isinstance(fs, fsspec.asyn.AsyncFileSystem):
+        return call_with_deadline(fs, "cat_file", path, start=start, end=end, timeout=timeout)  # type: ignore[no-any-return]
+    coro = asyncio.wait_for(fetch_range(fs, path, start, end, pin), timeout)
+    try:
+        return asyncio.run_coroutine_threadsafe(coro, fs.loop).result()
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"no answer within {timeout} s") from None
+
+
 class AsyncBlockSource:
     """Ranged requests on an fsspec async filesystem's event loop, each with a deadline,
     each for the version ``pin`` (when the store names one)."""
