@@ -11,9 +11,11 @@ import pytest
 
 from shardpipe import ShardDataset, ShardWriter
 from shardpipe.devtools.synth import make_dataset
-from shardpipe.errors import CorruptShardError
+from shardpipe.errors import CorruptShardError, ShardReadError, TruncatedShardError
 from shardpipe.indexed import IndexedDataset
 from shardpipe.io.remote import ReadOptions
+
+from .servers.misbehaving import MisbehavingServer
 
 pytestmark = pytest.mark.servers
 
@@ -120,3 +122,41 @@ def test_a_shard_replaced_between_random_reads_is_an_error_naming_the_shard(misb
         rf"\d+-\d+ no longer matches {field} .*VersionChanged: the response for bytes \d+-\d+ has {field} ",
     ):
         ds[1]
+
+
+def test_a_redirect_to_another_server_is_followed(misbehaving, shards):
+    folder, samples = shards
+    other = MisbehavingServer().start()
+    try:
+        for path in sorted(folder.iterdir()):
+            other.put(f"moved/{path.name}", path.read_bytes())
+            status = 301 if path.suffix == ".tar" else 302
+            misbehaving.put(f"old/{path.name}", b"", redirect=other.url(f"moved/{path.name}"), redirect_status=status)
+        manifest = misbehaving.url("old/manifest.json")
+        assert jpegs(epoch(manifest)) == jpegs(samples)
+        ds = IndexedDataset(manifest, decode=None, read_options=SMALL)
+        assert jpegs([ds[5], ds[1]]) == jpegs([samples[5], samples[1]])
+    finally:
+        other.stop()
+
+
+def test_a_redirect_loop_is_an_error_naming_the_shard_without_retries(misbehaving, shards):
+    manifest = serve(misbehaving, shards, "loop", first=dict(redirect="/loop/s-000000.tar"))
+    shard = misbehaving.url("loop/s-000000.tar")
+    read = ReadOptions(retries=3, backoff=0.01)
+    with pytest.raises(ShardReadError, match=rf"^{shard}: cannot open: the server redirects in a loop \(more than 10 "):
+        list(ShardDataset(manifest, decode=None, read_options=read, shuffle=False))
+    # fsspec asks by HEAD, then by GET: 10 requests each (aiohttp stops there), not again for each retry
+    assert len([r for r in misbehaving.requests() if r[1] == "/loop/s-000000.tar"]) == 20
+    with pytest.raises(ShardReadError, match=rf"^{shard}: cannot open: the server redirects in a loop"):
+        IndexedDataset(manifest, decode=None, read_options=read)[0]
+
+
+def test_a_server_error_page_is_retried_then_named_with_its_status(misbehaving, shards):
+    manifest = serve(misbehaving, shards, "down", first=dict(status=503))
+    shard = misbehaving.url("down/s-000000.tar")
+    with pytest.raises(
+        TruncatedShardError,
+        match=rf"^{shard}: cannot open after 3 attempts: ClientResponseError: 503, message='Service Unavailable'",
+    ):
+        epoch(manifest)

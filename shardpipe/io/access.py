@@ -44,7 +44,7 @@ def denied(exc: BaseException) -> str | None:
             return str(e)
         if name in _NO_CREDENTIALS:
             return f"no credentials found ({e})"
-        status = getattr(e, "status", None) if name == "ClientResponseError" else getattr(e, "code", None)
+        status = getattr(e, "code", None) if name == "HttpError" else getattr(e, "status", None)
         if name in ("ClientResponseError", "HttpError") and status in (401, 403):
             return f"{status} {'Unauthorized' if status == 401 else 'Forbidden'}"
         if isinstance(e, PermissionError) or (type(e) is OSError and str(e).startswith("Forbidden")):

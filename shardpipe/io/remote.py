@@ -23,7 +23,13 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardpipeError, TruncatedShardError
+from shardpipe.errors import (
+    CorruptShardError,
+    ShardNotFoundError,
+    ShardpipeError,
+    ShardReadError,
+    TruncatedShardError,
+)
 from shardpipe.io.access import access_error, denied
 from shardpipe.io.budget import DEFAULT_MEMORY_LIMIT, LinkStats, link_stats
 from shardpipe.io.pin import Pin, fetch_range, is_version_gone, pin_of
@@ -107,6 +113,8 @@ def is_retryable(exc: BaseException) -> bool:
     if isinstance(exc, FileNotFoundError):
         # fsspec's HTTP info() reports any failure as FileNotFoundError: look at the cause
         return exc.__cause__ is not None and is_retryable(exc.__cause__)
+    if type(exc).__name__ == "TooManyRedirects":
+        return False  # a redirect loop loops again
     status = getattr(exc, "status", None)
     if isinstance(status, int) and type(exc).__name__ == "ClientResponseError":
         return status >= 500 or status in (408, 429)  # 404, 403, 416: a wrong request
@@ -249,9 +257,16 @@ def object_info(fs: Any, path: str, url: str, options: ReadOptions) -> dict[str,
         denial = access_error(url, e)
         if denial is not None:
             raise denial from e
+        cause = e.__cause__ or e  # (fsspec's HTTP info() reports any failure as FileNotFoundError)
         if is_retryable(e):  # still failing after the retries: the server is unreachable
             raise TruncatedShardError(
-                f"{url}: cannot open after {options.retries + 1} attempts: {type(e).__name__}: {e.__cause__ or e}"
+                f"{url}: cannot open after {options.retries + 1} attempts: {type(cause).__name__}: {cause}"
+            ) from e
+        if type(cause).__name__ == "TooManyRedirects":
+            hops = [str(r.headers.get("Location")) for r in getattr(cause, "history", ())][-3:]
+            raise ShardReadError(
+                f"{url}: cannot open: the server redirects in a loop (more than {len(cause.history)} redirects, "
+                f"the last to {', '.join(hops)})"
             ) from e
         if isinstance(e, FileNotFoundError):
             raise ShardNotFoundError(f"shard not found: {url}") from e

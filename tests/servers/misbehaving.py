@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import urllib.parse
 from dataclasses import dataclass
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -109,7 +110,7 @@ class _Handler(BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         with state.lock:
             state.log.append((self.command, self.path, rng))
-            obj = state.objects.get(self.path)
+            obj = state.objects.get(urllib.parse.unquote(self.path.partition("?")[0]))  # the query is not the name
             if obj is not None and not head:
                 obj.gets += 1
                 b = obj.behaviour
