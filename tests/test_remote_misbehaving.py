@@ -5,14 +5,19 @@ does, the result is the shard's own bytes or an error naming the shard (a counte
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from shardpipe import ShardDataset, ShardWriter
 from shardpipe.devtools.synth import make_dataset
-from shardpipe.errors import CorruptShardError, ShardReadError, TruncatedShardError
+from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardReadError, TruncatedShardError
 from shardpipe.indexed import IndexedDataset
+from shardpipe.io.files import open_shard
 from shardpipe.io.remote import ReadOptions
 
 from .servers.misbehaving import MisbehavingServer
@@ -160,3 +165,19 @@ def test_a_server_error_page_is_retried_then_named_with_its_status(misbehaving, 
         match=rf"^{shard}: cannot open after 3 attempts: ClientResponseError: 503, message='Service Unavailable'",
     ):
         epoch(manifest)
+
+
+@pytest.mark.parametrize("char", ["#", "?"])
+def test_a_raw_hash_or_question_mark_in_an_http_url_gets_a_hint(misbehaving, char):
+    name = f"a{char}b.tar"
+    misbehaving.put(name, b"x" * 1024)
+    hint = r"percent-encode them, '#' as %23 and '\?' as %3F"
+    with pytest.raises(ShardNotFoundError, match=rf"^shard not found: {re.escape(misbehaving.url(name))} .*{hint}"):
+        open_shard(misbehaving.url(name))
+    with open_shard(misbehaving.url(quote(name))) as f:  # encoded, it reaches the server as the name
+        assert f.read() == b"x" * 1024
+    done = subprocess.run(
+        [sys.executable, "-m", "shardpipe.cli", "inspect", misbehaving.url(name)], capture_output=True, text=True
+    )
+    assert done.returncode == 2
+    assert re.search(rf"shardpipe inspect: error: shard not found: .*{hint}", done.stderr), done.stderr

@@ -218,7 +218,9 @@ def resolve_inputs(urls: str, storage_options: dict[str, Any] | None = None) -> 
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         if not os.path.isdir(missing[0]):
-            raise InputError(f"shard not found: {missing[0]}{more}")
+            from shardpipe.io.remote import not_found_message
+
+            raise InputError(f"{not_found_message(missing[0])}{more}")
         folder = missing[0].rstrip("/")
         meant = f"{folder}/manifest.json" if os.path.isfile(f"{folder}/manifest.json") else f"'{folder}/*.tar'"
         raise InputError(f"{missing[0]} is a folder, not a shard: did you mean {meant}?")

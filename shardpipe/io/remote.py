@@ -269,12 +269,22 @@ def object_info(fs: Any, path: str, url: str, options: ReadOptions) -> dict[str,
                 f"the last to {', '.join(hops)})"
             ) from e
         if isinstance(e, FileNotFoundError):
-            raise ShardNotFoundError(f"shard not found: {url}") from e
+            raise ShardNotFoundError(not_found_message(url)) from e
         raise
     size = info.get("size")
     if size is None:
         raise CorruptShardError(f"{url}: the server does not report the object's size")
     return {**info, "size": int(size)}
+
+
+def not_found_message(url: str) -> str:
+    """'shard not found: URL', with a hint when an http(s) URL holds a raw '#' or '?'."""
+    if url.lower().startswith(("http://", "https://")) and ("#" in url or "?" in url):
+        return (
+            f"shard not found: {url} (a raw '#' in an http(s) URL starts its fragment and a '?' its query, "
+            "so neither reaches the server as part of the name: percent-encode them, '#' as %23 and '?' as %3F)"
+        )
+    return f"shard not found: {url}"
 
 
 #: connections one process may open to an S3 endpoint (botocore's default, 10, caps the window)
