@@ -455,3 +455,19 @@ def test_a_manifest_naming_a_shard_outside_its_folder_says_how_to_fix_it_on_the_
     (tmp_path / "data" / "manifest.json").write_text(json.dumps(doc))
     fixed = cli(command, "data/manifest.json", *extra.get(command, []), cwd=tmp_path)
     assert fixed.returncode == 0, fixed.stderr
+
+
+def test_write_takes_storage_options_for_a_remote_output(tmp_path: Path, s3_store):
+    src = tmp_path / "imgs"
+    src.mkdir()
+    for i in range(3):
+        (src / f"im{i}.jpg").write_bytes(small_jpeg(i))
+    options = s3_store.options()
+    out = s3_store.url("written/w-%04d.tar")
+    r = cli("write", str(src), out, "--maxcount", "2", "--no-progress", "--storage-options", json.dumps(options))
+    assert r.returncode == 0, r.stderr
+    assert f"shards: {s3_store.url('written/w-{0000..0001}.tar')}\n" in r.stdout
+    assert keys(s3_store.url("written/manifest.json"), storage_options=options) == ["im0", "im1", "im2"]
+    r = cli("write", str(src), out, "--storage-options", "{not json")
+    assert r.returncode == 2
+    assert "shardpipe write: error: --storage-options is not JSON" in r.stderr

@@ -142,6 +142,14 @@ def manifest_fix(error: BaseException | None) -> str:
     )
 
 
+def add_storage_options(p: argparse.ArgumentParser, what: str = "remote URLs") -> None:
+    """The ``--storage-options JSON`` flag every subcommand that reads or writes remote URLs takes."""
+    p.add_argument(
+        "--storage-options", default=None, metavar="JSON",
+        help=f'fsspec options for {what}, e.g. \'{{"endpoint_url": "http://127.0.0.1:9000", "anon": true}}\'',
+    )  # fmt: skip
+
+
 def parse_storage_options(text: str | None) -> dict[str, Any] | None:
     import json
 

@@ -212,18 +212,13 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from shardpipe.cli.common import add_storage_options
+
     p.add_argument("urls", help="manifest.json, brace pattern (out/train-{000000..000009}.tar), quoted glob "
                    "('out/train-*.tar') or a '::'-joined list of these")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--keys", type=int, default=5, help="how many first keys to show (default 5)")
     add_storage_options(p)
-
-
-def add_storage_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--storage-options", default=None, metavar="JSON",
-        help='fsspec options for remote URLs, e.g. \'{"endpoint_url": "http://127.0.0.1:9000", "anon": true}\'',
-    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

@@ -173,7 +173,7 @@ def _manifest_of(urls: str | list[str], storage_options: dict[str, Any] | None) 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from shardpipe.cli.inspect import add_storage_options
+    from shardpipe.cli.common import add_storage_options
 
     p.add_argument("urls", help="manifest.json (checks checksums and counts), brace pattern, quoted glob "
                    "('out/train-*.tar') or a '::'-joined list of these")  # fmt: skip

@@ -30,6 +30,8 @@ def parse_size(text: str) -> int:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from shardpipe.cli.common import add_storage_options
+
     p.add_argument("source", help="folder, ImageFolder root, .csv/.jsonl list, or LMDB store")
     p.add_argument("pattern", metavar="OUTPUT_PATTERN", help="shard names, e.g. out/train-%%06d.tar")
     p.add_argument("--source-type", choices=SOURCE_TYPES, default="auto", help="default: guess from SOURCE")
@@ -91,24 +93,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="MODULE:FUNCTION",
         help="turns an LMDB value into image bytes (or (bytes, label[, extra]))",
     )
+    add_storage_options(p, "a remote OUTPUT_PATTERN (s3://, gs://)")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if any input was skipped")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, fail
+    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options
     from shardpipe.errors import OutputInUseError
     from shardpipe.write.job import write_shards
     from shardpipe.write.plan import ShardTaskError
     from shardpipe.write.shard_writer import brace_range
 
     try:
+        storage_options = parse_storage_options(args.storage_options)
+    except InputError as e:
+        return fail("write", e, USAGE)
+    try:
         summary = write_shards(
             args.source, args.pattern, source_type=args.source_type, maxcount=args.maxcount,
             maxsize=args.maxsize, compress=args.compress, workers=args.workers, shuffle=args.shuffle,
             seed=args.seed, presize=args.presize, quality=args.quality, check=args.check,
             restart_intervals=args.restart_intervals, resume=args.resume, label_pattern=args.label_pattern,
-            lmdb_decoder=args.lmdb_decoder,
+            lmdb_decoder=args.lmdb_decoder, storage_options=storage_options,
             progress=not args.no_progress, engine=args.engine, ray_address=args.ray_address,
         )  # fmt: skip
     except KeyboardInterrupt:
