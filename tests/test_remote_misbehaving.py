@@ -181,3 +181,16 @@ def test_a_raw_hash_or_question_mark_in_an_http_url_gets_a_hint(misbehaving, cha
     )
     assert done.returncode == 2
     assert re.search(rf"shardpipe inspect: error: shard not found: .*{hint}", done.stderr), done.stderr
+
+
+@pytest.mark.parametrize("command", ["inspect", "verify"])
+def test_a_body_longer_than_its_content_length_is_a_data_problem_for_the_cli(misbehaving, shards, command):
+    # the bytes past Content-Length break the connection's next response: here in the padding after the archive
+    manifest = serve(misbehaving, shards, f"long-{command}", first=dict(length_delta=-100))
+    shard = misbehaving.url(f"long-{command}/s-000000.tar")
+    done = subprocess.run(
+        [sys.executable, "-m", "shardpipe.cli", command, manifest], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1, done.stderr  # bad data, not a usage error
+    assert "read from closed stream" not in done.stderr
+    assert f"{shard}: read failed at byte " in done.stdout, done.stdout

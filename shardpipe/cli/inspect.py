@@ -88,6 +88,9 @@ class ShardReader:
                     self.error = str(e) if streams else f"cannot open: {e}"
             if streams:
                 self.size, self.sha256 = streams[0].read_bytes, streams[0].hexdigest()
+                failed = streams[0].drain_error  # past the last member: only the drain saw it
+                if self.error is None and isinstance(failed, ShardpipeError):
+                    self.failure, self.error = failed, str(failed)
 
 
 def header_size(data: bytes) -> tuple[int, int] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from typing import IO
 
-from shardpipe.errors import CorruptShardError
+from shardpipe.errors import CorruptShardError, ShardpipeError
 
 _CHUNK = 1 << 20
 
@@ -21,13 +21,16 @@ class HashingReader:
     It does not seek (the hash needs every byte), so a tar reader over it reads the
     members it skips instead of seeking past them. ``drain_on_close``: ``close()`` first
     reads what is left (the padding after a tar's end-of-archive blocks belongs to the
-    file too), ignoring a read error the consumer has already seen.
+    file too); a read error there is kept as ``drain_error`` (the consumer may not have
+    seen it: it can come after the archive's last member). Closing twice is a no-op.
     """
 
     def __init__(self, raw: IO[bytes], *, drain_on_close: bool = False):
         self.raw = raw
         self.read_bytes = 0
         self.drain_on_close = drain_on_close
+        self.drain_error: Exception | None = None
+        self.closed = False
         self._hash = hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:
@@ -50,11 +53,14 @@ class HashingReader:
         return self._hash.hexdigest()
 
     def close(self) -> None:
+        if self.closed:
+            return  # (a second drain would read from the closed stream)
+        self.closed = True
         try:
             if self.drain_on_close:
                 self.drain()
-        except OSError:
-            pass  # the consumer already reported why the stream stopped
+        except (OSError, ShardpipeError) as e:  # a remote stream's errors are ShardpipeErrors
+            self.drain_error = e
         finally:
             self.raw.close()
 
