@@ -136,8 +136,12 @@ def test_a_remote_read_is_retried_and_each_retry_logged_with_its_range(store, ca
     assert ranges() == [(10, 20)] * 3
     assert reader.requests == 1  # one read, three attempts
     LoggedFS.fail[URL] = [ConnectionResetError(104, "reset")] * 3
-    with pytest.raises(ConnectionResetError):
-        reader.read(URL, 10, 20)  # retries=2: the third failure is raised
+    with pytest.raises(TruncatedShardError) as e:
+        reader.read(URL, 10, 20)  # retries=2: the third failure is raised, naming the shard and the bytes
+    assert (
+        str(e.value) == f"{URL}: read of bytes 10-19 failed after 3 attempts: ConnectionResetError: [Errno 104] reset"
+    )
+    assert isinstance(e.value.__cause__, ConnectionResetError)
 
 
 def test_a_batch_read_is_retried_and_logged_with_its_range(store, caplog):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -134,40 +133,24 @@ def call_with_retries(fn: Callable[[], T], what: str, options: ReadOptions) -> T
     raise AssertionError("unreachable")
 
 
-_deadline_pool: ThreadPoolExecutor | None = None  # for synchronous filesystems; none in a forked child
-
-
-def _forget_pool() -> None:
-    global _deadline_pool
-    _deadline_pool = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
 def call_with_deadline(fs: Any, method: str, *args: Any, timeout: float, **kwargs: Any) -> Any:
     """``fs.method(*args, **kwargs)``, or ``TimeoutError`` after ``timeout`` seconds.
 
     The clients' own limits are minutes (aiohttp: 5, botocore: 60 s a try, 5 tries), so a
     server that accepts the connection and never answers would hold the caller that long
-    whatever ``ReadOptions.timeout`` says. An async filesystem's request is cancelled on
-    its loop; a synchronous one's call is left to finish on a pool thread.
+    whatever ``ReadOptions.timeout`` says. An async filesystem's request (S3, GCS, HTTP) is
+    cancelled on its loop; a synchronous one is called on this thread (nothing could cancel
+    it: a pool thread would only stop the waiting, and serialise the callers' reads).
     """
     import fsspec.asyn
 
-    global _deadline_pool
-    is_async = isinstance(fs, fsspec.asyn.AsyncFileSystem)
-    if is_async:
-        coro = asyncio.wait_for(getattr(fs, f"_{method}")(*args, **kwargs), timeout)
-        fut = asyncio.run_coroutine_threadsafe(coro, fs.loop)
-    else:
-        if _deadline_pool is None:
-            _deadline_pool = ThreadPoolExecutor(8, thread_name_prefix="shardpipe-call")
-        fut = _deadline_pool.submit(getattr(fs, method), *args, **kwargs)
+    if not isinstance(fs, fsspec.asyn.AsyncFileSystem):
+        return getattr(fs, method)(*args, **kwargs)
+    coro = asyncio.wait_for(getattr(fs, f"_{method}")(*args, **kwargs), timeout)
+    fut = asyncio.run_coroutine_threadsafe(coro, fs.loop)
     try:
-        return fut.result(None if is_async else timeout)  # (the loop enforces an async call's deadline)
-    except (asyncio.TimeoutError, FutureTimeout):
+        return fut.result()  # (the loop enforces the deadline)
+    except asyncio.TimeoutError:
         fut.cancel()
         raise TimeoutError(f"no answer within {timeout} s") from None  # (the wait_for timeout says nothing more)
 
