@@ -48,6 +48,7 @@ from shardpipe.workers import (
     awaited_worker,
     choose_context,
     prestart_forkserver,
+    sigint_deferred,
     stop_workers,
 )
 from shardpipe.workerwatch import WatchedWorkersIter, position
@@ -269,7 +270,8 @@ class ShardLoader(DataLoader):
             if self._requested_context == "auto":  # decided per pass: threads come and go
                 self.multiprocessing_context = choose_context("auto", ds)
             try:
-                it = super().__iter__()  # fresh workers start now (persistent ones kept theirs), taking the pool
+                with sigint_deferred():  # a Ctrl-C that comes during the forks is raised after them
+                    it = super().__iter__()  # fresh workers start now (persistent ones kept theirs), taking the pool
             except WorkerDiedError:
                 self._iterator = None  # a persistent worker died as its pass began: the next pass starts new ones
                 raise

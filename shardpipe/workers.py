@@ -17,6 +17,7 @@ it entered, the shard it is on and when; the loader reads it to name a stalled w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -24,6 +25,7 @@ import signal
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -205,3 +207,36 @@ def awaited_worker(it: Any, progress: WorkerProgress, num_workers: int) -> int:
         return int(info[0])
     ages = [progress.where(w)[2] or float("inf") for w in range(num_workers)]
     return max(range(num_workers), key=lambda w: ages[w])
+
+
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold back a Ctrl-C that comes while workers are forked, and raise it once they are.
+
+    Python runs a signal's handler at the next bytecode, which during a fork may be one of the
+    at-fork callbacks (``logging``'s among them), where an exception is printed as "ignored" and
+    dropped: the program went on as if Ctrl-C had never come (about one try in three when it
+    came as an epoch began). Meanwhile SIGINT is recorded only; afterwards the program's own
+    handler runs with it, here (``KeyboardInterrupt``). Forked workers inherit the recording
+    handler and so ignore Ctrl-C: the trainer stops them, as it does on any exit. Only in the
+    main thread (the only one that can set a handler); elsewhere it changes nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner, came = os.getpid(), []
+
+    def record(signum: int, frame: Any) -> None:
+        if os.getpid() == owner:  # (in a forked worker: ignored)
+            came.append(frame)
+
+    previous = signal.signal(signal.SIGINT, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if came:
+            if callable(previous):
+                previous(signal.SIGINT, came[-1])  # KeyboardInterrupt, by default
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)

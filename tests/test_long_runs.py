@@ -176,3 +176,34 @@ report(step_done=step_done, error=error, victim=victim)
     r, _ = run_program(tmp_path, manifest, program)
     assert r["step_done"], r
     assert r["error"].startswith(f"WorkerDiedError: DataLoader worker 1 (pid {r['victim']}) was killed by SIGKILL"), r
+
+
+CTRL_C_DURING_THE_FORKS = """
+forks, epoch = [], 0
+
+
+def ctrl_c_at_the_first_fork_of_epoch_1():
+    forks.append(epoch)
+    if forks.count(1) == 1 and epoch == 1:
+        os.kill(os.getpid(), signal.SIGINT)  # as a Ctrl-C that lands while the workers are forked
+
+
+os.register_at_fork(after_in_parent=ctrl_c_at_the_first_fork_of_epoch_1)
+loader = ShardLoader(dataset(), num_workers=2, multiprocessing_context="fork")
+try:
+    for epoch in range(3):
+        for batch in loader:
+            pass
+    report(interrupted=None, epoch=epoch)
+except KeyboardInterrupt:
+    report(interrupted=True, epoch=epoch)
+"""
+
+
+def test_a_ctrl_c_that_comes_while_workers_are_forked_stops_the_program(tmp_path, manifest):
+    """Python ran the KeyboardInterrupt inside an at-fork callback (logging's), which prints it as
+    "Exception ignored" and drops it: the program went on training (about one Ctrl-C in three at an
+    epoch's start). Now it is raised once the workers are forked."""
+    r, err = run_program(tmp_path, manifest, CTRL_C_DURING_THE_FORKS)
+    assert r == {"interrupted": True, "epoch": 1}, (r, err[-2000:])
+    assert "Exception ignored" not in err, err[-2000:]
