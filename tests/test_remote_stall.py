@@ -54,3 +54,21 @@ def test_a_random_read_from_a_stalled_server_is_an_error_naming_the_shard_and_by
     )
     http_store.proxy.clear()
     assert reader.read(url, 100, 300_000) == data[100:300_000]  # the shard reads again once the server does
+
+
+@pytest.mark.timeout(120)
+def test_a_timeout_the_client_raises_itself_is_reported_as_its_own_not_as_the_deadline(http_store):
+    import aiohttp
+
+    data = payload(400_000, 4)
+    http_store.put("stall/own-timeout.bin", data)
+    url = http_store.url("stall/own-timeout.bin", proxied=True)
+    own = {"client_kwargs": {"timeout": aiohttp.ClientTimeout(sock_read=0.5)}}  # aiohttp gives up first
+    reader = RangeReader(storage_options=own, read_options=ReadOptions(timeout=30, retries=0))
+    assert reader.read(url, 0, 1000) == data[:1000]
+    http_store.proxy.stall(after=20_000, seconds=30, times=1000)
+    with pytest.raises(TruncatedShardError) as e:
+        reader.read(url, 0, 300_000)
+    assert str(e.value) == (
+        f"{url}: read of bytes 0-299999 failed after 1 attempts: SocketTimeoutError: Timeout on reading data from socket"
+    )  # (was: "TimeoutError: no answer within 30 s", aiohttp's own error taken for the deadline)

@@ -17,8 +17,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -133,26 +132,41 @@ def call_with_retries(fn: Callable[[], T], what: str, options: ReadOptions) -> T
     raise AssertionError("unreachable")
 
 
+class _Expired(Exception):
+    """The deadline of :func:`call_with_deadline` passed (told apart from a TimeoutError the call raises)."""
+
+
+async def _within(coro: Any, timeout: float) -> Any:
+    """``await coro``, or :class:`_Expired` after ``timeout`` seconds (the call is cancelled, not awaited)."""
+    task = asyncio.ensure_future(coro)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # (no "never retrieved" warning)
+        raise _Expired
+    return task.result()
+
+
 def call_with_deadline(fs: Any, method: str, *args: Any, timeout: float, **kwargs: Any) -> Any:
-    """``fs.method(*args, **kwargs)``, or ``TimeoutError`` after ``timeout`` seconds.
+    """``fs.method(*args, **kwargs)``, or ``TimeoutError("no answer within N s")`` after ``timeout`` seconds.
 
     The clients' own limits are minutes (aiohttp: 5, botocore: 60 s a try, 5 tries), so a
     server that accepts the connection and never answers would hold the caller that long
     whatever ``ReadOptions.timeout`` says. An async filesystem's request (S3, GCS, HTTP) is
     cancelled on its loop; a synchronous one is called on this thread (nothing could cancel
-    it: a pool thread would only stop the waiting, and serialise the callers' reads).
+    it: a pool thread would only stop the waiting, and serialise the callers' reads). A
+    TimeoutError the client raises itself (aiohttp's ``SocketTimeoutError``, a socket timeout)
+    is raised as it is.
     """
     import fsspec.asyn
 
     if not isinstance(fs, fsspec.asyn.AsyncFileSystem):
         return getattr(fs, method)(*args, **kwargs)
-    coro = asyncio.wait_for(getattr(fs, f"_{method}")(*args, **kwargs), timeout)
-    fut = asyncio.run_coroutine_threadsafe(coro, fs.loop)
+    call = _within(getattr(fs, f"_{method}")(*args, **kwargs), timeout)
     try:
-        return fut.result()  # (the loop enforces the deadline)
-    except asyncio.TimeoutError:
-        fut.cancel()
-        raise TimeoutError(f"no answer within {timeout} s") from None  # (the wait_for timeout says nothing more)
+        return asyncio.run_coroutine_threadsafe(call, fs.loop).result()  # (the loop keeps the deadline)
+    except _Expired:
+        raise TimeoutError(f"no answer within {timeout} s") from None
 
 
 def read_range(fs: Any, path: str, start: int, end: int, pin: Pin | None, timeout: float) -> bytes:
@@ -218,10 +232,9 @@ class ThreadBlockSource:
         return self.pool.submit(self._fetch, start, end)
 
     def result(self, fut: Future[bytes]) -> bytes:
-        try:
-            return fut.result(self.timeout)
-        except FutureTimeout as e:
-            raise TimeoutError(f"no data within {self.timeout} s") from e
+        if not wait([fut], self.timeout).done:  # (a TimeoutError of the read itself is raised as it is)
+            raise TimeoutError(f"no data within {self.timeout} s")
+        return fut.result()
 
     def changed(self, exc: BaseException) -> bool:
         return False
