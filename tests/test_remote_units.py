@@ -13,15 +13,14 @@ import pytest
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, TruncatedShardError
 from shardpipe.io import remote as remote_module
+from shardpipe.io.clients import MAX_CONNECTIONS, reading_options
 from shardpipe.io.remote import (
-    MAX_CONNECTIONS,
     ReadOptions,
     ThreadBlockSource,
     call_with_retries,
     is_retryable,
     object_info,
     open_remote,
-    with_connection_pool,
 )
 
 from .helpers import Sleeps, own_records, payload
@@ -179,18 +178,17 @@ def test_object_info_errors_name_the_url(monkeypatch):
         object_info(InfoStore([], {"name": "p"}), "p", "s3://b/p", opts)
 
 
-def test_s3_gets_a_connection_pool_for_the_window_and_nothing_else_changes():
-    assert with_connection_pool("s3://b/x", None) == {"config_kwargs": {"max_pool_connections": MAX_CONNECTIONS}}
-    assert with_connection_pool("s3a://b/x", {"anon": True}) == {
-        "anon": True,
-        "config_kwargs": {"max_pool_connections": MAX_CONNECTIONS},
-    }
+def test_reading_options_give_s3_a_wide_pool_and_each_client_one_try_and_keep_what_the_user_set():
+    once = {"max_pool_connections": MAX_CONNECTIONS, "retries": {"total_max_attempts": 1}}
+    assert reading_options("s3://b/x", None) == {"config_kwargs": once}
+    assert reading_options("s3a://b/x", {"anon": True}) == {"anon": True, "config_kwargs": once}
     mine = {"config_kwargs": {"max_pool_connections": 5, "retries": {}}}
-    assert with_connection_pool("s3://b/x", mine) == mine and mine == {
+    assert reading_options("s3://b/x", mine) == mine and mine == {
         "config_kwargs": {"max_pool_connections": 5, "retries": {}}
     }
-    assert with_connection_pool("gs://b/x", {"token": "anon"}) == {"token": "anon"}
-    assert with_connection_pool("https://h/x", None) == {}
+    assert reading_options("gs://b/x", {"token": "anon"}) == {"token": "anon", "retry_timeout": 0}
+    assert reading_options("gcs://b/x", {"retry_timeout": 5}) == {"retry_timeout": 5}
+    assert reading_options("https://h/x", None) == {}
     assert MAX_CONNECTIONS == 64
 
 

@@ -31,6 +31,7 @@ from shardpipe.errors import (
 )
 from shardpipe.io.access import access_error
 from shardpipe.io.budget import process_budget
+from shardpipe.io.clients import reading_fs
 from shardpipe.io.files import is_local, local_path, open_shard
 from shardpipe.io.pin import is_version_gone, pin_of
 from shardpipe.io.remote import (
@@ -39,7 +40,6 @@ from shardpipe.io.remote import (
     is_retryable,
     object_info,
     read_range,
-    with_connection_pool,
 )
 
 #: ranges of one shard closer than this are read by one request (the gap is read and dropped)
@@ -283,9 +283,7 @@ class RangeReader:
         return self._remote(url, size)
 
     def _remote(self, url: str, size: int | None) -> tuple[str, Any]:
-        import fsspec.core
-
-        fs, path = fsspec.core.url_to_fs(url, **with_connection_pool(url, self.storage_options))
+        fs, path = reading_fs(url, self.storage_options)
         info = object_info(fs, path, url, self.read_options)
         actual = info["size"]
         if size is not None and actual != size:

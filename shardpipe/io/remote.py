@@ -30,6 +30,7 @@ from shardpipe.errors import (
 )
 from shardpipe.io.access import access_error, denied
 from shardpipe.io.budget import DEFAULT_MEMORY_LIMIT, LinkStats, link_stats
+from shardpipe.io.clients import MAX_CONNECTIONS, reading_fs
 from shardpipe.io.pin import Pin, fetch_range, is_version_gone, pin_of
 
 if TYPE_CHECKING:
@@ -283,20 +284,6 @@ def not_found_message(url: str) -> str:
     return f"shard not found: {url}"
 
 
-#: connections one process may open to an S3 endpoint (botocore's default, 10, caps the window)
-MAX_CONNECTIONS = 64
-
-
-def with_connection_pool(url: str, storage_options: dict[str, Any] | None) -> dict[str, Any]:
-    """``storage_options`` with room for a wide window of requests (S3: ``max_pool_connections``)."""
-    opts = dict(storage_options or {})
-    if url.split("://", 1)[0] in ("s3", "s3a"):
-        config = dict(opts.get("config_kwargs") or {})
-        config.setdefault("max_pool_connections", MAX_CONNECTIONS)
-        opts["config_kwargs"] = config
-    return opts
-
-
 def open_remote(
     url: str,
     offset: int = 0,
@@ -307,12 +294,11 @@ def open_remote(
 ) -> ResumableReader:
     """Open a remote object (any fsspec URL) for resumable streaming from ``offset``."""
     import fsspec.asyn
-    import fsspec.core
 
     from shardpipe.io.stream import ResumableReader
 
     options = options or ReadOptions()
-    fs, path = fsspec.core.url_to_fs(url, **with_connection_pool(url, storage_options))
+    fs, path = reading_fs(url, storage_options)
     info = object_info(fs, path, url, options)
     size = info["size"]
     if expected_size is not None and size != expected_size:
