@@ -166,7 +166,10 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         paths = self.open_options.manifest_paths
         manifest = single_manifest(urls) if self.split_options.shuffle_algo == "block" else None
         loaded = load_manifest(manifest, storage, paths) if manifest is not None else None  # read once, used twice
-        self.shards: list[Shard] = manifest_shards(loaded) if loaded is not None else expand_urls(urls, storage, paths)
+        if loaded is not None:
+            self.shards: list[Shard] = manifest_shards(loaded)
+        else:  # (a glob's listing follows the read options' retries and timeout)
+            self.shards = expand_urls(urls, storage, paths, read_options_of(self.open_options))
         self.has_counts = all(s.samples is not None for s in self.shards)
         policy = self.split_options.epoch_policy
         if policy in ("drop", "pad") and not self.has_counts:

@@ -73,3 +73,39 @@ def test_opening_a_shard_on_a_store_nobody_listens_on_fails_after_the_read_optio
     assert kind_name == "TruncatedShardError"
     assert message.startswith(f"{url}: cannot open after 9 attempts: {client_error}")
     assert str(port) in message
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "kind, client_error",
+    [("s3", "EndpointConnectionError: Could not connect to the endpoint URL"),
+     ("gs", "ConnectionRefusedError: [Errno 111] Connect call failed")],
+)  # fmt: skip
+def test_a_glob_on_a_store_nobody_listens_on_fails_after_the_read_options_retries_naming_it(kind, client_error):
+    prefix, options, port = closed_store(kind)
+    url = f"{prefix}/x/*.tar"
+    kind_name, message = run_program(url, options)
+    assert kind_name == "StoreUnreachableError"  # (before: the client's own error, without the URL)
+    assert message.startswith(f"{url}: cannot reach the store for its listing after 9 attempts: {client_error}")
+    assert str(port) in message
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shardpipe.cli", *args], capture_output=True, text=True, env=user_env(),
+        timeout=200,  # hang guard: the CLI reads under the default ReadOptions (8 retries, ~32 s of backoff)
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_cli_a_glob_on_a_gcs_endpoint_nobody_listens_on_exits_2_naming_it():
+    prefix, options, port = closed_store("gs")
+    url = f"{prefix}/x/*.tar"
+    run = cli("inspect", url, "--storage-options", json.dumps(options))
+    assert run.returncode == 2, run.stderr
+    assert (
+        f"shardpipe inspect: error: {url}: cannot reach the store for its listing after 9 attempts: "
+        f"ConnectionRefusedError: [Errno 111] Connect call failed ('127.0.0.1', {port})"
+    ) in run.stderr
+    assert f"INFO retrying the listing of {url} after ClientConnectorError" in run.stderr  # said while it waits

@@ -165,7 +165,8 @@ def parse_storage_options(text: str | None) -> dict[str, Any] | None:
 
 
 def _missing(urls: list[str], storage_options: dict[str, Any] | None) -> list[str]:
-    """The URLs in ``urls`` that do not exist (or name a folder): a stat locally, an existence check remotely."""
+    """The URLs in ``urls`` that do not exist (or name a folder): a stat locally, an existence check remotely
+    (under the default ``ReadOptions``: retried, each try within its timeout)."""
     from shardpipe.io.files import is_local, local_path
 
     local = [u for u in urls if is_local(u)]
@@ -174,23 +175,16 @@ def _missing(urls: list[str], storage_options: dict[str, Any] | None) -> list[st
     if remote:
         from concurrent.futures import ThreadPoolExecutor
 
-        import fsspec.core
-
-        from shardpipe.io.access import access_error
-        from shardpipe.io.remote import is_retryable
+        from shardpipe.io.clients import reading_fs
+        from shardpipe.io.remote import ReadOptions, call_store
 
         def exists(url: str) -> bool:
-            fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
+            fs, path = reading_fs(url, storage_options)
             try:  # (not fs.isfile: it answers False for any error, a refused request too)
-                return fs.info(path).get("type") != "directory"
-            except Exception as e:
-                denial = access_error(url, e)
-                if denial is not None:
-                    raise denial from e
-                if isinstance(e, FileNotFoundError) and not is_retryable(e):
-                    return False
-                cause = e.__cause__ or e
-                raise OSError(f"{url}: cannot reach the store: {type(cause).__name__}: {cause}") from e
+                info = call_store(fs, "info", path, url=url, what="existence check", options=ReadOptions())
+            except FileNotFoundError:  # (an unreachable store is StoreUnreachableError, after the retries)
+                return False
+            return info.get("type") != "directory"
 
         with ThreadPoolExecutor(16) as pool:
             missing += [u for u, ok in zip(remote, pool.map(exists, remote)) if not ok]

@@ -68,6 +68,11 @@ class ReadOptions:
         return min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
 
 
+class StoreUnreachableError(ConnectionError):
+    """A listing or existence check the store did not answer after ``ReadOptions.retries`` retries
+    (connection refused, a host name that does not resolve, no answer within ``timeout``)."""
+
+
 def _retryable_types() -> tuple[type[BaseException], ...]:
     """Errors that mean 'the transfer broke', not 'the request is wrong'."""
     import http.client
@@ -107,7 +112,7 @@ def is_retryable(exc: BaseException) -> bool:
     global _RETRYABLE
     if _RETRYABLE is None:
         _RETRYABLE = _retryable_types()
-    if isinstance(exc, (ShardpipeError, PermissionError)) or denied(exc) is not None:
+    if isinstance(exc, (ShardpipeError, PermissionError, StoreUnreachableError)) or denied(exc) is not None:
         return False  # our own verdicts, refused or missing credentials: retrying will not help
     if isinstance(exc, FileNotFoundError):
         # fsspec's HTTP info() reports any failure as FileNotFoundError: look at the cause
@@ -182,6 +187,33 @@ def read_range(fs: Any, path: str, start: int, end: int, pin: Pin | None, timeou
         return asyncio.run_coroutine_threadsafe(coro, fs.loop).result()
     except asyncio.TimeoutError:
         raise TimeoutError(f"no answer within {timeout} s") from None
+
+
+def call_store(fs: Any, method: str, *args: Any, url: str, what: str, options: ReadOptions, **kwargs: Any) -> Any:
+    """``fs.method(*args, **kwargs)`` for ``url`` under the retry policy, each try within ``options.timeout``.
+
+    A refused request is :class:`~shardpipe.io.access.AccessDeniedError`; a store that still does not
+    answer after the retries :class:`StoreUnreachableError`, "URL: cannot reach the store for its WHAT
+    after N attempts: ..." (``what``: "listing", "existence check"); other errors (a missing object) are
+    raised as they are.
+    """
+    try:
+        return call_with_retries(
+            lambda: call_with_deadline(fs, method, *args, timeout=options.timeout, **kwargs),
+            f"the {what} of {url}",
+            options,
+        )
+    except Exception as e:
+        denial = access_error(url, e)
+        if denial is not None:
+            raise denial from e
+        if not is_retryable(e):
+            raise
+        cause = e.__cause__ or e
+        tries = options.retries + 1
+        raise StoreUnreachableError(
+            f"{url}: cannot reach the store for its {what} after {tries} attempts: {type(cause).__name__}: {cause}"
+        ) from e
 
 
 class AsyncBlockSource:

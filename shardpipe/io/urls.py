@@ -11,12 +11,15 @@ import glob
 import os
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from braceexpand import braceexpand
 
 from shardpipe.errors import ShardNotFoundError
 from shardpipe.io.files import is_local, local_path
+
+if TYPE_CHECKING:
+    from shardpipe.io.remote import ReadOptions
 
 #: storage schemes whose URLs a user may mistype (``s3:/bucket`` for ``s3://bucket``)
 KNOWN_SCHEMES = (
@@ -96,8 +99,13 @@ def natural_key(url: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", url)]
 
 
-def expand_glob(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """The files matching the glob ``url`` (local or fsspec), in natural order; ShardNotFoundError if none."""
+def expand_glob(
+    url: str, storage_options: dict[str, Any] | None = None, read_options: ReadOptions | None = None
+) -> list[str]:
+    """The files matching the glob ``url`` (local or fsspec), in natural order; ShardNotFoundError if none.
+
+    A remote listing is one request under ``read_options``' retry policy (StoreUnreachableError after it).
+    """
     if url.startswith(("http://", "https://")):
         raise ValueError(
             f"cannot expand {url!r}: an HTTP server cannot list its files; name the shards with a brace pattern "
@@ -107,19 +115,14 @@ def expand_glob(url: str, storage_options: dict[str, Any] | None = None) -> list
         prefix = "file://" if url.startswith("file://") else ""
         found = [prefix + p for p in glob.glob(local_path(url), recursive=True) if os.path.isfile(p)]
     else:
-        import fsspec.core
+        from shardpipe.io.clients import reading_fs
+        from shardpipe.io.remote import ReadOptions, call_store
 
         scheme = url.split("://", 1)[0]
-        from shardpipe.io.access import access_error
-
-        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
-        try:
-            entries = fs.glob(path, detail=True)
-        except Exception as e:
-            denial = access_error(url, e)
-            if denial is not None:
-                raise denial from e
-            raise
+        fs, path = reading_fs(url, storage_options)
+        entries = call_store(
+            fs, "glob", path, detail=True, url=url, what="listing", options=read_options or ReadOptions()
+        )
         found = [f"{scheme}://{p}" for p, info in entries.items() if info.get("type") != "directory"]
     if not found:
         raise ShardNotFoundError(
@@ -129,9 +132,11 @@ def expand_glob(url: str, storage_options: dict[str, Any] | None = None) -> list
     return sorted(found, key=natural_key)
 
 
-def expand_pattern(pattern: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+def expand_pattern(
+    pattern: str, storage_options: dict[str, Any] | None = None, read_options: ReadOptions | None = None
+) -> list[str]:
     """Brace ranges first (``{000000..000099}``, ``{a,b}``), then globs (``*``, ``?``, ``[..]``, ``**``)."""
     urls: list[str] = []
     for url in braceexpand(check_url(pattern)):
-        urls += expand_glob(url, storage_options) if has_glob(url) else [url]
+        urls += expand_glob(url, storage_options, read_options) if has_glob(url) else [url]
     return urls

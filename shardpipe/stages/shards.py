@@ -5,13 +5,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shardpipe.format.manifest import load_manifest
 from shardpipe.io.urls import expand_pattern, is_manifest, split_patterns
 from shardpipe.split.order import epoch_order
 from shardpipe.stages.base import Context, Stage, State
 from shardpipe.state import COUNT, StateCheck
+
+if TYPE_CHECKING:
+    from shardpipe.io.remote import ReadOptions
 
 log = logging.getLogger("shardpipe")
 
@@ -69,7 +72,10 @@ def manifest_shards(manifest: dict[str, Any], first: int = 0) -> list[Shard]:
 
 
 def expand_urls(
-    urls: str | Sequence[str], storage_options: dict[str, Any] | None = None, manifest_paths: str = "inside"
+    urls: str | Sequence[str],
+    storage_options: dict[str, Any] | None = None,
+    manifest_paths: str = "inside",
+    read_options: ReadOptions | None = None,
 ) -> list[Shard]:
     """Turn a brace pattern, a glob, a list of patterns, or a manifest URL into a shard list.
 
@@ -77,10 +83,11 @@ def expand_urls(
     matching files in natural order (local or object store); ``"a.tar::b.tar"`` and lists
     concatenate; a pattern ending in ``.json`` names manifests (with sample counts). See
     ``shardpipe.io.urls``: a mistyped URL (``s3:/bucket``) or a glob matching nothing is an error.
+    A remote glob's listing follows ``read_options``' retries and timeout.
     """
     shards: list[Shard] = []
     for pattern in split_patterns(urls):
-        for url in expand_pattern(pattern, storage_options):
+        for url in expand_pattern(pattern, storage_options, read_options):
             if is_manifest(pattern):
                 shards += manifest_shards(load_manifest(url, storage_options, manifest_paths), len(shards))
             else:
