@@ -169,7 +169,7 @@ def test_object_info_errors_name_the_url(monkeypatch):
     wrapped.__cause__ = ConnectionRefusedError(111, "down")
     with pytest.raises(TruncatedShardError) as e:  # named by the cause, not the wrapper
         object_info(InfoStore([wrapped] * 3), "p", "s3://b/p", opts)
-    assert str(e.value) == "s3://b/p: cannot open after 3 attempts: FileNotFoundError: [Errno 111] down"
+    assert str(e.value) == "s3://b/p: cannot open after 3 attempts: ConnectionRefusedError: [Errno 111] down"
     with pytest.raises(ShardNotFoundError, match=r"^shard not found: s3://b/p$"):
         object_info(InfoStore([FileNotFoundError("p")]), "p", "s3://b/p", opts)
     with pytest.raises(PermissionError):

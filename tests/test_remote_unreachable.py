@@ -63,8 +63,8 @@ def run_program(url: str, options: dict) -> list[str]:
 @pytest.mark.parametrize(
     "kind, client_error",
     [("s3", "EndpointConnectionError: Could not connect to the endpoint URL"),
-     ("gs", "ClientConnectorError: [Errno 111] Connect call failed"),
-     ("http", "FileNotFoundError: Cannot connect to host")],
+     ("gs", "ConnectionRefusedError: [Errno 111] Connect call failed"),
+     ("http", "ClientConnectorError: Cannot connect to host")],
 )  # fmt: skip
 def test_opening_a_shard_on_a_store_nobody_listens_on_fails_after_the_read_options_retries(kind, client_error):
     prefix, options, port = closed_store(kind)

@@ -182,10 +182,10 @@ def read_range(fs: Any, path: str, start: int, end: int, pin: Pin | None, timeou
 
     if not isinstance(fs, fsspec.asyn.AsyncFileSystem):
         return call_with_deadline(fs, "cat_file", path, start=start, end=end, timeout=timeout)  # type: ignore[no-any-return]
-    coro = asyncio.wait_for(fetch_range(fs, path, start, end, pin), timeout)
+    call = _within(fetch_range(fs, path, start, end, pin), timeout)  # (the client's own TimeoutError kept)
     try:
-        return asyncio.run_coroutine_threadsafe(coro, fs.loop).result()
-    except asyncio.TimeoutError:
+        return asyncio.run_coroutine_threadsafe(call, fs.loop).result()  # type: ignore[no-any-return]
+    except _Expired:
         raise TimeoutError(f"no answer within {timeout} s") from None
 
 
