@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shardpipe.cli.common import DATA_PROBLEM, INTERRUPTED_STATUS, OK, USAGE, at_least, fail
+from shardpipe.argtypes import at_least
+from shardpipe.cli.common import DATA_PROBLEM, INTERRUPTED_STATUS, OK, USAGE, fail
 from shardpipe.errors import ShardpipeError
 from shardpipe.report import format_stage_table
 

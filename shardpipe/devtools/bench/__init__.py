@@ -20,6 +20,8 @@ webdataset, shardpipe's per-stage table and the issue's targets.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -178,7 +180,7 @@ def report(
 
 def add_arguments(p: Any) -> None:
     """The options of ``shardpipe bench`` and ``tools/bench.py``."""
-    from shardpipe.cli.common import at_least
+    from shardpipe.argtypes import at_least
 
     p.add_argument("--data", default="bench-data", help="where the generated data is kept (reused)")
     p.add_argument("--n", type=at_least(1), default=None, help="images (default 3000; 2000 with --peers)")
@@ -213,7 +215,6 @@ def matching(names: Sequence[str], only: Sequence[str] | None) -> list[str]:
 
 def _check_arguments(args: Any) -> str | None:
     """Why the run cannot go as asked, found before any data is generated; else None."""
-    import os
 
     from shardpipe.devtools.bench import peers
 
@@ -231,11 +232,10 @@ def _check_arguments(args: Any) -> str | None:
 
 def run(args: Any) -> int:
     """Entry point of ``shardpipe bench``."""
-    from shardpipe.cli.common import USAGE, fail
-
     problem = _check_arguments(args)
-    if problem:
-        return fail("bench", problem, USAGE)
+    if problem:  # a usage error (exit 2, as argparse's), said as the commands say theirs
+        print(f"shardpipe bench: error: {problem}", file=sys.stderr)
+        return 2
     if args.peers:
         return run_peers_command(args)
     args.n = 3000 if args.n is None else args.n
