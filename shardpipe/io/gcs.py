@@ -16,4 +16,5 @@ class OneTryGCSFileSystem(gcsfs.GCSFileSystem):  # type: ignore[misc]
     HTTP requests sent once: the request without gcsfs's retry decorator (which would also log each
     failure with its traceback as "out of retries"). A named module-level class, so instances pickle."""
 
-    _request = _Core._request.__wrapped__
+    # (a gcsfs without the decorator keeps its own retries: still bounded, by each try's deadline)
+    _request = getattr(_Core._request, "__wrapped__", _Core._request)
