@@ -168,9 +168,14 @@ def call_with_deadline(fs: Any, method: str, *args: Any, timeout: float, **kwarg
 
     if not isinstance(fs, fsspec.asyn.AsyncFileSystem):
         return getattr(fs, method)(*args, **kwargs)
-    call = _within(getattr(fs, f"_{method}")(*args, **kwargs), timeout)
+    return _on_loop(fs, getattr(fs, f"_{method}")(*args, **kwargs), timeout)
+
+
+def _on_loop(fs: Any, coro: Any, timeout: float) -> Any:
+    """``coro`` run on ``fs``'s event loop, which keeps the deadline: ``TimeoutError("no answer within N s")``
+    after ``timeout`` seconds, a TimeoutError the client raises itself as it is."""
     try:
-        return asyncio.run_coroutine_threadsafe(call, fs.loop).result()  # (the loop keeps the deadline)
+        return asyncio.run_coroutine_threadsafe(_within(coro, timeout), fs.loop).result()
     except _Expired:
         raise TimeoutError(f"no answer within {timeout} s") from None
 
@@ -181,12 +186,8 @@ def read_range(fs: Any, path: str, start: int, end: int, pin: Pin | None, timeou
     import fsspec.asyn
 
     if not isinstance(fs, fsspec.asyn.AsyncFileSystem):
-        return call_with_deadline(fs, "cat_file", path, start=start, end=end, timeout=timeout)  # type: ignore[no-any-return]
-    call = _within(fetch_range(fs, path, start, end, pin), timeout)  # (the client's own TimeoutError kept)
-    try:
-        return asyncio.run_coroutine_threadsafe(call, fs.loop).result()  # type: ignore[no-any-return]
-    except _Expired:
-        raise TimeoutError(f"no answer within {timeout} s") from None
+        return fs.cat_file(path, start=start, end=end)  # type: ignore[no-any-return]
+    return _on_loop(fs, fetch_range(fs, path, start, end, pin), timeout)  # type: ignore[no-any-return]
 
 
 def call_store(fs: Any, method: str, *args: Any, url: str, what: str, options: ReadOptions, **kwargs: Any) -> Any:
