@@ -183,13 +183,18 @@ def _forkserver() -> Any:
     return ctx
 
 
-def stop_workers(it: Any) -> None:
-    """Kill the workers of a DataLoader iterator and release its queues (after a stall)."""
+def no_sigchld_error(it: Any) -> None:
+    """Keep torch's SIGCHLD handler from raising the deaths of ``it``'s workers in the program's code."""
     from torch.utils.data._utils import signal_handling
 
-    if getattr(it, "_worker_pids_set", False):  # no SIGCHLD error for the kills below
+    if getattr(it, "_worker_pids_set", False):
         signal_handling._remove_worker_pids(id(it))
         it._worker_pids_set = False
+
+
+def stop_workers(it: Any) -> None:
+    """Kill the workers of a DataLoader iterator and release its queues (after a stall)."""
+    no_sigchld_error(it)  # (for the kills below)
     for w in getattr(it, "_workers", []):
         if w.is_alive():
             try:

@@ -26,7 +26,7 @@ from torch.utils.data import _utils
 from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
 from shardpipe.errors import WorkerDiedError, WorkerStartError
-from shardpipe.workers import remember_own_threads, stop_workers
+from shardpipe.workers import no_sigchld_error, remember_own_threads, stop_workers
 from shardpipe.workerstart import startup_report
 
 #: seconds between two health checks of the workers while the loader waits for an item
@@ -42,14 +42,8 @@ class WatchedWorkersIter(_MultiProcessingDataLoaderIter):
         self._context_name = describe_context(loader.multiprocessing_context)
         self.discarded: list[Any] = []  # items a reset of persistent workers dropped (``take_discarded``)
         super().__init__(loader)
-        self._no_sigchld_error()
+        no_sigchld_error(self)
         remember_own_threads(self)
-
-    def _no_sigchld_error(self) -> None:
-        """Keep torch's SIGCHLD handler from raising this iterator's worker deaths in the program's code."""
-        if self._worker_pids_set:
-            _utils.signal_handling._remove_worker_pids(id(self))
-            self._worker_pids_set = False
 
     def _reset(self, loader: Any, first_iter: bool = False) -> None:
         if first_iter:
