@@ -223,3 +223,23 @@ def test_resized_crop_fractional_boxes_are_exact_shifts() -> None:
     b = resized_crop(img, (10.5, 20.25, 40.0, 60.0), 40, 60)  # fractional: interpolated
     ref = np.asarray(Image.fromarray(img).resize((60, 40), Image.BILINEAR, box=(20.25, 10.5, 80.25, 50.5)))
     assert np.abs(b.astype(int) - ref).mean() < 1.5
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+@pytest.mark.parametrize(
+    "fmt, size, resize, crop",
+    [
+        ("JPEG", (128, 128), 256, 224),  # upscaled 2x: the box is (8, 8, 112, 112), whole pixels
+        ("JPEG", (512, 512), 256, 224),  # downscaled 2x: (32, 32, 448, 448)
+        ("PNG", (7, 1), 64, 64),  # 1 row, upscaled 64x: (0, 3, 1, 1) of the 1x7 image
+    ],
+)
+def test_resize_centre_crop_on_whole_pixel_boxes_reads_around_the_box(name, fmt, size, resize, crop) -> None:
+    """The fused Resize + CenterCrop box is a window onto the resized image: its edge rows blend
+    with the pixels around the box there too, not with copies of its own edge pixels."""
+    dec = backend(name)
+    buf = io.BytesIO()
+    make_image(13, size=size).save(buf, fmt)
+    t = Compose([Resize(resize), CenterCrop(crop)])
+    fused = build_image_fn(dec, t)(buf.getvalue(), None)
+    np.testing.assert_array_equal(fused, build_image_fn(dec, t, fuse=False)(buf.getvalue(), None))

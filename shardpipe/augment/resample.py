@@ -135,6 +135,7 @@ def resized_crop(
     height: int,
     width: int,
     out: np.ndarray | None = None,
+    window: bool = False,
 ) -> np.ndarray:
     """Resize the ``box`` = (top, left, h, w) of ``img`` to ``(height, width)``, antialiased.
 
@@ -144,6 +145,9 @@ def resized_crop(
 
     ``out``: where to write the result if it ``fits`` (e.g. a row of a batch: the pixels are
     then written once); the result then lies in ``out``'s memory, else in a new array.
+    ``window``: the box is a window onto the whole image resized (``Resize`` + ``CenterCrop``),
+    so the pixels around it weigh in at its edges as they do there; by default the box is a
+    crop whose own edge pixels extend it (``RandomResizedCrop``), where it is whole pixels.
     """
     top, left, bh, bw = (float(v) for v in box)
     if cv2 is None:
@@ -151,7 +155,7 @@ def resized_crop(
     rx, ry = bw / width, bh / height
     kx, ky = _block(rx), _block(ry)
     blur = rx > _BLUR_FROM or ry > _BLUR_FROM
-    if kx == 1 and ky == 1 and _is_integral(top, left, bh, bw):  # the common case
+    if kx == 1 and ky == 1 and not window and _is_integral(top, left, bh, bw):  # the common case
         t, lft = int(top), int(left)
         region = img[t : t + int(bh), lft : lft + int(bw)]
         if blur:
@@ -216,6 +220,7 @@ def yuv_resized_crop(
     box: tuple[float, float, float, float],
     height: int,
     width: int,
+    window: bool = False,
 ) -> np.ndarray:
     """Crop ``box`` from decoded JPEG planes and resize it to RGB ``(height, width)``.
 
@@ -225,10 +230,10 @@ def yuv_resized_crop(
     to the output size divided by the subsampling factors, since it carries no more
     detail than that, then upsampled bilinearly: what libjpeg's "fancy" upsampling does,
     on output pixels only.
-    Only the output pixels are colour-converted. Needs OpenCV.
+    Only the output pixels are colour-converted; ``window`` as in ``resized_crop``. Needs OpenCV.
     """
     h, w = image_hw
-    luma = resized_crop(planes[0][:h, :w], box, height, width)
+    luma = resized_crop(planes[0][:h, :w], box, height, width, window=window)
     if len(planes) == 1:
         return cv2.cvtColor(luma, cv2.COLOR_GRAY2RGB)
     top, left, bh, bw = box
@@ -239,7 +244,7 @@ def yuv_resized_crop(
     cbox = (top / sy, left / sx, ch * bh / height, cw * bw / width)
     chroma = []
     for plane in (planes[2], planes[1]):  # Cr, Cb: OpenCV's YCrCb order
-        small = resized_crop(plane, cbox, ch, cw)
+        small = resized_crop(plane, cbox, ch, cw, window=window)
         if sx > 1 or sy > 1:
             small = _bilinear(small, sy * ch, sx * cw)[:height, :width]
         chroma.append(small)

@@ -98,13 +98,15 @@ class FusedDecoder:
         out_w: int,
         header: Any = None,
         out: np.ndarray | None = None,
+        window: bool = False,
     ) -> np.ndarray:
         """The ``box`` of the ``width`` x ``height`` image in ``data``, resized to (out_h, out_w);
-        ``header``: what :meth:`probe` returned for ``data``, if it was called; ``out``: see ``ImageFn``."""
+        ``header``: what :meth:`probe` returned for ``data``, if it was called; ``out``: see ``ImageFn``;
+        ``window``: the box is a window onto the resized whole image (see ``resample.resized_crop``)."""
         if self.crop is not None:  # the backend decodes only the box (the native decoder)
             if self._probe is not None and header is not None:
-                return self.crop(data, box, (out_h, out_w), self.factors, header, out=out)
-            return self.crop(data, box, (out_h, out_w), self.factors, out=out)
+                return self.crop(data, box, (out_h, out_w), self.factors, header, out=out, window=window)
+            return self.crop(data, box, (out_h, out_w), self.factors, out=out, window=window)
         top, left, bh, bw = box
         scale = pick_scale(int(bw), int(bh), out_w, out_h, self.factors)
         f = scale[0] / scale[1]
@@ -117,14 +119,14 @@ class FusedDecoder:
                 planes, hdr = got
                 sub = (1, 1) if len(planes) == 1 else _chroma_subsampling(hdr.sampling)
                 if sub is not None:
-                    return yuv_resized_crop(planes, (height, width), sub, box, out_h, out_w)
+                    return yuv_resized_crop(planes, (height, width), sub, box, out_h, out_w, window)
         if scale == (1, 1) or not hasattr(self.image_decoder, "decode_scaled"):
             img = self.image_decoder.decode(data)
         else:
             img = self.image_decoder.decode_scaled(data, scale)  # type: ignore[attr-defined]
         fy = f if img.shape[0] == scaled_dim(height, scale) else img.shape[0] / height
         fx = f if img.shape[1] == scaled_dim(width, scale) else img.shape[1] / width
-        return resized_crop(img, (top * fy, left * fx, bh * fy, bw * fx), out_h, out_w, out)
+        return resized_crop(img, (top * fy, left * fx, bh * fy, bw * fx), out_h, out_w, out, window)
 
 
 def _split(t: Transform) -> tuple[Transform, list[Transform]]:
@@ -197,10 +199,12 @@ def build_image_fn(
         out_h, out_w = resize_t.output_size(height, width)
         if crop is not None and crop.size[0] <= out_h and crop.size[1] <= out_w:
             # Resize + CenterCrop: the centre box of the resized image, mapped back onto the
-            # source, resized straight to the crop size (the same sample positions)
+            # source, resized straight to the crop size (the same sample positions, and a window:
+            # the pixels around the box weigh in at its edges, as in the resized image)
             (th, tw), sy, sx = crop.size, height / out_h, width / out_w
             top, left = _centre_offset(out_h, out_w, th, tw)
-            img = fused.decode_box(data, width, height, (top * sy, left * sx, th * sy, tw * sx), th, tw, out=out)
+            box = (top * sy, left * sx, th * sy, tw * sx)
+            img = fused.decode_box(data, width, height, box, th, tw, out=out, window=True)
             return _apply_rest(img, after, rng, out)
         img = fused.decode_box(data, width, height, (0, 0, height, width), out_h, out_w, out=out)
         return _apply_rest(img, rest, rng, out)

@@ -143,6 +143,7 @@ class NativeDecoder(JpegBackend):
         factors: tuple[Scale, ...] | None = None,
         header: JpegHeader | None | object = _PARSE,
         out: np.ndarray | None = None,
+        window: bool = False,
     ) -> np.ndarray:
         """``box`` = (top, left, height, width) of the image, resized to ``out_size`` = (h, w).
 
@@ -150,7 +151,8 @@ class NativeDecoder(JpegBackend):
         the box at least ``out_size``, decodes only the box (plus filter margins) at that
         scale, then resizes it antialiased. Images the fast path does not take go to PIL.
         ``header``: what :meth:`probe` returned for ``data`` (parsed here when not given);
-        ``out``: where to write the result when it fits (``resample.resized_crop``).
+        ``out``: where to write the result when it fits, ``window``: the box is a window onto
+        the resized whole image, whose edges read the pixels around it (``resample.resized_crop``).
         """
         top, left, bh, bw = (float(v) for v in box)
         out_h, out_w = out_size
@@ -163,7 +165,8 @@ class NativeDecoder(JpegBackend):
             sw, sh = scaled_dim(hdr.width, scale), scaled_dim(hdr.height, scale)
             st, sl, sbh, sbw = top * f, left * f, bh * f, bw * f
             kx, ky = _block(sbw / out_w), _block(sbh / out_h)
-            if kx == ky == 1 and st.is_integer() and sl.is_integer() and sbh.is_integer() and sbw.is_integer():
+            whole = st.is_integer() and sl.is_integer() and sbh.is_integer() and sbw.is_integer()
+            if kx == ky == 1 and whole and not window:
                 mx = my = 0  # resized_crop reads exactly the box (reflecting at its edges)
             else:
                 mx, my = _MARGIN_BLOCKS * kx + _MARGIN_EXTRA, _MARGIN_BLOCKS * ky + _MARGIN_EXTRA
@@ -177,11 +180,17 @@ class NativeDecoder(JpegBackend):
                 except Exception:  # noqa: BLE001 - libjpeg refused or warned: PIL decides below
                     region = None
                 if region is not None:
-                    return resized_crop(region, (st - y0, sl - x0, sbh, sbw), out_h, out_w, out)
-        return self._fallback_crop(data, hdr, box, out_size, out)  # type: ignore[arg-type]
+                    return resized_crop(region, (st - y0, sl - x0, sbh, sbw), out_h, out_w, out, window)
+        return self._fallback_crop(data, hdr, box, out_size, out, window)  # type: ignore[arg-type]
 
     def _fallback_crop(
-        self, data: bytes, hdr: JpegHeader | None, box: Box, out_size: tuple[int, int], out: np.ndarray | None = None
+        self,
+        data: bytes,
+        hdr: JpegHeader | None,
+        box: Box,
+        out_size: tuple[int, int],
+        out: np.ndarray | None = None,
+        window: bool = False,
     ) -> np.ndarray:
         """Decode with PIL (at a 1/2^k scale where the box allows it), then crop and resize."""
         top, left, bh, bw = box
@@ -192,4 +201,4 @@ class NativeDecoder(JpegBackend):
         f = scale[0] / scale[1]
         fy = f if img.shape[0] == scaled_dim(height, scale) else img.shape[0] / height
         fx = f if img.shape[1] == scaled_dim(width, scale) else img.shape[1] / width
-        return resized_crop(img, (top * fy, left * fx, bh * fy, bw * fx), *out_size, out)
+        return resized_crop(img, (top * fy, left * fx, bh * fy, bw * fx), *out_size, out, window)
