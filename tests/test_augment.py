@@ -339,3 +339,12 @@ def test_sample_rng_keeps_all_64_bits_of_the_key_digest() -> None:
         assert [int(v) for v in state] == [(7 << 32) | 3, digest], key
         seen_high += digest >= 1 << 63
     assert 0 < seen_high < 64  # both halves were checked
+
+
+def test_normalize_refuses_nan_mean_or_std() -> None:
+    batch = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError) as e:
+        normalize(batch, std=(0.2, float("nan"), 0.2))  # passed "std must be positive": a batch of NaN
+    assert str(e.value) == "mean and std must be finite, got (0.485, 0.456, 0.406) and (0.2, nan, 0.2)"
+    with pytest.raises(ValueError, match=r"^mean and std must be finite, got \(nan, 0.5, 0.5\)"):
+        normalize(batch, mean=(float("nan"), 0.5, 0.5))

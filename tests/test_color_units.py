@@ -295,3 +295,32 @@ def test_jitter_with_nothing_enabled_draws_only_the_order() -> None:
     assert ColorJitter()(img, rng) is img
     twin.permutation(4)
     assert rng.integers(1 << 62) == twin.integers(1 << 62)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"brightness": float("nan")}, ValueError, "brightness must be finite, got nan"),
+        ({"contrast": float("inf")}, ValueError, "contrast must be finite, got inf"),
+        ({"saturation": (float("nan"), 1.0)}, ValueError, "saturation must be finite, got nan"),
+        ({"hue": float("nan")}, ValueError, "hue must be finite, got nan"),
+        ({"brightness": True}, TypeError, "brightness must be a number or a (min, max) pair of numbers, got True"),
+        ({"contrast": "0.4"}, TypeError, "contrast must be a number or a (min, max) pair of numbers, got '0.4'"),
+        (
+            {"saturation": (0.5, 1, 2)},
+            TypeError,
+            "saturation must be a number or a (min, max) pair of numbers, got (0.5, 1, 2)",
+        ),
+    ],
+)
+def test_jitter_refuses_what_is_not_a_finite_amount_when_made(kwargs, error, message) -> None:
+    # NaN and inf passed the sign checks, then failed every sample ("high - low range exceeds valid
+    # bounds"); True jittered as 1; a third value was dropped
+    with pytest.raises(error) as e:
+        ColorJitter(**kwargs)
+    assert str(e.value) == message
+
+
+def test_jitter_takes_numpy_numbers() -> None:
+    j = ColorJitter(brightness=np.float32(0.25), hue=np.float32(0.125), contrast=(np.float32(0.5), 1))
+    assert (j.brightness, j.hue, j.contrast) == ((0.75, 1.25), (-0.125, 0.125), (0.5, 1.0))  # was an IndexError

@@ -430,3 +430,68 @@ def test_random_rotation_draws_its_angle_uniformly_from_degrees() -> None:
             RandomRotation(bad)
         assert str(e.value) == f"degrees must be >= 0 when a single number, got {bad}"
     assert RandomRotation((-10, -5)).degrees == (-10.0, -5.0)  # a range may lie below 0
+
+
+# -- arguments that are not numbers, or out of range: refused where the transform is made -------------
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"scale": (1.0, 0.08)}, ValueError, "scale range must be (min, max), got (1.0, 0.08)"),
+        ({"scale": (NAN, 1.0)}, ValueError, "scale must be finite, got nan"),
+        ({"scale": (0.08, INF)}, ValueError, "scale must be finite, got inf"),
+        (
+            {"scale": (-0.5, 1.0)},
+            ValueError,
+            "scale must be fractions of the area, >= 0 with a max > 0, got (-0.5, 1.0)",
+        ),
+        ({"scale": (0, 0)}, ValueError, "scale must be fractions of the area, >= 0 with a max > 0, got (0.0, 0.0)"),
+        ({"scale": 0.5}, TypeError, "scale must be a (min, max) pair of numbers, got 0.5"),
+        ({"scale": (0.1, 0.5, 1.0)}, TypeError, "scale must be a (min, max) pair of numbers, got (0.1, 0.5, 1.0)"),
+        ({"scale": ("0.1", 1)}, TypeError, "scale must be a number, got '0.1'"),
+        ({"ratio": (4 / 3, 3 / 4)}, ValueError, f"ratio range must be (min, max), got {(4 / 3, 3 / 4)}"),
+        ({"ratio": (0, 1)}, ValueError, "ratio must be aspect ratios (width / height) > 0, got (0.0, 1.0)"),
+        ({"ratio": (-1, 1)}, ValueError, "ratio must be aspect ratios (width / height) > 0, got (-1.0, 1.0)"),
+        ({"ratio": (1, NAN)}, ValueError, "ratio must be finite, got nan"),
+    ],
+)
+def test_random_resized_crop_refuses_bad_scale_and_ratio_when_made(kwargs, error, message) -> None:
+    # each one used to fail every sample (numpy: "high - low < 0", math: "math domain error"), which
+    # on_error="skip" counted as bad images: an epoch of none
+    with pytest.raises(error) as e:
+        RandomResizedCrop(224, **kwargs)
+    assert str(e.value) == message
+
+
+def test_random_resized_crop_takes_any_real_pairs() -> None:
+    t = RandomResizedCrop(8, scale=[np.float32(0.5), 1], ratio=np.array([0.5, 2.0]))
+    assert t.scale == (0.5, 1.0) and t.ratio == (0.5, 2.0)
+    assert RandomResizedCrop(8, scale=(0.25, 0.25)).scale == (0.25, 0.25)  # one area
+    assert RandomResizedCrop(8, scale=(0.5, 2.0)).scale == (0.5, 2.0)  # beyond 1: torchvision allows it
+    box = RandomResizedCrop(8, scale=(0.25, 0.25), ratio=(1, 1)).get_params(40, 40, np.random.default_rng(0))
+    assert box[2:] == (20, 20)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: RandomRotation(NAN), ValueError, "degrees must be finite, got nan"),
+        (lambda: RandomRotation((30, -30)), ValueError, "degrees range must be (min, max), got (30, -30)"),
+        (lambda: RandomRotation((0, INF)), ValueError, "degrees must be finite, got inf"),
+        (lambda: RandomRotation("30"), TypeError, "degrees must be a number or a (min, max) pair of numbers, got '30'"),
+        (lambda: RandomHorizontalFlip(NAN), ValueError, "p must be finite, got nan"),
+        (lambda: RandomHorizontalFlip(1.5), ValueError, "p must be a probability in [0, 1], got 1.5"),
+        (lambda: RandomVerticalFlip(-0.1), ValueError, "p must be a probability in [0, 1], got -0.1"),
+        (lambda: RandomVerticalFlip(None), TypeError, "p must be a number, got None"),
+    ],
+)
+def test_rotation_and_flips_refuse_bad_arguments_when_made(make, error, message) -> None:
+    with pytest.raises(error) as e:
+        make()
+    assert str(e.value) == message
+    assert RandomRotation(np.float32(2.5)).degrees == (-2.5, 2.5)
+    assert RandomHorizontalFlip(np.float64(1)).p == 1.0

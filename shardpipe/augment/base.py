@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import math
+import numbers
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -17,6 +19,32 @@ from typing import Any
 import numpy as np
 
 from shardpipe.errors import ShardpipeError, TransformError
+
+
+def number(value: Any, name: str) -> float:
+    """``value`` as a float: a finite real number (numpy's too), not a bool; checked where a
+    transform is made, so that a bad argument is one clear error, not every sample failing."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+#: what an argument that is an amount or a range may be (``bounds``'s ``what``)
+EITHER = "a number or a (min, max) pair of numbers"
+
+
+def bounds(value: Any, name: str, what: str = "a (min, max) pair of numbers") -> tuple[float, float]:
+    """``value`` as a ``(min, max)`` pair of finite numbers (a tuple, list or 1-d array of two);
+    ``what``: what the argument may be, for the error."""
+    pair = isinstance(value, (tuple, list)) or (isinstance(value, np.ndarray) and value.ndim == 1)
+    if not pair or len(value) != 2:
+        raise TypeError(f"{name} must be {what}, got {value!r}")
+    lo, hi = (number(v, name) for v in value)
+    if lo > hi:
+        raise ValueError(f"{name} range must be (min, max), got {tuple(value)}")
+    return lo, hi
 
 
 class Transform:

@@ -11,9 +11,11 @@ of the exact float result), without it numpy does the same in float.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
-from shardpipe.augment.base import Transform
+from shardpipe.augment.base import EITHER, Transform, bounds, number
 from shardpipe.augment.resample import cv2
 
 _GREY = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R 601 luma, as PIL and OpenCV
@@ -99,18 +101,17 @@ def adjust_hue(img: np.ndarray, factor: float) -> np.ndarray:
 def _range(
     value: float | tuple[float, float], name: str, centre: float, bound: float | None
 ) -> tuple[float, float] | None:
-    if isinstance(value, (int, float)):
-        if value < 0:
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        amount = number(value, name)
+        if amount < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
-        if value == 0:
+        if amount == 0:
             return None
-        lo, hi = centre - value, centre + value
+        lo, hi = centre - amount, centre + amount
         if bound is None:
             lo = max(lo, 0.0)
     else:
-        lo, hi = float(value[0]), float(value[1])
-        if lo > hi:
-            raise ValueError(f"{name} range must be (min, max), got {value}")
+        lo, hi = bounds(value, name, EITHER)
     if bound is None:
         if lo < 0:  # as torchvision: a negative factor would invert contrast or saturation
             raise ValueError(f"{name} factors must be >= 0, got ({lo}, {hi})")

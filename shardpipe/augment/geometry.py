@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from shardpipe.augment.base import Transform
+from shardpipe.augment.base import EITHER, Transform, bounds, number
 from shardpipe.augment.resample import band, cv2, fits, resize, split_channels, stack
 from shardpipe.augment.schedule import Ramp, with_size
 
@@ -126,7 +126,8 @@ def random_resized_crop_box(
 class RandomResizedCrop(_Sized):
     """Crop a random box (see ``random_resized_crop_box``) and resize it to ``size``.
 
-    ``size`` may be a schedule (``shardpipe.augment.ramp``) for progressive resizing.
+    ``size`` may be a schedule (``shardpipe.augment.ramp``) for progressive resizing; ``scale``
+    and ``ratio`` are ``(min, max)`` pairs, checked here (torchvision only warns on reversed ones).
     """
 
     def __init__(
@@ -136,8 +137,12 @@ class RandomResizedCrop(_Sized):
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
     ):
         self._init_size(size, square=True)
-        self.scale = scale
-        self.ratio = ratio
+        self.scale = bounds(scale, "scale")
+        if self.scale[0] < 0 or self.scale[1] <= 0:
+            raise ValueError(f"scale must be fractions of the area, >= 0 with a max > 0, got {self.scale}")
+        self.ratio = bounds(ratio, "ratio")
+        if self.ratio[0] <= 0:
+            raise ValueError(f"ratio must be aspect ratios (width / height) > 0, got {self.ratio}")
 
     def get_params(self, height: int, width: int, rng: np.random.Generator) -> Box:
         return random_resized_crop_box(height, width, rng, self.scale, self.ratio)
@@ -147,11 +152,18 @@ class RandomResizedCrop(_Sized):
         return resize(img[top : top + h, left : left + w], *self.size)
 
 
+def _probability(p: Any) -> float:
+    p = number(p, "p")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"p must be a probability in [0, 1], got {p}")
+    return p
+
+
 class RandomHorizontalFlip(Transform):
     """Mirror left-right with probability ``p`` (one ``rng.random()`` draw)."""
 
     def __init__(self, p: float = 0.5):
-        self.p = p
+        self.p = _probability(p)
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return hflip(img) if rng.random() < self.p else img
@@ -164,7 +176,7 @@ class RandomVerticalFlip(Transform):
     """Mirror top-bottom with probability ``p`` (one ``rng.random()`` draw)."""
 
     def __init__(self, p: float = 0.5):
-        self.p = p
+        self.p = _probability(p)
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return vflip(img) if rng.random() < self.p else img
@@ -262,11 +274,13 @@ class RandomRotation(Transform):
     """Rotate by an angle drawn uniformly from ``degrees`` (a bound ``d`` means ``(-d, d)``)."""
 
     def __init__(self, degrees: float | tuple[float, float], fill: int | tuple[int, ...] = 0):
-        if isinstance(degrees, (int, float)):
-            if degrees < 0:
+        if isinstance(degrees, numbers.Real) and not isinstance(degrees, (bool, np.bool_)):
+            d = number(degrees, "degrees")
+            if d < 0:
                 raise ValueError(f"degrees must be >= 0 when a single number, got {degrees}")
-            degrees = (-float(degrees), float(degrees))
-        self.degrees = (float(degrees[0]), float(degrees[1]))
+            self.degrees = (-d, d)
+        else:
+            self.degrees = bounds(degrees, "degrees", EITHER)
         self.fill = fill
 
     def __call__(self, img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -11,6 +11,7 @@ training loop converts them after the copy, where it is cheap:
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 
@@ -34,6 +35,8 @@ def _scale_shift(
             return hit
     if len(mean) != channels or len(std) != channels:
         raise ValueError(f"mean and std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
+    if not all(math.isfinite(v) for v in (*mean, *std)):  # NaN slips past the sign test: NaN batches
+        raise ValueError(f"mean and std must be finite, got {tuple(mean)} and {tuple(std)}")
     if any(s <= 0 for s in std):
         raise ValueError(f"std must be positive, got {tuple(std)}")
     m = torch.tensor(mean, dtype=torch.float64)
