@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shardpipe.augment import RandomResizedCrop, sample_rng
 from shardpipe.devtools.synth import make_image
 from shardpipe.errors import DecodeError
 from shardpipe.image.decoders import AUTO_ORDER, available_decoders, get_decoder, register_decoder, registry
 from shardpipe.image.decoders.base import scaled_dim
 from shardpipe.image.decoders.jpeg import has_end_marker, read_header
 from shardpipe.image.decoders.registry import ImageTooLargeError
+from shardpipe.image.fused import build_image_fn
 
 from .helpers import DECODER_BACKENDS, decoder_or_skip, run_in_group, small_jpeg
 
@@ -343,3 +345,42 @@ def test_jpeg_header_checks_read_any_buffer_as_they_read_bytes(data: bytes) -> N
             read_header(view)
     else:
         assert read_header(view) == want
+
+
+def _pgm16(grey: np.ndarray, maxval: int = 65535) -> bytes:
+    """A binary 16-bit PGM (Pillow opens it as 32-bit mode "I", scaled to 0..65535)."""
+    h, w = grey.shape
+    return b"P5 %d %d %d\n" % (w, h, maxval) + grey.astype(">u2").tobytes()
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_16_bit_images_opened_as_32_bit_keep_their_high_byte(name: str) -> None:
+    """Pillow opens 16-bit PGMs (and 16-bit PNGs before 10.3) as mode "I", whose conversion to RGB
+    clips at 255: the image came out white. They decode as the I;16 images do: by the high byte."""
+    dec = backend(name)
+    grey = np.asarray(photo((40, 30)).convert("L"))
+    want = np.repeat(grey[:, :, None], 3, axis=2)
+    for data in (_pgm16(grey.astype(np.uint16) * 257), _pgm16(grey.astype(np.uint16) * 4, maxval=1023)):
+        assert Image.open(io.BytesIO(data)).mode == "I"
+        np.testing.assert_array_equal(dec.decode(data), want)
+    fused = build_image_fn(dec, RandomResizedCrop(16))(_pgm16(grey.astype(np.uint16) * 257), sample_rng(0, 0, "k"))
+    assert fused.shape == (16, 16, 3) and abs(float(fused.mean()) - float(grey.mean())) < 25
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_32_bit_samples_decode_only_where_they_hold_8_bit_values(name: str) -> None:
+    dec = backend(name)
+    grey = np.asarray(photo((40, 30)).convert("L"))
+    eight = encode(Image.fromarray(grey.astype(np.int32)), "TIFF")  # 8-bit values stored in 32 bits
+    np.testing.assert_array_equal(dec.decode(eight), np.repeat(grey[:, :, None], 3, axis=2))
+    wide = encode(Image.fromarray(grey.astype(np.int32) * 257), "TIFF")
+    with pytest.raises(DecodeError) as e:
+        dec.decode(wide)
+    lo, hi = int(grey.min()) * 257, int(grey.max()) * 257
+    assert str(e.value) == (
+        f"TIFF of 32-bit integer samples ({lo} to {hi}): no 8-bit scale to decode it to "
+        "(store it with 8 or 16 bits per sample)"
+    )
+    floats = encode(Image.fromarray(grey.astype(np.float32) / 255), "TIFF")  # 0..1: was black and 1 grey level
+    with pytest.raises(DecodeError, match=r"^TIFF of 32-bit floating-point samples \(.* to .*\): no 8-bit scale"):
+        dec.decode(floats)

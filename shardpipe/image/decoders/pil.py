@@ -61,8 +61,36 @@ def open_image(data: bytes) -> Image.Image:
     return img
 
 
+#: formats whose 16-bit grey Pillow opens as 32-bit mode "I" on the 0..65535 scale (PGM/PPM; PNG before Pillow 10.3)
+_WIDE_16BIT = ("PNG", "PPM")
+
+
+def _grey8(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+
+
+def _wide_to_rgb(img: Image.Image) -> Image.Image:
+    """A mode "I" (32-bit integer) or "F" (float) image as RGB: 16-bit formats by their high byte,
+    others only where the values are 8-bit ones. Pillow's own conversion clips them at 255
+    (a 16-bit image comes out nearly white) and no scale tells what 32 bits mean."""
+    values = np.asarray(img)
+    if img.mode == "I" and img.format in _WIDE_16BIT:
+        return _grey8(np.clip(values, 0, 65535) >> 8)
+    lo, hi = (values.min(), values.max()) if values.size else (0, 0)
+    if lo < 0 or hi > 255 or (img.mode == "F" and not np.all(values == np.rint(values))):
+        kind = "integer" if img.mode == "I" else "floating-point"
+        raise DecodeError(
+            f"{img.format or 'image'} of 32-bit {kind} samples ({lo:g} to {hi:g}): no 8-bit scale to decode it "
+            "to (store it with 8 or 16 bits per sample)"
+        )
+    return _grey8(values)
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any mode (L, P, CMYK, RGBA, I;16, ...) to RGB; alpha is composited on black."""
+    """Convert any mode (L, P, CMYK, RGBA, I;16, I, ...) to RGB; alpha is composited on black.
+
+    Raises ``DecodeError`` for 32-bit samples that hold no 8- or 16-bit image (see ``_wide_to_rgb``).
+    """
     if img.mode == "RGB":
         return img
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
@@ -71,7 +99,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         bg.paste(img, mask=img.getchannel("A"))
         return bg
     if img.mode.startswith("I;16"):  # 16-bit grey: keep the high byte, not a clipped low one
-        return Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)).convert("RGB")
+        return _grey8(np.asarray(img, dtype=np.uint16) >> 8)
+    if img.mode in ("I", "F"):
+        return _wide_to_rgb(img)
     return img.convert("RGB")
 
 
