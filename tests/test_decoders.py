@@ -384,3 +384,19 @@ def test_32_bit_samples_decode_only_where_they_hold_8_bit_values(name: str) -> N
     floats = encode(Image.fromarray(grey.astype(np.float32) / 255), "TIFF")  # 0..1: was black and 1 grey level
     with pytest.raises(DecodeError, match=r"^TIFF of 32-bit floating-point samples \(.* to .*\): no 8-bit scale"):
         dec.decode(floats)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_a_transparent_colour_key_is_black_in_every_png_mode(name: str) -> None:
+    """A PNG's tRNS colour is transparent, and transparency is composited on black: that was so for
+    palette images only; a grey or RGB PNG with the same key kept the key's colour."""
+    dec = backend(name)
+    grey = np.asarray(photo((40, 30)).convert("L"))
+    key = int(grey[0, 0])
+    want = np.repeat(np.where(grey == key, 0, grey)[:, :, None], 3, axis=2)
+    palette = Image.fromarray(grey).convert("P")  # an index per grey level: ...
+    palette.putpalette([v for level in range(256) for v in (level, level, level)])
+    palette.putdata(grey.ravel().tolist())  # ... index = grey level
+    rgb = Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
+    for img, trns in ((palette, key), (Image.fromarray(grey), key), (rgb, (key, key, key))):
+        np.testing.assert_array_equal(dec.decode(encode(img, "PNG", transparency=trns)), want, err_msg=img.mode)

@@ -87,13 +87,15 @@ def _wide_to_rgb(img: Image.Image) -> Image.Image:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any mode (L, P, CMYK, RGBA, I;16, I, ...) to RGB; alpha is composited on black.
+    """Convert any mode (L, P, CMYK, RGBA, I;16, I, ...) to RGB; alpha (and a PNG or GIF
+    transparent colour key, in any mode) is composited on black.
 
     Raises ``DecodeError`` for 32-bit samples that hold no 8- or 16-bit image (see ``_wide_to_rgb``).
     """
-    if img.mode == "RGB":
+    keyed = "transparency" in img.info  # a PNG/GIF colour key: those pixels are transparent
+    if img.mode == "RGB" and not keyed:
         return img
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or (keyed and img.mode in ("P", "L", "RGB")):
         img = img.convert("RGBA")
         bg = Image.new("RGB", img.size, (0, 0, 0))
         bg.paste(img, mask=img.getchannel("A"))
