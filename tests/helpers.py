@@ -244,11 +244,12 @@ def torchvision_crop_box(height: int, width: int, rng, scale=(0.08, 1.0), ratio=
     return (height - h) // 2, (width - w) // 2, h, w
 
 
-def strict_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """``shardpipe ARGS`` in its own process, printing UTF-8 strictly (as under an en_US.UTF-8 locale)."""
+def strict_cli(*args: str, cwd: Path | None = None, module: str = "shardpipe.cli") -> subprocess.CompletedProcess[str]:
+    """``shardpipe ARGS`` (``python -m MODULE ARGS``) in its own process, printing UTF-8 strictly (as under
+    an en_US.UTF-8 locale)."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "PYTHONIOENCODING": "utf-8"}
     return subprocess.run(
-        [sys.executable, "-m", "shardpipe.cli", *args],
+        [sys.executable, "-m", module, *args],
         capture_output=True,
         text=True,
         encoding="utf-8",

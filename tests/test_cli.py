@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from shardpipe.cli import main
 
-from .helpers import run_in_group
+from .helpers import run_in_group, strict_cli
 
 
 def test_demo_runs_the_main_job(tmp_path: Path, capsys):
@@ -58,3 +59,17 @@ def test_unknown_command_is_an_argparse_error(capsys):
         main(["frobnicate"])
     assert exc.value.code == 2
     assert "invalid choice: 'frobnicate'" in capsys.readouterr().err
+
+
+def test_version_and_python_dash_m_shardpipe(tmp_path: Path):
+    """``shardpipe --version`` prints the package's version (the one pyproject.toml builds), and
+    ``python -m shardpipe`` runs the same command where the ``shardpipe`` script is not on PATH."""
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    version = re.search(r'^version = "([^"]+)"$', pyproject, re.M).group(1)
+    for module in ("shardpipe", "shardpipe.cli"):
+        result = strict_cli("--version", module=module)
+        assert (result.returncode, result.stdout, result.stderr) == (0, f"shardpipe {version}\n", ""), module
+    # a real subcommand through python -m shardpipe, and its usage errors as the script's
+    listed = strict_cli("inspect", str(tmp_path / "missing" / "manifest.json"), module="shardpipe")
+    assert listed.returncode == 2 and "manifest not found" in listed.stderr, listed.stderr
+    assert "usage: shardpipe " in strict_cli("--help", module="shardpipe").stdout

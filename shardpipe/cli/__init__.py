@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+import shardpipe
 from shardpipe.cli.common import EXIT_STATUS, PrintableFormatter
 
 #: subcommand -> (module, one-line help)
@@ -30,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "--version", action="version", version=f"shardpipe {shardpipe.__version__}", help="print the version and exit"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # build only the parser of the command asked for: the others' imports cost start-up time
     wanted = next((a for a in argv if a in COMMANDS), None)
