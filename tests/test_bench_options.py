@@ -51,3 +51,38 @@ def test_only_matches_row_names_in_any_case_as_with_peers(tmp_path: Path):
     assert "round 1/1  untar+group shardpipe " in done.stdout
     table = done.stdout[done.stdout.index("\nloader ") :]
     assert "\nuntar+group shardpipe " in table and "\nuntar+group webdataset" not in table
+
+
+#: a ``sitecustomize`` that makes ``lmdb`` and ``webdataset`` unimportable in every process it reaches
+BLOCK_IMPORTS = """
+import importlib.abc, sys
+
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("lmdb", "webdataset"):
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+sys.meta_path.insert(0, Blocked())
+"""
+
+
+def test_rows_whose_package_is_missing_are_skipped_with_their_install_line(tmp_path: Path):
+    """Plain ``shardpipe bench`` imported ``lmdb`` to write its data and so failed without it (and the
+    webdataset rows without ``webdataset``), while ``--peers`` skips a row whose package is missing and
+    prints its install line: now both do, and the other rows run."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(BLOCK_IMPORTS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(site)])}
+    cmd = [sys.executable, "-m", "shardpipe.cli", "bench", "--data", "bd", "--n", "8", "--rounds", "1",
+           "--only", "lmdb", "webdataset", "untar+group shardpipe"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "LMDB + PIL (map): not installed: pip install lmdb (skipped)" in done.stdout
+    table = done.stdout[done.stdout.index("\nloader ") :]
+    assert "\nuntar+group shardpipe " in table
+    for name, package in (("LMDB + PIL (map)", "lmdb"), ("webdataset + PIL", "webdataset"),
+                          ("untar+group webdataset", "webdataset")):  # fmt: skip
+        assert f"\n{name}: not installed: pip install {package}\n" in table + "\n", name
+        assert f"\n{name} " not in table  # not measured

@@ -13,6 +13,9 @@ the same worker count, batch size, shuffle buffer and RandomResizedCrop(224) + f
   many threads of one process), no pipeline;
 * untar + group alone: shardpipe vs webdataset, no decoding.
 
+A row whose package is missing (``webdataset``, ``lmdb``: no dependencies of shardpipe) is
+skipped with its install command, as ``--peers`` skips a peer's.
+
 It reports medians of images/s (steady state, after the first batch), CPU seconds per
 image (all processes), peak RSS (main process and largest worker), ratios to
 webdataset, shardpipe's per-stage table and the issue's targets.
@@ -91,6 +94,14 @@ def candidates(workers: int, batch: int, size: int, buffer: int, threads: int) -
     }
 
 
+#: the (module, pip package) pairs a row's kind needs beyond shardpipe's own dependencies
+NEEDS: dict[str, tuple[tuple[str, str], ...]] = {
+    "webdataset": (("webdataset", "webdataset"),),
+    "untar-webdataset": (("webdataset", "webdataset"),),
+    "lmdb": (("lmdb", "lmdb"),),
+}
+
+
 def run_benchmark(
     data_dir: str = "bench-data",
     n: int = 3000,
@@ -103,13 +114,27 @@ def run_benchmark(
     only: Sequence[str] | None = None,
     nice: int = 10,
     log: Callable[[str], None] = print,
-) -> dict[str, list[dict[str, Any]]]:
-    """Prepare the data, then run every candidate ``rounds`` times, alternating; raw results."""
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, str]]:
+    """Prepare the data, then run every installed candidate ``rounds`` times, alternating:
+    (raw results by row, skipped rows -> why)."""
+    from shardpipe.devtools.bench.peers import not_installed
+
+    rows, skipped = {}, {}
+    for name, cfg in candidates(workers, batch, size, buffer, threads).items():
+        if name in matching([name], only):
+            why = not_installed(NEEDS.get(cfg["kind"], ()))
+            if why:
+                skipped[name] = why
+                log(f"{name}: {why} (skipped)")
+            else:
+                rows[name] = cfg
     log(f"preparing {n} images under {data_dir} (once) ...")
     data = prepare_data(data_dir, n)
-    rows = candidates(workers, batch, size, buffer, threads)
-    rows = {k: rows[k] for k in matching(list(rows), only)}
-    return run_rounds(rows, data, rounds, nice, log)
+    if any(cfg["kind"] == "lmdb" for cfg in rows.values()):
+        from shardpipe.devtools.bench.lmdbstore import write_lmdb
+
+        write_lmdb(data)
+    return run_rounds(rows, data, rounds, nice, log), skipped
 
 
 def report(
@@ -120,14 +145,13 @@ def report(
     buffer: int,
     mean_bytes: float,
     size: int = 224,
+    skipped: dict[str, str] | None = None,
 ) -> str:
-    """Tables of medians, ratios, the per-stage breakdown and the issue's targets."""
+    """Tables of medians, ratios, the per-stage breakdown, the skipped rows and the issue's targets."""
     med = {k: {m: median([r[m] for r in v if m in r]) for m in v[0] if m != "stages"} for k, v in results.items() if v}
     ref = med.get("webdataset + PIL", {}).get("rate")
-    lines = [
-        f"workers={workers} batch={batch} shuffle buffer={buffer}; medians of {len(next(iter(results.values())))} rounds",
-        "",
-    ]
+    rounds = max((len(v) for v in results.values()), default=0)
+    lines = [f"workers={workers} batch={batch} shuffle buffer={buffer}; medians of {rounds} rounds", ""]
     rows = []
     for name, m in med.items():
         ratio = m["rate"] / ref if ref else float("nan")
@@ -145,6 +169,8 @@ def report(
     if stage_rows:
         lines += ["", "shardpipe per-stage seconds per 1000 samples (summed over workers and threads)"]
         lines.append(format_table(["loader", *stage_names], stage_rows))
+    if skipped:
+        lines += ["", *(f"{name}: {why}" for name, why in skipped.items())]
     lines += ["", "targets"]
     get = lambda name: med.get(name, {}).get("rate", float("nan"))  # noqa: E731
     checks = [
@@ -239,7 +265,7 @@ def run(args: Any) -> int:
     if args.peers:
         return run_peers_command(args)
     args.n = 3000 if args.n is None else args.n
-    results = run_benchmark(
+    results, skipped = run_benchmark(
         args.data,
         args.n,
         args.workers,
@@ -261,6 +287,7 @@ def run(args: Any) -> int:
             buffer=args.buffer,
             mean_bytes=info["mean_bytes"],
             size=args.size,
+            skipped=skipped,
         )
     )
     return 0

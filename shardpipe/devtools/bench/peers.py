@@ -65,7 +65,12 @@ def _installed(module: str) -> bool:
 
 def missing(peer: Peer) -> str | None:
     """``"not installed: pip install X Y"`` when a package ``peer`` needs is absent, else ``None``."""
-    packages = dict.fromkeys(pip for module, pip in peer.needs if not _installed(module))
+    return not_installed(peer.needs)
+
+
+def not_installed(needs: Sequence[tuple[str, str]]) -> str | None:
+    """``"not installed: pip install X Y"`` for the (module, pip package) pairs whose module is absent, else ``None``."""
+    packages = dict.fromkeys(pip for module, pip in needs if not _installed(module))
     return f"not installed: pip install {' '.join(packages)}" if packages else None
 
 
