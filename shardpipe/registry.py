@@ -25,9 +25,11 @@ class Entry:
 class Registry:
     """Names of one kind (``"batch decoder"``, ``"engine"``, ...) mapped to lazily imported objects."""
 
-    def __init__(self, kind: str, entries: dict[str, Entry] | None = None) -> None:
+    def __init__(self, kind: str, entries: dict[str, Entry] | None = None, *, also: tuple[str, ...] = ()) -> None:
+        """``also``: names the caller resolves to an entry itself (``"auto"``), listed first among the choices."""
         self.kind = kind
         self._entries: dict[str, Entry] = dict(entries or {})
+        self.also = also
 
     def register(self, name: str, target: str, install: str | None = None) -> None:
         """Add (or replace) ``name``."""
@@ -50,11 +52,15 @@ class Registry:
         """Every registered name, installed here or not, in registration order."""
         return list(self._entries)
 
+    def choices(self) -> list[str]:
+        """Every name a user may give: ``also``'s, then the registered ones, sorted."""
+        return [*self.also, *sorted(self._entries)]
+
     def entry(self, name: str) -> Entry:
         """The entry of ``name``; a ValueError naming the choices when there is none."""
         entry = self._entries.get(name)
         if entry is None:
-            raise ValueError(f"unknown {self.kind} {name!r}: choose one of {sorted(self._entries)}")
+            raise ValueError(f"unknown {self.kind} {name!r}: choose one of {self.choices()}")
         return entry
 
     def load(self, name: str) -> Any:

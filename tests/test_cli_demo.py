@@ -42,7 +42,8 @@ def demo(*args: str, cwd: Path, limit: int | None = None) -> subprocess.Complete
         (["--epochs", "0"], "argument --epochs: must be an integer >= 1, not 0"),
         (["--workers", "-1"], "argument --workers: must be an integer >= 0, not -1"),
         (["--batch-size", "x"], "argument --batch-size: not an integer: 'x'"),
-        (["--decoder", "nosuch"], "--decoder: unknown decoder 'nosuch'"),
+        # the choices left out auto, the default and the name users type most
+        (["--decoder", "nosuch"], "--decoder: unknown decoder 'nosuch': choose one of ['auto', 'cv2', "),
     ],
 )
 def test_bad_values_are_usage_errors_before_anything_is_generated(tmp_path: Path, args: list[str], message: str):

@@ -154,7 +154,7 @@ def test_dali_in_cpu_mode_through_resolve(photos):
 
 def test_unknown_decoder_name():
     with pytest.raises(
-        ValueError, match=r"unknown batch decoder 'nvjpeg': choose one of \['cpu', 'dali', 'torchvision'\]"
+        ValueError, match=r"unknown batch decoder 'nvjpeg': choose one of \['auto', 'cpu', 'dali', 'torchvision'\]$"
     ):
         resolve_batch_decoder("nvjpeg")
 

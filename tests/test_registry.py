@@ -38,6 +38,20 @@ def test_unknown_name_lists_the_choices():
         reg.load("c")
 
 
+def test_the_choices_name_auto_where_the_caller_resolves_it():
+    """An unknown decoder or batch decoder listed the registered names without ``auto``, which
+    ``get_decoder`` and ``resolve_batch_decoder`` accept (and default to)."""
+    from shardpipe import resolve_batch_decoder
+    from shardpipe.image.decoders import get_decoder
+
+    with pytest.raises(ValueError, match=r"^unknown decoder 'nope': choose one of \['auto', 'cv2', .*'pil', "):
+        get_decoder("nope")
+    with pytest.raises(ValueError, match=r"^unknown batch decoder 'x': choose one of \['auto', 'cpu', 'dali', "):
+        resolve_batch_decoder("x")
+    reg = Registry("widget", {"b": Entry("json:dumps")}, also=("auto",))
+    assert reg.choices() == ["auto", "b"] and "auto" not in reg  # listed, not registered
+
+
 def test_missing_package_names_what_to_install():
     reg = Registry("widget", {"gone": Entry("shardpipe_no_such_module:X", "pip install shardpipe[gone]")})
     with pytest.raises(

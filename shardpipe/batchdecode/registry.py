@@ -25,6 +25,7 @@ BATCH_DECODERS = Registry(
             "pip install torchvision (the build matching your CUDA torch)",
         ),
     },
+    also=("auto",),  # resolve_batch_decoder resolves it
 )
 
 

@@ -29,6 +29,8 @@ INTERRUPTED = "interrupted: the shards are kept only once all are written (a rer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from shardpipe.image.decoders.registry import DECODERS
+
     p.add_argument("--dir", default="demo-data", help="working directory (default: ./demo-data)")
     p.add_argument("-n", "--images", type=at_least(1), default=1000, help="images to generate (default 1000)")
     p.add_argument("--workers", type=at_least(0), default=min(2, os.cpu_count() or 1), help="DataLoader workers")
@@ -36,7 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=at_least(1), default=64)
     p.add_argument("--size", type=at_least(1), default=224, help="output crop size")
     p.add_argument("--epochs", type=at_least(1), default=2)
-    p.add_argument("--decoder", default="auto", help="image decoder backend (default: fastest installed)")
+    p.add_argument(
+        "--decoder", default="auto",
+        help=f"image decoder backend: {', '.join(DECODERS.choices())} (default: auto, the fastest installed)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
 
 

@@ -88,7 +88,7 @@ class ImageDecoder(Protocol):
         ...
 
 
-DECODERS = Registry("decoder")
+DECODERS = Registry("decoder", also=("auto",))  # get_decoder resolves "auto"
 _INSTANCES: dict[str, ImageDecoder] = {}
 _LOCK = threading.Lock()
 _SKIPPED: set[str] = set()  # auto candidates whose absence was logged
