@@ -49,5 +49,5 @@ def test_config_errors(dataset_dir):
         load_config({"dataset": {"urls": urls}, "transform": ["os.system"]})
     with pytest.raises(ValueError, match="needs dataset.urls"):
         load_config({"dataset": {}})
-    with pytest.raises(ValueError, match="unknown config sections"):
+    with pytest.raises(ValueError, match="^config: unknown section 'model'"):
         load_config({"dataset": {"urls": urls}, "model": {}})

@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import yaml
 
     from shardpipe.cli.common import DATA_PROBLEM, USAGE, fail
+    from shardpipe.configfile import ConfigError
     from shardpipe.errors import ListenError, ShardpipeError
     from shardpipe.serve.server import Server
 
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         if e.filename == args.config:
             return fail("serve", f"config not found: {args.config}", USAGE)
         return fail("serve", f"{args.config} names what does not exist: {e}", USAGE)
+    except ConfigError as e:  # it names the file, the key and its line
+        return fail("serve", e, USAGE)
     except yaml.YAMLError as e:
         return fail("serve", f"{args.config} is not valid YAML: {e}", USAGE)
     except ShardpipeError as e:  # the config's data: a shard or manifest it names is damaged

@@ -364,9 +364,7 @@ def _stop_workers(procs: list[Any]) -> None:
 
 
 def _read_config(path: str | Path) -> dict[str, Any]:
-    import yaml
+    """The config file's sections, refused with the file, key and line where it cannot be read as one."""
+    from shardpipe.configfile import read_config
 
-    config = yaml.safe_load(Path(path).read_text())
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: a serve config is a YAML mapping with dataset, transform and loader sections")
-    return config
+    return read_config(path)
