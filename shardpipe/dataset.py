@@ -11,6 +11,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from shardpipe.augment.base import as_transform
 from shardpipe.errors import ErrorHandler, OnError
 from shardpipe.format.manifest import load_manifest
+from shardpipe.image.decoders.registry import DECODERS
 from shardpipe.image.fused import fusable
 from shardpipe.indexed import block_shuffle_source
 from shardpipe.io.deferred import DEFER_FROM
@@ -159,6 +160,8 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         ErrorHandler(on_error)  # validate the policy name early
         if self.decode_options.transform is not None:
             as_transform(self.decode_options.transform)  # a wrong signature fails here, not as every sample
+        if self.decode_options.decode is not None and self.decode_options.decoder not in DECODERS.also:
+            DECODERS.entry(self.decode_options.decoder)  # an unknown name fails here, not in a worker
         self.require = tuple(require)
         self.on_error = on_error
         storage = self.open_options.storage_options

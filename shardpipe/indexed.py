@@ -23,6 +23,7 @@ from shardpipe.format.index import BLOCK, DamagedIndexError, SampleIndex, rebuil
 from shardpipe.format.manifest import load_manifest
 from shardpipe.io.ranged import RangeReader
 from shardpipe.io.urls import check_url, single_manifest
+from shardpipe.options import check_flag
 
 
 class IndexedShards:
@@ -168,6 +169,7 @@ class IndexedDataset(Dataset):
         read_options: Any = None,
         manifest_paths: str = "inside",
     ):
+        check_flag("allow_pickle", allow_pickle)
         self.shards = IndexedShards(manifest, storage_options, cache_dir, cache_size, read_options, manifest_paths)
         self.shards.check_random_access()
         self.seed, self.epoch = seed, 0

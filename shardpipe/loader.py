@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader
 from shardpipe.collate import InlineCollate, with_state
 from shardpipe.errors import WorkerDiedError, WorkerStallError
 from shardpipe.handover import receive
+from shardpipe.options import check_flag
 from shardpipe.passes import WorkerPlan
 from shardpipe.protocol import LoaderSource, require
 from shardpipe.stages.base import State
@@ -144,6 +145,10 @@ class ShardLoader(DataLoader):
         **kwargs: Any,
     ):
         require(dataset, LoaderSource, "ShardLoader")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise ValueError(f"num_workers must be an integer >= 0, not {num_workers!r}")
+        check_flag("pin_memory", pin_memory)
+        check_flag("persistent_workers", persistent_workers)
         if stall_timeout is not None and stall_timeout <= 0:
             raise ValueError(f"stall_timeout must be a positive number of seconds or None, not {stall_timeout!r}")
         refuse_unsupported(num_workers, persistent_workers, kwargs)

@@ -52,6 +52,13 @@ def _check_count(name: str, value: int | None, minimum: int, optional: bool = Tr
         raise ValueError(f"{name} must be an integer >= {minimum}{' or None' if optional else ''}, not {value!r}")
 
 
+def check_flag(name: str, value: object) -> None:
+    """A yes/no option must be a bool: ``"false"`` (a string from a config or a command line) is truthy,
+    and ``allow_pickle="false"`` would unpickle untrusted shards."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+
+
 @dataclass(frozen=True)
 class OpenOptions:
     """How shards are opened: fsspec storage, a local cache, remote reads, read-ahead."""
@@ -84,6 +91,8 @@ class OpenOptions:
     manifest_paths: str = "inside"
 
     def __post_init__(self) -> None:
+        check_flag("allow_pipe", self.allow_pipe)
+        check_flag("verify", self.verify)
         _check_count("cache_size", self.cache_size, 1)
         _check_count("max_member_size", self.max_member_size, 0)
         _check_count("prefetch", self.prefetch, 0, optional=False)
@@ -135,6 +144,7 @@ class SplitOptions:
         if self.epoch_policy not in ("auto", *EPOCH_POLICY_NAMES):
             raise ValueError(f"epoch_policy must be 'auto' or one of {EPOCH_POLICY_NAMES}, not {self.epoch_policy!r}")
         _check_count("samples_per_epoch", self.samples_per_epoch, 1)
+        _check_count("seed", self.seed, 0, optional=False)  # numpy's seed sequences take none below 0
         if self.epoch_policy == "resample" and not self.samples_per_epoch:
             raise ValueError("epoch_policy='resample' needs samples_per_epoch (the epoch length over all ranks)")
         _check_count("rank", self.rank, 0)
@@ -173,6 +183,7 @@ class DecodeOptions:
         if not isinstance(self.decoder, str):
             raise ValueError(f"decoder must be a decoder name (see shardpipe.image.decoders), not {self.decoder!r}")
         _check_count("num_threads", self.num_threads, 0, optional=False)
+        check_flag("allow_pickle", self.allow_pickle)
 
 
 @dataclass(frozen=True)
@@ -189,6 +200,8 @@ class BatchOptions:
 
     def __post_init__(self) -> None:
         _check_count("batch_size", self.batch_size, 1)
+        check_flag("drop_last", self.drop_last)
+        check_flag("channels_last", self.channels_last)
 
 
 GROUPS: tuple[type, ...] = (OpenOptions, SplitOptions, DecodeOptions, BatchOptions)

@@ -126,7 +126,7 @@ def open_shard(
     ``expected_size`` is a :class:`CorruptShardError`.
     """
     if url.startswith("pipe:"):
-        if not allow_pipe:
+        if allow_pipe is not True:  # True only: a truthy "false" from a config must not run a shell
             raise ValueError(f"refusing pipe: URL {url!r}: it runs a shell command; pass allow_pipe=True to opt in")
         return cast(IO[bytes], PipeReader(url[len("pipe:") :], offset))
     if is_local(url):

@@ -22,7 +22,7 @@ from shardpipe.errors import DecodeError, TransformError
 from shardpipe.format.fields import decode_field
 from shardpipe.format.sample import Sample, is_image_field
 from shardpipe.image.fused import build_image_fn
-from shardpipe.options import DECODE_MODES
+from shardpipe.options import DECODE_MODES, check_flag
 from shardpipe.stages.base import State
 from shardpipe.stages.parallel import ParallelMap
 
@@ -65,6 +65,7 @@ class SampleDecoder:
     ):
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, not {decode!r}")
+        check_flag("allow_pickle", allow_pickle)  # a truthy "false" must not unpickle shard members
         self.decode = decode
         self.transform = transform
         self.allow_pickle = allow_pickle
