@@ -143,3 +143,37 @@ def test_the_new_manifest_records_sha256_and_verify_checks_it(shards: Path, tmp_
     (out / "s-000000.tar").write_bytes(bytes(data))
     bad = cli("verify", str(out / "manifest.json"), cwd=tmp_path)
     assert bad.returncode == 1 and "sha256" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
+
+
+# ---------------------------------------------------------------- a refused run leaves nothing behind
+
+
+def refusals(shards: Path, tmp_path: Path) -> dict[str, tuple[list[str], int, str]]:
+    """Runs refused before any work, by name: their arguments, exit status and the error's words."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for folder in ("a", "b"):
+        (tmp_path / folder / "x.tar").write_bytes((shards / "s-000000.tar").read_bytes())
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    (gone / "manifest.json").write_bytes((shards / "manifest.json").read_bytes())
+    (gone / "s-000000.tar").write_bytes((shards / "s-000000.tar").read_bytes())
+    first = str(shards / "s-000000.tar")
+    return {
+        "one name": ([f"{tmp_path}/a/x.tar::{tmp_path}/b/x.tar"], 2, "have the same file name"),
+        "listed twice": ([f"{first}::{first}"], 2, "names " + first + " twice"),
+        "per row": ([first, "--per-row", "0"], 2, "per_row (--per-row) must be at least 1, got 0"),
+        "manifest shard missing": ([str(gone / "manifest.json")], 1, "no such shard: " + str(gone / "s-000001.tar")),
+    }
+
+
+@pytest.mark.parametrize("case", ["one name", "listed twice", "per row", "manifest shard missing"])
+def test_a_refused_run_makes_no_output_folder(shards: Path, tmp_path: Path, case: str) -> None:
+    """The output folder was made before the checks: a refused run left it behind, empty (or holding only
+    restart.json), for the user to clean up."""
+    args, status, words = refusals(shards, tmp_path)[case]
+    out = tmp_path / "new" / "out"
+    r = cli("restart", *args, "-o", str(out), "--no-progress", cwd=tmp_path)
+    assert r.returncode == status, r.stderr
+    assert "shardpipe restart: error:" in r.stderr and words in r.stderr, r.stderr
+    assert not out.exists() and not out.parent.exists()

@@ -202,6 +202,11 @@ def _file_name(url: str) -> str:
     return os.path.basename(local_path(url)) if is_local(url) else posixpath.basename(urlsplit(url).path)
 
 
+def _missing(url: str) -> bool:
+    """Whether ``url`` is a local shard that is not there (remote ones are found missing when read)."""
+    return is_local(url) and not os.path.isfile(local_path(url))
+
+
 def _remove(path: str) -> None:
     try:
         os.remove(path)
@@ -237,14 +242,13 @@ def mark_restarts(
         raise ValueError(
             f"cannot write shards to {output_dir!r}: a web server is read-only; use a folder, s3:// or gs://"
         )
+    if per_row < 1:
+        raise ValueError(f"per_row (--per-row) must be at least 1, got {per_row}")
     out_options = storage_options if output_storage_options is None else output_storage_options
     t0 = time.perf_counter()
     sources = [s.url for s in expand_urls(urls, storage_options)]
     if is_local(output_dir):
         output_dir = local_path(output_dir)
-        os.makedirs(output_dir, exist_ok=True)
-    else:
-        _check_reachable(output_dir, out_options)
     targets = [join_url(output_dir, _file_name(u)) for u in sources]
     _check_names(sources, targets)
     same = [u for u, t in zip(sources, targets) if same_file(u, t)]
@@ -256,6 +260,13 @@ def mark_restarts(
         if same_file(urls, manifest_url):
             raise ValueError(f"the output folder holds the input manifest {urls}: choose another folder")
         class_names = read_manifest(urls, storage_options).get("class_names")
+    if not is_local(output_dir):
+        _check_reachable(output_dir, out_options)
+    missing = [u for u, t in zip(sources, targets) if _missing(u) and size(t, out_options) is None]
+    if missing:  # (a manifest's shard: the CLI checks those it was given)
+        raise ShardNotFoundError(f"no such shard: {missing[0]}")
+    if is_local(output_dir):  # made only now: a run refused above leaves no empty folder behind
+        os.makedirs(output_dir, exist_ok=True)
     lock = folder_lock(output_dir, CONVERTED_BY) if is_local(output_dir) else contextlib.nullcontext()
     with lock:  # held until the manifest is written: a second run would delete this one's partial shards
         names = [_file_name(t) for t in targets]
@@ -299,9 +310,6 @@ def _convert_all(
             summary.skipped_shards += 1
         else:
             todo.append((src, dst))
-    missing = [src for src, _ in todo if is_local(src) and not os.path.isfile(local_path(src))]
-    if missing:
-        raise ShardNotFoundError(f"no such shard: {missing[0]}")
 
     def convert(pair: tuple[str, str]) -> tuple[int, int, int, int, str]:
         return convert_shard(
