@@ -266,3 +266,15 @@ def test_a_damaged_record_is_refused_naming_it(inputs: Path, tmp_path: Path, rec
     assert r.stderr.startswith(f"shardpipe restart: error: out/restart.json {why}"), r.stderr
     assert r.stderr.endswith(": remove it, or use another folder\n"), r.stderr
     assert os.listdir(out) == ["restart.json"] and (out / "restart.json").read_bytes() == record
+
+
+def test_a_rerun_removes_partial_shards_it_does_not_convert_again(inputs: Path, tmp_path: Path) -> None:
+    """A run killed while writing s-2.tar, rerun for s-0.tar alone: s-2.tar.restart-tmp stayed for good
+    (only the rerun's own shards' partial files were removed)."""
+    kill(held_run(tmp_path, "s-2.tar", "restart", "in/s-{0..2}.tar", "-o", "out", "--workers", "1", "--no-progress"))
+    assert sorted(os.listdir(tmp_path / "out")) == ["restart.json", "s-0.tar", "s-1.tar", "s-2.tar.restart-tmp"]
+    r = cli("restart", "in/s-0.tar", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("1 shards (1 already done)")
+    names = ["manifest.index", "manifest.json", "restart.json", "s-0.tar", "s-1.tar"]
+    assert sorted(os.listdir(tmp_path / "out")) == names

@@ -207,6 +207,14 @@ def _missing(url: str) -> bool:
     return is_local(url) and not os.path.isfile(local_path(url))
 
 
+def _remove_temps(folder: str) -> None:
+    """Delete the partial shards of stopped runs in ``folder``, those this run does not convert too
+    (the lock is held: no run is writing them). Remote ones were never published."""
+    for name in os.listdir(folder):
+        if name.endswith(_TEMP):
+            _remove(os.path.join(folder, name))
+
+
 def _remove(path: str) -> None:
     try:
         os.remove(path)
@@ -269,6 +277,8 @@ def mark_restarts(
         os.makedirs(output_dir, exist_ok=True)
     lock = folder_lock(output_dir, CONVERTED_BY) if is_local(output_dir) else contextlib.nullcontext()
     with lock:  # held until the manifest is written: a second run would delete this one's partial shards
+        if is_local(output_dir):
+            _remove_temps(output_dir)
         names = [_file_name(t) for t in targets]
         known = record_settings(output_dir, restart_settings(per_row), names, out_options)
         summary, sha256 = _convert_all(sources, targets, per_row, workers, progress, storage_options, out_options)
@@ -297,15 +307,13 @@ def _convert_all(
     storage_options: dict[str, Any] | None,
     out_options: dict[str, Any] | None,
 ) -> tuple[RestartSummary, dict[str, str]]:
-    """Convert each source whose target is not there yet (after removing a stopped run's partial shards);
+    """Convert each source whose target is not there yet;
     return the summary and the sha256 of each shard converted, by file name, taken as it was written."""
     from tqdm import tqdm
 
     summary = RestartSummary(shards=len(sources), outputs=targets)
     todo = []
     for src, dst in zip(sources, targets):
-        if is_local(dst):
-            _remove(dst + _TEMP)  # a stopped run's partial shard (remote ones were never published)
         if size(dst, out_options) is not None:
             summary.skipped_shards += 1
         else:
