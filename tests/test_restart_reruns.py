@@ -16,13 +16,17 @@ import tarfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
+import shardpipe
 from shardpipe.errors import OutputInUseError
 
 pytest.importorskip("shardpipe.image.decoders.native", reason="native extension not built")
 
 from shardpipe.image.decoders import registry  # noqa: E402
+from shardpipe.image.restart import restart_layout  # noqa: E402
 from shardpipe.write.outfiles import folder_lock  # noqa: E402
 from shardpipe.write.restart_job import convert_shard, mark_restarts  # noqa: E402
 
@@ -100,6 +104,10 @@ def inputs(tmp_path: Path) -> Path:
     return tmp_path / "in"
 
 
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
 def folder_bytes(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
@@ -134,6 +142,7 @@ def test_a_rerun_with_another_per_row_is_refused_and_the_same_one_extends(inputs
         "converted_by": "shardpipe restart",
         "settings": {"per_row": 8, "max_pixels": registry.MAX_PIXELS},
         "shards": ["s-0.tar", "s-1.tar", "s-2.tar"],
+        "sources": {f"s-{i}.tar": str(inputs.resolve() / f"s-{i}.tar") for i in range(3)},
     }
 
 
@@ -254,6 +263,10 @@ def test_the_python_api_is_refused_while_the_folder_is_locked(inputs: Path, tmp_
         (b"[1, 2]", "is not a JSON object"),
         (b'{"settings": 8, "shards": []}', "is not a record of shardpipe restart (damaged?)"),
         (b'{"settings": {"per_row": 8}, "shards": ["../s-0.tar"]}', "is not a record of shardpipe restart (damaged?)"),
+        (
+            b'{"settings": {"per_row": 8}, "shards": ["s-0.tar"], "sources": {"s-0.tar": 1}}',
+            "is not a record of shardpipe restart (damaged?)",
+        ),
     ],
 )
 def test_a_damaged_record_is_refused_naming_it(inputs: Path, tmp_path: Path, record: bytes, why: str) -> None:
@@ -278,3 +291,42 @@ def test_a_rerun_removes_partial_shards_it_does_not_convert_again(inputs: Path, 
     assert r.stdout.startswith("1 shards (1 already done)")
     names = ["manifest.index", "manifest.json", "restart.json", "s-0.tar", "s-1.tar"]
     assert sorted(os.listdir(tmp_path / "out")) == names
+
+
+# ---------------------------------------------------------------- another input of the same name
+
+
+def test_a_shard_converted_from_another_input_of_its_name_is_refused(tmp_path: Path) -> None:
+    """a/x.tar converted, then b/x.tar into the same folder: out/x.tar was kept as b/x.tar's conversion
+    ('1 already done') and the manifest described a's samples under b's run."""
+    write_tar(tmp_path / "a" / "x.tar", 0, 4)
+    write_tar(tmp_path / "b" / "x.tar", 100, 2)
+    r = cli("restart", "a/x.tar", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    before = folder_bytes(tmp_path / "out")
+    r = cli("restart", "b/x.tar", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr == (
+        f"shardpipe restart: error: out/x.tar was converted from {tmp_path.resolve()}/a/x.tar (out/restart.json), "
+        f"not from this run's {tmp_path.resolve()}/b/x.tar: remove it to convert this input into it, "
+        "or convert into another folder\n"
+    )
+    assert folder_bytes(tmp_path / "out") == before
+    r = cli("restart", f"{tmp_path}/a/x.tar", "-o", "out", "--no-progress", cwd=tmp_path)  # the same file, named
+    assert r.returncode == 0, r.stderr  # another way
+    assert r.stdout.startswith("1 shards (1 already done)")
+    (tmp_path / "out" / "x.tar").unlink()
+    r = cli("restart", "b/x.tar", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["samples"] == 2
+    samples = {s["__key__"]: s for s in shardpipe.ShardDataset(str(tmp_path / "out" / "manifest.json"), decode=None)}
+    assert sorted(samples) == ["s0100", "s0101"]
+    with tarfile.open(tmp_path / "b" / "x.tar") as tar:
+        for key, sample in samples.items():
+            before = tar.extractfile(f"{key}.jpg").read()
+            assert np.array_equal(pixels(before), pixels(sample["jpg"])) and restart_layout(sample["jpg"]) is not None
+    record = json.loads((tmp_path / "out" / "restart.json").read_text())
+    assert record["sources"] == {"x.tar": str(tmp_path.resolve() / "b" / "x.tar")}
+    r = cli("verify", "out/manifest.json", cwd=tmp_path)  # sizes, counts, sha256 and the index
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -202,6 +202,12 @@ def _file_name(url: str) -> str:
     return os.path.basename(local_path(url)) if is_local(url) else posixpath.basename(urlsplit(url).path)
 
 
+def _input_id(url: str) -> str:
+    """How the record names an input: a local one by its real absolute path (a rerun from another
+    folder, or through a link, names the same file), a URL as it is."""
+    return os.path.realpath(local_path(url)) if is_local(url) else url
+
+
 def _missing(url: str) -> bool:
     """Whether ``url`` is a local shard that is not there (remote ones are found missing when read)."""
     return is_local(url) and not os.path.isfile(local_path(url))
@@ -279,8 +285,8 @@ def mark_restarts(
     with lock:  # held until the manifest is written: a second run would delete this one's partial shards
         if is_local(output_dir):
             _remove_temps(output_dir)
-        names = [_file_name(t) for t in targets]
-        known = record_settings(output_dir, restart_settings(per_row), names, out_options)
+        inputs = {_file_name(t): _input_id(u) for u, t in zip(sources, targets)}
+        known = record_settings(output_dir, restart_settings(per_row), inputs, out_options)
         summary, sha256 = _convert_all(sources, targets, per_row, workers, progress, storage_options, out_options)
         if summary.skipped_shards and not known:
             log.warning(
