@@ -5,7 +5,7 @@ member; every ``.jpg``/``.jpeg`` member is re-encoded losslessly with restart in
 (``shardpipe.image.restart``: same pixels), every other member and every member name,
 order and tar header field is kept. Inputs are read through shardpipe's io layer (local,
 ``s3://``, ``gs://``, ``http(s)://``: streamed, with its retries); outputs go to a local
-folder or an object store. Each output shard appears complete or not at all (locally a
+folder or an object store. Each output shard (:mod:`shardpipe.write.restart_shard`) appears complete or not at all (locally a
 temporary name renamed when complete; on S3/GCS the object is published when its upload
 completes and a failed upload is aborted), so a run that is stopped keeps its finished
 shards and the next run (resumable by default) skips them; a rerun with other settings is
@@ -18,34 +18,24 @@ writes them (no timestamp or file name in the gzip header), so a conversion is r
 from __future__ import annotations
 
 import contextlib
-import errno
-import gzip
-import io
 import logging
 import os
 import posixpath
-import tarfile
 import time
-import zlib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import Any
 from urllib.parse import urlsplit
 
-from shardpipe.errors import CorruptShardError, ShardNotFoundError
+from shardpipe.errors import ShardNotFoundError
 from shardpipe.format.manifest import read_manifest, write_manifest
-from shardpipe.format.tar.writer import HashingWriter, gzip_writer
-from shardpipe.image.restart import DEFAULT_PER_ROW, add_restart_intervals, available, restart_layout
-from shardpipe.io.files import atomic_write, is_local, join_url, local_path, open_shard, same_file
+from shardpipe.image.restart import DEFAULT_PER_ROW, available
+from shardpipe.io.files import is_local, join_url, local_path, same_file
 from shardpipe.write.outfiles import folder_lock, size
 from shardpipe.write.restart_record import CONVERTED_BY, RECORD, record_settings, restart_settings
+from shardpipe.write.restart_shard import TEMP, convert_shard, remove
 
 log = logging.getLogger("shardpipe")
-
-_JPEG_EXTS = (".jpg", ".jpeg")
-_TEMP = ".restart-tmp"
-_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # a write refused: disk full, quota, file size limit
 
 
 @dataclass
@@ -70,133 +60,6 @@ class RestartSummary:
         )
 
 
-def _safe_name(name: str, shard: str) -> None:
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith("/") or ".." in parts:
-        raise CorruptShardError(f"{shard}: member {name!r} escapes the shard; refusing to copy it")
-
-
-class _CheckedInfo(tarfile.TarInfo):
-    """tarfile's reader takes a stream cut at a member boundary, or a damaged header, for the end
-    of the archive (the members after it would be left out quietly): these raise instead."""
-
-    @classmethod
-    def fromtarfile(cls, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-        at = tarfile_.fileobj.tell()  # type: ignore[union-attr]
-        try:
-            return super().fromtarfile(tarfile_)
-        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError):
-            end = tarfile_.fileobj.tell()  # type: ignore[union-attr]
-            raise tarfile.ReadError(f"it ends at byte {end} without the end-of-archive marker") from None
-        except tarfile.InvalidHeaderError as e:
-            raise tarfile.ReadError(f"bad tar header at byte {at}: {e}") from None
-
-
-class _CountingReader(io.RawIOBase):
-    """A read-only view of a stream that counts the bytes read through it."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw, self.count = raw, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        data = self.raw.read(len(b))
-        b[: len(data)] = data
-        self.count += len(data)
-        return len(data)
-
-
-def _tar_input(raw: _CountingReader) -> tuple[IO[bytes], str]:
-    """The stream that tarfile reads ``raw`` through, and its mode: gzip is inflated by
-    ``GzipFile``, which checks each member's CRC and length (tarfile's own inflater does not)."""
-    buffered = io.BufferedReader(raw, 1 << 20)
-    if buffered.peek(2)[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=buffered, mode="rb"), "r|"
-    return buffered, "r|*"
-
-
-def _drain(stream: IO[bytes]) -> None:
-    """Read to the end: a tar's trailing padding, a gzip stream's trailer (checked on the way)."""
-    while stream.read(1 << 20):
-        pass
-
-
-@contextlib.contextmanager
-def _output(dst: str, storage_options: dict[str, Any] | None) -> Iterator[IO[bytes]]:
-    """``dst`` opened for writing; it appears complete when the block ends, or not at all."""
-    if not is_local(dst):
-        with atomic_write(dst, storage_options=storage_options) as f:
-            yield f
-        return
-    path = local_path(dst)
-    tmp = path + _TEMP
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())  # or a crash could keep the name and lose the bytes: a rerun would skip it
-        os.replace(tmp, path)
-    except OSError as e:
-        _remove(tmp)
-        if e.errno in _NO_ROOM and e.filename is None:  # say where: the disk is full, not a shard bad
-            raise OSError(e.errno, e.strerror, path) from e
-        raise
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
-def convert_shard(
-    src: str,
-    dst: str,
-    per_row: int = DEFAULT_PER_ROW,
-    *,
-    storage_options: dict[str, Any] | None = None,
-    output_storage_options: dict[str, Any] | None = None,
-) -> tuple[int, int, int, int, str]:
-    """Write ``dst`` (atomically) from ``src`` with restart-marked JPEGs; either may be a URL
-    (``storage_options`` for ``src``, ``output_storage_options`` for ``dst``).
-
-    A ``.gz``/``.tgz`` output is gzipped as the shard writer does it (no timestamp or file
-    name in the header), so converting the same input twice gives the same bytes.
-    Returns ``(jpegs, marked, bytes of src, bytes of dst, sha256 of dst)``.
-    """
-    jpegs = marked = 0
-    gz = urlsplit(src).path.endswith((".gz", ".tgz"))
-    try:
-        with open_shard(src, storage_options=storage_options) as raw, _output(dst, output_storage_options) as out:
-            counted, hashed = _CountingReader(raw), HashingWriter(out)
-            stream, mode = _tar_input(counted)
-            with (
-                tarfile.open(fileobj=stream, mode=mode, tarinfo=_CheckedInfo) as tin,
-                gzip_writer(hashed) if gz else contextlib.nullcontext(hashed) as sink,  # type: ignore[arg-type]
-                tarfile.open(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT) as tout,
-            ):
-                for info in tin:
-                    _safe_name(info.name, src)
-                    if not info.isfile():
-                        tout.addfile(info)
-                        continue
-                    f = tin.extractfile(info)
-                    data = f.read() if f is not None else b""
-                    if info.name.lower().endswith(_JPEG_EXTS):
-                        jpegs += 1
-                        new = add_restart_intervals(data, per_row)
-                        if new is not data or restart_layout(data) is not None:
-                            marked += 1
-                        data = new
-                    info.size = len(data)
-                    if "size" in info.pax_headers:  # it has priority over the header's field
-                        info.pax_headers["size"] = str(len(data))
-                    tout.addfile(info, io.BytesIO(data))
-            _drain(stream)
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as e:
-        raise CorruptShardError(f"{src}: not a readable tar shard ({e})") from e
-    return jpegs, marked, counted.count, hashed.size, hashed.sha.hexdigest()
-
-
 def _file_name(url: str) -> str:
     """The last path component of a local path or URL (query and fragment left out)."""
     return os.path.basename(local_path(url)) if is_local(url) else posixpath.basename(urlsplit(url).path)
@@ -217,15 +80,8 @@ def _remove_temps(folder: str) -> None:
     """Delete the partial shards of stopped runs in ``folder``, those this run does not convert too
     (the lock is held: no run is writing them). Remote ones were never published."""
     for name in os.listdir(folder):
-        if name.endswith(_TEMP):
-            _remove(os.path.join(folder, name))
-
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
+        if name.endswith(TEMP):
+            remove(os.path.join(folder, name))
 
 
 def mark_restarts(
