@@ -1,7 +1,7 @@
 """``shardpipe restart`` on inputs a user really has: a tar cut at a member boundary or with a
-damaged header, a .tgz whose CRC does not match, pax ``size`` records, a shard listed twice,
-and a full disk (a file size limit), each refused with a message that names the file, without
-output that looks complete."""
+damaged header, a .tgz whose CRC does not match (each refused with a message that names the file,
+without output that looks complete; in a run of many, listed and left out while the others are
+converted), pax ``size`` records, a shard listed twice, and a full disk (a file size limit)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ import pytest
 from PIL import Image
 
 import shardpipe
+from shardpipe.devtools.synth import make_jpeg
 from shardpipe.errors import CorruptShardError
 
 pytest.importorskip("shardpipe.image.decoders.native", reason="native extension not built")
 
+from shardpipe.image.restart import restart_layout  # noqa: E402
 from shardpipe.write import restart_job  # noqa: E402
 from shardpipe.write.restart_job import convert_shard, mark_restarts  # noqa: E402
 
@@ -92,10 +94,8 @@ def test_a_tar_cut_at_a_member_boundary_is_refused(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("o.tar*"))
     r = cli("restart", "in/s-1.tar", "-o", "out", "--no-progress", cwd=tmp_path)
     assert r.returncode == 1 and r.stdout == ""
-    assert r.stderr == (
-        f"shardpipe restart: error: in/s-1.tar: not a readable tar shard (it ends at byte {cut} without the "
-        "end-of-archive marker)\n"
-    )
+    why = f"in/s-1.tar: not a readable tar shard (it ends at byte {cut} without the end-of-archive marker)"
+    assert r.stderr == f"WARNING skipped a damaged input shard: {why}\nshardpipe restart: error: {why}\n"
     assert sorted(os.listdir(tmp_path / "out")) == ["restart.json"]  # the settings only
 
 
@@ -108,6 +108,76 @@ def test_a_damaged_header_in_the_middle_is_refused(tmp_path: Path) -> None:
         convert_shard(str(tmp_path / "s.tar"), str(tmp_path / "o.tar"))
     assert str(e.value) == f"{tmp_path / 's.tar'}: not a readable tar shard (bad tar header at byte {at}: bad checksum)"
     assert not list(tmp_path.glob("o.tar*"))
+
+
+def test_damaged_shards_are_listed_and_the_others_converted(tmp_path: Path) -> None:
+    """Of 5 shards, one cut short and one with a bad header: the run stopped at the first of them
+    (of 10,000 shards, at the first bad one), without a manifest. Now the others are converted, the
+    damaged ones listed (summary, manifest's ``skipped``), exit status 1; a rerun once they are
+    replaced converts only them."""
+    files = {i: [(f"s{k:04d}.jpg", make_jpeg(k, plain=True)) for k in range(3 * i, 3 * i + 3)] for i in range(5)}
+    (tmp_path / "in").mkdir()
+    whole = {i: write_tar(tmp_path / "in" / f"s-{i}.tar", f) for i, f in files.items()}
+    cut = tarfile.open(tmp_path / "in" / "s-1.tar").getmembers()[2].offset
+    (tmp_path / "in" / "s-1.tar").write_bytes(whole[1][:cut])
+    at = tarfile.open(tmp_path / "in" / "s-3.tar").getmembers()[1].offset
+    bad = bytearray(whole[3])
+    bad[at + 3] ^= 0x20  # the name changes, the checksum does not
+    (tmp_path / "in" / "s-3.tar").write_bytes(bytes(bad))
+    r = cli("restart", "in/s-{0..4}.tar", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    one = f"in/s-1.tar: not a readable tar shard (it ends at byte {cut} without the end-of-archive marker)"
+    three = f"in/s-3.tar: not a readable tar shard (bad tar header at byte {at}: bad checksum)"
+    assert r.stdout.splitlines()[1:] == [
+        "skipped 2 damaged input shards (not in the manifest):",
+        f"  {one}",
+        f"  {three}",
+    ]
+    assert r.stdout.startswith("5 shards (0 already done): 9 of 9 JPEGs restart-marked")
+    assert sorted(r.stderr.splitlines()) == [
+        f"WARNING skipped a damaged input shard: {one}",
+        f"WARNING skipped a damaged input shard: {three}",
+        "shardpipe restart: error: damaged input shards skipped: 2 (listed above and in the manifest); replace or "
+        "repair them, then run the same command again to convert them",
+    ]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["shards"]] == ["s-0.tar", "s-2.tar", "s-4.tar"] and manifest["samples"] == 9
+    assert manifest["skipped"] == [
+        {"name": "in/s-1.tar", "reason": one.split(": ", 1)[1]},
+        {"name": "in/s-3.tar", "reason": three.split(": ", 1)[1]},
+    ]
+    assert sorted(os.listdir(tmp_path / "out")) == [
+        "manifest.index", "manifest.json", "restart.json", "s-0.tar", "s-2.tar", "s-4.tar",
+    ]  # fmt: skip
+    assert cli("verify", "out/manifest.json", cwd=tmp_path).returncode == 0  # sizes, counts, sha256, index
+    for i in (1, 3):
+        write_tar(tmp_path / "in" / f"s-{i}.tar", files[i])  # replaced
+    r = cli("restart", "in/s-{0..4}.tar", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("5 shards (3 already done): 6 of 6 JPEGs restart-marked") and r.stderr == ""
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["shards"]] == [f"s-{i}.tar" for i in range(5)] and "skipped" not in manifest
+    assert cli("verify", "out/manifest.json", cwd=tmp_path).returncode == 0
+    got = {s["__key__"]: s["jpg"] for s in shardpipe.ShardDataset(str(tmp_path / "out" / "manifest.json"), decode=None)}
+    before = {name[:-4]: data for f in files.values() for name, data in f}
+    assert sorted(got) == sorted(before)
+    for key, after in got.items():
+        assert np.array_equal(pixels(after), pixels(before[key])) and restart_layout(after) is not None, key
+    r = cli("restart", "--help", cwd=tmp_path)
+    assert "(restart: 1 also when a damaged input shard was skipped: the others are converted)" in r.stdout
+
+
+def test_a_run_whose_every_shard_is_damaged_fails_naming_them(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    for i in range(2):
+        (tmp_path / "in" / f"s-{i}.tar").write_bytes(b"not a tar" * 100)
+    with pytest.raises(CorruptShardError) as e:
+        mark_restarts(str(tmp_path / "in" / "s-{0..1}.tar"), str(tmp_path / "out"))
+    first = f"{tmp_path}/in/s-0.tar: not a readable tar shard"
+    assert str(e.value).startswith(
+        f"none of the 2 input shards could be read (each is logged above); the first: {first}"
+    )
+    assert sorted(os.listdir(tmp_path / "out")) == ["restart.json"]  # no manifest of no shards
 
 
 def tgz(path: Path, files: list[tuple[str, bytes]]) -> tuple[bytes, int]:

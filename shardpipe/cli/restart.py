@@ -3,7 +3,8 @@
 The native crop decoder then decodes only the restart intervals a crop covers. Any tool's
 tar/tgz shards (webdataset, img2dataset, shardpipe), local or at s3://, gs://, http(s)://
 URLs; DIR is a folder or an s3:// / gs:// prefix. Resumable (finished shards are kept; a rerun
-with other settings is refused); writes DIR/manifest.json and its index. One run at a time
+with other settings is refused); writes DIR/manifest.json and its index. A damaged input shard is
+listed and left out, the others converted (exit status 1). One run at a time
 into a local DIR (a second is refused).
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+EXIT_DETAILS = "  (restart: 1 also when a damaged input shard was skipped: the others are converted)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,4 +77,9 @@ def run(args: argparse.Namespace) -> int:
     except (ShardpipeError, OSError) as e:  # found in a shard: truncated, corrupt, vanished
         return fail("restart", e, DATA_PROBLEM)
     print(summary.format())
+    if summary.damaged:
+        return fail(
+            "restart", f"damaged input shards skipped: {len(summary.damaged)} (listed above and in the manifest); "
+            "replace or repair them, then run the same command again to convert them", DATA_PROBLEM,
+        )  # fmt: skip
     return OK

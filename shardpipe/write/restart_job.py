@@ -1,18 +1,20 @@
 """``mark_restarts``: existing tar/tgz shards rewritten with restart-marked JPEGs, plus index and manifest.
 
-Shards from any tool (shardpipe, webdataset, img2dataset, tar(1)) are read member by
-member; every ``.jpg``/``.jpeg`` member is re-encoded losslessly with restart intervals
-(``shardpipe.image.restart``: same pixels), every other member and every member name,
-order and tar header field is kept. Inputs are read through shardpipe's io layer (local,
-``s3://``, ``gs://``, ``http(s)://``: streamed, with its retries); outputs go to a local
-folder or an object store. Each output shard (:mod:`shardpipe.write.restart_shard`) appears complete or not at all (locally a
-temporary name renamed when complete; on S3/GCS the object is published when its upload
-completes and a failed upload is aborted), so a run that is stopped keeps its finished
-shards and the next run (resumable by default) skips them; a rerun with other settings is
-refused and a local folder takes one run at a time (:mod:`shardpipe.write.restart_record`).
-The index and manifest are rebuilt at the end (with each shard's sha256, taken as it is
-written, and the input manifest's class names, when the input was a manifest). Gzipped shards are written as the shard writer
-writes them (no timestamp or file name in the gzip header), so a conversion is reproducible.
+Shards from any tool (shardpipe, webdataset, img2dataset, tar(1)) are read member by member;
+every ``.jpg``/``.jpeg`` member is re-encoded losslessly with restart intervals
+(``shardpipe.image.restart``: same pixels), every other member and every member name, order and
+tar header field is kept. Inputs are read through shardpipe's io layer (local, ``s3://``,
+``gs://``, ``http(s)://``: streamed, with its retries); outputs go to a local folder or an
+object store. Each output shard (:mod:`shardpipe.write.restart_shard`) appears complete or not
+at all (locally a temporary name renamed when complete; on S3/GCS the object is published when
+its upload completes and a failed upload is aborted), so a run that is stopped keeps its
+finished shards and the next run (resumable by default) skips them. A damaged input shard is
+logged, left out and listed (summary, manifest's ``skipped``), and the others converted; a rerun
+with other settings is refused and a local folder takes one run at a time
+(:mod:`shardpipe.write.restart_record`). The index and manifest are rebuilt at the end (with
+each shard's sha256, taken as it is written, and the input manifest's class names, when the
+input was a manifest). Gzipped shards are written as the shard writer writes them (no timestamp
+or file name in the gzip header), so a conversion is reproducible.
 """
 
 from __future__ import annotations
@@ -22,12 +24,12 @@ import logging
 import os
 import posixpath
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from shardpipe.errors import ShardNotFoundError
+from shardpipe.errors import ShardNotFoundError, ShardpipeError
 from shardpipe.format.manifest import read_manifest, write_manifest
 from shardpipe.image.restart import DEFAULT_PER_ROW, available
 from shardpipe.io.files import is_local, join_url, local_path, same_file
@@ -51,13 +53,21 @@ class RestartSummary:
     seconds: float = 0.0
     manifest: str = ""
     outputs: list[str] = field(default_factory=list)
+    #: ``(input, why)`` of each input shard left out as damaged (unreadable, truncated, corrupt), in list order
+    damaged: list[tuple[str, str]] = field(default_factory=list)
 
-    def format(self) -> str:
+    def format(self, max_damaged: int = 20) -> str:
         change = 100 * (self.bytes_out / self.bytes_in - 1) if self.bytes_in else 0.0
-        return (
+        lines = [
             f"{self.shards} shards ({self.skipped_shards} already done): {self.marked} of {self.jpegs} JPEGs "
             f"restart-marked, shards {change:+.2f}% in size, {self.seconds:.1f} s; manifest: {self.manifest}"
-        )
+        ]
+        if self.damaged:
+            lines.append(f"skipped {len(self.damaged)} damaged input shards (not in the manifest):")
+            lines += [f"  {src}: {why}" for src, why in self.damaged[:max_damaged]]
+            if len(self.damaged) > max_damaged:
+                lines.append(f"  ... and {len(self.damaged) - max_damaged} more (listed in the manifest)")
+        return "\n".join(lines)
 
 
 def _file_name(url: str) -> str:
@@ -143,16 +153,23 @@ def mark_restarts(
             _remove_temps(output_dir)
         inputs = {_file_name(t): _input_id(u) for u, t in zip(sources, targets)}
         known = record_settings(output_dir, restart_settings(per_row), inputs, out_options)
-        summary, sha256 = _convert_all(sources, targets, per_row, workers, progress, storage_options, out_options)
+        summary, sha256, errors = _convert_all(
+            sources, targets, per_row, workers, progress, storage_options, out_options
+        )  # fmt: skip
+        done = [t for u, t in zip(sources, targets) if u not in errors]
+        if not done:
+            raise _none_converted([errors[u] for u in sources if u in errors])
         if summary.skipped_shards and not known:
             log.warning(
                 "%s holds %d shards from an older version's run without %s: they are kept unchecked, "
                 "as converted then", output_dir, summary.skipped_shards, RECORD,
             )  # fmt: skip
-        manifest = index_shards(targets, manifest_url, workers=max(1, workers), storage_options=out_options)
+        manifest = index_shards(done, manifest_url, workers=max(1, workers), storage_options=out_options)
         _add_sha256(manifest, output_dir, sha256, out_options)
         if class_names:
             manifest["class_names"] = class_names
+        if summary.damaged:  # as shardpipe write lists its skipped inputs
+            manifest["skipped"] = [{"name": src, "reason": why} for src, why in summary.damaged]
         manifest["restart_intervals"] = {"per_row": per_row, "converted_by": CONVERTED_BY}
         write_manifest(manifest_url, manifest, out_options)
     summary.manifest = manifest_url
@@ -168,9 +185,13 @@ def _convert_all(
     progress: bool,
     storage_options: dict[str, Any] | None,
     out_options: dict[str, Any] | None,
-) -> tuple[RestartSummary, dict[str, str]]:
-    """Convert each source whose target is not there yet;
-    return the summary and the sha256 of each shard converted, by file name, taken as it was written."""
+) -> tuple[RestartSummary, dict[str, str], dict[str, ShardpipeError]]:
+    """Convert each source whose target is not there yet; return the summary, the sha256 of each shard
+    converted, by file name, taken as it was written, and the error of each damaged source.
+
+    A damaged source (its data: truncated, corrupt, gone, unreadable) is logged and left out, and
+    the others are converted: one bad shard of thousands does not stop the run. Any other error
+    (the output's: a full disk) stops it."""
     from tqdm import tqdm
 
     summary = RestartSummary(shards=len(sources), outputs=targets)
@@ -187,16 +208,47 @@ def _convert_all(
         )  # fmt: skip
 
     sha256: dict[str, str] = {}
+    errors: dict[str, ShardpipeError] = {}
     with tqdm(total=len(todo), unit="shard", disable=not progress, dynamic_ncols=True) as bar:
         with ThreadPoolExecutor(max(1, workers)) as pool:  # the transcode releases the GIL, and so do reads
-            for (_, dst), (jpegs, marked, b_in, b_out, sha) in zip(todo, pool.map(convert, todo)):
-                summary.jpegs += jpegs
-                summary.marked += marked
-                summary.bytes_in += b_in
-                summary.bytes_out += b_out
-                sha256[_file_name(dst)] = sha
-                bar.update(1)
-    return summary, sha256
+            futures = {pool.submit(convert, pair): pair for pair in todo}
+            try:
+                for future in as_completed(futures):
+                    src, dst = futures[future]
+                    try:
+                        jpegs, marked, b_in, b_out, sha = future.result()
+                    except ShardpipeError as e:
+                        log.warning("skipped a damaged input shard: %s", e)
+                        errors[src] = e
+                    else:
+                        summary.jpegs += jpegs
+                        summary.marked += marked
+                        summary.bytes_in += b_in
+                        summary.bytes_out += b_out
+                        sha256[_file_name(dst)] = sha
+                    bar.update(1)
+            except BaseException:
+                for future in futures:  # the running ones end; no new one starts
+                    future.cancel()
+                raise
+    summary.damaged = [(src, _reason(errors[src], src)) for src in sources if src in errors]
+    return summary, sha256, errors
+
+
+def _reason(error: ShardpipeError, src: str) -> str:
+    """What is wrong with ``src``: its error's message without the shard's name in front."""
+    text = str(error)
+    return text[len(src) + 2 :] if text.startswith(f"{src}: ") else text
+
+
+def _none_converted(errors: list[ShardpipeError]) -> ShardpipeError:
+    """The error of a run whose every shard to convert was damaged: that shard's, or one naming the first."""
+    if len(errors) == 1:
+        return errors[0]
+    first = errors[0]
+    return type(first)(
+        f"none of the {len(errors)} input shards could be read (each is logged above); the first: {first}"
+    )
 
 
 def _check_names(sources: list[str], targets: list[str]) -> None:
