@@ -4,8 +4,8 @@ The native crop decoder then decodes only the restart intervals a crop covers. A
 tar/tgz shards (webdataset, img2dataset, shardpipe), local or at s3://, gs://, http(s)://
 URLs; DIR is a folder or an s3:// / gs:// prefix. Resumable (finished shards are kept; a rerun
 with other settings is refused); writes DIR/manifest.json and its index. A damaged input shard is
-listed and left out, the others converted (exit status 1). One run at a time
-into a local DIR (a second is refused).
+listed and left out, the others converted (exit status 1). One run at a time into a local DIR
+(a second is refused); an s3:// or gs:// prefix takes no lock: run one at a time there.
 """
 
 from __future__ import annotations

@@ -11,7 +11,8 @@ there but came from another input of its name (``a/x.tar`` then ``b/x.tar``) is 
 the rerun would keep it as the conversion of this run's input.
 
 A local output folder is locked for the whole run (``outfiles.folder_lock``), so a second
-run into it is refused instead of deleting the first one's shards in progress.
+run into it is refused instead of deleting the first one's shards in progress. An object-store
+prefix is not locked (docs/reference.md says what two runs into one can do).
 """
 
 from __future__ import annotations
