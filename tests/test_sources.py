@@ -109,7 +109,8 @@ def test_flat_folder_with_label_sidecars_and_extra_json(tmp_path: Path):
     (src / "sample-000003.json").write_text(json.dumps({"caption": "three"}))
     (src / ".DS_Store").write_bytes(b"\0\1")
     scan = FolderSource(src).scan()
-    assert [s.name for s in scan.skipped] == [".DS_Store"]
+    assert scan.skipped == []  # hidden: left out, and said once
+    assert scan.notes == ["left out 1 hidden file (.DS_Store): names starting with '.' are not read"]
     write_shards(src, str(tmp_path / "out" / "f-%03d.tar"), maxcount=100, restart_intervals=False)
     samples = read_back(tmp_path / "out" / "manifest.json")
     assert sorted(samples) == sorted(f[: -len(".jpg")] for f, _ in files)

@@ -122,3 +122,33 @@ def test_linked_class_folders_and_spaced_csv_cells_from_the_command_line(tmp_pat
     cls = {k: v for k, v in members(tmp_path / "o2").items() if k.endswith(".cls")}
     assert cls == {"0.cls": b"3", "1.cls": b"10", "2.cls": b"0"}
     assert json.loads((tmp_path / "o2" / "manifest.json").read_text())["class_names"] is None
+
+
+def test_hidden_files_and_folders_are_left_out_counted_not_skipped(tmp_path: Path):
+    tree = tmp_path / "tree"
+    write_image_folder(tree, 4, num_classes=2)
+    apple = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        "  # an AppleDouble header, as macOS copies leave
+    (tree / "class_00" / "._img-000000.jpg").write_bytes(apple)
+    (tree / "class_01" / "._img-000001.jpg").write_bytes(apple)
+    (tree / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (tree / "class_01" / ".thumbs").mkdir()
+    (tree / "class_01" / ".thumbs" / "t.jpg").write_bytes(make_jpeg(7, plain=True))
+    out = tree / ".shards"  # the run's own output folder, hidden and inside the source: not counted
+    run = write(tree, out / "s-%02d.tar", "--strict")
+    assert run.returncode == 0, run.stdout + run.stderr
+    note = (
+        "left out 3 hidden files (.DS_Store, ._*) and 1 hidden folder (.thumbs): names starting with '.' are not read"
+    )
+    assert note in run.stdout.splitlines() and "skipped: nothing" in run.stdout
+    jpgs = sorted(name for name in members(out) if name.endswith(".jpg"))
+    assert jpgs == [f"class_0{i % 2}/img-00000{i}.jpg" for i in (0, 2, 1, 3)]
+    assert json.loads((out / "manifest.json").read_text())["notes"] == [note]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "a.jpg").write_bytes(make_jpeg(1, plain=True))
+    (flat / "._a.jpg").write_bytes(apple)
+    (flat / ".b.jpg").write_bytes(make_jpeg(2, plain=True))  # an image, but hidden: left out all the same
+    run = write(flat, tmp_path / "o2" / "s-%02d.tar")
+    assert run.returncode == 0 and "skipped: nothing" in run.stdout, run.stdout + run.stderr
+    assert "left out 2 hidden files (._*, .b.jpg): names starting with '.' are not read" in run.stdout
+    assert sorted(members(tmp_path / "o2")) == ["a.jpg"]

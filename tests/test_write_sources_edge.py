@@ -72,7 +72,7 @@ def test_a_linked_subfolder_of_a_flat_folder_is_read(tmp_path: Path):
     flat = tmp_path / "flat"
     jpegs(flat, ["a.jpg"])
     (flat / "more").symlink_to(elsewhere, target_is_directory=True)
-    assert walk(str(flat)) == (["a.jpg", "more/x.jpg", "more/y.jpg"], [])
+    assert walk(str(flat)) == (["a.jpg", "more/x.jpg", "more/y.jpg"], [], [])
     write_shards(flat, str(tmp_path / "out" / "s-%02d.tar"), restart_intervals=False)
     samples = read_shards(tmp_path / "out")
     assert sorted(samples) == ["a", "more/x", "more/y"]
@@ -85,7 +85,7 @@ def test_link_loops_end_and_list_each_file_once(tmp_path: Path):
     (root / "sub" / "deeper" / "up").symlink_to(root, target_is_directory=True)  # a loop to the root
     (root / "sub" / "self").symlink_to(".", target_is_directory=True)  # a loop to its own folder
     (root / "twin").symlink_to(root / "sub" / "deeper", target_is_directory=True)  # a second link, not a loop
-    files, skipped = walk(str(root))
+    files, skipped, _ = walk(str(root))
     assert files == sorted(images)  # each under its real path: links are followed after real folders
     twice = "folder listed twice: already read as {} (a link loop, or a second link)"
     assert sorted(skipped) == [
@@ -112,7 +112,7 @@ def test_fifos_sockets_and_broken_links_are_skipped_without_being_opened(tmp_pat
     with socket.socket(socket.AF_UNIX) as sock:
         sock.bind(str(root / "c" / "sock.jpg"))
         (root / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
-        files, skipped = walk(str(root))
+        files, skipped, _ = walk(str(root))
         assert files == ["a.jpg", "c/b.jpg"]
         assert [(s.name, s.reason.split(":")[0]) for s in sorted(skipped)] == [
             ("a.cls", "not a regular file (a named pipe)"),

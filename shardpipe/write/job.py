@@ -66,7 +66,7 @@ def _checked(scan: Scan) -> Scan:
     UTF-8 is one listed skip, not a write that fails when its sample reaches the tar writer."""
     records, bad = checked_records(scan.records)
     skipped = [Skip(printable(s.name), printable(s.reason)) for s in scan.skipped] + bad
-    return Scan(records, skipped, scan.class_names, scan.note)
+    return Scan(records, skipped, scan.class_names, scan.notes)
 
 
 def _finished_summary(manifest: dict[str, Any], folder: str, seconds: float) -> WriteSummary:
@@ -75,7 +75,7 @@ def _finished_summary(manifest: dict[str, Any], folder: str, seconds: float) -> 
         written=manifest["samples"], skipped=[Skip(s["name"], s["reason"]) for s in manifest.get("skipped", [])],
         shards=len(manifest["shards"]), bytes=manifest["bytes"], seconds=seconds,
         resumed_shards=len(manifest["shards"]), manifest=join_url(folder, MANIFEST),
-        class_names=manifest.get("class_names"),
+        class_names=manifest.get("class_names"), notes=manifest.get("notes", []),
     )  # fmt: skip
 
 
@@ -157,7 +157,7 @@ def write_shards(
     folder = dirname_url(shard_name(pattern, 0))
     run = WriteRun(
         source=src, records=records, scan_skipped=scan.skipped, pattern=pattern, folder=folder,
-        fingerprint=fingerprint, metadata={"class_names": scan.class_names, **fingerprint}, options=opts,
+        fingerprint=fingerprint, metadata={"class_names": scan.class_names, **fingerprint, **({"notes": scan.notes} if scan.notes else {})}, options=opts,
     )  # fmt: skip
     with _one_run_at_a_time(folder):
         outfiles.remove_stale_temps(pattern)  # (another run's would be in progress: hence the lock)
@@ -170,5 +170,5 @@ def write_shards(
         with tqdm(total=len(records), unit="img", disable=not opts.progress, dynamic_ncols=True) as bar:
             summary = write_planned(run, bar) if opts.maxsize is None else write_rolling(run, bar)
     return replace(
-        summary, class_names=scan.class_names, shuffled=shuffle, seconds=time.perf_counter() - t0, read_as=scan.note
+        summary, class_names=scan.class_names, shuffled=shuffle, seconds=time.perf_counter() - t0, notes=scan.notes
     )  # fmt: skip

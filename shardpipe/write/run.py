@@ -41,7 +41,8 @@ class WriteSummary:
     manifest: str | None = None
     class_names: list[str] | None = None
     shuffled: bool = False  #: samples were written in a seeded permutation of the input order
-    read_as: str | None = None  #: how the source was read (a CSV list's column separator)
+    #: what the source's scan says once: how a CSV list was read (``read: ...``), hidden files left out
+    notes: list[str] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -56,8 +57,7 @@ class WriteSummary:
             f"intervals, {self.written_now - self.presized - self.marked} copied unchanged) in {self.seconds:.1f} s "
             f"= {self.images_per_s:.0f} images/s",
         ]
-        if self.read_as:
-            lines.append(f"read: {self.read_as}")
+        lines += self.notes
         if self.skipped:
             reasons = Counter(re.sub(r":.*", "", s.reason) for s in self.skipped)
             lines.append(f"skipped {len(self.skipped)}: " + ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items())))

@@ -59,7 +59,8 @@ class Scan:
     records: list[Record]
     skipped: list[Skip] = field(default_factory=list)
     class_names: list[str] | None = None
-    note: str | None = None  #: how the source was read, for the summary (a CSV list's column separator)
+    #: what the summary and the manifest say once about the source (how a CSV list was read, hidden files left out)
+    notes: list[str] = field(default_factory=list)
 
 
 class Loaded(NamedTuple):
@@ -275,14 +276,19 @@ class RecordsSource(Source):
 
 
 class Walk(NamedTuple):
-    """What :func:`walk` found: regular files (relative paths with ``/``, sorted) and what it passed over."""
+    """What :func:`walk` found: regular files (relative paths with ``/``, sorted), what it passed over,
+    and the hidden entries it left out (sorted; a folder's name ends in ``/``)."""
 
     files: list[str]
     skipped: list[Skip]
+    hidden: list[str]
 
 
 def walk(root: str, outputs: Outputs | None = None) -> Walk:
-    """Every regular file under ``root`` (hidden folders and ``outputs`` left out), following symbolic links.
+    """Every regular file under ``root`` (hidden ones and ``outputs`` left out), following symbolic links.
+
+    Hidden files and folders (names starting with ``.``: macOS's ``._x.jpg`` AppleDouble files and
+    ``.DS_Store``, ``.git``) are no inputs: they are left out unread and listed in ``hidden``, not skips.
 
     Folder links are followed as torchvision's ImageFolder does, but each real folder is
     listed once (by ``(st_dev, st_ino)``), under its own path when it has one (links are
@@ -292,6 +298,7 @@ def walk(root: str, outputs: Outputs | None = None) -> Walk:
     """
     files: list[str] = []
     skipped: list[Skip] = []
+    hidden: list[str] = []
     root_id = _dir_id(os.stat(root))
     seen = {root_id: ""}  # real folder -> the prefix it is listed under
     # this run's output folder is left out where it is found; when it is the root, the files it writes there
@@ -313,23 +320,38 @@ def walk(root: str, outputs: Outputs | None = None) -> Walk:
             kind = _entry_kind(entry)
             if own is not None and not prefix and kind != "dir" and own.fullmatch(entry.name):
                 continue  # this run's shard or manifest, beside the images
-            if kind == "file":
+            ident = _dir_id(entry.stat()) if kind == "dir" else None
+            if ident is not None and ident == below:
+                continue  # this run's output folder
+            if entry.name.startswith("."):
+                hidden.append(rel if ident is None else rel + "/")
+            elif kind == "file":
                 files.append(rel)
-            elif kind != "dir":
+            elif ident is None:
                 skipped.append(Skip(rel, kind))
-            elif not entry.name.startswith("."):
-                ident = _dir_id(entry.stat())
-                if ident == below:
-                    continue
-                if entry.is_symlink():
-                    links.append((rel + "/", ident))
-                elif ident in seen:  # a bind mount of a folder above it
-                    skipped.append(_listed_twice(rel + "/", seen[ident]))
-                else:
-                    seen[ident] = rel + "/"
-                    real.append(rel + "/")
+            elif entry.is_symlink():
+                links.append((rel + "/", ident))
+            elif ident in seen:  # a bind mount of a folder above it
+                skipped.append(_listed_twice(rel + "/", seen[ident]))
+            else:
+                seen[ident] = rel + "/"
+                real.append(rel + "/")
     files.sort()
-    return Walk(files, skipped)
+    return Walk(files, skipped, sorted(hidden))
+
+
+def hidden_note(hidden: list[str]) -> list[str]:
+    """The summary note for the hidden entries :func:`walk` left out (``left out 3 hidden files
+    (._*, .DS_Store) and 1 hidden folder (.git)``), as a list: empty when there were none."""
+    parts = []
+    for what, names in (("file", [h for h in hidden if h[-1] != "/"]), ("folder", [h for h in hidden if h[-1] == "/"])):
+        kinds = sorted(
+            {"._*" if b.startswith("._") else printable(b) for b in (n.rstrip("/").rsplit("/", 1)[-1] for n in names)}
+        )
+        if kinds:
+            shown = ", ".join(kinds[:3]) + (", ..." if len(kinds) > 3 else "")
+            parts.append(f"{len(names)} hidden {what}{'s' * (len(names) > 1)} ({shown})")
+    return [f"left out {' and '.join(parts)}: names starting with '.' are not read"] if parts else []
 
 
 def _list_folder(root: str, prefix: str, skipped: list[Skip]) -> list[os.DirEntry[str]]:

@@ -14,6 +14,7 @@ from shardpipe.write.sources.base import (
     Skip,
     Source,
     apply_labels,
+    hidden_note,
     make_key,
     strip_suffix,
     suffix_of,
@@ -83,7 +84,7 @@ class FolderSource(Source):
     def scan(self) -> Scan:
         if not os.path.isdir(self.root):
             raise FileNotFoundError(f"source folder not found: {self.root}")
-        files, skipped = walk(self.root, self.outputs)
+        files, skipped, hidden = walk(self.root, self.outputs)
         present = set(files)
         records: list[Record] = []
         used: set[str] = set()
@@ -112,7 +113,7 @@ class FolderSource(Source):
         names = None
         if self._regex is not None:
             records, names = apply_labels(records, label_values)
-        return Scan(unique_keys(records), sorted(skipped), names)
+        return Scan(unique_keys(records), sorted(skipped), names, hidden_note(hidden))
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.kind, "path": self.root, "label_pattern": self.label_pattern}

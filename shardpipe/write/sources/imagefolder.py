@@ -11,6 +11,7 @@ from shardpipe.write.sources.base import (
     Scan,
     Skip,
     Source,
+    hidden_note,
     make_key,
     strip_suffix,
     suffix_of,
@@ -38,7 +39,7 @@ class ImageFolderSource(Source):
         if not classes:
             raise ValueError(f"{self.root} has no class folders: an ImageFolder tree is root/<class>/<image>")
         index = {c: i for i, c in enumerate(classes)}
-        files, skipped = walk(self.root, self.outputs)
+        files, skipped, hidden = walk(self.root, self.outputs)
         records = []
         for rel in files:
             cls, slash, _ = rel.partition("/")
@@ -50,7 +51,7 @@ class ImageFolderSource(Source):
                 )
             else:
                 records.append(Record(make_key(strip_suffix(rel)), os.path.join(self.root, rel), index[cls], None, rel))
-        return Scan(unique_keys(records), sorted(skipped), classes)
+        return Scan(unique_keys(records), sorted(skipped), classes, hidden_note(hidden))
 
     def _is_output(self, entry: os.DirEntry[str]) -> bool:
         """Whether ``entry`` is this write's output folder (its shards are no class)."""

@@ -108,7 +108,7 @@ class CsvSource(_ListSource):
         if os.path.isfile(self.path):
             self.delimiter, how = find_delimiter(self.path, self.delimiter)
             scan = super().scan()
-            scan.note = f"{os.path.basename(self.path)}: {how}"
+            scan.notes.append(f"read: {os.path.basename(self.path)}: {how}")
             return scan
         return super().scan()
 
