@@ -192,3 +192,31 @@ def test_a_csv_whose_first_line_cannot_be_split_is_refused(photos: Path, first: 
     assert run.returncode == 2
     assert f"shardpipe write: error: {listing}:{message.replace('1:', '2:', 1)}" in run.stderr
     assert "Traceback" not in run.stderr and not (photos / "out").exists()
+
+
+def test_rows_repeating_an_image_are_written_with_one_warning_naming_the_lines(photos: Path):
+    """A repeated row oversamples (or is a mistake): written, said once with the count and the first lines."""
+    rows = ["img/0.jpg,1", "img/1.jpg,2", "./img/0.jpg,1", "img/2.jpg,0", "img/1.jpg,3"]
+    rows += [f"img/3.jpg,{i}" for i in range(6)]  # line 7 first names img/3.jpg; lines 8-12 repeat it
+    (photos / "list.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    run = write(photos / "list.csv", photos / "out" / "s-%02d.tar")
+    assert run.returncode == 0, run.stderr
+    note = (
+        "list.csv: 7 rows repeat an earlier row's image (line 4 repeats line 2, line 6 repeats line 3, "
+        "line 8 repeats line 7, line 9 repeats line 7, line 10 repeats line 7, ...): each is written as its own "
+        "sample (keys x_1, x_2, ...), as for oversampling; delete the repeated rows if they are a mistake"
+    )
+    assert [line for line in run.stderr.splitlines() if line.startswith("WARNING")] == [f"WARNING {note}"]
+    assert note in run.stdout.splitlines() and "skipped: nothing" in run.stdout
+    assert labels(photos / "out") == {
+        "img/0.cls": b"1", "img/1.cls": b"2", "img/0_1.cls": b"1", "img/2.cls": b"0", "img/1_1.cls": b"3",
+        "img/3.cls": b"0", **{f"img/3_{i}.cls": str(i).encode() for i in range(1, 6)},
+    }  # fmt: skip
+    assert manifest(photos / "out")["notes"][1] == note
+    (photos / "list.jsonl").write_text('{"path": "img/0.jpg"}\n{"path": "img/1.jpg"}\n{"path": "img/0.jpg"}\n')
+    run = write(photos / "list.jsonl", photos / "o2" / "s-%02d.tar")
+    assert run.returncode == 0, run.stderr
+    assert "list.jsonl: 1 row repeats an earlier row's image (line 3 repeats line 1): each" in run.stdout
+    (photos / "once.csv").write_text("path\nimg/0.jpg\nimg/1.jpg\n")
+    run = write(photos / "once.csv", photos / "o3" / "s-%02d.tar")
+    assert run.returncode == 0 and "WARNING" not in run.stderr and "an earlier row" not in run.stdout

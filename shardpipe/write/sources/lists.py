@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -24,6 +25,10 @@ STRIPPED = FIELDS
 #: are not UTF-8 become stand-ins that :func:`check_utf8` turns into an error naming the line
 ENCODING = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
+#: how many repeated rows the repeat note names by line number
+SHOWN_REPEATS = 5
+
+log = logging.getLogger("shardpipe")
 
 
 def check_utf8(text: str, where: str) -> None:
@@ -54,6 +59,8 @@ class _ListSource(Source):
         records: list[Record] = []
         skipped: list[Skip] = []
         values: list[Any] = []
+        first_line: dict[str, int] = {}  # image path -> the line that first names it
+        repeats: list[tuple[int, int]] = []  # (line, the earlier line naming the same image)
         for line, row in self.rows():
             where = f"{os.path.basename(self.path)}:{line}"
             if isinstance(row, str):
@@ -77,14 +84,38 @@ class _ListSource(Source):
             used = {path_field, label_field, key_field, *blank_keys}
             extra = {k: v for k, v in row.items() if k not in used and k is not None} or None
             full = os.path.join(self.root, rel)
+            first = first_line.setdefault(os.path.normpath(full), line)
+            if first != line:
+                repeats.append((line, first))
             key = make_key(str(row[key_field])) if key_field else make_key(strip_suffix(rel.lstrip("/")))
             records.append(Record(key, full, None, extra, rel))
             values.append(row.get(label_field) if label_field else None)
         records, names = apply_labels(records, values)
-        return Scan(unique_keys(records), skipped, names)
+        notes = repeat_note(os.path.basename(self.path), repeats)
+        for note in notes:
+            log.warning("%s", note)
+        return Scan(unique_keys(records), skipped, names, notes)
 
     def describe(self) -> dict[str, Any]:
         return {"type": self.kind, "path": self.path}
+
+
+def repeat_note(name: str, repeats: list[tuple[int, int]]) -> list[str]:
+    """The note (and warning) for rows of list ``name`` naming an image an earlier row names.
+
+    They are written, each as its own sample (key ``x_1``, ``x_2``, ...): repeating a row is how a
+    list oversamples an image, or gives it several captions. A repeat made by mistake would
+    weight that image quietly, hence one warning with the count and the first lines.
+    """
+    if not repeats:
+        return []
+    shown = ", ".join(f"line {line} repeats line {first}" for line, first in repeats[:SHOWN_REPEATS])
+    more = ", ..." if len(repeats) > SHOWN_REPEATS else ""
+    rows = "row repeats" if len(repeats) == 1 else "rows repeat"
+    return [
+        f"{name}: {len(repeats)} {rows} an earlier row's image ({shown}{more}): each is written as its own "
+        "sample (keys x_1, x_2, ...), as for oversampling; delete the repeated rows if they are a mistake"
+    ]
 
 
 class CsvSource(_ListSource):
@@ -108,7 +139,7 @@ class CsvSource(_ListSource):
         if os.path.isfile(self.path):
             self.delimiter, how = find_delimiter(self.path, self.delimiter)
             scan = super().scan()
-            scan.notes.append(f"read: {os.path.basename(self.path)}: {how}")
+            scan.notes.insert(0, f"read: {os.path.basename(self.path)}: {how}")
             return scan
         return super().scan()
 
