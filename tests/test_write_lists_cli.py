@@ -220,3 +220,31 @@ def test_rows_repeating_an_image_are_written_with_one_warning_naming_the_lines(p
     (photos / "once.csv").write_text("path\nimg/0.jpg\nimg/1.jpg\n")
     run = write(photos / "once.csv", photos / "o3" / "s-%02d.tar")
     assert run.returncode == 0 and "WARNING" not in run.stderr and "an earlier row" not in run.stdout
+
+
+@pytest.mark.parametrize(
+    ("sep", "name", "shown"), [(";", "semicolon", ";"), (",", "comma", ","), ("\t", "tab", "<tab>")]
+)
+def test_a_one_column_header_over_rows_with_more_columns_is_refused_naming_the_line(
+    photos: Path, sep: str, name: str, shown: str
+):
+    """``path`` over ``img/0.jpg;3`` rows: read as one column, every row named no file (or had too many cells)."""
+    listing = photos / "list.csv"
+    listing.write_text(f"Path\n\nimg/0.jpg{sep}3\nimg/1.jpg{sep}4\n")
+    run = write(listing, photos / "out" / "s-%02d.tar")
+    assert run.returncode == 2, run.stdout
+    row = "img/0.jpg" + ("\\x09" if sep == "\t" else sep) + "3"
+    assert run.stderr.splitlines() == [
+        f"shardpipe write: error: {listing}:1: the header names one column (Path), but the rows below it have "
+        f"more: line 3 ({row}) splits at a {name} into 2 cells: name every column in the header, e.g. Path{shown}label"
+    ]
+    assert not (photos / "out").exists()
+
+
+def test_a_one_column_list_with_a_separator_in_some_file_names_is_read_as_one_column(photos: Path):
+    (photos / "img" / "a;b.jpg").write_bytes(make_jpeg(5, plain=True))
+    (photos / "list.csv").write_text("path\nimg/0.jpg\nimg/a;b.jpg\n")
+    run = write(photos / "list.csv", photos / "out" / "s-%02d.tar")
+    assert run.returncode == 0 and "skipped: nothing" in run.stdout, run.stdout + run.stderr
+    assert "read: list.csv: one column (no comma, semicolon, tab or vertical bar in its first line)" in run.stdout
+    assert manifest(photos / "out")["samples"] == 2

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable
+from itertools import islice
 from typing import Any
 
 from shardpipe.write.sources.base import Record, Scan, Skip, Source, apply_labels, make_key, strip_suffix, unique_keys
@@ -25,6 +26,8 @@ STRIPPED = FIELDS
 #: are not UTF-8 become stand-ins that :func:`check_utf8` turns into an error naming the line
 ENCODING = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
+#: how many rows below a one-column header ``find_delimiter`` reads to check that they are one column too
+SNIFF_ROWS = 20
 #: how many repeated rows the repeat note names by line number
 SHOWN_REPEATS = 5
 
@@ -178,10 +181,13 @@ def find_delimiter(path: str, default: str) -> tuple[str, str]:
     cell naming no file. A header naming known columns (``path;label``) decides; a first line
     of data, the one candidate that splits it. A first line that splits at several candidates
     with none naming a known column, or one cell holding column names (``path label``), is a
-    ``ValueError`` naming the line: guessing would read every row wrong.
+    ``ValueError`` naming the line: guessing would read every row wrong. So is a header naming one
+    column (``path``) over rows that all split at one candidate (``0.jpg;3``): every row would be a skip.
     """
     with open(path, newline="", **ENCODING) as f:
-        first = next(((n, t) for n, t in enumerate(f, 1) if t.strip()), None)
+        lines = ((n, t) for n, t in enumerate(f, 1) if t.strip())
+        first = next(lines, None)
+        following = list(islice(lines, SNIFF_ROWS))
     if first is None:
         return default, "an empty list"
     line, text = first
@@ -207,7 +213,23 @@ def find_delimiter(path: str, default: str) -> tuple[str, str]:
             f"{where}: the header ({text.strip()}) is one column: separate its columns with a "
             f"{_either(list(DELIMITERS))}"
         )
+    if text.strip().lower() in PATH_FIELDS:
+        _check_one_column(where, text.strip(), order, following)
     return default, f"one column (no {_either(list(DELIMITERS))} in its first line)"
+
+
+def _check_one_column(where: str, header: str, order: list[str], rows: list[tuple[int, str]]) -> None:
+    """``ValueError`` naming ``where`` when the ``rows`` below a one-column ``header`` all split at one candidate."""
+    for d in order:
+        cells = [next(csv.reader([t], delimiter=d, skipinitialspace=True), []) for _, t in rows]
+        if cells and all(len(c) > 1 for c in cells):
+            line, text = rows[0]
+            shown = "<tab>" if d == "\t" else d
+            raise ValueError(
+                f"{where}: the header names one column ({header}), but the rows below it have more: line {line} "
+                f"({text.strip()[:80]}) splits at a {DELIMITERS[d]} into {len(cells[0])} cells: name every "
+                f"column in the header, e.g. {header}{shown}label"
+            )
 
 
 def _either(delimiters: list[str], last: str = "or") -> str:
