@@ -152,3 +152,30 @@ def test_hidden_files_and_folders_are_left_out_counted_not_skipped(tmp_path: Pat
     assert run.returncode == 0 and "skipped: nothing" in run.stdout, run.stdout + run.stderr
     assert "left out 2 hidden files (._*, .b.jpg): names starting with '.' are not read" in run.stdout
     assert sorted(members(tmp_path / "o2")) == ["a.jpg"]
+
+
+def test_binary_lmdb_keys_become_hex_sample_keys(tmp_path: Path):
+    """Packed-integer keys were skipped for their control characters; non-UTF-8 keys were escaped, then
+    split into folders at each backslash. Binary keys are now ``0x`` + hex: unique, the same every run."""
+    lmdb = pytest.importorskip("lmdb")
+    import struct
+
+    env = lmdb.open(str(tmp_path / "store.lmdb"), map_size=1 << 26)
+    with env.begin(write=True) as txn:
+        for i in (0, 1, 256):
+            txn.put(struct.pack(">I", i), make_jpeg(i, plain=True))  # as many LMDB image data sets key them
+        txn.put(b"caf\xe9/a\\b.jpg", make_jpeg(3, plain=True))  # not UTF-8
+        txn.put(b"tab\there.jpg", make_jpeg(4, plain=True))  # UTF-8, with a control character
+        txn.put(b"train/plain.jpg", make_jpeg(5, plain=True))  # text: read as a path, as before
+    env.close()
+    outs = [tmp_path / "o1", tmp_path / "o2"]
+    for out in outs:
+        run = write(tmp_path / "store.lmdb", out / "s-%02d.tar", "--strict", "--no-restart-intervals")
+        assert run.returncode == 0 and "skipped: nothing" in run.stdout, run.stdout + run.stderr
+    found = members(outs[0])
+    assert list(found) == [
+        "0x00000000.jpg", "0x00000001.jpg", "0x00000100.jpg", "0x636166e92f615c622e6a7067.jpg",
+        "0x74616209686572652e6a7067.jpg", "train/plain.jpg",
+    ]  # fmt: skip
+    assert found["0x00000100.jpg"] == make_jpeg(256, plain=True)
+    assert (outs[0] / "s-00.tar").read_bytes() == (outs[1] / "s-00.tar").read_bytes()

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from shardpipe.format.sample import control_character
 from shardpipe.write.sources.base import (
     IMAGE_SUFFIXES,
     Loaded,
@@ -49,8 +50,26 @@ _LMDB_LOCK = threading.Lock()
 LMDB_LAYOUT = "an LMDB store is a folder holding data.mdb, or an LMDB data file"
 
 
+def lmdb_key(raw: bytes) -> tuple[str, str]:
+    """The sample key of LMDB key ``raw`` and the name messages give it.
+
+    A text key (UTF-8 without control characters) is read as a path: ``train/0001.jpg`` is
+    ``train/0001``. Any other key is binary (packed integers, as many LMDB image data sets use:
+    ``struct.pack(">I", 5)``): its sample key is ``0x`` and its bytes in hex (``0x00000005``),
+    unique and the same in every run, and messages name it as Python writes the bytes.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"0x{raw.hex()}", repr(raw)
+    if control_character(text) is not None:
+        return f"0x{raw.hex()}", repr(raw)
+    return make_key(strip_suffix(text) if suffix_of(text) in IMAGE_SUFFIXES else text), text
+
+
 class LmdbSource(Source):
-    """Every entry of an LMDB store, in key order; the key (minus an image extension) is the sample key.
+    """Every entry of an LMDB store, in key order; the key (minus an image extension) is the sample key,
+    or, for a binary key, ``0x`` and its bytes in hex (:func:`lmdb_key`).
 
     Values are raw image bytes by default. ``decoder`` turns another value format into
     ``image bytes``, ``(image bytes, label)`` or ``(image bytes, label, extra dict)``; it
@@ -102,9 +121,8 @@ class LmdbSource(Source):
         records = []
         with env.begin(buffers=False) as txn:
             for raw in txn.cursor().iternext(keys=True, values=False):
-                text = raw.decode("utf-8", "backslashreplace")
-                stem = strip_suffix(text) if suffix_of(text) in IMAGE_SUFFIXES else text
-                records.append(Record(make_key(stem), bytes(raw), None, None, text))
+                key, name = lmdb_key(bytes(raw))
+                records.append(Record(key, bytes(raw), None, None, name))
         return Scan(unique_keys(records))
 
     def load(self, record: Record) -> Loaded:
