@@ -179,3 +179,37 @@ def test_binary_lmdb_keys_become_hex_sample_keys(tmp_path: Path):
     ]  # fmt: skip
     assert found["0x00000100.jpg"] == make_jpeg(256, plain=True)
     assert (outs[0] / "s-00.tar").read_bytes() == (outs[1] / "s-00.tar").read_bytes()
+
+
+def test_float_tiffs_presize_to_their_greys_or_are_listed_skips(tmp_path: Path):
+    """Pillow clips float pixels to 0..255, so a 0..1 float TIFF presized to black."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    ramp = np.tile(np.linspace(0, 1, 400, dtype=np.float32), (300, 1))  # 0 on the left to 1 on the right
+    Image.fromarray(ramp).save(src / "unit.tif")
+    Image.fromarray(ramp[:40, :60] * 255).save(src / "small255.tif")  # below the target: re-encoded all the same
+    Image.fromarray(ramp * 4 - 1).save(src / "wide.tif")  # -1..3: no one reading
+    Image.fromarray(np.where(ramp > 0.5, np.nan, ramp).astype(np.float32)).save(src / "nan.tif")
+    out = tmp_path / "out"
+    run = write(src, out / "s-%02d.tar", "--presize", "100", "--no-shuffle")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "nan.tif: unreadable image: float image holding NaN or infinite values: convert it to 8-bit first" in (
+        run.stdout
+    )
+    assert (
+        "wide.tif: unreadable image: float image with values from -1 to 3: presize reads float pixels in 0..1 "
+        "(or 0..255); scale it to one of them, or convert it to 8-bit first"
+    ) in run.stdout
+    found = members(out)
+    assert sorted(found) == ["small255.jpg", "unit.jpg"]
+    unit = np.asarray(Image.open(io.BytesIO(found["unit.jpg"])), dtype=np.float32)
+    assert unit.shape == (100, 133)
+    expected = np.tile(np.linspace(0, 255, 133), (100, 1))  # the ramp, scaled to 8 bits
+    assert np.abs(unit - expected).mean() < 3 and unit[:, -5:].min() > 240
+    small = np.asarray(Image.open(io.BytesIO(found["small255.jpg"])), dtype=np.float32)
+    assert small.shape == (40, 60) and np.abs(small - ramp[:40, :60] * 255).mean() < 3

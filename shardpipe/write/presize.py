@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 from PIL import Image, ImageOps
 
 from shardpipe.errors import DecodeError
@@ -83,13 +84,14 @@ def presize(data: bytes, shorter: int, quality: int = 90) -> tuple[bytes, bool]:
     the target), resized with Lanczos (the small turned ones are not resized), rotated
     upright by their EXIF orientation and re-encoded as JPEG at ``quality`` (RGB, or
     greyscale for greyscale input; alpha is composited on black; the ICC profile is kept).
+    A float image (a TIFF of mode ``F``) is always re-encoded, as greyscale: see :func:`float_to_grey`.
     Raises ``DecodeError`` on bad data.
     """
     if shorter < 1:
         raise ValueError(f"presize must be a positive number of pixels, got {shorter}")
     img = open_image(data)
     small = min(img.size) <= shorter
-    if small and _orientation(img) == 1:
+    if small and _orientation(img) == 1 and img.mode != "F":
         return data, False
     icc = img.info.get("icc_profile")
     try:
@@ -97,7 +99,7 @@ def presize(data: bytes, shorter: int, quality: int = 90) -> tuple[bytes, bool]:
             tw, th = target_size(*img.size, shorter)
             img.draft(None, (2 * tw, 2 * th))  # DCT-domain reduction, still >= 2x the target
         img = ImageOps.exif_transpose(img)  # loads the pixels; the output has no orientation tag
-        img = img if img.mode in ("RGB", "L") else to_rgb(img)
+        img = float_to_grey(img) if img.mode == "F" else img if img.mode in ("RGB", "L") else to_rgb(img)
         if not small:
             img = img.resize(target_size(*img.size, shorter), Image.Resampling.LANCZOS)
     except (OSError, SyntaxError, ValueError) as e:
@@ -105,6 +107,26 @@ def presize(data: bytes, shorter: int, quality: int = 90) -> tuple[bytes, bool]:
     out = io.BytesIO()
     img.save(out, format="JPEG", quality=quality, icc_profile=icc)
     return out.getvalue(), True
+
+
+def float_to_grey(img: Image.Image) -> Image.Image:
+    """A float greyscale image (mode ``F``) as 8-bit greyscale: values in 0..1 scaled by 255, values in
+    0..255 rounded; ``DecodeError`` for any other range (and NaN or infinity), which has no one reading.
+
+    Pillow's own conversion clips each value to 0..255, so a 0..1 image (as scientific tools and
+    numpy code save float TIFFs) became black.
+    """
+    pixels = np.asarray(img, dtype=np.float32)
+    if not np.isfinite(pixels).all():
+        raise DecodeError("float image holding NaN or infinite values: convert it to 8-bit first")
+    low, high = float(pixels.min()), float(pixels.max())
+    if low < 0 or high > 255:
+        raise DecodeError(
+            f"float image with values from {low:g} to {high:g}: presize reads float pixels in 0..1 "
+            "(or 0..255); scale it to one of them, or convert it to 8-bit first"
+        )
+    scale = 255.0 if high <= 1 else 1.0
+    return Image.fromarray(np.rint(pixels * scale).astype(np.uint8))  # 2-D uint8: mode L
 
 
 def _orientation(img: Image.Image) -> int:
