@@ -290,3 +290,19 @@ def test_a_shard_is_on_disk_before_it_gets_its_name(tmp_path: Path, monkeypatch:
     convert_shard(str(tmp_path / "s.tar"), str(tmp_path / "o.tar"))
     assert synced == [(str(tmp_path / "o.tar.restart-tmp"), False)]
     assert (tmp_path / "o.tar").exists() and not (tmp_path / "o.tar.restart-tmp").exists()
+
+
+def test_the_summary_escapes_control_characters_in_damaged_shard_names(tmp_path: Path) -> None:
+    """A damaged input's name is printed with its control characters escaped (``\\x1b``), not sent
+    to the terminal as an escape sequence."""
+    (tmp_path / "in").mkdir()
+    write_tar(tmp_path / "in" / "a.tar", [("s0.jpg", make_jpeg(0, plain=True))])
+    whole = write_tar(tmp_path / "in" / "b\x1b[2J.tar", [("s1.jpg", make_jpeg(1, plain=True))])
+    (tmp_path / "in" / "b\x1b[2J.tar").write_bytes(whole[:700])  # cut inside the image
+    r = cli("restart", "in/*.tar", "-o", "out", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert "\x1b" not in r.stdout
+    assert r.stdout.splitlines()[1:] == [
+        "skipped 1 damaged input shards (not in the manifest):",
+        "  in/b\\x1b[2J.tar: not a readable tar shard (unexpected end of data)",
+    ]

@@ -213,3 +213,16 @@ def test_float_tiffs_presize_to_their_greys_or_are_listed_skips(tmp_path: Path):
     assert np.abs(unit - expected).mean() < 3 and unit[:, -5:].min() > 240
     small = np.asarray(Image.open(io.BytesIO(found["small255.jpg"])), dtype=np.float32)
     assert small.shape == (40, 60) and np.abs(small - ramp[:40, :60] * 255).mean() < 3
+
+
+def test_the_summary_escapes_control_characters_in_names(tmp_path: Path):
+    """A skipped file's name went to the terminal as it was: an escape sequence in it recoloured (or
+    retitled, or cleared) the user's terminal; the summary now prints it as ``\\x1b``, as `inspect` does."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok.jpg").write_bytes(make_jpeg(0, plain=True))
+    (src / "red\x1b[31mtab\tname.jpg").write_bytes(make_jpeg(1, plain=True))
+    run = write(src, tmp_path / "out" / "s-%02d.tar", "--no-shuffle")
+    assert run.returncode == 0, run.stderr
+    assert "\x1b" not in run.stdout and "\t" not in run.stdout
+    assert "  red\\x1b[31mtab\\x09name.jpg: invalid sample key: sample key 'red\\x1b[31mtab\\tname'" in run.stdout

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         fail,
         manifest_message,
         parse_storage_options,
+        printable,
         resolve_inputs,
     )
     from shardpipe.errors import OutputInUseError, ShardpipeError
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return fail("restart", e, USAGE)
     except (ShardpipeError, OSError) as e:  # found in a shard: truncated, corrupt, vanished
         return fail("restart", e, DATA_PROBLEM)
-    print(summary.format())
+    print(summary.format(show=printable))
     if summary.damaged:
         return fail(
             "restart", f"damaged input shards skipped: {len(summary.damaged)} (listed above and in the manifest); "

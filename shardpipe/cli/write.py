@@ -99,7 +99,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options
+    from shardpipe.cli.common import DATA_PROBLEM, OK, USAGE, InputError, fail, parse_storage_options, printable
     from shardpipe.errors import OutputInUseError
     from shardpipe.write.job import write_shards
     from shardpipe.write.plan import ShardTaskError
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, OSError, ImportError, ShardTaskError, OutputInUseError) as e:
         return fail("write", e, USAGE)
     print(source_line(args.source, args.source_type))
-    print(summary.format())
+    print(summary.format(show=printable))
     if summary.shards:
         print(f"shards: {brace_range(args.pattern, summary.shards)}")
     if summary.written == 0:

@@ -24,6 +24,7 @@ import logging
 import os
 import posixpath
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +57,8 @@ class RestartSummary:
     #: ``(input, why)`` of each input shard left out as damaged (unreadable, truncated, corrupt), in list order
     damaged: list[tuple[str, str]] = field(default_factory=list)
 
-    def format(self, max_damaged: int = 20) -> str:
+    def format(self, max_damaged: int = 20, show: Callable[[str], str] = str) -> str:
+        """What the run did, and the damaged inputs with reasons; ``show`` as in ``WriteSummary.format``."""
         change = 100 * (self.bytes_out / self.bytes_in - 1) if self.bytes_in else 0.0
         lines = [
             f"{self.shards} shards ({self.skipped_shards} already done): {self.marked} of {self.jpegs} JPEGs "
@@ -64,7 +66,7 @@ class RestartSummary:
         ]
         if self.damaged:
             lines.append(f"skipped {len(self.damaged)} damaged input shards (not in the manifest):")
-            lines += [f"  {src}: {why}" for src, why in self.damaged[:max_damaged]]
+            lines += [f"  {show(src)}: {show(why)}" for src, why in self.damaged[:max_damaged]]
             if len(self.damaged) > max_damaged:
                 lines.append(f"  ... and {len(self.damaged) - max_damaged} more (listed in the manifest)")
         return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,8 +49,9 @@ class WriteSummary:
     def images_per_s(self) -> float:
         return self.written_now / self.seconds if self.seconds > 0 else 0.0
 
-    def format(self, max_skipped: int = 20) -> str:
-        """A human-readable report: counts, throughput, and the skipped inputs with reasons."""
+    def format(self, max_skipped: int = 20, show: Callable[[str], str] = str) -> str:
+        """A human-readable report: counts, throughput, and the skipped inputs with reasons; ``show``
+        makes each name, reason and note safe where the report goes (the CLI's ``printable``)."""
         lines = [
             f"wrote {self.written} samples into {self.shards} shards ({self.bytes / 2**20:.1f} MiB)"
             + (f", {self.resumed_shards} shards kept from the interrupted run" if self.resumed_shards else ""),
@@ -57,11 +59,11 @@ class WriteSummary:
             f"intervals, {self.written_now - self.presized - self.marked} copied unchanged) in {self.seconds:.1f} s "
             f"= {self.images_per_s:.0f} images/s",
         ]
-        lines += self.notes
+        lines += [show(n) for n in self.notes]
         if self.skipped:
             reasons = Counter(re.sub(r":.*", "", s.reason) for s in self.skipped)
             lines.append(f"skipped {len(self.skipped)}: " + ", ".join(f"{r}: {n}" for r, n in sorted(reasons.items())))
-            lines += [f"  {s.name}: {s.reason}" for s in self.skipped[:max_skipped]]
+            lines += [f"  {show(s.name)}: {show(s.reason)}" for s in self.skipped[:max_skipped]]
             if len(self.skipped) > max_skipped:
                 lines.append(f"  ... and {len(self.skipped) - max_skipped} more (listed in the manifest)")
         else:
