@@ -42,6 +42,7 @@ _WHERE = {
     "ShardpipeError": "shardpipe.errors",
     "SplitOptions": "shardpipe.options",
     "StateError": "shardpipe.errors",
+    "StoreUnreachableError": "shardpipe.io.remote",
     "TarWriter": "shardpipe.format.tar.writer",
     "TransformError": "shardpipe.errors",
     "TruncatedShardError": "shardpipe.errors",
@@ -85,6 +86,7 @@ if TYPE_CHECKING:  # the same names, for type checkers and editors (tests/test_a
     from shardpipe.image.normalize import normalize
     from shardpipe.indexed import IndexedDataset
     from shardpipe.io.access import AccessDeniedError
+    from shardpipe.io.remote import StoreUnreachableError
     from shardpipe.loader import ShardLoader
     from shardpipe.mix import MixedDataset
     from shardpipe.options import BatchOptions, DecodeOptions, OpenOptions, SplitOptions

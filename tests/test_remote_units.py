@@ -16,6 +16,7 @@ from shardpipe.io import remote as remote_module
 from shardpipe.io.clients import MAX_CONNECTIONS, reading_options
 from shardpipe.io.remote import (
     ReadOptions,
+    StoreUnreachableError,
     ThreadBlockSource,
     call_with_retries,
     is_retryable,
@@ -160,16 +161,24 @@ def test_object_info_retries_and_gives_an_integer_size(monkeypatch):
 def test_object_info_errors_name_the_url(monkeypatch):
     monkeypatch.setattr(remote_module, "time", Sleeps())
     opts = ReadOptions(retries=2)
-    fs = InfoStore([ConnectionRefusedError(111, "refused")] * 3)
+    fs = InfoStore([ConnectionResetError(104, "reset")] * 3)
     with pytest.raises(TruncatedShardError) as e:
         object_info(fs, "p", "s3://b/p", opts)
-    assert str(e.value) == "s3://b/p: cannot open after 3 attempts: ConnectionRefusedError: [Errno 111] refused"
+    assert str(e.value) == "s3://b/p: cannot open after 3 attempts: ConnectionResetError: [Errno 104] reset"
     assert fs.info_calls == 3
     wrapped = FileNotFoundError("p")
-    wrapped.__cause__ = ConnectionRefusedError(111, "down")
+    wrapped.__cause__ = ConnectionResetError(104, "down")
     with pytest.raises(TruncatedShardError) as e:  # named by the cause, not the wrapper
         object_info(InfoStore([wrapped] * 3), "p", "s3://b/p", opts)
-    assert str(e.value) == "s3://b/p: cannot open after 3 attempts: ConnectionRefusedError: [Errno 111] down"
+    assert str(e.value) == "s3://b/p: cannot open after 3 attempts: ConnectionResetError: [Errno 104] down"
+    wrapped = FileNotFoundError("p")
+    wrapped.__cause__ = ConnectionRefusedError(111, "refused")
+    with pytest.raises(StoreUnreachableError) as e:  # no connection at all: the store's problem, not the shard's
+        object_info(InfoStore([wrapped] * 3), "p", "s3://b/p", opts)
+    assert str(e.value) == (
+        "s3://b/p: cannot reach the store at the default s3:// endpoint to open it after 3 attempts: "
+        "ConnectionRefusedError: [Errno 111] refused"
+    )
     with pytest.raises(ShardNotFoundError, match=r"^shard not found: s3://b/p$"):
         object_info(InfoStore([FileNotFoundError("p")]), "p", "s3://b/p", opts)
     with pytest.raises(PermissionError):

@@ -29,17 +29,20 @@ from shardpipe.errors import (
     ShardReadError,
     TruncatedShardError,
 )
-from shardpipe.io.access import access_error
+from shardpipe.io.access import AccessDeniedError, access_error
 from shardpipe.io.budget import process_budget
 from shardpipe.io.clients import reading_fs
 from shardpipe.io.files import is_local, local_path, open_shard
 from shardpipe.io.pin import is_version_gone, pin_of
 from shardpipe.io.remote import (
     ReadOptions,
+    StoreUnreachableError,
     call_with_retries,
     is_retryable,
     object_info,
     read_range,
+    unreachable,
+    unreachable_error,
 )
 
 #: ranges of one shard closer than this are read by one request (the gap is read and dropped)
@@ -148,6 +151,8 @@ class RangeReader:
             denial = access_error(url, e)
             if denial is not None:
                 raise denial from e
+            if is_retryable(e) and unreachable(e):  # the store went away: no shard of this pass would read either
+                raise unreachable_error(fs, url, f"for bytes {start}-{end - 1}", opts.retries + 1, e) from e
             tries = f" after {opts.retries + 1} attempts" if is_retryable(e) else ""
             raise TruncatedShardError(
                 f"{url}: read of bytes {start}-{end - 1} failed{tries}: {type(e).__name__}: {e}"
@@ -270,6 +275,8 @@ class RangeReader:
                         return self._remote(url, size)
             except FileNotFoundError as e:
                 raise ShardNotFoundError(f"shard not found: {url}") from e
+            except (AccessDeniedError, StoreUnreachableError):  # the store's problem, not this shard's
+                raise
             except OSError as e:
                 raise ShardReadError(f"cannot read shard {url}: {e}") from e
             actual = os.fstat(fd).st_size

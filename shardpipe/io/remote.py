@@ -14,7 +14,9 @@ splice of two versions.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -69,8 +71,55 @@ class ReadOptions:
 
 
 class StoreUnreachableError(ConnectionError):
-    """A listing or existence check the store did not answer after ``ReadOptions.retries`` retries
-    (connection refused, a host name that does not resolve, no answer within ``timeout``)."""
+    """The store cannot be reached after ``ReadOptions.retries`` retries: a listing or existence check
+    it did not answer (connection refused, a host name that does not resolve, no answer within
+    ``timeout``), or a shard's request that could not connect. No ``ShardpipeError``: no shard of the
+    pass would read, so ``on_error="skip"`` stops the pass rather than skip every shard."""
+
+
+#: errors (by class name, subclasses too) that mean no connection was made: refused, unresolved, timed out
+_NO_CONNECTION = ("ClientConnectorError", "EndpointConnectionError", "ConnectTimeoutError", "ConnectionTimeoutError")
+
+
+def unreachable(exc: BaseException) -> bool:
+    """True when ``exc`` (or an error it was raised from) means no connection to the store could be made;
+    False for a request that failed once connected (a 5xx, a body cut short, a stall)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (ConnectionRefusedError, socket.gaierror)):
+            return True
+        if isinstance(e, OSError) and e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            return True
+        if any(c.__name__ in _NO_CONNECTION for c in type(e).__mro__):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def store_of(fs: Any, url: str) -> str:
+    """The store ``url`` is read from, for messages: its endpoint, else the URL's scheme and host."""
+    endpoint = (
+        getattr(fs, "endpoint_url", None)
+        or (getattr(fs, "client_kwargs", None) or {}).get("endpoint_url")
+        or getattr(fs, "_endpoint", None)  # gcsfs
+    )
+    if endpoint:
+        return str(endpoint)
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() in ("http", "https"):
+        return f"{scheme}://{rest.split('/', 1)[0]}"
+    return f"the default {scheme}:// endpoint"
+
+
+def unreachable_error(fs: Any, url: str, what: str, tries: int, exc: BaseException) -> StoreUnreachableError:
+    """'URL: cannot reach the store at STORE WHAT after N attempts: ERROR' (``what``: "to open it", ...)."""
+    cause = exc.__cause__ or exc
+    return StoreUnreachableError(
+        f"{url}: cannot reach the store at {store_of(fs, url)} {what} after {tries} attempts: "
+        f"{type(cause).__name__}: {cause}"
+    )
 
 
 def _retryable_types() -> tuple[type[BaseException], ...]:
@@ -288,7 +337,9 @@ def object_info(fs: Any, path: str, url: str, options: ReadOptions) -> dict[str,
         if denial is not None:
             raise denial from e
         cause = e.__cause__ or e  # (fsspec's HTTP info() reports any failure as FileNotFoundError)
-        if is_retryable(e):  # still failing after the retries: the server is unreachable
+        if is_retryable(e) and unreachable(e):  # no connection after the retries: no shard there will open
+            raise unreachable_error(fs, url, "to open it", options.retries + 1, e) from e
+        if is_retryable(e):  # still failing after the retries (a 5xx, a stall): this shard cannot be opened
             raise TruncatedShardError(
                 f"{url}: cannot open after {options.retries + 1} attempts: {type(cause).__name__}: {cause}"
             ) from e

@@ -31,7 +31,7 @@ from typing import Any
 from shardpipe.errors import CorruptShardError, ShardpipeError, ShardReadError, TruncatedShardError
 from shardpipe.io.access import access_error
 from shardpipe.io.budget import LinkStats, MemoryBudget, link_stats, process_budget
-from shardpipe.io.remote import ReadOptions, is_retryable
+from shardpipe.io.remote import ReadOptions, is_retryable, unreachable, unreachable_error
 
 log = logging.getLogger("shardpipe")
 
@@ -385,6 +385,9 @@ class ResumableReader(io.BufferedIOBase):
                 failures += 1
                 self.retries_used += 1
                 if failures > self.options.retries:
+                    if unreachable(e):  # the store went away: no shard of this pass would read either
+                        where = f"for bytes {start}-{end - 1}"
+                        raise unreachable_error(getattr(self._source, "fs", None), self.url, where, failures, e) from e
                     raise TruncatedShardError(
                         f"{self.url}: read failed at byte {start} of {self.size} after "
                         f"{failures} attempts: {type(e).__name__}: {e}"
