@@ -168,11 +168,13 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         storage = dict(storage) if storage is not None else None
         paths = self.open_options.manifest_paths
         manifest = single_manifest(urls) if self.split_options.shuffle_algo == "block" else None
-        loaded = load_manifest(manifest, storage, paths) if manifest is not None else None  # read once, used twice
+        reading = read_options_of(self.open_options)
+        # (manifests, their indexes and a glob's listing are read under the read options' retries and timeout)
+        loaded = load_manifest(manifest, storage, paths, reading) if manifest is not None else None  # read once
         if loaded is not None:
             self.shards: list[Shard] = manifest_shards(loaded)
-        else:  # (a glob's listing follows the read options' retries and timeout)
-            self.shards = expand_urls(urls, storage, paths, read_options_of(self.open_options))
+        else:
+            self.shards = expand_urls(urls, storage, paths, reading)
         self.has_counts = all(s.samples is not None for s in self.shards)
         policy = self.split_options.epoch_policy
         if policy in ("drop", "pad") and not self.has_counts:
@@ -185,7 +187,7 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         #: the indexed shards when the block shuffle applies (else None: the windowed shuffle)
         self.indexed = block_shuffle_source(
             urls, self.split_options.shuffle, self.split_options.shuffle_algo,
-            storage_options=storage, cache_dir=o.cache_dir, cache_size=o.cache_size, read_options=read_options_of(o),
+            storage_options=storage, cache_dir=o.cache_dir, cache_size=o.cache_size, read_options=reading,
             loaded=loaded, manifest_paths=o.manifest_paths,
         )  # fmt: skip
         self._main_rank = distributed_rank(strict=False)  # asked again, strictly, when a pass starts

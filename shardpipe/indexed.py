@@ -40,7 +40,11 @@ class IndexedShards:
         *,
         loaded: dict[str, Any] | None = None,
     ):
-        meta = loaded if loaded is not None else load_manifest(check_url(manifest), storage_options, manifest_paths)
+        meta = (
+            loaded
+            if loaded is not None
+            else load_manifest(check_url(manifest), storage_options, manifest_paths, read_options)
+        )
         if not meta.get("index_url"):
             how = rebuild_hint(manifest, make="create one")
             raise ValueError(
@@ -51,7 +55,8 @@ class IndexedShards:
         self.sha256 = [e.get("sha256") for e in meta["shards"]]
         self.index_url = meta["index_url"]
         self.storage_options = storage_options
-        self.index = SampleIndex.load(self.index_url, storage_options, manifest)
+        self.read_options = read_options  # the manifest's and index's reads too: the dataset's deadline
+        self.index = SampleIndex.load(self.index_url, storage_options, manifest, read_options)
         self.index.check_matches([e["samples"] for e in meta["shards"]])
         self.index_identity = self.index.identity  # the index checked: a worker must load this one
         self._unusable: ShardpipeError | None = None  # why a worker's index cannot be used
@@ -68,7 +73,7 @@ class IndexedShards:
         process that made this object checked against its manifest; else every read raises why."""
         self.__dict__.update(state)
         try:
-            self.index = SampleIndex.load(self.index_url, self.storage_options, self.manifest)
+            self.index = SampleIndex.load(self.index_url, self.storage_options, self.manifest, self.read_options)
         except ShardpipeError as e:  # raised where a sample is asked for: the error reaches the trainer
             self._unusable = e
             return

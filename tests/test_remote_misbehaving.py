@@ -194,3 +194,32 @@ def test_a_body_longer_than_its_content_length_is_a_data_problem_for_the_cli(mis
     assert done.returncode == 1, done.stderr  # bad data, not a usage error
     assert "read from closed stream" not in done.stderr
     assert f"{shard}: read failed at byte " in done.stdout, done.stdout
+
+
+# a deadline far below the stall, one retry: the stall outlasts both tries
+DEADLINE = ReadOptions(retries=1, backoff=0.01, max_backoff=0.02, timeout=0.5)
+
+
+@pytest.mark.timeout(120)
+def test_a_stalled_manifest_is_read_within_the_datasets_deadline(misbehaving, shards):
+    """The manifest is read under the dataset's ReadOptions (before: the defaults, 60 s a try, 9 tries)."""
+    manifest = serve(misbehaving, shards, "stalled-manifest")
+    misbehaving.put("stalled-manifest/manifest.json", misbehaving.objects["/stalled-manifest/manifest.json"].data,
+                    stall=5)  # fmt: skip
+    message = rf"^{manifest}: cannot open after 2 attempts: TimeoutError: no answer within 0.5 s$"
+    with pytest.raises(TruncatedShardError, match=message):
+        ShardDataset(manifest, decode=None, read_options=DEADLINE)
+    with pytest.raises(TruncatedShardError, match=message):
+        IndexedDataset(manifest, decode=None, read_options=DEADLINE)
+    with pytest.raises(TruncatedShardError, match=message):  # the block shuffle reads it once, for both
+        ShardDataset(manifest, decode=None, read_options=DEADLINE, shuffle=True, shuffle_algo="block")
+
+
+@pytest.mark.timeout(120)
+def test_a_stalled_index_sidecar_is_read_within_the_datasets_deadline(misbehaving, shards):
+    manifest = serve(misbehaving, shards, "stalled-index")
+    index = next(name for name in misbehaving.objects if name.startswith("/stalled-index/") and "index" in name)
+    misbehaving.put(index[1:], misbehaving.objects[index].data, stall=5)
+    message = rf"^{misbehaving.url(index[1:])}: cannot open after 2 attempts: TimeoutError: no answer within 0.5 s$"
+    with pytest.raises(TruncatedShardError, match=message):
+        IndexedDataset(manifest, decode=None, read_options=DEADLINE)

@@ -29,6 +29,7 @@ import numpy as np
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardReadError
 from shardpipe.io.access import AccessDeniedError
 from shardpipe.io.files import atomic_write, is_local, local_path, read_bytes
+from shardpipe.io.remote import ReadOptions, StoreUnreachableError
 
 MAGIC = b"SHPIDX01"
 HEADER = 64
@@ -177,8 +178,14 @@ class SampleIndex:
                 )
 
     @classmethod
-    def load(cls, url: str, storage_options: dict[str, Any] | None = None, manifest: str | None = None) -> SampleIndex:
-        """Memory-map a local sidecar; read a remote one whole.
+    def load(
+        cls,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        manifest: str | None = None,
+        read_options: ReadOptions | None = None,
+    ) -> SampleIndex:
+        """Memory-map a local sidecar; read a remote one whole (under ``read_options``).
 
         A missing sidecar is a ``ShardNotFoundError``, an empty or damaged one a ``DamagedIndexError``
         (an unreadable one a ``ShardReadError``): each names the file and how to rebuild it from
@@ -193,11 +200,11 @@ class SampleIndex:
                     buffer: Any = np.memmap(f, dtype=np.uint8, mode="r") if st.st_size else b""
                 identity: tuple[Any, ...] = ("file", st.st_size, st.st_mtime_ns)  # the same on every host
             else:
-                buffer = read_bytes(url, storage_options=storage_options)
+                buffer = read_bytes(url, storage_options=storage_options, read_options=read_options)
                 identity = ("bytes", len(buffer), zlib.crc32(buffer))
         except (FileNotFoundError, ShardNotFoundError) as e:
             raise ShardNotFoundError(f"index {url} does not exist ({fix})") from e
-        except AccessDeniedError:  # the store refused the credentials: they need fixing, not the index
+        except (AccessDeniedError, StoreUnreachableError):  # the store's problem (credentials, reach), not the index's
             raise
         except OSError as e:  # a folder, no permission, an I/O error
             raise ShardReadError(f"cannot read index {url}: {e} ({fix})") from e

@@ -28,6 +28,7 @@ from typing import Any
 
 from shardpipe.errors import ShardNotFoundError, ShardpipeError
 from shardpipe.io.files import atomic_write, dirname_url, join_url, read_bytes
+from shardpipe.io.remote import ReadOptions
 
 MANIFEST = "manifest.json"
 FORMAT = "shardpipe/1"
@@ -106,11 +107,13 @@ def build_manifest(shards: Sequence[Mapping[str, Any]], metadata: Mapping[str, A
     }
 
 
-def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest at ``url`` as stored (names unresolved); ``DamagedManifestError`` (a ValueError)
-    when it is not one."""
+def read_manifest(
+    url: str, storage_options: dict[str, Any] | None = None, read_options: ReadOptions | None = None
+) -> dict[str, Any]:
+    """The manifest at ``url`` as stored (names unresolved), read under ``read_options``;
+    ``DamagedManifestError`` (a ValueError) when it is not one."""
     try:
-        manifest = json.loads(read_bytes(url, storage_options=storage_options))
+        manifest = json.loads(read_bytes(url, storage_options=storage_options, read_options=read_options))
     except ShardNotFoundError as e:
         raise ShardNotFoundError(f"manifest not found: {url}") from e
     except json.JSONDecodeError as e:
@@ -134,11 +137,14 @@ def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> di
 
 
 def load_manifest(
-    url: str, storage_options: dict[str, Any] | None = None, manifest_paths: str = "inside"
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    manifest_paths: str = "inside",
+    read_options: ReadOptions | None = None,
 ) -> dict[str, Any]:
-    """Read a manifest; shard names (and the index) become full URLs under ``"url"``/``"index_url"``,
-    each checked against ``manifest_paths`` (see ``check_name``)."""
-    manifest = read_manifest(url, storage_options)
+    """Read a manifest (under ``read_options``); shard names (and the index) become full URLs under
+    ``"url"``/``"index_url"``, each checked against ``manifest_paths`` (see ``check_name``)."""
+    manifest = read_manifest(url, storage_options, read_options)
     base = dirname_url(url)
     for i, entry in enumerate(manifest["shards"]):
         entry["url"] = join_url(base, check_name(entry["name"], url, f"shard entry {i}", manifest_paths))

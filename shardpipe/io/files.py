@@ -163,9 +163,12 @@ def open_shard(
     return cast(IO[bytes], stream)
 
 
-def read_bytes(url: str, *, storage_options: dict[str, Any] | None = None) -> bytes:
-    """Read a whole small file (a manifest)."""
-    with open_shard(url, storage_options=storage_options) as f:
+def read_bytes(
+    url: str, *, storage_options: dict[str, Any] | None = None, read_options: ReadOptions | None = None
+) -> bytes:
+    """Read a whole small file (a manifest, an index), remotely under ``read_options`` (the dataset's, so its
+    deadline and retries hold for these reads too)."""
+    with open_shard(url, storage_options=storage_options, read_options=read_options) as f:
         return f.read()
 
 

@@ -89,7 +89,8 @@ def expand_urls(
     for pattern in split_patterns(urls):
         for url in expand_pattern(pattern, storage_options, read_options):
             if is_manifest(pattern):
-                shards += manifest_shards(load_manifest(url, storage_options, manifest_paths), len(shards))
+                manifest = load_manifest(url, storage_options, manifest_paths, read_options)
+                shards += manifest_shards(manifest, len(shards))
             else:
                 shards.append(Shard(url, len(shards)))
     if not shards:

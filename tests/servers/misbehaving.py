@@ -6,14 +6,15 @@ early), ignore ``Range`` (``ignore_range``), answer every ranged request with on
 (``range_status``, e.g. 416), serve another range than the one asked and name it
 (``range_shift``), replace the object after ``change_after`` GETs without honouring
 ``If-Match`` (by ``replacement``, with a new ETag and Last-Modified), redirect (``redirect``: a path or
-a full URL, e.g. on another server; a loop when it names itself), or answer with
-``status`` and an HTML page. Every request is logged as ``(method, path, Range)``.
+a full URL, e.g. on another server; a loop when it names itself), answer with
+``status`` and an HTML page, or accept a request and wait ``stall`` seconds before answering it. Every request is logged as ``(method, path, Range)``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import urllib.parse
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -37,6 +38,7 @@ class Behaviour:
     redirect: str | None = None  # Location of a 302 for every request
     redirect_status: int = 302
     status: int | None = None  # every request answered with this status and an HTML body
+    stall: float = 0.0  # seconds each request waits, once read, before it is answered
 
 
 class _Object:
@@ -130,6 +132,8 @@ class _Handler(BaseHTTPRequestHandler):
         if obj is None:
             return self._html(404, head)
         b = obj.behaviour
+        if b.stall:
+            time.sleep(b.stall)
         if b.redirect is not None:
             self.send_response(b.redirect_status)
             self.send_header("Location", b.redirect)
