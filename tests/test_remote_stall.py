@@ -72,3 +72,21 @@ def test_a_timeout_the_client_raises_itself_is_reported_as_its_own_not_as_the_de
     assert str(e.value) == (
         f"{url}: read of bytes 0-299999 failed after 1 attempts: SocketTimeoutError: Timeout on reading data from socket"
     )  # (was: "TimeoutError: no answer within 30 s", aiohttp's own error taken for the deadline)
+
+
+@pytest.mark.timeout(120)
+def test_a_block_stalled_mid_stream_names_the_bytes_and_the_deadline(remote):
+    """A streamed block that stalls past ``timeout`` (before: "TimeoutError: " and nothing after it)."""
+    data = payload(400_000, 5)
+    remote.put("stall/block.bin", data)
+    url = remote.url("stall/block.bin", proxied=True)
+    read = ReadOptions(min_block=8192, block_size=8192, readahead=0, timeout=1, retries=1, backoff=0.05)
+    with open_shard(url, storage_options=remote.options(proxied=True), read_options=read) as f:
+        assert f.read(8192) == data[:8192]
+        remote.proxy.stall(after=0, seconds=30, times=1000)  # every response from here, from its first byte
+        with pytest.raises(TruncatedShardError) as e:
+            f.read(8192)
+    assert str(e.value) == (
+        f"{url}: read failed at byte 8192 of 400000 after 2 attempts: TimeoutError: no data for bytes 8192-16383 "
+        "within 1 s"
+    )

@@ -194,12 +194,21 @@ class _Expired(Exception):
 async def _within(coro: Any, timeout: float) -> Any:
     """``await coro``, or :class:`_Expired` after ``timeout`` seconds (the call is cancelled, not awaited)."""
     task = asyncio.ensure_future(coro)
-    done, _ = await asyncio.wait({task}, timeout=timeout)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    except asyncio.CancelledError:  # the caller gave up (a stream closed with requests in flight): the call too
+        _drop(task)
+        raise
     if not done:
-        task.cancel()
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # (no "never retrieved" warning)
+        _drop(task)
         raise _Expired
     return task.result()
+
+
+def _drop(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task``, whose outcome nobody awaits (no "exception was never retrieved" warning)."""
+    task.cancel()
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
 
 def call_with_deadline(fs: Any, method: str, *args: Any, timeout: float, **kwargs: Any) -> Any:
@@ -277,7 +286,10 @@ class AsyncBlockSource:
     async def _fetch(self, start: int, end: int) -> bytes:
         t0 = time.perf_counter()
         first: list[float] = []
-        data = await asyncio.wait_for(fetch_range(self.fs, self.path, start, end, self.pin, first), self.timeout)
+        try:  # (a TimeoutError of the client itself is raised as it is)
+            data = await _within(fetch_range(self.fs, self.path, start, end, self.pin, first), self.timeout)
+        except _Expired:  # (asyncio.wait_for's TimeoutError says nothing: say what stalled, and the deadline)
+            raise TimeoutError(f"no data for bytes {start}-{end - 1} within {self.timeout} s") from None
         self.stats.observe(len(data), first[0] - t0 if first else None, time.perf_counter() - t0)
         return data
 
