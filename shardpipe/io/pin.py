@@ -36,6 +36,8 @@ class Pin:
         return f"{self.field} {self.value}"
 
 
+#: what an answer whose Content-Length is not its body's length says about the server
+MISREPORTS = "the server misreports the length of its answers"
 #: the request header that makes an HTTP server refuse (412) another version than the pinned one
 _HTTP_CONDITION = {"ETag": "If-Match", "Last-Modified": "If-Unmodified-Since"}
 
@@ -103,16 +105,40 @@ async def _fetch_http(
     if pin is not None:
         headers[_HTTP_CONDITION[pin.field]] = pin.value
     session = await fs.set_session()
-    async with session.get(fs.encode_url(url), headers=headers, **kw) as r:
-        if first_byte is not None:
-            first_byte.append(time.perf_counter())
-        fs._raise_not_found_for_status(r, url)  # 404: FileNotFoundError; 412 and others: ClientResponseError
-        try:
-            _check_http_answer(url, start, end, pin, r.status, r.headers, r.content_length)
-        except Exception:
-            r.close()  # drop the connection: the rest of the body is never read
+    try:
+        async with session.get(fs.encode_url(url), headers=headers, **kw) as r:
+            if first_byte is not None:
+                first_byte.append(time.perf_counter())
+            fs._raise_not_found_for_status(r, url)  # 404: FileNotFoundError; 412 and others: ClientResponseError
+            try:
+                _check_http_answer(url, start, end, pin, r.status, r.headers, r.content_length)
+            except Exception:
+                r.close()  # drop the connection: the rest of the body is never read
+                raise
+            return await r.read()
+    except Exception as e:
+        unparsable = _not_http(url, start, end, e)
+        if unparsable is None:
             raise
-        return await r.read()
+        raise unparsable from e
+
+
+def _not_http(url: str, start: int, end: int, exc: BaseException) -> CorruptShardError | None:
+    """The error for an answer aiohttp could not parse (its message quotes the raw bytes, binary and all),
+    in plain words; None for other errors."""
+    e: BaseException | None = exc
+    while e is not None and type(e).__name__ != "HttpProcessingError":
+        e = e.__cause__
+    if e is None:
+        return None
+    asked = f"{url}: asked for bytes {start}-{end - 1} ({end - start} bytes)"
+    what = str(getattr(e, "message", "") or e)
+    if what.startswith("Data after"):  # aiohttp read Content-Length bytes and more followed
+        return CorruptShardError(
+            f"{asked}, the server's answer held more bytes than its Content-Length header declares: {MISREPORTS}"
+        )
+    first = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in what.partition("\n")[0])[:120]
+    return CorruptShardError(f"{asked}, the server's answer is not valid HTTP: {first}")
 
 
 def _check_http_answer(
@@ -132,6 +158,13 @@ def _check_http_answer(
         raise CorruptShardError(
             f"{url}: asked for bytes {start}-{end - 1}, the server answered 206 with Content-Range "
             f"{headers.get('Content-Range')!r}: the server does not send the range asked for"
+        )
+    span = int(last) - int(first) + 1
+    if length is not None and length < span:  # (the bytes past it would be taken for the next answer's)
+        raise CorruptShardError(
+            f"{url}: asked for bytes {start}-{end - 1} ({end - start} bytes), the server's answer declares "
+            f"Content-Length {length} for Content-Range {headers.get('Content-Range')!r} ({span} bytes): "
+            f"{MISREPORTS}"
         )
 
 
