@@ -15,7 +15,7 @@ import pytest
 
 from shardpipe import ShardDataset, ShardWriter
 from shardpipe.devtools.synth import make_dataset
-from shardpipe.errors import CorruptShardError, ShardNotFoundError, ShardReadError, TruncatedShardError
+from shardpipe.errors import CorruptShardError, NotTarError, ShardNotFoundError, ShardReadError, TruncatedShardError
 from shardpipe.indexed import IndexedDataset
 from shardpipe.io.files import open_shard
 from shardpipe.io.remote import ReadOptions
@@ -245,3 +245,21 @@ def test_a_stalled_index_sidecar_is_read_within_the_datasets_deadline(misbehavin
     message = rf"^{misbehaving.url(index[1:])}: cannot open after 2 attempts: TimeoutError: no answer within 0.5 s$"
     with pytest.raises(TruncatedShardError, match=message):
         IndexedDataset(manifest, decode=None, read_options=DEADLINE)
+
+
+def test_an_html_page_served_for_a_shard_is_named_by_its_content_type(misbehaving, shards):
+    """A 200 with an HTML page where a shard should be (a login or error page): the error says what the server
+    answered (before: only "a file of another kind caught by a glob?", which it is not)."""
+    shard = misbehaving.put("page/s-000000.tar", b"", status=200)  # named directly: a manifest's size differs
+    hint = "(the server answered text/html: a login or error page?)"
+    with pytest.raises(NotTarError) as e:
+        epoch(shard)
+    assert str(e.value) == (
+        f"shard {shard} is not a tar archive: its first 88 bytes (starting b'<html><head><tit') are not a tar "
+        f"header {hint}"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "shardpipe.cli", "inspect", shard], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1, done.stderr
+    assert hint in done.stdout + done.stderr, done.stdout + done.stderr

@@ -405,4 +405,6 @@ def open_remote(
     else:
         threads = MAX_CONNECTIONS if options.readahead is None else options.readahead + 1
         source = ThreadBlockSource(fs, path, options.timeout, threads)
-    return ResumableReader(url, source, size, offset, options)
+    reader = ResumableReader(url, source, size, offset, options)
+    reader.content_type = info.get("mimetype") or info.get("ContentType") or info.get("contentType")
+    return reader

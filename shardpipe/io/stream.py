@@ -58,8 +58,10 @@ class ResumableReader(io.BufferedIOBase):
     attempts retried), ``wait_seconds`` (time ``read`` blocked on the network),
     ``stalls`` (reads that found their block not yet arrived), ``requests``,
     ``max_reserved`` (the most bytes this stream held at once). After an error every
-    read raises it again.
+    read raises it again. ``content_type``: the Content-Type the store reported, if any.
     """
+
+    content_type: str | None = None
 
     def __init__(
         self,

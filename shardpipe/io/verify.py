@@ -31,6 +31,7 @@ class HashingReader:
         self.drain_on_close = drain_on_close
         self.drain_error: Exception | None = None
         self.closed = False
+        self.content_type = getattr(raw, "content_type", None)  # the server's, for a tar reader's errors
         self._hash = hashlib.sha256()
 
     def read(self, n: int = -1) -> bytes:

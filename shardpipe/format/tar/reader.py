@@ -148,6 +148,7 @@ class TarStream:
         self.url = url
         self.offset = offset
         self.max_member_size = max_member_size
+        self.content_type = getattr(stream, "content_type", None)  # a remote shard's, as its server said
         self._whole = whole and offset == 0  # the first header read is the archive's first block
         self.skipped: Counter[str] = Counter()
         raw = _TimedReader(stream)
@@ -299,9 +300,13 @@ class TarStream:
         where = "decompressed, " if self.compressed else ""
         if not block:
             return NotTarError(f"shard {self.url} is not a tar archive: it is empty ({where}0 bytes)")
+        why = "a file of another kind caught by a glob?"
+        kind = (self.content_type or "").split(";")[0].strip().lower()
+        if kind.startswith("text/") or kind.endswith(("json", "xml")):  # a page or document, not an archive
+            why = f"the server answered {kind}{': a login or error page?' if 'html' in kind else ''}"
         return NotTarError(
             f"shard {self.url} is not a tar archive: its first {len(block)} bytes ({where}starting "
-            f"{block[:16]!r}) are not a tar header (a file of another kind caught by a glob?)"
+            f"{block[:16]!r}) are not a tar header ({why})"
         )
 
     def _check_size(self, name: str, kind: bytes, size: int, at: int) -> None:
