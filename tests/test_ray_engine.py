@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -201,6 +203,42 @@ def test_ray_engine_refuses_maxsize(images: Path, tmp_path: Path, capsys):
     assert rc == 2 and "only the local engine can do" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"unknown engine 'spark': choose one of \['local', 'ray'\]"):
         write_engine("spark")
+
+
+def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``shardpipe ARGS`` in its own process (no Ray started in it yet) with ``env``."""
+    env = {**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.run(
+        [sys.executable, "-m", "shardpipe.cli", *args], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+def test_an_address_nothing_answers_at_is_named(images: Path, local_out: Path, tmp_path: Path):
+    """RAY_ADDRESS or --ray-address naming a port nothing listens on: Ray retried for many minutes, printing
+    only its own warnings (a 300 s run was cut off with no error); now the command fails naming it."""
+    pytest.importorskip("ray")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with socket.socket() as held:  # bound, not listening: refused, and no other process gets the port
+        held.bind(("127.0.0.1", 0))
+        addr = f"127.0.0.1:{held.getsockname()[1]}"
+        out = tmp_path / "out"
+        write = cli("write", str(images), str(out / "s-%03d.tar"), "--engine", "ray", "--no-progress",
+                    env={**env, "RAY_ADDRESS": addr})  # fmt: skip
+        assert write.returncode == 2, write.stderr
+        assert (
+            f"shardpipe write: error: no Ray cluster answers at {addr} (RAY_ADDRESS): Connection refused; "
+            "start one there (`ray start --head`), fix the address, or unset RAY_ADDRESS" in write.stderr
+        )
+        assert not (out / "manifest.json").exists() and not list(out.glob("*.tar"))
+        urls = str(local_out / "s-{000..006}.tar")
+        index = cli("index", urls, "-o", str(tmp_path / "manifest.json"), "--engine", "ray", "--ray-address", addr,
+                    "--no-progress", env=env)  # fmt: skip
+        assert index.returncode == 2, index.stderr
+        assert (
+            f"shardpipe index: error: no Ray cluster answers at {addr} (the Ray address given): Connection refused;"
+            in index.stderr
+        )
+        assert "or leave the address out to run a local cluster for this job" in index.stderr
 
 
 def test_without_ray_the_engine_says_how_to_install_it(images: Path, tmp_path: Path, monkeypatch, capsys):

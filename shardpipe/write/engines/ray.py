@@ -10,12 +10,16 @@ and its inputs. Shards already written are kept for ``--resume``.
 
 Workers import shardpipe: on a cluster, install it on every node (or pass a Ray
 ``runtime_env``). ``address=None`` joins the cluster named by ``RAY_ADDRESS`` or a
-``ray start`` cluster on this machine, else starts a local one for this job.
+``ray start`` cluster on this machine, else starts a local one for this job. A named
+address that nothing answers at is an error within ``CONNECT_TIMEOUT`` seconds (Ray
+itself retries for many minutes, printing only its own warnings).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -26,12 +30,43 @@ from shardpipe.write.plan import ShardJob, ShardResult, ShardTask, ShardTaskErro
 log = logging.getLogger("shardpipe")
 
 MAX_RETRIES = 3  #: how often Ray reruns a task whose worker died or that raised an I/O error
+CONNECT_TIMEOUT = 10.0  #: seconds a named cluster address has to accept a connection
+
+
+def _named(address: str | None) -> tuple[str, str] | None:
+    """The cluster address to join and who named it, as ``ray.init`` picks it (``RAY_ADDRESS`` wins
+    over nothing and ``"auto"``); None when Ray finds a ``ray start`` cluster or starts one."""
+    if address in (None, "auto") and os.environ.get("RAY_ADDRESS"):
+        return os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    if address in (None, "auto", "local"):
+        return None
+    return address, "the Ray address given"
+
+
+def check_answers(address: str | None) -> None:
+    """Raise ``ConnectionError`` naming the address when no cluster accepts a connection there."""
+    named = _named(address)
+    if named is None:
+        return
+    addr, where = named
+    host, _, port = addr.removeprefix("ray://").rpartition(":")
+    if not port.isdigit():
+        return  # not host:port: ray.init says what is wrong with it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT).close()
+    except OSError as e:
+        fix = "unset RAY_ADDRESS" if where == "RAY_ADDRESS" else "leave the address out"
+        raise ConnectionError(
+            f"no Ray cluster answers at {addr} ({where}): {e.strerror or e}; start one there "
+            f"(`ray start --head`), fix the address, or {fix} to run a local cluster for this job"
+        ) from None
 
 
 def connect(address: str | None) -> bool:
     """Join (or start) a Ray cluster unless this process already did; True when we did."""
     if ray.is_initialized():
         return False
+    check_answers(address)
     kwargs: dict[str, Any] = {"address": address, "log_to_driver": True}
     if address is None:
         kwargs["include_dashboard"] = False  # a local cluster for this job: no web server
