@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import operator
 import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -24,6 +25,14 @@ from shardpipe.format.manifest import load_manifest
 from shardpipe.io.ranged import RangeReader
 from shardpipe.io.urls import check_url, single_manifest
 from shardpipe.options import check_flag
+from shardpipe.stages.untar import warn_skipped
+
+#: links and sparse files stepped over inside the samples read: shard URL -> count by kind
+SkippedMembers = dict[str, Counter[str]]
+
+
+def _counter(skipped: SkippedMembers | None, url: str) -> Counter[str] | None:
+    return None if skipped is None else skipped.setdefault(url, Counter())
 
 
 class IndexedShards:
@@ -111,20 +120,23 @@ class IndexedShards:
         shard), so that the next header shows the sample ends where the index says."""
         return min(end + BLOCK, max(int(self.index.sizes[shard]), end))
 
-    def sample(self, i: int) -> dict[str, Any]:
-        """The raw sample ``i`` (fields as bytes), with ``__key__``, ``__url__``, ``__shard__``, ``__index__``."""
+    def sample(self, i: int, skipped: SkippedMembers | None = None) -> dict[str, Any]:
+        """The raw sample ``i`` (fields as bytes), with ``__key__``, ``__url__``, ``__shard__``, ``__index__``;
+        ``skipped`` gets the links and sparse files stepped over among its members, by shard URL."""
         self._check_usable()
         shard, start, end, crc = self.index.locate(i)
         url = self.urls[shard]
         size = int(self.index.sizes[shard])
         data = self.reader.read(url, start, self._read_end(shard, end), size, self.sha256[shard])
-        sample = sample_from_bytes(data, url, crc, length=end - start)
+        sample = sample_from_bytes(data, url, crc, end - start, _counter(skipped, url))
         sample["__url__"], sample["__shard__"], sample["__index__"] = url, shard, i
         return sample
 
-    def samples(self, indices: Sequence[int]) -> list[dict[str, Any] | ShardpipeError]:
+    def samples(
+        self, indices: Sequence[int], skipped: SkippedMembers | None = None
+    ) -> list[dict[str, Any] | ShardpipeError]:
         """The raw samples ``indices``, read together (``RangeReader.read_many``); a sample
-        that cannot be read is its ``ShardpipeError`` in the list instead."""
+        that cannot be read is its ``ShardpipeError`` in the list instead. ``skipped``: as in ``sample``."""
         self._check_usable()
         where = [self.index.locate(int(i)) for i in indices]
         requests = [
@@ -137,7 +149,7 @@ class IndexedShards:
             try:
                 if isinstance(data, Exception):
                     raise data
-                sample = sample_from_bytes(data, url, crc, length=end - start)
+                sample = sample_from_bytes(data, url, crc, end - start, _counter(skipped, url))
             except ShardpipeError as e:
                 out.append(e)
                 continue
@@ -219,16 +231,27 @@ class IndexedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         self._in_process()
-        return self._decoded(self.shards.sample(self._position(i)))
+        skipped: SkippedMembers = {}
+        sample = self.shards.sample(self._position(i), skipped)
+        self._warn(skipped)
+        return self._decoded(sample)
 
     def __getitems__(self, indices: Sequence[int]) -> list[dict[str, Any]]:
         """The samples of a batch, read by parallel ranged requests (the DataLoader calls it)."""
         self._in_process()
-        got = self.shards.samples([self._position(i) for i in indices])
+        skipped: SkippedMembers = {}
+        got = self.shards.samples([self._position(i) for i in indices], skipped)
+        self._warn(skipped)
         for sample in got:
             if isinstance(sample, Exception):
                 raise sample
         return [self._decoded(s) for s in got]  # type: ignore[arg-type]
+
+    def _warn(self, skipped: SkippedMembers) -> None:
+        """Log each shard whose samples held links or sparse files (stepped over), once an epoch."""
+        for url, counts in skipped.items():
+            if counts:
+                warn_skipped(url, counts, self.epoch)
 
     def _in_process(self) -> None:
         """Once per process: in a DataLoader worker whose parent is a forkserver, watch the trainer

@@ -39,9 +39,9 @@ class Logged:
         self.yielded = 0
         real = self.shards.samples
 
-        def samples(indices):
+        def samples(indices, skipped=None):
             self.calls.append((self.yielded, [int(i) for i in indices]))
-            return real(indices)
+            return real(indices, skipped)
 
         self.shards.samples = samples
 

@@ -140,3 +140,64 @@ def test_streaming_counts_skipped_links_in_its_stats_and_warns_once_per_shard_an
     assert sorted(warnings(run.stderr)) == 2 * [  # once a shard in each epoch
         f"WARNING shard {shards[0]}: skipped 1 GNU sparse file and 1 hard link: {NOTE}"
     ] + 2 * [f"WARNING shard {shards[1]}: skipped 1 symbolic link: {NOTE}"]
+
+
+BLOCK = """
+import json, logging, sys
+from shardpipe import IndexedDataset, ShardDataset, ShardLoader
+
+logging.basicConfig(format="%(levelname)s %(message)s")
+
+ds = ShardDataset(sys.argv[1], decode=None, batch_size=1, shuffle=True, shuffle_algo="block")
+loader = ShardLoader(ds, num_workers=2)
+for epoch in range(2):
+    ds.set_epoch(epoch)
+    keys = sorted(k for b in loader for k in b["__key__"])
+    print(json.dumps({"keys": keys, "skipped": ds.stats.skipped()}), flush=True)
+print("indexed", flush=True)
+indexed = IndexedDataset(sys.argv[1], decode=None)
+for epoch in (0, 0, 1):
+    indexed.set_epoch(epoch)
+    assert len([indexed[i] for i in range(len(indexed))]) == 6
+"""
+
+
+def test_the_block_shuffle_and_indexed_dataset_count_links_inside_samples(tmp_path: Path):
+    """The block shuffle stepped over a symbolic link and a sparse file among a sample's members without a
+    word: stats.skipped() stayed empty (streaming counted them) and nothing was logged. Now it counts them as
+    streaming does and warns once per shard and epoch; IndexedDataset (no stats) warns the same way."""
+    for s, kind in enumerate((tarfile.SYMTYPE, tarfile.GNUTYPE_SPARSE)):
+        with tarfile.open(tmp_path / f"s-{s}.tar", "w", format=tarfile.GNU_FORMAT) as tf:
+            for k in range(3):
+                data = make_jpeg(k, plain=True)
+                info = tarfile.TarInfo(f"s{s}k{k}.jpg")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+                if k == 1:  # between the sample's own members: inside its indexed byte range
+                    info = tarfile.TarInfo(f"s{s}k{k}.png")
+                    info.type, info.linkname, info.size = kind, f"s{s}k{k}.jpg", len(data) * (kind != tarfile.SYMTYPE)
+                    tf.addfile(info, io.BytesIO(data) if info.size else None)
+                info = tarfile.TarInfo(f"s{s}k{k}.cls")
+                info.size = 1
+                tf.addfile(info, io.BytesIO(b"1"))
+    index = strict_cli("index", "s-{0..1}.tar", "-o", "manifest.json", "--no-progress", cwd=tmp_path)
+    assert index.returncode == 0, index.stderr
+    streamed = ShardDataset(str(tmp_path / "manifest.json"), decode=None)
+    assert len(list(streamed)) == 6 and streamed.stats.skipped() == {"GNU sparse file": 1, "symbolic link": 1}
+    run = subprocess.run(
+        [sys.executable, "-c", BLOCK, str(tmp_path / "manifest.json")],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[-1] == "indexed"
+    epochs = [json.loads(line) for line in lines[:-1]]
+    keys = sorted(f"s{s}k{k}" for s in range(2) for k in range(3))
+    once = {"GNU sparse file": 1, "symbolic link": 1}
+    assert epochs == [{"keys": keys, "skipped": once}, {"keys": keys, "skipped": {k: 2 * n for k, n in once.items()}}]
+    expected = [
+        f"WARNING shard {tmp_path / 's-0.tar'}: skipped 1 symbolic link: {NOTE}",
+        f"WARNING shard {tmp_path / 's-1.tar'}: skipped 1 GNU sparse file: {NOTE}",
+    ]
+    # once a shard and epoch: two epochs of the block shuffle, then IndexedDataset's epochs 0 (read twice) and 1
+    assert sorted(warnings(run.stderr)) == sorted(4 * expected)

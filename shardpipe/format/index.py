@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 import os
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -249,7 +250,11 @@ class SampleIndex:
 
 
 def sample_from_bytes(
-    data: bytes, url: str, expected_crc: int | None = None, length: int | None = None
+    data: bytes,
+    url: str,
+    expected_crc: int | None = None,
+    length: int | None = None,
+    skipped: Counter[str] | None = None,
 ) -> dict[str, Any]:
     """Parse one sample's members from its byte range; check that they are the sample the index meant.
 
@@ -257,7 +262,8 @@ def sample_from_bytes(
     sample, or the key's checksum differs: the index no longer matches the shard.
     With ``length`` (the sample's size in the index), ``data`` may hold up to one tar block
     more: what follows the sample, which must not be a member of the same sample (an end
-    offset cut before a sample's last member would drop that member silently).
+    offset cut before a sample's last member would drop that member silently). ``skipped``
+    gets the links and sparse files stepped over among the sample's members, by kind.
     """
     import io
 
@@ -295,6 +301,8 @@ def sample_from_bytes(
         )
     if tar.offset != end:
         raise CorruptShardError(f"the index does not match shard {url}: sample {key!r} ends inside a member")
+    if skipped is not None:
+        skipped.update(tar.skipped)
     follower = data[end : end + BLOCK]
     if len(follower) == BLOCK and any(follower):
         name = _member_name(follower)

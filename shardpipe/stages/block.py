@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 from shardpipe.errors import ShardpipeError
 from shardpipe.format.sample import Sample
 from shardpipe.split.block import BlockOrder, consumer_range
 from shardpipe.stages.base import Stage, State
+from shardpipe.stages.untar import warn_skipped
 from shardpipe.state import COUNT, StateCheck
 
 #: samples read together: nearby ones of a shard share a request, the rest go out in parallel
@@ -24,7 +25,8 @@ class BlockShuffleSamples(Stage[Sample]):
     policy). State: ``{"pos": n}``, the samples this consumer has passed in the epoch
     (with the context's seed and epoch, an exact resume point). Samples are read
     ``GROUP`` positions at a time (``IndexedShards.samples``). A sample that cannot be
-    read goes to the error policy.
+    read goes to the error policy. Links and sparse files among a sample's members are
+    stepped over and counted in the context's ``skipped``, as ``Untar`` counts them.
     """
 
     state_fields = {"pos": COUNT}
@@ -65,7 +67,12 @@ class BlockShuffleSamples(Stage[Sample]):
         total = len(self._order)
         first = self._lo + self._pos
         positions = range(first, min(first + GROUP, self._hi))
-        self._ready.extend(self.shards.samples([self._order[p % total] for p in positions]))
+        skipped: dict[str, Counter[str]] = {}
+        self._ready.extend(self.shards.samples([self._order[p % total] for p in positions], skipped))
+        for url, counts in skipped.items():
+            if counts:
+                self.ctx.skipped.update(counts)
+                warn_skipped(url, counts, self.ctx.epoch)
 
     def __len__(self) -> int:
         return self._hi - self._lo

@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import IO, NamedTuple
 
 from shardpipe.errors import CorruptShardError, ShardpipeError, ShardReadError, StateError
@@ -58,6 +58,13 @@ log = logging.getLogger("shardpipe")
 #: shard -> the epoch this process last warned of its skipped links or sparse files (once an epoch, as
 #: ``shardpipe index`` does once a run, also when the ``resample`` policy reads a shard again)
 _WARNED: dict[str, int] = {}
+
+
+def warn_skipped(url: str, skipped: Mapping[str, int], epoch: int) -> None:
+    """Log the links and sparse files stepped over in shard ``url``, once an epoch in this process."""
+    if _WARNED.get(url) != epoch:
+        _WARNED[url] = epoch
+        log.warning("%s", skipped_note(url, skipped))
 
 
 class Untar(Stage[Member]):
@@ -193,10 +200,8 @@ class Untar(Stage[Member]):
             if skipped:
                 self.skipped.update(skipped)
                 self.ctx.skipped.update(skipped)
-                url = self._tar.url
-                if ended and self.warn_skipped and _WARNED.get(url) != self.ctx.epoch:
-                    _WARNED[url] = self.ctx.epoch
-                    log.warning("%s", skipped_note(url, skipped))
+                if ended and self.warn_skipped:
+                    warn_skipped(self._tar.url, skipped, self.ctx.epoch)
             self._tar.close()
         self._tar, self._shard, self._verifier = None, None, None
         self._file = None  # deferred members keep it open until they are read
