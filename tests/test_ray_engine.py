@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -205,12 +206,36 @@ def test_ray_engine_refuses_maxsize(images: Path, tmp_path: Path, capsys):
         write_engine("spark")
 
 
-def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """``shardpipe ARGS`` in its own process (no Ray started in it yet) with ``env``."""
     env = {**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     return subprocess.run(
-        [sys.executable, "-m", "shardpipe.cli", *args], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-m", "shardpipe.cli", *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
     )
+
+
+def test_relative_paths_are_the_drivers_on_a_cluster_started_elsewhere(
+    ray_cluster, images: Path, local_out: Path, tmp_path: Path
+):
+    """A driver joining a cluster started in another folder (as `ray start` is): the workers ran in that folder,
+    so relative paths named other files there: every input 'cannot read', the shards written there and not
+    beside the manifest, and `index` found no shard. Tasks now run in the driver's folder."""
+    shutil.copytree(images, tmp_path / "src")
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.get_runtime_context().gcs_address}
+    assert Path.cwd() != tmp_path  # the cluster's workers run in this process's folder
+    argv = ["--maxcount", "4", "--shuffle", "--seed", "5", "--presize", "40", "--quality", "80"]
+    write = cli("write", "src", "out/s-%03d.tar", *argv, "--engine", "ray", "--no-progress", env=env, cwd=tmp_path)
+    assert write.returncode == 0, write.stderr
+    assert "wrote 26 samples into 7 shards" in write.stdout and "im007b.jpg: unreadable image" in write.stdout
+    written = files(tmp_path / "out")
+    assert {n: b for n, b in written.items() if n != "manifest.json"} == {
+        n: b for n, b in files(local_out).items() if n != "manifest.json"
+    }  # the shards and their index (the manifest records the source's path as given)
+    index = cli("index", "out/s-{000..006}.tar", "-o", "again/manifest.json", "--engine", "ray", "--no-progress",
+                env=env, cwd=tmp_path)  # fmt: skip
+    assert index.returncode == 0, index.stderr
+    assert "indexed 26 samples in 7 shards" in index.stdout
+    assert (tmp_path / "again" / "manifest.index").read_bytes() == written["manifest.index"]
 
 
 def test_an_address_nothing_answers_at_is_named(images: Path, local_out: Path, tmp_path: Path):

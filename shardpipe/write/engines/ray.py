@@ -9,7 +9,8 @@ out of memory, node lost) or that fails with an I/O error is retried by Ray
 and its inputs. Shards already written are kept for ``--resume``.
 
 Workers import shardpipe: on a cluster, install it on every node (or pass a Ray
-``runtime_env``). ``address=None`` joins the cluster named by ``RAY_ADDRESS`` or a
+``runtime_env``). Tasks run in the driver's working folder, so relative paths (source,
+shards) mean what they mean to the driver: a cluster's workers start in their own. ``address=None`` joins the cluster named by ``RAY_ADDRESS`` or a
 ``ray start`` cluster on this machine, else starts a local one for this job. A named
 address that nothing answers at is an error within ``CONNECT_TIMEOUT`` seconds (Ray
 itself retries for many minutes, printing only its own warnings).
@@ -74,6 +75,20 @@ def connect(address: str | None) -> bool:
     return True
 
 
+def _in_folder(folder: str, fn: Callable[..., Any], shared: Any, item: Any) -> Any:
+    """``fn(shared, item)`` in the driver's working ``folder`` (a worker of a cluster started
+    elsewhere runs in that node's folder, where relative paths name other files)."""
+    if os.getcwd() != folder:
+        try:
+            os.chdir(folder)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"this Ray node has no folder {folder}, the driver's working folder that relative paths are read "
+                "from: give absolute paths (or URLs) that every node sees"
+            ) from None
+    return fn(shared, item)
+
+
 def ray_map(
     fn: Callable[..., Any], shared: Any, items: Iterable[Any], describe: Callable[[Any], str], window: int | None = None
 ) -> Iterator[tuple[Any, Any]]:
@@ -83,7 +98,8 @@ def ray_map(
     (default: twice the cluster's CPUs), so a listing of millions of inputs is not all
     serialised at once. A task that fails after its retries raises :class:`ShardTaskError`.
     """
-    remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=[OSError])(fn)
+    remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=[OSError])(_in_folder)
+    folder = os.getcwd()
     shared_ref = ray.put(shared)
     if window is None:
         window = max(4, 2 * int(ray.cluster_resources().get("CPU", 1)))
@@ -93,7 +109,7 @@ def ray_map(
     def submit() -> None:
         item = next(todo, None)
         if item is not None:
-            pending[remote.remote(shared_ref, item)] = item
+            pending[remote.remote(folder, fn, shared_ref, item)] = item
 
     try:
         for _ in range(window):
