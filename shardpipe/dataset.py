@@ -440,7 +440,7 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         pipeline.reset(current.resume)
         current.pipeline = pipeline
         row = 0 if get_worker_info() is None else 1 + ctx.worker
-        flusher = _StatsFlusher(self.stats, row, ctx)
+        flusher = StatsFlusher(self.stats, row, ctx)
         flush_every = 1 if self.batch_size else 64
         try:
             for n, item in enumerate(pipeline, 1):
@@ -505,7 +505,7 @@ class _Pass:
         self.pipeline: Pipeline | None = None
 
 
-class _StatsFlusher:
+class StatsFlusher:
     """Adds what a pipeline measured since the last flush into the shared stats."""
 
     def __init__(self, stats: SharedStats, row: int, ctx: Context):

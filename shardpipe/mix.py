@@ -14,6 +14,9 @@ What an epoch means here (the policy, in full):
   its epochs in one mixed epoch and a large one continues where the previous mixed epoch
   left it instead of restarting. Within each of its own epochs a source still yields
   every one of its samples once (under its own epoch policy).
+* Each source counts what its pipeline measured in its own ``stats`` (skipped samples
+  by error, links stepped over, stage times), summed over DataLoader workers, as when
+  it is read alone.
 * Resume state is small JSON: the mixed epoch, how many samples this consumer has
   drawn, and each source's pipeline state (its own epoch and position). A pass runs the
   epoch set (``set_epoch``, or ``load_state_dict``), not the loaded state's: a state saved
@@ -37,7 +40,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from shardpipe.dataset import ShardDataset
+from shardpipe.dataset import ShardDataset, StatsFlusher
 from shardpipe.passes import SharedPlan, WorkerPlan, consumer_of, pass_start
 from shardpipe.protocol import ShardsFingerprint, WorkerPassHooks
 from shardpipe.stages.base import Context, Pipeline, State
@@ -291,6 +294,8 @@ class _Mixer:
             pipe.reset(state if state and state.get("stages") is not None else None)
             self.pipes.append(pipe)
         self.index = index
+        row = 0 if get_worker_info() is None else 1 + ctxs[0].worker
+        self.flushers = [StatsFlusher(ds.stats, row, ctx) for ds, ctx in zip(mix.datasets, ctxs)]
 
     def _pull(self, source: int) -> Any:
         pipe = self.pipes[source]
@@ -316,12 +321,15 @@ class _Mixer:
             if size is None:
                 sample = self._pull(int(self.order[self.drawn]))
                 self.drawn += 1
+                if self.drawn % 64 == 0:
+                    self.flush()
                 yield sample
                 continue
             n = min(size, self.end - self.drawn)
             samples = [self._pull(int(s)) for s in self.order[self.drawn : self.drawn + n]]
             self.drawn += n
             self.ctxs[0].where("batch")
+            self.flush()
             yield collate(samples, self.mix.channels_last)
         self.finished = True
 
@@ -343,6 +351,12 @@ class _Mixer:
         """The state the next mixed epoch starts from: the sources go on where they are."""
         return self._state(self.epoch + 1, 0)
 
+    def flush(self) -> None:
+        """Add what each source's pipeline measured since the last flush into that source's ``stats``."""
+        for f in self.flushers:
+            f.flush()
+
     def close(self) -> None:
+        self.flush()
         for p in self.pipes:
             p.close()

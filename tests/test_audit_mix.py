@@ -164,3 +164,22 @@ def test_stateful_dataloader_resumes_a_state_saved_after_an_epochs_last_batch(so
     expected, _ = run()
     head, state = run(stop=40)
     assert head + run(state)[0] == expected
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_each_source_counts_the_samples_it_skipped_in_its_stats(tmp_path: Path, num_workers):
+    """A bad sample skipped by a source (on_error="skip") was counted nowhere: a source read through a
+    MixedDataset never added what its pipeline measured to its ``stats``, which stayed empty."""
+    samples = make_samples(20, "a")
+    samples[3]["jpg"] = b"\xff\xd8 not a jpeg"  # the 4th sample of shard 0: drawn in the first epoch
+    bad = write_manifest_dataset(tmp_path, samples, [10, 10])
+    a = ShardDataset(bad, decode="rgb8", on_error="skip")
+    (tmp_path / "b").mkdir()
+    b = ShardDataset(write_manifest_dataset(tmp_path / "b", make_samples(20, "b"), [10, 10]), decode="rgb8")
+    mixed = MixedDataset([a, b], [1, 1], samples_per_epoch=32, seed=1, batch_size=4)  # a: 8 draws a worker
+    loader = ShardLoader(mixed, num_workers=num_workers) if num_workers else mixed
+    keys = [k for batch in loader for k in batch["__key__"]]
+    assert len(keys) == 32 and "a00003" not in keys
+    assert (a.stats.errors(), b.stats.errors()) == ({"DecodeError": 1}, {})
+    alone = ShardDataset(bad, decode="rgb8", on_error="skip")
+    assert len(list(alone)) == 19 and alone.stats.errors() == a.stats.errors()  # as it counts when read alone
