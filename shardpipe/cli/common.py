@@ -14,7 +14,10 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shardpipe.io.remote import ReadOptions
 
 OK = 0
 DATA_PROBLEM = 1
@@ -76,18 +79,23 @@ class PrintableFormatter(logging.Formatter):
         return "\n".join(printable(line) for line in super().format(record).split("\n"))
 
 
-def read_inputs(command: str, args: Any, read: Callable[[dict[str, Any] | None], Any]) -> tuple[Any, int | None]:
-    """Resolve ``args.urls`` (with ``args.storage_options``) and run ``read(storage_options)``.
+def read_inputs(
+    command: str, args: Any, read: Callable[[dict[str, Any] | None, ReadOptions], Any]
+) -> tuple[Any, int | None]:
+    """Resolve ``args.urls`` (with ``args.storage_options`` and ``args.read_options``) and run
+    ``read(storage_options, read_options)``.
 
     Returns ``(report, None)``, or ``(None, status)`` after printing why: 2 for what the
     command line named, 1 for a problem found in the data.
     """
+    from shardpipe.cli.reading import parse_read_options
     from shardpipe.errors import ShardpipeError
 
     try:
         options = parse_storage_options(args.storage_options)
-        resolve_inputs(args.urls, options)
-        return read(options), None
+        reading = parse_read_options(args.read_options)
+        resolve_inputs(args.urls, options, reading)
+        return read(options, reading), None
     except InputError as e:
         return None, fail(command, e, USAGE)
     except ShardpipeError as e:  # before ValueError: some data errors are ValueErrors too
@@ -149,9 +157,9 @@ def parse_storage_options(text: str | None) -> dict[str, Any] | None:
     return options
 
 
-def _missing(urls: list[str], storage_options: dict[str, Any] | None) -> list[str]:
+def _missing(urls: list[str], storage_options: dict[str, Any] | None, read_options: ReadOptions) -> list[str]:
     """The URLs in ``urls`` that do not exist (or name a folder): a stat locally, an existence check remotely
-    (under the default ``ReadOptions``: retried, each try within its timeout)."""
+    (under ``read_options``: retried, each try within its timeout)."""
     from shardpipe.io.files import is_local, local_path
 
     local = [u for u in urls if is_local(u)]
@@ -161,12 +169,12 @@ def _missing(urls: list[str], storage_options: dict[str, Any] | None) -> list[st
         from concurrent.futures import ThreadPoolExecutor
 
         from shardpipe.io.clients import reading_fs
-        from shardpipe.io.remote import ReadOptions, call_store
+        from shardpipe.io.remote import call_store
 
         def exists(url: str) -> bool:
             fs, path = reading_fs(url, storage_options)
             try:  # (not fs.isfile: it answers False for any error, a refused request too)
-                info = call_store(fs, "info", path, url=url, what="existence check", options=ReadOptions())
+                info = call_store(fs, "info", path, url=url, what="existence check", options=read_options)
             except FileNotFoundError:  # (an unreachable store is StoreUnreachableError, after the retries)
                 return False
             return info.get("type") != "directory"
@@ -176,8 +184,11 @@ def _missing(urls: list[str], storage_options: dict[str, Any] | None) -> list[st
     return missing
 
 
-def resolve_inputs(urls: str, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """The shard URLs a URLS argument names, as the command will read them; InputError when it cannot.
+def resolve_inputs(
+    urls: str, storage_options: dict[str, Any] | None = None, read_options: ReadOptions | None = None
+) -> list[str]:
+    """The shard URLs a URLS argument names, as the command will read them (remotely under ``read_options``,
+    default the commands' :data:`~shardpipe.cli.reading.CLI_READ_OPTIONS`); InputError when it cannot.
 
     Refused: a mistyped URL, a manifest that does not exist, a glob that matches nothing,
     a shard named directly (or by a brace range) that does not exist or is a folder. A
@@ -189,15 +200,19 @@ def resolve_inputs(urls: str, storage_options: dict[str, Any] | None = None) -> 
     from shardpipe.io.urls import has_glob, is_manifest, split_patterns
     from shardpipe.stages.shards import expand_urls
 
+    if read_options is None:
+        from shardpipe.cli.reading import CLI_READ_OPTIONS
+
+        read_options = CLI_READ_OPTIONS
     shards: list[str] = []
     named: list[str] = []
     try:
         for pattern in split_patterns(urls):
-            found = [s.url for s in expand_urls(pattern, storage_options)]
+            found = [s.url for s in expand_urls(pattern, storage_options, read_options=read_options)]
             shards += found
             if not is_manifest(pattern) and not has_glob(pattern):
                 named += found  # a glob lists files that exist; a manifest's shards are data
-        missing = _missing(named, storage_options)
+        missing = _missing(named, storage_options, read_options)
     except (DamagedManifestError, ManifestPathError):
         raise  # the manifest exists: what is wrong is in the data (exit 1)
     except (ValueError, OSError) as e:  # mistyped, not found, unreadable

@@ -13,6 +13,8 @@ import time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from shardpipe.cli.reading import add_read_options
+
     p.add_argument("urls", help="shards: brace pattern (s3://b/train-{000..099}.tar), quoted glob ('out/train-*.tar'), "
                    "'::'-joined list")  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="manifest to write (its index goes beside it)")
@@ -28,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help='fsspec options for remote URLs, e.g. \'{"endpoint_url": "http://127.0.0.1:9000", "anon": true}\'',
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_read_options(p)
 
 
 #: what fixes a shard that cannot be indexed
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         printable,
         resolve_inputs,
     )
+    from shardpipe.cli.reading import parse_read_options
     from shardpipe.errors import ShardpipeError
     from shardpipe.io.urls import check_url
     from shardpipe.write.index_job import index_shards
@@ -63,12 +67,13 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         options = parse_storage_options(args.storage_options)
+        reading = parse_read_options(args.read_options)
         check_url(args.output)
-        resolve_inputs(args.urls, options)
+        resolve_inputs(args.urls, options, reading)
         manifest = index_shards(
             args.urls, args.output, workers=args.workers, sha256=args.sha256,
             storage_options=options, progress=not args.no_progress, engine=args.engine,
-            ray_address=args.ray_address,
+            ray_address=args.ray_address, read_options=reading,
         )  # fmt: skip
     except InputError as e:
         return fail("index", e, USAGE)

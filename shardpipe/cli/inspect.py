@@ -16,13 +16,16 @@ import statistics
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from shardpipe.errors import DuplicateMemberError, ErrorHandler, ShardpipeError
 from shardpipe.format.sample import is_image_field
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE, skipped_note
 from shardpipe.io.files import open_shard
 from shardpipe.io.verify import HashingReader
+
+if TYPE_CHECKING:
+    from shardpipe.io.remote import ReadOptions
 
 log = logging.getLogger("shardpipe")
 
@@ -45,13 +48,19 @@ class ShardReader:
     """Iterate one shard's samples as ``(key, {ext: bytes})`` through the pipeline's own stages
     (ShardList, Untar, GroupSamples) with a hashing opener; then read ``size``, ``sha256``
     (of the whole file), ``error`` (why reading stopped early, or ``None``; ``failure``: that error
-    itself) and ``problems`` (samples the pipeline refuses, such as one with two members of one extension)."""
+    itself) and ``problems`` (samples the pipeline refuses, such as one with two members of one extension).
+    A remote shard is read under ``read_options`` (default: the library's ``ReadOptions()``)."""
 
     def __init__(
-        self, url: str, storage_options: dict[str, Any] | None = None, max_member_size: int | None = MAX_MEMBER_SIZE
+        self,
+        url: str,
+        storage_options: dict[str, Any] | None = None,
+        max_member_size: int | None = MAX_MEMBER_SIZE,
+        read_options: ReadOptions | None = None,
     ):
         self.url = url
         self.storage_options = storage_options
+        self.read_options = read_options
         self.max_member_size = max_member_size
         self.size = 0
         self.sha256 = ""
@@ -67,7 +76,7 @@ class ShardReader:
         streams: list[HashingReader] = []
 
         def opener(shard: Shard, offset: int) -> IO[bytes]:
-            raw = open_shard(shard.url, offset, storage_options=self.storage_options)
+            raw = open_shard(shard.url, offset, storage_options=self.storage_options, read_options=self.read_options)
             streams.append(HashingReader(raw, drain_on_close=True))
             return streams[-1]  # type: ignore[return-value]
 
@@ -133,10 +142,12 @@ class ShardSummary:
         }  # fmt: skip
 
 
-def inspect_shard(url: str, first: int = 5, storage_options: dict[str, Any] | None = None) -> ShardSummary:
+def inspect_shard(
+    url: str, first: int = 5, storage_options: dict[str, Any] | None = None, read_options: ReadOptions | None = None
+) -> ShardSummary:
     """Read one shard and summarise it (image sizes from headers only)."""
     out = ShardSummary(url)
-    reader = ShardReader(url, storage_options)
+    reader = ShardReader(url, storage_options, read_options=read_options)
     for key, fields in reader:
         out.samples += 1
         out.extensions.update(fields.keys())
@@ -156,12 +167,16 @@ def inspect_shard(url: str, first: int = 5, storage_options: dict[str, Any] | No
 
 
 def inspect_shards(
-    urls: str | list[str], first: int = 5, storage_options: dict[str, Any] | None = None
+    urls: str | list[str],
+    first: int = 5,
+    storage_options: dict[str, Any] | None = None,
+    read_options: ReadOptions | None = None,
 ) -> dict[str, Any]:
-    """Summaries per shard and in total, as a JSON-ready dict."""
+    """Summaries per shard and in total, as a JSON-ready dict (remote reads under ``read_options``)."""
     from shardpipe.stages.shards import expand_urls
 
-    shards = [inspect_shard(s.url, first, storage_options) for s in expand_urls(urls, storage_options)]
+    found = expand_urls(urls, storage_options, read_options=read_options)
+    shards = [inspect_shard(s.url, first, storage_options, read_options) for s in found]
     total = ShardSummary("total")
     for s in shards:
         total.samples += s.samples
@@ -216,18 +231,20 @@ def format_report(report: dict[str, Any]) -> str:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from shardpipe.cli.common import add_storage_options
+    from shardpipe.cli.reading import add_read_options
 
     p.add_argument("urls", help="manifest.json, brace pattern (out/train-{000000..000009}.tar), quoted glob "
                    "('out/train-*.tar') or a '::'-joined list of these")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--keys", type=int, default=5, help="how many first keys to show (default 5)")
     add_storage_options(p)
+    add_read_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from shardpipe.cli.common import DATA_PROBLEM, OK, read_inputs
 
-    report, status = read_inputs("inspect", args, lambda options: inspect_shards(args.urls, args.keys, options))
+    report, status = read_inputs("inspect", args, lambda so, ro: inspect_shards(args.urls, args.keys, so, ro))
     if status is not None:
         return status
     print(json.dumps(report, indent=1) if args.json else format_report(report))

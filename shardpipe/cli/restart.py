@@ -17,6 +17,7 @@ EXIT_DETAILS = "  (restart: 1 also when a damaged input shard was skipped: the o
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from shardpipe.cli.reading import add_read_options
     from shardpipe.image.restart import DEFAULT_PER_ROW
 
     p.add_argument(
@@ -40,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="fsspec options for a remote output (default: --storage-options)",
     )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_read_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         printable,
         resolve_inputs,
     )
+    from shardpipe.cli.reading import parse_read_options
     from shardpipe.errors import OutputInUseError, ShardpipeError
     from shardpipe.format.manifest import DamagedManifestError, ManifestPathError
     from shardpipe.io.urls import check_url
@@ -62,11 +65,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         options = parse_storage_options(args.storage_options)
         out_options = parse_storage_options(args.output_storage_options)
+        reading = parse_read_options(args.read_options)
         check_url(args.output)
-        resolve_inputs(args.urls, options)
+        resolve_inputs(args.urls, options, reading)
         summary = mark_restarts(
             args.urls, args.output, per_row=args.per_row, workers=args.workers, progress=not args.no_progress,
-            storage_options=options, output_storage_options=out_options,
+            storage_options=options, output_storage_options=out_options, read_options=reading,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted: finished shards are kept; run the same command again to continue", file=sys.stderr)

@@ -14,7 +14,7 @@ import json
 import logging
 import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shardpipe.cli.common import NOT_TAR_FIX
 from shardpipe.cli.inspect import ShardReader
@@ -24,6 +24,9 @@ from shardpipe.format.sample import is_image_field
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE, skipped_note
 from shardpipe.io.urls import single_manifest
 from shardpipe.stages.shards import Shard, expand_urls
+
+if TYPE_CHECKING:
+    from shardpipe.io.remote import ReadOptions
 
 log = logging.getLogger("shardpipe")
 
@@ -61,11 +64,14 @@ def check_member(ext: str, data: bytes) -> str | None:
 
 
 def verify_shard(
-    shard: Shard, storage_options: dict[str, Any] | None = None, max_member_size: int | None = MAX_MEMBER_SIZE
+    shard: Shard,
+    storage_options: dict[str, Any] | None = None,
+    max_member_size: int | None = MAX_MEMBER_SIZE,
+    read_options: ReadOptions | None = None,
 ) -> ShardCheck:
     """Read and decode one shard; compare with what the manifest says about it."""
     out = ShardCheck(shard.url)
-    reader = ShardReader(shard.url, storage_options, max_member_size)
+    reader = ShardReader(shard.url, storage_options, max_member_size, read_options)
     seen: set[str] = set()
     for key, fields in reader:
         out.samples += 1
@@ -100,8 +106,8 @@ def verify_shard(
     return out
 
 
-def _verify_one(args: tuple[Shard, int | None]) -> ShardCheck:
-    return verify_shard(args[0], None, args[1])
+def _verify_one(args: tuple[Shard, int | None, ReadOptions | None]) -> ShardCheck:
+    return verify_shard(args[0], None, args[1], args[2])
 
 
 def verify_shards(
@@ -109,15 +115,17 @@ def verify_shards(
     workers: int = 1,
     storage_options: dict[str, Any] | None = None,
     max_member_size: int | None = MAX_MEMBER_SIZE,
+    read_options: ReadOptions | None = None,
 ) -> dict[str, Any]:
-    """Verify every shard of ``urls``; returns ``{"shards": [...], "samples", "images", "problems"}``."""
-    shards = expand_urls(urls, storage_options)
+    """Verify every shard of ``urls`` (remote reads under ``read_options``); returns
+    ``{"shards": [...], "samples", "images", "problems"}``."""
+    shards = expand_urls(urls, storage_options, read_options=read_options)
     if workers > 1 and storage_options is None:
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         with mp.get_context(method).Pool(workers) as pool:
-            checks = pool.map(_verify_one, [(s, max_member_size) for s in shards], chunksize=1)
+            checks = pool.map(_verify_one, [(s, max_member_size, read_options) for s in shards], chunksize=1)
     else:
-        checks = [verify_shard(s, storage_options, max_member_size) for s in shards]
+        checks = [verify_shard(s, storage_options, max_member_size, read_options) for s in shards]
     problems = [p for c in checks for p in c.problems]
     for c in checks:  # not a problem (streaming skips them too), but never silent
         if c.skipped:
@@ -128,18 +136,24 @@ def verify_shards(
             if key in owners and owners[key] != c.url:
                 problems.append(f"duplicate key {key!r} in {owners[key]} and {c.url}")
             owners.setdefault(key, c.url)
-    manifest = _manifest_of(urls, storage_options)
+    manifest = _manifest_of(urls, storage_options, read_options)
     total = sum(c.samples for c in checks)
     if manifest is not None and manifest.get("samples") is not None and manifest["samples"] != total:
         problems.append(f"count mismatch: {total} samples in the shards, manifest total says {manifest['samples']}")
     if manifest is not None and manifest.get("index"):
-        problems += _index_problems(single_manifest(urls) or "", manifest["index"], checks, storage_options)
+        problems += _index_problems(
+            single_manifest(urls) or "", manifest["index"], checks, storage_options, read_options
+        )
     report = [{k: v for k, v in asdict(c).items() if k not in ("keys", "damaged")} for c in checks]
     return {"shards": report, "samples": total, "images": sum(c.images for c in checks), "problems": problems}
 
 
 def _index_problems(
-    manifest_url: str, name: str, checks: list[ShardCheck], storage_options: dict[str, Any] | None
+    manifest_url: str,
+    name: str,
+    checks: list[ShardCheck],
+    storage_options: dict[str, Any] | None,
+    read_options: ReadOptions | None = None,
 ) -> list[str]:
     """Where the index sidecar disagrees with the shards as read: counts, sizes, keys."""
     from shardpipe.format.index import SampleIndex, key_crc
@@ -147,7 +161,7 @@ def _index_problems(
 
     url = join_url(dirname_url(manifest_url), name)
     try:
-        index = SampleIndex.load(url, storage_options, manifest_url)
+        index = SampleIndex.load(url, storage_options, manifest_url, read_options)
     except (OSError, ValueError) as e:  # missing, empty or damaged: the error names the file and the fix
         return [str(e)]
     if index.shards != len(checks):
@@ -165,15 +179,18 @@ def _index_problems(
     return problems
 
 
-def _manifest_of(urls: str | list[str], storage_options: dict[str, Any] | None) -> dict[str, Any] | None:
+def _manifest_of(
+    urls: str | list[str], storage_options: dict[str, Any] | None, read_options: ReadOptions | None = None
+) -> dict[str, Any] | None:
     from shardpipe.format.manifest import read_manifest
 
     manifest = single_manifest(urls)
-    return None if manifest is None else read_manifest(manifest, storage_options)
+    return None if manifest is None else read_manifest(manifest, storage_options, read_options)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from shardpipe.cli.common import add_storage_options
+    from shardpipe.cli.reading import add_read_options
 
     p.add_argument("urls", help="manifest.json (checks checksums and counts), brace pattern, quoted glob "
                    "('out/train-*.tar') or a '::'-joined list of these")  # fmt: skip
@@ -184,13 +201,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help=f"a tar member declaring more bytes is reported corrupt (default {MAX_MEMBER_SIZE}; 0: no limit)",
     )  # fmt: skip
     add_storage_options(p)
+    add_read_options(p)
 
 
 def run(args: argparse.Namespace) -> int:
     from shardpipe.cli.common import DATA_PROBLEM, OK, read_inputs
 
     report, status = read_inputs(
-        "verify", args, lambda options: verify_shards(args.urls, args.workers, options, args.max_member_size or None)
+        "verify", args, lambda so, ro: verify_shards(args.urls, args.workers, so, args.max_member_size or None, ro)
     )
     if status is not None:
         return status

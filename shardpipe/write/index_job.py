@@ -26,7 +26,7 @@ from shardpipe.format.manifest import build_manifest, shard_entry, write_manifes
 from shardpipe.format.sample import split_name
 from shardpipe.format.tar.reader import TarStream, skipped_note
 from shardpipe.io.files import dirname_url, is_local, join_url, local_path, same_file
-from shardpipe.io.remote import open_remote
+from shardpipe.io.remote import ReadOptions, open_remote
 from shardpipe.io.verify import HashingReader
 
 log = logging.getLogger("shardpipe")
@@ -44,8 +44,11 @@ class ShardScan:
     skipped: dict[str, int] = field(default_factory=dict)  #: links and sparse files stepped over, by kind
 
 
-def _open(url: str, storage_options: dict[str, Any] | None, whole: bool) -> tuple[IO[bytes], int]:
-    """The shard as a stream and its size: small buffered reads locally unless reading it ``whole``."""
+def _open(
+    url: str, storage_options: dict[str, Any] | None, whole: bool, read_options: ReadOptions | None = None
+) -> tuple[IO[bytes], int]:
+    """The shard as a stream and its size: small buffered reads locally unless reading it ``whole``;
+    remotely under ``read_options``."""
     if is_local(url):
         path = local_path(url)
         try:
@@ -55,11 +58,16 @@ def _open(url: str, storage_options: dict[str, Any] | None, whole: bool) -> tupl
         except OSError as e:
             raise ShardReadError(f"cannot read shard {url}: {e}") from e
         return f, os.fstat(f.fileno()).st_size
-    stream = open_remote(url, storage_options=storage_options)
+    stream = open_remote(url, storage_options=storage_options, options=read_options)
     return stream, stream.size  # type: ignore[return-value]
 
 
-def scan_shard(url: str, storage_options: dict[str, Any] | None = None, sha256: bool = False) -> ShardScan:
+def scan_shard(
+    url: str,
+    storage_options: dict[str, Any] | None = None,
+    sha256: bool = False,
+    read_options: ReadOptions | None = None,
+) -> ShardScan:
     """Index one shard: the start offset and key checksum of every sample, its size and gzip flag.
 
     Samples are found exactly as streaming finds them (consecutive members sharing a
@@ -67,7 +75,7 @@ def scan_shard(url: str, storage_options: dict[str, Any] | None = None, sha256: 
     and counted in ``skipped``), so counts agree. A key whose members lie apart (a tar written
     unsorted) starts a sample each time: ``split_keys`` counts them.
     """
-    raw, size = _open(url, storage_options, whole=sha256)
+    raw, size = _open(url, storage_options, sha256, read_options)
     hashing = HashingReader(raw) if sha256 else None
     tar = TarStream(hashing or raw, url)  # type: ignore[arg-type]
     index = ShardIndex(size=size, compressed=tar.compressed)
@@ -142,7 +150,9 @@ def _warn_split_keys(scans: list[ShardScan]) -> None:
 _COMPUTED = ("format", "shards", "samples", "bytes", "index", "indexed_by")
 
 
-def _kept_metadata(urls: str | Sequence[str], storage_options: dict[str, Any] | None) -> dict[str, Any]:
+def _kept_metadata(
+    urls: str | Sequence[str], storage_options: dict[str, Any] | None, read_options: ReadOptions | None
+) -> dict[str, Any]:
     """When ``urls`` is one manifest (rebuilding its index), its writer's metadata, to keep."""
     from shardpipe.format.manifest import read_manifest
     from shardpipe.io.urls import single_manifest
@@ -150,12 +160,12 @@ def _kept_metadata(urls: str | Sequence[str], storage_options: dict[str, Any] | 
     manifest = single_manifest(urls)
     if manifest is None:
         return {}
-    return {k: v for k, v in read_manifest(manifest, storage_options).items() if k not in _COMPUTED}
+    return {k: v for k, v in read_manifest(manifest, storage_options, read_options).items() if k not in _COMPUTED}
 
 
-def _scan_item(shared: tuple[dict[str, Any] | None, bool], item: tuple[int, str]) -> ShardScan:
+def _scan_item(shared: tuple[dict[str, Any] | None, bool, ReadOptions | None], item: tuple[int, str]) -> ShardScan:
     """One remote engine task: scan the shard ``item = (position, url)``."""
-    return scan_shard(item[1], shared[0], shared[1])
+    return scan_shard(item[1], shared[0], shared[1], shared[2])
 
 
 def _scans(
@@ -165,6 +175,7 @@ def _scans(
     storage_options: dict[str, Any] | None,
     engine: str,
     ray_address: str | None,
+    read_options: ReadOptions | None = None,
 ) -> Iterator[tuple[int, ShardScan]]:
     """``(position, scan)`` of every shard as scans finish: in a local thread pool or on ``engine``."""
     from shardpipe.write.engines import map_engine
@@ -173,12 +184,16 @@ def _scans(
     if remote_map is not None:
         items = list(enumerate(urls))
         for (i, _), scan in remote_map(
-            _scan_item, (storage_options, sha256), items, lambda it: f"indexing shard {it[1]}", address=ray_address
+            _scan_item,
+            (storage_options, sha256, read_options),
+            items,
+            lambda it: f"indexing shard {it[1]}",
+            address=ray_address,
         ):
             yield i, scan
         return
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="shardpipe-index") as pool:
-        futures = {pool.submit(scan_shard, u, storage_options, sha256): i for i, u in enumerate(urls)}
+        futures = {pool.submit(scan_shard, u, storage_options, sha256, read_options): i for i, u in enumerate(urls)}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()
 
@@ -193,6 +208,7 @@ def index_shards(
     progress: bool = False,
     engine: str = "local",
     ray_address: str | None = None,
+    read_options: ReadOptions | None = None,
 ) -> dict[str, Any]:
     """Scan ``urls`` (brace pattern, ``::``-joined or list) in parallel; write ``output`` and its index.
 
@@ -202,19 +218,20 @@ def index_shards(
     Ray task (``ray_address``: the cluster to join) instead of ``workers`` local threads.
     When ``urls`` is a manifest, its writer's metadata (``class_names``, ``options``...) is kept.
     ``output`` must name a file: a folder is a ValueError, raised before any shard is read.
+    Remote reads (a manifest given as ``urls``, listings, shards) follow ``read_options``.
     """
     from tqdm import tqdm
 
     from shardpipe.stages.shards import expand_urls
 
     _check_output(output)
-    kept = _kept_metadata(urls, storage_options)
-    shard_urls = [s.url for s in expand_urls(urls, storage_options)]
+    kept = _kept_metadata(urls, storage_options, read_options)
+    shard_urls = [s.url for s in expand_urls(urls, storage_options, read_options=read_options)]
     _check_not_a_shard(output, shard_urls)
     scans: list[ShardScan | None] = [None] * len(shard_urls)
     with tqdm(total=len(shard_urls), unit="shard", disable=not progress, dynamic_ncols=True) as bar:
         samples = 0
-        for i, scan in _scans(shard_urls, workers, sha256, storage_options, engine, ray_address):
+        for i, scan in _scans(shard_urls, workers, sha256, storage_options, engine, ray_address, read_options):
             scans[i] = scan
             samples += scan.index.samples
             bar.update(1)

@@ -34,6 +34,7 @@ from shardpipe.errors import ShardNotFoundError, ShardpipeError
 from shardpipe.format.manifest import read_manifest, write_manifest
 from shardpipe.image.restart import DEFAULT_PER_ROW, available
 from shardpipe.io.files import is_local, join_url, local_path, same_file
+from shardpipe.io.remote import ReadOptions
 from shardpipe.write.outfiles import folder_lock, size
 from shardpipe.write.restart_record import CONVERTED_BY, RECORD, record_settings, restart_settings
 from shardpipe.write.restart_shard import TEMP, convert_shard, remove
@@ -105,6 +106,7 @@ def mark_restarts(
     progress: bool = False,
     storage_options: dict[str, Any] | None = None,
     output_storage_options: dict[str, Any] | None = None,
+    read_options: ReadOptions | None = None,
 ) -> RestartSummary:
     """Convert the shards ``urls`` names (brace pattern, glob, ``::`` list or a manifest;
     local, ``s3://``, ``gs://`` or ``http(s)://``) into ``output_dir`` (a local folder or an
@@ -113,7 +115,8 @@ def mark_restarts(
 
     ``storage_options`` are fsspec's options for the inputs, ``output_storage_options`` for
     the output (default: the same). Outputs that exist are complete (published only when
-    done) and are kept: run it again to resume.
+    done) and are kept: run it again to resume. Remote reads, of the inputs and of the shards
+    written (indexed), follow ``read_options``.
     """
     from shardpipe.stages.shards import expand_urls
     from shardpipe.write.index_job import index_shards
@@ -128,7 +131,7 @@ def mark_restarts(
         raise ValueError(f"per_row (--per-row) must be at least 1, got {per_row}")
     out_options = storage_options if output_storage_options is None else output_storage_options
     t0 = time.perf_counter()
-    sources = [s.url for s in expand_urls(urls, storage_options)]
+    sources = [s.url for s in expand_urls(urls, storage_options, read_options=read_options)]
     if is_local(output_dir):
         output_dir = local_path(output_dir)
     targets = [join_url(output_dir, _file_name(u)) for u in sources]
@@ -141,7 +144,7 @@ def mark_restarts(
     if isinstance(urls, str) and urls.endswith(".json"):  # read all of the input before writing anything
         if same_file(urls, manifest_url):
             raise ValueError(f"the output folder holds the input manifest {urls}: choose another folder")
-        class_names = read_manifest(urls, storage_options).get("class_names")
+        class_names = read_manifest(urls, storage_options, read_options).get("class_names")
     if not is_local(output_dir):
         _check_reachable(output_dir, out_options)
     missing = [u for u, t in zip(sources, targets) if _missing(u) and size(t, out_options) is None]
@@ -156,7 +159,7 @@ def mark_restarts(
         inputs = {_file_name(t): _input_id(u) for u, t in zip(sources, targets)}
         known = record_settings(output_dir, restart_settings(per_row), inputs, out_options)
         summary, sha256, errors = _convert_all(
-            sources, targets, per_row, workers, progress, storage_options, out_options
+            sources, targets, per_row, workers, progress, storage_options, out_options, read_options
         )  # fmt: skip
         done = [t for u, t in zip(sources, targets) if u not in errors]
         if not done:
@@ -166,8 +169,10 @@ def mark_restarts(
                 "%s holds %d shards from an older version's run without %s: they are kept unchecked, "
                 "as converted then", output_dir, summary.skipped_shards, RECORD,
             )  # fmt: skip
-        manifest = index_shards(done, manifest_url, workers=max(1, workers), storage_options=out_options)
-        _add_sha256(manifest, output_dir, sha256, out_options)
+        manifest = index_shards(
+            done, manifest_url, workers=max(1, workers), storage_options=out_options, read_options=read_options
+        )
+        _add_sha256(manifest, output_dir, sha256, out_options, read_options)
         if class_names:
             manifest["class_names"] = class_names
         if summary.damaged:  # as shardpipe write lists its skipped inputs
@@ -187,6 +192,7 @@ def _convert_all(
     progress: bool,
     storage_options: dict[str, Any] | None,
     out_options: dict[str, Any] | None,
+    read_options: ReadOptions | None = None,
 ) -> tuple[RestartSummary, dict[str, str], dict[str, ShardpipeError]]:
     """Convert each source whose target is not there yet; return the summary, the sha256 of each shard
     converted, by file name, taken as it was written, and the error of each damaged source.
@@ -206,7 +212,8 @@ def _convert_all(
 
     def convert(pair: tuple[str, str]) -> tuple[int, int, int, int, str]:
         return convert_shard(
-            pair[0], pair[1], per_row, storage_options=storage_options, output_storage_options=out_options
+            pair[0], pair[1], per_row, storage_options=storage_options, output_storage_options=out_options,
+            read_options=read_options,
         )  # fmt: skip
 
     sha256: dict[str, str] = {}
@@ -283,7 +290,11 @@ def _check_reachable(url: str, storage_options: dict[str, Any] | None) -> None:
 
 
 def _add_sha256(
-    manifest: dict[str, Any], folder: str, known: dict[str, str], storage_options: dict[str, Any] | None
+    manifest: dict[str, Any],
+    folder: str,
+    known: dict[str, str],
+    storage_options: dict[str, Any] | None,
+    read_options: ReadOptions | None = None,
 ) -> None:
     """Give every shard entry its sha256 (as the shard writer does), so that ``verify`` checks the
     bytes: from ``known`` (taken while writing) or, for shards kept from an earlier run, by reading them."""
@@ -291,4 +302,4 @@ def _add_sha256(
 
     for entry in manifest["shards"]:
         sha = known.get(entry["name"])
-        entry["sha256"] = sha or scan_shard(join_url(folder, entry["name"]), storage_options, sha256=True).sha256
+        entry["sha256"] = sha or scan_shard(join_url(folder, entry["name"]), storage_options, True, read_options).sha256

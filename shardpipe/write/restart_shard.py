@@ -24,6 +24,7 @@ from shardpipe.errors import CorruptShardError
 from shardpipe.format.tar.writer import HashingWriter, gzip_writer
 from shardpipe.image.restart import DEFAULT_PER_ROW, add_restart_intervals, restart_layout
 from shardpipe.io.files import atomic_write, is_local, local_path, open_shard
+from shardpipe.io.remote import ReadOptions
 
 _JPEG_EXTS = (".jpg", ".jpeg")
 TEMP = ".restart-tmp"  #: the suffix of a local shard being written
@@ -115,9 +116,11 @@ def convert_shard(
     *,
     storage_options: dict[str, Any] | None = None,
     output_storage_options: dict[str, Any] | None = None,
+    read_options: ReadOptions | None = None,
 ) -> tuple[int, int, int, int, str]:
     """Write ``dst`` (atomically) from ``src`` with restart-marked JPEGs; either may be a URL
-    (``storage_options`` for ``src``, ``output_storage_options`` for ``dst``).
+    (``storage_options`` for ``src``, ``output_storage_options`` for ``dst``; a remote ``src`` is
+    read under ``read_options``).
 
     A ``.gz``/``.tgz`` output is gzipped as the shard writer does it (no timestamp or file
     name in the header), so converting the same input twice gives the same bytes.
@@ -126,7 +129,8 @@ def convert_shard(
     jpegs = marked = 0
     gz = urlsplit(src).path.endswith((".gz", ".tgz"))
     try:
-        with open_shard(src, storage_options=storage_options) as raw, _output(dst, output_storage_options) as out:
+        raw_in = open_shard(src, storage_options=storage_options, read_options=read_options)
+        with raw_in as raw, _output(dst, output_storage_options) as out:
             counted, hashed = _CountingReader(raw), HashingWriter(out)
             stream, mode = _tar_input(counted)
             with (
