@@ -383,7 +383,7 @@ def test_serve_says_what_is_wrong_instead_of_a_traceback(dataset: Path, tmp_path
     r = cli("serve", str(unknown))
     assert (r.returncode, r.stderr) == (
         2,
-        f"shardpipe serve: error: {unknown}: ShardDataset got an unknown keyword 'bogus'\n",
+        f"shardpipe serve: error: {unknown}, line 3: dataset: ShardDataset got an unknown keyword 'bogus'\n",
     )
     no_data = tmp_path / "no-data.yaml"
     no_data.write_text(f"dataset:\n  urls: {tmp_path / 'gone' / 'manifest.json'}\n")
