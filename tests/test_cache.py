@@ -195,3 +195,43 @@ def test_s3_shards_are_cached(s3_store, tmp_path):
 def test_cache_size_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="cache_size must be positive, not 0"):
         ShardCache(tmp_path, 0)
+
+
+def test_a_file_gone_between_the_listing_and_its_stat_is_left_out(tmp_path, monkeypatch):
+    """Another thread's download finishing (``x.part`` renamed to ``x``) or an eviction between the cache's
+    directory listing and its ``stat`` of an entry: the listing left ``size`` unset and the reservation
+    failed with ``UnboundLocalError`` (seen in CI: two prefetch threads filling one small cache)."""
+    import shardpipe.io.cache as cache_module
+
+    cache = ShardCache(tmp_path / "cache", 10_000)
+    (tmp_path / "cache" / "a.tar.part").write_bytes(b"a" * 100)
+    (tmp_path / "cache" / "b.tar").write_bytes(b"b" * 200)  # a cached shard whose meta is not written yet
+    real_scandir = os.scandir
+
+    class RenamedOnListing:
+        """``os.scandir`` whose entry ``a.tar.part`` is renamed (a finished download) as it is listed."""
+
+        def __init__(self, path):
+            self.it = real_scandir(path)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.it.close()
+
+        def __iter__(self):
+            for entry in self.it:
+                if entry.name == "a.tar.part":
+                    os.replace(entry.path, entry.path[: -len(".part")])
+                yield entry
+
+    monkeypatch.setattr(cache_module.os, "scandir", RenamedOnListing)
+    alone = ShardCache(tmp_path / "alone", 10_000)
+    (tmp_path / "alone" / "a.tar.part").write_bytes(b"a" * 100)
+    assert list(alone._entries()) == []  # listed first: UnboundLocalError; after another: that one's size
+    entries = sorted((p.name, size, used) for p, size, used in cache._entries())
+    assert ("b.tar", 200, 0) in entries  # no meta: the first to go
+    assert "a.tar.part" not in [name for name, _, _ in entries]
+    monkeypatch.undo()
+    assert cache.usage() == 300  # the renamed download, listed again, and b

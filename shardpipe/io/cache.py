@@ -182,12 +182,13 @@ class ShardCache:
                     continue
                 try:
                     size = e.stat().st_size
-                    if e.name.endswith(".part"):
-                        used = 0  # a download in progress (or a crashed one's leftover)
-                    else:
-                        used = os.stat(self._meta_path(Path(e.path))).st_mtime_ns
                 except FileNotFoundError:
-                    used = 0
+                    continue  # removed since the listing (another reader evicted it, or its download failed)
+                try:
+                    # a download in progress (or a crashed one's leftover) counts as never used
+                    used = 0 if e.name.endswith(".part") else os.stat(self._meta_path(Path(e.path))).st_mtime_ns
+                except FileNotFoundError:
+                    used = 0  # its meta is gone (being evicted, or not written yet): first to go
                 yield Path(e.path), size, used
 
     def _reserve(self, tmp: Path, total: int, keep: Path) -> bool:
