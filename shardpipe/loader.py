@@ -49,6 +49,7 @@ from shardpipe.workers import (
     awaited_worker,
     choose_context,
     prestart_forkserver,
+    sigchld_deferred,
     sigint_deferred,
     stop_workers,
 )
@@ -275,7 +276,8 @@ class ShardLoader(DataLoader):
             if self._requested_context == "auto":  # decided per pass: threads come and go
                 self.multiprocessing_context = choose_context("auto", ds)
             try:
-                with sigint_deferred():  # a Ctrl-C that comes during the forks is raised after them
+                # a Ctrl-C that comes during the forks is raised after them, a worker's death where the loop reads
+                with sigint_deferred(), sigchld_deferred():
                     it = super().__iter__()  # fresh workers start now (persistent ones kept theirs), taking the pool
             except WorkerDiedError:
                 self._iterator = None  # a persistent worker died as its pass began: the next pass starts new ones

@@ -202,7 +202,27 @@ def stop_workers(it: Any) -> None:
             except ProcessLookupError:
                 pass
             w.join(timeout=5)
+    queues = getattr(it, "_index_queues", [])
+    for q in queues:
+        q._buffer.clear()  # indices no worker will read
     it._shutdown_workers()
+    for q in queues:
+        _drain(q)
+
+
+def _drain(q: Any) -> None:
+    """Read what an index queue's feeder thread still sends, until it has closed the queue: with its
+    worker gone, a full pipe (a huge prefetch_factor) would keep that thread and both fds for good."""
+    thread = getattr(q, "_thread", None)
+    for _ in range(1000):  # (bounded: the pipe's contents and torch's final None)
+        if thread is None or not thread.is_alive():
+            return
+        try:
+            if q._reader.poll(0.01):
+                q._reader.recv_bytes()
+        except (OSError, EOFError, TypeError):  # closed by the feeder as it ends (a read then gets no handle)
+            thread.join(1)
+            return
 
 
 def awaited_worker(it: Any, progress: WorkerProgress, num_workers: int) -> int:
@@ -245,3 +265,36 @@ def sigint_deferred() -> Iterator[None]:
                 previous(signal.SIGINT, came[-1])  # KeyboardInterrupt, by default
             elif previous == signal.SIG_DFL:
                 signal.raise_signal(signal.SIGINT)
+
+
+@contextlib.contextmanager
+def sigchld_deferred() -> Iterator[None]:
+    """Hold back SIGCHLD while torch starts a pass's workers, and pass it on once they are started.
+
+    torch registers forked workers with its SIGCHLD handler as it starts them, and the watched
+    iterator unregisters them once torch is done (``no_sigchld_error``). A worker that died in
+    between was raised by that handler as torch's bare ``RuntimeError`` at whatever bytecode ran
+    next, possibly inside one of torch's queue locks, which then stayed held (shutting that
+    iterator down would hang). Meanwhile SIGCHLD is recorded only; afterwards torch's handler
+    runs with it (for other DataLoaders' workers), and the watched iterator reports its own dead
+    worker as ``WorkerDiedError`` where the loop asks for a batch. Main thread only, as above.
+    """
+    if threading.current_thread() is not threading.main_thread() or os.name != "posix":
+        yield
+        return
+    from torch.utils.data._utils import signal_handling
+
+    signal_handling._set_SIGCHLD_handler()  # torch's (once per process): now, not with the recorder as its chain
+    owner, came = os.getpid(), []
+
+    def record(signum: int, frame: Any) -> None:
+        if os.getpid() == owner:  # (in a forked worker: ignored)
+            came.append(frame)
+
+    previous = signal.signal(signal.SIGCHLD, record)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL if previous is None else previous)
+        if came and callable(previous):
+            previous(signal.SIGCHLD, came[-1])

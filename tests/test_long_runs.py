@@ -207,3 +207,49 @@ def test_a_ctrl_c_that_comes_while_workers_are_forked_stops_the_program(tmp_path
     r, err = run_program(tmp_path, manifest, CTRL_C_DURING_THE_FORKS)
     assert r == {"interrupted": True, "epoch": 1}, (r, err[-2000:])
     assert "Exception ignored" not in err, err[-2000:]
+
+
+DIES_AS_TORCH_STARTS_THE_PASS = """
+import gc
+
+
+def die_at_start(worker_id):
+    time.sleep(0.05)  # well inside torch's start of the pass: queueing its prefetch below takes longer
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def children():
+    return open(f"/proc/self/task/{os.getpid()}/children").read().split()
+
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+keys = [k for b in ShardLoader(dataset(), num_workers=1, multiprocessing_context="fork") for k in b["__key__"]]
+gc.collect()
+before = fds()
+loader = ShardLoader(dataset(), num_workers=1, multiprocessing_context="fork", prefetch_factor=200_000,
+                     worker_init_fn=die_at_start)
+error = None
+try:
+    next(iter(loader))
+except Exception as e:
+    error = f"{type(e).__name__}: {e}"
+del loader  # (it holds its dataset's shared tables)
+gc.collect()
+left = dict(children=children(), fds=fds() - before)
+again = [k for b in ShardLoader(dataset(), num_workers=1, multiprocessing_context="fork") for k in b["__key__"]]
+report(error=error, left=left, again=sorted(again) == sorted(keys))
+"""
+
+
+def test_a_forked_worker_that_dies_while_torch_starts_the_pass_is_a_worker_died_error(tmp_path, manifest):
+    """A worker that died while torch had it registered with its SIGCHLD handler (torch starts the pass,
+    before shardpipe unregisters it) came out of the first next() as torch's bare RuntimeError, raised
+    wherever torch's start was (possibly holding a queue's lock). Now it is a WorkerDiedError, the
+    workers are stopped (no child, no open fd left) and the next loader runs."""
+    r, _ = run_program(tmp_path, manifest, DIES_AS_TORCH_STARTS_THE_PASS)
+    assert re.match(r"WorkerDiedError: DataLoader worker 0 \(pid \d+\) was killed by SIGKILL", r["error"]), r
+    assert r["left"] == {"children": [], "fds": 0}, r
+    assert r["again"], r
