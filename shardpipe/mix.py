@@ -20,7 +20,9 @@ What an epoch means here (the policy, in full):
 * Resume state is small JSON: the mixed epoch, how many samples this consumer has
   drawn, and each source's pipeline state (its own epoch and position). A pass runs the
   epoch set (``set_epoch``, or ``load_state_dict``), not the loaded state's: a state saved
-  after an epoch's last draw is the next epoch's start, so that epoch's rest is empty.
+  after an epoch's last draw is the next epoch's start, so that epoch's rest is empty
+  (also when loaded after ``set_epoch`` of that epoch, as torchdata's ``StatefulDataLoader``
+  without workers does when the pass starts).
 * Between epochs the sources go on from where they stand: in this process, and with
   ``ShardLoader`` (fresh or persistent workers), which hands each worker the state its
   previous pass ended with (``carries_state``). A pass that starts without that state
@@ -258,7 +260,12 @@ class MixedDataset(IterableDataset, WorkerPassHooks):
     def load_state_dict(self, state: State) -> None:
         """Start this process's next pass from ``state`` (from ``state_dict()``)."""
         validate_mixed_state(state, len(self.datasets))
-        self.set_epoch(int(state["epoch"]))
+        epoch = int(state["epoch"])
+        if self.epoch_generation and epoch == self._epoch + 1 and get_worker_info() is None:
+            # the end of the epoch set_epoch chose (its next one's start): that epoch's rest is empty.
+            # StatefulDataLoader without workers loads the state as the pass starts, after the loop's set_epoch
+            epoch = self._epoch
+        self.set_epoch(epoch)
         self._resume = state
         self._carry = None
 

@@ -142,14 +142,16 @@ def test_a_state_saved_after_an_epochs_last_batch_resumes_the_next_epoch_in_its_
     assert resumed.source.epoch == 2
 
 
-def test_stateful_dataloader_resumes_a_state_saved_after_an_epochs_last_batch(sources):
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stateful_dataloader_resumes_a_state_saved_after_an_epochs_last_batch(sources, num_workers):
     """The documented StatefulDataLoader loop (set_epoch each epoch): the resumed epoch 0 ran all of
-    epoch 1, and the loop then ran epoch 1 again (an extra epoch)."""
+    epoch 1, and the loop then ran epoch 1 again (an extra epoch). Without workers, StatefulDataLoader
+    loads the dataset's state as the pass starts, after the loop's set_epoch(0), and the state's epoch won."""
     stateful = pytest.importorskip("torchdata.stateful_dataloader")
 
     def run(state=None, stop=None):
         mixed = _mixed(sources, [3, 1])
-        loader = stateful.StatefulDataLoader(mixed, batch_size=None, num_workers=2)
+        loader = stateful.StatefulDataLoader(mixed, batch_size=None, num_workers=num_workers)
         if state is not None:
             loader.load_state_dict(state)
         keys = []
