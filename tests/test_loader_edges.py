@@ -173,6 +173,24 @@ def test_every_set_epoch_call_is_counted(manifest):
     assert ds.epoch_generation == start + 3
 
 
+@pytest.mark.parametrize("workers, persistent", [(0, False), (2, False), (2, True)])
+def test_a_validation_loader_without_set_epoch_repeats_its_pass_when_shuffle_is_off(manifest, workers, persistent):
+    """A validation loader iterated once per training epoch, never given set_epoch, moves to the next
+    epoch each pass; with shuffle off that changes nothing: the same samples in the same order each
+    time. With shuffle on, set_epoch(0) before each pass repeats the same pass (see the reference)."""
+    plain = ShardLoader(ShardDataset(manifest, shuffle=False, batch_size=4, decode=None), num_workers=workers,
+                        persistent_workers=persistent)  # fmt: skip
+    passes = [keys_of(plain) for _ in range(3)]
+    assert passes[0] == passes[1] == passes[2] and sorted(passes[0]) == [f"sample{i:05d}" for i in range(40)]
+    assert plain.source.epoch == 2
+    shuffled = ShardLoader(dataset(manifest), num_workers=workers, persistent_workers=persistent)
+    runs = []
+    for _ in range(3):
+        shuffled.set_epoch(0)
+        runs.append(keys_of(shuffled))
+    assert runs[0] == runs[1] == runs[2] == epoch_keys(manifest, workers, 0) != epoch_keys(manifest, workers, 1)
+
+
 # -- a DataLoader rebuilt from a ShardLoader's attributes ------------------------------------------
 
 
