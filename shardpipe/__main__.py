@@ -1,5 +1,5 @@
 """``python -m shardpipe``: the same as the ``shardpipe`` command (where its script is not on PATH)."""
 
-from shardpipe.cli import main
+from shardpipe.cli import entry
 
-raise SystemExit(main())
+entry()

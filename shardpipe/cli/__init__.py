@@ -9,7 +9,7 @@ import os
 import sys
 
 import shardpipe
-from shardpipe.cli.common import EXIT_STATUS, PrintableFormatter
+from shardpipe.cli.common import EXIT_STATUS, INTERRUPTED_STATUS, PrintableFormatter
 
 #: subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -58,7 +58,31 @@ def main(argv: list[str] | None = None) -> int:
         if not _stdout_gone():
             raise  # a socket or a worker's pipe: a real error, shown as one
         return _stdout_closed()
+    except KeyboardInterrupt:  # a command that keeps nothing part-done (index, inspect, verify, bench)
+        print(f"shardpipe {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED_STATUS
     return status
+
+
+def entry() -> None:
+    """The ``shardpipe`` command and ``python -m shardpipe``: :func:`main`, then exit with its status.
+
+    After Ctrl-C it exits at once: the exit handlers run (a Ray driver's shutdown, logging's), but
+    threads still blocked on a store (an existence check or a read that stalled) are not waited
+    for, which Python would do first, holding the terminal for up to the reads' timeout x tries.
+    """
+    status = main()
+    if status != INTERRUPTED_STATUS:
+        raise SystemExit(status)
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed, or its reader gone: nothing more to say
+            pass
+    os._exit(status)
 
 
 #: the status of a command whose reader closed its output (``shardpipe inspect ... | head``):

@@ -1,5 +1,5 @@
 """``python -m shardpipe.cli``: the same as the ``shardpipe`` command."""
 
-from shardpipe.cli import main
+from shardpipe.cli import entry
 
-raise SystemExit(main())
+entry()

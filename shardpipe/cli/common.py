@@ -166,10 +166,9 @@ def _missing(urls: list[str], storage_options: dict[str, Any] | None, read_optio
     missing = [u for u in local if not os.path.isfile(local_path(u))]
     remote = [u for u in urls if not is_local(u)]
     if remote:
-        from concurrent.futures import ThreadPoolExecutor
-
         from shardpipe.io.clients import reading_fs
         from shardpipe.io.remote import call_store
+        from shardpipe.pools import thread_pool
 
         def exists(url: str) -> bool:
             fs, path = reading_fs(url, storage_options)
@@ -179,7 +178,7 @@ def _missing(urls: list[str], storage_options: dict[str, Any] | None, read_optio
                 return False
             return info.get("type") != "directory"
 
-        with ThreadPoolExecutor(16) as pool:
+        with thread_pool(16, "shardpipe-exists") as pool:
             missing += [u for u, ok in zip(remote, pool.map(exists, remote)) if not ok]
     return missing
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -28,6 +28,7 @@ from shardpipe.format.tar.reader import TarStream, skipped_note
 from shardpipe.io.files import dirname_url, is_local, join_url, local_path, same_file
 from shardpipe.io.remote import ReadOptions, open_remote
 from shardpipe.io.verify import HashingReader
+from shardpipe.pools import thread_pool
 
 log = logging.getLogger("shardpipe")
 
@@ -192,7 +193,7 @@ def _scans(
         ):
             yield i, scan
         return
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="shardpipe-index") as pool:
+    with thread_pool(workers, "shardpipe-index") as pool:
         futures = {pool.submit(scan_shard, u, storage_options, sha256, read_options): i for i, u in enumerate(urls)}
         for fut in as_completed(futures):
             yield futures[fut], fut.result()

@@ -25,7 +25,7 @@ import os
 import posixpath
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +35,7 @@ from shardpipe.format.manifest import read_manifest, write_manifest
 from shardpipe.image.restart import DEFAULT_PER_ROW, available
 from shardpipe.io.files import is_local, join_url, local_path, same_file
 from shardpipe.io.remote import ReadOptions
+from shardpipe.pools import thread_pool
 from shardpipe.write.outfiles import folder_lock, size
 from shardpipe.write.restart_record import CONVERTED_BY, RECORD, record_settings, restart_settings
 from shardpipe.write.restart_shard import TEMP, convert_shard, remove
@@ -219,7 +220,7 @@ def _convert_all(
     sha256: dict[str, str] = {}
     errors: dict[str, ShardpipeError] = {}
     with tqdm(total=len(todo), unit="shard", disable=not progress, dynamic_ncols=True) as bar:
-        with ThreadPoolExecutor(max(1, workers)) as pool:  # the transcode releases the GIL, and so do reads
+        with thread_pool(workers, "shardpipe-restart") as pool:  # the transcode releases the GIL, and so do reads
             futures = {pool.submit(convert, pair): pair for pair in todo}
             try:
                 for future in as_completed(futures):

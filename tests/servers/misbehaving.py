@@ -39,6 +39,7 @@ class Behaviour:
     redirect_status: int = 302
     status: int | None = None  # every request answered with this status and an HTML body
     stall: float = 0.0  # seconds each request waits, once read, before it is answered
+    stall_gets: bool = False  # only GETs stall (a HEAD, an existence check, is answered at once)
 
 
 class _Object:
@@ -132,7 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
         if obj is None:
             return self._html(404, head)
         b = obj.behaviour
-        if b.stall:
+        if b.stall and not (head and b.stall_gets):
             time.sleep(b.stall)
         if b.redirect is not None:
             self.send_response(b.redirect_status)
