@@ -33,7 +33,7 @@ from shardpipe.stages.shards import Shard, expand_urls, manifest_shards
 from shardpipe.stages.shuffle import Shuffle
 from shardpipe.stages.untar import Untar
 from shardpipe.state import STATE_VERSION, StateError, validate_dataset_state
-from shardpipe.stats import SharedStats
+from shardpipe.stats import SharedStats, StatsFlusher
 from shardpipe.workermemory import tune_worker_allocator
 from shardpipe.workers import ProgressMarker, WorkerProgress
 
@@ -81,66 +81,21 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
         require: fields every sample must have (``"jpg;png"`` accepts either).
         on_error: what bad data does: ``"raise"``, ``"warn"`` (log and skip) or ``"skip"``.
 
-    :class:`~shardpipe.options.SplitOptions`:
-        shuffle: ``False``, ``True`` or a window size (samples) for the windowed shuffle;
-            shard order is shuffled per epoch too when shuffling is on.
-        shuffle_algo: ``"window"`` (shuffle a window of streamed samples: 1000 with
-            ``shuffle=True``, else the size given), ``"auto"`` (the default: the window,
-            whatever ``shuffle`` is), or ``"block"``, asked for by name (a seeded
-            permutation of the whole epoch read by random access: needs shuffling on and
-            a manifest with an index, tar shards, local or cached; see
-            ``shardpipe.split.block``). The block shuffle mixes class-ordered shards like
-            a true shuffle; the window only mixes what it holds, but reads sequentially.
-        shuffle_block_size: block shuffle only: samples per block (``None``: the whole
-            epoch; smaller blocks touch fewer shards per stretch of the order).
-        seed: the seed of every random choice (shard order, buffer, augmentation).
-        split: for policy ``uneven`` (no manifest): ``"auto"`` (shards, or samples when
-            there are fewer shards than consumers), ``"shards"`` or ``"samples"``.
-        epoch_policy: how ranks get equal epochs (see ``shardpipe.split.plan``): ``"auto"``
-            (``drop`` when the manifest gives sample counts; ``uneven`` on one rank
-            without counts; an error on several ranks without counts), ``"drop"``,
-            ``"pad"`` (repeats marked ``__pad__``), ``"resample"`` (needs
-            ``samples_per_epoch``) or ``"uneven"``.
-        samples_per_epoch: the epoch length over all ranks for ``resample``.
-        rank, world_size: override the distributed rank (default: torch.distributed/env).
+    Every other keyword is a field of one options group, documented there (``shardpipe.options``):
 
-    :class:`~shardpipe.options.DecodeOptions`:
-        decode: ``"rgb8"`` (numpy HWC), ``"torchrgb8"`` (torch CHW), ``"pil"``,
-            ``"encoded"`` (images stay bytes, e.g. for GPU decode; labels and JSON are
-            decoded), or ``None`` (every field stays bytes, as stored).
-        decoder: image decoder backend (``"auto"`` = fastest installed, ``"pil"``, ...).
-        transform: ``transform(img, rng) -> img`` on RGB uint8 arrays (a ``Transform``, or
-            any callable taking the sample's ``rng`` second or as keyword ``rng``), or a
-            one-argument ``transform(img) -> img``; another signature is a ``TypeError`` here.
-        num_threads: decode threads inside each consumer process (0 = inline).
-        allow_pickle: unpickle ``.pyd``/``.pickle``/``.pth`` members (trusted data only).
+    * :class:`~shardpipe.options.SplitOptions`: ``shuffle`` (``False``, ``True`` or a window of
+      samples), ``shuffle_algo`` (``"window"``/``"auto"``, or ``"block"``: a seeded permutation of the
+      epoch read by random access through the manifest's index, which mixes class-ordered shards like
+      a true shuffle), ``shuffle_block_size``, ``seed``, ``split``, ``epoch_policy``,
+      ``samples_per_epoch``, ``rank``, ``world_size``;
+    * :class:`~shardpipe.options.DecodeOptions`: ``decode`` (``"rgb8"``, ``"torchrgb8"``, ``"pil"``,
+      ``"encoded"`` or None), ``decoder``, ``transform``, ``num_threads``, ``allow_pickle``;
+    * :class:`~shardpipe.options.BatchOptions`: ``batch_size``, ``drop_last``, ``channels_last``;
+    * :class:`~shardpipe.options.OpenOptions`: ``storage_options``, ``cache_dir``, ``cache_size``,
+      ``read_options``, ``prefetch``, ``memory_limit``, ``allow_pipe``, ``max_member_size``,
+      ``verify``, ``manifest_paths``.
 
-    :class:`~shardpipe.options.BatchOptions`:
-        batch_size: collate into batches of this size (``None`` yields samples).
-        drop_last: drop the last, smaller batch.
-        channels_last: batches keep the NCHW shape with NHWC memory (torch.channels_last):
-            a cheaper collate, and the layout GPU convolutions prefer.
-
-    :class:`~shardpipe.options.OpenOptions`:
-        storage_options: passed to fsspec for remote URLs (endpoint, key/secret, token, anon).
-        cache_dir, cache_size: a local shard cache (bytes, LRU eviction), shared safely by
-            the workers and ranks of one machine and checked against the manifest's sha256.
-        read_options: ``shardpipe.io.remote.ReadOptions`` (block size, read-ahead, retries,
-            backoff, timeout) for remote streams.
-        prefetch: remote shards to open ahead of the one being read (they keep filling
-            while it is read).
-        memory_limit: bytes of remote data each process may have requested and not yet
-            consumed (default 256 MiB per DataLoader worker).
-        allow_pipe: allow ``pipe:`` URLs (they run a shell command).
-        max_member_size: a tar member declaring more bytes is a ``CorruptShardError``
-            (default 256 MiB, ``shardpipe.format.tar.reader.MAX_MEMBER_SIZE``; None: no limit).
-        verify: hash each shard as it streams and compare its sha256 and size with the
-            manifest (about one sha256 pass over the bytes; see BENCHMARKS.md). Sample
-            counts are always compared with the manifest.
-        manifest_paths: what a manifest's shard names may point to: ``"inside"`` (default:
-            relative names stay under the manifest's folder, absolute paths and URLs are
-            allowed), ``"relative"`` (only names under its folder: for manifests you did not
-            write) or ``"any"``; a name the rule refuses is a ``ManifestPathError``.
+    A value an option refuses is an error here, naming it, not mid-epoch in a worker.
     """
 
     def __init__(
@@ -503,24 +458,3 @@ class _Pass:
     def __init__(self, ctx: Context, resume: State | None):
         self.ctx, self.resume = ctx, resume
         self.pipeline: Pipeline | None = None
-
-
-class StatsFlusher:
-    """Adds what a pipeline measured since the last flush into the shared stats."""
-
-    def __init__(self, stats: SharedStats, row: int, ctx: Context):
-        self.stats, self.row, self.ctx = stats, row, ctx
-        self._timers: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
-        self._errors: dict[str, int] = {}
-        self._skipped: dict[str, int] = {}
-
-    def flush(self) -> None:
-        c = self.ctx
-        dt = {k: v - self._timers.get(k, 0.0) for k, v in c.timers.items()}
-        dc = {k: v - self._counts.get(k, 0) for k, v in c.counts.items()}
-        de = {k: v - self._errors.get(k, 0) for k, v in c.errors.counts.items()}
-        dk = {k: v - self._skipped.get(k, 0) for k, v in c.skipped.items()}
-        self.stats.add(self.row, dt, dc, de, dk)
-        self._timers, self._counts, self._errors = dict(c.timers), dict(c.counts), dict(c.errors.counts)
-        self._skipped = dict(c.skipped)

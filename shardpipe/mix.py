@@ -42,13 +42,14 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
-from shardpipe.dataset import ShardDataset, StatsFlusher
+from shardpipe.dataset import ShardDataset
 from shardpipe.passes import SharedPlan, WorkerPlan, consumer_of, pass_start
 from shardpipe.protocol import ShardsFingerprint, WorkerPassHooks
 from shardpipe.stages.base import Context, Pipeline, State
 from shardpipe.stages.batch import collate
 from shardpipe.stages.buffers import BatchBuffers
 from shardpipe.state import STATE_VERSION, StateError, validate_mixed_state
+from shardpipe.stats import StatsFlusher
 from shardpipe.workers import WorkerProgress
 
 

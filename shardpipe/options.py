@@ -84,7 +84,8 @@ class OpenOptions:
     allow_pipe: bool = False
     #: a tar member declaring more bytes is a CorruptShardError (None: no limit)
     max_member_size: int | None = MAX_MEMBER_SIZE
-    #: compare each shard's sha256 and size with the manifest as it streams
+    #: compare each shard's sha256 and size with the manifest as it streams (about one sha256 pass
+    #: over the bytes; sample counts are always compared with the manifest)
     verify: bool = False
     #: what a manifest's shard names may point to: ``inside`` (relative names stay under its
     #: folder; absolute paths and URLs allowed), ``relative`` (only under its folder) or ``any``
@@ -121,7 +122,11 @@ class SplitOptions:
     #: for the ``uneven`` policy: ``"auto"`` (shards, or samples when there are fewer
     #: shards than consumers), ``"shards"`` or ``"samples"``
     split: str = "auto"
-    #: ``"auto"``, ``"drop"``, ``"pad"``, ``"resample"`` or ``"uneven"`` (see ShardDataset)
+    #: how ranks get equal epochs (see ``shardpipe.split.plan``): ``"auto"`` (``drop`` when the
+    #: manifest gives sample counts; ``uneven`` on one rank without counts; an error on several
+    #: ranks without counts), ``"drop"`` (fewer than ``world_size`` samples an epoch left out),
+    #: ``"pad"`` (short ranks repeat a few, marked ``__pad__``), ``"resample"`` (shards drawn with
+    #: replacement, ``samples_per_epoch`` long) or ``"uneven"`` (every sample once, no equalising)
     epoch_policy: str = "auto"
     #: the epoch length over all ranks, for ``resample``
     samples_per_epoch: int | None = None
@@ -170,7 +175,9 @@ class DecodeOptions:
     decode: str | None = "rgb8"
     #: per-image decoder backend (``"auto"`` = fastest installed, ``"pil"``, ...)
     decoder: str = "auto"
-    #: ``transform(img, rng) -> img`` on RGB uint8 arrays, or a plain callable
+    #: ``transform(img, rng) -> img`` on RGB uint8 arrays (a ``Transform``, or any callable taking
+    #: the sample's ``rng`` second or as keyword ``rng``), or a one-argument ``transform(img) -> img``;
+    #: another signature is a ``TypeError`` when the dataset is made
     transform: Callable[..., Any] | None = None
     #: decode threads inside each consumer process (0 = inline)
     num_threads: int = 0

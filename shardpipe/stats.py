@@ -6,9 +6,14 @@ main process can read the totals at any time (one writer per row: no locks neede
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from shardpipe.format.tar.reader import SKIPPED_KINDS
+
+if TYPE_CHECKING:
+    from shardpipe.stages.base import Context
 
 STAGES = ("read", "untar", "decode", "augment", "batch")
 ERRORS = (
@@ -83,3 +88,24 @@ class SharedStats:
 
     def reset(self) -> None:
         self.table.zero_()
+
+
+class StatsFlusher:
+    """Adds what a pipeline measured since the last flush into the shared stats."""
+
+    def __init__(self, stats: SharedStats, row: int, ctx: Context):
+        self.stats, self.row, self.ctx = stats, row, ctx
+        self._timers: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self._errors: dict[str, int] = {}
+        self._skipped: dict[str, int] = {}
+
+    def flush(self) -> None:
+        c = self.ctx
+        dt = {k: v - self._timers.get(k, 0.0) for k, v in c.timers.items()}
+        dc = {k: v - self._counts.get(k, 0) for k, v in c.counts.items()}
+        de = {k: v - self._errors.get(k, 0) for k, v in c.errors.counts.items()}
+        dk = {k: v - self._skipped.get(k, 0) for k, v in c.skipped.items()}
+        self.stats.add(self.row, dt, dc, de, dk)
+        self._timers, self._counts, self._errors = dict(c.timers), dict(c.counts), dict(c.errors.counts)
+        self._skipped = dict(c.skipped)

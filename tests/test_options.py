@@ -97,3 +97,17 @@ def test_shuffle_buffer_sizes():
     assert SplitOptions().buffer_size == 0
     assert SplitOptions(shuffle=True).buffer_size == 1000
     assert SplitOptions(shuffle=37).buffer_size == 37
+
+
+def test_the_dataset_docstring_names_every_option_under_its_group():
+    """ShardDataset's docstring lists each group's fields (their docs live in ``shardpipe.options``)."""
+    import dataclasses
+
+    from shardpipe import ShardDataset
+    from shardpipe.options import GROUPS
+
+    items = (ShardDataset.__doc__ or "").split("\n    * ")  # the bullet list, one item a group
+    for group in GROUPS:
+        (item,) = [i for i in items if i.startswith(f":class:`~shardpipe.options.{group.__name__}`:")]
+        for field in dataclasses.fields(group):
+            assert f"``{field.name}``" in item, (group.__name__, field.name)
