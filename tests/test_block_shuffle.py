@@ -207,9 +207,9 @@ def test_the_block_shuffle_reads_the_manifest_once(indexed, monkeypatch):
     reads: list[str] = []
     real = manifest_module.read_manifest
 
-    def counted(url, storage_options=None):
+    def counted(url, *args, **kwargs):
         reads.append(url)
-        return real(url, storage_options)
+        return real(url, *args, **kwargs)
 
     monkeypatch.setattr(manifest_module, "read_manifest", counted)
     block = ShardDataset(indexed, shuffle=True, shuffle_algo="block", decode=None)

@@ -69,7 +69,9 @@ def test_a_schedule_with_a_non_integer_is_refused_where_it_is_made(make, kwargs,
 
 def test_config_refuses_a_ramp_that_is_not_a_mapping():
     with pytest.raises(
-        ValueError, match=r"^a ramp is a mapping, as \{ramp: \{start: 160, .*got \{'ramp': \[160, 224\]\}$"
+        ValueError,
+        match=r"^config: transform RandomResizedCrop: a ramp is a mapping, as \{ramp: \{start: 160, .*got "
+        r"\{'ramp': \[160, 224\]\}$",
     ):
         build_transform([{"RandomResizedCrop": {"size": {"ramp": [160, 224]}}}])
 
