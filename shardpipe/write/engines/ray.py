@@ -10,10 +10,11 @@ and its inputs. Shards already written are kept for ``--resume``.
 
 Workers import shardpipe: on a cluster, install it on every node (or pass a Ray
 ``runtime_env``). Tasks run in the driver's working folder, so relative paths (source,
-shards) mean what they mean to the driver: a cluster's workers start in their own. ``address=None`` joins the cluster named by ``RAY_ADDRESS`` or a
-``ray start`` cluster on this machine, else starts a local one for this job. A named
-address that nothing answers at is an error within ``CONNECT_TIMEOUT`` seconds (Ray
-itself retries for many minutes, printing only its own warnings).
+shards) mean what they mean to the driver (a cluster's workers start in their own).
+``address=None`` joins the cluster named by ``RAY_ADDRESS`` or a ``ray start`` cluster
+on this machine, else starts a local one for this job. A named address that nothing
+answers at is an error within ``CONNECT_TIMEOUT`` seconds (Ray itself retries for many
+minutes, printing only its own warnings).
 """
 
 from __future__ import annotations
