@@ -159,6 +159,7 @@ def test_a_stalled_s3_listing_ends_after_the_tries_naming_it(s3_store, shards, t
         ('{"readahead": "2"}', '--read-options: readahead must be an integer or null, got "2"'),
         ('{"retries": -1}', "--read-options: retries must be 0 or more, got -1"),
         ('{"timeout": 0}', "--read-options: timeout must be above 0, got 0"),
+        ('{"timeout": NaN}', "--read-options: timeout must be a finite number, got NaN"),
     ],
 )  # fmt: skip
 def test_bad_read_options_are_a_usage_error_naming_the_field(shards, tmp_path, text, message):

@@ -137,7 +137,7 @@ def test_server_ignoring_range_requests_is_detected(http_store):
 
 
 def test_read_options_are_validated():
-    with pytest.raises(ValueError, match="invalid read options"):
+    with pytest.raises(ValueError, match=r"^ReadOptions\.block_size must be above 0, got 0$"):
         ReadOptions(block_size=0)
     assert [ReadOptions(backoff=1, max_backoff=5).delay(i) for i in (1, 2, 3, 4)] == [1, 2, 4, 5]
 

@@ -4,11 +4,13 @@ errors, the connection pool option, and the thread-pool source over fsspec's in-
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import logging
 import threading
 
 import fsspec
+import numpy as np
 import pytest
 
 from shardpipe.errors import CorruptShardError, ShardNotFoundError, TruncatedShardError
@@ -36,13 +38,39 @@ def test_read_option_defaults():
 
 
 @pytest.mark.parametrize(
-    "bad", [{"block_size": 0}, {"min_block": 0}, {"retries": -1}, {"memory_limit": 0}, {"readahead": -1}]
-)
-def test_each_read_option_bound(bad: dict):
-    with pytest.raises(ValueError, match=r"^invalid read options: ReadOptions\(block_size="):
+    "bad, error, message",
+    [
+        ({"block_size": 0}, ValueError, "ReadOptions.block_size must be above 0, got 0"),
+        ({"min_block": 0}, ValueError, "ReadOptions.min_block must be above 0, got 0"),
+        ({"memory_limit": 0}, ValueError, "ReadOptions.memory_limit must be above 0, got 0"),
+        ({"retries": -1}, ValueError, "ReadOptions.retries must be 0 or more, got -1"),
+        ({"readahead": -1}, ValueError, "ReadOptions.readahead must be 0 or more, got -1"),
+        ({"timeout": 0}, ValueError, "ReadOptions.timeout must be above 0, got 0"),
+        ({"timeout": -5.0}, ValueError, "ReadOptions.timeout must be above 0, got -5.0"),
+        ({"timeout": float("nan")}, ValueError, "ReadOptions.timeout must be a finite number, got nan"),
+        ({"backoff": -0.25}, ValueError, "ReadOptions.backoff must be 0 or more, got -0.25"),
+        ({"max_backoff": -1}, ValueError, "ReadOptions.max_backoff must be 0 or more, got -1"),
+        ({"max_backoff": float("inf")}, ValueError, "ReadOptions.max_backoff must be a finite number, got inf"),
+        ({"timeout": "5"}, TypeError, "ReadOptions.timeout must be a number, got '5'"),
+        ({"retries": 1.5}, TypeError, "ReadOptions.retries must be an integer, got 1.5"),
+        ({"retries": True}, TypeError, "ReadOptions.retries must be an integer, got True"),
+        ({"block_size": None}, TypeError, "ReadOptions.block_size must be an integer, got None"),
+        ({"readahead": "2"}, TypeError, "ReadOptions.readahead must be an integer or None, got '2'"),
+    ],
+)  # fmt: skip
+def test_each_read_option_is_checked_where_the_options_are_made_naming_the_field(bad, error, message):
+    with pytest.raises(error) as e:
         ReadOptions(**bad)
-    edge = {k: v + 1 for k, v in bad.items()}
-    assert ReadOptions(**edge)  # one above the bound is valid
+    assert str(e.value) == message
+    with pytest.raises(error) as e:  # (dataclasses.replace makes them too)
+        dataclasses.replace(ReadOptions(), **bad)
+    assert str(e.value) == message
+
+
+def test_read_options_at_their_bounds_are_valid():
+    ReadOptions(block_size=1, min_block=1, memory_limit=1, readahead=0, retries=0, backoff=0, max_backoff=0)
+    ReadOptions(timeout=1e-3, backoff=1, max_backoff=2, readahead=None)  # ints where seconds go
+    assert ReadOptions(block_size=np.int64(4096)).block_size == 4096  # numpy integers are integers
 
 
 def test_backoff_doubles_from_the_first_retry_up_to_the_cap():

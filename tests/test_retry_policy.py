@@ -60,7 +60,7 @@ def test_call_with_retries_tries_retries_plus_one_times(caplog):
 def test_read_options_bounds():
     ReadOptions(block_size=1, readahead=0, retries=0)  # the smallest valid values
     for bad in ({"block_size": 0}, {"readahead": -1}, {"retries": -1}):
-        with pytest.raises(ValueError, match=r"^invalid read options: ReadOptions\("):
+        with pytest.raises(ValueError, match=r"^ReadOptions\.(block_size|readahead|retries) must be "):
             ReadOptions(**bad)
     assert [ReadOptions(backoff=0.5, max_backoff=3).delay(i) for i in (1, 2, 3, 4)] == [0.5, 1, 2, 3]
 

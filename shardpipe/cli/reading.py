@@ -13,16 +13,12 @@ import argparse
 import dataclasses
 import difflib
 import json
-from typing import Any
 
 from shardpipe.cli.common import InputError
-from shardpipe.io.remote import ReadOptions
+from shardpipe.io.read_options import ReadOptionError, ReadOptions
 
 #: the commands' defaults: each request within 20 s, 3 tries, at most 2 s between them
 CLI_READ_OPTIONS = ReadOptions(block_size=4 << 20, retries=2, max_backoff=2.0, timeout=20.0)
-
-#: fields that must be above 0 (the others may be 0)
-_POSITIVE = ("block_size", "min_block", "memory_limit", "timeout")
 
 
 def add_read_options(p: argparse.ArgumentParser) -> None:
@@ -46,25 +42,14 @@ def parse_read_options(text: str | None) -> ReadOptions:
         raise InputError(f"--read-options is not JSON: {e}") from e
     if not isinstance(given, dict):
         raise InputError('--read-options must be a JSON object, such as \'{"timeout": 5, "retries": 1}\'')
-    fields = {f.name: str(f.type) for f in dataclasses.fields(ReadOptions)}
-    for name, value in given.items():
+    fields = [f.name for f in dataclasses.fields(ReadOptions)]
+    for name in given:
         if name not in fields:
             near = difflib.get_close_matches(name, fields, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             raise InputError(f"--read-options: unknown field {name!r} ({hint}the fields: {', '.join(fields)})")
-        _check(name, fields[name], value)
-    return dataclasses.replace(CLI_READ_OPTIONS, **given)
-
-
-def _check(name: str, kind: str, value: Any) -> None:
-    """InputError unless ``value`` fits the field ``name`` of type ``kind`` ("int", "float", "int | None")."""
-    if value is None and "None" in kind:
-        return
-    number = (int, float) if "float" in kind else int
-    if isinstance(value, bool) or not isinstance(value, number):
-        want = "a number" if "float" in kind else "an integer"
-        also = " or null" if "None" in kind else ""
-        raise InputError(f"--read-options: {name} must be {want}{also}, got {json.dumps(value)}")
-    if value < 0 or (value == 0 and name in _POSITIVE):
-        bound = "above 0" if name in _POSITIVE else "0 or more"
-        raise InputError(f"--read-options: {name} must be {bound}, got {json.dumps(value)}")
+    try:
+        return dataclasses.replace(CLI_READ_OPTIONS, **given)
+    except ReadOptionError as e:  # (the dataclass checks each field: said here in JSON's words)
+        wanted = e.requirement.replace(" or None", " or null")
+        raise InputError(f"--read-options: {e.field} {wanted}, got {json.dumps(e.value)}") from e

@@ -20,7 +20,6 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shardpipe.errors import (
@@ -31,43 +30,16 @@ from shardpipe.errors import (
     TruncatedShardError,
 )
 from shardpipe.io.access import access_error, denied
-from shardpipe.io.budget import DEFAULT_MEMORY_LIMIT, LinkStats, link_stats
+from shardpipe.io.budget import LinkStats, link_stats
 from shardpipe.io.clients import MAX_CONNECTIONS, reading_fs
 from shardpipe.io.pin import Pin, fetch_range, is_version_gone, pin_of
+from shardpipe.io.read_options import ReadOptions
 
 if TYPE_CHECKING:
     from shardpipe.io.stream import ResumableReader
 
 log = logging.getLogger("shardpipe")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ReadOptions:
-    """How remote shards are read: request sizes, the window, the memory bound, retries.
-
-    By default (``readahead=None``) the window adapts to the link (see
-    ``shardpipe.io.stream``); an integer ``readahead`` fixes it at that many requests
-    of ``block_size`` bytes beyond the block being consumed.
-    """
-
-    block_size: int = 16 << 20  #: the largest ranged request (adaptive requests grow to it)
-    readahead: int | None = None  #: None: adaptive window; n: n requests in flight beyond the current block
-    min_block: int = 1 << 20  #: the first request of a stream (then each doubles up to block_size)
-    memory_limit: int = DEFAULT_MEMORY_LIMIT  #: bytes requested and not yet consumed, per process
-    retries: int = 8  #: consecutive failed attempts at one offset before giving up
-    backoff: float = 0.25  #: seconds before the first retry; doubles each time
-    max_backoff: float = 8.0  #: cap on the wait between retries
-    timeout: float = 60.0  #: seconds one block request may take (stalls are retried)
-
-    def __post_init__(self) -> None:
-        bad = self.block_size < 1 or self.min_block < 1 or self.retries < 0 or self.memory_limit < 1
-        if bad or (self.readahead is not None and self.readahead < 0):
-            raise ValueError(f"invalid read options: {self}")
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (1-based)."""
-        return min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
 
 
 class StoreUnreachableError(ConnectionError):
