@@ -71,7 +71,7 @@ def test_a_stalled_shard_named_on_the_command_line_ends_after_the_tries_naming_i
     run = cli(command, url, *outputs(command, tmp_path), "--read-options", FAST)
     assert run.returncode == 2, run.stderr
     assert run.stderr == (
-        f"shardpipe {command}: error: {url}: cannot reach the store for its existence check after 1 attempts: "
+        f"shardpipe {command}: error: {url}: cannot reach the store for its existence check after 1 attempt: "
         "TimeoutError: no answer within 1 s\n"
     )
 
@@ -82,7 +82,7 @@ def test_a_stalled_manifest_ends_after_the_tries_naming_it(misbehaving, shards, 
     manifest = serve(misbehaving, shards, "manifest", "manifest.json", stall=STALL)
     run = cli(command, manifest, *outputs(command, tmp_path), "--read-options", FAST)
     assert run.returncode == 1, run.stderr
-    said = f"shardpipe {command}: error: {manifest}: cannot open after 1 attempts: TimeoutError: no answer within 1 s"
+    said = f"shardpipe {command}: error: {manifest}: cannot open after 1 attempt: TimeoutError: no answer within 1 s"
     assert said in run.stderr, run.stderr
 
 
@@ -93,7 +93,7 @@ def test_stalled_shards_of_a_manifest_end_the_command_naming_them(misbehaving, s
     shard = re.escape(misbehaving.url("shards/s-00000")) + r"[01]\.tar"  # (index reads both at once)
     run = cli(command, manifest, *outputs(command, tmp_path), "--read-options", FAST)
     assert run.returncode == 1, run.stderr
-    said = rf"{shard}: cannot open after 1 attempts: TimeoutError: no answer within 1 s"
+    said = rf"{shard}: cannot open after 1 attempt: TimeoutError: no answer within 1 s"
     assert re.search(said, run.stdout + run.stderr), (run.stdout, run.stderr)
     if command == "restart":
         assert "none of the 2 input shards could be read" in run.stderr
@@ -106,7 +106,7 @@ def test_verify_reads_a_stalled_index_sidecar_within_the_tries_naming_it(misbeha
     run = cli("verify", manifest, "--read-options", FAST)
     assert run.returncode == 1, run.stderr
     assert run.stderr.endswith(
-        f"shardpipe verify: error: {index}: cannot open after 1 attempts: TimeoutError: no answer within 1 s\n"
+        f"shardpipe verify: error: {index}: cannot open after 1 attempt: TimeoutError: no answer within 1 s\n"
     ), run.stderr
 
 

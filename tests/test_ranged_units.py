@@ -142,6 +142,10 @@ def test_a_remote_read_is_retried_and_each_retry_logged_with_its_range(store, ca
         str(e.value) == f"{URL}: read of bytes 10-19 failed after 3 attempts: ConnectionResetError: [Errno 104] reset"
     )
     assert isinstance(e.value.__cause__, ConnectionResetError)
+    LoggedFS.fail[URL] = [ConnectionResetError(104, "reset")]
+    with pytest.raises(TruncatedShardError) as e:
+        RangeReader(read_options=ReadOptions(retries=0)).read(URL, 10, 20)
+    assert str(e.value) == f"{URL}: read of bytes 10-19 failed after 1 attempt: ConnectionResetError: [Errno 104] reset"
 
 
 def test_a_batch_read_is_retried_and_logged_with_its_range(store, caplog):

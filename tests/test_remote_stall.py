@@ -70,7 +70,7 @@ def test_a_timeout_the_client_raises_itself_is_reported_as_its_own_not_as_the_de
     with pytest.raises(TruncatedShardError) as e:
         reader.read(url, 0, 300_000)
     assert str(e.value) == (
-        f"{url}: read of bytes 0-299999 failed after 1 attempts: SocketTimeoutError: Timeout on reading data from socket"
+        f"{url}: read of bytes 0-299999 failed after 1 attempt: SocketTimeoutError: Timeout on reading data from socket"
     )  # (was: "TimeoutError: no answer within 30 s", aiohttp's own error taken for the deadline)
 
 

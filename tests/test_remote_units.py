@@ -20,6 +20,7 @@ from shardpipe.io.remote import (
     ReadOptions,
     StoreUnreachableError,
     ThreadBlockSource,
+    call_store,
     call_with_retries,
     is_retryable,
     object_info,
@@ -213,6 +214,22 @@ def test_object_info_errors_name_the_url(monkeypatch):
         object_info(InfoStore([PermissionError(13, "no")]), "p", "s3://b/p", opts)
     with pytest.raises(CorruptShardError, match=r"^s3://b/p: the server does not report the object's size$"):
         object_info(InfoStore([], {"name": "p"}), "p", "s3://b/p", opts)
+
+
+def test_messages_of_a_single_try_say_one_attempt():
+    once = ReadOptions(retries=0)
+    with pytest.raises(TruncatedShardError) as e:
+        object_info(InfoStore([ConnectionResetError(104, "reset")]), "p", "s3://b/p", once)
+    assert str(e.value) == "s3://b/p: cannot open after 1 attempt: ConnectionResetError: [Errno 104] reset"
+    with pytest.raises(StoreUnreachableError) as e:
+        object_info(InfoStore([ConnectionRefusedError(111, "refused")]), "p", "s3://b/p", once)
+    assert str(e.value) == (
+        "s3://b/p: cannot reach the store at the default s3:// endpoint to open it after 1 attempt: "
+        "ConnectionRefusedError: [Errno 111] refused"
+    )
+    with pytest.raises(StoreUnreachableError) as e:
+        call_store(InfoStore([TimeoutError("slow")]), "info", "p", url="s3://b/p", what="listing", options=once)
+    assert str(e.value) == "s3://b/p: cannot reach the store for its listing after 1 attempt: TimeoutError: slow"
 
 
 def test_reading_options_give_s3_a_wide_pool_and_each_client_one_try_and_keep_what_the_user_set():

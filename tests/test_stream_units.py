@@ -309,6 +309,14 @@ def test_retries_run_out_at_the_configured_count_and_the_error_sticks(data):
     assert src.log.count((B, 2 * B)) == 3
 
 
+def test_a_read_without_retries_says_one_attempt(data):
+    src = Faults({0: [EOFError("cut")]})
+    with reader(src, len(data), retries=0, **FIXED) as f:
+        with pytest.raises(TruncatedShardError) as e:
+            f.read(1)
+    assert str(e.value) == f"{URL}: read failed at byte 0 of {len(data)} after 1 attempt: EOFError: cut"
+
+
 def test_an_error_no_retry_can_fix_is_raised_at_once(data):
     src = Faults({0: [ValueError("bad request")]})
     with reader(src, len(data), retries=5, **FIXED) as f:

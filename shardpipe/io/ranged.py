@@ -34,6 +34,7 @@ from shardpipe.io.budget import process_budget
 from shardpipe.io.clients import reading_fs
 from shardpipe.io.files import is_local, local_path, open_shard
 from shardpipe.io.pin import is_version_gone, pin_of
+from shardpipe.io.read_options import attempts
 from shardpipe.io.remote import (
     ReadOptions,
     StoreUnreachableError,
@@ -153,7 +154,7 @@ class RangeReader:
                 raise denial from e
             if is_retryable(e) and unreachable(e):  # the store went away: no shard of this pass would read either
                 raise unreachable_error(fs, url, f"for bytes {start}-{end - 1}", opts.retries + 1, e) from e
-            tries = f" after {opts.retries + 1} attempts" if is_retryable(e) else ""
+            tries = f" after {attempts(opts.retries + 1)}" if is_retryable(e) else ""
             raise TruncatedShardError(
                 f"{url}: read of bytes {start}-{end - 1} failed{tries}: {type(e).__name__}: {e}"
             ) from e

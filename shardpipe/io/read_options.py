@@ -77,3 +77,8 @@ def check_field(name: str, kind: str, value: Any) -> None:
         raise ReadOptionValueError(name, "must be a finite number", value)
     if value < 0 or (value == 0 and name in _POSITIVE):
         raise ReadOptionValueError(name, "must be above 0" if name in _POSITIVE else "must be 0 or more", value)
+
+
+def attempts(n: int) -> str:
+    """'1 attempt' or 'N attempts', for messages ("cannot open after 1 attempt")."""
+    return "1 attempt" if n == 1 else f"{n} attempts"

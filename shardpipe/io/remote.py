@@ -33,7 +33,7 @@ from shardpipe.io.access import access_error, denied
 from shardpipe.io.budget import LinkStats, link_stats
 from shardpipe.io.clients import MAX_CONNECTIONS, reading_fs
 from shardpipe.io.pin import Pin, fetch_range, is_version_gone, pin_of
-from shardpipe.io.read_options import ReadOptions
+from shardpipe.io.read_options import ReadOptions, attempts
 
 if TYPE_CHECKING:
     from shardpipe.io.stream import ResumableReader
@@ -89,7 +89,7 @@ def unreachable_error(fs: Any, url: str, what: str, tries: int, exc: BaseExcepti
     """'URL: cannot reach the store at STORE WHAT after N attempts: ERROR' (``what``: "to open it", ...)."""
     cause = exc.__cause__ or exc
     return StoreUnreachableError(
-        f"{url}: cannot reach the store at {store_of(fs, url)} {what} after {tries} attempts: "
+        f"{url}: cannot reach the store at {store_of(fs, url)} {what} after {attempts(tries)}: "
         f"{type(cause).__name__}: {cause}"
     )
 
@@ -241,9 +241,9 @@ def call_store(fs: Any, method: str, *args: Any, url: str, what: str, options: R
         if not is_retryable(e):
             raise
         cause = e.__cause__ or e
-        tries = options.retries + 1
+        tries = attempts(options.retries + 1)
         raise StoreUnreachableError(
-            f"{url}: cannot reach the store for its {what} after {tries} attempts: {type(cause).__name__}: {cause}"
+            f"{url}: cannot reach the store for its {what} after {tries}: {type(cause).__name__}: {cause}"
         ) from e
 
 
@@ -325,7 +325,7 @@ def object_info(fs: Any, path: str, url: str, options: ReadOptions) -> dict[str,
             raise unreachable_error(fs, url, "to open it", options.retries + 1, e) from e
         if is_retryable(e):  # still failing after the retries (a 5xx, a stall): this shard cannot be opened
             raise TruncatedShardError(
-                f"{url}: cannot open after {options.retries + 1} attempts: {type(cause).__name__}: {cause}"
+                f"{url}: cannot open after {attempts(options.retries + 1)}: {type(cause).__name__}: {cause}"
             ) from e
         if type(cause).__name__ == "TooManyRedirects":
             hops = [str(r.headers.get("Location")) for r in getattr(cause, "history", ())][-3:]

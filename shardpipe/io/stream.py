@@ -31,6 +31,7 @@ from typing import Any
 from shardpipe.errors import CorruptShardError, ShardpipeError, ShardReadError, TruncatedShardError
 from shardpipe.io.access import access_error
 from shardpipe.io.budget import LinkStats, MemoryBudget, link_stats, process_budget
+from shardpipe.io.read_options import attempts
 from shardpipe.io.remote import ReadOptions, is_retryable, unreachable, unreachable_error
 
 log = logging.getLogger("shardpipe")
@@ -392,7 +393,7 @@ class ResumableReader(io.BufferedIOBase):
                         raise unreachable_error(getattr(self._source, "fs", None), self.url, where, failures, e) from e
                     raise TruncatedShardError(
                         f"{self.url}: read failed at byte {start} of {self.size} after "
-                        f"{failures} attempts: {type(e).__name__}: {e}"
+                        f"{attempts(failures)}: {type(e).__name__}: {e}"
                     ) from e
                 wait = self.options.delay(failures)
                 log.info(
