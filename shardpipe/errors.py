@@ -35,6 +35,12 @@ class TruncatedShardError(ShardpipeError):
     """A tar or gzip stream that ends early (before the end-of-archive marker)."""
 
 
+class ShardUnavailableError(TruncatedShardError):
+    """An object the store would not serve after the retries: each try to open it answered a 5xx or
+    nothing within ``ReadOptions.timeout``. The store is up (it took the connection) but failing: the
+    object may be intact, so it is neither missing nor damaged (a ``TruncatedShardError`` as before)."""
+
+
 class CorruptShardError(ShardpipeError):
     """A tar stream that is not a valid tar archive (bad header, bad gzip data)."""
 

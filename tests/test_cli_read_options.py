@@ -175,3 +175,31 @@ def test_read_options_fit_for_local_shards_change_nothing(shards, tmp_path):
     run = cli("verify", str(shards / "manifest.json"), "--workers", "2", "--read-options", options)
     assert run.returncode == 0, run.stderr
     assert "verified 2 shards: 6 samples" in run.stdout
+
+
+@pytest.mark.timeout(300)
+def test_verify_tells_a_failing_or_stalled_shard_from_a_missing_one(misbehaving, tmp_path):
+    """A shard whose store answers 503, or nothing, is unreadable (the store is failing, the shard may be
+    intact), not missing: it was reported "missing shard: cannot open: ..." with advice to restore it."""
+    with ShardWriter(f"{tmp_path}/s-%06d.tar", maxcount=2) as w:
+        for key, jpg, cls in make_dataset(6, seed=5):
+            w.write({"__key__": key, "jpg": jpg, "cls": str(cls).encode()})
+    behaviours = {"s-000000.tar": {"status": 503}, "s-000001.tar": {"stall": STALL}}
+    for path in sorted(tmp_path.iterdir()):
+        if path.name != "s-000002.tar":  # not served: a 404
+            misbehaving.put(f"verify-kinds/{path.name}", path.read_bytes(), **behaviours.get(path.name, {}))
+    failing, stalled, gone = (misbehaving.url(f"verify-kinds/s-00000{i}.tar") for i in range(3))
+    run = cli("verify", misbehaving.url("verify-kinds/manifest.json"), "--read-options", FAST)
+    assert run.returncode == 1, run.stderr
+    problems = [line.strip() for line in run.stdout.splitlines() if line.startswith("  ")]
+    assert len(problems) == 4 and problems[3].startswith("count mismatch: 0 samples"), run.stdout
+    fix = "(to fix: the store is up but failing or slow: check it, then verify again; --read-options"
+    assert problems[0].startswith(
+        f"{failing}: unreadable shard: {failing}: cannot open after 1 attempt: ClientResponseError: 503, "
+        "message='Service Unavailable'"
+    ), problems[0]
+    assert fix in problems[0]
+    assert problems[1].startswith(
+        f"{stalled}: unreadable shard: {stalled}: cannot open after 1 attempt: TimeoutError: no answer within 1 s {fix}"
+    ), problems[1]
+    assert problems[2].startswith(f"{gone}: missing shard: cannot open: shard not found: {gone} (to fix: restore it")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from shardpipe.cli.common import NOT_TAR_FIX
 from shardpipe.cli.inspect import ShardReader
-from shardpipe.errors import NotTarError
+from shardpipe.errors import NotTarError, ShardNotFoundError, ShardReadError, ShardUnavailableError
 from shardpipe.format.fields import decode_field
 from shardpipe.format.sample import is_image_field
 from shardpipe.format.tar.reader import MAX_MEMBER_SIZE, skipped_note
@@ -88,14 +88,7 @@ def verify_shard(
     out.bytes, out.sha256, out.skipped = reader.size, reader.sha256, reader.skipped
     if reader.error is not None:
         out.damaged = True
-        if reader.error.startswith("cannot open"):
-            fix = "restore it, or make a manifest of the shards that remain with `shardpipe index`"
-            out.problems.append(f"{shard.url}: missing shard: {reader.error} (to fix: {fix})")
-        elif isinstance(reader.failure, NotTarError):
-            out.problems.append(f"{reader.failure} (to fix: {NOT_TAR_FIX})")  # it names the shard
-        else:
-            fix = "restore it from a good copy, or write it again from its source; `shardpipe index` cannot read it"
-            out.problems.append(f"{shard.url}: truncated or damaged shard: {reader.error} (to fix: {fix})")
+        out.problems.append(_damage(shard.url, reader.failure, reader.error))
         return out
     if shard.size is not None and shard.size != out.bytes:
         out.problems.append(f"{shard.url}: size mismatch: {out.bytes} bytes, manifest says {shard.size}")
@@ -104,6 +97,32 @@ def verify_shard(
     if shard.samples is not None and shard.samples != out.samples:
         out.problems.append(f"{shard.url}: count mismatch: {out.samples} samples, manifest says {shard.samples}")
     return out
+
+
+#: what fixes a shard that a manifest lists but that does not exist
+_MISSING_FIX = "restore it, or make a manifest of the shards that remain with `shardpipe index`"
+#: what fixes a shard whose store failed (a 5xx) or did not answer each try: the shard may be intact
+_UNAVAILABLE_FIX = (
+    "the store is up but failing or slow: check it, then verify again; "
+    '--read-options \'{"timeout": 60, "retries": 8}\' waits longer'
+)
+#: what fixes a shard that exists but cannot be read
+_UNREADABLE_FIX = "make it readable (its permissions, the server's answer), or leave it out of URLS"
+#: what fixes a shard that does not read to its end
+_DAMAGED_FIX = "restore it from a good copy, or write it again from its source; `shardpipe index` cannot read it"
+
+
+def _damage(url: str, failure: BaseException | None, error: str) -> str:
+    """The problem of a shard not read to its end, by the type of ``failure`` (``error``: its reader's words)."""
+    if isinstance(failure, ShardNotFoundError):
+        return f"{url}: missing shard: {error} (to fix: {_MISSING_FIX})"
+    if isinstance(failure, ShardUnavailableError):  # (the store answered 5xx or nothing: not missing, not damaged)
+        return f"{url}: unreadable shard: {failure} (to fix: {_UNAVAILABLE_FIX})"
+    if isinstance(failure, ShardReadError):  # permissions, a folder, a redirect loop
+        return f"{url}: unreadable shard: {error} (to fix: {_UNREADABLE_FIX})"
+    if isinstance(failure, NotTarError):
+        return f"{failure} (to fix: {NOT_TAR_FIX})"  # it names the shard
+    return f"{url}: truncated or damaged shard: {error} (to fix: {_DAMAGED_FIX})"
 
 
 def _verify_one(args: tuple[Shard, int | None, ReadOptions | None]) -> ShardCheck:

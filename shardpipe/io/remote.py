@@ -27,7 +27,7 @@ from shardpipe.errors import (
     ShardNotFoundError,
     ShardpipeError,
     ShardReadError,
-    TruncatedShardError,
+    ShardUnavailableError,
 )
 from shardpipe.io.access import access_error, denied
 from shardpipe.io.budget import LinkStats, link_stats
@@ -324,7 +324,7 @@ def object_info(fs: Any, path: str, url: str, options: ReadOptions) -> dict[str,
         if is_retryable(e) and unreachable(e):  # no connection after the retries: no shard there will open
             raise unreachable_error(fs, url, "to open it", options.retries + 1, e) from e
         if is_retryable(e):  # still failing after the retries (a 5xx, a stall): this shard cannot be opened
-            raise TruncatedShardError(
+            raise ShardUnavailableError(
                 f"{url}: cannot open after {attempts(options.retries + 1)}: {type(cause).__name__}: {cause}"
             ) from e
         if type(cause).__name__ == "TooManyRedirects":
