@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,14 +77,51 @@ def test_a_stalled_shard_named_on_the_command_line_ends_after_the_tries_naming_i
     )
 
 
+#: what the commands say fixes an object whose store answers 5xx or nothing (not "restore the shard")
+STORE_FIX = (
+    "(to fix: the store is up but failing or slow: check it, then run again; "
+    """--read-options '{"timeout": 60, "retries": 8}' waits longer)"""
+)
+
+
 @pytest.mark.timeout(300)
 @pytest.mark.parametrize("command", COMMANDS)
-def test_a_stalled_manifest_ends_after_the_tries_naming_it(misbehaving, shards, tmp_path, command):
-    manifest = serve(misbehaving, shards, "manifest", "manifest.json", stall=STALL)
+@pytest.mark.parametrize(
+    "behaviour, error",
+    [({"stall": STALL}, "TimeoutError: no answer within 1 s"), ({"status": 503}, "ClientResponseError: 503")],
+)
+def test_a_stalled_or_failing_manifest_is_an_input_that_cannot_be_read(
+    misbehaving, shards, tmp_path, command, behaviour, error
+):
+    """Exit 2, as for a stalled existence check of a shard named on the command line, with what to check: it
+    was exit 1 (a problem found in the data) and, from index, "to fix: restore the shard from a good copy"."""
+    name = f"manifest-{command}-{'stall' if 'stall' in behaviour else 'status'}"
+    manifest = serve(misbehaving, shards, name, "manifest.json", **behaviour)
     run = cli(command, manifest, *outputs(command, tmp_path), "--read-options", FAST)
-    assert run.returncode == 1, run.stderr
-    said = f"shardpipe {command}: error: {manifest}: cannot open after 1 attempt: TimeoutError: no answer within 1 s"
-    assert said in run.stderr, run.stderr
+    assert run.returncode == 2, run.stderr
+    said = f"shardpipe {command}: error: {manifest}: cannot open after 1 attempt: {error}"
+    assert run.stderr.startswith(said), run.stderr
+    assert run.stderr.endswith(f" {STORE_FIX}\n"), run.stderr
+    assert not (tmp_path / "new").exists() and not (tmp_path / "restarted").exists()
+
+
+@pytest.mark.timeout(300)
+def test_an_unreachable_store_of_a_manifests_shards_exits_2_from_every_command(shards, tmp_path):
+    """restart exited 1 (a problem found in the data) where inspect, verify and index exit 2."""
+    with socket.socket() as s:  # a port nothing listens on: connections are refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manifest = json.loads((shards / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        shard["name"] = f"http://127.0.0.1:{port}/gone/{shard['name']}"
+    del manifest["index"]
+    far = tmp_path / "far.json"
+    far.write_text(json.dumps(manifest))
+    for command in COMMANDS:
+        run = cli(command, str(far), *outputs(command, tmp_path), "--read-options", FAST)
+        assert run.returncode == 2, (command, run.stderr)
+        said = rf"^shardpipe {command}: error: http://127\.0\.0\.1:{port}/gone/s-00000[01]\.tar: cannot reach the store"
+        assert re.match(said, run.stderr), run.stderr
 
 
 @pytest.mark.timeout(300)
@@ -97,6 +135,8 @@ def test_stalled_shards_of_a_manifest_end_the_command_naming_them(misbehaving, s
     assert re.search(said, run.stdout + run.stderr), (run.stdout, run.stderr)
     if command == "restart":
         assert "none of the 2 input shards could be read" in run.stderr
+    if command == "index":  # the store's fix, not "restore the shard from a good copy"
+        assert run.stderr.endswith(f" {STORE_FIX}\n"), run.stderr
 
 
 @pytest.mark.timeout(300)
@@ -193,7 +233,7 @@ def test_verify_tells_a_failing_or_stalled_shard_from_a_missing_one(misbehaving,
     assert run.returncode == 1, run.stderr
     problems = [line.strip() for line in run.stdout.splitlines() if line.startswith("  ")]
     assert len(problems) == 4 and problems[3].startswith("count mismatch: 0 samples"), run.stdout
-    fix = "(to fix: the store is up but failing or slow: check it, then verify again; --read-options"
+    fix = "(to fix: the store is up but failing or slow: check it, then run again; --read-options"
     assert problems[0].startswith(
         f"{failing}: unreadable shard: {failing}: cannot open after 1 attempt: ClientResponseError: 503, "
         "message='Service Unavailable'"

@@ -28,14 +28,21 @@ EXIT_STATUS = """\
 exit status:
   0  success
   1  problems found in the data: a truncated or corrupt shard, a damaged manifest,
-     a shard its manifest lists but that is missing, a checksum or count mismatch,
-     an undecodable image
+     a shard its manifest lists but that is missing or that its store does not serve
+     (a 5xx or no answer on each try), a checksum or count mismatch, an undecodable image
   2  usage error or missing input: bad arguments, a mistyped URL (s3:/bucket),
      a source, manifest or shard named on the command line that does not exist,
-     a glob that matches nothing
+     or that its store does not serve (a 5xx or no answer on each try), a store
+     that cannot be reached, a glob that matches nothing
   130 interrupted (Ctrl-C): a write or restart keeps what it finished (--resume goes on)
   141 the reader of its output went away (shardpipe inspect ... | head): it stops quietly"""
 
+
+#: what fixes an object whose store answered each try with a 5xx or not at all (the object may be intact)
+UNAVAILABLE_FIX = (
+    "the store is up but failing or slow: check it, then run again; "
+    '--read-options \'{"timeout": 60, "retries": 8}\' waits longer'
+)
 
 #: what to do about a file that is not a tar archive (a glob caught it)
 NOT_TAR_FIX = (
@@ -189,12 +196,15 @@ def resolve_inputs(
     """The shard URLs a URLS argument names, as the command will read them (remotely under ``read_options``,
     default the commands' :data:`~shardpipe.cli.reading.CLI_READ_OPTIONS`); InputError when it cannot.
 
-    Refused: a mistyped URL, a manifest that does not exist, a glob that matches nothing,
-    a shard named directly (or by a brace range) that does not exist or is a folder. A
+    Refused: a mistyped URL, a manifest that does not exist or that its store does not serve
+    (``ShardUnavailableError``: a 5xx or no answer on each try; an unreachable store is
+    ``StoreUnreachableError``, an OSError), a glob that matches nothing, a shard named directly
+    (or by a brace range) that does not exist or is a folder. A
     manifest that exists but is damaged (``DamagedManifestError``, ``ManifestPathError``) is
     raised as it is: bad data, as is a shard that a manifest lists but that is missing
     (left for the command to report).
     """
+    from shardpipe.errors import ShardUnavailableError
     from shardpipe.format.manifest import DamagedManifestError, ManifestPathError
     from shardpipe.io.urls import has_glob, is_manifest, split_patterns
     from shardpipe.stages.shards import expand_urls
@@ -214,6 +224,8 @@ def resolve_inputs(
         missing = _missing(named, storage_options, read_options)
     except (DamagedManifestError, ManifestPathError):
         raise  # the manifest exists: what is wrong is in the data (exit 1)
+    except ShardUnavailableError as e:  # the manifest named cannot be read: no data was read (exit 2)
+        raise InputError(f"{e} (to fix: {UNAVAILABLE_FIX})") from e
     except (ValueError, OSError) as e:  # mistyped, not found, unreadable
         raise InputError(str(e)) from e
     if missing:

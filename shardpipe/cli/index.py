@@ -38,13 +38,19 @@ _FIX = "restore the shard from a good copy or write it again, or leave it out of
 
 
 def _message(error: BaseException, cause: BaseException | None = None) -> str:
-    """``error``'s message with what fixes ``cause`` (default: ``error`` itself), a data error met while indexing."""
-    from shardpipe.cli.common import NOT_TAR_FIX, manifest_message
-    from shardpipe.errors import NotTarError
+    """``error``'s message with what fixes ``cause`` (default: ``error`` itself), a data error met while indexing:
+    the manifest's fix, the store's (it answered 5xx or nothing: the shard may be intact), a stray file's, or
+    the shard's."""
+    from shardpipe.cli.common import NOT_TAR_FIX, UNAVAILABLE_FIX, manifest_message
+    from shardpipe.errors import NotTarError, ShardUnavailableError
 
     cause = error if cause is None else cause
     said = manifest_message(error) if cause is error else None  # a manifest read as URLS: what fixes it
-    return said or f"{error} (to fix: {NOT_TAR_FIX if isinstance(cause, NotTarError) else _FIX})"
+    if said:
+        return said
+    if isinstance(cause, ShardUnavailableError):
+        return f"{error} (to fix: {UNAVAILABLE_FIX})"
+    return f"{error} (to fix: {NOT_TAR_FIX if isinstance(cause, NotTarError) else _FIX})"
 
 
 def run(args: argparse.Namespace) -> int:

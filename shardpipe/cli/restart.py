@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from shardpipe.cli.reading import parse_read_options
     from shardpipe.errors import OutputInUseError, ShardpipeError
     from shardpipe.format.manifest import DamagedManifestError, ManifestPathError
+    from shardpipe.io.remote import StoreUnreachableError
     from shardpipe.io.urls import check_url
     from shardpipe.write.restart_job import mark_restarts
 
@@ -77,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     except (DamagedManifestError, ManifestPathError) as e:  # before ValueError: the manifest's data
         return fail("restart", manifest_message(e) or e, DATA_PROBLEM)
-    except (InputError, ValueError, ImportError, OutputInUseError) as e:
-        return fail("restart", e, USAGE)
+    except (InputError, ValueError, ImportError, OutputInUseError, StoreUnreachableError) as e:
+        return fail("restart", e, USAGE)  # (an unreachable store: exit 2, as in the other commands)
     except (ShardpipeError, OSError) as e:  # found in a shard: truncated, corrupt, vanished
         return fail("restart", e, DATA_PROBLEM)
     print(summary.format(show=printable))

@@ -16,7 +16,7 @@ import multiprocessing as mp
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shardpipe.cli.common import NOT_TAR_FIX
+from shardpipe.cli.common import NOT_TAR_FIX, UNAVAILABLE_FIX
 from shardpipe.cli.inspect import ShardReader
 from shardpipe.errors import NotTarError, ShardNotFoundError, ShardReadError, ShardUnavailableError
 from shardpipe.format.fields import decode_field
@@ -117,7 +117,7 @@ def _damage(url: str, failure: BaseException | None, error: str) -> str:
     if isinstance(failure, ShardNotFoundError):
         return f"{url}: missing shard: {error} (to fix: {_MISSING_FIX})"
     if isinstance(failure, ShardUnavailableError):  # (the store answered 5xx or nothing: not missing, not damaged)
-        return f"{url}: unreadable shard: {failure} (to fix: {_UNAVAILABLE_FIX})"
+        return f"{url}: unreadable shard: {failure} (to fix: {UNAVAILABLE_FIX})"
     if isinstance(failure, ShardReadError):  # permissions, a folder, a redirect loop
         return f"{url}: unreadable shard: {error} (to fix: {_UNREADABLE_FIX})"
     if isinstance(failure, NotTarError):
