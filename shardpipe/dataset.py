@@ -404,9 +404,24 @@ class ShardDataset(IterableDataset, WorkerPassHooks):
                 ctx.where("hand-over")
                 yield item
             ctx.where("done")
+            self._warn_of_skips_between_ranks(ctx)
         finally:
             flusher.flush()
             pipeline.close()
+
+    def _warn_of_skips_between_ranks(self, ctx: Context) -> None:
+        """Say so when a pass of one of several ranks skipped samples: the plan gave every rank the same
+        number, skipped ones are not replaced, so this rank may end the epoch a batch short of the others
+        (DDP then pairs different steps, or waits at the epoch's end)."""
+        skipped = sum(ctx.errors.counts.values())
+        if not skipped or ctx.world_size == 1 or self.resolved_policy(ctx.world_size) not in ("drop", "pad"):
+            return
+        log.warning(
+            "rank %d (worker %d) skipped %d bad samples in epoch %d (%s): the ranks got equal shares, and skipped "
+            "samples are not replaced, so this rank may make fewer batches than the others; keep "
+            "on_error='raise', or check the shards with `shardpipe verify`, where batch counts must match",
+            ctx.rank, ctx.worker, skipped, ctx.epoch, ", ".join(f"{k}: {n}" for k, n in sorted(ctx.errors.counts.items())),
+        )  # fmt: skip
 
     def __getstate__(self) -> dict[str, Any]:
         # the live pass (threads, open files, closures) stays in this process

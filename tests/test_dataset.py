@@ -259,3 +259,26 @@ def test_resampling_over_unreadable_shards_gives_up(tmp_path):
     ds = ShardDataset(urls, decode=None, epoch_policy="resample", samples_per_epoch=10, on_error="skip")
     with pytest.raises(shardpipe.ShardReadError, match="shards in a row could not be read .*giving up"):
         list(ds)
+
+
+def test_a_rank_that_skipped_samples_says_its_batches_may_differ(tmp_path, caplog):
+    """Ranks get equal shares; a skipped sample is not replaced, so a rank that skipped may end the epoch a
+    batch short of the others (DDP then pairs different steps): that rank warns, naming what it skipped."""
+    samples = make_samples(12)
+    samples[10]["jpg"] = b"\xff\xd8 not a JPEG"  # in rank 1's half (contiguous ranges, no shuffle)
+    with shardpipe.ShardWriter(str(tmp_path / "r-%03d.tar"), maxcount=6) as w:
+        for s in samples:
+            w.write(s)
+    manifest = str(tmp_path / "manifest.json")
+    warned = "rank 1 (worker 0) skipped 1 bad samples in epoch 0 (DecodeError: 1): the ranks got equal shares"
+    for rank, world, expected in [(1, 2, True), (0, 2, False)]:
+        caplog.clear()
+        ds = ShardDataset(manifest, rank=rank, world_size=world, on_error="skip", batch_size=2)
+        with caplog.at_level(logging.WARNING, logger="shardpipe"):
+            got = keys_of(ds)
+        assert len(got) == (5 if expected else 6)
+        assert (warned in caplog.text) is expected, caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="shardpipe"):
+        assert len(keys_of(ShardDataset(manifest, on_error="skip", batch_size=2))) == 11  # one rank: nothing to say
+    assert "the ranks got equal shares" not in caplog.text
