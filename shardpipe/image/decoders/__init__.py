@@ -2,6 +2,7 @@
 
 from shardpipe.image.decoders.registry import (
     AUTO_ORDER,
+    CutShortError,
     ImageDecoder,
     ImageTooLargeError,
     available_decoders,
@@ -13,6 +14,7 @@ from shardpipe.image.decoders.registry import (
 __all__ = [
     "AUTO_ORDER",
     "ImageDecoder",
+    "CutShortError",
     "ImageTooLargeError",
     "available_decoders",
     "decoder_names",

@@ -5,9 +5,10 @@ Huffman-coded, grey or three-component JPEG within the size limit (``accepts``; 
 native backend also takes CMYK/YCCK, converted with PIL's formula). Everything else
 (PNG, WebP, CMYK/YCCK, lossless or arithmetic JPEG, a missing end marker, any error
 from the library) goes to PIL, which either decodes it (so CMYK colours match PIL's
-conversion) or raises a ``DecodeError`` that says what is wrong. Corrupt data therefore
-ends in an exception, never in a crash: libjpeg-turbo's TurboJPEG API recovers from
-errors with setjmp, and a truncated stream never reaches it.
+conversion) or raises a ``DecodeError`` that says what is wrong. Scan data that libjpeg
+finds cut short is a ``CutShortError`` at once (PIL would fill the rest with grey).
+Corrupt data therefore ends in an exception, never in a crash: libjpeg-turbo's TurboJPEG
+API recovers from errors with setjmp, and a truncated stream never reaches it.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from shardpipe.image.decoders.jpeg import JpegHeader, has_end_marker, is_jpeg, read_header
 from shardpipe.image.decoders.pil import PilDecoder
-from shardpipe.image.decoders.registry import ImageTooLargeError, check_scans, check_size
+from shardpipe.image.decoders.registry import CutShortError, ImageTooLargeError, check_scans, check_size, cut_short
 from shardpipe.image.size import image_size
 
 Scale = tuple[int, int]
@@ -79,10 +80,12 @@ class JpegBackend:
         if hdr is not None:
             try:
                 return self._decode(data, hdr, scale)
-            except ImageTooLargeError:
-                raise  # a limit: the fallback must not undo it
-            except Exception:  # noqa: BLE001 - the library refused it: PIL decides
-                pass
+            except (ImageTooLargeError, CutShortError):
+                raise  # a limit, or data cut short: the fallback must not undo it (PIL would fill grey)
+            except Exception as e:  # noqa: BLE001 - the library refused it: PIL decides
+                cut = cut_short(e)
+                if cut is not None:
+                    raise cut from None
         return self._pil.decode_scaled(data, scale)
 
 

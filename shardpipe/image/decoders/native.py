@@ -12,7 +12,9 @@ which the margins keep out of reach).
 Routing is the other fast backends' (``base.JpegBackend``), except that CMYK/YCCK JPEGs
 are decoded here too (converted to RGB with Pillow's formula, so the pixels are PIL's):
 lossless or arithmetic JPEGs, PNG & co, truncated files, and anything libjpeg refuses or
-warns about go to PIL, which decodes them or raises the ``DecodeError``. Decompression bombs are
+warns about go to PIL, which decodes them or raises the ``DecodeError``; scan data cut short
+(libjpeg's "premature end") raises ``CutShortError`` here, where the decode reaches the cut
+(a crop wholly above it is intact data and is returned). Decompression bombs are
 refused from the header. The extension is optional: when it was not built (no compiler
 or no ``jpeglib.h`` at install time), importing this module raises ``ImportError`` and
 ``decoder="auto"`` takes the next backend (the registry logs why, once).
@@ -36,7 +38,7 @@ from shardpipe.image.decoders.base import (
     scaled_dim,
 )
 from shardpipe.image.decoders.jpeg import JpegHeader
-from shardpipe.image.decoders.registry import ImageTooLargeError
+from shardpipe.image.decoders.registry import CutShortError, ImageTooLargeError, cut_short
 
 try:
     from shardpipe.image.decoders import _cropjpeg
@@ -118,7 +120,7 @@ class NativeDecoder(JpegBackend):
                 f"{e} (shardpipe.image.decoders.registry.MAX_PIXELS); refusing to decode a possible decompression bomb"
             ) from None
         except _cropjpeg.Error as e:
-            raise DecodeError(str(e)) from None
+            raise cut_short(e) or DecodeError(str(e)) from None
         return out
 
     def _decode(self, data: bytes, header: JpegHeader, scale: Scale) -> np.ndarray:
@@ -175,8 +177,8 @@ class NativeDecoder(JpegBackend):
             if x1 > x0 and y1 > y0:
                 try:
                     region = self.decode_region(data, scale, x0, y0, x1 - x0, y1 - y0)
-                except ImageTooLargeError:
-                    raise
+                except (ImageTooLargeError, CutShortError):
+                    raise  # PIL must not undo a limit, nor fill a cut image with grey
                 except Exception:  # noqa: BLE001 - libjpeg refused or warned: PIL decides below
                     region = None
                 if region is not None:

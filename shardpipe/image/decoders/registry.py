@@ -25,6 +25,25 @@ class ImageTooLargeError(DecodeError):
     """An image whose header declares more than ``MAX_PIXELS`` pixels (a decompression bomb)."""
 
 
+class CutShortError(DecodeError):
+    """A JPEG whose entropy-coded data ends early (a cut download closed with an end marker):
+    libjpeg would fill the rest of the image with grey, so no decoder returns it."""
+
+
+#: libjpeg's warnings for entropy-coded data that ends early (JWRN_HIT_MARKER, JWRN_JPEG_EOF)
+_CUT_SHORT = ("Corrupt JPEG data: premature end of data segment", "Premature end of JPEG file")
+
+
+def cut_short(e: BaseException) -> CutShortError | None:
+    """``e`` (a libjpeg-based decoder's refusal) as a ``CutShortError`` when its message holds one of
+    libjpeg's data-ends-early warnings; ``None`` for anything else (other warnings are harmless)."""
+    message = str(e).lower()
+    for text in _CUT_SHORT:
+        if text.lower() in message:
+            return CutShortError(f"JPEG scan data cut short (libjpeg: {text}): decoding it would make up the rest")
+    return None
+
+
 #: Most scans a progressive JPEG may have (what libjpeg-turbo's TJFLAG_LIMITSCANS and the native
 #: decoder allow): each scan is another pass over every coefficient, so hundreds cost seconds of CPU
 MAX_SCANS = 500
