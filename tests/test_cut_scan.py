@@ -12,7 +12,7 @@ from PIL import Image
 
 from shardpipe import DecodeError, ShardDataset
 from shardpipe.augment import RandomResizedCrop, Resize, sample_rng
-from shardpipe.devtools.synth import PROGRESSIVE_INDEX, make_jpeg
+from shardpipe.devtools.synth import CMYK_INDEX, PROGRESSIVE_INDEX, make_image, make_jpeg
 from shardpipe.image.decoders import CutShortError
 from shardpipe.image.decoders.jpeg import read_header
 from shardpipe.image.fused import build_image_fn
@@ -21,7 +21,7 @@ from shardpipe.image.restart import add_restart_intervals, restart_layout
 from .helpers import decoder_or_skip, small_jpeg, write_shards
 
 #: the decoders that refuse a cut scan (all of them, and auto)
-CHECKED = ["native", "simplejpeg", "turbo", "jpeg4py", "auto"]
+CHECKED = ["native", "simplejpeg", "turbo", "jpeg4py", "cv2", "pil", "auto"]
 CUT = r"^JPEG scan data cut short \(libjpeg: Corrupt JPEG data: premature end of data segment\): "
 
 
@@ -41,6 +41,7 @@ GOOD = {
     "baseline": lambda: make_jpeg(3, plain=True),
     "progressive": lambda: make_jpeg(PROGRESSIVE_INDEX),
     "restart-marked": _restart_marked,
+    "cmyk": lambda: make_jpeg(CMYK_INDEX),
 }
 
 
@@ -58,6 +59,9 @@ def test_a_cut_scan_is_refused_by_every_decoder_at_every_scale(name, variant, go
         dec.decode(bad)
     with pytest.raises(CutShortError, match=CUT):
         dec.decode_scaled(bad, (1, 2))
+    if name == "pil":
+        with pytest.raises(CutShortError, match=CUT):
+            dec.decode_pil(bad)
     assert issubclass(CutShortError, DecodeError)
 
 
@@ -89,11 +93,11 @@ def test_shard_dataset_skips_and_counts_cut_jpegs(name, fused, good, tmp_path):
     decoder_or_skip(name)
     samples = [{"__key__": f"ok{i}", "jpg": small_jpeg(i), "cls": i} for i in range(3)]
     samples += [{"__key__": f"cut-{v}", "jpg": cut(data), "cls": 9} for v, data in good.items()]
-    urls = write_shards(tmp_path, samples, [3, 3])
+    urls = write_shards(tmp_path, samples, [3, len(samples) - 3])
     transform = Resize(32) if fused else None  # fused: decodes at a DCT scale, down to the bottom rows
     ds = ShardDataset(urls, decoder=name, transform=transform, on_error="skip")
     assert sorted(s["__key__"] for s in ds) == ["ok0", "ok1", "ok2"]
-    assert ds.stats.errors() == {"DecodeError": 3}
+    assert ds.stats.errors() == {"DecodeError": len(good)}
     with pytest.raises(DecodeError, match=r"'cut-baseline'.*JPEG scan data cut short"):
         list(ShardDataset(urls, decoder=name, transform=transform))
 
@@ -115,3 +119,16 @@ def test_harmless_warnings_still_decode_to_the_same_pixels(name, variant, good):
     dec = decoder_or_skip(name)
     data = _with_junk(good[variant])
     np.testing.assert_array_equal(dec.decode(data), _pil(data))  # PIL's pixels, as before
+
+
+@pytest.mark.parametrize("name", CHECKED)
+def test_a_good_jpeg_that_ends_in_mid_grey_decodes(name):
+    # flat mid-grey is what a cut leaves: a good image ending in it is checked, and passes
+    dec = decoder_or_skip(name)
+    img = np.asarray(make_image(3, size=(96, 64))).copy()
+    img[32:] = 128
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=95)
+    out = dec.decode(buf.getvalue())
+    assert tuple(out[-1, -1]) == (128, 128, 128)
+    np.testing.assert_array_equal(out, _pil(buf.getvalue()))

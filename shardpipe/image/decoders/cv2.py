@@ -1,7 +1,8 @@
 """OpenCV backend: ``cv2.imdecode`` (libjpeg-turbo inside OpenCV; releases the GIL).
 
 Decodes at 1/2, 1/4 and 1/8 through ``IMREAD_REDUCED_COLOR_n``. OpenCV decodes corrupt
-data without complaint where it can, so only complete, plain JPEGs reach it (see base).
+data without complaint where it can, so only complete, plain JPEGs reach it (see base),
+and images that may hide scan data cut short are checked again (``scancheck``).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from shardpipe.image.decoders import scancheck
 from shardpipe.image.decoders.base import JpegBackend, Scale
 from shardpipe.image.decoders.jpeg import JpegHeader
 
@@ -31,4 +33,5 @@ class Cv2Decoder(JpegBackend):
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), _FLAGS[scale] | _IGNORE_EXIF)
         if bgr is None:
             raise ValueError("OpenCV could not decode the JPEG")
+        scancheck.check(data, bgr[-1, -1], header)  # OpenCV, like PIL, fills a cut with grey
         return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -1,7 +1,9 @@
 """The PIL decoder: handles every format Pillow reads; the always-available fallback.
 
 Every error it raises on bad data is a ``DecodeError`` with a message that says what is
-wrong (empty, unknown format, truncated, too large), never a crash of the process.
+wrong (empty, unknown format, truncated, scan data cut short, too large), never a crash of
+the process. Pillow drops libjpeg's warnings, so JPEGs that may hide a cut are checked
+again (``scancheck``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from shardpipe.errors import DecodeError
-from shardpipe.image.decoders import registry
+from shardpipe.image.decoders import registry, scancheck
 from shardpipe.image.decoders.jpeg import is_jpeg, read_header
 from shardpipe.image.decoders.registry import ImageTooLargeError, check_scans, check_size
 
@@ -117,6 +119,14 @@ def _load_rgb(img: Image.Image) -> np.ndarray:
         raise DecodeError(f"corrupt {img.format or 'image'} data: {e}") from e
 
 
+def _checked(data: bytes, rgb: np.ndarray) -> np.ndarray:
+    """``rgb``, unless ``data`` is a JPEG whose scan data was cut short (Pillow hides libjpeg's
+    warning and fills the rest with grey): then ``CutShortError`` (see ``scancheck``)."""
+    if rgb.size and is_jpeg(data):
+        scancheck.check(data, rgb[-1, -1])
+    return rgb
+
+
 class PilDecoder:
     """Decode with Pillow (which bundles libjpeg-turbo, but runs its pipeline in Python)."""
 
@@ -129,7 +139,7 @@ class PilDecoder:
         Image.preinit()
 
     def decode(self, data: bytes) -> np.ndarray:
-        return _load_rgb(open_image(data))
+        return _checked(data, _load_rgb(open_image(data)))
 
     def decode_scaled(self, data: bytes, scale: tuple[int, int] = (1, 1)) -> np.ndarray:
         """Decode at about ``scale`` (JPEG only, through ``draft``); others at full size.
@@ -142,7 +152,7 @@ class PilDecoder:
             w, h = img.size
             # draft picks the largest DCT scale s with (w, h) // s >= the requested size
             img.draft(None, (max(1, w // den), max(1, h // den)))
-        return _load_rgb(img)
+        return _checked(data, _load_rgb(img))
 
     def decode_pil(self, data: bytes) -> Image.Image:
         img = open_image(data)
@@ -152,7 +162,10 @@ class PilDecoder:
             raise _too_large(e) from e
         except (OSError, SyntaxError, ValueError, EOFError, struct.error) as e:
             raise DecodeError(f"corrupt {img.format or 'image'} data: {e}") from e
-        return to_rgb(img)
+        rgb = to_rgb(img)
+        if is_jpeg(data) and rgb.width and rgb.height:
+            scancheck.check(data, rgb.getpixel((rgb.width - 1, rgb.height - 1)))
+        return rgb
 
     def size(self, data: bytes) -> tuple[int, int]:
         return open_image(data).size
