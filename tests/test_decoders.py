@@ -400,3 +400,15 @@ def test_a_transparent_colour_key_is_black_in_every_png_mode(name: str) -> None:
     rgb = Image.fromarray(np.repeat(grey[:, :, None], 3, axis=2))
     for img, trns in ((palette, key), (Image.fromarray(grey), key), (rgb, (key, key, key))):
         np.testing.assert_array_equal(dec.decode(encode(img, "PNG", transparency=trns)), want, err_msg=img.mode)
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_exif_orientation_is_not_applied(name):
+    # docs/reference.md: the CPU decoders return the pixels as stored (torchvision's decode_jpeg default)
+    dec = backend(name)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: stored turned 90 degrees
+    data = encode(photo((160, 120)), quality=90, exif=exif.tobytes())
+    out = dec.decode(data)
+    assert out.shape == (120, 160, 3)
+    np.testing.assert_array_equal(out, pil_rgb(data))

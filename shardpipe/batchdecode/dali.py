@@ -127,7 +127,9 @@ def _validation_geometry(enc: Any, short: int, crop_h: int, crop_w: int) -> tupl
     import nvidia.dali.math as dmath
     from nvidia.dali import fn, types
 
-    shape = fn.peek_image_shape(enc, dtype=types.INT32)  # (H, W, C), EXIF orientation applied
+    # (H, W, C) with the EXIF orientation applied (DALI's adjust_orientation=True default), as the
+    # decoders below apply it; shardpipe's CPU decoders do not (docs/reference.md, "GPU decode")
+    shape = fn.peek_image_shape(enc, dtype=types.INT32)
     height, width = shape[0], shape[1]
     shorter = dmath.min(height, width)
     new_h, new_w = (short * height) // shorter, (short * width) // shorter
@@ -156,6 +158,7 @@ class DaliBatchDecoder(BatchDecoder):
     largest batch: longer inputs are decoded in chunks, shorter ones as they are.
     ``decoder_options`` go to the DALI decoder op (e.g. ``hw_decoder_load``,
     ``device_memory_padding``). Other options: see ``shardpipe.batchdecode.base``.
+    DALI turns images upright by their EXIF orientation (its default); the CPU decoders do not.
     """
 
     name = "dali"
