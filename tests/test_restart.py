@@ -264,7 +264,10 @@ def test_hostile_restart_markers_fall_back_or_raise_decode_error(marked, case: s
                 continue
             if expected is not None:
                 assert np.array_equal(got, expected), (case, scale, (x, y, bw, bh))
-        out = new.decode_crop(data, (100.0, 120.0, 200.0, 250.0), (56, 56))  # PIL decides when libjpeg refuses
+        try:  # PIL decides when libjpeg refuses, except for scan data that ends early (at a marker that lies)
+            out = new.decode_crop(data, (100.0, 120.0, 200.0, 250.0), (56, 56))
+        except registry.CutShortError:
+            continue
         assert out.shape == (56, 56, 3)
 
 

@@ -26,8 +26,10 @@ class ImageTooLargeError(DecodeError):
 
 
 class CutShortError(DecodeError):
-    """A JPEG whose entropy-coded data ends early (a cut download closed with an end marker):
-    libjpeg would fill the rest of the image with grey, so no decoder returns it."""
+    """A JPEG whose entropy-coded data ends early: cut short (a broken download closed with an end
+    marker), or broken by a marker where data should be (a stray restart marker, a restart interval
+    the markers do not keep): libjpeg would fill the rest of the image with grey, or resync and
+    leave a part out, so no decoder returns it."""
 
 
 #: libjpeg's warnings for entropy-coded data that ends early (JWRN_HIT_MARKER, JWRN_JPEG_EOF)
@@ -40,7 +42,10 @@ def cut_short(e: BaseException) -> CutShortError | None:
     message = str(e).lower()
     for text in _CUT_SHORT:
         if text.lower() in message:
-            return CutShortError(f"JPEG scan data cut short (libjpeg: {text}): decoding it would make up the rest")
+            return CutShortError(
+                f"JPEG scan data cut short (libjpeg: {text}): the image data ends early, or a marker stands where "
+                "data should be; decoding it would make up the rest"
+            )
     return None
 
 
