@@ -21,18 +21,12 @@ import pytest
 from shardpipe import ShardWriter
 from shardpipe.devtools.synth import make_dataset
 
+from .test_cli_read_options import outputs
+
 pytestmark = pytest.mark.servers
 
 #: one try that would wait 250 s: longer than the hang guard below
 PATIENT = json.dumps({"timeout": 250, "retries": 0})
-
-
-def outputs(command: str, tmp_path: Path) -> list[str]:
-    if command == "index":
-        return ["-o", str(tmp_path / "new" / "manifest.json"), "--no-progress"]
-    if command == "restart":
-        return ["-o", str(tmp_path / "restarted"), "--no-progress"]
-    return []
 
 
 @pytest.mark.timeout(200)

@@ -150,18 +150,22 @@ def add_storage_options(p: argparse.ArgumentParser, what: str = "remote URLs") -
     )  # fmt: skip
 
 
-def parse_storage_options(text: str | None) -> dict[str, Any] | None:
+def json_object(text: str, option: str, example: str = "") -> dict[str, Any]:
+    """The JSON object ``option`` (``--storage-options``, ...) was given; InputError saying what is wrong
+    (``example``: how one looks, for that message)."""
     import json
 
-    if not text:
-        return None
     try:
-        options = json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"--storage-options is not JSON: {e}") from e
-    if not isinstance(options, dict):
-        raise InputError("--storage-options must be a JSON object")
-    return options
+        raise InputError(f"{option} is not JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise InputError(f"{option} must be a JSON object{example}")
+    return value
+
+
+def parse_storage_options(text: str | None) -> dict[str, Any] | None:
+    return json_object(text, "--storage-options") if text else None
 
 
 def _missing(urls: list[str], storage_options: dict[str, Any] | None, read_options: ReadOptions) -> list[str]:

@@ -14,7 +14,7 @@ import dataclasses
 import difflib
 import json
 
-from shardpipe.cli.common import InputError
+from shardpipe.cli.common import InputError, json_object
 from shardpipe.io.read_options import ReadOptionError, ReadOptions
 
 #: the commands' defaults: each request within 20 s, 3 tries, at most 2 s between them
@@ -36,12 +36,7 @@ def parse_read_options(text: str | None) -> ReadOptions:
     """``--read-options`` over :data:`CLI_READ_OPTIONS`; InputError naming the field that is wrong."""
     if text is None:
         return CLI_READ_OPTIONS
-    try:
-        given = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"--read-options is not JSON: {e}") from e
-    if not isinstance(given, dict):
-        raise InputError('--read-options must be a JSON object, such as \'{"timeout": 5, "retries": 1}\'')
+    given = json_object(text, "--read-options", ', such as \'{"timeout": 5, "retries": 1}\'')
     fields = [f.name for f in dataclasses.fields(ReadOptions)]
     for name in given:
         if name not in fields:
