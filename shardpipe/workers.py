@@ -235,6 +235,28 @@ def awaited_worker(it: Any, progress: WorkerProgress, num_workers: int) -> int:
 
 
 @contextlib.contextmanager
+def _held_back(signum: int) -> Iterator[None]:
+    """Record ``signum`` instead of handling it, then restore its handler and run it once with the
+    last one recorded (raise it where that handler is the default); main thread only."""
+    owner, came = os.getpid(), []
+
+    def record(signum: int, frame: Any) -> None:
+        if os.getpid() == owner:  # (in a forked worker: ignored)
+            came.append(frame)
+
+    previous = signal.signal(signum, record)
+    try:
+        yield
+    finally:
+        signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        if came:
+            if callable(previous):
+                previous(signum, came[-1])  # SIGINT: KeyboardInterrupt, by default
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signum)
+
+
+@contextlib.contextmanager
 def sigint_deferred() -> Iterator[None]:
     """Hold back a Ctrl-C that comes while workers are forked, and raise it once they are.
 
@@ -249,22 +271,8 @@ def sigint_deferred() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    owner, came = os.getpid(), []
-
-    def record(signum: int, frame: Any) -> None:
-        if os.getpid() == owner:  # (in a forked worker: ignored)
-            came.append(frame)
-
-    previous = signal.signal(signal.SIGINT, record)
-    try:
+    with _held_back(signal.SIGINT):
         yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if came:
-            if callable(previous):
-                previous(signal.SIGINT, came[-1])  # KeyboardInterrupt, by default
-            elif previous == signal.SIG_DFL:
-                signal.raise_signal(signal.SIGINT)
 
 
 @contextlib.contextmanager
@@ -285,16 +293,5 @@ def sigchld_deferred() -> Iterator[None]:
     from torch.utils.data._utils import signal_handling
 
     signal_handling._set_SIGCHLD_handler()  # torch's (once per process): now, not with the recorder as its chain
-    owner, came = os.getpid(), []
-
-    def record(signum: int, frame: Any) -> None:
-        if os.getpid() == owner:  # (in a forked worker: ignored)
-            came.append(frame)
-
-    previous = signal.signal(signal.SIGCHLD, record)
-    try:
+    with _held_back(signal.SIGCHLD):
         yield
-    finally:
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL if previous is None else previous)
-        if came and callable(previous):
-            previous(signal.SIGCHLD, came[-1])
